@@ -1,0 +1,5 @@
+//! sluice-core: everything the sluice daemons share — configuration, the SQLite store that is
+//! both the status database and the durable job queue, the D-Bus interfaces with their
+//! proxies, and the service runtime (sd_notify, watchdog, signals, journald logging).
+//!
+//! Daemon crates depend on this crate and never on each other; only this crate runs SQL.

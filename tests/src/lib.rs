@@ -1,0 +1,1 @@
+//! Code shared by the helper programs that the integration tests start as real processes.
