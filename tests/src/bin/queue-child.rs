@@ -99,7 +99,7 @@ fn main() -> anyhow::Result<()> {
 
 /// Job bodies by payload: `{"sleep_ms": n}` works for n ms, `{"fail": "text"}` fails
 /// (retryably), `{"crash": true}` kills this process mid-job; anything else succeeds with
-/// `{"i": payload.i, "t": <µs when the body ran>}` like the benchmark's noop.
+/// `{"i": payload.i, "t": <µs since the epoch when the body ran>}` like the benchmark's noop.
 fn run_worker(
     store: &mut Store,
     name: &str,
@@ -113,6 +113,7 @@ fn run_worker(
     let mut completions: Vec<Completion> = Vec::new();
     let mut done = 0u64;
     let mut idle_since = Instant::now();
+    say("ready");
     loop {
         let (results, claimed) =
             store.complete_and_claim(&completions, name, &kinds, batch, lease)?;
@@ -147,7 +148,7 @@ fn run_worker(
                     retryable: true,
                 },
                 None => Outcome::Succeeded {
-                    result: json!({"i": payload.get("i"), "t": sluice_core::store::now_ms(), "by": name}),
+                    result: json!({"i": payload.get("i"), "t": now_micros(), "by": name}),
                 },
             };
             completions.push(Completion {
@@ -238,6 +239,13 @@ fn run_storm(store: &mut Store, batch: usize) -> anyhow::Result<()> {
             say(&format!("done {}", done.join(" ")));
         }
     }
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 fn say(line: &str) {

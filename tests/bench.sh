@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs sluice's benchmarks (../shared/BENCHMARKS.md) on release builds and writes the results
+# as JSON to bench-results/. Prints numbers; never fails because the machine is slow.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p bench-results
+cargo build --release --locked -p sluice-tests --bins
+target/release/sluice-bench w1-lib --runs "${RUNS:-3}" | tee bench-results/w1-lib.json

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every check and every test of sluice: formatting, lints, unit tests, the integration
+# tests (real SQLite files, real processes, a real private dbus-daemon) and, when present,
+# the unit-file checks. CI runs exactly this (see .ci/run); so does a newcomer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if compgen -G "units/*.service" >/dev/null && command -v systemd-analyze >/dev/null; then
+    echo "== systemd-analyze verify units/"
+    systemd-analyze verify units/*
+fi
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    cargo test --workspace --locked --no-fail-fast
+fi
