@@ -1,0 +1,409 @@
+//! sluice's configuration: `/etc/sluice/sluice.toml` (or `SLUICE_CONFIG`) merged over the
+//! compiled-in defaults, which are the shipped `config/sluice.toml` itself.
+//!
+//! Loading has two stages, as in ripgrep: [`raw`] mirrors the file with serde (unknown keys
+//! and wrong types are errors there), then [`validate`] turns it into the typed [`Config`]
+//! (absolute paths, parsed durations and sizes, enums, limits above zero, cross-checks).
+//! Every error names the file, line, column and dotted key; see [`ConfigError`].
+//!
+//! There is deliberately no `Default` impl on any of these types: the only defaults are the
+//! documented ones in the shipped file, available as [`defaults()`].
+
+mod document;
+mod error;
+mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobMatcher, GlobSet};
+use regex::Regex;
+use serde::Deserialize;
+use url::Url;
+
+pub use error::{ConfigError, Location};
+
+/// Where the installed configuration lives; used when `SLUICE_CONFIG` is not set.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/sluice/sluice.toml";
+
+/// The environment variable that points the daemons at another configuration file.
+pub const CONFIG_PATH_VARIABLE: &str = "SLUICE_CONFIG";
+
+/// The shipped, documented default configuration, compiled in.
+pub const BUILT_IN_DEFAULTS: &str = include_str!("../../../config/sluice.toml");
+
+/// The path that errors name for a value taken from [`BUILT_IN_DEFAULTS`].
+pub const BUILT_IN_DEFAULTS_ORIGIN: &str = "<built-in defaults: config/sluice.toml>";
+
+/// The whole validated configuration. Field names follow the file; the lists of tables
+/// `[[watch]]`, `[[processor]]` and `[[source]]` become `watches`, `processors` and `sources`,
+/// with the `*_defaults` tables already applied to each entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub bus: BusConfig,
+    pub jobs: JobsConfig,
+    pub service: ServiceConfig,
+    pub web: WebConfig,
+    pub monitor: MonitorConfig,
+    pub watches: Vec<WatchConfig>,
+    pub ingest: IngestConfig,
+    pub processors: Vec<ProcessorConfig>,
+    pub scraper: ScraperConfig,
+    pub sources: Vec<SourceConfig>,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub durability: Durability,
+    pub busy_timeout: Duration,
+}
+
+/// How hard a commit is pushed to disk before it is acknowledged (SQLite `synchronous`);
+/// defined beside the store that applies it.
+pub use crate::store::Durability;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BusConfig {
+    pub address: BusAddress,
+}
+
+/// Which D-Bus bus to connect to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusAddress {
+    System,
+    Session,
+    /// A D-Bus address such as `unix:path=/run/sluice-test/bus`.
+    Address(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobsConfig {
+    pub lease: Duration,
+    /// At most half of `lease`.
+    pub heartbeat_interval: Duration,
+    /// At least 1.
+    pub max_attempts: u32,
+    pub retry_backoff_base: Duration,
+    /// At least `retry_backoff_base`.
+    pub retry_backoff_max: Duration,
+    /// At least 1.
+    pub claim_batch: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceConfig {
+    pub stop_timeout: Duration,
+    pub status_interval: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebConfig {
+    pub listen: SocketAddr,
+    /// `/` or a path starting with `/` and not ending with one, e.g. `/sluice`.
+    pub base_path: String,
+    pub token_file: PathBuf,
+    /// Bytes.
+    pub max_upload_size: u64,
+    /// Host names without port, at least one, lower-cased.
+    pub allowed_hosts: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MonitorConfig {
+    pub reconcile_interval: Duration,
+}
+
+/// One watched folder, with the `[watch_defaults]` already applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchConfig {
+    pub path: PathBuf,
+    pub mode: WatchMode,
+    pub ignore: IgnoreRules,
+    pub recursive: bool,
+    pub watcher: Watcher,
+    pub poll_interval: Duration,
+    pub quiet_period: Duration,
+}
+
+/// What happens to a file in a watched folder once it is ingested.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WatchMode {
+    /// Moved into the library; the folder empties.
+    Consume,
+    /// Catalogued in place.
+    Index,
+}
+
+/// How the monitor notices changes in a watched folder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Watcher {
+    /// inotify, or polling on filesystems without it.
+    Auto,
+    Inotify,
+    Poll,
+}
+
+/// Which files of a watched folder the monitor skips: names ending in `.part`, names
+/// starting with `.` (files or folders, at any depth), and the configured globs. A glob
+/// without `/` is matched against the file name, one with `/` against the path relative to
+/// the watched folder (where `*` does not cross `/` and `**` does).
+#[derive(Clone, Debug)]
+pub struct IgnoreRules {
+    globs: Vec<Glob>,
+    name_globs: GlobSet,
+    path_globs: GlobSet,
+}
+
+impl IgnoreRules {
+    /// The configured globs, as written.
+    pub fn globs(&self) -> &[Glob] {
+        &self.globs
+    }
+
+    /// Whether a file at `relative_path` (relative to the watched folder) is skipped.
+    pub fn is_ignored(&self, relative_path: &Path) -> bool {
+        // Only real names count: a leading "./" is not a hidden folder.
+        let hidden_component = relative_path.components().any(|component| {
+            matches!(component, Component::Normal(name) if name.as_encoded_bytes().starts_with(b"."))
+        });
+        let file_name = relative_path.file_name().unwrap_or(OsStr::new(""));
+        hidden_component
+            || file_name.as_encoded_bytes().ends_with(b".part")
+            || self.name_globs.is_match(file_name)
+            || self.path_globs.is_match(relative_path)
+    }
+}
+
+impl PartialEq for IgnoreRules {
+    fn eq(&self, other: &Self) -> bool {
+        self.globs == other.globs
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct IngestConfig {
+    /// 1 to 256.
+    pub workers: u32,
+    pub library: PathBuf,
+    /// Bytes.
+    pub max_file_size: u64,
+    /// Bytes.
+    pub text_max_bytes: u64,
+    /// Pixels, 1 to 4096.
+    pub thumbnail_size: u32,
+}
+
+/// One external processor, with `[processor_defaults]` already applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessorConfig {
+    pub name: String,
+    pub mime: MimePattern,
+    /// The program (an absolute path) and its arguments, with `{path}` and `{mime}`
+    /// placeholders still in; [`ProcessorConfig::command_line`] fills them in.
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+    /// Bytes.
+    pub max_output: u64,
+}
+
+impl ProcessorConfig {
+    /// The argv to run for one file: placeholders replaced, `{{`/`}}` unescaped. The
+    /// template was checked at load time, so this cannot fail.
+    pub fn command_line(&self, path: &Path, mime: &str) -> Vec<OsString> {
+        self.argv
+            .iter()
+            .map(|template| {
+                let mut argument = OsString::new();
+                for piece in validate::argument_pieces(template)
+                    .expect("argv templates are checked when the configuration is loaded")
+                {
+                    match piece {
+                        validate::ArgumentPiece::Literal(text) => argument.push(text),
+                        validate::ArgumentPiece::Path => argument.push(path),
+                        validate::ArgumentPiece::Mime => argument.push(mime),
+                    }
+                }
+                argument
+            })
+            .collect()
+    }
+}
+
+/// A glob over MIME types, such as `image/*` or `application/pdf`.
+#[derive(Clone, Debug)]
+pub struct MimePattern {
+    glob: Glob,
+    matcher: GlobMatcher,
+}
+
+impl MimePattern {
+    pub fn as_str(&self) -> &str {
+        self.glob.glob()
+    }
+
+    pub fn matches(&self, mime: &str) -> bool {
+        self.matcher.is_match(mime)
+    }
+}
+
+impl PartialEq for MimePattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.glob == other.glob
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScraperConfig {
+    pub inbox: PathBuf,
+    pub staging: PathBuf,
+    pub user_agent: String,
+    /// Bytes.
+    pub max_download_size: u64,
+    /// At least 1.
+    pub per_host_concurrency: u32,
+    /// May be zero.
+    pub politeness_delay: Duration,
+    pub allow_private_addresses: bool,
+    pub request_timeout: Duration,
+    /// 0 to 100.
+    pub max_redirects: u32,
+    pub progress_interval: Duration,
+}
+
+/// One polled source, with `[source_defaults]` already applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceConfig {
+    pub name: String,
+    /// http or https, without credentials in it.
+    pub url: Url,
+    pub mode: SourceMode,
+    pub every: Duration,
+    /// Set exactly when `mode` is `Links`. The CSS syntax is checked by the scraper, which
+    /// owns the HTML parser.
+    pub selector: Option<String>,
+    /// Only for `Links` and `Feed`.
+    pub pattern: Option<LinkPattern>,
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// What the scraper does with a source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SourceMode {
+    /// Store the page when it changed.
+    Page,
+    /// Download each new link matching the selector (and pattern).
+    Links,
+    /// Download enclosures and links of new RSS/Atom entries.
+    Feed,
+}
+
+/// A compiled regular expression that link URLs must match.
+#[derive(Clone, Debug)]
+pub struct LinkPattern(pub Regex);
+
+impl PartialEq for LinkPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitsConfig {
+    /// Bytes.
+    pub max_payload_bytes: u64,
+    /// Bytes.
+    pub max_request_body: u64,
+    /// Characters.
+    pub max_string_length: u32,
+    pub max_page_size: u32,
+}
+
+impl Config {
+    /// How the store is opened, from `[store]` and the retry backoff of `[jobs]`.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            durability: self.store.durability,
+            busy_timeout: self.store.busy_timeout,
+            retry: crate::store::RetryPolicy {
+                base: self.jobs.retry_backoff_base,
+                max: self.jobs.retry_backoff_max,
+            },
+        }
+    }
+
+    /// Loads a configuration file merged over the built-in defaults. A file that does not
+    /// exist is an error naming it.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml_str(&text, path)
+    }
+
+    /// Parses and validates configuration text merged over the built-in defaults; `origin`
+    /// is only used to name the file in errors. No IO.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let sources = document::Sources::new(text, origin);
+        let merged_tree = sources.merged_tree()?;
+        // The deserializer consumes the tree; a copy stays to name the key of an error.
+        let key_index = merged_tree.clone();
+        let raw = raw::RawConfig::deserialize(toml::de::Deserializer::from(merged_tree)).map_err(
+            |error| ConfigError::Schema {
+                location: sources.locate_in(&key_index, error.span().unwrap_or(0..0)),
+                message: error.message().trim_end().to_owned(),
+            },
+        )?;
+        validate::validate(raw, &validate::Locator::new(&sources, &key_index))
+    }
+
+    /// Loads the file named by `SLUICE_CONFIG`, or else [`DEFAULT_CONFIG_PATH`]. Returns the
+    /// path used with the configuration. A file named by `SLUICE_CONFIG` must exist; when the
+    /// default file does not exist the built-in defaults are used (they are that file's
+    /// shipped content), and the default path is returned.
+    pub fn load_from_env() -> Result<(PathBuf, Config), ConfigError> {
+        load_from_variable(
+            std::env::var_os(CONFIG_PATH_VARIABLE),
+            Path::new(DEFAULT_CONFIG_PATH),
+        )
+    }
+}
+
+/// The built-in defaults as a validated configuration.
+pub fn defaults() -> Config {
+    Config::from_toml_str("", Path::new(BUILT_IN_DEFAULTS_ORIGIN))
+        .expect("the shipped config/sluice.toml is valid (proven by a unit test)")
+}
+
+/// [`Config::load_from_env`] with the variable's value and the default path passed in, so
+/// tests need not change the process environment. An empty value counts as unset, as
+/// systemd's `Environment=SLUICE_CONFIG=` means "not set" to a person.
+fn load_from_variable(
+    variable: Option<OsString>,
+    default_path: &Path,
+) -> Result<(PathBuf, Config), ConfigError> {
+    match variable.filter(|value| !value.is_empty()) {
+        Some(explicit_path) => {
+            let path = PathBuf::from(explicit_path);
+            let config = Config::load(&path)?;
+            Ok((path, config))
+        }
+        None => match Config::load(default_path) {
+            Ok(config) => Ok((default_path.to_path_buf(), config)),
+            Err(ConfigError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok((default_path.to_path_buf(), defaults()))
+            }
+            Err(error) => Err(error),
+        },
+    }
+}

@@ -1,0 +1,845 @@
+//! Tests of loading: the shipped defaults, merging a user's file over them, the environment
+//! variable, and every kind of bad input pointing at file, line, column and key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const USER_FILE: &str = "/etc/sluice/test.toml";
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml_str(text, Path::new(USER_FILE))
+}
+
+fn load_ok(text: &str) -> Config {
+    load(text).unwrap_or_else(|error| panic!("expected {text:?} to load, got: {error}"))
+}
+
+/// Loads `text`, expects an error of the given kind, and checks that both the location and
+/// the message a person reads name the file, line, column and key, and say what is wrong.
+#[track_caller]
+fn assert_rejected(
+    text: &str,
+    expected_kind: &str,
+    (line, column): (usize, usize),
+    key: &str,
+    explanation: &str,
+) {
+    let error = load(text).expect_err("bad configuration must be rejected");
+    let kind = match &error {
+        ConfigError::Read { .. } => "read",
+        ConfigError::Syntax { .. } => "syntax",
+        ConfigError::Schema { .. } => "schema",
+        ConfigError::Invalid { .. } => "invalid",
+    };
+    let message = error.to_string();
+    assert_eq!(kind, expected_kind, "wrong kind of error: {message}");
+    let location = error.location().expect("content errors have a location");
+    assert_eq!(location.path, Path::new(USER_FILE), "{message}");
+    assert_eq!(
+        (location.line, location.column),
+        (line, column),
+        "{message}"
+    );
+    assert_eq!(location.key.as_deref(), Some(key), "{message}");
+    for part in [
+        USER_FILE.to_owned(),
+        format!("line {line}"),
+        format!("column {column}"),
+        format!("key `{key}`"),
+        explanation.to_owned(),
+    ] {
+        assert!(
+            message.contains(&part),
+            "{message:?} should contain {part:?}"
+        );
+    }
+}
+
+#[test]
+fn shipped_defaults_load_and_validate() {
+    let config = defaults();
+    assert_eq!(config.store.path, Path::new("/var/lib/sluice/sluice.db"));
+    assert_eq!(config.store.durability, Durability::Full);
+    assert_eq!(config.store.busy_timeout, Duration::from_secs(5));
+    assert_eq!(config.bus.address, BusAddress::System);
+    assert_eq!(config.jobs.lease, Duration::from_secs(30));
+    assert_eq!(config.jobs.heartbeat_interval, Duration::from_secs(5));
+    assert_eq!(config.jobs.max_attempts, 5);
+    assert_eq!(config.jobs.retry_backoff_base, Duration::from_secs(1));
+    assert_eq!(config.jobs.retry_backoff_max, Duration::from_secs(300));
+    assert_eq!(config.jobs.claim_batch, 64);
+    assert_eq!(config.service.stop_timeout, Duration::from_secs(20));
+    assert_eq!(
+        config.web.listen,
+        "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(config.web.base_path, "/");
+    assert_eq!(config.web.token_file, Path::new("/etc/sluice/api-token"));
+    assert_eq!(config.web.max_upload_size, 1 << 30);
+    assert_eq!(config.web.allowed_hosts, ["127.0.0.1", "localhost"]);
+    assert_eq!(config.watches.len(), 1);
+    let inbox = &config.watches[0];
+    assert_eq!(inbox.path, Path::new("/var/lib/sluice/inbox"));
+    assert_eq!(inbox.mode, WatchMode::Consume);
+    assert!(inbox.recursive);
+    assert_eq!(inbox.watcher, Watcher::Auto);
+    assert_eq!(inbox.poll_interval, Duration::from_secs(30));
+    assert_eq!(inbox.quiet_period, Duration::from_secs(2));
+    assert!(inbox.ignore.globs().is_empty());
+    assert_eq!(config.ingest.workers, 2);
+    assert_eq!(config.ingest.library, Path::new("/var/lib/sluice/library"));
+    assert_eq!(config.ingest.text_max_bytes, 16 << 20);
+    assert!(config.processors.is_empty());
+    assert_eq!(config.scraper.inbox, Path::new("/var/lib/sluice/inbox"));
+    assert_eq!(config.scraper.staging, Path::new("/var/lib/sluice/staging"));
+    assert_eq!(config.scraper.per_host_concurrency, 2);
+    assert_eq!(config.scraper.politeness_delay, Duration::from_secs(1));
+    assert!(!config.scraper.allow_private_addresses);
+    assert_eq!(config.scraper.progress_interval, Duration::from_secs(1));
+    assert!(config.sources.is_empty());
+    assert_eq!(config.limits.max_payload_bytes, 64 << 10);
+    assert_eq!(config.limits.max_string_length, 4096);
+}
+
+#[test]
+fn shipped_file_loaded_as_a_user_file_equals_the_defaults() {
+    let config = Config::from_toml_str(BUILT_IN_DEFAULTS, Path::new(DEFAULT_CONFIG_PATH))
+        .expect("the shipped file loads as a user file");
+    assert_eq!(config, defaults());
+    assert_eq!(config.clone(), config);
+}
+
+#[test]
+fn shipped_file_documents_every_key_with_its_default() {
+    let mut in_watch_entry = false;
+    let mut comment_block: Vec<&str> = Vec::new();
+    for (index, line) in BUILT_IN_DEFAULTS.lines().enumerate() {
+        let line = line.trim();
+        if let Some(comment) = line.strip_prefix('#') {
+            comment_block.push(comment);
+            continue;
+        }
+        if line.starts_with('[') {
+            in_watch_entry = line == "[[watch]]";
+        } else if let Some((key, _)) = line.split_once('=') {
+            assert!(
+                !comment_block.is_empty(),
+                "line {}: key `{}` has no comment above it",
+                index + 1,
+                key.trim()
+            );
+            // The entries of the default [[watch]] list are examples of required keys; every
+            // other key states its default.
+            assert!(
+                in_watch_entry || comment_block.iter().any(|text| text.contains("Default")),
+                "line {}: the comment of `{}` does not state its default",
+                index + 1,
+                key.trim()
+            );
+        }
+        comment_block.clear();
+    }
+}
+
+/// The commented [[processor]] and [[source]] examples in the shipped file are valid when
+/// uncommented, so a person copying them gets a working configuration.
+#[test]
+fn commented_examples_in_the_shipped_file_are_valid() {
+    for header in ["# [[processor]]", "# [[source]]"] {
+        let example: String = BUILT_IN_DEFAULTS
+            .lines()
+            .skip_while(|line| *line != header)
+            .take_while(|line| line.starts_with('#'))
+            .map(|line| format!("{}\n", line.trim_start_matches('#').trim_start()))
+            .collect();
+        assert!(example.len() > header.len(), "example {header} not found");
+        let config = load_ok(&example);
+        assert_eq!(
+            config.processors.len() + config.sources.len(),
+            1,
+            "{example}"
+        );
+    }
+}
+
+#[test]
+fn user_file_overrides_only_the_keys_it_sets() {
+    let config = load_ok(
+        "[store]\ndurability = \"normal\"\n\n[jobs]\nlease = \"1m\"\nheartbeat_interval = \"10s\"\n",
+    );
+    let defaults = defaults();
+    assert_eq!(config.store.durability, Durability::Normal);
+    assert_eq!(config.store.path, defaults.store.path);
+    assert_eq!(config.store.busy_timeout, defaults.store.busy_timeout);
+    assert_eq!(config.jobs.lease, Duration::from_secs(60));
+    assert_eq!(config.jobs.heartbeat_interval, Duration::from_secs(10));
+    assert_eq!(config.jobs.max_attempts, defaults.jobs.max_attempts);
+    assert_eq!(config.web, defaults.web);
+    assert_eq!(config.watches, defaults.watches);
+}
+
+#[test]
+fn inline_and_dotted_tables_merge_like_table_headers() {
+    let config = load_ok("store = { durability = \"normal\" }\nweb.base_path = \"/sluice\"\n");
+    assert_eq!(config.store.durability, Durability::Normal);
+    assert_eq!(config.store.path, defaults().store.path);
+    assert_eq!(config.web.base_path, "/sluice");
+    assert_eq!(config.web.listen, defaults().web.listen);
+}
+
+#[test]
+fn user_lists_replace_the_default_list_and_take_entry_defaults() {
+    let config = load_ok(
+        r#"
+[watch_defaults]
+recursive = false
+
+[[watch]]
+path = "/srv/drop"
+mode = "consume"
+ignore = ["*.tmp", "cache/**"]
+
+[[watch]]
+path = "/srv/archive"
+mode = "index"
+watcher = "poll"
+poll_interval = "5m"
+"#,
+    );
+    assert_eq!(
+        config.watches.len(),
+        2,
+        "the default inbox watch is replaced"
+    );
+    let (drop, archive) = (&config.watches[0], &config.watches[1]);
+    assert_eq!(drop.path, Path::new("/srv/drop"));
+    assert_eq!(drop.mode, WatchMode::Consume);
+    assert!(!drop.recursive, "taken from the user's [watch_defaults]");
+    assert_eq!(
+        drop.watcher,
+        Watcher::Auto,
+        "taken from the shipped [watch_defaults]"
+    );
+    assert_eq!(drop.poll_interval, Duration::from_secs(30));
+    assert_eq!(drop.ignore.globs().len(), 2);
+    assert_eq!(archive.mode, WatchMode::Index);
+    assert_eq!(archive.watcher, Watcher::Poll);
+    assert_eq!(archive.poll_interval, Duration::from_secs(300));
+    assert!(archive.ignore.globs().is_empty());
+}
+
+#[test]
+fn an_empty_list_written_by_the_user_means_no_watches() {
+    assert!(load_ok("watch = []\n").watches.is_empty());
+}
+
+#[test]
+fn ignore_rules_always_skip_partial_and_hidden_files() {
+    let config = load_ok(
+        "[[watch]]\npath = \"/srv/drop\"\nmode = \"consume\"\nignore = [\"*.tmp\", \"cache/**\"]\n",
+    );
+    let rules = &config.watches[0].ignore;
+    for ignored in [
+        "movie.mkv.part",
+        "sub/movie.mkv.part",
+        ".hidden",
+        ".git/config",
+        "a/.cache/b.txt",
+        "x.tmp",
+        "deep/down/x.tmp",
+        "cache/a/b.bin",
+    ] {
+        assert!(
+            rules.is_ignored(Path::new(ignored)),
+            "{ignored} should be ignored"
+        );
+    }
+    for kept in [
+        "./movie.mkv",
+        "movie.mkv",
+        "sub/report.pdf",
+        "x.tmpl",
+        "not-cache/a.bin",
+        "partial.txt",
+    ] {
+        assert!(
+            !rules.is_ignored(Path::new(kept)),
+            "{kept} should not be ignored"
+        );
+    }
+}
+
+#[test]
+fn processors_and_sources_load_with_their_defaults() {
+    let config = load_ok(
+        r#"
+[processor_defaults]
+max_output = 4096
+
+[[processor]]
+name = "ocr"
+mime = "image/*"
+argv = ["/usr/bin/tesseract", "{path}", "--type={mime}", "{{literal}}"]
+
+[[source]]
+name = "builds"
+url = "https://example.org/builds/"
+mode = "links"
+selector = "a.download"
+pattern = '\.tar\.gz$'
+credentials_file = "/etc/sluice/credentials/builds"
+
+[[source]]
+name = "news"
+url = "http://example.org/feed.xml"
+mode = "feed"
+every = "1h"
+"#,
+    );
+    let processor = &config.processors[0];
+    assert_eq!(processor.timeout, Duration::from_secs(300));
+    assert_eq!(processor.max_output, 4096);
+    assert!(processor.mime.matches("image/png"));
+    assert!(!processor.mime.matches("application/pdf"));
+    assert_eq!(
+        processor.command_line(Path::new("/srv/in/a b.png"), "image/png"),
+        [
+            "/usr/bin/tesseract",
+            "/srv/in/a b.png",
+            "--type=image/png",
+            "{literal}"
+        ]
+        .map(OsString::from)
+    );
+    let (builds, news) = (&config.sources[0], &config.sources[1]);
+    assert_eq!(builds.mode, SourceMode::Links);
+    assert_eq!(builds.every, Duration::from_secs(15 * 60));
+    assert_eq!(builds.selector.as_deref(), Some("a.download"));
+    let pattern = builds.pattern.as_ref().expect("pattern set");
+    assert!(pattern.0.is_match("https://example.org/x.tar.gz"));
+    assert_eq!(
+        builds.credentials_file.as_deref(),
+        Some(Path::new("/etc/sluice/credentials/builds"))
+    );
+    assert_eq!(news.mode, SourceMode::Feed);
+    assert_eq!(news.every, Duration::from_secs(3600));
+    assert_eq!(news.url.as_str(), "http://example.org/feed.xml");
+}
+
+#[test]
+fn bus_address_accepts_system_session_and_addresses() {
+    assert_eq!(
+        load_ok("[bus]\naddress = \"session\"\n").bus.address,
+        BusAddress::Session
+    );
+    assert_eq!(
+        load_ok("[bus]\naddress = \"unix:path=/run/x/bus\"\n")
+            .bus
+            .address,
+        BusAddress::Address("unix:path=/run/x/bus".to_owned())
+    );
+}
+
+// --- Bad input: each kind is rejected, pointing at file, line, column and key. ---
+
+#[test]
+fn unknown_top_level_key_is_rejected() {
+    assert_rejected(
+        "[store]\n\nlogging = 1\n",
+        "schema",
+        (3, 1),
+        "store.logging",
+        "unknown field `logging`",
+    );
+    assert_rejected(
+        "colour = \"blue\"\n",
+        "schema",
+        (1, 1),
+        "colour",
+        "unknown field `colour`",
+    );
+}
+
+#[test]
+fn unknown_nested_key_is_rejected() {
+    assert_rejected(
+        "[store]\nbusy_timout = \"5s\"\n",
+        "schema",
+        (2, 1),
+        "store.busy_timout",
+        "unknown field `busy_timout`, expected one of `path`, `durability`, `busy_timeout`",
+    );
+    assert_rejected(
+        "[[watch]]\npath = \"/srv/a\"\nmode = \"index\"\nrecursve = true\n",
+        "schema",
+        (4, 1),
+        "watch[0].recursve",
+        "unknown field `recursve`",
+    );
+}
+
+#[test]
+fn wrong_type_is_rejected() {
+    assert_rejected(
+        "[store]\nbusy_timeout = 5\n",
+        "schema",
+        (2, 16),
+        "store.busy_timeout",
+        "invalid type: integer `5`, expected a string",
+    );
+    assert_rejected(
+        "[ingest]\nworkers = \"two\"\n",
+        "schema",
+        (2, 11),
+        "ingest.workers",
+        "invalid type: string \"two\"",
+    );
+    assert_rejected(
+        "store = 3\n",
+        "schema",
+        (1, 9),
+        "store",
+        "expected the [store] table",
+    );
+    assert_rejected(
+        "[scraper]\nallow_private_addresses = \"no\"\n",
+        "schema",
+        (2, 27),
+        "scraper.allow_private_addresses",
+        "expected a boolean",
+    );
+}
+
+#[test]
+fn missing_required_key_in_a_list_entry_is_rejected() {
+    assert_rejected(
+        "[[watch]]\npath = \"/srv/a\"\n",
+        "schema",
+        (1, 1),
+        "watch[0]",
+        "missing field `mode`",
+    );
+}
+
+#[test]
+fn relative_path_is_rejected() {
+    assert_rejected(
+        "[store]\npath = \"sluice.db\"\n",
+        "invalid",
+        (2, 8),
+        "store.path",
+        "path \"sluice.db\" must be absolute",
+    );
+    assert_rejected(
+        "[ingest]\nlibrary = \"/var/lib/../tmp\"\n",
+        "invalid",
+        (2, 11),
+        "ingest.library",
+        "must not contain `..`",
+    );
+}
+
+#[test]
+fn bad_duration_is_rejected() {
+    assert_rejected(
+        "[jobs]\nlease = \"30 parsecs\"\n",
+        "invalid",
+        (2, 9),
+        "jobs.lease",
+        "invalid duration \"30 parsecs\"",
+    );
+    assert_rejected(
+        "[service]\nstop_timeout = \"0s\"\n",
+        "invalid",
+        (2, 16),
+        "service.stop_timeout",
+        "duration must be more than zero",
+    );
+}
+
+#[test]
+fn zero_and_out_of_range_limits_are_rejected() {
+    assert_rejected(
+        "[jobs]\nclaim_batch = 0\n",
+        "invalid",
+        (2, 15),
+        "jobs.claim_batch",
+        "must be more than zero",
+    );
+    assert_rejected(
+        "[limits]\nmax_request_body = \"0 KiB\"\n",
+        "invalid",
+        (2, 20),
+        "limits.max_request_body",
+        "size must be more than zero",
+    );
+    assert_rejected(
+        "[web]\nmax_upload_size = \"5 parsecs\"\n",
+        "invalid",
+        (2, 19),
+        "web.max_upload_size",
+        "unknown unit \"parsecs\"",
+    );
+    assert_rejected(
+        "[ingest]\nworkers = 1000\n",
+        "invalid",
+        (2, 11),
+        "ingest.workers",
+        "1000 is out of range: must be from 1 to 256",
+    );
+    assert_rejected(
+        "[limits]\nmax_payload_bytes = -4\n",
+        "schema",
+        (2, 21),
+        "limits.max_payload_bytes",
+        "invalid value: integer `-4`",
+    );
+}
+
+#[test]
+fn bad_enum_value_is_rejected() {
+    assert_rejected(
+        "[store]\ndurability = \"fast\"\n",
+        "invalid",
+        (2, 14),
+        "store.durability",
+        "unknown value \"fast\": expected one of \"full\", \"normal\"",
+    );
+    assert_rejected(
+        "[[watch]]\npath = \"/srv/a\"\nmode = \"eat\"\n",
+        "invalid",
+        (3, 8),
+        "watch[0].mode",
+        "expected one of \"consume\", \"index\"",
+    );
+    assert_rejected(
+        "[watch_defaults]\nwatcher = \"fanotify\"\n",
+        "invalid",
+        (2, 11),
+        "watch_defaults.watcher",
+        "expected one of \"auto\", \"inotify\", \"poll\"",
+    );
+    assert_rejected(
+        "[[source]]\nname = \"a\"\nurl = \"https://example.org/\"\nmode = \"rss\"\n",
+        "invalid",
+        (4, 8),
+        "source[0].mode",
+        "expected one of \"page\", \"links\", \"feed\"",
+    );
+}
+
+#[test]
+fn malformed_toml_is_rejected() {
+    assert_rejected(
+        "[store]\nbusy_timeout = \"5s\n",
+        "syntax",
+        (2, 19),
+        "store.busy_timeout",
+        "invalid TOML: invalid basic string",
+    );
+    assert_rejected(
+        "[jobs]\nlease = 30s\n",
+        "syntax",
+        (2, 9),
+        "jobs.lease",
+        "invalid TOML: string values must be quoted",
+    );
+}
+
+#[test]
+fn bad_glob_is_rejected() {
+    assert_rejected(
+        "[watch_defaults]\nignore = [\"*.tmp\", \"[a-\"]\n",
+        "invalid",
+        (2, 20),
+        "watch_defaults.ignore[1]",
+        "invalid glob: unclosed character class",
+    );
+    assert_rejected(
+        "[[processor]]\nname = \"p\"\nmime = \"image/{png\"\nargv = [\"/bin/true\"]\n",
+        "invalid",
+        (3, 8),
+        "processor[0].mime",
+        "invalid MIME glob",
+    );
+}
+
+#[test]
+fn bad_source_url_is_rejected() {
+    let source =
+        |url: &str| format!("[[source]]\nname = \"a\"\nurl = \"{url}\"\nmode = \"page\"\n");
+    assert_rejected(
+        &source("ftp://example.org/x"),
+        "invalid",
+        (3, 7),
+        "source[0].url",
+        "only http and https",
+    );
+    assert_rejected(
+        &source("file:///etc/passwd"),
+        "invalid",
+        (3, 7),
+        "source[0].url",
+        "only http and https",
+    );
+    assert_rejected(
+        &source("not a url"),
+        "invalid",
+        (3, 7),
+        "source[0].url",
+        "invalid URL",
+    );
+    assert_rejected(
+        &source("https://user:secret@example.org/"),
+        "invalid",
+        (3, 7),
+        "source[0].url",
+        "must not contain credentials",
+    );
+}
+
+#[test]
+fn inconsistent_source_settings_are_rejected() {
+    assert_rejected(
+        "[[source]]\nname = \"a\"\nurl = \"https://example.org/\"\nmode = \"links\"\n",
+        "invalid",
+        (1, 1),
+        "source[0]",
+        "needs a `selector`",
+    );
+    assert_rejected(
+        "[[source]]\nname = \"a\"\nurl = \"https://example.org/\"\nmode = \"page\"\nselector = \"a\"\n",
+        "invalid",
+        (5, 12),
+        "source[0].selector",
+        "only used in \"links\" mode",
+    );
+    assert_rejected(
+        "[[source]]\nname = \"a\"\nurl = \"https://example.org/\"\nmode = \"feed\"\npattern = \"(\"\n",
+        "invalid",
+        (5, 11),
+        "source[0].pattern",
+        "invalid regular expression",
+    );
+    assert_rejected(
+        "[[source]]\nname = \"a\"\nurl = \"https://a.example/\"\nmode = \"page\"\n\
+         [[source]]\nname = \"a\"\nurl = \"https://b.example/\"\nmode = \"page\"\n",
+        "invalid",
+        (6, 8),
+        "source[1].name",
+        "name \"a\" is already used at line 2",
+    );
+    assert_rejected(
+        "[[source]]\nname = \"a b\"\nurl = \"https://a.example/\"\nmode = \"page\"\n",
+        "invalid",
+        (2, 8),
+        "source[0].name",
+        "must be 1 to 64 letters",
+    );
+}
+
+#[test]
+fn bad_processor_command_is_rejected() {
+    assert_rejected(
+        "[[processor]]\nname = \"p\"\nmime = \"*\"\nargv = [\"tesseract\", \"{path}\"]\n",
+        "invalid",
+        (4, 9),
+        "processor[0].argv[0]",
+        "must be an absolute path",
+    );
+    assert_rejected(
+        "[[processor]]\nname = \"p\"\nmime = \"*\"\nargv = [\"/bin/cat\", \"{paht}\"]\n",
+        "invalid",
+        (4, 21),
+        "processor[0].argv[1]",
+        "unknown placeholder {paht}",
+    );
+    assert_rejected(
+        "[[processor]]\nname = \"p\"\nmime = \"*\"\nargv = []\n",
+        "invalid",
+        (4, 8),
+        "processor[0].argv",
+        "must name at least the program",
+    );
+}
+
+#[test]
+fn contradicting_settings_are_rejected_where_the_user_wrote_them() {
+    // The heartbeat keeps its default (5s); the error points at the lease the user shortened.
+    assert_rejected(
+        "[jobs]\nlease = \"8s\"\n",
+        "invalid",
+        (2, 9),
+        "jobs.lease",
+        "jobs.heartbeat_interval (5s) must be at most half of jobs.lease (8s)",
+    );
+    assert_rejected(
+        "[jobs]\nheartbeat_interval = \"20s\"\n",
+        "invalid",
+        (2, 22),
+        "jobs.heartbeat_interval",
+        "must be at most half of jobs.lease (30s)",
+    );
+    assert_rejected(
+        "[jobs]\nretry_backoff_max = \"500ms\"\n",
+        "invalid",
+        (2, 21),
+        "jobs.retry_backoff_max",
+        "must be at least jobs.retry_backoff_base (1s)",
+    );
+    assert_rejected(
+        "[[watch]]\npath = \"/srv/a\"\nmode = \"index\"\n[[watch]]\npath = \"/srv/a/b\"\nmode = \"index\"\n",
+        "invalid",
+        (5, 8),
+        "watch[1].path",
+        "overlaps watch[0].path (/srv/a)",
+    );
+    assert_rejected(
+        "[[watch]]\npath = \"/var/lib/sluice\"\nmode = \"index\"\n",
+        "invalid",
+        (2, 8),
+        "watch[0].path",
+        "overlaps the library /var/lib/sluice/library",
+    );
+}
+
+#[test]
+fn bad_web_settings_are_rejected() {
+    assert_rejected(
+        "[web]\nlisten = \"localhost\"\n",
+        "invalid",
+        (2, 10),
+        "web.listen",
+        "invalid socket address",
+    );
+    assert_rejected(
+        "[web]\nbase_path = \"sluice\"\n",
+        "invalid",
+        (2, 13),
+        "web.base_path",
+        "must start with \"/\"",
+    );
+    assert_rejected(
+        "[web]\nbase_path = \"/sluice/\"\n",
+        "invalid",
+        (2, 13),
+        "web.base_path",
+        "must not end with",
+    );
+    assert_rejected(
+        "[web]\nallowed_hosts = []\n",
+        "invalid",
+        (2, 17),
+        "web.allowed_hosts",
+        "at least one host",
+    );
+    assert_rejected(
+        "[web]\nallowed_hosts = [\"localhost\", \"example.org:80/x\"]\n",
+        "invalid",
+        (2, 31),
+        "web.allowed_hosts[1]",
+        "is not a host name",
+    );
+    assert_rejected(
+        "[bus]\naddress = \"sytem\"\n",
+        "invalid",
+        (2, 11),
+        "bus.address",
+        "invalid bus \"sytem\"",
+    );
+}
+
+#[test]
+fn missing_file_is_an_error_naming_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("absent.toml");
+    let error = Config::load(&path).expect_err("a missing file is an error");
+    assert!(
+        matches!(&error, ConfigError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    );
+    assert!(
+        error.to_string().contains(&path.display().to_string()),
+        "{error}"
+    );
+}
+
+#[test]
+fn file_that_is_not_utf8_is_an_error_naming_it() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("latin1.toml");
+    std::fs::write(&path, b"[store]\n# caf\xe9\n").unwrap();
+    let error = Config::load(&path).expect_err("not UTF-8");
+    assert!(matches!(error, ConfigError::Read { .. }));
+    assert!(
+        error.to_string().contains(&path.display().to_string()),
+        "{error}"
+    );
+}
+
+#[test]
+fn load_reads_a_file_and_names_it_in_errors() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("sluice.toml");
+    std::fs::write(&path, "[ingest]\nworkers = 7\n").unwrap();
+    assert_eq!(Config::load(&path).unwrap().ingest.workers, 7);
+    std::fs::write(&path, "[ingest]\nworkers = 0\n").unwrap();
+    let error = Config::load(&path).expect_err("zero workers");
+    let location = error.location().expect("located");
+    assert_eq!(location.path, path);
+    assert_eq!((location.line, location.column), (2, 11));
+}
+
+#[test]
+fn sluice_config_variable_names_the_file_to_load() {
+    let directory = tempfile::tempdir().unwrap();
+    let chosen = directory.path().join("chosen.toml");
+    let default_path = directory.path().join("default.toml");
+    std::fs::write(&chosen, "[ingest]\nworkers = 3\n").unwrap();
+    std::fs::write(&default_path, "[ingest]\nworkers = 4\n").unwrap();
+
+    let (path, config) = load_from_variable(Some(chosen.clone().into()), &default_path).unwrap();
+    assert_eq!((path, config.ingest.workers), (chosen, 3));
+
+    // Unset or empty: the default path.
+    for unset in [None, Some(OsString::new())] {
+        let (path, config) = load_from_variable(unset, &default_path).unwrap();
+        assert_eq!((path, config.ingest.workers), (default_path.clone(), 4));
+    }
+}
+
+#[test]
+fn sluice_config_naming_a_missing_file_is_an_error() {
+    let directory = tempfile::tempdir().unwrap();
+    let missing = directory.path().join("missing.toml");
+    let default_path = directory.path().join("default.toml");
+    std::fs::write(&default_path, "").unwrap();
+    let error = load_from_variable(Some(missing.clone().into()), &default_path)
+        .expect_err("an explicitly named file must exist");
+    assert!(
+        error.to_string().contains(&missing.display().to_string()),
+        "{error}"
+    );
+}
+
+#[test]
+fn missing_default_file_means_built_in_defaults() {
+    let directory = tempfile::tempdir().unwrap();
+    let default_path = directory.path().join("not-installed.toml");
+    let (path, config) = load_from_variable(None, &default_path).unwrap();
+    assert_eq!(path, default_path);
+    assert_eq!(config, defaults());
+}
+
+#[test]
+fn invalid_default_file_is_not_replaced_by_defaults() {
+    let directory = tempfile::tempdir().unwrap();
+    let default_path = directory.path().join("sluice.toml");
+    std::fs::write(&default_path, "[store]\ndurability = \"fast\"\n").unwrap();
+    assert!(matches!(
+        load_from_variable(None, &default_path),
+        Err(ConfigError::Invalid { .. })
+    ));
+}

@@ -1,0 +1,842 @@
+//! Stage two: check every raw value and build the typed [`Config`]. Each error points at the
+//! value it is about (its span), so it names the file, line, column and key.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobBuilder, GlobSetBuilder};
+use regex::Regex;
+use toml::Spanned;
+use toml::de::DeTable;
+use url::Url;
+
+use super::document::Sources;
+use super::raw::{
+    Number, RawConfig, RawProcessor, RawProcessorDefaults, RawSize, RawSource, RawSourceDefaults,
+    RawWatch, RawWatchDefaults, Size, Text, TextList,
+};
+use super::{
+    BusAddress, BusConfig, Config, ConfigError, Durability, IgnoreRules, IngestConfig, JobsConfig,
+    LimitsConfig, LinkPattern, MimePattern, MonitorConfig, ProcessorConfig, ScraperConfig,
+    ServiceConfig, SourceConfig, SourceMode, StoreConfig, WatchConfig, WatchMode, Watcher,
+    WebConfig,
+};
+
+/// Turns spans into error locations for validation.
+#[derive(Debug)]
+pub(super) struct Locator<'a> {
+    sources: &'a Sources<'a>,
+    key_index: &'a Spanned<DeTable<'a>>,
+}
+
+impl<'a> Locator<'a> {
+    pub(super) fn new(sources: &'a Sources<'a>, key_index: &'a Spanned<DeTable<'a>>) -> Self {
+        Locator { sources, key_index }
+    }
+
+    fn invalid(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            location: self.sources.locate_in(self.key_index, span),
+            message: message.into(),
+        }
+    }
+
+    /// The dotted key a span belongs to, for messages that mention a second key.
+    fn key_name(&self, span: Range<usize>) -> String {
+        self.sources
+            .locate_in(self.key_index, span)
+            .key
+            .unwrap_or_else(|| "?".to_owned())
+    }
+
+    /// Whether a span points into the user's file rather than the built-in defaults.
+    fn is_from_user_file(&self, span: &Range<usize>) -> bool {
+        self.sources.is_in_user_text(span)
+    }
+
+    fn absolute_path(&self, value: &Text) -> Result<PathBuf, ConfigError> {
+        let path = Path::new(value.get_ref());
+        if !path.is_absolute() {
+            return Err(self.invalid(
+                value.span(),
+                format!("path {:?} must be absolute", value.get_ref()),
+            ));
+        }
+        if path
+            .components()
+            .any(|component| component == Component::ParentDir)
+        {
+            return Err(self.invalid(
+                value.span(),
+                format!("path {:?} must not contain `..`", value.get_ref()),
+            ));
+        }
+        Ok(path.to_path_buf())
+    }
+
+    /// A duration above zero.
+    fn duration(&self, value: &Text) -> Result<Duration, ConfigError> {
+        let duration = self.duration_or_zero(value)?;
+        if duration.is_zero() {
+            return Err(self.invalid(value.span(), "duration must be more than zero"));
+        }
+        Ok(duration)
+    }
+
+    fn duration_or_zero(&self, value: &Text) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(value.get_ref().trim()).map_err(|error| {
+            self.invalid(
+                value.span(),
+                format!(
+                    "invalid duration {:?} ({error}); write e.g. \"500ms\", \"5s\", \"15m\"",
+                    value.get_ref()
+                ),
+            )
+        })
+    }
+
+    /// A size in bytes above zero.
+    fn size(&self, value: &Size) -> Result<u64, ConfigError> {
+        let bytes = match value.get_ref() {
+            RawSize::Bytes(bytes) => *bytes,
+            RawSize::Text(text) => parse_size(text).map_err(|reason| {
+                self.invalid(value.span(), format!("invalid size {text:?}: {reason}"))
+            })?,
+        };
+        if bytes == 0 {
+            return Err(self.invalid(value.span(), "size must be more than zero"));
+        }
+        Ok(bytes)
+    }
+
+    /// A whole number within `minimum..=maximum`.
+    fn number(&self, value: &Number, minimum: u32, maximum: u32) -> Result<u32, ConfigError> {
+        let number = *value.get_ref();
+        match u32::try_from(number) {
+            Ok(number) if (minimum..=maximum).contains(&number) => Ok(number),
+            _ if minimum == 1 && number == 0 => {
+                Err(self.invalid(value.span(), "must be more than zero"))
+            }
+            _ => Err(self.invalid(
+                value.span(),
+                format!("{number} is out of range: must be from {minimum} to {maximum}"),
+            )),
+        }
+    }
+
+    /// One of a fixed set of words.
+    fn choice<T: Copy>(&self, value: &Text, choices: &[(&str, T)]) -> Result<T, ConfigError> {
+        choices
+            .iter()
+            .find(|(word, _)| *word == value.get_ref())
+            .map(|(_, choice)| *choice)
+            .ok_or_else(|| {
+                let words: Vec<String> = choices
+                    .iter()
+                    .map(|(word, _)| format!("{word:?}"))
+                    .collect();
+                self.invalid(
+                    value.span(),
+                    format!(
+                        "unknown value {:?}: expected one of {}",
+                        value.get_ref(),
+                        words.join(", ")
+                    ),
+                )
+            })
+    }
+
+    fn non_empty_text(&self, value: &Text) -> Result<String, ConfigError> {
+        let text = value.get_ref();
+        if text.trim().is_empty() {
+            return Err(self.invalid(value.span(), "must not be empty"));
+        }
+        if text.chars().any(char::is_control) {
+            return Err(self.invalid(value.span(), "must not contain control characters"));
+        }
+        Ok(text.clone())
+    }
+
+    /// A name of a processor or source: short, plain and unique in its list.
+    fn entry_name(
+        &self,
+        value: &Text,
+        seen: &mut HashMap<String, Range<usize>>,
+    ) -> Result<String, ConfigError> {
+        let name = value.get_ref();
+        let is_plain = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|character| character.is_ascii_alphanumeric() || "-_".contains(character));
+        if !is_plain {
+            return Err(self.invalid(
+                value.span(),
+                format!("name {name:?} must be 1 to 64 letters, digits, \"-\" or \"_\""),
+            ));
+        }
+        if let Some(first) = seen.get(name) {
+            let first = self.sources.locate(first.clone());
+            return Err(self.invalid(
+                value.span(),
+                format!("name {name:?} is already used at line {}", first.line),
+            ));
+        }
+        seen.insert(name.clone(), value.span());
+        Ok(name.clone())
+    }
+}
+
+pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, ConfigError> {
+    let store = StoreConfig {
+        path: locator.absolute_path(&raw.store.path)?,
+        durability: locator.choice(
+            &raw.store.durability,
+            &[("full", Durability::Full), ("normal", Durability::Normal)],
+        )?,
+        busy_timeout: locator.duration(&raw.store.busy_timeout)?,
+    };
+    let bus = BusConfig {
+        address: bus_address(locator, &raw.bus.address)?,
+    };
+    let jobs = validate_jobs(locator, &raw)?;
+    let service = ServiceConfig {
+        stop_timeout: locator.duration(&raw.service.stop_timeout)?,
+        status_interval: locator.duration(&raw.service.status_interval)?,
+    };
+    let web = WebConfig {
+        listen: raw.web.listen.get_ref().parse().map_err(|_| {
+            locator.invalid(
+                raw.web.listen.span(),
+                format!(
+                    "invalid socket address {:?}: write \"IP:port\", e.g. \"127.0.0.1:8080\" or \"[::1]:8080\"",
+                    raw.web.listen.get_ref()
+                ),
+            )
+        })?,
+        base_path: base_path(locator, &raw.web.base_path)?,
+        token_file: locator.absolute_path(&raw.web.token_file)?,
+        max_upload_size: locator.size(&raw.web.max_upload_size)?,
+        allowed_hosts: allowed_hosts(locator, &raw.web.allowed_hosts)?,
+    };
+    let monitor = MonitorConfig {
+        reconcile_interval: locator.duration(&raw.monitor.reconcile_interval)?,
+    };
+    let ingest = IngestConfig {
+        workers: locator.number(&raw.ingest.workers, 1, 256)?,
+        library: locator.absolute_path(&raw.ingest.library)?,
+        max_file_size: locator.size(&raw.ingest.max_file_size)?,
+        text_max_bytes: locator.size(&raw.ingest.text_max_bytes)?,
+        thumbnail_size: locator.number(&raw.ingest.thumbnail_size, 1, 4096)?,
+    };
+    let watches = validate_watches(
+        locator,
+        &raw.watch,
+        &raw.watch_defaults,
+        &raw.ingest.library,
+    )?;
+    let mut processor_names = HashMap::new();
+    let processors = raw
+        .processor
+        .iter()
+        .map(|entry| {
+            validate_processor(
+                locator,
+                entry.get_ref(),
+                &raw.processor_defaults,
+                &mut processor_names,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let scraper = validate_scraper(locator, &raw)?;
+    let mut source_names = HashMap::new();
+    let sources = raw
+        .source
+        .iter()
+        .map(|entry| validate_source(locator, entry, &raw.source_defaults, &mut source_names))
+        .collect::<Result<Vec<_>, _>>()?;
+    let limits = LimitsConfig {
+        max_payload_bytes: locator.size(&raw.limits.max_payload_bytes)?,
+        max_request_body: locator.size(&raw.limits.max_request_body)?,
+        max_string_length: locator.number(&raw.limits.max_string_length, 1, u32::MAX)?,
+        max_page_size: locator.number(&raw.limits.max_page_size, 1, u32::MAX)?,
+    };
+    Ok(Config {
+        store,
+        bus,
+        jobs,
+        service,
+        web,
+        monitor,
+        watches,
+        ingest,
+        processors,
+        scraper,
+        sources,
+        limits,
+    })
+}
+
+fn validate_jobs(locator: &Locator<'_>, raw: &RawConfig) -> Result<JobsConfig, ConfigError> {
+    let jobs = &raw.jobs;
+    let lease = locator.duration(&jobs.lease)?;
+    let heartbeat_interval = locator.duration(&jobs.heartbeat_interval)?;
+    // A heartbeat at most every half lease means one late heartbeat does not lose the job.
+    if heartbeat_interval > lease / 2 {
+        // Point at whichever of the two the user wrote, since that is what they will edit.
+        let span = if locator.is_from_user_file(&jobs.heartbeat_interval.span()) {
+            jobs.heartbeat_interval.span()
+        } else {
+            jobs.lease.span()
+        };
+        return Err(locator.invalid(
+            span,
+            format!(
+                "{} ({}) must be at most half of {} ({})",
+                locator.key_name(jobs.heartbeat_interval.span()),
+                jobs.heartbeat_interval.get_ref(),
+                locator.key_name(jobs.lease.span()),
+                jobs.lease.get_ref()
+            ),
+        ));
+    }
+    let retry_backoff_base = locator.duration(&jobs.retry_backoff_base)?;
+    let retry_backoff_max = locator.duration(&jobs.retry_backoff_max)?;
+    if retry_backoff_max < retry_backoff_base {
+        let span = if locator.is_from_user_file(&jobs.retry_backoff_max.span()) {
+            jobs.retry_backoff_max.span()
+        } else {
+            jobs.retry_backoff_base.span()
+        };
+        return Err(locator.invalid(
+            span,
+            format!(
+                "{} ({}) must be at least {} ({})",
+                locator.key_name(jobs.retry_backoff_max.span()),
+                jobs.retry_backoff_max.get_ref(),
+                locator.key_name(jobs.retry_backoff_base.span()),
+                jobs.retry_backoff_base.get_ref()
+            ),
+        ));
+    }
+    Ok(JobsConfig {
+        lease,
+        heartbeat_interval,
+        max_attempts: locator.number(&jobs.max_attempts, 1, u32::MAX)?,
+        retry_backoff_base,
+        retry_backoff_max,
+        claim_batch: locator.number(&jobs.claim_batch, 1, 10_000)?,
+    })
+}
+
+/// "system", "session", or a D-Bus address: `transport:key=value,...` entries separated by
+/// `;`. Only the shape is checked; zbus reports an address it cannot use when connecting.
+fn bus_address(locator: &Locator<'_>, value: &Text) -> Result<BusAddress, ConfigError> {
+    match value.get_ref().as_str() {
+        "system" => return Ok(BusAddress::System),
+        "session" => return Ok(BusAddress::Session),
+        _ => {}
+    }
+    let well_formed = value
+        .get_ref()
+        .split(';')
+        .filter(|entry| !entry.is_empty())
+        .all(|entry| {
+            let Some((transport, options)) = entry.split_once(':') else {
+                return false;
+            };
+            !transport.is_empty()
+                && transport
+                    .chars()
+                    .all(|character| character.is_ascii_alphanumeric())
+                && options
+                    .split(',')
+                    .filter(|option| !option.is_empty())
+                    .all(|option| {
+                        option
+                            .split_once('=')
+                            .is_some_and(|(key, _)| !key.is_empty())
+                    })
+        })
+        && !value.get_ref().trim_matches(';').is_empty();
+    if !well_formed {
+        return Err(locator.invalid(
+            value.span(),
+            format!(
+                "invalid bus {:?}: expected \"system\", \"session\" or a D-Bus address like \"unix:path=/run/sluice/bus\"",
+                value.get_ref()
+            ),
+        ));
+    }
+    Ok(BusAddress::Address(value.get_ref().clone()))
+}
+
+fn base_path(locator: &Locator<'_>, value: &Text) -> Result<String, ConfigError> {
+    let path = value.get_ref();
+    let problem = if !path.starts_with('/') {
+        Some("must start with \"/\"")
+    } else if path.len() > 1 && path.ends_with('/') {
+        Some("must not end with \"/\" (except \"/\" itself)")
+    } else if path.contains("//") {
+        Some("must not contain \"//\"")
+    } else if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        Some("must not contain \".\" or \"..\" segments")
+    } else if !path
+        .chars()
+        .all(|character| character.is_ascii_alphanumeric() || "/-_.~".contains(character))
+    {
+        Some("may only contain letters, digits and \"/-_.~\"")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => {
+            Err(locator.invalid(value.span(), format!("base path {path:?} {problem}")))
+        }
+        None => Ok(path.clone()),
+    }
+}
+
+fn allowed_hosts(locator: &Locator<'_>, value: &TextList) -> Result<Vec<String>, ConfigError> {
+    if value.get_ref().is_empty() {
+        return Err(locator.invalid(
+            value.span(),
+            "must name at least one host, or the dashboard would refuse every request",
+        ));
+    }
+    value
+        .get_ref()
+        .iter()
+        .map(|host| {
+            let is_host = !host.get_ref().is_empty()
+                && host.get_ref().chars().all(|character| {
+                    character.is_ascii_alphanumeric() || ".-:[]".contains(character)
+                })
+                && !host.get_ref().contains("]:");
+            if is_host {
+                Ok(host.get_ref().to_ascii_lowercase())
+            } else {
+                Err(locator.invalid(
+                    host.span(),
+                    format!(
+                        "{:?} is not a host name (write names or IP addresses without port, e.g. \"localhost\", \"[::1]\")",
+                        host.get_ref()
+                    ),
+                ))
+            }
+        })
+        .collect()
+}
+
+fn validate_watches(
+    locator: &Locator<'_>,
+    entries: &[Spanned<RawWatch>],
+    defaults: &RawWatchDefaults,
+    library: &Text,
+) -> Result<Vec<WatchConfig>, ConfigError> {
+    let library_path = locator.absolute_path(library)?;
+    let mut watches: Vec<(WatchConfig, Range<usize>)> = Vec::new();
+    for entry in entries {
+        let raw = entry.get_ref();
+        let path = locator.absolute_path(&raw.path)?;
+        for (earlier, earlier_span) in &watches {
+            if path.starts_with(&earlier.path) || earlier.path.starts_with(&path) {
+                return Err(locator.invalid(
+                    raw.path.span(),
+                    format!(
+                        "{} overlaps {} ({}): a folder may be watched only once",
+                        path.display(),
+                        locator.key_name(earlier_span.clone()),
+                        earlier.path.display()
+                    ),
+                ));
+            }
+        }
+        if path.starts_with(&library_path) || library_path.starts_with(&path) {
+            // Files filed into a watched library would be picked up again, forever.
+            let span = if locator.is_from_user_file(&raw.path.span()) {
+                raw.path.span()
+            } else {
+                library.span()
+            };
+            return Err(locator.invalid(
+                span,
+                format!(
+                    "watched folder {} overlaps the library {}: they must be separate",
+                    path.display(),
+                    library_path.display()
+                ),
+            ));
+        }
+        let watch = WatchConfig {
+            mode: locator.choice(
+                &raw.mode,
+                &[("consume", WatchMode::Consume), ("index", WatchMode::Index)],
+            )?,
+            ignore: ignore_rules(locator, raw.ignore.as_ref().unwrap_or(&defaults.ignore))?,
+            recursive: *raw
+                .recursive
+                .as_ref()
+                .unwrap_or(&defaults.recursive)
+                .get_ref(),
+            watcher: locator.choice(
+                raw.watcher.as_ref().unwrap_or(&defaults.watcher),
+                &[
+                    ("auto", Watcher::Auto),
+                    ("inotify", Watcher::Inotify),
+                    ("poll", Watcher::Poll),
+                ],
+            )?,
+            poll_interval: locator.duration(
+                raw.poll_interval
+                    .as_ref()
+                    .unwrap_or(&defaults.poll_interval),
+            )?,
+            quiet_period: locator
+                .duration(raw.quiet_period.as_ref().unwrap_or(&defaults.quiet_period))?,
+            path,
+        };
+        watches.push((watch, raw.path.span()));
+    }
+    Ok(watches.into_iter().map(|(watch, _)| watch).collect())
+}
+
+fn ignore_rules(locator: &Locator<'_>, value: &TextList) -> Result<IgnoreRules, ConfigError> {
+    let mut globs = Vec::new();
+    let mut name_globs = GlobSetBuilder::new();
+    let mut path_globs = GlobSetBuilder::new();
+    for pattern in value.get_ref() {
+        let glob = GlobBuilder::new(pattern.get_ref())
+            .literal_separator(true)
+            .build()
+            .map_err(|error| {
+                locator.invalid(pattern.span(), format!("invalid glob: {}", error.kind()))
+            })?;
+        if pattern.get_ref().contains('/') {
+            path_globs.add(glob.clone());
+        } else {
+            name_globs.add(glob.clone());
+        }
+        globs.push(glob);
+    }
+    let build = |builder: GlobSetBuilder| {
+        builder
+            .build()
+            .map_err(|error| locator.invalid(value.span(), format!("invalid glob list: {error}")))
+    };
+    Ok(IgnoreRules {
+        globs,
+        name_globs: build(name_globs)?,
+        path_globs: build(path_globs)?,
+    })
+}
+
+fn validate_processor(
+    locator: &Locator<'_>,
+    raw: &RawProcessor,
+    defaults: &RawProcessorDefaults,
+    names: &mut HashMap<String, Range<usize>>,
+) -> Result<ProcessorConfig, ConfigError> {
+    let name = locator.entry_name(&raw.name, names)?;
+    let glob = Glob::new(raw.mime.get_ref()).map_err(|error| {
+        locator.invalid(
+            raw.mime.span(),
+            format!("invalid MIME glob: {}", error.kind()),
+        )
+    })?;
+    let mime = MimePattern {
+        matcher: glob.compile_matcher(),
+        glob,
+    };
+    let Some(program) = raw.argv.get_ref().first() else {
+        return Err(locator.invalid(raw.argv.span(), "must name at least the program to run"));
+    };
+    if !Path::new(program.get_ref()).is_absolute() {
+        return Err(locator.invalid(
+            program.span(),
+            format!(
+                "program {:?} must be an absolute path (processors run without a shell or PATH search)",
+                program.get_ref()
+            ),
+        ));
+    }
+    for argument in raw.argv.get_ref() {
+        argument_pieces(argument.get_ref())
+            .map_err(|reason| locator.invalid(argument.span(), reason))?;
+    }
+    Ok(ProcessorConfig {
+        name,
+        mime,
+        argv: raw
+            .argv
+            .get_ref()
+            .iter()
+            .map(|argument| argument.get_ref().clone())
+            .collect(),
+        timeout: locator.duration(raw.timeout.as_ref().unwrap_or(&defaults.timeout))?,
+        max_output: locator.size(raw.max_output.as_ref().unwrap_or(&defaults.max_output))?,
+    })
+}
+
+/// A piece of a processor argument template.
+#[derive(Debug, PartialEq)]
+pub(super) enum ArgumentPiece {
+    Literal(String),
+    Path,
+    Mime,
+}
+
+/// Splits an argument template into literal text and placeholders: `{path}`, `{mime}`, with
+/// `{{` and `}}` for literal braces. Any other use of a brace is an error, so a typo such as
+/// `{paht}` is found at load time instead of being passed to the program.
+pub(super) fn argument_pieces(template: &str) -> Result<Vec<ArgumentPiece>, String> {
+    let mut pieces = Vec::new();
+    let mut literal = String::new();
+    let mut characters = template.chars().peekable();
+    while let Some(character) = characters.next() {
+        match character {
+            '{' if characters.peek() == Some(&'{') => {
+                characters.next();
+                literal.push('{');
+            }
+            '}' if characters.peek() == Some(&'}') => {
+                characters.next();
+                literal.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                let mut closed = false;
+                for next in characters.by_ref() {
+                    if next == '}' {
+                        closed = true;
+                        break;
+                    }
+                    name.push(next);
+                }
+                if !closed {
+                    return Err(format!(
+                        "unmatched \"{{\" in {template:?}: write {{{{ for a literal brace"
+                    ));
+                }
+                let piece = match name.as_str() {
+                    "path" => ArgumentPiece::Path,
+                    "mime" => ArgumentPiece::Mime,
+                    _ => {
+                        return Err(format!(
+                            "unknown placeholder {{{name}}} in {template:?}: use {{path}} or {{mime}}, and {{{{ or }}}} for a literal brace"
+                        ));
+                    }
+                };
+                if !literal.is_empty() {
+                    pieces.push(ArgumentPiece::Literal(std::mem::take(&mut literal)));
+                }
+                pieces.push(piece);
+            }
+            '}' => {
+                return Err(format!(
+                    "unmatched \"}}\" in {template:?}: write }}}} for a literal brace"
+                ));
+            }
+            other => literal.push(other),
+        }
+    }
+    if !literal.is_empty() {
+        pieces.push(ArgumentPiece::Literal(literal));
+    }
+    Ok(pieces)
+}
+
+fn validate_scraper(locator: &Locator<'_>, raw: &RawConfig) -> Result<ScraperConfig, ConfigError> {
+    let scraper = &raw.scraper;
+    Ok(ScraperConfig {
+        inbox: locator.absolute_path(&scraper.inbox)?,
+        staging: locator.absolute_path(&scraper.staging)?,
+        user_agent: locator.non_empty_text(&scraper.user_agent)?,
+        max_download_size: locator.size(&scraper.max_download_size)?,
+        per_host_concurrency: locator.number(&scraper.per_host_concurrency, 1, 1024)?,
+        politeness_delay: locator.duration_or_zero(&scraper.politeness_delay)?,
+        allow_private_addresses: *scraper.allow_private_addresses.get_ref(),
+        request_timeout: locator.duration(&scraper.request_timeout)?,
+        max_redirects: locator.number(&scraper.max_redirects, 0, 100)?,
+        progress_interval: locator.duration(&scraper.progress_interval)?,
+    })
+}
+
+fn validate_source(
+    locator: &Locator<'_>,
+    entry: &Spanned<RawSource>,
+    defaults: &RawSourceDefaults,
+    names: &mut HashMap<String, Range<usize>>,
+) -> Result<SourceConfig, ConfigError> {
+    let raw = entry.get_ref();
+    let name = locator.entry_name(&raw.name, names)?;
+    let url = source_url(locator, &raw.url)?;
+    let mode = locator.choice(
+        &raw.mode,
+        &[
+            ("page", SourceMode::Page),
+            ("links", SourceMode::Links),
+            ("feed", SourceMode::Feed),
+        ],
+    )?;
+    let every_value = raw.every.as_ref().unwrap_or(&defaults.every);
+    let every = locator.duration(every_value)?;
+    if every < Duration::from_secs(1) {
+        return Err(locator.invalid(every_value.span(), "must be at least \"1s\""));
+    }
+    let selector = match (mode, &raw.selector) {
+        (SourceMode::Links, Some(selector)) => Some(locator.non_empty_text(selector)?),
+        (SourceMode::Links, None) => {
+            return Err(locator.invalid(
+                entry.span(),
+                "a source in \"links\" mode needs a `selector` (a CSS selector for the links)",
+            ));
+        }
+        (_, Some(selector)) => {
+            return Err(
+                locator.invalid(selector.span(), "`selector` is only used in \"links\" mode")
+            );
+        }
+        (_, None) => None,
+    };
+    let pattern = match (&raw.pattern, mode) {
+        (Some(pattern), SourceMode::Page) => {
+            return Err(locator.invalid(
+                pattern.span(),
+                "`pattern` is only used in \"links\" and \"feed\" modes",
+            ));
+        }
+        (Some(pattern), _) => Some(LinkPattern(Regex::new(pattern.get_ref()).map_err(
+            |error| {
+                locator.invalid(
+                    pattern.span(),
+                    format!("invalid regular expression: {error}"),
+                )
+            },
+        )?)),
+        (None, _) => None,
+    };
+    let credentials_file = raw
+        .credentials_file
+        .as_ref()
+        .map(|path| locator.absolute_path(path))
+        .transpose()?;
+    Ok(SourceConfig {
+        name,
+        url,
+        mode,
+        every,
+        selector,
+        pattern,
+        credentials_file,
+    })
+}
+
+fn source_url(locator: &Locator<'_>, value: &Text) -> Result<Url, ConfigError> {
+    let url = Url::parse(value.get_ref()).map_err(|error| {
+        locator.invalid(
+            value.span(),
+            format!("invalid URL {:?}: {error}", value.get_ref()),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(locator.invalid(
+            value.span(),
+            format!(
+                "URL scheme {:?} is not allowed: only http and https",
+                url.scheme()
+            ),
+        ));
+    }
+    if url.host().is_none() {
+        return Err(locator.invalid(value.span(), "URL has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // Credentials in the URL would end up in logs, signals and the dashboard.
+        return Err(locator.invalid(
+            value.span(),
+            "URL must not contain credentials: put them in a file named by `credentials_file`",
+        ));
+    }
+    Ok(url)
+}
+
+/// Parses "64 KiB", "10GiB", "1.5 MB", "512" (bytes) into bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|character: char| !(character.is_ascii_digit() || character == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}: use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    if number.is_empty() {
+        return Err("no number before the unit".to_owned());
+    }
+    if let Ok(whole) = number.parse::<u64>() {
+        return whole
+            .checked_mul(multiplier)
+            .ok_or_else(|| "too large".to_owned());
+    }
+    let fraction: f64 = number
+        .parse()
+        .map_err(|_| format!("{number:?} is not a number"))?;
+    let bytes = (fraction * multiplier as f64).round();
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err("too large".to_owned());
+    }
+    // Rounded, finite and in range just above, so the conversion is exact enough for a size.
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64 KiB"), Ok(65_536));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("1.5 MB"), Ok(1_500_000));
+        assert_eq!(parse_size("2 KB"), Ok(2_000));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("KiB").is_err());
+        assert!(parse_size("1.2.3 MiB").is_err());
+        assert!(parse_size("99999999999 TiB").is_err());
+    }
+
+    #[test]
+    fn argument_templates_split_into_placeholders_and_literals() {
+        assert_eq!(
+            argument_pieces("--in={path}").unwrap(),
+            vec![ArgumentPiece::Literal("--in=".into()), ArgumentPiece::Path]
+        );
+        assert_eq!(
+            argument_pieces("{{x}} {mime}").unwrap(),
+            vec![ArgumentPiece::Literal("{x} ".into()), ArgumentPiece::Mime]
+        );
+        assert!(argument_pieces("{paht}").unwrap_err().contains("{paht}"));
+        assert!(argument_pieces("a}b").is_err());
+        assert!(argument_pieces("{path").is_err());
+    }
+}
