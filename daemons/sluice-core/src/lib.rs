@@ -4,3 +4,4 @@
 //!
 //! Daemon crates depend on this crate and never on each other; only this crate runs SQL.
 pub mod runtime;
+pub mod store;

@@ -1,0 +1,1599 @@
+//! The durable job queue: enqueue, claim with a lease, heartbeat, progress, complete, fail with
+//! backoff, cancel, rescue of expired leases, and reading jobs and their history.
+//!
+//! The rules this module keeps:
+//! - **A claim is one statement** (`UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING …`), so
+//!   two workers can never claim the same job.
+//! - **Every state change after a claim is a compare-and-set on the lease token**: the UPDATE
+//!   names the job id, `state = 'running'` and the token, and a worker whose lease was lost
+//!   (expired and rescued, or cancelled) changes nothing and gets `JobError::LeaseLost`.
+//! - **An attempt is counted when it is claimed**; releasing a job on shutdown gives the
+//!   attempt back, an expired lease keeps it (the worker may have crashed because of the job).
+//! - Transitions are written to `job_history` by triggers (see `migrations.rs`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rand::Rng;
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Store, StoreError, duration_ms, now_ms};
+
+/// Largest accepted job payload, as serialized JSON.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+pub const MAX_KIND_LENGTH: usize = 64;
+pub const MAX_UNIQUE_KEY_LENGTH: usize = 1024;
+pub const MAX_MESSAGE_LENGTH: usize = 4096;
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -100..=100;
+pub const MAX_ATTEMPTS_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("job {0} not found")]
+    NotFound(i64),
+    #[error("job {id}: lease lost (the job was rescued, cancelled or finished by someone else)")]
+    LeaseLost { id: i64 },
+    #[error("job {id} is {state}; cannot {action} it")]
+    InvalidState {
+        id: i64,
+        state: JobState,
+        action: &'static str,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for JobError {
+    fn from(error: rusqlite::Error) -> Self {
+        JobError::Store(StoreError::from(error))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Retrying,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Dead,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 7] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Retrying,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Retrying => "retrying",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Dead => "dead",
+        }
+    }
+
+    /// A job in a terminal state never changes again unless a person retries it.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Dead
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = JobError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| {
+                JobError::InvalidArgument(format!(
+                    "unknown job state {text:?} (expected one of queued, running, retrying, succeeded, failed, cancelled, dead)"
+                ))
+            })
+    }
+}
+
+/// A job to enqueue. `NewJob::new` gives priority 0, run now, 5 attempts, no unique key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub kind: String,
+    pub payload: Value,
+    /// Higher runs first; -100 ..= 100.
+    pub priority: i32,
+    /// Do not run before this time (ms since the epoch); `None` = now.
+    pub run_at_ms: Option<i64>,
+    pub max_attempts: u32,
+    /// Idempotent submit: enqueuing a second job with the same key returns the first one.
+    pub unique_key: Option<String>,
+}
+
+impl NewJob {
+    pub fn new(kind: impl Into<String>, payload: Value) -> NewJob {
+        NewJob {
+            kind: kind.into(),
+            payload,
+            priority: 0,
+            run_at_ms: None,
+            max_attempts: 5,
+            unique_key: None,
+        }
+    }
+
+    pub fn with_unique_key(mut self, key: impl Into<String>) -> NewJob {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    pub fn with_priority(mut self, priority: i32) -> NewJob {
+        self.priority = priority;
+        self
+    }
+
+    pub fn with_max_attempts(mut self, max_attempts: u32) -> NewJob {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    fn validate(&self) -> Result<String, JobError> {
+        validate_kind(&self.kind)?;
+        if !self.payload.is_object() {
+            return Err(JobError::InvalidArgument(format!(
+                "payload must be a JSON object, got {}",
+                json_type_name(&self.payload)
+            )));
+        }
+        let payload = self.payload.to_string();
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(JobError::InvalidArgument(format!(
+                "payload is {} bytes, the limit is {MAX_PAYLOAD_BYTES}",
+                payload.len()
+            )));
+        }
+        if !PRIORITY_RANGE.contains(&self.priority) {
+            return Err(JobError::InvalidArgument(format!(
+                "priority {} is out of range -100..=100",
+                self.priority
+            )));
+        }
+        if !MAX_ATTEMPTS_RANGE.contains(&self.max_attempts) {
+            return Err(JobError::InvalidArgument(format!(
+                "max_attempts {} is out of range 1..=1000",
+                self.max_attempts
+            )));
+        }
+        if let Some(key) = &self.unique_key
+            && (key.is_empty() || key.len() > MAX_UNIQUE_KEY_LENGTH)
+        {
+            return Err(JobError::InvalidArgument(format!(
+                "unique key must be 1..={MAX_UNIQUE_KEY_LENGTH} bytes, got {}",
+                key.len()
+            )));
+        }
+        Ok(payload)
+    }
+}
+
+/// What enqueue did: `created = false` means a job with the same unique key already existed and
+/// `id` is that job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Enqueued {
+    pub id: i64,
+    pub created: bool,
+}
+
+/// Proof of a claim. Only the holder of the current token may change a running job.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseToken(String);
+
+impl LeaseToken {
+    fn generate() -> LeaseToken {
+        let bits: u128 = rand::rng().random();
+        LeaseToken(format!("{bits:032x}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for LeaseToken {
+    fn from(text: String) -> Self {
+        LeaseToken(text)
+    }
+}
+
+impl fmt::Debug for LeaseToken {
+    // A token is a capability: logs show only its start.
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "LeaseToken({}…)", &self.0[..self.0.len().min(8)])
+    }
+}
+
+/// A job handed to a worker by `claim_jobs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub kind: String,
+    pub payload: Value,
+    pub priority: i32,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub lease_token: LeaseToken,
+    pub lease_expires_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Someone asked to cancel this job: the worker should stop and call `finish_cancelled`.
+    pub cancel_requested: bool,
+    pub lease_expires_at_ms: i64,
+}
+
+/// How a failed attempt is retried: exponential backoff from `base`, capped at `max`, with
+/// jitter (each delay is drawn from the upper half of its step, so a herd of failures spreads
+/// out without ever retrying sooner than half the nominal delay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(30);
+        let nominal = self.base.saturating_mul(1 << exponent).min(self.max);
+        let nominal_ms = duration_ms(nominal).max(1) as u64;
+        let jittered = rand::rng().random_range(nominal_ms / 2..=nominal_ms);
+        Duration::from_millis(jittered)
+    }
+}
+
+/// What a worker reports at the end of an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded {
+        result: Value,
+    },
+    /// `retryable` failures go to `retrying` (or `dead` after the last attempt); others to
+    /// `failed` at once.
+    Failed {
+        error: String,
+        retryable: bool,
+    },
+    /// The worker stopped because cancellation was requested.
+    Cancelled,
+    /// The worker gives the job back without using up the attempt (graceful shutdown).
+    Released,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub id: i64,
+    pub lease_token: LeaseToken,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub id: i64,
+    pub kind: String,
+    pub payload: Value,
+    pub state: JobState,
+    pub priority: i32,
+    pub run_at_ms: i64,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at_ms: Option<i64>,
+    pub cancel_requested: bool,
+    pub progress: Option<f64>,
+    pub progress_message: Option<String>,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub unique_key: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobTransition {
+    pub at_ms: i64,
+    pub from_state: Option<JobState>,
+    pub to_state: JobState,
+    pub attempt: u32,
+    pub worker: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobFilter {
+    pub states: Vec<JobState>,
+    pub kind: Option<String>,
+}
+
+/// Newest first; `before_id` is the cursor returned as `next_cursor` by the previous page.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PageRequest {
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<i64>,
+}
+
+const JOB_COLUMNS: &str = "id, kind, payload, state, priority, run_at, attempts, max_attempts, \
+     lease_owner, lease_expires_at, cancel_requested, progress, progress_message, result, error, \
+     unique_key, created_at, updated_at, started_at, finished_at";
+
+impl Store {
+    /// Adds one job (one transaction). With a unique key that already exists, returns the
+    /// existing job's id and changes nothing.
+    pub fn enqueue(&mut self, job: &NewJob) -> Result<Enqueued, JobError> {
+        let payload = job.validate()?;
+        self.write(|transaction| insert_job(transaction, job, &payload, now_ms()))
+    }
+
+    /// Adds many jobs in one transaction: all or none.
+    pub fn enqueue_many(&mut self, jobs: &[NewJob]) -> Result<Vec<Enqueued>, JobError> {
+        let payloads = jobs
+            .iter()
+            .map(NewJob::validate)
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = now_ms();
+        self.write(|transaction| {
+            jobs.iter()
+                .zip(&payloads)
+                .map(|(job, payload)| insert_job(transaction, job, payload, now))
+                .collect()
+        })
+    }
+
+    /// Claims up to `limit` runnable jobs of the given kinds for `worker`, in priority, then
+    /// run-at, then id order, each with a lease of `lease`. Expired leases are rescued first in
+    /// the same transaction, so a crashed worker's job is available to the very next claim.
+    pub fn claim_jobs(
+        &mut self,
+        worker: &str,
+        kinds: &[&str],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, JobError> {
+        self.complete_and_claim(&[], worker, kinds, limit, lease)
+            .map(|(_, claimed)| claimed)
+    }
+
+    /// Records the outcomes of several attempts and claims the next jobs in one transaction:
+    /// the group commit that lets a worker drain a queue at one sync per batch. Each completion
+    /// succeeds or fails on its own (a lost lease fails only that one); the claim happens after.
+    #[allow(clippy::type_complexity)]
+    pub fn complete_and_claim(
+        &mut self,
+        completions: &[Completion],
+        worker: &str,
+        kinds: &[&str],
+        limit: usize,
+        lease: Duration,
+    ) -> Result<(Vec<Result<JobState, JobError>>, Vec<ClaimedJob>), JobError> {
+        validate_worker(worker)?;
+        for kind in kinds {
+            validate_kind(kind)?;
+        }
+        for completion in completions {
+            validate_outcome(&completion.outcome)?;
+        }
+        let lease_ms = validate_lease(lease)?;
+        let kinds_json = serde_json::to_string(kinds).map_err(|error| {
+            JobError::InvalidArgument(format!("cannot encode job kinds: {error}"))
+        })?;
+        let retry_policy = self.options().retry;
+        self.write(|transaction| {
+            let now = now_ms();
+            let results = completions
+                .iter()
+                .map(|completion| complete(transaction, completion, &retry_policy, now))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            if limit == 0 || kinds.is_empty() {
+                return Ok((results, Vec::new()));
+            }
+            rescue_expired(transaction, now)?;
+            let claimed = claim(transaction, worker, &kinds_json, limit, now, lease_ms)?;
+            Ok((results, claimed))
+        })
+    }
+
+    /// Records several outcomes in one transaction; each succeeds or fails on its own.
+    pub fn complete_jobs(
+        &mut self,
+        completions: &[Completion],
+    ) -> Result<Vec<Result<JobState, JobError>>, JobError> {
+        for completion in completions {
+            validate_outcome(&completion.outcome)?;
+        }
+        let retry_policy = self.options().retry;
+        self.write(|transaction| {
+            let now = now_ms();
+            completions
+                .iter()
+                .map(|completion| complete(transaction, completion, &retry_policy, now))
+                .collect::<Result<Vec<_>, StoreError>>()
+                .map_err(JobError::from)
+        })
+    }
+
+    /// Extends the lease of a running job; tells the worker if cancellation was requested.
+    pub fn heartbeat(
+        &mut self,
+        id: i64,
+        lease_token: &LeaseToken,
+        lease: Duration,
+    ) -> Result<Heartbeat, JobError> {
+        let lease_ms = validate_lease(lease)?;
+        self.write(|transaction| {
+            let now = now_ms();
+            let row = transaction
+                .prepare_cached(
+                    "UPDATE jobs SET lease_expires_at = ?3, updated_at = ?4
+                     WHERE id = ?1 AND state = 'running' AND lease_token = ?2
+                     RETURNING cancel_requested, lease_expires_at",
+                )?
+                .query_row(
+                    params![id, lease_token.as_str(), now + lease_ms, now],
+                    |row| {
+                        Ok(Heartbeat {
+                            cancel_requested: row.get(0)?,
+                            lease_expires_at_ms: row.get(1)?,
+                        })
+                    },
+                )
+                .optional()?;
+            row.ok_or_else(|| lease_lost_or_not_found(transaction, id))
+        })
+    }
+
+    /// Records progress (a fraction in 0..=1 and a short message) of a running job.
+    pub fn report_progress(
+        &mut self,
+        id: i64,
+        lease_token: &LeaseToken,
+        fraction: f64,
+        message: &str,
+    ) -> Result<(), JobError> {
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(JobError::InvalidArgument(format!(
+                "progress must be a fraction in 0..=1, got {fraction}"
+            )));
+        }
+        validate_message("progress message", message)?;
+        self.write(|transaction| {
+            let changed = transaction
+                .prepare_cached(
+                    "UPDATE jobs SET progress = ?3, progress_message = ?4, updated_at = ?5
+                     WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+                )?
+                .execute(params![
+                    id,
+                    lease_token.as_str(),
+                    fraction,
+                    message,
+                    now_ms()
+                ])?;
+            if changed == 1 {
+                Ok(())
+            } else {
+                Err(lease_lost_or_not_found(transaction, id))
+            }
+        })
+    }
+
+    pub fn succeed_job(
+        &mut self,
+        id: i64,
+        lease_token: &LeaseToken,
+        result: &Value,
+    ) -> Result<(), JobError> {
+        self.complete_one(
+            id,
+            lease_token,
+            Outcome::Succeeded {
+                result: result.clone(),
+            },
+        )
+        .map(|_| ())
+    }
+
+    /// Records a failed attempt; returns the state the job went to (`retrying`, `dead` or
+    /// `failed`).
+    pub fn fail_job(
+        &mut self,
+        id: i64,
+        lease_token: &LeaseToken,
+        error: &str,
+        retryable: bool,
+    ) -> Result<JobState, JobError> {
+        self.complete_one(
+            id,
+            lease_token,
+            Outcome::Failed {
+                error: error.to_string(),
+                retryable,
+            },
+        )
+    }
+
+    /// Gives a claimed job back (graceful shutdown): queued again at once, attempt not used.
+    pub fn release_job(&mut self, id: i64, lease_token: &LeaseToken) -> Result<(), JobError> {
+        self.complete_one(id, lease_token, Outcome::Released)
+            .map(|_| ())
+    }
+
+    /// The worker acknowledges a requested cancellation.
+    pub fn finish_cancelled(&mut self, id: i64, lease_token: &LeaseToken) -> Result<(), JobError> {
+        self.complete_one(id, lease_token, Outcome::Cancelled)
+            .map(|_| ())
+    }
+
+    /// Cancels a job: a queued or retrying job is cancelled at once; a running one is marked,
+    /// and its worker learns it at its next heartbeat (or the rescue cancels it if the worker
+    /// is gone). A finished job cannot be cancelled.
+    pub fn cancel_job(&mut self, id: i64) -> Result<Job, JobError> {
+        self.write(|transaction| {
+            let state = job_state(transaction, id)?;
+            let now = now_ms();
+            match state {
+                JobState::Queued | JobState::Retrying => {
+                    transaction.execute(
+                        "UPDATE jobs SET state = 'cancelled', error = 'cancelled on request',
+                             updated_at = ?2, finished_at = ?2
+                         WHERE id = ?1",
+                        params![id, now],
+                    )?;
+                }
+                JobState::Running => {
+                    transaction.execute(
+                        "UPDATE jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1",
+                        params![id, now],
+                    )?;
+                }
+                state => {
+                    return Err(JobError::InvalidState {
+                        id,
+                        state,
+                        action: "cancel",
+                    });
+                }
+            }
+            read_job(transaction, id)
+        })
+    }
+
+    /// Puts a failed, dead or cancelled job back in the queue with a fresh set of attempts.
+    pub fn retry_job(&mut self, id: i64) -> Result<Job, JobError> {
+        self.write(|transaction| {
+            let state = job_state(transaction, id)?;
+            if !matches!(
+                state,
+                JobState::Failed | JobState::Dead | JobState::Cancelled
+            ) {
+                return Err(JobError::InvalidState {
+                    id,
+                    state,
+                    action: "retry",
+                });
+            }
+            let now = now_ms();
+            transaction.execute(
+                "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?2, cancel_requested = 0,
+                     progress = NULL, progress_message = NULL, result = NULL, finished_at = NULL,
+                     updated_at = ?2
+                 WHERE id = ?1",
+                params![id, now],
+            )?;
+            read_job(transaction, id)
+        })
+    }
+
+    /// Turns every running job whose lease has expired back into `retrying` (or `dead` when it
+    /// has used its last attempt, `cancelled` when cancellation was requested). Returns the
+    /// rescued ids. `claim_jobs` does this too; daemons call it on a timer as well.
+    pub fn rescue_expired_leases(&mut self) -> Result<Vec<i64>, JobError> {
+        self.write(|transaction| Ok(rescue_expired(transaction, now_ms())?))
+    }
+
+    pub fn get_job(&self, id: i64) -> Result<Job, JobError> {
+        read_job(self.connection(), id)
+    }
+
+    /// Jobs newest first, filtered by states and kind, a page at a time.
+    pub fn list_jobs(&self, filter: &JobFilter, page: PageRequest) -> Result<Page<Job>, JobError> {
+        if page.limit == 0 || page.limit > MAX_PAGE_SIZE {
+            return Err(JobError::InvalidArgument(format!(
+                "page size must be 1..={MAX_PAGE_SIZE}, got {}",
+                page.limit
+            )));
+        }
+        if let Some(kind) = &filter.kind {
+            validate_kind(kind)?;
+        }
+        let states: Vec<&str> = filter.states.iter().map(|state| state.as_str()).collect();
+        let states_json = serde_json::to_string(&states).unwrap_or_else(|_| "[]".to_string());
+        let mut statement = self.connection().prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE (?1 IS NULL OR id < ?1)
+               AND (?2 = '[]' OR state IN (SELECT value FROM json_each(?2)))
+               AND (?3 IS NULL OR kind = ?3)
+             ORDER BY id DESC LIMIT ?4"
+        ))?;
+        let items = statement
+            .query_map(
+                params![page.before_id, states_json, filter.kind, page.limit + 1],
+                job_from_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut items = items;
+        let next_cursor = if items.len() > page.limit as usize {
+            items.truncate(page.limit as usize);
+            items.last().map(|job| job.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Every transition of a job, oldest first.
+    pub fn job_history(&self, id: i64) -> Result<Vec<JobTransition>, JobError> {
+        job_state(self.connection(), id)?;
+        let mut statement = self.connection().prepare_cached(
+            "SELECT at, from_state, to_state, attempt, worker, error FROM job_history
+             WHERE job_id = ?1 ORDER BY id",
+        )?;
+        let transitions = statement
+            .query_map([id], |row| {
+                Ok(JobTransition {
+                    at_ms: row.get(0)?,
+                    from_state: row
+                        .get::<_, Option<String>>(1)?
+                        .map(|text| parse_state_column(&text))
+                        .transpose()?,
+                    to_state: parse_state_column(&row.get::<_, String>(2)?)?,
+                    attempt: row.get(3)?,
+                    worker: row.get(4)?,
+                    error: row.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(transitions)
+    }
+
+    /// How many jobs are in each state (states with none are listed with 0).
+    pub fn job_counts(&self) -> Result<BTreeMap<JobState, u64>, JobError> {
+        let mut counts: BTreeMap<JobState, u64> =
+            JobState::ALL.into_iter().map(|state| (state, 0)).collect();
+        let mut statement = self
+            .connection()
+            .prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                parse_state_column(&row.get::<_, String>(0)?)?,
+                row.get::<_, i64>(1)? as u64,
+            ))
+        })?;
+        for row in rows {
+            let (state, count) = row?;
+            counts.insert(state, count);
+        }
+        Ok(counts)
+    }
+
+    fn complete_one(
+        &mut self,
+        id: i64,
+        lease_token: &LeaseToken,
+        outcome: Outcome,
+    ) -> Result<JobState, JobError> {
+        let completion = Completion {
+            id,
+            lease_token: lease_token.clone(),
+            outcome,
+        };
+        validate_outcome(&completion.outcome)?;
+        let retry_policy = self.options().retry;
+        self.write(|transaction| complete(transaction, &completion, &retry_policy, now_ms())?)
+    }
+}
+
+fn insert_job(
+    transaction: &Transaction<'_>,
+    job: &NewJob,
+    payload: &str,
+    now: i64,
+) -> Result<Enqueued, JobError> {
+    let run_at = job.run_at_ms.unwrap_or(now);
+    let inserted: Option<i64> = transaction
+        .prepare_cached(
+            "INSERT INTO jobs (kind, payload, state, priority, run_at, max_attempts, unique_key,
+                               created_at, updated_at)
+             VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?7)
+             ON CONFLICT DO NOTHING
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                job.kind,
+                payload,
+                job.priority,
+                run_at,
+                job.max_attempts,
+                job.unique_key,
+                now
+            ],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(id) = inserted {
+        return Ok(Enqueued { id, created: true });
+    }
+    let id = transaction
+        .prepare_cached("SELECT id FROM jobs WHERE unique_key = ?1")?
+        .query_row([&job.unique_key], |row| row.get(0))?;
+    Ok(Enqueued { id, created: false })
+}
+
+fn claim(
+    transaction: &Transaction<'_>,
+    worker: &str,
+    kinds_json: &str,
+    limit: usize,
+    now: i64,
+    lease_ms: i64,
+) -> Result<Vec<ClaimedJob>, StoreError> {
+    let token = LeaseToken::generate();
+    let expires = now + lease_ms;
+    let mut statement = transaction.prepare_cached(
+        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?1,
+             lease_token = ?2, lease_expires_at = ?3, cancel_requested = 0, progress = NULL,
+             progress_message = NULL, started_at = coalesce(started_at, ?4), updated_at = ?4
+         WHERE id IN (
+             SELECT id FROM jobs
+             WHERE state IN ('queued', 'retrying') AND run_at <= ?4
+               AND kind IN (SELECT value FROM json_each(?5))
+             ORDER BY priority DESC, run_at, id
+             LIMIT ?6)
+         RETURNING id, kind, payload, priority, attempts, max_attempts, run_at",
+    )?;
+    let mut claimed = statement
+        .query_map(
+            params![
+                worker,
+                token.as_str(),
+                expires,
+                now,
+                kinds_json,
+                limit as i64
+            ],
+            |row| {
+                let payload: String = row.get(2)?;
+                Ok((
+                    row.get::<_, i64>(6)?,
+                    ClaimedJob {
+                        id: row.get(0)?,
+                        kind: row.get(1)?,
+                        payload: parse_json_column(2, &payload)?,
+                        priority: row.get(3)?,
+                        attempt: row.get(4)?,
+                        max_attempts: row.get(5)?,
+                        lease_token: token.clone(),
+                        lease_expires_at_ms: expires,
+                    },
+                ))
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    // RETURNING gives no order guarantee; hand the jobs out in claim order.
+    claimed.sort_by_key(|(run_at, job)| (-job.priority, *run_at, job.id));
+    Ok(claimed.into_iter().map(|(_, job)| job).collect())
+}
+
+fn rescue_expired(transaction: &Transaction<'_>, now: i64) -> Result<Vec<i64>, StoreError> {
+    let mut statement = transaction.prepare_cached(
+        "UPDATE jobs SET
+             state = CASE WHEN cancel_requested THEN 'cancelled'
+                          WHEN attempts >= max_attempts THEN 'dead'
+                          ELSE 'retrying' END,
+             error = 'lease expired: worker ' || coalesce(lease_owner, '?')
+                     || ' stopped heartbeating during attempt ' || attempts,
+             lease_token = NULL, lease_expires_at = NULL, run_at = ?1, updated_at = ?1,
+             finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN ?1 END
+         WHERE state = 'running' AND lease_expires_at < ?1
+         RETURNING id",
+    )?;
+    let rescued = statement
+        .query_map([now], |row| row.get(0))?
+        .collect::<Result<Vec<i64>, _>>()?;
+    if !rescued.is_empty() {
+        tracing::warn!(jobs = ?rescued, "rescued jobs whose lease expired");
+    }
+    Ok(rescued)
+}
+
+/// Applies one outcome as a compare-and-set on the lease token. The outer `Result` is a
+/// database failure (which aborts the whole transaction); the inner one is this job's verdict.
+fn complete(
+    transaction: &Transaction<'_>,
+    completion: &Completion,
+    retry_policy: &RetryPolicy,
+    now: i64,
+) -> Result<Result<JobState, JobError>, StoreError> {
+    let id = completion.id;
+    let token = completion.lease_token.as_str();
+    let updated: Option<String> = match &completion.outcome {
+        Outcome::Succeeded { result } => transaction
+            .prepare_cached(
+                "UPDATE jobs SET state = 'succeeded', result = ?3, error = NULL, progress = 1.0,
+                     lease_token = NULL, lease_expires_at = NULL, updated_at = ?4, finished_at = ?4
+                 WHERE id = ?1 AND state = 'running' AND lease_token = ?2
+                 RETURNING state",
+            )?
+            .query_row(params![id, token, result.to_string(), now], |row| {
+                row.get(0)
+            })
+            .optional()?,
+        Outcome::Failed { error, retryable } => {
+            let attempt: Option<(u32, u32)> = transaction
+                .prepare_cached(
+                    "SELECT attempts, max_attempts FROM jobs
+                     WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+                )?
+                .query_row(params![id, token], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            match attempt {
+                None => None,
+                Some((attempts, max_attempts)) => {
+                    let (state, run_at) = if !retryable {
+                        (JobState::Failed, now)
+                    } else if attempts >= max_attempts {
+                        (JobState::Dead, now)
+                    } else {
+                        let delay = retry_policy.delay_after(attempts);
+                        (JobState::Retrying, now + duration_ms(delay))
+                    };
+                    let finished = state.is_terminal().then_some(now);
+                    transaction
+                        .prepare_cached(
+                            "UPDATE jobs SET state = ?3, error = ?4, run_at = ?5,
+                                 lease_token = NULL, lease_expires_at = NULL, updated_at = ?6,
+                                 finished_at = ?7
+                             WHERE id = ?1 AND state = 'running' AND lease_token = ?2
+                             RETURNING state",
+                        )?
+                        .query_row(
+                            params![id, token, state.as_str(), error, run_at, now, finished],
+                            |row| row.get(0),
+                        )
+                        .optional()?
+                }
+            }
+        }
+        Outcome::Cancelled => transaction
+            .prepare_cached(
+                "UPDATE jobs SET state = 'cancelled', error = 'cancelled on request',
+                     lease_token = NULL, lease_expires_at = NULL, updated_at = ?3, finished_at = ?3
+                 WHERE id = ?1 AND state = 'running' AND lease_token = ?2
+                 RETURNING state",
+            )?
+            .query_row(params![id, token, now], |row| row.get(0))
+            .optional()?,
+        Outcome::Released => transaction
+            .prepare_cached(
+                "UPDATE jobs SET state = 'queued', attempts = attempts - 1, run_at = ?3,
+                     lease_token = NULL, lease_expires_at = NULL, progress = NULL,
+                     progress_message = NULL, updated_at = ?3
+                 WHERE id = ?1 AND state = 'running' AND lease_token = ?2
+                 RETURNING state",
+            )?
+            .query_row(params![id, token, now], |row| row.get(0))
+            .optional()?,
+    };
+    Ok(match updated {
+        Some(state) => state.parse(),
+        None => Err(lease_lost_or_not_found(transaction, id)),
+    })
+}
+
+fn lease_lost_or_not_found(connection: &rusqlite::Connection, id: i64) -> JobError {
+    match job_state(connection, id) {
+        Ok(_) => JobError::LeaseLost { id },
+        Err(error) => error,
+    }
+}
+
+fn job_state(connection: &rusqlite::Connection, id: i64) -> Result<JobState, JobError> {
+    let state: Option<String> = connection
+        .prepare_cached("SELECT state FROM jobs WHERE id = ?1")?
+        .query_row([id], |row| row.get(0))
+        .optional()?;
+    match state {
+        Some(state) => state.parse(),
+        None => Err(JobError::NotFound(id)),
+    }
+}
+
+fn read_job(connection: &rusqlite::Connection, id: i64) -> Result<Job, JobError> {
+    connection
+        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?
+        .query_row([id], job_from_row)
+        .optional()?
+        .ok_or(JobError::NotFound(id))
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
+    let payload: String = row.get(2)?;
+    let result: Option<String> = row.get(13)?;
+    Ok(Job {
+        id: row.get(0)?,
+        kind: row.get(1)?,
+        payload: parse_json_column(2, &payload)?,
+        state: parse_state_column(&row.get::<_, String>(3)?)?,
+        priority: row.get(4)?,
+        run_at_ms: row.get(5)?,
+        attempts: row.get(6)?,
+        max_attempts: row.get(7)?,
+        lease_owner: row.get(8)?,
+        lease_expires_at_ms: row.get(9)?,
+        cancel_requested: row.get(10)?,
+        progress: row.get(11)?,
+        progress_message: row.get(12)?,
+        result: result
+            .map(|text| parse_json_column(13, &text))
+            .transpose()?,
+        error: row.get(14)?,
+        unique_key: row.get(15)?,
+        created_at_ms: row.get(16)?,
+        updated_at_ms: row.get(17)?,
+        started_at_ms: row.get(18)?,
+        finished_at_ms: row.get(19)?,
+    })
+}
+
+fn parse_json_column(index: usize, text: &str) -> rusqlite::Result<Value> {
+    serde_json::from_str(text).map_err(|error| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, error.into())
+    })
+}
+
+fn parse_state_column(text: &str) -> rusqlite::Result<JobState> {
+    text.parse().map_err(|error: JobError| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, error.into())
+    })
+}
+
+fn validate_kind(kind: &str) -> Result<(), JobError> {
+    let well_formed = !kind.is_empty()
+        && kind.len() <= MAX_KIND_LENGTH
+        && kind
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.'));
+    if well_formed {
+        Ok(())
+    } else {
+        Err(JobError::InvalidArgument(format!(
+            "job kind {kind:?} must be 1..={MAX_KIND_LENGTH} characters of a-z, A-Z, 0-9, '_', '-', '.'"
+        )))
+    }
+}
+
+fn validate_worker(worker: &str) -> Result<(), JobError> {
+    if worker.is_empty() || worker.len() > 256 {
+        return Err(JobError::InvalidArgument(format!(
+            "worker name must be 1..=256 bytes, got {}",
+            worker.len()
+        )));
+    }
+    Ok(())
+}
+
+fn validate_lease(lease: Duration) -> Result<i64, JobError> {
+    if lease < Duration::from_millis(10) || lease > Duration::from_secs(24 * 3600) {
+        return Err(JobError::InvalidArgument(format!(
+            "lease must be between 10ms and 24h, got {lease:?}"
+        )));
+    }
+    Ok(duration_ms(lease))
+}
+
+fn validate_message(what: &str, message: &str) -> Result<(), JobError> {
+    if message.len() > MAX_MESSAGE_LENGTH {
+        return Err(JobError::InvalidArgument(format!(
+            "{what} is {} bytes, the limit is {MAX_MESSAGE_LENGTH}",
+            message.len()
+        )));
+    }
+    Ok(())
+}
+
+fn validate_outcome(outcome: &Outcome) -> Result<(), JobError> {
+    match outcome {
+        Outcome::Succeeded { result } => {
+            let size = result.to_string().len();
+            if size > MAX_PAYLOAD_BYTES {
+                return Err(JobError::InvalidArgument(format!(
+                    "result is {size} bytes, the limit is {MAX_PAYLOAD_BYTES}"
+                )));
+            }
+            Ok(())
+        }
+        Outcome::Failed { error, .. } => validate_message("error text", error),
+        Outcome::Cancelled | Outcome::Released => Ok(()),
+    }
+}
+
+fn json_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::Durability;
+    use crate::store::tests::open_temp;
+
+    const LEASE: Duration = Duration::from_secs(30);
+
+    fn claim_one(store: &mut Store, worker: &str) -> ClaimedJob {
+        let mut claimed = store.claim_jobs(worker, &["test"], 1, LEASE).unwrap();
+        assert_eq!(claimed.len(), 1, "expected a job to claim");
+        claimed.remove(0)
+    }
+
+    fn states(history: &[JobTransition]) -> Vec<(Option<JobState>, JobState)> {
+        history
+            .iter()
+            .map(|transition| (transition.from_state, transition.to_state))
+            .collect()
+    }
+
+    #[test]
+    fn claims_by_priority_then_run_at_then_id() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let now = now_ms();
+        let low = store
+            .enqueue(&NewJob::new("test", json!({"n": "low"})).with_priority(-5))
+            .unwrap();
+        let later = store
+            .enqueue(&NewJob {
+                run_at_ms: Some(now - 10),
+                ..NewJob::new("test", json!({"n": "later"}))
+            })
+            .unwrap();
+        let earlier = store
+            .enqueue(&NewJob {
+                run_at_ms: Some(now - 1000),
+                ..NewJob::new("test", json!({"n": "earlier"}))
+            })
+            .unwrap();
+        let high = store
+            .enqueue(&NewJob::new("test", json!({"n": "high"})).with_priority(50))
+            .unwrap();
+        let future = store
+            .enqueue(&NewJob {
+                run_at_ms: Some(now + 3_600_000),
+                ..NewJob::new("test", json!({}))
+            })
+            .unwrap();
+        let other_kind = store.enqueue(&NewJob::new("other", json!({}))).unwrap();
+        let claimed = store.claim_jobs("w", &["test"], 10, LEASE).unwrap();
+        let ids: Vec<i64> = claimed.iter().map(|job| job.id).collect();
+        assert_eq!(ids, vec![high.id, earlier.id, later.id, low.id]);
+        assert!(claimed.iter().all(|job| job.attempt == 1));
+        assert!(!ids.contains(&future.id) && !ids.contains(&other_kind.id));
+        assert!(
+            store
+                .claim_jobs("w", &["test"], 10, LEASE)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_unique_key_returns_the_existing_job_without_a_second_row() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let first = store
+            .enqueue(&NewJob::new("test", json!({"v": 1})).with_unique_key("file:/a:1"))
+            .unwrap();
+        let second = store
+            .enqueue(&NewJob::new("test", json!({"v": 2})).with_unique_key("file:/a:1"))
+            .unwrap();
+        assert!(first.created);
+        assert_eq!(
+            second,
+            Enqueued {
+                id: first.id,
+                created: false
+            }
+        );
+        assert_eq!(store.get_job(first.id).unwrap().payload, json!({"v": 1}));
+        let batch = store
+            .enqueue_many(&[
+                NewJob::new("test", json!({})).with_unique_key("file:/a:1"),
+                NewJob::new("test", json!({})).with_unique_key("file:/b:1"),
+            ])
+            .unwrap();
+        assert_eq!(
+            batch[0],
+            Enqueued {
+                id: first.id,
+                created: false
+            }
+        );
+        assert!(batch[1].created);
+        assert_eq!(store.job_counts().unwrap()[&JobState::Queued], 2);
+    }
+
+    #[test]
+    fn enqueue_many_is_all_or_nothing_and_bad_input_changes_nothing() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let error = store
+            .enqueue_many(&[
+                NewJob::new("test", json!({})),
+                NewJob::new("test", json!([1, 2])),
+            ])
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("payload must be a JSON object, got an array"),
+            "{error}"
+        );
+        for (job, expected) in [
+            (NewJob::new("test", json!("text")), "got a string"),
+            (NewJob::new("test", json!(null)), "got null"),
+            (
+                NewJob::new("test", json!({})).with_priority(101),
+                "priority 101 is out of range",
+            ),
+            (
+                NewJob::new("test", json!({})).with_priority(-101),
+                "out of range",
+            ),
+            (
+                NewJob::new("test", json!({})).with_max_attempts(0),
+                "max_attempts 0",
+            ),
+            (NewJob::new("", json!({})), "job kind"),
+            (NewJob::new("bad kind;", json!({})), "job kind"),
+            (
+                NewJob::new("test", json!({})).with_unique_key(""),
+                "unique key",
+            ),
+            (
+                NewJob::new("test", json!({"big": "x".repeat(MAX_PAYLOAD_BYTES)})),
+                "the limit is",
+            ),
+        ] {
+            let error = store.enqueue(&job).unwrap_err();
+            assert!(matches!(error, JobError::InvalidArgument(_)), "{error}");
+            assert!(
+                error.to_string().contains(expected),
+                "{error} should mention {expected}"
+            );
+        }
+        assert_eq!(store.job_counts().unwrap().values().sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn unknown_ids_are_not_found() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let token = LeaseToken::generate();
+        assert!(matches!(store.get_job(42), Err(JobError::NotFound(42))));
+        assert!(matches!(store.cancel_job(42), Err(JobError::NotFound(42))));
+        assert!(matches!(store.retry_job(42), Err(JobError::NotFound(42))));
+        assert!(matches!(store.job_history(42), Err(JobError::NotFound(42))));
+        assert!(matches!(
+            store.heartbeat(42, &token, LEASE),
+            Err(JobError::NotFound(42))
+        ));
+        assert!(matches!(
+            store.succeed_job(42, &token, &json!({})),
+            Err(JobError::NotFound(42))
+        ));
+    }
+
+    #[test]
+    fn the_full_lifecycle_is_recorded_in_history() {
+        let (_directory, mut store) = open_temp(Durability::Full);
+        let id = store
+            .enqueue(&NewJob::new("test", json!({"a": 1})))
+            .unwrap()
+            .id;
+        let job = claim_one(&mut store, "worker-1");
+        store
+            .report_progress(id, &job.lease_token, 0.5, "half way")
+            .unwrap();
+        let running = store.get_job(id).unwrap();
+        assert_eq!(running.state, JobState::Running);
+        assert_eq!(running.progress, Some(0.5));
+        assert_eq!(running.progress_message.as_deref(), Some("half way"));
+        assert_eq!(running.lease_owner.as_deref(), Some("worker-1"));
+        let heartbeat = store.heartbeat(id, &job.lease_token, LEASE).unwrap();
+        assert!(!heartbeat.cancel_requested);
+        store
+            .succeed_job(id, &job.lease_token, &json!({"ok": true}))
+            .unwrap();
+        let done = store.get_job(id).unwrap();
+        assert_eq!(done.state, JobState::Succeeded);
+        assert_eq!(done.result, Some(json!({"ok": true})));
+        assert!(done.finished_at_ms.is_some());
+        let history = store.job_history(id).unwrap();
+        assert_eq!(
+            states(&history),
+            vec![
+                (None, JobState::Queued),
+                (Some(JobState::Queued), JobState::Running),
+                (Some(JobState::Running), JobState::Succeeded),
+            ]
+        );
+        assert_eq!(history[2].worker.as_deref(), Some("worker-1"));
+        // Once finished, the token is worthless.
+        assert!(matches!(
+            store.succeed_job(id, &job.lease_token, &json!({"again": true})),
+            Err(JobError::LeaseLost { .. })
+        ));
+        assert!(matches!(
+            store.report_progress(id, &job.lease_token, 0.7, ""),
+            Err(JobError::LeaseLost { .. })
+        ));
+        assert_eq!(store.get_job(id).unwrap().result, Some(json!({"ok": true})));
+    }
+
+    #[test]
+    fn bad_progress_is_refused_and_changes_nothing() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        store.enqueue(&NewJob::new("test", json!({}))).unwrap();
+        let job = claim_one(&mut store, "w");
+        for fraction in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
+            let error = store
+                .report_progress(job.id, &job.lease_token, fraction, "x")
+                .unwrap_err();
+            assert!(matches!(error, JobError::InvalidArgument(_)), "{error}");
+        }
+        let error = store
+            .report_progress(
+                job.id,
+                &job.lease_token,
+                0.5,
+                &"m".repeat(MAX_MESSAGE_LENGTH + 1),
+            )
+            .unwrap_err();
+        assert!(matches!(error, JobError::InvalidArgument(_)), "{error}");
+        assert_eq!(store.get_job(job.id).unwrap().progress, None);
+    }
+
+    #[test]
+    fn retryable_failures_back_off_then_die_with_their_errors_kept() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let id = store
+            .enqueue(&NewJob::new("test", json!({})).with_max_attempts(3))
+            .unwrap()
+            .id;
+        for attempt in 1..=3u32 {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let job = loop {
+                // The retry policy of the test store is 10ms..100ms: wait for the backoff.
+                if let Some(job) = store.claim_jobs("w", &["test"], 1, LEASE).unwrap().pop() {
+                    break job;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "job never became runnable"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            assert_eq!(job.attempt, attempt);
+            let state = store
+                .fail_job(id, &job.lease_token, &format!("boom {attempt}"), true)
+                .unwrap();
+            if attempt < 3 {
+                assert_eq!(state, JobState::Retrying);
+                let waiting = store.get_job(id).unwrap();
+                assert!(
+                    waiting.run_at_ms > waiting.updated_at_ms,
+                    "retry must back off"
+                );
+            } else {
+                assert_eq!(state, JobState::Dead);
+            }
+        }
+        let dead = store.get_job(id).unwrap();
+        assert_eq!((dead.state, dead.attempts), (JobState::Dead, 3));
+        assert_eq!(dead.error.as_deref(), Some("boom 3"));
+        let errors: Vec<String> = store
+            .job_history(id)
+            .unwrap()
+            .into_iter()
+            .filter_map(|transition| transition.error)
+            .collect();
+        assert_eq!(errors, vec!["boom 1", "boom 2", "boom 3"]);
+    }
+
+    #[test]
+    fn a_permanent_failure_fails_at_once_and_can_be_retried_by_hand() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let id = store.enqueue(&NewJob::new("test", json!({}))).unwrap().id;
+        let job = claim_one(&mut store, "w");
+        assert_eq!(
+            store
+                .fail_job(id, &job.lease_token, "bad file", false)
+                .unwrap(),
+            JobState::Failed
+        );
+        let error = store.cancel_job(id).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                JobError::InvalidState {
+                    state: JobState::Failed,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        let retried = store.retry_job(id).unwrap();
+        assert_eq!((retried.state, retried.attempts), (JobState::Queued, 0));
+        let again = claim_one(&mut store, "w");
+        assert_eq!(again.attempt, 1);
+        store
+            .succeed_job(id, &again.lease_token, &json!({}))
+            .unwrap();
+        let error = store.retry_job(id).unwrap_err();
+        assert!(
+            error.to_string().contains("is succeeded; cannot retry"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_expired_lease_is_rescued_counting_the_attempt_and_fences_the_old_worker() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let id = store
+            .enqueue(&NewJob::new("test", json!({})).with_max_attempts(2))
+            .unwrap()
+            .id;
+        let first = store
+            .claim_jobs("slow", &["test"], 1, Duration::from_millis(20))
+            .unwrap()
+            .remove(0);
+        std::thread::sleep(Duration::from_millis(40));
+        let second = claim_one(&mut store, "fast");
+        assert_eq!(second.id, id);
+        assert_eq!(second.attempt, 2);
+        assert!(matches!(
+            store.heartbeat(id, &first.lease_token, LEASE),
+            Err(JobError::LeaseLost { .. })
+        ));
+        assert!(matches!(
+            store.succeed_job(id, &first.lease_token, &json!({"by": "slow"})),
+            Err(JobError::LeaseLost { .. })
+        ));
+        store
+            .succeed_job(id, &second.lease_token, &json!({"by": "fast"}))
+            .unwrap();
+        let job = store.get_job(id).unwrap();
+        assert_eq!(job.result, Some(json!({"by": "fast"})));
+        assert_eq!(
+            states(&store.job_history(id).unwrap()),
+            vec![
+                (None, JobState::Queued),
+                (Some(JobState::Queued), JobState::Running),
+                (Some(JobState::Running), JobState::Retrying),
+                (Some(JobState::Retrying), JobState::Running),
+                (Some(JobState::Running), JobState::Succeeded),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lease_expiring_on_the_last_attempt_makes_the_job_dead() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let id = store
+            .enqueue(&NewJob::new("test", json!({})).with_max_attempts(1))
+            .unwrap()
+            .id;
+        store
+            .claim_jobs("w", &["test"], 1, Duration::from_millis(10))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(store.rescue_expired_leases().unwrap(), vec![id]);
+        let job = store.get_job(id).unwrap();
+        assert_eq!(job.state, JobState::Dead);
+        assert!(job.error.unwrap().contains("lease expired"));
+    }
+
+    #[test]
+    fn release_gives_the_attempt_back() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let id = store.enqueue(&NewJob::new("test", json!({}))).unwrap().id;
+        let job = claim_one(&mut store, "w");
+        store.release_job(id, &job.lease_token).unwrap();
+        let released = store.get_job(id).unwrap();
+        assert_eq!((released.state, released.attempts), (JobState::Queued, 0));
+        assert_eq!(claim_one(&mut store, "w").attempt, 1);
+    }
+
+    #[test]
+    fn cancelling_a_running_job_reaches_its_worker_through_the_heartbeat() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let queued = store
+            .enqueue(&NewJob::new("test", json!({"q": 1})))
+            .unwrap()
+            .id;
+        assert_eq!(store.cancel_job(queued).unwrap().state, JobState::Cancelled);
+        let id = store
+            .enqueue(&NewJob::new("test", json!({"q": 2})))
+            .unwrap()
+            .id;
+        let job = claim_one(&mut store, "w");
+        assert_eq!(job.id, id);
+        let marked = store.cancel_job(id).unwrap();
+        assert!(marked.cancel_requested && marked.state == JobState::Running);
+        assert!(
+            store
+                .heartbeat(id, &job.lease_token, LEASE)
+                .unwrap()
+                .cancel_requested
+        );
+        store.finish_cancelled(id, &job.lease_token).unwrap();
+        assert_eq!(store.get_job(id).unwrap().state, JobState::Cancelled);
+    }
+
+    #[test]
+    fn complete_and_claim_batches_outcomes_and_isolates_a_lost_lease() {
+        let (_directory, mut store) = open_temp(Durability::Full);
+        let jobs: Vec<NewJob> = (0..10)
+            .map(|i| NewJob::new("test", json!({"i": i})))
+            .collect();
+        store.enqueue_many(&jobs).unwrap();
+        let first = store.claim_jobs("w", &["test"], 4, LEASE).unwrap();
+        let mut completions: Vec<Completion> = first
+            .iter()
+            .map(|job| Completion {
+                id: job.id,
+                lease_token: job.lease_token.clone(),
+                outcome: Outcome::Succeeded {
+                    result: json!({"i": job.payload["i"]}),
+                },
+            })
+            .collect();
+        completions[1].lease_token = LeaseToken::generate();
+        let (results, next) = store
+            .complete_and_claim(&completions, "w", &["test"], 4, LEASE)
+            .unwrap();
+        assert!(matches!(results[1], Err(JobError::LeaseLost { .. })));
+        assert_eq!(results.iter().filter(|result| result.is_ok()).count(), 3);
+        assert_eq!(next.len(), 4);
+        let counts = store.job_counts().unwrap();
+        assert_eq!(counts[&JobState::Succeeded], 3);
+        assert_eq!(counts[&JobState::Running], 5);
+        assert_eq!(counts[&JobState::Queued], 2);
+    }
+
+    #[test]
+    fn listing_pages_newest_first_with_filters() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        for i in 0..25 {
+            let kind = if i % 2 == 0 { "even" } else { "odd" };
+            store.enqueue(&NewJob::new(kind, json!({"i": i}))).unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .list_jobs(
+                    &JobFilter {
+                        states: vec![JobState::Queued],
+                        kind: Some("even".into()),
+                    },
+                    PageRequest {
+                        before_id: cursor,
+                        limit: 5,
+                    },
+                )
+                .unwrap();
+            seen.extend(
+                page.items
+                    .iter()
+                    .map(|job| job.payload["i"].as_i64().unwrap()),
+            );
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(
+            seen,
+            (0..25).rev().filter(|i| i % 2 == 0).collect::<Vec<i64>>()
+        );
+        let none = store
+            .list_jobs(
+                &JobFilter {
+                    states: vec![JobState::Dead],
+                    kind: None,
+                },
+                PageRequest {
+                    before_id: None,
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        assert!(none.items.is_empty() && none.next_cursor.is_none());
+        let error = store
+            .list_jobs(
+                &JobFilter::default(),
+                PageRequest {
+                    before_id: None,
+                    limit: 0,
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(error, JobError::InvalidArgument(_)));
+        assert!("bogus".parse::<JobState>().is_err());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_stays_under_the_cap() {
+        let policy = RetryPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
+        for attempt in 1..=12 {
+            let nominal = Duration::from_secs(1 << (attempt - 1)).min(Duration::from_secs(60));
+            let delay = policy.delay_after(attempt);
+            assert!(
+                delay <= nominal && delay >= nominal / 2,
+                "attempt {attempt}: {delay:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The versioned schema of the sluice database, applied in order by whichever process opens
+//! the database first (see `Store::open`).
+//!
+//! A migration is never edited once released: a change to the schema is a new entry at the
+//! end of `MIGRATIONS`. The version of a database is `PRAGMA user_version`, and every applied
+//! migration leaves a row in `schema_history` so a person can see when and by whom.
+//!
+//! Times are integer milliseconds since the Unix epoch throughout, so comparisons in SQL are
+//! plain integer comparisons and no time zone is ever involved.
+
+/// One step of the schema, identified by its position (version = index + 1).
+#[derive(Debug)]
+pub struct Migration {
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    name: "initial schema: jobs, job history, files, documents, text index, downloads, sources",
+    sql: r#"
+CREATE TABLE schema_history (
+    version     INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL,
+    applied_at  INTEGER NOT NULL,
+    applied_by  TEXT NOT NULL
+);
+
+-- The durable job queue. `state` moves queued → running → succeeded | failed | cancelled,
+-- with `retrying` between attempts and `dead` after the last one. While a job is running,
+-- `lease_token` fences every change: an UPDATE that does not name the current token touches
+-- nothing, so a worker that lost its lease cannot overwrite the job.
+CREATE TABLE jobs (
+    id               INTEGER PRIMARY KEY,
+    kind             TEXT NOT NULL,
+    payload          TEXT NOT NULL CHECK (json_valid(payload) AND json_type(payload) = 'object'),
+    state            TEXT NOT NULL CHECK (state IN
+                       ('queued', 'running', 'retrying', 'succeeded', 'failed', 'cancelled', 'dead')),
+    priority         INTEGER NOT NULL DEFAULT 0 CHECK (priority BETWEEN -100 AND 100),
+    run_at           INTEGER NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    max_attempts     INTEGER NOT NULL CHECK (max_attempts >= 1),
+    lease_owner      TEXT,
+    lease_token      TEXT,
+    lease_expires_at INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    progress         REAL CHECK (progress IS NULL OR (progress >= 0 AND progress <= 1)),
+    progress_message TEXT,
+    result           TEXT CHECK (result IS NULL OR json_valid(result)),
+    error            TEXT,
+    unique_key       TEXT,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    started_at       INTEGER,
+    finished_at      INTEGER,
+    CHECK ((state = 'running') = (lease_token IS NOT NULL))
+);
+-- Claim order is priority, then run-at, then id; the partial index holds only claimable rows.
+CREATE INDEX jobs_claimable ON jobs (priority DESC, run_at, id)
+    WHERE state IN ('queued', 'retrying');
+CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE state = 'running';
+CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key) WHERE unique_key IS NOT NULL;
+
+-- Every transition of every job, written by triggers so that no code path can forget one.
+CREATE TABLE job_history (
+    id         INTEGER PRIMARY KEY,
+    job_id     INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    at         INTEGER NOT NULL,
+    from_state TEXT,
+    to_state   TEXT NOT NULL,
+    attempt    INTEGER NOT NULL,
+    worker     TEXT,
+    error      TEXT
+);
+CREATE INDEX job_history_by_job ON job_history (job_id, id);
+
+CREATE TRIGGER jobs_history_on_insert AFTER INSERT ON jobs BEGIN
+    INSERT INTO job_history (job_id, at, from_state, to_state, attempt, worker, error)
+    VALUES (new.id, new.updated_at, NULL, new.state, new.attempts, NULL, NULL);
+END;
+CREATE TRIGGER jobs_history_on_transition AFTER UPDATE OF state ON jobs
+    WHEN old.state IS NOT new.state BEGIN
+    INSERT INTO job_history (job_id, at, from_state, to_state, attempt, worker, error)
+    VALUES (new.id, new.updated_at, old.state, new.state, new.attempts,
+            coalesce(new.lease_owner, old.lease_owner),
+            CASE WHEN new.state IN ('retrying', 'failed', 'dead', 'cancelled') THEN new.error END);
+END;
+
+-- Files seen by the monitor. One row per path; `version_key` names the version of the
+-- content (size, mtime, inode) that an ingest job was queued for.
+CREATE TABLE files (
+    id           INTEGER PRIMARY KEY,
+    watch_root   TEXT NOT NULL,
+    path         TEXT NOT NULL UNIQUE,
+    size         INTEGER NOT NULL CHECK (size >= 0),
+    mtime_ns     INTEGER NOT NULL,
+    inode        INTEGER NOT NULL,
+    version_key  TEXT NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('detected', 'ingested', 'duplicate', 'gone', 'failed')),
+    job_id       INTEGER REFERENCES jobs (id) ON DELETE SET NULL,
+    document_id  INTEGER REFERENCES documents (id) ON DELETE SET NULL,
+    first_seen_at INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL
+);
+CREATE INDEX files_by_root ON files (watch_root, path);
+
+-- Documents are unique content: the ingest worker deduplicates on the BLAKE3 hash.
+CREATE TABLE documents (
+    id            INTEGER PRIMARY KEY,
+    blake3        TEXT NOT NULL UNIQUE CHECK (length(blake3) = 64),
+    sha256        TEXT NOT NULL CHECK (length(sha256) = 64),
+    size          INTEGER NOT NULL CHECK (size >= 0),
+    mime          TEXT NOT NULL,
+    original_name TEXT NOT NULL,
+    library_path  TEXT,
+    metadata      TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
+    duplicates    INTEGER NOT NULL DEFAULT 0,
+    created_at    INTEGER NOT NULL,
+    updated_at    INTEGER NOT NULL
+);
+CREATE INDEX documents_by_sha256 ON documents (sha256);
+
+-- Extracted text, full-text indexed; rowid is the document id.
+CREATE VIRTUAL TABLE document_text USING fts5 (title, body, tokenize = 'unicode61 remove_diacritics 2');
+
+CREATE TABLE sources (
+    id              INTEGER PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    url             TEXT NOT NULL,
+    mode            TEXT NOT NULL CHECK (mode IN ('page', 'links', 'feed')),
+    every_ms        INTEGER NOT NULL CHECK (every_ms > 0),
+    selector        TEXT,
+    pattern         TEXT,
+    enabled         INTEGER NOT NULL DEFAULT 1,
+    etag            TEXT,
+    last_modified   TEXT,
+    content_hash    TEXT,
+    last_checked_at INTEGER,
+    last_changed_at INTEGER,
+    last_error      TEXT,
+    next_check_at   INTEGER NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+
+CREATE TABLE downloads (
+    id              INTEGER PRIMARY KEY,
+    url             TEXT NOT NULL,
+    file_name       TEXT NOT NULL,
+    bundle          TEXT,
+    source_id       INTEGER REFERENCES sources (id) ON DELETE SET NULL,
+    state           TEXT NOT NULL CHECK (state IN
+                      ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    bytes_done      INTEGER NOT NULL DEFAULT 0 CHECK (bytes_done >= 0),
+    bytes_total     INTEGER,
+    rate_bytes_per_s REAL,
+    expected_sha256 TEXT CHECK (expected_sha256 IS NULL OR length(expected_sha256) = 64),
+    size_limit      INTEGER,
+    part_path       TEXT,
+    final_path      TEXT,
+    etag            TEXT,
+    last_modified   TEXT,
+    error           TEXT,
+    job_id          INTEGER REFERENCES jobs (id) ON DELETE SET NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX downloads_by_state ON downloads (state, id);
+"#,
+}];

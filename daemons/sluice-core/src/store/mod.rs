@@ -1,0 +1,437 @@
+//! The SQLite store: the one database that is both sluice's shared status and its durable job
+//! queue. Only this module (and its children) runs SQL.
+//!
+//! Every process opens its own `Store` (one connection) on the same file. The database runs in
+//! WAL mode so readers never block the writer; writes start with `BEGIN IMMEDIATE` so that two
+//! writers never deadlock on a lock upgrade, and `busy_timeout` makes a writer wait its turn
+//! instead of failing. Durability is a configuration choice (`Durability`), documented with its
+//! loss window.
+
+pub mod jobs;
+mod migrations;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+pub use jobs::{
+    ClaimedJob, Completion, Enqueued, Heartbeat, Job, JobError, JobFilter, JobState, JobTransition,
+    LeaseToken, NewJob, Outcome, Page, PageRequest, RetryPolicy,
+};
+pub use migrations::MIGRATIONS;
+
+/// How much of the recent past survives a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous=FULL`: every acknowledged change survives a power loss.
+    Full,
+    /// `synchronous=NORMAL`: every acknowledged change survives a crash of any process; a
+    /// power cut may roll back the last commits (the monitor's reconcile and download resume
+    /// recover them).
+    Normal,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Full => "full",
+            Durability::Normal => "normal",
+        }
+    }
+}
+
+/// How to open the store; built from the `[store]` section of the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    pub durability: Durability,
+    /// How long a writer waits for the write lock before giving up with `Busy`.
+    pub busy_timeout: Duration,
+    /// Backoff between attempts of a job that failed with a retryable error.
+    pub retry: RetryPolicy,
+}
+
+/// Errors of the store itself (opening, schema, SQLite). Job-level errors are `JobError`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "SQLite {found} lacks the WAL-reset fix; sluice needs 3.51.3 or later (or the 3.50.7 / 3.44.6 backports)"
+    )]
+    SqliteTooOld { found: String },
+    #[error(
+        "database {path} has schema version {found}, newer than this build understands ({supported}); upgrade sluice"
+    )]
+    SchemaTooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("database migration to version {version} ({name}) failed: {source}")]
+    Migration {
+        version: i64,
+        name: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database is busy: another process held the write lock longer than the busy timeout")]
+    Busy(#[source] rusqlite::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[source] rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy(error)
+            }
+            _ => StoreError::Sqlite(error),
+        }
+    }
+}
+
+/// One connection to the sluice database. `Send` but not `Sync`: a daemon keeps one per thread
+/// (or behind a mutex) and runs its queries on a blocking thread.
+#[derive(Debug)]
+pub struct Store {
+    connection: Connection,
+    path: PathBuf,
+    options: StoreOptions,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, checks the SQLite library, sets the
+    /// pragmas and brings the schema up to date. Many processes may call this at once on a
+    /// fresh file: exactly one of them applies each migration.
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
+        check_sqlite_version(rusqlite::version_number(), rusqlite::version())?;
+        let open_error = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let connection = Connection::open_with_flags(path, flags).map_err(open_error)?;
+        connection
+            .busy_timeout(options.busy_timeout)
+            .map_err(open_error)?;
+        enable_wal(&connection, options.busy_timeout).map_err(open_error)?;
+        let synchronous = match options.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        connection
+            .execute_batch(&format!(
+                "PRAGMA synchronous = {synchronous};
+                 PRAGMA foreign_keys = ON;
+                 PRAGMA temp_store = MEMORY;"
+            ))
+            .map_err(open_error)?;
+        connection.set_prepared_statement_cache_capacity(64);
+        let mut store = Store {
+            connection,
+            path: path.to_path_buf(),
+            options: *options,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// The schema version of the open database (the number of applied migrations).
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))?)
+    }
+
+    /// Runs `PRAGMA integrity_check` and returns its lines; `["ok"]` means healthy.
+    pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        let mut statement = self.connection.prepare("PRAGMA integrity_check")?;
+        let lines = statement
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(lines)
+    }
+
+    /// Runs `work` inside one `BEGIN IMMEDIATE` transaction: everything it does commits
+    /// together or not at all. Batching several changes into one call is how writers go
+    /// fast, since each commit costs one sync of the WAL.
+    pub(crate) fn write<T, E>(
+        &mut self,
+        work: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let transaction = self
+            .connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let value = work(&transaction)?;
+        transaction.commit().map_err(StoreError::from)?;
+        Ok(value)
+    }
+
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let supported = MIGRATIONS.len() as i64;
+        // Cheap check first: an up-to-date database needs no write lock at all.
+        if self.schema_version()? == supported {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let applied_by = format!("pid {}", std::process::id());
+        self.write(|transaction| {
+            // Re-read under the write lock: another process may have migrated meanwhile.
+            let found: i64 =
+                transaction.pragma_query_value(None, "user_version", |row| row.get(0))?;
+            if found > supported {
+                return Err(StoreError::SchemaTooNew {
+                    path,
+                    found,
+                    supported,
+                });
+            }
+            for (index, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+                let version = index as i64 + 1;
+                let migration_error = |source| StoreError::Migration {
+                    version,
+                    name: migration.name,
+                    source,
+                };
+                transaction
+                    .execute_batch(migration.sql)
+                    .map_err(migration_error)?;
+                transaction
+                    .execute(
+                        "INSERT INTO schema_history (version, name, applied_at, applied_by)
+                         VALUES (?1, ?2, ?3, ?4)",
+                        rusqlite::params![version, migration.name, now_ms(), applied_by],
+                    )
+                    .map_err(migration_error)?;
+            }
+            transaction.pragma_update(None, "user_version", supported)?;
+            Ok(())
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch: the one time unit of the database.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The WAL-reset bug (corruption when a checkpoint races a WAL reset) is fixed in 3.51.3 and
+/// backported to 3.50.7 and 3.44.6. Anything else older is refused.
+fn check_sqlite_version(number: i32, text: &str) -> Result<(), StoreError> {
+    let fixed = match number {
+        n if n >= 3_051_003 => true,
+        n if (3_050_007..3_051_000).contains(&n) => true,
+        n if (3_044_006..3_045_000).contains(&n) => true,
+        _ => false,
+    };
+    if fixed {
+        Ok(())
+    } else {
+        Err(StoreError::SqliteTooOld {
+            found: text.to_string(),
+        })
+    }
+}
+
+/// Switching a fresh database to WAL needs an exclusive lock, and SQLite does not run the busy
+/// handler for it; when many processes open a new file at once, retry until the timeout.
+fn enable_wal(connection: &Connection, timeout: Duration) -> rusqlite::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match connection
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
+        {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => {
+                return Err(rusqlite::Error::InvalidParameterName(format!(
+                    "journal_mode stayed {mode}, WAL is required"
+                )));
+            }
+            Err(error)
+                if matches!(
+                    error.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn open_temp(durability: Durability) -> (tempfile::TempDir, Store) {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(
+            &directory.path().join("sluice.db"),
+            &StoreOptions {
+                durability,
+                busy_timeout: Duration::from_secs(5),
+                retry: RetryPolicy {
+                    base: Duration::from_millis(10),
+                    max: Duration::from_millis(100),
+                },
+            },
+        )
+        .expect("open store");
+        (directory, store)
+    }
+
+    #[test]
+    fn opens_with_wal_foreign_keys_and_the_chosen_durability() {
+        for (durability, expected) in [(Durability::Full, 2), (Durability::Normal, 1)] {
+            let (_directory, store) = open_temp(durability);
+            let connection = store.connection();
+            let mode: String = connection
+                .pragma_query_value(None, "journal_mode", |row| row.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            let foreign_keys: i64 = connection
+                .pragma_query_value(None, "foreign_keys", |row| row.get(0))
+                .unwrap();
+            assert_eq!(foreign_keys, 1);
+            let synchronous: i64 = connection
+                .pragma_query_value(None, "synchronous", |row| row.get(0))
+                .unwrap();
+            assert_eq!(synchronous, expected);
+            let busy: i64 = connection
+                .pragma_query_value(None, "busy_timeout", |row| row.get(0))
+                .unwrap();
+            assert_eq!(busy, 5000);
+            assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+            assert_eq!(store.integrity_check().unwrap(), vec!["ok".to_string()]);
+        }
+    }
+
+    #[test]
+    fn bundled_sqlite_has_the_wal_reset_fix_and_fts5() {
+        check_sqlite_version(rusqlite::version_number(), rusqlite::version()).unwrap();
+        let (_directory, store) = open_temp(Durability::Normal);
+        store
+            .connection()
+            .execute(
+                "INSERT INTO document_text (rowid, title, body) VALUES (1, 'a', 'hello world')",
+                [],
+            )
+            .unwrap();
+        let hits: i64 = store
+            .connection()
+            .query_row(
+                "SELECT count(*) FROM document_text WHERE document_text MATCH 'hello'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(hits, 1);
+    }
+
+    #[test]
+    fn sqlite_versions_without_the_fix_are_refused() {
+        for (number, ok) in [
+            (3_051_002, false),
+            (3_051_003, true),
+            (3_054_001, true),
+            (3_050_006, false),
+            (3_050_007, true),
+            (3_044_005, false),
+            (3_044_006, true),
+            (3_045_000, false),
+            (3_046_001, false),
+        ] {
+            let result = check_sqlite_version(number, "x");
+            assert_eq!(result.is_ok(), ok, "version {number}");
+        }
+        let message = check_sqlite_version(3_046_001, "3.46.1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("3.46.1") && message.contains("3.51.3"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_database_from_a_newer_build_is_refused_unchanged() {
+        let (directory, store) = open_temp(Durability::Normal);
+        store
+            .connection()
+            .pragma_update(None, "user_version", 999)
+            .unwrap();
+        drop(store);
+        let error = Store::open(
+            &directory.path().join("sluice.db"),
+            &StoreOptions {
+                durability: Durability::Normal,
+                busy_timeout: Duration::from_secs(1),
+                retry: RetryPolicy {
+                    base: Duration::from_millis(10),
+                    max: Duration::from_millis(100),
+                },
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, StoreError::SchemaTooNew { found: 999, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_missing_directory_is_a_clear_open_error() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("no/such/dir/sluice.db");
+        let error = Store::open(
+            &path,
+            &StoreOptions {
+                durability: Durability::Full,
+                busy_timeout: Duration::from_secs(1),
+                retry: RetryPolicy {
+                    base: Duration::from_millis(10),
+                    max: Duration::from_millis(100),
+                },
+            },
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("no/such/dir/sluice.db"),
+            "{error}"
+        );
+    }
+}
