@@ -1,1 +1,2 @@
 //! The integration test binary: one module per area, the harness in `support`.
+mod runtime;
