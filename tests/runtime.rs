@@ -3,6 +3,7 @@
 //! tells a datagram socket standing in for systemd, what it does on signals, and what it leaves
 //! in the store.
 
+use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -167,6 +168,41 @@ struct ProbeSetup<'a> {
     watchdog_pid: Option<u32>,
     stop_timeout: Duration,
     extra_environment: Vec<(&'static str, String)>,
+    journal_stream: JournalStream,
+    mount_namespace: Option<MountNamespace>,
+}
+
+/// What `JOURNAL_STREAM` tells the probe.
+#[derive(Debug, Clone, Copy)]
+enum JournalStream {
+    Unset,
+    /// The device and inode of the probe's stderr, as systemd sets it.
+    MatchingStderr,
+    /// Some other file's (stderr was redirected after systemd set the variable).
+    OtherFile,
+}
+
+/// Run the probe in a private mount namespace with a tmpfs on /run, and this directory (with
+/// a `socket` in it) bound at /run/systemd/journal if given.
+#[derive(Debug, Clone)]
+struct MountNamespace {
+    journal_directory: Option<PathBuf>,
+}
+
+const PRIVATE_RUN_SCRIPT: &str = r#"set -e
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/journal
+if [ -n "$1" ]; then mount --bind "$1" /run/systemd/journal; fi
+shift
+exec "$@""#;
+
+/// The unit-name-like identifier the probe logs under.
+const PROBE_IDENTIFIER: &str = "sluice-ingest-worker@1";
+
+fn identity_of(file: &std::fs::File) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = file.metadata()?;
+    Ok((metadata.dev(), metadata.ino()))
 }
 
 impl<'a> ProbeSetup<'a> {
@@ -178,28 +214,81 @@ impl<'a> ProbeSetup<'a> {
             watchdog_pid: None,
             stop_timeout: Duration::from_secs(5),
             extra_environment: Vec::new(),
+            journal_stream: JournalStream::Unset,
+            mount_namespace: None,
         }
     }
 
     fn start(&self) -> Result<Probe> {
         let log = self.directory.join("probe.log");
         let stderr = std::fs::File::create(&log)?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_runtime-probe"));
+        let stderr_identity = identity_of(&stderr)?;
+        let probe_arguments: Vec<std::ffi::OsString> = vec![
+            "--database".into(),
+            database_path(self.directory).into(),
+            "--config".into(),
+            config_path(self.directory).into(),
+            "--stop-timeout-ms".into(),
+            self.stop_timeout.as_millis().to_string().into(),
+            "--identifier".into(),
+            PROBE_IDENTIFIER.into(),
+        ];
+        let probe = env!("CARGO_BIN_EXE_runtime-probe");
+        let mut command = match &self.mount_namespace {
+            None => {
+                let mut command = Command::new(probe);
+                command.args(&probe_arguments);
+                command
+            }
+            Some(namespace) => {
+                // A private mount namespace with an empty /run, so the probe sees our journal
+                // socket (or none at all) at journald's fixed path without touching the host's.
+                let mut command = Command::new("unshare");
+                command
+                    .args([
+                        "--mount",
+                        "--propagation",
+                        "private",
+                        "sh",
+                        "-c",
+                        PRIVATE_RUN_SCRIPT,
+                        "sh",
+                    ])
+                    .arg(
+                        namespace
+                            .journal_directory
+                            .as_deref()
+                            .unwrap_or(Path::new("")),
+                    )
+                    .arg(probe)
+                    .args(&probe_arguments);
+                command
+            }
+        };
         command
-            .arg("--database")
-            .arg(database_path(self.directory))
-            .arg("--config")
-            .arg(config_path(self.directory))
-            .arg("--stop-timeout-ms")
-            .arg(self.stop_timeout.as_millis().to_string())
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
             .env_remove("JOURNAL_STREAM")
+            .env_remove("RUST_LOG")
             .env("SLUICE_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
+        match self.journal_stream {
+            JournalStream::Unset => {}
+            JournalStream::MatchingStderr => {
+                command.env(
+                    "JOURNAL_STREAM",
+                    format!("{}:{}", stderr_identity.0, stderr_identity.1),
+                );
+            }
+            JournalStream::OtherFile => {
+                let other = std::fs::File::create(self.directory.join("other-stream"))?;
+                let (device, inode) = identity_of(&other)?;
+                command.env("JOURNAL_STREAM", format!("{device}:{inode}"));
+            }
+        }
         if let Some(socket) = self.notify_socket {
             command.env("NOTIFY_SOCKET", socket);
         }
@@ -643,5 +732,350 @@ fn without_notify_socket_the_probe_runs_and_stops_normally() -> Result<()> {
     probe.signal("TERM")?;
     assert_eq!(probe.wait_for_exit(SOON)?.code(), Some(0));
     assert_eq!(listener.count(), 0, "nothing was sent anywhere");
+    Ok(())
+}
+
+/// One journal entry: field name to value.
+type JournalRecord = BTreeMap<String, String>;
+
+/// Records received on a datagram socket speaking journald's native protocol.
+struct JournalListener {
+    received: Arc<(Mutex<Vec<JournalRecord>>, Condvar)>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl JournalListener {
+    /// Binds `<directory>/socket`, the name journald's socket has in /run/systemd/journal.
+    fn bind(directory: &Path) -> Result<JournalListener> {
+        let socket = UnixDatagram::bind(directory.join("socket"))?;
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let received = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let received = Arc::clone(&received);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut buffer = vec![0_u8; 1 << 20];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(length) = socket.recv(&mut buffer) else {
+                        continue;
+                    };
+                    if length == 0 {
+                        // tracing-journald's connection check.
+                        continue;
+                    }
+                    let record = parse_journal_record(&buffer[..length]);
+                    let (records, arrived) = &*received;
+                    records.lock().unwrap().push(record);
+                    arrived.notify_all();
+                }
+            })
+        };
+        Ok(JournalListener {
+            received,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn wait_for_message(
+        &self,
+        message: &str,
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, String>> {
+        let deadline = Instant::now() + timeout;
+        let (records, arrived) = &*self.received;
+        let mut guard = records.lock().unwrap();
+        loop {
+            if let Some(record) = guard.iter().find(|record| {
+                record
+                    .get("MESSAGE")
+                    .is_some_and(|m| m.starts_with(message))
+            }) {
+                return Ok(record.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!(
+                    "no journal record {message:?} within {timeout:?}; got {:#?}",
+                    *guard
+                );
+            }
+            guard = arrived.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+}
+
+impl Drop for JournalListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Parses one datagram of the native protocol: `KEY=value\n`, or for values that may contain
+/// newlines `KEY\n` + 64-bit little-endian length + value + `\n`.
+fn parse_journal_record(mut bytes: &[u8]) -> BTreeMap<String, String> {
+    let mut record = BTreeMap::new();
+    while let Some(end_of_name) = bytes.iter().position(|&byte| byte == b'\n') {
+        let line = &bytes[..end_of_name];
+        if let Some(equals) = line.iter().position(|&byte| byte == b'=') {
+            record.insert(
+                String::from_utf8_lossy(&line[..equals]).into_owned(),
+                String::from_utf8_lossy(&line[equals + 1..]).into_owned(),
+            );
+            bytes = &bytes[end_of_name + 1..];
+        } else {
+            let rest = &bytes[end_of_name + 1..];
+            let Some(length) = rest
+                .get(..8)
+                .map(|raw| u64::from_le_bytes(raw.try_into().unwrap()) as usize)
+            else {
+                break;
+            };
+            let Some(value) = rest.get(8..8 + length) else {
+                break;
+            };
+            record.insert(
+                String::from_utf8_lossy(line).into_owned(),
+                String::from_utf8_lossy(value).into_owned(),
+            );
+            bytes = rest.get(8 + length + 1..).unwrap_or_default();
+        }
+    }
+    record
+}
+
+/// Whether this process may run the probe in a private mount namespace; prints the skip
+/// message and returns false when it may not (and the environment does not insist).
+fn mount_namespaces_available() -> Result<bool> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let is_root = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|uids| uids.split_whitespace().nth(1))
+        == Some("0");
+    let unshare_works = is_root
+        && Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "true"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+    if unshare_works {
+        return Ok(true);
+    }
+    ensure!(
+        std::env::var("SLUICE_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
+        "needs root with mount namespaces (unshare --mount) and SLUICE_REQUIRE_ROOT_TESTS=1 is set"
+    );
+    eprintln!("skipped: needs root (with unshare --mount)");
+    Ok(false)
+}
+
+/// Runs a probe through start, a noop job and a clean stop; returns its stderr.
+fn stderr_of_a_probe_run(configure: impl FnOnce(&mut ProbeSetup<'_>)) -> Result<String> {
+    let (directory, _listener, mut probe) = started_probe(configure)?;
+    let mut store = open_store(directory.path())?;
+    let job = store
+        .enqueue(&NewJob::new("noop", serde_json::json!({})))?
+        .id;
+    let deadline = Instant::now() + SOON;
+    while store.get_job(job)?.state != JobState::Succeeded {
+        ensure!(
+            Instant::now() < deadline,
+            "noop job never ran; log:\n{}",
+            probe.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    probe.signal("TERM")?;
+    assert_eq!(
+        probe.wait_for_exit(SOON)?.code(),
+        Some(0),
+        "log:\n{}",
+        probe.log()
+    );
+    Ok(probe.log())
+}
+
+#[test]
+fn logs_go_to_stderr_with_the_level_from_sluice_log() -> Result<()> {
+    let debug = stderr_of_a_probe_run(|_| {})?;
+    assert!(debug.contains("job claimed"), "{debug}");
+    assert!(
+        debug.contains("claim details"),
+        "SLUICE_LOG=debug shows debug lines:\n{debug}"
+    );
+
+    // An empty SLUICE_LOG counts as unset; RUST_LOG is removed too: the default is info.
+    let default =
+        stderr_of_a_probe_run(|setup| setup.extra_environment.push(("SLUICE_LOG", String::new())))?;
+    assert!(default.contains("job claimed"), "{default}");
+    assert!(
+        !default.contains("claim details"),
+        "no debug lines at the default level:\n{default}"
+    );
+
+    let warn =
+        stderr_of_a_probe_run(|setup| setup.extra_environment.push(("SLUICE_LOG", "warn".into())))?;
+    assert!(!warn.contains("job claimed"), "{warn}");
+    Ok(())
+}
+
+#[test]
+fn an_invalid_log_filter_falls_back_to_info_with_a_warning() -> Result<()> {
+    let log = stderr_of_a_probe_run(|setup| {
+        setup
+            .extra_environment
+            .push(("SLUICE_LOG", "sluice=[[".into()))
+    })?;
+    assert!(log.contains("ignoring the invalid log filter"), "{log}");
+    assert!(log.contains("job claimed"), "{log}");
+    assert!(!log.contains("claim details"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn journal_stream_of_another_file_means_stderr() -> Result<()> {
+    let log = stderr_of_a_probe_run(|setup| setup.journal_stream = JournalStream::OtherFile)?;
+    assert!(log.contains("job claimed"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn journal_stream_without_a_reachable_journal_falls_back_to_stderr() -> Result<()> {
+    if !mount_namespaces_available()? {
+        return Ok(());
+    }
+    let log = stderr_of_a_probe_run(|setup| {
+        setup.journal_stream = JournalStream::MatchingStderr;
+        setup.mount_namespace = Some(MountNamespace {
+            journal_directory: None,
+        });
+    })?;
+    assert!(
+        log.contains("the journal socket is unreachable; logging to stderr"),
+        "{log}"
+    );
+    assert!(log.contains("job claimed"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn under_journald_records_carry_identifier_fields_and_syslog_priorities() -> Result<()> {
+    if !mount_namespaces_available()? {
+        return Ok(());
+    }
+    let directory = tempfile::tempdir()?;
+    ensure!(
+        !directory.path().starts_with("/run"),
+        "the temp dir must survive the tmpfs on /run"
+    );
+    let journal_directory = directory.path().join("journal");
+    std::fs::create_dir(&journal_directory)?;
+    let journal = JournalListener::bind(&journal_directory)?;
+    write_config(directory.path(), "label = first\n")?;
+    let mut store = open_store(directory.path())?;
+    let job = store
+        .enqueue(&NewJob::new(
+            "slow",
+            serde_json::json!({ "duration_ms": 600_000 }),
+        ))?
+        .id;
+    let listener = NotifyListener::bind(directory.path())?;
+    let mut probe = ProbeSetup {
+        stop_timeout: Duration::from_millis(300),
+        journal_stream: JournalStream::MatchingStderr,
+        mount_namespace: Some(MountNamespace {
+            journal_directory: Some(journal_directory.clone()),
+        }),
+        ..ProbeSetup::new(directory.path(), &listener)
+    }
+    .start()?;
+    let working = format!("working on job {job}; config first");
+    listener
+        .wait_for(0, SOON, |n| n.status() == Some(working.as_str()))
+        .with_context(|| probe.log())?;
+    write_config(directory.path(), "colour = blue\n")?;
+    let before = listener.count();
+    probe.signal("HUP")?;
+    listener.wait_for_line(before, "READY=1", SOON)?;
+    probe.signal("TERM")?;
+    assert_eq!(
+        probe.wait_for_exit(SOON)?.code(),
+        Some(0),
+        "log:\n{}",
+        probe.log()
+    );
+
+    let job_id = job.to_string();
+    let ready = journal.wait_for_message("ready", SOON)?;
+    assert_eq!(
+        ready.get("SYSLOG_IDENTIFIER").map(String::as_str),
+        Some(PROBE_IDENTIFIER)
+    );
+    assert_eq!(
+        ready.get("PRIORITY").map(String::as_str),
+        Some("6"),
+        "info is 6: {ready:?}"
+    );
+    assert_eq!(
+        ready.get("F_LABEL").map(String::as_str),
+        Some("first"),
+        "{ready:?}"
+    );
+
+    let claimed = journal.wait_for_message("job claimed", SOON)?;
+    assert_eq!(
+        claimed.get("F_JOB_ID"),
+        Some(&job_id),
+        "span field as F_JOB_ID: {claimed:?}"
+    );
+    assert_eq!(
+        claimed.get("F_KIND").map(String::as_str),
+        Some("slow"),
+        "{claimed:?}"
+    );
+    assert_eq!(
+        claimed.get("F_ATTEMPT").map(String::as_str),
+        Some("1"),
+        "{claimed:?}"
+    );
+
+    let debug = journal.wait_for_message("claim details", SOON)?;
+    assert_eq!(
+        debug.get("PRIORITY").map(String::as_str),
+        Some("7"),
+        "debug is 7: {debug:?}"
+    );
+
+    let reload =
+        journal.wait_for_message("reload failed; keeping the previous configuration", SOON)?;
+    assert_eq!(
+        reload.get("PRIORITY").map(String::as_str),
+        Some("3"),
+        "error is 3: {reload:?}"
+    );
+    assert!(
+        reload
+            .get("F_ERROR")
+            .is_some_and(|error| error.contains("unknown key `colour`")),
+        "{reload:?}"
+    );
+
+    let released = journal.wait_for_message("stop deadline reached; releasing the job", SOON)?;
+    assert_eq!(
+        released.get("PRIORITY").map(String::as_str),
+        Some("4"),
+        "warn is 4: {released:?}"
+    );
+    assert_eq!(released.get("F_JOB_ID"), Some(&job_id), "{released:?}");
+
+    // Nothing was written to stderr as text: the journal got it all.
+    let stderr = probe.log();
+    assert!(!stderr.contains("job claimed"), "{stderr}");
     Ok(())
 }

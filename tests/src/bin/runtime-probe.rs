@@ -263,7 +263,7 @@ async fn stop(
         tracing::info!("job finished before the stop deadline");
         store.succeed_job(id, token, &serde_json::json!({ "finished_by": WORKER }))
     } else {
-        tracing::info!("stop deadline reached; releasing the job");
+        tracing::warn!("stop deadline reached; releasing the job");
         store.release_job(id, token)
     };
     match recorded {
