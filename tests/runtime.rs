@@ -12,7 +12,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use sluice_core::store::{Durability, JobState, NewJob, RetryPolicy, Store, StoreOptions};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sluice_core::store::{Durability, JobState, NewJob, Store};
 
 /// Generous bound for anything a process should do "soon": tests run on a loaded 2-core box.
 const SOON: Duration = Duration::from_secs(20);
@@ -307,13 +309,9 @@ impl<'a> ProbeSetup<'a> {
 }
 
 impl Probe {
-    fn signal(&self, name: &str) -> Result<()> {
-        let status = Command::new("kill")
-            .arg("-s")
-            .arg(name)
-            .arg(self.child.id().to_string())
-            .status()?;
-        ensure!(status.success(), "kill -s {name} failed: {status}");
+    fn signal(&self, signal: Signal) -> Result<()> {
+        let pid = Pid::from_raw(i32::try_from(self.child.id())?);
+        kill(pid, signal).with_context(|| format!("sending {signal} to the probe"))?;
         Ok(())
     }
 
@@ -368,14 +366,7 @@ fn write_config(directory: &Path, text: &str) -> Result<()> {
 }
 
 fn open_store(directory: &Path) -> Result<Store> {
-    let options = StoreOptions {
-        durability: Durability::Normal,
-        busy_timeout: Duration::from_secs(5),
-        retry: RetryPolicy {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        },
-    };
+    let options = crate::support::store_options(Durability::Normal);
     Ok(Store::open(&database_path(directory), &options)?)
 }
 
@@ -499,7 +490,7 @@ fn a_hung_loop_stops_the_watchdog_pings() -> Result<()> {
     let (index, _) = listener.wait_for_line(0, "WATCHDOG=1", SOON)?;
     listener.wait_for_line(index + 1, "WATCHDOG=1", SOON)?;
 
-    probe.signal("USR1")?;
+    probe.signal(Signal::SIGUSR1)?;
     let (hung_at, _) = listener
         .wait_for(0, SOON, |notification| {
             notification.status() == Some("simulating a hung loop")
@@ -524,7 +515,7 @@ fn sigterm_sends_stopping_and_exits_zero_in_time() -> Result<()> {
     let (_directory, listener, mut probe) =
         started_probe(|setup| setup.stop_timeout = stop_timeout)?;
     let before = listener.count();
-    probe.signal("TERM")?;
+    probe.signal(Signal::SIGTERM)?;
     let status = probe.wait_for_exit(stop_timeout + SOON)?;
     assert_eq!(status.code(), Some(0), "log:\n{}", probe.log());
     let (_, stopping) = listener.wait_for_line(before, "STOPPING=1", Duration::ZERO)?;
@@ -537,7 +528,7 @@ fn sighup_with_a_valid_config_reloads_and_reports_ready_again() -> Result<()> {
     let (directory, listener, mut probe) = started_probe(|_| {})?;
     write_config(directory.path(), "# changed\nlabel = second\n")?;
     let before = listener.count();
-    probe.signal("HUP")?;
+    probe.signal(Signal::SIGHUP)?;
 
     let (reloading_at, reloading) = listener
         .wait_for_line(before, "RELOADING=1", SOON)
@@ -564,7 +555,7 @@ fn sighup_with_an_invalid_config_keeps_the_old_one_and_says_so() -> Result<()> {
     let (directory, listener, mut probe) = started_probe(|_| {})?;
     write_config(directory.path(), "label = second\ncolour = blue\n")?;
     let before = listener.count();
-    probe.signal("HUP")?;
+    probe.signal(Signal::SIGHUP)?;
 
     let (reloading_at, _) = listener
         .wait_for_line(before, "RELOADING=1", SOON)
@@ -598,7 +589,7 @@ fn sighup_with_an_invalid_config_keeps_the_old_one_and_says_so() -> Result<()> {
     // A fixed file is picked up by the next reload.
     write_config(directory.path(), "label = third\n")?;
     let before = listener.count();
-    probe.signal("HUP")?;
+    probe.signal(Signal::SIGHUP)?;
     let (reloading_at, _) = listener.wait_for_line(before, "RELOADING=1", SOON)?;
     let (_, ready) = listener.wait_for_line(reloading_at + 1, "READY=1", SOON)?;
     assert_eq!(ready.status(), Some("running; configuration reloaded"));
@@ -653,7 +644,7 @@ fn sigterm_during_a_long_job_releases_it_and_exits_zero_in_time() -> Result<()> 
         .with_context(|| probe.log())?;
     assert_eq!(store.get_job(job)?.state, JobState::Running);
 
-    probe.signal("TERM")?;
+    probe.signal(Signal::SIGTERM)?;
     let status = probe.wait_for_exit(stop_timeout + SOON)?;
     assert_eq!(status.code(), Some(0), "log:\n{}", probe.log());
     listener.wait_for(0, Duration::ZERO, |n| {
@@ -693,7 +684,7 @@ fn sigterm_during_a_short_job_lets_it_finish() -> Result<()> {
     listener
         .wait_for(0, SOON, |n| n.status() == Some(working.as_str()))
         .with_context(|| probe.log())?;
-    probe.signal("TERM")?;
+    probe.signal(Signal::SIGTERM)?;
     let status = probe.wait_for_exit(Duration::from_secs(60) + SOON)?;
     assert_eq!(status.code(), Some(0), "log:\n{}", probe.log());
     let after = store.get_job(job)?;
@@ -729,7 +720,7 @@ fn without_notify_socket_the_probe_runs_and_stops_normally() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    probe.signal("TERM")?;
+    probe.signal(Signal::SIGTERM)?;
     assert_eq!(probe.wait_for_exit(SOON)?.code(), Some(0));
     assert_eq!(listener.count(), 0, "nothing was sent anywhere");
     Ok(())
@@ -891,7 +882,7 @@ fn stderr_of_a_probe_run(configure: impl FnOnce(&mut ProbeSetup<'_>)) -> Result<
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    probe.signal("TERM")?;
+    probe.signal(Signal::SIGTERM)?;
     assert_eq!(
         probe.wait_for_exit(SOON)?.code(),
         Some(0),
@@ -1001,9 +992,9 @@ fn under_journald_records_carry_identifier_fields_and_syslog_priorities() -> Res
         .with_context(|| probe.log())?;
     write_config(directory.path(), "colour = blue\n")?;
     let before = listener.count();
-    probe.signal("HUP")?;
+    probe.signal(Signal::SIGHUP)?;
     listener.wait_for_line(before, "READY=1", SOON)?;
-    probe.signal("TERM")?;
+    probe.signal(Signal::SIGTERM)?;
     assert_eq!(
         probe.wait_for_exit(SOON)?.code(),
         Some(0),

@@ -161,6 +161,17 @@ impl Store {
             .pragma_query_value(None, "user_version", |row| row.get(0))?)
     }
 
+    /// The applied migrations, as (version, "pid N" of the process that applied it).
+    pub fn schema_history(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT version, applied_by FROM schema_history ORDER BY version")?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// Runs `PRAGMA integrity_check` and returns its lines; `["ok"]` means healthy.
     pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
         let mut statement = self.connection.prepare("PRAGMA integrity_check")?;
