@@ -5,4 +5,5 @@
 //! Daemon crates depend on this crate and never on each other; only this crate runs SQL.
 
 pub mod config;
+pub mod runtime;
 pub mod store;

@@ -1,0 +1,56 @@
+//! The signals a daemon acts on: SIGTERM and SIGINT ask it to stop, SIGHUP to reload its
+//! configuration. They arrive as values on a receiver the main loop selects on.
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::RuntimeError;
+
+/// What a received signal asks the daemon to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM (systemd's stop) or SIGINT (Ctrl-C when run by hand).
+    Terminate,
+    /// SIGHUP (`systemctl reload`, `ExecReload=kill -HUP $MAINPID` or `Type=notify-reload`).
+    Reload,
+}
+
+/// Receives [`Signal`]s. Creating it replaces the default action of SIGTERM, SIGINT and SIGHUP
+/// (killing the process) for the rest of the process's life, so create it early, before the
+/// slow parts of start-up, and a signal sent meanwhile waits here until the loop runs.
+#[derive(Debug)]
+pub struct SignalReceiver {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl SignalReceiver {
+    /// Installs the handlers; must be called inside a tokio runtime.
+    pub fn install() -> Result<SignalReceiver, RuntimeError> {
+        let install = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| RuntimeError::SignalHandler {
+                signal: name,
+                source,
+            })
+        };
+        Ok(SignalReceiver {
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+            hangup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// Waits for the next signal. Several deliveries of the same signal between two calls
+    /// count as one, which is what both actions want (stopping twice or reloading twice in a
+    /// row achieves nothing more).
+    pub async fn recv(&mut self) -> Signal {
+        // A `None` from a stream means the runtime is shutting down; that stream then never
+        // yields again, so only the others are waited on.
+        tokio::select! {
+            Some(()) = self.terminate.recv() => Signal::Terminate,
+            Some(()) = self.interrupt.recv() => Signal::Terminate,
+            Some(()) = self.hangup.recv() => Signal::Reload,
+            else => std::future::pending().await,
+        }
+    }
+}
