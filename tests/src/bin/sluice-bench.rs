@@ -39,6 +39,9 @@ enum Workload {
         /// Jobs a consumer claims and completes per transaction.
         #[arg(long, default_value_t = 128)]
         batch: usize,
+        /// Consumer processes; 0 measures enqueue alone (no drain).
+        #[arg(long, default_value_t = 2)]
+        consumers: usize,
     },
 }
 
@@ -49,12 +52,13 @@ fn main() -> anyhow::Result<()> {
             runs,
             directory,
             batch,
+            consumers,
         } => {
             let mut report = Vec::new();
             for durability in [Durability::Normal, Durability::Full] {
                 let mut samples = Vec::new();
                 for run in 1..=runs {
-                    let sample = run_w1_lib(jobs, durability, &directory, batch)?;
+                    let sample = run_w1_lib(jobs, durability, &directory, batch, consumers)?;
                     eprintln!("w1-lib {} run {run}: {sample}", durability.as_str());
                     samples.push(sample);
                 }
@@ -71,6 +75,7 @@ fn run_w1_lib(
     durability: Durability,
     directory: &Path,
     batch: usize,
+    consumer_count: usize,
 ) -> anyhow::Result<Value> {
     let scratch = tempfile::tempdir_in(directory).context("scratch directory")?;
     let database = scratch.path().join("sluice.db");
@@ -84,7 +89,7 @@ fn run_w1_lib(
     };
     let mut store = Store::open(&database, &options)?;
     let worker_program = sibling_program("queue-child")?;
-    let mut consumers: Vec<Child> = (0..2)
+    let mut consumers: Vec<Child> = (0..consumer_count)
         .map(|n| {
             Command::new(&worker_program)
                 .arg("--db")
@@ -107,6 +112,9 @@ fn run_w1_lib(
         store.enqueue(&NewJob::new("noop", json!({ "i": i })))?;
     }
     let enqueue_seconds = started.elapsed().as_secs_f64();
+    if consumer_count == 0 {
+        return Ok(json!({ "enqueue_rate": total as f64 / enqueue_seconds }));
+    }
     loop {
         let succeeded = store.job_counts()?[&JobState::Succeeded];
         if succeeded as usize >= total {
@@ -137,7 +145,10 @@ fn run_w1_lib(
             },
         )?;
         for job in &page.items {
-            let result = job.result.as_ref().context("succeeded job without result")?;
+            let result = job
+                .result
+                .as_ref()
+                .context("succeeded job without result")?;
             let index = result["i"].as_u64().context("result without i")? as usize;
             let ran_at = result["t"].as_u64().context("result without t")?;
             latencies_ms.push(ran_at.saturating_sub(enqueued_at_micros[index]) as f64 / 1000.0);
@@ -197,7 +208,10 @@ fn sibling_program(name: &str) -> anyhow::Result<PathBuf> {
     let own = std::env::current_exe().context("locating this program")?;
     let sibling = own.with_file_name(name);
     if !sibling.exists() {
-        bail!("{} not found; build the sluice-tests binaries first", sibling.display());
+        bail!(
+            "{} not found; build the sluice-tests binaries first",
+            sibling.display()
+        );
     }
     Ok(sibling)
 }

@@ -9,7 +9,7 @@
 //!   (expired and rescued, or cancelled) changes nothing and gets `JobError::LeaseLost`.
 //! - **An attempt is counted when it is claimed**; releasing a job on shutdown gives the
 //!   attempt back, an expired lease keeps it (the worker may have crashed because of the job).
-//! - Transitions are written to `job_history` by triggers (see `migrations.rs`).
+//! - Transitions are written to `job_history` by a trigger (see `migrations.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -420,6 +420,12 @@ impl Store {
         let kinds_json = serde_json::to_string(kinds).map_err(|error| {
             JobError::InvalidArgument(format!("cannot encode job kinds: {error}"))
         })?;
+        if completions.is_empty()
+            && (limit == 0 || kinds.is_empty() || !self.claim_may_find_work(&kinds_json)?)
+        {
+            // Nothing to write: an idle worker never takes the write lock.
+            return Ok((Vec::new(), Vec::new()));
+        }
         let retry_policy = self.options().retry;
         self.write(|transaction| {
             let now = now_ms();
@@ -674,28 +680,42 @@ impl Store {
         Ok(Page { items, next_cursor })
     }
 
-    /// Every transition of a job, oldest first.
+    /// Every transition of a job, oldest first, starting with its creation as `queued`.
     pub fn job_history(&self, id: i64) -> Result<Vec<JobTransition>, JobError> {
-        job_state(self.connection(), id)?;
+        let created_at_ms: Option<i64> = self
+            .connection()
+            .prepare_cached("SELECT created_at FROM jobs WHERE id = ?1")?
+            .query_row([id], |row| row.get(0))
+            .optional()?;
+        let created_at_ms = created_at_ms.ok_or(JobError::NotFound(id))?;
+        let mut transitions = vec![JobTransition {
+            at_ms: created_at_ms,
+            from_state: None,
+            to_state: JobState::Queued,
+            attempt: 0,
+            worker: None,
+            error: None,
+        }];
         let mut statement = self.connection().prepare_cached(
             "SELECT at, from_state, to_state, attempt, worker, error FROM job_history
              WHERE job_id = ?1 ORDER BY id",
         )?;
-        let transitions = statement
-            .query_map([id], |row| {
-                Ok(JobTransition {
-                    at_ms: row.get(0)?,
-                    from_state: row
-                        .get::<_, Option<String>>(1)?
-                        .map(|text| parse_state_column(&text))
-                        .transpose()?,
-                    to_state: parse_state_column(&row.get::<_, String>(2)?)?,
-                    attempt: row.get(3)?,
-                    worker: row.get(4)?,
-                    error: row.get(5)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+        let recorded = statement.query_map([id], |row| {
+            Ok(JobTransition {
+                at_ms: row.get(0)?,
+                from_state: row
+                    .get::<_, Option<String>>(1)?
+                    .map(|text| parse_state_column(&text))
+                    .transpose()?,
+                to_state: parse_state_column(&row.get::<_, String>(2)?)?,
+                attempt: row.get(3)?,
+                worker: row.get(4)?,
+                error: row.get(5)?,
+            })
+        })?;
+        for transition in recorded {
+            transitions.push(transition?);
+        }
         Ok(transitions)
     }
 
@@ -717,6 +737,21 @@ impl Store {
             counts.insert(state, count);
         }
         Ok(counts)
+    }
+
+    /// A read-only look (no write lock) for claimable jobs or expired leases.
+    fn claim_may_find_work(&self, kinds_json: &str) -> Result<bool, JobError> {
+        Ok(self
+            .connection()
+            .prepare_cached(
+                "SELECT EXISTS (
+                     SELECT 1 FROM jobs
+                     WHERE state IN ('queued', 'retrying') AND run_at <= ?1
+                       AND kind IN (SELECT value FROM json_each(?2)))
+                 OR EXISTS (
+                     SELECT 1 FROM jobs WHERE state = 'running' AND lease_expires_at < ?1)",
+            )?
+            .query_row(params![now_ms(), kinds_json], |row| row.get(0))?)
     }
 
     fn complete_one(

@@ -60,7 +60,10 @@ CREATE INDEX jobs_claimable ON jobs (priority DESC, run_at, id)
 CREATE INDEX jobs_leases ON jobs (lease_expires_at) WHERE state = 'running';
 CREATE UNIQUE INDEX jobs_unique_key ON jobs (unique_key) WHERE unique_key IS NOT NULL;
 
--- Every transition of every job, written by triggers so that no code path can forget one.
+-- Every transition of every job, written by a trigger so that no code path can forget one.
+-- The creation of a job is not stored here (it is `jobs.created_at`, and an extra row per
+-- enqueue costs a third of the enqueue rate); `Store::job_history` reports it as the first
+-- entry.
 CREATE TABLE job_history (
     id         INTEGER PRIMARY KEY,
     job_id     INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
@@ -73,10 +76,7 @@ CREATE TABLE job_history (
 );
 CREATE INDEX job_history_by_job ON job_history (job_id, id);
 
-CREATE TRIGGER jobs_history_on_insert AFTER INSERT ON jobs BEGIN
-    INSERT INTO job_history (job_id, at, from_state, to_state, attempt, worker, error)
-    VALUES (new.id, new.updated_at, NULL, new.state, new.attempts, NULL, NULL);
-END;
+
 CREATE TRIGGER jobs_history_on_transition AFTER UPDATE OF state ON jobs
     WHEN old.state IS NOT new.state BEGIN
     INSERT INTO job_history (job_id, at, from_state, to_state, attempt, worker, error)

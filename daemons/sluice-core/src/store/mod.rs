@@ -120,9 +120,9 @@ impl Store {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI;
-        let connection = Connection::open_with_flags(path, flags).map_err(open_error)?;
+        let mut connection = Connection::open_with_flags(path, flags).map_err(open_error)?;
         connection
-            .busy_timeout(options.busy_timeout)
+            .busy_handler(Some(wait_for_lock(options.busy_timeout)))
             .map_err(open_error)?;
         enable_wal(&connection, options.busy_timeout).map_err(open_error)?;
         let synchronous = match options.durability {
@@ -133,7 +133,8 @@ impl Store {
             .execute_batch(&format!(
                 "PRAGMA synchronous = {synchronous};
                  PRAGMA foreign_keys = ON;
-                 PRAGMA temp_store = MEMORY;"
+                 PRAGMA temp_store = MEMORY;
+                 PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};"
             ))
             .map_err(open_error)?;
         connection.set_prepared_statement_cache_capacity(64);
@@ -247,6 +248,12 @@ impl Store {
     }
 }
 
+/// Checkpoint the WAL into the database every this many pages (32 MiB) instead of SQLite's
+/// 1000: each checkpoint writes and syncs the database file inside some writer's commit, and
+/// at a thousand small commits a second the default made that stall frequent (W1's enqueue
+/// rate went from 28k/s to 35k/s with this).
+const WAL_AUTOCHECKPOINT_PAGES: u32 = 8000;
+
 /// Milliseconds since the Unix epoch: the one time unit of the database.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -257,6 +264,26 @@ pub fn now_ms() -> i64 {
 
 pub(crate) fn duration_ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The busy handler: when another process holds the write lock, try again after a short
+/// pause, for at most `timeout`. SQLite's own `busy_timeout` handler sleeps in steps of
+/// 1, 2, 5, 10 … 100 ms; with several processes committing small transactions thousands of
+/// times a second, those long naps (not the lock itself) would dominate every wait, so the
+/// pauses here start at 20 µs and grow to at most 1 ms.
+fn wait_for_lock(timeout: Duration) -> impl FnMut(i32) -> bool + Send + 'static {
+    let mut started = Instant::now();
+    move |attempt| {
+        if attempt == 0 {
+            started = Instant::now();
+        }
+        if started.elapsed() >= timeout {
+            return false;
+        }
+        let pause_micros = 20u64 << attempt.clamp(0, 6);
+        std::thread::sleep(Duration::from_micros(pause_micros.min(1000)));
+        true
+    }
 }
 
 /// The WAL-reset bug (corruption when a checkpoint races a WAL reset) is fixed in 3.51.3 and
@@ -342,10 +369,6 @@ mod tests {
                 .pragma_query_value(None, "synchronous", |row| row.get(0))
                 .unwrap();
             assert_eq!(synchronous, expected);
-            let busy: i64 = connection
-                .pragma_query_value(None, "busy_timeout", |row| row.get(0))
-                .unwrap();
-            assert_eq!(busy, 5000);
             assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
             assert_eq!(store.integrity_check().unwrap(), vec!["ok".to_string()]);
         }
@@ -422,6 +445,51 @@ mod tests {
             matches!(error, StoreError::SchemaTooNew { found: 999, .. }),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_writer_waits_for_the_lock_then_gives_up_at_the_busy_timeout() {
+        let (directory, mut store) = open_temp(Durability::Normal);
+        let path = directory.path().join("sluice.db");
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            blocker.execute_batch("COMMIT").unwrap();
+        });
+        // Waits out the 200ms lock (timeout is 5s) and then writes.
+        store
+            .write(|transaction| {
+                transaction.execute_batch("CREATE TABLE waited (x)")?;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        release.join().unwrap();
+
+        let mut impatient = Store::open(
+            &path,
+            &StoreOptions {
+                durability: Durability::Normal,
+                busy_timeout: Duration::from_millis(100),
+                retry: RetryPolicy {
+                    base: Duration::from_millis(10),
+                    max: Duration::from_millis(100),
+                },
+            },
+        )
+        .unwrap();
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let started = Instant::now();
+        let error = impatient
+            .write(|transaction| {
+                transaction.execute_batch("CREATE TABLE never (x)")?;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Busy(_)), "{error}");
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        blocker.execute_batch("ROLLBACK").unwrap();
     }
 
     #[test]
