@@ -1,1 +1,4 @@
 //! The integration test binary: one module per area, the harness in `support`.
+
+mod bus;
+mod support;

@@ -3,3 +3,4 @@
 //! proxies, and the service runtime (sd_notify, watchdog, signals, journald logging).
 //!
 //! Daemon crates depend on this crate and never on each other; only this crate runs SQL.
+pub mod bus;
