@@ -2,9 +2,8 @@
 //! hole: the daemon itself asks the bus who is calling and refuses anyone not allowed.
 
 use zbus::Connection;
-use zbus::fdo::DBusProxy;
+use zbus::fdo::ConnectionCredentials;
 use zbus::message::Header;
-use zbus::names::BusName;
 
 use super::BusError;
 
@@ -58,12 +57,18 @@ impl CallerPolicy {
         let sender = header.sender().ok_or_else(|| {
             BusError::AccessDenied(format!("{method}: the call has no sender to check"))
         })?;
-        let bus = DBusProxy::new(connection).await.map_err(|error| {
-            BusError::Internal(format!("{method}: cannot reach the bus driver: {error}"))
-        })?;
-        let credentials = bus
-            .get_connection_credentials(BusName::Unique(sender.clone()))
+        // One plain call: a `DBusProxy` built per request would also subscribe to the
+        // driver's PropertiesChanged, an extra round trip and match rule for every call.
+        let credentials: ConnectionCredentials = connection
+            .call_method(
+                Some("org.freedesktop.DBus"),
+                "/org/freedesktop/DBus",
+                Some("org.freedesktop.DBus"),
+                "GetConnectionCredentials",
+                &(sender.as_str(),),
+            )
             .await
+            .and_then(|reply| reply.body().deserialize())
             .map_err(|error| {
                 BusError::Internal(format!(
                     "{method}: cannot read the credentials of {sender}: {error}"

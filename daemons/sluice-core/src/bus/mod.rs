@@ -84,6 +84,26 @@ impl fmt::Display for BusAddress {
     }
 }
 
+impl std::str::FromStr for BusAddress {
+    type Err = BusSetupError;
+
+    /// `system`, `session`, or a D-Bus address such as `unix:path=/run/sluice-test/bus`; the
+    /// form the config file's `[bus] address` key takes.
+    fn from_str(text: &str) -> Result<BusAddress, BusSetupError> {
+        match text {
+            "system" => Ok(BusAddress::System),
+            "session" => Ok(BusAddress::Session),
+            address => match zbus::Address::try_from(address) {
+                Ok(_) => Ok(BusAddress::Address(address.to_owned())),
+                Err(error) => Err(BusSetupError::InvalidAddress {
+                    address: address.to_owned(),
+                    reason: error.to_string(),
+                }),
+            },
+        }
+    }
+}
+
 /// Connects to the chosen bus.
 pub async fn connect(address: &BusAddress) -> zbus::Result<Connection> {
     let builder = match address {
@@ -115,6 +135,11 @@ pub enum BusSetupError {
     },
     #[error("the object {path} is already served on this connection")]
     PathInUse { path: String },
+    #[error(
+        "invalid bus address {address:?}: {reason}; use system, session or a D-Bus address \
+         such as unix:path=/run/bus"
+    )]
+    InvalidAddress { address: String, reason: String },
     #[error("invalid ingest worker instance {instance:?}: {reason}")]
     InvalidInstance { instance: String, reason: String },
 }
@@ -215,4 +240,63 @@ async fn forward<Command, Output>(
             "the daemon dropped the request without answering".into(),
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bus_addresses_parse_from_their_config_form() {
+        assert_eq!("system".parse::<BusAddress>().unwrap(), BusAddress::System);
+        assert_eq!(
+            "session".parse::<BusAddress>().unwrap(),
+            BusAddress::Session
+        );
+        assert_eq!(
+            "unix:path=/run/sluice/bus".parse::<BusAddress>().unwrap(),
+            BusAddress::Address("unix:path=/run/sluice/bus".into())
+        );
+        for bad in ["", "System", "/run/bus", "unix:nonsense=1"] {
+            assert!(
+                matches!(
+                    bad.parse::<BusAddress>(),
+                    Err(BusSetupError::InvalidAddress { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn forward_reports_a_stopped_or_silent_main_loop() {
+        let (sender, receiver) = mpsc::channel::<Reply<u64>>(1);
+        drop(receiver);
+        let result = forward(&sender, |reply| reply).await;
+        assert!(matches!(result, Err(BusError::Busy(_))), "{result:?}");
+
+        let (sender, mut receiver) = mpsc::channel::<Reply<u64>>(1);
+        let answering = tokio::spawn(async move {
+            // The first request is answered, the second dropped unanswered.
+            let first = receiver.recv().await.unwrap();
+            first.send(Ok(7)).unwrap();
+            drop(receiver.recv().await.unwrap());
+        });
+        assert_eq!(forward(&sender, |reply| reply).await.unwrap(), 7);
+        let result = forward(&sender, |reply| reply).await;
+        assert!(matches!(result, Err(BusError::Internal(_))), "{result:?}");
+        answering.await.unwrap();
+    }
+
+    #[test]
+    fn a_full_queue_is_busy_not_a_blocked_bus_task() {
+        let (sender, _receiver) = mpsc::channel::<Reply<u64>>(1);
+        let (first_reply, _first_answer) = oneshot::channel();
+        sender.try_send(first_reply).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let result = runtime.block_on(forward(&sender, |reply| reply));
+        assert!(matches!(result, Err(BusError::Busy(_))), "{result:?}");
+    }
 }
