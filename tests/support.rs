@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -41,8 +41,17 @@ pub struct SluiceAccounts {
 }
 
 /// Creates user `_sluice` and group `sluice` from the shipped sysusers.d file (idempotent;
-/// works without systemd as PID 1) and returns their ids. Needs root.
+/// works without systemd as PID 1) and returns their ids. Needs root. Runs once per test
+/// process, so parallel tests do not race on /etc/passwd.
 pub fn ensure_sluice_accounts() -> anyhow::Result<SluiceAccounts> {
+    static ACCOUNTS: OnceLock<Result<SluiceAccounts, String>> = OnceLock::new();
+    ACCOUNTS
+        .get_or_init(|| create_sluice_accounts().map_err(|error| format!("{error:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn create_sluice_accounts() -> anyhow::Result<SluiceAccounts> {
     let sysusers_file = workspace_root().join("packaging/sysusers.d/sluice.conf");
     // systemd-sysusers ignores a relative path argument, so it gets the absolute one.
     let output = Command::new("systemd-sysusers")

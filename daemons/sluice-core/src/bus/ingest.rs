@@ -9,8 +9,7 @@ use zbus::message::Header;
 use zbus::object_server::{InterfaceRef, SignalEmitter};
 use zbus::{Connection, interface};
 
-use super::rate_limit::ProgressRateLimiter;
-use super::scraper::{clamp_fraction, lock_limiter};
+use super::rate_limit::{ProgressRateLimiter, clamp_fraction, lock_limiter};
 use super::validate::require_id;
 use super::{
     BusError, BusSetupError, COMMAND_QUEUE_DEPTH, CallerPolicy, DaemonState, Reply, forward,

@@ -2,6 +2,7 @@
 //! the last value of every job or download still always get through.
 
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The default spacing between two progress signals for the same job or download.
@@ -66,6 +67,24 @@ impl ProgressRateLimiter {
     }
 }
 
+/// Keeps a daemon bug (NaN, 1.7) from reaching subscribers as a nonsensical fraction.
+pub(super) fn clamp_fraction(fraction: f64) -> f64 {
+    if fraction.is_nan() {
+        0.0
+    } else {
+        fraction.clamp(0.0, 1.0)
+    }
+}
+
+/// The limiter holds no invariant a panic could break halfway, so a poisoned lock is usable.
+pub(super) fn lock_limiter(
+    limiter: &Mutex<ProgressRateLimiter>,
+) -> MutexGuard<'_, ProgressRateLimiter> {
+    limiter
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +112,14 @@ mod tests {
         let now = Instant::now();
         assert!(limiter.allow_job_progress(1, 0.42, now));
         assert!(!limiter.allow_job_progress(1, 0.43, now));
+    }
+
+    #[test]
+    fn fractions_are_clamped() {
+        assert_eq!(clamp_fraction(f64::NAN), 0.0);
+        assert_eq!(clamp_fraction(1.7), 1.0);
+        assert_eq!(clamp_fraction(-0.2), 0.0);
+        assert_eq!(clamp_fraction(0.5), 0.5);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use zbus::message::Header;
 use zbus::object_server::{InterfaceRef, SignalEmitter};
 use zbus::{Connection, OwnedVariant, Variant, interface};
 
-use super::rate_limit::ProgressRateLimiter;
+use super::rate_limit::{ProgressRateLimiter, clamp_fraction, lock_limiter};
 use super::validate::{require_download_url, require_id, require_name};
 use super::{
     BusError, BusSetupError, COMMAND_QUEUE_DEPTH, CallerPolicy, DaemonState, Reply, forward,
@@ -560,24 +560,6 @@ fn option_text<'value>(key: &str, value: &'value OwnedVariant) -> Result<&'value
     })
 }
 
-/// Keeps a daemon bug (NaN, 1.7) from reaching subscribers as a nonsensical fraction.
-pub(super) fn clamp_fraction(fraction: f64) -> f64 {
-    if fraction.is_nan() {
-        0.0
-    } else {
-        fraction.clamp(0.0, 1.0)
-    }
-}
-
-/// The limiter holds no invariant a panic could break halfway, so a poisoned lock is usable.
-pub(super) fn lock_limiter(
-    limiter: &Mutex<ProgressRateLimiter>,
-) -> std::sync::MutexGuard<'_, ProgressRateLimiter> {
-    limiter
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -626,13 +608,5 @@ mod tests {
                 "{case:?} gave {result:?}"
             );
         }
-    }
-
-    #[test]
-    fn fractions_are_clamped() {
-        assert_eq!(clamp_fraction(f64::NAN), 0.0);
-        assert_eq!(clamp_fraction(1.7), 1.0);
-        assert_eq!(clamp_fraction(-0.2), 0.0);
-        assert_eq!(clamp_fraction(0.5), 0.5);
     }
 }
