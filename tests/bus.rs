@@ -117,13 +117,24 @@ fn spawn_fixture(
 
 /// The build directory may sit under a home that `_sluice` cannot enter; a copy in a
 /// world-readable temporary directory can always be run.
+///
+/// The copy is made by `install` in its own process: a file written by this (multi-threaded)
+/// process could be inherited, still open for writing, by a child another test forks at the
+/// same moment, and executing it would then fail with ETXTBSY ("Text file busy").
 fn fixture_for_other_users() -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
     use std::os::unix::fs::PermissionsExt;
     let directory = tempfile::tempdir().context("cannot make a directory for the fixture")?;
     std::fs::set_permissions(directory.path(), std::fs::Permissions::from_mode(0o755))?;
     let copy = directory.path().join("bus-fixture");
-    std::fs::copy(env!("CARGO_BIN_EXE_bus-fixture"), &copy).context("cannot copy bus-fixture")?;
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
+    let status = std::process::Command::new("install")
+        .args(["-m", "0755", env!("CARGO_BIN_EXE_bus-fixture")])
+        .arg(&copy)
+        .status()
+        .context("cannot run install (coreutils)")?;
+    anyhow::ensure!(
+        status.success(),
+        "install could not copy bus-fixture: {status}"
+    );
     Ok((directory, copy))
 }
 
