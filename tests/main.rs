@@ -1,5 +1,6 @@
 //! The integration test binary: one module per area, the harness in `support`.
 
+mod bus;
 mod runtime;
 mod store;
 mod support;

@@ -1,0 +1,946 @@
+//! The D-Bus interfaces and the shipped bus policy, against a real private `dbus-daemon`, the
+//! real `bus-fixture` process running as `_sluice`, and real callers (`busctl`, `gdbus`,
+//! zbus proxies) running as root, as `nobody`, and as `nobody` in group `sluice`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use sluice_core::bus::{
+    self, BusAddress, BusError, BusSetupError, CallerPolicy, MonitorProxy, MonitorService,
+    MonitorStatus, ScraperProxy, WebProxy, ingest_proxy,
+};
+use zbus::{Connection, OwnedVariant, Variant};
+
+use crate::support::{BusPolicy, Caller, HelperProcess, PrivateBus, ensure_sluice_accounts};
+
+const SIGNAL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One mutating method call, in the form `gdbus call` takes it.
+struct MutatingCall {
+    destination: &'static str,
+    path: &'static str,
+    method: &'static str,
+    arguments: &'static [&'static str],
+}
+
+/// Every mutating method, with arguments that are valid for the fixture.
+const MUTATING_CALLS: &[MutatingCall] = &[
+    MutatingCall {
+        destination: "org.sluice.Monitor1",
+        path: "/org/sluice/Monitor1",
+        method: "org.sluice.Monitor1.Rescan",
+        arguments: &[""],
+    },
+    MutatingCall {
+        destination: "org.sluice.Scraper1",
+        path: "/org/sluice/Scraper1",
+        method: "org.sluice.Scraper1.AddDownload",
+        arguments: &["https://example.org/model.bin", "@a{sv} {}"],
+    },
+    MutatingCall {
+        destination: "org.sluice.Scraper1",
+        path: "/org/sluice/Scraper1",
+        method: "org.sluice.Scraper1.CancelDownload",
+        arguments: &["1"],
+    },
+    MutatingCall {
+        destination: "org.sluice.Scraper1",
+        path: "/org/sluice/Scraper1",
+        method: "org.sluice.Scraper1.DeleteDownload",
+        arguments: &["1"],
+    },
+    MutatingCall {
+        destination: "org.sluice.Scraper1",
+        path: "/org/sluice/Scraper1",
+        method: "org.sluice.Scraper1.ScrapeNow",
+        arguments: &["nightly"],
+    },
+    MutatingCall {
+        destination: "org.sluice.Ingest1.Worker1",
+        path: "/org/sluice/Ingest1/1",
+        method: "org.sluice.Ingest1.CancelJob",
+        arguments: &["42"],
+    },
+    MutatingCall {
+        destination: "org.sluice.Web1",
+        path: "/org/sluice/Web1",
+        method: "org.sluice.Web1.CancelJob",
+        arguments: &["43"],
+    },
+    MutatingCall {
+        destination: "org.sluice.Web1",
+        path: "/org/sluice/Web1",
+        method: "org.sluice.Web1.RetryJob",
+        arguments: &["44"],
+    },
+];
+
+/// A private bus with the fixture serving every object as `_sluice`.
+struct Setup {
+    bus: PrivateBus,
+    fixture: HelperProcess,
+    group_id: u32,
+    user_id: u32,
+    // The fixture binary copied where `_sluice` can execute it.
+    _fixture_copy: tempfile::TempDir,
+}
+
+fn start_fixture(policy: BusPolicy, extra_arguments: &[&str]) -> anyhow::Result<Setup> {
+    let accounts = ensure_sluice_accounts()?;
+    let bus = PrivateBus::start(policy)?;
+    let (fixture_copy, fixture_path) = fixture_for_other_users()?;
+    let fixture = spawn_fixture(&fixture_path, bus.address(), extra_arguments)?;
+    Ok(Setup {
+        bus,
+        fixture,
+        group_id: accounts.group_id,
+        user_id: accounts.user_id,
+        _fixture_copy: fixture_copy,
+    })
+}
+
+fn spawn_fixture(
+    fixture_path: &std::path::Path,
+    address: &str,
+    extra_arguments: &[&str],
+) -> anyhow::Result<HelperProcess> {
+    let mut command = Caller::Sluice.command(fixture_path);
+    // A long interval makes the rate limiter's drops deterministic for the signal test.
+    command
+        .args(["--address", address, "--progress-interval-ms", "3600000"])
+        .args(extra_arguments);
+    HelperProcess::start(command, "ready")
+}
+
+/// The build directory may sit under a home that `_sluice` cannot enter; a copy in a
+/// world-readable temporary directory can always be run.
+///
+/// The copy is made by `install` in its own process: a file written by this (multi-threaded)
+/// process could be inherited, still open for writing, by a child another test forks at the
+/// same moment, and executing it would then fail with ETXTBSY ("Text file busy").
+fn fixture_for_other_users() -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let directory = tempfile::tempdir().context("cannot make a directory for the fixture")?;
+    std::fs::set_permissions(directory.path(), std::fs::Permissions::from_mode(0o755))?;
+    let copy = directory.path().join("bus-fixture");
+    let status = std::process::Command::new("install")
+        .args(["-m", "0755", env!("CARGO_BIN_EXE_bus-fixture")])
+        .arg(&copy)
+        .status()
+        .context("cannot run install (coreutils)")?;
+    anyhow::ensure!(
+        status.success(),
+        "install could not copy bus-fixture: {status}"
+    );
+    Ok((directory, copy))
+}
+
+/// Runs `gdbus call` as `caller`; returns (succeeded, stdout + stderr).
+fn gdbus_call(
+    caller: Caller,
+    address: &str,
+    call: &MutatingCall,
+) -> anyhow::Result<(bool, String)> {
+    gdbus_call_with(caller, address, call, call.arguments)
+}
+
+/// Like [`gdbus_call`] with other arguments for the same method.
+fn gdbus_call_with(
+    caller: Caller,
+    address: &str,
+    call: &MutatingCall,
+    call_arguments: &[&str],
+) -> anyhow::Result<(bool, String)> {
+    let mut arguments = vec![
+        "call",
+        "--address",
+        address,
+        "--dest",
+        call.destination,
+        "--object-path",
+        call.path,
+        "--method",
+        call.method,
+    ];
+    arguments.extend_from_slice(call_arguments);
+    let output = caller.run("gdbus", &arguments)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.success(), text))
+}
+
+fn busctl(caller: Caller, address: &str, arguments: &[&str]) -> anyhow::Result<(bool, String)> {
+    let address_argument = format!("--address={address}");
+    let mut all_arguments = vec![address_argument.as_str()];
+    all_arguments.extend_from_slice(arguments);
+    let output = caller.run("busctl", &all_arguments)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.success(), text))
+}
+
+/// `busctl introspect` rows as (name, type, signature, result) for members of `interface`.
+fn introspected_members(output: &str) -> Vec<(String, String, String, String)> {
+    output
+        .lines()
+        .filter(|line| line.starts_with('.'))
+        .map(|line| {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            let column = |index: usize| columns.get(index).copied().unwrap_or("").to_owned();
+            (column(0), column(1), column(2), column(3))
+        })
+        .collect()
+}
+
+/// One expected `busctl introspect` row: name, type, signature, result or value ("" = any).
+type ExpectedMember = (&'static str, &'static str, &'static str, &'static str);
+
+#[test]
+fn introspection_lists_methods_signals_and_properties_with_their_types() -> anyhow::Result<()> {
+    if !crate::support::have_root() {
+        return Ok(());
+    }
+    let setup = start_fixture(BusPolicy::Shipped, &[])?;
+    let address = setup.bus.address();
+    let expectations: &[(&str, &str, &str, &[ExpectedMember])] = &[
+        (
+            "org.sluice.Monitor1",
+            "/org/sluice/Monitor1",
+            "org.sluice.Monitor1",
+            &[
+                (".Rescan", "method", "s", "t"),
+                (".FileDetected", "signal", "stt", "-"),
+                (".JobQueued", "signal", "st", "-"),
+                (".State", "property", "s", "\"running\""),
+                (".Status", "property", "s", ""),
+                (".LastError", "property", "s", ""),
+                (".WatchedPaths", "property", "as", "2"),
+                (".PollingPaths", "property", "as", "0"),
+                (".Durability", "property", "s", "\"full\""),
+                (".FilesDetected", "property", "t", "0"),
+                (".JobsQueued", "property", "t", "0"),
+            ],
+        ),
+        (
+            "org.sluice.Scraper1",
+            "/org/sluice/Scraper1",
+            "org.sluice.Scraper1",
+            &[
+                (".AddDownload", "method", "sa{sv}", "tt"),
+                (".CancelDownload", "method", "t", "-"),
+                (".DeleteDownload", "method", "t", "-"),
+                (".ScrapeNow", "method", "s", "t"),
+                (".JobQueued", "signal", "st", "-"),
+                (".JobStarted", "signal", "tss", "-"),
+                (".JobProgress", "signal", "tds", "-"),
+                (".JobFinished", "signal", "ts", "-"),
+                (".DownloadProgress", "signal", "ttt", "-"),
+                (".DownloadFinished", "signal", "tss", "-"),
+                (".State", "property", "s", "\"running\""),
+                (".Sources", "property", "as", "1"),
+                (".StagingPath", "property", "s", "\"/srv/sluice/staging\""),
+                (".DownloadsActive", "property", "u", "0"),
+                (".DownloadsDone", "property", "t", "0"),
+                (".DownloadsFailed", "property", "t", "0"),
+                (".BytesDownloaded", "property", "t", "0"),
+            ],
+        ),
+        (
+            "org.sluice.Ingest1.Worker1",
+            "/org/sluice/Ingest1/1",
+            "org.sluice.Ingest1",
+            &[
+                (".CancelJob", "method", "t", "-"),
+                (".JobStarted", "signal", "tss", "-"),
+                (".JobProgress", "signal", "tds", "-"),
+                (".JobFinished", "signal", "ts", "-"),
+                (".Instance", "property", "s", "\"1\""),
+                (".CurrentJob", "property", "t", "42"),
+                (".JobsDone", "property", "t", "0"),
+                (".JobsFailed", "property", "t", "0"),
+                (".Processors", "property", "as", "1"),
+            ],
+        ),
+        (
+            "org.sluice.Web1",
+            "/org/sluice/Web1",
+            "org.sluice.Web1",
+            &[
+                (".CancelJob", "method", "t", "s"),
+                (".RetryJob", "method", "t", "-"),
+                (".JobQueued", "signal", "st", "-"),
+                (".JobFinished", "signal", "ts", "-"),
+                (".ListenAddress", "property", "s", "\"127.0.0.1:8080\""),
+                (".BasePath", "property", "s", "\"/\""),
+                (".Workers", "property", "u", "2"),
+                (".Durability", "property", "s", "\"full\""),
+                (".RequestsServed", "property", "t", "0"),
+                (".EventClients", "property", "u", "0"),
+            ],
+        ),
+    ];
+    for (destination, path, interface, rows) in expectations {
+        // Introspection is open to everyone, so an unprivileged user does it.
+        let (succeeded, output) = busctl(
+            Caller::Nobody,
+            address,
+            &["introspect", destination, path, interface],
+        )?;
+        assert!(succeeded, "introspecting {destination} failed: {output}");
+        let members = introspected_members(&output);
+        for (name, kind, signature, result) in *rows {
+            let row = members
+                .iter()
+                .find(|member| member.0 == *name)
+                .unwrap_or_else(|| panic!("{interface} lacks {name}:\n{output}"));
+            assert_eq!(
+                (row.1.as_str(), row.2.as_str()),
+                (*kind, *signature),
+                "{interface}{name}"
+            );
+            if !result.is_empty() {
+                assert_eq!(row.3, *result, "{interface}{name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn unprivileged_caller_is_refused_every_mutating_method_but_can_read() -> anyhow::Result<()> {
+    if !crate::support::have_root() {
+        return Ok(());
+    }
+    let mut setup = start_fixture(BusPolicy::Shipped, &[])?;
+    let address = setup.bus.address().to_owned();
+    for call in MUTATING_CALLS {
+        let (succeeded, output) = gdbus_call(Caller::Nobody, &address, call)?;
+        assert!(!succeeded, "nobody could call {}: {output}", call.method);
+        assert!(
+            output.contains("org.freedesktop.DBus.Error.AccessDenied"),
+            "{}: {output}",
+            call.method
+        );
+    }
+    // Writing a property is refused as well (there are no writable ones, but the policy
+    // must not even deliver the call).
+    let (succeeded, output) = busctl(
+        Caller::Nobody,
+        &address,
+        &[
+            "set-property",
+            "org.sluice.Web1",
+            "/org/sluice/Web1",
+            "org.sluice.Web1",
+            "Workers",
+            "u",
+            "9",
+        ],
+    )?;
+    assert!(!succeeded, "nobody could set a property: {output}");
+    assert!(output.contains("Access denied"), "{output}");
+
+    // Reading works for everyone: Get, GetAll, Introspect, Peer.Ping.
+    let (succeeded, output) = busctl(
+        Caller::Nobody,
+        &address,
+        &[
+            "get-property",
+            "org.sluice.Monitor1",
+            "/org/sluice/Monitor1",
+            "org.sluice.Monitor1",
+            "WatchedPaths",
+        ],
+    )?;
+    assert!(succeeded, "{output}");
+    assert_eq!(
+        output.trim(),
+        r#"as 2 "/srv/sluice/inbox" "/srv/sluice/library""#
+    );
+    let (succeeded, output) = busctl(
+        Caller::Nobody,
+        &address,
+        &[
+            "call",
+            "org.sluice.Scraper1",
+            "/org/sluice/Scraper1",
+            "org.freedesktop.DBus.Properties",
+            "GetAll",
+            "s",
+            "org.sluice.Scraper1",
+        ],
+    )?;
+    assert!(succeeded, "{output}");
+    assert!(output.contains("\"DownloadsActive\" u 0"), "{output}");
+    let (succeeded, output) = busctl(
+        Caller::Nobody,
+        &address,
+        &[
+            "call",
+            "org.sluice.Ingest1.Worker1",
+            "/org/sluice/Ingest1/1",
+            "org.freedesktop.DBus.Peer",
+            "Ping",
+        ],
+    )?;
+    assert!(succeeded, "{output}");
+    assert!(setup.fixture.is_running(), "{}", setup.fixture.stderr());
+    Ok(())
+}
+
+#[test]
+fn the_daemon_refuses_unprivileged_callers_even_when_the_policy_lets_them_through()
+-> anyhow::Result<()> {
+    if !crate::support::have_root() {
+        return Ok(());
+    }
+    // A bus that allows everything stands for a broken or missing policy file.
+    let mut setup = start_fixture(BusPolicy::AllowEverything, &[])?;
+    let address = setup.bus.address().to_owned();
+    for call in MUTATING_CALLS {
+        let (succeeded, output) = gdbus_call(Caller::Nobody, &address, call)?;
+        assert!(!succeeded, "nobody could call {}: {output}", call.method);
+        assert!(
+            output.contains("org.sluice.Error.AccessDenied"),
+            "{}: {output}",
+            call.method
+        );
+    }
+    // The group member still gets through the daemon's own check.
+    let (succeeded, output) = gdbus_call(
+        Caller::NobodyInGroup(setup.group_id),
+        &address,
+        &MUTATING_CALLS[0],
+    )?;
+    assert!(succeeded, "{output}");
+    assert!(setup.fixture.is_running(), "{}", setup.fixture.stderr());
+    Ok(())
+}
+
+#[test]
+fn sluice_group_members_and_root_can_call_every_mutating_method() -> anyhow::Result<()> {
+    if !crate::support::have_root() {
+        return Ok(());
+    }
+    let setup = start_fixture(BusPolicy::Shipped, &[])?;
+    let address = setup.bus.address().to_owned();
+    for caller in [Caller::NobodyInGroup(setup.group_id), Caller::Root] {
+        // Each AddDownload creates the download that the next CancelDownload and
+        // DeleteDownload (id 1, then id 2 for the second caller) act on.
+        let download_id = if caller == Caller::Root { "2" } else { "1" };
+        for call in MUTATING_CALLS {
+            let arguments: &[&str] =
+                if call.method.ends_with("Download") && !call.method.ends_with("AddDownload") {
+                    &[download_id]
+                } else {
+                    call.arguments
+                };
+            let (succeeded, output) = gdbus_call_with(caller, &address, call, arguments)?;
+            assert!(
+                succeeded,
+                "{caller:?} could not call {}: {output}",
+                call.method
+            );
+            let expected = match call.method {
+                "org.sluice.Monitor1.Rescan" => "(uint64 2,)",
+                "org.sluice.Web1.CancelJob" => "('cancelled',)",
+                "org.sluice.Scraper1.AddDownload" | "org.sluice.Scraper1.ScrapeNow" => "(uint64 ",
+                _ => "()",
+            };
+            assert!(
+                output.trim().starts_with(expected),
+                "{caller:?} {}: {output}",
+                call.method
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_second_process_cannot_take_an_owned_name() -> anyhow::Result<()> {
+    if !crate::support::have_root() {
+        return Ok(());
+    }
+    let mut setup = start_fixture(BusPolicy::Shipped, &[])?;
+    let address = setup.bus.address().to_owned();
+    let (_copy, fixture_path) = fixture_for_other_users()?;
+    for (objects, instance) in [
+        ("monitor", "1"),
+        ("scraper", "1"),
+        ("web", "1"),
+        ("ingest", "1"),
+    ] {
+        let mut command = Caller::Sluice.command(&fixture_path);
+        command.args([
+            "--address",
+            &address,
+            "--serve",
+            objects,
+            "--ingest-instance",
+            instance,
+        ]);
+        let output = command.output().context("cannot run a second fixture")?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "{objects}: {stderr}");
+        assert!(stderr.contains("already owned"), "{objects}: {stderr}");
+    }
+    // Another worker instance gets its own name and object.
+    let second_worker = spawn_fixture(
+        &fixture_path,
+        &address,
+        &["--serve", "ingest", "--ingest-instance", "2"],
+    )?;
+    let (succeeded, output) = busctl(
+        Caller::Nobody,
+        &address,
+        &[
+            "get-property",
+            "org.sluice.Ingest1.Worker2",
+            "/org/sluice/Ingest1/2",
+            "org.sluice.Ingest1",
+            "Instance",
+        ],
+    )?;
+    assert!(succeeded, "{output}");
+    assert_eq!(output.trim(), "s \"2\"");
+    drop(second_worker);
+    // Root may call but not own: the policy gives org.sluice.* to _sluice only.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let connection = bus::connect(&BusAddress::Address(address.clone())).await?;
+        let refused = connection
+            .request_name_with_flags(
+                "org.sluice.Monitor1",
+                zbus::fdo::RequestNameFlags::DO_NOT_QUEUE,
+            )
+            .await;
+        assert!(refused.is_err(), "root took org.sluice.Monitor1");
+        let refused = connection
+            .request_name_with_flags(
+                "org.sluice.Other1",
+                zbus::fdo::RequestNameFlags::DO_NOT_QUEUE,
+            )
+            .await;
+        match refused {
+            Err(zbus::Error::FDO(error)) => {
+                assert!(
+                    matches!(*error, zbus::fdo::Error::AccessDenied(_)),
+                    "{error}"
+                )
+            }
+            other => panic!("root could own org.sluice.Other1: {other:?}"),
+        }
+        // The names belong to the fixture running as _sluice.
+        let driver = zbus::fdo::DBusProxy::new(&connection).await?;
+        let owner_uid = driver
+            .get_connection_unix_user(zbus::names::BusName::try_from("org.sluice.Monitor1")?)
+            .await?;
+        assert_eq!(owner_uid, setup.user_id);
+        anyhow::Ok(())
+    })?;
+    // The first owner is unaffected.
+    assert!(setup.fixture.is_running(), "{}", setup.fixture.stderr());
+    let (succeeded, output) = busctl(
+        Caller::Nobody,
+        &address,
+        &[
+            "get-property",
+            "org.sluice.Monitor1",
+            "/org/sluice/Monitor1",
+            "org.sluice.Monitor1",
+            "State",
+        ],
+    )?;
+    assert!(succeeded, "{output}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn serve_and_own_name_reports_a_taken_name() -> anyhow::Result<()> {
+    // No root needed: a permissive private bus as the current user.
+    let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
+    let address = BusAddress::Address(bus.address().to_owned());
+    let policy = CallerPolicy::for_this_process();
+    let first = bus::connect(&address).await?;
+    let (_service, _commands) = MonitorService::start(
+        &first,
+        policy,
+        MonitorStatus::starting(vec![PathBuf::from("/srv/inbox")], "full"),
+    )
+    .await?;
+    let second = bus::connect(&address).await?;
+    let result = MonitorService::start(
+        &second,
+        policy,
+        MonitorStatus::starting(vec![PathBuf::from("/srv/inbox")], "full"),
+    )
+    .await;
+    match result {
+        Err(BusSetupError::NameTaken { name }) => assert_eq!(name, "org.sluice.Monitor1"),
+        other => panic!("expected NameTaken, got {other:?}"),
+    }
+    // The object the failed attempt served was taken down again, so a retry on the same
+    // connection does not trip over it.
+    let paths = second
+        .object_server()
+        .interface::<_, bus::MonitorInterface>(bus::MONITOR_OBJECT_PATH)
+        .await;
+    assert!(paths.is_err(), "the failed start left its object behind");
+    Ok(())
+}
+
+#[test]
+fn a_subscriber_receives_every_signal_with_its_arguments() -> anyhow::Result<()> {
+    if !crate::support::have_root() {
+        return Ok(());
+    }
+    let setup = start_fixture(BusPolicy::Shipped, &[])?;
+    let address = setup.bus.address().to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(receive_every_signal(address))
+}
+
+async fn receive_every_signal(address: String) -> anyhow::Result<()> {
+    let connection = bus::connect(&BusAddress::Address(address)).await?;
+    let monitor = MonitorProxy::new(&connection).await?;
+    let scraper = ScraperProxy::new(&connection).await?;
+    let web = WebProxy::new(&connection).await?;
+    let ingest = ingest_proxy(&connection, "1").await?;
+
+    // Subscribe to everything before anything is emitted.
+    let mut file_detected = monitor.receive_file_detected().await?;
+    let mut monitor_job_queued = monitor.receive_job_queued().await?;
+    let mut scraper_job_queued = scraper.receive_job_queued().await?;
+    let mut scraper_job_started = scraper.receive_job_started().await?;
+    let mut scraper_job_progress = scraper.receive_job_progress().await?;
+    let mut scraper_job_finished = scraper.receive_job_finished().await?;
+    let mut download_progress = scraper.receive_download_progress().await?;
+    let mut download_finished = scraper.receive_download_finished().await?;
+    let mut ingest_job_started = ingest.receive_job_started().await?;
+    let mut ingest_job_progress = ingest.receive_job_progress().await?;
+    let mut ingest_job_finished = ingest.receive_job_finished().await?;
+    let mut web_job_queued = web.receive_job_queued().await?;
+    let mut web_job_finished = web.receive_job_finished().await?;
+
+    let reply = connection
+        .call_method(
+            Some("org.sluice.Monitor1"),
+            "/org/sluice/Test1/Fixture",
+            Some("org.sluice.Test1.Fixture"),
+            "EmitAllSignals",
+            &(),
+        )
+        .await?;
+    let emitted: u32 = reply.body().deserialize()?;
+    // 2 monitor + 8 scraper + 4 ingest + 2 web; the two middle progress values of each kind
+    // are dropped by the rate limiter.
+    assert_eq!(emitted, 16);
+
+    let signal = next_signal(&mut file_detected).await?;
+    let args = signal.args()?;
+    assert_eq!(
+        (*args.path(), *args.file_id(), *args.job_id()),
+        ("/srv/sluice/inbox/report.pdf", 11, 12)
+    );
+    let signal = next_signal(&mut monitor_job_queued).await?;
+    let args = signal.args()?;
+    assert_eq!((*args.kind(), *args.job_id()), ("ingest", 12));
+
+    let signal = next_signal(&mut scraper_job_queued).await?;
+    let args = signal.args()?;
+    assert_eq!((*args.kind(), *args.job_id()), ("download", 101));
+    let signal = next_signal(&mut scraper_job_started).await?;
+    let args = signal.args()?;
+    assert_eq!(
+        (*args.job_id(), *args.kind(), *args.worker()),
+        (101, "download", "scraper")
+    );
+    let mut progress = Vec::new();
+    loop {
+        let signal = next_signal(&mut scraper_job_progress).await?;
+        let args = signal.args()?;
+        progress.push((*args.job_id(), *args.fraction(), args.message().to_string()));
+        if *args.fraction() >= 1.0 {
+            break;
+        }
+    }
+    assert_eq!(
+        progress,
+        vec![
+            (101, 0.0, "connecting".to_owned()),
+            (101, 1.0, "done".to_owned())
+        ]
+    );
+    let signal = next_signal(&mut scraper_job_finished).await?;
+    let args = signal.args()?;
+    assert_eq!((*args.job_id(), *args.state()), (101, "succeeded"));
+    let mut bytes = Vec::new();
+    loop {
+        let signal = next_signal(&mut download_progress).await?;
+        let args = signal.args()?;
+        bytes.push((*args.download_id(), *args.bytes(), *args.total()));
+        if args.bytes() == args.total() {
+            break;
+        }
+    }
+    assert_eq!(bytes, vec![(1, 0, 1000), (1, 1000, 1000)]);
+    let signal = next_signal(&mut download_finished).await?;
+    let args = signal.args()?;
+    assert_eq!(
+        (*args.download_id(), *args.state(), *args.path()),
+        (1, "succeeded", "/srv/sluice/inbox/model.bin")
+    );
+
+    let signal = next_signal(&mut ingest_job_started).await?;
+    let args = signal.args()?;
+    assert_eq!(
+        (*args.job_id(), *args.kind(), *args.worker()),
+        (12, "ingest", "1")
+    );
+    let mut progress = Vec::new();
+    loop {
+        let signal = next_signal(&mut ingest_job_progress).await?;
+        let args = signal.args()?;
+        progress.push((*args.job_id(), *args.fraction(), args.message().to_string()));
+        if *args.fraction() >= 1.0 {
+            break;
+        }
+    }
+    assert_eq!(
+        progress,
+        vec![
+            (12, 0.0, "hashing".to_owned()),
+            (12, 1.0, "filed".to_owned())
+        ]
+    );
+    let signal = next_signal(&mut ingest_job_finished).await?;
+    let args = signal.args()?;
+    assert_eq!((*args.job_id(), *args.state()), (12, "succeeded"));
+
+    let signal = next_signal(&mut web_job_queued).await?;
+    let args = signal.args()?;
+    assert_eq!((*args.kind(), *args.job_id()), ("ingest", 44));
+    let signal = next_signal(&mut web_job_finished).await?;
+    let args = signal.args()?;
+    assert_eq!((*args.job_id(), *args.state()), (43, "cancelled"));
+
+    // State is properties with PropertiesChanged: adding a download raises DownloadsActive,
+    // and a subscriber sees the new value without polling.
+    let mut downloads_active = scraper.receive_downloads_active_changed().await;
+    let (download_id, job_id) = scraper
+        .add_download("https://example.org/model.bin", HashMap::new())
+        .await?;
+    assert!(download_id > 0 && job_id > 0);
+    let seen = tokio::time::timeout(SIGNAL_DEADLINE, async {
+        while let Some(change) = downloads_active.next().await {
+            if change.get().await? == 1 {
+                return anyhow::Ok(true);
+            }
+        }
+        anyhow::Ok(false)
+    })
+    .await
+    .context("no PropertiesChanged for DownloadsActive")??;
+    assert!(
+        seen,
+        "the DownloadsActive stream ended without the new value"
+    );
+    Ok(())
+}
+
+async fn next_signal<S: futures_util::Stream + Unpin>(stream: &mut S) -> anyhow::Result<S::Item> {
+    tokio::time::timeout(SIGNAL_DEADLINE, stream.next())
+        .await
+        .context("no signal within the deadline")?
+        .context("the signal stream ended")
+}
+
+/// Sends a raw method call (any body, so also wrong types) and returns the error name.
+async fn error_name<B>(
+    connection: &Connection,
+    destination: &str,
+    path: &str,
+    interface: &str,
+    method: &str,
+    body: &B,
+) -> String
+where
+    B: serde::Serialize + zbus::wire::DynamicType,
+{
+    match connection
+        .call_method(Some(destination), path, Some(interface), method, body)
+        .await
+    {
+        Ok(_) => format!("no error from {interface}.{method}"),
+        Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
+        Err(zbus::Error::FDO(error)) => zbus::DBusError::name(error.as_ref()).to_string(),
+        Err(other) => format!("unexpected failure {other}"),
+    }
+}
+
+#[test]
+fn bad_input_gets_a_named_error_and_the_daemon_keeps_running() -> anyhow::Result<()> {
+    if !crate::support::have_root() {
+        return Ok(());
+    }
+    let mut setup = start_fixture(BusPolicy::Shipped, &[])?;
+    let address = setup.bus.address().to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(send_bad_input(address))?;
+    assert!(setup.fixture.is_running(), "{}", setup.fixture.stderr());
+    Ok(())
+}
+
+async fn send_bad_input(address: String) -> anyhow::Result<()> {
+    let connection = bus::connect(&BusAddress::Address(address)).await?;
+    let huge_path = format!("/srv/sluice/inbox/{}", "a".repeat(5000));
+    let huge_url = format!("https://example.org/{}", "a".repeat(5000));
+    let huge_name = "n".repeat(300);
+    let no_options: HashMap<String, OwnedVariant> = HashMap::new();
+    let options = |key: &str, value: Variant<'_>| -> HashMap<String, OwnedVariant> {
+        HashMap::from([(key.to_owned(), value.try_to_owned().unwrap())])
+    };
+
+    let monitor = (
+        "org.sluice.Monitor1",
+        "/org/sluice/Monitor1",
+        "org.sluice.Monitor1",
+    );
+    let scraper = (
+        "org.sluice.Scraper1",
+        "/org/sluice/Scraper1",
+        "org.sluice.Scraper1",
+    );
+    let ingest = (
+        "org.sluice.Ingest1.Worker1",
+        "/org/sluice/Ingest1/1",
+        "org.sluice.Ingest1",
+    );
+    let web = ("org.sluice.Web1", "/org/sluice/Web1", "org.sluice.Web1");
+    macro_rules! expect_error {
+        ($object:expr, $method:expr, $body:expr, $expected:expr) => {
+            let (destination, path, interface) = $object;
+            let name = error_name(&connection, destination, path, interface, $method, $body).await;
+            assert_eq!(
+                name, $expected,
+                "{}.{} with {:?}",
+                interface, $method, $body
+            );
+        };
+    }
+    const INVALID: &str = "org.sluice.Error.InvalidArgument";
+    const NOT_FOUND: &str = "org.sluice.Error.NotFound";
+    const WRONG_TYPES: &str = "org.freedesktop.DBus.Error.InvalidArgs";
+
+    // Rescan: outside the watched folders, relative, huge, wrong type.
+    expect_error!(monitor, "Rescan", &("/etc",), INVALID);
+    expect_error!(monitor, "Rescan", &("srv/sluice/inbox",), INVALID);
+    expect_error!(
+        monitor,
+        "Rescan",
+        &("/srv/sluice/inbox/../../etc",),
+        INVALID
+    );
+    expect_error!(monitor, "Rescan", &(huge_path.as_str(),), INVALID);
+    expect_error!(monitor, "Rescan", &(5u64,), WRONG_TYPES);
+    expect_error!(monitor, "Rescan", &(), WRONG_TYPES);
+    expect_error!(
+        monitor,
+        "Rescue",
+        &("",),
+        "org.freedesktop.DBus.Error.UnknownMethod"
+    );
+
+    // AddDownload: empty, huge, not http, bad options, unknown source, wrong types.
+    expect_error!(scraper, "AddDownload", &("", &no_options), INVALID);
+    expect_error!(
+        scraper,
+        "AddDownload",
+        &(huge_url.as_str(), &no_options),
+        INVALID
+    );
+    expect_error!(
+        scraper,
+        "AddDownload",
+        &("file:///etc/shadow", &no_options),
+        INVALID
+    );
+    let url = "https://example.org/model.bin";
+    expect_error!(
+        scraper,
+        "AddDownload",
+        &(url, options("colour", Variant::from("red"))),
+        INVALID
+    );
+    expect_error!(
+        scraper,
+        "AddDownload",
+        &(url, options("max_bytes", Variant::from("big"))),
+        INVALID
+    );
+    expect_error!(
+        scraper,
+        "AddDownload",
+        &(url, options("sha256", Variant::from("abc"))),
+        INVALID
+    );
+    expect_error!(
+        scraper,
+        "AddDownload",
+        &(url, options("source", Variant::from("weekly"))),
+        NOT_FOUND
+    );
+    expect_error!(scraper, "AddDownload", &(url,), WRONG_TYPES);
+    expect_error!(scraper, "AddDownload", &(url, 7u32), WRONG_TYPES);
+
+    // Downloads and sources that do not exist, id 0, empty and huge names, wrong types.
+    expect_error!(scraper, "CancelDownload", &(999u64,), NOT_FOUND);
+    expect_error!(scraper, "CancelDownload", &(0u64,), INVALID);
+    expect_error!(scraper, "CancelDownload", &("1",), WRONG_TYPES);
+    expect_error!(scraper, "DeleteDownload", &(999u64,), NOT_FOUND);
+    expect_error!(scraper, "ScrapeNow", &("weekly",), NOT_FOUND);
+    expect_error!(scraper, "ScrapeNow", &("",), INVALID);
+    expect_error!(scraper, "ScrapeNow", &(huge_name.as_str(),), INVALID);
+    expect_error!(scraper, "ScrapeNow", &("../nightly",), INVALID);
+
+    // Jobs that do not exist or are in the wrong state.
+    expect_error!(ingest, "CancelJob", &(7u64,), NOT_FOUND);
+    expect_error!(ingest, "CancelJob", &(-1i64,), WRONG_TYPES);
+    expect_error!(web, "CancelJob", &(999u64,), NOT_FOUND);
+    expect_error!(web, "RetryJob", &(45u64,), "org.sluice.Error.WrongState");
+    expect_error!(web, "RetryJob", &(0u64,), INVALID);
+    expect_error!(web, "RetryJob", &("44",), WRONG_TYPES);
+
+    // The generated proxies turn the named errors back into typed ones for the CLI.
+    let typed = ScraperProxy::new(&connection).await?;
+    match typed.scrape_now("weekly").await {
+        Err(BusError::NotFound(message)) => assert!(message.contains("weekly"), "{message}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    match typed.cancel_download(0).await {
+        Err(BusError::InvalidArgument(message)) => assert!(message.contains("download_id")),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+
+    // After all that the daemon still answers.
+    let monitor = MonitorProxy::new(&connection).await?;
+    assert_eq!(monitor.state().await?, "running");
+    assert_eq!(monitor.rescan("/srv/sluice/inbox/new").await?, 1);
+    Ok(())
+}
