@@ -77,14 +77,8 @@ pub struct BusConfig {
     pub address: BusAddress,
 }
 
-/// Which D-Bus bus to connect to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BusAddress {
-    System,
-    Session,
-    /// A D-Bus address such as `unix:path=/run/sluice-test/bus`.
-    Address(String),
-}
+/// Which D-Bus bus to connect to; defined beside the code that connects.
+pub use crate::bus::BusAddress;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobsConfig {

@@ -331,46 +331,17 @@ fn validate_jobs(locator: &Locator<'_>, raw: &RawConfig) -> Result<JobsConfig, C
     })
 }
 
-/// "system", "session", or a D-Bus address: `transport:key=value,...` entries separated by
-/// `;`. Only the shape is checked; zbus reports an address it cannot use when connecting.
+/// "system", "session", or a D-Bus address, parsed the way the bus module connects.
 fn bus_address(locator: &Locator<'_>, value: &Text) -> Result<BusAddress, ConfigError> {
-    match value.get_ref().as_str() {
-        "system" => return Ok(BusAddress::System),
-        "session" => return Ok(BusAddress::Session),
-        _ => {}
-    }
-    let well_formed = value
-        .get_ref()
-        .split(';')
-        .filter(|entry| !entry.is_empty())
-        .all(|entry| {
-            let Some((transport, options)) = entry.split_once(':') else {
-                return false;
-            };
-            !transport.is_empty()
-                && transport
-                    .chars()
-                    .all(|character| character.is_ascii_alphanumeric())
-                && options
-                    .split(',')
-                    .filter(|option| !option.is_empty())
-                    .all(|option| {
-                        option
-                            .split_once('=')
-                            .is_some_and(|(key, _)| !key.is_empty())
-                    })
-        })
-        && !value.get_ref().trim_matches(';').is_empty();
-    if !well_formed {
-        return Err(locator.invalid(
+    value.get_ref().parse().map_err(|error| {
+        locator.invalid(
             value.span(),
             format!(
-                "invalid bus {:?}: expected \"system\", \"session\" or a D-Bus address like \"unix:path=/run/sluice/bus\"",
+                "invalid bus {:?} ({error}): expected \"system\", \"session\" or a D-Bus address like \"unix:path=/run/sluice/bus\"",
                 value.get_ref()
             ),
-        ));
-    }
-    Ok(BusAddress::Address(value.get_ref().clone()))
+        )
+    })
 }
 
 fn base_path(locator: &Locator<'_>, value: &Text) -> Result<String, ConfigError> {
