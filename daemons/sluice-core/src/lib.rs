@@ -6,5 +6,6 @@
 
 pub mod bus;
 pub mod config;
+pub mod manual;
 pub mod runtime;
 pub mod store;
