@@ -755,6 +755,9 @@ impl Container {
         for unit in CONTAINER_UNWANTED_UNITS {
             remove_if_present(&self.root.join("etc/systemd/system").join(unit))?;
         }
+        // The host image forbids maintainer scripts to start services (policy-rc.d exits
+        // 101); the container is a booted machine where installing starts them.
+        remove_if_present(&self.root.join("usr/sbin/policy-rc.d"))?;
         Ok(())
     }
 
