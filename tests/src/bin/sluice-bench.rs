@@ -42,6 +42,10 @@ enum Workload {
         /// Consumer processes; 0 measures enqueue alone (no drain).
         #[arg(long, default_value_t = 2)]
         consumers: usize,
+        /// Enqueue everything first, then start the consumers (the "full backlog" variant the
+        /// peers' latency figures were taken with).
+        #[arg(long)]
+        preload: bool,
     },
 }
 
@@ -53,16 +57,19 @@ fn main() -> anyhow::Result<()> {
             directory,
             batch,
             consumers,
+            preload,
         } => {
             let mut report = Vec::new();
             for durability in [Durability::Normal, Durability::Full] {
                 let mut samples = Vec::new();
                 for run in 1..=runs {
-                    let sample = run_w1_lib(jobs, durability, &directory, batch, consumers)?;
+                    let sample =
+                        run_w1_lib(jobs, durability, &directory, batch, consumers, preload)?;
                     eprintln!("w1-lib {} run {run}: {sample}", durability.as_str());
                     samples.push(sample);
                 }
-                report.push(summarize("w1-lib", durability, &samples));
+                let name = if preload { "w1-lib-backlog" } else { "w1-lib" };
+                report.push(summarize(name, durability, &samples));
             }
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
@@ -76,6 +83,7 @@ fn run_w1_lib(
     directory: &Path,
     batch: usize,
     consumer_count: usize,
+    preload: bool,
 ) -> anyhow::Result<Value> {
     let scratch = tempfile::tempdir_in(directory).context("scratch directory")?;
     let database = scratch.path().join("sluice.db");
@@ -89,19 +97,26 @@ fn run_w1_lib(
     };
     let mut store = Store::open(&database, &options)?;
     let worker_program = sibling_program("queue-child")?;
-    let mut consumers: Vec<Child> = (0..consumer_count)
-        .map(|n| {
-            Command::new(&worker_program)
-                .arg("--db")
-                .arg(&database)
-                .args(["--durability", durability.as_str(), "worker"])
-                .args(["--name", &format!("bench-{n}"), "--kinds", "noop"])
-                .args(["--batch", &batch.to_string(), "--idle-ms", "600000"])
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting a consumer")
-        })
-        .collect::<Result<_, _>>()?;
+    let spawn_consumers = || -> anyhow::Result<Vec<Child>> {
+        (0..consumer_count)
+            .map(|n| {
+                Command::new(&worker_program)
+                    .arg("--db")
+                    .arg(&database)
+                    .args(["--durability", durability.as_str(), "worker"])
+                    .args(["--name", &format!("bench-{n}"), "--kinds", "noop"])
+                    .args(["--batch", &batch.to_string(), "--idle-ms", "600000"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("starting a consumer")
+            })
+            .collect::<Result<_, _>>()
+    };
+    let mut consumers = if preload {
+        Vec::new()
+    } else {
+        spawn_consumers()?
+    };
     // Let the consumers open the database before the clock starts.
     std::thread::sleep(Duration::from_millis(300));
 
@@ -115,17 +130,24 @@ fn run_w1_lib(
     if consumer_count == 0 {
         return Ok(json!({ "enqueue_rate": total as f64 / enqueue_seconds }));
     }
+    // With a preloaded backlog the drain clock starts when the consumers do.
+    let drain_started = if preload {
+        consumers = spawn_consumers()?;
+        Instant::now()
+    } else {
+        started
+    };
     loop {
         let succeeded = store.job_counts()?[&JobState::Succeeded];
         if succeeded as usize >= total {
             break;
         }
-        if started.elapsed() > Duration::from_secs(600) {
+        if drain_started.elapsed() > Duration::from_secs(600) {
             bail!("only {succeeded} of {total} jobs succeeded after 10 minutes");
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let drain_seconds = started.elapsed().as_secs_f64();
+    let drain_seconds = drain_started.elapsed().as_secs_f64();
     for consumer in &mut consumers {
         let _ = consumer.kill();
         let _ = consumer.wait();
