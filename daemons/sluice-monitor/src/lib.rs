@@ -99,6 +99,12 @@ enum Internal {
         summary: WalkSummary,
         elapsed: Duration,
     },
+    /// The second walk of a new directory (see `WatchMessage::NewDirectory`).
+    DelayedWalk {
+        generation: u64,
+        watch: usize,
+        scope: PathBuf,
+    },
     Recorder(RecorderReport),
 }
 
@@ -416,6 +422,15 @@ impl Monitor {
                     self.finish_walk(watch, scope, reason, summary, elapsed);
                 }
             }
+            Internal::DelayedWalk {
+                generation,
+                watch,
+                scope,
+            } => {
+                if generation == self.generation {
+                    self.reconcile(watch, scope, "directory created, second look");
+                }
+            }
             Internal::Recorder(report) => self.handle_report(report).await,
         }
     }
@@ -467,11 +482,11 @@ impl Monitor {
         let generation = self.generation;
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = sender.send(Internal::Watch(WatchEvent {
+            let _ = sender.send(Internal::DelayedWalk {
                 generation,
                 watch: index,
-                message: WatchMessage::MovedIn(scope),
-            }));
+                scope,
+            });
         });
     }
 
