@@ -162,7 +162,7 @@ impl NewJob {
         self
     }
 
-    fn validate(&self) -> Result<String, JobError> {
+    pub(super) fn validate(&self) -> Result<String, JobError> {
         validate_kind(&self.kind)?;
         if !self.payload.is_object() {
             return Err(JobError::InvalidArgument(format!(
@@ -771,7 +771,7 @@ impl Store {
     }
 }
 
-fn insert_job(
+pub(super) fn insert_job(
     transaction: &Transaction<'_>,
     job: &NewJob,
     payload: &str,
