@@ -75,6 +75,28 @@ pub enum ManualError {
 }
 
 impl ManualArguments {
+    /// The two options read on their own from `arguments` (the program name first), ignoring
+    /// everything else: for a program whose normal parse insists on a subcommand (sluicectl),
+    /// so `sluicectl --generate-man DIR` works without one.
+    pub fn from_arguments<I, T>(arguments: I) -> ManualArguments
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{Args, FromArgMatches};
+        let command = ManualArguments::augment_args(
+            clap::Command::new("manual")
+                .ignore_errors(true)
+                .disable_help_flag(true)
+                .disable_version_flag(true),
+        );
+        command
+            .try_get_matches_from(arguments)
+            .ok()
+            .and_then(|matches| ManualArguments::from_arg_matches(&matches).ok())
+            .unwrap_or_default()
+    }
+
     /// When `--generate-man` or `--generate-completions` was given: writes the files for
     /// `command` and returns the outcome (the caller then exits); otherwise `None`.
     pub fn generate(
@@ -240,6 +262,26 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             assert!(text.contains("jobs"), "{}: {text}", path.display());
         }
+    }
+
+    #[test]
+    fn the_options_are_found_among_other_arguments_and_only_there() {
+        let found = ManualArguments::from_arguments([
+            "sluicectl",
+            "--generate-man",
+            "/tmp/man",
+            "--generate-completions",
+            "/tmp/completions",
+        ]);
+        assert_eq!(found.generate_man, Some(PathBuf::from("/tmp/man")));
+        assert_eq!(
+            found.generate_completions,
+            Some(PathBuf::from("/tmp/completions"))
+        );
+        let normal = ManualArguments::from_arguments(["sluicectl", "--json", "jobs", "list"]);
+        assert!(normal.generate_man.is_none() && normal.generate_completions.is_none());
+        let help = ManualArguments::from_arguments(["sluicectl", "--help"]);
+        assert!(help.generate_man.is_none());
     }
 
     #[test]
