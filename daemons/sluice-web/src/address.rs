@@ -1,0 +1,187 @@
+//! The submit-time half of the SSRF guard for downloads: only http and https, and no
+//! loopback, private, link-local or metadata address unless `[scraper]
+//! allow_private_addresses` says so.
+//!
+//! The scraper checks the resolved address again when it connects (and on every redirect),
+//! which is the check that counts; this one gives the person submitting a clear 400 at once
+//! instead of a job that fails later. A name that does not resolve now is accepted: DNS may
+//! be down for a moment, and the scraper's own check still applies.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use url::{Host, Url};
+
+use crate::error::ApiError;
+
+/// How long the submit-time lookup may take before the URL is accepted unchecked.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Parses and checks a download URL; returns it parsed.
+pub async fn check_download_url(text: &str, allow_private: bool) -> Result<Url, ApiError> {
+    let url = Url::parse(text).map_err(|error| {
+        ApiError::InvalidArgument(format!("url {text:?} is not a URL: {error}"))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::InvalidArgument(format!(
+            "url scheme {:?} is not allowed; only http and https are",
+            url.scheme()
+        )));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ApiError::InvalidArgument(
+            "url must not carry credentials (user:password@); they would end up in logs".into(),
+        ));
+    }
+    let host = url
+        .host()
+        .ok_or_else(|| ApiError::InvalidArgument(format!("url {text:?} has no host")))?;
+    if allow_private {
+        return Ok(url);
+    }
+    let addresses: Vec<IpAddr> = match host {
+        Host::Ipv4(address) => vec![IpAddr::V4(address)],
+        Host::Ipv6(address) => vec![IpAddr::V6(address)],
+        Host::Domain(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if name == "localhost" || name.ends_with(".localhost") {
+                return Err(forbidden(text, "names the local machine"));
+            }
+            let port = url.port_or_known_default().unwrap_or(80);
+            match tokio::time::timeout(
+                RESOLVE_TIMEOUT,
+                tokio::net::lookup_host((name.as_str(), port)),
+            )
+            .await
+            {
+                Ok(Ok(resolved)) => resolved.map(|socket| socket.ip()).collect(),
+                _ => Vec::new(),
+            }
+        }
+    };
+    for address in addresses {
+        if let Some(reason) = forbidden_reason(address) {
+            return Err(forbidden(text, reason));
+        }
+    }
+    Ok(url)
+}
+
+fn forbidden(url: &str, reason: &str) -> ApiError {
+    ApiError::InvalidArgument(format!(
+        "url {url:?} {reason}; downloads may only reach public addresses unless [scraper] \
+         allow_private_addresses = true"
+    ))
+}
+
+/// Why an address may not be fetched, or `None` for a public one.
+pub fn forbidden_reason(address: IpAddr) -> Option<&'static str> {
+    match address {
+        IpAddr::V4(address) => forbidden_v4(address),
+        IpAddr::V6(address) => {
+            if let Some(mapped) = address.to_ipv4_mapped() {
+                return forbidden_v4(mapped);
+            }
+            forbidden_v6(address)
+        }
+    }
+}
+
+fn forbidden_v4(address: Ipv4Addr) -> Option<&'static str> {
+    let [first, second, ..] = address.octets();
+    if address.is_loopback() {
+        Some("points at a loopback address")
+    } else if address.is_unspecified() || first == 0 {
+        Some("points at an unspecified address")
+    } else if address.is_private() {
+        Some("points at a private address")
+    } else if address.is_link_local() {
+        Some("points at a link-local or cloud metadata address")
+    } else if first == 100 && (64..128).contains(&second) {
+        Some("points at a shared (carrier-grade NAT) address")
+    } else if address.is_broadcast() || address.is_multicast() || first >= 240 {
+        Some("points at a broadcast, multicast or reserved address")
+    } else {
+        None
+    }
+}
+
+fn forbidden_v6(address: Ipv6Addr) -> Option<&'static str> {
+    let first_segment = address.segments()[0];
+    if address.is_loopback() {
+        Some("points at a loopback address")
+    } else if address.is_unspecified() {
+        Some("points at an unspecified address")
+    } else if (first_segment & 0xfe00) == 0xfc00 {
+        Some("points at a private (unique local) address")
+    } else if (first_segment & 0xffc0) == 0xfe80 {
+        Some("points at a link-local address")
+    } else if address.is_multicast() {
+        Some("points at a multicast address")
+    } else if address == Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254) {
+        Some("points at a cloud metadata address")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_refused_and_public_ones_allowed() {
+        for refused in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fc00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            let address: IpAddr = refused.parse().unwrap();
+            assert!(forbidden_reason(address).is_some(), "{refused}");
+        }
+        for allowed in ["93.184.216.34", "2606:2800:220:1::1", "1.1.1.1"] {
+            let address: IpAddr = allowed.parse().unwrap();
+            assert_eq!(forbidden_reason(address), None, "{allowed}");
+        }
+    }
+
+    #[tokio::test]
+    async fn urls_are_checked_for_scheme_credentials_and_local_hosts() {
+        for bad in [
+            "ftp://example.org/a",
+            "file:///etc/passwd",
+            "http://127.0.0.1:8080/x",
+            "http://[::1]/x",
+            "http://localhost/x",
+            "http://LOCALHOST./x",
+            "http://user:secret@example.org/x",
+            "not a url",
+        ] {
+            assert!(
+                matches!(
+                    check_download_url(bad, false).await,
+                    Err(ApiError::InvalidArgument(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(
+            check_download_url("http://127.0.0.1:8080/x", true)
+                .await
+                .is_ok()
+        );
+        assert!(
+            check_download_url("https://93.184.216.34/x", false)
+                .await
+                .is_ok()
+        );
+    }
+}
