@@ -7,9 +7,10 @@
 //! instead of a job that fails later. A name that does not resolve now is accepted: DNS may
 //! be down for a moment, and the scraper's own check still applies.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
+use sluice_core::address_policy::{forbidden_reason, is_local_name};
 use url::{Host, Url};
 
 use crate::error::ApiError;
@@ -44,7 +45,7 @@ pub async fn check_download_url(text: &str, allow_private: bool) -> Result<Url, 
         Host::Ipv6(address) => vec![IpAddr::V6(address)],
         Host::Domain(name) => {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if name == "localhost" || name.ends_with(".localhost") {
+            if is_local_name(&name) {
                 return Err(forbidden(text, "names the local machine"));
             }
             let port = url.port_or_known_default().unwrap_or(80);
@@ -74,84 +75,9 @@ fn forbidden(url: &str, reason: &str) -> ApiError {
     ))
 }
 
-/// Why an address may not be fetched, or `None` for a public one.
-pub fn forbidden_reason(address: IpAddr) -> Option<&'static str> {
-    match address {
-        IpAddr::V4(address) => forbidden_v4(address),
-        IpAddr::V6(address) => {
-            if let Some(mapped) = address.to_ipv4_mapped() {
-                return forbidden_v4(mapped);
-            }
-            forbidden_v6(address)
-        }
-    }
-}
-
-fn forbidden_v4(address: Ipv4Addr) -> Option<&'static str> {
-    let [first, second, ..] = address.octets();
-    if address.is_loopback() {
-        Some("points at a loopback address")
-    } else if address.is_unspecified() || first == 0 {
-        Some("points at an unspecified address")
-    } else if address.is_private() {
-        Some("points at a private address")
-    } else if address.is_link_local() {
-        Some("points at a link-local or cloud metadata address")
-    } else if first == 100 && (64..128).contains(&second) {
-        Some("points at a shared (carrier-grade NAT) address")
-    } else if address.is_broadcast() || address.is_multicast() || first >= 240 {
-        Some("points at a broadcast, multicast or reserved address")
-    } else {
-        None
-    }
-}
-
-fn forbidden_v6(address: Ipv6Addr) -> Option<&'static str> {
-    let first_segment = address.segments()[0];
-    if address.is_loopback() {
-        Some("points at a loopback address")
-    } else if address.is_unspecified() {
-        Some("points at an unspecified address")
-    } else if (first_segment & 0xfe00) == 0xfc00 {
-        Some("points at a private (unique local) address")
-    } else if (first_segment & 0xffc0) == 0xfe80 {
-        Some("points at a link-local address")
-    } else if address.is_multicast() {
-        Some("points at a multicast address")
-    } else if address == Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254) {
-        Some("points at a cloud metadata address")
-    } else {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn internal_addresses_are_refused_and_public_ones_allowed() {
-        for refused in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "::1",
-            "fc00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            let address: IpAddr = refused.parse().unwrap();
-            assert!(forbidden_reason(address).is_some(), "{refused}");
-        }
-        for allowed in ["93.184.216.34", "2606:2800:220:1::1", "1.1.1.1"] {
-            let address: IpAddr = allowed.parse().unwrap();
-            assert_eq!(forbidden_reason(address), None, "{allowed}");
-        }
-    }
 
     #[tokio::test]
     async fn urls_are_checked_for_scheme_credentials_and_local_hosts() {
