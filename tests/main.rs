@@ -4,3 +4,4 @@ mod bus;
 mod runtime;
 mod store;
 mod support;
+mod web;
