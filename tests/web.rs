@@ -305,11 +305,8 @@ fn bad_requests_get_json_errors_and_change_nothing() {
             "{path}: {body}"
         );
     }
-    for (path, authorization) in [
-        (format!("/api/jobs/999999/cancel"), Some(BEARER)),
-        (format!("/api/jobs/999999/retry"), Some(BEARER)),
-    ] {
-        let (status, body) = post_empty(&daemon, &path, authorization);
+    for path in ["/api/jobs/999999/cancel", "/api/jobs/999999/retry"] {
+        let (status, body) = post_empty(&daemon, path, Some(BEARER));
         assert_eq!((status, error_code(&body)), (404, "not_found"), "{path}");
     }
 
