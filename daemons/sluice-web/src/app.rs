@@ -2,7 +2,7 @@
 //! protection), the bearer token on every mutating method, and JSON errors for bodies,
 //! queries and paths that do not parse.
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, header};
 use actix_web::middleware::{Next, from_fn};
@@ -79,14 +79,19 @@ fn is_mutating(method: &Method) -> bool {
 
 /// Refuses a mutating request without the right `Authorization: Bearer <token>` before its
 /// body is read.
-async fn require_token(
+async fn require_token<B: MessageBody>(
     request: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
+    if let Err(refusal) = check_token(&request) {
+        return Ok(request.error_response(refusal).map_into_right_body());
+    }
+    Ok(next.call(request).await?.map_into_left_body())
+}
+
+fn check_token(request: &ServiceRequest) -> Result<(), ApiError> {
     if is_mutating(request.method()) {
-        let state = request
-            .app_data::<Data<AppState>>()
-            .ok_or_else(|| ApiError::Internal("the app has no state".into()))?;
+        let state = app_state(request)?;
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -99,8 +104,7 @@ async fn require_token(
                     "this request changes something and needs an Authorization: Bearer <token> \
                      header with the token from [web] token_file"
                         .into(),
-                )
-                .into());
+                ));
             }
             Some(token) if !state.access().token.matches(token) => {
                 tracing::warn!(
@@ -108,23 +112,28 @@ async fn require_token(
                     path = request.path(),
                     "refused a request with a wrong API token"
                 );
-                return Err(ApiError::Unauthorized("the bearer token is wrong".into()).into());
+                return Err(ApiError::Unauthorized("the bearer token is wrong".into()));
             }
             Some(_) => {}
         }
     }
-    next.call(request).await
+    Ok(())
 }
 
 /// Refuses requests whose Host is not one of `[web] allowed_hosts`: a page on another site
 /// whose name was re-pointed at 127.0.0.1 (DNS rebinding) sends its own name as Host.
-async fn check_host(
+async fn check_host<B: MessageBody>(
     request: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let state = request
-        .app_data::<Data<AppState>>()
-        .ok_or_else(|| ApiError::Internal("the app has no state".into()))?;
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
+    if let Err(refusal) = check_host_header(&request) {
+        return Ok(request.error_response(refusal).map_into_right_body());
+    }
+    Ok(next.call(request).await?.map_into_left_body())
+}
+
+fn check_host_header(request: &ServiceRequest) -> Result<(), ApiError> {
+    let state = app_state(request)?;
     state.count_request();
     let host = request
         .headers()
@@ -133,7 +142,9 @@ async fn check_host(
         .map(str::to_owned)
         .or_else(|| request.uri().host().map(str::to_owned));
     let Some(host) = host else {
-        return Err(ApiError::InvalidArgument("the request has no Host header".into()).into());
+        return Err(ApiError::InvalidArgument(
+            "the request has no Host header".into(),
+        ));
     };
     let name = host_name(&host);
     let allowed = state
@@ -144,10 +155,15 @@ async fn check_host(
     if !allowed {
         return Err(ApiError::MisdirectedRequest(format!(
             "host {name:?} is not served here; add it to [web] allowed_hosts if it should be"
-        ))
-        .into());
+        )));
     }
-    next.call(request).await
+    Ok(())
+}
+
+fn app_state(request: &ServiceRequest) -> Result<&Data<AppState>, ApiError> {
+    request
+        .app_data::<Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal("the app has no state".into()))
 }
 
 /// `example.org:8080` → `example.org`, `[::1]:8080` → `::1`, `[::1]` → `::1`.

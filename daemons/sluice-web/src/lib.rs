@@ -12,6 +12,8 @@ mod error;
 mod events;
 mod state;
 mod status;
+#[cfg(test)]
+mod tests;
 
 pub use app::app;
 pub use daemon::{WebError, run};
