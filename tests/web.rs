@@ -666,3 +666,95 @@ fn a_second_sluice_web_cannot_take_the_bus_name() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("org.sluice.Web1"), "{stderr}");
 }
+
+#[test]
+fn sighup_reloads_the_token_and_keeps_the_old_one_when_the_new_file_is_bad() {
+    let fixture = SuiteFixture::new("", "");
+    let job = enqueue(&fixture, "noop");
+    let daemon = WebDaemon::start(&fixture);
+    let token_file = fixture.directory.path().join("api-token");
+    let new_bearer = "Bearer rotated-token-0123456789abcdef";
+    std::fs::write(&token_file, "rotated-token-0123456789abcdef\n").unwrap();
+    kill(daemon.pid(), Signal::SIGHUP).unwrap();
+    let rotated = crate::support::wait_until(DEADLINE, || {
+        post_empty(
+            &daemon,
+            &format!("/api/jobs/{job}/cancel"),
+            Some(new_bearer),
+        )
+        .0 == 200
+    });
+    assert!(
+        rotated,
+        "the new token was never accepted: {}",
+        daemon.stderr()
+    );
+    let (status, _) = post_empty(&daemon, &format!("/api/jobs/{job}/retry"), Some(BEARER));
+    assert_eq!(status, 401, "the old token still works after the reload");
+
+    // A token file that is no good is refused by the reload; the rotated token stays valid.
+    std::fs::write(&token_file, "short\n").unwrap();
+    kill(daemon.pid(), Signal::SIGHUP).unwrap();
+    let runtime = runtime();
+    let connection = fixture.connect(&runtime);
+    let reported = crate::support::wait_until(DEADLINE, || {
+        runtime.block_on(async {
+            let proxy = WebProxy::builder(&connection)
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()
+                .await
+                .unwrap();
+            proxy.last_error().await.unwrap().contains("token")
+        })
+    });
+    assert!(reported, "the failed reload was not reported in LastError");
+    let (status, body) = post_empty(&daemon, &format!("/api/jobs/{job}/retry"), Some(new_bearer));
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_socket_passed_by_systemd_is_used_instead_of_binding() {
+    let fixture = SuiteFixture::new("", "");
+    // systemd-socket-activate plays systemd: it listens, and on the first connection starts
+    // sluice-web with the socket in LISTEN_FDS.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut activator = std::process::Command::new("systemd-socket-activate")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(daemon_binary("sluice-web"))
+        .arg("--config")
+        .arg(&fixture.config_path)
+        .env_remove("JOURNAL_STREAM")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate (package systemd)");
+    let listening =
+        crate::support::wait_until(DEADLINE, || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    assert!(listening, "systemd-socket-activate did not listen");
+    let (status, body) = http_result(
+        http_agent()
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .call(),
+    );
+    assert_eq!((status, body["status"].as_str()), (200, Some("alive")));
+    let runtime = runtime();
+    let connection = fixture.connect(&runtime);
+    let listen_address = runtime.block_on(async {
+        WebProxy::new(&connection)
+            .await
+            .unwrap()
+            .listen_address()
+            .await
+            .unwrap()
+    });
+    assert_eq!(
+        listen_address,
+        format!("127.0.0.1:{port} (socket-activated)")
+    );
+    let _ = activator.kill();
+    let _ = activator.wait();
+}
