@@ -4,7 +4,6 @@
 //!
 //! Daemon crates depend on this crate and never on each other; only this crate runs SQL.
 
-pub mod address_policy;
 pub mod bus;
 pub mod config;
 pub mod runtime;

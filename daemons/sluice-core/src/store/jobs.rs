@@ -771,16 +771,6 @@ impl Store {
     }
 }
 
-/// Enqueues `job` inside a transaction the caller already holds, so that a row of another
-/// table (a download, a file) and its job commit together or not at all.
-pub(crate) fn enqueue_in_transaction(
-    transaction: &Transaction<'_>,
-    job: &NewJob,
-) -> Result<Enqueued, JobError> {
-    let payload = job.validate()?;
-    insert_job(transaction, job, &payload, now_ms())
-}
-
 fn insert_job(
     transaction: &Transaction<'_>,
     job: &NewJob,

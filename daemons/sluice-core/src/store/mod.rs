@@ -7,8 +7,6 @@
 //! instead of failing. Durability is a configuration choice (`Durability`), documented with its
 //! loss window.
 
-pub mod documents;
-pub mod downloads;
 pub mod jobs;
 mod migrations;
 
