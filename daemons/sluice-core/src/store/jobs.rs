@@ -887,7 +887,9 @@ fn rescue_expired(transaction: &Transaction<'_>, now: i64) -> Result<Vec<i64>, S
 
 /// Applies one outcome as a compare-and-set on the lease token. The outer `Result` is a
 /// database failure (which aborts the whole transaction); the inner one is this job's verdict.
-fn complete(
+/// `documents.rs` calls it inside its own transaction, so a document and the job's success
+/// commit together.
+pub(crate) fn complete(
     transaction: &Transaction<'_>,
     completion: &Completion,
     retry_policy: &RetryPolicy,

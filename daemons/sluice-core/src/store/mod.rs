@@ -7,6 +7,7 @@
 //! instead of failing. Durability is a configuration choice (`Durability`), documented with its
 //! loss window.
 
+pub mod documents;
 pub mod jobs;
 mod migrations;
 
@@ -15,6 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+pub use documents::{
+    Document, DocumentError, DocumentFilter, DocumentHit, IngestFinished, IngestRecord, NewDocument,
+};
 pub use jobs::{
     ClaimedJob, Completion, Enqueued, Heartbeat, Job, JobError, JobFilter, JobState, JobTransition,
     LeaseToken, NewJob, Outcome, Page, PageRequest, RetryPolicy,
