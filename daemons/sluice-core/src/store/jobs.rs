@@ -891,7 +891,9 @@ fn rescue_expired(transaction: &Transaction<'_>, now: i64) -> Result<Vec<i64>, S
 
 /// Applies one outcome as a compare-and-set on the lease token. The outer `Result` is a
 /// database failure (which aborts the whole transaction); the inner one is this job's verdict.
-pub(super) fn complete(
+/// `documents.rs` and `downloads.rs` call it inside their own transaction, so a document or a
+/// download and the job's outcome commit together.
+pub(crate) fn complete(
     transaction: &Transaction<'_>,
     completion: &Completion,
     retry_policy: &RetryPolicy,
