@@ -153,7 +153,7 @@ fn exit_statuses_say_what_went_wrong_and_nothing_changes() {
         fixture
             .store()
             .list_downloads(
-                None,
+                &Default::default(),
                 sluice_core::store::jobs::PageRequest {
                     before_id: None,
                     limit: 10

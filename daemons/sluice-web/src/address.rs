@@ -10,7 +10,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use sluice_core::address_policy::{forbidden_reason, is_local_name};
+use sluice_core::store::downloads::{
+    check_url_address, forbidden_address_reason, parse_download_url,
+};
 use url::{Host, Url};
 
 use crate::error::ApiError;
@@ -18,54 +20,46 @@ use crate::error::ApiError;
 /// How long the submit-time lookup may take before the URL is accepted unchecked.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Parses and checks a download URL; returns it parsed.
+/// Parses and checks a download URL (the store's shape and IP-literal checks, then the host
+/// name); returns it parsed.
 pub async fn check_download_url(text: &str, allow_private: bool) -> Result<Url, ApiError> {
-    let url = Url::parse(text).map_err(|error| {
-        ApiError::InvalidArgument(format!("url {text:?} is not a URL: {error}"))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(ApiError::InvalidArgument(format!(
-            "url scheme {:?} is not allowed; only http and https are",
-            url.scheme()
-        )));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(ApiError::InvalidArgument(
-            "url must not carry credentials (user:password@); they would end up in logs".into(),
-        ));
-    }
-    let host = url
-        .host()
-        .ok_or_else(|| ApiError::InvalidArgument(format!("url {text:?} has no host")))?;
+    let url = parse_download_url(text)?;
+    check_url_address(&url, allow_private)?;
     if allow_private {
         return Ok(url);
     }
-    let addresses: Vec<IpAddr> = match host {
-        Host::Ipv4(address) => vec![IpAddr::V4(address)],
-        Host::Ipv6(address) => vec![IpAddr::V6(address)],
-        Host::Domain(name) => {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if is_local_name(&name) {
-                return Err(forbidden(text, "names the local machine"));
-            }
-            let port = url.port_or_known_default().unwrap_or(80);
-            match tokio::time::timeout(
-                RESOLVE_TIMEOUT,
-                tokio::net::lookup_host((name.as_str(), port)),
-            )
-            .await
-            {
-                Ok(Ok(resolved)) => resolved.map(|socket| socket.ip()).collect(),
-                _ => Vec::new(),
-            }
-        }
+    let Some(Host::Domain(name)) = url.host() else {
+        return Ok(url);
     };
-    for address in addresses {
-        if let Some(reason) = forbidden_reason(address) {
-            return Err(forbidden(text, reason));
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if is_local_name(&name) {
+        return Err(forbidden(text, "names the local machine"));
+    }
+    let port = url.port_or_known_default().unwrap_or(80);
+    let resolved: Vec<IpAddr> = match tokio::time::timeout(
+        RESOLVE_TIMEOUT,
+        tokio::net::lookup_host((name.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(resolved)) => resolved.map(|socket| socket.ip()).collect(),
+        _ => Vec::new(),
+    };
+    for address in resolved {
+        if let Some(reason) = forbidden_address_reason(address) {
+            return Err(forbidden(
+                text,
+                &format!("resolves to {address}, a {reason} address"),
+            ));
         }
     }
     Ok(url)
+}
+
+/// Whether a host name always means this machine (`localhost` and `*.localhost`, RFC 6761),
+/// whatever DNS says. `name` is lower-case without a trailing dot.
+pub fn is_local_name(name: &str) -> bool {
+    name == "localhost" || name.ends_with(".localhost")
 }
 
 fn forbidden(url: &str, reason: &str) -> ApiError {

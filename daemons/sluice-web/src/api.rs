@@ -8,7 +8,10 @@ use serde::Deserialize;
 use serde_json::json;
 use sluice_core::bus::{SCRAPER_BUS_NAME, ScraperProxy};
 use sluice_core::store::Store;
-use sluice_core::store::downloads::{DOWNLOAD_JOB_KIND, DownloadState, NewDownload};
+use sluice_core::store::documents::DocumentFilter;
+use sluice_core::store::downloads::{
+    DOWNLOAD_JOB_KIND, DownloadError, DownloadFilter, DownloadState, NewDownload,
+};
 use sluice_core::store::jobs::{Job, JobError, JobFilter, JobState, PageRequest};
 
 use crate::address::check_download_url;
@@ -39,7 +42,10 @@ pub struct DownloadsQuery {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentsQuery {
+    /// Full-text query (FTS5 syntax: words, "phrases", AND/OR/NOT, prefix*).
     q: Option<String>,
+    /// Only documents whose MIME type starts with this, e.g. `image/`.
+    mime: Option<String>,
     cursor: Option<i64>,
     limit: Option<u32>,
 }
@@ -155,36 +161,33 @@ pub async fn create_download(
             settings.max_download_size
         )));
     }
-    let file_name = match request.file_name {
-        Some(name) => name,
-        None => file_name_from_url(&url).ok_or_else(|| {
-            ApiError::InvalidArgument(format!(
-                "url {:?} does not end in a usable file name; give file_name",
-                request.url
-            ))
-        })?,
-    };
     let download = NewDownload {
         url: url.to_string(),
-        file_name,
+        file_name: request.file_name,
         bundle: request.bundle,
-        expected_sha256: request.sha256.map(|digest| digest.to_ascii_lowercase()),
-        size_limit: request.max_bytes,
+        expected_sha256: request.sha256,
+        max_bytes: request.max_bytes,
+        source: None,
         max_attempts: settings.max_attempts,
     };
-    let created = state
-        .with_store(move |store| store.create_download(&download))
+    let (download, job_id) = state
+        .with_store(move |store| {
+            let created = store.create_download(&download)?;
+            let row = store.get_download(created.download_id)?;
+            Ok::<_, DownloadError>((row, created.job_id))
+        })
         .await?;
     tracing::info!(
-        download_id = created.download.id,
-        job_id = created.job_id,
-        url = %created.download.url,
+        download_id = download.id,
+        job_id,
+        url = %download.url,
         "download queued"
     );
     state.announce(Announcement::JobQueued {
         kind: DOWNLOAD_JOB_KIND.to_owned(),
-        job_id: u64::try_from(created.job_id).unwrap_or_default(),
+        job_id: u64::try_from(job_id).unwrap_or_default(),
     });
+    let created = json!({ "download": download, "job_id": job_id });
     Ok(HttpResponse::build(StatusCode::CREATED).json(created))
 }
 
@@ -194,13 +197,14 @@ pub async fn list_downloads(
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let page = page_request(&state, query.cursor, query.limit)?;
-    let download_state = query
-        .state
-        .filter(|text| !text.is_empty())
-        .map(|text| text.parse::<DownloadState>())
-        .transpose()?;
+    let mut filter = DownloadFilter::default();
+    for name in query.state.iter().flat_map(|text| text.split(',')) {
+        if !name.is_empty() {
+            filter.states.push(name.parse::<DownloadState>()?);
+        }
+    }
     let page = state
-        .with_store(move |store| store.list_downloads(download_state, page))
+        .with_store(move |store| store.list_downloads(&filter, page))
         .await?;
     Ok(HttpResponse::Ok().json(page))
 }
@@ -247,16 +251,25 @@ pub async fn delete_download(
         None => {
             let staging = state.settings().staging.clone();
             let deleted = state
-                .with_store(move |store| store.delete_download(id))
+                .with_store(move |store| {
+                    let download = store.get_download(id)?;
+                    if !download.state.is_finished() {
+                        let cancelled = store.cancel_download(id)?;
+                        if !cancelled.state.is_finished() {
+                            return Err(DownloadError::InvalidState {
+                                id,
+                                state: cancelled.state,
+                                action: "delete while sluice-scraper is not running to stop \
+                                         it (cancellation is requested; delete it again once \
+                                         it is cancelled)",
+                            });
+                        }
+                    }
+                    store.delete_download(id)
+                })
                 .await?;
             if let Some(part_path) = &deleted.part_path {
                 remove_partial_file(std::path::Path::new(part_path), &staging);
-            }
-            if let Some(job_id) = deleted.job_id {
-                state.announce(Announcement::JobFinished {
-                    job_id: u64::try_from(job_id).unwrap_or_default(),
-                    state: "cancelled".to_owned(),
-                });
             }
         }
     }
@@ -273,8 +286,29 @@ pub async fn list_documents(
     if let Some(text) = &query.q {
         check_length(&state, "q", text)?;
     }
+    let filter = DocumentFilter {
+        mime_prefix: query.mime.filter(|prefix| !prefix.is_empty()),
+    };
     let page = state
-        .with_store(move |store| store.search_documents(query.q.as_deref(), page))
+        .with_store(
+            move |store| match query.q.filter(|text| !text.trim().is_empty()) {
+                // Search hits have the document's fields plus the matching snippet, so a client
+                // reads both lists the same way.
+                Some(text) => store.search_documents(&text, page).map(|hits| {
+                    json!({
+                        "items": hits.items.into_iter().map(|hit| {
+                            let mut item = serde_json::to_value(&hit.document).unwrap_or_default();
+                            item["snippet"] = hit.snippet.into();
+                            item
+                        }).collect::<Vec<_>>(),
+                        "next_cursor": hits.next_cursor,
+                    })
+                }),
+                None => store
+                    .list_documents(&filter, page)
+                    .map(|documents| serde_json::to_value(documents).unwrap_or_default()),
+            },
+        )
         .await?;
     Ok(HttpResponse::Ok().json(page))
 }
@@ -332,14 +366,6 @@ fn check_length(state: &AppState, argument: &str, value: &str) -> Result<(), Api
         )));
     }
     Ok(())
-}
-
-/// The last path segment of the URL, when it can be a file name in the inbox.
-fn file_name_from_url(url: &url::Url) -> Option<String> {
-    let last = url.path_segments()?.next_back()?;
-    let usable =
-        !last.is_empty() && !last.starts_with('.') && !last.ends_with(".part") && last.len() <= 255;
-    usable.then(|| last.to_owned())
 }
 
 /// Removes a partial download file, only if it is a regular file directly inside `staging`;

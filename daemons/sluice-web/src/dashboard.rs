@@ -3,6 +3,7 @@
 
 use actix_web::HttpResponse;
 use actix_web::web::Data;
+use sluice_core::store::documents::DocumentFilter;
 use sluice_core::store::jobs::{JobFilter, PageRequest};
 
 use crate::error::ApiError;
@@ -22,7 +23,9 @@ pub async fn dashboard(state: Data<AppState>) -> Result<HttpResponse, ApiError> 
             let jobs = store
                 .list_jobs(&JobFilter::default(), page)
                 .map_err(ApiError::from)?;
-            let documents = store.list_documents(page).map_err(ApiError::from)?;
+            let documents = store
+                .list_documents(&DocumentFilter::default(), page)
+                .map_err(ApiError::from)?;
             Ok::<_, ApiError>((counts, jobs, documents))
         })
         .await?;

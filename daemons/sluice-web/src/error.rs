@@ -136,6 +136,7 @@ impl From<DownloadError> for ApiError {
                 ApiError::NotFound(format!("download {id} does not exist"))
             }
             DownloadError::InvalidArgument(message) => ApiError::InvalidArgument(message),
+            error @ DownloadError::InvalidState { .. } => ApiError::Conflict(error.to_string()),
             DownloadError::Job(error) => error.into(),
             DownloadError::Store(error) => error.into(),
         }
@@ -148,7 +149,11 @@ impl From<DocumentError> for ApiError {
             DocumentError::NotFound(id) => {
                 ApiError::NotFound(format!("document {id} does not exist"))
             }
+            DocumentError::FileNotFound(id) => {
+                ApiError::NotFound(format!("file {id} does not exist"))
+            }
             DocumentError::InvalidArgument(message) => ApiError::InvalidArgument(message),
+            DocumentError::Job(error) => error.into(),
             DocumentError::Store(error) => error.into(),
         }
     }

@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use sluice_core::address_policy::{forbidden_reason, is_local_name};
 use sluice_core::bus::{
     self, BusError, DownloadOptions, INGEST_INTERFACE, MONITOR_BUS_NAME, MonitorProxy,
     SCRAPER_BUS_NAME, ScraperProxy, WEB_BUS_NAME, WebProxy, ingest_bus_name, ingest_proxy,
 };
 use sluice_core::config::{Config, ConfigError};
-use sluice_core::store::documents::DocumentError;
-use sluice_core::store::downloads::{DownloadError, NewDownload};
+use sluice_core::store::documents::{DocumentError, DocumentFilter};
+use sluice_core::store::downloads::{
+    DownloadError, NewDownload, check_url_address, forbidden_address_reason, parse_download_url,
+};
 use sluice_core::store::jobs::{JobError, JobFilter, JobState, PageRequest};
 use sluice_core::store::{Store, StoreError};
 use zbus::Connection;
@@ -85,7 +86,9 @@ impl From<DownloadError> for Failure {
     fn from(error: DownloadError) -> Failure {
         match error {
             DownloadError::NotFound(_) => Failure::new(exit::NOT_FOUND, error.to_string()),
-            DownloadError::InvalidArgument(_) => Failure::invalid(error.to_string()),
+            DownloadError::InvalidArgument(_) | DownloadError::InvalidState { .. } => {
+                Failure::invalid(error.to_string())
+            }
             DownloadError::Job(error) => error.into(),
             DownloadError::Store(error) => error.into(),
         }
@@ -95,8 +98,11 @@ impl From<DownloadError> for Failure {
 impl From<DocumentError> for Failure {
     fn from(error: DocumentError) -> Failure {
         match error {
-            DocumentError::NotFound(_) => Failure::new(exit::NOT_FOUND, error.to_string()),
+            DocumentError::NotFound(_) | DocumentError::FileNotFound(_) => {
+                Failure::new(exit::NOT_FOUND, error.to_string())
+            }
             DocumentError::InvalidArgument(_) => Failure::invalid(error.to_string()),
+            DocumentError::Job(error) => error.into(),
             DocumentError::Store(error) => error.into(),
         }
     }
@@ -432,10 +438,11 @@ impl Context {
     /// Through `org.sluice.Scraper1.AddDownload` when the scraper runs; else recorded in the
     /// store after the same checks, to be fetched when the scraper starts.
     fn download(&self, arguments: DownloadArguments) -> Result<(), Failure> {
-        bus::validate::require_download_url(&arguments.url)?;
+        let url = parse_download_url(&arguments.url)?;
         let allow_private = self.config.scraper.allow_private_addresses;
+        check_url_address(&url, allow_private)?;
         if !allow_private {
-            check_public_url(&arguments.url)?;
+            check_host_name(&url)?;
         }
         let options = DownloadOptions {
             sha256: arguments.sha256.clone(),
@@ -468,27 +475,20 @@ impl Context {
                 (download_id as i64, job_id as i64, "dbus")
             }
             None => {
-                // The same option checks the scraper's bus object applies.
+                // The same option checks the scraper's bus object applies; the store checks
+                // the rest and derives the file name when none is given.
                 let checked = DownloadOptions::from_variants(&options.to_variants())?;
-                let file_name = match checked.file_name {
-                    Some(name) => name,
-                    None => file_name_from_url(&arguments.url).ok_or_else(|| {
-                        Failure::invalid(format!(
-                            "url {:?} does not end in a usable file name; give --name",
-                            arguments.url
-                        ))
-                    })?,
-                };
                 let mut store = self.open_store()?;
                 let created = store.create_download(&NewDownload {
                     url: arguments.url.clone(),
-                    file_name,
+                    file_name: checked.file_name,
                     bundle: checked.bundle,
                     expected_sha256: checked.sha256,
-                    size_limit: checked.max_bytes,
+                    max_bytes: checked.max_bytes,
+                    source: None,
                     max_attempts: self.config.jobs.max_attempts,
                 })?;
-                (created.download.id, created.job_id, "store")
+                (created.download_id, created.job_id, "store")
             }
         };
         if self.json {
@@ -550,27 +550,67 @@ impl Context {
     ) -> Result<(), Failure> {
         let page = self.page(limit, cursor)?;
         let store = self.open_store()?;
-        let documents = store.search_documents(query.as_deref(), page)?;
+        // Search hits and plain listings print the same: the document, plus the matching
+        // snippet when searching.
+        let (documents, next_cursor): (Vec<(sluice_core::store::Document, Option<String>)>, _) =
+            match query.filter(|text| !text.trim().is_empty()) {
+                Some(text) => {
+                    let hits = store.search_documents(&text, page)?;
+                    let next = hits.next_cursor;
+                    (
+                        hits.items
+                            .into_iter()
+                            .map(|hit| (hit.document, Some(hit.snippet)))
+                            .collect(),
+                        next,
+                    )
+                }
+                None => {
+                    let listed = store.list_documents(&DocumentFilter::default(), page)?;
+                    let next = listed.next_cursor;
+                    (
+                        listed
+                            .items
+                            .into_iter()
+                            .map(|document| (document, None))
+                            .collect(),
+                        next,
+                    )
+                }
+            };
         if self.json {
-            print_json(&serde_json::to_value(&documents).unwrap_or_default());
+            let items: Vec<Value> = documents
+                .iter()
+                .map(|(document, snippet)| {
+                    let mut item = serde_json::to_value(document).unwrap_or_default();
+                    if let Some(snippet) = snippet {
+                        item["snippet"] = Value::from(snippet.as_str());
+                    }
+                    item
+                })
+                .collect();
+            print_json(&json!({ "items": items, "next_cursor": next_cursor }));
             return Ok(());
         }
         let rows: Vec<Vec<String>> = documents
-            .items
             .iter()
-            .map(|document| {
+            .map(|(document, _)| {
                 vec![
                     document.id.to_string(),
                     document.original_name.clone(),
                     document.mime.clone(),
                     document.size.to_string(),
                     document.sha256.chars().take(16).collect(),
-                    document.library_path.clone().unwrap_or_default(),
+                    document
+                        .library_path
+                        .as_ref()
+                        .map(|path| path.display().to_string())
+                        .unwrap_or_default(),
                 ]
             })
             .collect();
         print_table(&["ID", "NAME", "TYPE", "SIZE", "SHA256", "PATH"], &rows);
-        if let Some(next) = documents.next_cursor {
+        if let Some(next) = next_cursor {
             print_line(&format!("more: --cursor {next}"));
         }
         Ok(())
@@ -669,45 +709,34 @@ async fn name_has_owner(connection: &Connection, name: &str) -> bool {
     proxy.name_has_owner(name).await.unwrap_or(false)
 }
 
-/// Refuses URLs whose host is, or resolves to, a loopback, private or link-local address. A
-/// name that does not resolve now is accepted; the scraper checks again when it connects.
-fn check_public_url(text: &str) -> Result<(), Failure> {
-    let url = url::Url::parse(text)
-        .map_err(|error| Failure::invalid(format!("url {text:?} is not a URL: {error}")))?;
+/// Refuses a host name that means this machine or resolves to a loopback, private or
+/// link-local address (IP literals were checked by the store's rule already). A name that
+/// does not resolve now is accepted; the scraper checks again when it connects.
+fn check_host_name(url: &url::Url) -> Result<(), Failure> {
+    let Some(url::Host::Domain(name)) = url.host() else {
+        return Ok(());
+    };
     let refuse = |reason: &str| {
         Failure::invalid(format!(
-            "url {text:?} {reason}; downloads may only reach public addresses unless [scraper] \
+            "url {url} {reason}; downloads may only reach public addresses unless [scraper] \
              allow_private_addresses = true"
         ))
     };
-    let addresses: Vec<std::net::IpAddr> = match url.host() {
-        Some(url::Host::Ipv4(address)) => vec![address.into()],
-        Some(url::Host::Ipv6(address)) => vec![address.into()],
-        Some(url::Host::Domain(name)) => {
-            let name = name.trim_end_matches('.').to_ascii_lowercase();
-            if is_local_name(&name) {
-                return Err(refuse("names the local machine"));
-            }
-            let port = url.port_or_known_default().unwrap_or(80);
-            (name.as_str(), port)
-                .to_socket_addrs()
-                .map(|resolved| resolved.map(|socket| socket.ip()).collect())
-                .unwrap_or_default()
-        }
-        None => return Err(Failure::invalid(format!("url {text:?} has no host"))),
-    };
-    for address in addresses {
-        if let Some(reason) = forbidden_reason(address) {
-            return Err(refuse(reason));
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return Err(refuse("names the local machine"));
+    }
+    let port = url.port_or_known_default().unwrap_or(80);
+    let resolved: Vec<std::net::IpAddr> = (name.as_str(), port)
+        .to_socket_addrs()
+        .map(|addresses| addresses.map(|socket| socket.ip()).collect())
+        .unwrap_or_default();
+    for address in resolved {
+        if let Some(reason) = forbidden_address_reason(address) {
+            return Err(refuse(&format!(
+                "resolves to {address}, a {reason} address"
+            )));
         }
     }
     Ok(())
-}
-
-fn file_name_from_url(text: &str) -> Option<String> {
-    let url = url::Url::parse(text).ok()?;
-    let last = url.path_segments()?.next_back()?;
-    let usable =
-        !last.is_empty() && !last.starts_with('.') && !last.ends_with(".part") && last.len() <= 255;
-    usable.then(|| last.to_owned())
 }
