@@ -1,7 +1,9 @@
 //! The integration test binary: one module per area, the harness in `support`.
 
 mod bus;
+mod cli;
 mod monitor;
 mod runtime;
 mod store;
 mod support;
+mod web;

@@ -516,10 +516,11 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
 
 // --- monitor harness ---
 
-/// The path of a daemon binary of this workspace, built once per test process with
-/// `cargo build -p <package> --bin <binary>` (integration tests cannot name another package's
-/// binaries with `CARGO_BIN_EXE_*`).
-pub fn daemon_binary(package: &str, binary: &str) -> PathBuf {
+/// The path of a daemon or CLI binary of this workspace (package and binary share the name),
+/// built once per test process with `cargo build -p <name> --bin <name>` (integration tests
+/// cannot name another package's binaries with `CARGO_BIN_EXE_*`).
+pub fn daemon_binary(name: &str) -> PathBuf {
+    let (package, binary) = (name, name);
     static BUILT: OnceLock<Mutex<std::collections::HashMap<String, Result<PathBuf, String>>>> =
         OnceLock::new();
     let mut built = BUILT
@@ -647,4 +648,212 @@ impl Drop for DaemonProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// --- web harness ---
+
+/// The API token the web harness writes into its token file.
+pub const WEB_TEST_TOKEN: &str = "test-token-0123456789abcdef";
+
+/// Everything a test of sluice-web or sluicectl needs: a private bus, a temporary state
+/// directory with a configuration file, a token file and the database path.
+#[derive(Debug)]
+pub struct SuiteFixture {
+    pub bus: PrivateBus,
+    pub directory: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub database: PathBuf,
+}
+
+impl SuiteFixture {
+    /// Writes a configuration for this fixture; `extra` is appended to the file (more keys of
+    /// tables that are not written here, or whole tables).
+    pub fn new(web_section: &str, extra: &str) -> SuiteFixture {
+        let bus = PrivateBus::start(BusPolicy::AllowEverything).expect("private bus");
+        let directory = tempfile::tempdir().expect("temp dir");
+        let root = directory.path();
+        for folder in ["inbox", "staging", "library"] {
+            std::fs::create_dir_all(root.join(folder)).expect("state folder");
+        }
+        std::fs::write(root.join("api-token"), format!("{WEB_TEST_TOKEN}\n")).expect("token");
+        let database = root.join("sluice.db");
+        let config = format!(
+            r#"[store]
+path = "{root}/sluice.db"
+durability = "normal"
+
+[bus]
+address = "{address}"
+
+[web]
+listen = "127.0.0.1:0"
+token_file = "{root}/api-token"
+{web_section}
+
+[[watch]]
+path = "{root}/inbox"
+mode = "consume"
+
+[ingest]
+library = "{root}/library"
+
+[scraper]
+inbox = "{root}/inbox"
+staging = "{root}/staging"
+allow_private_addresses = false
+
+[service]
+status_interval = "200ms"
+stop_timeout = "5s"
+
+[limits]
+max_request_body = "4 KiB"
+
+{extra}
+"#,
+            root = root.display(),
+            address = bus.address(),
+        );
+        let config_path = root.join("sluice.toml");
+        std::fs::write(&config_path, config).expect("config file");
+        SuiteFixture {
+            bus,
+            directory,
+            config_path,
+            database,
+        }
+    }
+
+    pub fn store(&self) -> Store {
+        open_store(&self.database, Durability::Normal)
+    }
+
+    /// A zbus connection to the fixture's bus, on `runtime`.
+    pub fn connect(&self, runtime: &tokio::runtime::Runtime) -> zbus::Connection {
+        runtime
+            .block_on(sluice_core::bus::connect(
+                &sluice_core::bus::BusAddress::Address(self.bus.address().to_owned()),
+            ))
+            .expect("connect to the private bus")
+    }
+}
+
+/// A running `sluice-web` process; killed when dropped.
+#[derive(Debug)]
+pub struct WebDaemon {
+    child: Child,
+    stderr_path: PathBuf,
+    /// `http://127.0.0.1:PORT` (without the base path).
+    pub origin: String,
+    pub address: std::net::SocketAddr,
+}
+
+impl WebDaemon {
+    /// Starts sluice-web with the fixture's configuration and waits until it owns
+    /// `org.sluice.Web1`, says it is running and names the address it listens on.
+    pub fn start(fixture: &SuiteFixture) -> WebDaemon {
+        let stderr_path = fixture.directory.path().join(format!(
+            "sluice-web-{}.stderr",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_nanos())
+                .unwrap_or_default()
+        ));
+        let child = Command::new(daemon_binary("sluice-web"))
+            .arg("--config")
+            .arg(&fixture.config_path)
+            .env("SLUICE_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("start sluice-web");
+        let mut daemon = WebDaemon {
+            child,
+            stderr_path,
+            origin: String::new(),
+            address: "127.0.0.1:0".parse().expect("address"),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let connection = fixture.connect(&runtime);
+        let mut listen_address = None;
+        let started = wait_until(STARTUP_DEADLINE, || {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("sluice-web exited with {status}: {}", daemon.stderr());
+            }
+            listen_address = runtime.block_on(async {
+                let proxy = sluice_core::bus::WebProxy::builder(&connection)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await
+                    .ok()?;
+                (proxy.state().await.ok()? == "running").then_some(())?;
+                proxy.listen_address().await.ok()
+            });
+            listen_address.is_some()
+        });
+        assert!(started, "sluice-web did not start: {}", daemon.stderr());
+        let address: std::net::SocketAddr = listen_address
+            .expect("listen address")
+            .parse()
+            .expect("ListenAddress is ip:port");
+        daemon.origin = format!("http://{address}");
+        daemon.address = address;
+        daemon
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Waits for the process to exit (after a signal the test sent).
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for WebDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client that returns 4xx and 5xx responses instead of failing on them.
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// Status and body of a response, with the body parsed as JSON when it is JSON.
+pub fn http_result(
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> (u16, serde_json::Value) {
+    let mut response = response.expect("HTTP request");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().expect("response body");
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, body)
 }

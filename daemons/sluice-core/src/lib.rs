@@ -6,5 +6,6 @@
 
 pub mod bus;
 pub mod config;
+pub mod ingest;
 pub mod runtime;
 pub mod store;
