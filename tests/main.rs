@@ -2,5 +2,6 @@
 
 mod bus;
 mod runtime;
+mod scraper;
 mod store;
 mod support;

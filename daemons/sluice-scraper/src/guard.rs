@@ -66,6 +66,11 @@ pub fn check_target(url: &Url, allow_private_addresses: bool) -> Result<(), Refu
 /// policy, no proxy (a proxy would connect where the guard never looked), no compression
 /// (byte ranges must mean bytes of the file), and the configured timeouts.
 pub fn build_client(config: &ScraperConfig) -> reqwest::Result<reqwest::Client> {
+    client_builder(config).build()
+}
+
+/// The builder behind [`build_client`], for tests that add to it.
+fn client_builder(config: &ScraperConfig) -> reqwest::ClientBuilder {
     let allow_private_addresses = config.allow_private_addresses;
     let max_redirects = config.max_redirects;
     let policy = redirect::Policy::custom(move |attempt| {
@@ -96,7 +101,6 @@ pub fn build_client(config: &ScraperConfig) -> reqwest::Result<reqwest::Client> 
         .connect_timeout(config.request_timeout)
         .read_timeout(config.request_timeout)
         .pool_idle_timeout(Duration::from_secs(30))
-        .build()
 }
 
 /// Resolves with the system resolver (getaddrinfo, on a blocking thread), then applies the
@@ -175,6 +179,8 @@ pub fn describe_error(error: &(dyn StdError + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
 
     #[test]
@@ -217,6 +223,99 @@ mod tests {
         assert!(check_target(&url("http://169.254.169.254/"), false).is_err());
         assert!(check_target(&url("http://127.0.0.1:9/x"), true).is_ok());
         assert!(check_target(&url("http://example.org/x"), false).is_ok());
+    }
+
+    /// A server on 127.0.0.1 answering `/to-literal` and `/to-name` with redirects back to
+    /// itself (by address and by the name `localhost`), and `/landed` with content. Returns
+    /// its port and the paths it was asked for.
+    fn redirecting_server() -> (u16, Arc<Mutex<Vec<String>>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&paths);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                let _ = reader.read_line(&mut request_line);
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                }
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .to_owned();
+                seen.lock().unwrap().push(path.clone());
+                let response = match path.as_str() {
+                    "/to-literal" => format!(
+                        "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/landed\r\n\
+                         Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    ),
+                    "/to-name" => format!(
+                        "HTTP/1.1 302 Found\r\nLocation: http://localhost:{port}/landed\r\n\
+                         Content-Length: 0\r\nConnection: close\r\n\r\n"
+                    ),
+                    _ => "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nsecret"
+                        .to_owned(),
+                };
+                let _ = stream.write_all(response.as_bytes());
+            }
+        });
+        (port, paths)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_an_internal_address_is_refused_before_connecting() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (port, paths) = redirecting_server();
+        let mut config = sluice_core::config::defaults().scraper;
+        config.allow_private_addresses = false;
+        // `public.test` stands for a public host: the builder's override skips the guarded
+        // resolver for that one name, so the first hop reaches the local server; every other
+        // target goes through the guard as in production.
+        let client = client_builder(&config)
+            .resolve("public.test", SocketAddr::from(([127, 0, 0, 1], 0)))
+            .build()
+            .unwrap();
+        for (path, expected) in [
+            ("/to-literal", "127.0.0.1, a loopback address"),
+            (
+                "/to-name",
+                "localhost resolves to 127.0.0.1, a loopback address",
+            ),
+        ] {
+            let error = client
+                .get(format!("http://public.test:{port}{path}"))
+                .send()
+                .await
+                .expect_err("the redirect must be refused");
+            let refused = refusal_in(&error).unwrap_or_else(|| panic!("{path}: {error:?}"));
+            assert!(refused.to_string().contains(expected), "{path}: {refused}");
+        }
+        assert_eq!(
+            *paths.lock().unwrap(),
+            vec!["/to-literal", "/to-name"],
+            "never landed"
+        );
+
+        // The same chain is followed when private addresses are allowed.
+        config.allow_private_addresses = true;
+        let client = client_builder(&config)
+            .resolve("public.test", SocketAddr::from(([127, 0, 0, 1], 0)))
+            .build()
+            .unwrap();
+        let response = client
+            .get(format!("http://public.test:{port}/to-name"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.text().await.unwrap(), "secret");
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, LOCATION, RANGE,
+};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sluice_core::bus::ScraperService;
@@ -524,6 +526,13 @@ async fn transfer(
                 "unexpected HTTP {status} from {url}"
             )));
         }
+        status if status.is_redirection() => {
+            return Err(unfollowed_redirect(
+                status,
+                response.url(),
+                header_text(LOCATION),
+            ));
+        }
         status => return Err(status_failure(status, response.url())),
     };
     if let Some(total) = total
@@ -619,6 +628,26 @@ fn status_failure(status: StatusCode, url: &Url) -> Failure {
         Failure::retryable(error)
     } else {
         Failure::permanent(error)
+    }
+}
+
+/// A redirect that reached us instead of being followed: the client leaves redirects to
+/// schemes it cannot fetch (file:, ftp:) to the caller. Final either way.
+fn unfollowed_redirect(status: StatusCode, url: &Url, location: Option<String>) -> Failure {
+    let target = location
+        .as_deref()
+        .and_then(|location| url.join(location).ok());
+    match target {
+        Some(target) if !matches!(target.scheme(), "http" | "https") => Failure::permanent(
+            guard::Refused::RedirectScheme {
+                url: target.to_string(),
+            }
+            .to_string(),
+        ),
+        _ => Failure::permanent(format!(
+            "HTTP {status} from {url}: redirect to {} not followed",
+            location.unwrap_or_else(|| "nowhere (no Location header)".to_owned())
+        )),
     }
 }
 
