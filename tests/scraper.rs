@@ -961,3 +961,173 @@ async fn staging_on_another_file_system_is_refused_at_start() -> Result<()> {
     assert!(stderr.contains("different file systems"), "{stderr}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_file_is_finished_or_restarted_on_http_416() -> Result<()> {
+    let setup = Setup::new(true)?;
+    let fixture = HttpFixture::start();
+    let body = content(40_000, 12);
+    fixture.route("/whole.bin", FixtureRoute::file(body.clone()));
+    fixture.route("/shrunk.bin", FixtureRoute::file(body.clone()));
+    // Both downloads exist before the scraper starts, each with a partial file from an
+    // earlier run: one already complete, one longer than the file now is.
+    let mut store = setup.store();
+    let mut complete = NewDownload::new(fixture.url("/whole.bin"));
+    complete.expected_sha256 = Some(sha256_hex(&body));
+    let complete = store.create_download(&complete)?;
+    let too_long = store.create_download(&NewDownload::new(fixture.url("/shrunk.bin")))?;
+    std::fs::create_dir_all(setup.staging())?;
+    std::fs::write(
+        setup
+            .staging()
+            .join(format!("{}.part", complete.download_id)),
+        &body,
+    )?;
+    let mut stale = body.clone();
+    stale.extend_from_slice(b"bytes the server no longer has");
+    std::fs::write(
+        setup
+            .staging()
+            .join(format!("{}.part", too_long.download_id)),
+        &stale,
+    )?;
+
+    let _scraper = setup.start().await?;
+    let finished = wait_for_state(
+        &setup,
+        complete.download_id as u64,
+        DownloadState::Succeeded,
+    )
+    .await?;
+    assert_eq!(std::fs::read(finished.final_path.unwrap())?, body);
+    let requests = fixture.requests_for("/whole.bin");
+    assert_eq!(requests.len(), 1, "no body was fetched again: {requests:?}");
+    assert_eq!(requests[0].range, Some(format!("bytes={}-", body.len())));
+
+    let restarted = wait_for_state(
+        &setup,
+        too_long.download_id as u64,
+        DownloadState::Succeeded,
+    )
+    .await?;
+    assert_eq!(std::fs::read(restarted.final_path.unwrap())?, body);
+    let requests = fixture.requests_for("/shrunk.bin");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(requests[0].range, Some(format!("bytes={}-", stale.len())));
+    assert_eq!(requests[1].range, None, "the second attempt starts over");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_changed_on_the_server_is_fetched_again_from_the_start() -> Result<()> {
+    let setup = Setup::new(true)?;
+    let fixture = HttpFixture::start();
+    let old_body = content(1024 * 1024, 13);
+    fixture.route(
+        "/changing.bin",
+        FixtureRoute::slow_file(old_body, 32 * 1024, Duration::from_millis(40)),
+    );
+    let mut scraper = setup.start().await?;
+    let proxy = scraper_proxy(&setup.connect().await?).await?;
+    let (id, _) = proxy
+        .add_download(&fixture.url("/changing.bin"), options(|_| {}))
+        .await?;
+    let part = setup.staging().join(format!("{id}.part"));
+    wait_for("part of the old file on disk", || {
+        std::fs::metadata(&part).is_ok_and(|metadata| metadata.len() >= 128 * 1024)
+    })
+    .await?;
+    // The ETag was saved with the progress; wait for it so the resume can send If-Range.
+    wait_for("the validator saved", || setup.download(id).etag.is_some()).await?;
+    scraper.kill_hard();
+
+    let new_body = content(700_000, 14);
+    fixture.route(
+        "/changing.bin",
+        FixtureRoute::File {
+            body: Arc::new(new_body.clone()),
+            etag: "\"fixture-v2\"".into(),
+            chunk: 64 * 1024,
+            pause: Duration::ZERO,
+            content_length: true,
+        },
+    );
+    let _scraper = setup.start().await?;
+    let download = wait_for_state(&setup, id, DownloadState::Succeeded).await?;
+    assert_eq!(
+        std::fs::read(download.final_path.unwrap())?,
+        new_body,
+        "no old bytes mixed in"
+    );
+    let requests = fixture.requests_for("/changing.bin");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests[1].range.is_some());
+    assert_eq!(requests[1].if_range.as_deref(), Some("\"fixture-v1\""));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid() -> Result<()> {
+    let setup = Setup::new(true)?;
+    let fixture = HttpFixture::start();
+    fixture.route("/a.bin", FixtureRoute::file(content(1000, 15)));
+    let scraper = setup.start().await?;
+    let connection = setup.connect().await?;
+    let proxy = scraper_proxy(&connection).await?;
+    let status = proxy.status().await?;
+    assert!(
+        status.starts_with("0 downloads running, 0 queued"),
+        "{status}"
+    );
+
+    setup.write_config(true, "user_agent = \"sluice-test/2\"")?;
+    kill(Pid::from_raw(scraper.child.id() as i32), Signal::SIGHUP)?;
+    // A reload is visible only in what the next request does; retry until it shows.
+    let started = Instant::now();
+    loop {
+        let (id, _) = proxy
+            .add_download(&fixture.url("/a.bin"), options(|_| {}))
+            .await?;
+        wait_for_state(&setup, id, DownloadState::Succeeded).await?;
+        let agent = fixture
+            .requests()
+            .last()
+            .and_then(|request| request.user_agent.clone());
+        if agent.as_deref() == Some("sluice-test/2") {
+            break;
+        }
+        ensure!(
+            started.elapsed() < DEADLINE,
+            "the new user agent never appeared"
+        );
+    }
+
+    std::fs::write(&setup.config_path, "[scraper]\nmax_redirects = \"many\"\n")?;
+    kill(Pid::from_raw(scraper.child.id() as i32), Signal::SIGHUP)?;
+    let mut last_error;
+    let started = Instant::now();
+    loop {
+        last_error = proxy.last_error().await?;
+        if last_error.contains("reload failed") {
+            break;
+        }
+        ensure!(started.elapsed() < DEADLINE, "no reload failure reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(last_error.contains("max_redirects"), "{last_error}");
+    assert!(proxy.status().await?.contains("reload failed"));
+    let (id, _) = proxy
+        .add_download(&fixture.url("/a.bin"), options(|_| {}))
+        .await?;
+    wait_for_state(&setup, id, DownloadState::Succeeded).await?;
+    assert_eq!(
+        fixture
+            .requests()
+            .last()
+            .and_then(|request| request.user_agent.clone())
+            .as_deref(),
+        Some("sluice-test/2"),
+        "still the configuration from before the failed reload"
+    );
+    Ok(())
+}

@@ -21,7 +21,7 @@ mod store_thread;
 mod transfer;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -44,9 +44,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-pub use guard::{Refused, build_client, check_target, guard_addresses};
-pub use hosts::HostLimiter;
-pub use inbox::{name_with_suffix, prepare_folders};
+use guard::build_client;
+use hosts::HostLimiter;
+use inbox::prepare_folders;
 use store_thread::StoreHandle;
 pub use transfer::WORKER_NAME;
 use transfer::{Counters, Ended, StopRequest, TaskReport, TransferContext, TransferSettings};
@@ -173,7 +173,8 @@ struct Scraper {
 pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ScraperError> {
     // rustls needs one process-wide crypto provider; ring keeps the build free of cmake.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut signals = SignalReceiver::install()?;
+    // Early, so a SIGTERM during start-up waits for the loop instead of killing the process.
+    let signals = SignalReceiver::install()?;
     let notifier = Notifier::from_environment();
     let scraper_config = &config.scraper;
     if let Err(reason) = prepare_folders(&scraper_config.staging, &scraper_config.inbox) {
@@ -204,7 +205,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ScraperErro
     .await?;
     let service = Arc::new(service);
     let (wake_sender, wakeups) = mpsc::channel(1);
-    subscribe_to_job_queued(&connection, wake_sender.clone()).await?;
+    subscribe_to_job_queued(&connection, wake_sender).await?;
 
     // Only one scraper runs (the bus name is exclusive), so download jobs still leased to
     // our name belong to a predecessor that died: make them claimable now rather than when
@@ -258,14 +259,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ScraperErro
     scraper.sweep_staging().await;
     let mut sources = EventSources {
         watchdog: scraper.notifier.watchdog_ticker(),
-        signals: std::mem::replace(&mut signals, SignalReceiver::install()?),
+        signals,
         commands,
         wakeups,
         poll: interval(POLL_INTERVAL),
         status: interval(status_interval),
         reports: report_receiver,
     };
-    drop(signals);
     let status = scraper.refresh_status().await;
     scraper.notifier.ready(&status);
     tracing::info!(
@@ -274,7 +274,6 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ScraperErro
         "ready"
     );
     scraper.claim().await;
-    let _ = wake_sender;
 
     loop {
         match sources.next().await {
@@ -805,11 +804,6 @@ pub fn format_rate(bytes_per_second: f64) -> String {
         (bytes_per_second, "B/s")
     };
     format!("{value:.1} {unit}")
-}
-
-/// The staging path of a download's partial file, for tests and tools.
-pub fn partial_file_path(staging: &Path, download_id: i64) -> PathBuf {
-    inbox::part_path(staging, download_id)
 }
 
 #[cfg(test)]
