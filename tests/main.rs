@@ -4,6 +4,7 @@ mod bus;
 mod cli;
 mod monitor;
 mod runtime;
+mod scraper;
 mod store;
 mod support;
 mod web;
