@@ -1,8 +1,11 @@
 //! The integration test binary: one module per area, the harness in `support`.
 
 mod bus;
+mod cli;
 mod monitor;
 mod runtime;
+mod scraper;
 mod store;
 mod support;
 mod system;
+mod web;

@@ -92,7 +92,7 @@ library = "{root}/library"
     }
 
     fn monitor_command(&self) -> Command {
-        let mut command = Command::new(daemon_binary("sluice-monitor", "sluice-monitor"));
+        let mut command = Command::new(daemon_binary("sluice-monitor"));
         command.arg("--config").arg(self.root().join("sluice.toml"));
         command
     }

@@ -7,6 +7,8 @@
 //! instead of failing. Durability is a configuration choice (`Durability`), documented with its
 //! loss window.
 
+pub mod documents;
+pub mod downloads;
 pub mod files;
 pub mod jobs;
 mod migrations;
@@ -16,6 +18,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+pub use documents::{
+    Document, DocumentError, DocumentFilter, DocumentHit, IngestFinished, IngestRecord, NewDocument,
+};
+pub use downloads::{
+    CreatedDownload, Download, DownloadError, DownloadFilter, DownloadOutcome, DownloadProgress,
+    DownloadState, NewDownload,
+};
 pub use files::{
     DetectedFile, Detection, FileError, FileFilter, FileRecord, FileState, INGEST_JOB_KIND,
     IngestPayload,

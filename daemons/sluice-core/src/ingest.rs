@@ -1,0 +1,229 @@
+//! The contract between the producers of ingest jobs (the monitor, sluicectl) and the ingest
+//! workers: the job kinds and the JSON payload of an `ingest` job, with its validation.
+//!
+//! The payload is written by the monitor when it records a file and read by a worker when it
+//! claims the job, so both sides use this one serde struct and can never drift apart.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The job kind of "read this file, hash it, catalogue it, file it".
+pub const INGEST_JOB_KIND: &str = "ingest";
+
+/// The job kind that does nothing but record when it ran: benchmark W1 and health checks.
+///
+/// Payload: any JSON object; `{"i": <any JSON>}` is echoed back as the result's `i`, and the
+/// result's `t` is the time the body ran (µs since the Unix epoch). An optional
+/// `"sleep_ms": n` (at most [`MAX_SLEEP_MS`]) makes the body take that long, in small steps
+/// that notice cancellation and shutdown; tests use it to have a job running when they kill
+/// or stop a worker.
+pub const NOOP_JOB_KIND: &str = "noop";
+
+/// The longest deliberate pause a payload may ask for (`sleep_ms`), ten minutes.
+pub const MAX_SLEEP_MS: u64 = 10 * 60 * 1000;
+
+/// What happens to an ingested file, as configured for the watched folder it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestMode {
+    /// Moved into the content-addressed library.
+    Consume,
+    /// Catalogued where it is and left in place.
+    Index,
+}
+
+impl IngestMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IngestMode::Consume => "consume",
+            IngestMode::Index => "index",
+        }
+    }
+}
+
+impl From<crate::config::WatchMode> for IngestMode {
+    fn from(mode: crate::config::WatchMode) -> IngestMode {
+        match mode {
+            crate::config::WatchMode::Consume => IngestMode::Consume,
+            crate::config::WatchMode::Index => IngestMode::Index,
+        }
+    }
+}
+
+/// The payload of an `ingest` job.
+///
+/// ```json
+/// {"path": "/var/lib/sluice/inbox/a.pdf", "file_id": 17,
+///  "watch_root": "/var/lib/sluice/inbox", "mode": "consume"}
+/// ```
+///
+/// Unknown keys are ignored so that a newer monitor can add fields an older worker does not
+/// need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestPayload {
+    /// The file, absolute, inside `watch_root`.
+    pub path: PathBuf,
+    /// The `files` row the monitor recorded for this file version; the worker marks it
+    /// `ingested`, `duplicate` or `failed` in the same transaction as the job's outcome.
+    /// Absent for a file ingested by hand (no row to update).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<i64>,
+    /// The configured `[[watch]]` folder the file was found in; a worker refuses a root that
+    /// is not configured, so a job cannot make it read or move files elsewhere.
+    pub watch_root: PathBuf,
+    pub mode: IngestMode,
+    /// For tests: pause this many milliseconds after the file is filed and before the outcome
+    /// is committed, the window in which a crash must not cause a second document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_ms: Option<u64>,
+}
+
+/// Why a payload is not a valid ingest payload; the message is what the failed job shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IngestPayloadError {
+    #[error("ingest payload is not valid: {0}")]
+    Malformed(String),
+    #[error("ingest payload path {path:?} must be absolute")]
+    RelativePath { path: PathBuf },
+    #[error("ingest payload path {path:?} must not contain '.' or '..' components")]
+    UncleanPath { path: PathBuf },
+    #[error("ingest payload path {path:?} is not inside its watch_root {watch_root:?}")]
+    OutsideWatchRoot { path: PathBuf, watch_root: PathBuf },
+    #[error("ingest payload file_id {0} must be a positive row id")]
+    BadFileId(i64),
+    #[error("ingest payload sleep_ms {0} is longer than the limit of {MAX_SLEEP_MS}")]
+    SleepTooLong(u64),
+}
+
+impl IngestPayload {
+    /// Parses and validates a job payload.
+    pub fn from_json(payload: &Value) -> Result<IngestPayload, IngestPayloadError> {
+        if !payload.is_object() {
+            return Err(IngestPayloadError::Malformed(format!(
+                "expected a JSON object, got {payload}"
+            )));
+        }
+        let parsed: IngestPayload = serde_json::from_value(payload.clone())
+            .map_err(|error| IngestPayloadError::Malformed(error.to_string()))?;
+        parsed.validate()?;
+        Ok(parsed)
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).expect("an ingest payload always serializes")
+    }
+
+    /// The path relative to the watch root (valid payloads only).
+    pub fn relative_path(&self) -> Result<&Path, IngestPayloadError> {
+        self.path
+            .strip_prefix(&self.watch_root)
+            .map_err(|_| IngestPayloadError::OutsideWatchRoot {
+                path: self.path.clone(),
+                watch_root: self.watch_root.clone(),
+            })
+    }
+
+    pub fn validate(&self) -> Result<(), IngestPayloadError> {
+        for path in [&self.path, &self.watch_root] {
+            if !path.is_absolute() {
+                return Err(IngestPayloadError::RelativePath { path: path.clone() });
+            }
+            // `Path::components` already drops inner "." components, so look at the text.
+            let unclean = path
+                .components()
+                .any(|component| matches!(component, Component::ParentDir | Component::CurDir))
+                || path
+                    .as_os_str()
+                    .as_encoded_bytes()
+                    .split(|byte| *byte == b'/')
+                    .any(|part| part == b"." || part == b"..");
+            if unclean {
+                return Err(IngestPayloadError::UncleanPath { path: path.clone() });
+            }
+        }
+        let relative = self.relative_path()?;
+        if relative.as_os_str().is_empty() {
+            return Err(IngestPayloadError::OutsideWatchRoot {
+                path: self.path.clone(),
+                watch_root: self.watch_root.clone(),
+            });
+        }
+        if let Some(file_id) = self.file_id
+            && file_id <= 0
+        {
+            return Err(IngestPayloadError::BadFileId(file_id));
+        }
+        if let Some(sleep_ms) = self.sleep_ms
+            && sleep_ms > MAX_SLEEP_MS
+        {
+            return Err(IngestPayloadError::SleepTooLong(sleep_ms));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_monitor_payload_round_trips() {
+        let payload = json!({"path": "/srv/inbox/a/b.txt", "file_id": 3,
+                             "watch_root": "/srv/inbox", "mode": "consume", "extra": 1});
+        let parsed = IngestPayload::from_json(&payload).unwrap();
+        assert_eq!(parsed.path, Path::new("/srv/inbox/a/b.txt"));
+        assert_eq!(parsed.file_id, Some(3));
+        assert_eq!(parsed.mode, IngestMode::Consume);
+        assert_eq!(parsed.relative_path().unwrap(), Path::new("a/b.txt"));
+        let again = IngestPayload::from_json(&parsed.to_json()).unwrap();
+        assert_eq!(again, parsed);
+    }
+
+    #[test]
+    fn bad_payloads_are_refused_with_a_reason() {
+        let cases = [
+            (json!([1, 2]), "expected a JSON object"),
+            (
+                json!({"watch_root": "/srv", "mode": "index"}),
+                "missing field `path`",
+            ),
+            (
+                json!({"path": "a.txt", "watch_root": "/srv", "mode": "index"}),
+                "must be absolute",
+            ),
+            (
+                json!({"path": "/srv/../etc/passwd", "watch_root": "/srv", "mode": "index"}),
+                "'..'",
+            ),
+            (
+                json!({"path": "/etc/passwd", "watch_root": "/srv", "mode": "index"}),
+                "not inside",
+            ),
+            (
+                json!({"path": "/srv", "watch_root": "/srv", "mode": "index"}),
+                "not inside",
+            ),
+            (
+                json!({"path": "/srv/a", "watch_root": "/srv", "mode": "shred"}),
+                "unknown variant",
+            ),
+            (
+                json!({"path": "/srv/a", "watch_root": "/srv", "mode": "index", "file_id": 0}),
+                "positive",
+            ),
+            (
+                json!({"path": "/srv/a", "watch_root": "/srv", "mode": "index",
+                       "sleep_ms": MAX_SLEEP_MS + 1}),
+                "longer than",
+            ),
+        ];
+        for (payload, expected) in cases {
+            let error = IngestPayload::from_json(&payload).unwrap_err().to_string();
+            assert!(error.contains(expected), "{payload}: {error}");
+        }
+    }
+}

@@ -1,0 +1,800 @@
+//! Documents (unique content, deduplicated by BLAKE3), their full-text index, and the ingest
+//! worker's commit: the document, the file row and the job's success in one transaction.
+//!
+//! **Exactly-once effects**: [`Store::finish_ingest`] checks the job's lease token inside the
+//! same `BEGIN IMMEDIATE` transaction that inserts the document and updates the file row, by
+//! applying the job's success with the queue's own compare-and-set. A worker that lost its
+//! lease (killed, paused past its lease, cancelled) therefore changes nothing at all, and the
+//! worker that took the job over records the document once.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::jobs::{
+    Completion, JobError, JobState, LeaseToken, MAX_PAGE_SIZE, Outcome, Page, PageRequest, complete,
+};
+use super::{Store, StoreError, now_ms};
+
+/// Longest full-text query accepted, in bytes.
+pub const MAX_SEARCH_QUERY_BYTES: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("document {0} not found")]
+    NotFound(i64),
+    #[error("file row {0} not found (was it removed while the file was being ingested?)")]
+    FileNotFound(i64),
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for DocumentError {
+    fn from(error: rusqlite::Error) -> Self {
+        DocumentError::Store(StoreError::from(error))
+    }
+}
+
+/// One catalogued piece of content.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Document {
+    pub id: i64,
+    /// Lower-case hex, 64 characters.
+    pub blake3: String,
+    /// Lower-case hex, 64 characters.
+    pub sha256: String,
+    pub size: u64,
+    pub mime: String,
+    /// The file name it first arrived under.
+    pub original_name: String,
+    /// Where the content sits in the library; `None` for content only seen in index folders.
+    pub library_path: Option<PathBuf>,
+    pub metadata: Value,
+    /// How many more times the same content arrived after the first.
+    pub duplicates: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A search result: the document and a short excerpt with the matches in `[` `]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DocumentHit {
+    pub document: Document,
+    pub snippet: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DocumentFilter {
+    /// Only documents whose MIME type starts with this, e.g. `image/` or `text/plain`.
+    pub mime_prefix: Option<String>,
+}
+
+/// What the worker learned about a file's content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDocument {
+    pub blake3: String,
+    pub sha256: String,
+    pub size: u64,
+    pub mime: String,
+    pub original_name: String,
+    /// Set when this ingest filed the content into the library (or found it there).
+    pub library_path: Option<PathBuf>,
+    pub metadata: Value,
+    /// Extracted text for the full-text index (already cut to the configured limit).
+    pub text: Option<String>,
+}
+
+/// Everything [`Store::finish_ingest`] commits at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestRecord {
+    pub job_id: i64,
+    pub lease_token: LeaseToken,
+    /// The monitor's `files` row, when there is one.
+    pub file_id: Option<i64>,
+    pub document: NewDocument,
+}
+
+/// What [`Store::finish_ingest`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct IngestFinished {
+    pub document_id: i64,
+    /// The content was already catalogued from another file.
+    pub duplicate: bool,
+}
+
+const DOCUMENT_COLUMNS: &str = "documents.id, blake3, sha256, size, mime, original_name, \
+     library_path, metadata, duplicates, created_at, updated_at";
+
+impl Store {
+    /// Commits an ingest in one transaction: the document (new, or the existing one with the
+    /// same BLAKE3 counted as a duplicate), its text in the full-text index, the file row's
+    /// new state, and the job's success with `{"document_id", "duplicate", "blake3"}` as its
+    /// result, all conditional on the job's lease token. A lost lease changes nothing and is
+    /// `DocumentError::Job(JobError::LeaseLost)`.
+    pub fn finish_ingest(
+        &mut self,
+        record: &IngestRecord,
+    ) -> Result<IngestFinished, DocumentError> {
+        validate_document(&record.document)?;
+        let retry_policy = self.options().retry;
+        self.write(|transaction| {
+            let now = now_ms();
+            let document = &record.document;
+            let existing: Option<i64> = transaction
+                .prepare_cached("SELECT id FROM documents WHERE blake3 = ?1")?
+                .query_row([&document.blake3], |row| row.get(0))
+                .optional()?;
+            let previous_document_of_file = match record.file_id {
+                Some(file_id) => Some(file_document(transaction, file_id)?),
+                None => None,
+            };
+            let library_path = document
+                .library_path
+                .as_deref()
+                .map(path_text)
+                .transpose()?;
+            let (document_id, duplicate) = match existing {
+                Some(document_id) => {
+                    // The same file ingested again (a retried job, a rescan) is not a second
+                    // copy of its content.
+                    let same_file = previous_document_of_file == Some(Some(document_id));
+                    transaction
+                        .prepare_cached(
+                            "UPDATE documents SET duplicates = duplicates + ?2,
+                                 library_path = coalesce(library_path, ?3), updated_at = ?4
+                             WHERE id = ?1",
+                        )?
+                        .execute(params![
+                            document_id,
+                            if same_file { 0 } else { 1 },
+                            library_path,
+                            now
+                        ])?;
+                    (document_id, !same_file)
+                }
+                None => {
+                    let document_id: i64 = transaction
+                        .prepare_cached(
+                            "INSERT INTO documents (blake3, sha256, size, mime, original_name,
+                                 library_path, metadata, duplicates, created_at, updated_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8)
+                             RETURNING id",
+                        )?
+                        .query_row(
+                            params![
+                                document.blake3,
+                                document.sha256,
+                                document.size as i64,
+                                document.mime,
+                                document.original_name,
+                                library_path,
+                                document.metadata.to_string(),
+                                now
+                            ],
+                            |row| row.get(0),
+                        )?;
+                    if let Some(text) = &document.text {
+                        transaction
+                            .prepare_cached(
+                                "INSERT INTO document_text (rowid, title, body) VALUES (?1, ?2, ?3)",
+                            )?
+                            .execute(params![document_id, document.original_name, text])?;
+                    }
+                    (document_id, false)
+                }
+            };
+            if let Some(file_id) = record.file_id {
+                transaction
+                    .prepare_cached(
+                        "UPDATE files SET state = ?2, document_id = ?3, job_id = ?4, updated_at = ?5
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![
+                        file_id,
+                        if duplicate { "duplicate" } else { "ingested" },
+                        document_id,
+                        record.job_id,
+                        now
+                    ])?;
+            }
+            let completion = Completion {
+                id: record.job_id,
+                lease_token: record.lease_token.clone(),
+                outcome: Outcome::Succeeded {
+                    result: serde_json::json!({
+                        "document_id": document_id,
+                        "duplicate": duplicate,
+                        "blake3": document.blake3,
+                    }),
+                },
+            };
+            // Any verdict but success (a lost lease) aborts the transaction: nothing above
+            // is committed.
+            complete(transaction, &completion, &retry_policy, now)??;
+            Ok(IngestFinished {
+                document_id,
+                duplicate,
+            })
+        })
+    }
+
+    /// Records a failed ingest attempt: the job fails (retryable or not) and, once the job
+    /// will not be tried again, the file row is marked `failed`; one transaction, conditional
+    /// on the lease. Returns the job's new state.
+    pub fn fail_ingest(
+        &mut self,
+        job_id: i64,
+        lease_token: &LeaseToken,
+        file_id: Option<i64>,
+        error: &str,
+        retryable: bool,
+    ) -> Result<JobState, DocumentError> {
+        let retry_policy = self.options().retry;
+        let completion = Completion {
+            id: job_id,
+            lease_token: lease_token.clone(),
+            outcome: Outcome::Failed {
+                error: truncate_message(error),
+                retryable,
+            },
+        };
+        self.write(|transaction| {
+            let now = now_ms();
+            let state = complete(transaction, &completion, &retry_policy, now)??;
+            if let Some(file_id) = file_id
+                && state.is_terminal()
+            {
+                // A missing row is no reason to keep the job's failure from being recorded.
+                transaction
+                    .prepare_cached(
+                        "UPDATE files SET state = 'failed', job_id = ?2, updated_at = ?3
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![file_id, job_id, now])?;
+            }
+            Ok(state)
+        })
+    }
+
+    /// Notes, durably and under the lease, the content hash of the file an ingest is about to
+    /// move into the library. If the worker dies between the move and the commit, the next
+    /// attempt finds the source gone and reads this note (from the job's `result`, which a
+    /// claim keeps and success overwrites) to find the file in the library.
+    pub fn record_ingest_intent(
+        &mut self,
+        job_id: i64,
+        lease_token: &LeaseToken,
+        blake3: &str,
+    ) -> Result<(), DocumentError> {
+        validate_hex_hash("blake3", blake3)?;
+        self.write(|transaction| {
+            let changed = transaction
+                .prepare_cached(
+                    "UPDATE jobs SET result = json_object('filing_blake3', ?3), updated_at = ?4
+                     WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+                )?
+                .execute(params![job_id, lease_token.as_str(), blake3, now_ms()])?;
+            if changed == 1 {
+                Ok(())
+            } else {
+                Err(DocumentError::Job(JobError::LeaseLost { id: job_id }))
+            }
+        })
+    }
+
+    /// The hash noted by [`Store::record_ingest_intent`] during an earlier attempt, if any.
+    pub fn ingest_intent(&self, job_id: i64) -> Result<Option<String>, DocumentError> {
+        let intent: Option<Option<String>> = self
+            .connection()
+            .prepare_cached(
+                "SELECT CASE WHEN json_valid(result)
+                             THEN json_extract(result, '$.filing_blake3') END
+                 FROM jobs WHERE id = ?1",
+            )?
+            .query_row([job_id], |row| row.get(0))
+            .optional()?;
+        match intent {
+            Some(intent) => Ok(intent),
+            None => Err(DocumentError::Job(JobError::NotFound(job_id))),
+        }
+    }
+
+    pub fn get_document(&self, id: i64) -> Result<Document, DocumentError> {
+        self.connection()
+            .prepare_cached(&format!(
+                "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE id = ?1"
+            ))?
+            .query_row([id], document_from_row)
+            .optional()?
+            .ok_or(DocumentError::NotFound(id))
+    }
+
+    pub fn find_document_by_blake3(&self, blake3: &str) -> Result<Option<Document>, DocumentError> {
+        validate_hex_hash("blake3", blake3)?;
+        Ok(self
+            .connection()
+            .prepare_cached(&format!(
+                "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE blake3 = ?1"
+            ))?
+            .query_row([blake3], document_from_row)
+            .optional()?)
+    }
+
+    /// Documents newest first, a page at a time (`next_cursor` as in `list_jobs`).
+    pub fn list_documents(
+        &self,
+        filter: &DocumentFilter,
+        page: PageRequest,
+    ) -> Result<Page<Document>, DocumentError> {
+        validate_page(page)?;
+        if let Some(prefix) = &filter.mime_prefix
+            && (prefix.is_empty() || prefix.len() > 255)
+        {
+            return Err(DocumentError::InvalidArgument(
+                "MIME prefix must be 1..=255 bytes".into(),
+            ));
+        }
+        let mut statement = self.connection().prepare_cached(&format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM documents
+             WHERE (?1 IS NULL OR id < ?1)
+               AND (?2 IS NULL OR substr(mime, 1, length(?2)) = ?2)
+             ORDER BY id DESC LIMIT ?3"
+        ))?;
+        let items = statement
+            .query_map(
+                params![page.before_id, filter.mime_prefix, page.limit + 1],
+                document_from_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(paginate(items, page.limit, |document| document.id))
+    }
+
+    /// Full-text search (SQLite FTS5 query syntax: words, "phrases", AND/OR/NOT, prefix*),
+    /// newest matching document first, a page at a time. A query FTS5 cannot parse is
+    /// `InvalidArgument`, not a database error.
+    pub fn search_documents(
+        &self,
+        query: &str,
+        page: PageRequest,
+    ) -> Result<Page<DocumentHit>, DocumentError> {
+        validate_page(page)?;
+        if query.trim().is_empty() || query.len() > MAX_SEARCH_QUERY_BYTES {
+            return Err(DocumentError::InvalidArgument(format!(
+                "search query must be 1..={MAX_SEARCH_QUERY_BYTES} bytes of text"
+            )));
+        }
+        let run = || -> rusqlite::Result<Vec<DocumentHit>> {
+            let mut statement = self.connection().prepare_cached(&format!(
+                "SELECT {DOCUMENT_COLUMNS},
+                        snippet(document_text, 1, '[', ']', '…', 12)
+                 FROM document_text JOIN documents ON documents.id = document_text.rowid
+                 WHERE document_text MATCH ?1 AND (?2 IS NULL OR document_text.rowid < ?2)
+                 ORDER BY document_text.rowid DESC LIMIT ?3"
+            ))?;
+            statement
+                .query_map(params![query, page.before_id, page.limit + 1], |row| {
+                    Ok(DocumentHit {
+                        document: document_from_row(row)?,
+                        snippet: row.get(11)?,
+                    })
+                })?
+                .collect()
+        };
+        match run() {
+            Ok(items) => Ok(paginate(items, page.limit, |hit| hit.document.id)),
+            // The statement itself is fixed, so a plain SQLITE_ERROR here is FTS5 refusing
+            // the query text ("fts5: syntax error near …", "no such column: x").
+            Err(rusqlite::Error::SqliteFailure(error, message))
+                if error.code == rusqlite::ErrorCode::Unknown =>
+            {
+                Err(DocumentError::InvalidArgument(format!(
+                    "cannot parse search query {query:?}: {}",
+                    message.unwrap_or_else(|| "syntax error".into())
+                )))
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// The document id a file row points at now (`None` when it has none yet).
+fn file_document(
+    transaction: &Transaction<'_>,
+    file_id: i64,
+) -> Result<Option<i64>, DocumentError> {
+    transaction
+        .prepare_cached("SELECT document_id FROM files WHERE id = ?1")?
+        .query_row([file_id], |row| row.get::<_, Option<i64>>(0))
+        .optional()?
+        .ok_or(DocumentError::FileNotFound(file_id))
+}
+
+fn paginate<T>(mut items: Vec<T>, limit: u32, id: impl Fn(&T) -> i64) -> Page<T> {
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(id)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+fn validate_page(page: PageRequest) -> Result<(), DocumentError> {
+    if page.limit == 0 || page.limit > MAX_PAGE_SIZE {
+        return Err(DocumentError::InvalidArgument(format!(
+            "page size must be 1..={MAX_PAGE_SIZE}, got {}",
+            page.limit
+        )));
+    }
+    Ok(())
+}
+
+fn validate_hex_hash(what: &str, hash: &str) -> Result<(), DocumentError> {
+    if hash.len() == 64
+        && hash
+            .bytes()
+            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        Ok(())
+    } else {
+        Err(DocumentError::InvalidArgument(format!(
+            "{what} must be 64 lower-case hex digits, got {hash:?}"
+        )))
+    }
+}
+
+fn validate_document(document: &NewDocument) -> Result<(), DocumentError> {
+    validate_hex_hash("blake3", &document.blake3)?;
+    validate_hex_hash("sha256", &document.sha256)?;
+    if document.mime.is_empty() || document.mime.len() > 255 {
+        return Err(DocumentError::InvalidArgument(
+            "MIME type must be 1..=255 bytes".into(),
+        ));
+    }
+    if !document.metadata.is_object() {
+        return Err(DocumentError::InvalidArgument(
+            "document metadata must be a JSON object".into(),
+        ));
+    }
+    if i64::try_from(document.size).is_err() {
+        return Err(DocumentError::InvalidArgument(
+            "document size does not fit the database".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn path_text(path: &Path) -> Result<&str, DocumentError> {
+    path.to_str().ok_or_else(|| {
+        DocumentError::InvalidArgument(format!("library path {path:?} is not valid UTF-8"))
+    })
+}
+
+/// Keeps a huge error text (a processor's stderr, say) from hitting the queue's message limit.
+fn truncate_message(error: &str) -> String {
+    const LIMIT: usize = super::jobs::MAX_MESSAGE_LENGTH;
+    if error.len() <= LIMIT {
+        return error.to_owned();
+    }
+    let mut cut = LIMIT - 3;
+    while !error.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &error[..cut])
+}
+
+fn document_from_row(row: &Row<'_>) -> rusqlite::Result<Document> {
+    let metadata: String = row.get(7)?;
+    Ok(Document {
+        id: row.get(0)?,
+        blake3: row.get(1)?,
+        sha256: row.get(2)?,
+        size: row.get::<_, i64>(3)? as u64,
+        mime: row.get(4)?,
+        original_name: row.get(5)?,
+        library_path: row.get::<_, Option<String>>(6)?.map(PathBuf::from),
+        metadata: serde_json::from_str(&metadata).map_err(|error| {
+            rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, error.into())
+        })?,
+        duplicates: row.get::<_, i64>(8)? as u64,
+        created_at_ms: row.get(9)?,
+        updated_at_ms: row.get(10)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::tests::open_temp;
+    use crate::store::{ClaimedJob, Durability, NewJob};
+
+    fn claim_one(store: &mut Store) -> ClaimedJob {
+        store
+            .enqueue(&NewJob::new(
+                "ingest",
+                json!({"path": "/x/y", "watch_root": "/x", "mode": "index"}),
+            ))
+            .unwrap();
+        store
+            .claim_jobs("test-worker", &["ingest"], 1, Duration::from_secs(30))
+            .unwrap()
+            .pop()
+            .unwrap()
+    }
+
+    fn document(hash_byte: char, text: Option<&str>) -> NewDocument {
+        NewDocument {
+            blake3: hash_byte.to_string().repeat(64),
+            sha256: "0".repeat(64),
+            size: 5,
+            mime: "text/plain".into(),
+            original_name: "hello.txt".into(),
+            library_path: None,
+            metadata: json!({"lines": 1}),
+            text: text.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn an_ingest_commits_document_text_and_success_together() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let job = claim_one(&mut store);
+        let finished = store
+            .finish_ingest(&IngestRecord {
+                job_id: job.id,
+                lease_token: job.lease_token.clone(),
+                file_id: None,
+                document: document('a', Some("hello searchable world")),
+            })
+            .unwrap();
+        assert!(!finished.duplicate);
+        let stored = store.get_document(finished.document_id).unwrap();
+        assert_eq!(stored.blake3, "a".repeat(64));
+        assert_eq!(stored.metadata, json!({"lines": 1}));
+        let job_row = store.get_job(job.id).unwrap();
+        assert_eq!(job_row.state, JobState::Succeeded);
+        assert_eq!(job_row.result.unwrap()["document_id"], finished.document_id);
+
+        let hits = store
+            .search_documents(
+                "searchable",
+                PageRequest {
+                    before_id: None,
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        assert_eq!(hits.items.len(), 1);
+        assert!(
+            hits.items[0].snippet.contains("[searchable]"),
+            "{:?}",
+            hits.items[0]
+        );
+    }
+
+    #[test]
+    fn a_lost_lease_commits_nothing() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let job = claim_one(&mut store);
+        let error = store
+            .finish_ingest(&IngestRecord {
+                job_id: job.id,
+                lease_token: LeaseToken::from("f".repeat(32)),
+                file_id: None,
+                document: document('b', Some("never")),
+            })
+            .unwrap_err();
+        assert!(
+            matches!(error, DocumentError::Job(JobError::LeaseLost { .. })),
+            "{error}"
+        );
+        assert!(
+            store
+                .find_document_by_blake3(&"b".repeat(64))
+                .unwrap()
+                .is_none()
+        );
+        let page = store
+            .search_documents(
+                "never",
+                PageRequest {
+                    before_id: None,
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        assert!(page.items.is_empty());
+        assert_eq!(store.get_job(job.id).unwrap().state, JobState::Running);
+    }
+
+    #[test]
+    fn the_same_content_again_is_a_duplicate_not_a_second_document() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let first = claim_one(&mut store);
+        let created = store
+            .finish_ingest(&IngestRecord {
+                job_id: first.id,
+                lease_token: first.lease_token,
+                file_id: None,
+                document: document('c', None),
+            })
+            .unwrap();
+        let second = claim_one(&mut store);
+        let again = store
+            .finish_ingest(&IngestRecord {
+                job_id: second.id,
+                lease_token: second.lease_token,
+                file_id: None,
+                document: NewDocument {
+                    library_path: Some(PathBuf::from("/lib/cc/cc/c")),
+                    ..document('c', None)
+                },
+            })
+            .unwrap();
+        assert_eq!(again.document_id, created.document_id);
+        assert!(again.duplicate);
+        let stored = store.get_document(created.document_id).unwrap();
+        assert_eq!(stored.duplicates, 1);
+        assert_eq!(stored.library_path, Some(PathBuf::from("/lib/cc/cc/c")));
+        let all = store
+            .list_documents(
+                &DocumentFilter::default(),
+                PageRequest {
+                    before_id: None,
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        assert_eq!(all.items.len(), 1);
+    }
+
+    #[test]
+    fn intents_survive_a_new_claim_and_need_the_lease() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let job = claim_one(&mut store);
+        assert_eq!(store.ingest_intent(job.id).unwrap(), None);
+        let hash = "d".repeat(64);
+        store
+            .record_ingest_intent(job.id, &job.lease_token, &hash)
+            .unwrap();
+        store.release_job(job.id, &job.lease_token).unwrap();
+        let again = store
+            .claim_jobs("other", &["ingest"], 1, Duration::from_secs(30))
+            .unwrap()
+            .pop()
+            .unwrap();
+        assert_eq!(store.ingest_intent(again.id).unwrap(), Some(hash.clone()));
+        let error = store
+            .record_ingest_intent(again.id, &job.lease_token, &hash)
+            .unwrap_err();
+        assert!(matches!(
+            error,
+            DocumentError::Job(JobError::LeaseLost { .. })
+        ));
+        assert!(matches!(
+            store.record_ingest_intent(again.id, &again.lease_token, "xyz"),
+            Err(DocumentError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn a_failed_ingest_records_the_error() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let job = claim_one(&mut store);
+        let state = store
+            .fail_ingest(job.id, &job.lease_token, None, "not a regular file", false)
+            .unwrap();
+        assert_eq!(state, JobState::Failed);
+        assert_eq!(
+            store.get_job(job.id).unwrap().error.as_deref(),
+            Some("not a regular file")
+        );
+    }
+
+    #[test]
+    fn bad_search_queries_and_pages_are_invalid_arguments() {
+        let (_directory, store) = open_temp(Durability::Normal);
+        let page = PageRequest {
+            before_id: None,
+            limit: 10,
+        };
+        for query in ["\"unbalanced", "nosuchcolumn:word", "AND", "", "   "] {
+            let result = store.search_documents(query, page);
+            assert!(
+                matches!(result, Err(DocumentError::InvalidArgument(_))),
+                "{query:?}: {result:?}"
+            );
+        }
+        assert!(matches!(
+            store.list_documents(
+                &DocumentFilter::default(),
+                PageRequest {
+                    before_id: None,
+                    limit: 0
+                }
+            ),
+            Err(DocumentError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            store.get_document(99),
+            Err(DocumentError::NotFound(99))
+        ));
+    }
+
+    #[test]
+    fn document_pages_follow_the_cursor() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        for byte in ['1', '2', '3'] {
+            let job = claim_one(&mut store);
+            store
+                .finish_ingest(&IngestRecord {
+                    job_id: job.id,
+                    lease_token: job.lease_token,
+                    file_id: None,
+                    document: NewDocument {
+                        mime: if byte == '2' {
+                            "image/png".into()
+                        } else {
+                            "text/plain".into()
+                        },
+                        ..document(byte, Some("common words here"))
+                    },
+                })
+                .unwrap();
+        }
+        let first = store
+            .list_documents(
+                &DocumentFilter::default(),
+                PageRequest {
+                    before_id: None,
+                    limit: 2,
+                },
+            )
+            .unwrap();
+        assert_eq!(first.items.len(), 2);
+        let rest = store
+            .list_documents(
+                &DocumentFilter::default(),
+                PageRequest {
+                    before_id: first.next_cursor,
+                    limit: 2,
+                },
+            )
+            .unwrap();
+        assert_eq!(rest.items.len(), 1);
+        assert_eq!(rest.next_cursor, None);
+        let images = store
+            .list_documents(
+                &DocumentFilter {
+                    mime_prefix: Some("image/".into()),
+                },
+                PageRequest {
+                    before_id: None,
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        assert_eq!(images.items.len(), 1);
+        let hits = store
+            .search_documents(
+                "common",
+                PageRequest {
+                    before_id: None,
+                    limit: 2,
+                },
+            )
+            .unwrap();
+        assert_eq!(hits.items.len(), 2);
+        assert!(hits.next_cursor.is_some());
+    }
+}
