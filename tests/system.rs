@@ -360,9 +360,10 @@ fn a_hung_monitor_is_restarted_by_the_watchdog_and_reconciles() -> Result<()> {
     Ok(())
 }
 
-/// An ingest worker killed with SIGKILL in the middle of a job (a processor keeps the job
-/// busy for a while) is restarted by systemd; the job is taken over when its lease expires
-/// and finishes exactly once: one success, one document.
+/// An ingest worker killed with SIGKILL in the middle of a job is restarted by systemd; the
+/// job is taken over when its lease expires and finishes exactly once: one success in its
+/// history, one document, one file in the library. The job is a 2 GiB file hashed by a
+/// worker held to 10% of a CPU, so it is still running when the kill comes.
 #[test]
 fn a_worker_killed_mid_job_leaves_the_job_finished_exactly_once() -> Result<()> {
     let Some(suite) = Suite::install()? else {
@@ -370,31 +371,43 @@ fn a_worker_killed_mid_job_leaves_the_job_finished_exactly_once() -> Result<()> 
     };
     let container = &suite.container;
     suite.wait_until_every_unit_runs()?;
-    // A short lease so the takeover happens within seconds; a processor that takes 6s so
-    // the kill lands mid-job; one worker, so we know which one to kill.
+    let worker = "sluice-ingest-worker@1.service";
+    // A short lease so the takeover comes within seconds; one worker, so we know which one
+    // holds the job.
     std::fs::write(
         container.root().join("etc/sluice/sluice.toml"),
-        "[jobs]\nlease = \"6s\"\nheartbeat_interval = \"1s\"\n\n\
-         [[processor]]\nname = \"slow\"\nmime = \"text/*\"\nargv = [\"/bin/sleep\", \"6\"]\n",
+        "[jobs]\nlease = \"6s\"\nheartbeat_interval = \"1s\"\n",
     )?;
     container.check("systemctl stop sluice-ingest-worker@2.service")?;
-    container.check("systemctl restart sluice-ingest-worker@1.service sluice-monitor.service")?;
-    suite.wait_until_unit_runs("sluice-ingest-worker@1.service")?;
-    suite.drop_into_inbox("killed-mid-job.txt", "processed exactly once\n")?;
+    container.check(&format!(
+        "systemctl restart {worker} sluice-monitor.service"
+    ))?;
+    suite.wait_until_unit_runs(worker)?;
+    suite.wait_until_unit_runs("sluice-monitor.service")?;
+    container.check(&format!(
+        "systemctl set-property --runtime {worker} CPUQuota=10%"
+    ))?;
+    container.check(
+        "runuser -u _sluice -- sh -c 'head -c 2G /dev/zero > /var/lib/sluice/inbox/.big.bin \
+         && mv /var/lib/sluice/inbox/.big.bin /var/lib/sluice/inbox/big.bin'",
+    )?;
     let mut job_id = None;
     let running = wait_until(Duration::from_secs(60), || {
-        let job = suite.find_job("killed-mid-job.txt").ok().flatten();
+        let job = suite.find_job("big.bin").ok().flatten();
         job_id = job.as_ref().and_then(|job| job["id"].as_i64());
         job.is_some_and(|job| job["state"] == "running")
     });
     ensure!(
         running,
         "the ingest job never ran: {:?}",
-        suite.find_job("killed-mid-job.txt")
+        suite.find_job("big.bin")
     );
     let job_id = job_id.context("job id")?;
-    container.check("systemctl kill --kill-who=main -s KILL sluice-ingest-worker@1.service")?;
-    let finished = wait_until(Duration::from_secs(120), || {
+    container.check(&format!("systemctl kill --kill-who=main -s KILL {worker}"))?;
+    container.check(&format!(
+        "systemctl set-property --runtime {worker} CPUQuota="
+    ))?;
+    let finished = wait_until(Duration::from_secs(180), || {
         suite
             .job(job_id)
             .is_ok_and(|shown| shown["job"]["state"] == "succeeded")
@@ -418,14 +431,19 @@ fn a_worker_killed_mid_job_leaves_the_job_finished_exactly_once() -> Result<()> 
         shown["job"]["attempts"].as_i64() >= Some(2),
         "the kill did not interrupt an attempt: {shown}"
     );
-    let documents = suite.documents_named("killed-mid-job.txt")?;
+    let documents = suite.documents_named("big.bin")?;
     ensure!(
         documents.len() == 1,
         "{} documents: {documents:?}",
         documents.len()
     );
+    let library_files = container.check("find /var/lib/sluice/library -type f | wc -l")?;
     ensure!(
-        container.unit_property("sluice-ingest-worker@1.service", "NRestarts")? != "0",
+        library_files.trim() == "1",
+        "{library_files} files in the library"
+    );
+    ensure!(
+        container.unit_property(worker, "NRestarts")? != "0",
         "systemd did not restart the killed worker"
     );
     Ok(())
