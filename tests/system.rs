@@ -362,8 +362,10 @@ fn a_hung_monitor_is_restarted_by_the_watchdog_and_reconciles() -> Result<()> {
 
 /// An ingest worker killed with SIGKILL in the middle of a job is restarted by systemd; the
 /// job is taken over when its lease expires and finishes exactly once: one success in its
-/// history, one document, one file in the library. The job is a 2 GiB file hashed by a
-/// worker held to 10% of a CPU, so it is still running when the kill comes.
+/// history, one document, one file in the library. The job hashes a large file; the worker
+/// is frozen (SIGSTOP) once its job shows `running` and killed only if the job is still
+/// running then, so the kill always lands mid-job however fast this machine hashes (a
+/// faster machine just gets a larger file on the next round).
 #[test]
 fn a_worker_killed_mid_job_leaves_the_job_finished_exactly_once() -> Result<()> {
     let Some(suite) = Suite::install()? else {
@@ -384,30 +386,37 @@ fn a_worker_killed_mid_job_leaves_the_job_finished_exactly_once() -> Result<()> 
     ))?;
     suite.wait_until_unit_runs(worker)?;
     suite.wait_until_unit_runs("sluice-monitor.service")?;
-    container.check(&format!(
-        "systemctl set-property --runtime {worker} CPUQuota=10%"
-    ))?;
-    container.check(
-        "runuser -u _sluice -- sh -c 'head -c 2G /dev/zero > /var/lib/sluice/inbox/.big.bin \
-         && mv /var/lib/sluice/inbox/.big.bin /var/lib/sluice/inbox/big.bin'",
-    )?;
-    let mut job_id = None;
-    let running = wait_until(Duration::from_secs(60), || {
-        let job = suite.find_job("big.bin").ok().flatten();
-        job_id = job.as_ref().and_then(|job| job["id"].as_i64());
-        job.is_some_and(|job| job["state"] == "running")
-    });
-    ensure!(
-        running,
-        "the ingest job never ran: {:?}",
-        suite.find_job("big.bin")
-    );
-    let job_id = job_id.context("job id")?;
-    container.check(&format!("systemctl kill --kill-who=main -s KILL {worker}"))?;
-    container.check(&format!(
-        "systemctl set-property --runtime {worker} CPUQuota="
-    ))?;
-    let finished = wait_until(Duration::from_secs(180), || {
+
+    let mut killed = None;
+    for (round, size) in ["512M", "2G", "6G"].into_iter().enumerate() {
+        let name = format!("big-{round}.bin");
+        container.check(&format!(
+            "runuser -u _sluice -- sh -c 'head -c {size} /dev/urandom > /var/lib/sluice/inbox/.{name} \
+             && mv /var/lib/sluice/inbox/.{name} /var/lib/sluice/inbox/{name}'"
+        ))?;
+        let mut job_id = None;
+        let running = wait_until(Duration::from_secs(120), || {
+            let job = suite.find_job(&name).ok().flatten();
+            job_id = job.as_ref().and_then(|job| job["id"].as_i64());
+            job.is_some_and(|job| job["state"] != "queued")
+        });
+        ensure!(
+            running,
+            "the ingest job for {name} never ran: {:?}",
+            suite.find_job(&name)
+        );
+        let job_id = job_id.context("job id")?;
+        container.check(&format!("systemctl kill --kill-who=main -s STOP {worker}"))?;
+        if suite.job(job_id)?["job"]["state"] == "running" {
+            container.check(&format!("systemctl kill --kill-who=main -s KILL {worker}"))?;
+            killed = Some((job_id, name));
+            break;
+        }
+        // Finished before the freeze: thaw and try a larger file.
+        container.check(&format!("systemctl kill --kill-who=main -s CONT {worker}"))?;
+    }
+    let (job_id, name) = killed.context("every job finished before the worker could be frozen")?;
+    let finished = wait_until(Duration::from_secs(300), || {
         suite
             .job(job_id)
             .is_ok_and(|shown| shown["job"]["state"] == "succeeded")
@@ -431,17 +440,20 @@ fn a_worker_killed_mid_job_leaves_the_job_finished_exactly_once() -> Result<()> 
         shown["job"]["attempts"].as_i64() >= Some(2),
         "the kill did not interrupt an attempt: {shown}"
     );
-    let documents = suite.documents_named("big.bin")?;
+    let documents = suite.documents_named(&name)?;
     ensure!(
         documents.len() == 1,
         "{} documents: {documents:?}",
         documents.len()
     );
-    let library_files = container.check("find /var/lib/sluice/library -type f | wc -l")?;
-    ensure!(
-        library_files.trim() == "1",
-        "{library_files} files in the library"
-    );
+    let library = container.check(&format!(
+        "find /var/lib/sluice/library -type f -size {} | wc -l",
+        documents[0]["size"]
+            .as_u64()
+            .map(|size| format!("{size}c"))
+            .unwrap_or_default()
+    ))?;
+    ensure!(library.trim() == "1", "{library} library files hold {name}");
     ensure!(
         container.unit_property(worker, "NRestarts")? != "0",
         "systemd did not restart the killed worker"
