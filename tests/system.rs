@@ -546,10 +546,11 @@ impl Suite {
     }
 
     fn wait_until_unit_runs(&self, unit: &str) -> Result<()> {
-        let wanted = if unit.ends_with(".socket") {
-            "listening"
+        // A socket is `listening`, or `running` once it has handed its socket to the service.
+        let wanted: &[&str] = if unit.ends_with(".socket") {
+            &["listening", "running"]
         } else {
-            "running"
+            &["running"]
         };
         let running = wait_until(Duration::from_secs(90), || {
             self.container
@@ -560,13 +561,12 @@ impl Suite {
                 && self
                     .container
                     .unit_property(unit, "SubState")
-                    .ok()
-                    .as_deref()
-                    == Some(wanted)
+                    .is_ok_and(|state| wanted.contains(&state.as_str()))
         });
         if !running {
             bail!(
-                "{unit} is not active ({wanted}):\n{}",
+                "{unit} is not active ({}):\n{}",
+                wanted.join(" or "),
                 self.container
                     .sh(&format!(
                         "systemctl status --no-pager {unit}; journalctl --no-pager -n 40 -u {unit}"
