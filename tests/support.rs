@@ -513,3 +513,142 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", path.display()))
 }
+
+// --- monitor harness ---
+
+/// The path of a daemon binary of this workspace, built once per test process with
+/// `cargo build -p <package> --bin <binary>` (integration tests cannot name another package's
+/// binaries with `CARGO_BIN_EXE_*`).
+pub fn daemon_binary(package: &str, binary: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<std::collections::HashMap<String, Result<PathBuf, String>>>> =
+        OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(|| Mutex::new(std::collections::HashMap::new()))
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    built
+        .entry(format!("{package}/{binary}"))
+        .or_insert_with(|| build_daemon_binary(package, binary))
+        .clone()
+        .unwrap_or_else(|error| panic!("{error}"))
+}
+
+fn build_daemon_binary(package: &str, binary: &str) -> Result<PathBuf, String> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--quiet", "-p", package, "--bin", binary])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|error| format!("cannot run cargo build for {binary}: {error}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cargo build -p {package} --bin {binary} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join("debug").join(binary);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "cargo built {binary} but {} is missing",
+            path.display()
+        ))
+    }
+}
+
+/// A daemon started as a real process with its stderr (its log, on a non-journal stderr)
+/// kept in a file the test can wait on; SIGKILLed if still running when dropped.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    child: Child,
+    log_path: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `command`, logging at `log_filter` into `log_path` (appended, so a restarted
+    /// daemon's log follows the previous one).
+    pub fn start(mut command: Command, log_path: &Path, log_filter: &str) -> DaemonProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .expect("open the daemon log");
+        let child = command
+            .env("SLUICE_LOG", log_filter)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
+        DaemonProcess {
+            child,
+            log_path: log_path.to_path_buf(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log has at least `count` lines containing every one of `parts`.
+    pub fn wait_for_log_lines(&mut self, parts: &[&str], count: usize, timeout: Duration) {
+        let appeared = wait_until(timeout, || {
+            self.log()
+                .lines()
+                .filter(|line| parts.iter().all(|part| line.contains(part)))
+                .count()
+                >= count
+        });
+        assert!(
+            appeared,
+            "no {count} log lines with {parts:?} within {timeout:?}; exit: {:?}; log:\n{}",
+            self.child.try_wait(),
+            self.log()
+        );
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal the daemon");
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {timeout:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill_hard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
