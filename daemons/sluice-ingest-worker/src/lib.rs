@@ -13,10 +13,12 @@
 //!
 //! # When the worker looks at the queue
 //!
-//! Right after a step that claimed something (the queue may hold more), when a `JobQueued`
-//! signal arrives ([`wakeup`]), and otherwise on a poll that starts at 1 ms after the last
-//! claimed job and doubles up to 1 s while the queue stays empty. An idle worker's poll is a
-//! read-only query that takes no write lock.
+//! Right after a step that claimed a full batch (the queue may hold more); 2 ms after one that
+//! claimed a partial batch (the linger that turns a trickle of jobs into batches, see
+//! `CLAIM_LINGER`); when a `JobQueued` signal arrives ([`wakeup`]); and otherwise on a poll
+//! that starts at 1 ms after the last claimed job and doubles up to 1 s while the queue stays
+//! empty. An idle worker's poll is a read-only query that takes no write lock. The outcomes
+//! of a batch are committed together with the next claim.
 
 pub mod analyze;
 pub mod execute;
@@ -48,6 +50,12 @@ use execute::{Executor, JobEvent, RunningJobs, Settings, StepReport};
 /// The shortest and longest wait between two polls of an idle queue.
 const POLL_MIN: Duration = Duration::from_millis(1);
 const POLL_MAX: Duration = Duration::from_secs(1);
+/// After a batch that did not fill up (the worker has caught up with the producers), the next
+/// claim waits this long, so that jobs arriving one by one are claimed and completed in
+/// batches: every claim is a write transaction (an fsync with `durability = "full"`) that
+/// the producers would otherwise wait for. It bounds the latency it adds; a full batch is
+/// followed by the next claim at once, and an idle worker answers a wake-up at once.
+const CLAIM_LINGER: Duration = Duration::from_millis(2);
 /// How often properties are refreshed (and `STATUS=` when its text changed).
 const PROPERTIES_INTERVAL: Duration = Duration::from_secs(1);
 /// Progress is written to the database at most this often per job (signals are rate-limited
@@ -94,6 +102,7 @@ enum Event {
     Command(IngestCommand),
     WakeUp,
     PollDue,
+    ClaimDue,
     StepDone(Box<Result<StepOutput, JoinError>>),
     Job(JobEvent),
     HeartbeatDue,
@@ -190,6 +199,7 @@ pub async fn run(
         stop_deadline: None,
         give_up_at: None,
         wake_pending: true,
+        claim_not_before: Instant::now(),
         poll_delay: POLL_MIN,
         next_poll: Instant::now(),
         heartbeat: None,
@@ -259,7 +269,10 @@ struct Worker {
     stopping: Arc<AtomicBool>,
     stop_deadline: Option<Instant>,
     give_up_at: Option<Instant>,
+    /// There is a reason to claim: a wake-up, a poll, or a previous batch that found work.
     wake_pending: bool,
+    /// The linger after a partial batch: no claim before this.
+    claim_not_before: Instant,
     poll_delay: Duration,
     next_poll: Instant,
     heartbeat: Option<JoinHandle<HeartbeatResults>>,
@@ -286,6 +299,9 @@ struct Counters {
 impl Worker {
     async fn next_event(&mut self, signals: &mut SignalReceiver) -> Event {
         let idle = self.step.is_none() && !self.is_stopping();
+        let waiting_to_claim = idle && self.wake_pending;
+        let polling = idle && !self.wake_pending;
+        let claim_not_before = self.claim_not_before;
         let next_poll = self.next_poll;
         let stop_deadline = self.stop_deadline;
         let give_up_at = self.give_up_at;
@@ -296,7 +312,8 @@ impl Worker {
             output = join_optional(&mut self.step) => Event::StepDone(Box::new(output)),
             results = join_optional(&mut self.heartbeat) => Event::HeartbeatDone(results),
             () = self.wake.notified() => Event::WakeUp,
-            () = tokio::time::sleep_until(next_poll), if idle => Event::PollDue,
+            () = tokio::time::sleep_until(next_poll), if polling => Event::PollDue,
+            () = tokio::time::sleep_until(claim_not_before), if waiting_to_claim => Event::ClaimDue,
             _ = self.heartbeat_ticker.tick() => Event::HeartbeatDue,
             _ = self.properties_ticker.tick() => Event::PropertiesDue,
             _ = self.status_ticker.tick() => Event::StatusDue,
@@ -312,6 +329,8 @@ impl Worker {
             Event::Command(command) => self.on_command(command),
             Event::WakeUp => self.wake_pending = true,
             Event::PollDue => self.wake_pending = true,
+            // maybe_start_step, which runs before every wait, starts the step.
+            Event::ClaimDue => {}
             Event::StepDone(output) => return self.on_step_done(*output),
             Event::Job(event) => self.on_job_event(event).await,
             Event::HeartbeatDue => self.start_heartbeat(),
@@ -358,8 +377,10 @@ impl Worker {
             return;
         }
         let stopping = self.is_stopping();
-        let claim = !stopping && self.wake_pending;
-        if !claim && self.pending.is_empty() {
+        let claim = !stopping && self.wake_pending && Instant::now() >= self.claim_not_before;
+        // Outcomes wait for the next claim (one transaction for both), except when stopping.
+        let commit_only = stopping && !self.pending.is_empty();
+        if !claim && !commit_only {
             return;
         }
         let Some(mut executor) = self.executor.take() else {
@@ -395,8 +416,13 @@ impl Worker {
         match output.result {
             Ok(report) => {
                 self.pending = report.pending;
-                if report.claimed > 0 {
+                let batch = self.settings.claim_batch;
+                if report.claimed >= batch {
                     self.wake_pending = true;
+                    self.poll_delay = POLL_MIN;
+                } else if report.claimed > 0 {
+                    self.wake_pending = true;
+                    self.claim_not_before = Instant::now() + CLAIM_LINGER;
                     self.poll_delay = POLL_MIN;
                 } else {
                     self.next_poll = Instant::now() + self.poll_delay;
