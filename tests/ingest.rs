@@ -614,3 +614,47 @@ fn now_micros() -> u64 {
         .unwrap()
         .as_micros() as u64
 }
+
+#[test]
+fn heartbeats_keep_a_job_longer_than_its_lease_and_progress_is_saved() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    // Three times the 2 s lease: only the heartbeats (every 400 ms) keep it.
+    let id = suite.enqueue("noop", json!({"i": 3, "sleep_ms": 6000}));
+    suite.wait_for("no progress was saved while the job ran", &worker, || {
+        let job = suite.job(id);
+        job.state == JobState::Running && job.progress.is_some_and(|fraction| fraction > 0.0)
+    });
+    let running = suite.job(id);
+    assert_eq!(running.progress_message.as_deref(), Some("sleeping"));
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(job.attempts, 1, "the lease never expired");
+    assert_eq!(job.progress, Some(1.0));
+}
+
+#[test]
+fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_otherwise() {
+    let mut suite = Suite::new("5s");
+    let mut worker = suite.start_worker("1");
+    let good = std::fs::read_to_string(&suite.config_path).unwrap();
+    std::fs::write(
+        &suite.config_path,
+        format!("{good}\n[jobs]\nno_such_key = 1\n"),
+    )
+    .unwrap();
+    worker.signal(Signal::SIGHUP);
+    worker.wait_for_log_lines(&["reload failed"], 1, DEADLINE);
+    let id = suite.enqueue("noop", json!({"i": 1}));
+    assert_eq!(suite.wait_for_end(id, &worker).state, JobState::Succeeded);
+
+    std::fs::write(
+        &suite.config_path,
+        good.replace("claim_batch = 8", "claim_batch = 4"),
+    )
+    .unwrap();
+    worker.signal(Signal::SIGHUP);
+    worker.wait_for_log_lines(&["configuration reloaded"], 1, DEADLINE);
+    let id = suite.enqueue("noop", json!({"i": 2}));
+    assert_eq!(suite.wait_for_end(id, &worker).state, JobState::Succeeded);
+}
