@@ -658,3 +658,40 @@ fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_otherwise() {
     let id = suite.enqueue("noop", json!({"i": 2}));
     assert_eq!(suite.wait_for_end(id, &worker).state, JobState::Succeeded);
 }
+
+#[test]
+fn bad_start_up_input_gives_the_documented_exit_codes() {
+    let suite = Suite::new("5s");
+    let binary = daemon_binary("sluice-ingest-worker", "sluice-ingest-worker");
+    let run = |arguments: &[&str], config: &Path| {
+        Command::new(&binary)
+            .args(arguments)
+            .env("SLUICE_CONFIG", config)
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .expect("run the worker")
+    };
+    // No --instance: usage (64).
+    assert_eq!(run(&[], &suite.config_path).status.code(), Some(64));
+    // An empty instance name: usage (64).
+    assert_eq!(
+        run(&["--instance", ""], &suite.config_path).status.code(),
+        Some(64)
+    );
+    // An invalid configuration: EX_CONFIG (78), and the log names the problem.
+    let broken = suite.root.join("broken.toml");
+    std::fs::write(&broken, "[jobs]\nclaim_batch = 0\n").unwrap();
+    let output = run(&["--instance", "1"], &broken);
+    assert_eq!(output.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("claim_batch"));
+    // A second worker with the same instance name cannot own the bus name: 69.
+    let _first = suite.start_worker("1");
+    let output = run(&["--instance", "1"], &suite.config_path);
+    assert_eq!(
+        output.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already owned"));
+}

@@ -88,6 +88,7 @@ impl WorkerError {
     /// The exit status systemd sees for this failure.
     pub fn exit(&self) -> DaemonExit {
         match self {
+            WorkerError::BusSetup(BusSetupError::InvalidInstance { .. }) => DaemonExit::Usage,
             WorkerError::Store(_) | WorkerError::Bus { .. } | WorkerError::BusSetup(_) => {
                 DaemonExit::Unavailable
             }
@@ -131,6 +132,8 @@ pub async fn run(
     mut signals: SignalReceiver,
     notifier: Notifier,
 ) -> Result<(), WorkerError> {
+    // A bad instance name is a usage error, found before anything is opened.
+    bus::sanitize_instance(instance)?;
     let worker_name = format!("sluice-ingest-worker@{instance}");
     let store_path = config.store.path.clone();
     let options = config.store_options();

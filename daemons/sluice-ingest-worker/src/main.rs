@@ -44,7 +44,7 @@ fn main() -> DaemonExit {
             return DaemonExit::Software;
         }
     };
-    runtime.block_on(async {
+    let exit = runtime.block_on(async {
         let notifier = Notifier::from_environment();
         let signals = match SignalReceiver::install() {
             Ok(signals) => signals,
@@ -71,5 +71,9 @@ fn main() -> DaemonExit {
                 error.exit()
             }
         }
-    })
+    });
+    // A job body that ignored the abort flag may still occupy a blocking thread; its lease
+    // was released, so do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    exit
 }
