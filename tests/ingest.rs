@@ -695,3 +695,47 @@ fn bad_start_up_input_gives_the_documented_exit_codes() {
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("already owned"));
 }
+
+#[test]
+fn a_job_for_an_older_version_of_the_file_leaves_it_to_the_newer_job() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    let file = suite.inbox.join("draft.txt");
+    std::fs::write(&file, "second version, already rewritten").unwrap();
+    let mut payload = suite.ingest_payload(&file, &suite.inbox, "consume");
+    // The version the monitor saw before the file was rewritten.
+    payload["size"] = json!(3);
+    payload["mtime_ns"] = json!(1);
+    payload["inode"] = json!(1);
+    let id = suite.enqueue("ingest", payload);
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(job.result.unwrap()["superseded"], true);
+    assert!(
+        file.exists(),
+        "the newer job, not this one, consumes the file"
+    );
+    assert!(
+        suite
+            .store
+            .list_documents(&DocumentFilter::default(), page())
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // The job for the version on disk does the work.
+    let metadata = std::fs::metadata(&file).unwrap();
+    let mut payload = suite.ingest_payload(&file, &suite.inbox, "consume");
+    payload["size"] = json!(std::os::unix::fs::MetadataExt::size(&metadata));
+    payload["mtime_ns"] = json!(
+        std::os::unix::fs::MetadataExt::mtime(&metadata) * 1_000_000_000
+            + std::os::unix::fs::MetadataExt::mtime_nsec(&metadata)
+    );
+    payload["inode"] = json!(std::os::unix::fs::MetadataExt::ino(&metadata));
+    let id = suite.enqueue("ingest", payload);
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(job.result.unwrap()["duplicate"], false);
+    assert!(!file.exists());
+}

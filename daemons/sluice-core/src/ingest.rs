@@ -74,10 +74,27 @@ pub struct IngestPayload {
     /// is not configured, so a job cannot make it read or move files elsewhere.
     pub watch_root: PathBuf,
     pub mode: IngestMode,
+    /// The version of the file the job was queued for (the monitor writes all three): a
+    /// worker that finds another version on disk leaves the file to the job queued for that
+    /// version and finishes this one as superseded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
     /// For tests: pause this many milliseconds after the file is filed and before the outcome
     /// is committed, the window in which a crash must not cause a second document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleep_ms: Option<u64>,
+}
+
+/// A file version: size, modification time in ns since the epoch, inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileVersion {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
 }
 
 /// Why a payload is not a valid ingest payload; the message is what the failed job shows.
@@ -113,6 +130,15 @@ impl IngestPayload {
 
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).expect("an ingest payload always serializes")
+    }
+
+    /// The version the job was queued for, when the payload names one completely.
+    pub fn version(&self) -> Option<FileVersion> {
+        Some(FileVersion {
+            size: self.size?,
+            mtime_ns: self.mtime_ns?,
+            inode: self.inode?,
+        })
     }
 
     /// The path relative to the watch root (valid payloads only).
@@ -173,12 +199,21 @@ mod tests {
     #[test]
     fn a_monitor_payload_round_trips() {
         let payload = json!({"path": "/srv/inbox/a/b.txt", "file_id": 3,
-                             "watch_root": "/srv/inbox", "mode": "consume", "extra": 1});
+                             "watch_root": "/srv/inbox", "mode": "consume", "extra": 1,
+                             "size": 10, "mtime_ns": 20, "inode": 30});
         let parsed = IngestPayload::from_json(&payload).unwrap();
         assert_eq!(parsed.path, Path::new("/srv/inbox/a/b.txt"));
         assert_eq!(parsed.file_id, Some(3));
         assert_eq!(parsed.mode, IngestMode::Consume);
         assert_eq!(parsed.relative_path().unwrap(), Path::new("a/b.txt"));
+        assert_eq!(
+            parsed.version(),
+            Some(FileVersion {
+                size: 10,
+                mtime_ns: 20,
+                inode: 30
+            })
+        );
         let again = IngestPayload::from_json(&parsed.to_json()).unwrap();
         assert_eq!(again, parsed);
     }

@@ -31,6 +31,8 @@ pub struct OpenedFile {
     pub device: u64,
     pub inode: u64,
     pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
 }
 
 /// What one pass over a file found.
@@ -94,6 +96,10 @@ pub fn open_in_directory(directory: File, name: &OsStr) -> Result<Option<OpenedF
                 device: metadata.dev(),
                 inode: metadata.ino(),
                 size: metadata.size(),
+                mtime_ns: metadata
+                    .mtime()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(metadata.mtime_nsec()),
             }))
         }
         Err(Errno::ENOENT) => Ok(None),

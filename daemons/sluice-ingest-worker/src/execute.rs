@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use sluice_core::config::Config;
 use sluice_core::ingest::{
-    INGEST_JOB_KIND, IngestMode, IngestPayload, MAX_SLEEP_MS, NOOP_JOB_KIND,
+    FileVersion, INGEST_JOB_KIND, IngestMode, IngestPayload, MAX_SLEEP_MS, NOOP_JOB_KIND,
 };
 use sluice_core::store::{
     ClaimedJob, Completion, DocumentError, IngestRecord, JobError, JobState, LeaseToken,
@@ -143,6 +143,9 @@ impl RunningJobs {
 #[derive(Debug, Default)]
 pub struct StepReport {
     pub claimed: usize,
+    /// How long the claim-and-complete transaction took (the commit's cost: an fsync with
+    /// `durability = "full"`).
+    pub transaction_time: Duration,
     /// Outcomes to commit with the next step.
     pub pending: Vec<Completion>,
 }
@@ -167,6 +170,7 @@ impl Executor {
         claim: bool,
     ) -> Result<StepReport, JobError> {
         let claim = claim && !self.stopping.load(Ordering::Relaxed);
+        let transaction_started = Instant::now();
         let (results, claimed) = if claim {
             self.store.complete_and_claim(
                 &pending,
@@ -186,6 +190,7 @@ impl Executor {
         }
         let mut report = StepReport {
             claimed: claimed.len(),
+            transaction_time: transaction_started.elapsed(),
             pending: Vec::new(),
         };
         let handles: Vec<_> = claimed
@@ -294,6 +299,9 @@ impl Executor {
             Ok(()) => None,
             Err(IngestFailure::Cancelled) => Some(Outcome::Cancelled),
             Err(IngestFailure::Stopped) => Some(Outcome::Released),
+            Err(IngestFailure::Superseded(reason)) => Some(Outcome::Succeeded {
+                result: json!({ "superseded": true, "reason": reason }),
+            }),
             Err(failure) => {
                 let retryable = matches!(failure, IngestFailure::Retryable(_));
                 let message = failure.to_string();
@@ -351,6 +359,24 @@ impl Executor {
             Some(opened) => (opened, false),
             None => (self.recover_filed_file(job, payload, settings)?, true),
         };
+        if !recovering && let Some(queued) = payload.version() {
+            let found = FileVersion {
+                size: opened.size,
+                mtime_ns: opened.mtime_ns,
+                inode: opened.inode,
+            };
+            if found != queued {
+                // The monitor queues a job per version; the newer job ingests this file.
+                tracing::info!(
+                    ?queued,
+                    ?found,
+                    "the file changed since this job was queued; leaving it to the newer job"
+                );
+                return Err(IngestFailure::Superseded(format!(
+                    "the file changed after this job was queued (queued {queued:?}, found {found:?})"
+                )));
+            }
+        }
         if opened.size > settings.max_file_size {
             return Err(IngestFailure::Permanent(format!(
                 "{} is {} bytes, larger than [ingest] max_file_size ({} bytes); not read",
@@ -512,6 +538,9 @@ fn outcome_of(failure: IngestFailure) -> Outcome {
     match failure {
         IngestFailure::Cancelled => Outcome::Cancelled,
         IngestFailure::Stopped => Outcome::Released,
+        IngestFailure::Superseded(reason) => Outcome::Succeeded {
+            result: json!({ "superseded": true, "reason": reason }),
+        },
         IngestFailure::Permanent(error) => Outcome::Failed {
             error,
             retryable: false,

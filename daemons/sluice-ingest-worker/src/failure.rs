@@ -16,4 +16,8 @@ pub enum IngestFailure {
     /// The worker is stopping or lost the lease: the job is released (attempt not used).
     #[error("stopped before the job finished")]
     Stopped,
+    /// The file is no longer the version the job was queued for; the job queued for the new
+    /// version does the work, so this one ends successfully without touching anything.
+    #[error("superseded: {0}")]
+    Superseded(String),
 }

@@ -13,9 +13,9 @@
 //!
 //! # When the worker looks at the queue
 //!
-//! Right after a step that claimed a full batch (the queue may hold more); 2 ms after one that
-//! claimed a partial batch (the linger that turns a trickle of jobs into batches, see
-//! `CLAIM_LINGER`); when a `JobQueued` signal arrives ([`wakeup`]); and otherwise on a poll
+//! Right after a step that claimed a full batch (the queue may hold more); 2–20 ms after one
+//! that claimed a partial batch (the linger that turns a trickle of jobs into batches, see
+//! `CLAIM_LINGER_MIN`); when a `JobQueued` signal arrives ([`wakeup`]); and otherwise on a poll
 //! that starts at 1 ms after the last claimed job and doubles up to 1 s while the queue stays
 //! empty. An idle worker's poll is a read-only query that takes no write lock. The outcomes
 //! of a batch are committed together with the next claim.
@@ -51,11 +51,14 @@ use execute::{Executor, JobEvent, RunningJobs, Settings, StepReport};
 const POLL_MIN: Duration = Duration::from_millis(1);
 const POLL_MAX: Duration = Duration::from_secs(1);
 /// After a batch that did not fill up (the worker has caught up with the producers), the next
-/// claim waits this long, so that jobs arriving one by one are claimed and completed in
-/// batches: every claim is a write transaction (an fsync with `durability = "full"`) that
-/// the producers would otherwise wait for. It bounds the latency it adds; a full batch is
-/// followed by the next claim at once, and an idle worker answers a wake-up at once.
-const CLAIM_LINGER: Duration = Duration::from_millis(2);
+/// claim waits a little, so that jobs arriving one by one are claimed and completed in
+/// batches: every claim is a write transaction that the producers must wait for. The wait is
+/// four times what the last claim transaction took (so the worker spends at most a fifth of
+/// the database's commit capacity on claims: an fsync each with `durability = "full"`),
+/// between these bounds, which also bound the latency it adds. A full batch is followed by
+/// the next claim at once, and an idle worker answers a wake-up at once.
+const CLAIM_LINGER_MIN: Duration = Duration::from_millis(2);
+const CLAIM_LINGER_MAX: Duration = Duration::from_millis(20);
 /// How often properties are refreshed (and `STATUS=` when its text changed).
 const PROPERTIES_INTERVAL: Duration = Duration::from_secs(1);
 /// Progress is written to the database at most this often per job (signals are rate-limited
@@ -425,7 +428,7 @@ impl Worker {
                     self.poll_delay = POLL_MIN;
                 } else if report.claimed > 0 {
                     self.wake_pending = true;
-                    self.claim_not_before = Instant::now() + CLAIM_LINGER;
+                    self.claim_not_before = Instant::now() + claim_linger(report.transaction_time);
                     self.poll_delay = POLL_MIN;
                 } else {
                     self.next_poll = Instant::now() + self.poll_delay;
@@ -735,6 +738,11 @@ impl Worker {
     }
 }
 
+/// The wait before the next claim after a partial batch; see [`CLAIM_LINGER_MIN`].
+fn claim_linger(transaction_time: Duration) -> Duration {
+    (transaction_time * 4).clamp(CLAIM_LINGER_MIN, CLAIM_LINGER_MAX)
+}
+
 async fn join_optional<T>(handle: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> {
     match handle {
         Some(handle) => handle.await,
@@ -808,6 +816,16 @@ impl SignalBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_claim_linger_follows_the_commit_cost_within_bounds() {
+        assert_eq!(claim_linger(Duration::from_micros(80)), CLAIM_LINGER_MIN);
+        assert_eq!(
+            claim_linger(Duration::from_millis(3)),
+            Duration::from_millis(12)
+        );
+        assert_eq!(claim_linger(Duration::from_secs(1)), CLAIM_LINGER_MAX);
+    }
 
     #[test]
     fn the_signal_budget_allows_a_burst_then_the_rate() {
