@@ -40,10 +40,12 @@ pub struct Settings {
     pub text_max_bytes: u64,
     /// The configured watched folders and their modes.
     pub watches: Vec<(PathBuf, IngestMode)>,
+    /// The wait before the next claim after a batch that did not fill up.
+    pub claim_linger: Duration,
 }
 
 impl Settings {
-    pub fn from_config(config: &Config) -> Settings {
+    pub fn from_config(config: &Config, claim_linger: Duration) -> Settings {
         Settings {
             claim_batch: config.jobs.claim_batch as usize,
             lease: config.jobs.lease,
@@ -55,6 +57,7 @@ impl Settings {
                 .iter()
                 .map(|watch| (watch.path.clone(), watch.mode.into()))
                 .collect(),
+            claim_linger,
         }
     }
 }
@@ -143,9 +146,6 @@ impl RunningJobs {
 #[derive(Debug, Default)]
 pub struct StepReport {
     pub claimed: usize,
-    /// How long the claim-and-complete transaction took (the commit's cost: an fsync with
-    /// `durability = "full"`).
-    pub transaction_time: Duration,
     /// Outcomes to commit with the next step.
     pub pending: Vec<Completion>,
 }
@@ -170,7 +170,6 @@ impl Executor {
         claim: bool,
     ) -> Result<StepReport, JobError> {
         let claim = claim && !self.stopping.load(Ordering::Relaxed);
-        let transaction_started = Instant::now();
         let (results, claimed) = if claim {
             self.store.complete_and_claim(
                 &pending,
@@ -190,7 +189,6 @@ impl Executor {
         }
         let mut report = StepReport {
             claimed: claimed.len(),
-            transaction_time: transaction_started.elapsed(),
             pending: Vec::new(),
         };
         let handles: Vec<_> = claimed

@@ -13,9 +13,9 @@
 //!
 //! # When the worker looks at the queue
 //!
-//! Right after a step that claimed a full batch (the queue may hold more); 2–20 ms after one
+//! Right after a step that claimed a full batch (the queue may hold more); 2 ms (10 ms with full durability) after one
 //! that claimed a partial batch (the linger that turns a trickle of jobs into batches, see
-//! `CLAIM_LINGER_MIN`); when a `JobQueued` signal arrives ([`wakeup`]); and otherwise on a poll
+//! `CLAIM_LINGER_NORMAL`); when a `JobQueued` signal arrives ([`wakeup`]); and otherwise on a poll
 //! that starts at 1 ms after the last claimed job and doubles up to 1 s while the queue stays
 //! empty. An idle worker's poll is a read-only query that takes no write lock. The outcomes
 //! of a batch are committed together with the next claim.
@@ -40,7 +40,9 @@ use sluice_core::runtime::{
     ConfigReloader, DaemonExit, Notifier, ReloadOutcome, Signal, SignalReceiver, StatusLine,
     WatchdogTicker,
 };
-use sluice_core::store::{Completion, Heartbeat, JobError, JobState, Store, StoreError};
+use sluice_core::store::{
+    Completion, Durability, Heartbeat, JobError, JobState, Store, StoreError,
+};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -52,13 +54,14 @@ const POLL_MIN: Duration = Duration::from_millis(1);
 const POLL_MAX: Duration = Duration::from_secs(1);
 /// After a batch that did not fill up (the worker has caught up with the producers), the next
 /// claim waits a little, so that jobs arriving one by one are claimed and completed in
-/// batches: every claim is a write transaction that the producers must wait for. The wait is
-/// four times what the last claim transaction took (so the worker spends at most a fifth of
-/// the database's commit capacity on claims: an fsync each with `durability = "full"`),
-/// between these bounds, which also bound the latency it adds. A full batch is followed by
-/// the next claim at once, and an idle worker answers a wake-up at once.
-const CLAIM_LINGER_MIN: Duration = Duration::from_millis(2);
-const CLAIM_LINGER_MAX: Duration = Duration::from_millis(20);
+/// batches: every claim is a write transaction that the producers must wait for. With
+/// `durability = "full"` each such transaction is an fsync, the scarce resource, so the wait
+/// is longer there. A full batch is followed by the next claim at once, and an idle worker
+/// answers a wake-up at once. (A linger derived from the measured transaction time was
+/// tried: under contention that time is mostly waiting for the lock, and the linger grew
+/// until it dominated the latency.)
+const CLAIM_LINGER_NORMAL: Duration = Duration::from_millis(2);
+const CLAIM_LINGER_FULL: Duration = Duration::from_millis(10);
 /// How often properties are refreshed (and `STATUS=` when its text changed).
 const PROPERTIES_INTERVAL: Duration = Duration::from_secs(1);
 /// Progress is written to the database at most this often per job (signals are rate-limited
@@ -183,7 +186,7 @@ pub async fn run(
         running: Arc::clone(&running),
         stopping: Arc::clone(&stopping),
     };
-    let settings = Arc::new(Settings::from_config(&config));
+    let settings = Arc::new(settings_from(&config));
     let heartbeat_interval = config.jobs.heartbeat_interval;
     let status_interval = config.service.status_interval;
 
@@ -239,6 +242,14 @@ pub async fn run(
     }
     worker.service_stopped().await;
     Ok(())
+}
+
+fn settings_from(config: &Config) -> Settings {
+    let claim_linger = match config.store.durability {
+        Durability::Full => CLAIM_LINGER_FULL,
+        Durability::Normal => CLAIM_LINGER_NORMAL,
+    };
+    Settings::from_config(config, claim_linger)
 }
 
 fn reread_config() -> Result<Config, ConfigError> {
@@ -428,7 +439,7 @@ impl Worker {
                     self.poll_delay = POLL_MIN;
                 } else if report.claimed > 0 {
                     self.wake_pending = true;
-                    self.claim_not_before = Instant::now() + claim_linger(report.transaction_time);
+                    self.claim_not_before = Instant::now() + self.settings.claim_linger;
                     self.poll_delay = POLL_MIN;
                 } else {
                     self.next_poll = Instant::now() + self.poll_delay;
@@ -670,7 +681,7 @@ impl Worker {
                         "[store] path and [bus] address take effect at the next restart"
                     );
                 }
-                self.settings = Arc::new(Settings::from_config(config));
+                self.settings = Arc::new(settings_from(config));
                 if config.jobs.heartbeat_interval != before.jobs.heartbeat_interval {
                     self.heartbeat_ticker = ticker(config.jobs.heartbeat_interval);
                 }
@@ -736,11 +747,6 @@ impl Worker {
         );
         self.publish_properties(DaemonState::Stopping).await;
     }
-}
-
-/// The wait before the next claim after a partial batch; see [`CLAIM_LINGER_MIN`].
-fn claim_linger(transaction_time: Duration) -> Duration {
-    (transaction_time * 4).clamp(CLAIM_LINGER_MIN, CLAIM_LINGER_MAX)
 }
 
 async fn join_optional<T>(handle: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> {
@@ -816,16 +822,6 @@ impl SignalBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_claim_linger_follows_the_commit_cost_within_bounds() {
-        assert_eq!(claim_linger(Duration::from_micros(80)), CLAIM_LINGER_MIN);
-        assert_eq!(
-            claim_linger(Duration::from_millis(3)),
-            Duration::from_millis(12)
-        );
-        assert_eq!(claim_linger(Duration::from_secs(1)), CLAIM_LINGER_MAX);
-    }
 
     #[test]
     fn the_signal_budget_allows_a_burst_then_the_rate() {
