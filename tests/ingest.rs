@@ -482,13 +482,7 @@ fn sigterm_releases_a_slow_job_unused_and_finishes_a_quick_one() {
     });
     worker.signal(Signal::SIGTERM);
     let status = worker.wait_for_exit(DEADLINE);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "worker pid {}; log:\n{}",
-        worker.pid(),
-        worker.log()
-    );
+    assert_eq!(status.code(), Some(0), "log:\n{}", worker.log());
     let job = suite.job(slow);
     assert_eq!(job.state, JobState::Queued, "{job:?}");
     assert_eq!(job.attempts, 0, "a released job keeps its attempts");
