@@ -3,6 +3,7 @@
 //! jobs, deduplication, symlink refusal, bad payloads, kill -9 and SIGTERM in the middle of a
 //! job, cancellation, and the signals a subscriber sees.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -10,8 +11,10 @@ use futures_util::StreamExt;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use sluice_core::bus::{self, BusAddress, BusError, ingest_proxy};
+use sluice_core::config::WatchMode;
 use sluice_core::store::{
-    DocumentFilter, Durability, Job, JobError, JobState, NewJob, PageRequest, Store,
+    DetectedFile, DocumentFilter, Durability, FileState, Job, JobError, JobState, NewJob,
+    PageRequest, Store,
 };
 
 use crate::support::{
@@ -107,10 +110,7 @@ staging = "{staging}"
 
     /// Starts worker `instance` and waits until it says it is ready (READY=1 is sent then).
     fn start_worker(&self, instance: &str) -> DaemonProcess {
-        let mut command = Command::new(daemon_binary(
-            "sluice-ingest-worker",
-            "sluice-ingest-worker",
-        ));
+        let mut command = Command::new(daemon_binary("sluice-ingest-worker"));
         command
             .args(["--instance", instance])
             .env("SLUICE_CONFIG", &self.config_path);
@@ -656,7 +656,7 @@ fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_otherwise() {
 #[test]
 fn bad_start_up_input_gives_the_documented_exit_codes() {
     let suite = Suite::new("5s");
-    let binary = daemon_binary("sluice-ingest-worker", "sluice-ingest-worker");
+    let binary = daemon_binary("sluice-ingest-worker");
     let run = |arguments: &[&str], config: &Path| {
         Command::new(&binary)
             .args(arguments)
@@ -721,15 +721,54 @@ fn a_job_for_an_older_version_of_the_file_leaves_it_to_the_newer_job() {
     // The job for the version on disk does the work.
     let metadata = std::fs::metadata(&file).unwrap();
     let mut payload = suite.ingest_payload(&file, &suite.inbox, "consume");
-    payload["size"] = json!(std::os::unix::fs::MetadataExt::size(&metadata));
-    payload["mtime_ns"] = json!(
-        std::os::unix::fs::MetadataExt::mtime(&metadata) * 1_000_000_000
-            + std::os::unix::fs::MetadataExt::mtime_nsec(&metadata)
-    );
-    payload["inode"] = json!(std::os::unix::fs::MetadataExt::ino(&metadata));
+    payload["size"] = json!(metadata.size());
+    payload["mtime_ns"] = json!(metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec());
+    payload["inode"] = json!(metadata.ino());
     let id = suite.enqueue("ingest", payload);
     let job = suite.wait_for_end(id, &worker);
     assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     assert_eq!(job.result.unwrap()["duplicate"], false);
     assert!(!file.exists());
+}
+
+#[test]
+fn a_file_recorded_by_the_monitors_store_code_ends_ingested_or_duplicate() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    let mut detect = |path: &Path| {
+        let metadata = std::fs::metadata(path).unwrap();
+        let detected = DetectedFile {
+            watch_root: suite.inbox.clone(),
+            path: path.to_path_buf(),
+            mode: WatchMode::Consume,
+            size: metadata.size(),
+            mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
+            inode: metadata.ino(),
+        };
+        suite
+            .store
+            .record_detected_files(&[detected], 3)
+            .unwrap()
+            .remove(0)
+    };
+    let first = suite.inbox.join("report.txt");
+    let copy = suite.inbox.join("report (1).txt");
+    std::fs::write(&first, "quarterly numbers\n").unwrap();
+    std::fs::write(&copy, "quarterly numbers\n").unwrap();
+    let first_detection = detect(&first);
+    let copy_detection = detect(&copy);
+    for detection in [&first_detection, &copy_detection] {
+        let job = suite.wait_for_end(detection.job_id, &worker);
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    }
+    let first_row = suite.store.get_file(first_detection.file_id).unwrap();
+    let copy_row = suite.store.get_file(copy_detection.file_id).unwrap();
+    assert_eq!(first_row.state, FileState::Ingested);
+    assert_eq!(copy_row.state, FileState::Duplicate);
+    assert!(first_row.document_id.is_some());
+    assert_eq!(first_row.document_id, copy_row.document_id);
+    assert!(
+        !first.exists() && !copy.exists(),
+        "both copies were consumed"
+    );
 }

@@ -1,7 +1,11 @@
 //! The integration test binary: one module per area, the harness in `support`.
 
 mod bus;
+mod cli;
 mod ingest;
+mod monitor;
 mod runtime;
+mod scraper;
 mod store;
 mod support;
+mod web;

@@ -516,10 +516,11 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
 
 // --- monitor harness ---
 
-/// The path of a daemon binary of this workspace, built once per test process with
-/// `cargo build -p <package> --bin <binary>` (integration tests cannot name another package's
-/// binaries with `CARGO_BIN_EXE_*`).
-pub fn daemon_binary(package: &str, binary: &str) -> PathBuf {
+/// The path of a daemon or CLI binary of this workspace (package and binary share the name),
+/// built once per test process with `cargo build -p <name> --bin <name>` (integration tests
+/// cannot name another package's binaries with `CARGO_BIN_EXE_*`).
+pub fn daemon_binary(name: &str) -> PathBuf {
+    let (package, binary) = (name, name);
     static BUILT: OnceLock<Mutex<std::collections::HashMap<String, Result<PathBuf, String>>>> =
         OnceLock::new();
     let mut built = BUILT
@@ -646,5 +647,517 @@ impl Drop for DaemonProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+// --- web harness ---
+
+/// The API token the web harness writes into its token file.
+pub const WEB_TEST_TOKEN: &str = "test-token-0123456789abcdef";
+
+/// Everything a test of sluice-web or sluicectl needs: a private bus, a temporary state
+/// directory with a configuration file, a token file and the database path.
+#[derive(Debug)]
+pub struct SuiteFixture {
+    pub bus: PrivateBus,
+    pub directory: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub database: PathBuf,
+}
+
+impl SuiteFixture {
+    /// Writes a configuration for this fixture; `extra` is appended to the file (more keys of
+    /// tables that are not written here, or whole tables).
+    pub fn new(web_section: &str, extra: &str) -> SuiteFixture {
+        let bus = PrivateBus::start(BusPolicy::AllowEverything).expect("private bus");
+        let directory = tempfile::tempdir().expect("temp dir");
+        let root = directory.path();
+        for folder in ["inbox", "staging", "library"] {
+            std::fs::create_dir_all(root.join(folder)).expect("state folder");
+        }
+        std::fs::write(root.join("api-token"), format!("{WEB_TEST_TOKEN}\n")).expect("token");
+        let database = root.join("sluice.db");
+        let config = format!(
+            r#"[store]
+path = "{root}/sluice.db"
+durability = "normal"
+
+[bus]
+address = "{address}"
+
+[web]
+listen = "127.0.0.1:0"
+token_file = "{root}/api-token"
+{web_section}
+
+[[watch]]
+path = "{root}/inbox"
+mode = "consume"
+
+[ingest]
+library = "{root}/library"
+
+[scraper]
+inbox = "{root}/inbox"
+staging = "{root}/staging"
+allow_private_addresses = false
+
+[service]
+status_interval = "200ms"
+stop_timeout = "5s"
+
+[limits]
+max_request_body = "4 KiB"
+
+{extra}
+"#,
+            root = root.display(),
+            address = bus.address(),
+        );
+        let config_path = root.join("sluice.toml");
+        std::fs::write(&config_path, config).expect("config file");
+        SuiteFixture {
+            bus,
+            directory,
+            config_path,
+            database,
+        }
+    }
+
+    pub fn store(&self) -> Store {
+        open_store(&self.database, Durability::Normal)
+    }
+
+    /// A zbus connection to the fixture's bus, on `runtime`.
+    pub fn connect(&self, runtime: &tokio::runtime::Runtime) -> zbus::Connection {
+        runtime
+            .block_on(sluice_core::bus::connect(
+                &sluice_core::bus::BusAddress::Address(self.bus.address().to_owned()),
+            ))
+            .expect("connect to the private bus")
+    }
+}
+
+/// A running `sluice-web` process; killed when dropped.
+#[derive(Debug)]
+pub struct WebDaemon {
+    child: Child,
+    stderr_path: PathBuf,
+    /// `http://127.0.0.1:PORT` (without the base path).
+    pub origin: String,
+    pub address: std::net::SocketAddr,
+}
+
+impl WebDaemon {
+    /// Starts sluice-web with the fixture's configuration and waits until it owns
+    /// `org.sluice.Web1`, says it is running and names the address it listens on.
+    pub fn start(fixture: &SuiteFixture) -> WebDaemon {
+        let stderr_path = fixture.directory.path().join(format!(
+            "sluice-web-{}.stderr",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_nanos())
+                .unwrap_or_default()
+        ));
+        let child = Command::new(daemon_binary("sluice-web"))
+            .arg("--config")
+            .arg(&fixture.config_path)
+            .env("SLUICE_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("start sluice-web");
+        let mut daemon = WebDaemon {
+            child,
+            stderr_path,
+            origin: String::new(),
+            address: "127.0.0.1:0".parse().expect("address"),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let connection = fixture.connect(&runtime);
+        let mut listen_address = None;
+        let started = wait_until(STARTUP_DEADLINE, || {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("sluice-web exited with {status}: {}", daemon.stderr());
+            }
+            listen_address = runtime.block_on(async {
+                let proxy = sluice_core::bus::WebProxy::builder(&connection)
+                    .cache_properties(zbus::proxy::CacheProperties::No)
+                    .build()
+                    .await
+                    .ok()?;
+                (proxy.state().await.ok()? == "running").then_some(())?;
+                proxy.listen_address().await.ok()
+            });
+            listen_address.is_some()
+        });
+        assert!(started, "sluice-web did not start: {}", daemon.stderr());
+        let address: std::net::SocketAddr = listen_address
+            .expect("listen address")
+            .parse()
+            .expect("ListenAddress is ip:port");
+        daemon.origin = format!("http://{address}");
+        daemon.address = address;
+        daemon
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Waits for the process to exit (after a signal the test sent).
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for WebDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client that returns 4xx and 5xx responses instead of failing on them.
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// Status and body of a response, with the body parsed as JSON when it is JSON.
+pub fn http_result(
+    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> (u16, serde_json::Value) {
+    let mut response = response.expect("HTTP request");
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().expect("response body");
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, body)
+}
+
+// --- scraper harness ---
+
+/// What the HTTP fixture answers on one path.
+#[derive(Debug, Clone)]
+pub enum FixtureRoute {
+    /// A file with a strong ETag, honouring `Range: bytes=N-` (with `If-Range`), sent in
+    /// chunks of `chunk` bytes with `pause` between them (slow enough to kill or cancel
+    /// mid-transfer). Without `content_length` the body is delimited by closing the
+    /// connection.
+    File {
+        body: Arc<Vec<u8>>,
+        etag: String,
+        chunk: usize,
+        pause: Duration,
+        content_length: bool,
+    },
+    /// A bare status with a short text body.
+    Status(u16),
+    /// `status` for the first `failures` requests, then the file.
+    FailThenServe {
+        failures: Arc<std::sync::atomic::AtomicUsize>,
+        status: u16,
+        body: Arc<Vec<u8>>,
+    },
+    /// `302 Found` to this location.
+    Redirect(String),
+}
+
+impl FixtureRoute {
+    /// A file served at full speed.
+    pub fn file(body: Vec<u8>) -> FixtureRoute {
+        FixtureRoute::File {
+            body: Arc::new(body),
+            etag: "\"fixture-v1\"".to_owned(),
+            chunk: 64 * 1024,
+            pause: Duration::ZERO,
+            content_length: true,
+        }
+    }
+
+    /// The same file sent `chunk` bytes at a time with `pause` between chunks.
+    pub fn slow_file(body: Vec<u8>, chunk: usize, pause: Duration) -> FixtureRoute {
+        FixtureRoute::File {
+            body: Arc::new(body),
+            etag: "\"fixture-v1\"".to_owned(),
+            chunk,
+            pause,
+            content_length: true,
+        }
+    }
+}
+
+/// One request the fixture received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixtureRequest {
+    pub path: String,
+    pub range: Option<String>,
+    pub if_range: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct FixtureState {
+    routes: Mutex<std::collections::HashMap<String, FixtureRoute>>,
+    requests: Mutex<Vec<FixtureRequest>>,
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+/// A real HTTP/1.1 server on 127.0.0.1 with an OS-chosen port, one thread per connection,
+/// every response `Connection: close`. It records every request it gets.
+#[derive(Debug)]
+pub struct HttpFixture {
+    address: std::net::SocketAddr,
+    state: Arc<FixtureState>,
+}
+
+impl HttpFixture {
+    pub fn start() -> HttpFixture {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the fixture");
+        let address = listener.local_addr().expect("fixture address");
+        let state = Arc::new(FixtureState::default());
+        let accepting = Arc::clone(&state);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if accepting.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let state = Arc::clone(&accepting);
+                std::thread::spawn(move || {
+                    // A client that goes away mid-response (killed, cancelled) is expected.
+                    let _ = serve_fixture_connection(stream, &state);
+                });
+            }
+        });
+        HttpFixture { address, state }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.address.port())
+    }
+
+    /// Sets (or replaces) what `path` answers.
+    pub fn route(&self, path: &str, route: FixtureRoute) {
+        self.state
+            .routes
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), route);
+    }
+
+    pub fn requests(&self) -> Vec<FixtureRequest> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// The requests for one path.
+    pub fn requests_for(&self, path: &str) -> Vec<FixtureRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|request| request.path == path)
+            .collect()
+    }
+}
+
+impl Drop for HttpFixture {
+    fn drop(&mut self) {
+        self.state
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(self.address);
+    }
+}
+
+fn serve_fixture_connection(
+    stream: std::net::TcpStream,
+    state: &FixtureState,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_owned();
+    let mut headers = std::collections::HashMap::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+        }
+    }
+    let request = FixtureRequest {
+        path: path.clone(),
+        range: headers.get("range").cloned(),
+        if_range: headers.get("if-range").cloned(),
+        user_agent: headers.get("user-agent").cloned(),
+    };
+    state.requests.lock().unwrap().push(request.clone());
+    let route = state.routes.lock().unwrap().get(&path).cloned();
+    let mut stream = stream;
+    let simple = |stream: &mut std::net::TcpStream, status: u16, extra: &str| {
+        let body = format!("status {status}\n");
+        write!(
+            stream,
+            "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+            reason_phrase(status),
+            body.len()
+        )
+    };
+    match route {
+        None => simple(&mut stream, 404, ""),
+        Some(FixtureRoute::Status(status)) => simple(&mut stream, status, ""),
+        Some(FixtureRoute::Redirect(location)) => {
+            simple(&mut stream, 302, &format!("Location: {location}\r\n"))
+        }
+        Some(FixtureRoute::FailThenServe {
+            failures,
+            status,
+            body,
+        }) => {
+            let failed = failures
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |left| left.checked_sub(1),
+                )
+                .is_ok();
+            if failed {
+                simple(&mut stream, status, "")
+            } else {
+                send_fixture_file(
+                    &mut stream,
+                    &request,
+                    &body,
+                    "\"fixture-v1\"",
+                    64 * 1024,
+                    Duration::ZERO,
+                    true,
+                )
+            }
+        }
+        Some(FixtureRoute::File {
+            body,
+            etag,
+            chunk,
+            pause,
+            content_length,
+        }) => send_fixture_file(
+            &mut stream,
+            &request,
+            &body,
+            &etag,
+            chunk,
+            pause,
+            content_length,
+        ),
+    }
+}
+
+fn send_fixture_file(
+    stream: &mut std::net::TcpStream,
+    request: &FixtureRequest,
+    body: &[u8],
+    etag: &str,
+    chunk: usize,
+    pause: Duration,
+    content_length: bool,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let length = body.len() as u64;
+    let validator_matches = request
+        .if_range
+        .as_deref()
+        .is_none_or(|validator| validator == etag);
+    let start = request
+        .range
+        .as_deref()
+        .and_then(|range| range.strip_prefix("bytes="))
+        .and_then(|range| range.strip_suffix('-'))
+        .and_then(|start| start.parse::<u64>().ok())
+        .filter(|_| validator_matches);
+    let mut head = String::new();
+    let offset = match start {
+        Some(start) if start >= length => {
+            write!(
+                stream,
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{length}\r\n\
+                 Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
+            return Ok(());
+        }
+        Some(start) => {
+            head.push_str("HTTP/1.1 206 Partial Content\r\n");
+            head.push_str(&format!(
+                "Content-Range: bytes {start}-{}/{length}\r\n",
+                length - 1
+            ));
+            start
+        }
+        None => {
+            head.push_str("HTTP/1.1 200 OK\r\n");
+            0
+        }
+    };
+    if content_length {
+        head.push_str(&format!("Content-Length: {}\r\n", length - offset));
+    }
+    head.push_str(&format!(
+        "ETag: {etag}\r\nAccept-Ranges: bytes\r\nContent-Type: application/octet-stream\r\n\
+         Connection: close\r\n\r\n"
+    ));
+    stream.write_all(head.as_bytes())?;
+    for piece in body[offset as usize..].chunks(chunk.max(1)) {
+        stream.write_all(piece)?;
+        stream.flush()?;
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+    Ok(())
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        302 => "Found",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
     }
 }

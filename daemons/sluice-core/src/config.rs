@@ -129,8 +129,10 @@ pub struct WatchConfig {
     pub quiet_period: Duration,
 }
 
-/// What happens to a file in a watched folder once it is ingested.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// What happens to a file in a watched folder once it is ingested. Serialized in lower case,
+/// as in the file, because it travels in the ingest job's payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum WatchMode {
     /// Moved into the library; the folder empties.
     Consume,

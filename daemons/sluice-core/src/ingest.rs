@@ -1,16 +1,18 @@
 //! The contract between the producers of ingest jobs (the monitor, sluicectl) and the ingest
 //! workers: the job kinds and the JSON payload of an `ingest` job, with its validation.
 //!
-//! The payload is written by the monitor when it records a file and read by a worker when it
-//! claims the job, so both sides use this one serde struct and can never drift apart.
+//! The monitor writes the payload as `store::files::IngestPayload` (every field set); a worker
+//! reads it as [`IngestPayload`] here, which accepts that form and also a hand-made job
+//! without a `files` row or version (sluicectl, tests), and validates it. A unit test below
+//! keeps the two forms compatible.
 
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The job kind of "read this file, hash it, catalogue it, file it".
-pub const INGEST_JOB_KIND: &str = "ingest";
+/// The job kind of "read this file, hash it, catalogue it, file it"; the monitor's constant.
+pub use crate::store::files::INGEST_JOB_KIND;
 
 /// The job kind that does nothing but record when it ran: benchmark W1 and health checks.
 ///
@@ -216,6 +218,32 @@ mod tests {
         );
         let again = IngestPayload::from_json(&parsed.to_json()).unwrap();
         assert_eq!(again, parsed);
+    }
+
+    #[test]
+    fn the_monitors_payload_is_read_as_written() {
+        let written = crate::store::files::IngestPayload {
+            path: PathBuf::from("/srv/inbox/x.pdf"),
+            file_id: 9,
+            watch_root: PathBuf::from("/srv/inbox"),
+            mode: crate::config::WatchMode::Index,
+            size: 100,
+            mtime_ns: 1_700_000_000_000_000_000,
+            inode: 77,
+        };
+        let read = IngestPayload::from_json(&serde_json::to_value(&written).unwrap()).unwrap();
+        assert_eq!(read.path, written.path);
+        assert_eq!(read.file_id, Some(9));
+        assert_eq!(read.watch_root, written.watch_root);
+        assert_eq!(read.mode, IngestMode::Index);
+        assert_eq!(
+            read.version(),
+            Some(FileVersion {
+                size: 100,
+                mtime_ns: 1_700_000_000_000_000_000,
+                inode: 77
+            })
+        );
     }
 
     #[test]

@@ -12,6 +12,13 @@
 //! does) at most once per `--signal-interval-us`, so an idle worker wakes within about that
 //! long without a signal per job; the workers' own poll (1 ms doubling to 1 s after the last
 //! claim) catches whatever a skipped signal would have said.
+//!
+//! `w3`: W3 folder-monitor latency — a real `sluice-monitor` (the release binary beside this
+//! one) on a private `dbus-daemon` watches a fresh folder on tmpfs (the database on disk); this
+//! process writes files of 64 bytes on a fixed schedule and measures close() → `FileDetected`
+//! received over D-Bus (the signal is sent after the file's row and job are committed). The
+//! burst variant writes 10,000 files back to back into a second fresh folder and reports the
+//! create time, the time until the last file is committed, and missed files.
 // A benchmark's output is its product.
 #![allow(clippy::print_stdout)]
 
@@ -73,6 +80,28 @@ enum Workload {
         /// Consumer processes; 0 measures enqueue alone (no drain).
         #[arg(long, default_value_t = 2)]
         consumers: usize,
+        /// Enqueue everything first, then start the consumers (the "full backlog" variant the
+        /// peers' latency figures were taken with).
+        #[arg(long)]
+        preload: bool,
+    },
+    /// W3 folder-monitor latency and burst, through the real sluice-monitor.
+    W3 {
+        #[arg(long, default_value_t = 1000)]
+        files: usize,
+        /// Milliseconds between two files of the latency run.
+        #[arg(long, default_value_t = 5)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 10_000)]
+        burst: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where the watched folders go (tmpfs, as BENCHMARKS.md asks).
+        #[arg(long, default_value = "/dev/shm")]
+        watch_directory: PathBuf,
+        /// Where the databases go (a disk-backed directory).
+        #[arg(long, default_value = "/var/tmp")]
+        directory: PathBuf,
     },
 }
 
@@ -118,16 +147,51 @@ fn main() -> anyhow::Result<()> {
             directory,
             batch,
             consumers,
+            preload,
         } => {
             let mut report = Vec::new();
             for durability in [Durability::Normal, Durability::Full] {
                 let mut samples = Vec::new();
                 for run in 1..=runs {
-                    let sample = run_w1_lib(jobs, durability, &directory, batch, consumers)?;
+                    let sample =
+                        run_w1_lib(jobs, durability, &directory, batch, consumers, preload)?;
                     eprintln!("w1-lib {} run {run}: {sample}", durability.as_str());
                     samples.push(sample);
                 }
-                report.push(summarize("w1-lib", durability, &samples));
+                let name = if preload { "w1-lib-backlog" } else { "w1-lib" };
+                report.push(summarize(name, durability, &samples));
+            }
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Workload::W3 {
+            files,
+            interval_ms,
+            burst,
+            runs,
+            watch_directory,
+            directory,
+        } => {
+            let mut report = Vec::new();
+            for durability in [Durability::Full, Durability::Normal] {
+                let mut latency_samples = Vec::new();
+                let mut burst_samples = Vec::new();
+                for run in 1..=runs {
+                    let sample = w3::latency_run(
+                        files,
+                        Duration::from_millis(interval_ms),
+                        durability,
+                        &watch_directory,
+                        &directory,
+                    )?;
+                    eprintln!("w3 {} run {run}: {sample}", durability.as_str());
+                    latency_samples.push(sample);
+                    let sample = w3::burst_run(burst, durability, &watch_directory, &directory)?;
+                    eprintln!("w3-burst {} run {run}: {sample}", durability.as_str());
+                    burst_samples.push(sample);
+                }
+                report.push(summarize("w3", durability, &latency_samples));
+                report.push(summarize("w3-burst", durability, &burst_samples));
             }
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
@@ -141,6 +205,7 @@ fn run_w1_lib(
     directory: &Path,
     batch: usize,
     consumer_count: usize,
+    preload: bool,
 ) -> anyhow::Result<Value> {
     let scratch = tempfile::tempdir_in(directory).context("scratch directory")?;
     let database = scratch.path().join("sluice.db");
@@ -154,19 +219,26 @@ fn run_w1_lib(
     };
     let mut store = Store::open(&database, &options)?;
     let worker_program = sibling_program("queue-child")?;
-    let mut consumers: Vec<Child> = (0..consumer_count)
-        .map(|n| {
-            Command::new(&worker_program)
-                .arg("--db")
-                .arg(&database)
-                .args(["--durability", durability.as_str(), "worker"])
-                .args(["--name", &format!("bench-{n}"), "--kinds", "noop"])
-                .args(["--batch", &batch.to_string(), "--idle-ms", "600000"])
-                .stdout(Stdio::null())
-                .spawn()
-                .context("starting a consumer")
-        })
-        .collect::<Result<_, _>>()?;
+    let spawn_consumers = || -> anyhow::Result<Vec<Child>> {
+        (0..consumer_count)
+            .map(|n| {
+                Command::new(&worker_program)
+                    .arg("--db")
+                    .arg(&database)
+                    .args(["--durability", durability.as_str(), "worker"])
+                    .args(["--name", &format!("bench-{n}"), "--kinds", "noop"])
+                    .args(["--batch", &batch.to_string(), "--idle-ms", "600000"])
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("starting a consumer")
+            })
+            .collect::<Result<_, _>>()
+    };
+    let mut consumers = if preload {
+        Vec::new()
+    } else {
+        spawn_consumers()?
+    };
     // Let the consumers open the database before the clock starts.
     std::thread::sleep(Duration::from_millis(300));
 
@@ -180,17 +252,24 @@ fn run_w1_lib(
     if consumer_count == 0 {
         return Ok(json!({ "enqueue_rate": total as f64 / enqueue_seconds }));
     }
+    // With a preloaded backlog the drain clock starts when the consumers do.
+    let drain_started = if preload {
+        consumers = spawn_consumers()?;
+        Instant::now()
+    } else {
+        started
+    };
     loop {
         let succeeded = store.job_counts()?[&JobState::Succeeded];
         if succeeded as usize >= total {
             break;
         }
-        if started.elapsed() > Duration::from_secs(600) {
+        if drain_started.elapsed() > Duration::from_secs(600) {
             bail!("only {succeeded} of {total} jobs succeeded after 10 minutes");
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let drain_seconds = started.elapsed().as_secs_f64();
+    let drain_seconds = drain_started.elapsed().as_secs_f64();
     for consumer in &mut consumers {
         let _ = consumer.kill();
         let _ = consumer.wait();
@@ -529,6 +608,344 @@ fn sibling_program(name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(sibling)
+}
+
+mod w3 {
+    //! The W3 driver: a private bus, a real monitor, files written on a schedule.
+
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, bail};
+    use futures_util::StreamExt;
+    use serde_json::{Value, json};
+    use sluice_core::bus::{self, BusAddress};
+    use sluice_core::store::Durability;
+
+    use super::{percentile, sibling_program};
+
+    /// 64 bytes, the W3 file size.
+    const CONTENT: &[u8; 64] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// close() → FileDetected for `total` files written `interval` apart.
+    pub fn latency_run(
+        total: usize,
+        interval: Duration,
+        durability: Durability,
+        watch_directory: &Path,
+        directory: &Path,
+    ) -> anyhow::Result<Value> {
+        let suite = Suite::start(durability, watch_directory, directory)?;
+        let closed_at: Vec<Instant> = {
+            let folder = suite.folder.clone();
+            let started = Instant::now();
+            (0..total)
+                .map(|index| {
+                    let due = started + interval * index as u32;
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    write_file(&folder.join(format!("w3-{index:05}"))).map(|()| Instant::now())
+                })
+                .collect::<anyhow::Result<_>>()?
+        };
+        suite.wait_for_detections(total, Duration::from_secs(10));
+        let detected = suite.detections();
+        let mut latencies_ms: Vec<f64> = (0..total)
+            .filter_map(|index| {
+                let path = suite.folder.join(format!("w3-{index:05}"));
+                detected.get(path.to_str()?).map(|received| {
+                    received
+                        .saturating_duration_since(closed_at[index])
+                        .as_secs_f64()
+                        * 1000.0
+                })
+            })
+            .collect();
+        latencies_ms.sort_by(f64::total_cmp);
+        let missed = total - latencies_ms.len();
+        Ok(json!({
+            "p50_ms": percentile(&latencies_ms, 0.50),
+            "p99_ms": percentile(&latencies_ms, 0.99),
+            "max_ms": latencies_ms.last().copied().unwrap_or(0.0),
+            "missed": missed as f64,
+        }))
+    }
+
+    /// `total` files back to back; the time to create them, until the last is committed, and
+    /// the files never recorded.
+    pub fn burst_run(
+        total: usize,
+        durability: Durability,
+        watch_directory: &Path,
+        directory: &Path,
+    ) -> anyhow::Result<Value> {
+        let suite = Suite::start(durability, watch_directory, directory)?;
+        let started = Instant::now();
+        for index in 0..total {
+            write_file(&suite.folder.join(format!("burst-{index:05}")))?;
+        }
+        let create_seconds = started.elapsed().as_secs_f64();
+        // Signals are the fast path; the database is the truth for what was recorded.
+        suite.wait_for_detections(total, Duration::from_secs(60));
+        let last_signal = suite.detections().values().max().copied();
+        let store =
+            sluice_core::store::Store::open(&suite.database, &super::store_options(durability))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let recorded = loop {
+            let recorded = count_files(&store)?;
+            if recorded >= total || Instant::now() >= deadline {
+                break recorded;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let committed_seconds = match last_signal {
+            Some(at) if suite.detections().len() >= total => {
+                at.saturating_duration_since(started).as_secs_f64()
+            }
+            _ => started.elapsed().as_secs_f64(),
+        };
+        Ok(json!({
+            "create_s": create_seconds,
+            "last_committed_s": committed_seconds,
+            "missed": (total - recorded.min(total)) as f64,
+            "signals_missed": (total - suite.detections().len().min(total)) as f64,
+        }))
+    }
+
+    fn count_files(store: &sluice_core::store::Store) -> anyhow::Result<usize> {
+        Ok(store.file_counts()?.values().sum::<u64>() as usize)
+    }
+
+    fn write_file(path: &Path) -> anyhow::Result<()> {
+        let mut file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        file.write_all(CONTENT)?;
+        drop(file);
+        Ok(())
+    }
+
+    /// A private bus, a monitor watching a fresh folder, and the FileDetected signals
+    /// received (path → time of receipt).
+    struct Suite {
+        folder: PathBuf,
+        database: PathBuf,
+        detections: Arc<Mutex<HashMap<String, Instant>>>,
+        bus: Child,
+        monitor: Child,
+        _watch_scratch: tempfile::TempDir,
+        _scratch: tempfile::TempDir,
+    }
+
+    impl Suite {
+        fn start(
+            durability: Durability,
+            watch_directory: &Path,
+            directory: &Path,
+        ) -> anyhow::Result<Suite> {
+            let scratch = tempfile::tempdir_in(directory).context("scratch directory")?;
+            let watch_scratch =
+                tempfile::tempdir_in(watch_directory).context("watch scratch directory")?;
+            let folder = watch_scratch.path().join("inbox");
+            std::fs::create_dir(&folder)?;
+            let (bus, address) = start_bus(scratch.path())?;
+            let database = scratch.path().join("sluice.db");
+            let config = scratch.path().join("sluice.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[store]\npath = \"{}\"\ndurability = \"{}\"\n[bus]\naddress = \"{address}\"\n\
+                     [[watch]]\npath = \"{}\"\nmode = \"consume\"\n[ingest]\nlibrary = \"{}\"\n",
+                    database.display(),
+                    durability.as_str(),
+                    folder.display(),
+                    scratch.path().join("library").display(),
+                ),
+            )?;
+            let detections = Arc::new(Mutex::new(HashMap::new()));
+            let subscribed = subscribe(&address, Arc::clone(&detections))?;
+            let monitor = Command::new(sibling_program("sluice-monitor")?)
+                .arg("--config")
+                .arg(&config)
+                .env("SLUICE_LOG", "warn")
+                .env_remove("NOTIFY_SOCKET")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(scratch.path().join("monitor.log"))?)
+                .spawn()
+                .context("starting sluice-monitor")?;
+            subscribed.wait_for_monitor()?;
+            Ok(Suite {
+                folder,
+                database,
+                detections,
+                bus,
+                monitor,
+                _watch_scratch: watch_scratch,
+                _scratch: scratch,
+            })
+        }
+
+        fn detections(&self) -> HashMap<String, Instant> {
+            self.detections.lock().unwrap().clone()
+        }
+
+        fn wait_for_detections(&self, total: usize, patience: Duration) {
+            let mut last_count = 0;
+            let mut last_progress = Instant::now();
+            loop {
+                let count = self.detections.lock().unwrap().len();
+                if count >= total {
+                    return;
+                }
+                if count != last_count {
+                    last_count = count;
+                    last_progress = Instant::now();
+                } else if last_progress.elapsed() > patience {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    impl Drop for Suite {
+        fn drop(&mut self) {
+            for child in [&mut self.monitor, &mut self.bus] {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    fn start_bus(directory: &Path) -> anyhow::Result<(Child, String)> {
+        let config = directory.join("bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <auth>EXTERNAL</auth>
+  <listen>unix:path={}</listen>
+  <policy context="default">
+    <allow user="*"/><allow own="*"/><allow send_type="method_call"/><allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/><allow receive_type="method_return"/>
+    <allow receive_type="error"/><allow receive_type="signal"/>
+  </policy>
+</busconfig>
+"#,
+                directory.join("bus.socket").display()
+            ),
+        )?;
+        let mut bus = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .args(["--nofork", "--print-address=1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            // It complains that it may not raise its fd limit; irrelevant for one client.
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting dbus-daemon")?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(bus.stdout.take().context("dbus-daemon stdout")?),
+            &mut line,
+        )?;
+        if line.trim().is_empty() {
+            bail!("dbus-daemon printed no address");
+        }
+        Ok((bus, line.trim().to_owned()))
+    }
+
+    /// Receives FileDetected on a thread of its own; `wait_for_monitor` returns once the
+    /// monitor owns its name.
+    struct Subscription {
+        ready: std::sync::mpsc::Receiver<anyhow::Result<()>>,
+    }
+
+    impl Subscription {
+        fn wait_for_monitor(&self) -> anyhow::Result<()> {
+            self.ready
+                .recv_timeout(Duration::from_secs(30))
+                .context("the monitor did not start")?
+        }
+    }
+
+    fn subscribe(
+        address: &str,
+        detections: Arc<Mutex<HashMap<String, Instant>>>,
+    ) -> anyhow::Result<Subscription> {
+        let (ready_sender, ready) = std::sync::mpsc::channel();
+        let address = address.to_owned();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            runtime.block_on(async move {
+                let setup = async {
+                    let connection = bus::connect(&BusAddress::Address(address)).await?;
+                    let rule = zbus::MatchRule::builder()
+                        .msg_type(zbus::message::Type::Signal)
+                        .interface("org.sluice.Monitor1")
+                        .member("FileDetected")
+                        .build()?;
+                    let stream =
+                        zbus::MessageStream::for_match_rule(rule, &connection, None).await?;
+                    let dbus = zbus::fdo::DBusProxy::new(&connection).await?;
+                    let started = Instant::now();
+                    while !dbus
+                        .name_has_owner("org.sluice.Monitor1".try_into()?)
+                        .await?
+                    {
+                        if started.elapsed() > Duration::from_secs(30) {
+                            bail!("the monitor never owned its bus name");
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Ok::<_, anyhow::Error>((connection, stream))
+                };
+                let (_connection, mut stream) = match setup.await {
+                    Ok(parts) => parts,
+                    Err(error) => {
+                        let _ = ready_sender.send(Err(error));
+                        return;
+                    }
+                };
+                // The start reconcile of an empty folder is immediate, but give it a moment.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = ready_sender.send(Ok(()));
+                while let Some(Ok(message)) = stream.next().await {
+                    let received = Instant::now();
+                    if let Ok((path, _file_id, _job_id)) =
+                        message.body().deserialize::<(String, u64, u64)>()
+                    {
+                        detections.lock().unwrap().insert(path, received);
+                    }
+                }
+            });
+        });
+        Ok(Subscription { ready })
+    }
+}
+
+fn store_options(durability: Durability) -> StoreOptions {
+    StoreOptions {
+        durability,
+        busy_timeout: Duration::from_secs(30),
+        retry: RetryPolicy {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        },
+    }
 }
 
 fn now_micros() -> u64 {

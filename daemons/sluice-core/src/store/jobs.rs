@@ -162,7 +162,7 @@ impl NewJob {
         self
     }
 
-    fn validate(&self) -> Result<String, JobError> {
+    pub(super) fn validate(&self) -> Result<String, JobError> {
         validate_kind(&self.kind)?;
         if !self.payload.is_object() {
             return Err(JobError::InvalidArgument(format!(
@@ -577,34 +577,7 @@ impl Store {
     /// and its worker learns it at its next heartbeat (or the rescue cancels it if the worker
     /// is gone). A finished job cannot be cancelled.
     pub fn cancel_job(&mut self, id: i64) -> Result<Job, JobError> {
-        self.write(|transaction| {
-            let state = job_state(transaction, id)?;
-            let now = now_ms();
-            match state {
-                JobState::Queued | JobState::Retrying => {
-                    transaction.execute(
-                        "UPDATE jobs SET state = 'cancelled', error = 'cancelled on request',
-                             updated_at = ?2, finished_at = ?2
-                         WHERE id = ?1",
-                        params![id, now],
-                    )?;
-                }
-                JobState::Running => {
-                    transaction.execute(
-                        "UPDATE jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1",
-                        params![id, now],
-                    )?;
-                }
-                state => {
-                    return Err(JobError::InvalidState {
-                        id,
-                        state,
-                        action: "cancel",
-                    });
-                }
-            }
-            read_job(transaction, id)
-        })
+        self.write(|transaction| cancel_in(transaction, id))
     }
 
     /// Puts a failed, dead or cancelled job back in the queue with a fresh set of attempts.
@@ -771,7 +744,38 @@ impl Store {
     }
 }
 
-fn insert_job(
+/// [`Store::cancel_job`] inside a transaction the caller holds (cancelling a download cancels
+/// its job in the same transaction).
+pub(super) fn cancel_in(transaction: &Transaction<'_>, id: i64) -> Result<Job, JobError> {
+    let state = job_state(transaction, id)?;
+    let now = now_ms();
+    match state {
+        JobState::Queued | JobState::Retrying => {
+            transaction.execute(
+                "UPDATE jobs SET state = 'cancelled', error = 'cancelled on request',
+                     updated_at = ?2, finished_at = ?2
+                 WHERE id = ?1",
+                params![id, now],
+            )?;
+        }
+        JobState::Running => {
+            transaction.execute(
+                "UPDATE jobs SET cancel_requested = 1, updated_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+        }
+        state => {
+            return Err(JobError::InvalidState {
+                id,
+                state,
+                action: "cancel",
+            });
+        }
+    }
+    read_job(transaction, id)
+}
+
+pub(super) fn insert_job(
     transaction: &Transaction<'_>,
     job: &NewJob,
     payload: &str,
@@ -887,8 +891,8 @@ fn rescue_expired(transaction: &Transaction<'_>, now: i64) -> Result<Vec<i64>, S
 
 /// Applies one outcome as a compare-and-set on the lease token. The outer `Result` is a
 /// database failure (which aborts the whole transaction); the inner one is this job's verdict.
-/// `documents.rs` calls it inside its own transaction, so a document and the job's success
-/// commit together.
+/// `documents.rs` and `downloads.rs` call it inside their own transaction, so a document or a
+/// download and the job's outcome commit together.
 pub(crate) fn complete(
     transaction: &Transaction<'_>,
     completion: &Completion,
@@ -971,7 +975,7 @@ pub(crate) fn complete(
     })
 }
 
-fn lease_lost_or_not_found(connection: &rusqlite::Connection, id: i64) -> JobError {
+pub(super) fn lease_lost_or_not_found(connection: &rusqlite::Connection, id: i64) -> JobError {
     match job_state(connection, id) {
         Ok(_) => JobError::LeaseLost { id },
         Err(error) => error,

@@ -15,9 +15,10 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    name: "initial schema: jobs, job history, files, documents, text index, downloads, sources",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "initial schema: jobs, job history, files, documents, text index, downloads, sources",
+        sql: r#"
 CREATE TABLE schema_history (
     version     INTEGER PRIMARY KEY,
     name        TEXT NOT NULL,
@@ -166,4 +167,32 @@ CREATE TABLE downloads (
 );
 CREATE INDEX downloads_by_state ON downloads (state, id);
 "#,
-}];
+    },
+    Migration {
+        name: "downloads follow the state of their job",
+        sql: r#"
+-- A download's state is its job's state seen from the download's side. The trigger keeps them
+-- together whatever changes the job: the scraper, the web API cancelling or retrying it, the
+-- rescue of an expired lease. Retrying between attempts shows as queued (with the last error).
+CREATE INDEX downloads_by_job ON downloads (job_id);
+
+CREATE TRIGGER downloads_follow_their_job AFTER UPDATE OF state ON jobs
+    WHEN new.kind = 'download' AND old.state IS NOT new.state BEGIN
+    UPDATE downloads SET
+        state = CASE new.state
+                    WHEN 'queued' THEN 'queued'
+                    WHEN 'retrying' THEN 'queued'
+                    WHEN 'running' THEN 'running'
+                    WHEN 'succeeded' THEN 'succeeded'
+                    WHEN 'cancelled' THEN 'cancelled'
+                    ELSE 'failed' END,
+        error = CASE WHEN new.state IN ('retrying', 'failed', 'dead', 'cancelled') THEN new.error
+                     WHEN new.state = 'succeeded' THEN NULL
+                     ELSE error END,
+        rate_bytes_per_s = CASE WHEN new.state = 'running' THEN rate_bytes_per_s END,
+        updated_at = new.updated_at
+    WHERE job_id = new.id;
+END;
+"#,
+    },
+];

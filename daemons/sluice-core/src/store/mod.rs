@@ -8,6 +8,8 @@
 //! loss window.
 
 pub mod documents;
+pub mod downloads;
+pub mod files;
 pub mod jobs;
 mod migrations;
 
@@ -18,6 +20,14 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 pub use documents::{
     Document, DocumentError, DocumentFilter, DocumentHit, IngestFinished, IngestRecord, NewDocument,
+};
+pub use downloads::{
+    CreatedDownload, Download, DownloadError, DownloadFilter, DownloadOutcome, DownloadProgress,
+    DownloadState, NewDownload,
+};
+pub use files::{
+    DetectedFile, Detection, FileError, FileFilter, FileRecord, FileState, INGEST_JOB_KIND,
+    IngestPayload,
 };
 pub use jobs::{
     ClaimedJob, Completion, Enqueued, Heartbeat, Job, JobError, JobFilter, JobState, JobTransition,

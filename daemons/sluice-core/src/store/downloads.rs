@@ -1,0 +1,1529 @@
+//! Downloads: one URL fetched into one file of the inbox. A download is a row in `downloads`
+//! plus a job of kind `download` that the scraper claims; both are created in one transaction
+//! by [`Store::create_download`], which every submitter (D-Bus, web API, sluicectl) calls, so
+//! the rules for what may be downloaded live here once.
+//!
+//! The download's `state` follows its job's state through a trigger (migration 2): whatever
+//! changes the job (the scraper finishing it, the web cancelling or retrying it, the rescue of
+//! an expired lease) changes the download in the same statement, so the two never disagree.
+//!
+//! | job state | download state |
+//! |---|---|
+//! | queued, retrying | queued |
+//! | running | running |
+//! | succeeded | succeeded |
+//! | failed, dead | failed |
+//! | cancelled | cancelled |
+//!
+//! The address check here ([`forbidden_address_reason`], [`check_url_address`]) only looks at
+//! IP literals in the URL; host names are resolved and checked by the scraper right before it
+//! connects, and again at every redirect.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use serde::Serialize;
+use url::{Host, Url};
+
+use super::jobs::{
+    self, Completion, Heartbeat, JobError, JobState, LeaseToken, NewJob, Outcome, Page, PageRequest,
+};
+use super::{Store, StoreError, duration_ms, now_ms};
+
+/// The job kind the scraper claims.
+pub const DOWNLOAD_JOB_KIND: &str = "download";
+/// Longest URL accepted, in bytes.
+pub const MAX_DOWNLOAD_URL_BYTES: usize = 4096;
+/// Longest file or bundle name, in bytes (the limit of one name on Linux file systems).
+pub const MAX_DOWNLOAD_NAME_BYTES: usize = 255;
+/// The name used when neither the caller nor the URL gives one.
+pub const FALLBACK_FILE_NAME: &str = "download";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("download {0} not found")]
+    NotFound(i64),
+    #[error("download {id} is {state}; cannot {action} it")]
+    InvalidState {
+        id: i64,
+        state: DownloadState,
+        action: &'static str,
+    },
+    /// The job behind the download refused the change (lease lost, not found).
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for DownloadError {
+    fn from(error: rusqlite::Error) -> Self {
+        DownloadError::Store(StoreError::from(error))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DownloadState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl DownloadState {
+    pub const ALL: [DownloadState; 5] = [
+        DownloadState::Queued,
+        DownloadState::Running,
+        DownloadState::Succeeded,
+        DownloadState::Failed,
+        DownloadState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DownloadState::Queued => "queued",
+            DownloadState::Running => "running",
+            DownloadState::Succeeded => "succeeded",
+            DownloadState::Failed => "failed",
+            DownloadState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Succeeded, failed or cancelled: nothing happens to it unless its job is retried.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            DownloadState::Succeeded | DownloadState::Failed | DownloadState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for DownloadState {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DownloadState {
+    type Err = DownloadError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        DownloadState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| {
+                DownloadError::InvalidArgument(format!(
+                    "unknown download state {text:?} (expected one of queued, running, \
+                     succeeded, failed, cancelled)"
+                ))
+            })
+    }
+}
+
+/// A download to submit. Only `url` is required; [`NewDownload::new`] leaves the rest unset
+/// with 5 attempts, like `NewJob::new`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDownload {
+    /// http or https, with a host, without credentials.
+    pub url: String,
+    /// The name in the inbox; derived from the URL's last path segment when `None`.
+    pub file_name: Option<String>,
+    /// A sub-folder of the inbox that groups several downloads.
+    pub bundle: Option<String>,
+    /// 64 hex digits; the download fails if the file's SHA-256 differs.
+    pub expected_sha256: Option<String>,
+    /// Size limit in bytes for this download (the configured limit applies as well).
+    pub max_bytes: Option<u64>,
+    /// Name of the configured source this download belongs to; it must exist.
+    pub source: Option<String>,
+    /// Attempts before the job is `dead` (normally `[jobs] max_attempts`).
+    pub max_attempts: u32,
+}
+
+impl NewDownload {
+    pub fn new(url: impl Into<String>) -> NewDownload {
+        NewDownload {
+            url: url.into(),
+            file_name: None,
+            bundle: None,
+            expected_sha256: None,
+            max_bytes: None,
+            source: None,
+            max_attempts: 5,
+        }
+    }
+
+    /// Checks every field and returns the values to store: the normalized URL, the file name
+    /// (given or derived) and the lower-case digest. No IO.
+    pub fn validate(&self) -> Result<ValidatedDownload, DownloadError> {
+        let url = parse_download_url(&self.url)?;
+        let file_name = match &self.file_name {
+            Some(name) => {
+                check_file_name("file_name", name)?;
+                name.clone()
+            }
+            None => file_name_from_url(&url),
+        };
+        if let Some(bundle) = &self.bundle {
+            check_file_name("bundle", bundle)?;
+        }
+        let expected_sha256 = match &self.expected_sha256 {
+            Some(digest) => Some(check_sha256(digest)?),
+            None => None,
+        };
+        if let Some(max_bytes) = self.max_bytes
+            && (max_bytes == 0 || max_bytes > i64::MAX as u64)
+        {
+            return Err(DownloadError::InvalidArgument(format!(
+                "max_bytes must be 1..={}, got {max_bytes}",
+                i64::MAX
+            )));
+        }
+        if let Some(source) = &self.source
+            && (source.is_empty() || source.len() > MAX_DOWNLOAD_NAME_BYTES)
+        {
+            return Err(DownloadError::InvalidArgument(format!(
+                "source name must be 1..={MAX_DOWNLOAD_NAME_BYTES} bytes, got {}",
+                source.len()
+            )));
+        }
+        if !jobs::MAX_ATTEMPTS_RANGE.contains(&self.max_attempts) {
+            return Err(DownloadError::InvalidArgument(format!(
+                "max_attempts {} is out of range 1..=1000",
+                self.max_attempts
+            )));
+        }
+        Ok(ValidatedDownload {
+            url,
+            file_name,
+            expected_sha256,
+        })
+    }
+}
+
+/// What [`NewDownload::validate`] settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedDownload {
+    pub url: Url,
+    pub file_name: String,
+    pub expected_sha256: Option<String>,
+}
+
+/// The ids [`Store::create_download`] made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CreatedDownload {
+    pub download_id: i64,
+    pub job_id: i64,
+}
+
+/// One row of `downloads`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Download {
+    pub id: i64,
+    pub url: String,
+    pub file_name: String,
+    pub bundle: Option<String>,
+    pub source_id: Option<i64>,
+    pub state: DownloadState,
+    pub bytes_done: u64,
+    /// `None` until the server said how large the file is.
+    pub bytes_total: Option<u64>,
+    /// Over the last progress interval; `None` unless running.
+    pub rate_bytes_per_second: Option<f64>,
+    pub expected_sha256: Option<String>,
+    pub size_limit: Option<u64>,
+    pub part_path: Option<String>,
+    /// The file in the inbox, once succeeded.
+    pub final_path: Option<String>,
+    /// The validators of the partial content, sent as `If-Range` when resuming.
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// The last error (also while a retry is pending).
+    pub error: Option<String>,
+    pub job_id: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DownloadFilter {
+    /// Empty means every state.
+    pub states: Vec<DownloadState>,
+}
+
+/// Where a running download stands, saved at most once per progress interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DownloadProgress {
+    pub bytes_done: u64,
+    pub bytes_total: Option<u64>,
+    pub rate_bytes_per_second: f64,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+/// How an attempt at a download ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DownloadOutcome {
+    /// The file is in the inbox at `final_path`.
+    Succeeded {
+        final_path: String,
+        bytes: u64,
+        sha256: String,
+    },
+    /// `retryable` failures (5xx, a reset connection) are tried again with backoff; others
+    /// (4xx, a wrong checksum, too large, a refused address) fail the download for good.
+    Failed { error: String, retryable: bool },
+    /// Stopped because cancellation was requested; the partial file is gone.
+    Cancelled,
+    /// Given back on shutdown: the partial file stays and the next attempt resumes it.
+    Released { bytes_done: u64 },
+}
+
+const DOWNLOAD_COLUMNS: &str = "id, url, file_name, bundle, source_id, state, bytes_done, \
+     bytes_total, rate_bytes_per_s, expected_sha256, size_limit, part_path, final_path, etag, \
+     last_modified, error, job_id, created_at, updated_at";
+
+impl Store {
+    /// Validates `download`, then inserts its row and its `download` job in one transaction.
+    pub fn create_download(
+        &mut self,
+        download: &NewDownload,
+    ) -> Result<CreatedDownload, DownloadError> {
+        let validated = download.validate()?;
+        self.write(|transaction| {
+            let now = now_ms();
+            let source_id = match &download.source {
+                Some(name) => Some(
+                    transaction
+                        .prepare_cached("SELECT id FROM sources WHERE name = ?1")?
+                        .query_row([name], |row| row.get::<_, i64>(0))
+                        .optional()?
+                        .ok_or_else(|| {
+                            DownloadError::InvalidArgument(format!(
+                                "source {name:?} is not configured"
+                            ))
+                        })?,
+                ),
+                None => None,
+            };
+            let download_id: i64 = transaction
+                .prepare_cached(
+                    "INSERT INTO downloads (url, file_name, bundle, source_id, state,
+                         expected_sha256, size_limit, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?7)
+                     RETURNING id",
+                )?
+                .query_row(
+                    params![
+                        validated.url.as_str(),
+                        validated.file_name,
+                        download.bundle,
+                        source_id,
+                        validated.expected_sha256,
+                        download.max_bytes.map(|bytes| bytes as i64),
+                        now
+                    ],
+                    |row| row.get(0),
+                )?;
+            let job = NewJob::new(
+                DOWNLOAD_JOB_KIND,
+                serde_json::json!({ "download_id": download_id }),
+            )
+            .with_max_attempts(download.max_attempts);
+            let payload = job.payload.to_string();
+            let enqueued = jobs::insert_job(transaction, &job, &payload, now)?;
+            transaction
+                .prepare_cached("UPDATE downloads SET job_id = ?2 WHERE id = ?1")?
+                .execute(params![download_id, enqueued.id])?;
+            Ok(CreatedDownload {
+                download_id,
+                job_id: enqueued.id,
+            })
+        })
+    }
+
+    pub fn get_download(&self, id: i64) -> Result<Download, DownloadError> {
+        read_download(self.connection(), id)
+    }
+
+    /// Downloads newest first, filtered by state, a page at a time (`next_cursor` is the
+    /// `before_id` of the next page).
+    pub fn list_downloads(
+        &self,
+        filter: &DownloadFilter,
+        page: PageRequest,
+    ) -> Result<Page<Download>, DownloadError> {
+        if page.limit == 0 || page.limit > jobs::MAX_PAGE_SIZE {
+            return Err(DownloadError::InvalidArgument(format!(
+                "page size must be 1..={}, got {}",
+                jobs::MAX_PAGE_SIZE,
+                page.limit
+            )));
+        }
+        let states: Vec<&str> = filter.states.iter().map(|state| state.as_str()).collect();
+        let states_json = serde_json::to_string(&states).unwrap_or_else(|_| "[]".to_owned());
+        let mut statement = self.connection().prepare_cached(&format!(
+            "SELECT {DOWNLOAD_COLUMNS} FROM downloads
+             WHERE (?1 IS NULL OR id < ?1)
+               AND (?2 = '[]' OR state IN (SELECT value FROM json_each(?2)))
+             ORDER BY id DESC LIMIT ?3"
+        ))?;
+        let mut items = statement
+            .query_map(
+                params![page.before_id, states_json, page.limit + 1],
+                download_from_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > page.limit as usize {
+            items.truncate(page.limit as usize);
+            items.last().map(|download| download.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// How many downloads are in each state (states with none are listed with 0).
+    pub fn download_counts(&self) -> Result<BTreeMap<DownloadState, u64>, DownloadError> {
+        let mut counts: BTreeMap<DownloadState, u64> = DownloadState::ALL
+            .into_iter()
+            .map(|state| (state, 0))
+            .collect();
+        let mut statement = self
+            .connection()
+            .prepare_cached("SELECT state, count(*) FROM downloads GROUP BY state")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                parse_state_column(&row.get::<_, String>(0)?)?,
+                row.get::<_, i64>(1)? as u64,
+            ))
+        })?;
+        for row in rows {
+            let (state, count) = row?;
+            counts.insert(state, count);
+        }
+        Ok(counts)
+    }
+
+    /// Cancels a download through its job: a queued one is cancelled at once, a running one is
+    /// marked and the scraper stops it (and removes its partial file) at its next progress
+    /// save, or at once when asked over D-Bus. A finished download cannot be cancelled.
+    pub fn cancel_download(&mut self, id: i64) -> Result<Download, DownloadError> {
+        self.write(|transaction| {
+            let download = read_download(transaction, id)?;
+            let job_id = match (download.state, download.job_id) {
+                (state, _) if state.is_finished() => {
+                    return Err(DownloadError::InvalidState {
+                        id,
+                        state,
+                        action: "cancel",
+                    });
+                }
+                (_, Some(job_id)) => job_id,
+                (_, None) => {
+                    // Its job was deleted from under it; nothing can run it any more.
+                    transaction.execute(
+                        "UPDATE downloads SET state = 'cancelled', error = 'cancelled on request',
+                             updated_at = ?2 WHERE id = ?1",
+                        params![id, now_ms()],
+                    )?;
+                    return read_download(transaction, id);
+                }
+            };
+            match jobs::cancel_in(transaction, job_id) {
+                Ok(_) => {}
+                Err(JobError::InvalidState { state, .. }) => {
+                    // Only reachable if the rows disagree, which the trigger prevents; say
+                    // what the job is rather than pretending it was cancelled.
+                    return Err(DownloadError::InvalidArgument(format!(
+                        "download {id}: its job {job_id} is already {state}"
+                    )));
+                }
+                Err(error) => return Err(error.into()),
+            }
+            read_download(transaction, id)
+        })
+    }
+
+    /// Forgets a finished (succeeded, failed or cancelled) download and returns its last row,
+    /// so the caller can remove a partial file it may have left. Its job stays in the history.
+    pub fn delete_download(&mut self, id: i64) -> Result<Download, DownloadError> {
+        self.write(|transaction| {
+            let download = read_download(transaction, id)?;
+            if !download.state.is_finished() {
+                return Err(DownloadError::InvalidState {
+                    id,
+                    state: download.state,
+                    action: "delete (cancel it first)",
+                });
+            }
+            transaction.execute("DELETE FROM downloads WHERE id = ?1", [id])?;
+            Ok(download)
+        })
+    }
+
+    /// The scraper starts an attempt of a claimed download job: records where the partial
+    /// file lives. Fenced on the job's lease like every change a worker makes.
+    pub fn start_download_attempt(
+        &mut self,
+        download_id: i64,
+        job_id: i64,
+        lease_token: &LeaseToken,
+        part_path: &str,
+    ) -> Result<Download, DownloadError> {
+        self.write(|transaction| {
+            require_lease(transaction, job_id, lease_token)?;
+            let changed = transaction
+                .prepare_cached(
+                    "UPDATE downloads SET part_path = ?3, final_path = NULL, updated_at = ?4
+                     WHERE id = ?1 AND job_id = ?2",
+                )?
+                .execute(params![download_id, job_id, part_path, now_ms()])?;
+            if changed == 0 {
+                return Err(missing_download(transaction, download_id, job_id));
+            }
+            read_download(transaction, download_id)
+        })
+    }
+
+    /// Saves the progress of a running download, mirrors it into the job's progress, and
+    /// extends the job's lease: one commit per progress interval does all three. The returned
+    /// heartbeat says whether cancellation was requested.
+    pub fn record_download_progress(
+        &mut self,
+        download_id: i64,
+        job_id: i64,
+        lease_token: &LeaseToken,
+        progress: &DownloadProgress,
+        lease: Duration,
+    ) -> Result<Heartbeat, DownloadError> {
+        let lease_ms = duration_ms(lease);
+        if lease_ms < 10 {
+            return Err(DownloadError::InvalidArgument(format!(
+                "lease must be at least 10ms, got {lease:?}"
+            )));
+        }
+        check_validator("etag", progress.etag.as_deref())?;
+        check_validator("last_modified", progress.last_modified.as_deref())?;
+        self.write(|transaction| {
+            let now = now_ms();
+            let fraction = match progress.bytes_total {
+                Some(total) if total > 0 => (progress.bytes_done as f64 / total as f64).min(1.0),
+                _ => 0.0,
+            };
+            let message = match progress.bytes_total {
+                Some(total) => format!("{} of {} bytes", progress.bytes_done, total),
+                None => format!("{} bytes", progress.bytes_done),
+            };
+            let heartbeat = transaction
+                .prepare_cached(
+                    "UPDATE jobs SET lease_expires_at = ?3, progress = ?4, progress_message = ?5,
+                         updated_at = ?6
+                     WHERE id = ?1 AND state = 'running' AND lease_token = ?2
+                     RETURNING cancel_requested, lease_expires_at",
+                )?
+                .query_row(
+                    params![
+                        job_id,
+                        lease_token.as_str(),
+                        now + lease_ms,
+                        fraction,
+                        message,
+                        now
+                    ],
+                    |row| {
+                        Ok(Heartbeat {
+                            cancel_requested: row.get(0)?,
+                            lease_expires_at_ms: row.get(1)?,
+                        })
+                    },
+                )
+                .optional()?;
+            let Some(heartbeat) = heartbeat else {
+                return Err(jobs::lease_lost_or_not_found(transaction, job_id).into());
+            };
+            let rate = if progress.rate_bytes_per_second.is_finite() {
+                progress.rate_bytes_per_second.max(0.0)
+            } else {
+                0.0
+            };
+            let changed = transaction
+                .prepare_cached(
+                    "UPDATE downloads SET bytes_done = ?3, bytes_total = ?4, rate_bytes_per_s = ?5,
+                         etag = ?6, last_modified = ?7, updated_at = ?8
+                     WHERE id = ?1 AND job_id = ?2",
+                )?
+                .execute(params![
+                    download_id,
+                    job_id,
+                    progress.bytes_done as i64,
+                    progress.bytes_total.map(|total| total as i64),
+                    rate,
+                    progress.etag,
+                    progress.last_modified,
+                    now
+                ])?;
+            if changed == 0 {
+                return Err(missing_download(transaction, download_id, job_id));
+            }
+            Ok(heartbeat)
+        })
+    }
+
+    /// Ends an attempt: the job's outcome and the download's final fields in one transaction
+    /// (the trigger moves the download's state with the job's). Returns the download's new
+    /// state and the job's.
+    pub fn finish_download(
+        &mut self,
+        download_id: i64,
+        job_id: i64,
+        lease_token: &LeaseToken,
+        outcome: &DownloadOutcome,
+    ) -> Result<(DownloadState, JobState), DownloadError> {
+        if let DownloadOutcome::Failed { error, .. } = outcome
+            && error.len() > jobs::MAX_MESSAGE_LENGTH
+        {
+            return Err(DownloadError::InvalidArgument(format!(
+                "error text is {} bytes, the limit is {}",
+                error.len(),
+                jobs::MAX_MESSAGE_LENGTH
+            )));
+        }
+        let retry_policy = self.options().retry;
+        self.write(|transaction| {
+            let now = now_ms();
+            // Checked first so that a deleted download does not leave a finished job behind
+            // with nothing recorded.
+            read_download(transaction, download_id)?;
+            let job_outcome = match outcome {
+                DownloadOutcome::Succeeded {
+                    final_path,
+                    bytes,
+                    sha256,
+                } => Outcome::Succeeded {
+                    result: serde_json::json!({
+                        "download_id": download_id,
+                        "path": final_path,
+                        "bytes": bytes,
+                        "sha256": sha256,
+                    }),
+                },
+                DownloadOutcome::Failed { error, retryable } => Outcome::Failed {
+                    error: error.clone(),
+                    retryable: *retryable,
+                },
+                DownloadOutcome::Cancelled => Outcome::Cancelled,
+                DownloadOutcome::Released { .. } => Outcome::Released,
+            };
+            let completion = Completion {
+                id: job_id,
+                lease_token: lease_token.clone(),
+                outcome: job_outcome,
+            };
+            let job_state = jobs::complete(transaction, &completion, &retry_policy, now)??;
+            match outcome {
+                DownloadOutcome::Succeeded {
+                    final_path, bytes, ..
+                } => {
+                    transaction.execute(
+                        "UPDATE downloads SET final_path = ?2, part_path = NULL, bytes_done = ?3,
+                             bytes_total = ?3, rate_bytes_per_s = NULL, updated_at = ?4
+                         WHERE id = ?1",
+                        params![download_id, final_path, *bytes as i64, now],
+                    )?;
+                }
+                DownloadOutcome::Cancelled => {
+                    transaction.execute(
+                        "UPDATE downloads SET part_path = NULL, bytes_done = 0,
+                             rate_bytes_per_s = NULL, updated_at = ?2
+                         WHERE id = ?1",
+                        params![download_id, now],
+                    )?;
+                }
+                DownloadOutcome::Released { bytes_done } => {
+                    transaction.execute(
+                        "UPDATE downloads SET bytes_done = ?2, rate_bytes_per_s = NULL,
+                             updated_at = ?3
+                         WHERE id = ?1",
+                        params![download_id, *bytes_done as i64, now],
+                    )?;
+                }
+                DownloadOutcome::Failed { .. } => {}
+            }
+            let state = read_download(transaction, download_id)?.state;
+            Ok((state, job_state))
+        })
+    }
+
+    /// Makes the download jobs that `worker` held when it died claimable at once instead of
+    /// after their lease expires. Only for a worker that is known to be the only one of its
+    /// name (the scraper owns its bus name exclusively), so nobody else holds those leases.
+    /// The attempt stays counted, as with any expired lease. Returns the job ids.
+    pub fn expire_download_leases_of(&mut self, worker: &str) -> Result<Vec<i64>, DownloadError> {
+        self.write(|transaction| {
+            let now = now_ms();
+            let mut statement = transaction.prepare_cached(
+                "UPDATE jobs SET lease_expires_at = ?3, updated_at = ?3
+                 WHERE state = 'running' AND kind = ?1 AND lease_owner = ?2
+                 RETURNING id",
+            )?;
+            let ids = statement
+                .query_map(params![DOWNLOAD_JOB_KIND, worker, now - 1], |row| {
+                    row.get(0)
+                })?
+                .collect::<Result<Vec<i64>, _>>()?;
+            Ok(ids)
+        })
+    }
+}
+
+/// Parses and checks a download URL: http or https, a host, no credentials, at most
+/// [`MAX_DOWNLOAD_URL_BYTES`].
+pub fn parse_download_url(text: &str) -> Result<Url, DownloadError> {
+    let invalid = |reason: String| DownloadError::InvalidArgument(reason);
+    if text.is_empty() {
+        return Err(invalid("url must not be empty".into()));
+    }
+    if text.len() > MAX_DOWNLOAD_URL_BYTES {
+        return Err(invalid(format!(
+            "url is {} bytes long, the limit is {MAX_DOWNLOAD_URL_BYTES}",
+            text.len()
+        )));
+    }
+    if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(format!(
+            "url {text:?} must not contain spaces or control characters; percent-encode them"
+        )));
+    }
+    let url = Url::parse(text).map_err(|error| invalid(format!("url {text:?}: {error}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "url {text:?} has scheme {:?}; only http and https can be downloaded",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(format!("url {text:?} has no host")));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(format!(
+            "url {text:?} carries credentials; they would be stored and shown, so they are \
+             not accepted"
+        )));
+    }
+    Ok(url)
+}
+
+/// Refuses a URL whose host is an IP literal in a range the SSRF guard denies, unless
+/// `allow_private_addresses`. Host names pass here: the scraper checks what they resolve to.
+pub fn check_url_address(url: &Url, allow_private_addresses: bool) -> Result<(), DownloadError> {
+    if allow_private_addresses {
+        return Ok(());
+    }
+    let address = match url.host() {
+        Some(Host::Ipv4(address)) => IpAddr::V4(address),
+        Some(Host::Ipv6(address)) => IpAddr::V6(address),
+        _ => return Ok(()),
+    };
+    match forbidden_address_reason(address) {
+        Some(reason) => Err(DownloadError::InvalidArgument(format!(
+            "url {url} points at {address}, a {reason} address; refused because \
+             scraper.allow_private_addresses is false"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Why the SSRF guard refuses `address` (loopback, private, link-local and cloud metadata,
+/// shared CGNAT, unique-local, unspecified, multicast, reserved), or `None` for a public one.
+/// IPv6 forms that embed an IPv4 address (mapped, compatible, NAT64, 6to4) are judged by it.
+pub fn forbidden_address_reason(address: IpAddr) -> Option<&'static str> {
+    match address {
+        IpAddr::V4(address) => forbidden_ipv4_reason(address),
+        IpAddr::V6(address) => forbidden_ipv6_reason(address),
+    }
+}
+
+fn forbidden_ipv4_reason(address: Ipv4Addr) -> Option<&'static str> {
+    let [first, second, third, _] = address.octets();
+    if address == Ipv4Addr::new(169, 254, 169, 254) {
+        Some("cloud metadata")
+    } else if address.is_loopback() {
+        Some("loopback")
+    } else if first == 0 {
+        Some("unspecified (\"this network\")")
+    } else if address.is_private() {
+        Some("private")
+    } else if address.is_link_local() {
+        Some("link-local")
+    } else if first == 100 && (64..128).contains(&second) {
+        Some("shared (carrier-grade NAT)")
+    } else if address.is_multicast() {
+        Some("multicast")
+    } else if address.is_broadcast() || first >= 240 {
+        Some("reserved")
+    } else if first == 192 && second == 0 && third == 0 {
+        Some("IETF protocol assignment")
+    } else if first == 198 && (18..20).contains(&second) {
+        Some("benchmarking")
+    } else {
+        None
+    }
+}
+
+fn forbidden_ipv6_reason(address: Ipv6Addr) -> Option<&'static str> {
+    let segments = address.segments();
+    if let Some(mapped) = address.to_ipv4_mapped() {
+        return forbidden_ipv4_reason(mapped);
+    }
+    if address.is_loopback() {
+        return Some("loopback");
+    }
+    if address.is_unspecified() {
+        return Some("unspecified");
+    }
+    let embedded_ipv4 = |high: u16, low: u16| {
+        Ipv4Addr::new((high >> 8) as u8, high as u8, (low >> 8) as u8, low as u8)
+    };
+    // IPv4-compatible (::a.b.c.d, deprecated) and NAT64 (64:ff9b::/96) reach the IPv4
+    // address inside them.
+    if segments[..6] == [0, 0, 0, 0, 0, 0] || segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return forbidden_ipv4_reason(embedded_ipv4(segments[6], segments[7]));
+    }
+    if segments[0] == 0x2002 {
+        // 6to4 carries the IPv4 address of its relay in the second and third segments.
+        return forbidden_ipv4_reason(embedded_ipv4(segments[1], segments[2]));
+    }
+    match segments[0] {
+        first if first & 0xfe00 == 0xfc00 => Some("unique-local"),
+        first if first & 0xffc0 == 0xfe80 => Some("link-local"),
+        first if first & 0xffc0 == 0xfec0 => Some("site-local"),
+        first if first & 0xff00 == 0xff00 => Some("multicast"),
+        _ => None,
+    }
+}
+
+/// The name a download gets in the inbox when the caller gives none: the URL's last path
+/// segment, percent-decoded, made safe; [`FALLBACK_FILE_NAME`] when nothing usable is left.
+pub fn file_name_from_url(url: &Url) -> String {
+    let segment = url
+        .path_segments()
+        .and_then(|mut segments| segments.rfind(|segment| !segment.is_empty()))
+        .unwrap_or("");
+    let decoded = percent_decode(segment);
+    let mut name: String = decoded
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    while name.contains("..") {
+        name = name.replace("..", ".");
+    }
+    let name = name.trim_start_matches('.').trim().to_owned();
+    let mut name = if name.is_empty() {
+        FALLBACK_FILE_NAME.to_owned()
+    } else {
+        name
+    };
+    if name.ends_with(".part") {
+        // The monitor skips *.part files; the download must not look like one.
+        name.push_str(".download");
+    }
+    truncate_to_bytes(&name, MAX_DOWNLOAD_NAME_BYTES)
+}
+
+/// Checks a file or bundle name: one path element the monitor will not skip.
+pub fn check_file_name(argument: &str, name: &str) -> Result<(), DownloadError> {
+    let refuse = |reason: &str| {
+        Err(DownloadError::InvalidArgument(format!(
+            "{argument} {name:?} {reason}"
+        )))
+    };
+    if name.is_empty() {
+        return refuse("must not be empty");
+    }
+    if name.len() > MAX_DOWNLOAD_NAME_BYTES {
+        return refuse(&format!(
+            "is {} bytes long, the limit is {MAX_DOWNLOAD_NAME_BYTES}",
+            name.len()
+        ));
+    }
+    if name.contains('/') || name.contains('\\') {
+        return refuse("must be a single name, without '/' or '\\'");
+    }
+    if name.contains("..") {
+        return refuse("must not contain '..'");
+    }
+    if name.starts_with('.') {
+        return refuse("must not start with '.' (the monitor skips dot-files)");
+    }
+    if name.chars().any(char::is_control) {
+        return refuse("must not contain control characters");
+    }
+    if name.ends_with(".part") {
+        return refuse("must not end in .part (the monitor skips partial files)");
+    }
+    Ok(())
+}
+
+/// Checks an expected SHA-256 and returns it in lower case.
+pub fn check_sha256(digest: &str) -> Result<String, DownloadError> {
+    if digest.len() == 64 && digest.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        Ok(digest.to_ascii_lowercase())
+    } else {
+        Err(DownloadError::InvalidArgument(format!(
+            "sha256 must be 64 hexadecimal digits, got {:?}",
+            truncate_to_bytes(digest, 80)
+        )))
+    }
+}
+
+fn check_validator(what: &str, value: Option<&str>) -> Result<(), DownloadError> {
+    match value {
+        Some(value) if value.len() > 1024 => Err(DownloadError::InvalidArgument(format!(
+            "{what} is {} bytes, the limit is 1024",
+            value.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = |byte: u8| (byte as char).to_digit(16);
+        if bytes[index] == b'%'
+            && index + 2 < bytes.len()
+            && let (Some(high), Some(low)) = (hex(bytes[index + 1]), hex(bytes[index + 2]))
+        {
+            decoded.push((high * 16 + low) as u8);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+fn truncate_to_bytes(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_owned();
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+fn require_lease(
+    transaction: &Transaction<'_>,
+    job_id: i64,
+    lease_token: &LeaseToken,
+) -> Result<(), DownloadError> {
+    let held: Option<i64> = transaction
+        .prepare_cached(
+            "SELECT 1 FROM jobs WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+        )?
+        .query_row(params![job_id, lease_token.as_str()], |row| row.get(0))
+        .optional()?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(jobs::lease_lost_or_not_found(transaction, job_id).into()),
+    }
+}
+
+/// The error for an update that matched no download: gone, or not this job's.
+fn missing_download(transaction: &Transaction<'_>, download_id: i64, job_id: i64) -> DownloadError {
+    match read_download(transaction, download_id) {
+        Ok(download) => DownloadError::InvalidArgument(format!(
+            "download {download_id} belongs to job {:?}, not job {job_id}",
+            download.job_id
+        )),
+        Err(error) => error,
+    }
+}
+
+fn read_download(connection: &rusqlite::Connection, id: i64) -> Result<Download, DownloadError> {
+    connection
+        .prepare_cached(&format!(
+            "SELECT {DOWNLOAD_COLUMNS} FROM downloads WHERE id = ?1"
+        ))?
+        .query_row([id], download_from_row)
+        .optional()?
+        .ok_or(DownloadError::NotFound(id))
+}
+
+fn download_from_row(row: &Row<'_>) -> rusqlite::Result<Download> {
+    let optional_size = |index: usize| -> rusqlite::Result<Option<u64>> {
+        Ok(row.get::<_, Option<i64>>(index)?.map(|value| value as u64))
+    };
+    Ok(Download {
+        id: row.get(0)?,
+        url: row.get(1)?,
+        file_name: row.get(2)?,
+        bundle: row.get(3)?,
+        source_id: row.get(4)?,
+        state: parse_state_column(&row.get::<_, String>(5)?)?,
+        bytes_done: row.get::<_, i64>(6)? as u64,
+        bytes_total: optional_size(7)?,
+        rate_bytes_per_second: row.get(8)?,
+        expected_sha256: row.get(9)?,
+        size_limit: optional_size(10)?,
+        part_path: row.get(11)?,
+        final_path: row.get(12)?,
+        etag: row.get(13)?,
+        last_modified: row.get(14)?,
+        error: row.get(15)?,
+        job_id: row.get(16)?,
+        created_at_ms: row.get(17)?,
+        updated_at_ms: row.get(18)?,
+    })
+}
+
+fn parse_state_column(text: &str) -> rusqlite::Result<DownloadState> {
+    text.parse().map_err(|error: DownloadError| {
+        rusqlite::Error::FromSqlConversionFailure(5, rusqlite::types::Type::Text, error.into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Durability;
+    use super::super::tests::open_temp;
+    use super::*;
+
+    const WORKER: &str = "test-scraper";
+    const LEASE: Duration = Duration::from_secs(30);
+
+    fn claim_one(store: &mut Store) -> jobs::ClaimedJob {
+        let mut claimed = store
+            .claim_jobs(WORKER, &[DOWNLOAD_JOB_KIND], 1, LEASE)
+            .unwrap();
+        assert_eq!(claimed.len(), 1, "one download job claimable");
+        claimed.remove(0)
+    }
+
+    fn progress(bytes_done: u64) -> DownloadProgress {
+        DownloadProgress {
+            bytes_done,
+            bytes_total: Some(100),
+            rate_bytes_per_second: 10.0,
+            etag: Some("\"v1\"".into()),
+            last_modified: None,
+        }
+    }
+
+    fn is_invalid(result: Result<impl fmt::Debug, DownloadError>) -> bool {
+        matches!(result, Err(DownloadError::InvalidArgument(_)))
+    }
+
+    #[test]
+    fn a_download_is_a_row_and_a_job_created_together() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let mut new = NewDownload::new("https://example.org/files/model%20v2.bin?x=1");
+        new.expected_sha256 = Some("AB".repeat(32));
+        new.max_bytes = Some(1000);
+        new.bundle = Some("model-x".into());
+        new.max_attempts = 3;
+        let created = store.create_download(&new).unwrap();
+        let download = store.get_download(created.download_id).unwrap();
+        assert_eq!(download.state, DownloadState::Queued);
+        assert_eq!(download.file_name, "model v2.bin");
+        assert_eq!(download.expected_sha256, Some("ab".repeat(32)));
+        assert_eq!(download.size_limit, Some(1000));
+        assert_eq!(download.bundle.as_deref(), Some("model-x"));
+        assert_eq!(download.job_id, Some(created.job_id));
+        let job = store.get_job(created.job_id).unwrap();
+        assert_eq!(job.kind, DOWNLOAD_JOB_KIND);
+        assert_eq!(job.payload["download_id"], created.download_id);
+        assert_eq!(job.max_attempts, 3);
+        assert_eq!(job.state, JobState::Queued);
+    }
+
+    #[test]
+    fn bad_submissions_are_refused_and_change_nothing() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let with = |change: &dyn Fn(&mut NewDownload)| {
+            let mut new = NewDownload::new("https://example.org/a.bin");
+            change(&mut new);
+            new
+        };
+        let cases = [
+            NewDownload::new(""),
+            NewDownload::new("ftp://example.org/a.bin"),
+            NewDownload::new("file:///etc/passwd"),
+            NewDownload::new("not a url"),
+            NewDownload::new("garbage"),
+            NewDownload::new("https://"),
+            NewDownload::new("http://user:secret@example.org/a"),
+            NewDownload::new("https://example.org/a b"),
+            NewDownload::new(format!("https://example.org/{}", "a".repeat(5000))),
+            with(&|new| new.file_name = Some("a/b".into())),
+            with(&|new| new.file_name = Some("..".into())),
+            with(&|new| new.file_name = Some("x..y".into())),
+            with(&|new| new.file_name = Some(".hidden".into())),
+            with(&|new| new.file_name = Some("x.part".into())),
+            with(&|new| new.file_name = Some(String::new())),
+            with(&|new| new.file_name = Some("a\nb".into())),
+            with(&|new| new.file_name = Some("n".repeat(256))),
+            with(&|new| new.bundle = Some("../up".into())),
+            with(&|new| new.expected_sha256 = Some("abc".into())),
+            with(&|new| new.expected_sha256 = Some("g".repeat(64))),
+            with(&|new| new.max_bytes = Some(0)),
+            with(&|new| new.max_bytes = Some(u64::MAX)),
+            with(&|new| new.max_attempts = 0),
+            with(&|new| new.source = Some("not-configured".into())),
+        ];
+        for case in cases {
+            let result = store.create_download(&case);
+            assert!(
+                matches!(result, Err(DownloadError::InvalidArgument(_))),
+                "{case:?} gave {result:?}"
+            );
+        }
+        let counts = store.download_counts().unwrap();
+        assert!(counts.values().all(|count| *count == 0), "{counts:?}");
+        assert!(
+            store
+                .job_counts()
+                .unwrap()
+                .values()
+                .all(|count| *count == 0)
+        );
+        let message = store
+            .create_download(&NewDownload::new("ftp://example.org/a"))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("only http and https"), "{message}");
+    }
+
+    #[test]
+    fn names_derived_from_urls_are_safe() {
+        let name = |text: &str| file_name_from_url(&Url::parse(text).unwrap());
+        assert_eq!(name("https://example.org/dir/file.tar.gz"), "file.tar.gz");
+        assert_eq!(name("https://example.org/dir/"), "dir");
+        assert_eq!(name("https://example.org/"), FALLBACK_FILE_NAME);
+        assert_eq!(name("https://example.org/a%2Fb"), "a_b");
+        assert_eq!(name("https://example.org/.bashrc"), "bashrc");
+        assert_eq!(name("https://example.org/%2E%2E"), FALLBACK_FILE_NAME);
+        assert_eq!(name("https://example.org/x.part"), "x.part.download");
+        assert_eq!(name("https://example.org/%00evil"), "_evil");
+        let long = name(&format!("https://example.org/{}", "é".repeat(200)));
+        assert!(long.len() <= MAX_DOWNLOAD_NAME_BYTES);
+        for text in [
+            "https://example.org/dir/file.tar.gz",
+            "https://example.org/a%2Fb",
+            "https://example.org/.bashrc",
+            "https://example.org/x.part",
+        ] {
+            check_file_name("file_name", &name(text)).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_guard_refuses_internal_addresses_and_allows_public_ones() {
+        let reason = |text: &str| forbidden_address_reason(text.parse().unwrap());
+        for (address, expected) in [
+            ("127.0.0.1", "loopback"),
+            ("127.8.9.10", "loopback"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("172.31.255.255", "private"),
+            ("192.168.1.1", "private"),
+            ("169.254.169.254", "cloud metadata"),
+            ("169.254.1.1", "link-local"),
+            ("100.64.0.1", "shared (carrier-grade NAT)"),
+            ("100.127.255.255", "shared (carrier-grade NAT)"),
+            ("0.0.0.0", "unspecified (\"this network\")"),
+            ("224.0.0.1", "multicast"),
+            ("255.255.255.255", "reserved"),
+            ("::1", "loopback"),
+            ("::", "unspecified"),
+            ("fc00::1", "unique-local"),
+            ("fd00:ec2::254", "unique-local"),
+            ("fe80::1", "link-local"),
+            ("ff02::1", "multicast"),
+            ("::ffff:127.0.0.1", "loopback"),
+            ("::ffff:169.254.169.254", "cloud metadata"),
+            ("64:ff9b::a00:1", "private"),
+            ("2002:c0a8:101::1", "private"),
+        ] {
+            assert_eq!(reason(address), Some(expected), "{address}");
+        }
+        for address in [
+            "93.184.215.14",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert_eq!(reason(address), None, "{address}");
+        }
+    }
+
+    #[test]
+    fn literal_internal_addresses_in_urls_are_refused_unless_allowed() {
+        for text in [
+            "http://127.0.0.1:8080/x",
+            "http://[::1]/x",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.1/",
+        ] {
+            let url = parse_download_url(text).unwrap();
+            let error = check_url_address(&url, false).unwrap_err().to_string();
+            assert!(error.contains("allow_private_addresses"), "{error}");
+            check_url_address(&url, true).unwrap();
+        }
+        // Names are checked when resolved, by the scraper.
+        check_url_address(&parse_download_url("http://localhost/").unwrap(), false).unwrap();
+        check_url_address(&parse_download_url("http://8.8.8.8/").unwrap(), false).unwrap();
+    }
+
+    #[test]
+    fn an_attempt_saves_progress_and_succeeds_in_one_transaction_with_its_job() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let created = store
+            .create_download(&NewDownload::new("https://example.org/a.bin"))
+            .unwrap();
+        let claimed = claim_one(&mut store);
+        assert_eq!(claimed.id, created.job_id);
+        assert_eq!(
+            store.get_download(created.download_id).unwrap().state,
+            DownloadState::Running
+        );
+        let id = created.download_id;
+        let token = &claimed.lease_token;
+        store
+            .start_download_attempt(id, claimed.id, token, "/staging/1.part")
+            .unwrap();
+        let heartbeat = store
+            .record_download_progress(id, claimed.id, token, &progress(40), LEASE)
+            .unwrap();
+        assert!(!heartbeat.cancel_requested);
+        let download = store.get_download(id).unwrap();
+        assert_eq!(download.bytes_done, 40);
+        assert_eq!(download.bytes_total, Some(100));
+        assert_eq!(download.etag.as_deref(), Some("\"v1\""));
+        assert_eq!(download.part_path.as_deref(), Some("/staging/1.part"));
+        let job = store.get_job(claimed.id).unwrap();
+        assert_eq!(job.progress, Some(0.4));
+
+        let (state, job_state) = store
+            .finish_download(
+                id,
+                claimed.id,
+                token,
+                &DownloadOutcome::Succeeded {
+                    final_path: "/inbox/a.bin".into(),
+                    bytes: 100,
+                    sha256: "0".repeat(64),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (state, job_state),
+            (DownloadState::Succeeded, JobState::Succeeded)
+        );
+        let download = store.get_download(id).unwrap();
+        assert_eq!(download.final_path.as_deref(), Some("/inbox/a.bin"));
+        assert_eq!(download.part_path, None);
+        assert_eq!(download.bytes_done, 100);
+        assert_eq!(download.rate_bytes_per_second, None);
+        let job = store.get_job(claimed.id).unwrap();
+        assert_eq!(job.result.unwrap()["path"], "/inbox/a.bin");
+    }
+
+    #[test]
+    fn failures_follow_the_job_retryable_to_queued_permanent_to_failed() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let mut new = NewDownload::new("https://example.org/a.bin");
+        new.max_attempts = 2;
+        let created = store.create_download(&new).unwrap();
+        let id = created.download_id;
+
+        let claimed = claim_one(&mut store);
+        let outcome = DownloadOutcome::Failed {
+            error: "HTTP 503 Service Unavailable".into(),
+            retryable: true,
+        };
+        let states = store
+            .finish_download(id, claimed.id, &claimed.lease_token, &outcome)
+            .unwrap();
+        assert_eq!(states, (DownloadState::Queued, JobState::Retrying));
+        let download = store.get_download(id).unwrap();
+        assert_eq!(
+            download.error.as_deref(),
+            Some("HTTP 503 Service Unavailable")
+        );
+
+        // The retry is due after the test policy's backoff (at most 100 ms).
+        let mut claimed = Vec::new();
+        for _ in 0..200 {
+            claimed = store
+                .claim_jobs(WORKER, &[DOWNLOAD_JOB_KIND], 1, LEASE)
+                .unwrap();
+            if !claimed.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let claimed = claimed.pop().expect("the retry became claimable");
+        let states = store
+            .finish_download(id, claimed.id, &claimed.lease_token, &outcome)
+            .unwrap();
+        assert_eq!(states, (DownloadState::Failed, JobState::Dead));
+
+        let created = store
+            .create_download(&NewDownload::new("https://example.org/b.bin"))
+            .unwrap();
+        let claimed = claim_one(&mut store);
+        let states = store
+            .finish_download(
+                created.download_id,
+                claimed.id,
+                &claimed.lease_token,
+                &DownloadOutcome::Failed {
+                    error: "HTTP 404 Not Found".into(),
+                    retryable: false,
+                },
+            )
+            .unwrap();
+        assert_eq!(states, (DownloadState::Failed, JobState::Failed));
+    }
+
+    #[test]
+    fn cancel_stops_a_queued_download_at_once_and_flags_a_running_one() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let queued = store
+            .create_download(&NewDownload::new("https://example.org/q.bin"))
+            .unwrap();
+        let cancelled = store.cancel_download(queued.download_id).unwrap();
+        assert_eq!(cancelled.state, DownloadState::Cancelled);
+        assert_eq!(
+            store.get_job(queued.job_id).unwrap().state,
+            JobState::Cancelled
+        );
+        assert!(matches!(
+            store.cancel_download(queued.download_id),
+            Err(DownloadError::InvalidState { .. })
+        ));
+
+        let running = store
+            .create_download(&NewDownload::new("https://example.org/r.bin"))
+            .unwrap();
+        let claimed = claim_one(&mut store);
+        let id = running.download_id;
+        assert_eq!(
+            store.cancel_download(id).unwrap().state,
+            DownloadState::Running
+        );
+        let heartbeat = store
+            .record_download_progress(id, claimed.id, &claimed.lease_token, &progress(5), LEASE)
+            .unwrap();
+        assert!(heartbeat.cancel_requested);
+        let states = store
+            .finish_download(
+                id,
+                claimed.id,
+                &claimed.lease_token,
+                &DownloadOutcome::Cancelled,
+            )
+            .unwrap();
+        assert_eq!(states, (DownloadState::Cancelled, JobState::Cancelled));
+        assert_eq!(store.get_download(id).unwrap().bytes_done, 0);
+        assert!(matches!(
+            store.cancel_download(999),
+            Err(DownloadError::NotFound(999))
+        ));
+    }
+
+    #[test]
+    fn only_finished_downloads_can_be_deleted() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let created = store
+            .create_download(&NewDownload::new("https://example.org/a.bin"))
+            .unwrap();
+        assert!(matches!(
+            store.delete_download(created.download_id),
+            Err(DownloadError::InvalidState { .. })
+        ));
+        store.cancel_download(created.download_id).unwrap();
+        let deleted = store.delete_download(created.download_id).unwrap();
+        assert_eq!(deleted.id, created.download_id);
+        assert!(matches!(
+            store.get_download(created.download_id),
+            Err(DownloadError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.delete_download(created.download_id),
+            Err(DownloadError::NotFound(_))
+        ));
+        // The job's history stays.
+        assert_eq!(
+            store.get_job(created.job_id).unwrap().state,
+            JobState::Cancelled
+        );
+    }
+
+    #[test]
+    fn the_download_follows_its_job_when_the_job_is_cancelled_or_retried_directly() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let created = store
+            .create_download(&NewDownload::new("https://example.org/a.bin"))
+            .unwrap();
+        store.cancel_job(created.job_id).unwrap();
+        let download = store.get_download(created.download_id).unwrap();
+        assert_eq!(download.state, DownloadState::Cancelled);
+        assert_eq!(download.error.as_deref(), Some("cancelled on request"));
+        store.retry_job(created.job_id).unwrap();
+        assert_eq!(
+            store.get_download(created.download_id).unwrap().state,
+            DownloadState::Queued
+        );
+    }
+
+    #[test]
+    fn a_lost_lease_changes_nothing() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let created = store
+            .create_download(&NewDownload::new("https://example.org/a.bin"))
+            .unwrap();
+        let claimed = claim_one(&mut store);
+        let stale = LeaseToken::from("0".repeat(32));
+        let id = created.download_id;
+        assert!(matches!(
+            store.start_download_attempt(id, claimed.id, &stale, "/x.part"),
+            Err(DownloadError::Job(JobError::LeaseLost { .. }))
+        ));
+        assert!(matches!(
+            store.record_download_progress(id, claimed.id, &stale, &progress(9), LEASE),
+            Err(DownloadError::Job(JobError::LeaseLost { .. }))
+        ));
+        assert!(matches!(
+            store.finish_download(id, claimed.id, &stale, &DownloadOutcome::Cancelled),
+            Err(DownloadError::Job(JobError::LeaseLost { .. }))
+        ));
+        let download = store.get_download(id).unwrap();
+        assert_eq!(download.bytes_done, 0);
+        assert_eq!(download.state, DownloadState::Running);
+    }
+
+    #[test]
+    fn released_downloads_keep_their_progress_and_orphans_become_claimable() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let created = store
+            .create_download(&NewDownload::new("https://example.org/a.bin"))
+            .unwrap();
+        let claimed = claim_one(&mut store);
+        let id = created.download_id;
+        let states = store
+            .finish_download(
+                id,
+                claimed.id,
+                &claimed.lease_token,
+                &DownloadOutcome::Released { bytes_done: 77 },
+            )
+            .unwrap();
+        assert_eq!(states, (DownloadState::Queued, JobState::Queued));
+        assert_eq!(store.get_download(id).unwrap().bytes_done, 77);
+
+        let claimed = claim_one(&mut store);
+        assert_eq!(claimed.attempt, 1, "a release gives the attempt back");
+        assert!(
+            store
+                .expire_download_leases_of("someone-else")
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.expire_download_leases_of(WORKER).unwrap(),
+            vec![claimed.id]
+        );
+        let again = claim_one(&mut store);
+        assert_eq!(again.id, claimed.id);
+        assert_eq!(again.attempt, 2);
+    }
+
+    #[test]
+    fn downloads_list_newest_first_by_state_a_page_at_a_time() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let ids: Vec<i64> = (0..5)
+            .map(|index| {
+                store
+                    .create_download(&NewDownload::new(format!("https://example.org/{index}")))
+                    .unwrap()
+                    .download_id
+            })
+            .collect();
+        store.cancel_download(ids[1]).unwrap();
+        let all = DownloadFilter::default();
+        let first = store
+            .list_downloads(
+                &all,
+                PageRequest {
+                    before_id: None,
+                    limit: 2,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            first.items.iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![ids[4], ids[3]]
+        );
+        let second = store
+            .list_downloads(
+                &all,
+                PageRequest {
+                    before_id: first.next_cursor,
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            second.items.iter().map(|d| d.id).collect::<Vec<_>>(),
+            vec![ids[2], ids[1], ids[0]]
+        );
+        assert_eq!(second.next_cursor, None);
+        let cancelled = store
+            .list_downloads(
+                &DownloadFilter {
+                    states: vec![DownloadState::Cancelled],
+                },
+                PageRequest {
+                    before_id: None,
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        assert_eq!(cancelled.items.len(), 1);
+        assert_eq!(cancelled.items[0].id, ids[1]);
+        assert!(is_invalid(store.list_downloads(
+            &all,
+            PageRequest {
+                before_id: None,
+                limit: 0
+            }
+        )));
+        let counts = store.download_counts().unwrap();
+        assert_eq!(counts[&DownloadState::Queued], 4);
+        assert_eq!(counts[&DownloadState::Cancelled], 1);
+    }
+}

@@ -1,0 +1,692 @@
+//! The files the monitor finds in watched folders, and the ingest job queued for each version
+//! of each file, recorded together.
+//!
+//! The rules this module keeps:
+//! - **Recording a file and enqueuing its ingest job is one transaction.** A crash between the
+//!   two cannot leave a recorded file without its job, or a job without its file.
+//! - **One version of one file is queued once.** A version is (size, mtime in ns, inode); the
+//!   job's unique key is `ingest:<file id>:<size>:<mtime_ns>:<inode>`, and the file row is one
+//!   per path, so a restart, a rescan or an event seen twice finds the existing job instead of
+//!   adding another.
+//! - A file that left its folder is marked `gone`, never deleted: its documents and jobs keep
+//!   their history. In a consume folder a file the worker already ingested left because it was
+//!   consumed, so it keeps its state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+use serde::{Deserialize, Serialize};
+
+use super::jobs::{JobError, NewJob, Page, PageRequest, insert_job};
+use super::{Store, StoreError, now_ms};
+use crate::config::WatchMode;
+
+/// The job kind the monitor queues for every new file version.
+pub const INGEST_JOB_KIND: &str = "ingest";
+
+/// Most files recorded in one transaction; callers with more split them, so that one commit
+/// never holds the write lock for long.
+pub const MAX_FILES_PER_BATCH: usize = 4096;
+
+/// The payload of an `ingest` job, as the monitor writes it and the ingest worker reads it.
+///
+/// `size`, `mtime_ns` and `inode` are the version the job was queued for: a worker that opens
+/// the file and finds another version knows a newer job exists (or will) for that one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestPayload {
+    /// Absolute path of the file in its watched folder.
+    pub path: PathBuf,
+    /// The `files` row of this path.
+    pub file_id: i64,
+    /// The watched folder the file was found in.
+    pub watch_root: PathBuf,
+    /// Whether the file is moved into the library (`consume`) or catalogued in place (`index`).
+    pub mode: WatchMode,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+}
+
+/// A regular file the monitor found ready in a watched folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectedFile {
+    pub watch_root: PathBuf,
+    /// Absolute, inside `watch_root`, valid UTF-8.
+    pub path: PathBuf,
+    pub mode: WatchMode,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+}
+
+impl DetectedFile {
+    /// The text that names this version of the file.
+    pub fn version_key(&self) -> String {
+        format!("{}:{}:{}", self.size, self.mtime_ns, self.inode)
+    }
+}
+
+/// What recording one detected file did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detection {
+    pub path: PathBuf,
+    pub file_id: i64,
+    /// The ingest job of this version (new or existing).
+    pub job_id: i64,
+    /// Whether this call queued the job; `false` means this version was already known.
+    pub new: bool,
+}
+
+/// Where a file stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileState {
+    /// Found and queued for ingest.
+    Detected,
+    Ingested,
+    /// Its content was already in the catalogue.
+    Duplicate,
+    /// It left its folder.
+    Gone,
+    Failed,
+}
+
+impl FileState {
+    pub const ALL: [FileState; 5] = [
+        FileState::Detected,
+        FileState::Ingested,
+        FileState::Duplicate,
+        FileState::Gone,
+        FileState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileState::Detected => "detected",
+            FileState::Ingested => "ingested",
+            FileState::Duplicate => "duplicate",
+            FileState::Gone => "gone",
+            FileState::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for FileState {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FileState {
+    type Err = FileError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        FileState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| FileError::InvalidArgument(format!("unknown file state {text:?}")))
+    }
+}
+
+/// One row of the `files` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileRecord {
+    pub id: i64,
+    pub watch_root: PathBuf,
+    pub path: PathBuf,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
+    pub version_key: String,
+    pub state: FileState,
+    pub job_id: Option<i64>,
+    pub document_id: Option<i64>,
+    pub first_seen_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Which files [`Store::list_files`] returns; empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileFilter {
+    pub states: Vec<FileState>,
+    /// Only files at or under this path.
+    pub under: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("file {0} not found")]
+    NotFound(i64),
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for FileError {
+    fn from(error: rusqlite::Error) -> Self {
+        FileError::Store(StoreError::from(error))
+    }
+}
+
+const FILE_COLUMNS: &str = "id, watch_root, path, size, mtime_ns, inode, version_key, state, \
+     job_id, document_id, first_seen_at, updated_at";
+
+impl Store {
+    /// Records detected files and queues an ingest job for every version not seen before, all
+    /// in one transaction. Returns one [`Detection`] per file, in order.
+    ///
+    /// A file whose current version is already recorded changes nothing (`new = false`), so a
+    /// rescan costs reads only. A new version updates the row and queues a new job.
+    pub fn record_detected_files(
+        &mut self,
+        files: &[DetectedFile],
+        max_attempts: u32,
+    ) -> Result<Vec<Detection>, FileError> {
+        if files.len() > MAX_FILES_PER_BATCH {
+            return Err(FileError::InvalidArgument(format!(
+                "{} files in one batch, the limit is {MAX_FILES_PER_BATCH}",
+                files.len()
+            )));
+        }
+        let texts = files
+            .iter()
+            .map(validate_detected)
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = now_ms();
+        self.write(|transaction| {
+            files
+                .iter()
+                .zip(&texts)
+                .map(|(file, (path, root))| {
+                    record_one(transaction, file, path, root, max_attempts, now)
+                })
+                .collect()
+        })
+    }
+
+    /// Marks the files at `paths` as `gone` (one transaction) and returns the ids that changed.
+    /// Paths without a row, and rows already gone, are left alone. In a consume folder
+    /// (`mode`), files already ingested or found duplicate keep their state: they left because
+    /// the worker consumed them.
+    pub fn mark_gone(&mut self, paths: &[PathBuf], mode: WatchMode) -> Result<Vec<i64>, FileError> {
+        let texts = paths
+            .iter()
+            .map(|path| path_text("path", path).map(str::to_owned))
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = now_ms();
+        let kept_states = match mode {
+            WatchMode::Consume => "('gone', 'ingested', 'duplicate')",
+            WatchMode::Index => "('gone')",
+        };
+        let sql = format!(
+            "UPDATE files SET state = 'gone', updated_at = ?2
+             WHERE path = ?1 AND state NOT IN {kept_states} RETURNING id"
+        );
+        self.write(|transaction| {
+            let mut changed = Vec::new();
+            let mut statement = transaction.prepare_cached(&sql)?;
+            for path in &texts {
+                if let Some(id) = statement
+                    .query_row(params![path, now], |row| row.get(0))
+                    .optional()?
+                {
+                    changed.push(id);
+                }
+            }
+            Ok::<_, FileError>(changed)
+        })
+    }
+
+    /// The paths of files at or under `prefix` that are not `gone`, in path order: what a
+    /// reconcile compares with the folder.
+    pub fn present_files_under(&self, prefix: &Path) -> Result<Vec<PathBuf>, FileError> {
+        let (exact, lower, upper) = prefix_bounds(prefix)?;
+        let mut statement = self.connection().prepare_cached(
+            "SELECT path FROM files
+             WHERE (path = ?1 OR (path >= ?2 AND path < ?3)) AND state != 'gone'
+             ORDER BY path",
+        )?;
+        let paths = statement
+            .query_map(params![exact, lower, upper], |row| {
+                row.get::<_, String>(0).map(PathBuf::from)
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(paths)
+    }
+
+    /// One file by id.
+    pub fn get_file(&self, id: i64) -> Result<FileRecord, FileError> {
+        self.connection()
+            .prepare_cached(&format!("SELECT {FILE_COLUMNS} FROM files WHERE id = ?1"))?
+            .query_row([id], file_from_row)
+            .optional()?
+            .ok_or(FileError::NotFound(id))
+    }
+
+    /// The file recorded at `path`, if any.
+    pub fn get_file_by_path(&self, path: &Path) -> Result<Option<FileRecord>, FileError> {
+        let path = path_text("path", path)?;
+        Ok(self
+            .connection()
+            .prepare_cached(&format!("SELECT {FILE_COLUMNS} FROM files WHERE path = ?1"))?
+            .query_row([path], file_from_row)
+            .optional()?)
+    }
+
+    /// Files, newest id first, one page at a time (`next_cursor` is the `before_id` of the
+    /// next page).
+    pub fn list_files(
+        &self,
+        filter: &FileFilter,
+        page: PageRequest,
+    ) -> Result<Page<FileRecord>, FileError> {
+        if page.limit == 0 || page.limit > super::jobs::MAX_PAGE_SIZE {
+            return Err(FileError::InvalidArgument(format!(
+                "page size must be 1..={}, got {}",
+                super::jobs::MAX_PAGE_SIZE,
+                page.limit
+            )));
+        }
+        let states = serde_json::to_string(
+            &filter
+                .states
+                .iter()
+                .map(|state| state.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .expect("a list of strings serializes");
+        let (exact, lower, upper) = match &filter.under {
+            Some(prefix) => {
+                let (exact, lower, upper) = prefix_bounds(prefix)?;
+                (Some(exact), Some(lower), Some(upper))
+            }
+            None => (None, None, None),
+        };
+        let mut statement = self.connection().prepare_cached(&format!(
+            "SELECT {FILE_COLUMNS} FROM files
+             WHERE (?1 = '[]' OR state IN (SELECT value FROM json_each(?1)))
+               AND (?2 IS NULL OR path = ?2 OR (path >= ?3 AND path < ?4))
+               AND (?5 IS NULL OR id < ?5)
+             ORDER BY id DESC LIMIT ?6"
+        ))?;
+        let mut items = statement
+            .query_map(
+                params![states, exact, lower, upper, page.before_id, page.limit + 1],
+                file_from_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > page.limit as usize {
+            items.truncate(page.limit as usize);
+            items.last().map(|file| file.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// How many files are in each state (states without files are absent).
+    pub fn file_counts(&self) -> Result<BTreeMap<FileState, u64>, FileError> {
+        let mut statement = self
+            .connection()
+            .prepare_cached("SELECT state, count(*) FROM files GROUP BY state")?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(state, count)| Ok((state.parse()?, count as u64)))
+            .collect()
+    }
+}
+
+fn record_one(
+    transaction: &Transaction<'_>,
+    file: &DetectedFile,
+    path: &str,
+    root: &str,
+    max_attempts: u32,
+    now: i64,
+) -> Result<Detection, FileError> {
+    let version_key = file.version_key();
+    let existing: Option<(i64, String, String, Option<i64>)> = transaction
+        .prepare_cached("SELECT id, version_key, state, job_id FROM files WHERE path = ?1")?
+        .query_row([path], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .optional()?;
+    let size = i64::try_from(file.size)
+        .map_err(|_| FileError::InvalidArgument(format!("{path}: size out of range")))?;
+    let inode = file.inode as i64;
+    let file_id = match existing {
+        Some((id, known_key, state, Some(job_id))) if known_key == version_key => {
+            if state == FileState::Gone.as_str() {
+                // The same version came back (moved out and in again): present once more,
+                // and its job is the one it already had.
+                transaction
+                    .prepare_cached(
+                        "UPDATE files SET state = 'detected', watch_root = ?2, updated_at = ?3
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id, root, now])?;
+            }
+            return Ok(Detection {
+                path: file.path.clone(),
+                file_id: id,
+                job_id,
+                new: false,
+            });
+        }
+        Some((id, ..)) => {
+            transaction
+                .prepare_cached(
+                    "UPDATE files SET watch_root = ?2, size = ?3, mtime_ns = ?4, inode = ?5,
+                         version_key = ?6, state = 'detected', updated_at = ?7
+                     WHERE id = ?1",
+                )?
+                .execute(params![
+                    id,
+                    root,
+                    size,
+                    file.mtime_ns,
+                    inode,
+                    version_key,
+                    now
+                ])?;
+            id
+        }
+        None => transaction
+            .prepare_cached(
+                "INSERT INTO files (watch_root, path, size, mtime_ns, inode, version_key, state,
+                                    first_seen_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'detected', ?7, ?7)
+                 RETURNING id",
+            )?
+            .query_row(
+                params![root, path, size, file.mtime_ns, inode, version_key, now],
+                |row| row.get(0),
+            )?,
+    };
+    let payload = IngestPayload {
+        path: file.path.clone(),
+        file_id,
+        watch_root: file.watch_root.clone(),
+        mode: file.mode,
+        size: file.size,
+        mtime_ns: file.mtime_ns,
+        inode: file.inode,
+    };
+    let job = NewJob::new(
+        INGEST_JOB_KIND,
+        serde_json::to_value(&payload).expect("the payload serializes"),
+    )
+    .with_max_attempts(max_attempts)
+    .with_unique_key(format!("{INGEST_JOB_KIND}:{file_id}:{version_key}"));
+    let payload_text = job.validate()?;
+    let enqueued = insert_job(transaction, &job, &payload_text, now)?;
+    transaction
+        .prepare_cached("UPDATE files SET job_id = ?2 WHERE id = ?1")?
+        .execute(params![file_id, enqueued.id])?;
+    Ok(Detection {
+        path: file.path.clone(),
+        file_id,
+        job_id: enqueued.id,
+        new: enqueued.created,
+    })
+}
+
+/// The path and root as text, after checking the shape the table relies on.
+fn validate_detected(file: &DetectedFile) -> Result<(String, String), FileError> {
+    let path = path_text("path", &file.path)?;
+    let root = path_text("watch_root", &file.watch_root)?;
+    if !file.path.starts_with(&file.watch_root) || file.path == file.watch_root {
+        return Err(FileError::InvalidArgument(format!(
+            "{path} is not inside the watched folder {root}"
+        )));
+    }
+    Ok((path.to_owned(), root.to_owned()))
+}
+
+fn path_text<'a>(argument: &str, path: &'a Path) -> Result<&'a str, FileError> {
+    let text = path.to_str().ok_or_else(|| {
+        FileError::InvalidArgument(format!("{argument} {} is not valid UTF-8", path.display()))
+    })?;
+    if !path.is_absolute() {
+        return Err(FileError::InvalidArgument(format!(
+            "{argument} {text:?} must be absolute"
+        )));
+    }
+    Ok(text)
+}
+
+/// `(prefix, prefix + "/", prefix + "0")`: a path is at or under `prefix` when it equals the
+/// first or sorts between the other two ('0' is the byte after '/'), which SQLite answers
+/// from the unique index on `path`.
+fn prefix_bounds(prefix: &Path) -> Result<(String, String, String), FileError> {
+    let text = path_text("prefix", prefix)?;
+    let directory = text.trim_end_matches('/');
+    Ok((
+        text.to_owned(),
+        format!("{directory}/"),
+        format!("{directory}0"),
+    ))
+}
+
+fn file_from_row(row: &Row<'_>) -> rusqlite::Result<FileRecord> {
+    let state: String = row.get(7)?;
+    Ok(FileRecord {
+        id: row.get(0)?,
+        watch_root: PathBuf::from(row.get::<_, String>(1)?),
+        path: PathBuf::from(row.get::<_, String>(2)?),
+        size: row.get::<_, i64>(3)? as u64,
+        mtime_ns: row.get(4)?,
+        inode: row.get::<_, i64>(5)? as u64,
+        version_key: row.get(6)?,
+        state: state.parse().map_err(|error: FileError| {
+            rusqlite::Error::FromSqlConversionFailure(
+                7,
+                rusqlite::types::Type::Text,
+                error.to_string().into(),
+            )
+        })?,
+        job_id: row.get(8)?,
+        document_id: row.get(9)?,
+        first_seen_at_ms: row.get(10)?,
+        updated_at_ms: row.get(11)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::open_temp;
+    use crate::store::{Durability, JobState};
+
+    fn detected(name: &str, size: u64, mtime_ns: i64) -> DetectedFile {
+        DetectedFile {
+            watch_root: PathBuf::from("/srv/inbox"),
+            path: PathBuf::from("/srv/inbox").join(name),
+            mode: WatchMode::Consume,
+            size,
+            mtime_ns,
+            inode: 77,
+        }
+    }
+
+    #[test]
+    fn a_file_and_its_ingest_job_are_recorded_together_once_per_version() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let first = store
+            .record_detected_files(&[detected("a.pdf", 10, 1), detected("b.pdf", 20, 2)], 5)
+            .unwrap();
+        assert!(first.iter().all(|detection| detection.new));
+        let job = store.get_job(first[0].job_id).unwrap();
+        assert_eq!(job.kind, INGEST_JOB_KIND);
+        assert_eq!(job.state, JobState::Queued);
+        let payload: IngestPayload = serde_json::from_value(job.payload).unwrap();
+        assert_eq!(
+            payload,
+            IngestPayload {
+                path: PathBuf::from("/srv/inbox/a.pdf"),
+                file_id: first[0].file_id,
+                watch_root: PathBuf::from("/srv/inbox"),
+                mode: WatchMode::Consume,
+                size: 10,
+                mtime_ns: 1,
+                inode: 77,
+            }
+        );
+        let file = store.get_file(first[0].file_id).unwrap();
+        assert_eq!(file.job_id, Some(first[0].job_id));
+        assert_eq!(file.state, FileState::Detected);
+
+        // The same versions again: nothing new.
+        let again = store
+            .record_detected_files(&[detected("a.pdf", 10, 1), detected("b.pdf", 20, 2)], 5)
+            .unwrap();
+        assert_eq!(
+            again
+                .iter()
+                .map(|detection| (detection.file_id, detection.job_id, detection.new))
+                .collect::<Vec<_>>(),
+            first
+                .iter()
+                .map(|detection| (detection.file_id, detection.job_id, false))
+                .collect::<Vec<_>>()
+        );
+
+        // A new version of a: same file row, new job.
+        let changed = store
+            .record_detected_files(&[detected("a.pdf", 11, 3)], 5)
+            .unwrap();
+        assert!(changed[0].new);
+        assert_eq!(changed[0].file_id, first[0].file_id);
+        assert_ne!(changed[0].job_id, first[0].job_id);
+        assert_eq!(store.job_counts().unwrap()[&JobState::Queued], 3);
+    }
+
+    #[test]
+    fn gone_files_are_marked_and_consumed_ones_keep_their_state() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let detections = store
+            .record_detected_files(&[detected("a", 1, 1), detected("b", 1, 1)], 5)
+            .unwrap();
+        store
+            .connection()
+            .execute(
+                "UPDATE files SET state = 'ingested' WHERE id = ?1",
+                [detections[1].file_id],
+            )
+            .unwrap();
+        let paths = vec![
+            PathBuf::from("/srv/inbox/a"),
+            PathBuf::from("/srv/inbox/b"),
+            PathBuf::from("/srv/inbox/never-seen"),
+        ];
+        let changed = store.mark_gone(&paths, WatchMode::Consume).unwrap();
+        assert_eq!(changed, vec![detections[0].file_id]);
+        assert_eq!(
+            store.get_file(detections[1].file_id).unwrap().state,
+            FileState::Ingested
+        );
+        assert_eq!(
+            store.present_files_under(Path::new("/srv/inbox")).unwrap(),
+            vec![PathBuf::from("/srv/inbox/b")]
+        );
+        // In an index folder an ingested file that leaves is gone.
+        let changed = store.mark_gone(&paths, WatchMode::Index).unwrap();
+        assert_eq!(changed, vec![detections[1].file_id]);
+
+        // The same version coming back is present again without a second job.
+        let back = store
+            .record_detected_files(&[detected("a", 1, 1)], 5)
+            .unwrap();
+        assert!(!back[0].new);
+        assert_eq!(back[0].job_id, detections[0].job_id);
+        assert_eq!(
+            store.get_file(back[0].file_id).unwrap().state,
+            FileState::Detected
+        );
+    }
+
+    #[test]
+    fn prefixes_match_whole_path_components() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        store
+            .record_detected_files(
+                &[
+                    detected("sub/x", 1, 1),
+                    detected("sub0", 1, 1),
+                    detected("sub-y", 1, 1),
+                    detected("sub/deeper/z", 1, 1),
+                ],
+                5,
+            )
+            .unwrap();
+        assert_eq!(
+            store
+                .present_files_under(Path::new("/srv/inbox/sub"))
+                .unwrap(),
+            vec![
+                PathBuf::from("/srv/inbox/sub/deeper/z"),
+                PathBuf::from("/srv/inbox/sub/x")
+            ]
+        );
+        let page = store
+            .list_files(
+                &FileFilter {
+                    states: vec![FileState::Detected],
+                    under: Some(PathBuf::from("/srv/inbox/sub/deeper")),
+                },
+                PageRequest {
+                    before_id: None,
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].path, PathBuf::from("/srv/inbox/sub/deeper/z"));
+        assert_eq!(store.file_counts().unwrap()[&FileState::Detected], 4);
+    }
+
+    #[test]
+    fn bad_input_is_refused_and_changes_nothing() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let mut outside = detected("a", 1, 1);
+        outside.path = PathBuf::from("/etc/passwd");
+        let mut relative = detected("a", 1, 1);
+        relative.path = PathBuf::from("inbox/a");
+        relative.watch_root = PathBuf::from("inbox");
+        for bad in [outside, relative] {
+            let error = store
+                .record_detected_files(&[detected("fine", 1, 1), bad], 5)
+                .unwrap_err();
+            assert!(matches!(error, FileError::InvalidArgument(_)), "{error}");
+        }
+        assert!(store.file_counts().unwrap().is_empty());
+        assert!(
+            store
+                .job_counts()
+                .unwrap()
+                .values()
+                .all(|count| *count == 0)
+        );
+        let error = store
+            .list_files(
+                &FileFilter::default(),
+                PageRequest {
+                    before_id: None,
+                    limit: 0,
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(error, FileError::InvalidArgument(_)), "{error}");
+        assert!(matches!(store.get_file(42), Err(FileError::NotFound(42))));
+    }
+}

@@ -1,0 +1,860 @@
+//! sluice-monitor: the one process that watches the `[[watch]]` folders. It records every file
+//! that becomes ready and queues its ingest job in the same transaction, reconciles each tree
+//! with the database (at start, after lost events, periodically and on `Rescan`), and announces
+//! what it queued with `FileDetected` and `JobQueued`.
+//!
+//! One main loop over [`Event`] owns all decisions; the watchers (notify's threads), the walks
+//! (blocking tasks) and the recorder (a thread with the database connection) only feed it.
+
+pub mod recorder;
+pub mod walk;
+pub mod watcher;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sluice_core::bus::{
+    self, BusError, BusSetupError, CallerPolicy, DaemonState, MonitorCommand, MonitorService,
+    MonitorStatus,
+};
+use sluice_core::config::{Config, ConfigError, WatchConfig};
+use sluice_core::runtime::{
+    ConfigReloader, DaemonExit, Notifier, ReloadOutcome, RuntimeError, Signal, SignalReceiver,
+    StatusLine, StopDeadline,
+};
+use sluice_core::store::{DetectedFile, INGEST_JOB_KIND, Store, StoreError};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use recorder::{Recorder, RecorderCommand, RecorderReport};
+use walk::{FileVersion, WalkSummary, is_wanted, walk};
+use watcher::{FolderWatcher, WatchError, WatchEvent, WatchMessage, WatchSink, start_watcher};
+
+/// The unit name, used as the log identifier.
+pub const UNIT_NAME: &str = "sluice-monitor";
+
+/// Why the monitor could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot connect to the {address}: {source}")]
+    BusConnect {
+        address: bus::BusAddress,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("{0}")]
+    BusSetup(#[from] BusSetupError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error("cannot start the recorder thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+impl MonitorError {
+    /// The exit status systemd sees.
+    pub fn exit(&self) -> DaemonExit {
+        match self {
+            MonitorError::Config(_) | MonitorError::Watch(_) => DaemonExit::Config,
+            MonitorError::Store(_)
+            | MonitorError::BusConnect { .. }
+            | MonitorError::BusSetup(_) => DaemonExit::Unavailable,
+            MonitorError::Runtime(_) | MonitorError::Thread(_) => DaemonExit::Software,
+        }
+    }
+}
+
+/// Everything the main loop reacts to.
+#[derive(Debug)]
+enum Event {
+    Command(MonitorCommand),
+    Signal(Signal),
+    WatchdogTick,
+    StatusTick,
+    ReconcileTick,
+    PendingTick,
+    Internal(Internal),
+}
+
+/// Events from the monitor's own helpers (watchers, walks, the recorder).
+#[derive(Debug)]
+enum Internal {
+    Watch(WatchEvent),
+    WalkChunk {
+        generation: u64,
+        watch: usize,
+        files: Vec<FileVersion>,
+    },
+    WalkDone {
+        generation: u64,
+        watch: usize,
+        scope: PathBuf,
+        reason: &'static str,
+        summary: WalkSummary,
+        elapsed: Duration,
+    },
+    /// The second walk of a new directory (see `WatchMessage::NewDirectory`).
+    DelayedWalk {
+        generation: u64,
+        watch: usize,
+        scope: PathBuf,
+    },
+    Recorder(RecorderReport),
+}
+
+/// Runs the monitor until SIGTERM. `config_path` is re-read on SIGHUP.
+pub async fn run(config: Config, config_path: PathBuf) -> Result<(), MonitorError> {
+    let mut signals = SignalReceiver::install()?;
+    let notifier = Notifier::from_environment();
+    notifier.status("starting: opening the store");
+
+    let store_path = config.store.path.clone();
+    let store_options = config.store_options();
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, &store_options))
+        .await
+        .expect("opening the store does not panic")?;
+
+    let connection =
+        bus::connect(&config.bus.address)
+            .await
+            .map_err(|source| MonitorError::BusConnect {
+                address: config.bus.address.clone(),
+                source,
+            })?;
+    let watched_paths: Vec<PathBuf> = config
+        .watches
+        .iter()
+        .map(|watch| watch.path.clone())
+        .collect();
+    let (service, mut commands) = MonitorService::start(
+        &connection,
+        CallerPolicy::for_this_process(),
+        MonitorStatus::starting(watched_paths, config.store.durability.as_str()),
+    )
+    .await?;
+
+    let (internal_sender, mut internal) = unbounded_channel();
+    let recorder_sender = internal_sender.clone();
+    let recorder = Recorder::start(store, config.jobs.max_attempts, move |report| {
+        let _ = recorder_sender.send(Internal::Recorder(report));
+    })
+    .map_err(MonitorError::Thread)?;
+
+    let reload_path = config_path.clone();
+    let mut monitor = Monitor {
+        reloader: ConfigReloader::new(config, Box::new(move || Config::load(&reload_path))),
+        service,
+        notifier,
+        recorder: Some(recorder),
+        internal_sender,
+        generation: 0,
+        watches: Vec::new(),
+        pending: HashMap::new(),
+        files_detected: 0,
+        jobs_queued: 0,
+        files_known: None,
+        last_detection: None,
+        last_error: None,
+    };
+    // Watch first, then walk: a file that arrives during the start reconcile is seen by one
+    // or the other, and recording it twice is harmless.
+    monitor.start_watches()?;
+    monitor.notifier.ready(&monitor.status_line());
+    monitor.publish_status(DaemonState::Running).await;
+    tracing::info!(folders = monitor.watches.len(), "monitor running");
+    monitor.reconcile_all("start");
+
+    let mut watchdog = monitor.notifier.watchdog_ticker();
+    let mut status_interval = interval_after(monitor.config().service.status_interval);
+    let mut reconcile_interval = interval_after(monitor.config().monitor.reconcile_interval);
+    let mut pending_interval = interval_after(monitor.pending_check_interval());
+    loop {
+        let event = tokio::select! {
+            () = watchdog.tick() => Event::WatchdogTick,
+            signal = signals.recv() => Event::Signal(signal),
+            Some(command) = commands.recv() => Event::Command(command),
+            Some(message) = internal.recv() => Event::Internal(message),
+            _ = status_interval.tick() => Event::StatusTick,
+            _ = reconcile_interval.tick() => Event::ReconcileTick,
+            _ = pending_interval.tick() => Event::PendingTick,
+        };
+        match event {
+            Event::WatchdogTick => monitor.notifier.watchdog_ping(),
+            Event::Signal(Signal::Terminate) => break,
+            Event::Signal(Signal::Reload) => {
+                if monitor.reload().await {
+                    reconcile_interval =
+                        interval_after(monitor.config().monitor.reconcile_interval);
+                    status_interval = interval_after(monitor.config().service.status_interval);
+                    pending_interval = interval_after(monitor.pending_check_interval());
+                }
+            }
+            Event::Command(command) => monitor.handle_command(command),
+            Event::Internal(message) => monitor.handle_internal(message).await,
+            Event::StatusTick => monitor.refresh_status().await,
+            Event::ReconcileTick => monitor.reconcile_all("periodic"),
+            Event::PendingTick => monitor.check_pending(),
+        }
+    }
+    monitor.stop(internal).await;
+    Ok(())
+}
+
+/// A tokio interval whose first tick is one period from now (the start does its own work).
+fn interval_after(period: Duration) -> tokio::time::Interval {
+    let period = period.max(Duration::from_millis(1));
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
+/// One watched folder at run time.
+#[derive(Debug)]
+struct WatchState {
+    config: WatchConfig,
+    watcher: FolderWatcher,
+    /// The scope being walked now, if any.
+    walking: Option<PathBuf>,
+    /// Scopes waiting for the current walk to end (the folder itself means all of it).
+    queued_scopes: VecDeque<(PathBuf, &'static str)>,
+}
+
+/// A file seen but not known to be complete: it counts once its size and mtime stay the same
+/// for the quiet period.
+#[derive(Debug, Clone)]
+struct PendingFile {
+    watch: usize,
+    version: FileVersion,
+    observed_at: Instant,
+}
+
+type Reread = Box<dyn FnMut() -> Result<Config, ConfigError> + Send>;
+
+struct Monitor {
+    reloader: ConfigReloader<Config, Reread>,
+    service: MonitorService,
+    notifier: Notifier,
+    recorder: Option<Recorder>,
+    internal_sender: UnboundedSender<Internal>,
+    /// Bumped when a reload replaces the watchers, so their late messages are dropped.
+    generation: u64,
+    watches: Vec<WatchState>,
+    pending: HashMap<PathBuf, PendingFile>,
+    files_detected: u64,
+    jobs_queued: u64,
+    files_known: Option<u64>,
+    last_detection: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Monitor")
+            .field("generation", &self.generation)
+            .field("watches", &self.watches.len())
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Monitor {
+    fn config(&self) -> &Config {
+        self.reloader.current()
+    }
+
+    fn start_watches(&mut self) -> Result<(), WatchError> {
+        let internal_sender = self.internal_sender.clone();
+        // notify's threads put their messages straight on the loop's queue, in arrival order.
+        // A send fails only while the daemon stops, when nothing is left to do with them.
+        let sink: WatchSink = Arc::new(move |event| {
+            let _ = internal_sender.send(Internal::Watch(event));
+        });
+        let mut watches = Vec::new();
+        for (index, watch) in self.config().watches.iter().enumerate() {
+            let watcher = start_watcher(watch, index, self.generation, Arc::clone(&sink))?;
+            tracing::info!(
+                path = %watch.path.display(),
+                mode = ?watch.mode,
+                polling = watcher.is_polling(),
+                "watching"
+            );
+            watches.push(WatchState {
+                config: watch.clone(),
+                watcher,
+                walking: None,
+                queued_scopes: VecDeque::new(),
+            });
+        }
+        self.watches = watches;
+        Ok(())
+    }
+
+    fn pending_check_interval(&self) -> Duration {
+        let shortest = self
+            .config()
+            .watches
+            .iter()
+            .map(|watch| watch.quiet_period)
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        (shortest / 4).clamp(Duration::from_millis(25), Duration::from_millis(500))
+    }
+
+    fn handle_command(&mut self, command: MonitorCommand) {
+        match command {
+            MonitorCommand::Rescan { path, reply } => {
+                let _ = reply.send(self.rescan(path));
+            }
+        }
+    }
+
+    /// `Rescan`: the bus object already checked the path lexically against the watched
+    /// folders; it is checked again here against the configuration in force now.
+    fn rescan(&mut self, path: Option<PathBuf>) -> Result<u64, BusError> {
+        match path {
+            None => {
+                self.reconcile_all("rescan requested");
+                Ok(self.watches.len() as u64)
+            }
+            Some(path) => {
+                let index = self
+                    .watches
+                    .iter()
+                    .position(|watch| path.starts_with(&watch.config.path))
+                    .ok_or_else(|| {
+                        BusError::InvalidArgument(format!(
+                            "path {:?} is not inside a watched folder",
+                            path.display()
+                        ))
+                    })?;
+                self.reconcile(index, path, "rescan requested");
+                Ok(1)
+            }
+        }
+    }
+
+    fn reconcile_all(&mut self, reason: &'static str) {
+        for index in 0..self.watches.len() {
+            let root = self.watches[index].config.path.clone();
+            self.reconcile(index, root, reason);
+        }
+    }
+
+    /// Walks `scope` of watch `index` now, or after the walk in progress there.
+    fn reconcile(&mut self, index: usize, scope: PathBuf, reason: &'static str) {
+        let watch = &mut self.watches[index];
+        if watch.walking.is_some() {
+            let root = &watch.config.path;
+            // A queued walk of the whole folder covers every narrower one.
+            let covered = watch
+                .queued_scopes
+                .iter()
+                .any(|(queued, _)| queued == root || scope.starts_with(queued));
+            if !covered {
+                if scope == *root {
+                    watch.queued_scopes.clear();
+                }
+                watch.queued_scopes.push_back((scope, reason));
+            }
+            return;
+        }
+        watch.walking = Some(scope.clone());
+        let root = watch.config.path.clone();
+        let rules = watch.config.ignore.clone();
+        let recursive = watch.config.recursive;
+        let sender = self.internal_sender.clone();
+        let generation = self.generation;
+        tracing::debug!(path = %scope.display(), reason, "reconcile started");
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let summary = walk(&root, &scope, &rules, recursive, |files| {
+                let _ = sender.send(Internal::WalkChunk {
+                    generation,
+                    watch: index,
+                    files,
+                });
+            });
+            let _ = sender.send(Internal::WalkDone {
+                generation,
+                watch: index,
+                scope,
+                reason,
+                summary,
+                elapsed: started.elapsed(),
+            });
+        });
+    }
+
+    async fn handle_internal(&mut self, message: Internal) {
+        match message {
+            Internal::Watch(event) => {
+                if event.generation == self.generation && event.watch < self.watches.len() {
+                    self.handle_watch_message(event.watch, event.message);
+                }
+            }
+            Internal::WalkChunk {
+                generation,
+                watch,
+                files,
+            } => {
+                if generation == self.generation {
+                    for file in files {
+                        self.consider_walked(watch, file);
+                    }
+                }
+            }
+            Internal::WalkDone {
+                generation,
+                watch,
+                scope,
+                reason,
+                summary,
+                elapsed,
+            } => {
+                if generation == self.generation {
+                    self.finish_walk(watch, scope, reason, summary, elapsed);
+                }
+            }
+            Internal::DelayedWalk {
+                generation,
+                watch,
+                scope,
+            } => {
+                if generation == self.generation {
+                    self.reconcile(watch, scope, "directory created, second look");
+                }
+            }
+            Internal::Recorder(report) => self.handle_report(report).await,
+        }
+    }
+
+    fn handle_watch_message(&mut self, index: usize, message: WatchMessage) {
+        match message {
+            WatchMessage::Closed(path) => self.file_ready(index, &path),
+            WatchMessage::MovedIn(path) => match std::fs::symlink_metadata(&path) {
+                Ok(metadata) if metadata.is_dir() => {
+                    self.reconcile(index, path, "directory moved in")
+                }
+                Ok(_) => self.file_ready(index, &path),
+                Err(_) => {}
+            },
+            WatchMessage::NewDirectory(path) => {
+                // Files may be created in the new directory before notify has added its
+                // watch; walking it catches those, and a second walk once the watch surely
+                // exists catches the ones written meanwhile.
+                self.reconcile(index, path.clone(), "directory created");
+                self.reconcile_later(index, path, Duration::from_millis(250));
+            }
+            WatchMessage::Changed(path) => match std::fs::symlink_metadata(&path) {
+                Ok(metadata) if metadata.is_file() => {
+                    let version = FileVersion::from_metadata(path, &metadata);
+                    self.make_pending(index, version);
+                }
+                _ => {}
+            },
+            WatchMessage::Left(path) => {
+                self.pending
+                    .retain(|pending_path, _| !pending_path.starts_with(&path));
+                let mode = self.watches[index].config.mode;
+                self.send_to_recorder(RecorderCommand::Sweep { prefix: path, mode });
+            }
+            WatchMessage::Rescan => {
+                let root = self.watches[index].config.path.clone();
+                tracing::warn!(path = %root.display(), "events were lost (inotify overflow); reconciling the folder");
+                self.reconcile(index, root, "events lost");
+            }
+            WatchMessage::Failed(error) => {
+                tracing::warn!(path = %self.watches[index].config.path.display(), error = %error, "watcher error");
+                self.last_error = Some(format!("watcher: {error}"));
+            }
+        }
+    }
+
+    fn reconcile_later(&self, index: usize, scope: PathBuf, delay: Duration) {
+        let sender = self.internal_sender.clone();
+        let generation = self.generation;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = sender.send(Internal::DelayedWalk {
+                generation,
+                watch: index,
+                scope,
+            });
+        });
+    }
+
+    /// A file closed after writing or moved in: record it now if it is one we want.
+    fn file_ready(&mut self, index: usize, path: &Path) {
+        let config = &self.watches[index].config;
+        if !is_wanted(&config.path, path, &config.ignore, config.recursive) {
+            return;
+        }
+        let Ok(metadata) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        if !metadata.is_file() {
+            return;
+        }
+        self.pending.remove(path);
+        self.record(
+            index,
+            FileVersion::from_metadata(path.to_path_buf(), &metadata),
+        );
+    }
+
+    /// A file found by a walk: old enough to be complete, or pending until it is quiet.
+    fn consider_walked(&mut self, index: usize, version: FileVersion) {
+        let quiet_period = self.watches[index].config.quiet_period;
+        if !self.watches[index].watcher.is_polling() && age_of(version.mtime_ns) >= quiet_period {
+            self.record(index, version);
+        } else {
+            self.make_pending(index, version);
+        }
+    }
+
+    fn make_pending(&mut self, index: usize, version: FileVersion) {
+        let config = &self.watches[index].config;
+        if version.path.to_str().is_none()
+            || !is_wanted(
+                &config.path,
+                &version.path,
+                &config.ignore,
+                config.recursive,
+            )
+        {
+            return;
+        }
+        let observed_at = Instant::now();
+        self.pending
+            .entry(version.path.clone())
+            .and_modify(|pending| {
+                if pending.version != version {
+                    pending.version = version.clone();
+                    pending.observed_at = observed_at;
+                }
+            })
+            .or_insert(PendingFile {
+                watch: index,
+                version,
+                observed_at,
+            });
+    }
+
+    /// Records pending files whose size and mtime stayed the same for the quiet period.
+    fn check_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut ready = Vec::new();
+        let mut vanished = Vec::new();
+        for (path, pending) in &mut self.pending {
+            let quiet_period = self.watches[pending.watch].config.quiet_period;
+            let quiet_long_enough = now.duration_since(pending.observed_at) >= quiet_period
+                || age_of(pending.version.mtime_ns) >= quiet_period;
+            if !quiet_long_enough {
+                continue;
+            }
+            match std::fs::symlink_metadata(path) {
+                Ok(metadata) if metadata.is_file() => {
+                    let current = FileVersion::from_metadata(path.clone(), &metadata);
+                    if current == pending.version {
+                        ready.push(path.clone());
+                    } else {
+                        pending.version = current;
+                        pending.observed_at = now;
+                    }
+                }
+                _ => vanished.push(path.clone()),
+            }
+        }
+        for path in vanished {
+            self.pending.remove(&path);
+        }
+        for path in ready {
+            if let Some(pending) = self.pending.remove(&path) {
+                self.record(pending.watch, pending.version);
+            }
+        }
+    }
+
+    /// Hands a ready file to the recorder, if the watch wants it.
+    fn record(&mut self, index: usize, version: FileVersion) {
+        let config = &self.watches[index].config;
+        if !is_wanted(
+            &config.path,
+            &version.path,
+            &config.ignore,
+            config.recursive,
+        ) {
+            return;
+        }
+        if version.path.to_str().is_none() {
+            tracing::warn!(path = %version.path.display(), "skipping a file whose name is not UTF-8");
+            return;
+        }
+        let file = DetectedFile {
+            watch_root: config.path.clone(),
+            path: version.path,
+            mode: config.mode,
+            size: version.size,
+            mtime_ns: version.mtime_ns,
+            inode: version.inode,
+        };
+        self.send_to_recorder(RecorderCommand::Record(file));
+    }
+
+    fn send_to_recorder(&self, command: RecorderCommand) {
+        if let Some(recorder) = &self.recorder {
+            recorder.send(command);
+        }
+    }
+
+    fn finish_walk(
+        &mut self,
+        index: usize,
+        scope: PathBuf,
+        reason: &'static str,
+        summary: WalkSummary,
+        elapsed: Duration,
+    ) {
+        let Some(watch) = self.watches.get_mut(index) else {
+            return;
+        };
+        watch.walking = None;
+        let mode = watch.config.mode;
+        let next = watch.queued_scopes.pop_front();
+        tracing::info!(
+            path = %scope.display(),
+            reason,
+            files = summary.files,
+            directories = summary.directories,
+            errors = summary.errors,
+            skipped_non_utf8 = summary.skipped_non_utf8,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "reconcile walk finished"
+        );
+        if summary.skipped_non_utf8 > 0 {
+            tracing::warn!(
+                path = %scope.display(),
+                count = summary.skipped_non_utf8,
+                "skipped files whose names are not UTF-8"
+            );
+        }
+        self.send_to_recorder(RecorderCommand::Sweep {
+            prefix: scope,
+            mode,
+        });
+        if let Some((scope, reason)) = next {
+            self.reconcile(index, scope, reason);
+        }
+    }
+
+    async fn handle_report(&mut self, report: RecorderReport) {
+        match report {
+            RecorderReport::Recorded {
+                detections,
+                elapsed,
+            } => {
+                let new = detections.iter().filter(|detection| detection.new).count();
+                if new > 0 {
+                    self.last_detection = Some(Instant::now());
+                    self.files_detected += new as u64;
+                    self.jobs_queued += new as u64;
+                    if let Some(known) = &mut self.files_known {
+                        *known += new as u64;
+                    }
+                }
+                tracing::debug!(
+                    files = detections.len(),
+                    new,
+                    elapsed_us = elapsed.as_micros() as u64,
+                    "recorded"
+                );
+                for detection in detections.iter().filter(|detection| detection.new) {
+                    let path = detection.path.to_string_lossy();
+                    tracing::info!(path = %path, file_id = detection.file_id, job_id = detection.job_id, "file detected; ingest job queued");
+                    let emitted = async {
+                        self.service
+                            .file_detected(&path, detection.file_id as u64, detection.job_id as u64)
+                            .await?;
+                        self.service
+                            .job_queued(INGEST_JOB_KIND, detection.job_id as u64)
+                            .await
+                    };
+                    if let Err(error) = emitted.await {
+                        tracing::warn!(error = %error, "cannot emit a signal; consumers poll the database");
+                    }
+                }
+            }
+            RecorderReport::Swept { prefix, gone } => {
+                if gone > 0 {
+                    tracing::info!(path = %prefix.display(), gone, "files left their folder");
+                    self.files_known = None;
+                }
+            }
+            RecorderReport::Counted(count) => self.files_known = Some(count),
+            RecorderReport::Failed(error) => {
+                tracing::error!(error = %error, "store error");
+                self.last_error = Some(error);
+            }
+        }
+    }
+
+    fn status_line(&self) -> String {
+        let polling = self
+            .watches
+            .iter()
+            .filter(|watch| watch.watcher.is_polling())
+            .count();
+        let folders = match (self.watches.len(), polling) {
+            (1, 0) => "watching 1 folder".to_owned(),
+            (count, 0) => format!("watching {count} folders"),
+            (count, polling) => format!("watching {count} folders ({polling} polled)"),
+        };
+        let mut line = StatusLine::new(folders);
+        if let Some(known) = self.files_known {
+            line = line.detail(format!("{known} files"));
+        }
+        line = line.detail(match self.last_detection {
+            Some(at) => format!("last detection {}s ago", at.elapsed().as_secs()),
+            None => "no detection yet".to_owned(),
+        });
+        let walking = self
+            .watches
+            .iter()
+            .filter(|watch| watch.walking.is_some())
+            .count();
+        if walking > 0 {
+            line = line.detail(format!("reconciling {walking}"));
+        }
+        if !self.pending.is_empty() {
+            line = line.detail(format!("{} settling", self.pending.len()));
+        }
+        line.last_error(self.last_error.as_deref()).to_string()
+    }
+
+    async fn refresh_status(&mut self) {
+        self.send_to_recorder(RecorderCommand::Count);
+        let line = self.status_line();
+        self.notifier.status(&line);
+        self.publish_status(DaemonState::Running).await;
+    }
+
+    async fn publish_status(&self, state: DaemonState) {
+        let line = self.status_line();
+        let polling_paths = self
+            .watches
+            .iter()
+            .filter(|watch| watch.watcher.is_polling())
+            .map(|watch| watch.config.path.clone())
+            .collect();
+        let watched_paths = self
+            .watches
+            .iter()
+            .map(|watch| watch.config.path.clone())
+            .collect();
+        let (files_detected, jobs_queued) = (self.files_detected, self.jobs_queued);
+        let last_error = self.last_error.clone().unwrap_or_default();
+        let durability = self.config().store.durability.as_str().to_owned();
+        let result = self
+            .service
+            .update_status(|status| {
+                status.state = state;
+                status.status = line;
+                status.last_error = last_error;
+                status.watched_paths = watched_paths;
+                status.polling_paths = polling_paths;
+                status.durability = durability;
+                status.files_detected = files_detected;
+                status.jobs_queued = jobs_queued;
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::warn!(error = %error, "cannot publish the status on the bus");
+        }
+    }
+
+    /// SIGHUP: re-read the configuration; new watches replace the old ones (followed by a full
+    /// reconcile). Returns whether the new configuration is in force.
+    async fn reload(&mut self) -> bool {
+        let before = self.config().clone();
+        match self.reloader.reload(&self.notifier) {
+            ReloadOutcome::KeptPrevious { reason, .. } => {
+                self.last_error = Some(format!("reload failed: {reason}"));
+                self.publish_status(DaemonState::Running).await;
+                false
+            }
+            ReloadOutcome::Applied => {
+                let after = self.config().clone();
+                if after.store != before.store || after.bus != before.bus {
+                    tracing::warn!("[store] and [bus] changes take effect at the next restart");
+                }
+                if after.watches != before.watches {
+                    self.generation += 1;
+                    self.pending.clear();
+                    let previous = std::mem::take(&mut self.watches);
+                    if let Err(error) = self.start_watches() {
+                        // Keep watching with what still works: a bad folder must not stop the
+                        // others. The old watchers were dropped with `previous`.
+                        tracing::error!(error = %error, "cannot apply the new watches; watching none until the next reload");
+                        self.last_error = Some(error.to_string());
+                    }
+                    drop(previous);
+                    self.reconcile_all("configuration reloaded");
+                }
+                self.notifier.ready(&self.status_line());
+                self.publish_status(DaemonState::Running).await;
+                true
+            }
+        }
+    }
+
+    /// SIGTERM: stop watching, commit what is queued (within the stop timeout), exit.
+    async fn stop(mut self, mut internal: UnboundedReceiver<Internal>) {
+        self.notifier
+            .stopping("stopping: committing detected files");
+        self.publish_status(DaemonState::Stopping).await;
+        self.watches.clear();
+        let deadline = StopDeadline::after(self.config().service.stop_timeout);
+        if let Some(recorder) = self.recorder.take() {
+            let finished = deadline
+                .finish_within(async {
+                    let finishing = recorder.finish();
+                    tokio::pin!(finishing);
+                    // Keep announcing what the recorder still commits while it drains.
+                    loop {
+                        tokio::select! {
+                            () = &mut finishing => break,
+                            Some(Internal::Recorder(report)) = internal.recv() => {
+                                self.handle_report(report).await;
+                            }
+                        }
+                    }
+                })
+                .await;
+            if finished.is_err() {
+                tracing::warn!(
+                    "stop timeout passed with files still queued; the next start's reconcile finds them"
+                );
+            }
+        }
+        tracing::info!(files_detected = self.files_detected, "monitor stopped");
+    }
+}
+
+/// How long ago `mtime_ns` was, by the wall clock (zero for times in the future).
+fn age_of(mtime_ns: i64) -> Duration {
+    let now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos() as i64)
+        .unwrap_or(0);
+    Duration::from_nanos(now_ns.saturating_sub(mtime_ns).max(0) as u64)
+}

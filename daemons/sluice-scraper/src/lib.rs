@@ -1,0 +1,840 @@
+//! sluice-scraper: fetches the network into the inbox.
+//!
+//! Today it runs *downloads*: one URL → one file, submitted over D-Bus (`AddDownload`) or as a
+//! row written by another process (the web API, sluicectl) through
+//! `Store::create_download`. Either way a download is a `downloads` row plus a `download` job,
+//! and the scraper claims those jobs from the queue like any worker: it wakes on `JobQueued`
+//! signals and also polls slowly, since a lost signal must not lose work. Each claimed job
+//! runs as a task ([`transfer`]) under the SSRF guard ([`guard`]) and the per-host limits
+//! ([`hosts`]).
+//!
+//! The main loop owns everything that changes state: it claims jobs, starts and stops tasks,
+//! answers D-Bus commands, reloads the configuration, publishes status and pings the
+//! watchdog. Scheduled *sources* (page, links, feed) are a later addition: they will be one
+//! more timer event in [`Event`] that enqueues `download` jobs through the same store call,
+//! so the download machinery needs no change for them.
+
+mod guard;
+mod hosts;
+mod inbox;
+mod store_thread;
+mod transfer;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sluice_core::bus::{
+    self, BusError, BusSetupError, CallerPolicy, DaemonState, DownloadOptions, ScraperCommand,
+    ScraperService, ScraperStatus,
+};
+use sluice_core::config::Config;
+use sluice_core::runtime::{
+    ConfigReloader, DaemonExit, Notifier, ReloadOutcome, RuntimeError, Signal, SignalReceiver,
+    StatusLine, StopDeadline, WatchdogTicker,
+};
+use sluice_core::store::downloads::{DOWNLOAD_JOB_KIND, check_url_address, parse_download_url};
+use sluice_core::store::{
+    ClaimedJob, DownloadError, DownloadOutcome, DownloadState, JobError, NewDownload, StoreError,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use guard::build_client;
+use hosts::HostLimiter;
+use inbox::prepare_folders;
+use store_thread::StoreHandle;
+pub use transfer::WORKER_NAME;
+use transfer::{Counters, Ended, StopRequest, TaskReport, TransferContext, TransferSettings};
+
+/// At most this many downloads run at once, whatever the hosts; the per-host limit is the
+/// politeness, this bounds open files and connections.
+pub const MAX_ACTIVE_DOWNLOADS: usize = 8;
+
+/// How often the queue is checked without a `JobQueued` signal (a signal may be lost; the
+/// database is the truth).
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Every this many polls, partial files of downloads that ended elsewhere (cancelled through
+/// the web API, deleted) are removed from staging.
+const SWEEP_EVERY_POLLS: u32 = 12;
+
+/// How long `DeleteDownload` waits for a running download to stop.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// Why the scraper could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScraperError {
+    #[error("{0}")]
+    Folders(String),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot connect to the {address}: {source}")]
+    BusConnect {
+        address: bus::BusAddress,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error(transparent)]
+    BusSetup(#[from] BusSetupError),
+    #[error("cannot subscribe to JobQueued signals: {0}")]
+    Subscribe(#[source] zbus::Error),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
+
+impl ScraperError {
+    /// The exit status systemd sees for this failure.
+    pub fn exit(&self) -> DaemonExit {
+        match self {
+            ScraperError::Folders(_) => DaemonExit::Config,
+            ScraperError::Store(_)
+            | ScraperError::BusConnect { .. }
+            | ScraperError::BusSetup(_)
+            | ScraperError::Subscribe(_) => DaemonExit::Unavailable,
+            ScraperError::Runtime(_) | ScraperError::HttpClient(_) => DaemonExit::Software,
+        }
+    }
+}
+
+/// Everything the main loop reacts to.
+#[derive(Debug)]
+enum Event {
+    WatchdogTick,
+    Signal(Signal),
+    Command(ScraperCommand),
+    /// A `download` job was queued somewhere (our own `AddDownload` or another process).
+    JobQueued,
+    PollTick,
+    StatusTick,
+    TaskEnded(TaskReport),
+}
+
+/// The receivers the loop selects on, apart from the state it changes.
+struct EventSources {
+    watchdog: WatchdogTicker,
+    signals: SignalReceiver,
+    commands: mpsc::Receiver<ScraperCommand>,
+    wakeups: mpsc::Receiver<()>,
+    poll: Interval,
+    status: Interval,
+    reports: mpsc::UnboundedReceiver<TaskReport>,
+}
+
+impl EventSources {
+    async fn next(&mut self) -> Event {
+        tokio::select! {
+            () = self.watchdog.tick() => Event::WatchdogTick,
+            signal = self.signals.recv() => Event::Signal(signal),
+            Some(command) = self.commands.recv() => Event::Command(command),
+            Some(()) = self.wakeups.recv() => Event::JobQueued,
+            Some(report) = self.reports.recv() => Event::TaskEnded(report),
+            _ = self.poll.tick() => Event::PollTick,
+            _ = self.status.tick() => Event::StatusTick,
+        }
+    }
+}
+
+/// A download task the loop started.
+#[derive(Debug)]
+struct ActiveDownload {
+    job: ClaimedJob,
+    download_id: Option<i64>,
+    stop: watch::Sender<StopRequest>,
+    handle: JoinHandle<()>,
+}
+
+type Reread = Box<dyn FnMut() -> Result<Config, String> + Send>;
+
+struct Scraper {
+    notifier: Notifier,
+    reloader: ConfigReloader<Config, Reread>,
+    service: Arc<ScraperService>,
+    store: StoreHandle,
+    context: TransferContext,
+    active: HashMap<i64, ActiveDownload>,
+    reports: mpsc::UnboundedSender<TaskReport>,
+    stopping: bool,
+    last_error: Option<String>,
+    downloads_done: u64,
+    downloads_failed: u64,
+    polls: u32,
+    rate_sample: (Instant, u64),
+    bytes_per_second: f64,
+}
+
+/// Runs the scraper until SIGTERM. `config_path` is re-read on SIGHUP.
+pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ScraperError> {
+    // rustls needs one process-wide crypto provider; ring keeps the build free of cmake.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Early, so a SIGTERM during start-up waits for the loop instead of killing the process.
+    let signals = SignalReceiver::install()?;
+    let notifier = Notifier::from_environment();
+    let scraper_config = &config.scraper;
+    if let Err(reason) = prepare_folders(&scraper_config.staging, &scraper_config.inbox) {
+        notifier.failed(libc::EXDEV as u32, &reason);
+        return Err(ScraperError::Folders(reason));
+    }
+    let store = StoreHandle::open(&config.store.path, &config.store_options())?;
+    let client = build_client(scraper_config).map_err(ScraperError::HttpClient)?;
+
+    let connection =
+        bus::connect(&config.bus.address)
+            .await
+            .map_err(|source| ScraperError::BusConnect {
+                address: config.bus.address.clone(),
+                source,
+            })?;
+    let sources: Vec<String> = config
+        .sources
+        .iter()
+        .map(|source| source.name.clone())
+        .collect();
+    let (service, commands) = ScraperService::start(
+        &connection,
+        CallerPolicy::for_this_process(),
+        ScraperStatus::starting(sources, &scraper_config.staging.to_string_lossy()),
+        scraper_config.progress_interval,
+    )
+    .await?;
+    let service = Arc::new(service);
+    let (wake_sender, wakeups) = mpsc::channel(1);
+    subscribe_to_job_queued(&connection, wake_sender).await?;
+
+    // Only one scraper runs (the bus name is exclusive), so download jobs still leased to
+    // our name belong to a predecessor that died: make them claimable now rather than when
+    // their lease runs out.
+    let orphans = store
+        .call(|store| store.expire_download_leases_of(WORKER_NAME))
+        .await;
+    match orphans {
+        Ok(ids) if !ids.is_empty() => {
+            tracing::info!(jobs = ?ids, "taking over downloads left by a previous run");
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(error = %error, "cannot take over orphaned downloads"),
+    }
+
+    let (reports, report_receiver) = mpsc::unbounded_channel();
+    let reread_path = config_path.clone();
+    let reread: Reread = Box::new(move || {
+        let config = Config::load(&reread_path).map_err(|error| error.to_string())?;
+        prepare_folders(&config.scraper.staging, &config.scraper.inbox)?;
+        Ok(config)
+    });
+    let context = TransferContext {
+        store: store.clone(),
+        service: Arc::clone(&service),
+        client,
+        settings: Arc::new(transfer_settings(&config)),
+        hosts: HostLimiter::new(
+            scraper_config.per_host_concurrency,
+            scraper_config.politeness_delay,
+        ),
+        counters: Arc::new(Counters::default()),
+    };
+    let status_interval = config.service.status_interval;
+    let mut scraper = Scraper {
+        notifier,
+        reloader: ConfigReloader::new(config, reread),
+        service,
+        store,
+        context,
+        active: HashMap::new(),
+        reports,
+        stopping: false,
+        last_error: None,
+        downloads_done: 0,
+        downloads_failed: 0,
+        polls: 0,
+        rate_sample: (Instant::now(), 0),
+        bytes_per_second: 0.0,
+    };
+    scraper.sweep_staging().await;
+    let mut sources = EventSources {
+        watchdog: scraper.notifier.watchdog_ticker(),
+        signals,
+        commands,
+        wakeups,
+        poll: interval(POLL_INTERVAL),
+        status: interval(status_interval),
+        reports: report_receiver,
+    };
+    let status = scraper.refresh_status().await;
+    scraper.notifier.ready(&status);
+    tracing::info!(
+        inbox = %scraper.reloader.current().scraper.inbox.display(),
+        staging = %scraper.reloader.current().scraper.staging.display(),
+        "ready"
+    );
+    scraper.claim().await;
+
+    loop {
+        match sources.next().await {
+            Event::WatchdogTick => scraper.notifier.watchdog_ping(),
+            Event::Signal(Signal::Reload) => scraper.reload().await,
+            Event::Signal(Signal::Terminate) => {
+                scraper.shut_down(&mut sources).await;
+                return Ok(());
+            }
+            Event::Command(command) => scraper.handle_command(command).await,
+            Event::JobQueued => scraper.claim().await,
+            Event::PollTick => {
+                scraper.polls = scraper.polls.wrapping_add(1);
+                if scraper.polls.is_multiple_of(SWEEP_EVERY_POLLS) {
+                    scraper.sweep_staging().await;
+                }
+                scraper.claim().await;
+            }
+            Event::StatusTick => {
+                scraper.refresh_status().await;
+            }
+            Event::TaskEnded(report) => {
+                scraper.task_ended(report);
+                scraper.claim().await;
+                scraper.refresh_status().await;
+            }
+        }
+    }
+}
+
+fn interval(period: Duration) -> Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
+}
+
+fn transfer_settings(config: &Config) -> TransferSettings {
+    TransferSettings {
+        staging: config.scraper.staging.clone(),
+        inbox: config.scraper.inbox.clone(),
+        max_download_size: config.scraper.max_download_size,
+        allow_private_addresses: config.scraper.allow_private_addresses,
+        progress_interval: config.scraper.progress_interval,
+        heartbeat_interval: config.jobs.heartbeat_interval,
+        lease: config.jobs.lease,
+    }
+}
+
+/// Forwards every `JobQueued` signal for a download, from any sender, as a wake-up.
+async fn subscribe_to_job_queued(
+    connection: &zbus::Connection,
+    wake: mpsc::Sender<()>,
+) -> Result<(), ScraperError> {
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .member("JobQueued")
+        .build()
+        .map_err(ScraperError::Subscribe)?;
+    let mut stream =
+        zbus::MessageStream::for_match_rule(rule, connection, std::num::NonZeroUsize::new(256))
+            .await
+            .map_err(ScraperError::Subscribe)?;
+    tokio::spawn(async move {
+        while let Some(message) = stream.next().await {
+            let Ok(message) = message else { continue };
+            let body = message.body();
+            if let Ok((kind, _job_id)) = body.deserialize::<(String, u64)>()
+                && kind == DOWNLOAD_JOB_KIND
+            {
+                // A full channel already holds a wake-up; one is enough.
+                let _ = wake.try_send(());
+            }
+        }
+    });
+    Ok(())
+}
+
+impl Scraper {
+    /// Claims as many download jobs as there are free task slots and starts them.
+    async fn claim(&mut self) {
+        if self.stopping {
+            return;
+        }
+        let free = MAX_ACTIVE_DOWNLOADS.saturating_sub(self.active.len());
+        if free == 0 {
+            return;
+        }
+        let lease = self.context.settings.lease;
+        let claimed = self
+            .store
+            .call(move |store| store.claim_jobs(WORKER_NAME, &[DOWNLOAD_JOB_KIND], free, lease))
+            .await;
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::error!(error = %error, "cannot claim download jobs");
+                self.last_error = Some(format!("cannot claim download jobs: {error}"));
+                return;
+            }
+        };
+        for job in claimed {
+            self.start_task(job);
+        }
+    }
+
+    fn start_task(&mut self, job: ClaimedJob) {
+        let (stop, stop_receiver) = watch::channel(StopRequest::Continue);
+        let context = self.context.clone();
+        let reports = self.reports.clone();
+        let download_id = job
+            .payload
+            .get("download_id")
+            .and_then(serde_json::Value::as_i64);
+        let task_job = job.clone();
+        let handle = tokio::spawn(async move {
+            let report = transfer::run_download(context, task_job, stop_receiver).await;
+            let _ = reports.send(report);
+        });
+        self.active.insert(
+            job.id,
+            ActiveDownload {
+                job,
+                download_id,
+                stop,
+                handle,
+            },
+        );
+    }
+
+    fn task_ended(&mut self, report: TaskReport) {
+        self.active.remove(&report.job_id);
+        match report.ended {
+            Ended::Succeeded { .. } => self.downloads_done += 1,
+            Ended::Failed { error } => {
+                self.downloads_failed += 1;
+                self.last_error = Some(error);
+            }
+            Ended::Retrying { error } | Ended::NotRecorded { error } => {
+                self.last_error = Some(error);
+            }
+            Ended::Cancelled | Ended::Released => {}
+        }
+    }
+
+    fn active_for_download(&self, download_id: i64) -> Option<i64> {
+        self.active
+            .values()
+            .find(|active| active.download_id == Some(download_id))
+            .map(|active| active.job.id)
+    }
+
+    async fn handle_command(&mut self, command: ScraperCommand) {
+        match command {
+            ScraperCommand::AddDownload {
+                url,
+                options,
+                reply,
+            } => {
+                let result = self.add_download(url, options).await;
+                let _ = reply.send(result);
+            }
+            ScraperCommand::CancelDownload { download_id, reply } => {
+                let result = match bus_id(download_id) {
+                    Ok(id) => self.cancel_download(id).await.map(|_| ()),
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(result);
+            }
+            ScraperCommand::DeleteDownload { download_id, reply } => {
+                let result = match bus_id(download_id) {
+                    Ok(id) => self.delete_download(id).await,
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(result);
+            }
+            ScraperCommand::ScrapeNow { source, reply } => {
+                let known = self
+                    .reloader
+                    .current()
+                    .sources
+                    .iter()
+                    .any(|configured| configured.name == source);
+                let error = if known {
+                    BusError::WrongState(format!(
+                        "source {source:?} is configured, but this sluice-scraper runs \
+                         downloads only; scheduled sources are not implemented yet"
+                    ))
+                } else {
+                    BusError::NotFound(format!("source {source:?} is not configured"))
+                };
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    async fn add_download(
+        &mut self,
+        url: String,
+        options: DownloadOptions,
+    ) -> Result<(u64, u64), BusError> {
+        let config = self.reloader.current();
+        let parsed = parse_download_url(&url).map_err(bus_error)?;
+        check_url_address(&parsed, config.scraper.allow_private_addresses).map_err(bus_error)?;
+        let download = NewDownload {
+            url,
+            file_name: options.file_name,
+            bundle: options.bundle,
+            expected_sha256: options.sha256,
+            max_bytes: options.max_bytes,
+            source: options.source,
+            max_attempts: config.jobs.max_attempts,
+        };
+        let created = self
+            .store
+            .call(move |store| store.create_download(&download))
+            .await
+            .map_err(bus_error)?;
+        tracing::info!(
+            download_id = created.download_id,
+            job_id = created.job_id,
+            url = %parsed,
+            "download queued"
+        );
+        if let Err(error) = self
+            .service
+            .job_queued(DOWNLOAD_JOB_KIND, created.job_id as u64)
+            .await
+        {
+            tracing::warn!(error = %error, "cannot emit JobQueued");
+        }
+        self.claim().await;
+        Ok((created.download_id as u64, created.job_id as u64))
+    }
+
+    /// Cancels in the store, then stops the local task at once (without waiting for its next
+    /// progress save) or, for a download that was only queued, removes its partial file.
+    async fn cancel_download(&mut self, download_id: i64) -> Result<DownloadState, BusError> {
+        let download = self
+            .store
+            .call(move |store| store.cancel_download(download_id))
+            .await
+            .map_err(bus_error)?;
+        match download.state {
+            DownloadState::Cancelled => {
+                self.remove_part(download_id);
+                if let Some(job_id) = download.job_id {
+                    let _ = self.service.job_finished(job_id as u64, "cancelled").await;
+                }
+                let _ = self
+                    .service
+                    .download_finished(download_id as u64, "cancelled", "")
+                    .await;
+                tracing::info!(download_id, "queued download cancelled");
+            }
+            _ => {
+                if let Some(job_id) = self.active_for_download(download_id)
+                    && let Some(active) = self.active.get(&job_id)
+                {
+                    let _ = active.stop.send(StopRequest::Cancel);
+                }
+            }
+        }
+        Ok(download.state)
+    }
+
+    async fn delete_download(&mut self, download_id: i64) -> Result<(), BusError> {
+        let download = self
+            .store
+            .call(move |store| store.get_download(download_id))
+            .await
+            .map_err(bus_error)?;
+        if !download.state.is_finished() {
+            self.cancel_download(download_id).await?;
+            if let Some(job_id) = self.active_for_download(download_id)
+                && let Some(active) = self.active.get_mut(&job_id)
+            {
+                // The task records the cancellation itself; wait for that before deleting.
+                if tokio::time::timeout(STOP_WAIT, &mut active.handle)
+                    .await
+                    .is_err()
+                {
+                    return Err(BusError::Busy(format!(
+                        "download {download_id} did not stop within {STOP_WAIT:?}; try again"
+                    )));
+                }
+            }
+        }
+        let deleted = self
+            .store
+            .call(move |store| store.delete_download(download_id))
+            .await
+            .map_err(bus_error)?;
+        self.remove_part(download_id);
+        tracing::info!(download_id, state = %deleted.state, "download deleted");
+        Ok(())
+    }
+
+    fn remove_part(&self, download_id: i64) {
+        let part = inbox::part_path(&self.context.settings.staging, download_id);
+        if let Err(error) = inbox::remove_part(&part) {
+            tracing::warn!(error = %error, path = %part.display(), "cannot remove a partial file");
+        }
+    }
+
+    /// Removes `.part` files whose download is finished or gone (cancelled or deleted by
+    /// another process while not running here).
+    async fn sweep_staging(&mut self) {
+        let staging = self.context.settings.staging.clone();
+        let parts = match inbox::part_files(&staging) {
+            Ok(parts) => parts,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot list the staging folder");
+                return;
+            }
+        };
+        for (download_id, path) in parts {
+            if self.active_for_download(download_id).is_some() {
+                continue;
+            }
+            let state = self
+                .store
+                .call(move |store| {
+                    store
+                        .get_download(download_id)
+                        .map(|download| download.state)
+                })
+                .await;
+            let stale = match state {
+                Ok(state) => state.is_finished(),
+                Err(DownloadError::NotFound(_)) => true,
+                Err(_) => false,
+            };
+            if stale {
+                tracing::info!(download_id, path = %path.display(), "removing a stale partial file");
+                if let Err(error) = inbox::remove_part(&path) {
+                    tracing::warn!(error = %error, "cannot remove a stale partial file");
+                }
+            }
+        }
+    }
+
+    async fn reload(&mut self) {
+        self.service
+            .update_status(|status| status.state = DaemonState::Reloading)
+            .await
+            .unwrap_or_else(|error| tracing::warn!(error = %error, "cannot publish status"));
+        let before = self.reloader.current().clone();
+        match self.reloader.reload(&self.notifier) {
+            ReloadOutcome::Applied => {
+                self.apply_config(&before);
+                self.last_error = None;
+            }
+            ReloadOutcome::KeptPrevious { status, .. } => self.last_error = Some(status),
+        }
+        self.refresh_status().await;
+    }
+
+    /// Applies a reloaded configuration to the next download attempts; running ones finish
+    /// with the settings they started with.
+    fn apply_config(&mut self, before: &Config) {
+        let config = self.reloader.current().clone();
+        if config.store.path != before.store.path || config.bus.address != before.bus.address {
+            tracing::warn!("store.path and bus.address take effect at the next restart");
+        }
+        match build_client(&config.scraper) {
+            Ok(client) => self.context.client = client,
+            Err(error) => {
+                tracing::error!(error = %error, "cannot rebuild the HTTP client; keeping the old one");
+            }
+        }
+        if !self.context.hosts.has_settings(
+            config.scraper.per_host_concurrency,
+            config.scraper.politeness_delay,
+        ) {
+            self.context.hosts = HostLimiter::new(
+                config.scraper.per_host_concurrency,
+                config.scraper.politeness_delay,
+            );
+        }
+        self.context.settings = Arc::new(transfer_settings(&config));
+    }
+
+    /// Publishes the status (properties and `STATUS=`) and returns the line.
+    async fn refresh_status(&mut self) -> String {
+        let counts = self.store.call(|store| store.download_counts()).await;
+        let queued = counts
+            .as_ref()
+            .map(|counts| counts[&DownloadState::Queued])
+            .unwrap_or(0);
+        let received = self.context.counters.bytes_received.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.rate_sample.0).as_secs_f64();
+        if elapsed >= 0.5 {
+            self.bytes_per_second = received.saturating_sub(self.rate_sample.1) as f64 / elapsed;
+            self.rate_sample = (now, received);
+        }
+        let running = self.active.len();
+        let activity = if self.stopping {
+            format!("stopping: {running} downloads to release")
+        } else {
+            format!(
+                "{running} download{} running, {queued} queued",
+                if running == 1 { "" } else { "s" }
+            )
+        };
+        let line = StatusLine::new(activity)
+            .detail(format_rate(self.bytes_per_second))
+            .last_error(self.last_error.as_deref())
+            .to_string();
+        if !self.stopping {
+            self.notifier.status(&line);
+        }
+        let state = if self.stopping {
+            DaemonState::Stopping
+        } else {
+            DaemonState::Running
+        };
+        let (done, failed, last_error) = (
+            self.downloads_done,
+            self.downloads_failed,
+            self.last_error.clone().unwrap_or_default(),
+        );
+        let status_line = line.clone();
+        if let Err(error) = self
+            .service
+            .update_status(|status| {
+                status.state = state;
+                status.status = status_line;
+                status.last_error = last_error;
+                status.downloads_active = running as u32;
+                status.downloads_done = done;
+                status.downloads_failed = failed;
+                status.bytes_downloaded = received;
+            })
+            .await
+        {
+            tracing::warn!(error = %error, "cannot publish status");
+        }
+        line
+    }
+
+    /// SIGTERM: take no new work, release every running download (their partial files stay
+    /// for the resume), and give up on stragglers at the stop deadline.
+    async fn shut_down(&mut self, sources: &mut EventSources) {
+        self.stopping = true;
+        let stop_timeout = self.reloader.current().service.stop_timeout;
+        self.notifier.stopping(&format!(
+            "stopping: releasing {} downloads",
+            self.active.len()
+        ));
+        self.refresh_status().await;
+        tracing::info!(downloads = self.active.len(), "stopping");
+        for active in self.active.values() {
+            let _ = active.stop.send(StopRequest::Release);
+        }
+        let deadline = StopDeadline::after(stop_timeout);
+        while !self.active.is_empty() && !deadline.has_passed() {
+            tokio::select! {
+                Some(report) = sources.reports.recv() => self.task_ended(report),
+                () = sources.watchdog.tick() => self.notifier.watchdog_ping(),
+                () = tokio::time::sleep(deadline.remaining()) => {}
+            }
+        }
+        for (job_id, active) in self.active.drain() {
+            active.handle.abort();
+            tracing::warn!(
+                job_id,
+                "download did not stop in time; releasing it from the loop"
+            );
+            let token = active.job.lease_token.clone();
+            let staging = self.context.settings.staging.clone();
+            let download_id = active.download_id;
+            let released = self
+                .store
+                .call(move |store| match download_id {
+                    Some(download_id) => {
+                        let part = inbox::part_path(&staging, download_id);
+                        let bytes_done = inbox::part_size(&part).unwrap_or(0);
+                        store
+                            .finish_download(
+                                download_id,
+                                job_id,
+                                &token,
+                                &DownloadOutcome::Released { bytes_done },
+                            )
+                            .map(|_| ())
+                    }
+                    None => store
+                        .release_job(job_id, &token)
+                        .map_err(DownloadError::from),
+                })
+                .await;
+            if let Err(error) = released {
+                tracing::error!(job_id, error = %error, "cannot release a download job");
+            }
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// D-Bus ids are `u64`; the database's are positive `i64`.
+fn bus_id(id: u64) -> Result<i64, BusError> {
+    i64::try_from(id).map_err(|_| BusError::NotFound(format!("download {id} does not exist")))
+}
+
+/// Turns a store refusal into the named D-Bus error a caller sees.
+fn bus_error(error: DownloadError) -> BusError {
+    match error {
+        DownloadError::InvalidArgument(message) => BusError::InvalidArgument(message),
+        DownloadError::NotFound(id) => BusError::NotFound(format!("download {id} does not exist")),
+        error @ DownloadError::InvalidState { .. } => BusError::WrongState(error.to_string()),
+        DownloadError::Job(JobError::NotFound(id)) => {
+            BusError::NotFound(format!("job {id} does not exist"))
+        }
+        error => BusError::Internal(error.to_string()),
+    }
+}
+
+/// `12.3 MB/s` (decimal units, as download tools show them).
+pub fn format_rate(bytes_per_second: f64) -> String {
+    let (value, unit) = if bytes_per_second >= 1e9 {
+        (bytes_per_second / 1e9, "GB/s")
+    } else if bytes_per_second >= 1e6 {
+        (bytes_per_second / 1e6, "MB/s")
+    } else if bytes_per_second >= 1e3 {
+        (bytes_per_second / 1e3, "kB/s")
+    } else {
+        (bytes_per_second, "B/s")
+    };
+    format!("{value:.1} {unit}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_like_download_tools() {
+        assert_eq!(format_rate(0.0), "0.0 B/s");
+        assert_eq!(format_rate(12_300_000.0), "12.3 MB/s");
+        assert_eq!(format_rate(1_500.0), "1.5 kB/s");
+    }
+
+    #[test]
+    fn store_refusals_become_named_bus_errors() {
+        assert!(matches!(
+            bus_error(DownloadError::InvalidArgument("x".into())),
+            BusError::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            bus_error(DownloadError::NotFound(3)),
+            BusError::NotFound(_)
+        ));
+        assert!(matches!(
+            bus_error(DownloadError::InvalidState {
+                id: 1,
+                state: DownloadState::Running,
+                action: "delete"
+            }),
+            BusError::WrongState(_)
+        ));
+        assert!(matches!(bus_id(u64::MAX), Err(BusError::NotFound(_))));
+    }
+}

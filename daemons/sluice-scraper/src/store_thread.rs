@@ -1,0 +1,62 @@
+//! The scraper's database connection lives on one thread of its own; the main loop and the
+//! download tasks send it work and await the answer, so no async task ever blocks on SQLite.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use sluice_core::store::{Store, StoreError, StoreOptions};
+use tokio::sync::oneshot;
+
+type Work = Box<dyn FnOnce(&mut Store) + Send>;
+
+/// A cheap, cloneable handle to the store thread. The thread ends when the last handle is
+/// dropped.
+#[derive(Debug, Clone)]
+pub struct StoreHandle {
+    sender: mpsc::Sender<Work>,
+}
+
+impl StoreHandle {
+    /// Starts the thread and opens the store on it; returns the open error if it fails.
+    pub fn open(path: &Path, options: &StoreOptions) -> Result<StoreHandle, StoreError> {
+        let (sender, receiver) = mpsc::channel::<Work>();
+        let (opened_sender, opened_receiver) = mpsc::channel();
+        let path = path.to_path_buf();
+        let options = *options;
+        std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || match Store::open(&path, &options) {
+                Ok(mut store) => {
+                    let _ = opened_sender.send(Ok(()));
+                    for work in receiver {
+                        work(&mut store);
+                    }
+                }
+                Err(error) => {
+                    let _ = opened_sender.send(Err(error));
+                }
+            })
+            .expect("the OS refused to start the store thread");
+        opened_receiver
+            .recv()
+            .expect("the store thread ended before opening the store")?;
+        Ok(StoreHandle { sender })
+    }
+
+    /// Runs `work` on the store thread and returns its result.
+    ///
+    /// Panics if the store thread is gone, which only happens after a panic on it (a bug):
+    /// the daemon then exits and systemd restarts it.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Store) -> T + Send + 'static,
+    ) -> T {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Box::new(move |store| {
+                let _ = reply.send(work(store));
+            }))
+            .expect("the store thread has stopped");
+        answer.await.expect("the store thread dropped a request")
+    }
+}

@@ -1,0 +1,809 @@
+//! One download attempt, run as its own task: claim → wait for the host → request (resuming
+//! with `Range` when a partial file exists) → stream to the `.part` file while saving progress
+//! → check size and SHA-256 → fsync → rename into the inbox → record the outcome.
+//!
+//! The task answers to three voices: its own transfer, a tick that saves progress and renews
+//! the lease (and learns about a cancel requested through the store), and a stop request from
+//! the main loop (cancel over D-Bus, or release on shutdown). Whichever comes first decides.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, LOCATION, RANGE,
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sluice_core::bus::ScraperService;
+use sluice_core::store::{
+    ClaimedJob, Download, DownloadError, DownloadOutcome, DownloadProgress, DownloadState,
+    JobError, JobState,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+use url::Url;
+
+use crate::guard;
+use crate::hosts::HostLimiter;
+use crate::inbox;
+use crate::store_thread::StoreHandle;
+
+/// The name the scraper claims jobs under (its bus name is exclusive, so it is unique).
+pub const WORKER_NAME: &str = "sluice-scraper";
+
+/// What a download task needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TransferContext {
+    pub store: StoreHandle,
+    pub service: Arc<ScraperService>,
+    pub client: reqwest::Client,
+    pub settings: Arc<TransferSettings>,
+    pub hosts: HostLimiter,
+    pub counters: Arc<Counters>,
+}
+
+/// The part of the configuration a download attempt runs with (a reload affects the next
+/// attempts, not the running ones).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransferSettings {
+    pub staging: std::path::PathBuf,
+    pub inbox: std::path::PathBuf,
+    pub max_download_size: u64,
+    pub allow_private_addresses: bool,
+    pub progress_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub lease: Duration,
+}
+
+/// Totals since start, for the properties and `STATUS=`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub bytes_received: AtomicU64,
+}
+
+/// What the main loop asks of a running download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopRequest {
+    Continue,
+    /// Stop, remove the partial file, record the download as cancelled.
+    Cancel,
+    /// Stop, keep the partial file, give the job back to the queue (shutdown).
+    Release,
+}
+
+/// How a task ended, for the main loop's counters and last error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskReport {
+    pub download_id: Option<i64>,
+    pub job_id: i64,
+    pub ended: Ended,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ended {
+    Succeeded {
+        path: String,
+    },
+    /// Failed for good (the download is `failed`).
+    Failed {
+        error: String,
+    },
+    /// Failed this attempt; the job will be retried.
+    Retrying {
+        error: String,
+    },
+    Cancelled,
+    Released,
+    /// The outcome could not be recorded (lease lost, database error); the lease expiry
+    /// brings the job back.
+    NotRecorded {
+        error: String,
+    },
+}
+
+/// Runs one claimed download job to its end.
+pub async fn run_download(
+    context: TransferContext,
+    job: ClaimedJob,
+    stop: watch::Receiver<StopRequest>,
+) -> TaskReport {
+    let job_id = job.id;
+    let Some(download_id) = job.payload.get("download_id").and_then(Value::as_i64) else {
+        let error = format!("job {job_id} has no download_id in its payload");
+        return fail_job_without_download(&context, &job, error).await;
+    };
+    let span = tracing::info_span!("download", download_id, job_id, attempt = job.attempt);
+    async move {
+        let download = match context
+            .store
+            .call(move |store| store.get_download(download_id))
+            .await
+        {
+            Ok(download) if download.job_id == Some(job_id) => download,
+            Ok(download) => {
+                let error = format!(
+                    "download {download_id} belongs to job {:?}, not to job {job_id}",
+                    download.job_id
+                );
+                return fail_job_without_download(&context, &job, error).await;
+            }
+            Err(DownloadError::NotFound(_)) => {
+                let error = format!("download {download_id} was deleted");
+                return fail_job_without_download(&context, &job, error).await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "cannot read the download");
+                return report(
+                    job_id,
+                    Some(download_id),
+                    Ended::NotRecorded {
+                        error: error.to_string(),
+                    },
+                );
+            }
+        };
+        tracing::info!(url = %download.url, "download started");
+        run_attempt(context, job, download, stop).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// The end of a transfer as the task's select loop saw it.
+enum Finish {
+    Transfer(Result<Completed, Failure>),
+    Stop(StopRequest),
+    LeaseLost(String),
+}
+
+struct Completed {
+    final_path: String,
+    bytes: u64,
+    sha256: String,
+}
+
+/// Why a transfer failed, and what to do about it.
+struct Failure {
+    error: String,
+    retryable: bool,
+    /// Remove the partial file (it cannot be resumed: wrong content, too large, refused).
+    discard_part: bool,
+}
+
+impl Failure {
+    fn retryable(error: impl Into<String>) -> Failure {
+        Failure {
+            error: error.into(),
+            retryable: true,
+            discard_part: false,
+        }
+    }
+
+    fn permanent(error: impl Into<String>) -> Failure {
+        Failure {
+            error: error.into(),
+            retryable: false,
+            discard_part: true,
+        }
+    }
+}
+
+/// What the transfer shares with the progress tick.
+#[derive(Debug, Clone, Default)]
+struct SharedProgress {
+    bytes_done: u64,
+    bytes_total: Option<u64>,
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+async fn run_attempt(
+    context: TransferContext,
+    job: ClaimedJob,
+    download: Download,
+    mut stop: watch::Receiver<StopRequest>,
+) -> TaskReport {
+    let download_id = download.id;
+    let job_id = job.id;
+    let token = job.lease_token.clone();
+    let part = inbox::part_path(&context.settings.staging, download_id);
+    let part_text = part.to_string_lossy().into_owned();
+    let started = {
+        let token = token.clone();
+        context
+            .store
+            .call(move |store| {
+                store.start_download_attempt(download_id, job_id, &token, &part_text)
+            })
+            .await
+    };
+    if let Err(error) = started {
+        tracing::error!(error = %error, "cannot start the attempt");
+        return report(
+            job_id,
+            Some(download_id),
+            Ended::NotRecorded {
+                error: error.to_string(),
+            },
+        );
+    }
+    if let Err(error) = context
+        .service
+        .job_started(job_id as u64, "download", WORKER_NAME)
+        .await
+    {
+        tracing::warn!(error = %error, "cannot emit JobStarted");
+    }
+
+    let shared = Arc::new(Mutex::new(SharedProgress {
+        bytes_done: inbox::part_size(&part).unwrap_or(0),
+        bytes_total: download.bytes_total,
+        etag: download.etag.clone(),
+        last_modified: download.last_modified.clone(),
+    }));
+    let mut transfer = Box::pin(transfer(&context, &download, &part, Arc::clone(&shared)));
+    let settings = &context.settings;
+    let mut tick =
+        tokio::time::interval(settings.progress_interval.min(settings.heartbeat_interval));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_saved = (Instant::now(), shared_snapshot(&shared).bytes_done);
+    let finish = loop {
+        tokio::select! {
+            result = &mut transfer => break Finish::Transfer(result),
+            _ = tick.tick() => {
+                match save_progress(&context, &job, download_id, &shared, &mut last_saved).await {
+                    Ok(true) => break Finish::Stop(StopRequest::Cancel),
+                    Ok(false) => {}
+                    Err(DownloadError::Job(error @ (JobError::LeaseLost { .. } | JobError::NotFound(_)))) => {
+                        break Finish::LeaseLost(error.to_string());
+                    }
+                    Err(error) => tracing::warn!(error = %error, "cannot save progress; trying again at the next tick"),
+                }
+            }
+            changed = stop.changed() => {
+                let request = if changed.is_ok() { *stop.borrow_and_update() } else { StopRequest::Release };
+                if request != StopRequest::Continue {
+                    break Finish::Stop(request);
+                }
+            }
+        }
+    };
+    // Dropping the transfer closes the connection and the file before anything else happens.
+    drop(transfer);
+
+    let outcome = match finish {
+        Finish::Transfer(Ok(completed)) => {
+            let _ = context
+                .service
+                .download_progress(download_id as u64, completed.bytes, completed.bytes)
+                .await;
+            DownloadOutcome::Succeeded {
+                final_path: completed.final_path,
+                bytes: completed.bytes,
+                sha256: completed.sha256,
+            }
+        }
+        Finish::Transfer(Err(failure)) => {
+            if failure.discard_part {
+                discard_part(&part);
+            }
+            if failure.retryable {
+                tracing::warn!(error = %failure.error, "attempt failed; will retry");
+            } else {
+                tracing::error!(error = %failure.error, "download failed");
+            }
+            DownloadOutcome::Failed {
+                error: failure.error,
+                retryable: failure.retryable,
+            }
+        }
+        Finish::Stop(StopRequest::Cancel) => {
+            discard_part(&part);
+            tracing::info!("download cancelled; partial file removed");
+            DownloadOutcome::Cancelled
+        }
+        Finish::Stop(_) => {
+            let bytes_done = inbox::part_size(&part).unwrap_or(0);
+            if let Ok(file) = std::fs::File::open(&part) {
+                // What was received so far survives a power cut too, so the resume is honest.
+                let _ = file.sync_all();
+            }
+            tracing::info!(bytes_done, "download released; it resumes from here later");
+            DownloadOutcome::Released { bytes_done }
+        }
+        Finish::LeaseLost(error) => {
+            tracing::error!(error = %error, "lost the job's lease; stopping without recording");
+            return report(job_id, Some(download_id), Ended::NotRecorded { error });
+        }
+    };
+    record_outcome(&context, &job, download_id, outcome).await
+}
+
+/// Saves progress and renews the lease; returns whether a cancel was requested.
+async fn save_progress(
+    context: &TransferContext,
+    job: &ClaimedJob,
+    download_id: i64,
+    shared: &Arc<Mutex<SharedProgress>>,
+    last_saved: &mut (Instant, u64),
+) -> Result<bool, DownloadError> {
+    let snapshot = shared_snapshot(shared);
+    let now = Instant::now();
+    let elapsed = now.duration_since(last_saved.0).as_secs_f64();
+    let rate = if elapsed > 0.0 {
+        snapshot.bytes_done.saturating_sub(last_saved.1) as f64 / elapsed
+    } else {
+        0.0
+    };
+    *last_saved = (now, snapshot.bytes_done);
+    let progress = DownloadProgress {
+        bytes_done: snapshot.bytes_done,
+        bytes_total: snapshot.bytes_total,
+        rate_bytes_per_second: rate,
+        etag: snapshot.etag.clone(),
+        last_modified: snapshot.last_modified.clone(),
+    };
+    let job_id = job.id;
+    let token = job.lease_token.clone();
+    let lease = context.settings.lease;
+    let heartbeat = context
+        .store
+        .call(move |store| {
+            store.record_download_progress(download_id, job_id, &token, &progress, lease)
+        })
+        .await?;
+    let total = snapshot.bytes_total.unwrap_or(0);
+    if let Err(error) = context
+        .service
+        .download_progress(download_id as u64, snapshot.bytes_done, total)
+        .await
+    {
+        tracing::warn!(error = %error, "cannot emit DownloadProgress");
+    }
+    if total > 0 {
+        let fraction = snapshot.bytes_done as f64 / total as f64;
+        let message = format!("{} of {total} bytes", snapshot.bytes_done);
+        let _ = context
+            .service
+            .job_progress(job_id as u64, fraction, &message)
+            .await;
+    }
+    Ok(heartbeat.cancel_requested)
+}
+
+fn shared_snapshot(shared: &Arc<Mutex<SharedProgress>>) -> SharedProgress {
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+fn update_shared(shared: &Arc<Mutex<SharedProgress>>, change: impl FnOnce(&mut SharedProgress)) {
+    change(
+        &mut shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    );
+}
+
+/// The transfer itself. Returns once the file is in the inbox, or why not.
+async fn transfer(
+    context: &TransferContext,
+    download: &Download,
+    part: &std::path::Path,
+    shared: Arc<Mutex<SharedProgress>>,
+) -> Result<Completed, Failure> {
+    let settings = &context.settings;
+    let url = Url::parse(&download.url)
+        .map_err(|error| Failure::permanent(format!("stored url is invalid: {error}")))?;
+    guard::check_target(&url, settings.allow_private_addresses)
+        .map_err(|refused| Failure::permanent(refused.to_string()))?;
+    let limit = download
+        .size_limit
+        .map_or(settings.max_download_size, |limit| {
+            limit.min(settings.max_download_size)
+        });
+
+    let host_key = format!(
+        "{}:{}",
+        url.host_str().unwrap_or_default(),
+        url.port_or_known_default().unwrap_or(0)
+    );
+    let _slot = context.hosts.acquire(&host_key).await;
+
+    let mut offset = inbox::part_size(part).map_err(|error| {
+        Failure::retryable(format!("cannot inspect {}: {error}", part.display()))
+    })?;
+    if offset > limit {
+        return Err(Failure::permanent(format!(
+            "the partial file already has {offset} bytes, over the size limit of {limit} bytes"
+        )));
+    }
+    let mut hasher = if offset > 0 {
+        let prefix_path = part.to_path_buf();
+        tokio::task::spawn_blocking(move || inbox::hash_prefix(&prefix_path, offset))
+            .await
+            .map_err(|error| Failure::retryable(format!("hashing task failed: {error}")))?
+            .map_err(|error| Failure::retryable(format!("cannot read the partial file: {error}")))?
+    } else {
+        Sha256::new()
+    };
+
+    let mut request = context.client.get(url.clone());
+    if offset > 0 {
+        request = request.header(RANGE, format!("bytes={offset}-"));
+        let strong_etag = download
+            .etag
+            .as_deref()
+            .filter(|etag| !etag.starts_with("W/"));
+        if let Some(validator) = strong_etag.or(download.last_modified.as_deref()) {
+            request = request.header(IF_RANGE, validator);
+        }
+        tracing::info!(offset, "resuming with a range request");
+    }
+    let mut response = request
+        .send()
+        .await
+        .map_err(|error| match guard::refusal_in(&error) {
+            Some(refused) => Failure::permanent(refused.to_string()),
+            None => Failure::retryable(format!(
+                "request to {url} failed: {}",
+                guard::describe_error(&error)
+            )),
+        })?;
+
+    let status = response.status();
+    let header_text = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_length = header_text(CONTENT_LENGTH).and_then(|text| text.parse::<u64>().ok());
+    let content_range = header_text(CONTENT_RANGE);
+    let etag = header_text(ETAG);
+    let last_modified = header_text(LAST_MODIFIED);
+    let mut already_complete = false;
+    let (append, total) = match status {
+        StatusCode::PARTIAL_CONTENT if offset > 0 => {
+            let range = content_range.as_deref().and_then(parse_content_range);
+            match range {
+                Some((start, total)) if start == offset => {
+                    (true, total.or(content_length.map(|length| offset + length)))
+                }
+                _ => {
+                    return Err(Failure {
+                        error: format!(
+                            "asked to resume at byte {offset}, the server sent the range {:?}; \
+                             starting over",
+                            content_range.unwrap_or_default()
+                        ),
+                        retryable: true,
+                        discard_part: true,
+                    });
+                }
+            }
+        }
+        StatusCode::OK => {
+            if offset > 0 {
+                tracing::info!(
+                    offset,
+                    "the server sent the whole file instead of the range; starting over"
+                );
+                offset = 0;
+                hasher = Sha256::new();
+            }
+            (false, content_length)
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE if offset > 0 => {
+            let complete_size = content_range
+                .as_deref()
+                .and_then(|text| text.strip_prefix("bytes */"))
+                .and_then(|size| size.trim().parse::<u64>().ok());
+            if complete_size == Some(offset) {
+                tracing::info!(offset, "the partial file already holds the whole file");
+                already_complete = true;
+                (true, Some(offset))
+            } else {
+                return Err(Failure {
+                    error: format!(
+                        "the server refused to resume at byte {offset} (HTTP 416, file size \
+                         {}); starting over",
+                        complete_size.map_or("unknown".to_owned(), |size| size.to_string())
+                    ),
+                    retryable: true,
+                    discard_part: true,
+                });
+            }
+        }
+        status if status.is_success() => {
+            return Err(Failure::permanent(format!(
+                "unexpected HTTP {status} from {url}"
+            )));
+        }
+        status if status.is_redirection() => {
+            return Err(unfollowed_redirect(
+                status,
+                response.url(),
+                header_text(LOCATION),
+            ));
+        }
+        status => return Err(status_failure(status, response.url())),
+    };
+    if let Some(total) = total
+        && total > limit
+    {
+        return Err(Failure::permanent(format!(
+            "the file is {total} bytes, over the size limit of {limit} bytes"
+        )));
+    }
+    update_shared(&shared, |progress| {
+        progress.bytes_done = offset;
+        progress.bytes_total = total;
+        progress.etag = etag;
+        progress.last_modified = last_modified;
+    });
+
+    let mut bytes_done = offset;
+    if !already_complete {
+        let io_failure = |error: std::io::Error| {
+            Failure::retryable(format!("cannot write {}: {error}", part.display()))
+        };
+        let mut options = tokio::fs::OpenOptions::new();
+        options.create(true);
+        if append {
+            options.append(true);
+        } else {
+            options.write(true).truncate(true);
+        }
+        let mut file = options.open(part).await.map_err(io_failure)?;
+        while let Some(chunk) = response.chunk().await.map_err(|error| {
+            Failure::retryable(format!(
+                "the transfer broke off after {bytes_done} bytes: {}",
+                guard::describe_error(&error)
+            ))
+        })? {
+            let length = chunk.len() as u64;
+            if bytes_done + length > limit {
+                return Err(Failure::permanent(format!(
+                    "the file grew past the size limit of {limit} bytes"
+                )));
+            }
+            file.write_all(&chunk).await.map_err(io_failure)?;
+            hasher.update(&chunk);
+            bytes_done += length;
+            context
+                .counters
+                .bytes_received
+                .fetch_add(length, Ordering::Relaxed);
+            update_shared(&shared, |progress| progress.bytes_done = bytes_done);
+        }
+        file.flush().await.map_err(io_failure)?;
+        if let Some(total) = total
+            && bytes_done != total
+        {
+            return Err(Failure::retryable(format!(
+                "the connection closed after {bytes_done} of {total} bytes"
+            )));
+        }
+        file.sync_all().await.map_err(io_failure)?;
+    }
+
+    let sha256 = hex(&hasher.finalize());
+    if let Some(expected) = &download.expected_sha256
+        && *expected != sha256
+    {
+        return Err(Failure::permanent(format!(
+            "SHA-256 mismatch: expected {expected}, the file has {sha256}"
+        )));
+    }
+    let part_owned = part.to_path_buf();
+    let inbox_path = settings.inbox.clone();
+    let bundle = download.bundle.clone();
+    let file_name = download.file_name.clone();
+    let final_path = tokio::task::spawn_blocking(move || {
+        inbox::place_in_inbox(&part_owned, &inbox_path, bundle.as_deref(), &file_name)
+    })
+    .await
+    .map_err(|error| Failure::retryable(format!("moving task failed: {error}")))?
+    .map_err(|error| Failure::retryable(format!("cannot move the file into the inbox: {error}")))?;
+    tracing::info!(path = %final_path.display(), bytes = bytes_done, sha256 = %sha256, "download complete");
+    Ok(Completed {
+        final_path: final_path.to_string_lossy().into_owned(),
+        bytes: bytes_done,
+        sha256,
+    })
+}
+
+/// 408, 425, 429 and 5xx are worth another attempt; any other status is the answer.
+fn status_failure(status: StatusCode, url: &Url) -> Failure {
+    let error = format!("HTTP {status} from {url}");
+    let retryable = status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429);
+    if retryable {
+        Failure::retryable(error)
+    } else {
+        Failure::permanent(error)
+    }
+}
+
+/// A redirect that reached us instead of being followed: the client leaves redirects to
+/// schemes it cannot fetch (file:, ftp:) to the caller. Final either way.
+fn unfollowed_redirect(status: StatusCode, url: &Url, location: Option<String>) -> Failure {
+    let target = location
+        .as_deref()
+        .and_then(|location| url.join(location).ok());
+    match target {
+        Some(target) if !matches!(target.scheme(), "http" | "https") => Failure::permanent(
+            guard::Refused::RedirectScheme {
+                url: target.to_string(),
+            }
+            .to_string(),
+        ),
+        _ => Failure::permanent(format!(
+            "HTTP {status} from {url}: redirect to {} not followed",
+            location.unwrap_or_else(|| "nowhere (no Location header)".to_owned())
+        )),
+    }
+}
+
+/// `bytes 100-199/500` → (100, Some(500)); `bytes 100-199/*` → (100, None).
+fn parse_content_range(text: &str) -> Option<(u64, Option<u64>)> {
+    let rest = text.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _end) = range.split_once('-')?;
+    let start = start.trim().parse().ok()?;
+    let total = match total.trim() {
+        "*" => None,
+        total => Some(total.parse().ok()?),
+    };
+    Some((start, total))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn discard_part(part: &std::path::Path) {
+    if let Err(error) = inbox::remove_part(part) {
+        tracing::warn!(error = %error, path = %part.display(), "cannot remove the partial file");
+    }
+}
+
+async fn record_outcome(
+    context: &TransferContext,
+    job: &ClaimedJob,
+    download_id: i64,
+    outcome: DownloadOutcome,
+) -> TaskReport {
+    let job_id = job.id;
+    let token = job.lease_token.clone();
+    let recorded_outcome = outcome.clone();
+    let result = context
+        .store
+        .call(move |store| store.finish_download(download_id, job_id, &token, &recorded_outcome))
+        .await;
+    let (download_state, job_state) = match result {
+        Ok(states) => states,
+        Err(error) => {
+            tracing::error!(error = %error, "cannot record the download's outcome");
+            return report(
+                job_id,
+                Some(download_id),
+                Ended::NotRecorded {
+                    error: error.to_string(),
+                },
+            );
+        }
+    };
+    if let Err(error) = context
+        .service
+        .job_finished(job_id as u64, job_state.as_str())
+        .await
+    {
+        tracing::warn!(error = %error, "cannot emit JobFinished");
+    }
+    let path = match &outcome {
+        DownloadOutcome::Succeeded { final_path, .. } => final_path.clone(),
+        _ => String::new(),
+    };
+    if download_state.is_finished()
+        && let Err(error) = context
+            .service
+            .download_finished(download_id as u64, download_state.as_str(), &path)
+            .await
+    {
+        tracing::warn!(error = %error, "cannot emit DownloadFinished");
+    }
+    let ended = match (outcome, download_state, job_state) {
+        (DownloadOutcome::Succeeded { final_path, .. }, _, _) => {
+            Ended::Succeeded { path: final_path }
+        }
+        (DownloadOutcome::Failed { error, .. }, _, JobState::Retrying) => Ended::Retrying { error },
+        (DownloadOutcome::Failed { error, .. }, _, _) => Ended::Failed { error },
+        (DownloadOutcome::Cancelled, _, _) => Ended::Cancelled,
+        (DownloadOutcome::Released { .. }, _, _) => Ended::Released,
+    };
+    debug_assert!(download_state != DownloadState::Running);
+    report(job_id, Some(download_id), ended)
+}
+
+/// A job whose download cannot be found or does not match: fail it for good, with the reason.
+async fn fail_job_without_download(
+    context: &TransferContext,
+    job: &ClaimedJob,
+    error: String,
+) -> TaskReport {
+    tracing::error!(job_id = job.id, error = %error, "download job without its download");
+    let job_id = job.id;
+    let token = job.lease_token.clone();
+    let message = error.clone();
+    let result = context
+        .store
+        .call(move |store| store.fail_job(job_id, &token, &message, false))
+        .await;
+    match result {
+        Ok(state) => {
+            let _ = context
+                .service
+                .job_finished(job_id as u64, state.as_str())
+                .await;
+            report(job_id, None, Ended::Failed { error })
+        }
+        Err(record_error) => report(
+            job_id,
+            None,
+            Ended::NotRecorded {
+                error: record_error.to_string(),
+            },
+        ),
+    }
+}
+
+fn report(job_id: i64, download_id: Option<i64>, ended: Ended) -> TaskReport {
+    TaskReport {
+        download_id,
+        job_id,
+        ended,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_ranges_parse() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/500"),
+            Some((100, Some(500)))
+        );
+        assert_eq!(parse_content_range("bytes 7-9/*"), Some((7, None)));
+        assert_eq!(parse_content_range("bytes */500"), None);
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+
+    #[test]
+    fn server_errors_and_throttling_are_retried_other_statuses_are_final() {
+        let url = Url::parse("http://example.org/x").unwrap();
+        for code in [500, 502, 503, 408, 429] {
+            assert!(
+                status_failure(StatusCode::from_u16(code).unwrap(), &url).retryable,
+                "{code}"
+            );
+        }
+        for code in [400, 401, 403, 404, 410, 304] {
+            let failure = status_failure(StatusCode::from_u16(code).unwrap(), &url);
+            assert!(!failure.retryable, "{code}");
+            assert!(
+                failure.error.contains(&code.to_string()),
+                "{}",
+                failure.error
+            );
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! The JSON API over the store: jobs, downloads and documents. Handlers validate, run one store
+//! call on a blocking thread, and answer; changes that workers must hear about are announced
+//! on the bus through the main loop.
+
+use actix_web::web::{Data, Json, Path, Query};
+use actix_web::{HttpResponse, http::StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use sluice_core::bus::{SCRAPER_BUS_NAME, ScraperProxy};
+use sluice_core::store::Store;
+use sluice_core::store::documents::DocumentFilter;
+use sluice_core::store::downloads::{
+    DOWNLOAD_JOB_KIND, DownloadError, DownloadFilter, DownloadState, NewDownload,
+};
+use sluice_core::store::jobs::{Job, JobError, JobFilter, JobState, PageRequest};
+
+use crate::address::check_download_url;
+use crate::error::ApiError;
+use crate::state::{Announcement, AppState};
+
+/// Page size when the request names none.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsQuery {
+    /// One state or several separated by commas.
+    state: Option<String>,
+    kind: Option<String>,
+    cursor: Option<i64>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadsQuery {
+    state: Option<String>,
+    cursor: Option<i64>,
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentsQuery {
+    /// Full-text query (FTS5 syntax: words, "phrases", AND/OR/NOT, prefix*).
+    q: Option<String>,
+    /// Only documents whose MIME type starts with this, e.g. `image/`.
+    mime: Option<String>,
+    cursor: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// The body of `POST /api/downloads`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadRequest {
+    url: String,
+    sha256: Option<String>,
+    file_name: Option<String>,
+    max_bytes: Option<u64>,
+    bundle: Option<String>,
+}
+
+pub async fn list_jobs(
+    state: Data<AppState>,
+    query: Query<JobsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let page = page_request(&state, query.cursor, query.limit)?;
+    let mut filter = JobFilter::default();
+    if let Some(states) = &query.state {
+        for name in states.split(',').filter(|name| !name.is_empty()) {
+            filter.states.push(name.parse::<JobState>()?);
+        }
+    }
+    if let Some(kind) = query.kind.filter(|kind| !kind.is_empty()) {
+        check_length(&state, "kind", &kind)?;
+        filter.kind = Some(kind);
+    }
+    let page = state
+        .with_store(move |store| store.list_jobs(&filter, page))
+        .await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+pub async fn get_job(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let job = state.with_store(move |store| store.get_job(id)).await?;
+    Ok(HttpResponse::Ok().json(job))
+}
+
+pub async fn job_history(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let transitions = state.with_store(move |store| store.job_history(id)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "job_id": id, "transitions": transitions })))
+}
+
+pub async fn retry_job(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let job = state.with_store(move |store| retry(store, id)).await?;
+    tracing::info!(job_id = id, "job queued again on request");
+    state.announce(announcement_for(&job));
+    Ok(HttpResponse::Ok().json(job))
+}
+
+pub async fn cancel_job(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let job = state.with_store(move |store| cancel(store, id)).await?;
+    tracing::info!(job_id = id, state = %job.state, "job cancelled on request");
+    state.announce(announcement_for(&job));
+    Ok(HttpResponse::Ok().json(job))
+}
+
+/// Retries a job: the one rule shared by the HTTP API and `org.sluice.Web1.RetryJob`.
+pub fn retry(store: &mut Store, id: i64) -> Result<Job, JobError> {
+    store.retry_job(id)
+}
+
+/// Cancels a job: the one rule shared by the HTTP API and `org.sluice.Web1.CancelJob`. The
+/// job comes back `cancelled` when it was waiting, or still `running` with
+/// `cancel_requested` set, until its worker stops at the next heartbeat.
+pub fn cancel(store: &mut Store, id: i64) -> Result<Job, JobError> {
+    store.cancel_job(id)
+}
+
+/// The signal a changed job deserves: `JobQueued` when it waits to be claimed, otherwise
+/// `JobFinished` with its state (`cancelled`) or, for a running job asked to stop,
+/// nothing more than the database change (its worker reports the end).
+pub fn announcement_for(job: &Job) -> Announcement {
+    let job_id = u64::try_from(job.id).unwrap_or_default();
+    match job.state {
+        JobState::Queued | JobState::Retrying => Announcement::JobQueued {
+            kind: job.kind.clone(),
+            job_id,
+        },
+        state => Announcement::JobFinished {
+            job_id,
+            state: if state == JobState::Running {
+                "cancelling".to_owned()
+            } else {
+                state.as_str().to_owned()
+            },
+        },
+    }
+}
+
+pub async fn create_download(
+    state: Data<AppState>,
+    body: Json<DownloadRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let request = body.into_inner();
+    check_length(&state, "url", &request.url)?;
+    let settings = state.settings();
+    let url = check_download_url(&request.url, settings.allow_private_addresses).await?;
+    if let Some(max_bytes) = request.max_bytes
+        && max_bytes > settings.max_download_size
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "max_bytes {max_bytes} is above the configured limit of {} bytes \
+             ([scraper] max_download_size)",
+            settings.max_download_size
+        )));
+    }
+    let download = NewDownload {
+        url: url.to_string(),
+        file_name: request.file_name,
+        bundle: request.bundle,
+        expected_sha256: request.sha256,
+        max_bytes: request.max_bytes,
+        source: None,
+        max_attempts: settings.max_attempts,
+    };
+    let (download, job_id) = state
+        .with_store(move |store| {
+            let created = store.create_download(&download)?;
+            let row = store.get_download(created.download_id)?;
+            Ok::<_, DownloadError>((row, created.job_id))
+        })
+        .await?;
+    tracing::info!(
+        download_id = download.id,
+        job_id,
+        url = %download.url,
+        "download queued"
+    );
+    state.announce(Announcement::JobQueued {
+        kind: DOWNLOAD_JOB_KIND.to_owned(),
+        job_id: u64::try_from(job_id).unwrap_or_default(),
+    });
+    let created = json!({ "download": download, "job_id": job_id });
+    Ok(HttpResponse::build(StatusCode::CREATED).json(created))
+}
+
+pub async fn list_downloads(
+    state: Data<AppState>,
+    query: Query<DownloadsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let page = page_request(&state, query.cursor, query.limit)?;
+    let mut filter = DownloadFilter::default();
+    for name in query.state.iter().flat_map(|text| text.split(',')) {
+        if !name.is_empty() {
+            filter.states.push(name.parse::<DownloadState>()?);
+        }
+    }
+    let page = state
+        .with_store(move |store| store.list_downloads(&filter, page))
+        .await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+pub async fn get_download(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let download = state
+        .with_store(move |store| store.get_download(id))
+        .await?;
+    Ok(HttpResponse::Ok().json(download))
+}
+
+/// Deletes a download. A running scraper does it (it stops the transfer and removes the
+/// partial file); without one, the store cancels the job and removes the row here, and the
+/// partial file, if any, is removed when it lies in the staging folder.
+pub async fn delete_download(
+    state: Data<AppState>,
+    id: Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    // Existence first, so an unknown id is a 404 whoever would do the deleting.
+    state
+        .with_store(move |store| store.get_download(id))
+        .await?;
+    let download_id = u64::try_from(id).unwrap_or_default();
+    let through_scraper = state
+        .on_bus(move |connection| async move {
+            if !name_has_owner(&connection, SCRAPER_BUS_NAME).await {
+                return None;
+            }
+            let proxy = ScraperProxy::builder(&connection)
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()
+                .await;
+            Some(match proxy {
+                Ok(proxy) => proxy.delete_download(download_id).await,
+                Err(error) => Err(sluice_core::bus::BusError::ZBus(error)),
+            })
+        })
+        .await
+        .flatten();
+    match through_scraper {
+        Some(result) => result?,
+        None => {
+            let staging = state.settings().staging.clone();
+            let deleted = state
+                .with_store(move |store| {
+                    let download = store.get_download(id)?;
+                    if !download.state.is_finished() {
+                        let cancelled = store.cancel_download(id)?;
+                        if !cancelled.state.is_finished() {
+                            return Err(DownloadError::InvalidState {
+                                id,
+                                state: cancelled.state,
+                                action: "delete while sluice-scraper is not running to stop \
+                                         it (cancellation is requested; delete it again once \
+                                         it is cancelled)",
+                            });
+                        }
+                    }
+                    store.delete_download(id)
+                })
+                .await?;
+            if let Some(part_path) = &deleted.part_path {
+                remove_partial_file(std::path::Path::new(part_path), &staging);
+            }
+        }
+    }
+    tracing::info!(download_id = id, "download deleted");
+    Ok(HttpResponse::Ok().json(json!({ "deleted": id })))
+}
+
+pub async fn list_documents(
+    state: Data<AppState>,
+    query: Query<DocumentsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let page = page_request(&state, query.cursor, query.limit)?;
+    if let Some(text) = &query.q {
+        check_length(&state, "q", text)?;
+    }
+    let filter = DocumentFilter {
+        mime_prefix: query.mime.filter(|prefix| !prefix.is_empty()),
+    };
+    let page = state
+        .with_store(
+            move |store| match query.q.filter(|text| !text.trim().is_empty()) {
+                // Search hits have the document's fields plus the matching snippet, so a client
+                // reads both lists the same way.
+                Some(text) => store.search_documents(&text, page).map(|hits| {
+                    json!({
+                        "items": hits.items.into_iter().map(|hit| {
+                            let mut item = serde_json::to_value(&hit.document).unwrap_or_default();
+                            item["snippet"] = hit.snippet.into();
+                            item
+                        }).collect::<Vec<_>>(),
+                        "next_cursor": hits.next_cursor,
+                    })
+                }),
+                None => store
+                    .list_documents(&filter, page)
+                    .map(|documents| serde_json::to_value(documents).unwrap_or_default()),
+            },
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+pub async fn get_document(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    let document = state
+        .with_store(move |store| store.get_document(id))
+        .await?;
+    Ok(HttpResponse::Ok().json(document))
+}
+
+/// Whether a bus name has an owner; a failed query counts as "no".
+pub async fn name_has_owner(connection: &zbus::Connection, name: &str) -> bool {
+    let Ok(proxy) = zbus::fdo::DBusProxy::new(connection).await else {
+        return false;
+    };
+    let Ok(name) = zbus::names::BusName::try_from(name) else {
+        return false;
+    };
+    proxy.name_has_owner(name).await.unwrap_or(false)
+}
+
+fn page_request(
+    state: &AppState,
+    cursor: Option<i64>,
+    limit: Option<u32>,
+) -> Result<PageRequest, ApiError> {
+    let max_page_size = state.settings().max_page_size;
+    let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE.min(max_page_size));
+    if limit == 0 || limit > max_page_size {
+        return Err(ApiError::InvalidArgument(format!(
+            "limit must be 1..={max_page_size} ([limits] max_page_size), got {limit}"
+        )));
+    }
+    if let Some(cursor) = cursor
+        && cursor <= 0
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "cursor must be a positive id from next_cursor, got {cursor}"
+        )));
+    }
+    Ok(PageRequest {
+        before_id: cursor,
+        limit,
+    })
+}
+
+fn check_length(state: &AppState, argument: &str, value: &str) -> Result<(), ApiError> {
+    let limit = state.settings().max_string_length;
+    let length = value.chars().count();
+    if length > limit {
+        return Err(ApiError::InvalidArgument(format!(
+            "{argument} is {length} characters long; the limit is {limit} ([limits] max_string_length)"
+        )));
+    }
+    Ok(())
+}
+
+/// Removes a partial download file, only if it is a regular file directly inside `staging`;
+/// a row pointing anywhere else is not trusted to name a file to delete.
+fn remove_partial_file(part_path: &std::path::Path, staging: &std::path::Path) {
+    let inside_staging = part_path.parent() == Some(staging)
+        && part_path
+            .symlink_metadata()
+            .is_ok_and(|metadata| metadata.file_type().is_file());
+    if !inside_staging {
+        return;
+    }
+    if let Err(error) = std::fs::remove_file(part_path) {
+        tracing::warn!(path = %part_path.display(), error = %error, "cannot remove a partial download");
+    }
+}

@@ -1,0 +1,192 @@
+//! The route table and the request checks every route shares: the Host check (DNS-rebinding
+//! protection), the bearer token on every mutating method, and JSON errors for bodies,
+//! queries and paths that do not parse.
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, header};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::web::{self, Data};
+use actix_web::{App, Error, HttpRequest, HttpResponse};
+
+use crate::error::{ApiError, json_error, path_error, query_error};
+use crate::state::AppState;
+use crate::{api, dashboard, events, status};
+
+/// The whole HTTP application for `state`; `HttpServer` calls this once per worker, tests call
+/// it directly with `actix_web::test`.
+pub fn app(
+    state: AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = Error,
+        InitError = (),
+    >,
+> {
+    let settings = state.settings().clone();
+    let json_config = web::JsonConfig::default()
+        .limit(settings.max_request_body)
+        .error_handler(json_error);
+    let payload_config = web::PayloadConfig::new(settings.max_request_body);
+    App::new()
+        .app_data(Data::new(state))
+        .app_data(json_config)
+        .app_data(payload_config)
+        .app_data(web::QueryConfig::default().error_handler(query_error))
+        .app_data(web::PathConfig::default().error_handler(path_error))
+        .wrap(from_fn(require_token))
+        .wrap(from_fn(check_host))
+        .service(
+            web::scope(&settings.base_path)
+                .route("/", web::get().to(dashboard::dashboard))
+                .route("/healthz", web::get().to(status::healthz))
+                .route("/readyz", web::get().to(status::readyz))
+                .route("/api/status", web::get().to(status::api_status))
+                .route("/api/events", web::get().to(events::event_stream))
+                .route("/api/jobs", web::get().to(api::list_jobs))
+                .route("/api/jobs/{id}", web::get().to(api::get_job))
+                .route("/api/jobs/{id}/history", web::get().to(api::job_history))
+                .route("/api/jobs/{id}/retry", web::post().to(api::retry_job))
+                .route("/api/jobs/{id}/cancel", web::post().to(api::cancel_job))
+                .route("/api/downloads", web::post().to(api::create_download))
+                .route("/api/downloads", web::get().to(api::list_downloads))
+                .route("/api/downloads/{id}", web::get().to(api::get_download))
+                .route(
+                    "/api/downloads/{id}",
+                    web::delete().to(api::delete_download),
+                )
+                .route("/api/documents", web::get().to(api::list_documents))
+                .route("/api/documents/{id}", web::get().to(api::get_document)),
+        )
+        .default_service(web::to(not_found))
+}
+
+async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        request.method(),
+        request.path()
+    )))
+}
+
+/// Methods that only read; every other method needs the token.
+fn is_mutating(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Refuses a mutating request without the right `Authorization: Bearer <token>` before its
+/// body is read.
+async fn require_token<B: MessageBody>(
+    request: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
+    if let Err(refusal) = check_token(&request) {
+        return Ok(request.error_response(refusal).map_into_right_body());
+    }
+    Ok(next.call(request).await?.map_into_left_body())
+}
+
+fn check_token(request: &ServiceRequest) -> Result<(), ApiError> {
+    if is_mutating(request.method()) {
+        let state = app_state(request)?;
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim);
+        match presented {
+            None => {
+                return Err(ApiError::Unauthorized(
+                    "this request changes something and needs an Authorization: Bearer <token> \
+                     header with the token from [web] token_file"
+                        .into(),
+                ));
+            }
+            Some(token) if !state.access().token.matches(token) => {
+                tracing::warn!(
+                    method = %request.method(),
+                    path = request.path(),
+                    "refused a request with a wrong API token"
+                );
+                return Err(ApiError::Unauthorized("the bearer token is wrong".into()));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Refuses requests whose Host is not one of `[web] allowed_hosts`: a page on another site
+/// whose name was re-pointed at 127.0.0.1 (DNS rebinding) sends its own name as Host.
+async fn check_host<B: MessageBody>(
+    request: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
+    if let Err(refusal) = check_host_header(&request) {
+        return Ok(request.error_response(refusal).map_into_right_body());
+    }
+    Ok(next.call(request).await?.map_into_left_body())
+}
+
+fn check_host_header(request: &ServiceRequest) -> Result<(), ApiError> {
+    let state = app_state(request)?;
+    state.count_request();
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().host().map(str::to_owned));
+    let Some(host) = host else {
+        return Err(ApiError::InvalidArgument(
+            "the request has no Host header".into(),
+        ));
+    };
+    let name = host_name(&host);
+    let allowed = state
+        .access()
+        .allowed_hosts
+        .iter()
+        .any(|allowed| allowed.eq_ignore_ascii_case(name));
+    if !allowed {
+        return Err(ApiError::MisdirectedRequest(format!(
+            "host {name:?} is not served here; add it to [web] allowed_hosts if it should be"
+        )));
+    }
+    Ok(())
+}
+
+fn app_state(request: &ServiceRequest) -> Result<&Data<AppState>, ApiError> {
+    request
+        .app_data::<Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal("the app has no state".into()))
+}
+
+/// `example.org:8080` → `example.org`, `[::1]:8080` → `::1`, `[::1]` → `::1`.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default();
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_lose_their_port() {
+        assert_eq!(host_name("localhost:8080"), "localhost");
+        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
+        assert_eq!(host_name("[::1]:8080"), "::1");
+        assert_eq!(host_name("[::1]"), "::1");
+        assert_eq!(host_name("evil.example"), "evil.example");
+    }
+}

@@ -1,0 +1,434 @@
+//! The web daemon's life: open the store, own `org.sluice.Web1`, listen (socket-activated or
+//! bound), tell systemd it is ready, then run the main loop over one closed [`Event`] enum —
+//! bus commands, signals to forward as Server-Sent Events, the web's own announcements, the
+//! watchdog and status ticks, SIGTERM and SIGHUP — until asked to stop.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix_web::HttpServer;
+use futures_util::StreamExt;
+use sluice_core::bus::{
+    self, BusAddress, BusSetupError, CallerPolicy, DaemonState, WebCommand, WebService, WebStatus,
+};
+use sluice_core::config::Config;
+use sluice_core::runtime::{
+    ConfigReloader, Notifier, ReloadOutcome, Signal, SignalReceiver, StatusLine, StopDeadline,
+};
+use sluice_core::store::StoreError;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::api;
+use crate::app::app;
+use crate::events::{BusEvent, EVENT_BUFFER, FORWARDED_SIGNALS};
+use crate::state::{
+    AccessRules, Announcement, ApiToken, AppState, BusLink, Settings, StorePool, TokenError,
+};
+
+/// actix worker threads. The API is light (a store read or one bus call per request) and the
+/// machine this runs on also runs the workers, so two are enough.
+const HTTP_WORKERS: usize = 2;
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot connect to the {address}: {source}")]
+    BusConnect {
+        address: BusAddress,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("cannot subscribe to sluice's signals: {0}")]
+    BusSubscribe(#[source] zbus::Error),
+    #[error(transparent)]
+    BusSetup(#[from] BusSetupError),
+    #[error("cannot listen on {address} ([web] listen): {source}")]
+    Listen {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Server(#[source] std::io::Error),
+}
+
+/// Everything the main loop reacts to.
+#[derive(Debug)]
+enum Event {
+    /// A method call on `org.sluice.Web1`.
+    Command(WebCommand),
+    /// A request handler changed a job; emit the matching Web1 signal.
+    Announcement(Announcement),
+    /// A message matching the sluice signal rule, for the event streams.
+    BusSignal(zbus::Result<zbus::Message>),
+    Signal(Signal),
+    WatchdogTick,
+    StatusTick,
+    /// The HTTP server ended without being asked to.
+    ServerStopped(String),
+}
+
+/// Runs the daemon until SIGTERM (Ok) or a fatal error. `config_path` is re-read on SIGHUP.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    mut signals: SignalReceiver,
+) -> Result<(), WebError> {
+    let notifier = Notifier::from_environment();
+    let token = ApiToken::read(&config.web.token_file)?;
+
+    let stores = StorePool::new(config.store.path.clone(), config.store_options());
+    let stores = tokio::task::spawn_blocking(move || stores.check().map(|()| stores))
+        .await
+        .map_err(|error| WebError::Server(std::io::Error::other(error)))??;
+
+    let connection =
+        bus::connect(&config.bus.address)
+            .await
+            .map_err(|source| WebError::BusConnect {
+                address: config.bus.address.clone(),
+                source,
+            })?;
+    // Subscribe before owning the name, so no signal sent after READY is missed.
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .path_namespace("/org/sluice")
+        .build()
+        .map_err(WebError::BusSubscribe)?;
+    let mut bus_signals = zbus::MessageStream::for_match_rule(
+        rule,
+        &connection,
+        std::num::NonZeroUsize::new(EVENT_BUFFER),
+    )
+    .await
+    .map_err(WebError::BusSubscribe)?;
+
+    let (listener, listen_address) = open_listener(&config)?;
+    let (service, mut commands) = WebService::start(
+        &connection,
+        CallerPolicy::for_this_process(),
+        WebStatus::starting(
+            &listen_address,
+            &config.web.base_path,
+            config.ingest.workers,
+            config.store.durability.as_str(),
+        ),
+    )
+    .await?;
+
+    let (announcement_sender, mut announcements) = mpsc::channel(bus::COMMAND_QUEUE_DEPTH);
+    let (event_sender, _) = broadcast::channel::<BusEvent>(EVENT_BUFFER);
+    let (shutdown_sender, shutdown) = watch::channel(false);
+    let state = AppState::new(
+        Settings::from_config(&config),
+        AccessRules {
+            token,
+            allowed_hosts: config.web.allowed_hosts.clone(),
+        },
+        stores,
+        Some(BusLink {
+            connection: connection.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            announcements: announcement_sender.clone(),
+        }),
+        event_sender.clone(),
+        shutdown,
+    );
+    let server_state = state.clone();
+    let server = HttpServer::new(move || app(server_state.clone()))
+        .workers(HTTP_WORKERS)
+        .disable_signals()
+        .shutdown_timeout(config.service.stop_timeout.as_secs().max(1))
+        .listen(listener)
+        .map_err(|source| WebError::Listen {
+            address: listen_address.clone(),
+            source,
+        })?
+        .run();
+    let server_handle = server.handle();
+    let mut server_task = tokio::spawn(server);
+
+    let status_text = |state: &AppState| {
+        StatusLine::new(format!("serving on {listen_address}"))
+            .detail(format!(
+                "{} requests, {} event streams",
+                state.requests_served(),
+                state
+                    .event_clients()
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            ))
+            .to_string()
+    };
+    let initial_status = status_text(&state);
+    publish(&service, |status| {
+        status.state = DaemonState::Running;
+        status.status = initial_status.clone();
+    })
+    .await;
+    tracing::info!(listen = %listen_address, base_path = %config.web.base_path, "sluice-web is ready");
+    notifier.ready(&initial_status);
+
+    let reload_path = config_path.clone();
+    let mut reloader = ConfigReloader::new(config.clone(), move || {
+        let config = Config::load(&reload_path).map_err(|error| error.to_string())?;
+        ApiToken::read(&config.web.token_file).map_err(|error| error.to_string())?;
+        Ok::<_, String>(config)
+    });
+    let mut watchdog = notifier.watchdog_ticker();
+    let mut status_ticker = tokio::time::interval(config.service.status_interval);
+    status_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        let event = tokio::select! {
+            Some(command) = commands.recv() => Event::Command(command),
+            Some(announcement) = announcements.recv() => Event::Announcement(announcement),
+            Some(message) = bus_signals.next() => Event::BusSignal(message),
+            signal = signals.recv() => Event::Signal(signal),
+            () = watchdog.tick() => Event::WatchdogTick,
+            _ = status_ticker.tick() => Event::StatusTick,
+            result = &mut server_task => Event::ServerStopped(match result {
+                Ok(Ok(())) => "the HTTP server stopped".to_owned(),
+                Ok(Err(error)) => error.to_string(),
+                Err(error) => error.to_string(),
+            }),
+        };
+        match event {
+            Event::Command(command) => handle_command(&state, command, &announcement_sender),
+            Event::Announcement(announcement) => emit(&service, announcement).await,
+            Event::BusSignal(Ok(message)) => {
+                if let Some(event) = BusEvent::from_message(&message)
+                    && FORWARDED_SIGNALS.contains(&event.name.as_str())
+                {
+                    // No subscriber is fine: nobody is watching the stream right now.
+                    let _ = event_sender.send(event);
+                }
+            }
+            Event::BusSignal(Err(error)) => {
+                tracing::warn!(error = %error, "a malformed message arrived on the signal stream");
+            }
+            Event::WatchdogTick => notifier.watchdog_ping(),
+            Event::StatusTick => {
+                let text = status_text(&state);
+                let requests_served = state.requests_served();
+                let event_clients = state
+                    .event_clients()
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                if service.status().status != text {
+                    notifier.status(&text);
+                }
+                publish(&service, |status| {
+                    status.status = text;
+                    status.requests_served = requests_served;
+                    status.event_clients = event_clients;
+                })
+                .await;
+            }
+            Event::Signal(Signal::Reload) => {
+                publish(&service, |status| status.state = DaemonState::Reloading).await;
+                let before = reloader.current().clone();
+                let outcome = reloader.reload(&notifier);
+                match &outcome {
+                    ReloadOutcome::Applied => {
+                        let after = reloader.current();
+                        match ApiToken::read(&after.web.token_file) {
+                            Ok(token) => state.replace_access(AccessRules {
+                                token,
+                                allowed_hosts: after.web.allowed_hosts.clone(),
+                            }),
+                            Err(error) => {
+                                tracing::error!(error = %error, "the token file changed while reloading; keeping the previous token")
+                            }
+                        }
+                        warn_about_restart_only_settings(&before, after);
+                    }
+                    ReloadOutcome::KeptPrevious { .. } => {}
+                }
+                let last_error = match outcome {
+                    ReloadOutcome::Applied => String::new(),
+                    ReloadOutcome::KeptPrevious { reason, .. } => reason,
+                };
+                publish(&service, |status| {
+                    status.state = DaemonState::Running;
+                    status.last_error = last_error;
+                })
+                .await;
+            }
+            Event::Signal(Signal::Terminate) => {
+                notifier.stopping("stopping: finishing open requests");
+                publish(&service, |status| {
+                    status.state = DaemonState::Stopping;
+                    status.status = "stopping".into();
+                })
+                .await;
+                // Event streams never end by themselves; tell them to close first so the
+                // graceful stop only waits for ordinary requests.
+                let _ = shutdown_sender.send(true);
+                let deadline = StopDeadline::after(config.service.stop_timeout);
+                if deadline
+                    .finish_within(server_handle.stop(true))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "open requests did not finish before the stop timeout; closing them"
+                    );
+                    server_handle.stop(false).await;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut server_task).await;
+                tracing::info!("sluice-web stopped");
+                return Ok(());
+            }
+            Event::ServerStopped(reason) => {
+                tracing::error!(reason = %reason, "the HTTP server ended unexpectedly");
+                return Err(WebError::Server(std::io::Error::other(reason)));
+            }
+        }
+    }
+}
+
+/// The systemd socket (`LISTEN_FDS`, first descriptor) when socket-activated, else a socket
+/// bound to `[web] listen`. Returns the listener and the address to show.
+fn open_listener(config: &Config) -> Result<(TcpListener, String), WebError> {
+    let mut inherited = listenfd::ListenFd::from_env();
+    let listen_error = |address: String| {
+        move |source| WebError::Listen {
+            address: address.clone(),
+            source,
+        }
+    };
+    if inherited.len() > 0
+        && let Some(listener) = inherited
+            .take_tcp_listener(0)
+            .map_err(listen_error("the socket passed by systemd".into()))?
+    {
+        let address = listener
+            .local_addr()
+            .map(|address| address.to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        return Ok((listener, format!("{address} (socket-activated)")));
+    }
+    let listener = TcpListener::bind(config.web.listen)
+        .map_err(listen_error(config.web.listen.to_string()))?;
+    let address = listener
+        .local_addr()
+        .map_err(listen_error(config.web.listen.to_string()))?
+        .to_string();
+    Ok((listener, address))
+}
+
+/// Answers a Web1 call on a task, so a slow store never stalls the loop (and its watchdog).
+fn handle_command(
+    state: &AppState,
+    command: WebCommand,
+    announcements: &mpsc::Sender<Announcement>,
+) {
+    let state = state.clone();
+    let announcements = announcements.clone();
+    tokio::spawn(async move {
+        match command {
+            WebCommand::CancelJob { job_id, reply } => {
+                let result = job_change(&state, job_id, api::cancel).await;
+                let reply_value = result.map(|job| {
+                    let announcement = api::announcement_for(&job);
+                    let _ = announcements.try_send(announcement);
+                    if job.state == sluice_core::store::jobs::JobState::Running {
+                        "cancelling".to_owned()
+                    } else {
+                        job.state.as_str().to_owned()
+                    }
+                });
+                let _ = reply.send(reply_value);
+            }
+            WebCommand::RetryJob { job_id, reply } => {
+                let result = job_change(&state, job_id, api::retry).await;
+                let reply_value = result.map(|job| {
+                    let _ = announcements.try_send(api::announcement_for(&job));
+                });
+                let _ = reply.send(reply_value);
+            }
+        }
+    });
+}
+
+/// Runs a job change in the store for a bus call and maps the outcome to a named D-Bus error.
+async fn job_change(
+    state: &AppState,
+    job_id: u64,
+    change: fn(
+        &mut sluice_core::store::Store,
+        i64,
+    ) -> Result<sluice_core::store::jobs::Job, sluice_core::store::jobs::JobError>,
+) -> Result<sluice_core::store::jobs::Job, bus::BusError> {
+    use sluice_core::store::jobs::JobError;
+    let Ok(id) = i64::try_from(job_id) else {
+        return Err(bus::BusError::NotFound(format!(
+            "job {job_id} does not exist"
+        )));
+    };
+    let result = state
+        .with_store(move |store| Ok::<_, crate::error::ApiError>(change(store, id)))
+        .await;
+    match result {
+        Ok(Ok(job)) => {
+            tracing::info!(job_id = id, state = %job.state, "job changed over D-Bus");
+            Ok(job)
+        }
+        Ok(Err(JobError::NotFound(_))) => Err(bus::BusError::NotFound(format!(
+            "job {job_id} does not exist"
+        ))),
+        Ok(Err(JobError::InvalidArgument(message))) => Err(bus::BusError::InvalidArgument(message)),
+        Ok(Err(error @ (JobError::InvalidState { .. } | JobError::LeaseLost { .. }))) => {
+            Err(bus::BusError::WrongState(error.to_string()))
+        }
+        Ok(Err(JobError::Store(StoreError::Busy(_)))) => Err(bus::BusError::Busy(
+            "the database is busy; try again in a moment".into(),
+        )),
+        Ok(Err(JobError::Store(error))) => {
+            tracing::error!(job_id = id, error = %error, "database error while changing a job");
+            Err(bus::BusError::Internal(format!("database error: {error}")))
+        }
+        Err(error) => Err(bus::BusError::Internal(error.to_string())),
+    }
+}
+
+async fn emit(service: &WebService, announcement: Announcement) {
+    let result = match &announcement {
+        Announcement::JobQueued { kind, job_id } => service.job_queued(kind, *job_id).await,
+        Announcement::JobFinished { job_id, state } => service.job_finished(*job_id, state).await,
+    };
+    if let Err(error) = result {
+        tracing::warn!(error = %error, ?announcement, "cannot emit a Web1 signal");
+    }
+}
+
+async fn publish(service: &WebService, change: impl FnOnce(&mut WebStatus)) {
+    if let Err(error) = service.update_status(change).await {
+        tracing::warn!(error = %error, "cannot publish the web daemon's status on the bus");
+    }
+}
+
+/// The listener, the routes and the store are built at start; say so when a reload changes
+/// them instead of pretending they took effect.
+fn warn_about_restart_only_settings(before: &Config, after: &Config) {
+    let changed = [
+        ("[web] listen", before.web.listen != after.web.listen),
+        (
+            "[web] base_path",
+            before.web.base_path != after.web.base_path,
+        ),
+        ("[store] path", before.store.path != after.store.path),
+        ("[bus] address", before.bus.address != after.bus.address),
+        ("[limits]", before.limits != after.limits),
+    ];
+    for (key, _) in changed.iter().filter(|(_, changed)| *changed) {
+        tracing::warn!(
+            key,
+            "this setting changed but only takes effect when sluice-web restarts"
+        );
+    }
+}

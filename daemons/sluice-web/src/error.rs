@@ -1,0 +1,213 @@
+//! The API's one error shape, `{"error": {"code": "...", "message": "..."}}`, and the
+//! conversions from store, bus and extractor errors into it, so every failure a client sees
+//! has a stable code and the matching HTTP status.
+
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use serde::Serialize;
+use sluice_core::bus::BusError;
+use sluice_core::store::StoreError;
+use sluice_core::store::documents::DocumentError;
+use sluice_core::store::downloads::DownloadError;
+use sluice_core::store::jobs::JobError;
+
+/// A failed API request. The variant decides the status and the `code`; the message is for
+/// people and never carries secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 404 `not_found`.
+    #[error("{0}")]
+    NotFound(String),
+    /// 400 `invalid_argument`: malformed JSON, wrong types, values out of range.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// 401 `unauthorized`: the bearer token is missing or wrong.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 409 `conflict`: the object is in a state where the request makes no sense.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413 `payload_too_large`.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 421 `misdirected_request`: the Host header names a host this server does not serve
+    /// (DNS-rebinding protection).
+    #[error("{0}")]
+    MisdirectedRequest(String),
+    /// 503 `unavailable`: the store is busy or unreachable, or a daemon is not running.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500 `internal`: a bug or an unexpected failure; details are in the log.
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'static str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::NotFound(_) => "not_found",
+            ApiError::InvalidArgument(_) => "invalid_argument",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::MisdirectedRequest(_) => "misdirected_request",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// Logs an unexpected failure once, here, and returns the error a client sees.
+    pub fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %error, "{context}");
+        ApiError::Internal(format!("{context}; see the sluice-web log"))
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = self.to_string();
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized(_) = self {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"sluice\""));
+        }
+        response.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: &message,
+            },
+        })
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::Busy(_) => {
+                ApiError::Unavailable("the database is busy; try again in a moment".into())
+            }
+            other => ApiError::internal("database error", other),
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(error: JobError) -> ApiError {
+        match error {
+            JobError::NotFound(id) => ApiError::NotFound(format!("job {id} does not exist")),
+            JobError::InvalidArgument(message) => ApiError::InvalidArgument(message),
+            error @ (JobError::InvalidState { .. } | JobError::LeaseLost { .. }) => {
+                ApiError::Conflict(error.to_string())
+            }
+            JobError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<DownloadError> for ApiError {
+    fn from(error: DownloadError) -> ApiError {
+        match error {
+            DownloadError::NotFound(id) => {
+                ApiError::NotFound(format!("download {id} does not exist"))
+            }
+            DownloadError::InvalidArgument(message) => ApiError::InvalidArgument(message),
+            error @ DownloadError::InvalidState { .. } => ApiError::Conflict(error.to_string()),
+            DownloadError::Job(error) => error.into(),
+            DownloadError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<DocumentError> for ApiError {
+    fn from(error: DocumentError) -> ApiError {
+        match error {
+            DocumentError::NotFound(id) => {
+                ApiError::NotFound(format!("document {id} does not exist"))
+            }
+            DocumentError::FileNotFound(id) => {
+                ApiError::NotFound(format!("file {id} does not exist"))
+            }
+            DocumentError::InvalidArgument(message) => ApiError::InvalidArgument(message),
+            DocumentError::Job(error) => error.into(),
+            DocumentError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(error: BusError) -> ApiError {
+        match error {
+            BusError::NotFound(message) => ApiError::NotFound(message),
+            BusError::InvalidArgument(message) => ApiError::InvalidArgument(message),
+            BusError::WrongState(message) => ApiError::Conflict(message),
+            BusError::Busy(message) => ApiError::Unavailable(message),
+            BusError::AccessDenied(message) => {
+                ApiError::internal("the daemon refused sluice-web's D-Bus call", message)
+            }
+            BusError::Internal(message) => ApiError::internal("a daemon failed", message),
+            BusError::ZBus(error) => ApiError::Unavailable(format!("D-Bus call failed: {error}")),
+        }
+    }
+}
+
+/// Malformed or oversize JSON bodies: 413 for size (checked against Content-Length before
+/// anything is read, and while reading a chunked body), 400 for everything else.
+pub fn json_error(error: JsonPayloadError, _request: &HttpRequest) -> actix_web::Error {
+    let api_error = match &error {
+        JsonPayloadError::OverflowKnownLength { length, limit } => ApiError::PayloadTooLarge(
+            format!("the body is {length} bytes; the limit is {limit} ([limits] max_request_body)"),
+        ),
+        JsonPayloadError::Overflow { limit } => ApiError::PayloadTooLarge(format!(
+            "the body is larger than {limit} bytes ([limits] max_request_body)"
+        )),
+        JsonPayloadError::ContentType => ApiError::InvalidArgument(
+            "the body must be JSON (Content-Type: application/json)".into(),
+        ),
+        JsonPayloadError::Deserialize(error) => {
+            ApiError::InvalidArgument(format!("malformed JSON body: {error}"))
+        }
+        other => ApiError::InvalidArgument(format!("cannot read the JSON body: {other}")),
+    };
+    api_error.into()
+}
+
+/// Query strings with unknown keys or values of the wrong type.
+pub fn query_error(error: QueryPayloadError, _request: &HttpRequest) -> actix_web::Error {
+    ApiError::InvalidArgument(format!("invalid query string: {error}")).into()
+}
+
+/// Path segments of the wrong type, such as `/api/jobs/abc`.
+pub fn path_error(error: PathError, _request: &HttpRequest) -> actix_web::Error {
+    let message = match error {
+        PathError::Deserialize(error) => {
+            format!("invalid id in the path: {error}; ids are positive whole numbers")
+        }
+        other => format!("invalid path: {other}"),
+    };
+    ApiError::InvalidArgument(message).into()
+}

@@ -1,0 +1,25 @@
+//! sluice-web: the suite's HTTP API (actix-web) under a configurable base path, Server-Sent
+//! Events fed from the D-Bus signals, and the suite-wide `org.sluice.Web1` object
+//! (`CancelJob`, `RetryJob`). [`app`] builds the HTTP application from an [`AppState`] so tests
+//! can drive it without a socket; [`run`] is the daemon.
+
+mod address;
+mod api;
+mod app;
+mod daemon;
+mod dashboard;
+mod error;
+mod events;
+mod state;
+mod status;
+#[cfg(test)]
+mod tests;
+
+pub use app::app;
+pub use daemon::{WebError, run};
+pub use error::ApiError;
+pub use events::{BusEvent, FORWARDED_SIGNALS, KEEP_ALIVE_INTERVAL};
+pub use state::{
+    AccessRules, Announcement, ApiToken, AppState, BusLink, MINIMUM_TOKEN_LENGTH, Settings,
+    StorePool, TokenError,
+};

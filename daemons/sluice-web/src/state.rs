@@ -1,0 +1,332 @@
+//! What every request handler shares: the settings taken from the configuration, the rules
+//! a reload may change (token, allowed hosts), a small pool of store connections, and the
+//! link to the daemon's main loop and the bus.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use sluice_core::config::Config;
+use sluice_core::store::{Store, StoreError, StoreOptions};
+use subtle::ConstantTimeEq;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::error::ApiError;
+use crate::events::BusEvent;
+
+/// The shared state of the HTTP side; cheap to clone (one `Arc`).
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    settings: Settings,
+    access: RwLock<AccessRules>,
+    stores: StorePool,
+    bus: Option<BusLink>,
+    events: broadcast::Sender<BusEvent>,
+    shutdown: watch::Receiver<bool>,
+    requests_served: AtomicU64,
+    event_clients: AtomicU32,
+}
+
+/// Settings read once at start; changing them needs a restart (the listener and the routes
+/// are built from them).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `""` for `/`, else e.g. `/sluice`: the prefix every route is mounted under.
+    pub base_path: String,
+    pub max_request_body: usize,
+    pub max_page_size: u32,
+    pub max_string_length: usize,
+    pub allow_private_addresses: bool,
+    pub max_download_size: u64,
+    pub max_attempts: u32,
+    pub staging: PathBuf,
+    pub workers: u32,
+    pub store_path: PathBuf,
+    pub durability: &'static str,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        let base_path = if config.web.base_path == "/" {
+            String::new()
+        } else {
+            config.web.base_path.clone()
+        };
+        Settings {
+            base_path,
+            max_request_body: usize::try_from(config.limits.max_request_body).unwrap_or(usize::MAX),
+            max_page_size: config
+                .limits
+                .max_page_size
+                .min(sluice_core::store::jobs::MAX_PAGE_SIZE),
+            max_string_length: config.limits.max_string_length as usize,
+            allow_private_addresses: config.scraper.allow_private_addresses,
+            max_download_size: config.scraper.max_download_size,
+            max_attempts: config.jobs.max_attempts,
+            staging: config.scraper.staging.clone(),
+            workers: config.ingest.workers,
+            store_path: config.store.path.clone(),
+            durability: config.store.durability.as_str(),
+        }
+    }
+}
+
+/// Who may call: the bearer token and the host names the server answers to. A reload
+/// replaces both.
+#[derive(Debug, Clone)]
+pub struct AccessRules {
+    pub token: ApiToken,
+    /// Lower-case host names without port.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// The API bearer token. Its `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct ApiToken(String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("ApiToken(<redacted>)")
+    }
+}
+
+/// Why the token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(
+        "cannot read the API token file {path} ([web] token_file): {source}; mutating API calls \
+         need it, so sluice-web does not start without it (the package generates it at install)"
+    )]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the API token file {path} ([web] token_file) must hold a token of at least \
+         {MINIMUM_TOKEN_LENGTH} printable characters without spaces"
+    )]
+    Malformed { path: PathBuf },
+}
+
+/// Shorter tokens are guessable; the installed one is 64 hex digits.
+pub const MINIMUM_TOKEN_LENGTH: usize = 16;
+
+impl ApiToken {
+    /// Reads the token: the file's content without surrounding whitespace.
+    pub fn read(path: &Path) -> Result<ApiToken, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        ApiToken::new(text.trim()).ok_or_else(|| TokenError::Malformed {
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn new(token: &str) -> Option<ApiToken> {
+        let well_formed =
+            token.len() >= MINIMUM_TOKEN_LENGTH && token.chars().all(|c| c.is_ascii_graphic());
+        well_formed.then(|| ApiToken(token.to_owned()))
+    }
+
+    /// Constant-time comparison, so the time a wrong guess takes says nothing about how much
+    /// of it was right.
+    pub fn matches(&self, presented: &str) -> bool {
+        bool::from(self.0.as_bytes().ct_eq(presented.as_bytes()))
+    }
+}
+
+/// The link from request handlers to the daemon's main loop and the bus. Absent when the app
+/// runs without a bus (unit tests with `actix_web::test`).
+#[derive(Debug, Clone)]
+pub struct BusLink {
+    pub connection: zbus::Connection,
+    /// The main runtime, where the bus connection lives; bus calls are spawned there so no
+    /// bus I/O is driven from an actix worker's runtime.
+    pub runtime: tokio::runtime::Handle,
+    pub announcements: mpsc::Sender<Announcement>,
+}
+
+/// A signal the web's own D-Bus object should emit; the main loop owns the object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Announcement {
+    JobQueued { kind: String, job_id: u64 },
+    JobFinished { job_id: u64, state: String },
+}
+
+/// Store connections for the handlers. A `Store` is one SQLite connection and not `Sync`;
+/// handlers take one on a blocking thread and put it back, so a handful serve every request.
+#[derive(Debug)]
+pub struct StorePool {
+    path: PathBuf,
+    options: StoreOptions,
+    idle: Mutex<Vec<Store>>,
+}
+
+/// Idle connections kept; more are opened under load and closed when returned.
+const MAX_IDLE_STORES: usize = 4;
+
+impl StorePool {
+    pub fn new(path: PathBuf, options: StoreOptions) -> StorePool {
+        StorePool {
+            path,
+            options,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Opens one connection now, so a start-up with a broken database fails at once.
+    pub fn check(&self) -> Result<(), StoreError> {
+        let store = Store::open(&self.path, &self.options)?;
+        self.put_back(store);
+        Ok(())
+    }
+
+    /// Runs `work` with a connection; call it on a blocking thread.
+    pub fn with<T>(&self, work: impl FnOnce(&mut Store) -> T) -> Result<T, StoreError> {
+        let taken = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let mut store = match taken {
+            Some(store) => store,
+            None => Store::open(&self.path, &self.options)?,
+        };
+        let value = work(&mut store);
+        self.put_back(store);
+        Ok(value)
+    }
+
+    fn put_back(&self, store: Store) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE_STORES {
+            idle.push(store);
+        }
+    }
+}
+
+impl AppState {
+    pub fn new(
+        settings: Settings,
+        access: AccessRules,
+        stores: StorePool,
+        bus: Option<BusLink>,
+        events: broadcast::Sender<BusEvent>,
+        shutdown: watch::Receiver<bool>,
+    ) -> AppState {
+        AppState {
+            inner: Arc::new(Shared {
+                settings,
+                access: RwLock::new(access),
+                stores,
+                bus,
+                events,
+                shutdown,
+                requests_served: AtomicU64::new(0),
+                event_clients: AtomicU32::new(0),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn access(&self) -> AccessRules {
+        self.inner
+            .access
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn replace_access(&self, access: AccessRules) {
+        *self
+            .inner
+            .access
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = access;
+    }
+
+    pub fn bus(&self) -> Option<&BusLink> {
+        self.inner.bus.as_ref()
+    }
+
+    pub fn subscribe_events(&self) -> broadcast::Receiver<BusEvent> {
+        self.inner.events.subscribe()
+    }
+
+    pub fn shutdown(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.clone()
+    }
+
+    pub fn count_request(&self) {
+        self.inner.requests_served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn requests_served(&self) -> u64 {
+        self.inner.requests_served.load(Ordering::Relaxed)
+    }
+
+    pub fn event_clients(&self) -> &AtomicU32 {
+        &self.inner.event_clients
+    }
+
+    /// Runs `work` with a store connection on a blocking thread; store and join failures
+    /// become API errors.
+    pub async fn with_store<T, E>(
+        &self,
+        work: impl FnOnce(&mut Store) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        E: Into<ApiError> + Send + 'static,
+    {
+        let state = self.clone();
+        let outcome = actix_web::web::block(move || state.inner.stores.with(work))
+            .await
+            .map_err(|error| ApiError::internal("a database task failed", error))?;
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(error.into()),
+            Err(store_error) => Err(store_error.into()),
+        }
+    }
+
+    /// Asks the main loop to emit a signal of the web's D-Bus object. Best effort: the job is
+    /// already in the database, and workers poll it slowly when a wake-up is lost.
+    pub fn announce(&self, announcement: Announcement) {
+        if let Some(bus) = self.bus()
+            && let Err(error) = bus.announcements.try_send(announcement)
+        {
+            tracing::warn!(error = %error, "cannot pass a signal to the main loop; workers will find the job by polling");
+        }
+    }
+
+    /// Runs a bus call on the main runtime and waits for it.
+    pub async fn on_bus<T, F>(&self, call: impl FnOnce(zbus::Connection) -> F) -> Option<T>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let bus = self.bus()?;
+        let task = bus.runtime.spawn(call(bus.connection.clone()));
+        match task.await {
+            Ok(value) => Some(value),
+            Err(error) => {
+                tracing::error!(error = %error, "a D-Bus task failed");
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Health and status: `/healthz` (the process answers), `/readyz` (the store answers) and
+//! `GET /api/status`, which asks each daemon over D-Bus (through the proxies generated from
+//! the interface definitions) and systemd over its own D-Bus API.
+
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use actix_web::web::Data;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sluice_core::bus::{
+    INGEST_INTERFACE, MONITOR_BUS_NAME, MonitorProxy, SCRAPER_BUS_NAME, ScraperProxy, WEB_BUS_NAME,
+    WebProxy, ingest_bus_name, ingest_proxy, sanitize_instance,
+};
+use zbus::Connection;
+use zbus::proxy::CacheProperties;
+
+use crate::api::name_has_owner;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// How long one daemon may take to answer its property reads before it is shown as not
+/// answering; a hung daemon must not hang the status page.
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One daemon in `GET /api/status`.
+#[derive(Debug, Serialize)]
+pub struct DaemonStatus {
+    pub name: String,
+    pub bus_name: String,
+    /// Whether the bus name has an owner, i.e. the daemon runs and is reachable.
+    pub running: bool,
+    pub state: Option<String>,
+    pub status: Option<String>,
+    pub last_error: Option<String>,
+    /// The daemon's own counters (files detected, downloads done, ...), by property name.
+    pub counters: Value,
+    pub unit: UnitStatus,
+}
+
+/// What systemd says about the daemon's unit; every field `null` where systemd is not the
+/// service manager (or cannot be reached).
+#[derive(Debug, Serialize, Default)]
+pub struct UnitStatus {
+    pub name: String,
+    pub load_state: Option<String>,
+    pub active_state: Option<String>,
+    pub sub_state: Option<String>,
+    pub main_pid: Option<u32>,
+    pub restarts: Option<u32>,
+}
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "alive" }))
+}
+
+pub async fn readyz(state: Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let version = state
+        .with_store(|store| store.schema_version())
+        .await
+        .map_err(|error| ApiError::Unavailable(format!("the store does not answer: {error}")))?;
+    Ok(HttpResponse::Ok().json(json!({ "status": "ready", "schema_version": version })))
+}
+
+pub async fn api_status(state: Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let counts = state.with_store(|store| store.job_counts()).await?;
+    let settings = state.settings();
+    let workers = settings.workers;
+    let daemons = state
+        .on_bus(move |connection| async move { all_daemons(&connection, workers).await })
+        .await
+        .unwrap_or_else(|| daemons_without_bus(workers));
+    let jobs: serde_json::Map<String, Value> = counts
+        .into_iter()
+        .map(|(job_state, count)| (job_state.as_str().to_owned(), Value::from(count)))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "daemons": daemons,
+        "jobs": jobs,
+        "store": {
+            "path": settings.store_path,
+            "durability": settings.durability,
+        },
+    })))
+}
+
+/// The suite's daemons: monitor, scraper, web, and the configured number of ingest workers.
+fn daemon_list(workers: u32) -> Vec<(String, String, String)> {
+    let mut daemons = vec![
+        (
+            "sluice-monitor".to_owned(),
+            MONITOR_BUS_NAME.to_owned(),
+            "sluice-monitor.service".to_owned(),
+        ),
+        (
+            "sluice-scraper".to_owned(),
+            SCRAPER_BUS_NAME.to_owned(),
+            "sluice-scraper.service".to_owned(),
+        ),
+        (
+            "sluice-web".to_owned(),
+            WEB_BUS_NAME.to_owned(),
+            "sluice-web.service".to_owned(),
+        ),
+    ];
+    for instance in 1..=workers {
+        let instance = instance.to_string();
+        let sanitized = sanitize_instance(&instance).unwrap_or_else(|_| instance.clone());
+        daemons.push((
+            format!("sluice-ingest-worker@{instance}"),
+            ingest_bus_name(&sanitized),
+            format!("sluice-ingest-worker@{instance}.service"),
+        ));
+    }
+    daemons
+}
+
+fn daemons_without_bus(workers: u32) -> Vec<DaemonStatus> {
+    daemon_list(workers)
+        .into_iter()
+        .map(|(name, bus_name, unit)| DaemonStatus {
+            name,
+            bus_name,
+            running: false,
+            state: None,
+            status: None,
+            last_error: None,
+            counters: json!({}),
+            unit: UnitStatus {
+                name: unit,
+                ..UnitStatus::default()
+            },
+        })
+        .collect()
+}
+
+async fn all_daemons(connection: &Connection, workers: u32) -> Vec<DaemonStatus> {
+    let systemd = systemd_connection().await;
+    let mut daemons = Vec::new();
+    for (name, bus_name, unit_name) in daemon_list(workers) {
+        let running = name_has_owner(connection, &bus_name).await;
+        let mut daemon = DaemonStatus {
+            name,
+            bus_name: bus_name.clone(),
+            running,
+            state: None,
+            status: None,
+            last_error: None,
+            counters: json!({}),
+            unit: unit_status(systemd.as_ref(), &unit_name).await,
+        };
+        if running {
+            let read = tokio::time::timeout(
+                DAEMON_TIMEOUT,
+                read_daemon_properties(connection, &bus_name, &mut daemon),
+            )
+            .await;
+            match read {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(bus_name = %bus_name, error = %error, "cannot read a daemon's properties");
+                }
+                Err(_) => {
+                    tracing::warn!(bus_name = %bus_name, "a daemon did not answer its property reads in time");
+                }
+            }
+        }
+        daemons.push(daemon);
+    }
+    daemons
+}
+
+async fn read_daemon_properties(
+    connection: &Connection,
+    bus_name: &str,
+    daemon: &mut DaemonStatus,
+) -> zbus::Result<()> {
+    match bus_name {
+        MONITOR_BUS_NAME => {
+            let proxy = MonitorProxy::builder(connection)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
+            daemon.state = Some(proxy.state().await?);
+            daemon.status = Some(proxy.status().await?);
+            daemon.last_error = Some(proxy.last_error().await?);
+            daemon.counters = json!({
+                "files_detected": proxy.files_detected().await?,
+                "jobs_queued": proxy.jobs_queued().await?,
+                "watched_paths": proxy.watched_paths().await?,
+                "polling_paths": proxy.polling_paths().await?,
+                "durability": proxy.durability().await?,
+            });
+        }
+        SCRAPER_BUS_NAME => {
+            let proxy = ScraperProxy::builder(connection)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
+            daemon.state = Some(proxy.state().await?);
+            daemon.status = Some(proxy.status().await?);
+            daemon.last_error = Some(proxy.last_error().await?);
+            daemon.counters = json!({
+                "downloads_active": proxy.downloads_active().await?,
+                "downloads_done": proxy.downloads_done().await?,
+                "downloads_failed": proxy.downloads_failed().await?,
+                "bytes_downloaded": proxy.bytes_downloaded().await?,
+                "sources": proxy.sources().await?,
+            });
+        }
+        WEB_BUS_NAME => {
+            let proxy = WebProxy::builder(connection)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
+            daemon.state = Some(proxy.state().await?);
+            daemon.status = Some(proxy.status().await?);
+            daemon.last_error = Some(proxy.last_error().await?);
+            daemon.counters = json!({
+                "requests_served": proxy.requests_served().await?,
+                "event_clients": proxy.event_clients().await?,
+                "listen_address": proxy.listen_address().await?,
+                "base_path": proxy.base_path().await?,
+            });
+        }
+        ingest if ingest.starts_with(INGEST_INTERFACE) => {
+            let instance = ingest
+                .rsplit_once(".Worker")
+                .map(|(_, instance)| instance)
+                .unwrap_or_default();
+            let proxy = ingest_proxy(connection, instance).await?;
+            daemon.state = Some(proxy.state().await?);
+            daemon.status = Some(proxy.status().await?);
+            daemon.last_error = Some(proxy.last_error().await?);
+            daemon.counters = json!({
+                "current_job": proxy.current_job().await?,
+                "jobs_done": proxy.jobs_done().await?,
+                "jobs_failed": proxy.jobs_failed().await?,
+                "processors": proxy.processors().await?,
+            });
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The system bus, when systemd is the service manager (`/run/systemd/system` exists, the
+/// sd_booted test); otherwise `None` and the unit fields stay null.
+async fn systemd_connection() -> Option<Connection> {
+    if !std::path::Path::new("/run/systemd/system").is_dir() {
+        return None;
+    }
+    match tokio::time::timeout(DAEMON_TIMEOUT, Connection::system()).await {
+        Ok(Ok(connection)) => Some(connection),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error, "systemd runs but its bus cannot be reached");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+async fn unit_status(systemd: Option<&Connection>, unit_name: &str) -> UnitStatus {
+    let mut unit = UnitStatus {
+        name: unit_name.to_owned(),
+        ..UnitStatus::default()
+    };
+    let Some(systemd) = systemd else {
+        return unit;
+    };
+    let read = tokio::time::timeout(DAEMON_TIMEOUT, read_unit(systemd, &mut unit)).await;
+    if let Ok(Err(error)) | Err(error) = read.map_err(|_| zbus::Error::Failure("timeout".into())) {
+        tracing::debug!(unit = unit_name, error = %error, "cannot read a unit's state from systemd");
+    }
+    unit
+}
+
+async fn read_unit(systemd: &Connection, unit: &mut UnitStatus) -> zbus::Result<()> {
+    // LoadUnit (unlike GetUnit) answers for a unit that is not loaded, with load state
+    // `not-found` for one that does not exist.
+    let reply = systemd
+        .call_method(
+            Some("org.freedesktop.systemd1"),
+            "/org/freedesktop/systemd1",
+            Some("org.freedesktop.systemd1.Manager"),
+            "LoadUnit",
+            &(unit.name.as_str(),),
+        )
+        .await?;
+    let path: zbus::OwnedObjectPath = reply.body().deserialize()?;
+    let properties = zbus::fdo::PropertiesProxy::builder(systemd)
+        .destination("org.freedesktop.systemd1")
+        .path(path)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let unit_interface =
+        zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Unit");
+    let service_interface =
+        zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Service");
+    let text = |value: zbus::OwnedVariant| String::try_from(value).ok();
+    unit.load_state = text(properties.get(unit_interface.clone(), "LoadState").await?);
+    unit.active_state = text(
+        properties
+            .get(unit_interface.clone(), "ActiveState")
+            .await?,
+    );
+    unit.sub_state = text(properties.get(unit_interface, "SubState").await?);
+    if unit.load_state.as_deref() == Some("loaded") {
+        unit.main_pid = u32::try_from(properties.get(service_interface.clone(), "MainPID").await?)
+            .ok()
+            .filter(|pid| *pid != 0);
+        unit.restarts = u32::try_from(properties.get(service_interface, "NRestarts").await?).ok();
+    }
+    Ok(())
+}

@@ -1,0 +1,742 @@
+//! What each command does: read the store, or ask the owning daemon over D-Bus (falling back
+//! to the store where that is safe), and map every failure to a documented exit status.
+
+use std::net::ToSocketAddrs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_core::bus::{
+    self, BusError, DownloadOptions, INGEST_INTERFACE, MONITOR_BUS_NAME, MonitorProxy,
+    SCRAPER_BUS_NAME, ScraperProxy, WEB_BUS_NAME, WebProxy, ingest_bus_name, ingest_proxy,
+};
+use sluice_core::config::{Config, ConfigError};
+use sluice_core::store::documents::{DocumentError, DocumentFilter};
+use sluice_core::store::downloads::{
+    DownloadError, NewDownload, check_url_address, forbidden_address_reason, parse_download_url,
+};
+use sluice_core::store::jobs::{JobError, JobFilter, JobState, PageRequest};
+use sluice_core::store::{Store, StoreError};
+use zbus::Connection;
+use zbus::proxy::CacheProperties;
+
+use crate::output::{print_fields, print_json, print_line, print_table};
+use crate::{Cli, Command, DocsCommand, DownloadArguments, JobsCommand, exit};
+
+/// How long sluicectl waits for the bus or a daemon before calling it unavailable.
+const BUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failed command: the exit status and what to tell the person.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit_status: u8,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(exit_status: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            exit_status,
+            message: message.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>) -> Failure {
+        Failure::new(exit::INVALID_ARGUMENT, message)
+    }
+
+    /// The `code` in `--json` error output.
+    pub fn code_name(&self) -> &'static str {
+        match self.exit_status {
+            exit::NOT_FOUND => "not_found",
+            exit::INVALID_ARGUMENT => "invalid_argument",
+            exit::DAEMON_UNAVAILABLE => "unavailable",
+            exit::USAGE => "usage",
+            _ => "error",
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(error: ConfigError) -> Failure {
+        Failure::new(exit::ERROR, format!("invalid configuration: {error}"))
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(error: StoreError) -> Failure {
+        Failure::new(exit::ERROR, format!("database: {error}"))
+    }
+}
+
+impl From<JobError> for Failure {
+    fn from(error: JobError) -> Failure {
+        match error {
+            JobError::NotFound(_) => Failure::new(exit::NOT_FOUND, error.to_string()),
+            JobError::InvalidArgument(_) | JobError::InvalidState { .. } => {
+                Failure::invalid(error.to_string())
+            }
+            JobError::LeaseLost { .. } => Failure::new(exit::ERROR, error.to_string()),
+            JobError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<DownloadError> for Failure {
+    fn from(error: DownloadError) -> Failure {
+        match error {
+            DownloadError::NotFound(_) => Failure::new(exit::NOT_FOUND, error.to_string()),
+            DownloadError::InvalidArgument(_) | DownloadError::InvalidState { .. } => {
+                Failure::invalid(error.to_string())
+            }
+            DownloadError::Job(error) => error.into(),
+            DownloadError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<DocumentError> for Failure {
+    fn from(error: DocumentError) -> Failure {
+        match error {
+            DocumentError::NotFound(_) | DocumentError::FileNotFound(_) => {
+                Failure::new(exit::NOT_FOUND, error.to_string())
+            }
+            DocumentError::InvalidArgument(_) => Failure::invalid(error.to_string()),
+            DocumentError::Job(error) => error.into(),
+            DocumentError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<BusError> for Failure {
+    fn from(error: BusError) -> Failure {
+        match error {
+            BusError::NotFound(message) => Failure::new(exit::NOT_FOUND, message),
+            BusError::InvalidArgument(message) | BusError::WrongState(message) => {
+                Failure::invalid(message)
+            }
+            BusError::AccessDenied(message) => Failure::new(
+                exit::ERROR,
+                format!(
+                    "permission denied: {message} (run as root or as a member of group sluice)"
+                ),
+            ),
+            BusError::Busy(message) => Failure::new(exit::DAEMON_UNAVAILABLE, message),
+            BusError::Internal(message) => {
+                Failure::new(exit::ERROR, format!("the daemon failed: {message}"))
+            }
+            BusError::ZBus(error) => Failure::new(
+                exit::DAEMON_UNAVAILABLE,
+                format!("D-Bus call failed: {error}"),
+            ),
+        }
+    }
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::load_from_env()?.1,
+    };
+    let context = Context {
+        config,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Status => context.status(),
+        Command::Jobs(JobsCommand::List {
+            state,
+            kind,
+            limit,
+            cursor,
+        }) => context.jobs_list(state, kind, limit, cursor),
+        Command::Jobs(JobsCommand::Show { id }) => context.jobs_show(id),
+        Command::Jobs(JobsCommand::Retry { id }) => context.job_change(id, JobChange::Retry),
+        Command::Jobs(JobsCommand::Cancel { id }) => context.job_change(id, JobChange::Cancel),
+        Command::Download(arguments) => context.download(arguments),
+        Command::Rescan { path } => context.rescan(path),
+        Command::Docs(DocsCommand::List {
+            query,
+            limit,
+            cursor,
+        }) => context.docs_list(query, limit, cursor),
+    }
+}
+
+struct Context {
+    config: Config,
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum JobChange {
+    Retry,
+    Cancel,
+}
+
+impl Context {
+    fn open_store(&self) -> Result<Store, Failure> {
+        Ok(Store::open(
+            &self.config.store.path,
+            &self.config.store_options(),
+        )?)
+    }
+
+    fn page(&self, limit: u32, cursor: Option<i64>) -> Result<PageRequest, Failure> {
+        let max = self.config.limits.max_page_size;
+        if limit == 0 || limit > max {
+            return Err(Failure::invalid(format!(
+                "--limit must be 1..={max} ([limits] max_page_size), got {limit}"
+            )));
+        }
+        if cursor.is_some_and(|cursor| cursor <= 0) {
+            return Err(Failure::invalid("--cursor must be a positive id"));
+        }
+        Ok(PageRequest {
+            before_id: cursor,
+            limit,
+        })
+    }
+
+    /// Runs a future on a small runtime with a deadline; used for every bus interaction.
+    fn block_on<T>(&self, work: impl Future<Output = T>) -> Result<T, Failure> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| {
+                Failure::new(exit::ERROR, format!("cannot start a runtime: {error}"))
+            })?;
+        runtime
+            .block_on(async { tokio::time::timeout(BUS_TIMEOUT, work).await })
+            .map_err(|_| {
+                Failure::new(
+                    exit::DAEMON_UNAVAILABLE,
+                    format!(
+                        "no answer on the {} within {BUS_TIMEOUT:?}",
+                        self.config.bus.address
+                    ),
+                )
+            })
+    }
+
+    fn status(&self) -> Result<(), Failure> {
+        let store = self.open_store()?;
+        let counts = store.job_counts()?;
+        let workers = self.config.ingest.workers;
+        let address = self.config.bus.address.clone();
+        let daemons = self.block_on(async move {
+            match bus::connect(&address).await {
+                Ok(connection) => Some(daemon_states(&connection, workers).await),
+                Err(_) => None,
+            }
+        })?;
+        let bus_reachable = daemons.is_some();
+        let daemons = daemons.unwrap_or_else(|| {
+            daemon_names(workers)
+                .into_iter()
+                .map(|(name, bus_name)| DaemonRow {
+                    name,
+                    bus_name,
+                    running: false,
+                    state: None,
+                    status: None,
+                })
+                .collect()
+        });
+        if self.json {
+            print_json(&json!({
+                "bus_reachable": bus_reachable,
+                "daemons": daemons.iter().map(|daemon| json!({
+                    "name": daemon.name,
+                    "bus_name": daemon.bus_name,
+                    "running": daemon.running,
+                    "state": daemon.state,
+                    "status": daemon.status,
+                })).collect::<Vec<_>>(),
+                "jobs": counts.iter().map(|(state, count)| (state.as_str().to_owned(), Value::from(*count))).collect::<serde_json::Map<_, _>>(),
+            }));
+            return Ok(());
+        }
+        if !bus_reachable {
+            print_line(&format!(
+                "the {} cannot be reached; daemon states are unknown",
+                self.config.bus.address
+            ));
+        }
+        let rows: Vec<Vec<String>> = daemons
+            .iter()
+            .map(|daemon| {
+                vec![
+                    daemon.name.clone(),
+                    if daemon.running { "yes" } else { "no" }.to_owned(),
+                    daemon.state.clone().unwrap_or_else(|| "-".into()),
+                    daemon.status.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        print_table(&["DAEMON", "RUNNING", "STATE", "STATUS"], &rows);
+        let summary: Vec<String> = counts
+            .iter()
+            .map(|(state, count)| format!("{count} {state}"))
+            .collect();
+        print_line(&format!("jobs: {}", summary.join(", ")));
+        Ok(())
+    }
+
+    fn jobs_list(
+        &self,
+        state: Option<String>,
+        kind: Option<String>,
+        limit: u32,
+        cursor: Option<i64>,
+    ) -> Result<(), Failure> {
+        let page = self.page(limit, cursor)?;
+        let mut filter = JobFilter::default();
+        for name in state.iter().flat_map(|text| text.split(',')) {
+            if !name.is_empty() {
+                filter.states.push(name.trim().parse::<JobState>()?);
+            }
+        }
+        filter.kind = kind.filter(|kind| !kind.is_empty());
+        let store = self.open_store()?;
+        let jobs = store.list_jobs(&filter, page)?;
+        if self.json {
+            print_json(&serde_json::to_value(&jobs).unwrap_or_default());
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = jobs
+            .items
+            .iter()
+            .map(|job| {
+                vec![
+                    job.id.to_string(),
+                    job.kind.clone(),
+                    job.state.to_string(),
+                    format!("{}/{}", job.attempts, job.max_attempts),
+                    job.progress
+                        .map(|fraction| format!("{:.0}%", fraction * 100.0))
+                        .unwrap_or_else(|| "-".into()),
+                    job.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print_table(
+            &["ID", "KIND", "STATE", "ATTEMPTS", "PROGRESS", "ERROR"],
+            &rows,
+        );
+        if let Some(next) = jobs.next_cursor {
+            print_line(&format!("more: --cursor {next}"));
+        }
+        Ok(())
+    }
+
+    fn jobs_show(&self, id: i64) -> Result<(), Failure> {
+        let store = self.open_store()?;
+        let job = store.get_job(id)?;
+        let history = store.job_history(id)?;
+        if self.json {
+            print_json(&json!({ "job": job, "history": history }));
+            return Ok(());
+        }
+        let optional = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+        print_fields(&[
+            ("id", job.id.to_string()),
+            ("kind", job.kind.clone()),
+            ("state", job.state.to_string()),
+            ("attempts", format!("{}/{}", job.attempts, job.max_attempts)),
+            ("priority", job.priority.to_string()),
+            ("payload", job.payload.to_string()),
+            ("worker", optional(job.lease_owner.clone())),
+            (
+                "progress",
+                optional(
+                    job.progress
+                        .map(|fraction| format!("{:.0}%", fraction * 100.0)),
+                ),
+            ),
+            (
+                "result",
+                optional(job.result.as_ref().map(Value::to_string)),
+            ),
+            ("error", optional(job.error.clone())),
+        ]);
+        let rows: Vec<Vec<String>> = history
+            .iter()
+            .map(|transition| {
+                vec![
+                    transition.at_ms.to_string(),
+                    transition
+                        .from_state
+                        .map(|state| state.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    transition.to_state.to_string(),
+                    transition.attempt.to_string(),
+                    transition.worker.clone().unwrap_or_default(),
+                    transition.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print_line("");
+        print_table(
+            &["AT_MS", "FROM", "TO", "ATTEMPT", "WORKER", "ERROR"],
+            &rows,
+        );
+        Ok(())
+    }
+
+    /// Retry or cancel through `org.sluice.Web1` when sluice-web runs (it also wakes the
+    /// workers), else in the store directly, which every worker sees at its next poll or
+    /// heartbeat.
+    fn job_change(&self, id: i64, change: JobChange) -> Result<(), Failure> {
+        let job_id = u64::try_from(id).ok().filter(|id| *id > 0).ok_or_else(|| {
+            Failure::invalid(format!("job id must be a positive number, got {id}"))
+        })?;
+        let address = self.config.bus.address.clone();
+        let through_bus = self.block_on(async move {
+            let connection = bus::connect(&address).await.ok()?;
+            if !name_has_owner(&connection, WEB_BUS_NAME).await {
+                return None;
+            }
+            let proxy = match WebProxy::builder(&connection)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await
+            {
+                Ok(proxy) => proxy,
+                Err(error) => return Some(Err(BusError::ZBus(error))),
+            };
+            Some(match change {
+                JobChange::Retry => proxy.retry_job(job_id).await.map(|()| "queued".to_owned()),
+                JobChange::Cancel => proxy.cancel_job(job_id).await,
+            })
+        })?;
+        let (state, via) = match through_bus {
+            Some(result) => (result?, "dbus"),
+            None => {
+                let mut store = self.open_store()?;
+                let job = match change {
+                    JobChange::Retry => store.retry_job(id)?,
+                    JobChange::Cancel => store.cancel_job(id)?,
+                };
+                let state = if job.state == JobState::Running {
+                    "cancelling".to_owned()
+                } else {
+                    job.state.to_string()
+                };
+                (state, "store")
+            }
+        };
+        if self.json {
+            print_json(&json!({ "job_id": id, "state": state, "via": via }));
+        } else {
+            print_line(&format!("job {id}: {state}"));
+        }
+        Ok(())
+    }
+
+    /// Through `org.sluice.Scraper1.AddDownload` when the scraper runs; else recorded in the
+    /// store after the same checks, to be fetched when the scraper starts.
+    fn download(&self, arguments: DownloadArguments) -> Result<(), Failure> {
+        let url = parse_download_url(&arguments.url)?;
+        let allow_private = self.config.scraper.allow_private_addresses;
+        check_url_address(&url, allow_private)?;
+        if !allow_private {
+            check_host_name(&url)?;
+        }
+        let options = DownloadOptions {
+            sha256: arguments.sha256.clone(),
+            bundle: arguments.bundle.clone(),
+            file_name: arguments.name.clone(),
+            max_bytes: arguments.max_bytes,
+            source: None,
+        };
+        let address = self.config.bus.address.clone();
+        let url = arguments.url.clone();
+        let variants = options.to_variants();
+        let through_bus = self.block_on(async move {
+            let connection = bus::connect(&address).await.ok()?;
+            if !name_has_owner(&connection, SCRAPER_BUS_NAME).await {
+                return None;
+            }
+            let proxy = match ScraperProxy::builder(&connection)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await
+            {
+                Ok(proxy) => proxy,
+                Err(error) => return Some(Err(BusError::ZBus(error))),
+            };
+            Some(proxy.add_download(&url, variants).await)
+        })?;
+        let (download_id, job_id, via) = match through_bus {
+            Some(result) => {
+                let (download_id, job_id) = result?;
+                (download_id as i64, job_id as i64, "dbus")
+            }
+            None => {
+                // The same option checks the scraper's bus object applies; the store checks
+                // the rest and derives the file name when none is given.
+                let checked = DownloadOptions::from_variants(&options.to_variants())?;
+                let mut store = self.open_store()?;
+                let created = store.create_download(&NewDownload {
+                    url: arguments.url.clone(),
+                    file_name: checked.file_name,
+                    bundle: checked.bundle,
+                    expected_sha256: checked.sha256,
+                    max_bytes: checked.max_bytes,
+                    source: None,
+                    max_attempts: self.config.jobs.max_attempts,
+                })?;
+                (created.download_id, created.job_id, "store")
+            }
+        };
+        if self.json {
+            print_json(&json!({ "download_id": download_id, "job_id": job_id, "via": via }));
+        } else {
+            print_line(&format!("download {download_id} queued as job {job_id}"));
+            if via == "store" {
+                print_line("sluice-scraper is not running; it fetches the download when it starts");
+            }
+        }
+        Ok(())
+    }
+
+    /// Only the monitor can walk the folders, so without it this fails with status 5.
+    fn rescan(&self, path: Option<PathBuf>) -> Result<(), Failure> {
+        let path = match path {
+            Some(path) => std::path::absolute(&path)
+                .map_err(|error| Failure::invalid(format!("path {}: {error}", path.display())))?
+                .to_string_lossy()
+                .into_owned(),
+            None => String::new(),
+        };
+        let address = self.config.bus.address.clone();
+        let requested = path.clone();
+        let result = self.block_on(async move {
+            let connection = bus::connect(&address).await.ok()?;
+            if !name_has_owner(&connection, MONITOR_BUS_NAME).await {
+                return None;
+            }
+            let proxy = match MonitorProxy::builder(&connection)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await
+            {
+                Ok(proxy) => proxy,
+                Err(error) => return Some(Err(BusError::ZBus(error))),
+            };
+            Some(proxy.rescan(&requested).await)
+        })?;
+        let folders = result.ok_or_else(|| {
+            Failure::new(
+                exit::DAEMON_UNAVAILABLE,
+                "sluice-monitor is not running (org.sluice.Monitor1 has no owner); start it to rescan",
+            )
+        })??;
+        if self.json {
+            print_json(&json!({ "path": path, "folders_queued": folders }));
+        } else {
+            print_line(&format!("rescan queued for {folders} watched folder(s)"));
+        }
+        Ok(())
+    }
+
+    fn docs_list(
+        &self,
+        query: Option<String>,
+        limit: u32,
+        cursor: Option<i64>,
+    ) -> Result<(), Failure> {
+        let page = self.page(limit, cursor)?;
+        let store = self.open_store()?;
+        // Search hits and plain listings print the same: the document, plus the matching
+        // snippet when searching.
+        let (documents, next_cursor): (Vec<(sluice_core::store::Document, Option<String>)>, _) =
+            match query.filter(|text| !text.trim().is_empty()) {
+                Some(text) => {
+                    let hits = store.search_documents(&text, page)?;
+                    let next = hits.next_cursor;
+                    (
+                        hits.items
+                            .into_iter()
+                            .map(|hit| (hit.document, Some(hit.snippet)))
+                            .collect(),
+                        next,
+                    )
+                }
+                None => {
+                    let listed = store.list_documents(&DocumentFilter::default(), page)?;
+                    let next = listed.next_cursor;
+                    (
+                        listed
+                            .items
+                            .into_iter()
+                            .map(|document| (document, None))
+                            .collect(),
+                        next,
+                    )
+                }
+            };
+        if self.json {
+            let items: Vec<Value> = documents
+                .iter()
+                .map(|(document, snippet)| {
+                    let mut item = serde_json::to_value(document).unwrap_or_default();
+                    if let Some(snippet) = snippet {
+                        item["snippet"] = Value::from(snippet.as_str());
+                    }
+                    item
+                })
+                .collect();
+            print_json(&json!({ "items": items, "next_cursor": next_cursor }));
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = documents
+            .iter()
+            .map(|(document, _)| {
+                vec![
+                    document.id.to_string(),
+                    document.original_name.clone(),
+                    document.mime.clone(),
+                    document.size.to_string(),
+                    document.sha256.chars().take(16).collect(),
+                    document
+                        .library_path
+                        .as_ref()
+                        .map(|path| path.display().to_string())
+                        .unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print_table(&["ID", "NAME", "TYPE", "SIZE", "SHA256", "PATH"], &rows);
+        if let Some(next) = next_cursor {
+            print_line(&format!("more: --cursor {next}"));
+        }
+        Ok(())
+    }
+}
+
+struct DaemonRow {
+    name: String,
+    bus_name: String,
+    running: bool,
+    state: Option<String>,
+    status: Option<String>,
+}
+
+fn daemon_names(workers: u32) -> Vec<(String, String)> {
+    let mut names = vec![
+        ("sluice-monitor".to_owned(), MONITOR_BUS_NAME.to_owned()),
+        ("sluice-scraper".to_owned(), SCRAPER_BUS_NAME.to_owned()),
+        ("sluice-web".to_owned(), WEB_BUS_NAME.to_owned()),
+    ];
+    for instance in 1..=workers {
+        names.push((
+            format!("sluice-ingest-worker@{instance}"),
+            ingest_bus_name(&instance.to_string()),
+        ));
+    }
+    names
+}
+
+async fn daemon_states(connection: &Connection, workers: u32) -> Vec<DaemonRow> {
+    let mut rows = Vec::new();
+    for (name, bus_name) in daemon_names(workers) {
+        let running = name_has_owner(connection, &bus_name).await;
+        let (state, status) = if running {
+            read_state(connection, &bus_name)
+                .await
+                .unwrap_or((None, None))
+        } else {
+            (None, None)
+        };
+        rows.push(DaemonRow {
+            name,
+            bus_name,
+            running,
+            state,
+            status,
+        });
+    }
+    rows
+}
+
+type StatePair = (Option<String>, Option<String>);
+
+async fn read_state(connection: &Connection, bus_name: &str) -> zbus::Result<StatePair> {
+    Ok(match bus_name {
+        MONITOR_BUS_NAME => {
+            let proxy = MonitorProxy::builder(connection)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
+            (Some(proxy.state().await?), Some(proxy.status().await?))
+        }
+        SCRAPER_BUS_NAME => {
+            let proxy = ScraperProxy::builder(connection)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
+            (Some(proxy.state().await?), Some(proxy.status().await?))
+        }
+        WEB_BUS_NAME => {
+            let proxy = WebProxy::builder(connection)
+                .cache_properties(CacheProperties::No)
+                .build()
+                .await?;
+            (Some(proxy.state().await?), Some(proxy.status().await?))
+        }
+        ingest if ingest.starts_with(INGEST_INTERFACE) => {
+            let instance = ingest
+                .rsplit_once(".Worker")
+                .map(|(_, instance)| instance)
+                .unwrap_or_default();
+            let proxy = ingest_proxy(connection, instance).await?;
+            (Some(proxy.state().await?), Some(proxy.status().await?))
+        }
+        _ => (None, None),
+    })
+}
+
+async fn name_has_owner(connection: &Connection, name: &str) -> bool {
+    let Ok(proxy) = zbus::fdo::DBusProxy::new(connection).await else {
+        return false;
+    };
+    let Ok(name) = zbus::names::BusName::try_from(name) else {
+        return false;
+    };
+    proxy.name_has_owner(name).await.unwrap_or(false)
+}
+
+/// Refuses a host name that means this machine or resolves to a loopback, private or
+/// link-local address (IP literals were checked by the store's rule already). A name that
+/// does not resolve now is accepted; the scraper checks again when it connects.
+fn check_host_name(url: &url::Url) -> Result<(), Failure> {
+    let Some(url::Host::Domain(name)) = url.host() else {
+        return Ok(());
+    };
+    let refuse = |reason: &str| {
+        Failure::invalid(format!(
+            "url {url} {reason}; downloads may only reach public addresses unless [scraper] \
+             allow_private_addresses = true"
+        ))
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return Err(refuse("names the local machine"));
+    }
+    let port = url.port_or_known_default().unwrap_or(80);
+    let resolved: Vec<std::net::IpAddr> = (name.as_str(), port)
+        .to_socket_addrs()
+        .map(|addresses| addresses.map(|socket| socket.ip()).collect())
+        .unwrap_or_default();
+    for address in resolved {
+        if let Some(reason) = forbidden_address_reason(address) {
+            return Err(refuse(&format!(
+                "resolves to {address}, a {reason} address"
+            )));
+        }
+    }
+    Ok(())
+}

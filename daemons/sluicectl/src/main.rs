@@ -1,0 +1,143 @@
+//! `sluicectl`: the command-line client of the sluice suite. Reads go straight to the store
+//! (the database every daemon shares); changes go through the daemon that owns them over
+//! D-Bus, or into the store directly when that daemon is not running (see `--help`).
+
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit statuses scripts can rely on.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const NOT_FOUND: u8 = 3;
+    pub const INVALID_ARGUMENT: u8 = 4;
+    pub const DAEMON_UNAVAILABLE: u8 = 5;
+}
+
+const AFTER_HELP: &str = "\
+Where changes go:
+  jobs retry/cancel  org.sluice.Web1 (sluice-web); without it, the store directly
+  download           org.sluice.Scraper1 (sluice-scraper); without it, the store directly
+                     (the download waits in the queue until the scraper runs)
+  rescan             org.sluice.Monitor1 (sluice-monitor); without it: exit status 5
+Reads (status, jobs list/show, docs list) use the database named by [store] path.
+
+Exit status:
+  0  success
+  1  any other error (database, D-Bus, permission)
+  2  usage error (unknown command or option)
+  3  not found (unknown job, download or document id)
+  4  invalid argument (malformed value, or a job in a state that does not allow it)
+  5  daemon unavailable (the daemon that must do it is not running, or the bus is down)";
+
+/// Command-line client for the sluice daemon suite.
+#[derive(Debug, Parser)]
+#[command(version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The configuration file (default: $SLUICE_CONFIG, else /etc/sluice/sluice.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show each daemon (running, state, status line) and the job counts.
+    Status,
+    /// List, show, retry or cancel jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Download a URL (http or https) into the inbox.
+    Download(DownloadArguments),
+    /// Ask the monitor to reconcile a watched folder (or all of them) with the database.
+    Rescan {
+        /// A folder inside a watched folder; all watched folders when left out.
+        path: Option<PathBuf>,
+    },
+    /// List or search documents.
+    #[command(subcommand)]
+    Docs(DocsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Jobs, newest first.
+    List {
+        /// Only jobs in these states (comma-separated: queued, running, retrying, succeeded,
+        /// failed, cancelled, dead).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only jobs of this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue after this cursor (the `next` value printed by the previous page).
+        #[arg(long)]
+        cursor: Option<i64>,
+    },
+    /// One job with its history.
+    Show { id: i64 },
+    /// Queue a failed, dead or cancelled job again.
+    Retry { id: i64 },
+    /// Cancel a job (a running one stops at its next heartbeat).
+    Cancel { id: i64 },
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArguments {
+    pub url: String,
+    /// Expected SHA-256 (64 hex digits); a mismatch fails the download.
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// File name in the inbox (default: the URL's last path segment).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Size limit in bytes for this download.
+    #[arg(long)]
+    pub max_bytes: Option<u64>,
+    /// Put the file in this bundle's sub-folder.
+    #[arg(long)]
+    pub bundle: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DocsCommand {
+    /// Documents, newest first; with --query only those whose text has every word.
+    List {
+        #[arg(long)]
+        query: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<i64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match commands::run(cli) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(failure) => {
+            if json {
+                output::print_json(&serde_json::json!({
+                    "error": { "code": failure.code_name(), "message": failure.message },
+                }));
+            }
+            eprintln!("sluicectl: {}", failure.message);
+            ExitCode::from(failure.exit_status)
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! `sluicectl` as a real process against a temporary store and a private bus: its tables and
+//! `--json`, its documented exit statuses, and where its changes go (org.sluice.Web1 when
+//! sluice-web runs, the store when it does not).
+
+use std::process::Output;
+
+use serde_json::{Value, json};
+use sluice_core::store::jobs::{JobState, NewJob};
+
+use crate::support::{SuiteFixture, WebDaemon, daemon_binary};
+
+fn sluicectl(fixture: &SuiteFixture, arguments: &[&str]) -> Output {
+    std::process::Command::new(daemon_binary("sluicectl"))
+        .arg("--config")
+        .arg(&fixture.config_path)
+        .args(arguments)
+        .env_remove("SLUICE_CONFIG")
+        .output()
+        .expect("run sluicectl")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn json_stdout(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("not JSON ({error}): {}", stdout(output)))
+}
+
+fn enqueue(fixture: &SuiteFixture, kind: &str) -> i64 {
+    fixture
+        .store()
+        .enqueue(&NewJob::new(kind, json!({ "n": 1 })))
+        .expect("enqueue")
+        .id
+}
+
+#[test]
+fn jobs_print_as_tables_and_as_json() {
+    let fixture = SuiteFixture::new("", "");
+    let first = enqueue(&fixture, "noop");
+    let second = enqueue(&fixture, "ingest");
+
+    let output = sluicectl(&fixture, &["jobs", "list"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("ID") && lines[0].contains("KIND") && lines[0].contains("STATE"),
+        "{text}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{second} ")) && lines[1].contains("ingest"),
+        "{text}"
+    );
+    assert!(
+        lines[2].starts_with(&format!("{first} ")) && lines[2].contains("queued"),
+        "{text}"
+    );
+
+    let output = sluicectl(&fixture, &["--json", "jobs", "list", "--kind", "noop"]);
+    assert!(output.status.success());
+    let page = json_stdout(&output);
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["items"][0]["id"], first);
+
+    let output = sluicectl(&fixture, &["jobs", "show", &first.to_string()]);
+    assert!(output.status.success());
+    let text = stdout(&output);
+    assert!(
+        text.contains("kind:") && text.contains("noop") && text.contains("FROM"),
+        "{text}"
+    );
+    let output = sluicectl(&fixture, &["jobs", "show", &first.to_string(), "--json"]);
+    let shown = json_stdout(&output);
+    assert_eq!(shown["job"]["id"], first);
+    assert_eq!(shown["history"][0]["to_state"], "queued");
+
+    let output = sluicectl(&fixture, &["status"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains("sluice-monitor") && text.contains("2 queued"),
+        "{text}"
+    );
+    let status = json_stdout(&sluicectl(&fixture, &["status", "--json"]));
+    assert_eq!(status["jobs"]["queued"], 2);
+    assert_eq!(status["bus_reachable"], true);
+
+    let output = sluicectl(
+        &fixture,
+        &["docs", "list", "--query", "nothing here", "--json"],
+    );
+    assert!(output.status.success());
+    assert_eq!(json_stdout(&output)["items"], json!([]));
+}
+
+#[test]
+fn exit_statuses_say_what_went_wrong_and_nothing_changes() {
+    let fixture = SuiteFixture::new("", "");
+    let job = enqueue(&fixture, "noop");
+    let cases: &[(&[&str], i32)] = &[
+        (&["jobs", "show", "999999"], 3),
+        (&["jobs", "cancel", "999999"], 3),
+        (&["jobs", "retry", "999999"], 3),
+        (&["jobs", "list", "--state", "sleeping"], 4),
+        (&["jobs", "list", "--limit", "0"], 4),
+        (&["jobs", "cancel", "0"], 4),
+        (&["download", "ftp://example.org/a"], 4),
+        (&["download", "http://127.0.0.1/a"], 4),
+        (&["download", "http://localhost/a"], 4),
+        (
+            &["download", "https://93.184.216.34/a", "--sha256", "abc"],
+            4,
+        ),
+        (
+            &["download", "https://93.184.216.34/a", "--name", "../x"],
+            4,
+        ),
+        (&["rescan"], 5),
+        (&["no-such-command"], 2),
+        (&["jobs", "show", "abc"], 2),
+    ];
+    for (arguments, expected) in cases {
+        let output = sluicectl(&fixture, arguments);
+        assert_eq!(
+            output.status.code(),
+            Some(*expected),
+            "{arguments:?}: {}{}",
+            stdout(&output),
+            stderr(&output)
+        );
+        assert!(
+            !stderr(&output).is_empty(),
+            "{arguments:?} said nothing on stderr"
+        );
+    }
+    // A job in the wrong state is an invalid argument (4), and it stays as it was.
+    let output = sluicectl(&fixture, &["jobs", "retry", &job.to_string()]);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert_eq!(
+        fixture.store().get_job(job).unwrap().state,
+        JobState::Queued
+    );
+    let output = sluicectl(&fixture, &["--json", "jobs", "show", "999999"]);
+    assert_eq!(json_stdout(&output)["error"]["code"], "not_found");
+    assert!(
+        fixture
+            .store()
+            .list_downloads(
+                &Default::default(),
+                sluice_core::store::jobs::PageRequest {
+                    before_id: None,
+                    limit: 10
+                }
+            )
+            .unwrap()
+            .items
+            .is_empty(),
+        "no refused download left a row"
+    );
+    let help = stdout(&sluicectl(&fixture, &["--help"]));
+    assert!(
+        help.contains("Exit status") && help.contains("5  daemon unavailable"),
+        "{help}"
+    );
+}
+
+#[test]
+fn without_daemons_changes_go_to_the_store() {
+    let fixture = SuiteFixture::new("", "");
+    let job = enqueue(&fixture, "noop");
+    let output = sluicectl(&fixture, &["--json", "jobs", "cancel", &job.to_string()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        json_stdout(&output),
+        json!({ "job_id": job, "state": "cancelled", "via": "store" })
+    );
+    assert_eq!(
+        fixture.store().get_job(job).unwrap().state,
+        JobState::Cancelled
+    );
+
+    let output = sluicectl(&fixture, &["jobs", "retry", &job.to_string()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), format!("job {job}: queued"));
+
+    let output = sluicectl(
+        &fixture,
+        &[
+            "--json",
+            "download",
+            "https://93.184.216.34/files/a.bin",
+            "--bundle",
+            "set-1",
+        ],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let created = json_stdout(&output);
+    assert_eq!(created["via"], "store");
+    let download = fixture
+        .store()
+        .get_download(created["download_id"].as_i64().unwrap())
+        .unwrap();
+    assert_eq!(download.file_name, "a.bin");
+    assert_eq!(download.bundle.as_deref(), Some("set-1"));
+    assert_eq!(download.job_id, created["job_id"].as_i64());
+}
+
+#[test]
+fn with_sluice_web_running_job_changes_go_through_web1() {
+    let fixture = SuiteFixture::new("", "");
+    let job = enqueue(&fixture, "noop");
+    let _web = WebDaemon::start(&fixture);
+    let output = sluicectl(&fixture, &["--json", "jobs", "cancel", &job.to_string()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        json_stdout(&output),
+        json!({ "job_id": job, "state": "cancelled", "via": "dbus" })
+    );
+    assert_eq!(
+        fixture.store().get_job(job).unwrap().state,
+        JobState::Cancelled
+    );
+    // D-Bus errors keep their meaning: NotFound → 3, WrongState → 4.
+    let output = sluicectl(&fixture, &["jobs", "cancel", "999999"]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let output = sluicectl(&fixture, &["jobs", "cancel", &job.to_string()]);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+
+    let output = sluicectl(&fixture, &["status"]);
+    let web_line = stdout(&output)
+        .lines()
+        .find(|line| line.starts_with("sluice-web"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        web_line.contains("yes") && web_line.contains("running"),
+        "{web_line}"
+    );
+}
