@@ -16,6 +16,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # the binaries and man pages the units name exist (verify fails on a unit whose ExecStart= or
 # Documentation= is missing, so it cannot run on units/ of a source tree).
 
+echo "== build every binary once (tests start the real daemons; building here keeps the"
+echo "   per-test 'cargo build' they do a no-op)"
+cargo build --workspace --bins --locked
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
