@@ -412,6 +412,7 @@ fn a_worker_killed_mid_job_leaves_the_job_finished_exactly_once() -> Result<()> 
         container.check(&format!("systemctl kill --kill-who=main -s STOP {worker}"))?;
         if suite.job(job_id)?["job"]["state"] == "running" {
             container.check(&format!("systemctl kill --kill-who=main -s KILL {worker}"))?;
+            eprintln!("killed {worker} in the middle of job {job_id} ({name}, {size})");
             killed = Some((job_id, name));
             break;
         }
