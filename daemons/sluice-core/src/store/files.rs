@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::jobs::{JobError, NewJob, Page, PageRequest, insert_job};
 use super::{Store, StoreError, now_ms};
 use crate::config::WatchMode;
+use crate::ingest::IngestPayload;
 
 /// The job kind the monitor queues for every new file version.
 pub const INGEST_JOB_KIND: &str = "ingest";
@@ -30,25 +31,6 @@ pub const INGEST_JOB_KIND: &str = "ingest";
 /// Most files recorded in one transaction; callers with more split them, so that one commit
 /// never holds the write lock for long.
 pub const MAX_FILES_PER_BATCH: usize = 4096;
-
-/// The payload of an `ingest` job, as the monitor writes it and the ingest worker reads it.
-///
-/// `size`, `mtime_ns` and `inode` are the version the job was queued for: a worker that opens
-/// the file and finds another version knows a newer job exists (or will) for that one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IngestPayload {
-    /// Absolute path of the file in its watched folder.
-    pub path: PathBuf,
-    /// The `files` row of this path.
-    pub file_id: i64,
-    /// The watched folder the file was found in.
-    pub watch_root: PathBuf,
-    /// Whether the file is moved into the library (`consume`) or catalogued in place (`index`).
-    pub mode: WatchMode,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub inode: u64,
-}
 
 /// A regular file the monitor found ready in a watched folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -413,14 +395,17 @@ fn record_one(
                 |row| row.get(0),
             )?,
     };
+    // The version the job is queued for: a worker that finds another version on disk knows a
+    // newer job exists (or will) for that one.
     let payload = IngestPayload {
         path: file.path.clone(),
-        file_id,
+        file_id: Some(file_id),
         watch_root: file.watch_root.clone(),
         mode: file.mode,
-        size: file.size,
-        mtime_ns: file.mtime_ns,
-        inode: file.inode,
+        size: Some(file.size),
+        mtime_ns: Some(file.mtime_ns),
+        inode: Some(file.inode),
+        sleep_ms: None,
     };
     let job = NewJob::new(
         INGEST_JOB_KIND,
@@ -534,12 +519,13 @@ mod tests {
             payload,
             IngestPayload {
                 path: PathBuf::from("/srv/inbox/a.pdf"),
-                file_id: first[0].file_id,
+                file_id: Some(first[0].file_id),
                 watch_root: PathBuf::from("/srv/inbox"),
                 mode: WatchMode::Consume,
-                size: 10,
-                mtime_ns: 1,
-                inode: 77,
+                size: Some(10),
+                mtime_ns: Some(1),
+                inode: Some(77),
+                sleep_ms: None,
             }
         );
         let file = store.get_file(first[0].file_id).unwrap();
