@@ -447,6 +447,10 @@ fn files_present_before_start_are_found_and_a_restart_or_rescan_queues_nothing_t
     );
     let jobs_before = setup.ingest_jobs();
     assert_eq!(jobs_before.len(), expected.len());
+    // The signals are sent after the commit and travel separately: wait for all of them before
+    // counting, or a late one would be taken for a second detection.
+    assert!(wait_until(DEADLINE, || setup.signals.detected().len()
+        >= expected.len()));
     let detected_before = setup.signals.detected().len();
 
     monitor.signal(Signal::SIGTERM);
