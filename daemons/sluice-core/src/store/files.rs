@@ -10,7 +10,8 @@
 //!   adding another.
 //! - A file that left its folder is marked `gone`, never deleted: its documents and jobs keep
 //!   their history. In a consume folder a file the worker already ingested left because it was
-//!   consumed, so it keeps its state.
+//!   consumed, so it keeps its state; so does one whose ingest job is running, because the
+//!   worker moves the file into the library before it commits the outcome.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -195,20 +196,27 @@ impl Store {
     /// Marks the files at `paths` as `gone` (one transaction) and returns the ids that changed.
     /// Paths without a row, and rows already gone, are left alone. In a consume folder
     /// (`mode`), files already ingested or found duplicate keep their state: they left because
-    /// the worker consumed them.
+    /// the worker consumed them. So do detected files whose ingest job is running: the worker
+    /// moves the file into the library and then commits its outcome, so a file leaving during
+    /// the run is being consumed, and the outcome (ingested, duplicate or failed) decides the
+    /// row's state rather than a moment of `gone` in between.
     pub fn mark_gone(&mut self, paths: &[PathBuf], mode: WatchMode) -> Result<Vec<i64>, FileError> {
         let texts = paths
             .iter()
             .map(|path| path_text("path", path).map(str::to_owned))
             .collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
-        let kept_states = match mode {
-            WatchMode::Consume => "('gone', 'ingested', 'duplicate')",
-            WatchMode::Index => "('gone')",
+        let kept = match mode {
+            WatchMode::Consume => {
+                "state IN ('gone', 'ingested', 'duplicate')
+                 OR (state = 'detected' AND EXISTS (
+                     SELECT 1 FROM jobs WHERE jobs.id = files.job_id AND jobs.state = 'running'))"
+            }
+            WatchMode::Index => "state = 'gone'",
         };
         let sql = format!(
             "UPDATE files SET state = 'gone', updated_at = ?2
-             WHERE path = ?1 AND state NOT IN {kept_states} RETURNING id"
+             WHERE path = ?1 AND NOT ({kept}) RETURNING id"
         );
         self.write(|transaction| {
             let mut changed = Vec::new();
@@ -599,6 +607,40 @@ mod tests {
             store.get_file(back[0].file_id).unwrap().state,
             FileState::Detected
         );
+    }
+
+    #[test]
+    fn a_consumed_file_leaving_while_its_ingest_job_runs_is_not_gone() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let detections = store
+            .record_detected_files(&[detected("running", 1, 1), detected("waiting", 1, 1)], 5)
+            .unwrap();
+        // A worker claims the first file's job (only that one: the claim takes the oldest).
+        let claimed = store
+            .claim_jobs(
+                "worker",
+                &[INGEST_JOB_KIND],
+                1,
+                std::time::Duration::from_secs(30),
+            )
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id, detections[0].job_id);
+        let paths = vec![
+            PathBuf::from("/srv/inbox/running"),
+            PathBuf::from("/srv/inbox/waiting"),
+        ];
+        // The running job's file left because the worker moved it into the library; the
+        // file whose job did not start yet really went away.
+        let changed = store.mark_gone(&paths, WatchMode::Consume).unwrap();
+        assert_eq!(changed, vec![detections[1].file_id]);
+        assert_eq!(
+            store.get_file(detections[0].file_id).unwrap().state,
+            FileState::Detected
+        );
+        // In an index folder the worker never moves files: leaving means gone.
+        let changed = store.mark_gone(&paths, WatchMode::Index).unwrap();
+        assert_eq!(changed, vec![detections[0].file_id]);
     }
 
     #[test]
