@@ -536,15 +536,18 @@ pub fn daemon_binary(name: &str) -> PathBuf {
 
 fn build_daemon_binary(package: &str, binary: &str) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // The same command as tests/run.sh runs before the tests: with the whole workspace's
+    // feature unification, so that this is a no-op there. (`-p <package>` alone would unify
+    // features differently and rebuild half the dependency graph inside a test.)
     let output = Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["build", "--quiet", "-p", package, "--bin", binary])
+        .args(["build", "--quiet", "--workspace", "--bins"])
         .stdin(Stdio::null())
         .output()
         .map_err(|error| format!("cannot run cargo build for {binary}: {error}"))?;
     if !output.status.success() {
         return Err(format!(
-            "cargo build -p {package} --bin {binary} failed: {}",
+            "cargo build --workspace --bins (for {package}) failed: {}",
             String::from_utf8_lossy(&output.stderr)
         ));
     }
