@@ -880,15 +880,15 @@ mod suite {
                 .unwrap_or_default()
         }
 
-        /// PSS in KiB of each daemon with its descendants, by name.
-        pub fn pss_kib(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        /// PSS of each daemon with its descendants, by name.
+        pub fn pss(&self) -> anyhow::Result<Vec<(String, Pss)>> {
             self.daemons
                 .iter()
                 .map(|daemon| {
                     let total = process_tree(daemon.pid())
                         .into_iter()
                         .map(pss_of)
-                        .sum::<anyhow::Result<u64>>()?;
+                        .sum::<anyhow::Result<Pss>>()?;
                     Ok((daemon.name.clone(), total))
                 })
                 .collect()
@@ -936,20 +936,45 @@ mod suite {
         tree
     }
 
-    fn pss_of(pid: u32) -> anyhow::Result<u64> {
+    /// PSS of one process in KiB: total, anonymous (heap, stacks) and file-backed (mostly the
+    /// program's own code and data, shared only between instances of the same program).
+    fn pss_of(pid: u32) -> anyhow::Result<Pss> {
         let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
             .with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
-        rollup
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix("Pss:")?
+        let field = |name: &str| {
+            rollup.lines().find_map(|line| {
+                line.strip_prefix(name)?
                     .trim()
                     .strip_suffix("kB")?
                     .trim()
-                    .parse()
+                    .parse::<u64>()
                     .ok()
             })
-            .with_context(|| format!("no Pss line in /proc/{pid}/smaps_rollup"))
+        };
+        Ok(Pss {
+            total: field("Pss:")
+                .with_context(|| format!("no Pss line in /proc/{pid}/smaps_rollup"))?,
+            anonymous: field("Pss_Anon:").unwrap_or(0),
+            file: field("Pss_File:").unwrap_or(0),
+        })
+    }
+
+    /// KiB.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct Pss {
+        pub total: u64,
+        pub anonymous: u64,
+        pub file: u64,
+    }
+
+    impl std::iter::Sum for Pss {
+        fn sum<I: Iterator<Item = Pss>>(parts: I) -> Pss {
+            parts.fold(Pss::default(), |sum, part| Pss {
+                total: sum.total + part.total,
+                anonymous: sum.anonymous + part.anonymous,
+                file: sum.file + part.file,
+            })
+        }
     }
 
     /// CPU time (user + system) `pid` has used so far, all threads.
@@ -1183,7 +1208,7 @@ mod w4 {
     use sluice_core::store::{Durability, JobState, NewJob, Store};
 
     use super::store_options;
-    use super::suite::Suite;
+    use super::suite::{Pss, Suite};
 
     pub fn run(
         jobs: usize,
@@ -1208,7 +1233,7 @@ mod w4 {
         let all_ready_ms = started.elapsed().as_secs_f64() * 1000.0;
         // Idle: let start-up work (reconcile, first polls, status lines) settle.
         std::thread::sleep(Duration::from_secs(3));
-        let idle = suite.pss_kib()?;
+        let idle = suite.pss()?;
 
         let mut sample = json!({ "all_ready_ms": all_ready_ms });
         record(&mut sample, "idle", &idle);
@@ -1216,7 +1241,7 @@ mod w4 {
             let drain_seconds = drain(&suite, jobs, durability)?;
             sample["w1_drain_rate"] = json!(jobs as f64 / drain_seconds);
             std::thread::sleep(Duration::from_secs(1));
-            let after = suite.pss_kib()?;
+            let after = suite.pss()?;
             record(&mut sample, "after_w1", &after);
         }
         for daemon in suite.daemons() {
@@ -1228,19 +1253,21 @@ mod w4 {
     }
 
     /// Total and largest process, in MiB, plus every process's own figure.
-    fn record(sample: &mut Value, label: &str, pss: &[(String, u64)]) {
+    fn record(sample: &mut Value, label: &str, pss: &[(String, Pss)]) {
         let mib = |kib: u64| kib as f64 / 1024.0;
-        let total: u64 = pss.iter().map(|(_, kib)| kib).sum();
+        let total: Pss = pss.iter().map(|(_, pss)| *pss).sum();
         let (largest_name, largest) = pss
             .iter()
-            .max_by_key(|(_, kib)| *kib)
+            .max_by_key(|(_, pss)| pss.total)
             .cloned()
             .unwrap_or_default();
-        sample[format!("{label}_pss_total_mib")] = json!(mib(total));
-        sample[format!("{label}_pss_largest_mib")] = json!(mib(largest));
+        sample[format!("{label}_pss_total_mib")] = json!(mib(total.total));
+        sample[format!("{label}_pss_anonymous_mib")] = json!(mib(total.anonymous));
+        sample[format!("{label}_pss_file_mib")] = json!(mib(total.file));
+        sample[format!("{label}_pss_largest_mib")] = json!(mib(largest.total));
         sample[format!("{label}_largest_process")] = json!(largest_name);
-        for (name, kib) in pss {
-            sample[format!("{label}_pss_mib.{name}")] = json!(mib(*kib));
+        for (name, pss) in pss {
+            sample[format!("{label}_pss_mib.{name}")] = json!(mib(pss.total));
         }
     }
 
