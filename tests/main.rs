@@ -2,6 +2,7 @@
 
 mod bus;
 mod cli;
+mod ingest;
 mod monitor;
 mod runtime;
 mod scraper;

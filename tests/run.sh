@@ -16,6 +16,10 @@ if compgen -G "units/*.service" >/dev/null && command -v systemd-analyze >/dev/n
     systemd-analyze verify units/*
 fi
 
+echo "== build every binary once (tests start the real daemons; building here keeps the"
+echo "   per-test 'cargo build' they do a no-op)"
+cargo build --workspace --bins --locked
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast

@@ -1,16 +1,18 @@
 //! The contract between the producers of ingest jobs (the monitor, sluicectl) and the ingest
 //! workers: the job kinds and the JSON payload of an `ingest` job, with its validation.
 //!
-//! The payload is written by the monitor when it records a file and read by a worker when it
-//! claims the job, so both sides use this one serde struct and can never drift apart.
+//! The monitor writes the payload as `store::files::IngestPayload` (every field set); a worker
+//! reads it as [`IngestPayload`] here, which accepts that form and also a hand-made job
+//! without a `files` row or version (sluicectl, tests), and validates it. A unit test below
+//! keeps the two forms compatible.
 
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The job kind of "read this file, hash it, catalogue it, file it".
-pub const INGEST_JOB_KIND: &str = "ingest";
+/// The job kind of "read this file, hash it, catalogue it, file it"; the monitor's constant.
+pub use crate::store::files::INGEST_JOB_KIND;
 
 /// The job kind that does nothing but record when it ran: benchmark W1 and health checks.
 ///
@@ -74,10 +76,27 @@ pub struct IngestPayload {
     /// is not configured, so a job cannot make it read or move files elsewhere.
     pub watch_root: PathBuf,
     pub mode: IngestMode,
+    /// The version of the file the job was queued for (the monitor writes all three): a
+    /// worker that finds another version on disk leaves the file to the job queued for that
+    /// version and finishes this one as superseded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<u64>,
     /// For tests: pause this many milliseconds after the file is filed and before the outcome
     /// is committed, the window in which a crash must not cause a second document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sleep_ms: Option<u64>,
+}
+
+/// A file version: size, modification time in ns since the epoch, inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileVersion {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub inode: u64,
 }
 
 /// Why a payload is not a valid ingest payload; the message is what the failed job shows.
@@ -113,6 +132,15 @@ impl IngestPayload {
 
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).expect("an ingest payload always serializes")
+    }
+
+    /// The version the job was queued for, when the payload names one completely.
+    pub fn version(&self) -> Option<FileVersion> {
+        Some(FileVersion {
+            size: self.size?,
+            mtime_ns: self.mtime_ns?,
+            inode: self.inode?,
+        })
     }
 
     /// The path relative to the watch root (valid payloads only).
@@ -173,14 +201,49 @@ mod tests {
     #[test]
     fn a_monitor_payload_round_trips() {
         let payload = json!({"path": "/srv/inbox/a/b.txt", "file_id": 3,
-                             "watch_root": "/srv/inbox", "mode": "consume", "extra": 1});
+                             "watch_root": "/srv/inbox", "mode": "consume", "extra": 1,
+                             "size": 10, "mtime_ns": 20, "inode": 30});
         let parsed = IngestPayload::from_json(&payload).unwrap();
         assert_eq!(parsed.path, Path::new("/srv/inbox/a/b.txt"));
         assert_eq!(parsed.file_id, Some(3));
         assert_eq!(parsed.mode, IngestMode::Consume);
         assert_eq!(parsed.relative_path().unwrap(), Path::new("a/b.txt"));
+        assert_eq!(
+            parsed.version(),
+            Some(FileVersion {
+                size: 10,
+                mtime_ns: 20,
+                inode: 30
+            })
+        );
         let again = IngestPayload::from_json(&parsed.to_json()).unwrap();
         assert_eq!(again, parsed);
+    }
+
+    #[test]
+    fn the_monitors_payload_is_read_as_written() {
+        let written = crate::store::files::IngestPayload {
+            path: PathBuf::from("/srv/inbox/x.pdf"),
+            file_id: 9,
+            watch_root: PathBuf::from("/srv/inbox"),
+            mode: crate::config::WatchMode::Index,
+            size: 100,
+            mtime_ns: 1_700_000_000_000_000_000,
+            inode: 77,
+        };
+        let read = IngestPayload::from_json(&serde_json::to_value(&written).unwrap()).unwrap();
+        assert_eq!(read.path, written.path);
+        assert_eq!(read.file_id, Some(9));
+        assert_eq!(read.watch_root, written.watch_root);
+        assert_eq!(read.mode, IngestMode::Index);
+        assert_eq!(
+            read.version(),
+            Some(FileVersion {
+                size: 100,
+                mtime_ns: 1_700_000_000_000_000_000,
+                inode: 77
+            })
+        );
     }
 
     #[test]

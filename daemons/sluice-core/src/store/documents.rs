@@ -658,6 +658,91 @@ mod tests {
         assert_eq!(all.items.len(), 1);
     }
 
+    /// The monitor's `files` rows (written here with SQL, as the monitor's own store code
+    /// lives elsewhere) follow the ingest outcome in the same transaction.
+    #[test]
+    fn file_rows_become_ingested_duplicate_or_failed_with_the_job() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        for (id, path) in [(1, "/in/a"), (2, "/in/b"), (3, "/in/c")] {
+            store
+                .connection()
+                .execute(
+                    "INSERT INTO files (id, watch_root, path, size, mtime_ns, inode, version_key,
+                         state, first_seen_at, updated_at)
+                     VALUES (?1, '/in', ?2, 5, 1, 1, 'v', 'detected', 0, 0)",
+                    params![id, path],
+                )
+                .unwrap();
+        }
+        let file_state = |store: &Store, id: i64| -> (String, Option<i64>) {
+            store
+                .connection()
+                .query_row(
+                    "SELECT state, document_id FROM files WHERE id = ?1",
+                    [id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .unwrap()
+        };
+        let record = |job: ClaimedJob, file_id| IngestRecord {
+            job_id: job.id,
+            lease_token: job.lease_token,
+            file_id: Some(file_id),
+            document: document('e', None),
+        };
+        let job = claim_one(&mut store);
+        let first = store.finish_ingest(&record(job, 1)).unwrap();
+        assert_eq!(
+            file_state(&store, 1),
+            ("ingested".into(), Some(first.document_id))
+        );
+        // The same file again (a retry, a rescan) is not a duplicate of itself.
+        let job = claim_one(&mut store);
+        let again = store.finish_ingest(&record(job, 1)).unwrap();
+        assert!(!again.duplicate);
+        assert_eq!(store.get_document(first.document_id).unwrap().duplicates, 0);
+        // Another file with the same content is.
+        let job = claim_one(&mut store);
+        let copy = store.finish_ingest(&record(job, 2)).unwrap();
+        assert!(copy.duplicate);
+        assert_eq!(
+            file_state(&store, 2),
+            ("duplicate".into(), Some(first.document_id))
+        );
+        assert_eq!(store.get_document(first.document_id).unwrap().duplicates, 1);
+        // A failure marks the file failed once the job is finished for good.
+        let job = claim_one(&mut store);
+        store
+            .fail_ingest(job.id, &job.lease_token, Some(3), "broken", true)
+            .unwrap();
+        assert_eq!(
+            file_state(&store, 3).0,
+            "detected",
+            "a retrying job leaves the file be"
+        );
+        let job = claim_one(&mut store);
+        store
+            .fail_ingest(job.id, &job.lease_token, Some(3), "broken", false)
+            .unwrap();
+        assert_eq!(file_state(&store, 3).0, "failed");
+        // A file row that vanished is a clear error, and nothing is committed.
+        let job = claim_one(&mut store);
+        let error = store
+            .finish_ingest(&IngestRecord {
+                document: document('f', None),
+                ..record(job.clone(), 99)
+            })
+            .unwrap_err();
+        assert!(matches!(error, DocumentError::FileNotFound(99)), "{error}");
+        assert!(
+            store
+                .find_document_by_blake3(&"f".repeat(64))
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.get_job(job.id).unwrap().state, JobState::Running);
+    }
+
     #[test]
     fn intents_survive_a_new_claim_and_need_the_lease() {
         let (_directory, mut store) = open_temp(Durability::Normal);

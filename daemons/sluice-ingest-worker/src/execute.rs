@@ -1,0 +1,596 @@
+//! The blocking half of the worker: one *step* claims a batch of jobs (committing the
+//! outcomes of the previous batch in the same transaction — the group commit), runs their
+//! bodies, and hands the outcomes that are not yet committed to the next step. Steps run on
+//! a blocking thread; the main loop learns what happens through [`JobEvent`]s.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use sluice_core::config::Config;
+use sluice_core::ingest::{
+    FileVersion, INGEST_JOB_KIND, IngestMode, IngestPayload, MAX_SLEEP_MS, NOOP_JOB_KIND,
+};
+use sluice_core::store::{
+    ClaimedJob, Completion, DocumentError, IngestRecord, JobError, JobState, LeaseToken,
+    NewDocument, Outcome, Store,
+};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::analyze::{Analysis, OpenedFile, analyze, open_beneath};
+use crate::failure::IngestFailure;
+use crate::library::{file_into_library, open_library_file};
+
+/// The job kinds this worker claims.
+pub const KINDS: [&str; 2] = [INGEST_JOB_KIND, NOOP_JOB_KIND];
+
+/// How often a slow body reports progress and looks at its cancel and stop flags.
+const BODY_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The parts of the configuration a step needs; rebuilt on reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub claim_batch: usize,
+    pub lease: Duration,
+    pub library: PathBuf,
+    pub max_file_size: u64,
+    pub text_max_bytes: u64,
+    /// The configured watched folders and their modes.
+    pub watches: Vec<(PathBuf, IngestMode)>,
+    /// The wait before the next claim after a batch that did not fill up.
+    pub claim_linger: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config, claim_linger: Duration) -> Settings {
+        Settings {
+            claim_batch: config.jobs.claim_batch as usize,
+            lease: config.jobs.lease,
+            library: config.ingest.library.clone(),
+            max_file_size: config.ingest.max_file_size,
+            text_max_bytes: config.ingest.text_max_bytes,
+            watches: config
+                .watches
+                .iter()
+                .map(|watch| (watch.path.clone(), watch.mode.into()))
+                .collect(),
+            claim_linger,
+        }
+    }
+}
+
+/// What the running step tells the main loop, as it happens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEvent {
+    Started {
+        id: i64,
+        kind: String,
+    },
+    Progress {
+        id: i64,
+        fraction: f64,
+        message: String,
+    },
+    /// The job's new state is committed.
+    Finished {
+        id: i64,
+        state: JobState,
+        error: Option<String>,
+    },
+}
+
+/// Flags the main loop sets on a claimed job.
+#[derive(Debug)]
+pub struct RunningJob {
+    pub lease_token: LeaseToken,
+    /// Cancellation was requested (heartbeat or D-Bus): stop and record `cancelled`.
+    pub cancel: AtomicBool,
+    /// Stop now and give the job back (shutdown deadline, or the lease was lost).
+    pub abort: AtomicBool,
+}
+
+/// The jobs this worker holds leases on, shared between the step and the main loop.
+#[derive(Debug, Default)]
+pub struct RunningJobs {
+    jobs: Mutex<HashMap<i64, Arc<RunningJob>>>,
+}
+
+impl RunningJobs {
+    pub fn snapshot(&self) -> Vec<(i64, Arc<RunningJob>)> {
+        self.lock()
+            .iter()
+            .map(|(id, job)| (*id, Arc::clone(job)))
+            .collect()
+    }
+
+    pub fn get(&self, id: i64) -> Option<Arc<RunningJob>> {
+        self.lock().get(&id).cloned()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    pub fn abort_all(&self) {
+        for job in self.lock().values() {
+            job.abort.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn insert(&self, id: i64, lease_token: LeaseToken) -> Arc<RunningJob> {
+        let job = Arc::new(RunningJob {
+            lease_token,
+            cancel: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+        });
+        self.lock().insert(id, Arc::clone(&job));
+        job
+    }
+
+    fn remove(&self, id: i64) {
+        self.lock().remove(&id);
+    }
+
+    /// The map holds no invariant a panic could break halfway.
+    fn lock(&self) -> MutexGuard<'_, HashMap<i64, Arc<RunningJob>>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What a step returns besides the store.
+#[derive(Debug, Default)]
+pub struct StepReport {
+    pub claimed: usize,
+    /// Outcomes to commit with the next step.
+    pub pending: Vec<Completion>,
+}
+
+/// Owns the worker's main store connection and runs steps on it.
+#[derive(Debug)]
+pub struct Executor {
+    pub store: Store,
+    pub worker_name: String,
+    pub events: UnboundedSender<JobEvent>,
+    pub running: Arc<RunningJobs>,
+    /// Set on SIGTERM: claim nothing more, give back claimed jobs that have not started.
+    pub stopping: Arc<AtomicBool>,
+}
+
+impl Executor {
+    /// Commits `pending`, claims (unless stopping or `claim` is false), runs the claimed bodies.
+    pub fn step(
+        &mut self,
+        pending: Vec<Completion>,
+        settings: &Settings,
+        claim: bool,
+    ) -> Result<StepReport, JobError> {
+        let claim = claim && !self.stopping.load(Ordering::Relaxed);
+        let (results, claimed) = if claim {
+            self.store.complete_and_claim(
+                &pending,
+                &self.worker_name,
+                &KINDS,
+                settings.claim_batch,
+                settings.lease,
+            )?
+        } else if pending.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            (self.store.complete_jobs(&pending)?, Vec::new())
+        };
+        for (completion, result) in pending.iter().zip(results) {
+            self.running.remove(completion.id);
+            self.report_committed(completion.id, result, outcome_error(&completion.outcome));
+        }
+        let mut report = StepReport {
+            claimed: claimed.len(),
+            pending: Vec::new(),
+        };
+        let handles: Vec<_> = claimed
+            .iter()
+            .map(|job| self.running.insert(job.id, job.lease_token.clone()))
+            .collect();
+        for (job, handle) in claimed.into_iter().zip(handles) {
+            if self.stopping.load(Ordering::Relaxed) {
+                report.pending.push(completion(&job, Outcome::Released));
+                continue;
+            }
+            let _ = self.events.send(JobEvent::Started {
+                id: job.id,
+                kind: job.kind.clone(),
+            });
+            let span = tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempt);
+            let _entered = span.enter();
+            match job.kind.as_str() {
+                NOOP_JOB_KIND => {
+                    let outcome = self.run_noop(&job, &handle);
+                    report.pending.push(completion(&job, outcome));
+                }
+                INGEST_JOB_KIND => {
+                    if let Some(outcome) = self.run_ingest(&job, &handle, settings) {
+                        report.pending.push(completion(&job, outcome));
+                    }
+                }
+                other => {
+                    // Only the kinds in KINDS are claimed; this is a bug, not bad input.
+                    report.pending.push(completion(
+                        &job,
+                        Outcome::Failed {
+                            error: format!("this worker has no body for job kind {other:?}"),
+                            retryable: false,
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn report_committed(&self, id: i64, result: Result<JobState, JobError>, error: Option<String>) {
+        match result {
+            Ok(state) => {
+                let error = if state == JobState::Succeeded || state == JobState::Queued {
+                    None
+                } else {
+                    error
+                };
+                let _ = self.events.send(JobEvent::Finished { id, state, error });
+            }
+            Err(JobError::LeaseLost { .. }) => {
+                tracing::warn!(
+                    job_id = id,
+                    "lease lost before the outcome was recorded; the job belongs to another worker now"
+                );
+            }
+            Err(error) => {
+                tracing::error!(job_id = id, error = %error, "cannot record the outcome of a job");
+            }
+        }
+    }
+
+    /// `noop`: echo `i`, stamp the time the body ran, optionally take `sleep_ms`.
+    fn run_noop(&self, job: &ClaimedJob, handle: &RunningJob) -> Outcome {
+        let ran_at = now_micros();
+        let sleep_ms = match job.payload.get("sleep_ms") {
+            None => 0,
+            Some(value) => match value.as_u64() {
+                Some(ms) if ms <= MAX_SLEEP_MS => ms,
+                _ => {
+                    return Outcome::Failed {
+                        error: format!(
+                            "noop payload: sleep_ms must be a whole number of milliseconds up to {MAX_SLEEP_MS}, got {value}"
+                        ),
+                        retryable: false,
+                    };
+                }
+            },
+        };
+        if sleep_ms > 0
+            && let Err(failure) =
+                self.pause(job.id, handle, Duration::from_millis(sleep_ms), "sleeping")
+        {
+            return outcome_of(failure);
+        }
+        Outcome::Succeeded {
+            result: json!({ "i": job.payload.get("i").cloned().unwrap_or(Value::Null), "t": ran_at }),
+        }
+    }
+
+    /// `ingest`: returns an outcome still to commit, or `None` when the body committed it
+    /// itself (a success or failure tied to the document and file rows).
+    fn run_ingest(
+        &mut self,
+        job: &ClaimedJob,
+        handle: &RunningJob,
+        settings: &Settings,
+    ) -> Option<Outcome> {
+        let file_id = job.payload.get("file_id").and_then(Value::as_i64);
+        let result = IngestPayload::from_json(&job.payload)
+            .map_err(|error| IngestFailure::Permanent(error.to_string()))
+            .and_then(|payload| self.ingest(job, handle, settings, &payload));
+        match result {
+            Ok(()) => None,
+            Err(IngestFailure::Cancelled) => Some(Outcome::Cancelled),
+            Err(IngestFailure::Stopped) => Some(Outcome::Released),
+            Err(IngestFailure::Superseded(reason)) => Some(Outcome::Succeeded {
+                result: json!({ "superseded": true, "reason": reason }),
+            }),
+            Err(failure) => {
+                let retryable = matches!(failure, IngestFailure::Retryable(_));
+                let message = failure.to_string();
+                tracing::warn!(error = %message, retryable, "ingest failed");
+                let committed = self.store.fail_ingest(
+                    job.id,
+                    &job.lease_token,
+                    file_id.filter(|id| *id > 0),
+                    &message,
+                    retryable,
+                );
+                self.running.remove(job.id);
+                self.report_committed(job.id, flatten(committed), Some(message));
+                None
+            }
+        }
+    }
+
+    fn ingest(
+        &mut self,
+        job: &ClaimedJob,
+        handle: &RunningJob,
+        settings: &Settings,
+        payload: &IngestPayload,
+    ) -> Result<(), IngestFailure> {
+        let configured_mode = settings
+            .watches
+            .iter()
+            .find(|(root, _)| *root == payload.watch_root)
+            .map(|(_, mode)| *mode)
+            .ok_or_else(|| {
+                IngestFailure::Permanent(format!(
+                    "watch_root {} is not a configured [[watch]] folder; refused",
+                    payload.watch_root.display()
+                ))
+            })?;
+        if configured_mode != payload.mode {
+            return Err(IngestFailure::Permanent(format!(
+                "mode {} does not match the configured mode {} of {}",
+                payload.mode.as_str(),
+                configured_mode.as_str(),
+                payload.watch_root.display()
+            )));
+        }
+        let relative = payload
+            .relative_path()
+            .map_err(|error| IngestFailure::Permanent(error.to_string()))?;
+        let original_name = relative
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+
+        let opened = open_beneath(&payload.watch_root, relative)?;
+        let (mut opened, recovering) = match opened {
+            Some(opened) => (opened, false),
+            None => (self.recover_filed_file(job, payload, settings)?, true),
+        };
+        if !recovering && let Some(queued) = payload.version() {
+            let found = FileVersion {
+                size: opened.size,
+                mtime_ns: opened.mtime_ns,
+                inode: opened.inode,
+            };
+            if found != queued {
+                // The monitor queues a job per version; the newer job ingests this file.
+                tracing::info!(
+                    ?queued,
+                    ?found,
+                    "the file changed since this job was queued; leaving it to the newer job"
+                );
+                return Err(IngestFailure::Superseded(format!(
+                    "the file changed after this job was queued (queued {queued:?}, found {found:?})"
+                )));
+            }
+        }
+        if opened.size > settings.max_file_size {
+            return Err(IngestFailure::Permanent(format!(
+                "{} is {} bytes, larger than [ingest] max_file_size ({} bytes); not read",
+                payload.path.display(),
+                opened.size,
+                settings.max_file_size
+            )));
+        }
+        let analysis = self.analyze_with_progress(job, handle, &mut opened, settings)?;
+        let library_path = match payload.mode {
+            IngestMode::Index => None,
+            IngestMode::Consume if recovering => Some(
+                settings
+                    .library
+                    .join(crate::library::relative_library_path(&analysis.blake3)),
+            ),
+            IngestMode::Consume => {
+                // Durable note first: if this process dies after the move, the next attempt
+                // knows which library file is this job's.
+                self.store
+                    .record_ingest_intent(job.id, &job.lease_token, &analysis.blake3)
+                    .map_err(store_failure)?;
+                let (path, filed) =
+                    file_into_library(&settings.library, &analysis.blake3, &mut opened)?;
+                tracing::info!(library_path = %path.display(), ?filed, "filed into the library");
+                Some(path)
+            }
+        };
+        if let Some(sleep_ms) = payload.sleep_ms {
+            self.pause(
+                job.id,
+                handle,
+                Duration::from_millis(sleep_ms),
+                "filed; pausing before the commit",
+            )?;
+        }
+        let finished = self
+            .store
+            .finish_ingest(&IngestRecord {
+                job_id: job.id,
+                lease_token: job.lease_token.clone(),
+                file_id: payload.file_id,
+                document: NewDocument {
+                    blake3: analysis.blake3.clone(),
+                    sha256: analysis.sha256,
+                    size: analysis.size,
+                    mime: analysis.mime,
+                    original_name,
+                    library_path,
+                    metadata: analysis.metadata,
+                    text: analysis.text,
+                },
+            })
+            .map_err(store_failure)?;
+        tracing::info!(
+            doc_id = finished.document_id,
+            duplicate = finished.duplicate,
+            blake3 = %analysis.blake3,
+            "ingested"
+        );
+        self.running.remove(job.id);
+        let _ = self.events.send(JobEvent::Finished {
+            id: job.id,
+            state: JobState::Succeeded,
+            error: None,
+        });
+        Ok(())
+    }
+
+    /// The source is gone: if an earlier attempt of this job moved it into the library (its
+    /// intent says which hash), carry on with the library copy.
+    fn recover_filed_file(
+        &self,
+        job: &ClaimedJob,
+        payload: &IngestPayload,
+        settings: &Settings,
+    ) -> Result<OpenedFile, IngestFailure> {
+        let missing = || {
+            IngestFailure::Permanent(format!(
+                "{} does not exist (removed before it was ingested)",
+                payload.path.display()
+            ))
+        };
+        if payload.mode != IngestMode::Consume {
+            return Err(missing());
+        }
+        let Some(blake3) = self.store.ingest_intent(job.id).map_err(store_failure)? else {
+            return Err(missing());
+        };
+        let opened = open_library_file(&settings.library, &blake3)?.ok_or_else(missing)?;
+        tracing::info!(%blake3, "the source was already filed by an earlier attempt; finishing from the library");
+        Ok(opened)
+    }
+
+    fn analyze_with_progress(
+        &self,
+        job: &ClaimedJob,
+        handle: &RunningJob,
+        opened: &mut OpenedFile,
+        settings: &Settings,
+    ) -> Result<Analysis, IngestFailure> {
+        let size = opened.size.max(1);
+        let mut last_report = Instant::now();
+        let _ = self.events.send(JobEvent::Progress {
+            id: job.id,
+            fraction: 0.0,
+            message: "hashing".into(),
+        });
+        analyze(opened, settings.text_max_bytes, |bytes_read| {
+            check_flags(handle)?;
+            if last_report.elapsed() >= BODY_CHECK_INTERVAL {
+                last_report = Instant::now();
+                let _ = self.events.send(JobEvent::Progress {
+                    id: job.id,
+                    fraction: bytes_read as f64 / size as f64,
+                    message: "hashing".into(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    /// Waits `duration` in small steps, reporting progress and obeying cancel and abort.
+    fn pause(
+        &self,
+        id: i64,
+        handle: &RunningJob,
+        duration: Duration,
+        message: &str,
+    ) -> Result<(), IngestFailure> {
+        let started = Instant::now();
+        loop {
+            check_flags(handle)?;
+            let elapsed = started.elapsed();
+            if elapsed >= duration {
+                return Ok(());
+            }
+            let _ = self.events.send(JobEvent::Progress {
+                id,
+                fraction: elapsed.as_secs_f64() / duration.as_secs_f64(),
+                message: message.to_owned(),
+            });
+            std::thread::sleep(BODY_CHECK_INTERVAL.min(duration - elapsed));
+        }
+    }
+}
+
+fn check_flags(handle: &RunningJob) -> Result<(), IngestFailure> {
+    if handle.cancel.load(Ordering::Relaxed) {
+        Err(IngestFailure::Cancelled)
+    } else if handle.abort.load(Ordering::Relaxed) {
+        Err(IngestFailure::Stopped)
+    } else {
+        Ok(())
+    }
+}
+
+fn outcome_of(failure: IngestFailure) -> Outcome {
+    match failure {
+        IngestFailure::Cancelled => Outcome::Cancelled,
+        IngestFailure::Stopped => Outcome::Released,
+        IngestFailure::Superseded(reason) => Outcome::Succeeded {
+            result: json!({ "superseded": true, "reason": reason }),
+        },
+        IngestFailure::Permanent(error) => Outcome::Failed {
+            error,
+            retryable: false,
+        },
+        IngestFailure::Retryable(error) => Outcome::Failed {
+            error,
+            retryable: true,
+        },
+    }
+}
+
+fn outcome_error(outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Outcome::Failed { error, .. } => Some(error.clone()),
+        Outcome::Cancelled => Some("cancelled on request".into()),
+        Outcome::Succeeded { .. } | Outcome::Released => None,
+    }
+}
+
+fn completion(job: &ClaimedJob, outcome: Outcome) -> Completion {
+    Completion {
+        id: job.id,
+        lease_token: job.lease_token.clone(),
+        outcome,
+    }
+}
+
+/// A lost lease stops the body (another worker owns the job); other store errors are worth
+/// another attempt.
+fn store_failure(error: DocumentError) -> IngestFailure {
+    match error {
+        DocumentError::Job(JobError::LeaseLost { .. }) => IngestFailure::Stopped,
+        DocumentError::FileNotFound(_) | DocumentError::InvalidArgument(_) => {
+            IngestFailure::Permanent(error.to_string())
+        }
+        error => IngestFailure::Retryable(error.to_string()),
+    }
+}
+
+fn flatten(result: Result<JobState, DocumentError>) -> Result<JobState, JobError> {
+    match result {
+        Ok(state) => Ok(state),
+        Err(DocumentError::Job(error)) => Err(error),
+        Err(DocumentError::Store(error)) => Err(JobError::Store(error)),
+        Err(error) => Err(JobError::InvalidArgument(error.to_string())),
+    }
+}
+
+/// Microseconds since the Unix epoch: the `t` of a noop result.
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as u64)
+        .unwrap_or(0)
+}

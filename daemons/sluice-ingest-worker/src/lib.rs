@@ -1,0 +1,839 @@
+//! sluice-ingest-worker: one process per systemd instance (`sluice-ingest-worker@N`) that
+//! claims `ingest` and `noop` jobs from the shared queue and runs them.
+//!
+//! # Shape
+//!
+//! One main loop over a closed [`Event`] enum owns the decisions: when to claim, heartbeats,
+//! D-Bus commands and signals, status, the watchdog, SIGTERM and SIGHUP. The blocking work —
+//! database transactions and job bodies — runs in *steps* on a blocking thread
+//! ([`execute::Executor::step`]); a step commits the previous batch's outcomes and claims the
+//! next batch in one transaction (group commit), then runs the batch. While a step runs the
+//! loop keeps turning: it heartbeats the claimed jobs on a second connection, forwards
+//! progress, answers the bus and pings the watchdog.
+//!
+//! # When the worker looks at the queue
+//!
+//! Right after a step that claimed a full batch (the queue may hold more); 2 ms (10 ms with full durability) after one
+//! that claimed a partial batch (the linger that turns a trickle of jobs into batches, see
+//! `CLAIM_LINGER_NORMAL`); when a `JobQueued` signal arrives ([`wakeup`]); and otherwise on a poll
+//! that starts at 1 ms after the last claimed job and doubles up to 1 s while the queue stays
+//! empty. An idle worker's poll is a read-only query that takes no write lock. The outcomes
+//! of a batch are committed together with the next claim.
+
+pub mod analyze;
+pub mod execute;
+pub mod failure;
+pub mod library;
+pub mod wakeup;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sluice_core::bus::{
+    self, BusError, BusSetupError, CallerPolicy, DEFAULT_PROGRESS_INTERVAL, DaemonState,
+    IngestCommand, IngestService, IngestStatus,
+};
+use sluice_core::config::{Config, ConfigError};
+use sluice_core::runtime::{
+    ConfigReloader, DaemonExit, Notifier, ReloadOutcome, Signal, SignalReceiver, StatusLine,
+    WatchdogTicker,
+};
+use sluice_core::store::{
+    Completion, Durability, Heartbeat, JobError, JobState, Store, StoreError,
+};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use execute::{Executor, JobEvent, RunningJobs, Settings, StepReport};
+
+/// The shortest and longest wait between two polls of an idle queue.
+const POLL_MIN: Duration = Duration::from_millis(1);
+const POLL_MAX: Duration = Duration::from_secs(1);
+/// After a batch that did not fill up (the worker has caught up with the producers), the next
+/// claim waits a little, so that jobs arriving one by one are claimed and completed in
+/// batches: every claim is a write transaction that the producers must wait for. With
+/// `durability = "full"` each such transaction is an fsync, the scarce resource, so the wait
+/// is longer there. A full batch is followed by the next claim at once, and an idle worker
+/// answers a wake-up at once. (A linger derived from the measured transaction time was
+/// tried: under contention that time is mostly waiting for the lock, and the linger grew
+/// until it dominated the latency.)
+const CLAIM_LINGER_NORMAL: Duration = Duration::from_millis(2);
+const CLAIM_LINGER_FULL: Duration = Duration::from_millis(10);
+/// How often properties are refreshed (and `STATUS=` when its text changed).
+const PROPERTIES_INTERVAL: Duration = Duration::from_secs(1);
+/// Progress is written to the database at most this often per job (signals are rate-limited
+/// separately, by the bus service).
+const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// After the stop deadline, how long bodies get to notice the abort before the worker releases
+/// their jobs itself and exits.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+/// `JobStarted`/`JobFinished` signals per second at most (burst the same): a flood of tiny
+/// jobs must not turn the bus into the bottleneck. Subscribers that need every transition
+/// read the database, which is the truth; signals are wake-ups.
+const JOB_SIGNALS_PER_SECOND: f64 = 200.0;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot open the database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot connect to the {address}: {source}")]
+    Bus {
+        address: bus::BusAddress,
+        source: zbus::Error,
+    },
+    #[error(transparent)]
+    BusSetup(#[from] BusSetupError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl WorkerError {
+    /// The exit status systemd sees for this failure.
+    pub fn exit(&self) -> DaemonExit {
+        match self {
+            WorkerError::BusSetup(BusSetupError::InvalidInstance { .. }) => DaemonExit::Usage,
+            WorkerError::Store(_) | WorkerError::Bus { .. } | WorkerError::BusSetup(_) => {
+                DaemonExit::Unavailable
+            }
+            WorkerError::Internal(_) => DaemonExit::Software,
+        }
+    }
+}
+
+/// Everything the main loop reacts to.
+#[derive(Debug)]
+enum Event {
+    Command(IngestCommand),
+    WakeUp,
+    PollDue,
+    ClaimDue,
+    StepDone(Box<Result<StepOutput, JoinError>>),
+    Job(JobEvent),
+    HeartbeatDue,
+    HeartbeatDone(Result<HeartbeatResults, JoinError>),
+    PropertiesDue,
+    StatusDue,
+    WatchdogDue,
+    Signal(Signal),
+    StopDeadline,
+    GiveUp,
+}
+
+/// What a step hands back: the executor (it owns the store connection), the report, and the
+/// outcomes it was given in case its transaction failed and they must be tried again.
+#[derive(Debug)]
+struct StepOutput {
+    executor: Executor,
+    result: Result<StepReport, JobError>,
+    given: Vec<Completion>,
+}
+
+/// Runs the worker until SIGTERM (then returns `Ok`) or a fatal error.
+pub async fn run(
+    config: Config,
+    instance: &str,
+    mut signals: SignalReceiver,
+    notifier: Notifier,
+) -> Result<(), WorkerError> {
+    // A bad instance name is a usage error, found before anything is opened.
+    bus::sanitize_instance(instance)?;
+    let worker_name = format!("sluice-ingest-worker@{instance}");
+    let store_path = config.store.path.clone();
+    let options = config.store_options();
+    let open = |path: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || Store::open(&path, &options))
+    };
+    let main_store = open(store_path.clone())
+        .await
+        .map_err(|error| WorkerError::Internal(error.to_string()))??;
+    let side_store = open(store_path)
+        .await
+        .map_err(|error| WorkerError::Internal(error.to_string()))??;
+
+    let connection =
+        bus::connect(&config.bus.address)
+            .await
+            .map_err(|source| WorkerError::Bus {
+                address: config.bus.address.clone(),
+                source,
+            })?;
+    let (service, commands) = IngestService::start(
+        &connection,
+        instance,
+        CallerPolicy::for_this_process(),
+        IngestStatus::starting(Vec::new()),
+        DEFAULT_PROGRESS_INTERVAL,
+    )
+    .await?;
+    let wake = Arc::new(Notify::new());
+    wakeup::subscribe(&connection, Arc::clone(&wake))
+        .await
+        .map_err(|source| WorkerError::Bus {
+            address: config.bus.address.clone(),
+            source,
+        })?;
+
+    let (events_sender, events) = mpsc::unbounded_channel();
+    let running = Arc::new(RunningJobs::default());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let executor = Executor {
+        store: main_store,
+        worker_name: worker_name.clone(),
+        events: events_sender,
+        running: Arc::clone(&running),
+        stopping: Arc::clone(&stopping),
+    };
+    let settings = Arc::new(settings_from(&config));
+    let heartbeat_interval = config.jobs.heartbeat_interval;
+    let status_interval = config.service.status_interval;
+
+    let mut worker = Worker {
+        reloader: ConfigReloader::new(config, reread_config),
+        settings,
+        service,
+        notifier,
+        worker_name,
+        commands,
+        wake,
+        events,
+        executor: Some(executor),
+        step: None,
+        pending: Vec::new(),
+        side_store: Arc::new(Mutex::new(side_store)),
+        running,
+        stopping,
+        stop_deadline: None,
+        give_up_at: None,
+        wake_pending: true,
+        claim_not_before: Instant::now(),
+        poll_delay: POLL_MIN,
+        next_poll: Instant::now(),
+        heartbeat: None,
+        heartbeat_ticker: ticker(heartbeat_interval),
+        properties_ticker: ticker(PROPERTIES_INTERVAL),
+        status_ticker: ticker(status_interval),
+        watchdog: WatchdogTicker::new(None),
+        progress_written: HashMap::new(),
+        progress_write_busy: Arc::new(AtomicBool::new(false)),
+        counters: Counters::default(),
+        signal_budget: SignalBudget::new(JOB_SIGNALS_PER_SECOND),
+        last_step_activity: Instant::now(),
+        last_status_line: String::new(),
+    };
+    worker.watchdog = worker.notifier.watchdog_ticker();
+    let ready_line = worker.status_line();
+    worker.notifier.ready(&ready_line);
+    worker.last_status_line = ready_line;
+    worker.publish_properties(DaemonState::Running).await;
+    tracing::info!(worker = %worker.worker_name, "ready: claiming ingest and noop jobs");
+
+    loop {
+        worker.maybe_start_step();
+        if worker.finished_stopping() {
+            break;
+        }
+        let event = worker.next_event(&mut signals).await;
+        if worker.handle(event).await {
+            break;
+        }
+    }
+    worker.service_stopped().await;
+    Ok(())
+}
+
+fn settings_from(config: &Config) -> Settings {
+    let claim_linger = match config.store.durability {
+        Durability::Full => CLAIM_LINGER_FULL,
+        Durability::Normal => CLAIM_LINGER_NORMAL,
+    };
+    Settings::from_config(config, claim_linger)
+}
+
+fn reread_config() -> Result<Config, ConfigError> {
+    Config::load_from_env().map(|(_, config)| config)
+}
+
+fn ticker(period: Duration) -> Interval {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    interval
+}
+
+type Reread = fn() -> Result<Config, ConfigError>;
+
+/// Each heartbeated job with what the store said.
+type HeartbeatResults = Vec<(i64, Result<Heartbeat, JobError>)>;
+
+struct Worker {
+    reloader: ConfigReloader<Config, Reread>,
+    settings: Arc<Settings>,
+    service: IngestService,
+    notifier: Notifier,
+    worker_name: String,
+    commands: mpsc::Receiver<IngestCommand>,
+    wake: Arc<Notify>,
+    events: mpsc::UnboundedReceiver<JobEvent>,
+    /// `None` while a step runs (the step owns it).
+    executor: Option<Executor>,
+    step: Option<JoinHandle<StepOutput>>,
+    /// Outcomes to commit with the next step.
+    pending: Vec<Completion>,
+    side_store: Arc<Mutex<Store>>,
+    running: Arc<RunningJobs>,
+    stopping: Arc<AtomicBool>,
+    stop_deadline: Option<Instant>,
+    give_up_at: Option<Instant>,
+    /// There is a reason to claim: a wake-up, a poll, or a previous batch that found work.
+    wake_pending: bool,
+    /// The linger after a partial batch: no claim before this.
+    claim_not_before: Instant,
+    poll_delay: Duration,
+    next_poll: Instant,
+    heartbeat: Option<JoinHandle<HeartbeatResults>>,
+    heartbeat_ticker: Interval,
+    properties_ticker: Interval,
+    status_ticker: Interval,
+    watchdog: WatchdogTicker,
+    progress_written: HashMap<i64, Instant>,
+    progress_write_busy: Arc<AtomicBool>,
+    counters: Counters,
+    signal_budget: SignalBudget,
+    last_step_activity: Instant,
+    last_status_line: String,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    done: u64,
+    failed: u64,
+    current_job: u64,
+    last_error: Option<String>,
+}
+
+impl Worker {
+    async fn next_event(&mut self, signals: &mut SignalReceiver) -> Event {
+        let idle = self.step.is_none() && !self.is_stopping();
+        let waiting_to_claim = idle && self.wake_pending;
+        let polling = idle && !self.wake_pending;
+        let claim_not_before = self.claim_not_before;
+        let next_poll = self.next_poll;
+        let stop_deadline = self.stop_deadline;
+        let give_up_at = self.give_up_at;
+        tokio::select! {
+            signal = signals.recv() => Event::Signal(signal),
+            Some(command) = self.commands.recv() => Event::Command(command),
+            Some(event) = self.events.recv() => Event::Job(event),
+            output = join_optional(&mut self.step) => Event::StepDone(Box::new(output)),
+            results = join_optional(&mut self.heartbeat) => Event::HeartbeatDone(results),
+            () = self.wake.notified() => Event::WakeUp,
+            () = tokio::time::sleep_until(next_poll), if polling => Event::PollDue,
+            () = tokio::time::sleep_until(claim_not_before), if waiting_to_claim => Event::ClaimDue,
+            _ = self.heartbeat_ticker.tick() => Event::HeartbeatDue,
+            _ = self.properties_ticker.tick() => Event::PropertiesDue,
+            _ = self.status_ticker.tick() => Event::StatusDue,
+            () = self.watchdog.tick() => Event::WatchdogDue,
+            () = sleep_until_optional(stop_deadline) => Event::StopDeadline,
+            () = sleep_until_optional(give_up_at) => Event::GiveUp,
+        }
+    }
+
+    /// Handles one event; returns whether the loop must end now.
+    async fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Command(command) => self.on_command(command),
+            Event::WakeUp => self.wake_pending = true,
+            Event::PollDue => self.wake_pending = true,
+            // maybe_start_step, which runs before every wait, starts the step.
+            Event::ClaimDue => {}
+            Event::StepDone(output) => return self.on_step_done(*output),
+            Event::Job(event) => self.on_job_event(event).await,
+            Event::HeartbeatDue => self.start_heartbeat(),
+            Event::HeartbeatDone(results) => self.on_heartbeats(results),
+            Event::PropertiesDue => self.publish_properties(self.lifecycle_state()).await,
+            Event::StatusDue => self.send_status(true),
+            Event::WatchdogDue => self.on_watchdog(),
+            Event::Signal(Signal::Terminate) => self.begin_stop().await,
+            Event::Signal(Signal::Reload) => self.reload().await,
+            Event::StopDeadline => {
+                tracing::warn!("stop deadline reached; asking the running jobs to stop");
+                self.stop_deadline = None;
+                self.running.abort_all();
+                self.give_up_at = Some(Instant::now() + ABORT_GRACE);
+            }
+            Event::GiveUp => {
+                self.give_up_at = None;
+                self.release_everything_and_exit().await;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    fn lifecycle_state(&self) -> DaemonState {
+        if self.is_stopping() {
+            DaemonState::Stopping
+        } else {
+            DaemonState::Running
+        }
+    }
+
+    fn finished_stopping(&self) -> bool {
+        self.is_stopping() && self.step.is_none() && self.pending.is_empty()
+    }
+
+    /// Starts a step when none runs and there is something to commit or a reason to look.
+    fn maybe_start_step(&mut self) {
+        if self.step.is_some() {
+            return;
+        }
+        let stopping = self.is_stopping();
+        let claim = !stopping && self.wake_pending && Instant::now() >= self.claim_not_before;
+        // Outcomes wait for the next claim (one transaction for both), except when stopping.
+        let commit_only = stopping && !self.pending.is_empty();
+        if !claim && !commit_only {
+            return;
+        }
+        let Some(mut executor) = self.executor.take() else {
+            return;
+        };
+        self.wake_pending = false;
+        self.last_step_activity = Instant::now();
+        let pending = std::mem::take(&mut self.pending);
+        let settings = Arc::clone(&self.settings);
+        self.step = Some(tokio::task::spawn_blocking(move || {
+            let given = pending.clone();
+            let result = executor.step(pending, &settings, claim);
+            StepOutput {
+                executor,
+                result,
+                given,
+            }
+        }));
+    }
+
+    fn on_step_done(&mut self, output: Result<StepOutput, JoinError>) -> bool {
+        self.step = None;
+        let output = match output {
+            Ok(output) => output,
+            Err(error) => {
+                // A panic in a job body: the executor (and its store) is gone. Exiting lets
+                // systemd restart the worker; the claimed jobs' leases expire and are retried.
+                tracing::error!(error = %error, "a job step panicked; exiting so that systemd restarts the worker");
+                return true;
+            }
+        };
+        self.executor = Some(output.executor);
+        match output.result {
+            Ok(report) => {
+                self.pending = report.pending;
+                let batch = self.settings.claim_batch;
+                if report.claimed >= batch {
+                    self.wake_pending = true;
+                    self.poll_delay = POLL_MIN;
+                } else if report.claimed > 0 {
+                    self.wake_pending = true;
+                    self.claim_not_before = Instant::now() + self.settings.claim_linger;
+                    self.poll_delay = POLL_MIN;
+                } else {
+                    self.next_poll = Instant::now() + self.poll_delay;
+                    self.poll_delay = (self.poll_delay * 2).min(POLL_MAX);
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "cannot claim or complete jobs; trying again shortly");
+                self.counters.last_error = Some(error.to_string());
+                self.pending = output.given;
+                self.poll_delay = POLL_MAX;
+                self.next_poll = Instant::now() + POLL_MAX;
+                if self.is_stopping() && !self.pending.is_empty() {
+                    // Do not spin on a broken database while stopping: the leases of what is
+                    // left expire and other workers retry those jobs.
+                    self.pending.clear();
+                }
+            }
+        }
+        false
+    }
+
+    async fn on_job_event(&mut self, event: JobEvent) {
+        self.last_step_activity = Instant::now();
+        match event {
+            JobEvent::Started { id, kind } => {
+                self.counters.current_job = id as u64;
+                self.progress_written.insert(id, Instant::now());
+                if self.signal_budget.take() {
+                    log_signal_error(
+                        self.service
+                            .job_started(id as u64, &kind, &self.worker_name)
+                            .await,
+                    );
+                }
+            }
+            JobEvent::Progress {
+                id,
+                fraction,
+                message,
+            } => {
+                log_signal_error(
+                    self.service
+                        .job_progress(id as u64, fraction, &message)
+                        .await
+                        .map(|_| ()),
+                );
+                self.write_progress(id, fraction, message);
+            }
+            JobEvent::Finished { id, state, error } => {
+                if self.counters.current_job == id as u64 {
+                    self.counters.current_job = 0;
+                }
+                self.progress_written.remove(&id);
+                match state {
+                    JobState::Succeeded => self.counters.done += 1,
+                    JobState::Failed | JobState::Dead | JobState::Retrying => {
+                        self.counters.failed += 1;
+                        if let Some(error) = error {
+                            tracing::warn!(job_id = id, state = %state, error = %error, "job did not succeed");
+                            self.counters.last_error = Some(format!("job {id}: {error}"));
+                        }
+                    }
+                    _ => {}
+                }
+                if self.signal_budget.take() {
+                    log_signal_error(self.service.job_finished(id as u64, state.as_str()).await);
+                }
+            }
+        }
+    }
+
+    /// Saves a running job's progress at most once per [`PROGRESS_WRITE_INTERVAL`], on the
+    /// side connection, never blocking the loop.
+    fn write_progress(&mut self, id: i64, fraction: f64, message: String) {
+        let due = self
+            .progress_written
+            .get(&id)
+            .is_none_or(|last| last.elapsed() >= PROGRESS_WRITE_INTERVAL);
+        if !due || self.progress_write_busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(job) = self.running.get(id) else {
+            self.progress_write_busy.store(false, Ordering::Release);
+            return;
+        };
+        self.progress_written.insert(id, Instant::now());
+        let store = Arc::clone(&self.side_store);
+        let busy = Arc::clone(&self.progress_write_busy);
+        tokio::task::spawn_blocking(move || {
+            let result = lock_store(&store).report_progress(
+                id,
+                &job.lease_token,
+                fraction.clamp(0.0, 1.0),
+                &message,
+            );
+            if let Err(error) = result
+                && !matches!(error, JobError::LeaseLost { .. })
+            {
+                tracing::warn!(job_id = id, error = %error, "cannot save job progress");
+            }
+            busy.store(false, Ordering::Release);
+        });
+    }
+
+    fn on_command(&mut self, command: IngestCommand) {
+        match command {
+            IngestCommand::CancelJob { job_id, reply } => {
+                let answer = match i64::try_from(job_id)
+                    .ok()
+                    .and_then(|id| self.running.get(id))
+                {
+                    Some(job) => {
+                        tracing::info!(job_id, "cancelling the running job on request");
+                        job.cancel.store(true, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    None => Err(BusError::NotFound(format!(
+                        "worker {} is not running job {job_id}",
+                        self.worker_name
+                    ))),
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    fn start_heartbeat(&mut self) {
+        if self.heartbeat.is_some() || self.running.is_empty() {
+            return;
+        }
+        let jobs = self.running.snapshot();
+        let store = Arc::clone(&self.side_store);
+        let lease = self.settings.lease;
+        self.heartbeat = Some(tokio::task::spawn_blocking(move || {
+            let mut store = lock_store(&store);
+            jobs.into_iter()
+                .map(|(id, job)| (id, store.heartbeat(id, &job.lease_token, lease)))
+                .collect()
+        }));
+    }
+
+    fn on_heartbeats(&mut self, results: Result<HeartbeatResults, JoinError>) {
+        self.heartbeat = None;
+        let results = match results {
+            Ok(results) => results,
+            Err(error) => {
+                tracing::error!(error = %error, "the heartbeat task failed");
+                return;
+            }
+        };
+        for (id, result) in results {
+            let Some(job) = self.running.get(id) else {
+                continue;
+            };
+            match result {
+                Ok(heartbeat) if heartbeat.cancel_requested => {
+                    tracing::info!(job_id = id, "cancellation requested; stopping the job");
+                    job.cancel.store(true, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(JobError::LeaseLost { .. } | JobError::NotFound(_)) => {
+                    tracing::warn!(job_id = id, "lease lost; abandoning the job");
+                    job.abort.store(true, Ordering::Relaxed);
+                }
+                Err(error) => {
+                    tracing::warn!(job_id = id, error = %error, "heartbeat failed; will try again");
+                }
+            }
+        }
+    }
+
+    /// Pings only while the work moves: a step that has shown no sign of life (no job event)
+    /// for a whole watchdog timeout is a hang, and systemd should restart the worker.
+    fn on_watchdog(&mut self) {
+        let timeout = self
+            .notifier
+            .watchdog()
+            .map(|watchdog| watchdog.timeout())
+            .unwrap_or(Duration::MAX);
+        if self.step.is_some() && self.last_step_activity.elapsed() > timeout {
+            tracing::error!(
+                silent_for = ?self.last_step_activity.elapsed(),
+                "the running step shows no progress; withholding the watchdog ping"
+            );
+            return;
+        }
+        self.notifier.watchdog_ping();
+    }
+
+    async fn begin_stop(&mut self) {
+        if self.is_stopping() {
+            return;
+        }
+        let stop_timeout = self.reloader.current().service.stop_timeout;
+        tracing::info!(
+            ?stop_timeout,
+            "stopping: no new jobs; finishing or releasing the current ones"
+        );
+        self.stopping.store(true, Ordering::Relaxed);
+        self.notifier
+            .stopping("stopping: finishing or releasing the current job");
+        self.stop_deadline = Some(Instant::now() + stop_timeout);
+        self.publish_properties(DaemonState::Stopping).await;
+    }
+
+    /// The bodies did not stop in time: give their jobs back from the side connection and
+    /// exit. A body still running cannot commit afterwards, its lease token is void.
+    async fn release_everything_and_exit(&mut self) {
+        let jobs = self.running.snapshot();
+        tracing::warn!(
+            jobs = jobs.len(),
+            "jobs did not stop in time; releasing them"
+        );
+        let store = Arc::clone(&self.side_store);
+        let released = tokio::task::spawn_blocking(move || {
+            let mut store = lock_store(&store);
+            for (id, job) in jobs {
+                if let Err(error) = store.release_job(id, &job.lease_token) {
+                    tracing::warn!(job_id = id, error = %error, "cannot release job");
+                }
+            }
+        })
+        .await;
+        if let Err(error) = released {
+            tracing::error!(error = %error, "releasing the jobs failed");
+        }
+    }
+
+    async fn reload(&mut self) {
+        let before = self.reloader.current().clone();
+        match self.reloader.reload(&self.notifier) {
+            ReloadOutcome::Applied => {
+                let config = self.reloader.current();
+                if config.store.path != before.store.path
+                    || config.bus.address != before.bus.address
+                {
+                    tracing::warn!(
+                        "[store] path and [bus] address take effect at the next restart"
+                    );
+                }
+                self.settings = Arc::new(settings_from(config));
+                if config.jobs.heartbeat_interval != before.jobs.heartbeat_interval {
+                    self.heartbeat_ticker = ticker(config.jobs.heartbeat_interval);
+                }
+                if config.service.status_interval != before.service.status_interval {
+                    self.status_ticker = ticker(config.service.status_interval);
+                }
+                self.counters.last_error = None;
+            }
+            ReloadOutcome::KeptPrevious { reason, .. } => {
+                self.counters.last_error = Some(format!("reload failed: {reason}"));
+            }
+        }
+        self.publish_properties(self.lifecycle_state()).await;
+    }
+
+    fn status_line(&self) -> String {
+        let activity = match (self.is_stopping(), self.counters.current_job) {
+            (true, _) => "stopping".to_owned(),
+            (false, 0) => "idle".to_owned(),
+            (false, job) => format!("working on job {job}"),
+        };
+        StatusLine::new(activity)
+            .detail(format!(
+                "{} done, {} failed since start",
+                self.counters.done, self.counters.failed
+            ))
+            .last_error(self.counters.last_error.as_deref())
+            .to_string()
+    }
+
+    /// Sends `STATUS=` when the text changed, or always when `force` (the status interval).
+    fn send_status(&mut self, force: bool) {
+        let line = self.status_line();
+        if force || line != self.last_status_line {
+            self.notifier.status(&line);
+            self.last_status_line = line;
+        }
+    }
+
+    async fn publish_properties(&mut self, state: DaemonState) {
+        self.send_status(false);
+        let status = self.last_status_line.clone();
+        let counters = &self.counters;
+        let result = self
+            .service
+            .update_status(|current| {
+                current.state = state;
+                current.status = status;
+                current.last_error = counters.last_error.clone().unwrap_or_default();
+                current.current_job = counters.current_job;
+                current.jobs_done = counters.done;
+                current.jobs_failed = counters.failed;
+            })
+            .await;
+        log_signal_error(result);
+    }
+
+    async fn service_stopped(&mut self) {
+        tracing::info!(
+            done = self.counters.done,
+            failed = self.counters.failed,
+            "stopped"
+        );
+        self.publish_properties(DaemonState::Stopping).await;
+    }
+}
+
+async fn join_optional<T>(handle: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> {
+    match handle {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_optional(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn lock_store(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
+    // A panic while holding the store leaves SQLite's own state consistent (an open
+    // transaction is rolled back when its guard drops), so the connection stays usable.
+    store
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn log_signal_error(result: zbus::Result<()>) {
+    if let Err(error) = result {
+        tracing::warn!(error = %error, "cannot emit a D-Bus signal");
+    }
+}
+
+/// A token bucket for per-job signals.
+#[derive(Debug)]
+struct SignalBudget {
+    per_second: f64,
+    tokens: f64,
+    refilled_at: std::time::Instant,
+    skipped: u64,
+}
+
+impl SignalBudget {
+    fn new(per_second: f64) -> SignalBudget {
+        SignalBudget {
+            per_second,
+            tokens: per_second,
+            refilled_at: std::time::Instant::now(),
+            skipped: 0,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        self.take_at(std::time::Instant::now())
+    }
+
+    fn take_at(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now
+            .saturating_duration_since(self.refilled_at)
+            .as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        self.refilled_at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.skipped += 1;
+            if self.skipped.is_power_of_two() {
+                tracing::debug!(skipped = self.skipped, "job signals thinned under load");
+            }
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signal_budget_allows_a_burst_then_the_rate() {
+        let mut budget = SignalBudget::new(10.0);
+        let start = budget.refilled_at;
+        let granted = (0..20).filter(|_| budget.take_at(start)).count();
+        assert_eq!(granted, 10);
+        assert!(!budget.take_at(start + Duration::from_millis(50)));
+        assert!(budget.take_at(start + Duration::from_millis(150)));
+        // A long quiet spell refills to the burst size, no more.
+        let later = start + Duration::from_secs(3600);
+        let granted = (0..20).filter(|_| budget.take_at(later)).count();
+        assert_eq!(granted, 10);
+    }
+}

@@ -1,0 +1,774 @@
+//! The ingest worker as a real process (`sluice-ingest-worker --instance N`) on a private
+//! `dbus-daemon` with a temporary database, inbox, index folder and library: noop and ingest
+//! jobs, deduplication, symlink refusal, bad payloads, kill -9 and SIGTERM in the middle of a
+//! job, cancellation, and the signals a subscriber sees.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use futures_util::StreamExt;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use sluice_core::bus::{self, BusAddress, BusError, ingest_proxy};
+use sluice_core::config::WatchMode;
+use sluice_core::store::{
+    DetectedFile, DocumentFilter, Durability, FileState, Job, JobError, JobState, NewJob,
+    PageRequest, Store,
+};
+
+use crate::support::{
+    BusPolicy, DEADLINE, DaemonProcess, PrivateBus, STARTUP_DEADLINE, daemon_binary, open_store,
+    temp_dir, wait_until,
+};
+
+/// A private bus, a configuration and the folders one or more workers share.
+struct Suite {
+    bus: PrivateBus,
+    root: PathBuf,
+    config_path: PathBuf,
+    inbox: PathBuf,
+    catalogue: PathBuf,
+    library: PathBuf,
+    store: Store,
+    _directory: tempfile::TempDir,
+}
+
+impl Suite {
+    /// `stop_timeout` is how long a worker may finish its job after SIGTERM.
+    fn new(stop_timeout: &str) -> Suite {
+        let (directory, root) = temp_dir();
+        let bus = PrivateBus::start(BusPolicy::AllowEverything).expect("private bus");
+        let inbox = root.join("inbox");
+        let catalogue = root.join("catalogue");
+        let library = root.join("library");
+        for folder in [&inbox, &catalogue, &library, &root.join("staging")] {
+            std::fs::create_dir_all(folder).unwrap();
+        }
+        let database = root.join("sluice.db");
+        let config_path = root.join("sluice.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                r#"
+[store]
+path = "{database}"
+durability = "normal"
+busy_timeout = "20s"
+
+[bus]
+address = "{bus}"
+
+[jobs]
+lease = "2s"
+heartbeat_interval = "400ms"
+max_attempts = 3
+retry_backoff_base = "100ms"
+retry_backoff_max = "1s"
+claim_batch = 8
+
+[service]
+stop_timeout = "{stop_timeout}"
+
+[ingest]
+library = "{library}"
+text_max_bytes = "1 KiB"
+
+[[watch]]
+path = "{inbox}"
+mode = "consume"
+
+[[watch]]
+path = "{catalogue}"
+mode = "index"
+
+[scraper]
+inbox = "{inbox}"
+staging = "{staging}"
+"#,
+                database = database.display(),
+                bus = bus.address(),
+                library = library.display(),
+                inbox = inbox.display(),
+                catalogue = catalogue.display(),
+                staging = root.join("staging").display(),
+            ),
+        )
+        .unwrap();
+        let store = open_store(&database, Durability::Normal);
+        Suite {
+            bus,
+            root,
+            config_path,
+            inbox,
+            catalogue,
+            library,
+            store,
+            _directory: directory,
+        }
+    }
+
+    /// Starts worker `instance` and waits until it says it is ready (READY=1 is sent then).
+    fn start_worker(&self, instance: &str) -> DaemonProcess {
+        let mut command = Command::new(daemon_binary("sluice-ingest-worker"));
+        command
+            .args(["--instance", instance])
+            .env("SLUICE_CONFIG", &self.config_path);
+        let log = self.root.join(format!("worker-{instance}.log"));
+        let mut worker = DaemonProcess::start(command, &log, "info");
+        worker.wait_for_log_lines(&["ready"], 1, STARTUP_DEADLINE);
+        worker
+    }
+
+    fn enqueue(&mut self, kind: &str, payload: Value) -> i64 {
+        self.store
+            .enqueue(&NewJob::new(kind, payload).with_max_attempts(3))
+            .expect("enqueue")
+            .id
+    }
+
+    fn ingest_payload(&self, path: &Path, watch_root: &Path, mode: &str) -> Value {
+        json!({"path": path, "watch_root": watch_root, "mode": mode})
+    }
+
+    fn job(&self, id: i64) -> Job {
+        self.store.get_job(id).expect("job")
+    }
+
+    /// Waits until job `id` reaches a terminal state and returns it.
+    fn wait_for_end(&self, id: i64, worker: &DaemonProcess) -> Job {
+        let ended = wait_until(DEADLINE, || self.job(id).state.is_terminal());
+        assert!(
+            ended,
+            "job {id} never ended: {:?}\nlog:\n{}",
+            self.job(id),
+            worker.log()
+        );
+        self.job(id)
+    }
+
+    fn wait_for(&self, what: &str, worker: &DaemonProcess, condition: impl FnMut() -> bool) {
+        assert!(
+            wait_until(DEADLINE, condition),
+            "{what}; log:\n{}",
+            worker.log()
+        );
+    }
+}
+
+fn page() -> PageRequest {
+    PageRequest {
+        before_id: None,
+        limit: 100,
+    }
+}
+
+/// SHA-256 by coreutils, an implementation independent of the worker's.
+fn sha256sum(path: &Path) -> String {
+    let output = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()[..64].to_owned()
+}
+
+fn library_path(library: &Path, blake3: &str) -> PathBuf {
+    library.join(&blake3[0..2]).join(&blake3[2..4]).join(blake3)
+}
+
+/// A PNG signature and IHDR chunk of a 7×5 image, padded: enough for magic-byte detection.
+fn png_bytes() -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    png.extend_from_slice(&7u32.to_be_bytes());
+    png.extend_from_slice(&5u32.to_be_bytes());
+    png.extend_from_slice(&[8, 6, 0, 0, 0, 0x1a, 0x2b, 0x3c, 0x4d]);
+    png.extend(std::iter::repeat_n(0xa5, 3000));
+    png
+}
+
+#[test]
+fn noop_jobs_succeed_with_their_index_and_run_time() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    let before = now_micros();
+    let ids: Vec<i64> = (0..40)
+        .map(|i| suite.enqueue("noop", json!({"i": i})))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let job = suite.wait_for_end(*id, &worker);
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+        let result = job.result.expect("result");
+        assert_eq!(result["i"], json!(i));
+        let ran_at = result["t"].as_u64().expect("t in µs");
+        assert!(ran_at >= before && ran_at <= now_micros(), "{result}");
+        assert_eq!(job.lease_owner.as_deref(), Some("sluice-ingest-worker@1"));
+    }
+}
+
+#[test]
+fn a_consumed_file_is_hashed_typed_and_filed_and_a_second_copy_is_a_duplicate() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    let png = png_bytes();
+    let source = suite.inbox.join("sub").join("picture.png");
+    std::fs::create_dir_all(source.parent().unwrap()).unwrap();
+    std::fs::write(&source, &png).unwrap();
+    let expected_sha256 = sha256sum(&source);
+    let expected_blake3 = blake3::hash(&png).to_hex().to_string();
+
+    let payload = suite.ingest_payload(&source, &suite.inbox, "consume");
+    let id = suite.enqueue("ingest", payload);
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", worker.log());
+    let result = job.result.unwrap();
+    assert_eq!(result["duplicate"], false);
+    let document = suite
+        .store
+        .get_document(result["document_id"].as_i64().unwrap())
+        .unwrap();
+    assert_eq!(document.blake3, expected_blake3);
+    assert_eq!(document.sha256, expected_sha256);
+    assert_eq!(document.size, png.len() as u64);
+    assert_eq!(document.mime, "image/png");
+    assert_eq!(document.original_name, "picture.png");
+    assert_eq!(
+        (
+            document.metadata["width"].clone(),
+            document.metadata["height"].clone()
+        ),
+        (json!(7), json!(5))
+    );
+    let filed = library_path(&suite.library, &expected_blake3);
+    assert_eq!(document.library_path.as_deref(), Some(filed.as_path()));
+    assert_eq!(
+        std::fs::read(&filed).unwrap(),
+        png,
+        "the library holds the content"
+    );
+    assert!(!source.exists(), "a consumed file leaves the inbox");
+
+    // The same content under another name: recognised, not catalogued twice, still consumed.
+    let copy = suite.inbox.join("copy-of-picture.bin");
+    std::fs::write(&copy, &png).unwrap();
+    let payload = suite.ingest_payload(&copy, &suite.inbox, "consume");
+    let second = suite.enqueue("ingest", payload);
+    let job = suite.wait_for_end(second, &worker);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    let result = job.result.unwrap();
+    assert_eq!(result["duplicate"], true);
+    assert_eq!(result["document_id"], json!(document.id));
+    let documents = suite
+        .store
+        .list_documents(&DocumentFilter::default(), page())
+        .unwrap();
+    assert_eq!(documents.items.len(), 1, "one document for one content");
+    assert_eq!(documents.items[0].duplicates, 1);
+    assert!(!copy.exists());
+    assert_eq!(std::fs::read(&filed).unwrap(), png);
+}
+
+#[test]
+fn an_indexed_text_file_stays_in_place_and_is_searchable() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    let file = suite.catalogue.join("notes.txt");
+    let text = "sluice keeps the rhododendron notes\nsecond line\n";
+    std::fs::write(&file, text).unwrap();
+    let payload = suite.ingest_payload(&file, &suite.catalogue, "index");
+    let id = suite.enqueue("ingest", payload);
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    let document = suite
+        .store
+        .get_document(job.result.unwrap()["document_id"].as_i64().unwrap())
+        .unwrap();
+    assert_eq!(document.mime, "text/plain");
+    assert_eq!(document.metadata["lines"], 2);
+    assert_eq!(document.metadata["encoding"], "ascii");
+    assert_eq!(document.library_path, None);
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        text,
+        "index mode leaves the file"
+    );
+    let hits = suite
+        .store
+        .search_documents("rhododendron", page())
+        .unwrap();
+    assert_eq!(hits.items.len(), 1);
+    assert_eq!(hits.items[0].document.id, document.id);
+    assert!(
+        std::fs::read_dir(&suite.library).unwrap().next().is_none(),
+        "nothing was filed"
+    );
+}
+
+#[test]
+fn a_symlink_is_refused_for_good_and_its_target_is_untouched() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    let (_outside, outside) = temp_dir();
+    let target = outside.join("secret.txt");
+    std::fs::write(&target, "do not move me").unwrap();
+    let link = suite.inbox.join("innocent.txt");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    // A symlinked folder on the way is refused as well.
+    std::os::unix::fs::symlink(&outside, suite.inbox.join("folder")).unwrap();
+    let through_folder = suite.inbox.join("folder").join("secret.txt");
+
+    for path in [&link, &through_folder] {
+        let payload = suite.ingest_payload(path, &suite.inbox, "consume");
+        let id = suite.enqueue("ingest", payload);
+        let job = suite.wait_for_end(id, &worker);
+        assert_eq!(job.state, JobState::Failed, "{job:?}");
+        assert_eq!(job.attempts, 1, "a permanent failure is not retried");
+        let error = job.error.unwrap();
+        assert!(error.contains("symlink"), "{error}");
+    }
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "do not move me");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        suite
+            .store
+            .list_documents(&DocumentFilter::default(), page())
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[test]
+fn bad_payloads_fail_with_a_clear_error_and_the_worker_keeps_going() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    // Not an object: the queue itself refuses it, nothing is stored.
+    let refused = suite.store.enqueue(&NewJob::new("ingest", json!(["/x"])));
+    assert!(
+        matches!(refused, Err(JobError::InvalidArgument(_))),
+        "{refused:?}"
+    );
+
+    let inbox = suite.inbox.display().to_string();
+    let (_outside, outside) = temp_dir();
+    let outside_file = outside.join("keep.txt");
+    std::fs::write(&outside_file, b"keep").unwrap();
+    let outside_text = outside.display().to_string();
+    let cases = [
+        (
+            json!({"watch_root": inbox, "mode": "consume"}),
+            "missing field `path`",
+        ),
+        (
+            json!({"path": "relative.txt", "watch_root": inbox, "mode": "consume"}),
+            "must be absolute",
+        ),
+        (
+            json!({"path": outside_file, "watch_root": inbox, "mode": "consume"}),
+            "not inside",
+        ),
+        (
+            json!({"path": outside_file, "watch_root": outside_text, "mode": "consume"}),
+            "not a configured",
+        ),
+        (
+            json!({"path": format!("{inbox}/a"), "watch_root": inbox, "mode": "index"}),
+            "does not match",
+        ),
+        (
+            json!({"path": format!("{inbox}/missing"), "watch_root": inbox, "mode": "consume"}),
+            "does not exist",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (payload, _) in &cases {
+        ids.push(suite.enqueue("ingest", payload.clone()));
+    }
+    let bad_noop = suite.enqueue("noop", json!({"sleep_ms": "long"}));
+    for ((_, expected), id) in cases.iter().zip(&ids) {
+        let job = suite.wait_for_end(*id, &worker);
+        assert_eq!(job.state, JobState::Failed, "{job:?}");
+        let error = job.error.unwrap();
+        assert!(
+            error.contains(expected),
+            "expected {expected:?} in {error:?}"
+        );
+    }
+    let job = suite.wait_for_end(bad_noop, &worker);
+    assert_eq!(job.state, JobState::Failed);
+    assert!(job.error.unwrap().contains("sleep_ms"));
+    assert_eq!(
+        std::fs::read(&outside_file).unwrap(),
+        b"keep",
+        "nothing outside was touched"
+    );
+
+    let good = suite.enqueue("noop", json!({"i": 1}));
+    assert_eq!(suite.wait_for_end(good, &worker).state, JobState::Succeeded);
+}
+
+#[test]
+fn a_worker_killed_mid_ingest_is_replaced_and_the_effects_happen_once() {
+    let mut suite = Suite::new("5s");
+    let first = suite.start_worker("1");
+    let content = b"exactly once, even across kill -9\n".repeat(100);
+    let source = suite.inbox.join("precious.txt");
+    std::fs::write(&source, &content).unwrap();
+    let blake3 = blake3::hash(&content).to_hex().to_string();
+    let filed = library_path(&suite.library, &blake3);
+    // The pause comes after the move into the library and before the commit: the window in
+    // which a crash must neither lose the file nor record it twice.
+    let mut payload = suite.ingest_payload(&source, &suite.inbox, "consume");
+    payload["sleep_ms"] = json!(1500);
+    let id = suite.enqueue("ingest", payload);
+    suite.wait_for("the first worker never filed the file", &first, || {
+        filed.exists() && !source.exists()
+    });
+    assert_eq!(suite.job(id).state, JobState::Running);
+    first.kill_hard();
+
+    let second = suite.start_worker("2");
+    let job = suite.wait_for_end(id, &second);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", second.log());
+    assert_eq!(job.attempts, 2);
+    assert_eq!(job.lease_owner.as_deref(), Some("sluice-ingest-worker@2"));
+    assert!(
+        second.log().contains("already filed by an earlier attempt"),
+        "the second attempt must have found the file in the library by its recorded hash:\n{}",
+        second.log()
+    );
+    let history = suite.store.job_history(id).unwrap();
+    let successes = history
+        .iter()
+        .filter(|step| step.to_state == JobState::Succeeded)
+        .count();
+    assert_eq!(successes, 1, "{history:?}");
+    assert!(
+        history
+            .iter()
+            .any(|step| step.to_state == JobState::Retrying
+                && step
+                    .error
+                    .as_deref()
+                    .is_some_and(|error| error.contains("lease expired"))),
+        "{history:?}"
+    );
+    let documents = suite
+        .store
+        .list_documents(&DocumentFilter::default(), page())
+        .unwrap();
+    assert_eq!(documents.items.len(), 1);
+    assert_eq!(documents.items[0].blake3, blake3);
+    assert_eq!(
+        documents.items[0].duplicates, 0,
+        "the retry is not a duplicate"
+    );
+    assert_eq!(std::fs::read(&filed).unwrap(), content);
+}
+
+#[test]
+fn sigterm_releases_a_slow_job_unused_and_finishes_a_quick_one() {
+    let mut suite = Suite::new("1s");
+    // Longer than the stop timeout: released, the attempt given back, exit 0.
+    let mut worker = suite.start_worker("1");
+    let slow = suite.enqueue("noop", json!({"i": 1, "sleep_ms": 120_000}));
+    suite.wait_for("the slow job never started", &worker, || {
+        suite.job(slow).state == JobState::Running
+    });
+    worker.signal(Signal::SIGTERM);
+    let status = worker.wait_for_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "log:\n{}", worker.log());
+    let job = suite.job(slow);
+    assert_eq!(job.state, JobState::Queued, "{job:?}");
+    assert_eq!(job.attempts, 0, "a released job keeps its attempts");
+    let history = suite.store.job_history(slow).unwrap();
+    assert!(
+        history
+            .iter()
+            .any(|step| step.from_state == Some(JobState::Running)
+                && step.to_state == JobState::Queued),
+        "{history:?}"
+    );
+    suite.store.cancel_job(slow).unwrap();
+
+    // Shorter than the stop timeout: finished before the exit.
+    let mut worker = suite.start_worker("1");
+    let quick = suite.enqueue("noop", json!({"i": 2, "sleep_ms": 400}));
+    suite.wait_for("the quick job never started", &worker, || {
+        suite.job(quick).state == JobState::Running
+    });
+    worker.signal(Signal::SIGTERM);
+    let status = worker.wait_for_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(suite.job(quick).state, JobState::Succeeded);
+}
+
+#[test]
+fn cancellation_reaches_a_running_job_through_the_store_and_over_dbus() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let connection = runtime
+        .block_on(bus::connect(&BusAddress::Address(
+            suite.bus.address().to_owned(),
+        )))
+        .unwrap();
+    let proxy = runtime.block_on(ingest_proxy(&connection, "1")).unwrap();
+
+    // Through the store (what the web and sluicectl do): learnt at the next heartbeat.
+    let first = suite.enqueue("noop", json!({"sleep_ms": 60_000}));
+    suite.wait_for("job never started", &worker, || {
+        suite.job(first).state == JobState::Running
+    });
+    suite.store.cancel_job(first).unwrap();
+    assert_eq!(
+        suite.wait_for_end(first, &worker).state,
+        JobState::Cancelled
+    );
+
+    // Directly at the worker over D-Bus.
+    let second = suite.enqueue("noop", json!({"sleep_ms": 60_000}));
+    suite.wait_for("job never started", &worker, || {
+        suite.job(second).state == JobState::Running
+    });
+    runtime.block_on(proxy.cancel_job(second as u64)).unwrap();
+    assert_eq!(
+        suite.wait_for_end(second, &worker).state,
+        JobState::Cancelled
+    );
+
+    // A job this worker does not run is a named NotFound error.
+    let error = runtime.block_on(proxy.cancel_job(999_999)).unwrap_err();
+    assert!(matches!(error, BusError::NotFound(_)), "{error:?}");
+}
+
+#[test]
+fn a_subscriber_sees_job_started_and_job_finished() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("7");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let id = runtime.block_on(async {
+        let connection = bus::connect(&BusAddress::Address(suite.bus.address().to_owned()))
+            .await
+            .unwrap();
+        let proxy = ingest_proxy(&connection, "7").await.unwrap();
+        let mut started = proxy.receive_job_started().await.unwrap();
+        let mut finished = proxy.receive_job_finished().await.unwrap();
+        let id = suite.enqueue("noop", json!({"i": 42}));
+        // Announce it the way the web does, so the worker need not wait for its poll.
+        connection
+            .emit_signal(
+                None::<&str>,
+                "/org/sluice/Web1",
+                "org.sluice.Web1",
+                "JobQueued",
+                &("noop", id as u64),
+            )
+            .await
+            .unwrap();
+        let signal = tokio::time::timeout(DEADLINE, started.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let args = signal.args().unwrap();
+        assert_eq!(
+            (*args.job_id(), *args.kind(), *args.worker()),
+            (id as u64, "noop", "sluice-ingest-worker@7")
+        );
+        let signal = tokio::time::timeout(DEADLINE, finished.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let args = signal.args().unwrap();
+        assert_eq!((*args.job_id(), *args.state()), (id as u64, "succeeded"));
+        id
+    });
+    assert_eq!(
+        suite.job(id).state,
+        JobState::Succeeded,
+        "log:\n{}",
+        worker.log()
+    );
+}
+
+fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+#[test]
+fn heartbeats_keep_a_job_longer_than_its_lease_and_progress_is_saved() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    // Three times the 2 s lease: only the heartbeats (every 400 ms) keep it.
+    let id = suite.enqueue("noop", json!({"i": 3, "sleep_ms": 6000}));
+    suite.wait_for("no progress was saved while the job ran", &worker, || {
+        let job = suite.job(id);
+        job.state == JobState::Running && job.progress.is_some_and(|fraction| fraction > 0.0)
+    });
+    let running = suite.job(id);
+    assert_eq!(running.progress_message.as_deref(), Some("sleeping"));
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(job.attempts, 1, "the lease never expired");
+    assert_eq!(job.progress, Some(1.0));
+}
+
+#[test]
+fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_otherwise() {
+    let mut suite = Suite::new("5s");
+    let mut worker = suite.start_worker("1");
+    let good = std::fs::read_to_string(&suite.config_path).unwrap();
+    std::fs::write(
+        &suite.config_path,
+        format!("{good}\n[jobs]\nno_such_key = 1\n"),
+    )
+    .unwrap();
+    worker.signal(Signal::SIGHUP);
+    worker.wait_for_log_lines(&["reload failed"], 1, DEADLINE);
+    let id = suite.enqueue("noop", json!({"i": 1}));
+    assert_eq!(suite.wait_for_end(id, &worker).state, JobState::Succeeded);
+
+    std::fs::write(
+        &suite.config_path,
+        good.replace("claim_batch = 8", "claim_batch = 4"),
+    )
+    .unwrap();
+    worker.signal(Signal::SIGHUP);
+    worker.wait_for_log_lines(&["configuration reloaded"], 1, DEADLINE);
+    let id = suite.enqueue("noop", json!({"i": 2}));
+    assert_eq!(suite.wait_for_end(id, &worker).state, JobState::Succeeded);
+}
+
+#[test]
+fn bad_start_up_input_gives_the_documented_exit_codes() {
+    let suite = Suite::new("5s");
+    let binary = daemon_binary("sluice-ingest-worker");
+    let run = |arguments: &[&str], config: &Path| {
+        Command::new(&binary)
+            .args(arguments)
+            .env("SLUICE_CONFIG", config)
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .expect("run the worker")
+    };
+    // No --instance: usage (64).
+    assert_eq!(run(&[], &suite.config_path).status.code(), Some(64));
+    // An empty instance name: usage (64).
+    assert_eq!(
+        run(&["--instance", ""], &suite.config_path).status.code(),
+        Some(64)
+    );
+    // An invalid configuration: EX_CONFIG (78), and the log names the problem.
+    let broken = suite.root.join("broken.toml");
+    std::fs::write(&broken, "[jobs]\nclaim_batch = 0\n").unwrap();
+    let output = run(&["--instance", "1"], &broken);
+    assert_eq!(output.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("claim_batch"));
+    // A second worker with the same instance name cannot own the bus name: 69.
+    let _first = suite.start_worker("1");
+    let output = run(&["--instance", "1"], &suite.config_path);
+    assert_eq!(
+        output.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("already owned"));
+}
+
+#[test]
+fn a_job_for_an_older_version_of_the_file_leaves_it_to_the_newer_job() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    let file = suite.inbox.join("draft.txt");
+    std::fs::write(&file, "second version, already rewritten").unwrap();
+    let mut payload = suite.ingest_payload(&file, &suite.inbox, "consume");
+    // The version the monitor saw before the file was rewritten.
+    payload["size"] = json!(3);
+    payload["mtime_ns"] = json!(1);
+    payload["inode"] = json!(1);
+    let id = suite.enqueue("ingest", payload);
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(job.result.unwrap()["superseded"], true);
+    assert!(
+        file.exists(),
+        "the newer job, not this one, consumes the file"
+    );
+    assert!(
+        suite
+            .store
+            .list_documents(&DocumentFilter::default(), page())
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // The job for the version on disk does the work.
+    let metadata = std::fs::metadata(&file).unwrap();
+    let mut payload = suite.ingest_payload(&file, &suite.inbox, "consume");
+    payload["size"] = json!(metadata.size());
+    payload["mtime_ns"] = json!(metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec());
+    payload["inode"] = json!(metadata.ino());
+    let id = suite.enqueue("ingest", payload);
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(job.result.unwrap()["duplicate"], false);
+    assert!(!file.exists());
+}
+
+#[test]
+fn a_file_recorded_by_the_monitors_store_code_ends_ingested_or_duplicate() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    let mut detect = |path: &Path| {
+        let metadata = std::fs::metadata(path).unwrap();
+        let detected = DetectedFile {
+            watch_root: suite.inbox.clone(),
+            path: path.to_path_buf(),
+            mode: WatchMode::Consume,
+            size: metadata.size(),
+            mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
+            inode: metadata.ino(),
+        };
+        suite
+            .store
+            .record_detected_files(&[detected], 3)
+            .unwrap()
+            .remove(0)
+    };
+    let first = suite.inbox.join("report.txt");
+    let copy = suite.inbox.join("report (1).txt");
+    std::fs::write(&first, "quarterly numbers\n").unwrap();
+    std::fs::write(&copy, "quarterly numbers\n").unwrap();
+    let first_detection = detect(&first);
+    let copy_detection = detect(&copy);
+    for detection in [&first_detection, &copy_detection] {
+        let job = suite.wait_for_end(detection.job_id, &worker);
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    }
+    let first_row = suite.store.get_file(first_detection.file_id).unwrap();
+    let copy_row = suite.store.get_file(copy_detection.file_id).unwrap();
+    assert_eq!(first_row.state, FileState::Ingested);
+    assert_eq!(copy_row.state, FileState::Duplicate);
+    assert!(first_row.document_id.is_some());
+    assert_eq!(first_row.document_id, copy_row.document_id);
+    assert!(
+        !first.exists() && !copy.exists(),
+        "both copies were consumed"
+    );
+}
