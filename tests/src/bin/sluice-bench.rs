@@ -1033,6 +1033,8 @@ mod suite {
     use std::os::unix::net::UnixDatagram;
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     use anyhow::{Context, bail};
@@ -1050,19 +1052,51 @@ mod suite {
         config: PathBuf,
         bus: Child,
         daemons: Vec<Daemon>,
+        stop_draining: Arc<AtomicBool>,
     }
 
     pub struct Daemon {
         pub name: String,
         child: Child,
-        notify: UnixDatagram,
-        started: Instant,
-        pub ready_after: Option<Duration>,
+        /// Start → READY=1, once it came.
+        ready: Arc<Mutex<Option<Duration>>>,
     }
 
     impl Daemon {
         pub fn pid(&self) -> u32 {
             self.child.id()
+        }
+
+        pub fn ready_after(&self) -> Option<Duration> {
+            *self.ready.lock().unwrap()
+        }
+    }
+
+    /// Reads every notification of a daemon for the suite's life, like systemd does: a
+    /// notification socket nobody reads fills up (10 datagrams) and the daemon's next
+    /// sd_notify blocks its main loop.
+    fn drain_notifications(
+        notify: UnixDatagram,
+        started: Instant,
+        ready: Arc<Mutex<Option<Duration>>>,
+        stop: Arc<AtomicBool>,
+    ) {
+        let mut buffer = [0u8; 4096];
+        while !stop.load(Ordering::Relaxed) {
+            match notify.recv(&mut buffer) {
+                Ok(length) => {
+                    let message = String::from_utf8_lossy(&buffer[..length]);
+                    if message.lines().any(|line| line == "READY=1") {
+                        ready.lock().unwrap().get_or_insert(started.elapsed());
+                    }
+                }
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return,
+            }
         }
     }
 
@@ -1103,6 +1137,7 @@ mod suite {
                 config,
                 bus,
                 daemons: Vec::new(),
+                stop_draining: Arc::new(AtomicBool::new(false)),
             })
         }
 
@@ -1116,7 +1151,7 @@ mod suite {
             let socket_path = self.scratch.path().join(format!("notify-{name}"));
             let notify = UnixDatagram::bind(&socket_path)
                 .with_context(|| format!("binding {}", socket_path.display()))?;
-            notify.set_nonblocking(true)?;
+            notify.set_read_timeout(Some(Duration::from_millis(100)))?;
             let log = std::fs::File::create(self.scratch.path().join(format!("{name}.log")))?;
             let child = Command::new(sibling_program(program)?)
                 .args(arguments)
@@ -1132,12 +1167,17 @@ mod suite {
                 .stderr(log)
                 .spawn()
                 .with_context(|| format!("starting {program}"))?;
+            let ready = Arc::new(Mutex::new(None));
+            let (started, for_drainer, stop) = (
+                Instant::now(),
+                Arc::clone(&ready),
+                Arc::clone(&self.stop_draining),
+            );
+            std::thread::spawn(move || drain_notifications(notify, started, for_drainer, stop));
             self.daemons.push(Daemon {
                 name: name.to_owned(),
                 child,
-                notify,
-                started: Instant::now(),
-                ready_after: None,
+                ready,
             });
             Ok(())
         }
@@ -1145,36 +1185,22 @@ mod suite {
         /// Waits until every daemon has sent READY=1.
         pub fn wait_ready(&mut self, patience: Duration) -> anyhow::Result<()> {
             let deadline = Instant::now() + patience;
-            let mut buffer = [0u8; 4096];
             let scratch = self.scratch.path().to_path_buf();
             loop {
                 let mut waiting = Vec::new();
                 for daemon in &mut self.daemons {
-                    while daemon.ready_after.is_none() {
-                        match daemon.notify.recv(&mut buffer) {
-                            Ok(length) => {
-                                let message = String::from_utf8_lossy(&buffer[..length]);
-                                if message.lines().any(|line| line == "READY=1") {
-                                    daemon.ready_after = Some(daemon.started.elapsed());
-                                }
-                            }
-                            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(error) => return Err(error.into()),
-                        }
+                    if daemon.ready_after().is_some() {
+                        continue;
                     }
-                    if daemon.ready_after.is_none() {
-                        if let Some(status) = daemon.child.try_wait()? {
-                            bail!(
-                                "{} exited with {status} before READY=1: {}",
-                                daemon.name,
-                                std::fs::read_to_string(
-                                    scratch.join(format!("{}.log", daemon.name))
-                                )
+                    if let Some(status) = daemon.child.try_wait()? {
+                        bail!(
+                            "{} exited with {status} before READY=1: {}",
+                            daemon.name,
+                            std::fs::read_to_string(scratch.join(format!("{}.log", daemon.name)))
                                 .unwrap_or_default()
-                            );
-                        }
-                        waiting.push(daemon.name.clone());
+                        );
                     }
+                    waiting.push(daemon.name.clone());
                 }
                 if waiting.is_empty() {
                     return Ok(());
@@ -1212,6 +1238,7 @@ mod suite {
 
     impl Drop for Suite {
         fn drop(&mut self) {
+            self.stop_draining.store(true, Ordering::Relaxed);
             for daemon in &mut self.daemons {
                 let _ = daemon.child.kill();
                 let _ = daemon.child.wait();
@@ -1560,7 +1587,7 @@ mod w4 {
             record(&mut sample, "after_w1", &after);
         }
         for daemon in suite.daemons() {
-            if let Some(ready) = daemon.ready_after {
+            if let Some(ready) = daemon.ready_after() {
                 sample[format!("ready_ms.{}", daemon.name)] = json!(ready.as_secs_f64() * 1000.0);
             }
         }
