@@ -9,4 +9,5 @@ mod runtime;
 mod scraper;
 mod store;
 mod support;
+mod system;
 mod web;

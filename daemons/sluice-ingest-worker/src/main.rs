@@ -2,8 +2,9 @@
 //! `sluice-ingest-worker@N.service`. Parses the arguments, sets up logging and signals, loads
 //! the configuration (`SLUICE_CONFIG` or /etc/sluice/sluice.toml) and runs the worker.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use sluice_core::config::Config;
+use sluice_core::manual::{ManualArguments, ManualSection};
 use sluice_core::runtime::{DaemonExit, Notifier, SignalReceiver, init_logging};
 
 #[derive(Debug, Parser)]
@@ -18,6 +19,19 @@ struct Arguments {
 }
 
 fn main() -> DaemonExit {
+    // Packaging: `--generate-man DIR` (hidden) writes the man page and exits; read before the
+    // normal parse, which insists on --instance.
+    if let Some(outcome) = ManualArguments::from_arguments(std::env::args_os())
+        .generate(Arguments::command(), ManualSection::Daemon)
+    {
+        return match outcome {
+            Ok(_) => DaemonExit::Clean,
+            Err(error) => {
+                eprintln!("sluice-ingest-worker: {error}");
+                DaemonExit::Software
+            }
+        };
+    }
     let arguments = match Arguments::try_parse() {
         Ok(arguments) => arguments,
         Err(error) => {

@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use sluice_core::config::Config;
+use sluice_core::manual::{ManualArguments, ManualSection};
 use sluice_core::runtime::{DaemonExit, init_logging};
 use sluice_monitor::{UNIT_NAME, run};
 
@@ -14,10 +15,25 @@ struct Arguments {
     /// The configuration file; by default $SLUICE_CONFIG, else /etc/sluice/sluice.toml.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    manual: ManualArguments,
 }
 
 fn main() -> DaemonExit {
     let arguments = Arguments::parse();
+    // Packaging: write the man page and exit, before logging or configuration.
+    if let Some(outcome) = arguments
+        .manual
+        .generate(Arguments::command(), ManualSection::Daemon)
+    {
+        return match outcome {
+            Ok(_) => DaemonExit::Clean,
+            Err(error) => {
+                eprintln!("{UNIT_NAME}: {error}");
+                DaemonExit::Software
+            }
+        };
+    }
     if let Err(error) = init_logging(UNIT_NAME) {
         // Logging is not up, so stderr is the only place to say it.
         eprintln!("{UNIT_NAME}: {error}");

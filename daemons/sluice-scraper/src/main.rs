@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use sluice_core::config::Config;
+use sluice_core::manual::{ManualArguments, ManualSection};
 use sluice_core::runtime::{self, DaemonExit, Notifier};
 
 /// Downloads URLs into sluice's inbox (a systemd service; see sluice-scraper(8)).
@@ -14,6 +15,8 @@ struct Arguments {
     /// The configuration file; default $SLUICE_CONFIG, else /etc/sluice/sluice.toml.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    manual: ManualArguments,
 }
 
 /// `EINVAL`, the errno systemd shows for an invalid configuration.
@@ -21,6 +24,19 @@ const EINVAL: u32 = 22;
 
 fn main() -> ExitCode {
     let arguments = Arguments::parse();
+    // Packaging: write the man page and exit, before logging or configuration.
+    if let Some(outcome) = arguments
+        .manual
+        .generate(Arguments::command(), ManualSection::Daemon)
+    {
+        return match outcome {
+            Ok(_) => DaemonExit::Clean.into(),
+            Err(error) => {
+                eprintln!("sluice-scraper: {error}");
+                DaemonExit::Software.into()
+            }
+        };
+    }
     if let Err(error) = runtime::init_logging("sluice-scraper") {
         eprintln!("sluice-scraper: {error}");
         return DaemonExit::Software.into();

@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use sluice_core::config::Config;
+use sluice_core::manual::{ManualArguments, ManualSection};
 use sluice_core::runtime::{DaemonExit, SignalReceiver, init_logging};
 use sluice_web::WebError;
 
@@ -19,10 +20,25 @@ struct Arguments {
     /// The configuration file (default: $SLUICE_CONFIG, else /etc/sluice/sluice.toml).
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    manual: ManualArguments,
 }
 
 fn main() -> DaemonExit {
     let arguments = Arguments::parse();
+    // Packaging: write the man page and exit, before logging or configuration.
+    if let Some(outcome) = arguments
+        .manual
+        .generate(Arguments::command(), ManualSection::Daemon)
+    {
+        return match outcome {
+            Ok(_) => DaemonExit::Clean,
+            Err(error) => {
+                eprintln!("sluice-web: {error}");
+                DaemonExit::Software
+            }
+        };
+    }
     if let Err(error) = init_logging("sluice-web") {
         eprintln!("sluice-web: {error}");
         return DaemonExit::Software;

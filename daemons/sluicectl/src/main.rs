@@ -8,7 +8,8 @@ mod output;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use sluice_core::manual::{ManualArguments, ManualSection};
 
 /// Exit statuses scripts can rely on.
 pub mod exit {
@@ -126,6 +127,19 @@ pub enum DocsCommand {
 }
 
 fn main() -> ExitCode {
+    // Packaging: `--generate-man DIR` / `--generate-completions DIR` (hidden) write the man
+    // pages and completions and exit; read before the normal parse, which needs a subcommand.
+    if let Some(outcome) = ManualArguments::from_arguments(std::env::args_os())
+        .generate(Cli::command(), ManualSection::Command)
+    {
+        return match outcome {
+            Ok(_) => ExitCode::from(exit::OK),
+            Err(error) => {
+                eprintln!("sluicectl: {error}");
+                ExitCode::from(exit::ERROR)
+            }
+        };
+    }
     let cli = Cli::parse();
     let json = cli.json;
     match commands::run(cli) {

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Builds sluice's Debian package: the release binaries of the four daemons and sluicectl,
+# their man pages and shell completions (each binary writes its own from its clap
+# definition: hidden --generate-man / --generate-completions), then cargo-deb with the
+# metadata in daemons/sluicectl/Cargo.toml, then lintian. Prints the .deb's path as its last
+# line (the system tests read it).
+#
+# Environment: SLUICE_DEB_PROFILE=dev packages the debug build instead of the release one
+# (faster to build while working on the packaging; never for shipping). SLUICE_DEB_REUSE_KEY:
+# when the last package was built under the same key, it is reused as it is (the system
+# tests pass the test run's id, so parallel test processes build it once per run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! cargo deb --version > /dev/null 2>&1; then
+    echo "build-deb.sh: cargo-deb is missing; install it with: cargo install cargo-deb --locked" >&2
+    exit 1
+fi
+
+profile=${SLUICE_DEB_PROFILE:-release}
+reuse_stamp=target/debian/.reuse-key
+if [ -n "${SLUICE_DEB_REUSE_KEY:-}" ] && [ -f "$reuse_stamp" ] \
+    && [ "$(head -n1 "$reuse_stamp")" = "$SLUICE_DEB_REUSE_KEY" ]; then
+    reused=$(sed -n 2p "$reuse_stamp")
+    if [ -f "$reused" ]; then
+        echo "== reusing $reused (built for this run)" >&2
+        echo "$reused"
+        exit 0
+    fi
+fi
+case "$profile" in
+    release) binaries=target/release ;;
+    dev) binaries=target/debug ;;
+    *) echo "build-deb.sh: SLUICE_DEB_PROFILE must be release or dev" >&2; exit 1 ;;
+esac
+daemons=(sluice-monitor sluice-scraper sluice-ingest-worker sluice-web)
+
+echo "== cargo build ($profile): ${daemons[*]} sluicectl" >&2
+packages=()
+for program in "${daemons[@]}" sluicectl; do packages+=(-p "$program"); done
+cargo build --locked --profile "$profile" "${packages[@]}" >&2
+
+echo "== man pages and completions" >&2
+generated=$binaries/sluice-packaging
+rm -rf "$generated"
+mkdir -p "$generated/man" "$generated/completions"
+for daemon in "${daemons[@]}"; do
+    "$binaries/$daemon" --generate-man "$generated/man" >&2
+done
+"$binaries/sluicectl" --generate-man "$generated/man" \
+    --generate-completions "$generated/completions" >&2
+# Compressed here: cargo-deb leaves files under the target directory as they are.
+gzip -9n "$generated"/man/*
+
+echo "== cargo deb" >&2
+mkdir -p target/debian
+cargo deb --no-build --profile "$profile" -p sluicectl -o target/debian/ >&2
+version=$(cargo metadata --format-version 1 --no-deps \
+    | grep -o '"name":"sluicectl","version":"[^"]*"' | sed 's/.*"version":"\([^"]*\)"/\1/')
+deb=target/debian/sluice_${version}-1_$(dpkg --print-architecture).deb
+test -f "$deb" || { echo "build-deb.sh: cargo deb wrote no $deb" >&2; exit 1; }
+
+if command -v lintian > /dev/null; then
+    echo "== lintian" >&2
+    # Errors fail the build; every warning left is overridden, with its reason, in
+    # packaging/debian/sluice.lintian-overrides.
+    lintian --fail-on error,warning "$deb" >&2
+fi
+
+deb=$(realpath "$deb")
+if [ -n "${SLUICE_DEB_REUSE_KEY:-}" ]; then
+    printf '%s\n%s\n' "$SLUICE_DEB_REUSE_KEY" "$deb" > "$reuse_stamp"
+else
+    rm -f "$reuse_stamp"
+fi
+echo "$deb"

@@ -1,0 +1,734 @@
+//! System tests: the .deb installed in a real systemd (a throwaway systemd-nspawn container
+//! made from the host's own root, see the container harness in `support`), driven the way an
+//! administrator would, with `apt-get`, `systemctl`, `journalctl`, `busctl` and `sluicectl`.
+//! They need root; without it they say "skipped: needs root" (a failure when
+//! `SLUICE_REQUIRE_ROOT_TESTS=1`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::support::{
+    Container, ContainerOptions, can_boot_containers, sluice_deb, wait_until, workspace_root,
+};
+
+const PRIVATE_NETWORK: ContainerOptions = ContainerOptions {
+    private_network: true,
+};
+
+/// Every sluice unit that `sluice.target` starts with the shipped configuration.
+const SLUICE_UNITS: &[&str] = &[
+    "sluice-monitor.service",
+    "sluice-scraper.service",
+    "sluice-web.socket",
+    "sluice-web.service",
+    "sluice-ingest-worker@1.service",
+    "sluice-ingest-worker@2.service",
+];
+
+/// The hardening and service settings of the shipped units hold for a real program: the
+/// runtime probe (a sluice-core daemon that opens a store, sends READY and pings the
+/// watchdog from its loop) runs under `units/sluice-monitor.service` with only its command
+/// changed, reaches READY as user `_sluice`, and a hung loop is killed and restarted by
+/// systemd after `WatchdogSec=` with result `watchdog`.
+#[test]
+fn a_hardened_shipped_unit_runs_a_notify_daemon_and_restarts_it_when_hung() -> Result<()> {
+    if !system_tests_enabled() {
+        return Ok(());
+    }
+    if !can_boot_containers()? {
+        return Ok(());
+    }
+    let container = Container::boot(PRIVATE_NETWORK)?;
+    container.copy_in(
+        Path::new(env!("CARGO_BIN_EXE_runtime-probe")),
+        "/usr/local/bin/runtime-probe",
+    )?;
+    container.copy_in(
+        &workspace_root().join("packaging/sysusers.d/sluice.conf"),
+        "/usr/lib/sysusers.d/sluice.conf",
+    )?;
+    std::fs::write(
+        container.root().join("etc/probe.conf"),
+        "label = hardened\n",
+    )?;
+    let shipped = std::fs::read_to_string(workspace_root().join("units/sluice-monitor.service"))?;
+    let probe_unit: String = shipped
+        .lines()
+        .map(|line| {
+            if line.starts_with("ExecStart=") {
+                "ExecStart=/usr/local/bin/runtime-probe --database /var/lib/sluice/probe.db \
+                 --config /etc/probe.conf"
+                    .to_owned()
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(
+        container.root().join("etc/systemd/system/probe.service"),
+        probe_unit,
+    )?;
+    container.check("chmod 0755 /usr/local/bin/runtime-probe && systemd-sysusers")?;
+    container.check("systemctl daemon-reload && systemctl start probe.service")?;
+
+    ensure!(
+        container.unit_property("probe.service", "ActiveState")? == "active",
+        "probe.service is not active: {}",
+        container
+            .sh("systemctl status probe.service")?
+            .stdout_text()
+    );
+    let status = container.unit_property("probe.service", "StatusText")?;
+    ensure!(status.contains("hardened"), "STATUS= line {status:?}");
+    let user =
+        container.check("ps -o user= -p \"$(systemctl show -p MainPID --value probe.service)\"")?;
+    ensure!(user.trim() == "_sluice", "probe runs as {user:?}");
+
+    let first_pid = container.unit_property("probe.service", "MainPID")?;
+    let hung_at = Instant::now();
+    container.check("systemctl kill --kill-who=main -s STOP probe.service")?;
+    let restarted = wait_until(Duration::from_secs(90), || {
+        let restarts = container.unit_property("probe.service", "NRestarts");
+        let state = container.unit_property("probe.service", "SubState");
+        matches!((restarts, state), (Ok(restarts), Ok(state)) if restarts == "1" && state == "running")
+    });
+    ensure!(
+        restarted,
+        "a hung probe was not restarted: {}",
+        container
+            .sh("systemctl status probe.service; journalctl -u probe.service")?
+            .stdout_text()
+    );
+    eprintln!(
+        "hang to watchdog restart: {:.1}s",
+        hung_at.elapsed().as_secs_f64()
+    );
+    ensure!(container.unit_property("probe.service", "MainPID")? != first_pid);
+    let journal = container.check("journalctl -u probe.service -o cat")?;
+    ensure!(
+        journal.contains("Watchdog timeout") && journal.contains("Failed with result 'watchdog'"),
+        "the journal does not show a watchdog kill:\n{journal}"
+    );
+    Ok(())
+}
+
+/// The promise in every unit file: `systemd-analyze security` rates each service's exposure
+/// at most 1.5, the scraper (which needs the network) at most 2.5. Needs no root.
+#[test]
+fn every_service_is_hardened_to_the_promised_exposure() -> Result<()> {
+    if !system_tests_enabled() {
+        return Ok(());
+    }
+    for (unit, promised) in [
+        ("sluice-monitor.service", 1.5),
+        ("sluice-ingest-worker@.service", 1.5),
+        ("sluice-web.service", 1.5),
+        ("sluice-scraper.service", 2.5),
+    ] {
+        let exposure = offline_exposure(&workspace_root().join("units").join(unit))?;
+        eprintln!("{unit}: exposure {exposure}");
+        ensure!(
+            exposure <= promised,
+            "{unit} has exposure {exposure}, more than the promised {promised}"
+        );
+    }
+    Ok(())
+}
+
+/// Installing starts the whole suite, every unit reaches READY, the files land where they
+/// belong (token readable by root and group sluice only, units that verify clean with their
+/// binaries and man pages present), each daemon is on the system bus, the bus policy turns
+/// away an unprivileged caller, stopping the target stops everything within its timeouts, an
+/// upgrade restarts the suite and keeps the token, and purging leaves nothing behind.
+#[test]
+fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
+    if !system_tests_enabled() {
+        return Ok(());
+    }
+    let Some(suite) = Suite::install()? else {
+        return Ok(());
+    };
+    let container = &suite.container;
+
+    // Installed files.
+    let token = container.check("stat -c '%U:%G %a' /etc/sluice/api-token")?;
+    ensure!(token.trim() == "root:sluice 640", "api-token is {token:?}");
+    let token_text = container.check("cat /etc/sluice/api-token")?;
+    ensure!(
+        token_text.trim().len() == 64,
+        "token {token_text:?} is not 64 hex digits"
+    );
+    container.check("dpkg-query -W -f='${Conffiles}' sluice | grep -q /etc/sluice/sluice.toml")?;
+    container.check(
+        "man -w sluice-monitor sluice-scraper sluice-ingest-worker sluice-web sluicectl \
+         && test -s /usr/share/bash-completion/completions/sluicectl \
+         && test -s /usr/share/zsh/vendor-completions/_sluicectl \
+         && test -s /usr/share/fish/vendor_completions.d/sluicectl.fish \
+         && test -s /usr/share/dbus-1/system.d/org.sluice.conf \
+         && test -s /usr/lib/sysusers.d/sluice.conf \
+         && test -L /etc/systemd/system/multi-user.target.wants/sluice.target",
+    )?;
+    let verify = container.sh("systemd-analyze verify /lib/systemd/system/sluice*")?;
+    ensure!(
+        verify.status.success() && verify.stdout.is_empty() && verify.stderr.is_empty(),
+        "systemd-analyze verify is not clean:\n{}",
+        verify.stdout_text()
+    );
+
+    // Started by the postinst; then a measured stop and start.
+    suite.wait_until_every_unit_runs()?;
+    let stop_started = Instant::now();
+    container.check("systemctl stop sluice.target")?;
+    let stop_took = stop_started.elapsed();
+    eprintln!(
+        "systemctl stop sluice.target: {:.2}s",
+        stop_took.as_secs_f64()
+    );
+    for unit in SLUICE_UNITS {
+        let state = container.unit_property(unit, "ActiveState")?;
+        let result = container.unit_property(unit, "Result")?;
+        ensure!(
+            state == "inactive" && result == "success",
+            "{unit} after stop: {state}, result {result}"
+        );
+    }
+    ensure!(
+        stop_took < Duration::from_secs(30),
+        "stopping took {stop_took:?}, longer than TimeoutStopSec=30s"
+    );
+    container.check("systemctl start sluice.target")?;
+    suite.wait_until_every_unit_runs()?;
+    eprintln!(
+        "systemctl start sluice.target to every unit READY: {:.3}s",
+        suite.start_to_ready()?.as_secs_f64()
+    );
+
+    // On the bus, with the policy enforced.
+    for (name, path, interface) in [
+        (
+            "org.sluice.Monitor1",
+            "/org/sluice/Monitor1",
+            "org.sluice.Monitor1",
+        ),
+        (
+            "org.sluice.Scraper1",
+            "/org/sluice/Scraper1",
+            "org.sluice.Scraper1",
+        ),
+        ("org.sluice.Web1", "/org/sluice/Web1", "org.sluice.Web1"),
+        (
+            "org.sluice.Ingest1.Worker1",
+            "/org/sluice/Ingest1/1",
+            "org.sluice.Ingest1",
+        ),
+        (
+            "org.sluice.Ingest1.Worker2",
+            "/org/sluice/Ingest1/2",
+            "org.sluice.Ingest1",
+        ),
+    ] {
+        let introspection = container.check(&format!("busctl introspect {name} {path}"))?;
+        ensure!(
+            introspection
+                .lines()
+                .any(|line| line.starts_with(interface)),
+            "busctl introspect {name} {path} shows no {interface}:\n{introspection}"
+        );
+    }
+    let rescan = "busctl call org.sluice.Monitor1 /org/sluice/Monitor1 org.sluice.Monitor1 \
+                  Rescan s ''";
+    let as_nobody = "setpriv --reuid=nobody --regid=nogroup --clear-groups";
+    let denied = container.sh(&format!("{as_nobody} {rescan}"))?;
+    ensure!(
+        !denied.status.success() && denied.stdout_text().contains("Access denied"),
+        "an unprivileged Rescan was not denied by the bus: {}",
+        denied.stdout_text()
+    );
+    container.check(&format!(
+        "{as_nobody} busctl get-property org.sluice.Monitor1 /org/sluice/Monitor1 \
+         org.sluice.Monitor1 State"
+    ))?;
+    container.check(rescan)?;
+
+    // Upgrade (the same package again): the suite restarts, the token stays.
+    let pids_before = suite.main_pids()?;
+    container.check(&format!("dpkg -i {}", suite.deb_in_container))?;
+    suite.wait_until_every_unit_runs()?;
+    let pids_after = suite.main_pids()?;
+    for ((unit, before), (_, after)) in pids_before.iter().zip(&pids_after) {
+        ensure!(
+            before != after,
+            "{unit} was not restarted by the upgrade (PID {before})"
+        );
+    }
+    ensure!(
+        container.check("cat /etc/sluice/api-token")? == token_text,
+        "upgrade changed the token"
+    );
+
+    // Remove stops everything and keeps state; purge removes it.
+    container.check("apt-get remove -y sluice")?;
+    for unit in SLUICE_UNITS {
+        let state = container.unit_property(unit, "ActiveState")?;
+        ensure!(
+            state != "active",
+            "{unit} still {state} after apt-get remove"
+        );
+    }
+    container.check("test -d /var/lib/sluice && test -e /etc/sluice/api-token")?;
+    container.check("apt-get purge -y sluice")?;
+    let leftovers = container.sh(
+        "dpkg -l sluice 2>/dev/null | grep '^[a-z][a-z] *sluice '; \
+         ls -d /lib/systemd/system/sluice* /etc/systemd/system/*/sluice* /var/lib/sluice \
+               /etc/sluice /usr/bin/sluice* /usr/share/dbus-1/system.d/org.sluice.conf 2>/dev/null; \
+         pgrep -a -u _sluice; \
+         systemctl list-units --all --plain --no-legend 'sluice*'",
+    )?;
+    ensure!(
+        leftovers.stdout.is_empty(),
+        "apt-get purge left things behind:\n{}",
+        String::from_utf8_lossy(&leftovers.stdout)
+    );
+    Ok(())
+}
+
+/// A file dropped into the inbox becomes a document (as `sluicectl` inside sees it), and
+/// `journalctl -u sluice-ingest-worker@1 F_JOB_ID=<id>` finds the lines of its ingest job.
+#[test]
+fn an_inbox_file_becomes_a_document_with_its_job_in_the_journal() -> Result<()> {
+    if !system_tests_enabled() {
+        return Ok(());
+    }
+    let Some(suite) = Suite::install()? else {
+        return Ok(());
+    };
+    suite.wait_until_every_unit_runs()?;
+    // One worker, so the job's lines are in worker 1's journal.
+    suite
+        .container
+        .check("systemctl stop sluice-ingest-worker@2.service")?;
+    suite.drop_into_inbox("journal-proof.txt", "a file for the system test\n")?;
+    let document = suite.wait_for_document("journal-proof.txt", Duration::from_secs(60))?;
+    ensure!(document["size"] == 27, "document {document}");
+    let job = suite
+        .find_job("journal-proof.txt")?
+        .context("no ingest job names journal-proof.txt")?;
+    ensure!(job["state"] == "succeeded", "job {job}");
+    let job_id = job["id"].as_i64().context("job id")?;
+    let lines = suite.container.check(&format!(
+        "journalctl --no-pager -o cat -u sluice-ingest-worker@1 F_JOB_ID={job_id}"
+    ))?;
+    ensure!(
+        !lines.trim().is_empty() && !lines.contains("-- No entries --"),
+        "no journal lines for job {job_id}"
+    );
+    Ok(())
+}
+
+/// A monitor that hangs (SIGSTOP) stops pinging the watchdog: systemd kills and restarts
+/// it after `WatchdogSec=` with result `watchdog`, and the new monitor's start-up reconcile
+/// finds the file that arrived while it hung.
+#[test]
+fn a_hung_monitor_is_restarted_by_the_watchdog_and_reconciles() -> Result<()> {
+    if !system_tests_enabled() {
+        return Ok(());
+    }
+    let Some(suite) = Suite::install()? else {
+        return Ok(());
+    };
+    let container = &suite.container;
+    suite.wait_until_every_unit_runs()?;
+    let monitor = "sluice-monitor.service";
+    let restarts_before: u32 = container.unit_property(monitor, "NRestarts")?.parse()?;
+    let hung_pid = container.unit_property(monitor, "MainPID")?;
+    let hung_at = Instant::now();
+    container.check(&format!("systemctl kill --kill-who=main -s STOP {monitor}"))?;
+    suite.drop_into_inbox("arrived-while-hung.txt", "missed by inotify\n")?;
+    let restarted = wait_until(Duration::from_secs(120), || {
+        let restarts = container.unit_property(monitor, "NRestarts").ok();
+        let pid = container.unit_property(monitor, "MainPID").ok();
+        let state = container.unit_property(monitor, "SubState").ok();
+        restarts.and_then(|count| count.parse::<u32>().ok()) > Some(restarts_before)
+            && state.as_deref() == Some("running")
+            && pid.as_deref() != Some(hung_pid.as_str())
+    });
+    ensure!(
+        restarted,
+        "the hung monitor was not restarted:\n{}",
+        container
+            .sh(&format!("systemctl status {monitor}"))?
+            .stdout_text()
+    );
+    eprintln!(
+        "monitor hang to watchdog restart (READY): {:.1}s",
+        hung_at.elapsed().as_secs_f64()
+    );
+    let journal = container.check(&format!("journalctl --no-pager -o cat -u {monitor}"))?;
+    ensure!(
+        journal.contains("Watchdog timeout") && journal.contains("Failed with result 'watchdog'"),
+        "the journal does not show a watchdog kill:\n{journal}"
+    );
+    suite.wait_for_document("arrived-while-hung.txt", Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// An ingest worker killed with SIGKILL in the middle of a job is restarted by systemd; the
+/// job is taken over when its lease expires and finishes exactly once: one success in its
+/// history, one document, one file in the library. The job hashes a large file; the worker
+/// is frozen (SIGSTOP) once its job shows `running` and killed only if the job is still
+/// running then, so the kill always lands mid-job however fast this machine hashes (a
+/// faster machine just gets a larger file on the next round).
+#[test]
+fn a_worker_killed_mid_job_leaves_the_job_finished_exactly_once() -> Result<()> {
+    if !system_tests_enabled() {
+        return Ok(());
+    }
+    let Some(suite) = Suite::install()? else {
+        return Ok(());
+    };
+    let container = &suite.container;
+    suite.wait_until_every_unit_runs()?;
+    let worker = "sluice-ingest-worker@1.service";
+    // A short lease so the takeover comes within seconds; one worker, so we know which one
+    // holds the job.
+    std::fs::write(
+        container.root().join("etc/sluice/sluice.toml"),
+        "[jobs]\nlease = \"6s\"\nheartbeat_interval = \"1s\"\n",
+    )?;
+    container.check("systemctl stop sluice-ingest-worker@2.service")?;
+    container.check(&format!(
+        "systemctl restart {worker} sluice-monitor.service"
+    ))?;
+    suite.wait_until_unit_runs(worker)?;
+    suite.wait_until_unit_runs("sluice-monitor.service")?;
+
+    let mut killed = None;
+    for (round, size) in ["512M", "2G", "6G"].into_iter().enumerate() {
+        let name = format!("big-{round}.bin");
+        container.check(&format!(
+            "runuser -u _sluice -- sh -c 'head -c {size} /dev/urandom > /var/lib/sluice/inbox/.{name} \
+             && mv /var/lib/sluice/inbox/.{name} /var/lib/sluice/inbox/{name}'"
+        ))?;
+        let mut job_id = None;
+        let running = wait_until(Duration::from_secs(120), || {
+            let job = suite.find_job(&name).ok().flatten();
+            job_id = job.as_ref().and_then(|job| job["id"].as_i64());
+            job.is_some_and(|job| job["state"] != "queued")
+        });
+        ensure!(
+            running,
+            "the ingest job for {name} never ran: {:?}",
+            suite.find_job(&name)
+        );
+        let job_id = job_id.context("job id")?;
+        container.check(&format!("systemctl kill --kill-who=main -s STOP {worker}"))?;
+        if suite.job(job_id)?["job"]["state"] == "running" {
+            container.check(&format!("systemctl kill --kill-who=main -s KILL {worker}"))?;
+            killed = Some((job_id, name));
+            break;
+        }
+        // Finished before the freeze: thaw and try a larger file.
+        container.check(&format!("systemctl kill --kill-who=main -s CONT {worker}"))?;
+    }
+    let (job_id, name) = killed.context("every job finished before the worker could be frozen")?;
+    let finished = wait_until(Duration::from_secs(300), || {
+        suite
+            .job(job_id)
+            .is_ok_and(|shown| shown["job"]["state"] == "succeeded")
+    });
+    ensure!(
+        finished,
+        "job {job_id} did not finish: {:?}",
+        suite.job(job_id)
+    );
+    let shown = suite.job(job_id)?;
+    let history = shown["history"].as_array().context("history")?;
+    let successes = history
+        .iter()
+        .filter(|entry| entry.to_string().contains("succeeded"))
+        .count();
+    ensure!(
+        successes == 1,
+        "job {job_id} succeeded {successes} times: {shown}"
+    );
+    ensure!(
+        shown["job"]["attempts"].as_i64() >= Some(2),
+        "the kill did not interrupt an attempt: {shown}"
+    );
+    let documents = suite.documents_named(&name)?;
+    ensure!(
+        documents.len() == 1,
+        "{} documents: {documents:?}",
+        documents.len()
+    );
+    let library = container.check(&format!(
+        "find /var/lib/sluice/library -type f -size {} | wc -l",
+        documents[0]["size"]
+            .as_u64()
+            .map(|size| format!("{size}c"))
+            .unwrap_or_default()
+    ))?;
+    ensure!(library.trim() == "1", "{library} library files hold {name}");
+    ensure!(
+        container.unit_property(worker, "NRestarts")? != "0",
+        "systemd did not restart the killed worker"
+    );
+    Ok(())
+}
+
+/// `systemctl reload sluice-monitor` with an invalid configuration keeps the monitor (and
+/// its old configuration) running, and `systemctl status` says what is wrong.
+#[test]
+fn reloading_an_invalid_config_keeps_the_monitor_running_and_says_why() -> Result<()> {
+    if !system_tests_enabled() {
+        return Ok(());
+    }
+    let Some(suite) = Suite::install()? else {
+        return Ok(());
+    };
+    let container = &suite.container;
+    suite.wait_until_every_unit_runs()?;
+    let monitor = "sluice-monitor.service";
+    let pid = container.unit_property(monitor, "MainPID")?;
+    std::fs::write(
+        container.root().join("etc/sluice/sluice.toml"),
+        "[monitor]\nno_such_key = true\n",
+    )?;
+    container.check(&format!("systemctl reload {monitor}"))?;
+    let mut status = String::new();
+    let explained = wait_until(Duration::from_secs(30), || {
+        status = container
+            .sh(&format!("systemctl status --no-pager --lines=20 {monitor}"))
+            .map(|output| output.stdout_text())
+            .unwrap_or_default();
+        status.contains("no_such_key")
+    });
+    ensure!(
+        explained,
+        "systemctl status does not say why the reload failed:\n{status}"
+    );
+    ensure!(
+        container.unit_property(monitor, "ActiveState")? == "active",
+        "{status}"
+    );
+    ensure!(
+        container.unit_property(monitor, "MainPID")? == pid,
+        "the monitor was restarted"
+    );
+    // Still working on the old configuration.
+    suite.drop_into_inbox("after-bad-reload.txt", "still watched\n")?;
+    suite.wait_for_document("after-bad-reload.txt", Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// The .deb installed and running in a booted container.
+struct Suite {
+    container: Container,
+    deb_in_container: String,
+}
+
+impl Suite {
+    /// Builds (or reuses) the .deb, boots a container with a private network and installs
+    /// the package with apt-get, as an administrator would. `None` when skipped (not root).
+    fn install() -> Result<Option<Suite>> {
+        if !can_boot_containers()? {
+            return Ok(None);
+        }
+        let deb = sluice_deb()?;
+        let container = Container::boot(PRIVATE_NETWORK)?;
+        let file_name = deb
+            .file_name()
+            .context("the .deb has no file name")?
+            .to_string_lossy()
+            .into_owned();
+        let deb_in_container = format!("/root/{file_name}");
+        container.copy_in(&deb, &deb_in_container)?;
+        container
+            .check(&format!(
+                "apt-get install -y --no-install-recommends {deb_in_container}"
+            ))
+            .context("apt-get install of the .deb")?;
+        Ok(Some(Suite {
+            container,
+            deb_in_container,
+        }))
+    }
+
+    /// Waits until every sluice unit is `active (running)` (a `Type=notify` service is
+    /// active only once it sent READY=1; the socket is `active (listening)`).
+    fn wait_until_every_unit_runs(&self) -> Result<()> {
+        for unit in SLUICE_UNITS {
+            self.wait_until_unit_runs(unit)?;
+        }
+        Ok(())
+    }
+
+    fn wait_until_unit_runs(&self, unit: &str) -> Result<()> {
+        // A socket is `listening`, or `running` once it has handed its socket to the service.
+        let wanted: &[&str] = if unit.ends_with(".socket") {
+            &["listening", "running"]
+        } else {
+            &["running"]
+        };
+        let running = wait_until(Duration::from_secs(90), || {
+            self.container
+                .unit_property(unit, "ActiveState")
+                .ok()
+                .as_deref()
+                == Some("active")
+                && self
+                    .container
+                    .unit_property(unit, "SubState")
+                    .is_ok_and(|state| wanted.contains(&state.as_str()))
+        });
+        if !running {
+            bail!(
+                "{unit} is not active ({}):\n{}",
+                wanted.join(" or "),
+                self.container
+                    .sh(&format!(
+                        "systemctl status --no-pager {unit}; journalctl --no-pager -n 40 -u {unit}"
+                    ))?
+                    .stdout_text()
+            );
+        }
+        Ok(())
+    }
+
+    /// From the start of sluice.target to the last service's READY, from systemd's own
+    /// monotonic timestamps.
+    fn start_to_ready(&self) -> Result<Duration> {
+        let started: u64 = self
+            .container
+            .unit_property("sluice.target", "InactiveExitTimestampMonotonic")?
+            .parse()?;
+        let mut last_ready = started;
+        for unit in SLUICE_UNITS {
+            let ready: u64 = self
+                .container
+                .unit_property(unit, "ActiveEnterTimestampMonotonic")?
+                .parse()?;
+            last_ready = last_ready.max(ready);
+        }
+        Ok(Duration::from_micros(last_ready - started))
+    }
+
+    fn main_pids(&self) -> Result<Vec<(&'static str, String)>> {
+        SLUICE_UNITS
+            .iter()
+            .filter(|unit| unit.ends_with(".service"))
+            .map(|unit| Ok((*unit, self.container.unit_property(unit, "MainPID")?)))
+            .collect()
+    }
+
+    /// Writes a file into the inbox as user _sluice, the way a finished download arrives:
+    /// written under a dot-name (ignored) and renamed into place.
+    fn drop_into_inbox(&self, name: &str, contents: &str) -> Result<()> {
+        let partial = format!("/var/lib/sluice/inbox/.{name}");
+        let script = format!(
+            "runuser -u _sluice -- sh -c 'printf %s \"$1\" > \"$2\" && mv \"$2\" \"$3\"' sh \
+             '{contents}' '{partial}' '/var/lib/sluice/inbox/{name}'"
+        );
+        self.container.check(&script)?;
+        Ok(())
+    }
+
+    fn sluicectl_json(&self, arguments: &str) -> Result<serde_json::Value> {
+        let text = self
+            .container
+            .check(&format!("sluicectl --json {arguments}"))?;
+        serde_json::from_str(&text).with_context(|| format!("sluicectl printed {text}"))
+    }
+
+    fn documents_named(&self, name: &str) -> Result<Vec<serde_json::Value>> {
+        let page = self.sluicectl_json("docs list --limit 500")?;
+        Ok(page["items"]
+            .as_array()
+            .context("docs list has no items")?
+            .iter()
+            .filter(|document| document["original_name"] == name)
+            .cloned()
+            .collect())
+    }
+
+    fn wait_for_document(&self, name: &str, deadline: Duration) -> Result<serde_json::Value> {
+        let mut found = Vec::new();
+        wait_until(deadline, || {
+            found = self.documents_named(name).unwrap_or_default();
+            !found.is_empty()
+        });
+        match found.into_iter().next() {
+            Some(document) => Ok(document),
+            None => bail!(
+                "{name} did not become a document within {deadline:?}; jobs:\n{}",
+                self.container.sh("sluicectl jobs list")?.stdout_text()
+            ),
+        }
+    }
+
+    /// The newest ingest job whose payload names `file_name`.
+    fn find_job(&self, file_name: &str) -> Result<Option<serde_json::Value>> {
+        let page = self.sluicectl_json("jobs list --kind ingest --limit 500")?;
+        Ok(page["items"]
+            .as_array()
+            .context("jobs list has no items")?
+            .iter()
+            .find(|job| job["payload"].to_string().contains(file_name))
+            .cloned())
+    }
+
+    fn job(&self, job_id: i64) -> Result<serde_json::Value> {
+        self.sluicectl_json(&format!("jobs show {job_id}"))
+    }
+}
+
+/// The overall exposure `systemd-analyze security --offline=yes` gives a unit file.
+fn offline_exposure(unit_file: &Path) -> Result<f64> {
+    let output = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(unit_file)
+        .output()
+        .context("cannot run systemd-analyze")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .find(|line| line.contains("Overall exposure level"))
+        .with_context(|| format!("no overall exposure for {}:\n{text}", unit_file.display()))?;
+    let value = line
+        .split(':')
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .with_context(|| format!("cannot read {line:?}"))?;
+    value
+        .parse()
+        .with_context(|| format!("cannot read {line:?}"))
+}
+
+/// Output's stdout as text, for error messages.
+trait OutputText {
+    fn stdout_text(&self) -> String;
+}
+
+impl OutputText for std::process::Output {
+    fn stdout_text(&self) -> String {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&self.stdout),
+            String::from_utf8_lossy(&self.stderr)
+        )
+    }
+}
+
+/// The system tests boot a container and build a release package: minutes of work that has
+/// not yet been proven green in CI, so they run only when asked for with
+/// `SLUICE_SYSTEM_TESTS=1` (see the README). Until then they say they were skipped.
+fn system_tests_enabled() -> bool {
+    let enabled = std::env::var("SLUICE_SYSTEM_TESTS").as_deref() == Ok("1");
+    if !enabled {
+        eprintln!("skipped: system test; set SLUICE_SYSTEM_TESTS=1 to run it");
+    }
+    enabled
+}
