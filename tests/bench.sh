@@ -4,9 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bench-results
-cargo build --release --locked -p sluice-tests --bins -p sluice-monitor -p sluice-ingest-worker
+# W2 loads the web with wrk.
+if ! command -v wrk >/dev/null; then
+    apt-get install -y wrk >/dev/null
+fi
+cargo build --release --locked -p sluice-tests --bins \
+    -p sluice-web -p sluice-monitor -p sluice-scraper -p sluice-ingest-worker
 target/release/sluice-bench w1-lib --runs "${RUNS:-3}" | tee bench-results/w1-lib.json
 # W1 through the real worker processes on a private bus.
 target/release/sluice-bench w1 --runs "${RUNS:-3}" | tee bench-results/w1.json
+# W2: the web on a database of 20,000 succeeded jobs; wrk, web and database share the cores.
+target/release/sluice-bench w2 --runs "${RUNS:-3}" | tee bench-results/w2.json
 # W3: watched folders on tmpfs (/dev/shm), databases on disk (/var/tmp).
 target/release/sluice-bench w3 --runs "${RUNS:-3}" | tee bench-results/w3.json
+# W4: the whole suite's PSS, idle and after a W1 drain through the 2 ingest workers.
+target/release/sluice-bench w4 --runs "${RUNS:-3}" | tee bench-results/w4.json

@@ -2,6 +2,7 @@
 
 mod bus;
 mod cli;
+mod e2e;
 mod ingest;
 mod monitor;
 mod runtime;

@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
 use sluice_core::bus::{self, BusAddress, BusError, MonitorProxy};
+use sluice_core::ingest::IngestPayload;
 use sluice_core::store::{
-    Durability, FileFilter, FileRecord, FileState, INGEST_JOB_KIND, IngestPayload, JobFilter,
-    PageRequest, Store,
+    Durability, FileFilter, FileRecord, FileState, INGEST_JOB_KIND, JobFilter, PageRequest, Store,
 };
 
 use crate::support::{
@@ -365,7 +365,7 @@ fn a_written_file_is_recorded_queued_and_announced() {
     assert_eq!(job.kind, INGEST_JOB_KIND);
     let payload: IngestPayload = serde_json::from_value(job.payload).unwrap();
     assert_eq!(payload.path, path);
-    assert_eq!(payload.file_id, file.id);
+    assert_eq!(payload.file_id, Some(file.id));
     assert_eq!(payload.watch_root, setup.inbox());
     assert_eq!(payload.mode, sluice_core::config::WatchMode::Consume);
     assert!(wait_until(DEADLINE, || setup
@@ -447,6 +447,10 @@ fn files_present_before_start_are_found_and_a_restart_or_rescan_queues_nothing_t
     );
     let jobs_before = setup.ingest_jobs();
     assert_eq!(jobs_before.len(), expected.len());
+    // The signals are sent after the commit and travel separately: wait for all of them before
+    // counting, or a late one would be taken for a second detection.
+    assert!(wait_until(DEADLINE, || setup.signals.detected().len()
+        >= expected.len()));
     let detected_before = setup.signals.detected().len();
 
     monitor.signal(Signal::SIGTERM);
@@ -745,7 +749,7 @@ fn kill_9_during_a_burst_then_restart_records_every_file_exactly_once() {
     let mut jobs_per_file: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for (job_id, payload, _) in &jobs {
         jobs_per_file
-            .entry(payload.file_id)
+            .entry(payload.file_id.expect("the monitor names the file row"))
             .or_default()
             .push(*job_id);
     }

@@ -1059,15 +1059,18 @@ pub fn daemon_binary(name: &str) -> PathBuf {
 
 fn build_daemon_binary(package: &str, binary: &str) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // The same command as tests/run.sh runs before the tests: with the whole workspace's
+    // feature unification, so that this is a no-op there. (`-p <package>` alone would unify
+    // features differently and rebuild half the dependency graph inside a test.)
     let output = Command::new(cargo)
         .current_dir(workspace_root())
-        .args(["build", "--quiet", "-p", package, "--bin", binary])
+        .args(["build", "--quiet", "--workspace", "--bins"])
         .stdin(Stdio::null())
         .output()
         .map_err(|error| format!("cannot run cargo build for {binary}: {error}"))?;
     if !output.status.success() {
         return Err(format!(
-            "cargo build -p {package} --bin {binary} failed: {}",
+            "cargo build --workspace --bins (for {package}) failed: {}",
             String::from_utf8_lossy(&output.stderr)
         ));
     }
@@ -1682,5 +1685,208 @@ fn reason_phrase(status: u16) -> &'static str {
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Status",
+    }
+}
+
+// --- suite harness ---
+
+/// The whole suite as real processes on one private bus, with one state directory and one
+/// configuration file (passed to every process as `SLUICE_CONFIG`): sluice-monitor watching
+/// the inbox in consume mode, ingest workers `1` and `2`, sluice-scraper (private addresses
+/// allowed, so an [`HttpFixture`] on 127.0.0.1 is reachable; staging and inbox on the same
+/// filesystem) and sluice-web on 127.0.0.1 with the harness token. Every process is killed
+/// when the suite is dropped, before the bus goes away.
+#[derive(Debug)]
+pub struct Suite {
+    // Declared first so they are dropped (killed) before the bus in `fixture`.
+    pub web: WebDaemon,
+    pub scraper: DaemonProcess,
+    pub workers: Vec<DaemonProcess>,
+    pub monitor: DaemonProcess,
+    pub fixture: SuiteFixture,
+}
+
+/// How many ingest workers [`Suite::start`] runs (and `[ingest] workers` says).
+pub const SUITE_WORKERS: usize = 2;
+
+impl Suite {
+    /// Writes the configuration, starts every daemon and waits until each one says it is
+    /// ready: the monitor has finished its start reconcile, the workers and the scraper have
+    /// logged `ready`, and sluice-web answers on the bus with its listen address.
+    pub fn start() -> Suite {
+        let fixture = SuiteFixture::for_whole_suite();
+        // Everything is spawned before anything is waited on: the start-ups overlap.
+        let mut monitor = fixture.start_daemon("sluice-monitor", &[], "monitor.log");
+        let mut workers: Vec<DaemonProcess> = (1..=SUITE_WORKERS)
+            .map(|instance| {
+                let instance = instance.to_string();
+                fixture.start_daemon(
+                    "sluice-ingest-worker",
+                    &["--instance", &instance],
+                    &format!("worker-{instance}.log"),
+                )
+            })
+            .collect();
+        let mut scraper = fixture.start_daemon("sluice-scraper", &[], "scraper.log");
+        let web = WebDaemon::start(&fixture);
+        monitor.wait_for_log_lines(
+            &["reconcile walk finished", "reason=\"start\""],
+            1,
+            DEADLINE,
+        );
+        for worker in &mut workers {
+            worker.wait_for_log_lines(&["ready: claiming"], 1, DEADLINE);
+        }
+        scraper.wait_for_log_lines(&["ready", "staging="], 1, DEADLINE);
+        Suite {
+            web,
+            scraper,
+            workers,
+            monitor,
+            fixture,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.fixture.directory.path()
+    }
+
+    pub fn inbox(&self) -> PathBuf {
+        self.root().join("inbox")
+    }
+
+    pub fn staging(&self) -> PathBuf {
+        self.root().join("staging")
+    }
+
+    pub fn library(&self) -> PathBuf {
+        self.root().join("library")
+    }
+
+    /// `GET` on sluice-web; status and JSON body.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        http_result(
+            http_agent()
+                .get(format!("{}{path}", self.web.origin))
+                .call(),
+        )
+    }
+
+    /// `POST` of a JSON body to sluice-web with the harness token.
+    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        http_result(
+            http_agent()
+                .post(format!("{}{path}", self.web.origin))
+                .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
+                .header("Content-Type", "application/json")
+                .send(body.to_string()),
+        )
+    }
+
+    /// Runs `sluicectl` with the suite's configuration in `SLUICE_CONFIG`.
+    pub fn sluicectl(&self, arguments: &[&str]) -> Output {
+        Command::new(daemon_binary("sluicectl"))
+            .args(arguments)
+            .env("SLUICE_CONFIG", &self.fixture.config_path)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sluicectl")
+    }
+
+    /// Every file row the monitor recorded, oldest first.
+    pub fn files(&self) -> Vec<sluice_core::store::FileRecord> {
+        let page = self
+            .fixture
+            .store()
+            .list_files(
+                &sluice_core::store::FileFilter::default(),
+                sluice_core::store::PageRequest {
+                    before_id: None,
+                    limit: 1000,
+                },
+            )
+            .expect("list files");
+        let mut files = page.items;
+        files.sort_by_key(|file| file.id);
+        files
+    }
+
+    /// Every daemon's log, for assertion messages.
+    pub fn logs(&self) -> String {
+        let mut logs = format!("--- monitor\n{}", self.monitor.log());
+        for (index, worker) in self.workers.iter().enumerate() {
+            logs.push_str(&format!("--- worker {}\n{}", index + 1, worker.log()));
+        }
+        logs.push_str(&format!("--- scraper\n{}", self.scraper.log()));
+        logs.push_str(&format!("--- web\n{}", self.web.stderr()));
+        logs
+    }
+}
+
+impl SuiteFixture {
+    /// A fixture whose configuration serves every daemon (see [`Suite`]).
+    pub fn for_whole_suite() -> SuiteFixture {
+        let bus = PrivateBus::start(BusPolicy::AllowEverything).expect("private bus");
+        let directory = tempfile::tempdir().expect("temp dir");
+        let root = directory.path();
+        for folder in ["inbox", "staging", "library"] {
+            std::fs::create_dir_all(root.join(folder)).expect("state folder");
+        }
+        std::fs::write(root.join("api-token"), format!("{WEB_TEST_TOKEN}\n")).expect("token");
+        let database = root.join("sluice.db");
+        let config = format!(
+            r#"[store]
+path = "{root}/sluice.db"
+durability = "normal"
+busy_timeout = "30s"
+
+[bus]
+address = "{address}"
+
+[service]
+status_interval = "200ms"
+stop_timeout = "5s"
+
+[web]
+listen = "127.0.0.1:0"
+token_file = "{root}/api-token"
+
+[[watch]]
+path = "{root}/inbox"
+mode = "consume"
+
+[ingest]
+library = "{root}/library"
+workers = {SUITE_WORKERS}
+
+[scraper]
+inbox = "{root}/inbox"
+staging = "{root}/staging"
+# The HTTP fixture listens on 127.0.0.1.
+allow_private_addresses = true
+politeness_delay = "0s"
+progress_interval = "200ms"
+"#,
+            root = root.display(),
+            address = bus.address(),
+        );
+        let config_path = root.join("sluice.toml");
+        std::fs::write(&config_path, config).expect("config file");
+        SuiteFixture {
+            bus,
+            directory,
+            config_path,
+            database,
+        }
+    }
+
+    /// Starts daemon `name` with this fixture's configuration in `SLUICE_CONFIG`, logging at
+    /// `info` into `log_name` inside the state directory. Does not wait for it.
+    pub fn start_daemon(&self, name: &str, arguments: &[&str], log_name: &str) -> DaemonProcess {
+        let mut command = Command::new(daemon_binary(name));
+        command
+            .args(arguments)
+            .env("SLUICE_CONFIG", &self.config_path);
+        DaemonProcess::start(command, &self.directory.path().join(log_name), "info")
     }
 }

@@ -140,6 +140,15 @@ pub enum WatchMode {
     Index,
 }
 
+impl WatchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchMode::Consume => "consume",
+            WatchMode::Index => "index",
+        }
+    }
+}
+
 /// How the monitor notices changes in a watched folder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Watcher {

@@ -26,33 +26,8 @@ pub const NOOP_JOB_KIND: &str = "noop";
 /// The longest deliberate pause a payload may ask for (`sleep_ms`), ten minutes.
 pub const MAX_SLEEP_MS: u64 = 10 * 60 * 1000;
 
-/// What happens to an ingested file, as configured for the watched folder it came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum IngestMode {
-    /// Moved into the content-addressed library.
-    Consume,
-    /// Catalogued where it is and left in place.
-    Index,
-}
-
-impl IngestMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IngestMode::Consume => "consume",
-            IngestMode::Index => "index",
-        }
-    }
-}
-
-impl From<crate::config::WatchMode> for IngestMode {
-    fn from(mode: crate::config::WatchMode) -> IngestMode {
-        match mode {
-            crate::config::WatchMode::Consume => IngestMode::Consume,
-            crate::config::WatchMode::Index => IngestMode::Index,
-        }
-    }
-}
+/// How the file of an ingest job is filed: the watch mode of the folder it was found in.
+pub use crate::config::WatchMode as IngestMode;
 
 /// The payload of an `ingest` job.
 ///
@@ -218,32 +193,6 @@ mod tests {
         );
         let again = IngestPayload::from_json(&parsed.to_json()).unwrap();
         assert_eq!(again, parsed);
-    }
-
-    #[test]
-    fn the_monitors_payload_is_read_as_written() {
-        let written = crate::store::files::IngestPayload {
-            path: PathBuf::from("/srv/inbox/x.pdf"),
-            file_id: 9,
-            watch_root: PathBuf::from("/srv/inbox"),
-            mode: crate::config::WatchMode::Index,
-            size: 100,
-            mtime_ns: 1_700_000_000_000_000_000,
-            inode: 77,
-        };
-        let read = IngestPayload::from_json(&serde_json::to_value(&written).unwrap()).unwrap();
-        assert_eq!(read.path, written.path);
-        assert_eq!(read.file_id, Some(9));
-        assert_eq!(read.watch_root, written.watch_root);
-        assert_eq!(read.mode, IngestMode::Index);
-        assert_eq!(
-            read.version(),
-            Some(FileVersion {
-                size: 100,
-                mtime_ns: 1_700_000_000_000_000_000,
-                inode: 77
-            })
-        );
     }
 
     #[test]

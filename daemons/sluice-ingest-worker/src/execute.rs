@@ -55,7 +55,7 @@ impl Settings {
             watches: config
                 .watches
                 .iter()
-                .map(|watch| (watch.path.clone(), watch.mode.into()))
+                .map(|watch| (watch.path.clone(), watch.mode))
                 .collect(),
             claim_linger,
         }

@@ -85,7 +85,7 @@ pub async fn list_jobs(
 
 pub async fn get_job(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
-    let job = state.with_store(move |store| store.get_job(id)).await?;
+    let job = state.read_now(|store| store.get_job(id))?;
     Ok(HttpResponse::Ok().json(job))
 }
 
@@ -211,9 +211,7 @@ pub async fn list_downloads(
 
 pub async fn get_download(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
-    let download = state
-        .with_store(move |store| store.get_download(id))
-        .await?;
+    let download = state.read_now(|store| store.get_download(id))?;
     Ok(HttpResponse::Ok().json(download))
 }
 

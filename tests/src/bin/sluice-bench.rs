@@ -19,6 +19,15 @@
 //! received over D-Bus (the signal is sent after the file's row and job are committed). The
 //! burst variant writes 10,000 files back to back into a second fresh folder and reports the
 //! create time, the time until the last file is committed, and missed files.
+//!
+//! `w2`: W2 status reads over HTTP — a real release `sluice-web` on a private bus serves
+//! `GET /api/jobs/{id}` for 20,000 succeeded no-op jobs while `wrk` (tests/bench/ids.lua) asks
+//! for random ids; reports requests/s, p50, p99, non-2xx responses and the web's CPU time per
+//! request.
+//!
+//! `w4`: W4 memory — the whole suite (web, monitor, scraper, 2 ingest workers) as processes on
+//! a private bus; the sum of their PSS when idle after every one said READY=1, and 1 s after
+//! 20,000 no-op jobs enqueued here one call at a time were drained by the workers.
 // A benchmark's output is its product.
 #![allow(clippy::print_stdout)]
 
@@ -100,6 +109,39 @@ enum Workload {
         #[arg(long, default_value = "/dev/shm")]
         watch_directory: PathBuf,
         /// Where the databases go (a disk-backed directory).
+        #[arg(long, default_value = "/var/tmp")]
+        directory: PathBuf,
+    },
+    /// W2 status reads over HTTP through the real sluice-web, loaded by wrk.
+    W2 {
+        #[arg(long, default_value_t = 20_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds of each wrk run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+        /// Where the database goes (a disk-backed directory).
+        #[arg(long, default_value = "/var/tmp")]
+        directory: PathBuf,
+    },
+    /// W4 memory of the whole suite, idle and after a W1 drain.
+    W4 {
+        #[arg(long, default_value_t = 20_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Ingest worker processes.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// The durability the suite runs with (the shipped default is full).
+        #[arg(long, default_value = "full")]
+        durability: String,
+        /// Where the state goes (a disk-backed directory).
         #[arg(long, default_value = "/var/tmp")]
         directory: PathBuf,
     },
@@ -193,6 +235,46 @@ fn main() -> anyhow::Result<()> {
                 report.push(summarize("w3", durability, &latency_samples));
                 report.push(summarize("w3-burst", durability, &burst_samples));
             }
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Workload::W2 {
+            jobs,
+            runs,
+            seconds,
+            connections,
+            threads,
+            directory,
+        } => {
+            let load = w2::Load {
+                seconds,
+                connections,
+                threads,
+            };
+            let samples = w2::run(jobs, runs, &load, &directory)?;
+            let report = vec![summarize("w2", Durability::Full, &samples)];
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Workload::W4 {
+            jobs,
+            runs,
+            workers,
+            durability,
+            directory,
+        } => {
+            let durability = match durability.as_str() {
+                "full" => Durability::Full,
+                "normal" => Durability::Normal,
+                other => bail!("--durability must be full or normal, not {other:?}"),
+            };
+            let mut samples = Vec::new();
+            for run in 1..=runs {
+                let sample = w4::run(jobs, workers, durability, &directory)?;
+                eprintln!("w4 {} run {run}: {sample}", durability.as_str());
+                samples.push(sample);
+            }
+            let report = vec![summarize("w4", durability, &samples)];
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -571,6 +653,12 @@ fn summarize(workload: &str, durability: Durability, samples: &[Value]) -> Value
                 .iter()
                 .filter_map(|sample| sample[key].as_f64())
                 .collect();
+            if values.is_empty() {
+                // Not a number (e.g. the name of the largest process): every run's value.
+                let all: Vec<Value> = samples.iter().map(|sample| sample[key].clone()).collect();
+                metrics.insert(key.clone(), Value::Array(all));
+                continue;
+            }
             values.sort_by(f64::total_cmp);
             metrics.insert(
                 key.clone(),
@@ -822,7 +910,7 @@ mod w3 {
         }
     }
 
-    fn start_bus(directory: &Path) -> anyhow::Result<(Child, String)> {
+    pub(super) fn start_bus(directory: &Path) -> anyhow::Result<(Child, String)> {
         let config = directory.join("bus.conf");
         std::fs::write(
             &config,
@@ -934,6 +1022,618 @@ mod w3 {
             });
         });
         Ok(Subscription { ready })
+    }
+}
+
+mod suite {
+    //! The suite as processes, for W2 and W4: a private bus, one configuration file, daemons
+    //! each given a `NOTIFY_SOCKET` of this program's own (so "started" means READY=1), and
+    //! their memory.
+
+    use std::os::unix::net::UnixDatagram;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, bail};
+    use sluice_core::store::Durability;
+
+    use super::sibling_program;
+
+    /// The token file's content; only mutating API calls need it, and the benchmarks make none.
+    const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
+
+    pub struct Suite {
+        pub database: PathBuf,
+        pub scratch: tempfile::TempDir,
+        pub web_port: u16,
+        config: PathBuf,
+        bus: Child,
+        daemons: Vec<Daemon>,
+        stop_draining: Arc<AtomicBool>,
+    }
+
+    pub struct Daemon {
+        pub name: String,
+        child: Child,
+        /// Start → READY=1, once it came.
+        ready: Arc<Mutex<Option<Duration>>>,
+    }
+
+    impl Daemon {
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        pub fn ready_after(&self) -> Option<Duration> {
+            *self.ready.lock().unwrap()
+        }
+    }
+
+    /// Reads every notification of a daemon for the suite's life, like systemd does: a
+    /// notification socket nobody reads fills up (10 datagrams) and the daemon's next
+    /// sd_notify blocks its main loop.
+    fn drain_notifications(
+        notify: UnixDatagram,
+        started: Instant,
+        ready: Arc<Mutex<Option<Duration>>>,
+        stop: Arc<AtomicBool>,
+    ) {
+        let mut buffer = [0u8; 4096];
+        while !stop.load(Ordering::Relaxed) {
+            match notify.recv(&mut buffer) {
+                Ok(length) => {
+                    let message = String::from_utf8_lossy(&buffer[..length]);
+                    if message.lines().any(|line| line == "READY=1") {
+                        ready.lock().unwrap().get_or_insert(started.elapsed());
+                    }
+                }
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    impl Suite {
+        /// A bus and a configuration; no daemon yet.
+        pub fn prepare(durability: Durability, directory: &Path) -> anyhow::Result<Suite> {
+            let scratch = tempfile::tempdir_in(directory).context("scratch directory")?;
+            let root = scratch.path();
+            for folder in ["inbox", "staging", "library"] {
+                std::fs::create_dir(root.join(folder))?;
+            }
+            std::fs::write(root.join("api-token"), format!("{BENCH_TOKEN}\n"))?;
+            let (bus, address) = super::w3::start_bus(root)?;
+            // A free port now; nothing else on this machine races for it in a benchmark.
+            let web_port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let database = root.join("sluice.db");
+            let config = root.join("sluice.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[store]\npath = \"{database}\"\ndurability = \"{durability}\"\n\n\
+                     [bus]\naddress = \"{address}\"\n\n\
+                     [web]\nlisten = \"127.0.0.1:{web_port}\"\ntoken_file = \"{root}/api-token\"\n\n\
+                     [[watch]]\npath = \"{root}/inbox\"\nmode = \"consume\"\n\n\
+                     [ingest]\nlibrary = \"{root}/library\"\n\n\
+                     [scraper]\ninbox = \"{root}/inbox\"\nstaging = \"{root}/staging\"\n",
+                    database = database.display(),
+                    durability = durability.as_str(),
+                    root = root.display(),
+                ),
+            )?;
+            Ok(Suite {
+                database,
+                scratch,
+                web_port,
+                config,
+                bus,
+                daemons: Vec::new(),
+                stop_draining: Arc::new(AtomicBool::new(false)),
+            })
+        }
+
+        /// Starts the release program `program` (beside this one) as `name`.
+        pub fn start(
+            &mut self,
+            name: &str,
+            program: &str,
+            arguments: &[&str],
+        ) -> anyhow::Result<()> {
+            let socket_path = self.scratch.path().join(format!("notify-{name}"));
+            let notify = UnixDatagram::bind(&socket_path)
+                .with_context(|| format!("binding {}", socket_path.display()))?;
+            notify.set_read_timeout(Some(Duration::from_millis(100)))?;
+            let log = std::fs::File::create(self.scratch.path().join(format!("{name}.log")))?;
+            let child = Command::new(sibling_program(program)?)
+                .args(arguments)
+                .env("SLUICE_CONFIG", &self.config)
+                .env("SLUICE_LOG", "warn")
+                .env("NOTIFY_SOCKET", &socket_path)
+                .env_remove("WATCHDOG_USEC")
+                .env_remove("WATCHDOG_PID")
+                .env_remove("LISTEN_FDS")
+                .env_remove("JOURNAL_STREAM")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("starting {program}"))?;
+            let ready = Arc::new(Mutex::new(None));
+            let (started, for_drainer, stop) = (
+                Instant::now(),
+                Arc::clone(&ready),
+                Arc::clone(&self.stop_draining),
+            );
+            std::thread::spawn(move || drain_notifications(notify, started, for_drainer, stop));
+            self.daemons.push(Daemon {
+                name: name.to_owned(),
+                child,
+                ready,
+            });
+            Ok(())
+        }
+
+        /// Waits until every daemon has sent READY=1.
+        pub fn wait_ready(&mut self, patience: Duration) -> anyhow::Result<()> {
+            let deadline = Instant::now() + patience;
+            let scratch = self.scratch.path().to_path_buf();
+            loop {
+                let mut waiting = Vec::new();
+                for daemon in &mut self.daemons {
+                    if daemon.ready_after().is_some() {
+                        continue;
+                    }
+                    if let Some(status) = daemon.child.try_wait()? {
+                        bail!(
+                            "{} exited with {status} before READY=1: {}",
+                            daemon.name,
+                            std::fs::read_to_string(scratch.join(format!("{}.log", daemon.name)))
+                                .unwrap_or_default()
+                        );
+                    }
+                    waiting.push(daemon.name.clone());
+                }
+                if waiting.is_empty() {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    bail!("no READY=1 from {} after {patience:?}", waiting.join(", "));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+
+        pub fn daemons(&self) -> &[Daemon] {
+            &self.daemons
+        }
+
+        pub fn log_of(&self, name: &str) -> String {
+            std::fs::read_to_string(self.scratch.path().join(format!("{name}.log")))
+                .unwrap_or_default()
+        }
+
+        /// PSS of each daemon with its descendants, by name.
+        pub fn pss(&self) -> anyhow::Result<Vec<(String, Pss)>> {
+            self.daemons
+                .iter()
+                .map(|daemon| {
+                    let total = process_tree(daemon.pid())
+                        .into_iter()
+                        .map(pss_of)
+                        .sum::<anyhow::Result<Pss>>()?;
+                    Ok((daemon.name.clone(), total))
+                })
+                .collect()
+        }
+    }
+
+    impl Drop for Suite {
+        fn drop(&mut self) {
+            self.stop_draining.store(true, Ordering::Relaxed);
+            for daemon in &mut self.daemons {
+                let _ = daemon.child.kill();
+                let _ = daemon.child.wait();
+            }
+            let _ = self.bus.kill();
+            let _ = self.bus.wait();
+        }
+    }
+
+    /// `pid` and every process below it.
+    fn process_tree(pid: u32) -> Vec<u32> {
+        let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                // The command name may hold spaces and parentheses; fields restart after the last ')'.
+                let after_name = &stat[stat.rfind(')')? + 1..];
+                let parent: u32 = after_name.split_whitespace().nth(1)?.parse().ok()?;
+                Some((child, parent))
+            })
+            .collect();
+        let mut tree = vec![pid];
+        let mut index = 0;
+        while index < tree.len() {
+            let parent = tree[index];
+            tree.extend(
+                parents
+                    .iter()
+                    .filter(|(_, of)| *of == parent)
+                    .map(|(child, _)| *child),
+            );
+            index += 1;
+        }
+        tree
+    }
+
+    /// PSS of one process in KiB: total, anonymous (heap, stacks) and file-backed (mostly the
+    /// program's own code and data, shared only between instances of the same program).
+    fn pss_of(pid: u32) -> anyhow::Result<Pss> {
+        let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
+        let field = |name: &str| {
+            rollup.lines().find_map(|line| {
+                line.strip_prefix(name)?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+        };
+        Ok(Pss {
+            total: field("Pss:")
+                .with_context(|| format!("no Pss line in /proc/{pid}/smaps_rollup"))?,
+            anonymous: field("Pss_Anon:").unwrap_or(0),
+            file: field("Pss_File:").unwrap_or(0),
+        })
+    }
+
+    /// KiB.
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct Pss {
+        pub total: u64,
+        pub anonymous: u64,
+        pub file: u64,
+    }
+
+    impl std::iter::Sum for Pss {
+        fn sum<I: Iterator<Item = Pss>>(parts: I) -> Pss {
+            parts.fold(Pss::default(), |sum, part| Pss {
+                total: sum.total + part.total,
+                anonymous: sum.anonymous + part.anonymous,
+                file: sum.file + part.file,
+            })
+        }
+    }
+
+    /// CPU time (user + system) `pid` has used so far, all threads.
+    pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let after_name = &stat[stat.rfind(')').context("malformed stat")? + 1..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // Fields 14 and 15 of stat(5); the slice starts at field 3.
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        // /proc reports clock ticks of USER_HZ, which the Linux ABI fixes at 100 per second.
+        const TICKS_PER_SECOND: u64 = 100;
+        Ok(Duration::from_micros(ticks * 1_000_000 / TICKS_PER_SECOND))
+    }
+}
+
+mod w2 {
+    //! The W2 driver: 20,000 succeeded no-op jobs, a release sluice-web, wrk.
+
+    use std::io::{Read, Write};
+    use std::path::Path;
+    use std::process::Command;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use anyhow::{Context, bail};
+    use serde_json::{Value, json};
+    use sluice_core::store::{Completion, Durability, NewJob, Outcome, Store};
+
+    use super::store_options;
+    use super::suite::{Suite, cpu_time};
+
+    /// wrk's script: GET /api/jobs/<random id from the file after `--`>.
+    const IDS_SCRIPT: &str = include_str!("../../bench/ids.lua");
+
+    pub struct Load {
+        pub seconds: u32,
+        pub connections: u32,
+        pub threads: u32,
+    }
+
+    pub fn run(
+        jobs: usize,
+        runs: usize,
+        load: &Load,
+        directory: &Path,
+    ) -> anyhow::Result<Vec<Value>> {
+        let mut suite = Suite::prepare(Durability::Full, directory)?;
+        let ids = populate(&suite.database, jobs)?;
+        let ids_path = suite.scratch.path().join("ids.txt");
+        let mut list = String::with_capacity(ids.len() * 6);
+        for id in &ids {
+            list.push_str(&format!("{id}\n"));
+        }
+        std::fs::write(&ids_path, list)?;
+        let script = suite.scratch.path().join("ids.lua");
+        std::fs::write(&script, IDS_SCRIPT)?;
+        suite.start("sluice-web", "sluice-web", &[])?;
+        suite.wait_ready(Duration::from_secs(30))?;
+        let origin = format!("http://127.0.0.1:{}", suite.web_port);
+        check_one_response(suite.web_port, ids[ids.len() / 2])?;
+        let web_pid = suite.daemons()[0].pid();
+
+        // Warm-up (connections, caches, the blocking pool); not counted.
+        wrk(
+            &origin,
+            &script,
+            &ids_path,
+            &Load {
+                seconds: 2,
+                ..*load
+            },
+        )?;
+        let mut samples = Vec::new();
+        for run in 1..=runs {
+            let cpu_before = cpu_time(web_pid)?;
+            let mut sample = wrk(&origin, &script, &ids_path, load)?;
+            let cpu_used = cpu_time(web_pid)?.saturating_sub(cpu_before);
+            let requests = sample["requests"].as_f64().unwrap_or(0.0).max(1.0);
+            sample["web_cpu_us_per_request"] = json!(cpu_used.as_secs_f64() * 1e6 / requests);
+            eprintln!("w2 run {run}: {sample}");
+            samples.push(sample);
+        }
+        Ok(samples)
+    }
+
+    /// Enqueues `total` no-op jobs and completes them the way a worker does, so each answer
+    /// carries a realistic succeeded job (payload, result, times).
+    fn populate(database: &Path, total: usize) -> anyhow::Result<Vec<i64>> {
+        let mut store = Store::open(database, &store_options(Durability::Normal))?;
+        let mut ids = Vec::with_capacity(total);
+        let indexes: Vec<usize> = (0..total).collect();
+        for chunk in indexes.chunks(1000) {
+            let jobs: Vec<NewJob> = chunk
+                .iter()
+                .map(|i| NewJob::new("noop", json!({ "i": i })))
+                .collect();
+            ids.extend(
+                store
+                    .enqueue_many(&jobs)?
+                    .into_iter()
+                    .map(|enqueued| enqueued.id),
+            );
+        }
+        loop {
+            let claimed =
+                store.claim_jobs("bench-populate", &["noop"], 1000, Duration::from_secs(600))?;
+            if claimed.is_empty() {
+                break;
+            }
+            let completions: Vec<Completion> = claimed
+                .into_iter()
+                .map(|job| Completion {
+                    id: job.id,
+                    outcome: Outcome::Succeeded {
+                        result: json!({ "i": job.payload["i"], "t": now_micros() }),
+                    },
+                    lease_token: job.lease_token,
+                })
+                .collect();
+            for outcome in store.complete_jobs(&completions)? {
+                outcome?;
+            }
+        }
+        Ok(ids)
+    }
+
+    fn now_micros() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_micros() as u64)
+            .unwrap_or(0)
+    }
+
+    /// One request by hand, so a benchmark of 404s or errors is caught before it is run.
+    fn check_one_response(port: u16, id: i64) -> anyhow::Result<()> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            stream,
+            "GET /api/jobs/{id} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        if !response.starts_with("HTTP/1.1 200") || !response.contains("\"succeeded\"") {
+            bail!("GET /api/jobs/{id} did not answer a succeeded job: {response}");
+        }
+        Ok(())
+    }
+
+    fn wrk(origin: &str, script: &Path, ids: &Path, load: &Load) -> anyhow::Result<Value> {
+        let output = Command::new("wrk")
+            .arg(format!("-t{}", load.threads))
+            .arg(format!("-c{}", load.connections))
+            .arg(format!("-d{}s", load.seconds))
+            .arg("--latency")
+            .arg("-s")
+            .arg(script)
+            .arg(origin)
+            .arg("--")
+            .arg(ids)
+            .output()
+            .context("running wrk (apt-get install wrk)")?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        if !output.status.success() {
+            bail!(
+                "wrk failed ({}): {text}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        parse_wrk(&text).with_context(|| format!("unexpected wrk output:\n{text}"))
+    }
+
+    /// requests/s, p50, p99, non-2xx (wrk counts "non-2xx or 3xx") and socket errors.
+    pub fn parse_wrk(text: &str) -> anyhow::Result<Value> {
+        let mut requests_per_second = None;
+        let mut requests = None;
+        let mut p50 = None;
+        let mut p99 = None;
+        let mut non_2xx = 0.0;
+        let mut socket_errors = 0.0;
+        for line in text.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix("Requests/sec:") {
+                requests_per_second = Some(rest.trim().parse::<f64>()?);
+            } else if let Some(rest) = line.strip_prefix("50%") {
+                p50 = Some(milliseconds(rest.trim())?);
+            } else if let Some(rest) = line.strip_prefix("99%") {
+                p99 = Some(milliseconds(rest.trim())?);
+            } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
+                non_2xx = rest.trim().parse()?;
+            } else if let Some(rest) = line.strip_prefix("Socket errors:") {
+                socket_errors = rest
+                    .split(',')
+                    .filter_map(|part| part.split_whitespace().last()?.parse::<f64>().ok())
+                    .sum();
+            } else if line.contains(" requests in ") {
+                requests = line
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<f64>().ok());
+            }
+        }
+        Ok(json!({
+            "requests_per_second": requests_per_second.context("no Requests/sec")?,
+            "p50_ms": p50.context("no 50% latency")?,
+            "p99_ms": p99.context("no 99% latency")?,
+            "non_2xx": non_2xx,
+            "socket_errors": socket_errors,
+            "requests": requests.context("no request count")?,
+        }))
+    }
+
+    /// wrk's durations: `635.91us`, `1.23ms`, `1.00s`, `2.00m`.
+    fn milliseconds(text: &str) -> anyhow::Result<f64> {
+        for (suffix, factor) in [("us", 0.001), ("ms", 1.0), ("s", 1000.0), ("m", 60_000.0)] {
+            if let Some(number) = text.strip_suffix(suffix) {
+                return Ok(number.parse::<f64>()? * factor);
+            }
+        }
+        bail!("not a wrk duration: {text:?}")
+    }
+}
+
+mod w4 {
+    //! The W4 driver: the whole suite idle, then after a W1 drain through the ingest workers.
+
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use anyhow::bail;
+    use serde_json::{Value, json};
+    use sluice_core::store::{Durability, JobState, NewJob, Store};
+
+    use super::store_options;
+    use super::suite::{Pss, Suite};
+
+    pub fn run(
+        jobs: usize,
+        workers: usize,
+        durability: Durability,
+        directory: &Path,
+    ) -> anyhow::Result<Value> {
+        let mut suite = Suite::prepare(durability, directory)?;
+        let started = Instant::now();
+        suite.start("sluice-web", "sluice-web", &[])?;
+        suite.start("sluice-monitor", "sluice-monitor", &[])?;
+        suite.start("sluice-scraper", "sluice-scraper", &[])?;
+        let instances: Vec<String> = (1..=workers).map(|n| n.to_string()).collect();
+        for instance in &instances {
+            suite.start(
+                &format!("sluice-ingest-worker@{instance}"),
+                "sluice-ingest-worker",
+                &["--instance", instance],
+            )?;
+        }
+        suite.wait_ready(Duration::from_secs(60))?;
+        let all_ready_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Idle: let start-up work (reconcile, first polls, status lines) settle.
+        std::thread::sleep(Duration::from_secs(3));
+        let idle = suite.pss()?;
+
+        let mut sample = json!({ "all_ready_ms": all_ready_ms });
+        record(&mut sample, "idle", &idle);
+        if workers > 0 && jobs > 0 {
+            let drain_seconds = drain(&suite, jobs, durability)?;
+            sample["w1_drain_rate"] = json!(jobs as f64 / drain_seconds);
+            std::thread::sleep(Duration::from_secs(1));
+            let after = suite.pss()?;
+            record(&mut sample, "after_w1", &after);
+        }
+        for daemon in suite.daemons() {
+            if let Some(ready) = daemon.ready_after() {
+                sample[format!("ready_ms.{}", daemon.name)] = json!(ready.as_secs_f64() * 1000.0);
+            }
+        }
+        Ok(sample)
+    }
+
+    /// Total and largest process, in MiB, plus every process's own figure.
+    fn record(sample: &mut Value, label: &str, pss: &[(String, Pss)]) {
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let total: Pss = pss.iter().map(|(_, pss)| *pss).sum();
+        let (largest_name, largest) = pss
+            .iter()
+            .max_by_key(|(_, pss)| pss.total)
+            .cloned()
+            .unwrap_or_default();
+        sample[format!("{label}_pss_total_mib")] = json!(mib(total.total));
+        sample[format!("{label}_pss_anonymous_mib")] = json!(mib(total.anonymous));
+        sample[format!("{label}_pss_file_mib")] = json!(mib(total.file));
+        sample[format!("{label}_pss_largest_mib")] = json!(mib(largest.total));
+        sample[format!("{label}_largest_process")] = json!(largest_name);
+        for (name, pss) in pss {
+            sample[format!("{label}_pss_mib.{name}")] = json!(mib(pss.total));
+        }
+    }
+
+    /// W1 through the real workers: one enqueue call per job, then wait for all succeeded.
+    fn drain(suite: &Suite, total: usize, durability: Durability) -> anyhow::Result<f64> {
+        let mut store = Store::open(&suite.database, &store_options(durability))?;
+        let started = Instant::now();
+        for i in 0..total {
+            store.enqueue(&NewJob::new("noop", json!({ "i": i })))?;
+        }
+        loop {
+            let counts = store.job_counts()?;
+            let succeeded = counts.get(&JobState::Succeeded).copied().unwrap_or(0) as usize;
+            if succeeded >= total {
+                return Ok(started.elapsed().as_secs_f64());
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                bail!(
+                    "only {succeeded} of {total} jobs succeeded after 10 minutes; worker log: {}",
+                    suite.log_of("sluice-ingest-worker@1")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 //!   adding another.
 //! - A file that left its folder is marked `gone`, never deleted: its documents and jobs keep
 //!   their history. In a consume folder a file the worker already ingested left because it was
-//!   consumed, so it keeps its state.
+//!   consumed, so it keeps its state; so does one whose ingest job is running, because the
+//!   worker moves the file into the library before it commits the outcome.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use super::jobs::{JobError, NewJob, Page, PageRequest, insert_job};
 use super::{Store, StoreError, now_ms};
 use crate::config::WatchMode;
+use crate::ingest::IngestPayload;
 
 /// The job kind the monitor queues for every new file version.
 pub const INGEST_JOB_KIND: &str = "ingest";
@@ -30,25 +32,6 @@ pub const INGEST_JOB_KIND: &str = "ingest";
 /// Most files recorded in one transaction; callers with more split them, so that one commit
 /// never holds the write lock for long.
 pub const MAX_FILES_PER_BATCH: usize = 4096;
-
-/// The payload of an `ingest` job, as the monitor writes it and the ingest worker reads it.
-///
-/// `size`, `mtime_ns` and `inode` are the version the job was queued for: a worker that opens
-/// the file and finds another version knows a newer job exists (or will) for that one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IngestPayload {
-    /// Absolute path of the file in its watched folder.
-    pub path: PathBuf,
-    /// The `files` row of this path.
-    pub file_id: i64,
-    /// The watched folder the file was found in.
-    pub watch_root: PathBuf,
-    /// Whether the file is moved into the library (`consume`) or catalogued in place (`index`).
-    pub mode: WatchMode,
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub inode: u64,
-}
 
 /// A regular file the monitor found ready in a watched folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,20 +196,27 @@ impl Store {
     /// Marks the files at `paths` as `gone` (one transaction) and returns the ids that changed.
     /// Paths without a row, and rows already gone, are left alone. In a consume folder
     /// (`mode`), files already ingested or found duplicate keep their state: they left because
-    /// the worker consumed them.
+    /// the worker consumed them. So do detected files whose ingest job is running: the worker
+    /// moves the file into the library and then commits its outcome, so a file leaving during
+    /// the run is being consumed, and the outcome (ingested, duplicate or failed) decides the
+    /// row's state rather than a moment of `gone` in between.
     pub fn mark_gone(&mut self, paths: &[PathBuf], mode: WatchMode) -> Result<Vec<i64>, FileError> {
         let texts = paths
             .iter()
             .map(|path| path_text("path", path).map(str::to_owned))
             .collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
-        let kept_states = match mode {
-            WatchMode::Consume => "('gone', 'ingested', 'duplicate')",
-            WatchMode::Index => "('gone')",
+        let kept = match mode {
+            WatchMode::Consume => {
+                "state IN ('gone', 'ingested', 'duplicate')
+                 OR (state = 'detected' AND EXISTS (
+                     SELECT 1 FROM jobs WHERE jobs.id = files.job_id AND jobs.state = 'running'))"
+            }
+            WatchMode::Index => "state = 'gone'",
         };
         let sql = format!(
             "UPDATE files SET state = 'gone', updated_at = ?2
-             WHERE path = ?1 AND state NOT IN {kept_states} RETURNING id"
+             WHERE path = ?1 AND NOT ({kept}) RETURNING id"
         );
         self.write(|transaction| {
             let mut changed = Vec::new();
@@ -413,14 +403,17 @@ fn record_one(
                 |row| row.get(0),
             )?,
     };
+    // The version the job is queued for: a worker that finds another version on disk knows a
+    // newer job exists (or will) for that one.
     let payload = IngestPayload {
         path: file.path.clone(),
-        file_id,
+        file_id: Some(file_id),
         watch_root: file.watch_root.clone(),
         mode: file.mode,
-        size: file.size,
-        mtime_ns: file.mtime_ns,
-        inode: file.inode,
+        size: Some(file.size),
+        mtime_ns: Some(file.mtime_ns),
+        inode: Some(file.inode),
+        sleep_ms: None,
     };
     let job = NewJob::new(
         INGEST_JOB_KIND,
@@ -534,12 +527,13 @@ mod tests {
             payload,
             IngestPayload {
                 path: PathBuf::from("/srv/inbox/a.pdf"),
-                file_id: first[0].file_id,
+                file_id: Some(first[0].file_id),
                 watch_root: PathBuf::from("/srv/inbox"),
                 mode: WatchMode::Consume,
-                size: 10,
-                mtime_ns: 1,
-                inode: 77,
+                size: Some(10),
+                mtime_ns: Some(1),
+                inode: Some(77),
+                sleep_ms: None,
             }
         );
         let file = store.get_file(first[0].file_id).unwrap();
@@ -613,6 +607,40 @@ mod tests {
             store.get_file(back[0].file_id).unwrap().state,
             FileState::Detected
         );
+    }
+
+    #[test]
+    fn a_consumed_file_leaving_while_its_ingest_job_runs_is_not_gone() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let detections = store
+            .record_detected_files(&[detected("running", 1, 1), detected("waiting", 1, 1)], 5)
+            .unwrap();
+        // A worker claims the first file's job (only that one: the claim takes the oldest).
+        let claimed = store
+            .claim_jobs(
+                "worker",
+                &[INGEST_JOB_KIND],
+                1,
+                std::time::Duration::from_secs(30),
+            )
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].id, detections[0].job_id);
+        let paths = vec![
+            PathBuf::from("/srv/inbox/running"),
+            PathBuf::from("/srv/inbox/waiting"),
+        ];
+        // The running job's file left because the worker moved it into the library; the
+        // file whose job did not start yet really went away.
+        let changed = store.mark_gone(&paths, WatchMode::Consume).unwrap();
+        assert_eq!(changed, vec![detections[1].file_id]);
+        assert_eq!(
+            store.get_file(detections[0].file_id).unwrap().state,
+            FileState::Detected
+        );
+        // In an index folder the worker never moves files: leaving means gone.
+        let changed = store.mark_gone(&paths, WatchMode::Index).unwrap();
+        assert_eq!(changed, vec![detections[0].file_id]);
     }
 
     #[test]

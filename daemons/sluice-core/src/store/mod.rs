@@ -27,7 +27,6 @@ pub use downloads::{
 };
 pub use files::{
     DetectedFile, Detection, FileError, FileFilter, FileRecord, FileState, INGEST_JOB_KIND,
-    IngestPayload,
 };
 pub use jobs::{
     ClaimedJob, Completion, Enqueued, Heartbeat, Job, JobError, JobFilter, JobState, JobTransition,
