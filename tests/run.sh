@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Runs every check and every test of sluice: formatting, lints, unit tests, the integration
-# tests (real SQLite files, real processes, a real private dbus-daemon) and, when present,
-# the unit-file checks. CI runs exactly this (see .ci/run); so does a newcomer.
+# tests (real SQLite files, real processes, a real private dbus-daemon) and the system tests
+# (the release .deb installed in a booted systemd container). CI runs exactly this (see
+# .ci/run); so does a newcomer. As root it first installs what the tests need when it is
+# missing (tests/install-needs.sh); without root the tests that need it say
+# "skipped: needs root".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -eq 0 ]; then
+    tests/install-needs.sh
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,9 +1,10 @@
 //! System tests: the .deb installed in a real systemd (a throwaway systemd-nspawn container
 //! made from the host's own root, see the container harness in `support`), driven the way an
 //! administrator would, with `apt-get`, `systemctl`, `journalctl`, `busctl` and `sluicectl`.
-//! They run when `SLUICE_SYSTEM_TESTS=1` is set (they build the release .deb and boot
-//! containers) and need root; without it they say "skipped: needs root" (a failure when
-//! `SLUICE_REQUIRE_ROOT_TESTS=1`). `SLUICE_DEB=path` tests a package built beforehand.
+//! They are part of the default test command. They need root (mounts, systemd-nspawn);
+//! without it they say "skipped: needs root" (a failure when `SLUICE_REQUIRE_ROOT_TESTS=1`,
+//! which CI sets). The first one to need the package builds the release .deb once per test
+//! run; `SLUICE_DEB=path` tests a package built beforehand.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -35,9 +36,6 @@ const SLUICE_UNITS: &[&str] = &[
 /// systemd after `WatchdogSec=` with result `watchdog`.
 #[test]
 fn a_hardened_shipped_unit_runs_a_notify_daemon_and_restarts_it_when_hung() -> Result<()> {
-    if !system_tests_enabled() {
-        return Ok(());
-    }
     if !can_boot_containers()? {
         return Ok(());
     }
@@ -145,9 +143,6 @@ fn every_service_is_hardened_to_the_promised_exposure() -> Result<()> {
 /// upgrade restarts the suite and keeps the token, and purging leaves nothing behind.
 #[test]
 fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
-    if !system_tests_enabled() {
-        return Ok(());
-    }
     let Some(suite) = Suite::install()? else {
         return Ok(());
     };
@@ -302,9 +297,6 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
 /// `journalctl -u sluice-ingest-worker@1 F_JOB_ID=<id>` finds the lines of its ingest job.
 #[test]
 fn an_inbox_file_becomes_a_document_with_its_job_in_the_journal() -> Result<()> {
-    if !system_tests_enabled() {
-        return Ok(());
-    }
     let Some(suite) = Suite::install()? else {
         return Ok(());
     };
@@ -336,9 +328,6 @@ fn an_inbox_file_becomes_a_document_with_its_job_in_the_journal() -> Result<()> 
 /// finds the file that arrived while it hung.
 #[test]
 fn a_hung_monitor_is_restarted_by_the_watchdog_and_reconciles() -> Result<()> {
-    if !system_tests_enabled() {
-        return Ok(());
-    }
     let Some(suite) = Suite::install()? else {
         return Ok(());
     };
@@ -386,9 +375,6 @@ fn a_hung_monitor_is_restarted_by_the_watchdog_and_reconciles() -> Result<()> {
 /// faster machine just gets a larger file on the next round).
 #[test]
 fn a_worker_killed_mid_job_leaves_the_job_finished_exactly_once() -> Result<()> {
-    if !system_tests_enabled() {
-        return Ok(());
-    }
     let Some(suite) = Suite::install()? else {
         return Ok(());
     };
@@ -487,9 +473,6 @@ fn a_worker_killed_mid_job_leaves_the_job_finished_exactly_once() -> Result<()> 
 /// its old configuration) running, and `systemctl status` says what is wrong.
 #[test]
 fn reloading_an_invalid_config_keeps_the_monitor_running_and_says_why() -> Result<()> {
-    if !system_tests_enabled() {
-        return Ok(());
-    }
     let Some(suite) = Suite::install()? else {
         return Ok(());
     };
@@ -726,15 +709,4 @@ impl OutputText for std::process::Output {
             String::from_utf8_lossy(&self.stderr)
         )
     }
-}
-
-/// The system tests boot a container and build a release package: minutes of work that has
-/// not yet been proven green in CI, so they run only when asked for with
-/// `SLUICE_SYSTEM_TESTS=1` (see the README). Until then they say they were skipped.
-fn system_tests_enabled() -> bool {
-    let enabled = std::env::var("SLUICE_SYSTEM_TESTS").as_deref() == Ok("1");
-    if !enabled {
-        eprintln!("skipped: system test; set SLUICE_SYSTEM_TESTS=1 to run it");
-    }
-    enabled
 }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian 12 machine, each thing only when it is
+# missing: dbus-daemon, busctl, setpriv, gdbus (the integration tests), systemd-nspawn,
+# nsenter, flock, lintian (the system tests), cargo-nextest (the test runner) and cargo-deb
+# (the package the system tests install). Needs root for apt-get; tests/run.sh runs it when
+# it is root, and .ci/run through tests/run.sh.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+needed=()
+command -v dbus-daemon > /dev/null || needed+=(dbus-daemon)
+command -v busctl > /dev/null || needed+=(systemd)
+command -v setpriv > /dev/null || needed+=(util-linux)
+command -v nsenter > /dev/null || needed+=(util-linux)
+command -v flock > /dev/null || needed+=(util-linux)
+command -v gdbus > /dev/null || needed+=(libglib2.0-bin)
+command -v systemd-nspawn > /dev/null || needed+=(systemd-container)
+command -v lintian > /dev/null || needed+=(lintian)
+if [ "${#needed[@]}" -gt 0 ]; then
+    echo "== installing ${needed[*]}" >&2
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${needed[@]}"
+fi
+if ! cargo nextest --version > /dev/null 2>&1; then
+    echo "== installing cargo-nextest" >&2
+    cargo install cargo-nextest --locked
+fi
+if ! cargo deb --version > /dev/null 2>&1; then
+    echo "== installing cargo-deb" >&2
+    cargo install cargo-deb --locked
+fi
