@@ -251,6 +251,47 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
     ))?;
     container.check(rescan)?;
 
+    // Socket activation: systemd holds the listening socket, so restarting sluice-web drops
+    // no connection. Requests run back to back inside the container while the web restarts;
+    // the markers show which ones were sent during the restart, and every one is answered.
+    let web = "sluice-web.service";
+    let web_pid = container.unit_property(web, "MainPID")?;
+    let log = container.check(
+        "log=/run/restart-requests; : > $log; \
+         ( for i in $(seq 1 400); do \
+             curl -s -o /dev/null -w '%{http_code}\\n' --max-time 20 \
+                 http://127.0.0.1:8080/healthz >> $log; \
+           done ) & loop=$!; \
+         sleep 0.3; echo restarting >> $log; systemctl restart sluice-web.service; \
+         echo restarted >> $log; wait $loop; cat $log",
+    )?;
+    let is_code = |line: &str| line != "restarting" && line != "restarted";
+    let codes: Vec<&str> = log.lines().filter(|line| is_code(line)).collect();
+    let during = log
+        .lines()
+        .skip_while(|line| *line != "restarting")
+        .take_while(|line| *line != "restarted")
+        .filter(|line| is_code(line))
+        .count();
+    let after = log
+        .lines()
+        .skip_while(|line| *line != "restarted")
+        .filter(|line| is_code(line))
+        .count();
+    ensure!(
+        codes.len() == 400 && codes.iter().all(|code| *code == "200"),
+        "requests during a web restart were not all answered (want 400 × 200):\n{log}"
+    );
+    ensure!(
+        during > 0 && after > 0,
+        "the requests did not straddle the restart ({during} during, {after} after):\n{log}"
+    );
+    ensure!(
+        container.unit_property(web, "MainPID")? != web_pid,
+        "sluice-web was not restarted"
+    );
+    eprintln!("sluice-web restart: {during} requests sent during it, all answered");
+
     // Upgrade (the same package again): the suite restarts, the token stays.
     let pids_before = suite.main_pids()?;
     container.check(&format!("dpkg -i {}", suite.deb_in_container))?;
