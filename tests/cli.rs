@@ -347,3 +347,77 @@ fn config_check_and_get_load_the_file_as_the_daemons_do() {
         assert!(stdout(&output).is_empty(), "{}", stdout(&output));
     }
 }
+
+/// The shipped generator, run as systemd runs it (one output directory argument): one
+/// `sluice.target.wants/` link per configured instance, to the template; with an invalid
+/// configuration no link at all, the reason logged, and exit status 0 (a generator must not
+/// fail the boot).
+#[test]
+fn the_worker_generator_links_exactly_the_configured_instances() {
+    let fixture = SuiteFixture::new("", "");
+    let generator =
+        crate::support::workspace_root().join("packaging/systemd/sluice-worker-generator");
+    let log_file = fixture.directory.path().join("generator.log");
+    let run = |output_directory: &std::path::Path| {
+        std::process::Command::new(&generator)
+            .arg(output_directory)
+            .arg(output_directory.join("early"))
+            .arg(output_directory.join("late"))
+            .env("SLUICECTL", daemon_binary("sluicectl"))
+            .env("SLUICE_CONFIG", &fixture.config_path)
+            .env("SLUICE_GENERATOR_LOG", &log_file)
+            .output()
+            .expect("run the generator")
+    };
+    let text = std::fs::read_to_string(&fixture.config_path).unwrap();
+    std::fs::write(
+        &fixture.config_path,
+        text.replace("[ingest]\n", "[ingest]\nworkers = 3\n"),
+    )
+    .unwrap();
+    let three = fixture.directory.path().join("generated-3");
+    let output = run(&three);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mut links: Vec<(String, std::path::PathBuf)> =
+        std::fs::read_dir(three.join("sluice.target.wants"))
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                (
+                    entry.file_name().to_string_lossy().into_owned(),
+                    std::fs::read_link(entry.path()).unwrap(),
+                )
+            })
+            .collect();
+    links.sort();
+    let template = std::path::PathBuf::from("/lib/systemd/system/sluice-ingest-worker@.service");
+    assert_eq!(
+        links,
+        (1..=3)
+            .map(|instance| (
+                format!("sluice-ingest-worker@{instance}.service"),
+                template.clone()
+            ))
+            .collect::<Vec<_>>()
+    );
+
+    std::fs::write(
+        &fixture.config_path,
+        text.replace("[ingest]\n", "[ingest]\nworkers = 300\n"),
+    )
+    .unwrap();
+    let invalid = fixture.directory.path().join("generated-invalid");
+    let output = run(&invalid);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let logged = std::fs::read_to_string(&log_file).unwrap_or_default();
+    assert!(
+        logged.contains("no ingest worker instances wanted")
+            && logged.contains("ingest.workers")
+            && logged.contains("300"),
+        "the generator logged {logged:?}"
+    );
+    assert!(
+        !invalid.join("sluice.target.wants").exists(),
+        "an invalid configuration still wanted workers"
+    );
+}
