@@ -91,9 +91,9 @@ In order, stopping at the first failure with nothing changed:
   1. N is checked (a whole number from 1 to 256; otherwise exit status 4).
   2. It needs root: it rewrites the configuration file and asks systemd to start and stop
      units (otherwise exit status 1).
-  3. [ingest] workers = N is written into the text of the configuration file (the one the
+  3. [ingest] workers = N is set in a copy of the configuration file's text (the file the
      other commands read: --config, $SLUICE_CONFIG, else /etc/sluice/sluice.toml), keeping
-     every comment and every other line, and the result is checked with the daemons' own
+     every comment and every other line, and the copy is checked with the daemons' own
      loader (an invalid result: exit status 1).
   4. systemd must answer on the system bus (otherwise exit status 5): changing the file
      without it would leave the running suite and the configuration disagreeing.
@@ -102,7 +102,12 @@ file's mode and owner, fsynced, renamed), systemd is reloaded (so sluice-worker-
 makes sluice.target want sluice-ingest-worker@1..N), and, when sluice.target is active,
 instances 1..N are started and waited for until each is ready (READY=1). Running instances
 above N are stopped. When sluice.target is not active, nothing is started: the N instances
-start with it.
+start with it. A start or stop that fails after the file was written is reported with exit
+status 1; the file keeps N (see systemctl status for the unit). An instance above N cannot
+be started by hand: its ConditionPathExists= on the generator's link skips it.
+
+After editing [ingest] workers by hand, run systemctl daemon-reload and systemctl restart
+sluice.target.
 
 /etc/sluice/sluice.toml is a conffile: after this command, an upgrade that ships a changed
 default file asks which one to keep, as for any edit.";
