@@ -244,3 +244,180 @@ fn with_sluice_web_running_job_changes_go_through_web1() {
         "{web_line}"
     );
 }
+
+/// `sluicectl workers N` with N outside 1..=256 or not a whole number: a clear error naming
+/// the range, exit status 4 (invalid argument), and the configuration file byte-identical.
+#[test]
+fn workers_refuses_a_bad_count_and_leaves_the_config_file_alone() {
+    let fixture = SuiteFixture::new("", "# a comment that must survive\n");
+    let before = std::fs::read(&fixture.config_path).unwrap();
+    for bad in ["0", "257", "abc", "-1", "2.5", ""] {
+        let output = sluicectl(&fixture, &["workers", bad]);
+        assert_eq!(
+            output.status.code(),
+            Some(4),
+            "workers {bad:?}: {}{}",
+            stdout(&output),
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains("must be a whole number from 1 to 256")
+                && stderr(&output).contains(&format!("{bad:?}")),
+            "workers {bad:?}: {}",
+            stderr(&output)
+        );
+        assert_eq!(
+            std::fs::read(&fixture.config_path).unwrap(),
+            before,
+            "workers {bad:?} changed the file"
+        );
+    }
+    let output = sluicectl(&fixture, &["--json", "workers", "0"]);
+    assert_eq!(json_stdout(&output)["error"]["code"], "invalid_argument");
+    // No argument at all is a usage error.
+    assert_eq!(sluicectl(&fixture, &["workers"]).status.code(), Some(2));
+    assert_eq!(std::fs::read(&fixture.config_path).unwrap(), before);
+}
+
+/// A valid count when systemd cannot be reached (here the "system bus" is a private
+/// dbus-daemon that no systemd is on): exit status 5 and the file unchanged, since writing it
+/// would leave the configuration and the running suite disagreeing. Not root: refused first.
+#[test]
+fn workers_without_systemd_changes_nothing() {
+    let fixture = SuiteFixture::new("", "");
+    let before = std::fs::read(&fixture.config_path).unwrap();
+    let output = std::process::Command::new(daemon_binary("sluicectl"))
+        .arg("--config")
+        .arg(&fixture.config_path)
+        .args(["workers", "3"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", fixture.bus.address())
+        .output()
+        .expect("run sluicectl");
+    if crate::support::have_root() {
+        assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("systemd cannot be reached on the system bus")
+                && stderr(&output).contains("nothing changed"),
+            "{}",
+            stderr(&output)
+        );
+    } else {
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("needs root"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    assert_eq!(std::fs::read(&fixture.config_path).unwrap(), before);
+}
+
+/// `config check` accepts what the daemons accept and names file, line and key otherwise;
+/// `config get ingest.workers` prints the bare number (the generator reads it).
+#[test]
+fn config_check_and_get_load_the_file_as_the_daemons_do() {
+    let fixture = SuiteFixture::new("", "");
+    let output = sluicectl(&fixture, &["config", "check"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("valid"), "{}", stdout(&output));
+    let output = sluicectl(&fixture, &["config", "get", "ingest.workers"]);
+    assert_eq!(stdout(&output), "2\n", "{}", stderr(&output));
+    let output = sluicectl(&fixture, &["config", "get", "no.such.key"]);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+
+    let text = std::fs::read_to_string(&fixture.config_path).unwrap();
+    std::fs::write(
+        &fixture.config_path,
+        text.replace("[ingest]\n", "[ingest]\nworkers = 0\n"),
+    )
+    .unwrap();
+    for arguments in [
+        &["config", "check"][..],
+        &["config", "get", "ingest.workers"],
+    ] {
+        let output = sluicectl(&fixture, arguments);
+        assert_eq!(output.status.code(), Some(1), "{arguments:?}");
+        let message = stderr(&output);
+        assert!(
+            message.contains(&fixture.config_path.display().to_string())
+                && message.contains("line ")
+                && message.contains("ingest.workers"),
+            "{arguments:?}: {message}"
+        );
+        assert!(stdout(&output).is_empty(), "{}", stdout(&output));
+    }
+}
+
+/// The shipped generator, run as systemd runs it (one output directory argument): one
+/// `sluice.target.wants/` link per configured instance, to the template; with an invalid
+/// configuration no link at all, the reason logged, and exit status 0 (a generator must not
+/// fail the boot).
+#[test]
+fn the_worker_generator_links_exactly_the_configured_instances() {
+    let fixture = SuiteFixture::new("", "");
+    let generator =
+        crate::support::workspace_root().join("packaging/systemd/sluice-worker-generator");
+    let log_file = fixture.directory.path().join("generator.log");
+    let run = |output_directory: &std::path::Path| {
+        std::process::Command::new(&generator)
+            .arg(output_directory)
+            .arg(output_directory.join("early"))
+            .arg(output_directory.join("late"))
+            .env("SLUICECTL", daemon_binary("sluicectl"))
+            .env("SLUICE_CONFIG", &fixture.config_path)
+            .env("SLUICE_GENERATOR_LOG", &log_file)
+            .output()
+            .expect("run the generator")
+    };
+    let text = std::fs::read_to_string(&fixture.config_path).unwrap();
+    std::fs::write(
+        &fixture.config_path,
+        text.replace("[ingest]\n", "[ingest]\nworkers = 3\n"),
+    )
+    .unwrap();
+    let three = fixture.directory.path().join("generated-3");
+    let output = run(&three);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mut links: Vec<(String, std::path::PathBuf)> =
+        std::fs::read_dir(three.join("sluice.target.wants"))
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                (
+                    entry.file_name().to_string_lossy().into_owned(),
+                    std::fs::read_link(entry.path()).unwrap(),
+                )
+            })
+            .collect();
+    links.sort();
+    let template = std::path::PathBuf::from("/lib/systemd/system/sluice-ingest-worker@.service");
+    assert_eq!(
+        links,
+        (1..=3)
+            .map(|instance| (
+                format!("sluice-ingest-worker@{instance}.service"),
+                template.clone()
+            ))
+            .collect::<Vec<_>>()
+    );
+
+    std::fs::write(
+        &fixture.config_path,
+        text.replace("[ingest]\n", "[ingest]\nworkers = 300\n"),
+    )
+    .unwrap();
+    let invalid = fixture.directory.path().join("generated-invalid");
+    let output = run(&invalid);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let logged = std::fs::read_to_string(&log_file).unwrap_or_default();
+    assert!(
+        logged.contains("no ingest worker instances wanted")
+            && logged.contains("ingest.workers")
+            && logged.contains("300"),
+        "the generator logged {logged:?}"
+    );
+    assert!(
+        !invalid.join("sluice.target.wants").exists(),
+        "an invalid configuration still wanted workers"
+    );
+}

@@ -553,6 +553,181 @@ fn reloading_an_invalid_config_keeps_the_monitor_running_and_says_why() -> Resul
     Ok(())
 }
 
+/// `[ingest] workers` is the truth for the worker instances: the generator makes sluice.target
+/// want exactly the configured ones, and `sluicectl workers N` changes the file (keeping its
+/// comments, mode and owner) and scales the running suite, waiting until each new instance
+/// is READY and each surplus one stopped; a bad count changes nothing; a hand edit takes
+/// effect with `daemon-reload` and a restart of the target.
+#[test]
+fn sluicectl_workers_scales_the_running_suite_and_the_generator_is_the_truth() -> Result<()> {
+    if !system_tests_enabled() {
+        return Ok(());
+    }
+    let Some(suite) = Suite::install()? else {
+        return Ok(());
+    };
+    let container = &suite.container;
+    suite.wait_until_every_unit_runs()?;
+    let config_path = container.root().join("etc/sluice/sluice.toml");
+    let shipped = std::fs::read_to_string(workspace_root().join("config/sluice.toml"))?;
+    ensure!(
+        container.check("ls /run/systemd/generator/sluice.target.wants")?
+            == "sluice-ingest-worker@1.service\nsluice-ingest-worker@2.service\n",
+        "the generator does not want exactly @1 and @2 for the shipped workers = 2"
+    );
+
+    // Up to 3, live.
+    let asked_at = Instant::now();
+    let scaled = suite.sluicectl_json("workers 3")?;
+    let command_took = asked_at.elapsed();
+    let third = worker(3);
+    ensure!(
+        scaled["started"][0]["unit"] == third.as_str()
+            && scaled["started"][0]["result"] == "done"
+            && scaled["previous_workers"] == 2
+            && scaled["target_active"] == true,
+        "sluicectl workers 3 printed {scaled}"
+    );
+    // sluicectl returned after the start job finished, so @3 is running (READY=1) now, with
+    // no waiting here.
+    ensure!(
+        unit_runs(container, &third)?,
+        "{third} is not active (running) when sluicectl workers 3 returned"
+    );
+    eprintln!(
+        "sluicectl workers 3: {third} READY {:.3}s after its StartUnit, command {:.3}s in all",
+        scaled["started"][0]["seconds"].as_f64().unwrap_or(f64::NAN),
+        command_took.as_secs_f64()
+    );
+    let introspection =
+        container.check("busctl introspect org.sluice.Ingest1.Worker3 /org/sluice/Ingest1/3")?;
+    ensure!(
+        introspection
+            .lines()
+            .any(|line| line.starts_with("org.sluice.Ingest1")),
+        "worker 3 is not on the bus:\n{introspection}"
+    );
+    let edited = std::fs::read_to_string(&config_path)?;
+    let changed: Vec<(&str, &str)> = shipped
+        .lines()
+        .zip(edited.lines())
+        .filter(|(before, after)| before != after)
+        .collect();
+    ensure!(
+        changed == [("workers = 2", "workers = 3")]
+            && shipped.lines().count() == edited.lines().count(),
+        "the file changed more than its workers line: {changed:?}"
+    );
+    let owner = container.check("stat -c '%U:%G %a' /etc/sluice/sluice.toml")?;
+    ensure!(
+        owner.trim() == "root:root 644",
+        "sluice.toml is now {owner:?}"
+    );
+
+    // A restart of the target keeps the three.
+    container.check("systemctl restart sluice.target")?;
+    for instance in 1..=3 {
+        suite.wait_until_unit_runs(&worker(instance))?;
+    }
+
+    // Down to 1, live: sluicectl returns once @2 and @3 have stopped.
+    let scaled = suite.sluicectl_json("workers 1")?;
+    let mut stopped: Vec<String> = scaled["stopped"]
+        .as_array()
+        .context("stopped")?
+        .iter()
+        .map(|outcome| outcome["unit"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    stopped.sort();
+    ensure!(
+        stopped == [worker(2), worker(3)],
+        "sluicectl workers 1 printed {scaled}"
+    );
+    for instance in [2, 3] {
+        let state = container.unit_property(&worker(instance), "ActiveState")?;
+        ensure!(state == "inactive", "{} is {state}", worker(instance));
+    }
+    ensure!(unit_runs(container, &worker(1))?, "worker 1 stopped too");
+
+    // A bad count: refused, nothing changed.
+    let before = std::fs::read(&config_path)?;
+    let refused = container.sh("sluicectl workers 0")?;
+    ensure!(
+        refused.status.code() == Some(4)
+            && String::from_utf8_lossy(&refused.stderr).contains("from 1 to 256"),
+        "sluicectl workers 0: {}",
+        refused.stdout_text()
+    );
+    ensure!(
+        std::fs::read(&config_path)? == before,
+        "workers 0 changed the file"
+    );
+    ensure!(
+        unit_runs(container, &worker(1))?,
+        "workers 0 stopped worker 1"
+    );
+    ensure!(container.unit_property(&worker(2), "ActiveState")? == "inactive");
+
+    // By hand: the file and a reload decide, also when the count goes down (a restart of
+    // the target would restart every instance that is PartOf it, were it not for the
+    // unit's condition on the generator's link).
+    let set_by_hand = |workers: u32| -> Result<()> {
+        let text = std::fs::read_to_string(&config_path)?;
+        let replaced: Vec<String> = text
+            .lines()
+            .map(|line| {
+                if line.starts_with("workers = ") {
+                    format!("workers = {workers}")
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&config_path, replaced.join("\n") + "\n")?;
+        container.check("systemctl daemon-reload && systemctl restart sluice.target")?;
+        Ok(())
+    };
+    set_by_hand(3)?;
+    for instance in 1..=3 {
+        suite.wait_until_unit_runs(&worker(instance))?;
+    }
+    set_by_hand(1)?;
+    suite.wait_until_unit_runs(&worker(1))?;
+    let surplus_stopped = wait_until(Duration::from_secs(60), || {
+        [2, 3].iter().all(|instance| {
+            container
+                .unit_property(&worker(*instance), "ActiveState")
+                .is_ok_and(|state| state == "inactive")
+        })
+    });
+    ensure!(
+        surplus_stopped,
+        "after workers = 1 by hand, daemon-reload and a restart:\n{}",
+        container
+            .sh("systemctl list-units --all --no-pager 'sluice-ingest-worker@*'")?
+            .stdout_text()
+    );
+    let running = container.check(
+        "systemctl list-units --state=running --plain --no-legend 'sluice-ingest-worker@*' \
+         | cut -d' ' -f1",
+    )?;
+    ensure!(
+        running.trim() == worker(1),
+        "running instances: {running:?}"
+    );
+    Ok(())
+}
+
+fn worker(instance: u32) -> String {
+    format!("sluice-ingest-worker@{instance}.service")
+}
+
+/// Whether a unit is `active (running)` right now.
+fn unit_runs(container: &Container, unit: &str) -> Result<bool> {
+    Ok(container.unit_property(unit, "ActiveState")? == "active"
+        && container.unit_property(unit, "SubState")? == "running")
+}
+
 /// The .deb installed and running in a booted container.
 struct Suite {
     container: Container,

@@ -42,6 +42,10 @@ pub const BUILT_IN_DEFAULTS: &str = include_str!("../../../config/sluice.toml");
 /// The path that errors name for a value taken from [`BUILT_IN_DEFAULTS`].
 pub const BUILT_IN_DEFAULTS_ORIGIN: &str = "<built-in defaults: config/sluice.toml>";
 
+/// How many ingest worker instances `[ingest] workers` may ask for; `sluicectl workers N`
+/// checks its argument against the same range before it edits the file.
+pub const INGEST_WORKERS_RANGE: std::ops::RangeInclusive<u32> = 1..=256;
+
 /// The whole validated configuration. Field names follow the file; the lists of tables
 /// `[[watch]]`, `[[processor]]` and `[[source]]` become `watches`, `processors` and `sources`,
 /// with the `*_defaults` tables already applied to each entry.

@@ -2,7 +2,7 @@
 //! to the store where that is safe), and map every failure to a documented exit status.
 
 use std::net::ToSocketAddrs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -20,8 +20,10 @@ use sluice_core::store::{Store, StoreError};
 use zbus::Connection;
 use zbus::proxy::CacheProperties;
 
+use crate::config_file::{self, EditError};
 use crate::output::{print_fields, print_json, print_line, print_table};
-use crate::{Cli, Command, DocsCommand, DownloadArguments, JobsCommand, exit};
+use crate::systemd::{self, Systemd};
+use crate::{Cli, Command, ConfigCommand, DocsCommand, DownloadArguments, JobsCommand, exit};
 
 /// How long sluicectl waits for the bus or a daemon before calling it unavailable.
 const BUS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -133,12 +135,24 @@ impl From<BusError> for Failure {
     }
 }
 
+impl From<EditError> for Failure {
+    fn from(error: EditError) -> Failure {
+        match error {
+            EditError::InvalidCount { .. } => Failure::invalid(error.to_string()),
+            _ => Failure::new(exit::ERROR, error.to_string()),
+        }
+    }
+}
+
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<(), Failure> {
-    let config = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => Config::load_from_env()?.1,
-    };
+    // These two read or edit the configuration file themselves.
+    match &cli.command {
+        Command::Config(command) => return config_command(&cli, command),
+        Command::Workers { count } => return workers(&cli, count),
+        _ => {}
+    }
+    let config = load_config(&cli)?.1;
     let context = Context {
         config,
         json: cli.json,
@@ -161,6 +175,308 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             limit,
             cursor,
         }) => context.docs_list(query, limit, cursor),
+        Command::Config(_) | Command::Workers { .. } => unreachable!("handled above"),
+    }
+}
+
+/// The configuration file the command line names: `--config`, else `$SLUICE_CONFIG`, else
+/// the default path; and that file loaded (the built-in defaults when the default file does
+/// not exist, as the daemons do).
+fn load_config(cli: &Cli) -> Result<(PathBuf, Config), Failure> {
+    Ok(match &cli.config {
+        Some(path) => (path.clone(), Config::load(path)?),
+        None => Config::load_from_env()?,
+    })
+}
+
+/// The path `workers` edits: the one [`load_config`] would read.
+fn config_path(cli: &Cli) -> PathBuf {
+    if let Some(path) = &cli.config {
+        return path.clone();
+    }
+    match std::env::var_os(sluice_core::config::CONFIG_PATH_VARIABLE) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(sluice_core::config::DEFAULT_CONFIG_PATH),
+    }
+}
+
+/// `config check` and `config get KEY`. Both load the file exactly as the daemons do, so a
+/// file they accept is one the daemons accept (sluice-worker-generator relies on `get`).
+fn config_command(cli: &Cli, command: &ConfigCommand) -> Result<(), Failure> {
+    let (path, config) = load_config(cli).map_err(|failure| Failure {
+        message: failure.message.replacen(
+            "invalid configuration: ",
+            "invalid configuration:\n  ",
+            1,
+        ),
+        ..failure
+    })?;
+    match command {
+        ConfigCommand::Check => {
+            let exists = path.exists();
+            if cli.json {
+                print_json(&json!({
+                    "path": path,
+                    "valid": true,
+                    "file_exists": exists,
+                    "ingest": { "workers": config.ingest.workers },
+                }));
+            } else if exists {
+                print_line(&format!("{}: valid", path.display()));
+            } else {
+                print_line(&format!(
+                    "{}: does not exist; the built-in defaults apply (valid)",
+                    path.display()
+                ));
+            }
+            Ok(())
+        }
+        ConfigCommand::Get { key } => {
+            let value: Value = match key.as_str() {
+                "ingest.workers" => config.ingest.workers.into(),
+                "ingest.library" => config.ingest.library.to_string_lossy().into(),
+                "store.path" => config.store.path.to_string_lossy().into(),
+                "web.listen" => config.web.listen.to_string().into(),
+                _ => {
+                    return Err(Failure::invalid(format!(
+                        "config get knows ingest.workers, ingest.library, store.path and \
+                         web.listen, not {key:?}"
+                    )));
+                }
+            };
+            if cli.json {
+                print_json(&json!({ "key": key, "value": value }));
+            } else {
+                match value {
+                    Value::String(text) => print_line(&text),
+                    other => print_line(&other.to_string()),
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `workers N`; the order of its checks is documented in its `--help`.
+fn workers(cli: &Cli, count: &str) -> Result<(), Failure> {
+    let workers = config_file::parse_worker_count(count)?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Failure::new(
+            exit::ERROR,
+            "workers needs root: it rewrites the configuration file and asks systemd to \
+             start and stop units; nothing changed",
+        ));
+    }
+    let path = config_path(cli);
+    let current_text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        // Like the daemons: no file at the default path means the built-in defaults, and the
+        // edit creates the file with just this key.
+        Err(error)
+            if error.kind() == std::io::ErrorKind::NotFound
+                && cli.config.is_none()
+                && path == Path::new(sluice_core::config::DEFAULT_CONFIG_PATH) =>
+        {
+            String::new()
+        }
+        Err(error) => {
+            return Err(Failure::new(
+                exit::ERROR,
+                format!("cannot read {}: {error}; nothing changed", path.display()),
+            ));
+        }
+    };
+    let previous = Config::from_toml_str(&current_text, &path)
+        .ok()
+        .map(|config| config.ingest.workers);
+    let edited = config_file::with_ingest_workers(&current_text, workers, &path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Failure::new(exit::ERROR, format!("cannot start a runtime: {error}")))?;
+    runtime.block_on(async {
+        let (systemd, _version) = tokio::time::timeout(BUS_TIMEOUT, Systemd::connect())
+            .await
+            .map_err(|_| zbus::Error::Failure(format!("no answer within {BUS_TIMEOUT:?}")))
+            .and_then(|connected| connected)
+            .map_err(|error| {
+                Failure::new(
+                    exit::DAEMON_UNAVAILABLE,
+                    format!(
+                        "systemd cannot be reached on the system bus ({error}); nothing changed \
+                         (without systemd, set [ingest] workers in {} by hand)",
+                        path.display()
+                    ),
+                )
+            })?;
+        let config_changed = edited != current_text;
+        if config_changed {
+            config_file::replace_atomically(&path, &edited)?;
+        }
+        let after_write = |what: &str, error: zbus::Error| {
+            Failure::new(
+                exit::ERROR,
+                format!(
+                    "{} says workers = {workers}, but {what} failed: {error}",
+                    path.display()
+                ),
+            )
+        };
+        tokio::time::timeout(systemd::JOB_DEADLINE, systemd.reload())
+            .await
+            .map_err(|_| zbus::Error::Failure("no answer".into()))
+            .and_then(|reloaded| reloaded)
+            .map_err(|error| after_write("systemctl daemon-reload", error))?;
+        let units = systemd
+            .sluice_units()
+            .await
+            .map_err(|error| after_write("listing the units", error))?;
+        let target_active = units
+            .iter()
+            .any(|unit| unit.name == systemd::SLUICE_TARGET && unit.active_state == "active");
+        let mut already_running = Vec::new();
+        let mut starts = Vec::new();
+        if target_active {
+            for instance in 1..=workers {
+                let unit = systemd::worker_unit(instance);
+                let state = units.iter().find(|state| state.name == unit);
+                if state.is_some_and(|state| state.active_state == "active") {
+                    already_running.push(unit);
+                } else {
+                    starts.push(unit);
+                }
+            }
+        }
+        let stops: Vec<String> = units
+            .iter()
+            .filter(|unit| {
+                systemd::worker_instance(&unit.name).is_some_and(|instance| instance > workers)
+                    && unit.is_up()
+            })
+            .map(|unit| unit.name.clone())
+            .collect();
+        let outcomes = systemd
+            .run_jobs(&starts, &stops, systemd::JOB_DEADLINE)
+            .await
+            .map_err(|error| after_write("starting and stopping the instances", error))?;
+        report_workers(&WorkersReport {
+            path: &path,
+            workers,
+            previous,
+            config_changed,
+            target_active,
+            already_running: &already_running,
+            starts: &starts,
+            outcomes: &outcomes,
+            json: cli.json,
+        })
+    })
+}
+
+struct WorkersReport<'a> {
+    path: &'a Path,
+    workers: u32,
+    previous: Option<u32>,
+    config_changed: bool,
+    target_active: bool,
+    already_running: &'a [String],
+    starts: &'a [String],
+    outcomes: &'a [systemd::JobOutcome],
+    json: bool,
+}
+
+/// Prints what `workers` did; fails (exit status 1) when a job did not end `done`.
+fn report_workers(report: &WorkersReport<'_>) -> Result<(), Failure> {
+    let failed: Vec<&systemd::JobOutcome> = report
+        .outcomes
+        .iter()
+        .filter(|outcome| outcome.result != "done")
+        .collect();
+    let outcome_json = |starting: bool| -> Vec<Value> {
+        report
+            .outcomes
+            .iter()
+            .filter(|outcome| report.starts.contains(&outcome.unit) == starting)
+            .map(|outcome| {
+                json!({
+                    "unit": outcome.unit,
+                    "result": outcome.result,
+                    "seconds": outcome.took.as_secs_f64(),
+                })
+            })
+            .collect()
+    };
+    if report.json {
+        print_json(&json!({
+            "config_path": report.path,
+            "workers": report.workers,
+            "previous_workers": report.previous,
+            "config_changed": report.config_changed,
+            "target_active": report.target_active,
+            "already_running": report.already_running,
+            "started": outcome_json(true),
+            "stopped": outcome_json(false),
+        }));
+    } else {
+        let was = match report.previous {
+            Some(previous) if report.config_changed => format!(" (was {previous})"),
+            _ if report.config_changed => String::new(),
+            _ => " (unchanged)".to_owned(),
+        };
+        print_line(&format!(
+            "{}: [ingest] workers = {}{was}",
+            report.path.display(),
+            report.workers
+        ));
+        print_line(&format!(
+            "systemd reloaded: sluice.target wants sluice-ingest-worker@1..{}",
+            report.workers
+        ));
+        if !report.target_active {
+            print_line("sluice.target is not active: no instance started; they start with it");
+        }
+        for outcome in report.outcomes {
+            let verb = if report.starts.contains(&outcome.unit) {
+                "started"
+            } else {
+                "stopped"
+            };
+            if outcome.result == "done" {
+                print_line(&format!(
+                    "{verb} {} in {:.2}s",
+                    outcome.unit,
+                    outcome.took.as_secs_f64()
+                ));
+            } else {
+                print_line(&format!(
+                    "not {verb}: {} (job result {})",
+                    outcome.unit, outcome.result
+                ));
+            }
+        }
+        if !report.already_running.is_empty() {
+            print_line(&format!(
+                "already running: {}",
+                report.already_running.join(", ")
+            ));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        let units: Vec<String> = failed
+            .iter()
+            .map(|outcome| format!("{} ({})", outcome.unit, outcome.result))
+            .collect();
+        Err(Failure::new(
+            exit::ERROR,
+            format!(
+                "the configuration says workers = {}, but these jobs did not finish: {}; see \
+                 systemctl status and journalctl -u for each",
+                report.workers,
+                units.join(", ")
+            ),
+        ))
     }
 }
 

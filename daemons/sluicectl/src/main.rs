@@ -3,7 +3,9 @@
 //! D-Bus, or into the store directly when that daemon is not running (see `--help`).
 
 mod commands;
+mod config_file;
 mod output;
+mod systemd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +29,8 @@ Where changes go:
   download           org.sluice.Scraper1 (sluice-scraper); without it, the store directly
                      (the download waits in the queue until the scraper runs)
   rescan             org.sluice.Monitor1 (sluice-monitor); without it: exit status 5
+  workers N          the configuration file, then systemd (org.freedesktop.systemd1) on the
+                     system bus; without systemd: exit status 5 and nothing changed
 Reads (status, jobs list/show, docs list) use the database named by [store] path.
 
 Exit status:
@@ -68,6 +72,58 @@ pub enum Command {
     /// List or search documents.
     #[command(subcommand)]
     Docs(DocsCommand),
+    /// Check the configuration file, or print one of its values.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Set how many ingest workers run (1 to 256), in the configuration and live.
+    #[command(long_about = WORKERS_LONG_ABOUT)]
+    Workers {
+        /// The number of sluice-ingest-worker@N instances, 1 to 256.
+        #[arg(allow_hyphen_values = true, value_name = "N")]
+        count: String,
+    },
+}
+
+const WORKERS_LONG_ABOUT: &str = "\
+Set how many ingest workers run (1 to 256), in the configuration and live.
+
+In order, stopping at the first failure with nothing changed:
+  1. N is checked (a whole number from 1 to 256; otherwise exit status 4).
+  2. It needs root: it rewrites the configuration file and asks systemd to start and stop
+     units (otherwise exit status 1).
+  3. [ingest] workers = N is set in a copy of the configuration file's text (the file the
+     other commands read: --config, $SLUICE_CONFIG, else /etc/sluice/sluice.toml), keeping
+     every comment and every other line, and the copy is checked with the daemons' own
+     loader (an invalid result: exit status 1).
+  4. systemd must answer on the system bus (otherwise exit status 5): changing the file
+     without it would leave the running suite and the configuration disagreeing.
+Then the file is replaced atomically (a temporary file in the same directory with the old
+file's mode and owner, fsynced, renamed), systemd is reloaded (so sluice-worker-generator
+makes sluice.target want sluice-ingest-worker@1..N), and, when sluice.target is active,
+instances 1..N are started and waited for until each is ready (READY=1). Running instances
+above N are stopped. When sluice.target is not active, nothing is started: the N instances
+start with it. A start or stop that fails after the file was written is reported with exit
+status 1; the file keeps N (see systemctl status for the unit). An instance above N cannot
+be started by hand: its ConditionPathExists= on the generator's link skips it.
+
+After editing [ingest] workers by hand, run systemctl daemon-reload and systemctl restart
+sluice.target.
+
+/etc/sluice/sluice.toml is a conffile: after this command, an upgrade that ships a changed
+default file asks which one to keep, as for any edit.";
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load the configuration file as the daemons do and say whether it is valid; an
+    /// invalid one is reported with its file, line, column and key (exit status 1).
+    Check,
+    /// Print one value of the loaded configuration (built-in defaults applied); exit
+    /// status 1 when the file is invalid. Keys: ingest.workers, store.path, web.listen,
+    /// ingest.library.
+    Get {
+        /// A dotted key, e.g. ingest.workers.
+        key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -225,7 +225,11 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
         reconcile_interval: locator.duration(&raw.monitor.reconcile_interval)?,
     };
     let ingest = IngestConfig {
-        workers: locator.number(&raw.ingest.workers, 1, 256)?,
+        workers: locator.number(
+            &raw.ingest.workers,
+            *super::INGEST_WORKERS_RANGE.start(),
+            *super::INGEST_WORKERS_RANGE.end(),
+        )?,
         library: locator.absolute_path(&raw.ingest.library)?,
         max_file_size: locator.size(&raw.ingest.max_file_size)?,
         text_max_bytes: locator.size(&raw.ingest.text_max_bytes)?,
