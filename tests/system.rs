@@ -560,9 +560,6 @@ fn reloading_an_invalid_config_keeps_the_monitor_running_and_says_why() -> Resul
 /// effect with `daemon-reload` and a restart of the target.
 #[test]
 fn sluicectl_workers_scales_the_running_suite_and_the_generator_is_the_truth() -> Result<()> {
-    if !system_tests_enabled() {
-        return Ok(());
-    }
     let Some(suite) = Suite::install()? else {
         return Ok(());
     };
