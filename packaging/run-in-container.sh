@@ -159,6 +159,7 @@ Run commands inside the container (as root, from another terminal):
   $enter journalctl -f -u 'sluice-*'
   $enter busctl introspect org.sluice.Monitor1 /org/sluice/Monitor1
   $enter sluicectl status
+  $enter sluicectl workers 4      # scale the ingest workers live
   $enter sh -c 'echo hello > /var/lib/sluice/inbox/hello.txt'
 
 Ctrl-C powers the container off and removes it.
