@@ -338,10 +338,9 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
 /// `journalctl -u sluice-ingest-worker@1 F_JOB_ID=<id>` finds the lines of its ingest job.
 #[test]
 fn an_inbox_file_becomes_a_document_with_its_job_in_the_journal() -> Result<()> {
-    let Some(suite) = Suite::install()? else {
+    let Some(suite) = Suite::running()? else {
         return Ok(());
     };
-    suite.wait_until_every_unit_runs()?;
     // One worker, so the job's lines are in worker 1's journal.
     suite
         .container
@@ -369,11 +368,10 @@ fn an_inbox_file_becomes_a_document_with_its_job_in_the_journal() -> Result<()> 
 /// finds the file that arrived while it hung.
 #[test]
 fn a_hung_monitor_is_restarted_by_the_watchdog_and_reconciles() -> Result<()> {
-    let Some(suite) = Suite::install()? else {
+    let Some(suite) = Suite::running()? else {
         return Ok(());
     };
     let container = &suite.container;
-    suite.wait_until_every_unit_runs()?;
     let monitor = "sluice-monitor.service";
     let restarts_before: u32 = container.unit_property(monitor, "NRestarts")?.parse()?;
     let hung_pid = container.unit_property(monitor, "MainPID")?;
@@ -416,11 +414,10 @@ fn a_hung_monitor_is_restarted_by_the_watchdog_and_reconciles() -> Result<()> {
 /// faster machine just gets a larger file on the next round).
 #[test]
 fn a_worker_killed_mid_job_leaves_the_job_finished_exactly_once() -> Result<()> {
-    let Some(suite) = Suite::install()? else {
+    let Some(suite) = Suite::running()? else {
         return Ok(());
     };
     let container = &suite.container;
-    suite.wait_until_every_unit_runs()?;
     let worker = "sluice-ingest-worker@1.service";
     // A short lease so the takeover comes within seconds; one worker, so we know which one
     // holds the job.
@@ -514,11 +511,10 @@ fn a_worker_killed_mid_job_leaves_the_job_finished_exactly_once() -> Result<()> 
 /// its old configuration) running, and `systemctl status` says what is wrong.
 #[test]
 fn reloading_an_invalid_config_keeps_the_monitor_running_and_says_why() -> Result<()> {
-    let Some(suite) = Suite::install()? else {
+    let Some(suite) = Suite::running()? else {
         return Ok(());
     };
     let container = &suite.container;
-    suite.wait_until_every_unit_runs()?;
     let monitor = "sluice-monitor.service";
     let pid = container.unit_property(monitor, "MainPID")?;
     let config = container.root().join("etc/sluice/sluice.toml");
@@ -560,11 +556,10 @@ fn reloading_an_invalid_config_keeps_the_monitor_running_and_says_why() -> Resul
 /// effect with `daemon-reload` and a restart of the target.
 #[test]
 fn sluicectl_workers_scales_the_running_suite_and_the_generator_is_the_truth() -> Result<()> {
-    let Some(suite) = Suite::install()? else {
+    let Some(suite) = Suite::running()? else {
         return Ok(());
     };
     let container = &suite.container;
-    suite.wait_until_every_unit_runs()?;
     let config_path = container.root().join("etc/sluice/sluice.toml");
     let shipped = std::fs::read_to_string(workspace_root().join("config/sluice.toml"))?;
     ensure!(
@@ -756,6 +751,16 @@ impl Suite {
             container,
             deb_in_container,
         }))
+    }
+
+    /// [`Suite::install`], then waits until the postinst's start of sluice.target has brought
+    /// every unit up. `None` when skipped (not root).
+    fn running() -> Result<Option<Suite>> {
+        let Some(suite) = Suite::install()? else {
+            return Ok(None);
+        };
+        suite.wait_until_every_unit_runs()?;
+        Ok(Some(suite))
     }
 
     /// Waits until every sluice unit is `active (running)` (a `Type=notify` service is
