@@ -1,6 +1,5 @@
 //! Health and status: `/healthz` (the process answers), `/readyz` (the store answers) and
-//! `GET /api/status`, which asks each daemon over D-Bus (through the proxies generated from
-//! the interface definitions) and systemd over its own D-Bus API.
+//! `GET /api/status`, which asks each daemon over D-Bus (one `Properties.GetAll` per daemon) and systemd over its own D-Bus API.
 
 use std::time::Duration;
 
@@ -9,10 +8,12 @@ use actix_web::web::Data;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sluice_core::bus::{
-    INGEST_INTERFACE, MONITOR_BUS_NAME, MonitorProxy, SCRAPER_BUS_NAME, ScraperProxy, WEB_BUS_NAME,
-    WebProxy, ingest_bus_name, ingest_proxy, sanitize_instance,
+    INGEST_INTERFACE, MONITOR_BUS_NAME, MONITOR_OBJECT_PATH, SCRAPER_BUS_NAME, SCRAPER_OBJECT_PATH,
+    WEB_BUS_NAME, WEB_OBJECT_PATH, ingest_bus_name, ingest_object_path, sanitize_instance,
 };
 use zbus::Connection;
+use zbus::fdo::PropertiesProxy;
+use zbus::names::InterfaceName;
 use zbus::proxy::CacheProperties;
 
 use crate::api::name_has_owner;
@@ -170,78 +171,92 @@ async fn all_daemons(connection: &Connection, workers: u32) -> Vec<DaemonStatus>
     daemons
 }
 
+/// Reads every property of a daemon's interface in one `Properties.GetAll` round trip:
+/// `State`, `Status` and `LastError` go to their fields, the rest (counters, paths, lists)
+/// into `counters` under snake_case names (`FilesDetected` → `files_detected`).
 async fn read_daemon_properties(
     connection: &Connection,
     bus_name: &str,
     daemon: &mut DaemonStatus,
 ) -> zbus::Result<()> {
-    match bus_name {
-        MONITOR_BUS_NAME => {
-            let proxy = MonitorProxy::builder(connection)
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await?;
-            daemon.state = Some(proxy.state().await?);
-            daemon.status = Some(proxy.status().await?);
-            daemon.last_error = Some(proxy.last_error().await?);
-            daemon.counters = json!({
-                "files_detected": proxy.files_detected().await?,
-                "jobs_queued": proxy.jobs_queued().await?,
-                "watched_paths": proxy.watched_paths().await?,
-                "polling_paths": proxy.polling_paths().await?,
-                "durability": proxy.durability().await?,
-            });
-        }
-        SCRAPER_BUS_NAME => {
-            let proxy = ScraperProxy::builder(connection)
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await?;
-            daemon.state = Some(proxy.state().await?);
-            daemon.status = Some(proxy.status().await?);
-            daemon.last_error = Some(proxy.last_error().await?);
-            daemon.counters = json!({
-                "downloads_active": proxy.downloads_active().await?,
-                "downloads_done": proxy.downloads_done().await?,
-                "downloads_failed": proxy.downloads_failed().await?,
-                "bytes_downloaded": proxy.bytes_downloaded().await?,
-                "sources": proxy.sources().await?,
-            });
-        }
-        WEB_BUS_NAME => {
-            let proxy = WebProxy::builder(connection)
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await?;
-            daemon.state = Some(proxy.state().await?);
-            daemon.status = Some(proxy.status().await?);
-            daemon.last_error = Some(proxy.last_error().await?);
-            daemon.counters = json!({
-                "requests_served": proxy.requests_served().await?,
-                "event_clients": proxy.event_clients().await?,
-                "listen_address": proxy.listen_address().await?,
-                "base_path": proxy.base_path().await?,
-            });
-        }
+    let (path, interface) = match bus_name {
+        MONITOR_BUS_NAME => (MONITOR_OBJECT_PATH.to_owned(), MONITOR_BUS_NAME),
+        SCRAPER_BUS_NAME => (SCRAPER_OBJECT_PATH.to_owned(), SCRAPER_BUS_NAME),
+        WEB_BUS_NAME => (WEB_OBJECT_PATH.to_owned(), WEB_BUS_NAME),
         ingest if ingest.starts_with(INGEST_INTERFACE) => {
             let instance = ingest
                 .rsplit_once(".Worker")
                 .map(|(_, instance)| instance)
                 .unwrap_or_default();
-            let proxy = ingest_proxy(connection, instance).await?;
-            daemon.state = Some(proxy.state().await?);
-            daemon.status = Some(proxy.status().await?);
-            daemon.last_error = Some(proxy.last_error().await?);
-            daemon.counters = json!({
-                "current_job": proxy.current_job().await?,
-                "jobs_done": proxy.jobs_done().await?,
-                "jobs_failed": proxy.jobs_failed().await?,
-                "processors": proxy.processors().await?,
-            });
+            (ingest_object_path(instance), INGEST_INTERFACE)
         }
-        _ => {}
+        _ => return Ok(()),
+    };
+    let properties = PropertiesProxy::builder(connection)
+        .destination(bus_name)
+        .path(path)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await?;
+    let interface = InterfaceName::from_static_str_unchecked(interface);
+    let mut counters = serde_json::Map::new();
+    for (name, value) in properties.get_all(interface).await? {
+        let value = property_json(&value);
+        match (name.as_str(), value) {
+            ("State", Value::String(text)) => daemon.state = Some(text),
+            ("Status", Value::String(text)) => daemon.status = Some(text),
+            ("LastError", Value::String(text)) => daemon.last_error = Some(text),
+            (_, value) => {
+                counters.insert(snake_case(&name), value);
+            }
+        }
     }
+    daemon.counters = Value::Object(counters);
     Ok(())
+}
+
+/// A property value as JSON: the types sluice's interfaces use (strings, integers, floats,
+/// booleans, string lists); anything else as its D-Bus text form.
+fn property_json(value: &zbus::OwnedVariant) -> Value {
+    use zbus::Variant;
+    match &**value {
+        Variant::Str(text) => json!(text.as_str()),
+        Variant::U64(number) => json!(number),
+        Variant::U32(number) => json!(number),
+        Variant::U16(number) => json!(number),
+        Variant::U8(number) => json!(number),
+        Variant::I64(number) => json!(number),
+        Variant::I32(number) => json!(number),
+        Variant::I16(number) => json!(number),
+        Variant::F64(number) => json!(number),
+        Variant::Bool(flag) => json!(flag),
+        Variant::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| match item {
+                    Variant::Str(text) => json!(text.as_str()),
+                    other => json!(other.to_string()),
+                })
+                .collect(),
+        ),
+        other => json!(other.to_string()),
+    }
+}
+
+/// `FilesDetected` → `files_detected`.
+fn snake_case(name: &str) -> String {
+    let mut snake = String::with_capacity(name.len() + 4);
+    for (index, character) in name.chars().enumerate() {
+        if character.is_ascii_uppercase() {
+            if index > 0 {
+                snake.push('_');
+            }
+            snake.push(character.to_ascii_lowercase());
+        } else {
+            snake.push(character);
+        }
+    }
+    snake
 }
 
 /// The system bus, when systemd is the service manager (`/run/systemd/system` exists, the
@@ -288,16 +303,15 @@ async fn read_unit(systemd: &Connection, unit: &mut UnitStatus) -> zbus::Result<
         )
         .await?;
     let path: zbus::OwnedObjectPath = reply.body().deserialize()?;
-    let properties = zbus::fdo::PropertiesProxy::builder(systemd)
+    let properties = PropertiesProxy::builder(systemd)
         .destination("org.freedesktop.systemd1")
         .path(path)
         .cache_properties(CacheProperties::No)
         .build()
         .await?;
-    let unit_interface =
-        zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Unit");
+    let unit_interface = InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Unit");
     let service_interface =
-        zbus::names::InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Service");
+        InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Service");
     let text = |value: zbus::OwnedVariant| String::try_from(value).ok();
     unit.load_state = text(properties.get(unit_interface.clone(), "LoadState").await?);
     unit.active_state = text(
