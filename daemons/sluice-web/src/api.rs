@@ -6,7 +6,7 @@ use actix_web::web::{Data, Json, Path, Query};
 use actix_web::{HttpResponse, http::StatusCode};
 use serde::Deserialize;
 use serde_json::json;
-use sluice_core::bus::{SCRAPER_BUS_NAME, ScraperProxy};
+use sluice_core::bus::{SCRAPER_BUS_NAME, ScraperProxy, name_has_owner};
 use sluice_core::store::Store;
 use sluice_core::store::documents::DocumentFilter;
 use sluice_core::store::downloads::{
@@ -317,17 +317,6 @@ pub async fn get_document(state: Data<AppState>, id: Path<i64>) -> Result<HttpRe
         .with_store(move |store| store.get_document(id))
         .await?;
     Ok(HttpResponse::Ok().json(document))
-}
-
-/// Whether a bus name has an owner; a failed query counts as "no".
-pub async fn name_has_owner(connection: &zbus::Connection, name: &str) -> bool {
-    let Ok(proxy) = zbus::fdo::DBusProxy::new(connection).await else {
-        return false;
-    };
-    let Ok(name) = zbus::names::BusName::try_from(name) else {
-        return false;
-    };
-    proxy.name_has_owner(name).await.unwrap_or(false)
 }
 
 fn page_request(

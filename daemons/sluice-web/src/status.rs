@@ -8,15 +8,14 @@ use actix_web::web::Data;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sluice_core::bus::{
-    INGEST_INTERFACE, MONITOR_BUS_NAME, MONITOR_OBJECT_PATH, SCRAPER_BUS_NAME, SCRAPER_OBJECT_PATH,
-    WEB_BUS_NAME, WEB_OBJECT_PATH, ingest_bus_name, ingest_object_path, sanitize_instance,
+    MONITOR_BUS_NAME, SCRAPER_BUS_NAME, WEB_BUS_NAME, daemon_properties, ingest_bus_name,
+    name_has_owner, sanitize_instance,
 };
 use zbus::Connection;
 use zbus::fdo::PropertiesProxy;
 use zbus::names::InterfaceName;
 use zbus::proxy::CacheProperties;
 
-use crate::api::name_has_owner;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -171,38 +170,17 @@ async fn all_daemons(connection: &Connection, workers: u32) -> Vec<DaemonStatus>
     daemons
 }
 
-/// Reads every property of a daemon's interface in one `Properties.GetAll` round trip:
-/// `State`, `Status` and `LastError` go to their fields, the rest (counters, paths, lists)
-/// into `counters` under snake_case names (`FilesDetected` → `files_detected`).
+/// `State`, `Status` and `LastError` go to their fields, every other property (counters,
+/// paths, lists) into `counters` under its snake_case name (`FilesDetected` →
+/// `files_detected`).
 async fn read_daemon_properties(
     connection: &Connection,
     bus_name: &str,
     daemon: &mut DaemonStatus,
 ) -> zbus::Result<()> {
-    let (path, interface) = match bus_name {
-        MONITOR_BUS_NAME => (MONITOR_OBJECT_PATH.to_owned(), MONITOR_BUS_NAME),
-        SCRAPER_BUS_NAME => (SCRAPER_OBJECT_PATH.to_owned(), SCRAPER_BUS_NAME),
-        WEB_BUS_NAME => (WEB_OBJECT_PATH.to_owned(), WEB_BUS_NAME),
-        ingest if ingest.starts_with(INGEST_INTERFACE) => {
-            let instance = ingest
-                .rsplit_once(".Worker")
-                .map(|(_, instance)| instance)
-                .unwrap_or_default();
-            (ingest_object_path(instance), INGEST_INTERFACE)
-        }
-        _ => return Ok(()),
-    };
-    let properties = PropertiesProxy::builder(connection)
-        .destination(bus_name)
-        .path(path)
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
-    let interface = InterfaceName::from_static_str_unchecked(interface);
     let mut counters = serde_json::Map::new();
-    for (name, value) in properties.get_all(interface).await? {
-        let value = property_json(&value);
-        match (name.as_str(), value) {
+    for (name, value) in daemon_properties(connection, bus_name).await? {
+        match (name.as_str(), property_json(&value)) {
             ("State", Value::String(text)) => daemon.state = Some(text),
             ("Status", Value::String(text)) => daemon.status = Some(text),
             ("LastError", Value::String(text)) => daemon.last_error = Some(text),

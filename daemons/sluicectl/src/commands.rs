@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_core::bus::{
-    self, BusError, DownloadOptions, INGEST_INTERFACE, MONITOR_BUS_NAME, MonitorProxy,
-    SCRAPER_BUS_NAME, ScraperProxy, WEB_BUS_NAME, WebProxy, ingest_bus_name, ingest_proxy,
+    self, BusError, DownloadOptions, MONITOR_BUS_NAME, MonitorProxy, SCRAPER_BUS_NAME,
+    ScraperProxy, WEB_BUS_NAME, WebProxy, ingest_bus_name,
 };
 use sluice_core::config::{Config, ConfigError};
 use sluice_core::store::documents::{DocumentError, DocumentFilter};
@@ -711,7 +711,7 @@ impl Context {
         let address = self.config.bus.address.clone();
         let through_bus = self.block_on(async move {
             let connection = bus::connect(&address).await.ok()?;
-            if !name_has_owner(&connection, WEB_BUS_NAME).await {
+            if !bus::name_has_owner(&connection, WEB_BUS_NAME).await {
                 return None;
             }
             let proxy = match WebProxy::builder(&connection)
@@ -772,7 +772,7 @@ impl Context {
         let variants = options.to_variants();
         let through_bus = self.block_on(async move {
             let connection = bus::connect(&address).await.ok()?;
-            if !name_has_owner(&connection, SCRAPER_BUS_NAME).await {
+            if !bus::name_has_owner(&connection, SCRAPER_BUS_NAME).await {
                 return None;
             }
             let proxy = match ScraperProxy::builder(&connection)
@@ -831,7 +831,7 @@ impl Context {
         let requested = path.clone();
         let result = self.block_on(async move {
             let connection = bus::connect(&address).await.ok()?;
-            if !name_has_owner(&connection, MONITOR_BUS_NAME).await {
+            if !bus::name_has_owner(&connection, MONITOR_BUS_NAME).await {
                 return None;
             }
             let proxy = match MonitorProxy::builder(&connection)
@@ -959,7 +959,7 @@ fn daemon_names(workers: u32) -> Vec<(String, String)> {
 async fn daemon_states(connection: &Connection, workers: u32) -> Vec<DaemonRow> {
     let mut rows = Vec::new();
     for (name, bus_name) in daemon_names(workers) {
-        let running = name_has_owner(connection, &bus_name).await;
+        let running = bus::name_has_owner(connection, &bus_name).await;
         let (state, status) = if running {
             read_state(connection, &bus_name)
                 .await
@@ -981,48 +981,13 @@ async fn daemon_states(connection: &Connection, workers: u32) -> Vec<DaemonRow> 
 type StatePair = (Option<String>, Option<String>);
 
 async fn read_state(connection: &Connection, bus_name: &str) -> zbus::Result<StatePair> {
-    Ok(match bus_name {
-        MONITOR_BUS_NAME => {
-            let proxy = MonitorProxy::builder(connection)
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await?;
-            (Some(proxy.state().await?), Some(proxy.status().await?))
-        }
-        SCRAPER_BUS_NAME => {
-            let proxy = ScraperProxy::builder(connection)
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await?;
-            (Some(proxy.state().await?), Some(proxy.status().await?))
-        }
-        WEB_BUS_NAME => {
-            let proxy = WebProxy::builder(connection)
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await?;
-            (Some(proxy.state().await?), Some(proxy.status().await?))
-        }
-        ingest if ingest.starts_with(INGEST_INTERFACE) => {
-            let instance = ingest
-                .rsplit_once(".Worker")
-                .map(|(_, instance)| instance)
-                .unwrap_or_default();
-            let proxy = ingest_proxy(connection, instance).await?;
-            (Some(proxy.state().await?), Some(proxy.status().await?))
-        }
-        _ => (None, None),
-    })
-}
-
-async fn name_has_owner(connection: &Connection, name: &str) -> bool {
-    let Ok(proxy) = zbus::fdo::DBusProxy::new(connection).await else {
-        return false;
+    let mut properties = bus::daemon_properties(connection, bus_name).await?;
+    let mut text = |name: &str| {
+        properties
+            .remove(name)
+            .and_then(|value| String::try_from(value).ok())
     };
-    let Ok(name) = zbus::names::BusName::try_from(name) else {
-        return false;
-    };
-    proxy.name_has_owner(name).await.unwrap_or(false)
+    Ok((text("State"), text("Status")))
 }
 
 /// Refuses a host name that means this machine or resolves to a loopback, private or

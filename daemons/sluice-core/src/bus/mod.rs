@@ -27,6 +27,7 @@ mod caller;
 mod error;
 mod ingest;
 mod monitor;
+mod peers;
 mod rate_limit;
 mod scraper;
 pub mod validate;
@@ -49,6 +50,7 @@ pub use monitor::{
     MONITOR_BUS_NAME, MONITOR_OBJECT_PATH, MonitorCommand, MonitorInterface, MonitorProxy,
     MonitorService, MonitorStatus,
 };
+pub use peers::{daemon_object, daemon_properties, name_has_owner};
 pub use rate_limit::{DEFAULT_PROGRESS_INTERVAL, ProgressRateLimiter};
 pub use scraper::{
     DownloadOptions, SCRAPER_BUS_NAME, SCRAPER_OBJECT_PATH, ScraperCommand, ScraperInterface,
