@@ -110,10 +110,16 @@ staging = "{staging}"
 
     /// Starts worker `instance` and waits until it says it is ready (READY=1 is sent then).
     fn start_worker(&self, instance: &str) -> DaemonProcess {
+        self.start_worker_with(instance, &[])
+    }
+
+    /// Starts a worker with extra environment variables (the crash tests' pause).
+    fn start_worker_with(&self, instance: &str, environment: &[(&str, &str)]) -> DaemonProcess {
         let mut command = Command::new(daemon_binary("sluice-ingest-worker"));
         command
             .args(["--instance", instance])
-            .env("SLUICE_CONFIG", &self.config_path);
+            .env("SLUICE_CONFIG", &self.config_path)
+            .envs(environment.iter().copied());
         let log = self.root.join(format!("worker-{instance}.log"));
         let mut worker = DaemonProcess::start(command, &log, "info");
         worker.wait_for_log_lines(&["ready"], 1, STARTUP_DEADLINE);
@@ -415,16 +421,16 @@ fn bad_payloads_fail_with_a_clear_error_and_the_worker_keeps_going() {
 #[test]
 fn a_worker_killed_mid_ingest_is_replaced_and_the_effects_happen_once() {
     let mut suite = Suite::new("5s");
-    let first = suite.start_worker("1");
+    // The pause comes after the move into the library and before the commit: the window in
+    // which a crash must neither lose the file nor record it twice. Only whoever starts the
+    // worker can ask for it (a job's payload cannot).
+    let first = suite.start_worker_with("1", &[("SLUICE_TEST_PAUSE_BEFORE_COMMIT_MS", "1500")]);
     let content = b"exactly once, even across kill -9\n".repeat(100);
     let source = suite.inbox.join("precious.txt");
     std::fs::write(&source, &content).unwrap();
     let blake3 = blake3::hash(&content).to_hex().to_string();
     let filed = library_path(&suite.library, &blake3);
-    // The pause comes after the move into the library and before the commit: the window in
-    // which a crash must neither lose the file nor record it twice.
-    let mut payload = suite.ingest_payload(&source, &suite.inbox, "consume");
-    payload["sleep_ms"] = json!(1500);
+    let payload = suite.ingest_payload(&source, &suite.inbox, "consume");
     let id = suite.enqueue("ingest", payload);
     suite.wait_for("the first worker never filed the file", &first, || {
         filed.exists() && !source.exists()

@@ -1,10 +1,12 @@
 //! The contract between the producers of ingest jobs (the monitor, sluicectl) and the ingest
 //! workers: the job kinds and the JSON payload of an `ingest` job, with its validation.
 //!
-//! The monitor writes the payload as `store::files::IngestPayload` (every field set); a worker
-//! reads it as [`IngestPayload`] here, which accepts that form and also a hand-made job
-//! without a `files` row or version (sluicectl, tests), and validates it. A unit test below
-//! keeps the two forms compatible.
+//! There is one payload type, [`IngestPayload`]: the monitor writes it with every field set
+//! (the `files` row and the version it recorded); a hand-made job (tests, a future upload)
+//! may leave out the row and the version. Workers parse and validate it with
+//! [`IngestPayload::from_json`]. Payloads carry no knobs that change how a worker behaves:
+//! whoever can queue a job must not be able to make a worker wait (the deliberate pause of
+//! the `noop` kind is the one exception, bounded by [`MAX_SLEEP_MS`]).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -60,10 +62,6 @@ pub struct IngestPayload {
     pub mtime_ns: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inode: Option<u64>,
-    /// For tests: pause this many milliseconds after the file is filed and before the outcome
-    /// is committed, the window in which a crash must not cause a second document.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sleep_ms: Option<u64>,
 }
 
 /// A file version: size, modification time in ns since the epoch, inode.
@@ -87,8 +85,6 @@ pub enum IngestPayloadError {
     OutsideWatchRoot { path: PathBuf, watch_root: PathBuf },
     #[error("ingest payload file_id {0} must be a positive row id")]
     BadFileId(i64),
-    #[error("ingest payload sleep_ms {0} is longer than the limit of {MAX_SLEEP_MS}")]
-    SleepTooLong(u64),
 }
 
 impl IngestPayload {
@@ -158,11 +154,6 @@ impl IngestPayload {
         {
             return Err(IngestPayloadError::BadFileId(file_id));
         }
-        if let Some(sleep_ms) = self.sleep_ms
-            && sleep_ms > MAX_SLEEP_MS
-        {
-            return Err(IngestPayloadError::SleepTooLong(sleep_ms));
-        }
         Ok(())
     }
 }
@@ -193,6 +184,16 @@ mod tests {
         );
         let again = IngestPayload::from_json(&parsed.to_json()).unwrap();
         assert_eq!(again, parsed);
+    }
+
+    /// Regression: `sleep_ms` in an ingest payload let any producer park a worker for up to
+    /// ten minutes. It is only a `noop` knob now; in an ingest payload it is an ignored key.
+    #[test]
+    fn an_ingest_payload_cannot_ask_the_worker_to_sleep() {
+        let payload = json!({"path": "/srv/a", "watch_root": "/srv", "mode": "index",
+                             "sleep_ms": MAX_SLEEP_MS});
+        let parsed = IngestPayload::from_json(&payload).unwrap();
+        assert!(parsed.to_json().get("sleep_ms").is_none());
     }
 
     #[test]
@@ -226,11 +227,6 @@ mod tests {
             (
                 json!({"path": "/srv/a", "watch_root": "/srv", "mode": "index", "file_id": 0}),
                 "positive",
-            ),
-            (
-                json!({"path": "/srv/a", "watch_root": "/srv", "mode": "index",
-                       "sleep_ms": MAX_SLEEP_MS + 1}),
-                "longer than",
             ),
         ];
         for (payload, expected) in cases {

@@ -42,7 +42,16 @@ pub struct Settings {
     pub watches: Vec<(PathBuf, IngestMode)>,
     /// The wait before the next claim after a batch that did not fill up.
     pub claim_linger: Duration,
+    /// For crash tests only: pause this long after filing a file and before committing its
+    /// document, the window in which a kill must not cause a second document. Set by whoever
+    /// starts the process ([`PAUSE_BEFORE_COMMIT_VARIABLE`]), never by a job's payload, so a
+    /// producer of jobs cannot make a worker wait.
+    pub pause_before_commit: Option<Duration>,
 }
+
+/// The environment variable a crash test sets (in milliseconds) to hold an ingest job open
+/// between filing and committing; see [`Settings::pause_before_commit`].
+pub const PAUSE_BEFORE_COMMIT_VARIABLE: &str = "SLUICE_TEST_PAUSE_BEFORE_COMMIT_MS";
 
 impl Settings {
     pub fn from_config(config: &Config, claim_linger: Duration) -> Settings {
@@ -58,6 +67,10 @@ impl Settings {
                 .map(|watch| (watch.path.clone(), watch.mode))
                 .collect(),
             claim_linger,
+            pause_before_commit: std::env::var(PAUSE_BEFORE_COMMIT_VARIABLE)
+                .ok()
+                .and_then(|milliseconds| milliseconds.parse().ok())
+                .map(|milliseconds: u64| Duration::from_millis(milliseconds.min(MAX_SLEEP_MS))),
         }
     }
 }
@@ -403,13 +416,8 @@ impl Executor {
                 Some(path)
             }
         };
-        if let Some(sleep_ms) = payload.sleep_ms {
-            self.pause(
-                job.id,
-                handle,
-                Duration::from_millis(sleep_ms),
-                "filed; pausing before the commit",
-            )?;
+        if let Some(pause) = settings.pause_before_commit {
+            self.pause(job.id, handle, pause, "filed; pausing before the commit")?;
         }
         let finished = self
             .store

@@ -413,7 +413,6 @@ fn record_one(
         size: Some(file.size),
         mtime_ns: Some(file.mtime_ns),
         inode: Some(file.inode),
-        sleep_ms: None,
     };
     let job = NewJob::new(
         INGEST_JOB_KIND,
@@ -533,7 +532,6 @@ mod tests {
                 size: Some(10),
                 mtime_ns: Some(1),
                 inode: Some(77),
-                sleep_ms: None,
             }
         );
         let file = store.get_file(first[0].file_id).unwrap();

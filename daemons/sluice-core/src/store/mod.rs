@@ -93,6 +93,10 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error(
+        "database {path} stays in journal mode {mode}: sluice needs WAL (an in-memory database, or a file system without shared memory?)"
+    )]
+    NotWal { path: PathBuf, mode: String },
     #[error("database is busy: another process held the write lock longer than the busy timeout")]
     Busy(#[source] rusqlite::Error),
     #[error("database error: {0}")]
@@ -137,7 +141,13 @@ impl Store {
         connection
             .busy_handler(Some(wait_for_lock(options.busy_timeout)))
             .map_err(open_error)?;
-        enable_wal(&connection, options.busy_timeout).map_err(open_error)?;
+        let mode = enable_wal(&connection, options.busy_timeout).map_err(open_error)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::NotWal {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
         let synchronous = match options.durability {
             Durability::Full => "FULL",
             Durability::Normal => "NORMAL",
@@ -319,18 +329,14 @@ fn check_sqlite_version(number: i32, text: &str) -> Result<(), StoreError> {
 
 /// Switching a fresh database to WAL needs an exclusive lock, and SQLite does not run the busy
 /// handler for it; when many processes open a new file at once, retry until the timeout.
-fn enable_wal(connection: &Connection, timeout: Duration) -> rusqlite::Result<()> {
+/// Returns the journal mode SQLite reports afterwards, which the caller checks.
+fn enable_wal(connection: &Connection, timeout: Duration) -> rusqlite::Result<String> {
     let deadline = Instant::now() + timeout;
     loop {
         match connection
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
         {
-            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
-            Ok(mode) => {
-                return Err(rusqlite::Error::InvalidParameterName(format!(
-                    "journal_mode stayed {mode}, WAL is required"
-                )));
-            }
+            Ok(mode) => return Ok(mode),
             Err(error)
                 if matches!(
                     error.sqlite_error_code(),
@@ -347,6 +353,27 @@ fn enable_wal(connection: &Connection, timeout: Duration) -> rusqlite::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a database that cannot be WAL was reported as a bad parameter name.
+    #[test]
+    fn a_database_that_cannot_be_wal_says_so() {
+        let options = StoreOptions {
+            durability: Durability::Full,
+            busy_timeout: Duration::from_secs(1),
+            retry: RetryPolicy {
+                base: Duration::from_millis(10),
+                max: Duration::from_millis(100),
+            },
+        };
+        let Err(error) = Store::open(Path::new(":memory:"), &options) else {
+            panic!("an in-memory database cannot be WAL, yet it opened");
+        };
+        assert!(
+            matches!(&error, StoreError::NotWal { mode, .. } if mode == "memory"),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("needs WAL"), "{error}");
+    }
 
     pub(crate) fn open_temp(durability: Durability) -> (tempfile::TempDir, Store) {
         let directory = tempfile::tempdir().expect("temp dir");
