@@ -74,6 +74,7 @@ pub struct StoreConfig {
 
 /// How hard a commit is pushed to disk before it is acknowledged (SQLite `synchronous`);
 /// defined beside the store that applies it.
+pub use crate::ingest::WatchMode;
 pub use crate::store::Durability;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -131,26 +132,6 @@ pub struct WatchConfig {
     pub watcher: Watcher,
     pub poll_interval: Duration,
     pub quiet_period: Duration,
-}
-
-/// What happens to a file in a watched folder once it is ingested. Serialized in lower case,
-/// as in the file, because it travels in the ingest job's payload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WatchMode {
-    /// Moved into the library; the folder empties.
-    Consume,
-    /// Catalogued in place.
-    Index,
-}
-
-impl WatchMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WatchMode::Consume => "consume",
-            WatchMode::Index => "index",
-        }
-    }
 }
 
 /// How the monitor notices changes in a watched folder.

@@ -13,8 +13,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The job kind of "read this file, hash it, catalogue it, file it"; the monitor's constant.
-pub use crate::store::files::INGEST_JOB_KIND;
+/// The job kind of "read this file, hash it, catalogue it, file it".
+pub const INGEST_JOB_KIND: &str = "ingest";
 
 /// The job kind that does nothing but record when it ran: benchmark W1 and health checks.
 ///
@@ -29,7 +29,27 @@ pub const NOOP_JOB_KIND: &str = "noop";
 pub const MAX_SLEEP_MS: u64 = 10 * 60 * 1000;
 
 /// How the file of an ingest job is filed: the watch mode of the folder it was found in.
-pub use crate::config::WatchMode as IngestMode;
+pub use WatchMode as IngestMode;
+
+/// What happens to a file in a watched folder once it is ingested. Serialized in lower case,
+/// as in the file, because it travels in the ingest job's payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    /// Moved into the library; the folder empties.
+    Consume,
+    /// Catalogued in place.
+    Index,
+}
+
+impl WatchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchMode::Consume => "consume",
+            WatchMode::Index => "index",
+        }
+    }
+}
 
 /// The payload of an `ingest` job.
 ///

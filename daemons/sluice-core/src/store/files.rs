@@ -23,11 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use super::jobs::{JobError, NewJob, Page, PageRequest, insert_job};
 use super::{Store, StoreError, now_ms};
-use crate::config::WatchMode;
-use crate::ingest::IngestPayload;
-
-/// The job kind the monitor queues for every new file version.
-pub const INGEST_JOB_KIND: &str = "ingest";
+pub use crate::ingest::INGEST_JOB_KIND;
+use crate::ingest::{IngestPayload, WatchMode};
 
 /// Most files recorded in one transaction; callers with more split them, so that one commit
 /// never holds the write lock for long.
