@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian 12 machine, each thing only when it is
 # missing: dbus-daemon, busctl, setpriv, gdbus (the integration tests), systemd-nspawn,
-# nsenter, flock, lintian (the system tests), cargo-nextest (the test runner) and cargo-deb
-# (the package the system tests install). Needs root for apt-get; tests/run.sh runs it when
+# nsenter, flock, lintian (the system tests), cargo-nextest (the test runner), cargo-deny
+# (the licence and source check) and cargo-deb (the package the system tests install). Needs root for apt-get; tests/run.sh runs it when
 # it is root, and .ci/run through tests/run.sh.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -24,6 +24,10 @@ fi
 if ! cargo nextest --version > /dev/null 2>&1; then
     echo "== installing cargo-nextest" >&2
     cargo install cargo-nextest --locked
+fi
+if ! cargo deny --version > /dev/null 2>&1; then
+    echo "== installing cargo-deny" >&2
+    cargo install cargo-deny --locked
 fi
 if ! cargo deb --version > /dev/null 2>&1; then
     echo "== installing cargo-deb" >&2

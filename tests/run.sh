@@ -18,6 +18,13 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== cargo deny check licenses bans sources (what the .deb may ship: deny.toml)"
+if ! cargo deny --version > /dev/null 2>&1; then
+    echo "cargo-deny is missing: run tests/install-needs.sh as root, or cargo install cargo-deny --locked" >&2
+    exit 1
+fi
+cargo deny check licenses bans sources
+
 # The unit files are checked by the tests: `systemd-analyze security` on units/ (any user), and
 # `systemd-analyze verify` on the installed package inside the system-test container, where
 # the binaries and man pages the units name exist (verify fails on a unit whose ExecStart= or
