@@ -2,8 +2,9 @@
 # Installs what the tests need on a fresh Debian 12 machine, each thing only when it is
 # missing: dbus-daemon, busctl, setpriv, gdbus (the integration tests), systemd-nspawn,
 # nsenter, flock, lintian (the system tests), cargo-nextest (the test runner), cargo-deny
-# (the licence and source check) and cargo-deb (the package the system tests install). Needs root for apt-get; tests/run.sh runs it when
-# it is root, and .ci/run through tests/run.sh.
+# (the licence and source check) and cargo-deb (the package the system tests install).
+# Needs root for apt-get; tests/run.sh runs it when it is root, and .ci/run through
+# tests/run.sh.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
