@@ -1,7 +1,6 @@
 //! What each command does: read the store, or ask the owning daemon over D-Bus (falling back
 //! to the store where that is safe), and map every failure to a documented exit status.
 
-use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,10 +10,9 @@ use sluice_core::bus::{
     ScraperProxy, WEB_BUS_NAME, WebProxy, ingest_bus_name,
 };
 use sluice_core::config::{Config, ConfigError};
+use sluice_core::policy::{self, NewDownload, PolicyError, SubmitRules};
 use sluice_core::store::documents::{DocumentError, DocumentFilter};
-use sluice_core::store::downloads::{
-    DownloadError, NewDownload, check_url_address, forbidden_address_reason, parse_download_url,
-};
+use sluice_core::store::downloads::DownloadError;
 use sluice_core::store::jobs::{JobError, JobFilter, JobState, PageRequest};
 use sluice_core::store::{Store, StoreError};
 use zbus::Connection;
@@ -33,6 +31,9 @@ const BUS_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Failure {
     pub exit_status: u8,
     pub message: String,
+    /// The policy's code for a refused input (`invalid_url`, ...), shown as `reason` in
+    /// `--json` error output next to the exit status's `code`.
+    pub reason: Option<&'static str>,
 }
 
 impl Failure {
@@ -40,11 +41,22 @@ impl Failure {
         Failure {
             exit_status,
             message: message.into(),
+            reason: None,
         }
     }
 
     fn invalid(message: impl Into<String>) -> Failure {
         Failure::new(exit::INVALID_ARGUMENT, message)
+    }
+
+    /// The `error` object of `--json` output: `code` from the exit status, plus `reason`
+    /// when the input policy refused an argument.
+    pub fn json_error(&self) -> Value {
+        let mut error = json!({ "code": self.code_name(), "message": self.message });
+        if let Some(reason) = self.reason {
+            error["reason"] = Value::from(reason);
+        }
+        json!({ "error": error })
     }
 
     /// The `code` in `--json` error output.
@@ -55,6 +67,15 @@ impl Failure {
             exit::DAEMON_UNAVAILABLE => "unavailable",
             exit::USAGE => "usage",
             _ => "error",
+        }
+    }
+}
+
+impl From<PolicyError> for Failure {
+    fn from(error: PolicyError) -> Failure {
+        Failure {
+            reason: Some(error.code()),
+            ..Failure::invalid(error.to_string())
         }
     }
 }
@@ -114,9 +135,11 @@ impl From<BusError> for Failure {
     fn from(error: BusError) -> Failure {
         match error {
             BusError::NotFound(message) => Failure::new(exit::NOT_FOUND, message),
-            BusError::InvalidArgument(message) | BusError::WrongState(message) => {
-                Failure::invalid(message)
-            }
+            BusError::InvalidArgument(message) => Failure {
+                reason: policy::code_in_message(&message),
+                ..Failure::invalid(message)
+            },
+            BusError::WrongState(message) => Failure::invalid(message),
             BusError::AccessDenied(message) => Failure::new(
                 exit::ERROR,
                 format!(
@@ -754,12 +777,26 @@ impl Context {
     /// Through `org.sluice.Scraper1.AddDownload` when the scraper runs; else recorded in the
     /// store after the same checks, to be fetched when the scraper starts.
     fn download(&self, arguments: DownloadArguments) -> Result<(), Failure> {
-        let url = parse_download_url(&arguments.url)?;
-        let allow_private = self.config.scraper.allow_private_addresses;
-        check_url_address(&url, allow_private)?;
-        if !allow_private {
-            check_host_name(&url)?;
-        }
+        // The same policy as the scraper's D-Bus object and the web API, including the
+        // lookup of the host name (on this command's runtime, with the policy's timeout).
+        let submitted = NewDownload {
+            url: arguments.url.clone(),
+            file_name: arguments.name.clone(),
+            bundle: arguments.bundle.clone(),
+            expected_sha256: arguments.sha256.clone(),
+            max_bytes: arguments.max_bytes,
+            source: None,
+            max_attempts: self.config.jobs.max_attempts,
+        };
+        let rules = SubmitRules {
+            allow_private_addresses: self.config.scraper.allow_private_addresses,
+            max_download_size: self.config.scraper.max_download_size,
+        };
+        let download = policy::validate_submission(&submitted, &rules)?;
+        let resolve_url = download.url().clone();
+        self.block_on(async move {
+            policy::resolve_download_host(&resolve_url, rules.allow_private_addresses).await
+        })??;
         let options = DownloadOptions {
             sha256: arguments.sha256.clone(),
             bundle: arguments.bundle.clone(),
@@ -791,19 +828,8 @@ impl Context {
                 (download_id as i64, job_id as i64, "dbus")
             }
             None => {
-                // The same option checks the scraper's bus object applies; the store checks
-                // the rest and derives the file name when none is given.
-                let checked = DownloadOptions::from_variants(&options.to_variants())?;
                 let mut store = self.open_store()?;
-                let created = store.create_download(&NewDownload {
-                    url: arguments.url.clone(),
-                    file_name: checked.file_name,
-                    bundle: checked.bundle,
-                    expected_sha256: checked.sha256,
-                    max_bytes: checked.max_bytes,
-                    source: None,
-                    max_attempts: self.config.jobs.max_attempts,
-                })?;
+                let created = store.create_download(&download)?;
                 (created.download_id, created.job_id, "store")
             }
         };
@@ -988,36 +1014,4 @@ async fn read_state(connection: &Connection, bus_name: &str) -> zbus::Result<Sta
             .and_then(|value| String::try_from(value).ok())
     };
     Ok((text("State"), text("Status")))
-}
-
-/// Refuses a host name that means this machine or resolves to a loopback, private or
-/// link-local address (IP literals were checked by the store's rule already). A name that
-/// does not resolve now is accepted; the scraper checks again when it connects.
-fn check_host_name(url: &url::Url) -> Result<(), Failure> {
-    let Some(url::Host::Domain(name)) = url.host() else {
-        return Ok(());
-    };
-    let refuse = |reason: &str| {
-        Failure::invalid(format!(
-            "url {url} {reason}; downloads may only reach public addresses unless [scraper] \
-             allow_private_addresses = true"
-        ))
-    };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    if name == "localhost" || name.ends_with(".localhost") {
-        return Err(refuse("names the local machine"));
-    }
-    let port = url.port_or_known_default().unwrap_or(80);
-    let resolved: Vec<std::net::IpAddr> = (name.as_str(), port)
-        .to_socket_addrs()
-        .map(|addresses| addresses.map(|socket| socket.ip()).collect())
-        .unwrap_or_default();
-    for address in resolved {
-        if let Some(reason) = forbidden_address_reason(address) {
-            return Err(refuse(&format!(
-                "resolves to {address}, a {reason} address"
-            )));
-        }
-    }
-    Ok(())
 }

@@ -29,7 +29,7 @@ pub const MAX_KIND_LENGTH: usize = 64;
 pub const MAX_UNIQUE_KEY_LENGTH: usize = 1024;
 pub const MAX_MESSAGE_LENGTH: usize = 4096;
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -100..=100;
-pub const MAX_ATTEMPTS_RANGE: std::ops::RangeInclusive<u32> = 1..=1000;
+pub const MAX_ATTEMPTS_RANGE: std::ops::RangeInclusive<u32> = crate::policy::MAX_ATTEMPTS_RANGE;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
