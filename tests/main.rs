@@ -5,6 +5,7 @@ mod cli;
 mod e2e;
 mod ingest;
 mod monitor;
+mod policy;
 mod runtime;
 mod scraper;
 mod store;

@@ -14,7 +14,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use sluice_core::bus::{BusError, DownloadOptions, ScraperProxy};
-use sluice_core::store::downloads::{DOWNLOAD_JOB_KIND, check_url_address, parse_download_url};
+use sluice_core::policy::{PolicyError, check_download_target, parse_download_url};
+use sluice_core::store::downloads::DOWNLOAD_JOB_KIND;
 use sluice_core::store::{
     Download, DownloadError, DownloadState, Durability, JobState, NewDownload, Store,
 };
@@ -710,13 +711,18 @@ async fn loopback_targets_are_refused_when_private_addresses_are_not_allowed() -
     assert!(invalid_argument_message(metadata).contains("cloud metadata"));
     assert_eq!(setup.store().download_counts()?[&DownloadState::Queued], 0);
 
-    // A host name is checked when resolved: localhost → 127.0.0.1 is refused, never fetched.
-    let (by_name, _) = proxy
-        .add_download(
-            &format!("http://localhost:{}/secret", fixture.port()),
-            options(|_| {}),
-        )
-        .await?;
+    // `localhost` always means this machine: AddDownload refuses it at once, like the web
+    // API and sluicectl (the stricter of the old verdicts).
+    let localhost_url = format!("http://localhost:{}/secret", fixture.port());
+    let message =
+        invalid_argument_message(proxy.add_download(&localhost_url, options(|_| {})).await);
+    assert!(message.starts_with("forbidden_address: "), "{message}");
+    // A host name is checked when resolved: a row for localhost written without the
+    // submission check resolves to 127.0.0.1 and is refused, never fetched.
+    let by_name = setup
+        .store()
+        .create_download(&NewDownload::new(localhost_url).validate()?)?
+        .download_id as u64;
     let download = wait_for_state(&setup, by_name, DownloadState::Failed).await?;
     let error = download.error.unwrap_or_default();
     assert!(
@@ -727,7 +733,7 @@ async fn loopback_targets_are_refused_when_private_addresses_are_not_allowed() -
     // A row written by another process without the submission check is refused too.
     let created = setup
         .store()
-        .create_download(&NewDownload::new(fixture.url("/secret")))?;
+        .create_download(&NewDownload::new(fixture.url("/secret")).validate()?)?;
     let download =
         wait_for_state(&setup, created.download_id as u64, DownloadState::Failed).await?;
     assert!(download.error.unwrap_or_default().contains("loopback"));
@@ -738,11 +744,11 @@ async fn loopback_targets_are_refused_when_private_addresses_are_not_allowed() -
         "nothing reached the fixture"
     );
     assert_eq!(files_in(&setup.inbox()), Vec::<String>::new());
-    // The store-level check the web API uses gives the same answer.
+    // The policy check the web API uses gives the same answer.
     let url = parse_download_url(&fixture.url("/secret"))?;
     assert!(matches!(
-        check_url_address(&url, false),
-        Err(DownloadError::InvalidArgument(_))
+        check_download_target(&url, false),
+        Err(PolicyError::ForbiddenAddress(_))
     ));
     Ok(())
 }
@@ -825,9 +831,10 @@ async fn bad_urls_and_options_are_invalid_arguments_over_dbus_and_in_the_store()
             matches!(over_bus, Err(BusError::InvalidArgument(_))),
             "{url}: {over_bus:?}"
         );
-        let in_store = setup.store().create_download(&NewDownload::new(url));
+        // The store records only what passed the policy; the policy refuses these.
+        let in_store = NewDownload::new(url).validate();
         assert!(
-            matches!(in_store, Err(DownloadError::InvalidArgument(_))),
+            matches!(in_store, Err(PolicyError::InvalidUrl(_))),
             "{url}: {in_store:?}"
         );
     }
@@ -917,7 +924,7 @@ async fn a_download_written_by_another_process_is_picked_up_without_a_signal() -
     let _scraper = setup.start().await?;
     let created = setup
         .store()
-        .create_download(&NewDownload::new(fixture.url("/polled.bin")))?;
+        .create_download(&NewDownload::new(fixture.url("/polled.bin")).validate()?)?;
     let download =
         wait_for_state(&setup, created.download_id as u64, DownloadState::Succeeded).await?;
     assert_eq!(std::fs::read(download.final_path.unwrap())?, body);
@@ -974,8 +981,9 @@ async fn a_partial_file_is_finished_or_restarted_on_http_416() -> Result<()> {
     let mut store = setup.store();
     let mut complete = NewDownload::new(fixture.url("/whole.bin"));
     complete.expected_sha256 = Some(sha256_hex(&body));
-    let complete = store.create_download(&complete)?;
-    let too_long = store.create_download(&NewDownload::new(fixture.url("/shrunk.bin")))?;
+    let complete = store.create_download(&complete.validate()?)?;
+    let too_long =
+        store.create_download(&NewDownload::new(fixture.url("/shrunk.bin")).validate()?)?;
     std::fs::create_dir_all(setup.staging())?;
     std::fs::write(
         setup

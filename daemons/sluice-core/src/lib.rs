@@ -18,6 +18,7 @@ pub mod bus;
 pub mod config;
 pub mod ingest;
 pub mod manual;
+pub mod policy;
 pub mod runtime;
 pub mod store;
 

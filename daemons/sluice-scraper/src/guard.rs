@@ -19,7 +19,7 @@ use std::time::Duration;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::redirect;
 use sluice_core::config::ScraperConfig;
-use sluice_core::store::downloads::forbidden_address_reason;
+use sluice_core::policy::forbidden_address_reason;
 use url::{Host, Url};
 
 /// A target the guard refused; the download fails for good with this message.

@@ -32,11 +32,12 @@ use sluice_core::bus::{
     ScraperService, ScraperStatus,
 };
 use sluice_core::config::Config;
+use sluice_core::policy::{SubmitRules, validate_submission};
 use sluice_core::runtime::{
     ConfigReloader, DaemonExit, Notifier, ReloadOutcome, RuntimeError, Signal, SignalReceiver,
     StatusLine, StopDeadline, WatchdogTicker,
 };
-use sluice_core::store::downloads::{DOWNLOAD_JOB_KIND, check_url_address, parse_download_url};
+use sluice_core::store::downloads::DOWNLOAD_JOB_KIND;
 use sluice_core::store::{
     ClaimedJob, DownloadError, DownloadOutcome, DownloadState, JobError, NewDownload, StoreError,
 };
@@ -475,9 +476,7 @@ impl Scraper {
         options: DownloadOptions,
     ) -> Result<(u64, u64), BusError> {
         let config = self.reloader.current();
-        let parsed = parse_download_url(&url).map_err(bus_error)?;
-        check_url_address(&parsed, config.scraper.allow_private_addresses).map_err(bus_error)?;
-        let download = NewDownload {
+        let submitted = NewDownload {
             url,
             file_name: options.file_name,
             bundle: options.bundle,
@@ -486,6 +485,12 @@ impl Scraper {
             source: options.source,
             max_attempts: config.jobs.max_attempts,
         };
+        let rules = SubmitRules {
+            allow_private_addresses: config.scraper.allow_private_addresses,
+            max_download_size: config.scraper.max_download_size,
+        };
+        let download = validate_submission(&submitted, &rules)?;
+        let url = download.url().clone();
         let created = self
             .store
             .call(move |store| store.create_download(&download))
@@ -494,7 +499,7 @@ impl Scraper {
         tracing::info!(
             download_id = created.download_id,
             job_id = created.job_id,
-            url = %parsed,
+            url = %url,
             "download queued"
         );
         if let Err(error) = self

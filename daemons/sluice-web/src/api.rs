@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, http::StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 use sluice_core::bus::{SCRAPER_BUS_NAME, ScraperProxy, name_has_owner};
+use sluice_core::policy::SubmitRules;
 use sluice_core::store::Store;
 use sluice_core::store::documents::DocumentFilter;
 use sluice_core::store::downloads::{
@@ -14,7 +15,7 @@ use sluice_core::store::downloads::{
 };
 use sluice_core::store::jobs::{Job, JobError, JobFilter, JobState, PageRequest};
 
-use crate::address::check_download_url;
+use crate::address::check_download_submission;
 use crate::error::ApiError;
 use crate::state::{Announcement, AppState};
 
@@ -149,20 +150,9 @@ pub async fn create_download(
     body: Json<DownloadRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
-    check_length(&state, "url", &request.url)?;
     let settings = state.settings();
-    let url = check_download_url(&request.url, settings.allow_private_addresses).await?;
-    if let Some(max_bytes) = request.max_bytes
-        && max_bytes > settings.max_download_size
-    {
-        return Err(ApiError::InvalidArgument(format!(
-            "max_bytes {max_bytes} is above the configured limit of {} bytes \
-             ([scraper] max_download_size)",
-            settings.max_download_size
-        )));
-    }
-    let download = NewDownload {
-        url: url.to_string(),
+    let submitted = NewDownload {
+        url: request.url,
         file_name: request.file_name,
         bundle: request.bundle,
         expected_sha256: request.sha256,
@@ -170,6 +160,14 @@ pub async fn create_download(
         source: None,
         max_attempts: settings.max_attempts,
     };
+    let rules = SubmitRules {
+        allow_private_addresses: settings.allow_private_addresses,
+        max_download_size: settings.max_download_size,
+    };
+    // The policy first, so an over-long URL gets its `invalid_url` reason like on D-Bus and
+    // in sluicectl; the configured text limit applies on top.
+    let download = check_download_submission(&submitted, &rules).await?;
+    check_length(&state, "url", &submitted.url)?;
     let (download, job_id) = state
         .with_store(move |store| {
             let created = store.create_download(&download)?;

@@ -8,6 +8,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use sluice_core::bus::BusError;
+use sluice_core::policy::PolicyError;
 use sluice_core::store::StoreError;
 use sluice_core::store::documents::DocumentError;
 use sluice_core::store::downloads::DownloadError;
@@ -23,6 +24,11 @@ pub enum ApiError {
     /// 400 `invalid_argument`: malformed JSON, wrong types, values out of range.
     #[error("{0}")]
     InvalidArgument(String),
+    /// 400 `invalid_argument` with the policy's machine code as `reason` (`invalid_url`,
+    /// `forbidden_address`, ...): the same refusal D-Bus and sluicectl give. The `code` stays
+    /// `invalid_argument` so clients matching on it keep working.
+    #[error(transparent)]
+    Refused(#[from] PolicyError),
     /// 401 `unauthorized`: the bearer token is missing or wrong.
     #[error("{0}")]
     Unauthorized(String),
@@ -52,6 +58,9 @@ struct ErrorBody<'a> {
 #[derive(Serialize)]
 struct ErrorDetail<'a> {
     code: &'static str,
+    /// The policy's specific code for a refused input; absent for other errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
     message: &'a str,
 }
 
@@ -59,7 +68,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::NotFound(_) => "not_found",
-            ApiError::InvalidArgument(_) => "invalid_argument",
+            ApiError::InvalidArgument(_) | ApiError::Refused(_) => "invalid_argument",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
@@ -80,7 +89,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidArgument(_) | ApiError::Refused(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -99,6 +108,10 @@ impl ResponseError for ApiError {
         response.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code(),
+                reason: match self {
+                    ApiError::Refused(error) => Some(error.code()),
+                    _ => None,
+                },
                 message: &message,
             },
         })

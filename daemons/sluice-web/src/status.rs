@@ -7,10 +7,7 @@ use actix_web::HttpResponse;
 use actix_web::web::Data;
 use serde::Serialize;
 use serde_json::{Value, json};
-use sluice_core::bus::{
-    MONITOR_BUS_NAME, SCRAPER_BUS_NAME, WEB_BUS_NAME, daemon_properties, ingest_bus_name,
-    name_has_owner, sanitize_instance,
-};
+use sluice_core::bus::{SuiteDaemon, daemon_properties, name_has_owner, suite_daemons};
 use zbus::Connection;
 use zbus::fdo::PropertiesProxy;
 use zbus::names::InterfaceName;
@@ -84,50 +81,19 @@ pub async fn api_status(state: Data<AppState>) -> Result<HttpResponse, ApiError>
     })))
 }
 
-/// The suite's daemons: monitor, scraper, web, and the configured number of ingest workers.
-fn daemon_list(workers: u32) -> Vec<(String, String, String)> {
-    let mut daemons = vec![
-        (
-            "sluice-monitor".to_owned(),
-            MONITOR_BUS_NAME.to_owned(),
-            "sluice-monitor.service".to_owned(),
-        ),
-        (
-            "sluice-scraper".to_owned(),
-            SCRAPER_BUS_NAME.to_owned(),
-            "sluice-scraper.service".to_owned(),
-        ),
-        (
-            "sluice-web".to_owned(),
-            WEB_BUS_NAME.to_owned(),
-            "sluice-web.service".to_owned(),
-        ),
-    ];
-    for instance in 1..=workers {
-        let instance = instance.to_string();
-        let sanitized = sanitize_instance(&instance).unwrap_or_else(|_| instance.clone());
-        daemons.push((
-            format!("sluice-ingest-worker@{instance}"),
-            ingest_bus_name(&sanitized),
-            format!("sluice-ingest-worker@{instance}.service"),
-        ));
-    }
-    daemons
-}
-
 fn daemons_without_bus(workers: u32) -> Vec<DaemonStatus> {
-    daemon_list(workers)
+    suite_daemons(workers)
         .into_iter()
-        .map(|(name, bus_name, unit)| DaemonStatus {
-            name,
-            bus_name,
+        .map(|daemon| DaemonStatus {
+            name: daemon.name,
+            bus_name: daemon.bus_name,
             running: false,
             state: None,
             status: None,
             last_error: None,
             counters: json!({}),
             unit: UnitStatus {
-                name: unit,
+                name: daemon.unit_name,
                 ..UnitStatus::default()
             },
         })
@@ -137,7 +103,13 @@ fn daemons_without_bus(workers: u32) -> Vec<DaemonStatus> {
 async fn all_daemons(connection: &Connection, workers: u32) -> Vec<DaemonStatus> {
     let systemd = systemd_connection().await;
     let mut daemons = Vec::new();
-    for (name, bus_name, unit_name) in daemon_list(workers) {
+    for SuiteDaemon {
+        name,
+        bus_name,
+        unit_name,
+        ..
+    } in suite_daemons(workers)
+    {
         let running = name_has_owner(connection, &bus_name).await;
         let mut daemon = DaemonStatus {
             name,

@@ -202,9 +202,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::from(exit::OK),
         Err(failure) => {
             if json {
-                output::print_json(&serde_json::json!({
-                    "error": { "code": failure.code_name(), "message": failure.message },
-                }));
+                output::print_json(&failure.json_error());
             }
             eprintln!("sluicectl: {}", failure.message);
             ExitCode::from(failure.exit_status)

@@ -44,6 +44,14 @@ impl BusError {
     }
 }
 
+/// A policy refusal reaches a D-Bus caller as `org.sluice.Error.InvalidArgument` with a
+/// message that starts with the policy's machine code (`invalid_url: url "ftp://…" has …`).
+impl From<crate::policy::PolicyError> for BusError {
+    fn from(error: crate::policy::PolicyError) -> BusError {
+        BusError::InvalidArgument(error.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

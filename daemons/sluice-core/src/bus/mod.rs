@@ -50,7 +50,7 @@ pub use monitor::{
     MONITOR_BUS_NAME, MONITOR_OBJECT_PATH, MonitorCommand, MonitorInterface, MonitorProxy,
     MonitorService, MonitorStatus,
 };
-pub use peers::{daemon_object, daemon_properties, name_has_owner};
+pub use peers::{SuiteDaemon, daemon_object, daemon_properties, name_has_owner, suite_daemons};
 pub use rate_limit::{DEFAULT_PROGRESS_INTERVAL, ProgressRateLimiter};
 pub use scraper::{
     DownloadOptions, SCRAPER_BUS_NAME, SCRAPER_OBJECT_PATH, ScraperCommand, ScraperInterface,

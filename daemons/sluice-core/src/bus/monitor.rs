@@ -9,7 +9,8 @@ use zbus::interface;
 use zbus::message::Header;
 use zbus::object_server::{InterfaceRef, SignalEmitter};
 
-use super::validate::resolve_rescan_path;
+use crate::policy::resolve_rescan_path;
+
 use super::{
     BusError, BusSetupError, COMMAND_QUEUE_DEPTH, CallerPolicy, DaemonState, Reply, forward,
     serve_and_own_name,

@@ -1,6 +1,6 @@
 //! Reading the other daemons from a client (sluice-web's status page, `sluicectl status`):
-//! whether a daemon's name has an owner, and every property of its interface in one
-//! `Properties.GetAll` round trip, found from its bus name alone.
+//! the list of the suite's daemons, whether a daemon's name has an owner, and every property
+//! of its interface in one `Properties.GetAll` round trip, found from its bus name alone.
 
 use std::collections::HashMap;
 
@@ -11,8 +11,47 @@ use zbus::proxy::CacheProperties;
 
 use super::{
     INGEST_INTERFACE, MONITOR_BUS_NAME, MONITOR_OBJECT_PATH, SCRAPER_BUS_NAME, SCRAPER_OBJECT_PATH,
-    WEB_BUS_NAME, WEB_OBJECT_PATH, ingest_object_path,
+    WEB_BUS_NAME, WEB_OBJECT_PATH, ingest_bus_name, ingest_object_path, sanitize_instance,
 };
+
+/// One daemon of the suite as a client lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuiteDaemon {
+    /// What people call it: `sluice-monitor`, `sluice-ingest-worker@2`.
+    pub name: String,
+    pub bus_name: String,
+    pub object_path: String,
+    /// Its systemd unit: `sluice-monitor.service`, `sluice-ingest-worker@2.service`.
+    pub unit_name: String,
+}
+
+/// The suite's daemons, in the order status pages show them: monitor, scraper, web, then
+/// ingest workers 1..=`workers` (the instances `sluice-worker-generator` starts).
+pub fn suite_daemons(workers: u32) -> Vec<SuiteDaemon> {
+    let single = |name: &str, bus_name: &str, object_path: &str| SuiteDaemon {
+        name: name.to_owned(),
+        bus_name: bus_name.to_owned(),
+        object_path: object_path.to_owned(),
+        unit_name: format!("{name}.service"),
+    };
+    let mut daemons = vec![
+        single("sluice-monitor", MONITOR_BUS_NAME, MONITOR_OBJECT_PATH),
+        single("sluice-scraper", SCRAPER_BUS_NAME, SCRAPER_OBJECT_PATH),
+        single("sluice-web", WEB_BUS_NAME, WEB_OBJECT_PATH),
+    ];
+    for instance in 1..=workers {
+        let instance = instance.to_string();
+        // A number is its own sanitized form; the fallback only keeps this infallible.
+        let sanitized = sanitize_instance(&instance).unwrap_or_else(|_| instance.clone());
+        daemons.push(SuiteDaemon {
+            name: format!("sluice-ingest-worker@{instance}"),
+            bus_name: ingest_bus_name(&sanitized),
+            object_path: ingest_object_path(&sanitized),
+            unit_name: format!("sluice-ingest-worker@{instance}.service"),
+        });
+    }
+    daemons
+}
 
 /// Whether `name` has an owner on the bus (the daemon runs and holds its name); `false` for a
 /// name that is not a valid bus name or when the bus cannot be asked.
@@ -67,6 +106,32 @@ pub async fn daemon_properties(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_suite_lists_three_daemons_then_each_worker_instance() {
+        let daemons = suite_daemons(2);
+        let names: Vec<&str> = daemons.iter().map(|daemon| daemon.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "sluice-monitor",
+                "sluice-scraper",
+                "sluice-web",
+                "sluice-ingest-worker@1",
+                "sluice-ingest-worker@2"
+            ]
+        );
+        assert_eq!(daemons[4].bus_name, "org.sluice.Ingest1.Worker2");
+        assert_eq!(daemons[4].object_path, "/org/sluice/Ingest1/2");
+        assert_eq!(daemons[4].unit_name, "sluice-ingest-worker@2.service");
+        assert_eq!(daemons[0].unit_name, "sluice-monitor.service");
+        for daemon in &daemons {
+            assert_eq!(
+                daemon_object(&daemon.bus_name).map(|(path, _)| path),
+                Some(daemon.object_path.clone())
+            );
+        }
+    }
 
     #[test]
     fn every_daemon_name_maps_to_its_object_and_others_to_none() {

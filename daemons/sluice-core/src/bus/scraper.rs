@@ -11,11 +11,12 @@ use zbus::object_server::{InterfaceRef, SignalEmitter};
 use zbus::{Connection, OwnedVariant, Variant, interface};
 
 use super::rate_limit::{ProgressRateLimiter, clamp_fraction, lock_limiter};
-use super::validate::{require_download_url, require_id, require_name};
+use super::validate::require_id;
 use super::{
     BusError, BusSetupError, COMMAND_QUEUE_DEPTH, CallerPolicy, DaemonState, Reply, forward,
     serve_and_own_name,
 };
+use crate::policy;
 
 pub const SCRAPER_BUS_NAME: &str = "org.sluice.Scraper1";
 pub const SCRAPER_OBJECT_PATH: &str = "/org/sluice/Scraper1";
@@ -45,28 +46,16 @@ impl DownloadOptions {
         for (key, value) in options {
             match key.as_str() {
                 "sha256" => {
-                    let digest = option_text(key, value)?;
-                    if digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
-                        return Err(BusError::InvalidArgument(
-                            "option sha256 must be 64 hexadecimal digits".into(),
-                        ));
-                    }
-                    parsed.sha256 = Some(digest.to_ascii_lowercase());
+                    parsed.sha256 = Some(policy::check_sha256(option_text(key, value)?)?);
                 }
                 "bundle" => {
                     let bundle = option_text(key, value)?;
-                    require_name("option bundle", bundle)?;
+                    policy::check_bundle_name(bundle)?;
                     parsed.bundle = Some(bundle.to_owned());
                 }
                 "file_name" => {
                     let file_name = option_text(key, value)?;
-                    require_name("option file_name", file_name)?;
-                    if file_name.starts_with('.') || file_name.ends_with(".part") {
-                        return Err(BusError::InvalidArgument(format!(
-                            "option file_name {file_name:?} would be ignored by the monitor \
-                             (dot-files and *.part are skipped)"
-                        )));
-                    }
+                    policy::check_file_name("file_name", file_name)?;
                     parsed.file_name = Some(file_name.to_owned());
                 }
                 "max_bytes" => {
@@ -76,16 +65,12 @@ impl DownloadOptions {
                             value.value_signature()
                         ))
                     })?;
-                    if max_bytes == 0 {
-                        return Err(BusError::InvalidArgument(
-                            "option max_bytes must not be 0".into(),
-                        ));
-                    }
+                    policy::check_max_bytes(max_bytes)?;
                     parsed.max_bytes = Some(max_bytes);
                 }
                 "source" => {
                     let source = option_text(key, value)?;
-                    require_name("option source", source)?;
+                    policy::check_source_name(source)?;
                     parsed.source = Some(source.to_owned());
                 }
                 unknown => {
@@ -216,7 +201,7 @@ impl ScraperInterface {
         self.policy
             .authorize(connection, &header, "AddDownload")
             .await?;
-        require_download_url(url)?;
+        policy::parse_download_url(url)?;
         let options = DownloadOptions::from_variants(&options)?;
         let url = url.to_owned();
         forward(&self.commands, |reply| ScraperCommand::AddDownload {
@@ -274,7 +259,7 @@ impl ScraperInterface {
         self.policy
             .authorize(connection, &header, "ScrapeNow")
             .await?;
-        require_name("source", source)?;
+        policy::check_source_name(source)?;
         let source = source.to_owned();
         forward(&self.commands, |reply| ScraperCommand::ScrapeNow {
             source,

@@ -1,0 +1,135 @@
+//! What each command does: read the store, or ask the owning daemon over D-Bus (falling back
+//! to the store where that is safe), and map every failure to a documented exit status. One
+//! module per command; this one dispatches and holds what they share ([`Context`]).
+
+mod config;
+mod docs;
+mod download;
+mod failure;
+mod jobs;
+mod rescan;
+mod status;
+mod workers;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sluice_core::config::Config;
+use sluice_core::store::Store;
+use sluice_core::store::jobs::PageRequest;
+
+use crate::{Cli, Command, DocsCommand, JobsCommand, exit};
+
+pub use failure::Failure;
+use jobs::JobChange;
+
+/// How long sluicectl waits for the bus or a daemon before calling it unavailable.
+const BUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    // These two read or edit the configuration file themselves.
+    match &cli.command {
+        Command::Config(command) => return config::config_command(&cli, command),
+        Command::Workers { count } => return workers::workers(&cli, count),
+        _ => {}
+    }
+    let config = load_config(&cli)?.1;
+    let context = Context {
+        config,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Status => context.status(),
+        Command::Jobs(JobsCommand::List {
+            state,
+            kind,
+            limit,
+            cursor,
+        }) => context.jobs_list(state, kind, limit, cursor),
+        Command::Jobs(JobsCommand::Show { id }) => context.jobs_show(id),
+        Command::Jobs(JobsCommand::Retry { id }) => context.job_change(id, JobChange::Retry),
+        Command::Jobs(JobsCommand::Cancel { id }) => context.job_change(id, JobChange::Cancel),
+        Command::Download(arguments) => context.download(arguments),
+        Command::Rescan { path } => context.rescan(path),
+        Command::Docs(DocsCommand::List {
+            query,
+            limit,
+            cursor,
+        }) => context.docs_list(query, limit, cursor),
+        Command::Config(_) | Command::Workers { .. } => unreachable!("handled above"),
+    }
+}
+
+/// The configuration file the command line names: `--config`, else `$SLUICE_CONFIG`, else
+/// the default path; and that file loaded (the built-in defaults when the default file does
+/// not exist, as the daemons do).
+pub(super) fn load_config(cli: &Cli) -> Result<(PathBuf, Config), Failure> {
+    Ok(match &cli.config {
+        Some(path) => (path.clone(), Config::load(path)?),
+        None => Config::load_from_env()?,
+    })
+}
+
+/// The path `workers` edits: the one [`load_config`] would read.
+pub(super) fn config_path(cli: &Cli) -> PathBuf {
+    if let Some(path) = &cli.config {
+        return path.clone();
+    }
+    match std::env::var_os(sluice_core::config::CONFIG_PATH_VARIABLE) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(sluice_core::config::DEFAULT_CONFIG_PATH),
+    }
+}
+
+/// What every command that runs after the configuration is loaded shares.
+struct Context {
+    config: Config,
+    json: bool,
+}
+
+impl Context {
+    pub(super) fn open_store(&self) -> Result<Store, Failure> {
+        Ok(Store::open(
+            &self.config.store.path,
+            &self.config.store_options(),
+        )?)
+    }
+
+    pub(super) fn page(&self, limit: u32, cursor: Option<i64>) -> Result<PageRequest, Failure> {
+        let max = self.config.limits.max_page_size;
+        if limit == 0 || limit > max {
+            return Err(Failure::invalid(format!(
+                "--limit must be 1..={max} ([limits] max_page_size), got {limit}"
+            )));
+        }
+        if cursor.is_some_and(|cursor| cursor <= 0) {
+            return Err(Failure::invalid("--cursor must be a positive id"));
+        }
+        Ok(PageRequest {
+            before_id: cursor,
+            limit,
+        })
+    }
+
+    /// Runs a future on a small runtime with a deadline; used for every bus interaction.
+    pub(super) fn block_on<T>(&self, work: impl Future<Output = T>) -> Result<T, Failure> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| {
+                Failure::new(exit::ERROR, format!("cannot start a runtime: {error}"))
+            })?;
+        runtime
+            .block_on(async { tokio::time::timeout(BUS_TIMEOUT, work).await })
+            .map_err(|_| {
+                Failure::new(
+                    exit::DAEMON_UNAVAILABLE,
+                    format!(
+                        "no answer on the {} within {BUS_TIMEOUT:?}",
+                        self.config.bus.address
+                    ),
+                )
+            })
+    }
+}
