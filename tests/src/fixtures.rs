@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::{Context, bail};
 use sluice_core::store::{Durability, RetryPolicy, Store, StoreOptions};
 
 use crate::bus::{BusPolicy, PrivateBus};
@@ -53,11 +54,60 @@ pub fn have_root() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    if std::env::var("SLUICE_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
-        panic!("this test needs root and SLUICE_REQUIRE_ROOT_TESTS=1 is set");
-    }
-    eprintln!("skipped: needs root");
+    skip("needs root");
     false
+}
+
+/// Says why a test does not run here; the caller then returns. Under
+/// `SLUICE_REQUIRE_ROOT_TESTS=1` (CI, run as root, where every test must run) a skip is a
+/// failure instead, so that no test passes there without having run.
+pub fn skip(reason: &str) {
+    if std::env::var("SLUICE_REQUIRE_ROOT_TESTS").as_deref() == Ok("1") {
+        panic!("this test would be skipped ({reason}) and SLUICE_REQUIRE_ROOT_TESTS=1 is set");
+    }
+    eprintln!("skipped: {reason}");
+}
+
+/// A tmpfs of the test's own, mounted on a temporary directory (needs root): a file system
+/// that is certainly not the one of the temp folder. Unmounted when dropped.
+#[derive(Debug)]
+pub struct TmpfsMount {
+    directory: tempfile::TempDir,
+}
+
+impl TmpfsMount {
+    pub fn new() -> anyhow::Result<TmpfsMount> {
+        let directory = tempfile::tempdir().context("cannot make a mount point")?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs"])
+            .arg(directory.path())
+            .stdin(Stdio::null())
+            .output()
+            .context("cannot run mount")?;
+        if !output.status.success() {
+            bail!(
+                "mount -t tmpfs on {} failed: {}",
+                directory.path().display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(TmpfsMount { directory })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.directory.path()
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        // Lazily, so a file a killed daemon still holds open cannot keep the mount (and the
+        // temporary directory's removal then fails quietly instead of leaking a mount).
+        let _ = Command::new("umount")
+            .arg("--lazy")
+            .arg(self.directory.path())
+            .output();
+    }
 }
 
 /// The API token the web harness writes into its token file.
