@@ -354,12 +354,24 @@ impl Drop for Container {
     }
 }
 
-/// The sluice .deb to test: `SLUICE_DEB` when set (a package built beforehand), otherwise
-/// built once by `packaging/build-deb.sh`. The build holds a lock file, so test processes
-/// running in parallel build it once and the others reuse it.
+/// The sluice .deb to test: `SLUICE_DEB` when set (a package built beforehand, e.g.
+/// `SLUICE_DEB=$(packaging/build-deb.sh | tail -n 1)`), otherwise built once by
+/// `packaging/build-deb.sh`. That is the packaging step (a release build of every daemon, then
+/// cargo-deb and lintian), not a build of the test binaries: the system tests test the
+/// package a user installs, so they make it the way a release does. It runs only when a
+/// system test needs it (as root), not in every test run. The build holds a lock file, so
+/// test processes running in parallel build it once and the others reuse it.
 pub fn sluice_deb() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("SLUICE_DEB") {
-        return Ok(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!(
+                "SLUICE_DEB={} is not a file: build the package with packaging/build-deb.sh \
+                 (it prints the .deb's path last), or unset SLUICE_DEB to have the test build it",
+                path.display()
+            );
+        }
+        return Ok(path);
     }
     static DEB: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DEB.get_or_init(|| build_sluice_deb().map_err(|error| format!("{error:#}")))
