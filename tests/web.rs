@@ -14,7 +14,8 @@ use sluice_core::bus::{BusError, CallerPolicy, MonitorService, MonitorStatus, We
 use sluice_core::store::jobs::{JobFilter, JobState, NewJob, PageRequest};
 
 use crate::support::{
-    DEADLINE, SuiteFixture, WEB_TEST_TOKEN, WebDaemon, binary_path, http_agent, http_result,
+    DEADLINE, DaemonProcess, SpawnOptions, SuiteFixture, WEB_TEST_TOKEN, WebDaemon, binary_path,
+    http_agent, http_result,
 };
 
 const BEARER: &str = "Bearer test-token-0123456789abcdef";
@@ -721,20 +722,24 @@ fn a_socket_passed_by_systemd_is_used_instead_of_binding() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
     };
-    let mut activator = std::process::Command::new("systemd-socket-activate")
+    let mut command = std::process::Command::new("systemd-socket-activate");
+    command
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg(binary_path("sluice-web"))
         .arg("--config")
-        .arg(&fixture.config_path)
-        .env_remove("JOURNAL_STREAM")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("systemd-socket-activate (package systemd)");
+        .arg(&fixture.config_path);
+    // Killed when dropped, also when an assertion below fails.
+    let mut activator =
+        DaemonProcess::spawn(&mut command, SpawnOptions::named("systemd-socket-activate"))
+            .expect("systemd-socket-activate (package systemd)");
     let listening =
         crate::support::wait_until(DEADLINE, || TcpStream::connect(("127.0.0.1", port)).is_ok());
-    assert!(listening, "systemd-socket-activate did not listen");
+    assert!(
+        listening,
+        "systemd-socket-activate did not listen: {}",
+        activator.log()
+    );
     let (status, body) = http_result(
         http_agent()
             .get(format!("http://127.0.0.1:{port}/healthz"))
@@ -755,6 +760,5 @@ fn a_socket_passed_by_systemd_is_used_instead_of_binding() {
         listen_address,
         format!("127.0.0.1:{port} (socket-activated)")
     );
-    let _ = activator.kill();
-    let _ = activator.wait();
+    activator.kill_hard();
 }
