@@ -127,16 +127,9 @@ impl SuiteFixture {
     /// Writes a configuration for this fixture; `extra` is appended to the file (more keys of
     /// tables that are not written here, or whole tables).
     pub fn new(web_section: &str, extra: &str) -> SuiteFixture {
-        let bus = PrivateBus::start(BusPolicy::AllowEverything).expect("private bus");
-        let directory = tempfile::tempdir().expect("temp dir");
-        let root = directory.path();
-        for folder in ["inbox", "staging", "library"] {
-            std::fs::create_dir_all(root.join(folder)).expect("state folder");
-        }
-        std::fs::write(root.join("api-token"), format!("{WEB_TEST_TOKEN}\n")).expect("token");
-        let database = root.join("sluice.db");
-        let config = format!(
-            r#"[store]
+        SuiteFixture::with_config(|root, address| {
+            format!(
+                r#"[store]
 path = "{root}/sluice.db"
 durability = "normal"
 
@@ -169,17 +162,9 @@ max_request_body = "4 KiB"
 
 {extra}
 "#,
-            root = root.display(),
-            address = bus.address(),
-        );
-        let config_path = root.join("sluice.toml");
-        std::fs::write(&config_path, config).expect("config file");
-        SuiteFixture {
-            bus,
-            directory,
-            config_path,
-            database,
-        }
+                root = root.display(),
+            )
+        })
     }
 
     pub fn store(&self) -> Store {
@@ -193,6 +178,26 @@ max_request_body = "4 KiB"
                 &sluice_core::bus::BusAddress::Address(self.bus.address().to_owned()),
             ))
             .expect("connect to the private bus")
+    }
+
+    /// A private bus and a state directory with `inbox/`, `staging/`, `library/` and the
+    /// token file; `config(root, bus address)` gives the configuration file's text.
+    fn with_config(config: impl FnOnce(&Path, &str) -> String) -> SuiteFixture {
+        let bus = PrivateBus::start(BusPolicy::AllowEverything).expect("private bus");
+        let directory = tempfile::tempdir().expect("temp dir");
+        let root = directory.path();
+        for folder in ["inbox", "staging", "library"] {
+            std::fs::create_dir_all(root.join(folder)).expect("state folder");
+        }
+        std::fs::write(root.join("api-token"), format!("{WEB_TEST_TOKEN}\n")).expect("token");
+        let config_path = root.join("sluice.toml");
+        std::fs::write(&config_path, config(root, bus.address())).expect("config file");
+        SuiteFixture {
+            database: root.join("sluice.db"),
+            bus,
+            directory,
+            config_path,
+        }
     }
 }
 
@@ -715,16 +720,9 @@ impl Suite {
 impl SuiteFixture {
     /// A fixture whose configuration serves every daemon (see [`Suite`]).
     pub fn for_whole_suite() -> SuiteFixture {
-        let bus = PrivateBus::start(BusPolicy::AllowEverything).expect("private bus");
-        let directory = tempfile::tempdir().expect("temp dir");
-        let root = directory.path();
-        for folder in ["inbox", "staging", "library"] {
-            std::fs::create_dir_all(root.join(folder)).expect("state folder");
-        }
-        std::fs::write(root.join("api-token"), format!("{WEB_TEST_TOKEN}\n")).expect("token");
-        let database = root.join("sluice.db");
-        let config = format!(
-            r#"[store]
+        SuiteFixture::with_config(|root, address| {
+            format!(
+                r#"[store]
 path = "{root}/sluice.db"
 durability = "normal"
 busy_timeout = "30s"
@@ -756,17 +754,9 @@ allow_private_addresses = true
 politeness_delay = "0s"
 progress_interval = "200ms"
 "#,
-            root = root.display(),
-            address = bus.address(),
-        );
-        let config_path = root.join("sluice.toml");
-        std::fs::write(&config_path, config).expect("config file");
-        SuiteFixture {
-            bus,
-            directory,
-            config_path,
-            database,
-        }
+                root = root.display(),
+            )
+        })
     }
 
     /// Starts daemon `name` with this fixture's configuration in `SLUICE_CONFIG`, logging at
