@@ -220,9 +220,8 @@ impl DaemonProcess {
     }
 
     /// Starts `command` logging at `log_filter` (`SLUICE_LOG`) into `log_path`.
-    pub fn start(command: Command, log_path: &Path, log_filter: &str) -> DaemonProcess {
+    pub fn start(mut command: Command, log_path: &Path, log_filter: &str) -> DaemonProcess {
         let name = command.get_program().to_string_lossy().into_owned();
-        let mut command = command;
         command.env("SLUICE_LOG", log_filter);
         DaemonProcess::spawn(&mut command, SpawnOptions::named(&name).log_to(log_path))
             .unwrap_or_else(|error| panic!("{error:#}"))
@@ -237,14 +236,21 @@ impl DaemonProcess {
         let name = command.get_program().to_string_lossy().into_owned();
         let mut process =
             DaemonProcess::spawn(&mut command, SpawnOptions::named(&name).capture_stdout())?;
-        let appeared = wait_until(STARTUP_DEADLINE, || {
-            process.has_line(|line| line.trim() == ready_line) || !process.is_running()
+        let is_ready_line = |line: &str| line.trim() == ready_line;
+        wait_until(STARTUP_DEADLINE, || {
+            process.has_line(is_ready_line) || !process.is_running()
         });
-        if !appeared || !process.has_line(|line| line.trim() == ready_line) {
-            let status = process.wait_for_exit(Duration::from_secs(2));
+        let exit = if process.is_running() {
+            None
+        } else {
+            // Gone: joining the reader (inside) makes its last lines count.
+            Some(process.wait_for_exit(Duration::ZERO)?)
+        };
+        if !process.has_line(is_ready_line) {
             bail!(
-                "{name} never said {ready_line:?} within {STARTUP_DEADLINE:?} (exit: {status:?}); \
-                 stderr: {}",
+                "{name} never said {ready_line:?} within {STARTUP_DEADLINE:?} (exit: {exit:?}); \
+                 stdout: {:?}; stderr: {}",
+                process.lines(),
                 process.log()
             );
         }
