@@ -73,6 +73,10 @@ pub fn binary_path(name: &str) -> PathBuf {
 /// is a test binary in `target/<profile>/deps/`.
 fn binary_directory() -> PathBuf {
     let program = std::env::current_exe().expect("the path of the running program");
+    profile_directory(&program)
+}
+
+fn profile_directory(program: &Path) -> PathBuf {
     let directory = program
         .parent()
         .expect("the running program lies in a directory");
@@ -608,4 +612,72 @@ pub fn output_within(
         stdout: stdout_reader.join().unwrap_or_default(),
         stderr: stderr_reader.join().unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binaries_are_looked_for_in_the_profile_directory_also_from_a_test_binary() {
+        assert_eq!(
+            profile_directory(Path::new("/w/target/debug/deps/integration-0123abcd")),
+            Path::new("/w/target/debug")
+        );
+        assert_eq!(
+            profile_directory(Path::new("/w/target/release/sluice-bench")),
+            Path::new("/w/target/release")
+        );
+    }
+
+    #[test]
+    fn a_process_gives_its_exit_status_stdout_and_stderr() -> anyhow::Result<()> {
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo ready; echo 'to the log' >&2; exit 3"]);
+        let mut process =
+            DaemonProcess::spawn(&mut command, SpawnOptions::named("sh").capture_stdout())?;
+        let status = process.wait_for_exit(DEADLINE)?;
+        assert_eq!(status.code(), Some(3));
+        assert_eq!(process.lines(), vec!["ready".to_owned()]);
+        assert_eq!(process.log(), "to the log\n");
+        Ok(())
+    }
+
+    #[test]
+    fn waiting_for_the_exit_of_a_running_process_fails_at_the_deadline_with_its_log() {
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo 'still here' >&2; exec sleep 60"]);
+        let mut process =
+            DaemonProcess::spawn(&mut command, SpawnOptions::named("sleeper")).expect("spawn");
+        assert!(wait_until(DEADLINE, || process
+            .log()
+            .contains("still here")));
+        let error = process
+            .wait_for_exit(Duration::from_millis(50))
+            .expect_err("sleep 60 is still running");
+        let message = format!("{error:#}");
+        assert!(message.contains("sleeper"), "{message}");
+        assert!(message.contains("still here"), "{message}");
+        assert!(process.is_running());
+        process.terminate(DEADLINE).expect("SIGTERM ends sleep");
+    }
+
+    // The removal of the variables a test did not set shows only where the test runner itself
+    // has them (under systemd); that one set on purpose survives it shows everywhere.
+    #[test]
+    fn a_child_keeps_the_systemd_variables_its_test_set_and_loses_the_others() -> anyhow::Result<()>
+    {
+        let mut command = Command::new("sh");
+        command
+            .args([
+                "-c",
+                "echo \"${WATCHDOG_USEC:-unset} ${NOTIFY_SOCKET:-unset}\"",
+            ])
+            .env("WATCHDOG_USEC", "400000");
+        let mut process =
+            DaemonProcess::spawn(&mut command, SpawnOptions::named("sh").capture_stdout())?;
+        process.wait_for_exit(DEADLINE)?;
+        assert_eq!(process.lines(), vec!["400000 unset".to_owned()]);
+        Ok(())
+    }
 }
