@@ -3,7 +3,7 @@
 //! installed into it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::fixtures::have_root;
-use crate::process::{output_within, wait_until, workspace_root};
+use crate::process::{DaemonProcess, SpawnOptions, output_within, wait_until, workspace_root};
 
 // A real systemd, booted with systemd-nspawn from a throwaway copy of the host's own root
 // (an overlay whose upper layer is a tmpfs), for the system tests and the README's run
@@ -82,7 +82,7 @@ pub struct Container {
     root: PathBuf,
     base_mounted: bool,
     root_mounted: bool,
-    nspawn: Option<Child>,
+    nspawn: Option<DaemonProcess>,
     /// The container's PID 1 (systemd), as a host PID.
     leader: Option<Pid>,
 }
@@ -203,21 +203,19 @@ impl Container {
         let Some(mut nspawn) = self.nspawn.take() else {
             return;
         };
-        if matches!(nspawn.try_wait(), Ok(None)) {
+        if nspawn.is_running() {
             // SIGTERM to nspawn makes it ask the container's systemd for a clean poweroff.
-            let _ = kill(Pid::from_raw(nspawn.id() as i32), Signal::SIGTERM);
-            let stopped = wait_until(CONTAINER_BOOT_DEADLINE, || {
-                matches!(nspawn.try_wait(), Ok(Some(_)))
-            });
-            if !stopped {
+            let _ = nspawn.signal(Signal::SIGTERM);
+            if nspawn.wait_for_exit(CONTAINER_BOOT_DEADLINE).is_err() {
                 // Killing the container's PID 1 kills its whole PID namespace.
                 if let Some(leader) = self.leader {
                     let _ = kill(leader, Signal::SIGKILL);
                 }
-                let _ = nspawn.kill();
+                nspawn.kill_hard();
             }
         }
-        let _ = nspawn.wait();
+        // Dropping reaps it (and kills it first if it is somehow still there).
+        drop(nspawn);
         self.leader = None;
     }
 
@@ -260,8 +258,6 @@ impl Container {
     }
 
     fn start_nspawn(&mut self, options: ContainerOptions) -> anyhow::Result<()> {
-        let console = std::fs::File::create(self.base.join("console.log"))
-            .context("cannot create the console log")?;
         let mut command = Command::new("systemd-nspawn");
         command
             .args(["--register=no", "--keep-unit", "--quiet", "-b", "-M"])
@@ -271,17 +267,14 @@ impl Container {
         if options.private_network {
             command.arg("--private-network");
         }
-        let nspawn = command
-            .stdin(Stdio::null())
-            .stdout(
-                console
-                    .try_clone()
-                    .context("cannot share the console log")?,
-            )
-            .stderr(console)
-            .spawn()
+        // The container's console (systemd's boot messages) and nspawn's own complaints, in one
+        // file for the failure messages.
+        let options = SpawnOptions::named("systemd-nspawn")
+            .log_to(&self.base.join("console.log"))
+            .stdout_to_log();
+        let nspawn = DaemonProcess::spawn(&mut command, options)
             .context("cannot start systemd-nspawn (apt-get install systemd-container)")?;
-        let nspawn_pid = nspawn.id();
+        let nspawn_pid = nspawn.pid().as_raw() as u32;
         self.nspawn = Some(nspawn);
         // The container's PID 1 is the nspawn child that is PID 1 in its own namespace.
         let mut leader = None;
@@ -329,7 +322,7 @@ impl Container {
 
     fn nspawn_exited(&mut self) -> bool {
         match self.nspawn.as_mut() {
-            Some(nspawn) => !matches!(nspawn.try_wait(), Ok(None)),
+            Some(nspawn) => !nspawn.is_running(),
             None => true,
         }
     }

@@ -100,15 +100,23 @@ pub enum LogFile {
     Append(PathBuf),
 }
 
+/// Where a process's stdout goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdoutTo {
+    Discard,
+    /// Collected as lines, for [`DaemonProcess::wait_for_line`] and [`DaemonProcess::lines`].
+    Lines,
+    /// Into the log file with stderr, interleaved as written (a console).
+    Log,
+}
+
 /// How to start a process.
 #[derive(Debug, Clone)]
 pub struct SpawnOptions {
     /// A name for messages: "sluice-web", "worker 2".
     pub name: String,
     pub log: LogFile,
-    /// Collect stdout lines (for [`DaemonProcess::wait_for_line`]); otherwise stdout is
-    /// discarded.
-    pub capture_stdout: bool,
+    pub stdout: StdoutTo,
     /// Give the process a `NOTIFY_SOCKET` of its own, read for its whole life (as systemd
     /// does: a socket nobody reads fills up and blocks the sender), so that
     /// [`DaemonProcess::wait_for_ready`] can wait for READY=1.
@@ -121,7 +129,7 @@ impl SpawnOptions {
         SpawnOptions {
             name: name.to_owned(),
             log: LogFile::Temporary,
-            capture_stdout: false,
+            stdout: StdoutTo::Discard,
             notify: false,
         }
     }
@@ -132,7 +140,12 @@ impl SpawnOptions {
     }
 
     pub fn capture_stdout(mut self) -> SpawnOptions {
-        self.capture_stdout = true;
+        self.stdout = StdoutTo::Lines;
+        self
+    }
+
+    pub fn stdout_to_log(mut self) -> SpawnOptions {
+        self.stdout = StdoutTo::Log;
         self
     }
 
@@ -188,10 +201,10 @@ impl DaemonProcess {
         } else {
             None
         };
-        let stdout = if options.capture_stdout {
-            Stdio::piped()
-        } else {
-            Stdio::null()
+        let stdout = match options.stdout {
+            StdoutTo::Discard => Stdio::null(),
+            StdoutTo::Lines => Stdio::piped(),
+            StdoutTo::Log => Stdio::from(log.try_clone().context("cannot share the log file")?),
         };
         let started_at = Instant::now();
         let mut child = command
@@ -640,6 +653,17 @@ mod tests {
         assert_eq!(status.code(), Some(3));
         assert_eq!(process.lines(), vec!["ready".to_owned()]);
         assert_eq!(process.log(), "to the log\n");
+        Ok(())
+    }
+
+    #[test]
+    fn a_console_gets_stdout_and_stderr_in_the_order_written() -> anyhow::Result<()> {
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo one; echo two >&2; echo three"]);
+        let mut process =
+            DaemonProcess::spawn(&mut command, SpawnOptions::named("sh").stdout_to_log())?;
+        process.wait_for_exit(DEADLINE)?;
+        assert_eq!(process.log(), "one\ntwo\nthree\n");
         Ok(())
     }
 
