@@ -14,7 +14,7 @@ use sluice_core::bus::{
 };
 use zbus::{Connection, OwnedVariant, Variant};
 
-use crate::support::{BusPolicy, Caller, HelperProcess, PrivateBus, ensure_sluice_accounts};
+use crate::support::{BusPolicy, Caller, DaemonProcess, PrivateBus, ensure_sluice_accounts};
 
 const SIGNAL_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -81,7 +81,7 @@ const MUTATING_CALLS: &[MutatingCall] = &[
 /// A private bus with the fixture serving every object as `_sluice`.
 struct Setup {
     bus: PrivateBus,
-    fixture: HelperProcess,
+    fixture: DaemonProcess,
     group_id: u32,
     user_id: u32,
     // The fixture binary copied where `_sluice` can execute it.
@@ -106,13 +106,13 @@ fn spawn_fixture(
     fixture_path: &std::path::Path,
     address: &str,
     extra_arguments: &[&str],
-) -> anyhow::Result<HelperProcess> {
+) -> anyhow::Result<DaemonProcess> {
     let mut command = Caller::Sluice.command(fixture_path);
     // A long interval makes the rate limiter's drops deterministic for the signal test.
     command
         .args(["--address", address, "--progress-interval-ms", "3600000"])
         .args(extra_arguments);
-    HelperProcess::start(command, "ready")
+    DaemonProcess::start_until_line(command, "ready")
 }
 
 /// The build directory may sit under a home that `_sluice` cannot enter; a copy in a
@@ -393,7 +393,7 @@ fn unprivileged_caller_is_refused_every_mutating_method_but_can_read() -> anyhow
         ],
     )?;
     assert!(succeeded, "{output}");
-    assert!(setup.fixture.is_running(), "{}", setup.fixture.stderr());
+    assert!(setup.fixture.is_running(), "{}", setup.fixture.log());
     Ok(())
 }
 
@@ -422,7 +422,7 @@ fn the_daemon_refuses_unprivileged_callers_even_when_the_policy_lets_them_throug
         &MUTATING_CALLS[0],
     )?;
     assert!(succeeded, "{output}");
-    assert!(setup.fixture.is_running(), "{}", setup.fixture.stderr());
+    assert!(setup.fixture.is_running(), "{}", setup.fixture.log());
     Ok(())
 }
 
@@ -551,7 +551,7 @@ fn a_second_process_cannot_take_an_owned_name() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     // The first owner is unaffected.
-    assert!(setup.fixture.is_running(), "{}", setup.fixture.stderr());
+    assert!(setup.fixture.is_running(), "{}", setup.fixture.log());
     let (succeeded, output) = busctl(
         Caller::Nobody,
         &address,
@@ -803,7 +803,7 @@ fn bad_input_gets_a_named_error_and_the_daemon_keeps_running() -> anyhow::Result
         .enable_all()
         .build()?;
     runtime.block_on(send_bad_input(address))?;
-    assert!(setup.fixture.is_running(), "{}", setup.fixture.stderr());
+    assert!(setup.fixture.is_running(), "{}", setup.fixture.log());
     Ok(())
 }
 

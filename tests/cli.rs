@@ -7,10 +7,10 @@ use std::process::Output;
 use serde_json::{Value, json};
 use sluice_core::store::jobs::{JobState, NewJob};
 
-use crate::support::{SuiteFixture, WebDaemon, daemon_binary};
+use crate::support::{SuiteFixture, WebDaemon, binary_path};
 
 fn sluicectl(fixture: &SuiteFixture, arguments: &[&str]) -> Output {
-    std::process::Command::new(daemon_binary("sluicectl"))
+    std::process::Command::new(binary_path("sluicectl"))
         .arg("--config")
         .arg(&fixture.config_path)
         .args(arguments)
@@ -286,7 +286,7 @@ fn workers_refuses_a_bad_count_and_leaves_the_config_file_alone() {
 fn workers_without_systemd_changes_nothing() {
     let fixture = SuiteFixture::new("", "");
     let before = std::fs::read(&fixture.config_path).unwrap();
-    let output = std::process::Command::new(daemon_binary("sluicectl"))
+    let output = std::process::Command::new(binary_path("sluicectl"))
         .arg("--config")
         .arg(&fixture.config_path)
         .args(["workers", "3"])
@@ -363,7 +363,7 @@ fn the_worker_generator_links_exactly_the_configured_instances() {
             .arg(output_directory)
             .arg(output_directory.join("early"))
             .arg(output_directory.join("late"))
-            .env("SLUICECTL", daemon_binary("sluicectl"))
+            .env("SLUICECTL", binary_path("sluicectl"))
             .env("SLUICE_CONFIG", &fixture.config_path)
             .env("SLUICE_GENERATOR_LOG", &log_file)
             .output()

@@ -18,7 +18,7 @@ use sluice_core::store::{
 };
 
 use crate::support::{
-    BusPolicy, DEADLINE, DaemonProcess, PrivateBus, STARTUP_DEADLINE, daemon_binary, open_store,
+    BusPolicy, DEADLINE, DaemonProcess, PrivateBus, STARTUP_DEADLINE, binary_path, open_store,
     temp_dir, wait_until,
 };
 
@@ -115,7 +115,7 @@ staging = "{staging}"
 
     /// Starts a worker with extra environment variables (the crash tests' pause).
     fn start_worker_with(&self, instance: &str, environment: &[(&str, &str)]) -> DaemonProcess {
-        let mut command = Command::new(daemon_binary("sluice-ingest-worker"));
+        let mut command = Command::new(binary_path("sluice-ingest-worker"));
         command
             .args(["--instance", instance])
             .env("SLUICE_CONFIG", &self.config_path)
@@ -424,7 +424,8 @@ fn a_worker_killed_mid_ingest_is_replaced_and_the_effects_happen_once() {
     // The pause comes after the move into the library and before the commit: the window in
     // which a crash must neither lose the file nor record it twice. Only whoever starts the
     // worker can ask for it (a job's payload cannot).
-    let first = suite.start_worker_with("1", &[("SLUICE_TEST_PAUSE_BEFORE_COMMIT_MS", "1500")]);
+    let mut first =
+        suite.start_worker_with("1", &[("SLUICE_TEST_PAUSE_BEFORE_COMMIT_MS", "1500")]);
     let content = b"exactly once, even across kill -9\n".repeat(100);
     let source = suite.inbox.join("precious.txt");
     std::fs::write(&source, &content).unwrap();
@@ -486,8 +487,10 @@ fn sigterm_releases_a_slow_job_unused_and_finishes_a_quick_one() {
     suite.wait_for("the slow job never started", &worker, || {
         suite.job(slow).state == JobState::Running
     });
-    worker.signal(Signal::SIGTERM);
-    let status = worker.wait_for_exit(DEADLINE);
+    worker.signal(Signal::SIGTERM).expect("signal the daemon");
+    let status = worker
+        .wait_for_exit(DEADLINE)
+        .unwrap_or_else(|error| panic!("{error:#}"));
     assert_eq!(status.code(), Some(0), "log:\n{}", worker.log());
     let job = suite.job(slow);
     assert_eq!(job.state, JobState::Queued, "{job:?}");
@@ -508,8 +511,10 @@ fn sigterm_releases_a_slow_job_unused_and_finishes_a_quick_one() {
     suite.wait_for("the quick job never started", &worker, || {
         suite.job(quick).state == JobState::Running
     });
-    worker.signal(Signal::SIGTERM);
-    let status = worker.wait_for_exit(DEADLINE);
+    worker.signal(Signal::SIGTERM).expect("signal the daemon");
+    let status = worker
+        .wait_for_exit(DEADLINE)
+        .unwrap_or_else(|error| panic!("{error:#}"));
     assert_eq!(status.code(), Some(0));
     assert_eq!(suite.job(quick).state, JobState::Succeeded);
 }
@@ -643,7 +648,7 @@ fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_otherwise() {
         format!("{good}\n[jobs]\nno_such_key = 1\n"),
     )
     .unwrap();
-    worker.signal(Signal::SIGHUP);
+    worker.signal(Signal::SIGHUP).expect("signal the daemon");
     worker.wait_for_log_lines(&["reload failed"], 1, DEADLINE);
     let id = suite.enqueue("noop", json!({"i": 1}));
     assert_eq!(suite.wait_for_end(id, &worker).state, JobState::Succeeded);
@@ -653,7 +658,7 @@ fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_otherwise() {
         good.replace("claim_batch = 8", "claim_batch = 4"),
     )
     .unwrap();
-    worker.signal(Signal::SIGHUP);
+    worker.signal(Signal::SIGHUP).expect("signal the daemon");
     worker.wait_for_log_lines(&["configuration reloaded"], 1, DEADLINE);
     let id = suite.enqueue("noop", json!({"i": 2}));
     assert_eq!(suite.wait_for_end(id, &worker).state, JobState::Succeeded);
@@ -662,7 +667,7 @@ fn sighup_applies_a_valid_configuration_and_keeps_the_old_one_otherwise() {
 #[test]
 fn bad_start_up_input_gives_the_documented_exit_codes() {
     let suite = Suite::new("5s");
-    let binary = daemon_binary("sluice-ingest-worker");
+    let binary = binary_path("sluice-ingest-worker");
     let run = |arguments: &[&str], config: &Path| {
         Command::new(&binary)
             .args(arguments)

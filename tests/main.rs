@@ -1,4 +1,5 @@
-//! The integration test binary: one module per area, the harness in `support`.
+//! The integration test binary: one module per area; the harness is the library of this crate
+//! (`tests/src/`), re-exported to the modules by `support`.
 
 mod bus;
 mod cli;

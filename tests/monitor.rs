@@ -19,7 +19,7 @@ use sluice_core::store::{
 };
 
 use crate::support::{
-    BusPolicy, DEADLINE, DaemonProcess, PrivateBus, daemon_binary, open_store, wait_until,
+    BusPolicy, DEADLINE, DaemonProcess, PrivateBus, binary_path, open_store, wait_until,
 };
 
 const QUIET_PERIOD: Duration = Duration::from_millis(200);
@@ -92,7 +92,7 @@ library = "{root}/library"
     }
 
     fn monitor_command(&self) -> Command {
-        let mut command = Command::new(daemon_binary("sluice-monitor"));
+        let mut command = Command::new(binary_path("sluice-monitor"));
         command.arg("--config").arg(self.root().join("sluice.toml"));
         command
     }
@@ -453,8 +453,14 @@ fn files_present_before_start_are_found_and_a_restart_or_rescan_queues_nothing_t
         >= expected.len()));
     let detected_before = setup.signals.detected().len();
 
-    monitor.signal(Signal::SIGTERM);
-    assert_eq!(monitor.wait_for_exit(DEADLINE).code(), Some(0));
+    monitor.signal(Signal::SIGTERM).expect("signal the daemon");
+    assert_eq!(
+        monitor
+            .wait_for_exit(DEADLINE)
+            .unwrap_or_else(|error| panic!("{error:#}"))
+            .code(),
+        Some(0)
+    );
     assert!(monitor.log().contains("monitor stopped"));
 
     let mut monitor = setup.start_monitor();
@@ -639,7 +645,9 @@ fn a_second_monitor_is_refused_and_the_first_keeps_working() {
         &setup.root().join("second.log"),
         "info",
     );
-    let status = second.wait_for_exit(DEADLINE);
+    let status = second
+        .wait_for_exit(DEADLINE)
+        .unwrap_or_else(|error| panic!("{error:#}"));
     assert_eq!(status.code(), Some(69), "log: {}", second.log());
     assert!(
         second
@@ -707,7 +715,7 @@ fn rescan_refuses_paths_outside_the_watched_folders_and_changes_nothing() {
 #[test]
 fn kill_9_during_a_burst_then_restart_records_every_file_exactly_once() {
     let setup = Setup::new();
-    let monitor = setup.start_monitor();
+    let mut monitor = setup.start_monitor();
     let inbox = setup.inbox();
     let total = 2000;
     let writer = {

@@ -15,7 +15,7 @@ use sluice_core::policy::code_in_message;
 use zbus::proxy::CacheProperties;
 
 use crate::support::{
-    DaemonProcess, SuiteFixture, WEB_TEST_TOKEN, WebDaemon, daemon_binary, http_agent, http_result,
+    DaemonProcess, SuiteFixture, WEB_TEST_TOKEN, WebDaemon, binary_path, http_agent, http_result,
     wait_until,
 };
 
@@ -178,7 +178,7 @@ fn every_entry_point_gives_the_same_verdict_and_code_and_a_refusal_creates_nothi
         .enable_all()
         .build()
         .expect("runtime");
-    let mut scraper_command = Command::new(daemon_binary("sluice-scraper"));
+    let mut scraper_command = Command::new(binary_path("sluice-scraper"));
     scraper_command
         .arg("--config")
         .arg(&bus_fixture.config_path);
@@ -325,7 +325,7 @@ fn through_dbus(
 }
 
 fn through_cli(fixture: &SuiteFixture, case: &Case) -> Verdict {
-    let mut command = Command::new(daemon_binary("sluicectl"));
+    let mut command = Command::new(binary_path("sluicectl"));
     command
         .arg("--config")
         .arg(&fixture.config_path)

@@ -30,8 +30,9 @@ cargo deny check licenses bans sources
 # the binaries and man pages the units name exist (verify fails on a unit whose ExecStart= or
 # Documentation= is missing, so it cannot run on units/ of a source tree).
 
-echo "== build every binary once (tests start the real daemons; building here keeps the"
-echo "   per-test 'cargo build' they do a no-op)"
+# The tests never run cargo: they start the daemons and helper programs found beside the test
+# binary (target/debug/), which this step builds once with the workspace's features.
+echo "== build every binary once (the tests start the real daemons and helpers)"
 cargo build --workspace --bins --locked
 
 echo "== tests"

@@ -6,162 +6,20 @@
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use sluice_core::store::{Durability, JobState, NewJob, Store};
+use sluice_tests::process::{DaemonProcess, Inspection, NotifyListener, SpawnOptions};
 
 /// Generous bound for anything a process should do "soon": tests run on a loaded 2-core box.
 const SOON: Duration = Duration::from_secs(20);
 /// The watchdog timeout the probe is given; it should ping every 200 ms.
 const WATCHDOG_USEC: u64 = 400_000;
-
-/// One datagram received on the notify socket.
-#[derive(Debug, Clone)]
-struct Notification {
-    received: Instant,
-    lines: Vec<String>,
-    /// What the listener's inspection hook saw at the moment of receipt, if it has one.
-    inspection: Option<String>,
-}
-
-impl Notification {
-    fn has(&self, line: &str) -> bool {
-        self.lines.iter().any(|candidate| candidate == line)
-    }
-
-    fn status(&self) -> Option<&str> {
-        self.lines
-            .iter()
-            .find_map(|line| line.strip_prefix("STATUS="))
-    }
-}
-
-type Inspection = Box<dyn Fn(&[String]) -> Option<String> + Send>;
-
-/// A datagram socket playing systemd's side of `NOTIFY_SOCKET`, read by a background thread
-/// that keeps every message with its arrival time.
-struct NotifyListener {
-    path: PathBuf,
-    received: Arc<(Mutex<Vec<Notification>>, Condvar)>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl NotifyListener {
-    fn bind(directory: &Path) -> Result<NotifyListener> {
-        NotifyListener::bind_with_inspection(directory, None)
-    }
-
-    /// `inspect` runs on the reading thread as each datagram arrives, before anything else
-    /// can happen in the test, to capture outside state at that moment.
-    fn bind_with_inspection(
-        directory: &Path,
-        inspect: Option<Inspection>,
-    ) -> Result<NotifyListener> {
-        let path = directory.join("notify.socket");
-        let socket =
-            UnixDatagram::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-        let received = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let received = Arc::clone(&received);
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut buffer = vec![0_u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(length) = socket.recv(&mut buffer) else {
-                        continue;
-                    };
-                    let received_at = Instant::now();
-                    let lines: Vec<String> = String::from_utf8_lossy(&buffer[..length])
-                        .lines()
-                        .filter(|line| !line.is_empty())
-                        .map(str::to_owned)
-                        .collect();
-                    let inspection = inspect.as_ref().and_then(|inspect| inspect(&lines));
-                    let (messages, arrived) = &*received;
-                    messages.lock().unwrap().push(Notification {
-                        received: received_at,
-                        lines,
-                        inspection,
-                    });
-                    arrived.notify_all();
-                }
-            })
-        };
-        Ok(NotifyListener {
-            path,
-            received,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn all(&self) -> Vec<Notification> {
-        self.received.0.lock().unwrap().clone()
-    }
-
-    fn count(&self) -> usize {
-        self.received.0.lock().unwrap().len()
-    }
-
-    /// Waits for the first message at or after index `from` that has `line`; returns its index.
-    fn wait_for_line(
-        &self,
-        from: usize,
-        line: &str,
-        timeout: Duration,
-    ) -> Result<(usize, Notification)> {
-        self.wait_for(from, timeout, |notification| notification.has(line))
-            .with_context(|| format!("waiting for {line:?}"))
-    }
-
-    fn wait_for(
-        &self,
-        from: usize,
-        timeout: Duration,
-        matches: impl Fn(&Notification) -> bool,
-    ) -> Result<(usize, Notification)> {
-        let deadline = Instant::now() + timeout;
-        let (messages, arrived) = &*self.received;
-        let mut guard = messages.lock().unwrap();
-        loop {
-            if let Some(index) = (from..guard.len()).find(|&index| matches(&guard[index])) {
-                return Ok((index, guard[index].clone()));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                bail!(
-                    "not received within {timeout:?}; got {:#?}",
-                    guard.iter().map(|n| &n.lines).collect::<Vec<_>>()
-                );
-            }
-            guard = arrived.wait_timeout(guard, deadline - now).unwrap().0;
-        }
-    }
-}
-
-impl Drop for NotifyListener {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The probe process; killed (SIGKILL) if a test ends while it still runs.
-struct Probe {
-    child: Child,
-    log: PathBuf,
-}
 
 struct ProbeSetup<'a> {
     directory: &'a Path,
@@ -211,7 +69,7 @@ impl<'a> ProbeSetup<'a> {
     fn new(directory: &'a Path, listener: &'a NotifyListener) -> ProbeSetup<'a> {
         ProbeSetup {
             directory,
-            notify_socket: Some(&listener.path),
+            notify_socket: Some(listener.path()),
             watchdog_usec: Some(WATCHDOG_USEC),
             watchdog_pid: None,
             stop_timeout: Duration::from_secs(5),
@@ -221,10 +79,13 @@ impl<'a> ProbeSetup<'a> {
         }
     }
 
-    fn start(&self) -> Result<Probe> {
+    fn start(&self) -> Result<DaemonProcess> {
         let log = self.directory.join("probe.log");
+        // Created here, so its identity is known for JOURNAL_STREAM; the probe's stderr is
+        // this same file, opened again for appending.
         let stderr = std::fs::File::create(&log)?;
         let stderr_identity = identity_of(&stderr)?;
+        drop(stderr);
         let probe_arguments: Vec<std::ffi::OsString> = vec![
             "--database".into(),
             database_path(self.directory).into(),
@@ -273,10 +134,7 @@ impl<'a> ProbeSetup<'a> {
             .env_remove("WATCHDOG_PID")
             .env_remove("JOURNAL_STREAM")
             .env_remove("RUST_LOG")
-            .env("SLUICE_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr);
+            .env("SLUICE_LOG", "debug");
         match self.journal_stream {
             JournalStream::Unset => {}
             JournalStream::MatchingStderr => {
@@ -303,49 +161,11 @@ impl<'a> ProbeSetup<'a> {
         for (name, value) in &self.extra_environment {
             command.env(name, value);
         }
-        let child = command.spawn().context("starting runtime-probe")?;
-        Ok(Probe { child, log })
-    }
-}
-
-impl Probe {
-    fn signal(&self, signal: Signal) -> Result<()> {
-        let pid = Pid::from_raw(i32::try_from(self.child.id())?);
-        kill(pid, signal).with_context(|| format!("sending {signal} to the probe"))?;
-        Ok(())
-    }
-
-    fn is_running(&mut self) -> Result<bool> {
-        Ok(self.child.try_wait()?.is_none())
-    }
-
-    fn wait_for_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "probe still running after {timeout:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        DaemonProcess::spawn(
+            &mut command,
+            SpawnOptions::named("runtime-probe").log_to(&log),
+        )
+        .context("starting runtime-probe")
     }
 }
 
@@ -373,7 +193,7 @@ fn open_store(directory: &Path) -> Result<Store> {
 /// A directory, a listener and a started probe whose READY=1 has arrived.
 fn started_probe(
     configure: impl FnOnce(&mut ProbeSetup<'_>),
-) -> Result<(tempfile::TempDir, NotifyListener, Probe)> {
+) -> Result<(tempfile::TempDir, NotifyListener, DaemonProcess)> {
     let directory = tempfile::tempdir()?;
     write_config(directory.path(), "label = first\n")?;
     let listener = NotifyListener::bind(directory.path())?;
@@ -464,7 +284,7 @@ fn watchdog_pings_arrive_at_about_half_the_timeout() -> Result<()> {
         average_gap >= interval / 2,
         "pings every {average_gap:?} on average, expected about {interval:?}"
     );
-    assert!(probe.is_running()?);
+    assert!(probe.is_running());
     Ok(())
 }
 
@@ -480,7 +300,7 @@ fn no_watchdog_pings_when_the_watchdog_is_meant_for_another_process() -> Result<
         .filter(|notification| notification.has("WATCHDOG=1"))
         .count();
     assert_eq!(pings, 0);
-    assert!(probe.is_running()?);
+    assert!(probe.is_running());
     Ok(())
 }
 
@@ -505,7 +325,7 @@ fn a_hung_loop_stops_the_watchdog_pings() -> Result<()> {
         .map(|n| n.lines)
         .collect();
     assert!(after.is_empty(), "messages after the loop hung: {after:?}");
-    assert!(probe.is_running()?, "the probe is hung, not dead");
+    assert!(probe.is_running(), "the probe is hung, not dead");
     Ok(())
 }
 
@@ -546,7 +366,7 @@ fn sighup_with_a_valid_config_reloads_and_reports_ready_again() -> Result<()> {
     listener.wait_for(ready_at + 1, SOON, |notification| {
         notification.status() == Some("idle; config second")
     })?;
-    assert!(probe.is_running()?);
+    assert!(probe.is_running());
     Ok(())
 }
 
@@ -572,7 +392,7 @@ fn sighup_with_an_invalid_config_keeps_the_old_one_and_says_so() -> Result<()> {
         Some(format!("idle; config first; last error: {expected}").as_str())
     );
     assert!(
-        probe.is_running()?,
+        probe.is_running(),
         "an invalid reload must not stop the daemon"
     );
 

@@ -4,14 +4,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use futures_util::StreamExt;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use sha2::{Digest, Sha256};
 use sluice_core::bus::{BusError, DownloadOptions, ScraperProxy};
 use sluice_core::policy::{PolicyError, check_download_target, parse_download_url};
@@ -23,7 +22,8 @@ use zbus::Connection;
 use zbus::proxy::CacheProperties;
 
 use crate::support::{
-    BusPolicy, DEADLINE, FixtureRoute, HttpFixture, PrivateBus, daemon_binary, open_store,
+    BusPolicy, DEADLINE, DaemonProcess, FixtureRoute, HttpFixture, PrivateBus, SpawnOptions,
+    TmpfsMount, binary_path, open_store, skip,
 };
 
 /// A scraper's world: temp folders, a private bus and a config file pointing at both.
@@ -116,25 +116,14 @@ max_redirects = 3
     }
 
     /// Starts the scraper and waits until it says `running` on the bus.
-    async fn start(&self) -> Result<ScraperProcess> {
-        let stderr_path = self.root.join(format!(
-            "scraper-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_nanos()
-        ));
-        let child = Command::new(daemon_binary("sluice-scraper"))
+    async fn start(&self) -> Result<DaemonProcess> {
+        let mut command = Command::new(binary_path("sluice-scraper"));
+        command
             .arg("--config")
             .arg(&self.config_path)
-            .env("SLUICE_LOG", "debug")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path)?)
-            .spawn()
-            .context("start sluice-scraper")?;
-        let mut process = ScraperProcess { child, stderr_path };
+            .env("SLUICE_LOG", "debug");
+        let mut process =
+            DaemonProcess::spawn(&mut command, SpawnOptions::named("sluice-scraper"))?;
         let connection = self.connect().await?;
         let proxy = scraper_proxy(&connection).await?;
         let started = Instant::now();
@@ -142,8 +131,12 @@ max_redirects = 3
             if proxy.state().await.is_ok_and(|state| state == "running") {
                 return Ok(process);
             }
-            if let Some(status) = process.child.try_wait()? {
-                bail!("sluice-scraper exited with {status}: {}", process.log());
+            if !process.is_running() {
+                bail!(
+                    "sluice-scraper exited with {:?}: {}",
+                    process.wait_for_exit(Duration::ZERO),
+                    process.log()
+                );
             }
             if started.elapsed() > DEADLINE {
                 bail!("sluice-scraper never reached running: {}", process.log());
@@ -156,46 +149,6 @@ max_redirects = 3
         Ok(zbus::connection::Builder::address(self.bus.address())
             .build()
             .await?)
-    }
-}
-
-/// A running scraper; killed when dropped.
-struct ScraperProcess {
-    child: Child,
-    stderr_path: PathBuf,
-}
-
-impl ScraperProcess {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    fn kill_hard(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn terminate(&mut self) -> Result<ExitStatus> {
-        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)?;
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            ensure!(
-                started.elapsed() < DEADLINE,
-                "sluice-scraper did not stop after SIGTERM: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ScraperProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -554,7 +507,7 @@ async fn sigterm_releases_a_running_download_which_resumes_after_restart() -> Re
         std::fs::metadata(&part).is_ok_and(|metadata| metadata.len() >= 128 * 1024)
     })
     .await?;
-    let status = scraper.terminate()?;
+    let status = scraper.terminate(DEADLINE)?;
     assert!(status.success(), "exit {status}: {}", scraper.log());
     let job = setup.store().get_job(job_id as i64)?;
     assert_eq!((job.state, job.attempts), (JobState::Queued, 0), "released");
@@ -933,19 +886,46 @@ async fn a_download_written_by_another_process_is_picked_up_without_a_signal() -
     Ok(())
 }
 
+/// Where the staging folder of `staging_on_another_file_system_is_refused_at_start` goes.
+enum OtherFileSystem {
+    Mounted(TmpfsMount),
+    SharedMemory(tempfile::TempDir),
+}
+
+impl OtherFileSystem {
+    fn path(&self) -> &Path {
+        match self {
+            OtherFileSystem::Mounted(mount) => mount.path(),
+            OtherFileSystem::SharedMemory(directory) => directory.path(),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staging_on_another_file_system_is_refused_at_start() -> Result<()> {
     let setup = Setup::new(true)?;
-    let other_file_system = tempfile::tempdir_in("/dev/shm");
-    let Ok(other_file_system) = other_file_system else {
-        eprintln!("skipped: /dev/shm is not available");
-        return Ok(());
+    // Another file system than the temp folder's: as root a tmpfs of the test's own, so the
+    // test runs wherever root can mount (CI); otherwise /dev/shm, which most machines have
+    // (a skip without it, which is a failure under SLUICE_REQUIRE_ROOT_TESTS=1).
+    let other_file_system = if nix::unistd::geteuid().is_root() {
+        OtherFileSystem::Mounted(TmpfsMount::new()?)
+    } else {
+        match tempfile::tempdir_in("/dev/shm") {
+            Ok(directory) => OtherFileSystem::SharedMemory(directory),
+            Err(error) => {
+                skip(&format!("not root and /dev/shm is not available: {error}"));
+                return Ok(());
+            }
+        }
     };
     use std::os::unix::fs::MetadataExt;
     std::fs::create_dir_all(setup.inbox())?;
     if std::fs::metadata(other_file_system.path())?.dev() == std::fs::metadata(setup.inbox())?.dev()
     {
-        eprintln!("skipped: /dev/shm and the temp folder share a file system here");
+        skip(&format!(
+            "{} and the temp folder share a file system here",
+            other_file_system.path().display()
+        ));
         return Ok(());
     }
     let text = std::fs::read_to_string(&setup.config_path)?.replace(
@@ -956,7 +936,7 @@ async fn staging_on_another_file_system_is_refused_at_start() -> Result<()> {
         ),
     );
     std::fs::write(&setup.config_path, text)?;
-    let output = Command::new(daemon_binary("sluice-scraper"))
+    let output = Command::new(binary_path("sluice-scraper"))
         .arg("--config")
         .arg(&setup.config_path)
         .env_remove("NOTIFY_SOCKET")
@@ -1089,7 +1069,7 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid() -> R
     );
 
     setup.write_config(true, "user_agent = \"sluice-test/2\"")?;
-    kill(Pid::from_raw(scraper.child.id() as i32), Signal::SIGHUP)?;
+    scraper.signal(Signal::SIGHUP)?;
     // A reload is visible only in what the next request does; retry until it shows.
     let started = Instant::now();
     loop {
@@ -1111,7 +1091,7 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid() -> R
     }
 
     std::fs::write(&setup.config_path, "[scraper]\nmax_redirects = \"many\"\n")?;
-    kill(Pid::from_raw(scraper.child.id() as i32), Signal::SIGHUP)?;
+    scraper.signal(Signal::SIGHUP)?;
     let mut last_error;
     let started = Instant::now();
     loop {

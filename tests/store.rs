@@ -9,7 +9,23 @@ use rand::Rng;
 use serde_json::json;
 use sluice_core::store::{Durability, JobFilter, JobState, MIGRATIONS, NewJob, PageRequest, Store};
 
-use crate::support::{DEADLINE, Process, open_store, queue_child, temp_dir, wait_until};
+use crate::support::{
+    DEADLINE, DaemonProcess, SpawnOptions, open_store, queue_child, temp_dir, wait_until,
+};
+
+/// Starts a queue-child with its stdout lines (its report) collected.
+fn start_queue_child(command: &mut std::process::Command) -> DaemonProcess {
+    DaemonProcess::spawn(command, SpawnOptions::named("queue-child").capture_stdout())
+        .unwrap_or_else(|error| panic!("{error:#}"))
+}
+
+/// Waits for a queue-child to exit by itself; its exit status and every line it wrote.
+fn finish(mut process: DaemonProcess) -> (std::process::ExitStatus, Vec<String>) {
+    let status = process
+        .wait_for_exit(DEADLINE)
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    (status, process.lines())
+}
 
 fn enqueue_test_jobs(
     store: &mut Store,
@@ -74,9 +90,9 @@ fn concurrent_worker_processes_run_every_job_exactly_once() {
     let mut store = open_store(&database, Durability::Normal);
     let total = 4000;
     enqueue_test_jobs(&mut store, total, |i| json!({"i": i}));
-    let workers: Vec<Process> = (0..4)
+    let workers: Vec<DaemonProcess> = (0..4)
         .map(|n| {
-            Process::spawn(queue_child(&database, Durability::Normal).args([
+            start_queue_child(queue_child(&database, Durability::Normal).args([
                 "worker",
                 "--name",
                 &format!("w{n}"),
@@ -87,7 +103,7 @@ fn concurrent_worker_processes_run_every_job_exactly_once() {
         .collect();
     let mut done_total = 0;
     for worker in workers {
-        let (status, lines) = worker.wait(DEADLINE);
+        let (status, lines) = finish(worker);
         assert!(status.success(), "worker failed: {lines:?}");
         let done: u64 = lines
             .iter()
@@ -126,7 +142,7 @@ fn kill_9_chaos_loses_no_job_and_runs_none_twice() {
     // A little work per job so that kills land mid-batch.
     enqueue_test_jobs(&mut store, total, |i| json!({"i": i, "sleep_ms": 1}));
     let spawn = |name: &str| {
-        Process::spawn(queue_child(&database, Durability::Normal).args([
+        start_queue_child(queue_child(&database, Durability::Normal).args([
             "worker",
             "--name",
             name,
@@ -138,7 +154,7 @@ fn kill_9_chaos_loses_no_job_and_runs_none_twice() {
             "3000",
         ]))
     };
-    let mut workers: Vec<(String, Process)> = (0..3)
+    let mut workers: Vec<(String, DaemonProcess)> = (0..3)
         .map(|n| {
             let name = format!("w{n}-0");
             (name.clone(), spawn(&name))
@@ -150,7 +166,7 @@ fn kill_9_chaos_loses_no_job_and_runs_none_twice() {
     for round in 1..=12 {
         std::thread::sleep(Duration::from_millis(rng.random_range(50..250)));
         let victim = rng.random_range(0..workers.len());
-        let (name, process) = workers.swap_remove(victim);
+        let (name, mut process) = workers.swap_remove(victim);
         process.kill_hard();
         // The dead process can change nothing now: whatever it held is frozen until rescued.
         let held: Vec<i64> = store
@@ -188,7 +204,7 @@ fn kill_9_chaos_loses_no_job_and_runs_none_twice() {
         }
     }
     for (_, worker) in workers {
-        let (status, lines) = worker.wait(DEADLINE);
+        let (status, lines) = finish(worker);
         assert!(status.success(), "worker failed: {lines:?}");
     }
     let jobs = assert_each_succeeded_once(&store);
@@ -235,7 +251,7 @@ fn a_worker_stopped_past_its_lease_cannot_heartbeat_or_complete() {
     let database = root.join("sluice.db");
     let mut store = open_store(&database, Durability::Full);
     let id = store.enqueue(&NewJob::new("test", json!({}))).unwrap().id;
-    let holder = Process::spawn(queue_child(&database, Durability::Full).args([
+    let holder = start_queue_child(queue_child(&database, Durability::Full).args([
         "hold",
         "--lease-ms",
         "300",
@@ -249,23 +265,28 @@ fn a_worker_stopped_past_its_lease_cannot_heartbeat_or_complete() {
         format!("claimed {id}")
     );
     holder.wait_for_line("heartbeat ok", DEADLINE);
-    holder.signal(Signal::SIGSTOP);
-    let second = loop {
-        if let Some(job) = store
+    holder.signal(Signal::SIGSTOP).expect("stop the holder");
+    // The lease is 300 ms: the job is claimable again soon after the holder stops.
+    let mut second = None;
+    let reclaimed = wait_until(DEADLINE, || {
+        second = store
             .claim_jobs("second", &["test"], 1, Duration::from_secs(30))
             .unwrap()
-            .pop()
-        {
-            break job;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+            .pop();
+        second.is_some()
+    });
+    assert!(
+        reclaimed,
+        "job {id} of the stopped holder was not claimable again within {DEADLINE:?}: {:?}",
+        store.get_job(id).unwrap()
+    );
+    let second = second.unwrap();
     assert_eq!((second.id, second.attempt), (id, 2));
     store
         .succeed_job(id, &second.lease_token, &json!({"by": "second"}))
         .unwrap();
-    holder.signal(Signal::SIGCONT);
-    let (status, lines) = holder.wait(DEADLINE);
+    holder.signal(Signal::SIGCONT).expect("continue the holder");
+    let (status, lines) = finish(holder);
     assert!(status.success(), "{lines:?}");
     assert!(
         lines.contains(&"heartbeat lease-lost".to_string()),
@@ -286,14 +307,14 @@ fn a_job_that_always_fails_ends_dead_with_its_errors() {
         .enqueue(&NewJob::new("test", json!({"fail": "disk on fire"})).with_max_attempts(4))
         .unwrap()
         .id;
-    let worker = Process::spawn(queue_child(&database, Durability::Normal).args([
+    let worker = start_queue_child(queue_child(&database, Durability::Normal).args([
         "worker",
         "--name",
         "w",
         "--idle-ms",
         "1500",
     ]));
-    let (status, lines) = worker.wait(DEADLINE);
+    let (status, lines) = finish(worker);
     assert!(status.success(), "{lines:?}");
     let job = store.get_job(id).unwrap();
     assert_eq!((job.state, job.attempts), (JobState::Dead, 4));
@@ -320,6 +341,10 @@ fn a_job_that_kills_its_worker_ends_dead_after_max_attempts() {
         .unwrap()
         .id;
     let mut crashes = 0;
+    let mut runs = 0;
+    // Bounds the loop also when the workers stop crashing (then `crashes` stays below 10 and
+    // only the clock ends it): 3 crashes with 200 ms leases take a few seconds.
+    let deadline = Instant::now() + DEADLINE;
     // A supervisor's job: restart the worker each time it dies, as systemd would.
     while store.get_job(id).unwrap().state != JobState::Dead {
         assert!(
@@ -327,7 +352,13 @@ fn a_job_that_kills_its_worker_ends_dead_after_max_attempts() {
             "job never went dead: {:?}",
             store.get_job(id).unwrap()
         );
-        let worker = Process::spawn(queue_child(&database, Durability::Normal).args([
+        assert!(
+            Instant::now() < deadline,
+            "job not dead within {DEADLINE:?} after {runs} worker runs ({crashes} crashed): {:?}",
+            store.get_job(id).unwrap()
+        );
+        runs += 1;
+        let worker = start_queue_child(queue_child(&database, Durability::Normal).args([
             "worker",
             "--name",
             "w",
@@ -338,7 +369,7 @@ fn a_job_that_kills_its_worker_ends_dead_after_max_attempts() {
             "--idle-ms",
             "1000",
         ]));
-        let (status, _) = worker.wait(DEADLINE);
+        let (status, _) = finish(worker);
         if !status.success() {
             crashes += 1;
         }
@@ -371,7 +402,7 @@ fn kill_9_during_a_write_storm_keeps_the_database_consistent_and_every_acknowled
         let mut acknowledged: BTreeSet<i64> = BTreeSet::new();
         let mut completed: BTreeSet<i64> = BTreeSet::new();
         for _ in 0..15 {
-            let storm = Process::spawn(queue_child(&database, durability).args(["storm"]));
+            let mut storm = start_queue_child(queue_child(&database, durability).args(["storm"]));
             storm.wait_for_line("ack", DEADLINE);
             std::thread::sleep(Duration::from_millis(rng.random_range(5..120)));
             for line in storm.kill_hard() {
@@ -406,11 +437,11 @@ fn many_processes_opening_a_fresh_database_at_once_end_with_one_schema() {
     for round in 0..3 {
         let (_directory, root) = temp_dir();
         let database = root.join("sluice.db");
-        let openers: Vec<Process> = (0..12)
-            .map(|_| Process::spawn(queue_child(&database, Durability::Full).arg("open")))
+        let openers: Vec<DaemonProcess> = (0..12)
+            .map(|_| start_queue_child(queue_child(&database, Durability::Full).arg("open")))
             .collect();
         for opener in openers {
-            let (status, lines) = opener.wait(DEADLINE);
+            let (status, lines) = finish(opener);
             assert!(status.success(), "round {round}: opener failed: {lines:?}");
             assert_eq!(lines, vec![format!("version {}", MIGRATIONS.len())]);
         }

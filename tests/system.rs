@@ -1,5 +1,5 @@
 //! System tests: the .deb installed in a real systemd (a throwaway systemd-nspawn container
-//! made from the host's own root, see the container harness in `support`), driven the way an
+//! made from the host's own root, see `sluice_tests::container`), driven the way an
 //! administrator would, with `apt-get`, `systemctl`, `journalctl`, `busctl` and `sluicectl`.
 //! They are part of the default test command. They need root (mounts, systemd-nspawn);
 //! without it they say "skipped: needs root" (a failure when `SLUICE_REQUIRE_ROOT_TESTS=1`,
@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::support::{
-    Container, ContainerOptions, can_boot_containers, sluice_deb, wait_until, workspace_root,
-};
+use sluice_tests::container::{Container, ContainerOptions, can_boot_containers, sluice_deb};
+use sluice_tests::process::{wait_until, workspace_root};
 
 const PRIVATE_NETWORK: ContainerOptions = ContainerOptions {
     private_network: true,

@@ -14,7 +14,8 @@ use sluice_core::bus::{BusError, CallerPolicy, MonitorService, MonitorStatus, We
 use sluice_core::store::jobs::{JobFilter, JobState, NewJob, PageRequest};
 
 use crate::support::{
-    DEADLINE, SuiteFixture, WEB_TEST_TOKEN, WebDaemon, daemon_binary, http_agent, http_result,
+    DEADLINE, DaemonProcess, SpawnOptions, SuiteFixture, WEB_TEST_TOKEN, WebDaemon, binary_path,
+    http_agent, http_result,
 };
 
 const BEARER: &str = "Bearer test-token-0123456789abcdef";
@@ -610,11 +611,12 @@ fn sigterm_closes_event_streams_and_exits_cleanly() {
     let mut daemon = WebDaemon::start(&fixture);
     let lines = open_event_stream(&daemon);
     assert_eq!(lines.recv_timeout(DEADLINE).unwrap(), ": connected");
-    kill(daemon.pid(), Signal::SIGTERM).unwrap();
+    kill(daemon.process.pid(), Signal::SIGTERM).unwrap();
     let status = daemon
+        .process
         .wait_for_exit(DEADLINE)
-        .unwrap_or_else(|| panic!("sluice-web did not stop: {}", daemon.stderr()));
-    assert_eq!(status.code(), Some(0), "{}", daemon.stderr());
+        .unwrap_or_else(|error| panic!("sluice-web did not stop: {error:#}"));
+    assert_eq!(status.code(), Some(0), "{}", daemon.process.log());
     // The stream ends (the reader thread hangs up) instead of holding the stop.
     let ended = crate::support::wait_until(DEADLINE, || {
         matches!(lines.try_recv(), Err(mpsc::TryRecvError::Disconnected))
@@ -626,7 +628,7 @@ fn sigterm_closes_event_streams_and_exits_cleanly() {
 fn without_its_token_file_sluice_web_refuses_to_start_and_says_why() {
     let fixture = SuiteFixture::new("", "");
     std::fs::remove_file(fixture.directory.path().join("api-token")).unwrap();
-    let output = std::process::Command::new(daemon_binary("sluice-web"))
+    let output = std::process::Command::new(binary_path("sluice-web"))
         .arg("--config")
         .arg(&fixture.config_path)
         .env_remove("NOTIFY_SOCKET")
@@ -642,7 +644,7 @@ fn without_its_token_file_sluice_web_refuses_to_start_and_says_why() {
 
     // A token that is too short is refused the same way.
     std::fs::write(fixture.directory.path().join("api-token"), "short\n").unwrap();
-    let output = std::process::Command::new(daemon_binary("sluice-web"))
+    let output = std::process::Command::new(binary_path("sluice-web"))
         .arg("--config")
         .arg(&fixture.config_path)
         .env_remove("JOURNAL_STREAM")
@@ -655,7 +657,7 @@ fn without_its_token_file_sluice_web_refuses_to_start_and_says_why() {
 fn a_second_sluice_web_cannot_take_the_bus_name() {
     let fixture = SuiteFixture::new("", "");
     let _first = WebDaemon::start(&fixture);
-    let output = std::process::Command::new(daemon_binary("sluice-web"))
+    let output = std::process::Command::new(binary_path("sluice-web"))
         .arg("--config")
         .arg(&fixture.config_path)
         .env_remove("JOURNAL_STREAM")
@@ -674,7 +676,7 @@ fn sighup_reloads_the_token_and_keeps_the_old_one_when_the_new_file_is_bad() {
     let token_file = fixture.directory.path().join("api-token");
     let new_bearer = "Bearer rotated-token-0123456789abcdef";
     std::fs::write(&token_file, "rotated-token-0123456789abcdef\n").unwrap();
-    kill(daemon.pid(), Signal::SIGHUP).unwrap();
+    kill(daemon.process.pid(), Signal::SIGHUP).unwrap();
     let rotated = crate::support::wait_until(DEADLINE, || {
         post_empty(
             &daemon,
@@ -686,14 +688,14 @@ fn sighup_reloads_the_token_and_keeps_the_old_one_when_the_new_file_is_bad() {
     assert!(
         rotated,
         "the new token was never accepted: {}",
-        daemon.stderr()
+        daemon.process.log()
     );
     let (status, _) = post_empty(&daemon, &format!("/api/jobs/{job}/retry"), Some(BEARER));
     assert_eq!(status, 401, "the old token still works after the reload");
 
     // A token file that is no good is refused by the reload; the rotated token stays valid.
     std::fs::write(&token_file, "short\n").unwrap();
-    kill(daemon.pid(), Signal::SIGHUP).unwrap();
+    kill(daemon.process.pid(), Signal::SIGHUP).unwrap();
     let runtime = runtime();
     let connection = fixture.connect(&runtime);
     let reported = crate::support::wait_until(DEADLINE, || {
@@ -720,20 +722,24 @@ fn a_socket_passed_by_systemd_is_used_instead_of_binding() {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
     };
-    let mut activator = std::process::Command::new("systemd-socket-activate")
+    let mut command = std::process::Command::new("systemd-socket-activate");
+    command
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
-        .arg(daemon_binary("sluice-web"))
+        .arg(binary_path("sluice-web"))
         .arg("--config")
-        .arg(&fixture.config_path)
-        .env_remove("JOURNAL_STREAM")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("systemd-socket-activate (package systemd)");
+        .arg(&fixture.config_path);
+    // Killed when dropped, also when an assertion below fails.
+    let mut activator =
+        DaemonProcess::spawn(&mut command, SpawnOptions::named("systemd-socket-activate"))
+            .expect("systemd-socket-activate (package systemd)");
     let listening =
         crate::support::wait_until(DEADLINE, || TcpStream::connect(("127.0.0.1", port)).is_ok());
-    assert!(listening, "systemd-socket-activate did not listen");
+    assert!(
+        listening,
+        "systemd-socket-activate did not listen: {}",
+        activator.log()
+    );
     let (status, body) = http_result(
         http_agent()
             .get(format!("http://127.0.0.1:{port}/healthz"))
@@ -754,6 +760,5 @@ fn a_socket_passed_by_systemd_is_used_instead_of_binding() {
         listen_address,
         format!("127.0.0.1:{port} (socket-activated)")
     );
-    let _ = activator.kill();
-    let _ = activator.wait();
+    activator.kill_hard();
 }

@@ -1,1 +1,8 @@
-//! Code shared by the helper programs that the integration tests start as real processes.
+//! The harness shared by the integration tests (`tests/main.rs`) and the benchmark driver
+//! (`sluice-bench`): real processes, a real private `dbus-daemon`, fixtures, and the systemd
+//! container of the system tests. No mock of SQLite, D-Bus or systemd anywhere.
+
+pub mod bus;
+pub mod container;
+pub mod fixtures;
+pub mod process;

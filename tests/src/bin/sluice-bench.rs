@@ -31,9 +31,8 @@
 // A benchmark's output is its product.
 #![allow(clippy::print_stdout)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -42,6 +41,8 @@ use serde_json::{Value, json};
 use sluice_core::store::{
     Durability, JobFilter, JobState, NewJob, PageRequest, RetryPolicy, Store, StoreOptions,
 };
+use sluice_tests::bus::{BusPolicy, PrivateBus};
+use sluice_tests::process::{DaemonProcess, SpawnOptions, binary_path};
 
 #[derive(Parser)]
 struct Arguments {
@@ -300,18 +301,19 @@ fn run_w1_lib(
         },
     };
     let mut store = Store::open(&database, &options)?;
-    let worker_program = sibling_program("queue-child")?;
-    let spawn_consumers = || -> anyhow::Result<Vec<Child>> {
+    let worker_program = binary_path("queue-child");
+    let spawn_consumers = || -> anyhow::Result<Vec<DaemonProcess>> {
         (0..consumer_count)
             .map(|n| {
-                Command::new(&worker_program)
+                let name = format!("bench-{n}");
+                let mut command = Command::new(&worker_program);
+                command
                     .arg("--db")
                     .arg(&database)
                     .args(["--durability", durability.as_str(), "worker"])
-                    .args(["--name", &format!("bench-{n}"), "--kinds", "noop"])
-                    .args(["--batch", &batch.to_string(), "--idle-ms", "600000"])
-                    .stdout(Stdio::null())
-                    .spawn()
+                    .args(["--name", &name, "--kinds", "noop"])
+                    .args(["--batch", &batch.to_string(), "--idle-ms", "600000"]);
+                DaemonProcess::spawn(&mut command, SpawnOptions::named(&name))
                     .context("starting a consumer")
             })
             .collect::<Result<_, _>>()
@@ -353,8 +355,7 @@ fn run_w1_lib(
     }
     let drain_seconds = drain_started.elapsed().as_secs_f64();
     for consumer in &mut consumers {
-        let _ = consumer.kill();
-        let _ = consumer.wait();
+        consumer.kill_hard();
     }
 
     let mut latencies_ms = Vec::with_capacity(total);
@@ -408,7 +409,7 @@ fn run_w1(
 ) -> anyhow::Result<Value> {
     let scratch = tempfile::tempdir_in(directory).context("scratch directory")?;
     let root = scratch.path();
-    let bus = BenchBus::start(root)?;
+    let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
     let database = root.join("sluice.db");
     for folder in ["inbox", "library", "staging"] {
         std::fs::create_dir_all(root.join(folder))?;
@@ -425,7 +426,7 @@ fn run_w1(
              [scraper]\ninbox = \"{root}/inbox\"\nstaging = \"{root}/staging\"\n",
             database = database.display(),
             durability = durability.as_str(),
-            address = bus.address,
+            address = bus.address(),
             batch = settings.batch,
             root = root.display(),
         ),
@@ -439,23 +440,20 @@ fn run_w1(
         },
     };
     let mut store = Store::open(&database, &options)?;
-    let worker_program = sibling_program("sluice-ingest-worker")?;
+    let worker_program = binary_path("sluice-ingest-worker");
     let mut workers = Vec::new();
     for instance in 1..=settings.workers {
-        let log = root.join(format!("worker-{instance}.log"));
-        let child = Command::new(&worker_program)
+        let mut command = Command::new(&worker_program);
+        command
             .args(["--instance", &instance.to_string()])
             .env("SLUICE_CONFIG", &config_path)
-            .env("SLUICE_LOG", "info")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("starting sluice-ingest-worker")?;
-        workers.push(ChildGuard(child));
-        wait_for_file_line(&log, "ready", Duration::from_secs(30))?;
+            .env("SLUICE_LOG", "info");
+        let options = SpawnOptions::named(&format!("sluice-ingest-worker@{instance}"))
+            .log_to(&root.join(format!("worker-{instance}.log")))
+            .notify();
+        let mut worker = DaemonProcess::spawn(&mut command, options)?;
+        worker.wait_for_ready(Duration::from_secs(30))?;
+        workers.push(worker);
     }
 
     // The producer's own bus connection, used only to announce new jobs.
@@ -463,7 +461,7 @@ fn run_w1(
         .enable_all()
         .build()?;
     let connection = runtime.block_on(sluice_core::bus::connect(
-        &sluice_core::bus::BusAddress::Address(bus.address.clone()),
+        &sluice_core::bus::BusAddress::Address(bus.address().to_owned()),
     ))?;
     let mut last_signal: Option<Instant> = None;
     let mut signals_sent = 0u64;
@@ -500,8 +498,11 @@ fn run_w1(
         std::thread::sleep(Duration::from_millis(2));
     }
     let drain_seconds = started.elapsed().as_secs_f64();
+    // SIGTERM: the workers stop gracefully.
     for worker in &mut workers {
-        worker.terminate();
+        worker
+            .terminate(Duration::from_secs(60))
+            .context("stopping a worker")?;
     }
     drop(workers);
 
@@ -551,99 +552,6 @@ fn collect_latencies(
     }
 }
 
-/// A private `dbus-daemon` that allows everything, killed when dropped.
-struct BenchBus {
-    process: Child,
-    address: String,
-}
-
-impl BenchBus {
-    fn start(directory: &Path) -> anyhow::Result<BenchBus> {
-        let config = directory.join("bus.conf");
-        std::fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>session</type>
-  <auth>EXTERNAL</auth>
-  <listen>unix:path={}</listen>
-  <policy context="default">
-    <allow user="*"/><allow own="*"/><allow send_type="method_call"/>
-    <allow send_type="signal"/><allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/><allow receive_type="method_call"/>
-    <allow receive_type="method_return"/><allow receive_type="error"/>
-    <allow receive_type="signal"/>
-  </policy>
-</busconfig>
-"#,
-                directory.join("bus.socket").display()
-            ),
-        )?;
-        let mut process = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
-            .args(["--nofork", "--print-address=1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("cannot start dbus-daemon")?;
-        let mut line = String::new();
-        BufReader::new(process.stdout.take().context("dbus-daemon stdout")?)
-            .read_line(&mut line)?;
-        if line.trim().is_empty() {
-            let _ = process.kill();
-            bail!("dbus-daemon printed no address");
-        }
-        Ok(BenchBus {
-            process,
-            address: line.trim().to_owned(),
-        })
-    }
-}
-
-impl Drop for BenchBus {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-/// A child killed (after a SIGTERM, if `terminate` was not called) when dropped.
-struct ChildGuard(Child);
-
-impl ChildGuard {
-    /// SIGTERM and wait: the workers stop gracefully.
-    fn terminate(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_file_line(path: &Path, needle: &str, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(needle) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{} never said {needle:?}: {text}", path.display());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Median with min and max of every metric over the runs.
 fn summarize(workload: &str, durability: Durability, samples: &[Value]) -> Value {
     let mut metrics = serde_json::Map::new();
@@ -686,25 +594,13 @@ fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     sorted[index]
 }
 
-fn sibling_program(name: &str) -> anyhow::Result<PathBuf> {
-    let own = std::env::current_exe().context("locating this program")?;
-    let sibling = own.with_file_name(name);
-    if !sibling.exists() {
-        bail!(
-            "{} not found; build the sluice-tests binaries first",
-            sibling.display()
-        );
-    }
-    Ok(sibling)
-}
-
 mod w3 {
     //! The W3 driver: a private bus, a real monitor, files written on a schedule.
 
     use std::collections::HashMap;
     use std::io::Write;
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
+    use std::process::Command;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
@@ -713,8 +609,10 @@ mod w3 {
     use serde_json::{Value, json};
     use sluice_core::bus::{self, BusAddress};
     use sluice_core::store::Durability;
+    use sluice_tests::bus::{BusPolicy, PrivateBus};
+    use sluice_tests::process::{DaemonProcess, SpawnOptions, binary_path};
 
-    use super::{percentile, sibling_program};
+    use super::percentile;
 
     /// 64 bytes, the W3 file size.
     const CONTENT: &[u8; 64] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -823,8 +721,9 @@ mod w3 {
         folder: PathBuf,
         database: PathBuf,
         detections: Arc<Mutex<HashMap<String, Instant>>>,
-        bus: Child,
-        monitor: Child,
+        // The monitor before the bus: fields drop in order, so the monitor is killed first.
+        _monitor: DaemonProcess,
+        _bus: PrivateBus,
         _watch_scratch: tempfile::TempDir,
         _scratch: tempfile::TempDir,
     }
@@ -840,7 +739,8 @@ mod w3 {
                 tempfile::tempdir_in(watch_directory).context("watch scratch directory")?;
             let folder = watch_scratch.path().join("inbox");
             std::fs::create_dir(&folder)?;
-            let (bus, address) = start_bus(scratch.path())?;
+            let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
+            let address = bus.address().to_owned();
             let database = scratch.path().join("sluice.db");
             let config = scratch.path().join("sluice.toml");
             std::fs::write(
@@ -856,23 +756,22 @@ mod w3 {
             )?;
             let detections = Arc::new(Mutex::new(HashMap::new()));
             let subscribed = subscribe(&address, Arc::clone(&detections))?;
-            let monitor = Command::new(sibling_program("sluice-monitor")?)
+            let mut command = Command::new(binary_path("sluice-monitor"));
+            command
                 .arg("--config")
                 .arg(&config)
-                .env("SLUICE_LOG", "warn")
-                .env_remove("NOTIFY_SOCKET")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(scratch.path().join("monitor.log"))?)
-                .spawn()
-                .context("starting sluice-monitor")?;
+                .env("SLUICE_LOG", "warn");
+            let monitor = DaemonProcess::spawn(
+                &mut command,
+                SpawnOptions::named("sluice-monitor").log_to(&scratch.path().join("monitor.log")),
+            )?;
             subscribed.wait_for_monitor()?;
             Ok(Suite {
                 folder,
                 database,
                 detections,
-                bus,
-                monitor,
+                _monitor: monitor,
+                _bus: bus,
                 _watch_scratch: watch_scratch,
                 _scratch: scratch,
             })
@@ -899,58 +798,6 @@ mod w3 {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-    }
-
-    impl Drop for Suite {
-        fn drop(&mut self) {
-            for child in [&mut self.monitor, &mut self.bus] {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-
-    pub(super) fn start_bus(directory: &Path) -> anyhow::Result<(Child, String)> {
-        let config = directory.join("bus.conf");
-        std::fs::write(
-            &config,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <auth>EXTERNAL</auth>
-  <listen>unix:path={}</listen>
-  <policy context="default">
-    <allow user="*"/><allow own="*"/><allow send_type="method_call"/><allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/><allow receive_type="method_return"/>
-    <allow receive_type="error"/><allow receive_type="signal"/>
-  </policy>
-</busconfig>
-"#,
-                directory.join("bus.socket").display()
-            ),
-        )?;
-        let mut bus = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config.display()))
-            .args(["--nofork", "--print-address=1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            // It complains that it may not raise its fd limit; irrelevant for one client.
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting dbus-daemon")?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(bus.stdout.take().context("dbus-daemon stdout")?),
-            &mut line,
-        )?;
-        if line.trim().is_empty() {
-            bail!("dbus-daemon printed no address");
-        }
-        Ok((bus, line.trim().to_owned()))
     }
 
     /// Receives FileDetected on a thread of its own; `wait_for_monitor` returns once the
@@ -1030,17 +877,14 @@ mod suite {
     //! each given a `NOTIFY_SOCKET` of this program's own (so "started" means READY=1), and
     //! their memory.
 
-    use std::os::unix::net::UnixDatagram;
     use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::process::Command;
     use std::time::{Duration, Instant};
 
-    use anyhow::{Context, bail};
+    use anyhow::Context;
     use sluice_core::store::Durability;
-
-    use super::sibling_program;
+    use sluice_tests::bus::{BusPolicy, PrivateBus};
+    use sluice_tests::process::{DaemonProcess, SpawnOptions, binary_path};
 
     /// The token file's content; only mutating API calls need it, and the benchmarks make none.
     const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
@@ -1050,53 +894,24 @@ mod suite {
         pub scratch: tempfile::TempDir,
         pub web_port: u16,
         config: PathBuf,
-        bus: Child,
+        // The daemons before the bus: fields drop in order, so the daemons are killed first.
         daemons: Vec<Daemon>,
-        stop_draining: Arc<AtomicBool>,
+        _bus: PrivateBus,
     }
 
     pub struct Daemon {
         pub name: String,
-        child: Child,
-        /// Start → READY=1, once it came.
-        ready: Arc<Mutex<Option<Duration>>>,
+        process: DaemonProcess,
     }
 
     impl Daemon {
         pub fn pid(&self) -> u32 {
-            self.child.id()
+            self.process.pid().as_raw() as u32
         }
 
+        /// Start → READY=1, once it came.
         pub fn ready_after(&self) -> Option<Duration> {
-            *self.ready.lock().unwrap()
-        }
-    }
-
-    /// Reads every notification of a daemon for the suite's life, like systemd does: a
-    /// notification socket nobody reads fills up (10 datagrams) and the daemon's next
-    /// sd_notify blocks its main loop.
-    fn drain_notifications(
-        notify: UnixDatagram,
-        started: Instant,
-        ready: Arc<Mutex<Option<Duration>>>,
-        stop: Arc<AtomicBool>,
-    ) {
-        let mut buffer = [0u8; 4096];
-        while !stop.load(Ordering::Relaxed) {
-            match notify.recv(&mut buffer) {
-                Ok(length) => {
-                    let message = String::from_utf8_lossy(&buffer[..length]);
-                    if message.lines().any(|line| line == "READY=1") {
-                        ready.lock().unwrap().get_or_insert(started.elapsed());
-                    }
-                }
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return,
-            }
+            self.process.ready_after()
         }
     }
 
@@ -1109,7 +924,7 @@ mod suite {
                 std::fs::create_dir(root.join(folder))?;
             }
             std::fs::write(root.join("api-token"), format!("{BENCH_TOKEN}\n"))?;
-            let (bus, address) = super::w3::start_bus(root)?;
+            let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
             // A free port now; nothing else on this machine races for it in a benchmark.
             let web_port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
@@ -1127,6 +942,7 @@ mod suite {
                      [scraper]\ninbox = \"{root}/inbox\"\nstaging = \"{root}/staging\"\n",
                     database = database.display(),
                     durability = durability.as_str(),
+                    address = bus.address(),
                     root = root.display(),
                 ),
             )?;
@@ -1135,9 +951,8 @@ mod suite {
                 scratch,
                 web_port,
                 config,
-                bus,
                 daemons: Vec::new(),
-                stop_draining: Arc::new(AtomicBool::new(false)),
+                _bus: bus,
             })
         }
 
@@ -1148,36 +963,18 @@ mod suite {
             program: &str,
             arguments: &[&str],
         ) -> anyhow::Result<()> {
-            let socket_path = self.scratch.path().join(format!("notify-{name}"));
-            let notify = UnixDatagram::bind(&socket_path)
-                .with_context(|| format!("binding {}", socket_path.display()))?;
-            notify.set_read_timeout(Some(Duration::from_millis(100)))?;
-            let log = std::fs::File::create(self.scratch.path().join(format!("{name}.log")))?;
-            let child = Command::new(sibling_program(program)?)
+            let mut command = Command::new(binary_path(program));
+            command
                 .args(arguments)
                 .env("SLUICE_CONFIG", &self.config)
-                .env("SLUICE_LOG", "warn")
-                .env("NOTIFY_SOCKET", &socket_path)
-                .env_remove("WATCHDOG_USEC")
-                .env_remove("WATCHDOG_PID")
-                .env_remove("LISTEN_FDS")
-                .env_remove("JOURNAL_STREAM")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("starting {program}"))?;
-            let ready = Arc::new(Mutex::new(None));
-            let (started, for_drainer, stop) = (
-                Instant::now(),
-                Arc::clone(&ready),
-                Arc::clone(&self.stop_draining),
-            );
-            std::thread::spawn(move || drain_notifications(notify, started, for_drainer, stop));
+                .env("SLUICE_LOG", "warn");
+            let options = SpawnOptions::named(name)
+                .log_to(&self.scratch.path().join(format!("{name}.log")))
+                .notify();
+            let process = DaemonProcess::spawn(&mut command, options)?;
             self.daemons.push(Daemon {
                 name: name.to_owned(),
-                child,
-                ready,
+                process,
             });
             Ok(())
         }
@@ -1185,31 +982,11 @@ mod suite {
         /// Waits until every daemon has sent READY=1.
         pub fn wait_ready(&mut self, patience: Duration) -> anyhow::Result<()> {
             let deadline = Instant::now() + patience;
-            let scratch = self.scratch.path().to_path_buf();
-            loop {
-                let mut waiting = Vec::new();
-                for daemon in &mut self.daemons {
-                    if daemon.ready_after().is_some() {
-                        continue;
-                    }
-                    if let Some(status) = daemon.child.try_wait()? {
-                        bail!(
-                            "{} exited with {status} before READY=1: {}",
-                            daemon.name,
-                            std::fs::read_to_string(scratch.join(format!("{}.log", daemon.name)))
-                                .unwrap_or_default()
-                        );
-                    }
-                    waiting.push(daemon.name.clone());
-                }
-                if waiting.is_empty() {
-                    return Ok(());
-                }
-                if Instant::now() >= deadline {
-                    bail!("no READY=1 from {} after {patience:?}", waiting.join(", "));
-                }
-                std::thread::sleep(Duration::from_millis(2));
+            for daemon in &mut self.daemons {
+                let left = deadline.saturating_duration_since(Instant::now());
+                daemon.process.wait_for_ready(left)?;
             }
+            Ok(())
         }
 
         pub fn daemons(&self) -> &[Daemon] {
@@ -1217,7 +994,10 @@ mod suite {
         }
 
         pub fn log_of(&self, name: &str) -> String {
-            std::fs::read_to_string(self.scratch.path().join(format!("{name}.log")))
+            self.daemons
+                .iter()
+                .find(|daemon| daemon.name == name)
+                .map(|daemon| daemon.process.log())
                 .unwrap_or_default()
         }
 
@@ -1233,18 +1013,6 @@ mod suite {
                     Ok((daemon.name.clone(), total))
                 })
                 .collect()
-        }
-    }
-
-    impl Drop for Suite {
-        fn drop(&mut self) {
-            self.stop_draining.store(true, Ordering::Relaxed);
-            for daemon in &mut self.daemons {
-                let _ = daemon.child.kill();
-                let _ = daemon.child.wait();
-            }
-            let _ = self.bus.kill();
-            let _ = self.bus.wait();
         }
     }
 
