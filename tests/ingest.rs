@@ -424,8 +424,7 @@ fn a_worker_killed_mid_ingest_is_replaced_and_the_effects_happen_once() {
     // The pause comes after the move into the library and before the commit: the window in
     // which a crash must neither lose the file nor record it twice. Only whoever starts the
     // worker can ask for it (a job's payload cannot).
-    let mut first =
-        suite.start_worker_with("1", &[("SLUICE_TEST_PAUSE_BEFORE_COMMIT_MS", "1500")]);
+    let mut first = suite.start_worker_with("1", &[("SLUICE_TEST_PAUSE_BEFORE_COMMIT_MS", "1500")]);
     let content = b"exactly once, even across kill -9\n".repeat(100);
     let source = suite.inbox.join("precious.txt");
     std::fs::write(&source, &content).unwrap();
