@@ -19,6 +19,8 @@ use crate::process::{
 pub fn store_options(durability: Durability) -> StoreOptions {
     StoreOptions {
         durability,
+        // The shipped default, as a daemon would get it from the configuration.
+        max_attempts: sluice_core::config::defaults().jobs.max_attempts,
         busy_timeout: Duration::from_secs(30),
         retry: RetryPolicy {
             base: Duration::from_millis(20),

@@ -324,6 +324,7 @@ impl Config {
         crate::store::StoreOptions {
             durability: self.store.durability,
             busy_timeout: self.store.busy_timeout,
+            max_attempts: self.jobs.max_attempts,
             retry: crate::store::RetryPolicy {
                 base: self.jobs.retry_backoff_base,
                 max: self.jobs.retry_backoff_max,

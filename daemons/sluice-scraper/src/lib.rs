@@ -483,7 +483,7 @@ impl Scraper {
             expected_sha256: options.sha256,
             max_bytes: options.max_bytes,
             source: options.source,
-            max_attempts: config.jobs.max_attempts,
+            max_attempts: Some(config.jobs.max_attempts),
         };
         let rules = SubmitRules {
             allow_private_addresses: config.scraper.allow_private_addresses,

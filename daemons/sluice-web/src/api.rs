@@ -158,7 +158,7 @@ pub async fn create_download(
         expected_sha256: request.sha256,
         max_bytes: request.max_bytes,
         source: None,
-        max_attempts: settings.max_attempts,
+        max_attempts: Some(settings.max_attempts),
     };
     let rules = SubmitRules {
         allow_private_addresses: settings.allow_private_addresses,

@@ -68,6 +68,8 @@ fn main() -> anyhow::Result<()> {
     };
     let options = StoreOptions {
         durability,
+        // The shipped default, as a daemon would get it from the configuration.
+        max_attempts: sluice_core::config::defaults().jobs.max_attempts,
         busy_timeout: Duration::from_secs(30),
         retry: RetryPolicy {
             base: Duration::from_millis(20),

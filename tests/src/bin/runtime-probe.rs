@@ -104,6 +104,8 @@ async fn run(arguments: Arguments) -> DaemonExit {
 
     let options = StoreOptions {
         durability: Durability::Normal,
+        // The shipped default, as a daemon would get it from the configuration.
+        max_attempts: sluice_core::config::defaults().jobs.max_attempts,
         busy_timeout: Duration::from_secs(5),
         retry: RetryPolicy {
             base: Duration::from_secs(1),

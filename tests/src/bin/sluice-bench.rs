@@ -294,6 +294,8 @@ fn run_w1_lib(
     let database = scratch.path().join("sluice.db");
     let options = StoreOptions {
         durability,
+        // The shipped default, as a daemon would get it from the configuration.
+        max_attempts: sluice_core::config::defaults().jobs.max_attempts,
         busy_timeout: Duration::from_secs(30),
         retry: RetryPolicy {
             base: Duration::from_secs(1),
@@ -433,6 +435,8 @@ fn run_w1(
     )?;
     let options = StoreOptions {
         durability,
+        // The shipped default, as a daemon would get it from the configuration.
+        max_attempts: sluice_core::config::defaults().jobs.max_attempts,
         busy_timeout: Duration::from_secs(30),
         retry: RetryPolicy {
             base: Duration::from_secs(1),
@@ -1408,6 +1412,8 @@ mod w4 {
 fn store_options(durability: Durability) -> StoreOptions {
     StoreOptions {
         durability,
+        // The shipped default, as a daemon would get it from the configuration.
+        max_attempts: sluice_core::config::defaults().jobs.max_attempts,
         busy_timeout: Duration::from_secs(30),
         retry: RetryPolicy {
             base: Duration::from_secs(1),

@@ -490,6 +490,14 @@ fn zero_and_out_of_range_limits_are_rejected() {
         "ingest.workers",
         "1000 is out of range: must be from 1 to 256",
     );
+    // Regression: the file accepted any count, the store refused every job above 1000.
+    assert_rejected(
+        "[jobs]\nmax_attempts = 1001\n",
+        "invalid",
+        (2, 16),
+        "jobs.max_attempts",
+        "1001 is out of range: must be from 1 to 1000",
+    );
     assert_rejected(
         "[limits]\nmax_payload_bytes = -4\n",
         "schema",

@@ -328,7 +328,11 @@ fn validate_jobs(locator: &Locator<'_>, raw: &RawConfig) -> Result<JobsConfig, C
     Ok(JobsConfig {
         lease,
         heartbeat_interval,
-        max_attempts: locator.number(&jobs.max_attempts, 1, u32::MAX)?,
+        max_attempts: locator.number(
+            &jobs.max_attempts,
+            *crate::policy::MAX_ATTEMPTS_RANGE.start(),
+            *crate::policy::MAX_ATTEMPTS_RANGE.end(),
+        )?,
         retry_backoff_base,
         retry_backoff_max,
         claim_batch: locator.number(&jobs.claim_batch, 1, 10_000)?,

@@ -9,8 +9,8 @@ use super::{
     check_sha256, check_source_name, file_name_from_url, parse_download_url,
 };
 
-/// A download to submit. Only `url` is required; [`NewDownload::new`] leaves the rest unset
-/// with 5 attempts, like `NewJob::new`.
+/// A download to submit. Only `url` is required; [`NewDownload::new`] leaves the rest unset,
+/// attempts included (the store then uses its configured `[jobs] max_attempts`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDownload {
     /// http or https, with a host, without credentials.
@@ -25,8 +25,8 @@ pub struct NewDownload {
     pub max_bytes: Option<u64>,
     /// Name of the configured source this download belongs to; the store checks it exists.
     pub source: Option<String>,
-    /// Attempts before the job is `dead` (normally `[jobs] max_attempts`).
-    pub max_attempts: u32,
+    /// Attempts before the job is `dead`; `None` = `[jobs] max_attempts`.
+    pub max_attempts: Option<u32>,
 }
 
 /// The configured limits a submission is judged against, passed in by the caller so this
@@ -49,7 +49,7 @@ pub struct ValidDownload {
     expected_sha256: Option<String>,
     max_bytes: Option<u64>,
     source: Option<String>,
-    max_attempts: u32,
+    max_attempts: Option<u32>,
 }
 
 impl NewDownload {
@@ -61,7 +61,7 @@ impl NewDownload {
             expected_sha256: None,
             max_bytes: None,
             source: None,
-            max_attempts: 5,
+            max_attempts: None,
         }
     }
 
@@ -89,10 +89,11 @@ impl NewDownload {
         if let Some(source) = &self.source {
             check_source_name(source)?;
         }
-        if !MAX_ATTEMPTS_RANGE.contains(&self.max_attempts) {
+        if let Some(max_attempts) = self.max_attempts
+            && !MAX_ATTEMPTS_RANGE.contains(&max_attempts)
+        {
             return Err(PolicyError::OutOfRange(format!(
-                "max_attempts {} is out of range {}..={}",
-                self.max_attempts,
+                "max_attempts {max_attempts} is out of range {}..={}",
                 MAX_ATTEMPTS_RANGE.start(),
                 MAX_ATTEMPTS_RANGE.end()
             )));
@@ -171,7 +172,8 @@ impl ValidDownload {
         self.source.as_deref()
     }
 
-    pub fn max_attempts(&self) -> u32 {
+    /// The submitter's attempts, or `None` for the store's configured ones.
+    pub fn max_attempts(&self) -> Option<u32> {
         self.max_attempts
     }
 }
@@ -194,7 +196,8 @@ mod tests {
         assert_eq!(valid.file_name(), "model v2.bin");
         assert_eq!(valid.expected_sha256(), Some("ab".repeat(32).as_str()));
         assert_eq!(valid.bundle(), Some("model-x"));
-        assert_eq!(valid.max_attempts(), 5);
+        // Not invented here: the store applies `[jobs] max_attempts`.
+        assert_eq!(valid.max_attempts(), None);
     }
 
     #[test]
@@ -219,7 +222,7 @@ mod tests {
             ),
             (with(&|new| new.max_bytes = Some(0)), "out_of_range"),
             (with(&|new| new.max_bytes = Some(2 << 30)), "out_of_range"),
-            (with(&|new| new.max_attempts = 0), "out_of_range"),
+            (with(&|new| new.max_attempts = Some(0)), "out_of_range"),
         ] {
             let error = validate_submission(&case, &RULES).unwrap_err();
             assert_eq!(error.code(), code, "{case:?}: {error}");

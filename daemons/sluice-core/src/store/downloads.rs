@@ -201,6 +201,9 @@ impl Store {
         &mut self,
         download: &ValidDownload,
     ) -> Result<CreatedDownload, DownloadError> {
+        let max_attempts = download
+            .max_attempts()
+            .unwrap_or(self.options().max_attempts);
         self.write(|transaction| {
             let now = now_ms();
             let source_id = match download.source() {
@@ -239,10 +242,9 @@ impl Store {
             let job = NewJob::new(
                 DOWNLOAD_JOB_KIND,
                 serde_json::json!({ "download_id": download_id }),
-            )
-            .with_max_attempts(download.max_attempts());
+            );
             let payload = job.payload.to_string();
-            let enqueued = jobs::insert_job(transaction, &job, &payload, now)?;
+            let enqueued = jobs::insert_job(transaction, &job, &payload, max_attempts, now)?;
             transaction
                 .prepare_cached("UPDATE downloads SET job_id = ?2 WHERE id = ?1")?
                 .execute(params![download_id, enqueued.id])?;
@@ -711,7 +713,7 @@ mod tests {
         new.expected_sha256 = Some("AB".repeat(32));
         new.max_bytes = Some(1000);
         new.bundle = Some("model-x".into());
-        new.max_attempts = 3;
+        new.max_attempts = Some(3);
         let created = store.create_download(&valid(new)).unwrap();
         let download = store.get_download(created.download_id).unwrap();
         assert_eq!(download.state, DownloadState::Queued);
@@ -758,7 +760,7 @@ mod tests {
             with(&|new| new.expected_sha256 = Some("g".repeat(64))),
             with(&|new| new.max_bytes = Some(0)),
             with(&|new| new.max_bytes = Some(u64::MAX)),
-            with(&|new| new.max_attempts = 0),
+            with(&|new| new.max_attempts = Some(0)),
             with(&|new| new.source = Some("not-configured".into())),
         ];
         for case in cases {
@@ -848,7 +850,7 @@ mod tests {
     fn failures_follow_the_job_retryable_to_queued_permanent_to_failed() {
         let (_directory, mut store) = open_temp(Durability::Normal);
         let mut new = NewDownload::new("https://example.org/a.bin");
-        new.max_attempts = 2;
+        new.max_attempts = Some(2);
         let created = store.create_download(&valid(new)).unwrap();
         let id = created.download_id;
 

@@ -418,7 +418,7 @@ fn record_one(
     .with_max_attempts(max_attempts)
     .with_unique_key(format!("{INGEST_JOB_KIND}:{file_id}:{version_key}"));
     let payload_text = job.validate()?;
-    let enqueued = insert_job(transaction, &job, &payload_text, now)?;
+    let enqueued = insert_job(transaction, &job, &payload_text, max_attempts, now)?;
     transaction
         .prepare_cached("UPDATE files SET job_id = ?2 WHERE id = ?1")?
         .execute(params![file_id, enqueued.id])?;

@@ -63,6 +63,8 @@ pub struct StoreOptions {
     pub busy_timeout: Duration,
     /// Backoff between attempts of a job that failed with a retryable error.
     pub retry: RetryPolicy,
+    /// Attempts of a job whose submitter names none (`[jobs] max_attempts`).
+    pub max_attempts: u32,
 }
 
 /// Errors of the store itself (opening, schema, SQLite). Job-level errors are `JobError`.
@@ -359,6 +361,7 @@ mod tests {
     fn a_database_that_cannot_be_wal_says_so() {
         let options = StoreOptions {
             durability: Durability::Full,
+            max_attempts: 5,
             busy_timeout: Duration::from_secs(1),
             retry: RetryPolicy {
                 base: Duration::from_millis(10),
@@ -381,6 +384,7 @@ mod tests {
             &directory.path().join("sluice.db"),
             &StoreOptions {
                 durability,
+                max_attempts: 5,
                 busy_timeout: Duration::from_secs(5),
                 retry: RetryPolicy {
                     base: Duration::from_millis(10),
@@ -473,6 +477,7 @@ mod tests {
             &directory.path().join("sluice.db"),
             &StoreOptions {
                 durability: Durability::Normal,
+                max_attempts: 5,
                 busy_timeout: Duration::from_secs(1),
                 retry: RetryPolicy {
                     base: Duration::from_millis(10),
@@ -510,6 +515,7 @@ mod tests {
             &path,
             &StoreOptions {
                 durability: Durability::Normal,
+                max_attempts: 5,
                 busy_timeout: Duration::from_millis(100),
                 retry: RetryPolicy {
                     base: Duration::from_millis(10),
@@ -540,6 +546,7 @@ mod tests {
             &path,
             &StoreOptions {
                 durability: Durability::Full,
+                max_attempts: 5,
                 busy_timeout: Duration::from_secs(1),
                 retry: RetryPolicy {
                     base: Duration::from_millis(10),

@@ -23,7 +23,7 @@ impl Context {
             expected_sha256: arguments.sha256.clone(),
             max_bytes: arguments.max_bytes,
             source: None,
-            max_attempts: self.config.jobs.max_attempts,
+            max_attempts: Some(self.config.jobs.max_attempts),
         };
         let rules = SubmitRules {
             allow_private_addresses: self.config.scraper.allow_private_addresses,

@@ -34,7 +34,8 @@ impl Store {
     /// existing job's id and changes nothing.
     pub fn enqueue(&mut self, job: &NewJob) -> Result<Enqueued, JobError> {
         let payload = job.validate()?;
-        self.write(|transaction| insert_job(transaction, job, &payload, now_ms()))
+        let max_attempts = job.max_attempts.unwrap_or(self.options().max_attempts);
+        self.write(|transaction| insert_job(transaction, job, &payload, max_attempts, now_ms()))
     }
 
     /// Adds many jobs in one transaction: all or none.
@@ -44,10 +45,14 @@ impl Store {
             .map(NewJob::validate)
             .collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
+        let default_max_attempts = self.options().max_attempts;
         self.write(|transaction| {
             jobs.iter()
                 .zip(&payloads)
-                .map(|(job, payload)| insert_job(transaction, job, payload, now))
+                .map(|(job, payload)| {
+                    let max_attempts = job.max_attempts.unwrap_or(default_max_attempts);
+                    insert_job(transaction, job, payload, max_attempts, now)
+                })
                 .collect()
         })
     }
@@ -444,10 +449,12 @@ pub(super) fn cancel_in(transaction: &Transaction<'_>, id: i64) -> Result<Job, J
     read_job(transaction, id)
 }
 
+/// Inserts a validated job; `max_attempts` is the job's own or the store's default.
 pub(super) fn insert_job(
     transaction: &Transaction<'_>,
     job: &NewJob,
     payload: &str,
+    max_attempts: u32,
     now: i64,
 ) -> Result<Enqueued, JobError> {
     let run_at = job.run_at_ms.unwrap_or(now);
@@ -465,7 +472,7 @@ pub(super) fn insert_job(
                 payload,
                 job.priority,
                 run_at,
-                job.max_attempts,
+                max_attempts,
                 job.unique_key,
                 now
             ],
@@ -761,8 +768,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::Durability;
     use crate::store::tests::open_temp;
+    use crate::store::{Durability, StoreOptions};
 
     const LEASE: Duration = Duration::from_secs(30);
 
@@ -854,6 +861,30 @@ mod tests {
         );
         assert!(batch[1].created);
         assert_eq!(store.job_counts().unwrap()[&JobState::Queued], 2);
+    }
+
+    /// Regression: `NewJob::new` invented 5 attempts, whatever `[jobs] max_attempts` said.
+    #[test]
+    fn a_job_without_its_own_attempts_gets_the_configured_ones() {
+        let directory = tempfile::tempdir().unwrap();
+        let (_, template) = open_temp(Durability::Normal);
+        let options = StoreOptions {
+            max_attempts: 7,
+            ..*template.options()
+        };
+        let mut store = Store::open(&directory.path().join("sluice.db"), &options).unwrap();
+        let default = store.enqueue(&NewJob::new("test", json!({}))).unwrap().id;
+        let own = store
+            .enqueue(&NewJob::new("test", json!({})).with_max_attempts(2))
+            .unwrap()
+            .id;
+        let many = store
+            .enqueue_many(&[NewJob::new("test", json!({}))])
+            .unwrap()[0]
+            .id;
+        assert_eq!(store.get_job(default).unwrap().max_attempts, 7);
+        assert_eq!(store.get_job(own).unwrap().max_attempts, 2);
+        assert_eq!(store.get_job(many).unwrap().max_attempts, 7);
     }
 
     #[test]

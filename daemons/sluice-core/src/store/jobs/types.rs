@@ -110,7 +110,8 @@ impl FromStr for JobState {
     }
 }
 
-/// A job to enqueue. `NewJob::new` gives priority 0, run now, 5 attempts, no unique key.
+/// A job to enqueue. `NewJob::new` gives priority 0, run now, no unique key, and the store's
+/// configured attempts (`[jobs] max_attempts`, passed in [`crate::store::StoreOptions`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
     pub kind: String,
@@ -119,7 +120,8 @@ pub struct NewJob {
     pub priority: i32,
     /// Do not run before this time (ms since the epoch); `None` = now.
     pub run_at_ms: Option<i64>,
-    pub max_attempts: u32,
+    /// Attempts before the job is `dead`; `None` = the store's `max_attempts` option.
+    pub max_attempts: Option<u32>,
     /// Idempotent submit: enqueuing a second job with the same key returns the first one.
     pub unique_key: Option<String>,
 }
@@ -131,7 +133,7 @@ impl NewJob {
             payload,
             priority: 0,
             run_at_ms: None,
-            max_attempts: 5,
+            max_attempts: None,
             unique_key: None,
         }
     }
@@ -147,7 +149,7 @@ impl NewJob {
     }
 
     pub fn with_max_attempts(mut self, max_attempts: u32) -> NewJob {
-        self.max_attempts = max_attempts;
+        self.max_attempts = Some(max_attempts);
         self
     }
 
@@ -172,10 +174,11 @@ impl NewJob {
                 self.priority
             )));
         }
-        if !MAX_ATTEMPTS_RANGE.contains(&self.max_attempts) {
+        if let Some(max_attempts) = self.max_attempts
+            && !MAX_ATTEMPTS_RANGE.contains(&max_attempts)
+        {
             return Err(JobError::InvalidArgument(format!(
-                "max_attempts {} is out of range 1..=1000",
-                self.max_attempts
+                "max_attempts {max_attempts} is out of range 1..=1000"
             )));
         }
         if let Some(key) = &self.unique_key
