@@ -17,16 +17,19 @@
 mod guard;
 mod hosts;
 mod inbox;
+#[cfg(test)]
+mod loop_tests;
 mod store_thread;
 mod transfer;
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use sluice_core::bus::{
     self, BusError, BusSetupError, CallerPolicy, DaemonState, DownloadOptions, ScraperCommand,
     ScraperService, ScraperStatus,
@@ -462,7 +465,21 @@ impl Scraper {
             .and_then(serde_json::Value::as_i64);
         let task_job = job.clone();
         let handle = tokio::spawn(async move {
-            let report = transfer::run_download(context, task_job, stop_receiver).await;
+            // A panic inside the download (a bug) must still end the job and send its report,
+            // or the loop would keep its slot taken until the daemon stops.
+            let download = transfer::run_download(context.clone(), task_job.clone(), stop_receiver);
+            let report = match AssertUnwindSafe(download).catch_unwind().await {
+                Ok(report) => report,
+                Err(panic) => {
+                    transfer::record_panic(
+                        &context,
+                        &task_job,
+                        download_id,
+                        &panic_message(&*panic),
+                    )
+                    .await
+                }
+            };
             let _ = reports.send(report);
         });
         self.active.insert(
@@ -844,6 +861,17 @@ impl Scraper {
             }
         }
         tracing::info!("stopped");
+    }
+}
+
+/// What a panic said, for the job's error (`panic!` with a literal or a formatted message).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "no message".to_owned()
     }
 }
 
