@@ -7,6 +7,5 @@
 pub mod bus;
 pub mod config;
 pub mod ingest;
-pub mod manual;
 pub mod runtime;
 pub mod store;
