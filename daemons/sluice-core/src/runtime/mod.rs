@@ -3,6 +3,10 @@
 //!
 //! # How a daemon uses it
 //!
+//! A daemon's `main` is [`daemon_main`]: arguments, logging, configuration, the tokio runtime,
+//! then the signals, the store and the bus connection opened once and handed to the daemon's
+//! `run` as [`Dependencies`] (see [`Daemon`]).
+//!
 //! Each daemon runs one main loop over a closed `enum Event`. The runtime provides the event
 //! sources and the handlers' building blocks; the daemon owns the loop:
 //!
