@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds sluice's Debian package: the release binaries of the four daemons and sluicectl,
-# their man pages and shell completions (each binary writes its own from its clap
-# definition: hidden --generate-man / --generate-completions), then cargo-deb with the
+# their man pages and shell completions (written from each program's clap definition by
+# sluice-manual, a program of the tests crate that never ships), then cargo-deb with the
 # metadata in daemons/sluicectl/Cargo.toml, then lintian. Prints the .deb's path as its last
 # line (the system tests read it).
 #
@@ -39,16 +39,15 @@ echo "== cargo build ($profile): ${daemons[*]} sluicectl" >&2
 packages=()
 for program in "${daemons[@]}" sluicectl; do packages+=(-p "$program"); done
 cargo build --locked --profile "$profile" "${packages[@]}" >&2
+# Built on its own: building it together with the daemons would unify the tests crate's
+# dependency features into the shipped binaries.
+cargo build --locked --profile "$profile" -p sluice-tests --bin sluice-manual >&2
 
 echo "== man pages and completions" >&2
 generated=$binaries/sluice-packaging
 rm -rf "$generated"
 mkdir -p "$generated/man" "$generated/completions"
-for daemon in "${daemons[@]}"; do
-    "$binaries/$daemon" --generate-man "$generated/man" >&2
-done
-"$binaries/sluicectl" --generate-man "$generated/man" \
-    --generate-completions "$generated/completions" >&2
+"$binaries/sluice-manual" --man "$generated/man" --completions "$generated/completions" >&2
 # Compressed here: cargo-deb leaves files under the target directory as they are.
 gzip -9n "$generated"/man/*
 

@@ -4,6 +4,7 @@
 mod bus;
 mod cli;
 mod e2e;
+mod in_process;
 mod ingest;
 mod monitor;
 mod policy;

@@ -10,14 +10,13 @@
 //!    job kinds, watch modes); no IO.
 //! 2. `store` (SQLite) and `bus` (D-Bus), side by side: each takes plain parameters, never
 //!    the configuration, so either could get a second backend without touching the config.
-//! 3. `config` (the file translated into those parameters), `runtime` and `manual` on top.
+//! 3. `config` (the file translated into those parameters), `runtime` on top.
 //!
 //! A test below reads the sources and fails when a module reaches upwards.
 
 pub mod bus;
 pub mod config;
 pub mod ingest;
-pub mod manual;
 pub mod policy;
 pub mod runtime;
 pub mod store;
@@ -28,12 +27,9 @@ mod layering {
 
     /// Which modules each layer must not name: everything above it, and its neighbour.
     const FORBIDDEN: &[(&str, &[&str])] = &[
-        (
-            "ingest.rs",
-            &["store", "bus", "config", "runtime", "manual"],
-        ),
-        ("store", &["bus", "config", "runtime", "manual"]),
-        ("bus", &["store", "config", "runtime", "manual"]),
+        ("ingest.rs", &["store", "bus", "config", "runtime"]),
+        ("store", &["bus", "config", "runtime"]),
+        ("bus", &["store", "config", "runtime"]),
     ];
 
     #[test]

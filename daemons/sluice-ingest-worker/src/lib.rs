@@ -27,6 +27,7 @@ pub mod library;
 pub mod wakeup;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,8 +38,9 @@ use sluice_core::bus::{
 };
 use sluice_core::config::{Config, ConfigError};
 use sluice_core::runtime::{
-    ConfigReloader, DaemonExit, Notifier, ReloadOutcome, Signal, SignalReceiver, StatusLine,
-    WatchdogTicker,
+    CommonArguments, ConfigReloader, Daemon, DaemonExit, Dependencies, Notifier, ReloadOutcome,
+    RuntimeFlavour, Signal, SignalReceiver, StartError, StatusLine, WatchdogTicker,
+    open_another_store,
 };
 use sluice_core::store::{
     Completion, Durability, Heartbeat, JobError, JobState, Store, StoreError,
@@ -103,6 +105,90 @@ impl WorkerError {
     }
 }
 
+impl From<StartError> for WorkerError {
+    fn from(error: StartError) -> WorkerError {
+        match error {
+            StartError::Signals(error) => {
+                WorkerError::Internal(format!("cannot install signal handlers: {error}"))
+            }
+            StartError::Store(error) => WorkerError::Store(error),
+            StartError::BusConnect { address, source } => WorkerError::Bus { address, source },
+        }
+    }
+}
+
+/// sluice ingest worker: runs ingest and noop jobs from the queue.
+#[derive(Debug, clap::Parser)]
+#[command(
+    version,
+    about = "sluice ingest worker: runs ingest and noop jobs from the queue"
+)]
+pub struct Arguments {
+    /// The instance name (systemd's %i); names the bus name and the lease owner.
+    #[arg(long)]
+    pub instance: String,
+    #[command(flatten)]
+    pub common: CommonArguments,
+}
+
+/// The command line, for the man page.
+pub fn command() -> clap::Command {
+    <Arguments as clap::CommandFactory>::command()
+}
+
+/// `sluice-ingest-worker@N` as the shared start-up runs it
+/// ([`sluice_core::runtime::daemon_main`]).
+#[derive(Debug)]
+pub struct IngestWorkerDaemon {
+    instance: String,
+}
+
+impl Daemon for IngestWorkerDaemon {
+    type Arguments = Arguments;
+    type Error = WorkerError;
+    // Job bodies and transactions run on blocking threads; the loop itself is light.
+    const RUNTIME: RuntimeFlavour = RuntimeFlavour::CurrentThread;
+    // A job body that ignored the abort flag may still occupy a blocking thread; its lease
+    // was released, so do not wait for it.
+    const BLOCKING_GRACE: Option<Duration> = Some(Duration::from_millis(500));
+
+    fn common_arguments(arguments: &Arguments) -> &CommonArguments {
+        &arguments.common
+    }
+
+    fn log_identifier(arguments: &Arguments) -> String {
+        format!("sluice-ingest-worker@{}", arguments.instance)
+    }
+
+    fn configuration_invalid(error: &ConfigError, notifier: &Notifier) {
+        tracing::error!(error = %error, "invalid configuration; not starting");
+        notifier.status(&format!("invalid configuration: {error}"));
+    }
+
+    fn prepare(
+        arguments: Arguments,
+        _config: &Config,
+        config_path: &Path,
+        _notifier: &Notifier,
+    ) -> Result<IngestWorkerDaemon, WorkerError> {
+        tracing::info!(config = %config_path.display(), "configuration loaded");
+        // A bad instance name is a usage error, found before anything is opened.
+        bus::sanitize_instance(&arguments.instance)?;
+        Ok(IngestWorkerDaemon {
+            instance: arguments.instance,
+        })
+    }
+
+    async fn run(self, dependencies: Dependencies) -> Result<(), WorkerError> {
+        run(&self.instance, dependencies).await
+    }
+
+    fn report_failure(error: WorkerError) -> DaemonExit {
+        tracing::error!(error = %error, "the worker stopped on an error");
+        error.exit()
+    }
+}
+
 /// Everything the main loop reacts to.
 #[derive(Debug)]
 enum Event {
@@ -131,35 +217,25 @@ struct StepOutput {
     given: Vec<Completion>,
 }
 
-/// Runs the worker until SIGTERM (then returns `Ok`) or a fatal error.
-pub async fn run(
-    config: Config,
-    instance: &str,
-    mut signals: SignalReceiver,
-    notifier: Notifier,
-) -> Result<(), WorkerError> {
-    // A bad instance name is a usage error, found before anything is opened.
+/// Runs the worker `instance` until SIGTERM (then returns `Ok`) or a fatal error, with the
+/// store, bus connection, signals and notifier it is given. `dependencies.config_path` is
+/// re-read on SIGHUP.
+pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), WorkerError> {
+    let Dependencies {
+        config,
+        config_path,
+        store: main_store,
+        bus: connection,
+        mut signals,
+        notifier,
+    } = dependencies;
+    // A bad instance name is a usage error; `IngestWorkerDaemon::prepare` finds it before
+    // anything is opened, this catches a caller that skipped it.
     bus::sanitize_instance(instance)?;
     let worker_name = format!("sluice-ingest-worker@{instance}");
-    let store_path = config.store.path.clone();
-    let options = config.store_options();
-    let open = |path: std::path::PathBuf| {
-        tokio::task::spawn_blocking(move || Store::open(&path, &options))
-    };
-    let main_store = open(store_path.clone())
-        .await
-        .map_err(|error| WorkerError::Internal(error.to_string()))??;
-    let side_store = open(store_path)
-        .await
-        .map_err(|error| WorkerError::Internal(error.to_string()))??;
+    // Heartbeats and progress go through a second connection, so they never wait for a step.
+    let side_store = open_another_store(&main_store).await?;
 
-    let connection =
-        bus::connect(&config.bus.address)
-            .await
-            .map_err(|source| WorkerError::Bus {
-                address: config.bus.address.clone(),
-                source,
-            })?;
     let (service, commands) = IngestService::start(
         &connection,
         instance,
@@ -191,7 +267,10 @@ pub async fn run(
     let status_interval = config.service.status_interval;
 
     let mut worker = Worker {
-        reloader: ConfigReloader::new(config, reread_config),
+        reloader: ConfigReloader::new(
+            config,
+            Box::new(move || Config::load(&config_path)) as Reread,
+        ),
         settings,
         service,
         notifier,
@@ -252,17 +331,13 @@ fn settings_from(config: &Config) -> Settings {
     Settings::from_config(config, claim_linger)
 }
 
-fn reread_config() -> Result<Config, ConfigError> {
-    Config::load_from_env().map(|(_, config)| config)
-}
-
 fn ticker(period: Duration) -> Interval {
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
     interval
 }
 
-type Reread = fn() -> Result<Config, ConfigError>;
+type Reread = Box<dyn FnMut() -> Result<Config, ConfigError> + Send>;
 
 /// Each heartbeated job with what the store said.
 type HeartbeatResults = Vec<(i64, Result<Heartbeat, JobError>)>;

@@ -21,10 +21,10 @@ use sluice_core::bus::{
 };
 use sluice_core::config::{Config, ConfigError, WatchConfig};
 use sluice_core::runtime::{
-    ConfigReloader, DaemonExit, Notifier, ReloadOutcome, RuntimeError, Signal, SignalReceiver,
-    StatusLine, StopDeadline,
+    CommonArguments, ConfigReloader, Daemon, DaemonExit, Dependencies, Notifier, ReloadOutcome,
+    RuntimeError, RuntimeFlavour, Signal, StartError, StatusLine, StopDeadline,
 };
-use sluice_core::store::{DetectedFile, INGEST_JOB_KIND, Store, StoreError};
+use sluice_core::store::{DetectedFile, INGEST_JOB_KIND, StoreError};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use recorder::{Recorder, RecorderCommand, RecorderReport};
@@ -70,6 +70,69 @@ impl MonitorError {
     }
 }
 
+impl From<StartError> for MonitorError {
+    fn from(error: StartError) -> MonitorError {
+        match error {
+            StartError::Signals(error) => MonitorError::Runtime(error),
+            StartError::Store(error) => MonitorError::Store(error),
+            StartError::BusConnect { address, source } => {
+                MonitorError::BusConnect { address, source }
+            }
+        }
+    }
+}
+
+/// Watches the configured [[watch]] folders and queues an ingest job for every new file.
+#[derive(Debug, clap::Parser)]
+#[command(name = UNIT_NAME, version, about)]
+pub struct Arguments {
+    #[command(flatten)]
+    pub common: CommonArguments,
+}
+
+/// The command line, for the man page.
+pub fn command() -> clap::Command {
+    <Arguments as clap::CommandFactory>::command()
+}
+
+/// sluice-monitor as the shared start-up runs it ([`sluice_core::runtime::daemon_main`]).
+#[derive(Debug)]
+pub struct MonitorDaemon;
+
+impl Daemon for MonitorDaemon {
+    type Arguments = Arguments;
+    type Error = MonitorError;
+    // The loop is light; walks and the recorder run on threads of their own.
+    const RUNTIME: RuntimeFlavour = RuntimeFlavour::CurrentThread;
+
+    fn common_arguments(arguments: &Arguments) -> &CommonArguments {
+        &arguments.common
+    }
+
+    fn log_identifier(_arguments: &Arguments) -> String {
+        UNIT_NAME.to_owned()
+    }
+
+    fn prepare(
+        _arguments: Arguments,
+        _config: &Config,
+        _config_path: &Path,
+        notifier: &Notifier,
+    ) -> Result<MonitorDaemon, MonitorError> {
+        notifier.status("starting: opening the store");
+        Ok(MonitorDaemon)
+    }
+
+    async fn run(self, dependencies: Dependencies) -> Result<(), MonitorError> {
+        run(dependencies).await
+    }
+
+    fn report_failure(error: MonitorError) -> DaemonExit {
+        tracing::error!(error = %error, "sluice-monitor stopped");
+        error.exit()
+    }
+}
+
 /// Everything the main loop reacts to.
 #[derive(Debug)]
 enum Event {
@@ -108,25 +171,17 @@ enum Internal {
     Recorder(RecorderReport),
 }
 
-/// Runs the monitor until SIGTERM. `config_path` is re-read on SIGHUP.
-pub async fn run(config: Config, config_path: PathBuf) -> Result<(), MonitorError> {
-    let mut signals = SignalReceiver::install()?;
-    let notifier = Notifier::from_environment();
-    notifier.status("starting: opening the store");
-
-    let store_path = config.store.path.clone();
-    let store_options = config.store_options();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_path, &store_options))
-        .await
-        .expect("opening the store does not panic")?;
-
-    let connection =
-        bus::connect(&config.bus.address)
-            .await
-            .map_err(|source| MonitorError::BusConnect {
-                address: config.bus.address.clone(),
-                source,
-            })?;
+/// Runs the monitor until SIGTERM, with the store, bus connection, signals and notifier it is
+/// given. `dependencies.config_path` is re-read on SIGHUP.
+pub async fn run(dependencies: Dependencies) -> Result<(), MonitorError> {
+    let Dependencies {
+        config,
+        config_path,
+        store,
+        bus: connection,
+        mut signals,
+        notifier,
+    } = dependencies;
     let watched_paths: Vec<PathBuf> = config
         .watches
         .iter()

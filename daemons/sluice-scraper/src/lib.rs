@@ -17,25 +17,30 @@
 mod guard;
 mod hosts;
 mod inbox;
+#[cfg(test)]
+mod loop_tests;
 mod store_thread;
 mod transfer;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use sluice_core::bus::{
     self, BusError, BusSetupError, CallerPolicy, DaemonState, DownloadOptions, ScraperCommand,
     ScraperService, ScraperStatus,
 };
 use sluice_core::config::Config;
+use sluice_core::config::ConfigError;
 use sluice_core::policy::{SubmitRules, validate_submission};
 use sluice_core::runtime::{
-    ConfigReloader, DaemonExit, Notifier, ReloadOutcome, RuntimeError, Signal, SignalReceiver,
-    StatusLine, StopDeadline, WatchdogTicker,
+    CommonArguments, ConfigReloader, Daemon, DaemonExit, Dependencies, Notifier, ReloadOutcome,
+    RuntimeError, RuntimeFlavour, Signal, SignalReceiver, StartError, StatusLine, StopDeadline,
+    WatchdogTicker,
 };
 use sluice_core::store::downloads::DOWNLOAD_JOB_KIND;
 use sluice_core::store::{
@@ -101,6 +106,81 @@ impl ScraperError {
             | ScraperError::Subscribe(_) => DaemonExit::Unavailable,
             ScraperError::Runtime(_) | ScraperError::HttpClient(_) => DaemonExit::Software,
         }
+    }
+}
+
+impl From<StartError> for ScraperError {
+    fn from(error: StartError) -> ScraperError {
+        match error {
+            StartError::Signals(error) => ScraperError::Runtime(error),
+            StartError::Store(error) => ScraperError::Store(error),
+            StartError::BusConnect { address, source } => {
+                ScraperError::BusConnect { address, source }
+            }
+        }
+    }
+}
+
+/// Downloads URLs into sluice's inbox (a systemd service; see sluice-scraper(8)).
+#[derive(Debug, clap::Parser)]
+#[command(name = "sluice-scraper", version)]
+pub struct Arguments {
+    #[command(flatten)]
+    pub common: CommonArguments,
+}
+
+/// The command line, for the man page.
+pub fn command() -> clap::Command {
+    <Arguments as clap::CommandFactory>::command()
+}
+
+/// `EINVAL`, the errno systemd shows for an invalid configuration.
+const EINVAL: u32 = 22;
+
+/// sluice-scraper as the shared start-up runs it ([`sluice_core::runtime::daemon_main`]).
+#[derive(Debug)]
+pub struct ScraperDaemon;
+
+impl Daemon for ScraperDaemon {
+    type Arguments = Arguments;
+    type Error = ScraperError;
+    const RUNTIME: RuntimeFlavour = RuntimeFlavour::MultiThread { worker_threads: 2 };
+
+    fn common_arguments(arguments: &Arguments) -> &CommonArguments {
+        &arguments.common
+    }
+
+    fn log_identifier(_arguments: &Arguments) -> String {
+        "sluice-scraper".to_owned()
+    }
+
+    fn configuration_invalid(error: &ConfigError, notifier: &Notifier) {
+        tracing::error!(error = %error, "invalid configuration");
+        notifier.failed(EINVAL, &format!("invalid configuration: {error}"));
+    }
+
+    /// Staging and inbox must exist and share a file system (the finished file is renamed
+    /// into the inbox); otherwise systemd shows `EXDEV` and the reason.
+    fn prepare(
+        _arguments: Arguments,
+        config: &Config,
+        _config_path: &Path,
+        notifier: &Notifier,
+    ) -> Result<ScraperDaemon, ScraperError> {
+        if let Err(reason) = prepare_folders(&config.scraper.staging, &config.scraper.inbox) {
+            notifier.failed(libc::EXDEV as u32, &reason);
+            return Err(ScraperError::Folders(reason));
+        }
+        Ok(ScraperDaemon)
+    }
+
+    async fn run(self, dependencies: Dependencies) -> Result<(), ScraperError> {
+        run(dependencies).await
+    }
+
+    fn report_failure(error: ScraperError) -> DaemonExit {
+        tracing::error!(error = %error, "sluice-scraper stopped");
+        error.exit()
     }
 }
 
@@ -170,28 +250,24 @@ struct Scraper {
     bytes_per_second: f64,
 }
 
-/// Runs the scraper until SIGTERM. `config_path` is re-read on SIGHUP.
-pub async fn run(config_path: PathBuf, config: Config) -> Result<(), ScraperError> {
+/// Runs the scraper until SIGTERM, with the store, bus connection, signals and notifier it is
+/// given. `dependencies.config_path` is re-read on SIGHUP. The staging and inbox folders must
+/// be ready ([`ScraperDaemon`]'s `prepare` checks them).
+pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
+    let Dependencies {
+        config,
+        config_path,
+        store,
+        bus: connection,
+        signals,
+        notifier,
+    } = dependencies;
     // rustls needs one process-wide crypto provider; ring keeps the build free of cmake.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    // Early, so a SIGTERM during start-up waits for the loop instead of killing the process.
-    let signals = SignalReceiver::install()?;
-    let notifier = Notifier::from_environment();
     let scraper_config = &config.scraper;
-    if let Err(reason) = prepare_folders(&scraper_config.staging, &scraper_config.inbox) {
-        notifier.failed(libc::EXDEV as u32, &reason);
-        return Err(ScraperError::Folders(reason));
-    }
-    let store = StoreHandle::open(&config.store.path, &config.store_options())?;
+    let store = StoreHandle::start(store);
     let client = build_client(scraper_config).map_err(ScraperError::HttpClient)?;
 
-    let connection =
-        bus::connect(&config.bus.address)
-            .await
-            .map_err(|source| ScraperError::BusConnect {
-                address: config.bus.address.clone(),
-                source,
-            })?;
     let sources: Vec<String> = config
         .sources
         .iter()
@@ -390,7 +466,21 @@ impl Scraper {
             .and_then(serde_json::Value::as_i64);
         let task_job = job.clone();
         let handle = tokio::spawn(async move {
-            let report = transfer::run_download(context, task_job, stop_receiver).await;
+            // A panic inside the download (a bug) must still end the job and send its report,
+            // or the loop would keep its slot taken until the daemon stops.
+            let download = transfer::run_download(context.clone(), task_job.clone(), stop_receiver);
+            let report = match AssertUnwindSafe(download).catch_unwind().await {
+                Ok(report) => report,
+                Err(panic) => {
+                    transfer::record_panic(
+                        &context,
+                        &task_job,
+                        download_id,
+                        &panic_message(&*panic),
+                    )
+                    .await
+                }
+            };
             let _ = reports.send(report);
         });
         self.active.insert(
@@ -776,6 +866,17 @@ impl Scraper {
             }
         }
         tracing::info!("stopped");
+    }
+}
+
+/// What a panic said, for the job's error (`panic!` with a literal or a formatted message).
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "no message".to_owned()
     }
 }
 

@@ -1,10 +1,9 @@
 //! The scraper's database connection lives on one thread of its own; the main loop and the
 //! download tasks send it work and await the answer, so no async task ever blocks on SQLite.
 
-use std::path::Path;
 use std::sync::mpsc;
 
-use sluice_core::store::{Store, StoreError, StoreOptions};
+use sluice_core::store::Store;
 use tokio::sync::oneshot;
 
 type Work = Box<dyn FnOnce(&mut Store) + Send>;
@@ -17,30 +16,20 @@ pub struct StoreHandle {
 }
 
 impl StoreHandle {
-    /// Starts the thread and opens the store on it; returns the open error if it fails.
-    pub fn open(path: &Path, options: &StoreOptions) -> Result<StoreHandle, StoreError> {
+    /// Starts the thread that owns `store` from now on (opened beforehand, off the async
+    /// thread, by the shared start-up).
+    pub fn start(store: Store) -> StoreHandle {
         let (sender, receiver) = mpsc::channel::<Work>();
-        let (opened_sender, opened_receiver) = mpsc::channel();
-        let path = path.to_path_buf();
-        let options = *options;
         std::thread::Builder::new()
             .name("store".into())
-            .spawn(move || match Store::open(&path, &options) {
-                Ok(mut store) => {
-                    let _ = opened_sender.send(Ok(()));
-                    for work in receiver {
-                        work(&mut store);
-                    }
-                }
-                Err(error) => {
-                    let _ = opened_sender.send(Err(error));
+            .spawn(move || {
+                let mut store = store;
+                for work in receiver {
+                    work(&mut store);
                 }
             })
             .expect("the OS refused to start the store thread");
-        opened_receiver
-            .recv()
-            .expect("the store thread ended before opening the store")?;
-        Ok(StoreHandle { sender })
+        StoreHandle { sender }
     }
 
     /// Runs `work` on the store thread and returns its result.

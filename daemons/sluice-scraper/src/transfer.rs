@@ -147,6 +147,8 @@ pub async fn run_download(
             }
         };
         tracing::info!(url = %download.url, "download started");
+        #[cfg(test)]
+        test_hooks::panic_if_asked(&download.url);
         run_attempt(context, job, download, stop).await
     }
     .instrument(span)
@@ -732,6 +734,29 @@ async fn record_outcome(
     report(job_id, Some(download_id), ended)
 }
 
+/// A download task that panicked (a bug): fail its download (or, without one, its job) for
+/// good with "download task panicked: …", so the job does not hang as running and the loop
+/// frees its slot. Not retried: the same input would most likely panic again.
+pub async fn record_panic(
+    context: &TransferContext,
+    job: &ClaimedJob,
+    download_id: Option<i64>,
+    message: &str,
+) -> TaskReport {
+    let error = format!("download task panicked: {message}");
+    tracing::error!(job_id = job.id, download_id, error = %error, "job {}: {error}", job.id);
+    match download_id {
+        Some(download_id) => {
+            let outcome = DownloadOutcome::Failed {
+                error,
+                retryable: false,
+            };
+            record_outcome(context, job, download_id, outcome).await
+        }
+        None => fail_job_without_download(context, job, error).await,
+    }
+}
+
 /// A job whose download cannot be found or does not match: fail it for good, with the reason.
 async fn fail_job_without_download(
     context: &TransferContext,
@@ -769,6 +794,21 @@ fn report(job_id: i64, download_id: Option<i64>, ended: Ended) -> TaskReport {
         download_id,
         job_id,
         ended,
+    }
+}
+
+/// A way for the scraper's own tests to make a download task panic, as a bug would. Compiled
+/// only into the crate's unit tests (`cfg(test)`), so no shipped binary can be made to
+/// panic on purpose; there is no real input that panics (that would be the bug to fix).
+#[cfg(test)]
+pub mod test_hooks {
+    /// A download whose URL contains this panics as soon as its task starts.
+    pub const PANIC_MARKER: &str = "panic-in-download-task";
+
+    pub fn panic_if_asked(url: &str) {
+        if url.contains(PANIC_MARKER) {
+            panic!("test hook: asked to panic for {url}");
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! watchdog and status ticks, SIGTERM and SIGHUP — until asked to stop.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use actix_web::HttpServer;
@@ -14,7 +14,8 @@ use sluice_core::bus::{
 };
 use sluice_core::config::Config;
 use sluice_core::runtime::{
-    ConfigReloader, Notifier, ReloadOutcome, Signal, SignalReceiver, StatusLine, StopDeadline,
+    CommonArguments, ConfigReloader, Daemon, DaemonExit, Dependencies, Notifier, ReloadOutcome,
+    RuntimeFlavour, Signal, StartError, StatusLine, StopDeadline,
 };
 use sluice_core::store::StoreError;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -57,6 +58,92 @@ pub enum WebError {
     Server(#[source] std::io::Error),
 }
 
+impl WebError {
+    /// The exit status systemd sees for this failure.
+    pub fn exit(&self) -> DaemonExit {
+        match self {
+            WebError::Token(_) => DaemonExit::Config,
+            WebError::Store(_)
+            | WebError::BusConnect { .. }
+            | WebError::BusSubscribe(_)
+            | WebError::BusSetup(_)
+            | WebError::Listen { .. } => DaemonExit::Unavailable,
+            WebError::Server(_) => DaemonExit::Failure,
+        }
+    }
+}
+
+impl From<StartError> for WebError {
+    fn from(error: StartError) -> WebError {
+        match error {
+            StartError::Signals(error) => {
+                WebError::Server(std::io::Error::other(error.to_string()))
+            }
+            StartError::Store(error) => WebError::Store(error),
+            StartError::BusConnect { address, source } => WebError::BusConnect { address, source },
+        }
+    }
+}
+
+/// sluice's HTTP API and event stream, and the org.sluice.Web1 D-Bus object.
+///
+/// Listens on the socket systemd passes (LISTEN_FDS) or else on [web] listen. Mutating API
+/// calls need the bearer token from [web] token_file; without that file the daemon does not
+/// start. SIGHUP reloads the token and allowed hosts; SIGTERM stops gracefully.
+#[derive(Debug, clap::Parser)]
+#[command(name = "sluice-web", version)]
+pub struct Arguments {
+    #[command(flatten)]
+    pub common: CommonArguments,
+}
+
+/// The command line, for the man page.
+pub fn command() -> clap::Command {
+    <Arguments as clap::CommandFactory>::command()
+}
+
+/// sluice-web as the shared start-up runs it ([`sluice_core::runtime::daemon_main`]).
+#[derive(Debug)]
+pub struct WebDaemon {
+    token: ApiToken,
+}
+
+impl Daemon for WebDaemon {
+    type Arguments = Arguments;
+    type Error = WebError;
+    const RUNTIME: RuntimeFlavour = RuntimeFlavour::MultiThread { worker_threads: 2 };
+
+    fn common_arguments(arguments: &Arguments) -> &CommonArguments {
+        &arguments.common
+    }
+
+    fn log_identifier(_arguments: &Arguments) -> String {
+        "sluice-web".to_owned()
+    }
+
+    /// Without its token file the daemon does not start; that is found before anything is
+    /// opened.
+    fn prepare(
+        _arguments: Arguments,
+        config: &Config,
+        _config_path: &Path,
+        _notifier: &Notifier,
+    ) -> Result<WebDaemon, WebError> {
+        Ok(WebDaemon {
+            token: ApiToken::read(&config.web.token_file)?,
+        })
+    }
+
+    async fn run(self, dependencies: Dependencies) -> Result<(), WebError> {
+        run(self.token, dependencies).await
+    }
+
+    fn report_failure(error: WebError) -> DaemonExit {
+        tracing::error!(error = %error, "sluice-web stopped with an error");
+        error.exit()
+    }
+}
+
 /// Everything the main loop reacts to.
 #[derive(Debug)]
 enum Event {
@@ -73,27 +160,20 @@ enum Event {
     ServerStopped(String),
 }
 
-/// Runs the daemon until SIGTERM (Ok) or a fatal error. `config_path` is re-read on SIGHUP.
-pub async fn run(
-    config_path: PathBuf,
-    config: Config,
-    mut signals: SignalReceiver,
-) -> Result<(), WebError> {
-    let notifier = Notifier::from_environment();
-    let token = ApiToken::read(&config.web.token_file)?;
+/// Runs the daemon until SIGTERM (Ok) or a fatal error, with the API token, store, bus
+/// connection, signals and notifier it is given. `dependencies.config_path` is re-read on
+/// SIGHUP.
+pub async fn run(token: ApiToken, dependencies: Dependencies) -> Result<(), WebError> {
+    let Dependencies {
+        config,
+        config_path,
+        store,
+        bus: connection,
+        mut signals,
+        notifier,
+    } = dependencies;
+    let stores = StorePool::starting_with(store);
 
-    let stores = StorePool::new(config.store.path.clone(), config.store_options());
-    let stores = tokio::task::spawn_blocking(move || stores.check().map(|()| stores))
-        .await
-        .map_err(|error| WebError::Server(std::io::Error::other(error)))??;
-
-    let connection =
-        bus::connect(&config.bus.address)
-            .await
-            .map_err(|source| WebError::BusConnect {
-                address: config.bus.address.clone(),
-                source,
-            })?;
     // Subscribe before owning the name, so no signal sent after READY is missed.
     let rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)

@@ -16,7 +16,7 @@ mod status;
 mod tests;
 
 pub use app::app;
-pub use daemon::{WebError, run};
+pub use daemon::{Arguments, WebDaemon, WebError, command, run};
 pub use error::ApiError;
 pub use events::{BusEvent, FORWARDED_SIGNALS, KEEP_ALIVE_INTERVAL};
 pub use state::{

@@ -182,6 +182,14 @@ impl StorePool {
         }
     }
 
+    /// A pool of connections to the database `store` is connected to, starting with `store`
+    /// (opened at start-up, so a broken database fails the start at once).
+    pub fn starting_with(store: Store) -> StorePool {
+        let pool = StorePool::new(store.path().to_path_buf(), *store.options());
+        pool.put_back(store);
+        pool
+    }
+
     /// Opens one connection now, so a start-up with a broken database fails at once.
     pub fn check(&self) -> Result<(), StoreError> {
         let store = Store::open(&self.path, &self.options)?;

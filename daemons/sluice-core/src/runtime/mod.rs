@@ -3,6 +3,10 @@
 //!
 //! # How a daemon uses it
 //!
+//! A daemon's `main` is [`daemon_main`]: arguments, logging, configuration, the tokio runtime,
+//! then the signals, the store and the bus connection opened once and handed to the daemon's
+//! `run` as [`Dependencies`] (see [`Daemon`]).
+//!
 //! Each daemon runs one main loop over a closed `enum Event`. The runtime provides the event
 //! sources and the handlers' building blocks; the daemon owns the loop:
 //!
@@ -59,6 +63,7 @@
 //! - On SIGHUP: `RELOADING=1`, re-read; an invalid configuration leaves the old one in force
 //!   and is reported in `STATUS=` ([`ConfigReloader`]).
 
+mod daemon;
 mod logging;
 mod notify;
 mod reload;
@@ -67,13 +72,17 @@ mod status;
 mod stop;
 mod watchdog;
 
+pub use daemon::{
+    CommonArguments, Daemon, Dependencies, RuntimeFlavour, StartError, daemon_main,
+    open_another_store, open_store,
+};
 pub use logging::{
     DEFAULT_LOG_FILTER, FileIdentity, JOURNAL_FIELD_PREFIX, LogDestination, choose_log_destination,
     init_logging, journald_priority_mappings, stderr_identity,
 };
 pub use notify::Notifier;
 pub use reload::{ConfigReloader, ReloadOutcome};
-pub use signals::{Signal, SignalReceiver};
+pub use signals::{Signal, SignalReceiver, SignalSender};
 pub use status::StatusLine;
 pub use stop::{DeadlinePassed, StopDeadline};
 pub use watchdog::{Watchdog, WatchdogTicker};

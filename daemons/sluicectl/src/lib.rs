@@ -1,0 +1,181 @@
+//! sluicectl's command line (clap), apart from the binary so that the packaging's man page and
+//! completion generator (`sluice-manual` in the tests crate) can read it without running the
+//! program.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Exit statuses scripts can rely on.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const NOT_FOUND: u8 = 3;
+    pub const INVALID_ARGUMENT: u8 = 4;
+    pub const DAEMON_UNAVAILABLE: u8 = 5;
+}
+
+const AFTER_HELP: &str = "\
+Where changes go:
+  jobs retry/cancel  org.sluice.Web1 (sluice-web); without it, the store directly
+  download           org.sluice.Scraper1 (sluice-scraper); without it, the store directly
+                     (the download waits in the queue until the scraper runs)
+  rescan             org.sluice.Monitor1 (sluice-monitor); without it: exit status 5
+  workers N          the configuration file, then systemd (org.freedesktop.systemd1) on the
+                     system bus; without systemd: exit status 5 and nothing changed
+Reads (status, jobs list/show, docs list) use the database named by [store] path.
+
+Exit status:
+  0  success
+  1  any other error (database, D-Bus, permission)
+  2  usage error (unknown command or option)
+  3  not found (unknown job, download or document id)
+  4  invalid argument (malformed value, or a job in a state that does not allow it)
+  5  daemon unavailable (the daemon that must do it is not running, or the bus is down)";
+
+/// Command-line client for the sluice daemon suite.
+#[derive(Debug, Parser)]
+#[command(version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The configuration file (default: $SLUICE_CONFIG, else /etc/sluice/sluice.toml).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show each daemon (running, state, status line) and the job counts.
+    Status,
+    /// List, show, retry or cancel jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Download a URL (http or https) into the inbox.
+    Download(DownloadArguments),
+    /// Ask the monitor to reconcile a watched folder (or all of them) with the database.
+    Rescan {
+        /// A folder inside a watched folder; all watched folders when left out.
+        path: Option<PathBuf>,
+    },
+    /// List or search documents.
+    #[command(subcommand)]
+    Docs(DocsCommand),
+    /// Check the configuration file, or print one of its values.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Set how many ingest workers run (1 to 256), in the configuration and live.
+    #[command(long_about = WORKERS_LONG_ABOUT)]
+    Workers {
+        /// The number of sluice-ingest-worker@N instances, 1 to 256.
+        #[arg(allow_hyphen_values = true, value_name = "N")]
+        count: String,
+    },
+}
+
+const WORKERS_LONG_ABOUT: &str = "\
+Set how many ingest workers run (1 to 256), in the configuration and live.
+
+In order, stopping at the first failure with nothing changed:
+  1. N is checked (a whole number from 1 to 256; otherwise exit status 4).
+  2. It needs root: it rewrites the configuration file and asks systemd to start and stop
+     units (otherwise exit status 1).
+  3. [ingest] workers = N is set in a copy of the configuration file's text (the file the
+     other commands read: --config, $SLUICE_CONFIG, else /etc/sluice/sluice.toml), keeping
+     every comment and every other line, and the copy is checked with the daemons' own
+     loader (an invalid result: exit status 1).
+  4. systemd must answer on the system bus (otherwise exit status 5): changing the file
+     without it would leave the running suite and the configuration disagreeing.
+Then the file is replaced atomically (a temporary file in the same directory with the old
+file's mode and owner, fsynced, renamed), systemd is reloaded (so sluice-worker-generator
+makes sluice.target want sluice-ingest-worker@1..N), and, when sluice.target is active,
+instances 1..N are started and waited for until each is ready (READY=1). Running instances
+above N are stopped. When sluice.target is not active, nothing is started: the N instances
+start with it. A start or stop that fails after the file was written is reported with exit
+status 1; the file keeps N (see systemctl status for the unit). An instance above N cannot
+be started by hand: its ConditionPathExists= on the generator's link skips it.
+
+After editing [ingest] workers by hand, run systemctl daemon-reload and systemctl restart
+sluice.target.
+
+/etc/sluice/sluice.toml is a conffile: after this command, an upgrade that ships a changed
+default file asks which one to keep, as for any edit.";
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load the configuration file as the daemons do and say whether it is valid; an
+    /// invalid one is reported with its file, line, column and key (exit status 1).
+    Check,
+    /// Print one value of the loaded configuration (built-in defaults applied); exit
+    /// status 1 when the file is invalid. Keys: ingest.workers, store.path, web.listen,
+    /// ingest.library.
+    Get {
+        /// A dotted key, e.g. ingest.workers.
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Jobs, newest first.
+    List {
+        /// Only jobs in these states (comma-separated: queued, running, retrying, succeeded,
+        /// failed, cancelled, dead).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only jobs of this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue after this cursor (the `next` value printed by the previous page).
+        #[arg(long)]
+        cursor: Option<i64>,
+    },
+    /// One job with its history.
+    Show { id: i64 },
+    /// Queue a failed, dead or cancelled job again.
+    Retry { id: i64 },
+    /// Cancel a job (a running one stops at its next heartbeat).
+    Cancel { id: i64 },
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArguments {
+    pub url: String,
+    /// Expected SHA-256 (64 hex digits); a mismatch fails the download.
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// File name in the inbox (default: the URL's last path segment).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Size limit in bytes for this download.
+    #[arg(long)]
+    pub max_bytes: Option<u64>,
+    /// Put the file in this bundle's sub-folder.
+    #[arg(long)]
+    pub bundle: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DocsCommand {
+    /// Documents, newest first; with --query only those whose text has every word.
+    List {
+        #[arg(long)]
+        query: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<i64>,
+    },
+}
+
+/// The command line, for the man pages and shell completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
