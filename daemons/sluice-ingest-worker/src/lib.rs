@@ -21,10 +21,15 @@
 //! of a batch are committed together with the next claim.
 
 pub mod analyze;
+mod daemon;
 pub mod execute;
 pub mod failure;
 pub mod library;
+mod signal_budget;
 pub mod wakeup;
+
+pub use daemon::{Arguments, IngestWorkerDaemon, WorkerError, command};
+use signal_budget::SignalBudget;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -76,118 +81,6 @@ const ABORT_GRACE: Duration = Duration::from_secs(2);
 /// jobs must not turn the bus into the bottleneck. Subscribers that need every transition
 /// read the database, which is the truth; signals are wake-ups.
 const JOB_SIGNALS_PER_SECOND: f64 = 200.0;
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("cannot open the database: {0}")]
-    Store(#[from] StoreError),
-    #[error("cannot connect to the {address}: {source}")]
-    Bus {
-        address: bus::BusAddress,
-        source: zbus::Error,
-    },
-    #[error(transparent)]
-    BusSetup(#[from] BusSetupError),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl WorkerError {
-    /// The exit status systemd sees for this failure.
-    pub fn exit(&self) -> DaemonExit {
-        match self {
-            WorkerError::BusSetup(BusSetupError::InvalidInstance { .. }) => DaemonExit::Usage,
-            WorkerError::Store(_) | WorkerError::Bus { .. } | WorkerError::BusSetup(_) => {
-                DaemonExit::Unavailable
-            }
-            WorkerError::Internal(_) => DaemonExit::Software,
-        }
-    }
-}
-
-impl From<StartError> for WorkerError {
-    fn from(error: StartError) -> WorkerError {
-        match error {
-            StartError::Signals(error) => {
-                WorkerError::Internal(format!("cannot install signal handlers: {error}"))
-            }
-            StartError::Store(error) => WorkerError::Store(error),
-            StartError::BusConnect { address, source } => WorkerError::Bus { address, source },
-        }
-    }
-}
-
-/// sluice ingest worker: runs ingest and noop jobs from the queue.
-#[derive(Debug, clap::Parser)]
-#[command(
-    version,
-    about = "sluice ingest worker: runs ingest and noop jobs from the queue"
-)]
-pub struct Arguments {
-    /// The instance name (systemd's %i); names the bus name and the lease owner.
-    #[arg(long)]
-    pub instance: String,
-    #[command(flatten)]
-    pub common: CommonArguments,
-}
-
-/// The command line, for the man page.
-pub fn command() -> clap::Command {
-    <Arguments as clap::CommandFactory>::command()
-}
-
-/// `sluice-ingest-worker@N` as the shared start-up runs it
-/// ([`sluice_core::runtime::daemon_main`]).
-#[derive(Debug)]
-pub struct IngestWorkerDaemon {
-    instance: String,
-}
-
-impl Daemon for IngestWorkerDaemon {
-    type Arguments = Arguments;
-    type Error = WorkerError;
-    // Job bodies and transactions run on blocking threads; the loop itself is light.
-    const RUNTIME: RuntimeFlavour = RuntimeFlavour::CurrentThread;
-    // A job body that ignored the abort flag may still occupy a blocking thread; its lease
-    // was released, so do not wait for it.
-    const BLOCKING_GRACE: Option<Duration> = Some(Duration::from_millis(500));
-
-    fn common_arguments(arguments: &Arguments) -> &CommonArguments {
-        &arguments.common
-    }
-
-    fn log_identifier(arguments: &Arguments) -> String {
-        format!("sluice-ingest-worker@{}", arguments.instance)
-    }
-
-    fn configuration_invalid(error: &ConfigError, notifier: &Notifier) {
-        tracing::error!(error = %error, "invalid configuration; not starting");
-        notifier.status(&format!("invalid configuration: {error}"));
-    }
-
-    fn prepare(
-        arguments: Arguments,
-        _config: &Config,
-        config_path: &Path,
-        _notifier: &Notifier,
-    ) -> Result<IngestWorkerDaemon, WorkerError> {
-        tracing::info!(config = %config_path.display(), "configuration loaded");
-        // A bad instance name is a usage error, found before anything is opened.
-        bus::sanitize_instance(&arguments.instance)?;
-        Ok(IngestWorkerDaemon {
-            instance: arguments.instance,
-        })
-    }
-
-    async fn run(self, dependencies: Dependencies) -> Result<(), WorkerError> {
-        run(&self.instance, dependencies).await
-    }
-
-    fn report_failure(error: WorkerError) -> DaemonExit {
-        tracing::error!(error = %error, "the worker stopped on an error");
-        error.exit()
-    }
-}
 
 /// Everything the main loop reacts to.
 #[derive(Debug)]
@@ -247,10 +140,7 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
     let wake = Arc::new(Notify::new());
     wakeup::subscribe(&connection, Arc::clone(&wake))
         .await
-        .map_err(|source| WorkerError::Bus {
-            address: config.bus.address.clone(),
-            source,
-        })?;
+        .map_err(WorkerError::Subscribe)?;
 
     let (events_sender, events) = mpsc::unbounded_channel();
     let running = Arc::new(RunningJobs::default());
@@ -849,66 +739,5 @@ fn lock_store(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
 fn log_signal_error(result: zbus::Result<()>) {
     if let Err(error) = result {
         tracing::warn!(error = %error, "cannot emit a D-Bus signal");
-    }
-}
-
-/// A token bucket for per-job signals.
-#[derive(Debug)]
-struct SignalBudget {
-    per_second: f64,
-    tokens: f64,
-    refilled_at: std::time::Instant,
-    skipped: u64,
-}
-
-impl SignalBudget {
-    fn new(per_second: f64) -> SignalBudget {
-        SignalBudget {
-            per_second,
-            tokens: per_second,
-            refilled_at: std::time::Instant::now(),
-            skipped: 0,
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        self.take_at(std::time::Instant::now())
-    }
-
-    fn take_at(&mut self, now: std::time::Instant) -> bool {
-        let elapsed = now
-            .saturating_duration_since(self.refilled_at)
-            .as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
-        self.refilled_at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            self.skipped += 1;
-            if self.skipped.is_power_of_two() {
-                tracing::debug!(skipped = self.skipped, "job signals thinned under load");
-            }
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_signal_budget_allows_a_burst_then_the_rate() {
-        let mut budget = SignalBudget::new(10.0);
-        let start = budget.refilled_at;
-        let granted = (0..20).filter(|_| budget.take_at(start)).count();
-        assert_eq!(granted, 10);
-        assert!(!budget.take_at(start + Duration::from_millis(50)));
-        assert!(budget.take_at(start + Duration::from_millis(150)));
-        // A long quiet spell refills to the burst size, no more.
-        let later = start + Duration::from_secs(3600);
-        let granted = (0..20).filter(|_| budget.take_at(later)).count();
-        assert_eq!(granted, 10);
     }
 }

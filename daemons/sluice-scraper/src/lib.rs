@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use sluice_core::bus::{
-    self, BusError, BusSetupError, CallerPolicy, DaemonState, DownloadOptions, ScraperCommand,
+    BusError, BusSetupError, CallerPolicy, DaemonState, DownloadOptions, ScraperCommand,
     ScraperService, ScraperStatus,
 };
 use sluice_core::config::Config;
@@ -79,12 +79,8 @@ pub enum ScraperError {
     Folders(String),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot connect to the {address}: {source}")]
-    BusConnect {
-        address: bus::BusAddress,
-        #[source]
-        source: zbus::Error,
-    },
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error(transparent)]
     BusSetup(#[from] BusSetupError),
     #[error("cannot subscribe to JobQueued signals: {0}")]
@@ -100,23 +96,11 @@ impl ScraperError {
     pub fn exit(&self) -> DaemonExit {
         match self {
             ScraperError::Folders(_) => DaemonExit::Config,
-            ScraperError::Store(_)
-            | ScraperError::BusConnect { .. }
-            | ScraperError::BusSetup(_)
-            | ScraperError::Subscribe(_) => DaemonExit::Unavailable,
-            ScraperError::Runtime(_) | ScraperError::HttpClient(_) => DaemonExit::Software,
-        }
-    }
-}
-
-impl From<StartError> for ScraperError {
-    fn from(error: StartError) -> ScraperError {
-        match error {
-            StartError::Signals(error) => ScraperError::Runtime(error),
-            StartError::Store(error) => ScraperError::Store(error),
-            StartError::BusConnect { address, source } => {
-                ScraperError::BusConnect { address, source }
+            ScraperError::Start(error) => error.exit(),
+            ScraperError::Store(_) | ScraperError::BusSetup(_) | ScraperError::Subscribe(_) => {
+                DaemonExit::Unavailable
             }
+            ScraperError::Runtime(_) | ScraperError::HttpClient(_) => DaemonExit::Software,
         }
     }
 }

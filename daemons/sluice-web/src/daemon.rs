@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix_web::HttpServer;
 use futures_util::StreamExt;
 use sluice_core::bus::{
-    self, BusAddress, BusSetupError, CallerPolicy, DaemonState, WebCommand, WebService, WebStatus,
+    self, BusSetupError, CallerPolicy, DaemonState, WebCommand, WebService, WebStatus,
 };
 use sluice_core::config::Config;
 use sluice_core::runtime::{
@@ -38,12 +38,8 @@ pub enum WebError {
     Token(#[from] TokenError),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
-    #[error("cannot connect to the {address}: {source}")]
-    BusConnect {
-        address: BusAddress,
-        #[source]
-        source: zbus::Error,
-    },
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error("cannot subscribe to sluice's signals: {0}")]
     BusSubscribe(#[source] zbus::Error),
     #[error(transparent)]
@@ -63,24 +59,12 @@ impl WebError {
     pub fn exit(&self) -> DaemonExit {
         match self {
             WebError::Token(_) => DaemonExit::Config,
+            WebError::Start(error) => error.exit(),
             WebError::Store(_)
-            | WebError::BusConnect { .. }
             | WebError::BusSubscribe(_)
             | WebError::BusSetup(_)
             | WebError::Listen { .. } => DaemonExit::Unavailable,
             WebError::Server(_) => DaemonExit::Failure,
-        }
-    }
-}
-
-impl From<StartError> for WebError {
-    fn from(error: StartError) -> WebError {
-        match error {
-            StartError::Signals(error) => {
-                WebError::Server(std::io::Error::other(error.to_string()))
-            }
-            StartError::Store(error) => WebError::Store(error),
-            StartError::BusConnect { address, source } => WebError::BusConnect { address, source },
         }
     }
 }

@@ -41,8 +41,8 @@ pub enum RuntimeFlavour {
     },
 }
 
-/// What the shared start-up could not set up; each daemon turns it into its own error type
-/// (and so its own message and exit status) through `From`.
+/// What the shared start-up could not set up. Each daemon's error type carries it as one
+/// transparent variant, so the message and the exit status are the same for every daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// SIGTERM/SIGHUP handlers could not be installed.
@@ -60,6 +60,17 @@ pub enum StartError {
         #[source]
         source: zbus::Error,
     },
+}
+
+impl StartError {
+    /// The exit status systemd sees: a missing database or bus is "unavailable", signal
+    /// handlers that cannot be installed are a software error.
+    pub fn exit(&self) -> DaemonExit {
+        match self {
+            StartError::Signals(_) => DaemonExit::Software,
+            StartError::Store(_) | StartError::BusConnect { .. } => DaemonExit::Unavailable,
+        }
+    }
 }
 
 /// The side effects a daemon's `run` works with, opened by [`daemon_main`] (or by a test).
