@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use sluice_core::store::{
-    Completion, Durability, JobError, NewJob, Outcome, RetryPolicy, Store, StoreOptions,
-};
+use sluice_core::store::{Completion, Durability, JobError, NewJob, Outcome, Store};
 
 #[derive(Parser)]
 struct Arguments {
@@ -66,16 +64,7 @@ fn main() -> anyhow::Result<()> {
         "normal" => Durability::Normal,
         other => bail!("unknown durability {other:?}"),
     };
-    let options = StoreOptions {
-        durability,
-        // The shipped default, as a daemon would get it from the configuration.
-        max_attempts: sluice_core::config::defaults().jobs.max_attempts,
-        busy_timeout: Duration::from_secs(30),
-        retry: RetryPolicy {
-            base: Duration::from_millis(20),
-            max: Duration::from_millis(200),
-        },
-    };
+    let options = sluice_tests::fixtures::store_options(durability);
     let mut store = Store::open(&arguments.db, &options)
         .with_context(|| format!("opening {}", arguments.db.display()))?;
     match arguments.command {

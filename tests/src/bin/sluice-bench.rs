@@ -292,16 +292,7 @@ fn run_w1_lib(
 ) -> anyhow::Result<Value> {
     let scratch = tempfile::tempdir_in(directory).context("scratch directory")?;
     let database = scratch.path().join("sluice.db");
-    let options = StoreOptions {
-        durability,
-        // The shipped default, as a daemon would get it from the configuration.
-        max_attempts: sluice_core::config::defaults().jobs.max_attempts,
-        busy_timeout: Duration::from_secs(30),
-        retry: RetryPolicy {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        },
-    };
+    let options = store_options(durability);
     let mut store = Store::open(&database, &options)?;
     let worker_program = binary_path("queue-child");
     let spawn_consumers = || -> anyhow::Result<Vec<DaemonProcess>> {
@@ -433,16 +424,7 @@ fn run_w1(
             root = root.display(),
         ),
     )?;
-    let options = StoreOptions {
-        durability,
-        // The shipped default, as a daemon would get it from the configuration.
-        max_attempts: sluice_core::config::defaults().jobs.max_attempts,
-        busy_timeout: Duration::from_secs(30),
-        retry: RetryPolicy {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        },
-    };
+    let options = store_options(durability);
     let mut store = Store::open(&database, &options)?;
     let worker_program = binary_path("sluice-ingest-worker");
     let mut workers = Vec::new();

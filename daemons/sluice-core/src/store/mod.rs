@@ -356,18 +356,23 @@ fn enable_wal(connection: &Connection, timeout: Duration) -> rusqlite::Result<St
 mod tests {
     use super::*;
 
-    /// Regression: a database that cannot be WAL was reported as a bad parameter name.
-    #[test]
-    fn a_database_that_cannot_be_wal_says_so() {
-        let options = StoreOptions {
-            durability: Durability::Full,
+    /// Options for a test store: short retry backoff, 5 attempts.
+    pub(crate) fn test_options(durability: Durability, busy_timeout: Duration) -> StoreOptions {
+        StoreOptions {
+            durability,
             max_attempts: 5,
-            busy_timeout: Duration::from_secs(1),
+            busy_timeout,
             retry: RetryPolicy {
                 base: Duration::from_millis(10),
                 max: Duration::from_millis(100),
             },
-        };
+        }
+    }
+
+    /// Regression: a database that cannot be WAL was reported as a bad parameter name.
+    #[test]
+    fn a_database_that_cannot_be_wal_says_so() {
+        let options = test_options(Durability::Full, Duration::from_secs(1));
         let Err(error) = Store::open(Path::new(":memory:"), &options) else {
             panic!("an in-memory database cannot be WAL, yet it opened");
         };
@@ -475,15 +480,7 @@ mod tests {
         drop(store);
         let error = Store::open(
             &directory.path().join("sluice.db"),
-            &StoreOptions {
-                durability: Durability::Normal,
-                max_attempts: 5,
-                busy_timeout: Duration::from_secs(1),
-                retry: RetryPolicy {
-                    base: Duration::from_millis(10),
-                    max: Duration::from_millis(100),
-                },
-            },
+            &test_options(Durability::Normal, Duration::from_secs(1)),
         )
         .unwrap_err();
         assert!(
@@ -513,15 +510,7 @@ mod tests {
 
         let mut impatient = Store::open(
             &path,
-            &StoreOptions {
-                durability: Durability::Normal,
-                max_attempts: 5,
-                busy_timeout: Duration::from_millis(100),
-                retry: RetryPolicy {
-                    base: Duration::from_millis(10),
-                    max: Duration::from_millis(100),
-                },
-            },
+            &test_options(Durability::Normal, Duration::from_millis(100)),
         )
         .unwrap();
         let blocker = Connection::open(&path).unwrap();
@@ -544,15 +533,7 @@ mod tests {
         let path = directory.path().join("no/such/dir/sluice.db");
         let error = Store::open(
             &path,
-            &StoreOptions {
-                durability: Durability::Full,
-                max_attempts: 5,
-                busy_timeout: Duration::from_secs(1),
-                retry: RetryPolicy {
-                    base: Duration::from_millis(10),
-                    max: Duration::from_millis(100),
-                },
-            },
+            &test_options(Durability::Full, Duration::from_secs(1)),
         )
         .unwrap_err();
         assert!(
