@@ -27,6 +27,7 @@ mod caller;
 mod error;
 mod ingest;
 mod monitor;
+mod object;
 mod peers;
 mod rate_limit;
 mod scraper;
@@ -50,6 +51,7 @@ pub use monitor::{
     MONITOR_BUS_NAME, MONITOR_OBJECT_PATH, MonitorCommand, MonitorInterface, MonitorProxy,
     MonitorService, MonitorStatus,
 };
+pub use object::Published;
 pub use peers::{SuiteDaemon, daemon_object, daemon_properties, name_has_owner, suite_daemons};
 pub use rate_limit::{DEFAULT_PROGRESS_INTERVAL, ProgressRateLimiter};
 pub use scraper::{
