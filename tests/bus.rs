@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use sluice_core::bus::{
-    self, BusAddress, BusError, BusSetupError, CallerPolicy, MonitorProxy, MonitorService,
-    MonitorStatus, ScraperProxy, WebProxy, ingest_proxy,
+    self, BusAddress, BusError, BusSetupError, CallerPolicy, DaemonState, IngestService,
+    IngestStatus, MonitorProxy, MonitorService, MonitorStatus, ScraperProxy, ScraperService,
+    ScraperStatus, WebProxy, WebService, WebStatus, ingest_proxy,
 };
 use zbus::{Connection, OwnedVariant, Variant};
 
@@ -943,4 +944,216 @@ async fn send_bad_input(address: String) -> anyhow::Result<()> {
     assert_eq!(monitor.state().await?, "running");
     assert_eq!(monitor.rescan("/srv/sluice/inbox/new").await?, 1);
     Ok(())
+}
+
+/// The property names and D-Bus types each object showed before its object was declared
+/// through `published_object!`, copied from main's introspection.
+const PROPERTIES_ON_MAIN: &[(&str, &[(&str, &str)])] = &[
+    (
+        "org.sluice.Monitor1",
+        &[
+            ("State", "s"),
+            ("Status", "s"),
+            ("LastError", "s"),
+            ("WatchedPaths", "as"),
+            ("PollingPaths", "as"),
+            ("Durability", "s"),
+            ("FilesDetected", "t"),
+            ("JobsQueued", "t"),
+        ],
+    ),
+    (
+        "org.sluice.Scraper1",
+        &[
+            ("State", "s"),
+            ("Status", "s"),
+            ("LastError", "s"),
+            ("Sources", "as"),
+            ("StagingPath", "s"),
+            ("DownloadsActive", "u"),
+            ("DownloadsDone", "t"),
+            ("DownloadsFailed", "t"),
+            ("BytesDownloaded", "t"),
+        ],
+    ),
+    (
+        "org.sluice.Ingest1.Worker1",
+        &[
+            ("State", "s"),
+            ("Status", "s"),
+            ("LastError", "s"),
+            ("Instance", "s"),
+            ("CurrentJob", "t"),
+            ("JobsDone", "t"),
+            ("JobsFailed", "t"),
+            ("Processors", "as"),
+        ],
+    ),
+    (
+        "org.sluice.Web1",
+        &[
+            ("State", "s"),
+            ("Status", "s"),
+            ("LastError", "s"),
+            ("ListenAddress", "s"),
+            ("BasePath", "s"),
+            ("Workers", "u"),
+            ("Durability", "s"),
+            ("RequestsServed", "t"),
+            ("EventClients", "u"),
+        ],
+    ),
+];
+
+#[tokio::test]
+async fn one_status_update_is_one_properties_changed_with_every_new_value() -> anyhow::Result<()> {
+    // No root needed: a permissive private bus, the service in this process.
+    let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
+    let address = BusAddress::Address(bus.address().to_owned());
+    let daemon_connection = bus::connect(&address).await?;
+    let (service, _commands) = MonitorService::start(
+        &daemon_connection,
+        CallerPolicy::for_this_process(),
+        MonitorStatus::starting(vec![PathBuf::from("/srv/inbox")], "full"),
+    )
+    .await?;
+    let client = bus::connect(&address).await?;
+    let properties = zbus::fdo::PropertiesProxy::builder(&client)
+        .destination(bus::MONITOR_BUS_NAME)
+        .path(bus::MONITOR_OBJECT_PATH)
+        .build()
+        .await?;
+    let mut changes = properties.receive_properties_changed().await?;
+    let monitor = MonitorProxy::new(&client).await?;
+    let mut jobs_queued = monitor.receive_jobs_queued_changed().await;
+
+    service
+        .update_status(|status| {
+            status.files_detected = 3;
+            status.jobs_queued = 2;
+        })
+        .await?;
+    service
+        .update_status(|status| status.files_detected = 3)
+        .await?;
+    service
+        .update_status(|status| status.state = DaemonState::Running)
+        .await?;
+
+    let first = next_signal(&mut changes).await?;
+    let first = first.args()?;
+    assert_eq!(first.interface_name().as_str(), "org.sluice.Monitor1");
+    assert_eq!(
+        first.changed_properties(),
+        &HashMap::from([
+            ("FilesDetected", Variant::from(3u64)),
+            ("JobsQueued", Variant::from(2u64)),
+        ])
+    );
+    assert!(first.invalidated_properties().is_empty());
+    // Signals from one connection arrive in order, so the update that changed nothing sent
+    // nothing if the next one is the state change.
+    let second = next_signal(&mut changes).await?;
+    assert_eq!(
+        second.args()?.changed_properties(),
+        &HashMap::from([("State", Variant::from("running"))])
+    );
+
+    // The proxies generated from the same interface still see the new value.
+    let seen = tokio::time::timeout(SIGNAL_DEADLINE, async {
+        while let Some(change) = jobs_queued.next().await {
+            if change.get().await? == 2 {
+                return anyhow::Ok(true);
+            }
+        }
+        anyhow::Ok(false)
+    })
+    .await
+    .context("no change of JobsQueued reached the proxy")??;
+    assert!(seen, "the JobsQueued stream ended without the new value");
+    assert_eq!(monitor.files_detected().await?, 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn introspection_lists_the_same_properties_as_before_the_object_macro() -> anyhow::Result<()>
+{
+    let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
+    let address = BusAddress::Address(bus.address().to_owned());
+    let connection = bus::connect(&address).await?;
+    let policy = CallerPolicy::for_this_process();
+    let (_monitor, _monitor_commands) = MonitorService::start(
+        &connection,
+        policy,
+        MonitorStatus::starting(vec![PathBuf::from("/srv/inbox")], "full"),
+    )
+    .await?;
+    let (_scraper, _scraper_commands) = ScraperService::start(
+        &connection,
+        policy,
+        ScraperStatus::starting(vec!["nightly".into()], "/srv/staging"),
+        bus::DEFAULT_PROGRESS_INTERVAL,
+    )
+    .await?;
+    let (_ingest, _ingest_commands) = IngestService::start(
+        &connection,
+        "1",
+        policy,
+        IngestStatus::starting(vec!["ocr".into()]),
+        bus::DEFAULT_PROGRESS_INTERVAL,
+    )
+    .await?;
+    let (_web, _web_commands) = WebService::start(
+        &connection,
+        policy,
+        WebStatus::starting("127.0.0.1:8080", "/", 2, "full"),
+    )
+    .await?;
+    let objects = [
+        ("org.sluice.Monitor1", "/org/sluice/Monitor1"),
+        ("org.sluice.Scraper1", "/org/sluice/Scraper1"),
+        ("org.sluice.Ingest1.Worker1", "/org/sluice/Ingest1/1"),
+        ("org.sluice.Web1", "/org/sluice/Web1"),
+    ];
+    let client = bus::connect(&address).await?;
+    for ((destination, path), (expected_destination, expected_properties)) in
+        objects.into_iter().zip(PROPERTIES_ON_MAIN)
+    {
+        assert_eq!(destination, *expected_destination);
+        let introspectable = zbus::fdo::IntrospectableProxy::builder(&client)
+            .destination(destination)
+            .path(path)
+            .build()
+            .await?;
+        let xml = introspectable.introspect().await?;
+        let mut listed = introspected_properties(&xml);
+        let mut expected: Vec<(String, String)> = expected_properties
+            .iter()
+            .map(|(name, signature)| ((*name).to_owned(), (*signature).to_owned()))
+            .collect();
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected, "{destination}:\n{xml}");
+    }
+    Ok(())
+}
+
+/// `(name, type)` of every `<property>` in introspection XML; only sluice's interfaces have
+/// properties, so these are the object's own.
+fn introspected_properties(xml: &str) -> Vec<(String, String)> {
+    let attribute = |element: &str, name: &str| -> String {
+        let start = format!("{name}=\"");
+        element
+            .split_once(start.as_str())
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(value, _)| value.to_owned())
+            .unwrap_or_default()
+    };
+    xml.split("<property ")
+        .skip(1)
+        .map(|element| {
+            let element = element.split('>').next().unwrap_or("");
+            (attribute(element, "name"), attribute(element, "type"))
+        })
+        .collect()
 }

@@ -1,20 +1,18 @@
 //! `org.sluice.Ingest1`: one object per ingest worker instance, each under its own bus name,
 //! so the CLI and the web can reach the worker that runs a given job.
 
+use std::ops::Deref;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use zbus::Connection;
 use zbus::message::Header;
-use zbus::object_server::{InterfaceRef, SignalEmitter};
-use zbus::{Connection, interface};
 
+use super::object::{Published, published_object};
 use super::rate_limit::{ProgressRateLimiter, clamp_fraction, lock_limiter};
 use super::validate::require_id;
-use super::{
-    BusError, BusSetupError, COMMAND_QUEUE_DEPTH, CallerPolicy, DaemonState, Reply, forward,
-    serve_and_own_name,
-};
+use super::{BusError, BusSetupError, CallerPolicy, DaemonState, Reply, forward};
 
 pub const INGEST_INTERFACE: &str = "org.sluice.Ingest1";
 /// Longest instance name kept; systemd instance names are short numbers in practice.
@@ -81,20 +79,57 @@ pub enum IngestCommand {
     CancelJob { job_id: u64, reply: Reply<()> },
 }
 
-/// A worker's state as its properties show it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IngestStatus {
-    pub state: DaemonState,
-    pub status: String,
-    pub last_error: String,
-    /// The sanitized instance name.
-    pub instance: String,
-    /// The job being worked on, 0 when idle.
-    pub current_job: u64,
-    pub jobs_done: u64,
-    pub jobs_failed: u64,
-    /// Names of the configured external processors loaded by this worker.
-    pub processors: Vec<String>,
+published_object! {
+    /// A worker's state as its properties show it.
+    status IngestStatus;
+    /// The object served at [`ingest_object_path`]. Build it through [`IngestService::start`].
+    interface IngestInterface for IngestCommand;
+    attributes (
+        name = "org.sluice.Ingest1",
+        proxy(assume_defaults = false, async_name = "IngestProxy")
+    );
+    /// What the worker is doing, in one line.
+    status_property;
+    properties {
+        /// The worker's instance name.
+        instance: String => String = Clone::clone;
+        /// The job being worked on, 0 when idle.
+        current_job: u64 => u64 = Clone::clone;
+        /// Jobs this worker finished successfully since start.
+        jobs_done: u64 => u64 = Clone::clone;
+        /// Jobs that failed on this worker since start.
+        jobs_failed: u64 => u64 = Clone::clone;
+        /// The external processors this worker loaded.
+        processors: Vec<String> => Vec<String> = Clone::clone;
+    }
+    members {
+        /// Stop the job this worker is running now (the job becomes cancelled). Use
+        /// `org.sluice.Web1.CancelJob` for a job whatever its state or worker.
+        async fn cancel_job(
+            &self,
+            job_id: u64,
+            #[zbus(header)] header: Header<'_>,
+            #[zbus(connection)] connection: &Connection,
+        ) -> Result<(), BusError> {
+            self.policy
+                .authorize(connection, &header, "CancelJob")
+                .await?;
+            require_id("job_id", job_id)?;
+            forward(&self.commands, |reply| IngestCommand::CancelJob {
+                job_id,
+                reply,
+            })
+            .await
+        }
+    }
+    signals {
+        /// This worker claimed a job.
+        pub fn job_started(job_id: u64, kind: &str, worker: &str);
+        /// Progress of the running job, 0.0 to 1.0; at most one per job every 250 ms.
+        fn job_progress(job_id: u64, fraction: f64, message: &str);
+        /// A job reached `succeeded`, `failed`, `retrying`, `cancelled` or `dead`.
+        pub fn job_finished(job_id: u64, state: &str);
+    }
 }
 
 impl IngestStatus {
@@ -113,128 +148,19 @@ impl IngestStatus {
     }
 }
 
-/// The object served at [`ingest_object_path`]. Build it through [`IngestService::start`].
+/// The daemon's side of a worker object: publish status, emit signals (progress through the
+/// rate limiter). The rest of [`Published`] is reached through `Deref`.
 #[derive(Debug)]
-pub struct IngestInterface {
-    commands: mpsc::Sender<IngestCommand>,
-    status: watch::Receiver<IngestStatus>,
-    policy: CallerPolicy,
-}
-
-#[interface(
-    name = "org.sluice.Ingest1",
-    proxy(assume_defaults = false, async_name = "IngestProxy")
-)]
-impl IngestInterface {
-    /// Stop the job this worker is running now (the job becomes cancelled). Use
-    /// `org.sluice.Web1.CancelJob` for a job whatever its state or worker.
-    async fn cancel_job(
-        &self,
-        job_id: u64,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
-    ) -> Result<(), BusError> {
-        self.policy
-            .authorize(connection, &header, "CancelJob")
-            .await?;
-        require_id("job_id", job_id)?;
-        forward(&self.commands, |reply| IngestCommand::CancelJob {
-            job_id,
-            reply,
-        })
-        .await
-    }
-
-    /// This worker claimed a job.
-    #[zbus(signal)]
-    async fn job_started(
-        emitter: &SignalEmitter<'_>,
-        job_id: u64,
-        kind: &str,
-        worker: &str,
-    ) -> zbus::Result<()>;
-
-    /// Progress of the running job, 0.0 to 1.0; at most one per job every 250 ms.
-    #[zbus(signal)]
-    async fn job_progress(
-        emitter: &SignalEmitter<'_>,
-        job_id: u64,
-        fraction: f64,
-        message: &str,
-    ) -> zbus::Result<()>;
-
-    /// A job reached `succeeded`, `failed`, `retrying`, `cancelled` or `dead`.
-    #[zbus(signal)]
-    async fn job_finished(
-        emitter: &SignalEmitter<'_>,
-        job_id: u64,
-        state: &str,
-    ) -> zbus::Result<()>;
-
-    /// `starting`, `running`, `reloading` or `stopping`.
-    #[zbus(property)]
-    fn state(&self) -> String {
-        self.status.borrow().state.as_str().to_owned()
-    }
-
-    /// What the worker is doing, in one line.
-    #[zbus(property)]
-    fn status(&self) -> String {
-        self.status.borrow().status.clone()
-    }
-
-    /// The last error, empty when there was none.
-    #[zbus(property)]
-    fn last_error(&self) -> String {
-        self.status.borrow().last_error.clone()
-    }
-
-    /// The worker's instance name.
-    #[zbus(property)]
-    fn instance(&self) -> String {
-        self.status.borrow().instance.clone()
-    }
-
-    /// The job being worked on, 0 when idle.
-    #[zbus(property)]
-    fn current_job(&self) -> u64 {
-        self.status.borrow().current_job
-    }
-
-    /// Jobs this worker finished successfully since start.
-    #[zbus(property)]
-    fn jobs_done(&self) -> u64 {
-        self.status.borrow().jobs_done
-    }
-
-    /// Jobs that failed on this worker since start.
-    #[zbus(property)]
-    fn jobs_failed(&self) -> u64 {
-        self.status.borrow().jobs_failed
-    }
-
-    /// The external processors this worker loaded.
-    #[zbus(property)]
-    fn processors(&self) -> Vec<String> {
-        self.status.borrow().processors.clone()
-    }
-}
-
-/// The daemon's side of a worker object: publish status, emit signals.
 pub struct IngestService {
-    interface: InterfaceRef<IngestInterface>,
-    status: watch::Sender<IngestStatus>,
+    object: Published<IngestInterface>,
     progress_limiter: Mutex<ProgressRateLimiter>,
 }
 
-impl std::fmt::Debug for IngestService {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // `InterfaceRef` has no `Debug`; the object path is what identifies the service.
-        formatter
-            .debug_struct("IngestService")
-            .field("path", self.interface.signal_emitter().path())
-            .field("status", &*self.status.borrow())
-            .finish()
+impl Deref for IngestService {
+    type Target = Published<IngestInterface>;
+
+    fn deref(&self) -> &Published<IngestInterface> {
+        &self.object
     }
 }
 
@@ -249,68 +175,19 @@ impl IngestService {
     ) -> Result<(IngestService, mpsc::Receiver<IngestCommand>), BusSetupError> {
         let sanitized = sanitize_instance(instance)?;
         initial_status.instance = sanitized.clone();
-        let (command_sender, command_receiver) = mpsc::channel(COMMAND_QUEUE_DEPTH);
-        let (status_sender, status_receiver) = watch::channel(initial_status);
-        let interface = IngestInterface {
-            commands: command_sender,
-            status: status_receiver,
-            policy,
-        };
-        let interface = serve_and_own_name(
+        let (object, commands) = Published::serve(
             connection,
             &ingest_object_path(&sanitized),
             &ingest_bus_name(&sanitized),
-            interface,
+            policy,
+            initial_status,
         )
         .await?;
         let service = IngestService {
-            interface,
-            status: status_sender,
+            object,
             progress_limiter: Mutex::new(ProgressRateLimiter::new(progress_interval)),
         };
-        Ok((service, command_receiver))
-    }
-
-    pub fn status(&self) -> IngestStatus {
-        self.status.borrow().clone()
-    }
-
-    /// Changes the status and emits `PropertiesChanged` for each property that changed.
-    pub async fn update_status(&self, change: impl FnOnce(&mut IngestStatus)) -> zbus::Result<()> {
-        let before = self.status();
-        self.status.send_modify(change);
-        let after = self.status();
-        let interface = self.interface.get().await;
-        let emitter = self.interface.signal_emitter();
-        if before.state != after.state {
-            interface.state_changed(emitter).await?;
-        }
-        if before.status != after.status {
-            interface.status_changed(emitter).await?;
-        }
-        if before.last_error != after.last_error {
-            interface.last_error_changed(emitter).await?;
-        }
-        if before.instance != after.instance {
-            interface.instance_changed(emitter).await?;
-        }
-        if before.current_job != after.current_job {
-            interface.current_job_changed(emitter).await?;
-        }
-        if before.jobs_done != after.jobs_done {
-            interface.jobs_done_changed(emitter).await?;
-        }
-        if before.jobs_failed != after.jobs_failed {
-            interface.jobs_failed_changed(emitter).await?;
-        }
-        if before.processors != after.processors {
-            interface.processors_changed(emitter).await?;
-        }
-        Ok(())
-    }
-
-    pub async fn job_started(&self, job_id: u64, kind: &str, worker: &str) -> zbus::Result<()> {
-        IngestInterface::job_started(self.interface.signal_emitter(), job_id, kind, worker).await
+        Ok((service, commands))
     }
 
     /// Emits `JobProgress` unless the rate limiter drops it; returns whether it was sent.
@@ -327,19 +204,9 @@ impl IngestService {
             Instant::now(),
         );
         if allowed {
-            IngestInterface::job_progress(
-                self.interface.signal_emitter(),
-                job_id,
-                fraction,
-                message,
-            )
-            .await?;
+            self.object.job_progress(job_id, fraction, message).await?;
         }
         Ok(allowed)
-    }
-
-    pub async fn job_finished(&self, job_id: u64, state: &str) -> zbus::Result<()> {
-        IngestInterface::job_finished(self.interface.signal_emitter(), job_id, state).await
     }
 }
 

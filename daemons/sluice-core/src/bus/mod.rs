@@ -11,8 +11,10 @@
 //! Every object is thin: a method checks the caller ([`CallerPolicy`]), validates its
 //! arguments, then sends a command with a oneshot reply to the daemon's main loop, which owns
 //! the logic. State is properties read from a snapshot the daemon publishes through its
-//! service handle ([`MonitorService::update_status`] and friends), which also emits
-//! `PropertiesChanged` for what changed. Signals only say "look now"; the database is the truth.
+//! service handle ([`Published::update_status`]), which emits one `PropertiesChanged` carrying
+//! every property that changed with its new value. Signals only say "look now"; the database is
+//! the truth. Each object's status, properties and signals are declared once, in one
+//! `published_object!` invocation (`object.rs`), so adding a property or a signal is one edit.
 //!
 //! Cancelling and retrying *any* job is `org.sluice.Web1.CancelJob` / `RetryJob`: the web
 //! daemon is the suite's always-on API process and applies the change in the store, where
@@ -27,6 +29,7 @@ mod caller;
 mod error;
 mod ingest;
 mod monitor;
+mod object;
 mod peers;
 mod rate_limit;
 mod scraper;
@@ -50,6 +53,7 @@ pub use monitor::{
     MONITOR_BUS_NAME, MONITOR_OBJECT_PATH, MonitorCommand, MonitorInterface, MonitorProxy,
     MonitorService, MonitorStatus,
 };
+pub use object::Published;
 pub use peers::{SuiteDaemon, daemon_object, daemon_properties, name_has_owner, suite_daemons};
 pub use rate_limit::{DEFAULT_PROGRESS_INTERVAL, ProgressRateLimiter};
 pub use scraper::{

@@ -2,20 +2,18 @@
 //! demand, and the progress of both as signals.
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use zbus::message::Header;
-use zbus::object_server::{InterfaceRef, SignalEmitter};
-use zbus::{Connection, OwnedVariant, Variant, interface};
+use zbus::{Connection, OwnedVariant, Variant};
 
+use super::object::{Published, published_object};
 use super::rate_limit::{ProgressRateLimiter, clamp_fraction, lock_limiter};
 use super::validate::require_id;
-use super::{
-    BusError, BusSetupError, COMMAND_QUEUE_DEPTH, CallerPolicy, DaemonState, Reply, forward,
-    serve_and_own_name,
-};
+use super::{BusError, BusSetupError, CallerPolicy, DaemonState, Reply, forward};
 use crate::policy;
 
 pub const SCRAPER_BUS_NAME: &str = "org.sluice.Scraper1";
@@ -139,20 +137,130 @@ pub enum ScraperCommand {
     },
 }
 
-/// The scraper's state as its properties show it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScraperStatus {
-    pub state: DaemonState,
-    pub status: String,
-    pub last_error: String,
-    /// Names of the configured sources.
-    pub sources: Vec<String>,
-    /// Where `.part` files are written before the rename into the inbox.
-    pub staging_path: String,
-    pub downloads_active: u32,
-    pub downloads_done: u64,
-    pub downloads_failed: u64,
-    pub bytes_downloaded: u64,
+published_object! {
+    /// The scraper's state as its properties show it.
+    status ScraperStatus;
+    /// The object served at [`SCRAPER_OBJECT_PATH`]. Build it through [`ScraperService::start`].
+    interface ScraperInterface for ScraperCommand;
+    attributes (
+        name = "org.sluice.Scraper1",
+        proxy(
+            default_service = "org.sluice.Scraper1",
+            default_path = "/org/sluice/Scraper1",
+            async_name = "ScraperProxy"
+        )
+    );
+    /// What the scraper is doing, in one line.
+    status_property;
+    properties {
+        /// Names of the configured sources.
+        sources: Vec<String> => Vec<String> = Clone::clone;
+        /// The staging folder for partial downloads.
+        staging_path: String => String = Clone::clone;
+        /// Downloads transferring now.
+        downloads_active: u32 => u32 = Clone::clone;
+        /// Downloads completed since start.
+        downloads_done: u64 => u64 = Clone::clone;
+        /// Downloads that failed for good since start.
+        downloads_failed: u64 => u64 = Clone::clone;
+        /// Bytes received since start.
+        bytes_downloaded: u64 => u64 = Clone::clone;
+    }
+    members {
+        /// Download `url` (http or https) into the inbox. `options` keys: sha256 (s), bundle (s),
+        /// file_name (s), max_bytes (t), source (s).
+        #[zbus(out_args("download_id", "job_id"))]
+        async fn add_download(
+            &self,
+            url: &str,
+            options: HashMap<String, OwnedVariant>,
+            #[zbus(header)] header: Header<'_>,
+            #[zbus(connection)] connection: &Connection,
+        ) -> Result<(u64, u64), BusError> {
+            self.policy
+                .authorize(connection, &header, "AddDownload")
+                .await?;
+            policy::parse_download_url(url)?;
+            let options = DownloadOptions::from_variants(&options)?;
+            let url = url.to_owned();
+            forward(&self.commands, |reply| ScraperCommand::AddDownload {
+                url,
+                options,
+                reply,
+            })
+            .await
+        }
+
+        /// Stop a download; its row stays, in state cancelled.
+        async fn cancel_download(
+            &self,
+            download_id: u64,
+            #[zbus(header)] header: Header<'_>,
+            #[zbus(connection)] connection: &Connection,
+        ) -> Result<(), BusError> {
+            self.policy
+                .authorize(connection, &header, "CancelDownload")
+                .await?;
+            require_id("download_id", download_id)?;
+            forward(&self.commands, |reply| ScraperCommand::CancelDownload {
+                download_id,
+                reply,
+            })
+            .await
+        }
+
+        /// Stop a download if it runs, then forget it and remove its partial file.
+        async fn delete_download(
+            &self,
+            download_id: u64,
+            #[zbus(header)] header: Header<'_>,
+            #[zbus(connection)] connection: &Connection,
+        ) -> Result<(), BusError> {
+            self.policy
+                .authorize(connection, &header, "DeleteDownload")
+                .await?;
+            require_id("download_id", download_id)?;
+            forward(&self.commands, |reply| ScraperCommand::DeleteDownload {
+                download_id,
+                reply,
+            })
+            .await
+        }
+
+        /// Scrape the named source now instead of at its next scheduled time. Returns the job id.
+        #[zbus(out_args("job_id"))]
+        async fn scrape_now(
+            &self,
+            source: &str,
+            #[zbus(header)] header: Header<'_>,
+            #[zbus(connection)] connection: &Connection,
+        ) -> Result<u64, BusError> {
+            self.policy
+                .authorize(connection, &header, "ScrapeNow")
+                .await?;
+            policy::check_source_name(source)?;
+            let source = source.to_owned();
+            forward(&self.commands, |reply| ScraperCommand::ScrapeNow {
+                source,
+                reply,
+            })
+            .await
+        }
+    }
+    signals {
+        /// A job was added to the queue.
+        pub fn job_queued(kind: &str, job_id: u64);
+        /// A job was claimed; `worker` names the process running it.
+        pub fn job_started(job_id: u64, kind: &str, worker: &str);
+        /// Progress of a running job, 0.0 to 1.0; at most one per job every 250 ms.
+        fn job_progress(job_id: u64, fraction: f64, message: &str);
+        /// A job reached `succeeded`, `failed`, `retrying`, `cancelled` or `dead`.
+        pub fn job_finished(job_id: u64, state: &str);
+        /// Bytes received so far of `total` (0 when unknown); rate-limited like `JobProgress`.
+        fn download_progress(download_id: u64, bytes: u64, total: u64);
+        /// A download ended in `state`; `path` is the file in the inbox, empty unless succeeded.
+        pub fn download_finished(download_id: u64, state: &str, path: &str);
+    }
 }
 
 impl ScraperStatus {
@@ -171,222 +279,19 @@ impl ScraperStatus {
     }
 }
 
-/// The object served at [`SCRAPER_OBJECT_PATH`]. Build it through [`ScraperService::start`].
-#[derive(Debug)]
-pub struct ScraperInterface {
-    commands: mpsc::Sender<ScraperCommand>,
-    status: watch::Receiver<ScraperStatus>,
-    policy: CallerPolicy,
-}
-
-#[interface(
-    name = "org.sluice.Scraper1",
-    proxy(
-        default_service = "org.sluice.Scraper1",
-        default_path = "/org/sluice/Scraper1",
-        async_name = "ScraperProxy"
-    )
-)]
-impl ScraperInterface {
-    /// Download `url` (http or https) into the inbox. `options` keys: sha256 (s), bundle (s),
-    /// file_name (s), max_bytes (t), source (s).
-    #[zbus(out_args("download_id", "job_id"))]
-    async fn add_download(
-        &self,
-        url: &str,
-        options: HashMap<String, OwnedVariant>,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
-    ) -> Result<(u64, u64), BusError> {
-        self.policy
-            .authorize(connection, &header, "AddDownload")
-            .await?;
-        policy::parse_download_url(url)?;
-        let options = DownloadOptions::from_variants(&options)?;
-        let url = url.to_owned();
-        forward(&self.commands, |reply| ScraperCommand::AddDownload {
-            url,
-            options,
-            reply,
-        })
-        .await
-    }
-
-    /// Stop a download; its row stays, in state cancelled.
-    async fn cancel_download(
-        &self,
-        download_id: u64,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
-    ) -> Result<(), BusError> {
-        self.policy
-            .authorize(connection, &header, "CancelDownload")
-            .await?;
-        require_id("download_id", download_id)?;
-        forward(&self.commands, |reply| ScraperCommand::CancelDownload {
-            download_id,
-            reply,
-        })
-        .await
-    }
-
-    /// Stop a download if it runs, then forget it and remove its partial file.
-    async fn delete_download(
-        &self,
-        download_id: u64,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
-    ) -> Result<(), BusError> {
-        self.policy
-            .authorize(connection, &header, "DeleteDownload")
-            .await?;
-        require_id("download_id", download_id)?;
-        forward(&self.commands, |reply| ScraperCommand::DeleteDownload {
-            download_id,
-            reply,
-        })
-        .await
-    }
-
-    /// Scrape the named source now instead of at its next scheduled time. Returns the job id.
-    #[zbus(out_args("job_id"))]
-    async fn scrape_now(
-        &self,
-        source: &str,
-        #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] connection: &Connection,
-    ) -> Result<u64, BusError> {
-        self.policy
-            .authorize(connection, &header, "ScrapeNow")
-            .await?;
-        policy::check_source_name(source)?;
-        let source = source.to_owned();
-        forward(&self.commands, |reply| ScraperCommand::ScrapeNow {
-            source,
-            reply,
-        })
-        .await
-    }
-
-    /// A job was added to the queue.
-    #[zbus(signal)]
-    async fn job_queued(emitter: &SignalEmitter<'_>, kind: &str, job_id: u64) -> zbus::Result<()>;
-
-    /// A job was claimed; `worker` names the process running it.
-    #[zbus(signal)]
-    async fn job_started(
-        emitter: &SignalEmitter<'_>,
-        job_id: u64,
-        kind: &str,
-        worker: &str,
-    ) -> zbus::Result<()>;
-
-    /// Progress of a running job, 0.0 to 1.0; at most one per job every 250 ms.
-    #[zbus(signal)]
-    async fn job_progress(
-        emitter: &SignalEmitter<'_>,
-        job_id: u64,
-        fraction: f64,
-        message: &str,
-    ) -> zbus::Result<()>;
-
-    /// A job reached `succeeded`, `failed`, `retrying`, `cancelled` or `dead`.
-    #[zbus(signal)]
-    async fn job_finished(
-        emitter: &SignalEmitter<'_>,
-        job_id: u64,
-        state: &str,
-    ) -> zbus::Result<()>;
-
-    /// Bytes received so far of `total` (0 when unknown); rate-limited like `JobProgress`.
-    #[zbus(signal)]
-    async fn download_progress(
-        emitter: &SignalEmitter<'_>,
-        download_id: u64,
-        bytes: u64,
-        total: u64,
-    ) -> zbus::Result<()>;
-
-    /// A download ended in `state`; `path` is the file in the inbox, empty unless succeeded.
-    #[zbus(signal)]
-    async fn download_finished(
-        emitter: &SignalEmitter<'_>,
-        download_id: u64,
-        state: &str,
-        path: &str,
-    ) -> zbus::Result<()>;
-
-    /// `starting`, `running`, `reloading` or `stopping`.
-    #[zbus(property)]
-    fn state(&self) -> String {
-        self.status.borrow().state.as_str().to_owned()
-    }
-
-    /// What the scraper is doing, in one line.
-    #[zbus(property)]
-    fn status(&self) -> String {
-        self.status.borrow().status.clone()
-    }
-
-    /// The last error, empty when there was none.
-    #[zbus(property)]
-    fn last_error(&self) -> String {
-        self.status.borrow().last_error.clone()
-    }
-
-    /// Names of the configured sources.
-    #[zbus(property)]
-    fn sources(&self) -> Vec<String> {
-        self.status.borrow().sources.clone()
-    }
-
-    /// The staging folder for partial downloads.
-    #[zbus(property)]
-    fn staging_path(&self) -> String {
-        self.status.borrow().staging_path.clone()
-    }
-
-    /// Downloads transferring now.
-    #[zbus(property)]
-    fn downloads_active(&self) -> u32 {
-        self.status.borrow().downloads_active
-    }
-
-    /// Downloads completed since start.
-    #[zbus(property)]
-    fn downloads_done(&self) -> u64 {
-        self.status.borrow().downloads_done
-    }
-
-    /// Downloads that failed for good since start.
-    #[zbus(property)]
-    fn downloads_failed(&self) -> u64 {
-        self.status.borrow().downloads_failed
-    }
-
-    /// Bytes received since start.
-    #[zbus(property)]
-    fn bytes_downloaded(&self) -> u64 {
-        self.status.borrow().bytes_downloaded
-    }
-}
-
 /// The daemon's side of the scraper object: publish status, emit signals (progress through
-/// the rate limiter).
+/// the rate limiter). The rest of [`Published`] is reached through `Deref`.
+#[derive(Debug)]
 pub struct ScraperService {
-    interface: InterfaceRef<ScraperInterface>,
-    status: watch::Sender<ScraperStatus>,
+    object: Published<ScraperInterface>,
     progress_limiter: Mutex<ProgressRateLimiter>,
 }
 
-impl std::fmt::Debug for ScraperService {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // `InterfaceRef` has no `Debug`; the object path is what identifies the service.
-        formatter
-            .debug_struct("ScraperService")
-            .field("path", self.interface.signal_emitter().path())
-            .field("status", &*self.status.borrow())
-            .finish()
+impl Deref for ScraperService {
+    type Target = Published<ScraperInterface>;
+
+    fn deref(&self) -> &Published<ScraperInterface> {
+        &self.object
     }
 }
 
@@ -399,71 +304,19 @@ impl ScraperService {
         initial_status: ScraperStatus,
         progress_interval: Duration,
     ) -> Result<(ScraperService, mpsc::Receiver<ScraperCommand>), BusSetupError> {
-        let (command_sender, command_receiver) = mpsc::channel(COMMAND_QUEUE_DEPTH);
-        let (status_sender, status_receiver) = watch::channel(initial_status);
-        let interface = ScraperInterface {
-            commands: command_sender,
-            status: status_receiver,
+        let (object, commands) = Published::serve(
+            connection,
+            SCRAPER_OBJECT_PATH,
+            SCRAPER_BUS_NAME,
             policy,
-        };
-        let interface =
-            serve_and_own_name(connection, SCRAPER_OBJECT_PATH, SCRAPER_BUS_NAME, interface)
-                .await?;
+            initial_status,
+        )
+        .await?;
         let service = ScraperService {
-            interface,
-            status: status_sender,
+            object,
             progress_limiter: Mutex::new(ProgressRateLimiter::new(progress_interval)),
         };
-        Ok((service, command_receiver))
-    }
-
-    pub fn status(&self) -> ScraperStatus {
-        self.status.borrow().clone()
-    }
-
-    /// Changes the status and emits `PropertiesChanged` for each property that changed.
-    pub async fn update_status(&self, change: impl FnOnce(&mut ScraperStatus)) -> zbus::Result<()> {
-        let before = self.status();
-        self.status.send_modify(change);
-        let after = self.status();
-        let interface = self.interface.get().await;
-        let emitter = self.interface.signal_emitter();
-        if before.state != after.state {
-            interface.state_changed(emitter).await?;
-        }
-        if before.status != after.status {
-            interface.status_changed(emitter).await?;
-        }
-        if before.last_error != after.last_error {
-            interface.last_error_changed(emitter).await?;
-        }
-        if before.sources != after.sources {
-            interface.sources_changed(emitter).await?;
-        }
-        if before.staging_path != after.staging_path {
-            interface.staging_path_changed(emitter).await?;
-        }
-        if before.downloads_active != after.downloads_active {
-            interface.downloads_active_changed(emitter).await?;
-        }
-        if before.downloads_done != after.downloads_done {
-            interface.downloads_done_changed(emitter).await?;
-        }
-        if before.downloads_failed != after.downloads_failed {
-            interface.downloads_failed_changed(emitter).await?;
-        }
-        if before.bytes_downloaded != after.bytes_downloaded {
-            interface.bytes_downloaded_changed(emitter).await?;
-        }
-        Ok(())
-    }
-
-    pub async fn job_queued(&self, kind: &str, job_id: u64) -> zbus::Result<()> {
-        ScraperInterface::job_queued(self.interface.signal_emitter(), kind, job_id).await
-    }
-
-    pub async fn job_started(&self, job_id: u64, kind: &str, worker: &str) -> zbus::Result<()> {
-        ScraperInterface::job_started(self.interface.signal_emitter(), job_id, kind, worker).await
+        Ok((service, commands))
     }
 
     /// Emits `JobProgress` unless the rate limiter drops it; returns whether it was sent.
@@ -480,19 +333,9 @@ impl ScraperService {
             Instant::now(),
         );
         if allowed {
-            ScraperInterface::job_progress(
-                self.interface.signal_emitter(),
-                job_id,
-                fraction,
-                message,
-            )
-            .await?;
+            self.object.job_progress(job_id, fraction, message).await?;
         }
         Ok(allowed)
-    }
-
-    pub async fn job_finished(&self, job_id: u64, state: &str) -> zbus::Result<()> {
-        ScraperInterface::job_finished(self.interface.signal_emitter(), job_id, state).await
     }
 
     /// Emits `DownloadProgress` unless the rate limiter drops it; returns whether it was sent.
@@ -509,30 +352,11 @@ impl ScraperService {
             Instant::now(),
         );
         if allowed {
-            ScraperInterface::download_progress(
-                self.interface.signal_emitter(),
-                download_id,
-                bytes,
-                total,
-            )
-            .await?;
+            self.object
+                .download_progress(download_id, bytes, total)
+                .await?;
         }
         Ok(allowed)
-    }
-
-    pub async fn download_finished(
-        &self,
-        download_id: u64,
-        state: &str,
-        path: &str,
-    ) -> zbus::Result<()> {
-        ScraperInterface::download_finished(
-            self.interface.signal_emitter(),
-            download_id,
-            state,
-            path,
-        )
-        .await
     }
 }
 
