@@ -5,7 +5,7 @@
 use std::process::Output;
 
 use serde_json::{Value, json};
-use sluice_core::store::jobs::{JobState, NewJob};
+use sluice_core::store::jobs::JobState;
 
 use crate::support::{SuiteFixture, WebDaemon, binary_path};
 
@@ -33,11 +33,7 @@ fn json_stdout(output: &Output) -> Value {
 }
 
 fn enqueue(fixture: &SuiteFixture, kind: &str) -> i64 {
-    fixture
-        .store()
-        .enqueue(&NewJob::new(kind, json!({ "n": 1 })))
-        .expect("enqueue")
-        .id
+    fixture.enqueue(kind)
 }
 
 #[test]

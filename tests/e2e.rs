@@ -5,7 +5,6 @@
 //! and sluicectl, while an event stream opened beforehand records the signals; a second copy
 //! of the same bytes dropped into the inbox is recognised as a duplicate.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::{Arc, Mutex, mpsc};
@@ -15,25 +14,13 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sluice_core::store::{DownloadState, FileState, JobState};
 
-use crate::support::{DEADLINE, FixtureRoute, HttpFixture, STARTUP_DEADLINE, SUITE_WORKERS, Suite};
+use crate::support::{
+    DEADLINE, FixtureRoute, HttpFixture, STARTUP_DEADLINE, SUITE_WORKERS, Suite,
+    event_stream_lines, wait_every,
+};
 
 /// How long the whole path (download, detection, ingest) may take on a slow, busy machine.
 const PIPELINE_DEADLINE: Duration = Duration::from_secs(120);
-
-/// Polls `condition` every `interval` until it holds or `timeout` passes. Slower than
-/// `support::wait_until`, because each check here is an HTTP request or a process.
-fn wait_every(interval: Duration, timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(interval);
-    }
-}
 
 /// One server-sent event: its `event:` name and its `data:` parsed as JSON.
 #[derive(Debug, Clone)]
@@ -62,23 +49,13 @@ impl EventRecorder {
             .http_status_as_error(false)
             .build()
             .into();
-        let response = agent
-            .get(format!("{}/api/events", suite.web.origin))
-            .call()
-            .expect("open the event stream");
-        assert_eq!(response.status().as_u16(), 200);
-        assert_eq!(
-            response.headers()["content-type"].to_str().unwrap(),
-            "text/event-stream"
-        );
+        let lines = event_stream_lines(&agent, &suite.web.origin);
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);
         let (connected_sender, connected) = mpsc::channel();
-        let reader = response.into_body().into_reader();
         std::thread::spawn(move || {
             let mut name: Option<String> = None;
-            for line in BufReader::new(reader).lines() {
-                let Ok(line) = line else { break };
+            for line in lines {
                 if line == ": connected" {
                     let _ = connected_sender.send(());
                 } else if let Some(event) = line.strip_prefix("event: ") {

@@ -19,7 +19,7 @@ use sluice_core::store::{
 
 use crate::support::{
     BusPolicy, DEADLINE, DaemonProcess, PrivateBus, STARTUP_DEADLINE, binary_path, open_store,
-    temp_dir, wait_until,
+    retried_because, temp_dir, wait_until,
 };
 
 /// A private bus, a configuration and the folders one or more workers share.
@@ -454,16 +454,7 @@ fn a_worker_killed_mid_ingest_is_replaced_and_the_effects_happen_once() {
         .filter(|step| step.to_state == JobState::Succeeded)
         .count();
     assert_eq!(successes, 1, "{history:?}");
-    assert!(
-        history
-            .iter()
-            .any(|step| step.to_state == JobState::Retrying
-                && step
-                    .error
-                    .as_deref()
-                    .is_some_and(|error| error.contains("lease expired"))),
-        "{history:?}"
-    );
+    assert!(retried_because(&history, "lease expired"), "{history:?}");
     let documents = suite
         .store
         .list_documents(&DocumentFilter::default(), page())

@@ -11,10 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, ensure};
 use nix::sys::signal::Signal;
 use sluice_core::store::{Durability, JobState, NewJob, Store};
-use sluice_tests::process::{DaemonProcess, Inspection, NotifyListener, SpawnOptions};
+use sluice_tests::process::{
+    DaemonProcess, Inspection, NotifyListener, SpawnOptions, wait_for_arrival,
+};
 
 /// Generous bound for anything a process should do "soon": tests run on a loaded 2-core box.
 const SOON: Duration = Duration::from_secs(20);
@@ -595,26 +597,15 @@ impl JournalListener {
         message: &str,
         timeout: Duration,
     ) -> Result<BTreeMap<String, String>> {
-        let deadline = Instant::now() + timeout;
-        let (records, arrived) = &*self.received;
-        let mut guard = records.lock().unwrap();
-        loop {
-            if let Some(record) = guard.iter().find(|record| {
-                record
-                    .get("MESSAGE")
-                    .is_some_and(|m| m.starts_with(message))
-            }) {
-                return Ok(record.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                bail!(
-                    "no journal record {message:?} within {timeout:?}; got {:#?}",
-                    *guard
-                );
-            }
-            guard = arrived.wait_timeout(guard, deadline - now).unwrap().0;
-        }
+        wait_for_arrival(&self.received, 0, timeout, |record| {
+            record
+                .get("MESSAGE")
+                .is_some_and(|m| m.starts_with(message))
+        })
+        .map(|(_, record)| record)
+        .map_err(|received| {
+            anyhow!("no journal record {message:?} within {timeout:?}; got {received:#?}")
+        })
     }
 }
 

@@ -23,7 +23,7 @@ use zbus::proxy::CacheProperties;
 
 use crate::support::{
     BusPolicy, DEADLINE, DaemonProcess, FixtureRoute, HttpFixture, PrivateBus, SpawnOptions,
-    TmpfsMount, binary_path, open_store, skip,
+    TmpfsMount, binary_path, open_store, retried_because, skip,
 };
 
 /// A scraper's world: temp folders, a private bus and a config file pointing at both.
@@ -855,16 +855,7 @@ async fn a_404_fails_for_good_and_a_503_is_retried() -> Result<()> {
     let job = setup.store().get_job(flaky_job as i64)?;
     assert_eq!((job.state, job.attempts), (JobState::Succeeded, 2));
     let history = setup.store().job_history(flaky_job as i64)?;
-    assert!(
-        history
-            .iter()
-            .any(|step| step.to_state == JobState::Retrying
-                && step
-                    .error
-                    .as_deref()
-                    .is_some_and(|error| error.contains("503"))),
-        "{history:?}"
-    );
+    assert!(retried_because(&history, "503"), "{history:?}");
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! nothing changes), the token and Host checks, the base path, the event stream fed from bus
 //! signals, the Web1 methods, the status page, and start-up and stop behaviour.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -11,11 +11,11 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
 use sluice_core::bus::{BusError, CallerPolicy, MonitorService, MonitorStatus, WebProxy};
-use sluice_core::store::jobs::{JobFilter, JobState, NewJob, PageRequest};
+use sluice_core::store::jobs::{JobFilter, JobState, PageRequest};
 
 use crate::support::{
     DEADLINE, DaemonProcess, SpawnOptions, SuiteFixture, WEB_TEST_TOKEN, WebDaemon, binary_path,
-    http_agent, http_result,
+    event_stream_lines, http_agent, http_result,
 };
 
 const BEARER: &str = "Bearer test-token-0123456789abcdef";
@@ -91,11 +91,7 @@ fn raw_request(daemon: &WebDaemon, request: &str) -> (u16, String) {
 }
 
 fn enqueue(fixture: &SuiteFixture, kind: &str) -> i64 {
-    fixture
-        .store()
-        .enqueue(&NewJob::new(kind, json!({ "n": 1 })))
-        .expect("enqueue")
-        .id
+    fixture.enqueue(kind)
 }
 
 fn count_jobs(fixture: &SuiteFixture) -> usize {
@@ -523,26 +519,7 @@ fn health_readiness_status_documents_and_the_overview_page_answer() {
 
 /// Reads an event stream on a thread and hands over its lines.
 fn open_event_stream(daemon: &WebDaemon) -> mpsc::Receiver<String> {
-    let response = http_agent()
-        .get(format!("{}/api/events", daemon.origin))
-        .call()
-        .expect("open the event stream");
-    assert_eq!(response.status().as_u16(), 200);
-    assert_eq!(
-        response.headers()["content-type"].to_str().unwrap(),
-        "text/event-stream"
-    );
-    let (sender, receiver) = mpsc::channel();
-    let reader = response.into_body().into_reader();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
+    event_stream_lines(&http_agent(), &daemon.origin)
 }
 
 /// The next event named `name` (skipping others and comments): its parsed data.

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sluice_core::store::{Durability, RetryPolicy, Store, StoreOptions};
+use sluice_core::store::{
+    Durability, JobState, JobTransition, NewJob, RetryPolicy, Store, StoreOptions,
+};
 
 use crate::bus::{BusPolicy, PrivateBus};
 use crate::process::{
@@ -27,6 +29,17 @@ pub fn store_options(durability: Durability) -> StoreOptions {
             max: Duration::from_millis(200),
         },
     }
+}
+
+/// Whether a job's history has a retry whose error mentions `reason`.
+pub fn retried_because(history: &[JobTransition], reason: &str) -> bool {
+    history.iter().any(|step| {
+        step.to_state == JobState::Retrying
+            && step
+                .error
+                .as_deref()
+                .is_some_and(|error| error.contains(reason))
+    })
 }
 
 pub fn open_store(path: &Path, durability: Durability) -> Store {
@@ -173,6 +186,14 @@ max_request_body = "4 KiB"
         open_store(&self.database, Durability::Normal)
     }
 
+    /// Queues a job of `kind` with a small payload; returns its id.
+    pub fn enqueue(&self, kind: &str) -> i64 {
+        self.store()
+            .enqueue(&NewJob::new(kind, serde_json::json!({ "n": 1 })))
+            .expect("enqueue")
+            .id
+    }
+
     /// A zbus connection to the fixture's bus, on `runtime`.
     pub fn connect(&self, runtime: &tokio::runtime::Runtime) -> zbus::Connection {
         runtime
@@ -261,6 +282,31 @@ impl WebDaemon {
 }
 
 /// An HTTP client that returns 4xx and 5xx responses instead of failing on them.
+/// Opens `GET {origin}/api/events`, checks that it is an event stream, and hands over its
+/// lines from a reader thread as they arrive.
+pub fn event_stream_lines(agent: &ureq::Agent, origin: &str) -> std::sync::mpsc::Receiver<String> {
+    let response = agent
+        .get(format!("{origin}/api/events"))
+        .call()
+        .expect("open the event stream");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let reader = response.into_body().into_reader();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
 pub fn http_agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)

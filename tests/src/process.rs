@@ -33,7 +33,17 @@ const SYSTEMD_ENVIRONMENT: &[&str] = &[
 ];
 
 /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+pub fn wait_until(timeout: Duration, condition: impl FnMut() -> bool) -> bool {
+    wait_every(Duration::from_millis(10), timeout, condition)
+}
+
+/// Polls `condition` every `interval` until it holds or `timeout` passes; for conditions
+/// that cost an HTTP request or a process each.
+pub fn wait_every(
+    interval: Duration,
+    timeout: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if condition() {
@@ -42,7 +52,7 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(interval);
     }
 }
 
@@ -555,22 +565,12 @@ impl NotifyListener {
         timeout: Duration,
         matches: impl Fn(&Notification) -> bool,
     ) -> anyhow::Result<(usize, Notification)> {
-        let deadline = Instant::now() + timeout;
-        let (messages, arrived) = &*self.received;
-        let mut guard = messages.lock().unwrap();
-        loop {
-            if let Some(index) = (from..guard.len()).find(|&index| matches(&guard[index])) {
-                return Ok((index, guard[index].clone()));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                bail!(
-                    "not received within {timeout:?}; got {:#?}",
-                    guard.iter().map(|n| &n.lines).collect::<Vec<_>>()
-                );
-            }
-            guard = arrived.wait_timeout(guard, deadline - now).unwrap().0;
-        }
+        wait_for_arrival(&self.received, from, timeout, matches).map_err(|received| {
+            anyhow::anyhow!(
+                "not received within {timeout:?}; got {:#?}",
+                received.iter().map(|n| &n.lines).collect::<Vec<_>>()
+            )
+        })
     }
 }
 
@@ -625,6 +625,30 @@ pub fn output_within(
         stdout: stdout_reader.join().unwrap_or_default(),
         stderr: stderr_reader.join().unwrap_or_default(),
     })
+}
+
+/// Waits until an item at index `from` or later of `received` matches (a listener thread
+/// pushes items and notifies the condition variable); returns its index and a copy, or, after
+/// `timeout`, everything received so far for the error message.
+pub fn wait_for_arrival<T: Clone>(
+    received: &(Mutex<Vec<T>>, Condvar),
+    from: usize,
+    timeout: Duration,
+    matches: impl Fn(&T) -> bool,
+) -> Result<(usize, T), Vec<T>> {
+    let deadline = Instant::now() + timeout;
+    let (items, arrived) = received;
+    let mut guard = items.lock().unwrap();
+    loop {
+        if let Some(index) = (from..guard.len()).find(|&index| matches(&guard[index])) {
+            return Ok((index, guard[index].clone()));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(guard.clone());
+        }
+        guard = arrived.wait_timeout(guard, deadline - now).unwrap().0;
+    }
 }
 
 #[cfg(test)]
