@@ -447,6 +447,25 @@ fn the_host_header_must_name_an_allowed_host() {
 }
 
 #[test]
+fn an_absolute_form_request_target_must_name_an_allowed_host_too() {
+    let fixture = SuiteFixture::new("", "");
+    let daemon = WebDaemon::start(&fixture);
+    // The authority in the request line is the host the request is for (RFC 9112, 3.2.2);
+    // an allowed Host header beside it does not make it allowed.
+    let (status, body) = raw_request(
+        &daemon,
+        "GET http://evil.example/api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 421, "{body}");
+    assert!(body.contains("misdirected_request"), "{body}");
+    let (status, body) = raw_request(
+        &daemon,
+        "GET http://localhost/healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
 fn every_route_lives_under_the_base_path() {
     let fixture = SuiteFixture::new(r#"base_path = "/sluice""#, "");
     let job = enqueue(&fixture, "noop");
