@@ -763,6 +763,92 @@ async fn receive_every_signal(address: String) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn the_shipped_policy_drops_sluice_signals_sent_by_other_users() -> anyhow::Result<()> {
+    if !crate::support::have_root() {
+        return Ok(());
+    }
+    let setup = start_fixture(BusPolicy::Shipped, &[])?;
+    let address = setup.bus.address().to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let connection = bus::connect(&BusAddress::Address(address.clone())).await?;
+        let sluice_signals = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .path_namespace("/org/sluice")
+            .build()?;
+        let mut signals =
+            zbus::MessageStream::for_match_rule(sluice_signals, &connection, None).await?;
+        let departures = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.freedesktop.DBus")
+            .member("NameOwnerChanged")
+            .build()?;
+        let mut departures =
+            zbus::MessageStream::for_match_rule(departures, &connection, None).await?;
+        for caller in [Caller::Nobody, Caller::NobodyInGroup(setup.group_id)] {
+            busctl(
+                caller,
+                &address,
+                &[
+                    "emit",
+                    "/org/sluice/Monitor1",
+                    "org.sluice.Monitor1",
+                    "FileDetected",
+                    "stt",
+                    "/FAKE/<script>",
+                    "4242",
+                    "4243",
+                ],
+            )?;
+            // The bus routes a connection's messages before it announces that it left.
+            tokio::time::timeout(SIGNAL_DEADLINE, async {
+                while let Some(Ok(message)) = departures.next().await {
+                    let Ok((name, _old, new)) =
+                        message.body().deserialize::<(String, String, String)>()
+                    else {
+                        continue;
+                    };
+                    if name.starts_with(':') && new.is_empty() {
+                        return;
+                    }
+                }
+            })
+            .await
+            .with_context(|| format!("busctl as {caller:?} never left the bus"))?;
+        }
+        // The daemons' own signals (the fixture runs as _sluice) still get through.
+        connection
+            .call_method(
+                Some("org.sluice.Monitor1"),
+                "/org/sluice/Test1/Fixture",
+                Some("org.sluice.Test1.Fixture"),
+                "EmitAllSignals",
+                &(),
+            )
+            .await?;
+        // A forged FileDetected would have been routed before any of the fixture's.
+        let first_path = loop {
+            let message = next_signal(&mut signals).await??;
+            if message
+                .header()
+                .member()
+                .is_some_and(|member| member == "FileDetected")
+            {
+                let (path, _, _): (String, u64, u64) = message.body().deserialize()?;
+                break path;
+            }
+        };
+        assert_eq!(
+            first_path, "/srv/sluice/inbox/report.pdf",
+            "a forged signal got through"
+        );
+        anyhow::Ok(())
+    })
+}
+
 async fn next_signal<S: futures_util::Stream + Unpin>(stream: &mut S) -> anyhow::Result<S::Item> {
     tokio::time::timeout(SIGNAL_DEADLINE, stream.next())
         .await

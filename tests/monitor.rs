@@ -801,3 +801,67 @@ fn a_polled_folder_finds_files_once_they_are_quiet() {
     );
     assert!(setup.recorded_paths().contains(&sentinel));
 }
+
+#[test]
+fn a_monitor_with_every_duration_and_number_at_its_maximum_starts_and_stops_cleanly() {
+    // Before the configuration bounded them, a huge status_interval or reconcile_interval
+    // panicked the monitor at start and a huge stop_timeout on SIGTERM.
+    let bus = PrivateBus::start(BusPolicy::AllowEverything).expect("private bus");
+    let directory = tempfile::tempdir().expect("temp dir");
+    let root = directory.path();
+    std::fs::create_dir_all(root.join("inbox")).unwrap();
+    let mut tables: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (key, range) in sluice_core::config::DURATION_KEYS {
+        let (table, name) = key.split_once('.').unwrap();
+        tables
+            .entry(table)
+            .or_default()
+            .push(format!("{name} = \"{}ms\"", range.maximum.as_millis()));
+    }
+    for (key, range) in sluice_core::config::NUMBER_KEYS {
+        let (table, name) = key.split_once('.').unwrap();
+        tables
+            .entry(table)
+            .or_default()
+            .push(format!("{name} = {}", range.end()));
+    }
+    let root_text = root.display();
+    tables.entry("store").or_default().extend([
+        format!("path = \"{root_text}/sluice.db\""),
+        "durability = \"normal\"".to_owned(),
+    ]);
+    tables
+        .entry("bus")
+        .or_default()
+        .push(format!("address = \"{}\"", bus.address()));
+    tables
+        .entry("ingest")
+        .or_default()
+        .push(format!("library = \"{root_text}/library\""));
+    let mut text = String::new();
+    for (table, lines) in &tables {
+        text.push_str(&format!("[{table}]\n{}\n\n", lines.join("\n")));
+    }
+    text.push_str(&format!(
+        "[[watch]]\npath = \"{root_text}/inbox\"\nmode = \"consume\"\n"
+    ));
+    let config_path = root.join("sluice.toml");
+    std::fs::write(&config_path, &text).unwrap();
+    sluice_core::config::Config::load(&config_path)
+        .unwrap_or_else(|error| panic!("the maxima must be accepted: {error}\n{text}"));
+
+    let mut command = Command::new(binary_path("sluice-monitor"));
+    command.arg("--config").arg(&config_path);
+    let mut monitor = DaemonProcess::start(command, &root.join("monitor.log"), "info");
+    monitor.wait_for_log_lines(
+        &["reconcile walk finished", "reason=\"start\""],
+        1,
+        DEADLINE,
+    );
+    monitor.signal(Signal::SIGTERM).unwrap();
+    let status = monitor
+        .wait_for_exit(DEADLINE)
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    assert_eq!(status.code(), Some(0), "log: {}", monitor.log());
+    assert!(!monitor.log().contains("panicked"), "{}", monitor.log());
+}

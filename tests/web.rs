@@ -8,6 +8,8 @@ use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
 use sluice_core::bus::{BusError, CallerPolicy, MonitorService, MonitorStatus, WebProxy};
@@ -441,6 +443,25 @@ fn the_host_header_must_name_an_allowed_host() {
 }
 
 #[test]
+fn an_absolute_form_request_target_must_name_an_allowed_host_too() {
+    let fixture = SuiteFixture::new("", "");
+    let daemon = WebDaemon::start(&fixture);
+    // The authority in the request line is the host the request is for (RFC 9112, 3.2.2);
+    // an allowed Host header beside it does not make it allowed.
+    let (status, body) = raw_request(
+        &daemon,
+        "GET http://evil.example/api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 421, "{body}");
+    assert!(body.contains("misdirected_request"), "{body}");
+    let (status, body) = raw_request(
+        &daemon,
+        "GET http://localhost/healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
 fn every_route_lives_under_the_base_path() {
     let fixture = SuiteFixture::new(r#"base_path = "/sluice""#, "");
     let job = enqueue(&fixture, "noop");
@@ -580,6 +601,164 @@ fn the_event_stream_carries_bus_signals_and_the_webs_own_job_queued() {
     assert_eq!(data["interface"], "org.sluice.Web1");
     assert_eq!(data["kind"], "download");
     assert_eq!(data["job_id"], body["job_id"]);
+}
+
+/// Every event as (name, data) up to and including the first one named `name` whose data
+/// satisfies `last`.
+fn events_until(
+    lines: &mpsc::Receiver<String>,
+    name: &str,
+    last: impl Fn(&Value) -> bool,
+) -> Vec<(String, Value)> {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut events = Vec::new();
+    let mut current = String::new();
+    loop {
+        let remaining = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines
+            .recv_timeout(remaining)
+            .unwrap_or_else(|_| panic!("no matching {name} event within {DEADLINE:?}: {events:?}"));
+        if let Some(event) = line.strip_prefix("event: ") {
+            current = event.to_owned();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let data: Value = serde_json::from_str(data).expect("event data is JSON");
+            let done = current == name && last(&data);
+            events.push((current.clone(), data));
+            if done {
+                return events;
+            }
+        }
+    }
+}
+
+#[test]
+fn forged_signals_from_connections_that_do_not_own_the_name_never_reach_the_event_stream() {
+    let fixture = SuiteFixture::new("", "");
+    let daemon = WebDaemon::start(&fixture);
+    let lines = open_event_stream(&daemon);
+    assert_eq!(
+        lines.recv_timeout(DEADLINE).expect("greeting"),
+        ": connected"
+    );
+
+    // The test plays the monitor on one connection and a forger on another that owns nothing.
+    let runtime = runtime();
+    let owner = fixture.connect(&runtime);
+    let (monitor, _commands) = runtime
+        .block_on(MonitorService::start(
+            &owner,
+            CallerPolicy::for_this_process(),
+            MonitorStatus::starting(vec![fixture.directory.path().join("inbox")], "normal"),
+        ))
+        .expect("serve the monitor object");
+    let forger = fixture.connect(&runtime);
+    runtime.block_on(async {
+        // Watch connections leave, to know when a forging process's messages were routed.
+        let departures = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.freedesktop.DBus")
+            .member("NameOwnerChanged")
+            .build()
+            .expect("match rule");
+        let mut departures = zbus::MessageStream::for_match_rule(departures, &forger, None)
+            .await
+            .expect("subscribe to NameOwnerChanged");
+        if crate::support::have_root() {
+            // The outside review's reproduction: `busctl emit` as nobody.
+            let output = crate::support::Caller::Nobody
+                .run(
+                    "busctl",
+                    &[
+                        &format!("--address={}", fixture.bus.address()),
+                        "emit",
+                        "/org/sluice/Monitor1",
+                        "org.sluice.Monitor1",
+                        "FileDetected",
+                        "stt",
+                        "/FAKE/<script>",
+                        "4242",
+                        "4243",
+                    ],
+                )
+                .expect("run busctl as nobody");
+            assert!(output.status.success(), "{output:?}");
+            // The bus routes a connection's messages before it announces that it left.
+            let left = tokio::time::timeout(DEADLINE, async {
+                while let Some(Ok(message)) = departures.next().await {
+                    let Ok((name, _old, new)) =
+                        message.body().deserialize::<(String, String, String)>()
+                    else {
+                        continue;
+                    };
+                    if name.starts_with(':') && new.is_empty() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            assert!(left.is_ok(), "busctl's connection never left the bus");
+        }
+        let forgeries = [
+            (
+                "/org/sluice/Monitor1",
+                "org.sluice.Monitor1",
+                "FileDetected",
+            ),
+            ("/org/sluice/Monitor1", "org.sluice.Monitor1", "JobQueued"),
+            ("/org/sluice/Web1", "org.sluice.Web1", "JobQueued"),
+        ];
+        for (path, interface, member) in forgeries {
+            let emitted = if member == "FileDetected" {
+                forger
+                    .emit_signal(
+                        None::<()>,
+                        path,
+                        interface,
+                        member,
+                        &("/FAKE/zbus", 4244u64, 4245u64),
+                    )
+                    .await
+            } else {
+                forger
+                    .emit_signal(None::<()>, path, interface, member, &("forged", 4246u64))
+                    .await
+            };
+            emitted.expect("emit a forged signal");
+        }
+        // A worker nobody runs: its name has no owner at all.
+        forger
+            .emit_signal(
+                None::<()>,
+                "/org/sluice/Ingest1/1",
+                "org.sluice.Ingest1",
+                "JobFinished",
+                &(4247u64, "succeeded"),
+            )
+            .await
+            .expect("emit a forged JobFinished");
+        // The bus handles one connection's messages in order: once this call is answered, the
+        // forged signals were routed, before the real one below is even sent.
+        zbus::fdo::DBusProxy::new(&forger)
+            .await
+            .expect("bus proxy")
+            .get_id()
+            .await
+            .expect("GetId");
+        monitor
+            .file_detected("/srv/inbox/real.pdf", 7, 9)
+            .await
+            .expect("emit the real FileDetected");
+    });
+    let events = events_until(&lines, "FileDetected", |data| {
+        data["path"] == "/srv/inbox/real.pdf"
+    });
+    // The real one arrives, and nothing forged before it.
+    assert_eq!(
+        events.len(),
+        1,
+        "forged signals reached the event stream: {events:?}"
+    );
+    assert_eq!(events[0].1["job_id"], 9);
 }
 
 #[test]

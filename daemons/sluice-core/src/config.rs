@@ -29,6 +29,7 @@ use serde::Deserialize;
 use url::Url;
 
 pub use error::{ConfigError, Location};
+pub use validate::{DURATION_KEYS, DurationRange, NUMBER_KEYS};
 
 /// Where the installed configuration lives; used when `SLUICE_CONFIG` is not set.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sluice/sluice.toml";

@@ -135,27 +135,43 @@ async fn check_host<B: MessageBody>(
 fn check_host_header(request: &ServiceRequest) -> Result<(), ApiError> {
     let state = app_state(request)?;
     state.count_request();
-    let host = request
+    // A second Host header never gets here: actix-http's parser refuses the request.
+    let header = match request
         .headers()
         .get(header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().host().map(str::to_owned));
-    let Some(host) = host else {
+        .map(|value| value.to_str())
+    {
+        Some(Ok(value)) => Some(value),
+        Some(Err(_)) => {
+            return Err(ApiError::InvalidArgument(
+                "the Host header is not plain text".into(),
+            ));
+        }
+        None => None,
+    };
+    // An absolute-form request target (`GET http://evil.example/api/jobs`) names the host the
+    // request is for, whatever the Host header says (RFC 9112, 3.2.2), so both are checked.
+    let names: Vec<&str> = [request.uri().host(), header]
+        .into_iter()
+        .flatten()
+        .map(host_name)
+        .collect();
+    if names.is_empty() {
         return Err(ApiError::InvalidArgument(
             "the request has no Host header".into(),
         ));
-    };
-    let name = host_name(&host);
-    let allowed = state
-        .access()
-        .allowed_hosts
-        .iter()
-        .any(|allowed| allowed.eq_ignore_ascii_case(name));
-    if !allowed {
-        return Err(ApiError::MisdirectedRequest(format!(
-            "host {name:?} is not served here; add it to [web] allowed_hosts if it should be"
-        )));
+    }
+    for name in names {
+        let allowed = state
+            .access()
+            .allowed_hosts
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(name));
+        if !allowed {
+            return Err(ApiError::MisdirectedRequest(format!(
+                "host {name:?} is not served here; add it to [web] allowed_hosts if it should be"
+            )));
+        }
     }
     Ok(())
 }

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use actix_web::HttpServer;
-use futures_util::StreamExt;
 use sluice_core::bus::{
     self, BusSetupError, CallerPolicy, DaemonState, WebCommand, WebService, WebStatus,
 };
@@ -22,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::api;
 use crate::app::app;
+use crate::emitters::TrustedSignals;
 use crate::events::{BusEvent, EVENT_BUFFER, FORWARDED_SIGNALS};
 use crate::state::{
     AccessRules, Announcement, ApiToken, AppState, BusLink, Settings, StorePool, TokenError,
@@ -135,7 +135,7 @@ enum Event {
     Command(WebCommand),
     /// A request handler changed a job; emit the matching Web1 signal.
     Announcement(Announcement),
-    /// A message matching the sluice signal rule, for the event streams.
+    /// A sluice signal from the owner of its daemon's name, for the event streams.
     BusSignal(zbus::Result<zbus::Message>),
     Signal(Signal),
     WatchdogTick,
@@ -159,18 +159,9 @@ pub async fn run(token: ApiToken, dependencies: Dependencies) -> Result<(), WebE
     let stores = StorePool::starting_with(store);
 
     // Subscribe before owning the name, so no signal sent after READY is missed.
-    let rule = zbus::MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .path_namespace("/org/sluice")
-        .build()
+    let mut bus_signals = TrustedSignals::subscribe(&connection, EVENT_BUFFER)
+        .await
         .map_err(WebError::BusSubscribe)?;
-    let mut bus_signals = zbus::MessageStream::for_match_rule(
-        rule,
-        &connection,
-        std::num::NonZeroUsize::new(EVENT_BUFFER),
-    )
-    .await
-    .map_err(WebError::BusSubscribe)?;
 
     let (listener, listen_address) = open_listener(&config)?;
     let (service, mut commands) = WebService::start(

@@ -8,6 +8,7 @@ mod api;
 mod app;
 mod daemon;
 mod dashboard;
+mod emitters;
 mod error;
 mod events;
 mod state;
@@ -17,6 +18,7 @@ mod tests;
 
 pub use app::app;
 pub use daemon::{Arguments, WebDaemon, WebError, command, run};
+pub use emitters::{NameOwners, TrustedSignals, emitter_name};
 pub use error::ApiError;
 pub use events::{BusEvent, FORWARDED_SIGNALS, KEEP_ALIVE_INTERVAL};
 pub use state::{

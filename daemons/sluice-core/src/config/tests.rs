@@ -851,3 +851,211 @@ fn invalid_default_file_is_not_replaced_by_defaults() {
         Err(ConfigError::Invalid { .. })
     ));
 }
+
+/// `[table]\nkey = value\n` for a dotted key, and the column its value starts at.
+fn one_key(key: &str, value: &str) -> (String, usize) {
+    let (table, name) = key.split_once('.').expect("dotted key");
+    (
+        format!("[{table}]\n{name} = {value}\n"),
+        name.len() + " = ".len() + 1,
+    )
+}
+
+/// A file that sets every duration and whole-number key to the largest value it accepts.
+fn every_key_at_its_maximum() -> String {
+    let mut tables: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for (key, range) in DURATION_KEYS {
+        let (table, name) = key.split_once('.').unwrap();
+        tables
+            .entry(table)
+            .or_default()
+            .push(format!("{name} = \"{}ms\"", range.maximum.as_millis()));
+    }
+    for (key, range) in NUMBER_KEYS {
+        let (table, name) = key.split_once('.').unwrap();
+        tables
+            .entry(table)
+            .or_default()
+            .push(format!("{name} = {}", range.end()));
+    }
+    let mut text = String::new();
+    for (table, lines) in tables {
+        text.push_str(&format!("[{table}]\n{}\n", lines.join("\n")));
+    }
+    text
+}
+
+#[test]
+fn every_duration_key_refuses_a_value_above_its_maximum() {
+    for (key, range) in DURATION_KEYS {
+        let too_long = range.maximum + Duration::from_millis(1);
+        let (text, column) = one_key(key, &format!("\"{}ms\"", too_long.as_millis()));
+        assert_rejected(
+            &text,
+            "invalid",
+            (2, column),
+            key,
+            &format!(
+                "must be at most \"{}\"",
+                humantime::format_duration(range.maximum)
+            ),
+        );
+    }
+}
+
+#[test]
+fn every_duration_key_refuses_a_value_below_its_minimum() {
+    for (key, range) in DURATION_KEYS {
+        if range.minimum <= Duration::from_millis(1) {
+            // Zero is the only value below; it has its own message (or is allowed).
+            let (text, _) = one_key(key, "\"0s\"");
+            assert_eq!(
+                load(&text).is_ok(),
+                range.minimum.is_zero(),
+                "{key} = \"0s\""
+            );
+            continue;
+        }
+        let too_short = range.minimum - Duration::from_millis(1);
+        let (text, column) = one_key(key, &format!("\"{}ms\"", too_short.as_millis()));
+        assert_rejected(
+            &text,
+            "invalid",
+            (2, column),
+            key,
+            &format!(
+                "must be at least \"{}\"",
+                humantime::format_duration(range.minimum)
+            ),
+        );
+    }
+}
+
+#[test]
+fn a_busy_timeout_that_overflowed_the_store_is_refused() {
+    assert_rejected(
+        "[store]\nbusy_timeout = \"18446744073709551615s\"\n",
+        "invalid",
+        (2, 16),
+        "store.busy_timeout",
+        "must be at most \"1h\"",
+    );
+}
+
+#[test]
+fn a_lease_the_store_would_refuse_is_refused() {
+    // The workers logged "lease must be between 10ms and 24h" every second and never claimed.
+    assert_rejected(
+        "[jobs]\nlease = \"25h\"\n",
+        "invalid",
+        (2, 9),
+        "jobs.lease",
+        "must be at most \"1day\"",
+    );
+    assert_rejected(
+        "[jobs]\nlease = \"5ms\"\nheartbeat_interval = \"1ms\"\n",
+        "invalid",
+        (2, 9),
+        "jobs.lease",
+        "must be at least \"10ms\"",
+    );
+}
+
+#[test]
+fn huge_intervals_and_stop_timeouts_are_refused() {
+    for key in [
+        "service.status_interval",
+        "service.stop_timeout",
+        "monitor.reconcile_interval",
+    ] {
+        let (text, column) = one_key(key, "\"18446744073709551615s\"");
+        assert_rejected(&text, "invalid", (2, column), key, "must be at most");
+    }
+}
+
+#[test]
+fn every_number_key_refuses_a_value_above_its_maximum() {
+    for (key, range) in NUMBER_KEYS {
+        let too_large = u64::from(*range.end()) + 1;
+        let (text, column) = one_key(key, &too_large.to_string());
+        assert_rejected(&text, "invalid", (2, column), key, "is out of range");
+    }
+    // The store answers at most 1000 rows; a larger page size was silently cut before.
+    assert_rejected(
+        "[limits]\nmax_page_size = 1001\n",
+        "invalid",
+        (2, 17),
+        "limits.max_page_size",
+        "must be from 1 to 1000",
+    );
+}
+
+#[test]
+fn every_key_at_its_maximum_gives_a_configuration_the_daemons_can_use() {
+    let config = load_ok(&every_key_at_its_maximum());
+    assert_eq!(config.jobs.lease, Duration::from_secs(24 * 3600));
+    assert_eq!(
+        config.limits.max_page_size,
+        crate::store::jobs::MAX_PAGE_SIZE
+    );
+    let durations = [
+        config.store.busy_timeout,
+        config.jobs.lease,
+        config.jobs.heartbeat_interval,
+        config.jobs.retry_backoff_base,
+        config.jobs.retry_backoff_max,
+        config.service.stop_timeout,
+        config.service.status_interval,
+        config.monitor.reconcile_interval,
+        config.scraper.politeness_delay,
+        config.scraper.request_timeout,
+        config.scraper.progress_interval,
+    ]
+    .into_iter()
+    .chain(
+        config
+            .watches
+            .iter()
+            .flat_map(|watch| [watch.poll_interval, watch.quiet_period]),
+    )
+    .chain(DURATION_KEYS.iter().map(|(_, range)| range.maximum));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    for duration in durations {
+        // What the daemons do with a duration: deadlines, intervals, sleeps, milliseconds.
+        let _ = std::time::Instant::now() + duration;
+        let _ = tokio::time::Instant::now() + duration;
+        let _ = crate::store::now_ms() + i64::try_from(duration.as_millis()).unwrap();
+        runtime.block_on(async {
+            let mut interval = tokio::time::interval(duration);
+            interval.tick().await;
+            let _ = tokio::time::timeout(Duration::ZERO, interval.tick()).await;
+            let _ = tokio::time::timeout_at(
+                tokio::time::Instant::now() + duration,
+                std::future::ready(()),
+            )
+            .await;
+            let _ = tokio::time::timeout(Duration::ZERO, tokio::time::sleep(duration)).await;
+        });
+    }
+    // The store opens with the longest busy timeout and claims with the longest lease, and
+    // the longest backoff fits its milliseconds.
+    let directory = tempfile::tempdir().unwrap();
+    let mut store =
+        crate::store::Store::open(&directory.path().join("sluice.db"), &config.store_options())
+            .expect("the store opens with the maximum busy_timeout");
+    store
+        .enqueue(&crate::store::jobs::NewJob::new(
+            "noop",
+            serde_json::json!({}),
+        ))
+        .unwrap();
+    let claimed = store
+        .claim_jobs("worker", &["noop"], 1, config.jobs.lease)
+        .expect("the store accepts the maximum lease");
+    assert_eq!(claimed.len(), 1);
+    let delay = config.store_options().retry.delay_after(u32::MAX);
+    assert!(delay <= config.jobs.retry_backoff_max);
+}

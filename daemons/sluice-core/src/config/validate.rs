@@ -2,7 +2,7 @@
 //! value it is about (its span), so it names the file, line, column and key.
 
 use std::collections::HashMap;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -23,6 +23,87 @@ use super::{
     ServiceConfig, SourceConfig, SourceMode, StoreConfig, WatchConfig, WatchMode, Watcher,
     WebConfig,
 };
+
+/// The accepted range of one duration key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationRange {
+    pub minimum: Duration,
+    pub maximum: Duration,
+}
+
+const fn range(minimum: Duration, maximum: Duration) -> DurationRange {
+    DurationRange { minimum, maximum }
+}
+
+const MILLISECOND: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+// The upper bounds are what the daemons can live with, not what anyone should want: every
+// duration ends up added to `Instant::now()`, as a tokio interval, a deadline or SQLite
+// milliseconds, where an absurd value ("18446744073709551615s") panicked at start or on
+// SIGTERM. Each is also far above any sensible setting, so no working file is refused.
+// `config/sluice.toml` documents each range next to its key.
+const BUSY_TIMEOUT: DurationRange = range(MILLISECOND, HOUR);
+/// The store refuses a lease outside 10 ms ..= 24 h (`store::jobs`), so the workers would
+/// never claim a job.
+const LEASE: DurationRange = range(Duration::from_millis(10), DAY);
+const HEARTBEAT_INTERVAL: DurationRange = range(MILLISECOND, Duration::from_secs(12 * 3600));
+const RETRY_BACKOFF: DurationRange = range(MILLISECOND, Duration::from_secs(7 * 24 * 3600));
+const STOP_TIMEOUT: DurationRange = range(MILLISECOND, HOUR);
+const STATUS_INTERVAL: DurationRange = range(MILLISECOND, HOUR);
+const RECONCILE_INTERVAL: DurationRange = range(MILLISECOND, Duration::from_secs(7 * 24 * 3600));
+const POLL_INTERVAL: DurationRange = range(MILLISECOND, DAY);
+const QUIET_PERIOD: DurationRange = range(MILLISECOND, DAY);
+const PROCESSOR_TIMEOUT: DurationRange = range(MILLISECOND, DAY);
+const POLITENESS_DELAY: DurationRange = range(Duration::ZERO, HOUR);
+const REQUEST_TIMEOUT: DurationRange = range(MILLISECOND, HOUR);
+const PROGRESS_INTERVAL: DurationRange = range(MILLISECOND, HOUR);
+const SOURCE_EVERY: DurationRange =
+    range(Duration::from_secs(1), Duration::from_secs(30 * 24 * 3600));
+
+/// Every duration key with its range, as the file names it (entries of `[[watch]]`,
+/// `[[processor]]` and `[[source]]` share their `*_defaults` key's range).
+pub const DURATION_KEYS: &[(&str, DurationRange)] = &[
+    ("store.busy_timeout", BUSY_TIMEOUT),
+    ("jobs.lease", LEASE),
+    ("jobs.heartbeat_interval", HEARTBEAT_INTERVAL),
+    ("jobs.retry_backoff_base", RETRY_BACKOFF),
+    ("jobs.retry_backoff_max", RETRY_BACKOFF),
+    ("service.stop_timeout", STOP_TIMEOUT),
+    ("service.status_interval", STATUS_INTERVAL),
+    ("monitor.reconcile_interval", RECONCILE_INTERVAL),
+    ("watch_defaults.poll_interval", POLL_INTERVAL),
+    ("watch_defaults.quiet_period", QUIET_PERIOD),
+    ("processor_defaults.timeout", PROCESSOR_TIMEOUT),
+    ("scraper.politeness_delay", POLITENESS_DELAY),
+    ("scraper.request_timeout", REQUEST_TIMEOUT),
+    ("scraper.progress_interval", PROGRESS_INTERVAL),
+    ("source_defaults.every", SOURCE_EVERY),
+];
+
+/// Every whole-number key with its accepted range. The bounds come from what reads the value:
+/// the store's attempt range and page size, the generator's worker count, and limits far
+/// above any sensible setting for the rest.
+pub const NUMBER_KEYS: &[(&str, RangeInclusive<u32>)] = &[
+    ("jobs.max_attempts", MAX_ATTEMPTS),
+    ("jobs.claim_batch", CLAIM_BATCH),
+    ("ingest.workers", super::INGEST_WORKERS_RANGE),
+    ("ingest.thumbnail_size", THUMBNAIL_SIZE),
+    ("scraper.per_host_concurrency", PER_HOST_CONCURRENCY),
+    ("scraper.max_redirects", MAX_REDIRECTS),
+    ("limits.max_string_length", MAX_STRING_LENGTH),
+    ("limits.max_page_size", MAX_PAGE_SIZE),
+];
+
+const MAX_ATTEMPTS: RangeInclusive<u32> = crate::policy::MAX_ATTEMPTS_RANGE;
+const CLAIM_BATCH: RangeInclusive<u32> = 1..=10_000;
+const THUMBNAIL_SIZE: RangeInclusive<u32> = 1..=4096;
+const PER_HOST_CONCURRENCY: RangeInclusive<u32> = 1..=1024;
+const MAX_REDIRECTS: RangeInclusive<u32> = 0..=100;
+const MAX_STRING_LENGTH: RangeInclusive<u32> = 1..=u32::MAX;
+/// The store answers at most this many rows per page; a larger setting was silently cut.
+const MAX_PAGE_SIZE: RangeInclusive<u32> = 1..=crate::store::jobs::MAX_PAGE_SIZE;
 
 /// Turns spans into error locations for validation.
 #[derive(Debug)]
@@ -76,11 +157,30 @@ impl<'a> Locator<'a> {
         Ok(path.to_path_buf())
     }
 
-    /// A duration above zero.
-    fn duration(&self, value: &Text) -> Result<Duration, ConfigError> {
+    /// A duration within `range`.
+    fn duration(&self, value: &Text, range: DurationRange) -> Result<Duration, ConfigError> {
         let duration = self.duration_or_zero(value)?;
-        if duration.is_zero() {
+        if duration.is_zero() && !range.minimum.is_zero() {
             return Err(self.invalid(value.span(), "duration must be more than zero"));
+        }
+        if duration < range.minimum {
+            return Err(self.invalid(
+                value.span(),
+                format!(
+                    "must be at least \"{}\"",
+                    humantime::format_duration(range.minimum)
+                ),
+            ));
+        }
+        if duration > range.maximum {
+            return Err(self.invalid(
+                value.span(),
+                format!(
+                    "{:?} is too long: must be at most \"{}\"",
+                    value.get_ref(),
+                    humantime::format_duration(range.maximum)
+                ),
+            ));
         }
         Ok(duration)
     }
@@ -111,8 +211,9 @@ impl<'a> Locator<'a> {
         Ok(bytes)
     }
 
-    /// A whole number within `minimum..=maximum`.
-    fn number(&self, value: &Number, minimum: u32, maximum: u32) -> Result<u32, ConfigError> {
+    /// A whole number within `range`.
+    fn number(&self, value: &Number, range: RangeInclusive<u32>) -> Result<u32, ConfigError> {
+        let (minimum, maximum) = range.into_inner();
         let number = *value.get_ref();
         match u32::try_from(number) {
             Ok(number) if (minimum..=maximum).contains(&number) => Ok(number),
@@ -196,15 +297,15 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
             &raw.store.durability,
             &[("full", Durability::Full), ("normal", Durability::Normal)],
         )?,
-        busy_timeout: locator.duration(&raw.store.busy_timeout)?,
+        busy_timeout: locator.duration(&raw.store.busy_timeout, BUSY_TIMEOUT)?,
     };
     let bus = BusConfig {
         address: bus_address(locator, &raw.bus.address)?,
     };
     let jobs = validate_jobs(locator, &raw)?;
     let service = ServiceConfig {
-        stop_timeout: locator.duration(&raw.service.stop_timeout)?,
-        status_interval: locator.duration(&raw.service.status_interval)?,
+        stop_timeout: locator.duration(&raw.service.stop_timeout, STOP_TIMEOUT)?,
+        status_interval: locator.duration(&raw.service.status_interval, STATUS_INTERVAL)?,
     };
     let web = WebConfig {
         listen: raw.web.listen.get_ref().parse().map_err(|_| {
@@ -222,19 +323,22 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
         allowed_hosts: allowed_hosts(locator, &raw.web.allowed_hosts)?,
     };
     let monitor = MonitorConfig {
-        reconcile_interval: locator.duration(&raw.monitor.reconcile_interval)?,
+        reconcile_interval: locator
+            .duration(&raw.monitor.reconcile_interval, RECONCILE_INTERVAL)?,
     };
     let ingest = IngestConfig {
-        workers: locator.number(
-            &raw.ingest.workers,
-            *super::INGEST_WORKERS_RANGE.start(),
-            *super::INGEST_WORKERS_RANGE.end(),
-        )?,
+        workers: locator.number(&raw.ingest.workers, super::INGEST_WORKERS_RANGE)?,
         library: locator.absolute_path(&raw.ingest.library)?,
         max_file_size: locator.size(&raw.ingest.max_file_size)?,
         text_max_bytes: locator.size(&raw.ingest.text_max_bytes)?,
-        thumbnail_size: locator.number(&raw.ingest.thumbnail_size, 1, 4096)?,
+        thumbnail_size: locator.number(&raw.ingest.thumbnail_size, THUMBNAIL_SIZE)?,
     };
+    // The defaults tables are checked even when no entry takes a value from them, so a bad
+    // default is refused when it is written, not later when the first entry starts using it.
+    locator.duration(&raw.watch_defaults.poll_interval, POLL_INTERVAL)?;
+    locator.duration(&raw.watch_defaults.quiet_period, QUIET_PERIOD)?;
+    locator.duration(&raw.processor_defaults.timeout, PROCESSOR_TIMEOUT)?;
+    locator.duration(&raw.source_defaults.every, SOURCE_EVERY)?;
     let watches = validate_watches(
         locator,
         &raw.watch,
@@ -264,8 +368,8 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
     let limits = LimitsConfig {
         max_payload_bytes: locator.size(&raw.limits.max_payload_bytes)?,
         max_request_body: locator.size(&raw.limits.max_request_body)?,
-        max_string_length: locator.number(&raw.limits.max_string_length, 1, u32::MAX)?,
-        max_page_size: locator.number(&raw.limits.max_page_size, 1, u32::MAX)?,
+        max_string_length: locator.number(&raw.limits.max_string_length, MAX_STRING_LENGTH)?,
+        max_page_size: locator.number(&raw.limits.max_page_size, MAX_PAGE_SIZE)?,
     };
     Ok(Config {
         store,
@@ -285,8 +389,8 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
 
 fn validate_jobs(locator: &Locator<'_>, raw: &RawConfig) -> Result<JobsConfig, ConfigError> {
     let jobs = &raw.jobs;
-    let lease = locator.duration(&jobs.lease)?;
-    let heartbeat_interval = locator.duration(&jobs.heartbeat_interval)?;
+    let lease = locator.duration(&jobs.lease, LEASE)?;
+    let heartbeat_interval = locator.duration(&jobs.heartbeat_interval, HEARTBEAT_INTERVAL)?;
     // A heartbeat at most every half lease means one late heartbeat does not lose the job.
     if heartbeat_interval > lease / 2 {
         // Point at whichever of the two the user wrote, since that is what they will edit.
@@ -306,8 +410,8 @@ fn validate_jobs(locator: &Locator<'_>, raw: &RawConfig) -> Result<JobsConfig, C
             ),
         ));
     }
-    let retry_backoff_base = locator.duration(&jobs.retry_backoff_base)?;
-    let retry_backoff_max = locator.duration(&jobs.retry_backoff_max)?;
+    let retry_backoff_base = locator.duration(&jobs.retry_backoff_base, RETRY_BACKOFF)?;
+    let retry_backoff_max = locator.duration(&jobs.retry_backoff_max, RETRY_BACKOFF)?;
     if retry_backoff_max < retry_backoff_base {
         let span = if locator.is_from_user_file(&jobs.retry_backoff_max.span()) {
             jobs.retry_backoff_max.span()
@@ -328,14 +432,10 @@ fn validate_jobs(locator: &Locator<'_>, raw: &RawConfig) -> Result<JobsConfig, C
     Ok(JobsConfig {
         lease,
         heartbeat_interval,
-        max_attempts: locator.number(
-            &jobs.max_attempts,
-            *crate::policy::MAX_ATTEMPTS_RANGE.start(),
-            *crate::policy::MAX_ATTEMPTS_RANGE.end(),
-        )?,
+        max_attempts: locator.number(&jobs.max_attempts, MAX_ATTEMPTS)?,
         retry_backoff_base,
         retry_backoff_max,
-        claim_batch: locator.number(&jobs.claim_batch, 1, 10_000)?,
+        claim_batch: locator.number(&jobs.claim_batch, CLAIM_BATCH)?,
     })
 }
 
@@ -475,9 +575,12 @@ fn validate_watches(
                 raw.poll_interval
                     .as_ref()
                     .unwrap_or(&defaults.poll_interval),
+                POLL_INTERVAL,
             )?,
-            quiet_period: locator
-                .duration(raw.quiet_period.as_ref().unwrap_or(&defaults.quiet_period))?,
+            quiet_period: locator.duration(
+                raw.quiet_period.as_ref().unwrap_or(&defaults.quiet_period),
+                QUIET_PERIOD,
+            )?,
             path,
         };
         watches.push((watch, raw.path.span()));
@@ -557,7 +660,10 @@ fn validate_processor(
             .iter()
             .map(|argument| argument.get_ref().clone())
             .collect(),
-        timeout: locator.duration(raw.timeout.as_ref().unwrap_or(&defaults.timeout))?,
+        timeout: locator.duration(
+            raw.timeout.as_ref().unwrap_or(&defaults.timeout),
+            PROCESSOR_TIMEOUT,
+        )?,
         max_output: locator.size(raw.max_output.as_ref().unwrap_or(&defaults.max_output))?,
     })
 }
@@ -637,12 +743,13 @@ fn validate_scraper(locator: &Locator<'_>, raw: &RawConfig) -> Result<ScraperCon
         staging: locator.absolute_path(&scraper.staging)?,
         user_agent: locator.non_empty_text(&scraper.user_agent)?,
         max_download_size: locator.size(&scraper.max_download_size)?,
-        per_host_concurrency: locator.number(&scraper.per_host_concurrency, 1, 1024)?,
-        politeness_delay: locator.duration_or_zero(&scraper.politeness_delay)?,
+        per_host_concurrency: locator
+            .number(&scraper.per_host_concurrency, PER_HOST_CONCURRENCY)?,
+        politeness_delay: locator.duration(&scraper.politeness_delay, POLITENESS_DELAY)?,
         allow_private_addresses: *scraper.allow_private_addresses.get_ref(),
-        request_timeout: locator.duration(&scraper.request_timeout)?,
-        max_redirects: locator.number(&scraper.max_redirects, 0, 100)?,
-        progress_interval: locator.duration(&scraper.progress_interval)?,
+        request_timeout: locator.duration(&scraper.request_timeout, REQUEST_TIMEOUT)?,
+        max_redirects: locator.number(&scraper.max_redirects, MAX_REDIRECTS)?,
+        progress_interval: locator.duration(&scraper.progress_interval, PROGRESS_INTERVAL)?,
     })
 }
 
@@ -664,10 +771,7 @@ fn validate_source(
         ],
     )?;
     let every_value = raw.every.as_ref().unwrap_or(&defaults.every);
-    let every = locator.duration(every_value)?;
-    if every < Duration::from_secs(1) {
-        return Err(locator.invalid(every_value.span(), "must be at least \"1s\""));
-    }
+    let every = locator.duration(every_value, SOURCE_EVERY)?;
     let selector = match (mode, &raw.selector) {
         (SourceMode::Links, Some(selector)) => Some(locator.non_empty_text(selector)?),
         (SourceMode::Links, None) => {
