@@ -89,6 +89,20 @@ struct Setup {
     _fixture_copy: tempfile::TempDir,
 }
 
+/// For the tests that need root: the fixture under the shipped policy, its bus address and a
+/// runtime to talk to it; `None` without root.
+fn shipped_fixture() -> anyhow::Result<Option<(Setup, String, tokio::runtime::Runtime)>> {
+    if !crate::support::have_root() {
+        return Ok(None);
+    }
+    let setup = start_fixture(BusPolicy::Shipped, &[])?;
+    let address = setup.bus.address().to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(Some((setup, address, runtime)))
+}
+
 fn start_fixture(policy: BusPolicy, extra_arguments: &[&str]) -> anyhow::Result<Setup> {
     let accounts = ensure_sluice_accounts()?;
     let bus = PrivateBus::start(policy)?;
@@ -604,14 +618,9 @@ async fn serve_and_own_name_reports_a_taken_name() -> anyhow::Result<()> {
 
 #[test]
 fn a_subscriber_receives_every_signal_with_its_arguments() -> anyhow::Result<()> {
-    if !crate::support::have_root() {
+    let Some((_setup, address, runtime)) = shipped_fixture()? else {
         return Ok(());
-    }
-    let setup = start_fixture(BusPolicy::Shipped, &[])?;
-    let address = setup.bus.address().to_owned();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    };
     runtime.block_on(receive_every_signal(address))
 }
 
@@ -765,14 +774,9 @@ async fn receive_every_signal(address: String) -> anyhow::Result<()> {
 
 #[test]
 fn the_shipped_policy_drops_sluice_signals_sent_by_other_users() -> anyhow::Result<()> {
-    if !crate::support::have_root() {
+    let Some((setup, address, runtime)) = shipped_fixture()? else {
         return Ok(());
-    }
-    let setup = start_fixture(BusPolicy::Shipped, &[])?;
-    let address = setup.bus.address().to_owned();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    };
     runtime.block_on(async {
         let connection = bus::connect(&BusAddress::Address(address.clone())).await?;
         let sluice_signals = zbus::MatchRule::builder()
@@ -789,33 +793,12 @@ fn the_shipped_policy_drops_sluice_signals_sent_by_other_users() -> anyhow::Resu
         let mut departures =
             zbus::MessageStream::for_match_rule(departures, &connection, None).await?;
         for caller in [Caller::Nobody, Caller::NobodyInGroup(setup.group_id)] {
-            busctl(
-                caller,
-                &address,
-                &[
-                    "emit",
-                    "/org/sluice/Monitor1",
-                    "org.sluice.Monitor1",
-                    "FileDetected",
-                    "stt",
-                    "/FAKE/<script>",
-                    "4242",
-                    "4243",
-                ],
-            )?;
+            busctl(caller, &address, &crate::support::FORGED_FILE_DETECTED)?;
             // The bus routes a connection's messages before it announces that it left.
-            tokio::time::timeout(SIGNAL_DEADLINE, async {
-                while let Some(Ok(message)) = departures.next().await {
-                    let Ok((name, _old, new)) =
-                        message.body().deserialize::<(String, String, String)>()
-                    else {
-                        continue;
-                    };
-                    if name.starts_with(':') && new.is_empty() {
-                        return;
-                    }
-                }
-            })
+            tokio::time::timeout(
+                SIGNAL_DEADLINE,
+                crate::support::next_departure(&mut departures),
+            )
             .await
             .with_context(|| format!("busctl as {caller:?} never left the bus"))?;
         }

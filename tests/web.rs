@@ -8,8 +8,6 @@ use std::net::TcpStream;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-
 use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
 use sluice_core::bus::{BusError, CallerPolicy, MonitorService, MonitorStatus, WebProxy};
@@ -665,37 +663,17 @@ fn forged_signals_from_connections_that_do_not_own_the_name_never_reach_the_even
             .expect("subscribe to NameOwnerChanged");
         if crate::support::have_root() {
             // The outside review's reproduction: `busctl emit` as nobody.
+            let address = format!("--address={}", fixture.bus.address());
+            let mut arguments = vec![address.as_str()];
+            arguments.extend(crate::support::FORGED_FILE_DETECTED);
             let output = crate::support::Caller::Nobody
-                .run(
-                    "busctl",
-                    &[
-                        &format!("--address={}", fixture.bus.address()),
-                        "emit",
-                        "/org/sluice/Monitor1",
-                        "org.sluice.Monitor1",
-                        "FileDetected",
-                        "stt",
-                        "/FAKE/<script>",
-                        "4242",
-                        "4243",
-                    ],
-                )
+                .run("busctl", &arguments)
                 .expect("run busctl as nobody");
             assert!(output.status.success(), "{output:?}");
             // The bus routes a connection's messages before it announces that it left.
-            let left = tokio::time::timeout(DEADLINE, async {
-                while let Some(Ok(message)) = departures.next().await {
-                    let Ok((name, _old, new)) =
-                        message.body().deserialize::<(String, String, String)>()
-                    else {
-                        continue;
-                    };
-                    if name.starts_with(':') && new.is_empty() {
-                        return;
-                    }
-                }
-            })
-            .await;
+            let left =
+                tokio::time::timeout(DEADLINE, crate::support::next_departure(&mut departures))
+                    .await;
             assert!(left.is_ok(), "busctl's connection never left the bus");
         }
         let forgeries = [

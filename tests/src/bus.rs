@@ -81,6 +81,16 @@ impl PrivateBus {
 }
 /// The system-bus-like config: EXTERNAL auth, a unix socket, deny by default like
 /// /usr/share/dbus-1/system.conf, then the shipped policy included.
+/// The default-context rules both policies share: replies and signals flow, and anyone may
+/// receive (what a system bus allows before a service's own policy file).
+const REPLIES_AND_SIGNALS: &str = r#"    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>"#;
+
 fn bus_config(socket: &Path, policy: BusPolicy) -> String {
     let policy_rules = match policy {
         BusPolicy::Shipped => format!(
@@ -88,13 +98,7 @@ fn bus_config(socket: &Path, policy: BusPolicy) -> String {
     <allow user="*"/>
     <deny own="*"/>
     <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
+{REPLIES_AND_SIGNALS}
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
     <allow send_destination="org.freedesktop.DBus"
            send_interface="org.freedesktop.DBus.Introspectable"/>
@@ -106,19 +110,14 @@ fn bus_config(socket: &Path, policy: BusPolicy) -> String {
                 .join("packaging/dbus/org.sluice.conf")
                 .display()
         ),
-        BusPolicy::AllowEverything => r#"  <policy context="default">
+        BusPolicy::AllowEverything => format!(
+            r#"  <policy context="default">
     <allow user="*"/>
     <allow own="*"/>
     <allow send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
+{REPLIES_AND_SIGNALS}
   </policy>"#
-            .to_owned(),
+        ),
     };
     format!(
         r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -238,4 +237,33 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+/// The outside review's forged signal: `busctl` arguments that emit a `FileDetected` as if
+/// from the monitor, with a path no daemon would send.
+pub const FORGED_FILE_DETECTED: [&str; 8] = [
+    "emit",
+    "/org/sluice/Monitor1",
+    "org.sluice.Monitor1",
+    "FileDetected",
+    "stt",
+    "/FAKE/<script>",
+    "4242",
+    "4243",
+];
+
+/// Waits until the bus announces that a client connection left (`NameOwnerChanged` for a
+/// unique name with no new owner). `departures` is a stream of `NameOwnerChanged` signals;
+/// the bus routes a connection's messages before it announces the departure, so after this
+/// everything that connection sent has been delivered.
+pub async fn next_departure(departures: &mut zbus::MessageStream) {
+    use futures_util::StreamExt;
+    while let Some(Ok(message)) = departures.next().await {
+        let Ok((name, _old, new)) = message.body().deserialize::<(String, String, String)>() else {
+            continue;
+        };
+        if name.starts_with(':') && new.is_empty() {
+            return;
+        }
+    }
 }
