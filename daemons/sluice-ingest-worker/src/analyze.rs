@@ -7,13 +7,14 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::fcntl::OFlag;
 use serde_json::{Value, json};
 use sha2::Digest;
+use sluice_core::beneath;
 
 use crate::failure::IngestFailure;
 
@@ -65,7 +66,11 @@ pub fn open_beneath(root: &Path, relative: &Path) -> Result<Option<OpenedFile>, 
     let directory = if parent.as_os_str().is_empty() {
         root_directory
     } else {
-        match resolve_beneath(&root_directory, parent, OFlag::O_DIRECTORY) {
+        match resolve_beneath(
+            &root_directory,
+            parent,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+        ) {
             Ok(descriptor) => File::from(descriptor),
             Err(Errno::ENOENT) => return Ok(None),
             Err(errno) => return Err(open_refusal(root, relative, errno)),
@@ -82,7 +87,7 @@ pub fn open_in_directory(directory: File, name: &OsStr) -> Result<Option<OpenedF
     match resolve_beneath(
         &directory,
         Path::new(name),
-        OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
     ) {
         Ok(descriptor) => {
             let file = File::from(descriptor);
@@ -109,13 +114,9 @@ pub fn open_in_directory(directory: File, name: &OsStr) -> Result<Option<OpenedF
 
 /// Opens a directory the configuration names (trusted: it may itself be a symlink).
 pub fn open_directory(path: &Path) -> Result<File, IngestFailure> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|error| {
-            IngestFailure::Retryable(format!("cannot open folder {}: {error}", path.display()))
-        })
+    beneath::open_root(path).map_err(|error| {
+        IngestFailure::Retryable(format!("cannot open folder {}: {error}", path.display()))
+    })
 }
 
 /// Hashes and inspects the whole file in one pass. `on_chunk(bytes_read)` is called after
@@ -207,29 +208,8 @@ fn describe_file_type(file_type: &std::fs::FileType) -> &'static str {
     }
 }
 
-fn resolve_beneath(directory: &File, path: &Path, extra: OFlag) -> Result<OwnedFd, Errno> {
-    // RESOLVE_NO_SYMLINKS already refuses a symlink in any component (ELOOP). O_NOFOLLOW is
-    // added for files as well, but not for directories, where the kernel would report a
-    // final symlink as ENOTDIR instead.
-    let no_follow = if extra.contains(OFlag::O_DIRECTORY) {
-        OFlag::empty()
-    } else {
-        OFlag::O_NOFOLLOW
-    };
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | no_follow | extra)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-    loop {
-        match openat2(directory, path, how) {
-            // openat2 may ask to retry when a rename raced the lookup.
-            Err(Errno::EAGAIN | Errno::EINTR) => continue,
-            other => return other,
-        }
-    }
+fn resolve_beneath(directory: &File, path: &Path, flags: OFlag) -> Result<OwnedFd, Errno> {
+    beneath::open_beneath(directory, path, flags, nix::sys::stat::Mode::empty())
 }
 
 fn open_refusal(root: &Path, relative: &Path, errno: Errno) -> IngestFailure {
