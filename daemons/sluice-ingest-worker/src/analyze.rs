@@ -51,9 +51,18 @@ pub struct Analysis {
 /// (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a symlink anywhere in the path,
 /// or a path that climbs out of `root`, is refused. Devices, FIFOs and directories are
 /// refused after an `fstat` of the opened descriptor, so the check and the use are the same
-/// file. `Ok(None)` means the file does not exist.
+/// file; so are files with more than one hard link (`ln /etc/shadow inbox/x` would otherwise
+/// be read, and moved into the library as one more link to the original) and files on
+/// another device than `root` (a mount inside the watched tree). `Ok(None)` means the file
+/// does not exist.
 pub fn open_beneath(root: &Path, relative: &Path) -> Result<Option<OpenedFile>, IngestFailure> {
     let root_directory = open_directory(root)?;
+    let root_device = root_directory
+        .metadata()
+        .map_err(|error| {
+            IngestFailure::Retryable(format!("cannot inspect folder {}: {error}", root.display()))
+        })?
+        .dev();
     let (parent, name) = match (relative.parent(), relative.file_name()) {
         (Some(parent), Some(name)) => (parent, name),
         _ => {
@@ -79,6 +88,11 @@ pub fn open_beneath(root: &Path, relative: &Path) -> Result<Option<OpenedFile>, 
     open_in_directory(directory, name)
         .map_err(|errno| open_refusal(root, relative, errno))
         .and_then(|opened| opened.map(check_regular).transpose())
+        .and_then(|opened| {
+            opened
+                .map(|opened| check_not_linked(opened, root, relative, root_device))
+                .transpose()
+        })
 }
 
 /// Opens the entry `name` of an already opened directory, not following a symlink.
@@ -189,6 +203,37 @@ fn check_regular(opened: OpenedFile) -> Result<OpenedFile, IngestFailure> {
             describe_file_type(&file_type)
         )))
     }
+}
+
+/// Refuses a file that is also linked from elsewhere or lives on another file system than its
+/// watched folder. Checked on the opened descriptor, after `openat2`, so the file checked is
+/// the file read and filed.
+fn check_not_linked(
+    opened: OpenedFile,
+    root: &Path,
+    relative: &Path,
+    root_device: u64,
+) -> Result<OpenedFile, IngestFailure> {
+    let metadata = opened
+        .file
+        .metadata()
+        .map_err(|error| IngestFailure::Retryable(format!("cannot stat the file: {error}")))?;
+    let path = root.join(relative);
+    if metadata.nlink() > 1 {
+        return Err(IngestFailure::Permanent(format!(
+            "{} has {} hard links; refusing to ingest a file linked from elsewhere",
+            path.display(),
+            metadata.nlink()
+        )));
+    }
+    if metadata.dev() != root_device {
+        return Err(IngestFailure::Permanent(format!(
+            "{} is on another file system than its watched folder {}; refusing to ingest it",
+            path.display(),
+            root.display()
+        )));
+    }
+    Ok(opened)
 }
 
 fn describe_file_type(file_type: &std::fs::FileType) -> &'static str {
@@ -470,6 +515,13 @@ mod tests {
                 "{relative}: {error:?}"
             );
         }
+        std::fs::hard_link(root.join("real/inner"), root.join("hardlink")).unwrap();
+        let linked = open_beneath(root, Path::new("hardlink")).unwrap_err();
+        assert!(
+            matches!(&linked, IngestFailure::Permanent(m) if m.contains("has 2 hard links")),
+            "{linked:?}"
+        );
+        std::fs::remove_file(root.join("hardlink")).unwrap();
         let devices = open_beneath(Path::new("/dev"), Path::new("null")).unwrap_err();
         assert!(matches!(&devices, IngestFailure::Permanent(m) if m.contains("device")));
         assert!(open_beneath(root, Path::new("missing")).unwrap().is_none());
