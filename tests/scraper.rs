@@ -1216,3 +1216,54 @@ async fn a_partial_file_planted_as_a_link_is_refused_and_its_target_is_untouched
     assert_eq!(files_in(&setup.inbox()), Vec::<String>::new());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_folder_swapped_for_a_symlink_during_the_transfer_is_refused() -> Result<()> {
+    let setup = Setup::new(true)?;
+    let fixture = HttpFixture::start();
+    // Slow enough that the swap below happens while the body is still arriving, by
+    // construction: 32 chunks with a pause after each.
+    fixture.route(
+        "/slow.bin",
+        FixtureRoute::slow_file(
+            content(1024 * 1024, 14),
+            32 * 1024,
+            Duration::from_millis(50),
+        ),
+    );
+    let outside = setup.root.join("outside");
+    std::fs::create_dir_all(&outside)?;
+    let bundle = setup.inbox().join("swap");
+    std::fs::create_dir_all(&bundle)?;
+    let _scraper = setup.start().await?;
+    let proxy = scraper_proxy(&setup.connect().await?).await?;
+    let (id, job_id) = proxy
+        .add_download(
+            &fixture.url("/slow.bin"),
+            options(|options| options.bundle = Some("swap".into())),
+        )
+        .await?;
+    let part = setup.staging().join(format!("{id}.part"));
+    wait_for("part of the file on disk", || {
+        std::fs::metadata(&part).is_ok_and(|metadata| metadata.len() >= 32 * 1024)
+    })
+    .await?;
+    std::fs::rename(&bundle, setup.root.join("moved-aside"))?;
+    std::os::unix::fs::symlink(&outside, &bundle)?;
+    ensure!(
+        setup.download(id).state == DownloadState::Running,
+        "the swap must happen while the download runs"
+    );
+
+    let download = wait_for_state(&setup, id, DownloadState::Failed).await?;
+    let error = download.error.unwrap_or_default();
+    let expected = format!(
+        "bundle folder {} is a symbolic link; refusing to write through it",
+        bundle.display()
+    );
+    assert!(error.contains(&expected), "{error}");
+    assert_eq!(files_in(&outside), Vec::<String>::new(), "nothing outside");
+    let job = setup.store().get_job(job_id as i64)?;
+    assert_eq!((job.state, job.attempts), (JobState::Failed, 1), "no retry");
+    Ok(())
+}
