@@ -350,6 +350,65 @@ fn a_symlink_is_refused_for_good_and_its_target_is_untouched() {
 }
 
 #[test]
+fn a_hard_link_is_refused_for_good_and_the_original_is_untouched() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    // The original stands for /etc/shadow: on the same file system (a hard link needs that),
+    // outside every watched folder.
+    let outside = suite.root.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let original = outside.join("shadow");
+    std::fs::write(&original, "root:$6$secret-hash:19000:0:99999:7:::\n").unwrap();
+    let consumed = suite.inbox.join("x.txt");
+    let indexed = suite.catalogue.join("y.txt");
+    std::fs::hard_link(&original, &consumed).unwrap();
+    std::fs::hard_link(&original, &indexed).unwrap();
+
+    for (path, root, mode) in [
+        (&consumed, suite.inbox.clone(), "consume"),
+        (&indexed, suite.catalogue.clone(), "index"),
+    ] {
+        let payload = suite.ingest_payload(path, &root, mode);
+        let id = suite.enqueue("ingest", payload);
+        let job = suite.wait_for_end(id, &worker);
+        assert_eq!(job.state, JobState::Failed, "{job:?}");
+        assert_eq!(job.attempts, 1, "a permanent failure is not retried");
+        let error = job.error.unwrap();
+        let expected = format!(
+            "{} has 3 hard links; refusing to ingest a file linked from elsewhere",
+            path.display()
+        );
+        assert!(error.contains(&expected), "{error}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(&original).unwrap(),
+        "root:$6$secret-hash:19000:0:99999:7:::\n"
+    );
+    assert_eq!(
+        std::fs::metadata(&original).unwrap().nlink(),
+        3,
+        "the library holds no further link to the original"
+    );
+    assert!(
+        consumed.exists(),
+        "the inbox entry was neither moved nor removed"
+    );
+    assert_eq!(
+        std::fs::read_dir(&suite.library).unwrap().count(),
+        0,
+        "nothing was filed into the library"
+    );
+    assert!(
+        suite
+            .store
+            .list_documents(&DocumentFilter::default(), page())
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[test]
 fn bad_payloads_fail_with_a_clear_error_and_the_worker_keeps_going() {
     let mut suite = Suite::new("5s");
     let worker = suite.start_worker("1");

@@ -1110,3 +1110,151 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_invalid() -> R
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_folder_that_is_a_symlink_is_refused_and_nothing_is_written_outside() -> Result<()>
+{
+    let setup = Setup::new(true)?;
+    let fixture = HttpFixture::start();
+    fixture.route(
+        "/keys",
+        FixtureRoute::file(b"ssh-ed25519 AAAA attacker\n".to_vec()),
+    );
+    // The folder the link points to stands for ~/.ssh or any other place outside the inbox.
+    let outside = setup.root.join("outside");
+    std::fs::create_dir_all(&outside)?;
+    std::fs::create_dir_all(setup.inbox())?;
+    let bundle = setup.inbox().join("evil-bundle");
+    std::os::unix::fs::symlink(&outside, &bundle)?;
+    let _scraper = setup.start().await?;
+    let proxy = scraper_proxy(&setup.connect().await?).await?;
+
+    let (id, job_id) = proxy
+        .add_download(
+            &fixture.url("/keys"),
+            options(|options| {
+                options.bundle = Some("evil-bundle".into());
+                options.file_name = Some("authorized_keys".into());
+            }),
+        )
+        .await?;
+    let download = wait_for_state(&setup, id, DownloadState::Failed).await?;
+    let error = download.error.unwrap_or_default();
+    let expected = format!(
+        "bundle folder {} is a symbolic link; refusing to write through it",
+        bundle.display()
+    );
+    assert!(error.contains(&expected), "{error}");
+    assert_eq!(files_in(&outside), Vec::<String>::new(), "nothing outside");
+    assert_eq!(download.final_path, None);
+    assert!(std::fs::symlink_metadata(&bundle)?.file_type().is_symlink());
+    assert_eq!(files_in(&setup.staging()), Vec::<String>::new());
+    let job = setup.store().get_job(job_id as i64)?;
+    assert_eq!((job.state, job.attempts), (JobState::Failed, 1), "no retry");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_file_planted_as_a_link_is_refused_and_its_target_is_untouched() -> Result<()> {
+    let setup = Setup::new(true)?;
+    let fixture = HttpFixture::start();
+    let body = content(20_000, 13);
+    fixture.route("/a.bin", FixtureRoute::file(body.clone()));
+    let outside = setup.root.join("outside");
+    std::fs::create_dir_all(&outside)?;
+    std::fs::create_dir_all(setup.staging())?;
+    let precious = outside.join("precious");
+    std::fs::write(&precious, b"precious contents")?;
+    let linked = outside.join("linked");
+    std::fs::write(&linked, b"linked contents")?;
+    let dangling = outside.join("created-through-a-link");
+
+    // Three downloads exist before the scraper starts, each with a planted partial file: a
+    // symlink to nowhere (writing would create the target), a symlink to a file (resuming
+    // would read and append to it) and a hard link to a file.
+    let mut store = setup.store();
+    let mut create = || -> Result<i64> {
+        Ok(store
+            .create_download(&NewDownload::new(fixture.url("/a.bin")).validate()?)?
+            .download_id)
+    };
+    let (to_nowhere, to_file, hard) = (create()?, create()?, create()?);
+    let part = |id: i64| setup.staging().join(format!("{id}.part"));
+    std::os::unix::fs::symlink(&dangling, part(to_nowhere))?;
+    std::os::unix::fs::symlink(&precious, part(to_file))?;
+    std::fs::hard_link(&linked, part(hard))?;
+
+    let _scraper = setup.start().await?;
+    for (id, reason) in [
+        (
+            to_nowhere,
+            "is a symbolic link; refusing to write through it",
+        ),
+        (to_file, "is a symbolic link; refusing to write through it"),
+        (
+            hard,
+            "has 2 hard links; refusing to write to a file linked from elsewhere",
+        ),
+    ] {
+        let download = wait_for_state(&setup, id as u64, DownloadState::Failed).await?;
+        let error = download.error.unwrap_or_default();
+        let expected = format!("partial file {} {reason}", part(id).display());
+        assert!(error.contains(&expected), "{error}");
+    }
+    assert!(!dangling.exists(), "nothing was created through the link");
+    assert_eq!(std::fs::read(&precious)?, b"precious contents");
+    assert_eq!(std::fs::read(&linked)?, b"linked contents");
+    assert_eq!(files_in(&setup.inbox()), Vec::<String>::new());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_folder_swapped_for_a_symlink_during_the_transfer_is_refused() -> Result<()> {
+    let setup = Setup::new(true)?;
+    let fixture = HttpFixture::start();
+    // Slow enough that the swap below happens while the body is still arriving, by
+    // construction: 32 chunks with a pause after each.
+    fixture.route(
+        "/slow.bin",
+        FixtureRoute::slow_file(
+            content(1024 * 1024, 14),
+            32 * 1024,
+            Duration::from_millis(50),
+        ),
+    );
+    let outside = setup.root.join("outside");
+    std::fs::create_dir_all(&outside)?;
+    let bundle = setup.inbox().join("swap");
+    std::fs::create_dir_all(&bundle)?;
+    let _scraper = setup.start().await?;
+    let proxy = scraper_proxy(&setup.connect().await?).await?;
+    let (id, job_id) = proxy
+        .add_download(
+            &fixture.url("/slow.bin"),
+            options(|options| options.bundle = Some("swap".into())),
+        )
+        .await?;
+    let part = setup.staging().join(format!("{id}.part"));
+    wait_for("part of the file on disk", || {
+        std::fs::metadata(&part).is_ok_and(|metadata| metadata.len() >= 32 * 1024)
+    })
+    .await?;
+    std::fs::rename(&bundle, setup.root.join("moved-aside"))?;
+    std::os::unix::fs::symlink(&outside, &bundle)?;
+    ensure!(
+        setup.download(id).state == DownloadState::Running,
+        "the swap must happen while the download runs"
+    );
+
+    let download = wait_for_state(&setup, id, DownloadState::Failed).await?;
+    let error = download.error.unwrap_or_default();
+    let expected = format!(
+        "bundle folder {} is a symbolic link; refusing to write through it",
+        bundle.display()
+    );
+    assert!(error.contains(&expected), "{error}");
+    assert_eq!(files_in(&outside), Vec::<String>::new(), "nothing outside");
+    let job = setup.store().get_job(job_id as i64)?;
+    assert_eq!((job.state, job.attempts), (JobState::Failed, 1), "no retry");
+    Ok(())
+}

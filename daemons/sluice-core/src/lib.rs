@@ -7,13 +7,15 @@
 //! The modules are layered one way (ARCHITECTURE.md draws it), each using only those below:
 //!
 //! 1. `ingest` — plain types shared by producers and consumers of work (the ingest payload,
-//!    job kinds, watch modes); no IO.
+//!    job kinds, watch modes); no IO. Beside it `beneath`: opening, creating and renaming
+//!    files beneath a root folder without following links, with only the OS below it.
 //! 2. `store` (SQLite) and `bus` (D-Bus), side by side: each takes plain parameters, never
 //!    the configuration, so either could get a second backend without touching the config.
 //! 3. `config` (the file translated into those parameters), `runtime` on top.
 //!
 //! A test below reads the sources and fails when a module reaches upwards.
 
+pub mod beneath;
 pub mod bus;
 pub mod config;
 pub mod ingest;
@@ -27,6 +29,10 @@ mod layering {
 
     /// Which modules each layer must not name: everything above it, and its neighbour.
     const FORBIDDEN: &[(&str, &[&str])] = &[
+        (
+            "beneath.rs",
+            &["policy", "ingest", "store", "bus", "config", "runtime"],
+        ),
         ("ingest.rs", &["store", "bus", "config", "runtime"]),
         ("store", &["bus", "config", "runtime"]),
         ("bus", &["store", "config", "runtime"]),

@@ -7,13 +7,14 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::fcntl::OFlag;
 use serde_json::{Value, json};
 use sha2::Digest;
+use sluice_core::beneath;
 
 use crate::failure::IngestFailure;
 
@@ -50,9 +51,18 @@ pub struct Analysis {
 /// (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a symlink anywhere in the path,
 /// or a path that climbs out of `root`, is refused. Devices, FIFOs and directories are
 /// refused after an `fstat` of the opened descriptor, so the check and the use are the same
-/// file. `Ok(None)` means the file does not exist.
+/// file; so are files with more than one hard link (`ln /etc/shadow inbox/x` would otherwise
+/// be read, and moved into the library as one more link to the original) and files on
+/// another device than `root` (a mount inside the watched tree). `Ok(None)` means the file
+/// does not exist.
 pub fn open_beneath(root: &Path, relative: &Path) -> Result<Option<OpenedFile>, IngestFailure> {
     let root_directory = open_directory(root)?;
+    let root_device = root_directory
+        .metadata()
+        .map_err(|error| {
+            IngestFailure::Retryable(format!("cannot inspect folder {}: {error}", root.display()))
+        })?
+        .dev();
     let (parent, name) = match (relative.parent(), relative.file_name()) {
         (Some(parent), Some(name)) => (parent, name),
         _ => {
@@ -65,7 +75,11 @@ pub fn open_beneath(root: &Path, relative: &Path) -> Result<Option<OpenedFile>, 
     let directory = if parent.as_os_str().is_empty() {
         root_directory
     } else {
-        match resolve_beneath(&root_directory, parent, OFlag::O_DIRECTORY) {
+        match resolve_beneath(
+            &root_directory,
+            parent,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+        ) {
             Ok(descriptor) => File::from(descriptor),
             Err(Errno::ENOENT) => return Ok(None),
             Err(errno) => return Err(open_refusal(root, relative, errno)),
@@ -74,6 +88,11 @@ pub fn open_beneath(root: &Path, relative: &Path) -> Result<Option<OpenedFile>, 
     open_in_directory(directory, name)
         .map_err(|errno| open_refusal(root, relative, errno))
         .and_then(|opened| opened.map(check_regular).transpose())
+        .and_then(|opened| {
+            opened
+                .map(|opened| check_not_linked(opened, root, relative, root_device))
+                .transpose()
+        })
 }
 
 /// Opens the entry `name` of an already opened directory, not following a symlink.
@@ -82,7 +101,7 @@ pub fn open_in_directory(directory: File, name: &OsStr) -> Result<Option<OpenedF
     match resolve_beneath(
         &directory,
         Path::new(name),
-        OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY,
     ) {
         Ok(descriptor) => {
             let file = File::from(descriptor);
@@ -109,13 +128,9 @@ pub fn open_in_directory(directory: File, name: &OsStr) -> Result<Option<OpenedF
 
 /// Opens a directory the configuration names (trusted: it may itself be a symlink).
 pub fn open_directory(path: &Path) -> Result<File, IngestFailure> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|error| {
-            IngestFailure::Retryable(format!("cannot open folder {}: {error}", path.display()))
-        })
+    beneath::open_root(path).map_err(|error| {
+        IngestFailure::Retryable(format!("cannot open folder {}: {error}", path.display()))
+    })
 }
 
 /// Hashes and inspects the whole file in one pass. `on_chunk(bytes_read)` is called after
@@ -190,6 +205,37 @@ fn check_regular(opened: OpenedFile) -> Result<OpenedFile, IngestFailure> {
     }
 }
 
+/// Refuses a file that is also linked from elsewhere or lives on another file system than its
+/// watched folder. Checked on the opened descriptor, after `openat2`, so the file checked is
+/// the file read and filed.
+fn check_not_linked(
+    opened: OpenedFile,
+    root: &Path,
+    relative: &Path,
+    root_device: u64,
+) -> Result<OpenedFile, IngestFailure> {
+    let metadata = opened
+        .file
+        .metadata()
+        .map_err(|error| IngestFailure::Retryable(format!("cannot stat the file: {error}")))?;
+    let path = root.join(relative);
+    if metadata.nlink() > 1 {
+        return Err(IngestFailure::Permanent(format!(
+            "{} has {} hard links; refusing to ingest a file linked from elsewhere",
+            path.display(),
+            metadata.nlink()
+        )));
+    }
+    if metadata.dev() != root_device {
+        return Err(IngestFailure::Permanent(format!(
+            "{} is on another file system than its watched folder {}; refusing to ingest it",
+            path.display(),
+            root.display()
+        )));
+    }
+    Ok(opened)
+}
+
 fn describe_file_type(file_type: &std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if file_type.is_dir() {
@@ -207,29 +253,8 @@ fn describe_file_type(file_type: &std::fs::FileType) -> &'static str {
     }
 }
 
-fn resolve_beneath(directory: &File, path: &Path, extra: OFlag) -> Result<OwnedFd, Errno> {
-    // RESOLVE_NO_SYMLINKS already refuses a symlink in any component (ELOOP). O_NOFOLLOW is
-    // added for files as well, but not for directories, where the kernel would report a
-    // final symlink as ENOTDIR instead.
-    let no_follow = if extra.contains(OFlag::O_DIRECTORY) {
-        OFlag::empty()
-    } else {
-        OFlag::O_NOFOLLOW
-    };
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | no_follow | extra)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-    loop {
-        match openat2(directory, path, how) {
-            // openat2 may ask to retry when a rename raced the lookup.
-            Err(Errno::EAGAIN | Errno::EINTR) => continue,
-            other => return other,
-        }
-    }
+fn resolve_beneath(directory: &File, path: &Path, flags: OFlag) -> Result<OwnedFd, Errno> {
+    beneath::open_beneath(directory, path, flags, nix::sys::stat::Mode::empty())
 }
 
 fn open_refusal(root: &Path, relative: &Path, errno: Errno) -> IngestFailure {
@@ -490,6 +515,13 @@ mod tests {
                 "{relative}: {error:?}"
             );
         }
+        std::fs::hard_link(root.join("real/inner"), root.join("hardlink")).unwrap();
+        let linked = open_beneath(root, Path::new("hardlink")).unwrap_err();
+        assert!(
+            matches!(&linked, IngestFailure::Permanent(m) if m.contains("has 2 hard links")),
+            "{linked:?}"
+        );
+        std::fs::remove_file(root.join("hardlink")).unwrap();
         let devices = open_beneath(Path::new("/dev"), Path::new("null")).unwrap_err();
         assert!(matches!(&devices, IngestFailure::Permanent(m) if m.contains("device")));
         assert!(open_beneath(root, Path::new("missing")).unwrap().is_none());

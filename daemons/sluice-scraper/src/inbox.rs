@@ -1,17 +1,32 @@
 //! The scraper's file-system side: the staging folder with its `.part` files, and the
 //! atomic, never-overwriting move of a finished download into the inbox.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
+use sluice_core::beneath;
 
 /// How many `name-N.ext` variants are tried when the inbox already has the name.
 const MAX_NAME_SUFFIX: u32 = 10_000;
+
+/// Why a staging or inbox file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The target is not one the scraper may write: a symbolic link, a hard-linked file, not
+    /// a regular file or folder. Trying again cannot help, so the download fails for good.
+    #[error("{0}")]
+    Refused(String),
+    /// An ordinary IO error, worth another attempt.
+    #[error("{0}")]
+    Io(String),
+}
 
 /// Creates the staging folder and the inbox if missing and checks they are on the same file
 /// system, since the final move must be a `rename`. The error is a sentence for the log and
@@ -73,20 +88,75 @@ pub fn remove_part(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The size of a partial file, 0 when there is none.
+/// The size of a partial file, 0 when there is none. Only for progress reports: a symlink
+/// is not followed (its own size is reported), and the transfer measures the file it opened.
 pub fn part_size(path: &Path) -> io::Result<u64> {
-    match std::fs::metadata(path) {
+    match std::fs::symlink_metadata(path) {
         Ok(metadata) => Ok(metadata.len()),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(0),
         Err(error) => Err(error),
     }
 }
 
-/// Hashes the first `length` bytes of `path`: the part of a resumed download received by an
-/// earlier attempt, so the final digest covers the whole file.
-pub fn hash_prefix(path: &Path, length: u64) -> io::Result<Sha256> {
+/// Opens the partial file of download `download_id` beneath `staging` for reading and
+/// writing, creating it when `create` is set (`Ok(None)`: it does not exist). A symlink, a
+/// file with other hard links or anything but a regular file is refused, checked on the
+/// opened descriptor, so a planted link cannot make the scraper write elsewhere.
+pub fn open_part(
+    staging: &Path,
+    download_id: i64,
+    create: bool,
+) -> Result<Option<File>, FileError> {
+    let path = part_path(staging, download_id);
+    let root = beneath::open_root(staging).map_err(|error| {
+        FileError::Io(format!(
+            "cannot open the staging folder {}: {error}",
+            staging.display()
+        ))
+    })?;
+    let flags = if create {
+        OFlag::O_RDWR | OFlag::O_CREAT
+    } else {
+        OFlag::O_RDWR
+    };
+    let name = format!("{download_id}.part");
+    let file = match beneath::open_beneath(
+        &root,
+        Path::new(&name),
+        flags,
+        Mode::from_bits_truncate(0o600),
+    ) {
+        Ok(descriptor) => File::from(descriptor),
+        Err(Errno::ENOENT) if !create => return Ok(None),
+        Err(errno) => return Err(refusal("partial file", &path, errno)),
+    };
+    let metadata = file
+        .metadata()
+        .map_err(|error| FileError::Io(format!("cannot inspect {}: {error}", path.display())))?;
+    if !metadata.is_file() {
+        return Err(FileError::Refused(format!(
+            "partial file {} is not a regular file; refusing to write to it",
+            path.display()
+        )));
+    }
+    if metadata.nlink() > 1 {
+        return Err(FileError::Refused(format!(
+            "partial file {} has {} hard links; refusing to write to a file linked from elsewhere",
+            path.display(),
+            metadata.nlink()
+        )));
+    }
+    Ok(Some(file))
+}
+
+/// Hashes the first `length` bytes of `file` (read from its start): the part of a resumed
+/// download received by an earlier attempt, so the final digest covers the whole file.
+pub fn hash_prefix(file: &File, path: &Path, length: u64) -> io::Result<Sha256> {
+    use std::io::{Seek, SeekFrom};
     let mut hasher = Sha256::new();
-    let mut file = File::open(path)?.take(length);
+    let mut file = file.try_clone()?;
+    file.seek(SeekFrom::Start(0))?;
+    let mut file = file.take(length);
     let mut buffer = vec![0u8; 256 * 1024];
     let mut hashed = 0u64;
     loop {
@@ -109,42 +179,67 @@ pub fn hash_prefix(path: &Path, length: u64) -> io::Result<Sha256> {
 /// Moves the finished, synced `part` into `inbox` (or `inbox/<bundle>`) under `file_name`,
 /// adding `-1`, `-2` … before the extension when the name is taken, and syncs the folder so
 /// the new name survives a crash. Never replaces an existing file. Returns the final path.
+///
+/// Everything happens on folder handles: the bundle folder is created with `mkdirat` and
+/// opened beneath the inbox without following links, and the move is a `renameat2` between
+/// the staging and bundle handles. A bundle that is a symbolic link (which could point
+/// anywhere) is refused, never written through.
 pub fn place_in_inbox(
     part: &Path,
     inbox: &Path,
     bundle: Option<&str>,
     file_name: &str,
-) -> io::Result<PathBuf> {
-    let folder = match bundle {
+) -> Result<PathBuf, FileError> {
+    let io_error = |what: &Path, error: io::Error| {
+        FileError::Io(format!(
+            "cannot open the folder {}: {error}",
+            what.display()
+        ))
+    };
+    let (Some(staging), Some(part_name)) = (part.parent(), part.file_name()) else {
+        return Err(FileError::Io(format!("{} names no file", part.display())));
+    };
+    let staging_directory =
+        beneath::open_root(staging).map_err(|error| io_error(staging, error))?;
+    let inbox_directory = beneath::open_root(inbox).map_err(|error| io_error(inbox, error))?;
+    let (folder_path, folder) = match bundle {
         Some(bundle) => {
-            let folder = inbox.join(bundle);
-            if !folder.is_dir() {
-                std::fs::create_dir_all(&folder)?;
-                sync_directory(inbox)?;
+            let folder_path = inbox.join(bundle);
+            let (folder, created) = beneath::open_or_create_directory(
+                &inbox_directory,
+                OsStr::new(bundle),
+                Mode::from_bits_truncate(0o755),
+            )
+            .map_err(|errno| refusal("bundle folder", &folder_path, errno))?;
+            if created {
+                beneath::sync_directory(&inbox_directory).map_err(|error| {
+                    FileError::Io(format!("cannot sync {}: {error}", inbox.display()))
+                })?;
             }
-            folder
+            (folder_path, folder)
         }
-        None => inbox.to_path_buf(),
+        None => (inbox.to_path_buf(), inbox_directory),
     };
     for suffix in 0..=MAX_NAME_SUFFIX {
-        let target = folder.join(name_with_suffix(file_name, suffix));
-        match rename_no_replace(part, &target) {
+        let name = name_with_suffix(file_name, suffix);
+        let target = folder_path.join(&name);
+        match beneath::rename_no_replace(&staging_directory, part_name, &folder, OsStr::new(&name))
+        {
             Ok(()) => {
-                sync_directory(&folder)?;
+                beneath::sync_directory(&folder).map_err(|error| {
+                    FileError::Io(format!("cannot sync {}: {error}", folder_path.display()))
+                })?;
                 return Ok(target);
             }
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(error) => return Err(error),
+            Err(Errno::EEXIST) => continue,
+            Err(errno) => return Err(refusal("target", &target, errno)),
         }
     }
-    Err(io::Error::new(
-        io::ErrorKind::AlreadyExists,
-        format!(
-            "{} and {MAX_NAME_SUFFIX} numbered variants already exist in {}",
-            file_name,
-            folder.display()
-        ),
-    ))
+    Err(FileError::Io(format!(
+        "{} and {MAX_NAME_SUFFIX} numbered variants already exist in {}",
+        file_name,
+        folder_path.display()
+    )))
 }
 
 /// `name.tar.gz` → `name-3.tar.gz` (the suffix goes before the first dot, so every extension
@@ -165,24 +260,19 @@ pub fn name_with_suffix(file_name: &str, suffix: u32) -> String {
     format!("{}{tail}", &stem[..stem_length])
 }
 
-/// `fsync` on a folder, which makes the names created or removed in it durable.
-pub fn sync_directory(path: &Path) -> io::Result<()> {
-    File::open(path)?.sync_all()
-}
-
-/// `renameat2(RENAME_NOREPLACE)`: atomic, and fails with `AlreadyExists` instead of replacing.
-/// Where the kernel or file system lacks the flag, a check-then-rename stands in: only the
-/// scraper creates names in the inbox, so the gap is between it and a person copying files.
-fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
-    match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
-        Ok(()) => Ok(()),
-        Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
-            if std::fs::symlink_metadata(to).is_ok() {
-                return Err(io::Error::from(io::ErrorKind::AlreadyExists));
-            }
-            std::fs::rename(from, to)
-        }
-        Err(errno) => Err(io::Error::from(errno)),
+/// Words an `errno` from opening or creating `path` beneath its root: a link or an escape
+/// is a refusal, anything else an ordinary IO error.
+fn refusal(what: &str, path: &Path, errno: Errno) -> FileError {
+    let path = path.display();
+    match errno {
+        Errno::ELOOP => FileError::Refused(format!(
+            "{what} {path} is a symbolic link; refusing to write through it"
+        )),
+        Errno::EXDEV => FileError::Refused(format!(
+            "{what} {path} leads outside its folder; refusing to write there"
+        )),
+        Errno::ENOTDIR => FileError::Refused(format!("{what} {path} is not a folder")),
+        errno => FileError::Io(format!("cannot write {what} {path}: {errno}")),
     }
 }
 
@@ -225,9 +315,10 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("1.part");
         std::fs::write(&path, b"hello world").unwrap();
-        let prefix = hash_prefix(&path, 5).unwrap();
+        let file = open_part(directory.path(), 1, false).unwrap().unwrap();
+        let prefix = hash_prefix(&file, &path, 5).unwrap();
         assert_eq!(prefix.finalize(), Sha256::digest(b"hello"));
-        assert!(hash_prefix(&path, 50).is_err());
+        assert!(hash_prefix(&file, &path, 50).is_err());
         assert_eq!(part_size(&path).unwrap(), 11);
         assert_eq!(part_size(&directory.path().join("none")).unwrap(), 0);
     }

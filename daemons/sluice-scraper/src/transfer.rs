@@ -310,7 +310,13 @@ async fn run_attempt(
         }
         Finish::Stop(_) => {
             let bytes_done = inbox::part_size(&part).unwrap_or(0);
-            if let Ok(file) = std::fs::File::open(&part) {
+            // O_NOFOLLOW: the sync is for our own file, never a link's target.
+            let opened = std::os::unix::fs::OpenOptionsExt::custom_flags(
+                std::fs::OpenOptions::new().read(true),
+                libc::O_NOFOLLOW,
+            )
+            .open(&part);
+            if let Ok(file) = opened {
                 // What was received so far survives a power cut too, so the resume is honest.
                 let _ = file.sync_all();
             }
@@ -417,22 +423,40 @@ async fn transfer(
     );
     let _slot = context.hosts.acquire(&host_key).await;
 
-    let mut offset = inbox::part_size(part).map_err(|error| {
-        Failure::retryable(format!("cannot inspect {}: {error}", part.display()))
-    })?;
+    // The partial file of an earlier attempt, opened beneath the staging folder without
+    // following links; its size on the descriptor is where the download resumes.
+    let staging = settings.staging.clone();
+    let download_id = download.id;
+    let existing =
+        tokio::task::spawn_blocking(move || inbox::open_part(&staging, download_id, false))
+            .await
+            .map_err(|error| Failure::retryable(format!("opening task failed: {error}")))?
+            .map_err(file_failure)?;
+    let mut offset = match &existing {
+        Some(file) => file
+            .metadata()
+            .map(|metadata| metadata.len())
+            .map_err(|error| {
+                Failure::retryable(format!("cannot inspect {}: {error}", part.display()))
+            })?,
+        None => 0,
+    };
     if offset > limit {
         return Err(Failure::permanent(format!(
             "the partial file already has {offset} bytes, over the size limit of {limit} bytes"
         )));
     }
-    let mut hasher = if offset > 0 {
-        let prefix_path = part.to_path_buf();
-        tokio::task::spawn_blocking(move || inbox::hash_prefix(&prefix_path, offset))
-            .await
-            .map_err(|error| Failure::retryable(format!("hashing task failed: {error}")))?
-            .map_err(|error| Failure::retryable(format!("cannot read the partial file: {error}")))?
-    } else {
-        Sha256::new()
+    let mut hasher = match existing {
+        Some(file) if offset > 0 => {
+            let prefix_path = part.to_path_buf();
+            tokio::task::spawn_blocking(move || inbox::hash_prefix(&file, &prefix_path, offset))
+                .await
+                .map_err(|error| Failure::retryable(format!("hashing task failed: {error}")))?
+                .map_err(|error| {
+                    Failure::retryable(format!("cannot read the partial file: {error}"))
+                })?
+        }
+        _ => Sha256::new(),
     };
 
     let mut request = context.client.get(url.clone());
@@ -556,14 +580,24 @@ async fn transfer(
         let io_failure = |error: std::io::Error| {
             Failure::retryable(format!("cannot write {}: {error}", part.display()))
         };
-        let mut options = tokio::fs::OpenOptions::new();
-        options.create(true);
+        let staging = settings.staging.clone();
+        let download_id = download.id;
+        let opened =
+            tokio::task::spawn_blocking(move || inbox::open_part(&staging, download_id, true))
+                .await
+                .map_err(|error| Failure::retryable(format!("opening task failed: {error}")))?
+                .map_err(file_failure)?
+                .ok_or_else(|| Failure::retryable(format!("{} vanished", part.display())))?;
+        // Truncated only now, after the checks on the descriptor: O_TRUNC at open would
+        // have emptied a hard-linked file before it could be refused.
         if append {
-            options.append(true);
+            use std::io::{Seek, SeekFrom};
+            let mut opened = &opened;
+            opened.seek(SeekFrom::End(0)).map_err(io_failure)?;
         } else {
-            options.write(true).truncate(true);
+            opened.set_len(0).map_err(io_failure)?;
         }
-        let mut file = options.open(part).await.map_err(io_failure)?;
+        let mut file = tokio::fs::File::from_std(opened);
         while let Some(chunk) = response.chunk().await.map_err(|error| {
             Failure::retryable(format!(
                 "the transfer broke off after {bytes_done} bytes: {}",
@@ -613,13 +647,31 @@ async fn transfer(
     })
     .await
     .map_err(|error| Failure::retryable(format!("moving task failed: {error}")))?
-    .map_err(|error| Failure::retryable(format!("cannot move the file into the inbox: {error}")))?;
+    .map_err(|error| match error {
+        inbox::FileError::Refused(reason) => Failure {
+            error: format!("cannot move the file into the inbox: {reason}"),
+            retryable: false,
+            discard_part: true,
+        },
+        inbox::FileError::Io(reason) => {
+            Failure::retryable(format!("cannot move the file into the inbox: {reason}"))
+        }
+    })?;
     tracing::info!(path = %final_path.display(), bytes = bytes_done, sha256 = %sha256, "download complete");
     Ok(Completed {
         final_path: final_path.to_string_lossy().into_owned(),
         bytes: bytes_done,
         sha256,
     })
+}
+
+/// A refused partial file fails the download for good (and the planted entry is removed,
+/// which unlinks a symlink itself, never its target); an IO error is worth another attempt.
+fn file_failure(error: inbox::FileError) -> Failure {
+    match error {
+        inbox::FileError::Refused(reason) => Failure::permanent(reason),
+        inbox::FileError::Io(reason) => Failure::retryable(reason),
+    }
 }
 
 /// 408, 425, 429 and 5xx are worth another attempt; any other status is the answer.
