@@ -35,6 +35,14 @@ struct Suite {
 }
 
 impl Suite {
+    /// The first page of documents in the catalogue.
+    fn documents(&self) -> Vec<sluice_core::store::Document> {
+        self.store
+            .list_documents(&DocumentFilter::default(), page())
+            .unwrap()
+            .items
+    }
+
     /// `stop_timeout` is how long a worker may finish its job after SIGTERM.
     fn new(stop_timeout: &str) -> Suite {
         let (directory, root) = temp_dir();
@@ -339,14 +347,7 @@ fn a_symlink_is_refused_for_good_and_its_target_is_untouched() {
             .file_type()
             .is_symlink()
     );
-    assert!(
-        suite
-            .store
-            .list_documents(&DocumentFilter::default(), page())
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert!(suite.documents().is_empty(), "no document");
 }
 
 #[test]
@@ -398,14 +399,7 @@ fn a_hard_link_is_refused_for_good_and_the_original_is_untouched() {
         0,
         "nothing was filed into the library"
     );
-    assert!(
-        suite
-            .store
-            .list_documents(&DocumentFilter::default(), page())
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert!(suite.documents().is_empty(), "no document");
 }
 
 #[test]
@@ -769,14 +763,7 @@ fn a_job_for_an_older_version_of_the_file_leaves_it_to_the_newer_job() {
         file.exists(),
         "the newer job, not this one, consumes the file"
     );
-    assert!(
-        suite
-            .store
-            .list_documents(&DocumentFilter::default(), page())
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert!(suite.documents().is_empty(), "no document");
 
     // The job for the version on disk does the work.
     let metadata = std::fs::metadata(&file).unwrap();

@@ -247,6 +247,14 @@ fn files_in(folder: &Path) -> Vec<String> {
     names
 }
 
+/// AddDownload options that put the file into `bundle` under `file_name`.
+fn bundled_as(bundle: &str, file_name: &str) -> HashMap<String, zbus::OwnedVariant> {
+    options(|options| {
+        options.bundle = Some(bundle.into());
+        options.file_name = Some(file_name.into());
+    })
+}
+
 fn options(change: impl FnOnce(&mut DownloadOptions)) -> HashMap<String, zbus::OwnedVariant> {
     let mut options = DownloadOptions::default();
     change(&mut options);
@@ -327,10 +335,7 @@ async fn a_download_lands_in_the_inbox_with_its_bytes_and_sha256() -> Result<()>
     let (bundled, _) = proxy
         .add_download(
             &fixture.url("/files/model.bin"),
-            options(|options| {
-                options.bundle = Some("model-x".into());
-                options.file_name = Some("weights.bin".into());
-            }),
+            bundled_as("model-x", "weights.bin"),
         )
         .await?;
     let second = wait_for_state(&setup, second, DownloadState::Succeeded).await?;
@@ -1132,10 +1137,7 @@ async fn a_bundle_folder_that_is_a_symlink_is_refused_and_nothing_is_written_out
     let (id, job_id) = proxy
         .add_download(
             &fixture.url("/keys"),
-            options(|options| {
-                options.bundle = Some("evil-bundle".into());
-                options.file_name = Some("authorized_keys".into());
-            }),
+            bundled_as("evil-bundle", "authorized_keys"),
         )
         .await?;
     let download = wait_for_state(&setup, id, DownloadState::Failed).await?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use serde_json::{Value, json};
 use sluice_core::bus::{BusError, CallerPolicy, MonitorService, MonitorStatus, WebProxy};
-use sluice_core::store::jobs::{JobFilter, JobState, PageRequest};
+use sluice_core::store::jobs::JobState;
 
 use crate::support::{
     DEADLINE, DaemonProcess, SpawnOptions, SuiteFixture, WEB_TEST_TOKEN, WebDaemon, binary_path,
@@ -97,31 +97,19 @@ fn enqueue(fixture: &SuiteFixture, kind: &str) -> i64 {
 fn count_jobs(fixture: &SuiteFixture) -> usize {
     fixture
         .store()
-        .list_jobs(
-            &JobFilter::default(),
-            PageRequest {
-                before_id: None,
-                limit: 1000,
-            },
-        )
-        .expect("list")
-        .items
-        .len()
+        .job_counts()
+        .expect("job counts")
+        .values()
+        .sum::<u64>() as usize
 }
 
 fn count_downloads(fixture: &SuiteFixture) -> usize {
     fixture
         .store()
-        .list_downloads(
-            &Default::default(),
-            PageRequest {
-                before_id: None,
-                limit: 1000,
-            },
-        )
-        .expect("list")
-        .items
-        .len()
+        .download_counts()
+        .expect("download counts")
+        .values()
+        .sum::<u64>() as usize
 }
 
 #[test]

@@ -28,7 +28,7 @@ pub mod library;
 mod signal_budget;
 pub mod wakeup;
 
-pub use daemon::{Arguments, IngestWorkerDaemon, WorkerError, command};
+pub use daemon::{Arguments, IngestWorkerDaemon, WorkerError};
 use signal_budget::SignalBudget;
 
 use std::collections::HashMap;

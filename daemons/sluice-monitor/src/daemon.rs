@@ -42,11 +42,6 @@ pub struct Arguments {
     pub common: CommonArguments,
 }
 
-/// The command line, for the man page.
-pub fn command() -> clap::Command {
-    <Arguments as clap::CommandFactory>::command()
-}
-
 /// sluice-monitor as the shared start-up runs it ([`sluice_core::runtime::daemon_main`]).
 #[derive(Debug)]
 pub struct MonitorDaemon;

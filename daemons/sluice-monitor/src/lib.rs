@@ -33,7 +33,7 @@ use recorder::{Recorder, RecorderCommand, RecorderReport};
 use walk::{FileVersion, WalkSummary, is_wanted, walk};
 use watcher::{FolderWatcher, WatchError, WatchEvent, WatchMessage, WatchSink, start_watcher};
 
-pub use daemon::{Arguments, MonitorDaemon, MonitorError, command};
+pub use daemon::{Arguments, MonitorDaemon, MonitorError};
 
 /// The unit name, used as the log identifier.
 pub const UNIT_NAME: &str = "sluice-monitor";

@@ -113,11 +113,6 @@ pub struct Arguments {
     pub common: CommonArguments,
 }
 
-/// The command line, for the man page.
-pub fn command() -> clap::Command {
-    <Arguments as clap::CommandFactory>::command()
-}
-
 /// `EINVAL`, the errno systemd shows for an invalid configuration.
 const EINVAL: u32 = 22;
 

@@ -81,11 +81,6 @@ pub struct Arguments {
     pub common: CommonArguments,
 }
 
-/// The command line, for the man page.
-pub fn command() -> clap::Command {
-    <Arguments as clap::CommandFactory>::command()
-}
-
 /// sluice-web as the shared start-up runs it ([`sluice_core::runtime::daemon_main`]).
 #[derive(Debug)]
 pub struct WebDaemon {

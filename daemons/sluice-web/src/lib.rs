@@ -17,7 +17,7 @@ mod status;
 mod tests;
 
 pub use app::app;
-pub use daemon::{Arguments, WebDaemon, WebError, command, run};
+pub use daemon::{Arguments, WebDaemon, WebError, run};
 pub use emitters::{NameOwners, TrustedSignals, emitter_name};
 pub use error::ApiError;
 pub use events::{BusEvent, FORWARDED_SIGNALS, KEEP_ALIVE_INTERVAL};

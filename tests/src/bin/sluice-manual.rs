@@ -3,7 +3,7 @@
 //! and fish completions, from each program's clap definition, so the package's documentation
 //! always matches the options the binaries really take. `packaging/build-deb.sh` runs it.
 //!
-//! It lives in the tests crate because it links every daemon crate (for its `command()`) and
+//! It lives in the tests crate because it links every daemon crate (for its `Arguments`) and
 //! the generators (clap_mangen, clap_complete); none of that ships in a daemon.
 
 use std::fs::File;
@@ -47,14 +47,7 @@ impl ManualSection {
 fn main() -> anyhow::Result<()> {
     let arguments = Arguments::parse();
     if let Some(folder) = &arguments.man {
-        let programs = [
-            (sluice_monitor::command(), ManualSection::Daemon),
-            (sluice_scraper::command(), ManualSection::Daemon),
-            (sluice_ingest_worker::command(), ManualSection::Daemon),
-            (sluice_web::command(), ManualSection::Daemon),
-            (sluicectl::command(), ManualSection::Command),
-        ];
-        for (command, section) in programs {
+        for (command, section) in programs() {
             write_man_pages(command, section, folder)?;
         }
     }
@@ -62,6 +55,21 @@ fn main() -> anyhow::Result<()> {
         write_completions(sluicectl::command(), folder)?;
     }
     Ok(())
+}
+
+/// Every program the package installs, with the manual section of its page.
+fn programs() -> [(clap::Command, ManualSection); 5] {
+    use clap::CommandFactory;
+    [
+        (sluice_monitor::Arguments::command(), ManualSection::Daemon),
+        (sluice_scraper::Arguments::command(), ManualSection::Daemon),
+        (
+            sluice_ingest_worker::Arguments::command(),
+            ManualSection::Daemon,
+        ),
+        (sluice_web::Arguments::command(), ManualSection::Daemon),
+        (sluicectl::command(), ManualSection::Command),
+    ]
 }
 
 /// Writes `<name>.<section>` for the program and, for a program with subcommands, one page
@@ -210,14 +218,7 @@ mod tests {
         let folder = tempfile::tempdir().unwrap();
         let man = folder.path().join("man");
         let completions = folder.path().join("completions");
-        let programs = [
-            (sluice_monitor::command(), ManualSection::Daemon),
-            (sluice_scraper::command(), ManualSection::Daemon),
-            (sluice_ingest_worker::command(), ManualSection::Daemon),
-            (sluice_web::command(), ManualSection::Daemon),
-            (sluicectl::command(), ManualSection::Command),
-        ];
-        for (command, section) in programs {
+        for (command, section) in programs() {
             write_man_pages(command, section, &man).unwrap();
         }
         write_completions(sluicectl::command(), &completions).unwrap();
