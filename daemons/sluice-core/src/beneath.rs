@@ -28,8 +28,11 @@ pub fn open_root(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Opens `path` beneath `directory` with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: a
-/// symlink in any component fails with `ELOOP`, a path that climbs out with `EXDEV`.
+/// Opens `path` beneath `directory` with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_XDEV)`: a symlink in any component fails with `ELOOP`, a path that climbs out or
+/// crosses into another mount (a file system mounted inside a watched folder) with `EXDEV`.
+/// Mount crossings are refused here rather than by comparing `st_dev`: on overlayfs (the root
+/// of most containers) a regular file reports the device of its layer, not its folder's.
 /// `flags` are added to `O_CLOEXEC`; give `O_RDONLY`/`O_RDWR`, and `O_CREAT` with `mode`.
 /// A file (not `O_DIRECTORY`) is also opened with `O_NOFOLLOW`.
 pub fn open_beneath(
@@ -51,7 +54,8 @@ pub fn open_beneath(
         .resolve(
             ResolveFlag::RESOLVE_BENEATH
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
         );
     // The kernel refuses a mode without O_CREAT or O_TMPFILE.
     if flags.contains(OFlag::O_CREAT) {

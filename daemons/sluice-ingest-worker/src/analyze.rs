@@ -52,17 +52,11 @@ pub struct Analysis {
 /// or a path that climbs out of `root`, is refused. Devices, FIFOs and directories are
 /// refused after an `fstat` of the opened descriptor, so the check and the use are the same
 /// file; so are files with more than one hard link (`ln /etc/shadow inbox/x` would otherwise
-/// be read, and moved into the library as one more link to the original) and files on
-/// another device than `root` (a mount inside the watched tree). `Ok(None)` means the file
-/// does not exist.
+/// be read, and moved into the library as one more link to the original). A mount inside the
+/// watched tree is not crossed (`RESOLVE_NO_XDEV`, see `sluice_core::beneath`). `Ok(None)`
+/// means the file does not exist.
 pub fn open_beneath(root: &Path, relative: &Path) -> Result<Option<OpenedFile>, IngestFailure> {
     let root_directory = open_directory(root)?;
-    let root_device = root_directory
-        .metadata()
-        .map_err(|error| {
-            IngestFailure::Retryable(format!("cannot inspect folder {}: {error}", root.display()))
-        })?
-        .dev();
     let (parent, name) = match (relative.parent(), relative.file_name()) {
         (Some(parent), Some(name)) => (parent, name),
         _ => {
@@ -90,7 +84,7 @@ pub fn open_beneath(root: &Path, relative: &Path) -> Result<Option<OpenedFile>, 
         .and_then(|opened| opened.map(check_regular).transpose())
         .and_then(|opened| {
             opened
-                .map(|opened| check_not_linked(opened, root, relative, root_device))
+                .map(|opened| check_not_linked(opened, root, relative))
                 .transpose()
         })
 }
@@ -205,14 +199,12 @@ fn check_regular(opened: OpenedFile) -> Result<OpenedFile, IngestFailure> {
     }
 }
 
-/// Refuses a file that is also linked from elsewhere or lives on another file system than its
-/// watched folder. Checked on the opened descriptor, after `openat2`, so the file checked is
-/// the file read and filed.
+/// Refuses a file that is also linked from elsewhere. Checked on the opened descriptor, after
+/// `openat2`, so the file checked is the file read and filed.
 fn check_not_linked(
     opened: OpenedFile,
     root: &Path,
     relative: &Path,
-    root_device: u64,
 ) -> Result<OpenedFile, IngestFailure> {
     let metadata = opened
         .file
@@ -224,13 +216,6 @@ fn check_not_linked(
             "{} has {} hard links; refusing to ingest a file linked from elsewhere",
             path.display(),
             metadata.nlink()
-        )));
-    }
-    if metadata.dev() != root_device {
-        return Err(IngestFailure::Permanent(format!(
-            "{} is on another file system than its watched folder {}; refusing to ingest it",
-            path.display(),
-            root.display()
         )));
     }
     Ok(opened)
@@ -265,7 +250,8 @@ fn open_refusal(root: &Path, relative: &Path, errno: Errno) -> IngestFailure {
             path.display()
         )),
         Errno::EXDEV => IngestFailure::Permanent(format!(
-            "{} leads outside its watched folder; refused",
+            "{} leads outside its watched folder or into another file system mounted inside \
+             it; refused",
             path.display()
         )),
         Errno::ENOTDIR => IngestFailure::Permanent(format!(

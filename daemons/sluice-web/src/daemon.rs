@@ -27,6 +27,11 @@ use crate::state::{
     AccessRules, Announcement, ApiToken, AppState, BusLink, Settings, StorePool, TokenError,
 };
 
+/// How long a stopping web lets its HTTP workers take the connections the acceptor already
+/// handed over before the graceful stop, which would drop them. Taking one is a channel read;
+/// this is orders of magnitude more.
+const HANDOVER_GRACE: Duration = Duration::from_millis(200);
+
 /// actix worker threads. The API is light (a store read or one bus call per request) and the
 /// machine this runs on also runs the workers, so two are enough.
 const HTTP_WORKERS: usize = 2;
@@ -319,6 +324,13 @@ pub async fn run(token: ApiToken, dependencies: Dependencies) -> Result<(), WebE
                 // graceful stop only waits for ordinary requests.
                 let _ = shutdown_sender.send(true);
                 let deadline = StopDeadline::after(config.service.stop_timeout);
+                // actix-server's graceful stop drops the connections its acceptor already
+                // handed to a worker that has not taken them yet (it finishes only active
+                // ones). So first stop accepting, which leaves every connection still in the
+                // kernel's backlog to the next process (systemd holds the socket), and give the
+                // workers a moment to take what was handed over, then stop gracefully.
+                server_handle.pause().await;
+                tokio::time::sleep(HANDOVER_GRACE).await;
                 if deadline
                     .finish_within(server_handle.stop(true))
                     .await
