@@ -9,6 +9,7 @@
 //! There is deliberately no `Default` impl on any of these types: the only defaults are the
 //! documented ones in the shipped file, available as [`defaults()`].
 
+mod bounds;
 mod document;
 mod error;
 mod raw;
@@ -28,8 +29,8 @@ use regex::Regex;
 use serde::Deserialize;
 use url::Url;
 
+pub use bounds::{DURATION_KEYS, DurationRange, NUMBER_KEYS};
 pub use error::{ConfigError, Location};
-pub use validate::{DURATION_KEYS, DurationRange, NUMBER_KEYS};
 
 /// Where the installed configuration lives; used when `SLUICE_CONFIG` is not set.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sluice/sluice.toml";

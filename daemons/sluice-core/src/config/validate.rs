@@ -12,6 +12,7 @@ use toml::Spanned;
 use toml::de::DeTable;
 use url::Url;
 
+use super::bounds::*;
 use super::document::Sources;
 use super::raw::{
     Number, RawConfig, RawProcessor, RawProcessorDefaults, RawSize, RawSource, RawSourceDefaults,
@@ -23,87 +24,6 @@ use super::{
     ServiceConfig, SourceConfig, SourceMode, StoreConfig, WatchConfig, WatchMode, Watcher,
     WebConfig,
 };
-
-/// The accepted range of one duration key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationRange {
-    pub minimum: Duration,
-    pub maximum: Duration,
-}
-
-const fn range(minimum: Duration, maximum: Duration) -> DurationRange {
-    DurationRange { minimum, maximum }
-}
-
-const MILLISECOND: Duration = Duration::from_millis(1);
-const HOUR: Duration = Duration::from_secs(3600);
-const DAY: Duration = Duration::from_secs(24 * 3600);
-
-// The upper bounds are what the daemons can live with, not what anyone should want: every
-// duration ends up added to `Instant::now()`, as a tokio interval, a deadline or SQLite
-// milliseconds, where an absurd value ("18446744073709551615s") panicked at start or on
-// SIGTERM. Each is also far above any sensible setting, so no working file is refused.
-// `config/sluice.toml` documents each range next to its key.
-const BUSY_TIMEOUT: DurationRange = range(MILLISECOND, HOUR);
-/// The store refuses a lease outside 10 ms ..= 24 h (`store::jobs`), so the workers would
-/// never claim a job.
-const LEASE: DurationRange = range(Duration::from_millis(10), DAY);
-const HEARTBEAT_INTERVAL: DurationRange = range(MILLISECOND, Duration::from_secs(12 * 3600));
-const RETRY_BACKOFF: DurationRange = range(MILLISECOND, Duration::from_secs(7 * 24 * 3600));
-const STOP_TIMEOUT: DurationRange = range(MILLISECOND, HOUR);
-const STATUS_INTERVAL: DurationRange = range(MILLISECOND, HOUR);
-const RECONCILE_INTERVAL: DurationRange = range(MILLISECOND, Duration::from_secs(7 * 24 * 3600));
-const POLL_INTERVAL: DurationRange = range(MILLISECOND, DAY);
-const QUIET_PERIOD: DurationRange = range(MILLISECOND, DAY);
-const PROCESSOR_TIMEOUT: DurationRange = range(MILLISECOND, DAY);
-const POLITENESS_DELAY: DurationRange = range(Duration::ZERO, HOUR);
-const REQUEST_TIMEOUT: DurationRange = range(MILLISECOND, HOUR);
-const PROGRESS_INTERVAL: DurationRange = range(MILLISECOND, HOUR);
-const SOURCE_EVERY: DurationRange =
-    range(Duration::from_secs(1), Duration::from_secs(30 * 24 * 3600));
-
-/// Every duration key with its range, as the file names it (entries of `[[watch]]`,
-/// `[[processor]]` and `[[source]]` share their `*_defaults` key's range).
-pub const DURATION_KEYS: &[(&str, DurationRange)] = &[
-    ("store.busy_timeout", BUSY_TIMEOUT),
-    ("jobs.lease", LEASE),
-    ("jobs.heartbeat_interval", HEARTBEAT_INTERVAL),
-    ("jobs.retry_backoff_base", RETRY_BACKOFF),
-    ("jobs.retry_backoff_max", RETRY_BACKOFF),
-    ("service.stop_timeout", STOP_TIMEOUT),
-    ("service.status_interval", STATUS_INTERVAL),
-    ("monitor.reconcile_interval", RECONCILE_INTERVAL),
-    ("watch_defaults.poll_interval", POLL_INTERVAL),
-    ("watch_defaults.quiet_period", QUIET_PERIOD),
-    ("processor_defaults.timeout", PROCESSOR_TIMEOUT),
-    ("scraper.politeness_delay", POLITENESS_DELAY),
-    ("scraper.request_timeout", REQUEST_TIMEOUT),
-    ("scraper.progress_interval", PROGRESS_INTERVAL),
-    ("source_defaults.every", SOURCE_EVERY),
-];
-
-/// Every whole-number key with its accepted range. The bounds come from what reads the value:
-/// the store's attempt range and page size, the generator's worker count, and limits far
-/// above any sensible setting for the rest.
-pub const NUMBER_KEYS: &[(&str, RangeInclusive<u32>)] = &[
-    ("jobs.max_attempts", MAX_ATTEMPTS),
-    ("jobs.claim_batch", CLAIM_BATCH),
-    ("ingest.workers", super::INGEST_WORKERS_RANGE),
-    ("ingest.thumbnail_size", THUMBNAIL_SIZE),
-    ("scraper.per_host_concurrency", PER_HOST_CONCURRENCY),
-    ("scraper.max_redirects", MAX_REDIRECTS),
-    ("limits.max_string_length", MAX_STRING_LENGTH),
-    ("limits.max_page_size", MAX_PAGE_SIZE),
-];
-
-const MAX_ATTEMPTS: RangeInclusive<u32> = crate::policy::MAX_ATTEMPTS_RANGE;
-const CLAIM_BATCH: RangeInclusive<u32> = 1..=10_000;
-const THUMBNAIL_SIZE: RangeInclusive<u32> = 1..=4096;
-const PER_HOST_CONCURRENCY: RangeInclusive<u32> = 1..=1024;
-const MAX_REDIRECTS: RangeInclusive<u32> = 0..=100;
-const MAX_STRING_LENGTH: RangeInclusive<u32> = 1..=u32::MAX;
-/// The store answers at most this many rows per page; a larger setting was silently cut.
-const MAX_PAGE_SIZE: RangeInclusive<u32> = 1..=crate::store::jobs::MAX_PAGE_SIZE;
 
 /// Turns spans into error locations for validation.
 #[derive(Debug)]
