@@ -298,24 +298,12 @@ impl Store {
 
     /// How many downloads are in each state (states with none are listed with 0).
     pub fn download_counts(&self) -> Result<BTreeMap<DownloadState, u64>, DownloadError> {
-        let mut counts: BTreeMap<DownloadState, u64> = DownloadState::ALL
-            .into_iter()
-            .map(|state| (state, 0))
-            .collect();
-        let mut statement = self
-            .connection()
-            .prepare_cached("SELECT state, count(*) FROM downloads GROUP BY state")?;
-        let rows = statement.query_map([], |row| {
-            Ok((
-                parse_state_column(&row.get::<_, String>(0)?)?,
-                row.get::<_, i64>(1)? as u64,
-            ))
-        })?;
-        for row in rows {
-            let (state, count) = row?;
-            counts.insert(state, count);
-        }
-        Ok(counts)
+        Ok(super::count_by_state(
+            self.connection(),
+            "SELECT state, count(*) FROM downloads GROUP BY state",
+            DownloadState::ALL,
+            parse_state_column,
+        )?)
     }
 
     /// Cancels a download through its job: a queued one is cancelled at once, a running one is

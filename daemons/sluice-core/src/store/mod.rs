@@ -352,6 +352,30 @@ fn enable_wal(connection: &Connection, timeout: Duration) -> rusqlite::Result<St
     }
 }
 
+/// Counts the rows of a `SELECT state, count(*) … GROUP BY state` query; every state in
+/// `all` is present, with 0 when no row has it.
+fn count_by_state<State: Ord + Copy>(
+    connection: &Connection,
+    query: &str,
+    all: impl IntoIterator<Item = State>,
+    parse_state: fn(&str) -> rusqlite::Result<State>,
+) -> rusqlite::Result<std::collections::BTreeMap<State, u64>> {
+    let mut counts: std::collections::BTreeMap<State, u64> =
+        all.into_iter().map(|state| (state, 0)).collect();
+    let mut statement = connection.prepare_cached(query)?;
+    let rows = statement.query_map([], |row| {
+        Ok((
+            parse_state(&row.get::<_, String>(0)?)?,
+            row.get::<_, i64>(1)? as u64,
+        ))
+    })?;
+    for row in rows {
+        let (state, count) = row?;
+        counts.insert(state, count);
+    }
+    Ok(counts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -368,22 +368,12 @@ impl Store {
 
     /// How many jobs are in each state (states with none are listed with 0).
     pub fn job_counts(&self) -> Result<BTreeMap<JobState, u64>, JobError> {
-        let mut counts: BTreeMap<JobState, u64> =
-            JobState::ALL.into_iter().map(|state| (state, 0)).collect();
-        let mut statement = self
-            .connection()
-            .prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")?;
-        let rows = statement.query_map([], |row| {
-            Ok((
-                parse_state_column(&row.get::<_, String>(0)?)?,
-                row.get::<_, i64>(1)? as u64,
-            ))
-        })?;
-        for row in rows {
-            let (state, count) = row?;
-            counts.insert(state, count);
-        }
-        Ok(counts)
+        Ok(super::count_by_state(
+            self.connection(),
+            "SELECT state, count(*) FROM jobs GROUP BY state",
+            JobState::ALL,
+            parse_state_column,
+        )?)
     }
 
     /// A read-only look (no write lock) for claimable jobs or expired leases.
