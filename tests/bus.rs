@@ -755,16 +755,9 @@ async fn receive_every_signal(address: String) -> anyhow::Result<()> {
         .add_download("https://example.org/model.bin", HashMap::new())
         .await?;
     assert!(download_id > 0 && job_id > 0);
-    let seen = tokio::time::timeout(SIGNAL_DEADLINE, async {
-        while let Some(change) = downloads_active.next().await {
-            if change.get().await? == 1 {
-                return anyhow::Ok(true);
-            }
-        }
-        anyhow::Ok(false)
-    })
-    .await
-    .context("no PropertiesChanged for DownloadsActive")??;
+    let seen = tokio::time::timeout(SIGNAL_DEADLINE, property_reaches(&mut downloads_active, 1))
+        .await
+        .context("no PropertiesChanged for DownloadsActive")??;
     assert!(
         seen,
         "the DownloadsActive stream ended without the new value"
@@ -1129,16 +1122,9 @@ async fn one_status_update_is_one_properties_changed_with_every_new_value() -> a
     );
 
     // The proxies generated from the same interface still see the new value.
-    let seen = tokio::time::timeout(SIGNAL_DEADLINE, async {
-        while let Some(change) = jobs_queued.next().await {
-            if change.get().await? == 2 {
-                return anyhow::Ok(true);
-            }
-        }
-        anyhow::Ok(false)
-    })
-    .await
-    .context("no change of JobsQueued reached the proxy")??;
+    let seen = tokio::time::timeout(SIGNAL_DEADLINE, property_reaches(&mut jobs_queued, 2))
+        .await
+        .context("no change of JobsQueued reached the proxy")??;
     assert!(seen, "the JobsQueued stream ended without the new value");
     assert_eq!(monitor.files_detected().await?, 3);
     Ok(())
@@ -1225,4 +1211,20 @@ fn introspected_properties(xml: &str) -> Vec<(String, String)> {
             (attribute(element, "name"), attribute(element, "type"))
         })
         .collect()
+}
+
+/// Whether a property-change stream delivers `wanted` before it ends.
+async fn property_reaches<T>(
+    changes: &mut zbus::proxy::PropertyStream<'_, T>,
+    wanted: T,
+) -> anyhow::Result<bool>
+where
+    T: zbus::Type + serde::de::DeserializeOwned + PartialEq + Unpin,
+{
+    while let Some(change) = changes.next().await {
+        if change.get().await? == wanted {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
