@@ -151,8 +151,10 @@ cat << EOF_INFO
 sluice is running in container $machine (systemd PID $leader on the host).
 
   Dashboard and API:  http://127.0.0.1:8080/
-  API token:          $(inside cat /etc/sluice/api-token)
-                      (e.g. curl -H "Authorization: Bearer <token>" http://127.0.0.1:8080/...)
+  Admin API token:    $(inside cat /etc/sluice/api-token)
+  Read API token:     $(inside cat /etc/sluice/read-token)
+                      (e.g. curl -H "Authorization: Bearer <token>" http://127.0.0.1:8080/api/jobs;
+                      the dashboard asks for one of them once)
 
 Run commands inside the container (as root, from another terminal):
   $enter systemctl status sluice.target 'sluice-*'

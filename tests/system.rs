@@ -148,12 +148,42 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
     let container = &suite.container;
 
     // Installed files.
-    let token = container.check("stat -c '%U:%G %a' /etc/sluice/api-token")?;
-    ensure!(token.trim() == "root:sluice 640", "api-token is {token:?}");
-    let token_text = container.check("cat /etc/sluice/api-token")?;
+    let mut tokens = Vec::new();
+    for file in ["/etc/sluice/api-token", "/etc/sluice/read-token"] {
+        let owner = container.check(&format!("stat -c '%U:%G %a' {file}"))?;
+        ensure!(owner.trim() == "root:sluice 640", "{file} is {owner:?}");
+        let text = container.check(&format!("cat {file}"))?;
+        ensure!(
+            text.trim().len() == 64 && text.trim().chars().all(|c| c.is_ascii_hexdigit()),
+            "{file}: token {text:?} is not 64 hex digits"
+        );
+        tokens.push(text);
+    }
     ensure!(
-        token_text.trim().len() == 64,
-        "token {token_text:?} is not 64 hex digits"
+        tokens[0] != tokens[1],
+        "the admin and read tokens are the same"
+    );
+    let token_text = tokens[0].clone();
+    let read_token_text = tokens[1].clone();
+    // Reads need the read token on the installed package; changes refuse it.
+    let answer = |authorization: &str, method: &str, path: &str| {
+        container.check(&format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' -X {method} {authorization} \
+             http://127.0.0.1:8080{path}"
+        ))
+    };
+    let read_header = format!("-H 'Authorization: Bearer {}'", read_token_text.trim());
+    ensure!(
+        answer("", "GET", "/api/jobs")? == "401",
+        "a read without a token"
+    );
+    ensure!(
+        answer(&read_header, "GET", "/api/jobs")? == "200",
+        "a read with the read token"
+    );
+    ensure!(
+        answer(&read_header, "POST", "/api/jobs/1/cancel")? == "403",
+        "a change with the read token"
     );
     container.check("dpkg-query -W -f='${Conffiles}' sluice | grep -q /etc/sluice/sluice.toml")?;
     container.check(
@@ -344,6 +374,10 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
         container.check("cat /etc/sluice/api-token")? == token_text,
         "upgrade changed the token"
     );
+    ensure!(
+        container.check("cat /etc/sluice/read-token")? == read_token_text,
+        "upgrade changed the read token"
+    );
 
     // Remove stops everything and keeps state; purge removes it.
     container.check("apt-get remove -y sluice")?;
@@ -354,7 +388,10 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
             "{unit} still {state} after apt-get remove"
         );
     }
-    container.check("test -d /var/lib/sluice && test -e /etc/sluice/api-token")?;
+    container.check(
+        "test -d /var/lib/sluice && test -e /etc/sluice/api-token \
+         && test -e /etc/sluice/read-token",
+    )?;
     container.check("apt-get purge -y sluice")?;
     let leftovers = container.sh(
         "dpkg -l sluice 2>/dev/null | grep '^[a-z][a-z] *sluice '; \

@@ -14,8 +14,8 @@ use sluice_core::bus::{BusError, CallerPolicy, MonitorService, MonitorStatus, We
 use sluice_core::store::jobs::JobState;
 
 use crate::support::{
-    DEADLINE, DaemonProcess, SpawnOptions, SuiteFixture, WEB_TEST_TOKEN, WebDaemon, binary_path,
-    event_stream_lines, http_agent, http_result,
+    DEADLINE, DaemonProcess, SpawnOptions, SuiteFixture, WEB_READ_TOKEN, WEB_TEST_TOKEN, WebDaemon,
+    binary_path, event_stream_lines, http_agent, http_result,
 };
 
 const BEARER: &str = "Bearer test-token-0123456789abcdef";
@@ -27,8 +27,17 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// `GET` with the read token, as a dashboard would read.
 fn get(daemon: &WebDaemon, path: &str) -> (u16, Value) {
-    http_result(http_agent().get(format!("{}{path}", daemon.origin)).call())
+    get_as(daemon, path, Some(&format!("Bearer {WEB_READ_TOKEN}")))
+}
+
+fn get_as(daemon: &WebDaemon, path: &str, authorization: Option<&str>) -> (u16, Value) {
+    let mut request = http_agent().get(format!("{}{path}", daemon.origin));
+    if let Some(authorization) = authorization {
+        request = request.header("Authorization", authorization);
+    }
+    http_result(request.call())
 }
 
 fn post_json(
@@ -409,6 +418,77 @@ fn oversize_bodies_are_refused_with_413_before_anything_is_stored() {
     assert_eq!(count_downloads(&fixture), 0);
 }
 
+/// Issue 12, finding 3: a search without a token answered the snippet of any document.
+/// Reads now need the read token (or the admin token) unless `public_reads = true`; the read
+/// token cannot change anything; and SIGHUP picks up a new read token.
+#[test]
+fn reads_need_the_read_token_unless_the_api_is_public() {
+    let fixture = SuiteFixture::new("", "");
+    let job = enqueue(&fixture, "noop");
+    let daemon = WebDaemon::start(&fixture);
+    for path in [
+        "/api/documents?q=root",
+        "/api/jobs",
+        &format!("/api/jobs/{job}"),
+        "/api/status",
+        "/api/events",
+        "/api/downloads",
+    ] {
+        let (status, body) = get_as(&daemon, path, None);
+        assert_eq!((status, error_code(&body)), (401, "unauthorized"), "{path}");
+        let (status, body) = get_as(&daemon, path, Some("Bearer not-the-token-0123456789"));
+        assert_eq!((status, error_code(&body)), (401, "unauthorized"), "{path}");
+        if path != "/api/events" {
+            assert_eq!(get(&daemon, path).0, 200, "{path} with the read token");
+            assert_eq!(
+                get_as(&daemon, path, Some(BEARER)).0,
+                200,
+                "{path} with the admin token"
+            );
+        }
+    }
+    let read_bearer = format!("Bearer {WEB_READ_TOKEN}");
+    let (status, body) = post_empty(
+        &daemon,
+        &format!("/api/jobs/{job}/cancel"),
+        Some(&read_bearer),
+    );
+    assert_eq!((status, error_code(&body)), (403, "forbidden"), "{body}");
+    assert_eq!(
+        get(&daemon, &format!("/api/jobs/{job}")).1["state"],
+        "queued"
+    );
+    for public in ["/", "/dashboard.js", "/healthz", "/readyz"] {
+        assert_eq!(get_as(&daemon, public, None).0, 200, "{public}");
+    }
+
+    // A new read token by SIGHUP: the old one stops working, the new one works.
+    let new_read_token = "another-read-token-0123456789";
+    std::fs::write(fixture.directory.path().join("read-token"), new_read_token).unwrap();
+    kill(daemon.process.pid(), Signal::SIGHUP).unwrap();
+    let new_bearer = format!("Bearer {new_read_token}");
+    assert!(
+        crate::support::wait_until(DEADLINE, || {
+            get_as(&daemon, "/api/jobs", Some(&new_bearer)).0 == 200
+        }),
+        "the new read token was not taken after SIGHUP"
+    );
+    assert_eq!(
+        get(&daemon, "/api/jobs").0,
+        401,
+        "the old read token is gone"
+    );
+    drop(daemon);
+
+    let fixture = SuiteFixture::new("public_reads = true", "");
+    std::fs::remove_file(fixture.directory.path().join("read-token")).unwrap();
+    let daemon = WebDaemon::start(&fixture);
+    let (status, body) = get_as(&daemon, "/api/documents?q=root", None);
+    assert_eq!(status, 200, "public reads need no token: {body}");
+    let (status, body) = post_empty(&daemon, "/api/jobs/1/cancel", None);
+    assert_eq!((status, error_code(&body)), (401, "unauthorized"), "{body}");
+}
+
 #[test]
 fn the_host_header_must_name_an_allowed_host() {
     let fixture = SuiteFixture::new("", "");
@@ -521,6 +601,19 @@ fn health_readiness_status_documents_and_the_overview_page_answer() {
         text.as_str()
             .unwrap_or_default()
             .contains("<h1>sluice</h1>")
+    );
+    let (status, script) = http_result(
+        http_agent()
+            .get(format!("{}/dashboard.js", daemon.origin))
+            .call(),
+    );
+    assert_eq!(status, 200);
+    assert!(
+        script
+            .as_str()
+            .unwrap_or_default()
+            .contains("sessionStorage"),
+        "{script}"
     );
 }
 

@@ -125,8 +125,11 @@ impl Drop for TmpfsMount {
     }
 }
 
-/// The API token the web harness writes into its token file.
+/// The admin API token the web harness writes into its token file.
 pub const WEB_TEST_TOKEN: &str = "test-token-0123456789abcdef";
+
+/// The read API token the web harness writes into its read token file.
+pub const WEB_READ_TOKEN: &str = "read-token-fedcba9876543210";
 
 /// Everything a test of sluice-web or sluicectl needs: a private bus, a temporary state
 /// directory with a configuration file, a token file and the database path.
@@ -154,6 +157,7 @@ address = "{address}"
 [web]
 listen = "127.0.0.1:0"
 token_file = "{root}/api-token"
+read_token_file = "{root}/read-token"
 {web_section}
 
 [[watch]]
@@ -213,6 +217,7 @@ max_request_body = "4 KiB"
             std::fs::create_dir_all(root.join(folder)).expect("state folder");
         }
         std::fs::write(root.join("api-token"), format!("{WEB_TEST_TOKEN}\n")).expect("token");
+        std::fs::write(root.join("read-token"), format!("{WEB_READ_TOKEN}\n")).expect("read token");
         let config_path = root.join("sluice.toml");
         std::fs::write(&config_path, config(root, bus.address())).expect("config file");
         SuiteFixture {
@@ -287,6 +292,7 @@ impl WebDaemon {
 pub fn event_stream_lines(agent: &ureq::Agent, origin: &str) -> std::sync::mpsc::Receiver<String> {
     let response = agent
         .get(format!("{origin}/api/events"))
+        .header("Authorization", format!("Bearer {WEB_READ_TOKEN}"))
         .call()
         .expect("open the event stream");
     assert_eq!(response.status().as_u16(), 200);
@@ -705,11 +711,12 @@ impl Suite {
         self.root().join("library")
     }
 
-    /// `GET` on sluice-web; status and JSON body.
+    /// `GET` on sluice-web with the harness's read token; status and JSON body.
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
         http_result(
             http_agent()
                 .get(format!("{}{path}", self.web.origin))
+                .header("Authorization", format!("Bearer {WEB_READ_TOKEN}"))
                 .call(),
         )
     }
@@ -785,6 +792,7 @@ stop_timeout = "5s"
 [web]
 listen = "127.0.0.1:0"
 token_file = "{root}/api-token"
+read_token_file = "{root}/read-token"
 
 [[watch]]
 path = "{root}/inbox"

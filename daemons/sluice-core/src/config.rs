@@ -112,7 +112,12 @@ pub struct WebConfig {
     pub listen: SocketAddr,
     /// `/` or a path starting with `/` and not ending with one, e.g. `/sluice`.
     pub base_path: String,
+    /// The admin token: every request that changes something, and reads too.
     pub token_file: PathBuf,
+    /// The read token: reads only (`GET`, `HEAD`); refused for changes.
+    pub read_token_file: PathBuf,
+    /// Reads need no token at all (changes still need the admin token).
+    pub public_reads: bool,
     /// Bytes.
     pub max_upload_size: u64,
     /// Host names without port, at least one, lower-cased.

@@ -1,6 +1,14 @@
 //! The route table and the request checks every route shares: the Host check (DNS-rebinding
-//! protection), the bearer token on every mutating method, and JSON errors for bodies,
-//! queries and paths that do not parse.
+//! protection), the bearer tokens on the API, and JSON errors for bodies, queries and paths
+//! that do not parse.
+//!
+//! Who may call what:
+//! - the dashboard page and its script, `/healthz` and `/readyz`: anyone who can reach the
+//!   socket (they show no data: the page fetches its data from the API with the token it is
+//!   given);
+//! - `GET`/`HEAD` under `/api`: the read token or the admin token, or anyone when
+//!   `[web] public_reads = true`;
+//! - every other method under `/api`: the admin token only.
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
@@ -10,7 +18,7 @@ use actix_web::web::{self, Data};
 use actix_web::{App, Error, HttpRequest, HttpResponse};
 
 use crate::error::{ApiError, json_error, path_error, query_error};
-use crate::state::AppState;
+use crate::state::{AppState, Grant};
 use crate::{api, dashboard, events, status};
 
 /// The whole HTTP application for `state`; `HttpServer` calls this once per worker, tests call
@@ -37,29 +45,31 @@ pub fn app(
         .app_data(payload_config)
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PathConfig::default().error_handler(path_error))
-        .wrap(from_fn(require_token))
         .wrap(from_fn(check_host))
         .service(
             web::scope(&settings.base_path)
                 .route("/", web::get().to(dashboard::dashboard))
+                .route("/dashboard.js", web::get().to(dashboard::script))
                 .route("/healthz", web::get().to(status::healthz))
                 .route("/readyz", web::get().to(status::readyz))
-                .route("/api/status", web::get().to(status::api_status))
-                .route("/api/events", web::get().to(events::event_stream))
-                .route("/api/jobs", web::get().to(api::list_jobs))
-                .route("/api/jobs/{id}", web::get().to(api::get_job))
-                .route("/api/jobs/{id}/history", web::get().to(api::job_history))
-                .route("/api/jobs/{id}/retry", web::post().to(api::retry_job))
-                .route("/api/jobs/{id}/cancel", web::post().to(api::cancel_job))
-                .route("/api/downloads", web::post().to(api::create_download))
-                .route("/api/downloads", web::get().to(api::list_downloads))
-                .route("/api/downloads/{id}", web::get().to(api::get_download))
-                .route(
-                    "/api/downloads/{id}",
-                    web::delete().to(api::delete_download),
-                )
-                .route("/api/documents", web::get().to(api::list_documents))
-                .route("/api/documents/{id}", web::get().to(api::get_document)),
+                .service(
+                    web::scope("/api")
+                        .wrap(from_fn(require_token))
+                        .route("/status", web::get().to(status::api_status))
+                        .route("/events", web::get().to(events::event_stream))
+                        .route("/jobs", web::get().to(api::list_jobs))
+                        .route("/jobs/{id}", web::get().to(api::get_job))
+                        .route("/jobs/{id}/history", web::get().to(api::job_history))
+                        .route("/jobs/{id}/retry", web::post().to(api::retry_job))
+                        .route("/jobs/{id}/cancel", web::post().to(api::cancel_job))
+                        .route("/downloads", web::post().to(api::create_download))
+                        .route("/downloads", web::get().to(api::list_downloads))
+                        .route("/downloads/{id}", web::get().to(api::get_download))
+                        .route("/downloads/{id}", web::delete().to(api::delete_download))
+                        .route("/documents", web::get().to(api::list_documents))
+                        .route("/documents/{id}", web::get().to(api::get_document))
+                        .default_service(web::to(not_found)),
+                ),
         )
         .default_service(web::to(not_found))
 }
@@ -72,13 +82,13 @@ async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {
     )))
 }
 
-/// Methods that only read; every other method needs the token.
-fn is_mutating(method: &Method) -> bool {
-    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+/// Methods that only read: the read token is enough for them.
+fn only_reads(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
 }
 
-/// Refuses a mutating request without the right `Authorization: Bearer <token>` before its
-/// body is read.
+/// Refuses an API request whose bearer token does not allow its method, before its body is
+/// read.
 async fn require_token<B: MessageBody>(
     request: ServiceRequest,
     next: Next<B>,
@@ -90,23 +100,34 @@ async fn require_token<B: MessageBody>(
 }
 
 fn check_token(request: &ServiceRequest) -> Result<(), ApiError> {
-    if is_mutating(request.method()) {
-        let state = app_state(request)?;
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
-        match presented {
+    let state = app_state(request)?;
+    let access = state.access();
+    let reading = only_reads(request.method());
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let grant = match presented {
+        None if reading && access.reads_are_public() => Grant::Anonymous,
+        None if reading => {
+            return Err(ApiError::Unauthorized(
+                "reading the API needs an Authorization: Bearer <token> header with the read \
+                 token ([web] read_token_file) or the admin token ([web] token_file)"
+                    .into(),
+            ));
+        }
+        None => {
+            return Err(ApiError::Unauthorized(
+                "this request changes something and needs an Authorization: Bearer <token> \
+                 header with the admin token from [web] token_file"
+                    .into(),
+            ));
+        }
+        Some(token) => match access.grant(token) {
+            Some(grant) => grant,
             None => {
-                return Err(ApiError::Unauthorized(
-                    "this request changes something and needs an Authorization: Bearer <token> \
-                     header with the token from [web] token_file"
-                        .into(),
-                ));
-            }
-            Some(token) if !state.access().token.matches(token) => {
                 tracing::warn!(
                     method = %request.method(),
                     path = request.path(),
@@ -114,8 +135,18 @@ fn check_token(request: &ServiceRequest) -> Result<(), ApiError> {
                 );
                 return Err(ApiError::Unauthorized("the bearer token is wrong".into()));
             }
-            Some(_) => {}
-        }
+        },
+    };
+    if !reading && grant != Grant::Admin {
+        tracing::warn!(
+            method = %request.method(),
+            path = request.path(),
+            "refused a change made with the read token"
+        );
+        return Err(ApiError::Forbidden(
+            "the read token may only read; changes need the admin token from [web] token_file"
+                .into(),
+        ));
     }
     Ok(())
 }

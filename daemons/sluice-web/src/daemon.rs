@@ -23,9 +23,7 @@ use crate::api;
 use crate::app::app;
 use crate::emitters::TrustedSignals;
 use crate::events::{BusEvent, EVENT_BUFFER, FORWARDED_SIGNALS};
-use crate::state::{
-    AccessRules, Announcement, ApiToken, AppState, BusLink, Settings, StorePool, TokenError,
-};
+use crate::state::{AccessRules, Announcement, AppState, BusLink, Settings, StorePool, TokenError};
 
 /// How long a stopping web lets its HTTP workers take the connections the acceptor already
 /// handed over before the graceful stop, which would drop them. Taking one is a channel read;
@@ -89,7 +87,7 @@ pub struct Arguments {
 /// sluice-web as the shared start-up runs it ([`sluice_core::runtime::daemon_main`]).
 #[derive(Debug)]
 pub struct WebDaemon {
-    token: ApiToken,
+    access: AccessRules,
 }
 
 impl Daemon for WebDaemon {
@@ -105,7 +103,7 @@ impl Daemon for WebDaemon {
         "sluice-web".to_owned()
     }
 
-    /// Without its token file the daemon does not start; that is found before anything is
+    /// Without its token files the daemon does not start; that is found before anything is
     /// opened.
     fn prepare(
         _arguments: Arguments,
@@ -114,12 +112,12 @@ impl Daemon for WebDaemon {
         _notifier: &Notifier,
     ) -> Result<WebDaemon, WebError> {
         Ok(WebDaemon {
-            token: ApiToken::read(&config.web.token_file)?,
+            access: AccessRules::from_config(&config.web)?,
         })
     }
 
     async fn run(self, dependencies: Dependencies) -> Result<(), WebError> {
-        run(self.token, dependencies).await
+        run(self.access, dependencies).await
     }
 
     fn report_failure(error: WebError) -> DaemonExit {
@@ -144,10 +142,10 @@ enum Event {
     ServerStopped(String),
 }
 
-/// Runs the daemon until SIGTERM (Ok) or a fatal error, with the API token, store, bus
+/// Runs the daemon until SIGTERM (Ok) or a fatal error, with the access rules, store, bus
 /// connection, signals and notifier it is given. `dependencies.config_path` is re-read on
 /// SIGHUP.
-pub async fn run(token: ApiToken, dependencies: Dependencies) -> Result<(), WebError> {
+pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), WebError> {
     let Dependencies {
         config,
         config_path,
@@ -181,10 +179,7 @@ pub async fn run(token: ApiToken, dependencies: Dependencies) -> Result<(), WebE
     let (shutdown_sender, shutdown) = watch::channel(false);
     let state = AppState::new(
         Settings::from_config(&config),
-        AccessRules {
-            token,
-            allowed_hosts: config.web.allowed_hosts.clone(),
-        },
+        access,
         stores,
         Some(BusLink {
             connection: connection.clone(),
@@ -231,7 +226,7 @@ pub async fn run(token: ApiToken, dependencies: Dependencies) -> Result<(), WebE
     let reload_path = config_path.clone();
     let mut reloader = ConfigReloader::new(config.clone(), move || {
         let config = Config::load(&reload_path).map_err(|error| error.to_string())?;
-        ApiToken::read(&config.web.token_file).map_err(|error| error.to_string())?;
+        AccessRules::from_config(&config.web).map_err(|error| error.to_string())?;
         Ok::<_, String>(config)
     });
     let mut watchdog = notifier.watchdog_ticker();
@@ -290,13 +285,10 @@ pub async fn run(token: ApiToken, dependencies: Dependencies) -> Result<(), WebE
                 match &outcome {
                     ReloadOutcome::Applied => {
                         let after = reloader.current();
-                        match ApiToken::read(&after.web.token_file) {
-                            Ok(token) => state.replace_access(AccessRules {
-                                token,
-                                allowed_hosts: after.web.allowed_hosts.clone(),
-                            }),
+                        match AccessRules::from_config(&after.web) {
+                            Ok(access) => state.replace_access(access),
                             Err(error) => {
-                                tracing::error!(error = %error, "the token file changed while reloading; keeping the previous token")
+                                tracing::error!(error = %error, "a token file changed while reloading; keeping the previous tokens")
                             }
                         }
                         warn_about_restart_only_settings(&before, after);

@@ -32,6 +32,10 @@ pub enum ApiError {
     /// 401 `unauthorized`: the bearer token is missing or wrong.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403 `forbidden`: the bearer token is right but does not allow this (the read token on
+    /// a change).
+    #[error("{0}")]
+    Forbidden(String),
     /// 409 `conflict`: the object is in a state where the request makes no sense.
     #[error("{0}")]
     Conflict(String),
@@ -70,6 +74,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::InvalidArgument(_) | ApiError::Refused(_) => "invalid_argument",
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::MisdirectedRequest(_) => "misdirected_request",
@@ -91,6 +96,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidArgument(_) | ApiError::Refused(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,

@@ -1,5 +1,5 @@
 //! What every request handler shares: the settings taken from the configuration, the rules
-//! a reload may change (token, allowed hosts), a small pool of store connections, and the
+//! a reload may change (tokens, allowed hosts), a small pool of store connections, and the
 //! link to the daemon's main loop and the bus.
 
 use std::cell::RefCell;
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use sluice_core::config::Config;
+use sluice_core::config::{Config, WebConfig};
 use sluice_core::store::{Store, StoreError, StoreOptions};
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -77,16 +77,81 @@ impl Settings {
     }
 }
 
-/// Who may call: the bearer token and the host names the server answers to. A reload
-/// replaces both.
+/// Who may call: the tokens and the host names the server answers to. A reload replaces
+/// them all at once.
 #[derive(Debug, Clone)]
 pub struct AccessRules {
-    pub token: ApiToken,
+    /// Good for every request: the only token that may change something.
+    pub admin_token: ApiToken,
+    /// Who may read.
+    pub reads: ReadAccess,
     /// Lower-case host names without port.
     pub allowed_hosts: Vec<String>,
 }
 
-/// The API bearer token. Its `Debug` never shows the secret.
+/// Who may read the API (`GET`, `HEAD`) besides the holder of the admin token.
+#[derive(Debug, Clone)]
+pub enum ReadAccess {
+    /// `[web] public_reads = true`: anyone who reaches the socket.
+    Public,
+    /// The holder of the read token from `[web] read_token_file`.
+    Token(ApiToken),
+}
+
+/// What a request's bearer token entitles it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// No token, or none that is needed: public reads only.
+    Anonymous,
+    /// The read token.
+    Read,
+    /// The admin token.
+    Admin,
+}
+
+impl AccessRules {
+    /// The rules `config` describes: reads the token files (the read token only when reads are
+    /// not public) and refuses a read token equal to the admin token, which would let every
+    /// reader change things.
+    pub fn from_config(config: &WebConfig) -> Result<AccessRules, TokenError> {
+        let admin_token = ApiToken::read(&config.token_file, "token_file")?;
+        let reads = if config.public_reads {
+            ReadAccess::Public
+        } else {
+            let read_token = ApiToken::read(&config.read_token_file, "read_token_file")?;
+            if read_token.same_as(&admin_token) {
+                return Err(TokenError::SameToken {
+                    admin: config.token_file.clone(),
+                    read: config.read_token_file.clone(),
+                });
+            }
+            ReadAccess::Token(read_token)
+        };
+        Ok(AccessRules {
+            admin_token,
+            reads,
+            allowed_hosts: config.allowed_hosts.clone(),
+        })
+    }
+
+    /// The grant of a presented bearer token; `None` when the token is neither of ours.
+    pub fn grant(&self, presented: &str) -> Option<Grant> {
+        if self.admin_token.matches(presented) {
+            return Some(Grant::Admin);
+        }
+        match &self.reads {
+            ReadAccess::Token(read_token) if read_token.matches(presented) => Some(Grant::Read),
+            _ => None,
+        }
+    }
+
+    /// Whether a request without a token may read.
+    pub fn reads_are_public(&self) -> bool {
+        matches!(self.reads, ReadAccess::Public)
+    }
+}
+
+/// A bearer token. Its `Debug` never shows the secret.
 #[derive(Clone)]
 pub struct ApiToken(String);
 
@@ -96,38 +161,52 @@ impl std::fmt::Debug for ApiToken {
     }
 }
 
-/// Why the token file cannot be used.
+/// Why a token file cannot be used; `key` is the `[web]` key that names it.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error(
-        "cannot read the API token file {path} ([web] token_file): {source}; mutating API calls \
-         need it, so sluice-web does not start without it (the package generates it at install)"
+        "cannot read the API token file {path} ([web] {key}): {source}; sluice-web does not \
+         start without it (the package generates it at install)"
     )]
     Read {
+        key: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
     #[error(
-        "the API token file {path} ([web] token_file) must hold a token of at least \
+        "the API token file {path} ([web] {key}) must hold a token of at least \
          {MINIMUM_TOKEN_LENGTH} printable characters without spaces"
     )]
-    Malformed { path: PathBuf },
+    Malformed { key: &'static str, path: PathBuf },
+    #[error(
+        "the read token in {read} ([web] read_token_file) is the admin token of {admin} \
+         ([web] token_file): every reader could change things; write a different token in one \
+         of them"
+    )]
+    SameToken { admin: PathBuf, read: PathBuf },
 }
 
-/// Shorter tokens are guessable; the installed one is 64 hex digits.
+/// Shorter tokens are guessable; the installed ones are 64 hex digits.
 pub const MINIMUM_TOKEN_LENGTH: usize = 16;
 
 impl ApiToken {
-    /// Reads the token: the file's content without surrounding whitespace.
-    pub fn read(path: &Path) -> Result<ApiToken, TokenError> {
+    /// Reads the token: the file's content without surrounding whitespace. `key` names the
+    /// setting the path came from, for the error.
+    pub fn read(path: &Path, key: &'static str) -> Result<ApiToken, TokenError> {
         let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+            key,
             path: path.to_path_buf(),
             source,
         })?;
         ApiToken::new(text.trim()).ok_or_else(|| TokenError::Malformed {
+            key,
             path: path.to_path_buf(),
         })
+    }
+
+    fn same_as(&self, other: &ApiToken) -> bool {
+        self.matches(&other.0)
     }
 
     pub fn new(token: &str) -> Option<ApiToken> {

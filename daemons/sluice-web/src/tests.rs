@@ -8,11 +8,19 @@ use sluice_core::store::jobs::NewJob;
 use tokio::sync::{broadcast, watch};
 
 use crate::app::app;
-use crate::state::{AccessRules, ApiToken, AppState, Settings, StorePool};
+use crate::state::{AccessRules, ApiToken, AppState, ReadAccess, Settings, StorePool, TokenError};
 
 const TOKEN: &str = "in-process-token-0123456789";
+const READ_TOKEN: &str = "in-process-read-token-9876543210";
 
 fn state(directory: &std::path::Path) -> AppState {
+    state_with_reads(
+        directory,
+        ReadAccess::Token(ApiToken::new(READ_TOKEN).expect("read token")),
+    )
+}
+
+fn state_with_reads(directory: &std::path::Path, reads: ReadAccess) -> AppState {
     let config = sluice_core::config::defaults();
     let mut settings = Settings::from_config(&config);
     settings.max_request_body = 1024;
@@ -24,7 +32,8 @@ fn state(directory: &std::path::Path) -> AppState {
     AppState::new(
         settings,
         AccessRules {
-            token: ApiToken::new(TOKEN).expect("token"),
+            admin_token: ApiToken::new(TOKEN).expect("token"),
+            reads,
             allowed_hosts: vec!["localhost".into()],
         },
         stores,
@@ -66,7 +75,8 @@ async fn requests_are_checked_before_any_handler_runs() {
         (
             TestRequest::get()
                 .uri("/api/jobs/abc")
-                .insert_header(("Host", "localhost")),
+                .insert_header(("Host", "localhost"))
+                .insert_header(("Authorization", format!("Bearer {READ_TOKEN}"))),
             StatusCode::BAD_REQUEST,
             "invalid_argument",
         ),
@@ -117,4 +127,165 @@ fn tokens_compare_whole_and_short_ones_are_refused() {
     assert!(ApiToken::new("short").is_none());
     assert!(ApiToken::new("has a space in it, long enough").is_none());
     assert_eq!(format!("{token:?}"), "ApiToken(<redacted>)");
+}
+
+/// Every combination of who calls (nobody, the read token, the admin token, a wrong token) and
+/// what (a read, a change, a public page), with reads private and public: each answer, and
+/// that a refused change changed nothing.
+#[actix_web::test]
+async fn reads_need_the_read_or_admin_token_and_changes_the_admin_token() {
+    const NONE: Option<&str> = None;
+    const WRONG: &str = "wrong-token-but-long-enough-0123";
+    let directory = tempfile::tempdir().unwrap();
+    let mut store = sluice_core::store::Store::open(
+        &directory.path().join("sluice.db"),
+        &sluice_core::config::defaults().store_options(),
+    )
+    .unwrap();
+    let job = store
+        .enqueue(&NewJob::new("secret-kind-in-a-job", serde_json::json!({})))
+        .unwrap()
+        .id;
+    let cancel = format!("/api/jobs/{job}/cancel");
+    let read = format!("/api/jobs/{job}");
+
+    for public_reads in [false, true] {
+        let reads = if public_reads {
+            ReadAccess::Public
+        } else {
+            ReadAccess::Token(ApiToken::new(READ_TOKEN).unwrap())
+        };
+        let service = init_service(app(state_with_reads(directory.path(), reads))).await;
+        let anonymous_read = if public_reads {
+            (StatusCode::OK, None)
+        } else {
+            (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+        };
+        let read_token_read = if public_reads {
+            // With public reads there is no read token: it is just a wrong token.
+            (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+        } else {
+            (StatusCode::OK, None)
+        };
+        let read_token_change = if public_reads {
+            (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+        } else {
+            (StatusCode::FORBIDDEN, Some("forbidden"))
+        };
+        let cases = [
+            ("GET", read.as_str(), NONE, anonymous_read),
+            ("GET", "/api/status", NONE, anonymous_read),
+            ("GET", "/api/events", NONE, anonymous_read),
+            ("GET", "/api/documents?q=root", NONE, anonymous_read),
+            ("GET", read.as_str(), Some(READ_TOKEN), read_token_read),
+            ("GET", read.as_str(), Some(TOKEN), (StatusCode::OK, None)),
+            (
+                "GET",
+                read.as_str(),
+                Some(WRONG),
+                (StatusCode::UNAUTHORIZED, Some("unauthorized")),
+            ),
+            (
+                "POST",
+                cancel.as_str(),
+                NONE,
+                (StatusCode::UNAUTHORIZED, Some("unauthorized")),
+            ),
+            (
+                "POST",
+                cancel.as_str(),
+                Some(WRONG),
+                (StatusCode::UNAUTHORIZED, Some("unauthorized")),
+            ),
+            ("POST", cancel.as_str(), Some(READ_TOKEN), read_token_change),
+            ("GET", "/", NONE, (StatusCode::OK, None)),
+            ("GET", "/dashboard.js", NONE, (StatusCode::OK, None)),
+            ("GET", "/healthz", NONE, (StatusCode::OK, None)),
+            ("GET", "/readyz", NONE, (StatusCode::OK, None)),
+        ];
+        for (method, uri, token, (status, code)) in cases {
+            let mut request = match method {
+                "GET" => TestRequest::get(),
+                _ => TestRequest::post(),
+            }
+            .uri(uri)
+            .insert_header(("Host", "localhost"));
+            if let Some(token) = token {
+                request = request.insert_header(("Authorization", format!("Bearer {token}")));
+            }
+            let response = call_service(&service, request.to_request()).await;
+            let what = format!("{method} {uri} with {token:?}, public reads {public_reads}");
+            assert_eq!(response.status(), status, "{what}");
+            if status == StatusCode::UNAUTHORIZED {
+                assert_eq!(
+                    response.headers().get("WWW-Authenticate").unwrap(),
+                    "Bearer realm=\"sluice\"",
+                    "{what}"
+                );
+            }
+            if let Some(code) = code {
+                let body: Value = read_body_json(response).await;
+                assert_eq!(body["error"]["code"], code, "{what}: {body}");
+            } else if uri == "/" {
+                let page = actix_web::test::read_body(response).await;
+                let page = String::from_utf8(page.to_vec()).unwrap();
+                assert!(
+                    !page.contains("secret-kind-in-a-job"),
+                    "the page itself shows no data: {page}"
+                );
+                assert!(page.contains("dashboard.js"), "{page}");
+            }
+        }
+        let job_now = store.get_job(job).unwrap();
+        assert_eq!(
+            job_now.state.as_str(),
+            "queued",
+            "no refused change touched the job"
+        );
+    }
+}
+
+/// The access rules a config describes: both token files are read, a read token equal to the
+/// admin token is refused, and with public reads the read token file is not needed.
+#[test]
+fn access_rules_come_from_the_two_token_files() {
+    let directory = tempfile::tempdir().unwrap();
+    let admin = directory.path().join("api-token");
+    let read = directory.path().join("read-token");
+    std::fs::write(&admin, format!("{TOKEN}\n")).unwrap();
+    let mut web = sluice_core::config::defaults().web;
+    web.token_file = admin.clone();
+    web.read_token_file = read.clone();
+
+    match AccessRules::from_config(&web) {
+        Err(TokenError::Read { key, path, .. }) => {
+            assert_eq!((key, path.as_path()), ("read_token_file", read.as_path()));
+        }
+        other => panic!("a missing read token file must be refused, got {other:?}"),
+    }
+    std::fs::write(&read, format!("{TOKEN}\n")).unwrap();
+    let error = AccessRules::from_config(&web).unwrap_err();
+    assert!(matches!(error, TokenError::SameToken { .. }), "{error}");
+    assert!(error.to_string().contains("read_token_file"), "{error}");
+    std::fs::write(&read, "short\n").unwrap();
+    assert!(matches!(
+        AccessRules::from_config(&web),
+        Err(TokenError::Malformed {
+            key: "read_token_file",
+            ..
+        })
+    ));
+
+    std::fs::write(&read, format!("{READ_TOKEN}\n")).unwrap();
+    let rules = AccessRules::from_config(&web).unwrap();
+    assert_eq!(rules.grant(READ_TOKEN), Some(crate::state::Grant::Read));
+    assert_eq!(rules.grant(TOKEN), Some(crate::state::Grant::Admin));
+    assert_eq!(rules.grant("something-else-entirely"), None);
+    assert!(!rules.reads_are_public());
+
+    std::fs::remove_file(&read).unwrap();
+    web.public_reads = true;
+    let rules = AccessRules::from_config(&web).unwrap();
+    assert!(rules.reads_are_public());
+    assert_eq!(rules.grant(READ_TOKEN), None);
 }

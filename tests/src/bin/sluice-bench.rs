@@ -874,6 +874,8 @@ mod suite {
 
     /// The token file's content; only mutating API calls need it, and the benchmarks make none.
     const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
+    /// The read token W2's requests carry (tests/bench/ids.lua sends the same one).
+    pub const BENCH_READ_TOKEN: &str = "bench-read-token-0123456789abcdef";
 
     pub struct Suite {
         pub database: PathBuf,
@@ -910,6 +912,7 @@ mod suite {
                 std::fs::create_dir(root.join(folder))?;
             }
             std::fs::write(root.join("api-token"), format!("{BENCH_TOKEN}\n"))?;
+            std::fs::write(root.join("read-token"), format!("{BENCH_READ_TOKEN}\n"))?;
             let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
             // A free port now; nothing else on this machine races for it in a benchmark.
             let web_port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -922,7 +925,8 @@ mod suite {
                 format!(
                     "[store]\npath = \"{database}\"\ndurability = \"{durability}\"\n\n\
                      [bus]\naddress = \"{address}\"\n\n\
-                     [web]\nlisten = \"127.0.0.1:{web_port}\"\ntoken_file = \"{root}/api-token\"\n\n\
+                     [web]\nlisten = \"127.0.0.1:{web_port}\"\ntoken_file = \"{root}/api-token\"\n\
+                     read_token_file = \"{root}/read-token\"\n\n\
                      [[watch]]\npath = \"{root}/inbox\"\nmode = \"consume\"\n\n\
                      [ingest]\nlibrary = \"{root}/library\"\n\n\
                      [scraper]\ninbox = \"{root}/inbox\"\nstaging = \"{root}/staging\"\n",
@@ -1099,7 +1103,7 @@ mod w2 {
     use sluice_core::store::{Completion, Durability, NewJob, Outcome, Store};
 
     use super::store_options;
-    use super::suite::{Suite, cpu_time};
+    use super::suite::{BENCH_READ_TOKEN, Suite, cpu_time};
 
     /// wrk's script: GET /api/jobs/<random id from the file after `--`>.
     const IDS_SCRIPT: &str = include_str!("../../bench/ids.lua");
@@ -1209,7 +1213,8 @@ mod w2 {
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
             stream,
-            "GET /api/jobs/{id} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+            "GET /api/jobs/{id} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Authorization: Bearer {BENCH_READ_TOKEN}\r\nConnection: close\r\n\r\n"
         )?;
         let mut response = String::new();
         stream.read_to_string(&mut response)?;

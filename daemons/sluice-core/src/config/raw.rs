@@ -79,6 +79,8 @@ pub(super) struct RawWeb {
     pub listen: Text,
     pub base_path: Text,
     pub token_file: Text,
+    pub read_token_file: Text,
+    pub public_reads: Flag,
     pub max_upload_size: Size,
     pub allowed_hosts: TextList,
 }

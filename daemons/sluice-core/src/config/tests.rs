@@ -78,6 +78,11 @@ fn shipped_defaults_load_and_validate() {
     );
     assert_eq!(config.web.base_path, "/");
     assert_eq!(config.web.token_file, Path::new("/etc/sluice/api-token"));
+    assert_eq!(
+        config.web.read_token_file,
+        Path::new("/etc/sluice/read-token")
+    );
+    assert!(!config.web.public_reads);
     assert_eq!(config.web.max_upload_size, 1 << 30);
     assert_eq!(config.web.allowed_hosts, ["127.0.0.1", "localhost"]);
     assert_eq!(config.watches.len(), 1);

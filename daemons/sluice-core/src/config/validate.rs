@@ -239,6 +239,8 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
         })?,
         base_path: base_path(locator, &raw.web.base_path)?,
         token_file: locator.absolute_path(&raw.web.token_file)?,
+        read_token_file: locator.absolute_path(&raw.web.read_token_file)?,
+        public_reads: *raw.web.public_reads.get_ref(),
         max_upload_size: locator.size(&raw.web.max_upload_size)?,
         allowed_hosts: allowed_hosts(locator, &raw.web.allowed_hosts)?,
     };
