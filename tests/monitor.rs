@@ -568,6 +568,42 @@ fn symlinks_are_neither_recorded_nor_followed() {
     );
 }
 
+/// Issue 12, finding 7: a file whose name is not UTF-8 was warned about on every walk and
+/// event, forever. It is skipped with one warning that names it and says what to do, however
+/// many walks and events see it again; renamed, it is recorded like any other file.
+#[test]
+fn a_name_that_is_not_utf8_is_reported_once_and_picked_up_once_renamed() {
+    use std::os::unix::ffi::OsStrExt;
+    let setup = Setup::new();
+    let inbox = setup.inbox();
+    let bad = inbox.join(std::ffi::OsStr::from_bytes(b"report-\xff.txt"));
+    write_old_file(&bad, b"before start");
+    let mut monitor = setup.start_monitor();
+    let warning = ["is not valid UTF-8", "report-"];
+    assert_eq!(setup.count_log_lines(&warning), 1, "{}", monitor.log());
+    // Seen again by an event (written anew) and by two rescans.
+    std::fs::write(&bad, b"written again").unwrap();
+    setup.sentinel(&inbox);
+    setup.rescan_and_settle(&mut monitor, "", 2, &inbox);
+    setup.rescan_and_settle(&mut monitor, "", 2, &inbox);
+    assert_eq!(
+        setup.count_log_lines(&warning),
+        1,
+        "the name was reported more than once: {}",
+        monitor.log()
+    );
+    assert!(
+        setup
+            .recorded_paths()
+            .iter()
+            .all(|path| path.to_str().is_some()),
+        "nothing with the bad name was recorded"
+    );
+    let renamed = inbox.join("report-renamed.txt");
+    std::fs::rename(&bad, &renamed).unwrap();
+    setup.wait_for_recorded(&renamed);
+}
+
 #[test]
 fn directories_created_or_moved_in_are_walked() {
     let setup = Setup::new();

@@ -126,6 +126,11 @@ fn corpus() -> Vec<Case> {
             file_name,
         ),
         Case::with(|case| case.file_name = Some("x..y".into()), file_name),
+        Case::with(|case| case.file_name = Some(" ".into()), file_name),
+        Case::with(
+            |case| case.file_name = Some(" leading.bin".into()),
+            file_name,
+        ),
         Case::with(|case| case.file_name = Some("a/b".into()), file_name),
         Case::with(|case| case.file_name = Some("a\\b".into()), file_name),
         Case::with(|case| case.file_name = Some("a\0b".into()), file_name),

@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// At most how many files with names that are not UTF-8 the monitor remembers having
+/// reported, so a folder full of them cannot grow its memory without bound.
+const MAX_REPORTED_NAMES: usize = 10_000;
+
 impl Monitor {
     pub(super) fn reconcile_all(&mut self, reason: &'static str) {
         for index in 0..self.watches.len() {
@@ -177,7 +181,7 @@ impl Monitor {
             return;
         }
         if version.path.to_str().is_none() {
-            tracing::warn!(path = %version.path.display(), "skipping a file whose name is not UTF-8");
+            self.skip_unusable_name(version.path);
             return;
         }
         let file = DetectedFile {
@@ -189,6 +193,23 @@ impl Monitor {
             inode: version.inode,
         };
         self.send_to_recorder(RecorderCommand::Record(file));
+    }
+
+    /// Skips a file whose name is not UTF-8 (the database and the job payload carry names
+    /// as text). Each such file is reported once by this process, naming it and what to do,
+    /// rather than on every walk and event; a renamed file is picked up like any other. The
+    /// set is bounded: past [`MAX_REPORTED_NAMES`] the walks' counts still say how many.
+    pub(super) fn skip_unusable_name(&mut self, path: PathBuf) {
+        if self.unusable_names.len() >= MAX_REPORTED_NAMES || self.unusable_names.contains(&path) {
+            return;
+        }
+        tracing::warn!(
+            path = %path.display(),
+            "skipping {}: its name is not valid UTF-8, which sluice cannot record; rename it \
+             and it is picked up (this is said once per file until the monitor restarts)",
+            path.display()
+        );
+        self.unusable_names.insert(path);
     }
 
     pub(super) fn send_to_recorder(&self, command: RecorderCommand) {
@@ -221,12 +242,8 @@ impl Monitor {
             elapsed_ms = elapsed.as_millis() as u64,
             "reconcile walk finished"
         );
-        if summary.skipped_non_utf8 > 0 {
-            tracing::warn!(
-                path = %scope.display(),
-                count = summary.skipped_non_utf8,
-                "skipped files whose names are not UTF-8"
-            );
+        for path in summary.non_utf8 {
+            self.skip_unusable_name(path);
         }
         self.send_to_recorder(RecorderCommand::Sweep {
             prefix: scope,

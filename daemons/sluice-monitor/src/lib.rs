@@ -12,7 +12,7 @@ pub mod recorder;
 pub mod walk;
 pub mod watcher;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -116,6 +116,7 @@ pub async fn run(dependencies: Dependencies) -> Result<(), MonitorError> {
         generation: 0,
         watches: Vec::new(),
         pending: HashMap::new(),
+        unusable_names: HashSet::new(),
         files_detected: 0,
         jobs_queued: 0,
         files_known: None,
@@ -206,6 +207,9 @@ struct Monitor {
     generation: u64,
     watches: Vec<WatchState>,
     pending: HashMap<PathBuf, PendingFile>,
+    /// Files skipped because their names are not UTF-8, each reported once (see
+    /// [`Monitor::skip_unusable_name`]).
+    unusable_names: HashSet<PathBuf>,
     files_detected: u64,
     jobs_queued: u64,
     files_known: Option<u64>,

@@ -30,7 +30,7 @@ impl FileVersion {
 }
 
 /// What a walk counted besides the files it reported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WalkSummary {
     pub files: u64,
     pub directories: u64,
@@ -38,7 +38,12 @@ pub struct WalkSummary {
     pub errors: u64,
     /// Names that are not UTF-8, which the database and the job payload cannot carry.
     pub skipped_non_utf8: u64,
+    /// The first [`NAMED_NON_UTF8`] of them, so each can be reported by name.
+    pub non_utf8: Vec<PathBuf>,
 }
+
+/// How many non-UTF-8 names one walk keeps to report by name.
+pub const NAMED_NON_UTF8: usize = 100;
 
 /// How many files a walk hands over at once.
 pub const WALK_CHUNK: usize = 512;
@@ -156,6 +161,9 @@ fn consider_file(
     }
     if path.to_str().is_none() {
         summary.skipped_non_utf8 += 1;
+        if summary.non_utf8.len() < NAMED_NON_UTF8 {
+            summary.non_utf8.push(path);
+        }
         return;
     }
     summary.files += 1;

@@ -148,6 +148,8 @@ fn name_problem(name: &str) -> Option<String> {
         Some("must not start with '.' (the monitor skips dot-files)".to_owned())
     } else if name.chars().any(char::is_control) {
         Some("must not contain control characters".to_owned())
+    } else if name.starts_with(char::is_whitespace) || name.ends_with(char::is_whitespace) {
+        Some("must not begin or end with white space (such names are easily mistaken)".to_owned())
     } else if name.ends_with(".part") {
         Some("must not end in .part (the monitor skips partial files)".to_owned())
     } else {
@@ -183,7 +185,21 @@ mod tests {
     fn file_names_are_single_elements_the_monitor_picks_up() {
         check_file_name("file_name", "model v2.bin").unwrap();
         for bad in [
-            "", "a/b", "a\\b", "..", "x..y", ".hidden", "x.part", "a\nb", "a\u{0}b", "a\u{7}b",
+            "",
+            "a/b",
+            "a\\b",
+            "..",
+            "x..y",
+            ".hidden",
+            "x.part",
+            "a\nb",
+            "a\u{0}b",
+            "a\u{7}b",
+            " ",
+            " a.bin",
+            "a.bin ",
+            "\u{a0}",
+            "a.bin\u{3000}",
         ] {
             let error = check_file_name("file_name", bad).unwrap_err();
             assert_eq!(error.code(), "invalid_file_name", "{bad:?}");
