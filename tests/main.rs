@@ -3,6 +3,7 @@
 
 mod bus;
 mod cli;
+mod config_bounds;
 mod e2e;
 mod in_process;
 mod ingest;
