@@ -1228,3 +1228,253 @@ where
     }
     Ok(false)
 }
+
+/// One member of a sluice interface, as `busctl introspect` lists it.
+#[derive(Debug, Clone)]
+struct Member {
+    destination: &'static str,
+    path: &'static str,
+    interface: String,
+    name: String,
+    kind: String,
+    signature: String,
+}
+
+/// The fixture's objects: every daemon's.
+const OBJECTS: [(&str, &str); 4] = [
+    ("org.sluice.Monitor1", "/org/sluice/Monitor1"),
+    ("org.sluice.Scraper1", "/org/sluice/Scraper1"),
+    ("org.sluice.Web1", "/org/sluice/Web1"),
+    ("org.sluice.Ingest1.Worker1", "/org/sluice/Ingest1/1"),
+];
+
+/// Every method, property and signal of sluice's own interfaces (not the test object's, not
+/// the standard ones), from introspection, so a member added later is in the matrix too.
+fn sluice_members(address: &str) -> anyhow::Result<Vec<Member>> {
+    let mut members = Vec::new();
+    for (destination, path) in OBJECTS {
+        let (succeeded, output) =
+            busctl(Caller::Root, address, &["introspect", destination, path])?;
+        anyhow::ensure!(succeeded, "introspect {destination}: {output}");
+        let mut interface = String::new();
+        for line in output.lines() {
+            let columns: Vec<&str> = line.split_whitespace().collect();
+            match columns.as_slice() {
+                [name, "interface", ..] => interface = (*name).to_owned(),
+                [name, kind, signature, ..]
+                    if name.starts_with('.')
+                        && interface.starts_with("org.sluice.")
+                        && !interface.starts_with("org.sluice.Test1") =>
+                {
+                    members.push(Member {
+                        destination,
+                        path,
+                        interface: interface.clone(),
+                        name: name.trim_start_matches('.').to_owned(),
+                        kind: (*kind).to_owned(),
+                        signature: (*signature).to_owned(),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(members)
+}
+
+/// A value `busctl set-property` takes for a property of type `signature` (the type is right,
+/// so only the policy or the read-only answer can refuse it).
+fn a_value_of(signature: &str) -> Vec<&'static str> {
+    match signature {
+        "s" | "o" => vec!["x"],
+        "b" => vec!["true"],
+        "as" => vec!["0"],
+        "a{sv}" => vec!["0"],
+        "d" | "y" | "n" | "q" | "i" | "u" | "x" | "t" => vec!["1"],
+        other => panic!("no sample value for a property of type {other}: add one"),
+    }
+}
+
+/// Issue 12, "D-Bus policy matrix": every method call, property read, property write and
+/// signal of every sluice interface, by each kind of caller (root, the daemons' user
+/// `_sluice`, a member of group `sluice`, anyone else), on the shipped policy. The rules:
+/// - methods: root, `_sluice` and group `sluice` reach the daemon; anyone else gets the bus's
+///   AccessDenied. Methods are called without their arguments, so a call that gets through
+///   is answered InvalidArgs (or, for a method without arguments, runs on the stand-in)
+///   and changes nothing;
+/// - property reads (Get, GetAll) and introspection: everyone;
+/// - property writes: like methods at the bus; the daemon answers that no property is
+///   writable;
+/// - signals of sluice's interfaces: only root and `_sluice` may send them; one sent by
+///   anyone else never reaches a subscriber.
+#[test]
+fn policy_matrix_every_member_by_every_kind_of_caller() -> anyhow::Result<()> {
+    let Some((setup, address, runtime)) = shipped_fixture()? else {
+        return Ok(());
+    };
+    let members = sluice_members(&address)?;
+    let count = |kind: &str| members.iter().filter(|member| member.kind == kind).count();
+    // The interfaces have at least the members the other tests of this file use.
+    assert!(
+        count("method") >= MUTATING_CALLS.len() && count("property") >= 12 && count("signal") >= 8,
+        "introspection found too few members: {members:?}"
+    );
+    let callers = [
+        ("root", Caller::Root, true),
+        ("_sluice", Caller::Sluice, true),
+        ("group sluice", Caller::NobodyInGroup(setup.group_id), true),
+        ("nobody", Caller::Nobody, false),
+    ];
+    let mut cells = 0;
+    for member in &members {
+        let target = format!(
+            "{}.{} on {}",
+            member.interface, member.name, member.destination
+        );
+        for (who, caller, may_call) in callers {
+            match member.kind.as_str() {
+                "method" => {
+                    let (_, output) = busctl(
+                        caller,
+                        &address,
+                        &[
+                            "call",
+                            member.destination,
+                            member.path,
+                            &member.interface,
+                            &member.name,
+                        ],
+                    )?;
+                    let denied = output.contains("Access denied");
+                    assert_eq!(denied, !may_call, "{who} calling {target}: {output}");
+                    cells += 1;
+                }
+                "property" => {
+                    let (read, output) = busctl(
+                        caller,
+                        &address,
+                        &[
+                            "get-property",
+                            member.destination,
+                            member.path,
+                            &member.interface,
+                            &member.name,
+                        ],
+                    )?;
+                    assert!(read, "{who} reading {target}: {output}");
+                    let mut arguments = vec![
+                        "set-property",
+                        member.destination,
+                        member.path,
+                        member.interface.as_str(),
+                        member.name.as_str(),
+                        member.signature.as_str(),
+                    ];
+                    arguments.extend(a_value_of(&member.signature));
+                    let (written, output) = busctl(caller, &address, &arguments)?;
+                    assert!(!written, "{who} wrote {target}: {output}");
+                    let denied = output.contains("Access denied");
+                    assert_eq!(denied, !may_call, "{who} writing {target}: {output}");
+                    cells += 2;
+                }
+                _ => {}
+            }
+        }
+    }
+    for (who, caller, _) in callers {
+        let (succeeded, output) = busctl(
+            caller,
+            &address,
+            &[
+                "call",
+                "org.sluice.Scraper1",
+                "/org/sluice/Scraper1",
+                "org.freedesktop.DBus.Properties",
+                "GetAll",
+                "s",
+                "org.sluice.Scraper1",
+            ],
+        )?;
+        assert!(succeeded, "{who} GetAll: {output}");
+        for (destination, path) in OBJECTS {
+            let (succeeded, output) = busctl(caller, &address, &["introspect", destination, path])?;
+            assert!(succeeded, "{who} introspecting {destination}: {output}");
+        }
+    }
+
+    // Signals: a subscriber sees, in the order the bus routed them, each emitted signal (if
+    // the policy let it through) and then the departure of the busctl that sent it.
+    let signals_to_send: Vec<&Member> = members
+        .iter()
+        .filter(|member| member.kind == "signal")
+        .collect();
+    let delivered = runtime.block_on(async {
+        let connection = bus::connect(&BusAddress::Address(address.clone())).await?;
+        let sluice_signals = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .path_namespace("/org/sluice")
+            .build()?;
+        let departures = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.freedesktop.DBus")
+            .member("NameOwnerChanged")
+            .build()?;
+        // One reader task feeds both streams in the order the bus routed the messages: when
+        // a busctl's departure is in `departures`, the signal it sent before leaving (if the
+        // policy let it through) is already waiting in `signals`.
+        let mut signals =
+            zbus::MessageStream::for_match_rule(sluice_signals, &connection, None).await?;
+        let mut departures =
+            zbus::MessageStream::for_match_rule(departures, &connection, None).await?;
+        let mut delivered = Vec::new();
+        for member in &signals_to_send {
+            for (who, caller, _) in callers {
+                let (sent, output) = busctl(
+                    caller,
+                    &address,
+                    &["emit", member.path, &member.interface, &member.name],
+                )?;
+                anyhow::ensure!(sent, "busctl emit as {who}: {output}");
+                tokio::time::timeout(
+                    SIGNAL_DEADLINE,
+                    crate::support::next_departure(&mut departures),
+                )
+                .await
+                .with_context(|| format!("busctl as {who} never left the bus"))?;
+                let mut arrived = false;
+                while let Some(Some(message)) =
+                    futures_util::FutureExt::now_or_never(signals.next())
+                {
+                    let message = message?;
+                    let header = message.header();
+                    if header
+                        .member()
+                        .is_some_and(|name| name.as_str() == member.name)
+                        && header
+                            .interface()
+                            .is_some_and(|name| name.as_str() == member.interface)
+                    {
+                        arrived = true;
+                    }
+                }
+                delivered.push((who, member.name.clone(), arrived));
+            }
+        }
+        anyhow::Ok(delivered)
+    })?;
+    for (who, signal, arrived) in &delivered {
+        let may_send = matches!(*who, "root" | "_sluice");
+        assert_eq!(
+            *arrived, may_send,
+            "{signal} sent by {who}: delivered {arrived}"
+        );
+    }
+    cells += delivered.len();
+    eprintln!(
+        "policy matrix: {} methods, {} properties, {} signals × 4 callers = {cells} cells held",
+        count("method"),
+        count("property"),
+        count("signal")
+    );
+    Ok(())
+}
