@@ -3,6 +3,7 @@
 //! jobs, deduplication, symlink refusal, bad payloads, kill -9 and SIGTERM in the middle of a
 //! job, cancellation, and the signals a subscriber sees.
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -654,6 +655,118 @@ fn a_subscriber_sees_job_started_and_job_finished() {
         "log:\n{}",
         worker.log()
     );
+}
+
+/// Issue 17, finding 1: under a flood of tiny jobs the worker's signal budget dropped
+/// JobStarted and JobFinished (600 files gave 320 JobFinished). Now every change reaches the
+/// bus, singly or in a `JobsChanged` batch, in order: a subscriber sees each of 3,000 jobs
+/// start once and succeed once.
+#[test]
+fn every_job_change_of_a_flood_reaches_a_subscriber() {
+    const JOBS: usize = 3000;
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("8");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (started, finished, batches) = runtime.block_on(async {
+        let connection = bus::connect(&BusAddress::Address(suite.bus.address().to_owned()))
+            .await
+            .unwrap();
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface("org.sluice.Ingest1")
+            .path("/org/sluice/Ingest1/8")
+            .build()
+            .unwrap();
+        let mut signals = zbus::MessageStream::for_match_rule(rule, &connection, None)
+            .await
+            .unwrap();
+        let jobs: Vec<NewJob> = (0..JOBS)
+            .map(|i| NewJob::new("noop", json!({ "i": i })).with_max_attempts(3))
+            .collect();
+        let ids: Vec<u64> = suite
+            .store
+            .enqueue_many(&jobs)
+            .unwrap()
+            .iter()
+            .map(|enqueued| enqueued.id as u64)
+            .collect();
+        connection
+            .emit_signal(
+                None::<&str>,
+                "/org/sluice/Web1",
+                "org.sluice.Web1",
+                "JobQueued",
+                &("noop", ids[0]),
+            )
+            .await
+            .unwrap();
+        let mut started: HashMap<u64, usize> = HashMap::new();
+        let mut finished: HashMap<u64, Vec<String>> = HashMap::new();
+        let mut batches = 0;
+        while finished.len() < JOBS {
+            let message = tokio::time::timeout(DEADLINE, signals.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "signals stopped after {} starts and {} ends",
+                        started.len(),
+                        finished.len()
+                    )
+                })
+                .unwrap()
+                .unwrap();
+            let member = message.header().member().unwrap().to_string();
+            let body = message.body();
+            let mut changes: Vec<(u64, String, String)> = Vec::new();
+            match member.as_str() {
+                "JobStarted" => {
+                    let (id, kind, _worker): (u64, String, String) = body.deserialize().unwrap();
+                    changes.push((id, kind, "running".into()));
+                }
+                "JobFinished" => {
+                    let (id, state): (u64, String) = body.deserialize().unwrap();
+                    changes.push((id, "noop".into(), state));
+                }
+                "JobsChanged" => {
+                    let (worker, batch): (String, Vec<(u64, String, String)>) =
+                        body.deserialize().unwrap();
+                    assert_eq!(worker, "sluice-ingest-worker@8");
+                    batches += 1;
+                    changes = batch;
+                }
+                _ => continue,
+            }
+            for (id, kind, state) in changes {
+                assert_eq!(kind, "noop");
+                if state == "running" {
+                    assert!(
+                        !finished.contains_key(&id),
+                        "job {id} started after it ended"
+                    );
+                    *started.entry(id).or_default() += 1;
+                } else {
+                    assert!(
+                        started.contains_key(&id),
+                        "job {id} ended before it started"
+                    );
+                    finished.entry(id).or_default().push(state);
+                }
+            }
+        }
+        (started, finished, batches)
+    });
+    assert_eq!(started.len(), JOBS, "every job started once on the bus");
+    assert!(started.values().all(|count| *count == 1), "{started:?}");
+    assert!(
+        finished.values().all(|states| states == &["succeeded"]),
+        "every job ended once, succeeded"
+    );
+    // The flood is far above 200 changes a second: batches carried most of it.
+    eprintln!("{JOBS} jobs: {batches} JobsChanged batches");
+    assert!(worker.log().lines().all(|line| !line.contains("panicked")));
 }
 
 fn now_micros() -> u64 {

@@ -24,12 +24,12 @@ pub mod analyze;
 mod daemon;
 pub mod execute;
 pub mod failure;
+mod job_signals;
 pub mod library;
-mod signal_budget;
 pub mod wakeup;
 
 pub use daemon::{Arguments, IngestWorkerDaemon, WorkerError};
-use signal_budget::SignalBudget;
+use job_signals::{JobSignal, JobSignals};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -77,10 +77,6 @@ const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 /// After the stop deadline, how long bodies get to notice the abort before the worker releases
 /// their jobs itself and exits.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
-/// `JobStarted`/`JobFinished` signals per second at most (burst the same): a flood of tiny
-/// jobs must not turn the bus into the bottleneck. Subscribers that need every transition
-/// read the database, which is the truth; signals are wake-ups.
-const JOB_SIGNALS_PER_SECOND: f64 = 200.0;
 
 /// Everything the main loop reacts to.
 #[derive(Debug)]
@@ -99,6 +95,8 @@ enum Event {
     Signal(Signal),
     StopDeadline,
     GiveUp,
+    /// Held job changes are due on the bus.
+    SendJobChanges,
 }
 
 /// What a step hands back: the executor (it owns the store connection), the report, and the
@@ -188,7 +186,7 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
         progress_written: HashMap::new(),
         progress_write_busy: Arc::new(AtomicBool::new(false)),
         counters: Counters::default(),
-        signal_budget: SignalBudget::new(JOB_SIGNALS_PER_SECOND),
+        job_signals: JobSignals::new(),
         last_step_activity: Instant::now(),
         last_status_line: String::new(),
     };
@@ -265,7 +263,7 @@ struct Worker {
     progress_written: HashMap<i64, Instant>,
     progress_write_busy: Arc<AtomicBool>,
     counters: Counters,
-    signal_budget: SignalBudget,
+    job_signals: JobSignals,
     last_step_activity: Instant,
     last_status_line: String,
 }
@@ -287,6 +285,7 @@ impl Worker {
         let next_poll = self.next_poll;
         let stop_deadline = self.stop_deadline;
         let give_up_at = self.give_up_at;
+        let send_job_changes_at = self.job_signals.flush_at();
         tokio::select! {
             signal = signals.recv() => Event::Signal(signal),
             Some(command) = self.commands.recv() => Event::Command(command),
@@ -302,6 +301,7 @@ impl Worker {
             () = self.watchdog.tick() => Event::WatchdogDue,
             () = sleep_until_optional(stop_deadline) => Event::StopDeadline,
             () = sleep_until_optional(give_up_at) => Event::GiveUp,
+            () = sleep_until_optional(send_job_changes_at) => Event::SendJobChanges,
         }
     }
 
@@ -327,6 +327,10 @@ impl Worker {
                 self.stop_deadline = None;
                 self.running.abort_all();
                 self.give_up_at = Some(Instant::now() + ABORT_GRACE);
+            }
+            Event::SendJobChanges => {
+                let held = self.job_signals.flush();
+                self.send_job_signal(held).await;
             }
             Event::GiveUp => {
                 self.give_up_at = None;
@@ -433,13 +437,8 @@ impl Worker {
             JobEvent::Started { id, kind } => {
                 self.counters.current_job = id as u64;
                 self.progress_written.insert(id, Instant::now());
-                if self.signal_budget.take() {
-                    log_signal_error(
-                        self.service
-                            .job_started(id as u64, &kind, &self.worker_name)
-                            .await,
-                    );
-                }
+                let signal = self.job_signals.started(id as u64, kind, Instant::now());
+                self.send_job_signal(signal).await;
             }
             JobEvent::Progress {
                 id,
@@ -470,11 +469,31 @@ impl Worker {
                     }
                     _ => {}
                 }
-                if self.signal_budget.take() {
-                    log_signal_error(self.service.job_finished(id as u64, state.as_str()).await);
-                }
+                let signal = self
+                    .job_signals
+                    .finished(id as u64, state.as_str(), Instant::now());
+                self.send_job_signal(signal).await;
             }
         }
+    }
+
+    /// Sends a job's state change (or a batch of them) as [`JobSignals`] decided.
+    async fn send_job_signal(&self, signal: Option<JobSignal>) {
+        let result = match signal {
+            None => return,
+            Some(JobSignal::Started { job_id, kind }) => {
+                self.service
+                    .job_started(job_id, &kind, &self.worker_name)
+                    .await
+            }
+            Some(JobSignal::Finished { job_id, state }) => {
+                self.service.job_finished(job_id, &state).await
+            }
+            Some(JobSignal::Batch(changes)) => {
+                self.service.jobs_changed(&self.worker_name, changes).await
+            }
+        };
+        log_signal_error(result);
     }
 
     /// Saves a running job's progress at most once per [`PROGRESS_WRITE_INTERVAL`], on the
@@ -705,6 +724,8 @@ impl Worker {
     }
 
     async fn service_stopped(&mut self) {
+        let held = self.job_signals.flush();
+        self.send_job_signal(held).await;
         tracing::info!(
             done = self.counters.done,
             failed = self.counters.failed,

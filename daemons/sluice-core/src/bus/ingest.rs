@@ -129,6 +129,11 @@ published_object! {
         fn job_progress(job_id: u64, fraction: f64, message: &str);
         /// A job reached `succeeded`, `failed`, `retrying`, `cancelled` or `dead`.
         pub fn job_finished(job_id: u64, state: &str);
+        /// Several jobs changed state, in this order: (job id, kind, new state), where the
+        /// state is `running` for a start. A worker sends this instead of single
+        /// `JobStarted`/`JobFinished` signals when jobs change faster than the bus should
+        /// carry one signal each (above 200 a second); no change is ever left out.
+        pub fn jobs_changed(worker: &str, changes: Vec<(u64, String, String)>);
     }
 }
 
