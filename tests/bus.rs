@@ -137,19 +137,21 @@ fn spawn_fixture(
 /// process could be inherited, still open for writing, by a child another test forks at the
 /// same moment, and executing it would then fail with ETXTBSY ("Text file busy").
 fn fixture_for_other_users() -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
+    copy_for_other_users(env!("CARGO_BIN_EXE_bus-fixture"), "bus-fixture")
+}
+
+/// A copy of the test program `binary` (named `name`) that any user can run.
+fn copy_for_other_users(binary: &str, name: &str) -> anyhow::Result<(tempfile::TempDir, PathBuf)> {
     use std::os::unix::fs::PermissionsExt;
     let directory = tempfile::tempdir().context("cannot make a directory for the fixture")?;
     std::fs::set_permissions(directory.path(), std::fs::Permissions::from_mode(0o755))?;
-    let copy = directory.path().join("bus-fixture");
+    let copy = directory.path().join(name);
     let status = std::process::Command::new("install")
-        .args(["-m", "0755", env!("CARGO_BIN_EXE_bus-fixture")])
+        .args(["-m", "0755", binary])
         .arg(&copy)
         .status()
         .context("cannot run install (coreutils)")?;
-    anyhow::ensure!(
-        status.success(),
-        "install could not copy bus-fixture: {status}"
-    );
+    anyhow::ensure!(status.success(), "install could not copy {name}: {status}");
     Ok((directory, copy))
 }
 
@@ -226,6 +228,7 @@ fn introspection_lists_methods_signals_and_properties_with_their_types() -> anyh
     }
     let setup = start_fixture(BusPolicy::Shipped, &[])?;
     let address = setup.bus.address();
+    let group_id = setup.group_id;
     let expectations: &[(&str, &str, &str, &[ExpectedMember])] = &[
         (
             "org.sluice.Monitor1",
@@ -304,9 +307,10 @@ fn introspection_lists_methods_signals_and_properties_with_their_types() -> anyh
         ),
     ];
     for (destination, path, interface, rows) in expectations {
-        // Introspection is open to everyone, so an unprivileged user does it.
+        // The values shown come from GetAll, which is for group sluice (introspection alone
+        // is open to everyone: the policy matrix shows it).
         let (succeeded, output) = busctl(
-            Caller::Nobody,
+            Caller::NobodyInGroup(group_id),
             address,
             &["introspect", destination, path, interface],
         )?;
@@ -331,7 +335,8 @@ fn introspection_lists_methods_signals_and_properties_with_their_types() -> anyh
 }
 
 #[test]
-fn unprivileged_caller_is_refused_every_mutating_method_but_can_read() -> anyhow::Result<()> {
+fn unprivileged_caller_is_refused_every_method_and_property_but_can_introspect()
+-> anyhow::Result<()> {
     if !crate::support::have_root() {
         return Ok(());
     }
@@ -364,9 +369,22 @@ fn unprivileged_caller_is_refused_every_mutating_method_but_can_read() -> anyhow
     assert!(!succeeded, "nobody could set a property: {output}");
     assert!(output.contains("Access denied"), "{output}");
 
-    // Reading works for everyone: Get, GetAll, Introspect, Peer.Ping.
+    // Properties name private files (WatchedPaths, StagingPath, LastError): reading them is
+    // for root and group sluice only. Introspection and Peer.Ping stay open to everyone.
     let (succeeded, output) = busctl(
         Caller::Nobody,
+        &address,
+        &[
+            "get-property",
+            "org.sluice.Monitor1",
+            "/org/sluice/Monitor1",
+            "org.sluice.Monitor1",
+            "WatchedPaths",
+        ],
+    )?;
+    assert!(!succeeded && output.contains("Access denied"), "{output}");
+    let (succeeded, output) = busctl(
+        Caller::NobodyInGroup(setup.group_id),
         &address,
         &[
             "get-property",
@@ -394,8 +412,18 @@ fn unprivileged_caller_is_refused_every_mutating_method_but_can_read() -> anyhow
             "org.sluice.Scraper1",
         ],
     )?;
+    assert!(!succeeded && output.contains("Access denied"), "{output}");
+    let (succeeded, output) = busctl(
+        Caller::Nobody,
+        &address,
+        &[
+            "introspect",
+            "--xml-interface",
+            "org.sluice.Scraper1",
+            "/org/sluice/Scraper1",
+        ],
+    )?;
     assert!(succeeded, "{output}");
-    assert!(output.contains("\"DownloadsActive\" u 0"), "{output}");
     let (succeeded, output) = busctl(
         Caller::Nobody,
         &address,
@@ -516,7 +544,7 @@ fn a_second_process_cannot_take_an_owned_name() -> anyhow::Result<()> {
         &["--serve", "ingest", "--ingest-instance", "2"],
     )?;
     let (succeeded, output) = busctl(
-        Caller::Nobody,
+        Caller::NobodyInGroup(setup.group_id),
         &address,
         &[
             "get-property",
@@ -568,7 +596,7 @@ fn a_second_process_cannot_take_an_owned_name() -> anyhow::Result<()> {
     // The first owner is unaffected.
     assert!(setup.fixture.is_running(), "{}", setup.fixture.log());
     let (succeeded, output) = busctl(
-        Caller::Nobody,
+        Caller::NobodyInGroup(setup.group_id),
         &address,
         &[
             "get-property",
@@ -1302,7 +1330,8 @@ fn a_value_of(signature: &str) -> Vec<&'static str> {
 ///   AccessDenied. Methods are called without their arguments, so a call that gets through
 ///   is answered InvalidArgs (or, for a method without arguments, runs on the stand-in)
 ///   and changes nothing;
-/// - property reads (Get, GetAll) and introspection: everyone;
+/// - property reads (Get, GetAll): like methods (properties name private files);
+///   introspection: everyone;
 /// - property writes: like methods at the bus; the daemon answers that no property is
 ///   writable;
 /// - signals of sluice's interfaces: only root and `_sluice` may send them; one sent by
@@ -1361,7 +1390,7 @@ fn policy_matrix_every_member_by_every_kind_of_caller() -> anyhow::Result<()> {
                             &member.name,
                         ],
                     )?;
-                    assert!(read, "{who} reading {target}: {output}");
+                    assert_eq!(read, may_call, "{who} reading {target}: {output}");
                     let mut arguments = vec![
                         "set-property",
                         member.destination,
@@ -1381,7 +1410,7 @@ fn policy_matrix_every_member_by_every_kind_of_caller() -> anyhow::Result<()> {
             }
         }
     }
-    for (who, caller, _) in callers {
+    for (who, caller, may_call) in callers {
         let (succeeded, output) = busctl(
             caller,
             &address,
@@ -1395,9 +1424,13 @@ fn policy_matrix_every_member_by_every_kind_of_caller() -> anyhow::Result<()> {
                 "org.sluice.Scraper1",
             ],
         )?;
-        assert!(succeeded, "{who} GetAll: {output}");
+        assert_eq!(succeeded, may_call, "{who} GetAll: {output}");
         for (destination, path) in OBJECTS {
-            let (succeeded, output) = busctl(caller, &address, &["introspect", destination, path])?;
+            let (succeeded, output) = busctl(
+                caller,
+                &address,
+                &["introspect", "--xml-interface", destination, path],
+            )?;
             assert!(succeeded, "{who} introspecting {destination}: {output}");
         }
     }
@@ -1476,5 +1509,73 @@ fn policy_matrix_every_member_by_every_kind_of_caller() -> anyhow::Result<()> {
         count("property"),
         count("signal")
     );
+    Ok(())
+}
+
+/// Issue 17, finding 3: `nobody` received `FileDetected` with the path of a file in a folder
+/// it cannot list. Only root and group `sluice` (the daemons' user among them) receive
+/// sluice's signals now: a plain subscriber of every signal, run as each kind of caller, gets
+/// all of them or none.
+#[test]
+fn only_root_and_group_sluice_receive_sluice_signals() -> anyhow::Result<()> {
+    let Some((setup, address, runtime)) = shipped_fixture()? else {
+        return Ok(());
+    };
+    let (_copy, listener) = copy_for_other_users(env!("CARGO_BIN_EXE_bus-listen"), "bus-listen")?;
+    let mut received = Vec::new();
+    for (who, caller) in [
+        ("root", Caller::Root),
+        ("_sluice", Caller::Sluice),
+        ("group sluice", Caller::NobodyInGroup(setup.group_id)),
+        ("nobody", Caller::Nobody),
+    ] {
+        let mut command = caller.command(&listener);
+        command.args(["--address", &address]);
+        let mut listening = DaemonProcess::start_until_line(command, "subscribed")?;
+        runtime.block_on(async {
+            let connection = bus::connect(&BusAddress::Address(address.clone())).await?;
+            connection
+                .call_method(
+                    Some("org.sluice.Monitor1"),
+                    "/org/sluice/Test1/Fixture",
+                    Some("org.sluice.Test1.Fixture"),
+                    "EmitAllSignals",
+                    &(),
+                )
+                .await?;
+            // Routed after every signal of the fixture (they went before its reply).
+            connection
+                .emit_signal(
+                    None::<&str>,
+                    "/org/example/Test1",
+                    "org.example.Test1",
+                    "Done",
+                    &(),
+                )
+                .await?;
+            anyhow::Ok(())
+        })?;
+        listening.wait_for_exit(SIGNAL_DEADLINE)?;
+        let sluice_signals: Vec<String> = listening
+            .lines()
+            .into_iter()
+            .filter(|line| line.starts_with("org.sluice."))
+            .collect();
+        received.push((who, sluice_signals));
+    }
+    let all = received[0].1.clone();
+    assert!(all.len() >= 8, "root received too few: {all:?}");
+    for (who, signals) in &received {
+        let names = |list: &[String]| -> Vec<String> {
+            list.iter()
+                .map(|line| line.split(' ').take(2).collect::<Vec<_>>().join(" "))
+                .collect()
+        };
+        if *who == "nobody" {
+            assert!(signals.is_empty(), "nobody received {signals:?}");
+        } else {
+            assert_eq!(names(signals), names(&all), "{who}");
+        }
+    }
     Ok(())
 }

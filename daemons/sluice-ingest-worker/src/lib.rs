@@ -463,8 +463,14 @@ impl Worker {
                     JobState::Failed | JobState::Dead | JobState::Retrying => {
                         self.counters.failed += 1;
                         if let Some(error) = error {
-                            tracing::warn!(job_id = id, state = %state, error = %error, "job did not succeed");
-                            self.counters.last_error = Some(format!("job {id}: {error}"));
+                            tracing::warn!(job_id = id, state = %state, error = %error, "job {id} {state}: {error}");
+                            // STATUS= (`systemctl status` is for every user) and the bus
+                            // property name the job, not the error: it may name a file in a
+                            // folder other users cannot list. The journal and the store keep
+                            // the whole error.
+                            self.counters.last_error = Some(format!(
+                                "job {id} {state} (sluicectl jobs show {id} says why)"
+                            ));
                         }
                     }
                     _ => {}
