@@ -132,6 +132,18 @@ fn every_service_is_hardened_to_the_promised_exposure() -> Result<()> {
             "{unit} has exposure {exposure}, more than the promised {promised}"
         );
     }
+    // RestrictSUIDSGID= makes systemd's seccomp filter fail every openat2() with ENOSYS, and
+    // these two daemons open, create and rename every file beneath its root with openat2
+    // (sluice_core::beneath): with it, every download failed in the packaged suite.
+    for unit in ["sluice-scraper.service", "sluice-ingest-worker@.service"] {
+        let text = std::fs::read_to_string(workspace_root().join("units").join(unit))?;
+        ensure!(
+            !text
+                .lines()
+                .any(|line| line.trim() == "RestrictSUIDSGID=yes"),
+            "{unit} sets RestrictSUIDSGID=yes, which turns openat2 into ENOSYS"
+        );
+    }
     Ok(())
 }
 
@@ -666,7 +678,7 @@ fn chaos_kills_freezes_and_restarts_lose_nothing_and_do_nothing_twice() -> Resul
         container.root().join("etc/sluice/sluice.toml"),
         "[jobs]\nlease = \"3s\"\nheartbeat_interval = \"1s\"\nmax_attempts = 1000\n\
          retry_backoff_base = \"100ms\"\nretry_backoff_max = \"2s\"\n\n\
-         [scraper]\nallow_private_addresses = true\n",
+         [scraper]\nallow_private_addresses = true\n\n[limits]\nmax_page_size = 1000\n",
     )?;
     container.check("systemctl restart sluice.target")?;
     suite.wait_until_every_unit_runs()?;
