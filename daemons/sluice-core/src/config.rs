@@ -122,6 +122,8 @@ pub struct WebConfig {
     pub max_upload_size: u64,
     /// Host names without port, at least one, lower-cased.
     pub allowed_hosts: Vec<String>,
+    /// At most this many `GET /api/events` streams at once; 1 to 100000.
+    pub max_event_streams: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::api;
 use crate::app::app;
+use crate::connections::{BLOCKING_THREADS_PER_WORKER, ConnectionBudget};
 use crate::emitters::TrustedSignals;
 use crate::events::{BusEvent, EVENT_BUFFER, FORWARDED_SIGNALS};
 use crate::state::{AccessRules, Announcement, AppState, BusLink, Settings, StorePool, TokenError};
@@ -33,6 +34,13 @@ const HANDOVER_GRACE: Duration = Duration::from_millis(200);
 /// actix worker threads. The API is light (a store read or one bus call per request) and the
 /// machine this runs on also runs the workers, so two are enough.
 const HTTP_WORKERS: usize = 2;
+
+/// How long a new connection may take to send its request head, and an idle keep-alive
+/// connection may wait for its next request, before it is closed (actix's defaults, set here
+/// so they are a decision): a client that connects and sends nothing holds an open file and
+/// some memory only this long.
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +84,9 @@ impl WebError {
 ///
 /// Listens on the socket systemd passes (LISTEN_FDS) or else on [web] listen. Mutating API
 /// calls need the bearer token from [web] token_file; without that file the daemon does not
-/// start. SIGHUP reloads the token and allowed hosts; SIGTERM stops gracefully.
+/// start. At most [web] max_event_streams event streams are open at once, and the
+/// connections held stay within the open-file limit (LimitNOFILE=). SIGHUP reloads the
+/// tokens, allowed hosts and stream limit; SIGTERM stops gracefully.
 #[derive(Debug, clap::Parser)]
 #[command(name = "sluice-web", version)]
 pub struct Arguments {
@@ -174,6 +184,7 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
     )
     .await?;
 
+    let budget = ConnectionBudget::of_this_process();
     let (announcement_sender, mut announcements) = mpsc::channel(bus::COMMAND_QUEUE_DEPTH);
     let (event_sender, _) = broadcast::channel::<BusEvent>(EVENT_BUFFER);
     let (shutdown_sender, shutdown) = watch::channel(false);
@@ -189,9 +200,18 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
         event_sender.clone(),
         shutdown,
     );
+    apply_stream_limit(&state, &budget, config.web.max_event_streams);
     let server_state = state.clone();
     let server = HttpServer::new(move || app(server_state.clone()))
         .workers(HTTP_WORKERS)
+        .worker_max_blocking_threads(BLOCKING_THREADS_PER_WORKER)
+        .max_connections(budget.per_worker(HTTP_WORKERS))
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .keep_alive(KEEP_ALIVE)
+        // A client that closes its side has left: its event stream ends (and frees its slot)
+        // at once instead of at the next keep-alive write. HTTP/1.1 clients do not half-close
+        // while waiting for an answer.
+        .h1_allow_half_closed(false)
         .disable_signals()
         .shutdown_timeout(config.service.stop_timeout.as_secs().max(1))
         .listen(listener)
@@ -204,13 +224,13 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
     let mut server_task = tokio::spawn(server);
 
     let status_text = |state: &AppState| {
+        let streams = state.event_streams();
         StatusLine::new(format!("serving on {listen_address}"))
             .detail(format!(
-                "{} requests, {} event streams",
+                "{} requests, {} of {} event streams",
                 state.requests_served(),
-                state
-                    .event_clients()
-                    .load(std::sync::atomic::Ordering::Relaxed)
+                streams.open(),
+                streams.limit()
             ))
             .to_string()
     };
@@ -220,7 +240,17 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
         status.status = initial_status.clone();
     })
     .await;
-    tracing::info!(listen = %listen_address, base_path = %config.web.base_path, "sluice-web is ready");
+    tracing::info!(
+        listen = %listen_address,
+        base_path = %config.web.base_path,
+        open_file_limit = budget.open_file_limit,
+        max_connections = budget.connections,
+        max_event_streams = state.event_streams().limit(),
+        "sluice-web is ready on {listen_address}: at most {} connections (open-file limit {}), up to {} of them event streams",
+        budget.connections,
+        budget.open_file_limit,
+        state.event_streams().limit()
+    );
     notifier.ready(&initial_status);
 
     let reload_path = config_path.clone();
@@ -232,6 +262,7 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
     let mut watchdog = notifier.watchdog_ticker();
     let mut status_ticker = tokio::time::interval(config.service.status_interval);
     status_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut streams_refused_reported = 0;
 
     loop {
         let event = tokio::select! {
@@ -263,11 +294,10 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
             }
             Event::WatchdogTick => notifier.watchdog_ping(),
             Event::StatusTick => {
+                report_refused_streams(&state, &mut streams_refused_reported);
                 let text = status_text(&state);
                 let requests_served = state.requests_served();
-                let event_clients = state
-                    .event_clients()
-                    .load(std::sync::atomic::Ordering::Relaxed);
+                let event_clients = state.event_streams().open();
                 if service.status().status != text {
                     notifier.status(&text);
                 }
@@ -290,6 +320,14 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
                             Err(error) => {
                                 tracing::error!(error = %error, "a token file changed while reloading; keeping the previous tokens")
                             }
+                        }
+                        if after.web.max_event_streams != before.web.max_event_streams {
+                            apply_stream_limit(&state, &budget, after.web.max_event_streams);
+                            let limit = state.event_streams().limit();
+                            tracing::info!(
+                                limit,
+                                "new event streams are now limited to {limit} ([web] max_event_streams)"
+                            );
                         }
                         warn_about_restart_only_settings(&before, after);
                     }
@@ -342,6 +380,41 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
                 return Err(WebError::Server(std::io::Error::other(reason)));
             }
         }
+    }
+}
+
+/// Sets the event stream limit from `[web] max_event_streams`, within what the open-file limit
+/// allows (see [`ConnectionBudget::stream_limit`]); warns when that is less.
+fn apply_stream_limit(state: &AppState, budget: &ConnectionBudget, configured: u32) {
+    let limit = budget.stream_limit(configured);
+    state.event_streams().set_limit(limit);
+    if limit < configured {
+        tracing::warn!(
+            configured,
+            limit,
+            open_file_limit = budget.open_file_limit,
+            "[web] max_event_streams = {configured} does not fit the open-file limit of {}: \
+             at most {limit} event streams, so that other requests keep connections of their \
+             own; raise LimitNOFILE= of sluice-web.service to allow more",
+            budget.open_file_limit
+        );
+    }
+}
+
+/// Logs, once per status tick at most, how many event streams were refused since the last
+/// report: a client retrying in a loop must not write a line per attempt.
+fn report_refused_streams(state: &AppState, reported: &mut u64) {
+    let streams = state.event_streams();
+    let refused = streams.refused();
+    if refused > *reported {
+        tracing::warn!(
+            refused = refused - *reported,
+            limit = streams.limit(),
+            "refused {} event stream(s) with 503: all {} ([web] max_event_streams) are in use",
+            refused - *reported,
+            streams.limit()
+        );
+        *reported = refused;
     }
 }
 

@@ -1,17 +1,20 @@
 //! Server-Sent Events fed from sluice's D-Bus signals: the main loop turns each signal into a
 //! [`BusEvent`] and broadcasts it; every `GET /api/events` stream forwards what it receives as
-//! `event: <SignalName>` with the arguments as JSON, plus a keep-alive comment.
+//! `event: <SignalName>` with the arguments as JSON, plus a keep-alive comment. At most
+//! `[web] max_event_streams` streams are open at once ([`EventStreamSlots`]).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use actix_web::http::header::HeaderValue;
 use actix_web::web::{Bytes, Data};
-use actix_web::{HttpResponse, http::header};
+use actix_web::{HttpResponse, ResponseError, http::header};
 use futures_util::stream;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use zbus::message::Message;
 
+use crate::error::ApiError;
 use crate::state::AppState;
 
 /// The signals forwarded to event streams; everything else on the bus is ignored.
@@ -30,6 +33,11 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Events buffered per slow client before it starts missing some (it is told how many).
 pub const EVENT_BUFFER: usize = 1024;
+
+/// What a stream refused for want of a slot is told to wait (`Retry-After`): long enough that
+/// refused clients retrying do not add to the load, short enough that a dashboard comes back
+/// soon after others leave.
+pub const STREAM_RETRY_AFTER: Duration = Duration::from_secs(15);
 
 /// One D-Bus signal as the event stream shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,21 +109,80 @@ impl BusEvent {
     }
 }
 
-/// Counts an open stream in `event_clients` for as long as it lives.
-struct ClientGuard {
-    state: AppState,
+/// The event streams open now and how many may be. A stream takes a slot before its response
+/// starts and gives it back when it ends, however it ends (the client leaves, the daemon
+/// stops), so the count is exact. A reload changes the limit for streams opened after it;
+/// streams already open above a lowered limit stay.
+#[derive(Debug)]
+pub struct EventStreamSlots {
+    limit: AtomicU32,
+    open: AtomicU32,
+    /// Streams refused since the daemon started, for the status line and the log.
+    refused: AtomicU64,
 }
 
-impl ClientGuard {
-    fn new(state: AppState) -> ClientGuard {
-        state.event_clients().fetch_add(1, Ordering::Relaxed);
-        ClientGuard { state }
+impl EventStreamSlots {
+    pub fn new(limit: u32) -> EventStreamSlots {
+        EventStreamSlots {
+            limit: AtomicU32::new(limit),
+            open: AtomicU32::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    pub fn open(&self) -> u32 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot if one is free; the check and the count are one atomic step, so many
+    /// streams opening at once never overshoot the limit.
+    fn try_take(&self) -> bool {
+        let limit = self.limit();
+        let taken = self
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .is_ok();
+        if !taken {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    fn give_back(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-impl Drop for ClientGuard {
+/// A taken slot of [`EventStreamSlots`], given back when dropped with the stream.
+struct StreamSlot {
+    state: AppState,
+}
+
+impl StreamSlot {
+    fn take(state: &AppState) -> Option<StreamSlot> {
+        state.event_streams().try_take().then(|| StreamSlot {
+            state: state.clone(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.state.event_clients().fetch_sub(1, Ordering::Relaxed);
+        self.state.event_streams().give_back();
     }
 }
 
@@ -125,14 +192,17 @@ struct StreamState {
     shutdown: tokio::sync::watch::Receiver<bool>,
     sequence: u64,
     greeted: bool,
-    _guard: ClientGuard,
+    _slot: StreamSlot,
 }
 
 /// `GET /api/events`: the stream opens with a `: connected` comment (the subscription exists
 /// from then on), then carries every forwarded signal until the client leaves or the daemon
-/// stops.
+/// stops. With every slot taken it is refused with 503 and `Retry-After`.
 pub async fn event_stream(state: Data<AppState>) -> HttpResponse {
     let state = state.get_ref().clone();
+    let Some(slot) = StreamSlot::take(&state) else {
+        return no_free_slot(state.event_streams().limit());
+    };
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE_INTERVAL);
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate; the greeting takes its place.
@@ -143,7 +213,7 @@ pub async fn event_stream(state: Data<AppState>) -> HttpResponse {
         shutdown: state.shutdown(),
         sequence: 0,
         greeted: false,
-        _guard: ClientGuard::new(state),
+        _slot: slot,
     };
     let body = stream::unfold(initial, |mut stream_state| async move {
         if !stream_state.greeted {
@@ -174,6 +244,21 @@ pub async fn event_stream(state: Data<AppState>) -> HttpResponse {
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(body)
+}
+
+/// The API's JSON error (503 `unavailable`), with the `Retry-After` a client should honour.
+/// Not logged here: a client retrying in a loop would flood the log; the main loop reports
+/// refusals with the status.
+fn no_free_slot(limit: u32) -> HttpResponse {
+    let mut response = ApiError::Unavailable(format!(
+        "all {limit} event streams are in use ([web] max_event_streams); try again later"
+    ))
+    .error_response();
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(STREAM_RETRY_AFTER.as_secs()),
+    );
+    response
 }
 
 fn chunk(text: String) -> Result<Bytes, actix_web::Error> {

@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use sluice_core::config::{Config, WebConfig};
@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::error::ApiError;
-use crate::events::BusEvent;
+use crate::events::{BusEvent, EventStreamSlots};
 
 /// The shared state of the HTTP side; cheap to clone (one `Arc`).
 #[derive(Clone, Debug)]
@@ -30,7 +30,7 @@ struct Shared {
     events: broadcast::Sender<BusEvent>,
     shutdown: watch::Receiver<bool>,
     requests_served: AtomicU64,
-    event_clients: AtomicU32,
+    event_streams: EventStreamSlots,
 }
 
 /// Settings read once at start; changing them needs a restart (the listener and the routes
@@ -49,6 +49,9 @@ pub struct Settings {
     pub workers: u32,
     pub store_path: PathBuf,
     pub durability: &'static str,
+    /// The limit event streams start with; a reload changes it live, through
+    /// [`AppState::event_streams`].
+    pub max_event_streams: u32,
 }
 
 impl Settings {
@@ -73,6 +76,7 @@ impl Settings {
             workers: config.ingest.workers,
             store_path: config.store.path.clone(),
             durability: config.store.durability.as_str(),
+            max_event_streams: config.web.max_event_streams,
         }
     }
 }
@@ -334,6 +338,7 @@ impl AppState {
         events: broadcast::Sender<BusEvent>,
         shutdown: watch::Receiver<bool>,
     ) -> AppState {
+        let event_streams = EventStreamSlots::new(settings.max_event_streams);
         AppState {
             inner: Arc::new(Shared {
                 settings,
@@ -343,7 +348,7 @@ impl AppState {
                 events,
                 shutdown,
                 requests_served: AtomicU64::new(0),
-                event_clients: AtomicU32::new(0),
+                event_streams,
             }),
         }
     }
@@ -388,8 +393,8 @@ impl AppState {
         self.inner.requests_served.load(Ordering::Relaxed)
     }
 
-    pub fn event_clients(&self) -> &AtomicU32 {
-        &self.inner.event_clients
+    pub fn event_streams(&self) -> &EventStreamSlots {
+        &self.inner.event_streams
     }
 
     /// Runs `work` with a store connection on a blocking thread; store and join failures

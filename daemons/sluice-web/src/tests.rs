@@ -289,3 +289,52 @@ fn access_rules_come_from_the_two_token_files() {
     assert!(rules.reads_are_public());
     assert_eq!(rules.grant(READ_TOKEN), None);
 }
+
+#[actix_web::test]
+async fn event_streams_beyond_the_limit_get_503_until_one_closes() {
+    let directory = tempfile::tempdir().unwrap();
+    let state = state(directory.path());
+    state.event_streams().set_limit(2);
+    let service = init_service(app(state.clone())).await;
+    let open_stream = || {
+        TestRequest::get()
+            .uri("/api/events")
+            .insert_header(("Host", "localhost"))
+            .insert_header(("Authorization", format!("Bearer {READ_TOKEN}")))
+            .to_request()
+    };
+
+    let first = call_service(&service, open_stream()).await;
+    let second = call_service(&service, open_stream()).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(state.event_streams().open(), 2);
+
+    let refused = call_service(&service, open_stream()).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers().get("Retry-After").unwrap(), "15");
+    let body: Value = read_body_json(refused).await;
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[web] max_event_streams"),
+        "{body}"
+    );
+    assert_eq!(state.event_streams().refused(), 1);
+
+    // The client of the first stream leaves: its slot is free again.
+    drop(first);
+    assert_eq!(state.event_streams().open(), 1);
+    let again = call_service(&service, open_stream()).await;
+    assert_eq!(again.status(), StatusCode::OK);
+
+    // A lower limit (a reload) refuses new streams but leaves the open ones.
+    state.event_streams().set_limit(1);
+    let refused = call_service(&service, open_stream()).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(state.event_streams().open(), 2);
+    drop((second, again));
+    assert_eq!(state.event_streams().open(), 0);
+}

@@ -71,6 +71,7 @@ pub const DURATION_KEYS: &[(&str, DurationRange)] = &[
 pub const NUMBER_KEYS: &[(&str, RangeInclusive<u32>)] = &[
     ("jobs.max_attempts", MAX_ATTEMPTS),
     ("jobs.claim_batch", CLAIM_BATCH),
+    ("web.max_event_streams", MAX_EVENT_STREAMS),
     ("ingest.workers", super::INGEST_WORKERS_RANGE),
     ("ingest.thumbnail_size", THUMBNAIL_SIZE),
     ("scraper.per_host_concurrency", PER_HOST_CONCURRENCY),
@@ -80,6 +81,9 @@ pub const NUMBER_KEYS: &[(&str, RangeInclusive<u32>)] = &[
 ];
 
 pub(super) const MAX_ATTEMPTS: RangeInclusive<u32> = crate::policy::MAX_ATTEMPTS_RANGE;
+/// Each stream holds an open connection (a file descriptor) and about 11 KB for as long as
+/// it lasts; a hundred thousand is far beyond what a `LimitNOFILE=` would sensibly back.
+pub(super) const MAX_EVENT_STREAMS: RangeInclusive<u32> = 1..=100_000;
 pub(super) const CLAIM_BATCH: RangeInclusive<u32> = 1..=10_000;
 pub(super) const THUMBNAIL_SIZE: RangeInclusive<u32> = 1..=4096;
 pub(super) const PER_HOST_CONCURRENCY: RangeInclusive<u32> = 1..=1024;

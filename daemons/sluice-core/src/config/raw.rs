@@ -83,6 +83,7 @@ pub(super) struct RawWeb {
     pub public_reads: Flag,
     pub max_upload_size: Size,
     pub allowed_hosts: TextList,
+    pub max_event_streams: Number,
 }
 
 #[derive(Debug, Deserialize)]

@@ -85,6 +85,7 @@ fn shipped_defaults_load_and_validate() {
     assert!(!config.web.public_reads);
     assert_eq!(config.web.max_upload_size, 1 << 30);
     assert_eq!(config.web.allowed_hosts, ["127.0.0.1", "localhost"]);
+    assert_eq!(config.web.max_event_streams, 1000);
     assert_eq!(config.watches.len(), 1);
     let inbox = &config.watches[0];
     assert_eq!(inbox.path, Path::new("/var/lib/sluice/inbox"));

@@ -243,6 +243,7 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
         public_reads: *raw.web.public_reads.get_ref(),
         max_upload_size: locator.size(&raw.web.max_upload_size)?,
         allowed_hosts: allowed_hosts(locator, &raw.web.allowed_hosts)?,
+        max_event_streams: locator.number(&raw.web.max_event_streams, MAX_EVENT_STREAMS)?,
     };
     let monitor = MonitorConfig {
         reconcile_interval: locator
