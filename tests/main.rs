@@ -7,6 +7,7 @@ mod config_bounds;
 mod e2e;
 mod in_process;
 mod ingest;
+mod limits;
 mod monitor;
 mod policy;
 mod runtime;
