@@ -23,7 +23,7 @@ use crate::api;
 use crate::app::app;
 use crate::connections::{BLOCKING_THREADS_PER_WORKER, ConnectionBudget};
 use crate::emitters::TrustedSignals;
-use crate::events::{BusEvent, EVENT_BUFFER, FORWARDED_SIGNALS};
+use crate::events::{BusEvent, EVENT_BUFFER, FORWARDED_SIGNALS, SseFrame};
 use crate::state::{AccessRules, Announcement, AppState, BusLink, Settings, StorePool, TokenError};
 
 /// How long a stopping web lets its HTTP workers take the connections the acceptor already
@@ -186,7 +186,7 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
 
     let budget = ConnectionBudget::of_this_process();
     let (announcement_sender, mut announcements) = mpsc::channel(bus::COMMAND_QUEUE_DEPTH);
-    let (event_sender, _) = broadcast::channel::<BusEvent>(EVENT_BUFFER);
+    let (event_sender, _) = broadcast::channel::<SseFrame>(EVENT_BUFFER);
     let (shutdown_sender, shutdown) = watch::channel(false);
     let state = AppState::new(
         Settings::from_config(&config),
@@ -286,7 +286,7 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
                     && FORWARDED_SIGNALS.contains(&event.name.as_str())
                 {
                     // No subscriber is fine: nobody is watching the stream right now.
-                    let _ = event_sender.send(event);
+                    let _ = event_sender.send(event.to_frame());
                 }
             }
             Event::BusSignal(Err(error)) => {

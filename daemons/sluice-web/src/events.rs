@@ -1,13 +1,14 @@
 //! Server-Sent Events fed from sluice's D-Bus signals: the main loop turns each signal into a
-//! [`BusEvent`] and broadcasts it; every `GET /api/events` stream forwards what it receives as
-//! `event: <SignalName>` with the arguments as JSON, plus a keep-alive comment. At most
-//! `[web] max_event_streams` streams are open at once ([`EventStreamSlots`]).
+//! [`BusEvent`], renders it once as an [`SseFrame`] and broadcasts that; every
+//! `GET /api/events` stream forwards what it receives as `event: <SignalName>` with the
+//! arguments as JSON, plus a keep-alive comment. At most `[web] max_event_streams` streams are
+//! open at once ([`EventStreamSlots`]).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::http::header::HeaderValue;
-use actix_web::web::{Bytes, Data};
+use actix_web::web::{BufMut, Bytes, BytesMut, Data};
 use actix_web::{HttpResponse, ResponseError, http::header};
 use futures_util::stream;
 use serde_json::{Value, json};
@@ -99,13 +100,30 @@ impl BusEvent {
         Some(BusEvent { name, data })
     }
 
-    /// The event in SSE wire format: `id:`, `event:`, one `data:` line, blank line.
-    pub fn to_sse(&self, sequence: u64) -> String {
+    /// The event as every stream sends it, rendered once for all of them.
+    pub fn to_frame(&self) -> SseFrame {
         // serde_json never writes a raw newline, so the JSON is always one `data:` line.
-        format!(
-            "id: {sequence}\nevent: {}\ndata: {}\n\n",
+        SseFrame(Bytes::from(format!(
+            "event: {}\ndata: {}\n\n",
             self.name, self.data
-        )
+        )))
+    }
+}
+
+/// An event in SSE wire format without its `id:` line: `event:`, one `data:` line, blank line.
+/// The broadcast carries these, so a thousand streams share one rendering and one buffer
+/// instead of each cloning the JSON value and serialising it again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseFrame(Bytes);
+
+impl SseFrame {
+    /// The frame with this stream's own `id:` line in front.
+    fn with_id(&self, sequence: u64) -> Bytes {
+        let id = format!("id: {sequence}\n");
+        let mut frame = BytesMut::with_capacity(id.len() + self.0.len());
+        frame.put_slice(id.as_bytes());
+        frame.put_slice(&self.0);
+        frame.freeze()
     }
 }
 
@@ -187,7 +205,7 @@ impl Drop for StreamSlot {
 }
 
 struct StreamState {
-    events: broadcast::Receiver<BusEvent>,
+    events: broadcast::Receiver<SseFrame>,
     keep_alive: tokio::time::Interval,
     shutdown: tokio::sync::watch::Receiver<bool>,
     sequence: u64,
@@ -218,26 +236,27 @@ pub async fn event_stream(state: Data<AppState>) -> HttpResponse {
     let body = stream::unfold(initial, |mut stream_state| async move {
         if !stream_state.greeted {
             stream_state.greeted = true;
-            return Some((chunk(": connected\n\n".to_owned()), stream_state));
+            return Some((Ok(Bytes::from_static(b": connected\n\n")), stream_state));
         }
         if *stream_state.shutdown.borrow() {
             return None;
         }
-        let text = tokio::select! {
+        let bytes = tokio::select! {
             received = stream_state.events.recv() => match received {
-                Ok(event) => {
+                Ok(frame) => {
                     stream_state.sequence += 1;
-                    event.to_sse(stream_state.sequence)
+                    frame.with_id(stream_state.sequence)
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    format!("event: Lagged\ndata: {}\n\n", json!({ "missed": missed }))
-                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => Bytes::from(format!(
+                    "event: Lagged\ndata: {}\n\n",
+                    json!({ "missed": missed })
+                )),
                 Err(broadcast::error::RecvError::Closed) => return None,
             },
-            _ = stream_state.keep_alive.tick() => ": keep-alive\n\n".to_owned(),
+            _ = stream_state.keep_alive.tick() => Bytes::from_static(b": keep-alive\n\n"),
             _ = stream_state.shutdown.changed() => return None,
         };
-        Some((chunk(text), stream_state))
+        Some((Ok::<_, actix_web::Error>(bytes), stream_state))
     });
     HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -261,10 +280,6 @@ fn no_free_slot(limit: u32) -> HttpResponse {
     response
 }
 
-fn chunk(text: String) -> Result<Bytes, actix_web::Error> {
-    Ok(Bytes::from(text))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,7 +290,8 @@ mod tests {
             name: "JobFinished".into(),
             data: json!({ "job_id": 7, "state": "succeeded\nREADY", "interface": "org.sluice.Web1" }),
         };
-        let frame = event.to_sse(3);
+        let frame = event.to_frame().with_id(3);
+        let frame = std::str::from_utf8(&frame).unwrap();
         assert!(
             frame.starts_with("id: 3\nevent: JobFinished\ndata: {"),
             "{frame}"

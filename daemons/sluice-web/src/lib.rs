@@ -18,13 +18,10 @@ mod status;
 mod tests;
 
 pub use app::app;
-pub use connections::ConnectionBudget;
 pub use daemon::{Arguments, WebDaemon, WebError, run};
 pub use emitters::{NameOwners, TrustedSignals, emitter_name};
 pub use error::ApiError;
-pub use events::{
-    BusEvent, EventStreamSlots, FORWARDED_SIGNALS, KEEP_ALIVE_INTERVAL, STREAM_RETRY_AFTER,
-};
+pub use events::{BusEvent, EventStreamSlots, FORWARDED_SIGNALS, KEEP_ALIVE_INTERVAL, SseFrame};
 pub use state::{
     AccessRules, Announcement, ApiToken, AppState, BusLink, MINIMUM_TOKEN_LENGTH, Settings,
     StorePool, TokenError,

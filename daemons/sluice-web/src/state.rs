@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::error::ApiError;
-use crate::events::{BusEvent, EventStreamSlots};
+use crate::events::{EventStreamSlots, SseFrame};
 
 /// The shared state of the HTTP side; cheap to clone (one `Arc`).
 #[derive(Clone, Debug)]
@@ -27,7 +27,7 @@ struct Shared {
     access: RwLock<AccessRules>,
     stores: StorePool,
     bus: Option<BusLink>,
-    events: broadcast::Sender<BusEvent>,
+    events: broadcast::Sender<SseFrame>,
     shutdown: watch::Receiver<bool>,
     requests_served: AtomicU64,
     event_streams: EventStreamSlots,
@@ -335,7 +335,7 @@ impl AppState {
         access: AccessRules,
         stores: StorePool,
         bus: Option<BusLink>,
-        events: broadcast::Sender<BusEvent>,
+        events: broadcast::Sender<SseFrame>,
         shutdown: watch::Receiver<bool>,
     ) -> AppState {
         let event_streams = EventStreamSlots::new(settings.max_event_streams);
@@ -377,7 +377,7 @@ impl AppState {
         self.inner.bus.as_ref()
     }
 
-    pub fn subscribe_events(&self) -> broadcast::Receiver<BusEvent> {
+    pub fn subscribe_events(&self) -> broadcast::Receiver<SseFrame> {
         self.inner.events.subscribe()
     }
 
