@@ -439,14 +439,32 @@ fn open_listener(config: &Config) -> Result<(TcpListener, String), WebError> {
             .unwrap_or_else(|_| "unknown".into());
         return Ok((listener, format!("{address} (socket-activated)")));
     }
-    let listener = TcpListener::bind(config.web.listen)
-        .map_err(listen_error(config.web.listen.to_string()))?;
+    let listener = bind(config.web.listen).map_err(listen_error(config.web.listen.to_string()))?;
     let address = listener
         .local_addr()
         .map_err(listen_error(config.web.listen.to_string()))?
         .to_string();
     Ok((listener, address))
 }
+
+/// A listening socket on `address` with the backlog sluice-web.socket gets from systemd
+/// (`Backlog=` defaults to `SOMAXCONN`), instead of the 128 of `std::net::TcpListener::bind`:
+/// a burst of connections beyond the backlog has its SYNs dropped and waits a second or more
+/// for the retransmission, `/healthz` included.
+fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's bind does, so a restart can listen again while old connections linger.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)?.into_std()
+}
+
+/// The kernel caps it at `net.core.somaxconn` (4096 by default since Linux 5.4).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Answers a Web1 call on a task, so a slow store never stalls the loop (and its watchdog).
 fn handle_command(
