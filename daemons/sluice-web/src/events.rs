@@ -32,7 +32,9 @@ pub const FORWARDED_SIGNALS: [&str; 7] = [
 /// How often an idle stream sends a comment, so proxies and clients see it is alive.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
-/// Events buffered per slow client before it starts missing some (it is told how many).
+/// How far a slow stream may fall behind before it starts missing events (it is told how
+/// many). One ring of this many rendered frames is shared by every stream, so this costs
+/// memory once, not once per stream; a stream itself only holds its position in the ring.
 pub const EVENT_BUFFER: usize = 1024;
 
 /// What a stream refused for want of a slot is told to wait (`Retry-After`): long enough that
