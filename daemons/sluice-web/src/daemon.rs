@@ -282,11 +282,11 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
             Event::Command(command) => handle_command(&state, command, &announcement_sender),
             Event::Announcement(announcement) => emit(&service, announcement).await,
             Event::BusSignal(Ok(message)) => {
-                if let Some(event) = BusEvent::from_message(&message)
-                    && FORWARDED_SIGNALS.contains(&event.name.as_str())
-                {
-                    // No subscriber is fine: nobody is watching the stream right now.
-                    let _ = event_sender.send(event.to_frame());
+                for event in BusEvent::all_from_message(&message) {
+                    if FORWARDED_SIGNALS.contains(&event.name.as_str()) {
+                        // No subscriber is fine: nobody is watching the stream right now.
+                        let _ = event_sender.send(event.to_frame());
+                    }
                 }
             }
             Event::BusSignal(Err(error)) => {

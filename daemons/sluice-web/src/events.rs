@@ -102,6 +102,52 @@ impl BusEvent {
         Some(BusEvent { name, data })
     }
 
+    /// Every event a signal stands for: one for most signals, one per change for a worker's
+    /// `JobsChanged` batch (each as the `JobStarted` or `JobFinished` it replaces, so stream
+    /// clients see every state change whichever way the worker sent it), none for a message
+    /// that is not one of sluice's signals.
+    pub fn all_from_message(message: &Message) -> Vec<BusEvent> {
+        let header = message.header();
+        let is_batch = header
+            .interface()
+            .is_some_and(|interface| interface.as_str() == "org.sluice.Ingest1")
+            && header
+                .member()
+                .is_some_and(|member| member.as_str() == "JobsChanged");
+        if !is_batch {
+            return BusEvent::from_message(message).into_iter().collect();
+        }
+        let object_path = header
+            .path()
+            .map(|path| path.to_string())
+            .unwrap_or_default();
+        let Ok((worker, changes)) = message
+            .body()
+            .deserialize::<(String, Vec<(u64, String, String)>)>()
+        else {
+            return Vec::new();
+        };
+        changes
+            .into_iter()
+            .map(|(job_id, kind, state)| {
+                let (name, mut data) = if state == "running" {
+                    (
+                        "JobStarted",
+                        json!({ "job_id": job_id, "kind": kind, "worker": worker }),
+                    )
+                } else {
+                    ("JobFinished", json!({ "job_id": job_id, "state": state }))
+                };
+                data["interface"] = Value::from("org.sluice.Ingest1");
+                data["object_path"] = Value::from(object_path.as_str());
+                BusEvent {
+                    name: name.to_owned(),
+                    data,
+                }
+            })
+            .collect()
+    }
+
     /// The event as every stream sends it, rendered once for all of them.
     pub fn to_frame(&self) -> SseFrame {
         // serde_json never writes a raw newline, so the JSON is always one `data:` line.
@@ -284,6 +330,31 @@ fn no_free_slot(limit: u32) -> HttpResponse {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_batch_of_job_changes_becomes_one_event_per_change() {
+        let changes: Vec<(u64, String, String)> = vec![
+            (7, "ingest".into(), "running".into()),
+            (7, "ingest".into(), "succeeded".into()),
+            (8, "noop".into(), "running".into()),
+        ];
+        let message = Message::signal("/org/sluice/Ingest1/2", "org.sluice.Ingest1", "JobsChanged")
+            .build(&("sluice-ingest-worker@2", changes))
+            .unwrap();
+        let events = BusEvent::all_from_message(&message);
+        let names: Vec<&str> = events.iter().map(|event| event.name.as_str()).collect();
+        assert_eq!(names, ["JobStarted", "JobFinished", "JobStarted"]);
+        assert_eq!(events[0].data["worker"], "sluice-ingest-worker@2");
+        assert_eq!(events[0].data["kind"], "ingest");
+        assert_eq!(events[1].data["state"], "succeeded");
+        assert_eq!(events[2].data["job_id"], 8);
+        assert_eq!(events[2].data["object_path"], "/org/sluice/Ingest1/2");
+        // A single signal is still one event.
+        let single = Message::signal("/org/sluice/Ingest1/2", "org.sluice.Ingest1", "JobFinished")
+            .build(&(9u64, "failed"))
+            .unwrap();
+        assert_eq!(BusEvent::all_from_message(&single).len(), 1);
+    }
+
     use super::*;
 
     #[test]
