@@ -84,34 +84,92 @@ pub fn skip(reason: &str) {
 }
 
 /// A tmpfs of the test's own, mounted on a temporary directory (needs root): a file system
-/// that is certainly not the one of the temp folder. Unmounted when dropped.
+/// that is certainly not the one of the temp folder, and a small one when asked, to fill up.
+/// Unmounted when dropped.
 #[derive(Debug)]
 pub struct TmpfsMount {
     directory: tempfile::TempDir,
 }
 
 impl TmpfsMount {
+    /// 64 MiB: room for anything a test writes.
     pub fn new() -> anyhow::Result<TmpfsMount> {
+        TmpfsMount::with_size("64m")
+    }
+
+    /// A tmpfs of `size`, in mount(8)'s syntax ("1m", "512k").
+    pub fn with_size(size: &str) -> anyhow::Result<TmpfsMount> {
         let directory = tempfile::tempdir().context("cannot make a mount point")?;
-        let output = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=64m,mode=0755", "tmpfs"])
-            .arg(directory.path())
-            .stdin(Stdio::null())
-            .output()
-            .context("cannot run mount")?;
-        if !output.status.success() {
-            bail!(
-                "mount -t tmpfs on {} failed: {}",
-                directory.path().display(),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        run_mount(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0755"),
+            "tmpfs",
+            &directory.path().to_string_lossy(),
+        ])?;
         Ok(TmpfsMount { directory })
     }
 
     pub fn path(&self) -> &Path {
         self.directory.path()
     }
+
+    /// Grows (or shrinks) the file system in place; the files on it stay, and the processes
+    /// that have them open keep them.
+    pub fn resize(&self, size: &str) -> anyhow::Result<()> {
+        run_mount(&[
+            "-o",
+            &format!("remount,size={size}"),
+            &self.path().to_string_lossy(),
+        ])
+    }
+
+    /// Bytes an unprivileged writer could still write (`statvfs`'s `f_bavail`).
+    pub fn free_bytes(&self) -> u64 {
+        let stats = nix::sys::statvfs::statvfs(self.path()).expect("statvfs of the tmpfs");
+        stats.blocks_available() as u64 * stats.fragment_size() as u64
+    }
+
+    /// Writes the file `name` until the file system is full (the write fails with ENOSPC) and
+    /// returns its size; removing the file gives the space back.
+    pub fn fill(&self, name: &str) -> anyhow::Result<u64> {
+        use std::io::Write;
+        let path = self.path().join(name);
+        let mut filler = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        let chunk = vec![0xa5_u8; 64 * 1024];
+        loop {
+            match filler.write_all(&chunk) {
+                Ok(()) => {}
+                Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(error) => bail!("cannot fill {}: {error}", path.display()),
+            }
+        }
+        // Whatever a short write left in the page cache is on the file system now too.
+        let _ = filler.sync_all();
+        let length = filler.metadata()?.len();
+        Ok(length)
+    }
+}
+
+fn run_mount(arguments: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("mount")
+        .args(arguments)
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run mount")?;
+    if !output.status.success() {
+        bail!(
+            "mount {} failed: {}",
+            arguments.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }
 
 impl Drop for TmpfsMount {
