@@ -5,6 +5,7 @@ mod bus;
 mod cli;
 mod config_bounds;
 mod e2e;
+mod full_disk;
 mod in_process;
 mod ingest;
 mod limits;

@@ -128,6 +128,13 @@ pub fn sync_directory(directory: &File) -> io::Result<()> {
     directory.sync_all()
 }
 
+/// Whether a write failed because its file system is full (`ENOSPC`) or the writer's quota
+/// is used up (`EDQUOT`): the failure a daemon waits out instead of counting it against the
+/// job, since freeing space is all it takes.
+pub fn is_out_of_space(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
 /// The `*at` calls below resolve a name with slashes component by component, following
 /// links; a single component is the only shape they are safe with.
 fn single_component(name: &OsStr) -> Result<&Path, Errno> {

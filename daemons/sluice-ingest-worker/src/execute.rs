@@ -313,6 +313,17 @@ impl Executor {
             Err(IngestFailure::Superseded(reason)) => Some(Outcome::Succeeded {
                 result: json!({ "superseded": true, "reason": reason }),
             }),
+            Err(IngestFailure::NoSpace(error)) => {
+                // Committed with the next claim, like any outcome that needs no other row:
+                // the file row stays `detected`, since the job is not over.
+                tracing::warn!(
+                    error = %error,
+                    "job {}: {error}; the job waits for space and runs again once there is \
+                     some, without using an attempt",
+                    job.id
+                );
+                Some(Outcome::Postponed { error })
+            }
             Err(failure) => {
                 let retryable = matches!(failure, IngestFailure::Retryable(_));
                 let message = failure.to_string();
@@ -409,7 +420,9 @@ impl Executor {
                 // knows which library file is this job's.
                 self.store
                     .record_ingest_intent(job.id, &job.lease_token, &analysis.blake3)
-                    .map_err(store_failure)?;
+                    .map_err(|error| {
+                        store_failure("note the file's hash before filing it", error)
+                    })?;
                 let (path, filed) =
                     file_into_library(&settings.library, &analysis.blake3, &mut opened)?;
                 tracing::info!(library_path = %path.display(), ?filed, "filed into the library");
@@ -436,7 +449,7 @@ impl Executor {
                     text: analysis.text,
                 },
             })
-            .map_err(store_failure)?;
+            .map_err(|error| store_failure("commit the document", error))?;
         tracing::info!(
             doc_id = finished.document_id,
             duplicate = finished.duplicate,
@@ -469,7 +482,11 @@ impl Executor {
         if payload.mode != IngestMode::Consume {
             return Err(missing());
         }
-        let Some(blake3) = self.store.ingest_intent(job.id).map_err(store_failure)? else {
+        let Some(blake3) = self
+            .store
+            .ingest_intent(job.id)
+            .map_err(|error| store_failure("read the hash noted by an earlier attempt", error))?
+        else {
             return Err(missing());
         };
         let opened = open_library_file(&settings.library, &blake3)?.ok_or_else(missing)?;
@@ -555,12 +572,13 @@ fn outcome_of(failure: IngestFailure) -> Outcome {
             error,
             retryable: true,
         },
+        IngestFailure::NoSpace(error) => Outcome::Postponed { error },
     }
 }
 
 fn outcome_error(outcome: &Outcome) -> Option<String> {
     match outcome {
-        Outcome::Failed { error, .. } => Some(error.clone()),
+        Outcome::Failed { error, .. } | Outcome::Postponed { error } => Some(error.clone()),
         Outcome::Cancelled => Some("cancelled on request".into()),
         Outcome::Succeeded { .. } | Outcome::Released => None,
     }
@@ -574,15 +592,18 @@ fn completion(job: &ClaimedJob, outcome: Outcome) -> Completion {
     }
 }
 
-/// A lost lease stops the body (another worker owns the job); other store errors are worth
-/// another attempt.
-fn store_failure(error: DocumentError) -> IngestFailure {
+/// A lost lease stops the body (another worker owns the job); a full database disk is waited
+/// out; other store errors are worth another attempt. `what` is what the body was doing.
+fn store_failure(what: &str, error: DocumentError) -> IngestFailure {
     match error {
         DocumentError::Job(JobError::LeaseLost { .. }) => IngestFailure::Stopped,
         DocumentError::FileNotFound(_) | DocumentError::InvalidArgument(_) => {
             IngestFailure::Permanent(error.to_string())
         }
-        error => IngestFailure::Retryable(error.to_string()),
+        error if error.is_out_of_space() => {
+            IngestFailure::NoSpace(format!("cannot {what}: {error}"))
+        }
+        error => IngestFailure::Retryable(format!("cannot {what}: {error}")),
     }
 }
 

@@ -1,5 +1,7 @@
 //! How a job body ends when it does not succeed, and what the queue makes of each case.
 
+use std::io;
+
 /// Why a job did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IngestFailure {
@@ -10,6 +12,11 @@ pub enum IngestFailure {
     /// after the last attempt.
     #[error("{0}")]
     Retryable(String),
+    /// A disk the job writes to (the library, or the database's) is full: the job waits in
+    /// `retrying` without using an attempt and runs again once there is space, however long
+    /// that takes.
+    #[error("{0}")]
+    NoSpace(String),
     /// Cancellation was requested (heartbeat or D-Bus): the job becomes `cancelled`.
     #[error("cancelled on request")]
     Cancelled,
@@ -20,4 +27,16 @@ pub enum IngestFailure {
     /// version does the work, so this one ends successfully without touching anything.
     #[error("superseded: {0}")]
     Superseded(String),
+}
+
+impl IngestFailure {
+    /// An IO error on a file the worker writes: the disk being full is waited out, anything
+    /// else is worth another attempt.
+    pub fn writing(message: String, error: &io::Error) -> IngestFailure {
+        if sluice_core::beneath::is_out_of_space(error) {
+            IngestFailure::NoSpace(message)
+        } else {
+            IngestFailure::Retryable(message)
+        }
+    }
 }

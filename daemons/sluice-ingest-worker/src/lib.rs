@@ -416,7 +416,10 @@ impl Worker {
                 }
             }
             Err(error) => {
-                tracing::error!(error = %error, "cannot claim or complete jobs; trying again shortly");
+                tracing::error!(
+                    error = %error,
+                    "cannot claim or complete jobs: {error}; trying again in {POLL_MAX:?}"
+                );
                 self.counters.last_error = Some(error.to_string());
                 self.pending = output.given;
                 self.poll_delay = POLL_MAX;
@@ -596,7 +599,11 @@ impl Worker {
                     job.abort.store(true, Ordering::Relaxed);
                 }
                 Err(error) => {
-                    tracing::warn!(job_id = id, error = %error, "heartbeat failed; will try again");
+                    tracing::warn!(
+                        job_id = id,
+                        error = %error,
+                        "cannot renew the lease of job {id}: {error}; trying again at the next heartbeat"
+                    );
                 }
             }
         }

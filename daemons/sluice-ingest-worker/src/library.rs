@@ -10,7 +10,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -47,10 +47,13 @@ pub fn file_into_library(
         .parent()
         .expect("a library path has parent folders");
     std::fs::create_dir_all(target_directory_path).map_err(|error| {
-        IngestFailure::Retryable(format!(
-            "cannot create library folder {}: {error}",
-            target_directory_path.display()
-        ))
+        IngestFailure::writing(
+            format!(
+                "cannot create library folder {}: {error}",
+                target_directory_path.display()
+            ),
+            &error,
+        )
     })?;
     let target_directory = open_directory(target_directory_path)?;
     let name = OsStr::new(blake3);
@@ -89,12 +92,17 @@ pub fn file_into_library(
                         ));
                     }
                 }
-                Err(Errno::EXDEV) => copy_across_filesystems(source, &target_directory, name)?,
+                Err(Errno::EXDEV) => {
+                    copy_across_filesystems(source, &target_directory, &target_path)?
+                }
                 Err(errno) => {
-                    return Err(IngestFailure::Retryable(format!(
-                        "cannot move the file into {}: {errno}",
-                        target_path.display()
-                    )));
+                    return Err(IngestFailure::writing(
+                        format!(
+                            "cannot move the file into {}: {errno}",
+                            target_path.display()
+                        ),
+                        &errno.into(),
+                    ));
                 }
             }
             Filed::Moved
@@ -118,7 +126,7 @@ pub fn open_library_file(
         .open(directory_path)
     {
         Ok(directory) => directory,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => {
             return Err(IngestFailure::Retryable(format!(
                 "cannot open library folder {}: {error}",
@@ -178,15 +186,27 @@ fn remove_source(source: &OpenedFile) -> Result<(), IngestFailure> {
 }
 
 /// The library is on another filesystem: copy from the hashed descriptor into a temporary
-/// name, fsync, rename into place, then remove the source.
+/// name, fsync, rename into place, then remove the source. A copy that fails (a full library
+/// disk, most likely) is removed again, so it neither looks like a filed file nor keeps the
+/// space the next attempt needs.
 fn copy_across_filesystems(
     source: &mut OpenedFile,
     target_directory: &File,
-    name: &OsStr,
+    target_path: &Path,
 ) -> Result<(), IngestFailure> {
+    let name = target_path
+        .file_name()
+        .expect("a library path ends in the file's hash");
     let temporary_name = format!(".{}.part-{}", Path::new(name).display(), std::process::id());
-    let retryable = |what: &str, error: &dyn std::fmt::Display| {
-        IngestFailure::Retryable(format!("cannot copy into the library ({what}): {error}"))
+    let temporary_path = target_path.with_file_name(&temporary_name);
+    let failure = |what: &str, error: io::Error| {
+        IngestFailure::writing(
+            format!(
+                "cannot copy the file into the library as {} ({what}): {error}",
+                temporary_path.display()
+            ),
+            &error,
+        )
     };
     let descriptor = nix::fcntl::openat(
         target_directory,
@@ -198,22 +218,42 @@ fn copy_across_filesystems(
             | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::from_bits_truncate(0o640),
     )
-    .map_err(|errno| retryable("create", &errno))?;
+    .map_err(|errno| failure("create", errno.into()))?;
     let mut copy = File::from(descriptor);
-    source
+    let copied = source
         .file
         .seek(SeekFrom::Start(0))
-        .map_err(|error| retryable("rewind", &error))?;
-    std::io::copy(&mut source.file, &mut copy).map_err(|error| retryable("write", &error))?;
-    copy.sync_all()
-        .map_err(|error| retryable("fsync", &error))?;
-    renameat(
-        target_directory,
-        temporary_name.as_str(),
-        target_directory,
-        name,
-    )
-    .map_err(|errno| retryable("rename", &errno))?;
+        .map_err(|error| failure("rewind", error))
+        .and_then(|_| {
+            io::copy(&mut source.file, &mut copy).map_err(|error| failure("write", error))
+        })
+        .and_then(|_| copy.sync_all().map_err(|error| failure("fsync", error)))
+        .and_then(|()| {
+            renameat(
+                target_directory,
+                temporary_name.as_str(),
+                target_directory,
+                name,
+            )
+            .map_err(|errno| failure("rename", errno.into()))
+        });
+    if let Err(failure) = copied {
+        drop(copy);
+        if let Err(errno) = unlinkat(
+            target_directory,
+            temporary_name.as_str(),
+            UnlinkatFlags::NoRemoveDir,
+        ) && errno != Errno::ENOENT
+        {
+            tracing::warn!(
+                path = %temporary_path.display(),
+                error = %errno,
+                "cannot remove the unfinished copy {}: {errno}",
+                temporary_path.display()
+            );
+        }
+        return Err(failure);
+    }
     remove_source(source)
 }
 

@@ -26,6 +26,9 @@ pub enum FileError {
     /// An ordinary IO error, worth another attempt.
     #[error("{0}")]
     Io(String),
+    /// The staging or inbox file system is full: the download waits for space.
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 /// Creates the staging folder and the inbox if missing and checks they are on the same file
@@ -272,6 +275,9 @@ fn refusal(what: &str, path: &Path, errno: Errno) -> FileError {
             "{what} {path} leads outside its folder; refusing to write there"
         )),
         Errno::ENOTDIR => FileError::Refused(format!("{what} {path} is not a folder")),
+        Errno::ENOSPC | Errno::EDQUOT => {
+            FileError::NoSpace(format!("cannot write {what} {path}: {}", errno.desc()))
+        }
         errno => FileError::Io(format!("cannot write {what} {path}: {errno}")),
     }
 }

@@ -481,7 +481,9 @@ impl Scraper {
                 self.downloads_failed += 1;
                 self.last_error = Some(error);
             }
-            Ended::Retrying { error } | Ended::NotRecorded { error } => {
+            Ended::Retrying { error }
+            | Ended::Postponed { error }
+            | Ended::NotRecorded { error } => {
                 self.last_error = Some(error);
             }
             Ended::Cancelled | Ended::Released => {}

@@ -100,6 +100,10 @@ pub enum Ended {
     Retrying {
         error: String,
     },
+    /// The staging disk is full; the download waits for space, its attempt given back.
+    Postponed {
+        error: String,
+    },
     Cancelled,
     Released,
     /// The outcome could not be recorded (lease lost, database error); the lease expiry
@@ -178,6 +182,8 @@ struct Failure {
     retryable: bool,
     /// Remove the partial file (it cannot be resumed: wrong content, too large, refused).
     discard_part: bool,
+    /// The disk is full: wait for space without using an attempt, keeping the partial file.
+    out_of_space: bool,
 }
 
 impl Failure {
@@ -186,6 +192,7 @@ impl Failure {
             error: error.into(),
             retryable: true,
             discard_part: false,
+            out_of_space: false,
         }
     }
 
@@ -194,6 +201,24 @@ impl Failure {
             error: error.into(),
             retryable: false,
             discard_part: true,
+            out_of_space: false,
+        }
+    }
+
+    fn out_of_space(error: impl Into<String>) -> Failure {
+        Failure {
+            out_of_space: true,
+            ..Failure::retryable(error)
+        }
+    }
+
+    /// A failed write to the partial file: the disk being full is waited out.
+    fn writing(part: &std::path::Path, error: &std::io::Error) -> Failure {
+        let message = format!("cannot write {}: {error}", part.display());
+        if sluice_core::beneath::is_out_of_space(error) {
+            Failure::out_of_space(message)
+        } else {
+            Failure::retryable(message)
         }
     }
 }
@@ -297,14 +322,17 @@ async fn run_attempt(
             if failure.discard_part {
                 discard_part(&part);
             }
-            if failure.retryable {
-                tracing::warn!(error = %failure.error, "attempt failed; will retry");
+            // Logged once the outcome is recorded, when it is known whether the job is
+            // tried again.
+            if failure.out_of_space {
+                DownloadOutcome::Postponed {
+                    error: failure.error,
+                }
             } else {
-                tracing::error!(error = %failure.error, "download failed");
-            }
-            DownloadOutcome::Failed {
-                error: failure.error,
-                retryable: failure.retryable,
+                DownloadOutcome::Failed {
+                    error: failure.error,
+                    retryable: failure.retryable,
+                }
             }
         }
         Finish::Stop(StopRequest::Cancel) => {
@@ -332,7 +360,25 @@ async fn run_attempt(
             return report(job_id, Some(download_id), Ended::NotRecorded { error });
         }
     };
-    record_outcome(&context, &job, download_id, outcome).await
+    let attempt = job.attempt;
+    let report = record_outcome(&context, &job, download_id, outcome).await;
+    match &report.ended {
+        Ended::Postponed { error } => tracing::warn!(
+            error = %error,
+            "download {download_id} (job {job_id}) waits for space: {error}; it resumes from \
+             its partial file once space is freed, without using an attempt"
+        ),
+        Ended::Retrying { error } => tracing::warn!(
+            error = %error,
+            "download {download_id} (job {job_id}): attempt {attempt} failed: {error}; trying again"
+        ),
+        Ended::Failed { error } => tracing::error!(
+            error = %error,
+            "download {download_id} (job {job_id}) failed at attempt {attempt}: {error}"
+        ),
+        _ => {}
+    }
+    report
 }
 
 /// Saves progress and renews the lease; returns whether a cancel was requested.
@@ -515,6 +561,7 @@ async fn transfer(
                         ),
                         retryable: true,
                         discard_part: true,
+                        out_of_space: false,
                     });
                 }
             }
@@ -548,6 +595,7 @@ async fn transfer(
                     ),
                     retryable: true,
                     discard_part: true,
+                    out_of_space: false,
                 });
             }
         }
@@ -581,9 +629,7 @@ async fn transfer(
 
     let mut bytes_done = offset;
     if !already_complete {
-        let io_failure = |error: std::io::Error| {
-            Failure::retryable(format!("cannot write {}: {error}", part.display()))
-        };
+        let io_failure = |error: std::io::Error| Failure::writing(part, &error);
         let staging = settings.staging.clone();
         let download_id = download.id;
         let opened =
@@ -656,9 +702,13 @@ async fn transfer(
             error: format!("cannot move the file into the inbox: {reason}"),
             retryable: false,
             discard_part: true,
+            out_of_space: false,
         },
         inbox::FileError::Io(reason) => {
             Failure::retryable(format!("cannot move the file into the inbox: {reason}"))
+        }
+        inbox::FileError::NoSpace(reason) => {
+            Failure::out_of_space(format!("cannot move the file into the inbox: {reason}"))
         }
     })?;
     tracing::info!(path = %final_path.display(), bytes = bytes_done, sha256 = %sha256, "download complete");

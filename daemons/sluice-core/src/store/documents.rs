@@ -35,6 +35,17 @@ pub enum DocumentError {
     Store(#[from] StoreError),
 }
 
+impl DocumentError {
+    /// Whether the store refused the change only because the database's disk is full.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            DocumentError::Job(error) => error.is_out_of_space(),
+            DocumentError::Store(error) => error.is_out_of_space(),
+            _ => false,
+        }
+    }
+}
+
 impl From<rusqlite::Error> for DocumentError {
     fn from(error: rusqlite::Error) -> Self {
         DocumentError::Store(StoreError::from(error))

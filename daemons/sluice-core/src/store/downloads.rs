@@ -54,6 +54,17 @@ pub enum DownloadError {
     Store(#[from] StoreError),
 }
 
+impl DownloadError {
+    /// Whether the store refused the change only because the database's disk is full.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            DownloadError::Job(error) => error.is_out_of_space(),
+            DownloadError::Store(error) => error.is_out_of_space(),
+            _ => false,
+        }
+    }
+}
+
 impl From<rusqlite::Error> for DownloadError {
     fn from(error: rusqlite::Error) -> Self {
         DownloadError::Store(StoreError::from(error))
@@ -188,6 +199,9 @@ pub enum DownloadOutcome {
     Cancelled,
     /// Given back on shutdown: the partial file stays and the next attempt resumes it.
     Released { bytes_done: u64 },
+    /// The staging disk is full: the partial file stays, the download waits (queued, with
+    /// the error) and resumes without having used an attempt ([`Outcome::Postponed`]).
+    Postponed { error: String },
 }
 
 const DOWNLOAD_COLUMNS: &str = "id, url, file_name, bundle, source_id, state, bytes_done, \
@@ -481,7 +495,8 @@ impl Store {
         lease_token: &LeaseToken,
         outcome: &DownloadOutcome,
     ) -> Result<(DownloadState, JobState), DownloadError> {
-        if let DownloadOutcome::Failed { error, .. } = outcome
+        if let DownloadOutcome::Failed { error, .. } | DownloadOutcome::Postponed { error } =
+            outcome
             && error.len() > jobs::MAX_MESSAGE_LENGTH
         {
             return Err(DownloadError::InvalidArgument(format!(
@@ -512,6 +527,9 @@ impl Store {
                 DownloadOutcome::Failed { error, retryable } => Outcome::Failed {
                     error: error.clone(),
                     retryable: *retryable,
+                },
+                DownloadOutcome::Postponed { error } => Outcome::Postponed {
+                    error: error.clone(),
                 },
                 DownloadOutcome::Cancelled => Outcome::Cancelled,
                 DownloadOutcome::Released { .. } => Outcome::Released,
@@ -549,7 +567,7 @@ impl Store {
                         params![download_id, *bytes_done as i64, now],
                     )?;
                 }
-                DownloadOutcome::Failed { .. } => {}
+                DownloadOutcome::Failed { .. } | DownloadOutcome::Postponed { .. } => {}
             }
             let state = read_download(transaction, download_id)?.state;
             Ok((state, job_state))

@@ -195,4 +195,13 @@ CREATE TRIGGER downloads_follow_their_job AFTER UPDATE OF state ON jobs
 END;
 "#,
     },
+    Migration {
+        name: "jobs count how often they waited for space",
+        sql: r#"
+-- An attempt that could not run because a disk was full gives its attempt back and waits
+-- (`Outcome::Postponed`); this count of such waits sets how long the next one lasts, as
+-- `attempts` does for a failed attempt. Reset when the job is retried by hand.
+ALTER TABLE jobs ADD COLUMN postponements INTEGER NOT NULL DEFAULT 0 CHECK (postponements >= 0);
+"#,
+    },
 ];

@@ -101,8 +101,20 @@ pub enum StoreError {
     NotWal { path: PathBuf, mode: String },
     #[error("database is busy: another process held the write lock longer than the busy timeout")]
     Busy(#[source] rusqlite::Error),
+    /// `SQLITE_FULL`: the write-ahead log could not grow. Nothing of the transaction is
+    /// committed and the database stays intact; the same write succeeds once space is freed.
+    #[error("the disk holding the database is full; nothing was written ({0})")]
+    Full(#[source] rusqlite::Error),
     #[error("database error: {0}")]
     Sqlite(#[source] rusqlite::Error),
+}
+
+impl StoreError {
+    /// Whether the write failed only because the disk is full: worth waiting for, not a
+    /// reason to give up on the work.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, StoreError::Full(_))
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -111,6 +123,7 @@ impl From<rusqlite::Error> for StoreError {
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
                 StoreError::Busy(error)
             }
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full(error),
             _ => StoreError::Sqlite(error),
         }
     }

@@ -10,6 +10,7 @@ pub(super) fn file_failure(error: inbox::FileError) -> Failure {
     match error {
         inbox::FileError::Refused(reason) => Failure::permanent(reason),
         inbox::FileError::Io(reason) => Failure::retryable(reason),
+        inbox::FileError::NoSpace(reason) => Failure::out_of_space(reason),
     }
 }
 
@@ -87,7 +88,11 @@ pub(super) async fn record_outcome(
     let (download_state, job_state) = match result {
         Ok(states) => states,
         Err(error) => {
-            tracing::error!(error = %error, "cannot record the download's outcome");
+            tracing::error!(
+                error = %error,
+                "download {download_id} (job {job_id}): cannot record how the attempt ended: \
+                 {error}; the job is tried again when its lease expires"
+            );
             return report(
                 job_id,
                 Some(download_id),
@@ -122,6 +127,7 @@ pub(super) async fn record_outcome(
         }
         (DownloadOutcome::Failed { error, .. }, _, JobState::Retrying) => Ended::Retrying { error },
         (DownloadOutcome::Failed { error, .. }, _, _) => Ended::Failed { error },
+        (DownloadOutcome::Postponed { error }, _, _) => Ended::Postponed { error },
         (DownloadOutcome::Cancelled, _, _) => Ended::Cancelled,
         (DownloadOutcome::Released { .. }, _, _) => Ended::Released,
     };

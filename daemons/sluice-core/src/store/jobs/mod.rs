@@ -8,7 +8,9 @@
 //!   names the job id, `state = 'running'` and the token, and a worker whose lease was lost
 //!   (expired and rescued, or cancelled) changes nothing and gets `JobError::LeaseLost`.
 //! - **An attempt is counted when it is claimed**; releasing a job on shutdown gives the
-//!   attempt back, an expired lease keeps it (the worker may have crashed because of the job).
+//!   attempt back, an expired lease keeps it (the worker may have crashed because of the job),
+//!   and so does postponing it because a disk is full (the job is not at fault, and a disk may
+//!   stay full for longer than all its attempts would last).
 //! - Transitions are written to `job_history` by a trigger (see `migrations.rs`).
 
 use std::collections::BTreeMap;
@@ -270,7 +272,8 @@ impl Store {
             }
             let now = now_ms();
             transaction.execute(
-                "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?2, cancel_requested = 0,
+                "UPDATE jobs SET state = 'queued', attempts = 0, postponements = 0, run_at = ?2,
+                     cancel_requested = 0,
                      progress = NULL, progress_message = NULL, result = NULL, finished_at = NULL,
                      updated_at = ?2
                  WHERE id = ?1",
@@ -624,6 +627,35 @@ pub(crate) fn complete(
             )?
             .query_row(params![id, token, now], |row| row.get(0))
             .optional()?,
+        Outcome::Postponed { error } => {
+            let postponements: Option<u32> = transaction
+                .prepare_cached(
+                    "SELECT postponements FROM jobs
+                     WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+                )?
+                .query_row(params![id, token], |row| row.get(0))
+                .optional()?;
+            match postponements {
+                None => None,
+                Some(postponements) => {
+                    let postponements = postponements.saturating_add(1);
+                    let run_at = now + duration_ms(retry_policy.delay_after(postponements));
+                    transaction
+                        .prepare_cached(
+                            "UPDATE jobs SET state = 'retrying', attempts = attempts - 1,
+                                 postponements = ?3, error = ?4, run_at = ?5,
+                                 lease_token = NULL, lease_expires_at = NULL, updated_at = ?6
+                             WHERE id = ?1 AND state = 'running' AND lease_token = ?2
+                             RETURNING state",
+                        )?
+                        .query_row(
+                            params![id, token, postponements, error, run_at, now],
+                            |row| row.get(0),
+                        )
+                        .optional()?
+                }
+            }
+        }
         Outcome::Released => transaction
             .prepare_cached(
                 "UPDATE jobs SET state = 'queued', attempts = attempts - 1, run_at = ?3,
@@ -748,7 +780,9 @@ fn validate_outcome(outcome: &Outcome) -> Result<(), JobError> {
             }
             Ok(())
         }
-        Outcome::Failed { error, .. } => validate_message("error text", error),
+        Outcome::Failed { error, .. } | Outcome::Postponed { error } => {
+            validate_message("error text", error)
+        }
         Outcome::Cancelled | Outcome::Released => Ok(()),
     }
 }
@@ -1165,6 +1199,62 @@ mod tests {
         let released = store.get_job(id).unwrap();
         assert_eq!((released.state, released.attempts), (JobState::Queued, 0));
         assert_eq!(claim_one(&mut store, "w").attempt, 1);
+    }
+
+    /// Regression (issue 12, full disk): an attempt that found its disk full used up the
+    /// attempt, so a disk that stayed full for half a minute made every job on it `dead`.
+    #[test]
+    fn a_postponed_job_keeps_its_attempts_and_waits_longer_each_time() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let id = store
+            .enqueue(&NewJob::new("test", json!({})).with_max_attempts(1))
+            .unwrap()
+            .id;
+        let claim_when_runnable = |store: &mut Store| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Some(job) = store.claim_jobs("w", &["test"], 1, LEASE).unwrap().pop() {
+                    return job;
+                }
+                assert!(std::time::Instant::now() < deadline, "never runnable");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let job = claim_when_runnable(&mut store);
+            assert_eq!(job.attempt, 1, "every attempt is the first");
+            let postponed = Completion {
+                id,
+                lease_token: job.lease_token,
+                outcome: Outcome::Postponed {
+                    error: "disk full".into(),
+                },
+            };
+            let state = store.complete_jobs(&[postponed]).unwrap().remove(0);
+            assert_eq!(state.unwrap(), JobState::Retrying);
+            let waiting = store.get_job(id).unwrap();
+            assert_eq!(waiting.attempts, 0);
+            assert_eq!(waiting.error.as_deref(), Some("disk full"));
+            waits.push(waiting.run_at_ms - waiting.updated_at_ms);
+        }
+        // The test store's policy is 10ms doubling up to 100ms, each wait drawn from the
+        // upper half of its step: 5..=10ms first, 40..=80ms the fourth time.
+        assert!((5..=10).contains(&waits[0]), "{waits:?}");
+        assert!((40..=80).contains(&waits[3]), "{waits:?}");
+        let steps = store.job_history(id).unwrap();
+        assert_eq!(
+            steps
+                .iter()
+                .filter(|step| step.error.as_deref() == Some("disk full"))
+                .count(),
+            4,
+            "each wait is in the history with its reason: {steps:?}"
+        );
+        // The one attempt is still there for a real failure.
+        let job = claim_when_runnable(&mut store);
+        let state = store.fail_job(id, &job.lease_token, "boom", true).unwrap();
+        assert_eq!(state, JobState::Dead);
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub enum JobError {
     Store(#[from] StoreError),
 }
 
+impl JobError {
+    /// Whether the store refused the change only because the database's disk is full.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, JobError::Store(error) if error.is_out_of_space())
+    }
+}
+
 impl From<rusqlite::Error> for JobError {
     fn from(error: rusqlite::Error) -> Self {
         JobError::Store(StoreError::from(error))
@@ -286,6 +293,13 @@ pub enum Outcome {
     Cancelled,
     /// The worker gives the job back without using up the attempt (graceful shutdown).
     Released,
+    /// The attempt could not do its work because the host lacks room (a disk it writes to is
+    /// full): the job waits in `retrying` with the error, like a retry, but the attempt is
+    /// given back, so a disk that stays full for hours never makes a job `dead`. The wait
+    /// grows with the job's consecutive postponements, as a retry's grows with its attempts.
+    Postponed {
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
