@@ -500,6 +500,110 @@ fn an_ingest_into_a_full_library_waits_for_space_and_files_one_document() {
 }
 
 #[test]
+fn a_full_database_disk_stops_recording_and_claiming_and_both_resume_without_loss() {
+    if !have_root() {
+        return;
+    }
+    let mut world = World::new(SmallDisk::Database, "8m");
+    let monitor = world.start_monitor();
+    // Queued while there is space, with no worker running yet.
+    let before: Vec<Vec<u8>> = (0..3)
+        .map(|index| content(20_000 + index, 10 + index as u32))
+        .collect();
+    for (index, body) in before.iter().enumerate() {
+        world.drop_in_inbox(&format!("before-{index}.bin"), body);
+    }
+    world.wait_for("the first files were queued", |store| {
+        files(store).len() == before.len()
+    });
+
+    world.disk.fill("filler").expect("fill the database's disk");
+    assert_eq!(world.disk.free_bytes(), 0);
+    let during: Vec<Vec<u8>> = (0..3)
+        .map(|index| content(30_000 + index, 20 + index as u32))
+        .collect();
+    for (index, body) in during.iter().enumerate() {
+        world.drop_in_inbox(&format!("during-{index}.bin"), body);
+    }
+    world.daemons[monitor].process.wait_for_log_lines(
+        &[
+            "cannot record",
+            &*world.inbox.join("during-").to_string_lossy(),
+            "the disk holding the database is full",
+            "walking the folders again",
+        ],
+        1,
+        DEADLINE,
+    );
+    // The monitor does not give up on the files after a round of attempts: it walks the
+    // folder again, and again after that walk failed to record them too.
+    world.daemons[monitor].process.wait_for_log_lines(
+        &[
+            "reconcile walk finished",
+            "files not recorded, trying again",
+        ],
+        2,
+        DEADLINE,
+    );
+    let workers = [
+        world.start("sluice-ingest-worker", &["--instance", "1"]),
+        world.start("sluice-ingest-worker", &["--instance", "2"]),
+    ];
+    for worker in workers {
+        world.daemons[worker].process.wait_for_log_lines(
+            &[
+                "cannot claim or complete jobs",
+                "the disk holding the database is full",
+            ],
+            2,
+            DEADLINE,
+        );
+    }
+    let store = world.store();
+    assert_eq!(
+        files(&store).len(),
+        before.len(),
+        "nothing was recorded while the disk was full"
+    );
+    assert!(documents(&store).is_empty());
+    assert!(
+        store
+            .list_jobs(&Default::default(), page())
+            .expect("list jobs")
+            .items
+            .iter()
+            .all(|job| job.state == JobState::Queued && job.attempts == 0),
+        "no claim went through"
+    );
+    assert_eq!(integrity(&store), vec!["ok".to_owned()]);
+    drop(store);
+    world.assert_all_running();
+
+    std::fs::remove_file(world.disk.path().join("filler")).expect("give the space back");
+    let inputs = before.len() + during.len();
+    world.wait_for("every input became a document", |store| {
+        documents(store).len() >= inputs
+            && files(store).iter().all(|file| file.document_id.is_some())
+    });
+    let store = world.store();
+    let mut expected: Vec<String> = before
+        .iter()
+        .chain(&during)
+        .map(|body| blake3::hash(body).to_hex().to_string())
+        .collect();
+    expected.sort();
+    let mut found: Vec<String> = documents(&store)
+        .iter()
+        .map(|document| document.blake3.clone())
+        .collect();
+    found.sort();
+    assert_eq!(found, expected, "every input is exactly one document");
+    assert_eq!(files(&store).len(), inputs);
+    assert_eq!(integrity(&store), vec!["ok".to_owned()]);
+    world.assert_all_running();
+}
+
+#[test]
 fn a_commit_too_large_for_the_database_disk_waits_for_space_and_commits_once() {
     if !have_root() {
         return;

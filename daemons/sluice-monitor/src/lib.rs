@@ -38,6 +38,13 @@ pub use daemon::{Arguments, MonitorDaemon, MonitorError};
 /// The unit name, used as the log identifier.
 pub const UNIT_NAME: &str = "sluice-monitor";
 
+/// After files could not be recorded, the folders are walked again this long afterwards,
+/// twice as long after each further failure, up to [`RECORD_RETRY_MAX`]: the files are
+/// still there, and a walk records whatever is there then. Without it they waited for the
+/// periodic reconcile (an hour by default) after the database's disk had been full.
+const RECORD_RETRY_FIRST: Duration = Duration::from_secs(1);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// Everything the main loop reacts to.
 #[derive(Debug)]
 enum Event {
@@ -73,6 +80,8 @@ enum Internal {
         watch: usize,
         scope: PathBuf,
     },
+    /// Time to walk again the folders of files that could not be recorded.
+    RecordRetry,
     Recorder(RecorderReport),
 }
 
@@ -122,6 +131,8 @@ pub async fn run(dependencies: Dependencies) -> Result<(), MonitorError> {
         files_known: None,
         last_detection: None,
         last_error: None,
+        record_retry_delay: RECORD_RETRY_FIRST,
+        record_retry_due: None,
     };
     // Watch first, then walk: a file that arrives during the start reconcile is seen by one
     // or the other, and recording it twice is harmless.
@@ -215,6 +226,10 @@ struct Monitor {
     files_known: Option<u64>,
     last_detection: Option<Instant>,
     last_error: Option<String>,
+    /// The wait before the next walk after files could not be recorded.
+    record_retry_delay: Duration,
+    /// When the walk after a failed recording is due, while one is scheduled.
+    record_retry_due: Option<Instant>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -343,6 +358,10 @@ impl Monitor {
                     self.reconcile(watch, scope, "directory created, second look");
                 }
             }
+            Internal::RecordRetry => {
+                self.record_retry_due = None;
+                self.reconcile_all("files not recorded, trying again");
+            }
             Internal::Recorder(report) => self.handle_report(report).await,
         }
     }
@@ -395,6 +414,7 @@ impl Monitor {
                 detections,
                 elapsed,
             } => {
+                self.record_retry_delay = RECORD_RETRY_FIRST;
                 let new = detections.iter().filter(|detection| detection.new).count();
                 if new > 0 {
                     self.last_detection = Some(Instant::now());
@@ -433,11 +453,38 @@ impl Monitor {
                 }
             }
             RecorderReport::Counted(count) => self.files_known = Some(count),
+            RecorderReport::NotRecorded { paths, error } => {
+                let delay = self.schedule_record_retry();
+                let files = recorder::describe_paths(&paths);
+                tracing::error!(
+                    error = %error,
+                    files = paths.len(),
+                    "cannot record {files}: {error}; walking the folders again in {delay:?}"
+                );
+                self.last_error = Some(format!("cannot record {files}: {error}"));
+            }
             RecorderReport::Failed(error) => {
                 tracing::error!(error = %error, "store error");
                 self.last_error = Some(error);
             }
         }
+    }
+
+    /// Walks every folder again after the current retry delay, unless a walk is already
+    /// scheduled; returns how long until the walk.
+    fn schedule_record_retry(&mut self) -> Duration {
+        if let Some(due) = self.record_retry_due {
+            return due.saturating_duration_since(Instant::now());
+        }
+        let delay = self.record_retry_delay;
+        self.record_retry_due = Some(Instant::now() + delay);
+        self.record_retry_delay = (delay * 2).min(RECORD_RETRY_MAX);
+        let sender = self.internal_sender.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = sender.send(Internal::RecordRetry);
+        });
+        delay
     }
 
     fn status_line(&self) -> String {

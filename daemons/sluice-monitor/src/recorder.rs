@@ -41,6 +41,12 @@ pub enum RecorderReport {
         gone: usize,
     },
     Counted(u64),
+    /// A batch of files could not be committed (the database's disk is full, or another
+    /// process held the lock too long); the main loop walks their folders again later.
+    NotRecorded {
+        paths: Vec<PathBuf>,
+        error: String,
+    },
     Failed(String),
 }
 
@@ -154,18 +160,49 @@ fn record_batch(store: &mut Store, batch: &[DetectedFile], max_attempts: u32) ->
                 ));
             }
             Err(error) if attempt >= COMMIT_ATTEMPTS => {
-                return RecorderReport::Failed(format!(
-                    "{} files not recorded after {attempt} attempts (the next reconcile retries): {error}",
-                    batch.len()
-                ));
+                return RecorderReport::NotRecorded {
+                    paths: batch.iter().map(|file| file.path.clone()).collect(),
+                    error: format!("{error} (tried {attempt} times)"),
+                };
             }
             Err(error) => {
-                tracing::warn!(error = %error, attempt, files = batch.len(), "recording failed; trying again");
+                tracing::warn!(
+                    error = %error,
+                    attempt,
+                    files = batch.len(),
+                    "cannot record {} (attempt {attempt} of {COMMIT_ATTEMPTS}): {error}; trying \
+                     again in {pause:?}",
+                    describe_batch(batch)
+                );
                 std::thread::sleep(pause);
                 pause *= 2;
                 attempt += 1;
             }
         }
+    }
+}
+
+/// "a/b.pdf", or "a/b.pdf and 3 more files", for messages about a batch.
+pub fn describe_batch(batch: &[DetectedFile]) -> String {
+    describe_paths(
+        &batch
+            .iter()
+            .map(|file| file.path.clone())
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// "a/b.pdf", or "a/b.pdf and 3 more files".
+pub fn describe_paths(paths: &[PathBuf]) -> String {
+    match paths {
+        [] => "no files".to_owned(),
+        [only] => only.display().to_string(),
+        [first, rest @ ..] => format!(
+            "{} and {} more file{}",
+            first.display(),
+            rest.len(),
+            if rest.len() == 1 { "" } else { "s" }
+        ),
     }
 }
 
