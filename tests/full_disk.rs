@@ -19,8 +19,8 @@ use sluice_core::store::{
 
 use crate::support::{
     BusPolicy, DEADLINE, DaemonProcess, FixtureRoute, HttpFixture, PrivateBus, STARTUP_DEADLINE,
-    SpawnOptions, SuiteFixture, TmpfsMount, WEB_TEST_TOKEN, binary_path, have_root, open_store,
-    wait_every,
+    SpawnOptions, SuiteFixture, TmpfsMount, WEB_READ_TOKEN, WEB_TEST_TOKEN, WebDaemon, binary_path,
+    have_root, http_agent, http_result, open_store, wait_every,
 };
 
 /// The attempts a job gets in these tests: fewer than the times a full disk makes it wait, so
@@ -45,6 +45,7 @@ enum SmallDisk {
 /// daemons the test started (killed before the tmpfs is unmounted and the bus stops).
 struct World {
     daemons: Vec<Daemon>,
+    web: Option<WebDaemon>,
     disk: TmpfsMount,
     fixture: SuiteFixture,
     database: PathBuf,
@@ -82,6 +83,8 @@ impl World {
         }
         let token_file = root.join("api-token");
         std::fs::write(&token_file, format!("{WEB_TEST_TOKEN}\n")).expect("token file");
+        let read_token_file = root.join("read-token");
+        std::fs::write(&read_token_file, format!("{WEB_READ_TOKEN}\n")).expect("read token");
         let config_path = root.join("sluice.toml");
         // The periodic reconcile keeps its default of an hour: a file the monitor could not
         // record must be recorded again without waiting for it.
@@ -108,6 +111,7 @@ stop_timeout = "5s"
 [web]
 listen = "127.0.0.1:0"
 token_file = "{token_file}"
+read_token_file = "{read_token_file}"
 
 [[watch]]
 path = "{inbox}"
@@ -128,6 +132,7 @@ progress_interval = "200ms"
             database = database.display(),
             address = bus.address(),
             token_file = token_file.display(),
+            read_token_file = read_token_file.display(),
             inbox = inbox.display(),
             library = library.display(),
             staging = staging.display(),
@@ -135,6 +140,7 @@ progress_interval = "200ms"
         std::fs::write(&config_path, config).expect("config file");
         World {
             daemons: Vec::new(),
+            web: None,
             disk,
             fixture: SuiteFixture {
                 bus,
@@ -184,6 +190,23 @@ progress_interval = "200ms"
         index
     }
 
+    /// Starts sluice-web and waits until it listens.
+    fn start_web(&mut self) {
+        self.web = Some(WebDaemon::start(&self.fixture));
+    }
+
+    /// `POST /api/downloads` for `url` with the harness token; status and JSON body.
+    fn post_download(&self, url: &str) -> (u16, serde_json::Value) {
+        let web = self.web.as_ref().expect("sluice-web is running");
+        http_result(
+            http_agent()
+                .post(format!("{}/api/downloads", web.origin))
+                .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
+                .header("Content-Type", "application/json")
+                .send(serde_json::json!({ "url": url }).to_string()),
+        )
+    }
+
     fn store(&self) -> Store {
         open_store(&self.database, Durability::Normal)
     }
@@ -193,6 +216,9 @@ progress_interval = "200ms"
         let mut logs = String::new();
         for daemon in &self.daemons {
             logs.push_str(&format!("--- {}\n{}\n", daemon.label, daemon.process.log()));
+        }
+        if let Some(web) = &self.web {
+            logs.push_str(&format!("--- sluice-web\n{}\n", web.process.log()));
         }
         logs
     }
@@ -207,11 +233,16 @@ progress_interval = "200ms"
 
     /// Every daemon the test started is still the process it started.
     fn assert_all_running(&mut self) {
-        let exited: Vec<String> = self
+        let mut exited: Vec<String> = self
             .daemons
             .iter_mut()
             .filter_map(|daemon| (!daemon.process.is_running()).then(|| daemon.label.clone()))
             .collect();
+        if let Some(web) = &mut self.web
+            && !web.process.is_running()
+        {
+            exited.push("sluice-web".to_owned());
+        }
         assert!(
             exited.is_empty(),
             "{exited:?} exited; logs:\n{}",
@@ -234,6 +265,7 @@ impl Drop for World {
     fn drop(&mut self) {
         // Killed before the tmpfs goes away (a lazy unmount would leave it to them).
         self.daemons.clear();
+        self.web = None;
     }
 }
 
@@ -506,6 +538,7 @@ fn a_full_database_disk_stops_recording_and_claiming_and_both_resume_without_los
     }
     let mut world = World::new(SmallDisk::Database, "8m");
     let monitor = world.start_monitor();
+    world.start_web();
     // Queued while there is space, with no worker running yet.
     let before: Vec<Vec<u8>> = (0..3)
         .map(|index| content(20_000 + index, 10 + index as u32))
@@ -559,6 +592,14 @@ fn a_full_database_disk_stops_recording_and_claiming_and_both_resume_without_los
             DEADLINE,
         );
     }
+    let (status, body) = world.post_download("http://127.0.0.1:9/while-full.bin");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("disk holding the database is full")),
+        "the API says why: {body}"
+    );
     let store = world.store();
     assert_eq!(
         files(&store).len(),
@@ -585,6 +626,8 @@ fn a_full_database_disk_stops_recording_and_claiming_and_both_resume_without_los
         documents(store).len() >= inputs
             && files(store).iter().all(|file| file.document_id.is_some())
     });
+    let (status, body) = world.post_download("http://127.0.0.1:9/after.bin");
+    assert_eq!(status, 201, "{body}");
     let store = world.store();
     let mut expected: Vec<String> = before
         .iter()

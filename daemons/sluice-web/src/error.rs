@@ -130,6 +130,14 @@ impl From<StoreError> for ApiError {
             StoreError::Busy(_) => {
                 ApiError::Unavailable("the database is busy; try again in a moment".into())
             }
+            StoreError::Full(error) => {
+                tracing::error!(error = %error, "a request changed nothing: the disk holding the database is full");
+                ApiError::Unavailable(
+                    "the disk holding the database is full; nothing was changed. Try again once \
+                     space is freed"
+                        .into(),
+                )
+            }
             other => ApiError::internal("database error", other),
         }
     }
