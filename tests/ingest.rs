@@ -403,6 +403,47 @@ fn a_hard_link_is_refused_for_good_and_the_original_is_untouched() {
     assert!(suite.documents().is_empty(), "no document");
 }
 
+/// Issue 12, write targets: a shard folder of the library replaced by a symlink to a folder
+/// elsewhere must not receive the consumed file (it used to: the worker made the shard
+/// folders with `create_dir_all`, which follows links). The job fails with the reason, the
+/// file stays in the inbox, nothing is written outside.
+#[test]
+fn a_symlinked_library_folder_is_refused_and_nothing_is_filed_outside() {
+    let mut suite = Suite::new("5s");
+    let worker = suite.start_worker("1");
+    let content = b"a file whose library folder was swapped for a link\n";
+    let blake3 = blake3::hash(content).to_hex().to_string();
+    let (_outside, outside) = temp_dir();
+    std::fs::create_dir_all(suite.library.join(&blake3[0..2])).unwrap();
+    std::os::unix::fs::symlink(
+        &outside,
+        suite.library.join(&blake3[0..2]).join(&blake3[2..4]),
+    )
+    .unwrap();
+    let file = suite.inbox.join("swapped.txt");
+    std::fs::write(&file, content).unwrap();
+    let payload = suite.ingest_payload(&file, &suite.inbox.clone(), "consume");
+    let id = suite.enqueue("ingest", payload);
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Failed, "{job:?}");
+    let error = job.error.unwrap();
+    assert!(
+        error.contains("is not a plain folder inside the library") && error.contains(&blake3[2..4]),
+        "{error}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing was written through the link"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        content,
+        "the file stays in the inbox"
+    );
+    assert!(suite.documents().is_empty());
+}
+
 #[test]
 fn bad_payloads_fail_with_a_clear_error_and_the_worker_keeps_going() {
     let mut suite = Suite::new("5s");

@@ -16,11 +16,55 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, renameat};
+use nix::sys::stat::Mode;
 use nix::sys::stat::{FileStat, SFlag, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
+use sluice_core::beneath;
 
 use crate::analyze::{OpenedFile, open_directory, open_in_directory};
 use crate::failure::IngestFailure;
+
+/// Opens (creating what is missing) the folder `<library>/<b3[0..2]>/<b3[2..4]>` the way
+/// every write target is opened: the library itself is the configured root, each folder
+/// beneath it is made with `mkdirat` and opened with `openat2` without following links, so a
+/// symlink planted as a shard folder cannot send a consumed file anywhere else.
+fn open_library_folder(library: &Path, blake3: &str) -> Result<File, IngestFailure> {
+    // The configured root is trusted (an administrator may make it a symlink); it is created
+    // when missing, like every folder the configuration names.
+    std::fs::create_dir_all(library).map_err(|error| {
+        IngestFailure::writing(
+            format!("cannot create the library {}: {error}", library.display()),
+            &error,
+        )
+    })?;
+    let mut folder = open_directory(library)?;
+    let mut path = library.to_path_buf();
+    for shard in [&blake3[0..2], &blake3[2..4]] {
+        path.push(shard);
+        folder = match beneath::open_or_create_directory(
+            &folder,
+            OsStr::new(shard),
+            Mode::from_bits_truncate(0o750),
+        ) {
+            Ok((opened, _created)) => opened,
+            Err(Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV) => {
+                return Err(IngestFailure::Permanent(format!(
+                    "library folder {} is not a plain folder inside the library (a symlink, a \
+                     file or a mount point); refusing to file into it",
+                    path.display()
+                )));
+            }
+            Err(errno) => {
+                let error = io::Error::from(errno);
+                return Err(IngestFailure::writing(
+                    format!("cannot create library folder {}: {error}", path.display()),
+                    &error,
+                ));
+            }
+        };
+    }
+    Ok(folder)
+}
 
 /// `aa/bb/aabb…` for a BLAKE3 hex digest.
 pub fn relative_library_path(blake3: &str) -> PathBuf {
@@ -46,16 +90,7 @@ pub fn file_into_library(
     let target_directory_path = target_path
         .parent()
         .expect("a library path has parent folders");
-    std::fs::create_dir_all(target_directory_path).map_err(|error| {
-        IngestFailure::writing(
-            format!(
-                "cannot create library folder {}: {error}",
-                target_directory_path.display()
-            ),
-            &error,
-        )
-    })?;
-    let target_directory = open_directory(target_directory_path)?;
+    let target_directory = open_library_folder(library, blake3)?;
     let name = OsStr::new(blake3);
     let filed = match entry_status(&target_directory, name)? {
         Some(existing) if is_regular(&existing) => {
@@ -216,7 +251,7 @@ fn copy_across_filesystems(
             | nix::fcntl::OFlag::O_TRUNC
             | nix::fcntl::OFlag::O_NOFOLLOW
             | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::from_bits_truncate(0o640),
+        Mode::from_bits_truncate(0o640),
     )
     .map_err(|errno| failure("create", errno.into()))?;
     let mut copy = File::from(descriptor);
