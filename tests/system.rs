@@ -198,6 +198,21 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
         "a change with the read token"
     );
     container.check("dpkg-query -W -f='${Conffiles}' sluice | grep -q /etc/sluice/sluice.toml")?;
+    // What the package needs and recommends (Debian Policy 3.5): libgcc_s (dpkg-shlibdeps
+    // finds it; cargo-deb used to drop it), a dbus with send_destination_prefix (1.14), and
+    // ca-certificates for HTTPS downloads.
+    let depends = container.check("dpkg-query -W -f='${Depends}' sluice")?;
+    for needed in ["libgcc-s1", "dbus (>= 1.14)", "systemd"] {
+        ensure!(
+            depends.contains(needed),
+            "Depends: {depends} lacks {needed}"
+        );
+    }
+    let recommends = container.check("dpkg-query -W -f='${Recommends}' sluice")?;
+    ensure!(
+        recommends.contains("ca-certificates"),
+        "Recommends: {recommends} lacks ca-certificates"
+    );
     container.check(
         "man -w sluice-monitor sluice-scraper sluice-ingest-worker sluice-web sluicectl \
          && test -s /usr/share/bash-completion/completions/sluicectl \
@@ -384,7 +399,10 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
         looped.len()
     );
 
-    // Upgrade (the same package again): the suite restarts, the token stays.
+    // Upgrade (the same package again): the services restart, the listening socket does not
+    // (a restarted socket refuses connections for a moment), the tokens stay.
+    let socket = "sluice-web.socket";
+    let socket_since = container.unit_property(socket, "ActiveEnterTimestampMonotonic")?;
     let pids_before = suite.main_pids()?;
     container.check(&format!("dpkg -i {}", suite.deb_in_container))?;
     suite.wait_until_every_unit_runs()?;
@@ -395,6 +413,10 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
             "{unit} was not restarted by the upgrade (PID {before})"
         );
     }
+    ensure!(
+        container.unit_property(socket, "ActiveEnterTimestampMonotonic")? == socket_since,
+        "the upgrade restarted {socket}"
+    );
     ensure!(
         container.check("cat /etc/sluice/api-token")? == token_text,
         "upgrade changed the token"
