@@ -439,7 +439,29 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
         "test -d /var/lib/sluice && test -e /etc/sluice/api-token \
          && test -e /etc/sluice/read-token",
     )?;
-    container.check("apt-get purge -y sluice")?;
+    // Purge deletes the database and the partial downloads but keeps a library (or inbox)
+    // that holds files: it may be the only copy of them (Debian Policy: purge must not
+    // destroy users' data). An empty one goes.
+    container.check(
+        "mkdir -p /var/lib/sluice/library/ab/cd && echo only-copy > /var/lib/sluice/library/ab/cd/abcd",
+    )?;
+    let purge = container.check("apt-get purge -y sluice 2>&1")?;
+    ensure!(
+        purge.contains("kept /var/lib/sluice/library"),
+        "purge did not say it kept the library:\n{purge}"
+    );
+    ensure!(
+        container
+            .check("cat /var/lib/sluice/library/ab/cd/abcd")?
+            .trim()
+            == "only-copy",
+        "purge deleted the library"
+    );
+    container.check(
+        "test ! -e /var/lib/sluice/sluice.db && test ! -e /var/lib/sluice/staging \
+         && test ! -e /var/lib/sluice/inbox",
+    )?;
+    container.check("rm -r /var/lib/sluice")?;
     let leftovers = container.sh(
         "dpkg -l sluice 2>/dev/null | grep '^[a-z][a-z] *sluice '; \
          ls -d /lib/systemd/system/sluice* /etc/systemd/system/*/sluice* /var/lib/sluice \
