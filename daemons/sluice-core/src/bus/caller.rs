@@ -87,7 +87,7 @@ impl CallerPolicy {
                 method,
                 caller = %sender,
                 caller_uid = uid,
-                "refused a call from a user who is neither root nor in group {SLUICE_GROUP}"
+                "refused the D-Bus call {method} from {sender} (uid {uid}): neither root nor in group {SLUICE_GROUP}"
             );
             Err(BusError::AccessDenied(format!(
                 "{method} needs root or membership in group {SLUICE_GROUP} (caller uid {uid})"
@@ -104,7 +104,7 @@ pub fn lookup_group_id(name: &str) -> Option<u32> {
         Ok(Some(group)) => Some(group.gid.as_raw()),
         Ok(None) => None,
         Err(error) => {
-            tracing::warn!(group = name, error = %error, "cannot look up group");
+            tracing::warn!(group = name, error = %error, "cannot look up group {name}: {error}");
             None
         }
     }

@@ -166,7 +166,7 @@ pub trait Daemon: Sized {
     /// [`DaemonExit::Config`]).
     fn configuration_invalid(error: &ConfigError, notifier: &Notifier) {
         let _ = notifier;
-        tracing::error!(error = %error, "invalid configuration; not starting");
+        tracing::error!(error = %error, "invalid configuration; not starting: {error}");
     }
 
     /// The checks and set-up that come before the store is opened (no async runtime yet):
@@ -223,7 +223,7 @@ pub fn daemon_main<D: Daemon>() -> DaemonExit {
     let runtime = match build_runtime(D::RUNTIME) {
         Ok(runtime) => runtime,
         Err(error) => {
-            tracing::error!(error = %error, "cannot start the async runtime");
+            tracing::error!(error = %error, "cannot start the async runtime: {error}");
             return DaemonExit::Software;
         }
     };

@@ -94,10 +94,10 @@ pub fn init_logging(identifier: &str) -> Result<LogDestination, RuntimeError> {
         .map_err(|error| RuntimeError::LoggingAlreadyInitialised(error.to_string()))?;
 
     if let Some(problem) = filter_problem {
-        tracing::warn!(problem = %problem, default = DEFAULT_LOG_FILTER, "ignoring the invalid log filter");
+        tracing::warn!(problem = %problem, default = DEFAULT_LOG_FILTER, "ignoring the invalid log filter {problem}; using {DEFAULT_LOG_FILTER:?}");
     }
     if let Some(error) = journald_problem {
-        tracing::warn!(error = %error, "JOURNAL_STREAM is set but the journal socket is unreachable; logging to stderr");
+        tracing::warn!(error = %error, "JOURNAL_STREAM is set but the journal socket is unreachable; logging to stderr: {error}");
     }
     Ok(destination)
 }

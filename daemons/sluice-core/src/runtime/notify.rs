@@ -89,7 +89,7 @@ impl Notifier {
             ]),
             Err(error) => {
                 // Without the timestamp systemd still accepts RELOADING=1 for Type=notify.
-                tracing::warn!(error = %error, "cannot read the monotonic clock for MONOTONIC_USEC");
+                tracing::warn!(error = %error, "cannot read the monotonic clock for MONOTONIC_USEC: {error}");
                 self.send_logged(&[
                     NotifyState::Reloading,
                     NotifyState::Status("reloading configuration"),
@@ -127,7 +127,7 @@ impl Notifier {
             Ok(()) => self.failure_logged.store(false, Ordering::Relaxed),
             Err(error) => {
                 if !self.failure_logged.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %error, "cannot send a notification to the service manager");
+                    tracing::warn!(error = %error, "cannot send a notification to the service manager: {error}");
                 }
             }
         }

@@ -65,7 +65,7 @@ where
             }
             Err(error) => {
                 let reason = error.to_string();
-                tracing::error!(error = %reason, "reload failed; keeping the previous configuration");
+                tracing::error!(error = %reason, "reload failed; keeping the previous configuration: {reason}");
                 let status = format!("running on previous configuration: reload failed: {reason}");
                 notifier.ready(&status);
                 ReloadOutcome::KeptPrevious { reason, status }
