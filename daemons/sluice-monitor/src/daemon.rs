@@ -75,7 +75,7 @@ impl Daemon for MonitorDaemon {
     }
 
     fn report_failure(error: MonitorError) -> DaemonExit {
-        tracing::error!(error = %error, "sluice-monitor stopped");
+        tracing::error!(error = %error, "sluice-monitor stopped: {error}");
         error.exit()
     }
 }

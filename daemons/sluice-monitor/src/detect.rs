@@ -240,7 +240,13 @@ impl Monitor {
             errors = summary.errors,
             skipped_non_utf8 = summary.skipped_non_utf8,
             elapsed_ms = elapsed.as_millis() as u64,
-            "reconcile walk finished"
+            "reconcile walk finished for {} ({reason}): {} files in {} directories, {} errors, \
+             {} ms",
+            scope.display(),
+            summary.files,
+            summary.directories,
+            summary.errors,
+            elapsed.as_millis()
         );
         for path in summary.non_utf8 {
             self.skip_unusable_name(path);

@@ -262,7 +262,10 @@ impl Monitor {
                 path = %watch.path.display(),
                 mode = ?watch.mode,
                 polling = watcher.is_polling(),
-                "watching"
+                "watching {} ({} mode, {})",
+                watch.path.display(),
+                watch.mode.as_str(),
+                if watcher.is_polling() { "polling" } else { "inotify" }
             );
             watches.push(WatchState {
                 config: watch.clone(),
@@ -398,11 +401,16 @@ impl Monitor {
             }
             WatchMessage::Rescan => {
                 let root = self.watches[index].config.path.clone();
-                tracing::warn!(path = %root.display(), "events were lost (inotify overflow); reconciling the folder");
+                tracing::warn!(
+                    path = %root.display(),
+                    "events were lost for {} (inotify overflow); reconciling the folder",
+                    root.display()
+                );
                 self.reconcile(index, root, "events lost");
             }
             WatchMessage::Failed(error) => {
-                tracing::warn!(path = %self.watches[index].config.path.display(), error = %error, "watcher error");
+                let path = self.watches[index].config.path.display();
+                tracing::warn!(path = %path, error = %error, "watcher error on {path}: {error}");
                 self.last_error = Some(format!("watcher: {error}"));
             }
         }
@@ -432,7 +440,13 @@ impl Monitor {
                 );
                 for detection in detections.iter().filter(|detection| detection.new) {
                     let path = detection.path.to_string_lossy();
-                    tracing::info!(path = %path, file_id = detection.file_id, job_id = detection.job_id, "file detected; ingest job queued");
+                    tracing::info!(
+                        path = %path,
+                        file_id = detection.file_id,
+                        job_id = detection.job_id,
+                        "detected {path}: ingest job {} queued",
+                        detection.job_id
+                    );
                     let emitted = async {
                         self.service
                             .file_detected(&path, detection.file_id as u64, detection.job_id as u64)
@@ -442,13 +456,23 @@ impl Monitor {
                             .await
                     };
                     if let Err(error) = emitted.await {
-                        tracing::warn!(error = %error, "cannot emit a signal; consumers poll the database");
+                        tracing::warn!(
+                            error = %error,
+                            "cannot emit the signals for {path} (job {}): {error}; consumers \
+                             poll the database",
+                            detection.job_id
+                        );
                     }
                 }
             }
             RecorderReport::Swept { prefix, gone } => {
                 if gone > 0 {
-                    tracing::info!(path = %prefix.display(), gone, "files left their folder");
+                    tracing::info!(
+                        path = %prefix.display(),
+                        gone,
+                        "files left their folder {}: {gone} marked gone",
+                        prefix.display()
+                    );
                     self.files_known = None;
                 }
             }
@@ -464,7 +488,7 @@ impl Monitor {
                 self.last_error = Some(format!("cannot record {files}: {error}"));
             }
             RecorderReport::Failed(error) => {
-                tracing::error!(error = %error, "store error");
+                tracing::error!(error = %error, "store error: {error}");
                 self.last_error = Some(error);
             }
         }
@@ -557,7 +581,7 @@ impl Monitor {
             })
             .await;
         if let Err(error) = result {
-            tracing::warn!(error = %error, "cannot publish the status on the bus");
+            tracing::warn!(error = %error, "cannot publish the status on the bus: {error}");
         }
     }
 
@@ -583,7 +607,11 @@ impl Monitor {
                     if let Err(error) = self.start_watches() {
                         // Keep watching with what still works: a bad folder must not stop the
                         // others. The old watchers were dropped with `previous`.
-                        tracing::error!(error = %error, "cannot apply the new watches; watching none until the next reload");
+                        tracing::error!(
+                            error = %error,
+                            "cannot apply the new watches ({error}); watching none until the \
+                             next reload"
+                        );
                         self.last_error = Some(error.to_string());
                     }
                     drop(previous);

@@ -74,8 +74,17 @@ impl Recorder {
     pub fn send(&self, command: RecorderCommand) {
         // The thread only ends after this handle is dropped, or if it panicked; then the
         // command has nowhere to go and the next start's reconcile catches up.
-        if self.commands.send(command).is_err() {
-            tracing::error!("the recorder thread is gone; a file was not recorded");
+        if let Err(unsent) = self.commands.send(command) {
+            let lost = match &unsent.0 {
+                RecorderCommand::Record(file) => {
+                    format!("{} was not recorded", file.path.display())
+                }
+                RecorderCommand::Sweep { prefix, .. } => {
+                    format!("files gone from {} were not marked gone", prefix.display())
+                }
+                RecorderCommand::Count => "the files were not counted".to_owned(),
+            };
+            tracing::error!("the recorder thread is gone; {lost}");
         }
     }
 

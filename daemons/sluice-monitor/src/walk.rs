@@ -100,7 +100,12 @@ pub fn walk(
             Ok(entries) => entries,
             Err(error) => {
                 if error.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %directory.display(), error = %error, "cannot read a directory while walking");
+                    tracing::warn!(
+                        path = %directory.display(),
+                        error = %error,
+                        "cannot read the directory {} while walking: {error}",
+                        directory.display()
+                    );
                     summary.errors += 1;
                 }
                 continue;

@@ -184,7 +184,11 @@ fn prepare_folder(path: &Path) -> Result<(), WatchError> {
             std::fs::create_dir_all(path).map_err(|error| {
                 folder_error(format!("does not exist and cannot be created: {error}"))
             })?;
-            tracing::info!(path = %path.display(), "created the missing watched folder");
+            tracing::info!(
+                path = %path.display(),
+                "created the missing watched folder {}",
+                path.display()
+            );
             Ok(())
         }
         Err(error) => Err(folder_error(error.to_string())),
