@@ -71,7 +71,7 @@ impl Daemon for IngestWorkerDaemon {
     }
 
     fn configuration_invalid(error: &ConfigError, notifier: &Notifier) {
-        tracing::error!(error = %error, "invalid configuration; not starting");
+        tracing::error!(error = %error, "invalid configuration; not starting: {error}");
         notifier.status(&format!("invalid configuration: {error}"));
     }
 
@@ -81,7 +81,11 @@ impl Daemon for IngestWorkerDaemon {
         config_path: &Path,
         _notifier: &Notifier,
     ) -> Result<IngestWorkerDaemon, WorkerError> {
-        tracing::info!(config = %config_path.display(), "configuration loaded");
+        tracing::info!(
+            config = %config_path.display(),
+            "configuration loaded from {}",
+            config_path.display()
+        );
         // A bad instance name is a usage error, found before anything is opened.
         bus::sanitize_instance(&arguments.instance)?;
         Ok(IngestWorkerDaemon {
@@ -94,7 +98,7 @@ impl Daemon for IngestWorkerDaemon {
     }
 
     fn report_failure(error: WorkerError) -> DaemonExit {
-        tracing::error!(error = %error, "the worker stopped on an error");
+        tracing::error!(error = %error, "the worker stopped on an error: {error}");
         error.exit()
     }
 }

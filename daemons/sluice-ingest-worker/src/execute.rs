@@ -22,7 +22,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::analyze::{Analysis, OpenedFile, analyze, open_beneath};
 use crate::failure::IngestFailure;
-use crate::library::{file_into_library, open_library_file};
+use crate::library::{Filed, file_into_library, open_library_file};
 
 /// The job kinds this worker claims.
 pub const KINDS: [&str; 2] = [INGEST_JOB_KIND, NOOP_JOB_KIND];
@@ -261,7 +261,7 @@ impl Executor {
                 );
             }
             Err(error) => {
-                tracing::error!(job_id = id, error = %error, "cannot record the outcome of a job");
+                tracing::error!(job_id = id, error = %error, "cannot record the outcome of job {id}: {error}");
             }
         }
     }
@@ -327,7 +327,7 @@ impl Executor {
             Err(failure) => {
                 let retryable = matches!(failure, IngestFailure::Retryable(_));
                 let message = failure.to_string();
-                tracing::warn!(error = %message, retryable, "ingest failed");
+                tracing::warn!(error = %message, retryable, "ingest job {} failed: {message}", job.id);
                 let committed = self.store.fail_ingest(
                     job.id,
                     &job.lease_token,
@@ -392,7 +392,9 @@ impl Executor {
                 tracing::info!(
                     ?queued,
                     ?found,
-                    "the file changed since this job was queued; leaving it to the newer job"
+                    "job {}: {} changed since this job was queued; leaving it to the newer job",
+                    job.id,
+                    payload.path.display()
                 );
                 return Err(IngestFailure::Superseded(format!(
                     "the file changed after this job was queued (queued {queued:?}, found {found:?})"
@@ -425,7 +427,18 @@ impl Executor {
                     })?;
                 let (path, filed) =
                     file_into_library(&settings.library, &analysis.blake3, &mut opened)?;
-                tracing::info!(library_path = %path.display(), ?filed, "filed into the library");
+                let how = match filed {
+                    Filed::Moved => "",
+                    Filed::AlreadyThere => " (the library already had it; the source was removed)",
+                };
+                tracing::info!(
+                    library_path = %path.display(),
+                    ?filed,
+                    "job {}: filed {} into the library as {}{how}",
+                    job.id,
+                    payload.path.display(),
+                    path.display()
+                );
                 Some(path)
             }
         };
@@ -454,7 +467,15 @@ impl Executor {
             doc_id = finished.document_id,
             duplicate = finished.duplicate,
             blake3 = %analysis.blake3,
-            "ingested"
+            "job {}: ingested {} as {} {}",
+            job.id,
+            payload.path.display(),
+            if finished.duplicate {
+                "a duplicate of document"
+            } else {
+                "document"
+            },
+            finished.document_id
         );
         self.running.remove(job.id);
         let _ = self.events.send(JobEvent::Finished {
@@ -490,7 +511,13 @@ impl Executor {
             return Err(missing());
         };
         let opened = open_library_file(&settings.library, &blake3)?.ok_or_else(missing)?;
-        tracing::info!(%blake3, "the source was already filed by an earlier attempt; finishing from the library");
+        tracing::info!(
+            %blake3,
+            "job {}: {} was already filed by an earlier attempt (content {blake3}); finishing \
+             from the library",
+            job.id,
+            payload.path.display()
+        );
         Ok(opened)
     }
 

@@ -394,7 +394,10 @@ impl Worker {
             Err(error) => {
                 // A panic in a job body: the executor (and its store) is gone. Exiting lets
                 // systemd restart the worker; the claimed jobs' leases expire and are retried.
-                tracing::error!(error = %error, "a job step panicked; exiting so that systemd restarts the worker");
+                tracing::error!(
+                    error = %error,
+                    "a job step panicked ({error}); exiting so that systemd restarts the worker"
+                );
                 return true;
             }
         };
@@ -532,7 +535,7 @@ impl Worker {
             if let Err(error) = result
                 && !matches!(error, JobError::LeaseLost { .. })
             {
-                tracing::warn!(job_id = id, error = %error, "cannot save job progress");
+                tracing::warn!(job_id = id, error = %error, "cannot save the progress of job {id}: {error}");
             }
             busy.store(false, Ordering::Release);
         });
@@ -546,7 +549,7 @@ impl Worker {
                     .and_then(|id| self.running.get(id))
                 {
                     Some(job) => {
-                        tracing::info!(job_id, "cancelling the running job on request");
+                        tracing::info!(job_id, "cancelling job {job_id} on request");
                         job.cancel.store(true, Ordering::Relaxed);
                         Ok(())
                     }
@@ -580,7 +583,7 @@ impl Worker {
         let results = match results {
             Ok(results) => results,
             Err(error) => {
-                tracing::error!(error = %error, "the heartbeat task failed");
+                tracing::error!(error = %error, "the heartbeat task failed: {error}");
                 return;
             }
         };
@@ -590,7 +593,10 @@ impl Worker {
             };
             match result {
                 Ok(heartbeat) if heartbeat.cancel_requested => {
-                    tracing::info!(job_id = id, "cancellation requested; stopping the job");
+                    tracing::info!(
+                        job_id = id,
+                        "cancellation of job {id} requested; stopping it"
+                    );
                     job.cancel.store(true, Ordering::Relaxed);
                 }
                 Ok(_) => {}
@@ -618,9 +624,11 @@ impl Worker {
             .map(|watchdog| watchdog.timeout())
             .unwrap_or(Duration::MAX);
         if self.step.is_some() && self.last_step_activity.elapsed() > timeout {
+            let silent_for = self.last_step_activity.elapsed();
             tracing::error!(
-                silent_for = ?self.last_step_activity.elapsed(),
-                "the running step shows no progress; withholding the watchdog ping"
+                ?silent_for,
+                "the running step shows no progress for {silent_for:?}; withholding the watchdog \
+                 ping"
             );
             return;
         }
@@ -647,22 +655,24 @@ impl Worker {
     /// exit. A body still running cannot commit afterwards, its lease token is void.
     async fn release_everything_and_exit(&mut self) {
         let jobs = self.running.snapshot();
+        let ids: Vec<String> = jobs.iter().map(|(id, _)| id.to_string()).collect();
         tracing::warn!(
             jobs = jobs.len(),
-            "jobs did not stop in time; releasing them"
+            "jobs did not stop in time; releasing them: {}",
+            ids.join(", ")
         );
         let store = Arc::clone(&self.side_store);
         let released = tokio::task::spawn_blocking(move || {
             let mut store = lock_store(&store);
             for (id, job) in jobs {
                 if let Err(error) = store.release_job(id, &job.lease_token) {
-                    tracing::warn!(job_id = id, error = %error, "cannot release job");
+                    tracing::warn!(job_id = id, error = %error, "cannot release job {id}: {error}");
                 }
             }
         })
         .await;
         if let Err(error) = released {
-            tracing::error!(error = %error, "releasing the jobs failed");
+            tracing::error!(error = %error, "releasing the jobs failed: {error}");
         }
     }
 
@@ -772,6 +782,6 @@ fn lock_store(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
 
 fn log_signal_error(result: zbus::Result<()>) {
     if let Err(error) = result {
-        tracing::warn!(error = %error, "cannot emit a D-Bus signal");
+        tracing::warn!(error = %error, "cannot emit a D-Bus signal: {error}");
     }
 }
