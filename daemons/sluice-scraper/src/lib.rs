@@ -134,7 +134,7 @@ impl Daemon for ScraperDaemon {
     }
 
     fn configuration_invalid(error: &ConfigError, notifier: &Notifier) {
-        tracing::error!(error = %error, "invalid configuration");
+        tracing::error!(error = %error, "invalid configuration: {error}");
         notifier.failed(EINVAL, &format!("invalid configuration: {error}"));
     }
 
@@ -158,7 +158,7 @@ impl Daemon for ScraperDaemon {
     }
 
     fn report_failure(error: ScraperError) -> DaemonExit {
-        tracing::error!(error = %error, "sluice-scraper stopped");
+        tracing::error!(error = %error, "sluice-scraper stopped: {error}");
         error.exit()
     }
 }
@@ -425,7 +425,7 @@ impl Scraper {
         let claimed = match claimed {
             Ok(claimed) => claimed,
             Err(error) => {
-                tracing::error!(error = %error, "cannot claim download jobs");
+                tracing::error!(error = %error, "cannot claim download jobs: {error}");
                 self.last_error = Some(format!("cannot claim download jobs: {error}"));
                 return;
             }
@@ -571,14 +571,20 @@ impl Scraper {
             download_id = created.download_id,
             job_id = created.job_id,
             url = %url,
-            "download queued"
+            "download {} queued as job {}: {url}",
+            created.download_id,
+            created.job_id
         );
         if let Err(error) = self
             .service
             .job_queued(DOWNLOAD_JOB_KIND, created.job_id as u64)
             .await
         {
-            tracing::warn!(error = %error, "cannot emit JobQueued");
+            tracing::warn!(
+                error = %error,
+                "cannot emit JobQueued for job {}: {error}",
+                created.job_id
+            );
         }
         self.claim().await;
         Ok((created.download_id as u64, created.job_id as u64))
@@ -602,7 +608,7 @@ impl Scraper {
                     .service
                     .download_finished(download_id as u64, "cancelled", "")
                     .await;
-                tracing::info!(download_id, "queued download cancelled");
+                tracing::info!(download_id, "queued download {download_id} cancelled");
             }
             _ => {
                 if let Some(job_id) = self.active_for_download(download_id)
@@ -643,14 +649,24 @@ impl Scraper {
             .await
             .map_err(bus_error)?;
         self.remove_part(download_id);
-        tracing::info!(download_id, state = %deleted.state, "download deleted");
+        tracing::info!(
+            download_id,
+            state = %deleted.state,
+            "download {download_id} deleted (it was {})",
+            deleted.state
+        );
         Ok(())
     }
 
     fn remove_part(&self, download_id: i64) {
         let part = inbox::part_path(&self.context.settings.staging, download_id);
         if let Err(error) = inbox::remove_part(&part) {
-            tracing::warn!(error = %error, path = %part.display(), "cannot remove a partial file");
+            tracing::warn!(
+                error = %error,
+                path = %part.display(),
+                "cannot remove the partial file {} of download {download_id}: {error}",
+                part.display()
+            );
         }
     }
 
@@ -661,7 +677,11 @@ impl Scraper {
         let parts = match inbox::part_files(&staging) {
             Ok(parts) => parts,
             Err(error) => {
-                tracing::warn!(error = %error, "cannot list the staging folder");
+                tracing::warn!(
+                    error = %error,
+                    "cannot list the staging folder {}: {error}",
+                    staging.display()
+                );
                 return;
             }
         };
@@ -683,9 +703,18 @@ impl Scraper {
                 Err(_) => false,
             };
             if stale {
-                tracing::info!(download_id, path = %path.display(), "removing a stale partial file");
+                tracing::info!(
+                    download_id,
+                    path = %path.display(),
+                    "removing the stale partial file {} of download {download_id}",
+                    path.display()
+                );
                 if let Err(error) = inbox::remove_part(&path) {
-                    tracing::warn!(error = %error, "cannot remove a stale partial file");
+                    tracing::warn!(
+                        error = %error,
+                        "cannot remove the stale partial file {}: {error}",
+                        path.display()
+                    );
                 }
             }
         }
@@ -695,7 +724,9 @@ impl Scraper {
         self.service
             .update_status(|status| status.state = DaemonState::Reloading)
             .await
-            .unwrap_or_else(|error| tracing::warn!(error = %error, "cannot publish status"));
+            .unwrap_or_else(
+                |error| tracing::warn!(error = %error, "cannot publish status: {error}"),
+            );
         let before = self.reloader.current().clone();
         match self.reloader.reload(&self.notifier) {
             ReloadOutcome::Applied => {
@@ -717,7 +748,10 @@ impl Scraper {
         match build_client(&config.scraper) {
             Ok(client) => self.context.client = client,
             Err(error) => {
-                tracing::error!(error = %error, "cannot rebuild the HTTP client; keeping the old one");
+                tracing::error!(
+                    error = %error,
+                    "cannot rebuild the HTTP client ({error}); keeping the old one"
+                );
             }
         }
         if !self.context.hosts.has_settings(
@@ -786,7 +820,7 @@ impl Scraper {
             })
             .await
         {
-            tracing::warn!(error = %error, "cannot publish status");
+            tracing::warn!(error = %error, "cannot publish status: {error}");
         }
         line
     }
@@ -815,9 +849,13 @@ impl Scraper {
         }
         for (job_id, active) in self.active.drain() {
             active.handle.abort();
+            let what = match active.download_id {
+                Some(download_id) => format!("download {download_id} (job {job_id})"),
+                None => format!("download job {job_id}"),
+            };
             tracing::warn!(
                 job_id,
-                "download did not stop in time; releasing it from the loop"
+                "{what} did not stop in time; releasing it from the loop"
             );
             let token = active.job.lease_token.clone();
             let staging = self.context.settings.staging.clone();
@@ -843,7 +881,7 @@ impl Scraper {
                 })
                 .await;
             if let Err(error) = released {
-                tracing::error!(job_id, error = %error, "cannot release a download job");
+                tracing::error!(job_id, error = %error, "cannot release download job {job_id}: {error}");
             }
         }
         tracing::info!("stopped");

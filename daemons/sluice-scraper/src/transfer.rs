@@ -144,7 +144,7 @@ pub async fn run_download(
                 return fail_job_without_download(&context, &job, error).await;
             }
             Err(error) => {
-                tracing::error!(error = %error, "cannot read the download");
+                tracing::error!(error = %error, "cannot read download {download_id}: {error}");
                 return report(
                     job_id,
                     Some(download_id),
@@ -154,7 +154,11 @@ pub async fn run_download(
                 );
             }
         };
-        tracing::info!(url = %download.url, "download started");
+        tracing::info!(
+            url = %download.url,
+            "download {download_id} started: {}",
+            download.url
+        );
         #[cfg(test)]
         test_hooks::panic_if_asked(&download.url);
         run_attempt(context, job, download, stop).await
@@ -253,7 +257,11 @@ async fn run_attempt(
             .await
     };
     if let Err(error) = started {
-        tracing::error!(error = %error, "cannot start the attempt");
+        tracing::error!(
+            error = %error,
+            "download {download_id} (job {job_id}): cannot start attempt {}: {error}",
+            job.attempt
+        );
         return report(
             job_id,
             Some(download_id),
@@ -267,7 +275,7 @@ async fn run_attempt(
         .job_started(job_id as u64, "download", WORKER_NAME)
         .await
     {
-        tracing::warn!(error = %error, "cannot emit JobStarted");
+        tracing::warn!(error = %error, "cannot emit JobStarted for job {job_id}: {error}");
     }
 
     let shared = Arc::new(Mutex::new(SharedProgress {
@@ -292,7 +300,10 @@ async fn run_attempt(
                     Err(DownloadError::Job(error @ (JobError::LeaseLost { .. } | JobError::NotFound(_)))) => {
                         break Finish::LeaseLost(error.to_string());
                     }
-                    Err(error) => tracing::warn!(error = %error, "cannot save progress; trying again at the next tick"),
+                    Err(error) => tracing::warn!(
+                        error = %error,
+                        "download {download_id}: cannot save progress ({error}); trying again at the next tick"
+                    ),
                 }
             }
             changed = stop.changed() => {
@@ -337,7 +348,10 @@ async fn run_attempt(
         }
         Finish::Stop(StopRequest::Cancel) => {
             discard_part(&part);
-            tracing::info!("download cancelled; partial file removed");
+            tracing::info!(
+                "download {download_id} cancelled; partial file {} removed",
+                part.display()
+            );
             DownloadOutcome::Cancelled
         }
         Finish::Stop(_) => {
@@ -352,11 +366,18 @@ async fn run_attempt(
                 // What was received so far survives a power cut too, so the resume is honest.
                 let _ = file.sync_all();
             }
-            tracing::info!(bytes_done, "download released; it resumes from here later");
+            tracing::info!(
+                bytes_done,
+                "download {download_id} released after {bytes_done} bytes; it resumes from there later"
+            );
             DownloadOutcome::Released { bytes_done }
         }
         Finish::LeaseLost(error) => {
-            tracing::error!(error = %error, "lost the job's lease; stopping without recording");
+            tracing::error!(
+                error = %error,
+                "download {download_id} (job {job_id}): lost the job's lease; stopping without \
+                 recording: {error}"
+            );
             return report(job_id, Some(download_id), Ended::NotRecorded { error });
         }
     };
@@ -420,7 +441,10 @@ async fn save_progress(
         .download_progress(download_id as u64, snapshot.bytes_done, total)
         .await
     {
-        tracing::warn!(error = %error, "cannot emit DownloadProgress");
+        tracing::warn!(
+            error = %error,
+            "cannot emit DownloadProgress for download {download_id}: {error}"
+        );
     }
     if total > 0 {
         let fraction = snapshot.bytes_done as f64 / total as f64;
@@ -519,7 +543,11 @@ async fn transfer(
         if let Some(validator) = strong_etag.or(download.last_modified.as_deref()) {
             request = request.header(IF_RANGE, validator);
         }
-        tracing::info!(offset, "resuming with a range request");
+        tracing::info!(
+            offset,
+            "download {}: resuming {url} at byte {offset} with a range request",
+            download.id
+        );
     }
     let mut response = request
         .send()
@@ -570,7 +598,9 @@ async fn transfer(
             if offset > 0 {
                 tracing::info!(
                     offset,
-                    "the server sent the whole file instead of the range; starting over"
+                    "download {}: the server sent the whole file instead of the range from byte \
+                     {offset}; starting over",
+                    download.id
                 );
                 offset = 0;
                 hasher = Sha256::new();
@@ -583,7 +613,11 @@ async fn transfer(
                 .and_then(|text| text.strip_prefix("bytes */"))
                 .and_then(|size| size.trim().parse::<u64>().ok());
             if complete_size == Some(offset) {
-                tracing::info!(offset, "the partial file already holds the whole file");
+                tracing::info!(
+                    offset,
+                    "download {}: the partial file already holds the whole file ({offset} bytes)",
+                    download.id
+                );
                 already_complete = true;
                 (true, Some(offset))
             } else {
@@ -711,7 +745,14 @@ async fn transfer(
             Failure::out_of_space(format!("cannot move the file into the inbox: {reason}"))
         }
     })?;
-    tracing::info!(path = %final_path.display(), bytes = bytes_done, sha256 = %sha256, "download complete");
+    tracing::info!(
+        path = %final_path.display(),
+        bytes = bytes_done,
+        sha256 = %sha256,
+        "download {} complete: {url} saved as {} ({bytes_done} bytes)",
+        download.id,
+        final_path.display()
+    );
     Ok(Completed {
         final_path: final_path.to_string_lossy().into_owned(),
         bytes: bytes_done,

@@ -68,7 +68,12 @@ pub(super) fn hex(bytes: &[u8]) -> String {
 
 pub(super) fn discard_part(part: &std::path::Path) {
     if let Err(error) = inbox::remove_part(part) {
-        tracing::warn!(error = %error, path = %part.display(), "cannot remove the partial file");
+        tracing::warn!(
+            error = %error,
+            path = %part.display(),
+            "cannot remove the partial file {}: {error}",
+            part.display()
+        );
     }
 }
 
@@ -107,7 +112,7 @@ pub(super) async fn record_outcome(
         .job_finished(job_id as u64, job_state.as_str())
         .await
     {
-        tracing::warn!(error = %error, "cannot emit JobFinished");
+        tracing::warn!(error = %error, "cannot emit JobFinished for job {job_id}: {error}");
     }
     let path = match &outcome {
         DownloadOutcome::Succeeded { final_path, .. } => final_path.clone(),
@@ -119,7 +124,10 @@ pub(super) async fn record_outcome(
             .download_finished(download_id as u64, download_state.as_str(), &path)
             .await
     {
-        tracing::warn!(error = %error, "cannot emit DownloadFinished");
+        tracing::warn!(
+            error = %error,
+            "cannot emit DownloadFinished for download {download_id}: {error}"
+        );
     }
     let ended = match (outcome, download_state, job_state) {
         (DownloadOutcome::Succeeded { final_path, .. }, _, _) => {
@@ -164,7 +172,12 @@ pub(super) async fn fail_job_without_download(
     job: &ClaimedJob,
     error: String,
 ) -> TaskReport {
-    tracing::error!(job_id = job.id, error = %error, "download job without its download");
+    tracing::error!(
+        job_id = job.id,
+        error = %error,
+        "download job {} failed without its download: {error}",
+        job.id
+    );
     let job_id = job.id;
     let token = job.lease_token.clone();
     let message = error.clone();
