@@ -99,7 +99,7 @@ pub async fn job_history(state: Data<AppState>, id: Path<i64>) -> Result<HttpRes
 pub async fn retry_job(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let job = state.with_store(move |store| retry(store, id)).await?;
-    tracing::info!(job_id = id, "job queued again on request");
+    tracing::info!(job_id = id, "job {id} queued again on request");
     state.announce(announcement_for(&job));
     Ok(HttpResponse::Ok().json(job))
 }
@@ -107,7 +107,12 @@ pub async fn retry_job(state: Data<AppState>, id: Path<i64>) -> Result<HttpRespo
 pub async fn cancel_job(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let job = state.with_store(move |store| cancel(store, id)).await?;
-    tracing::info!(job_id = id, state = %job.state, "job cancelled on request");
+    tracing::info!(
+        job_id = id,
+        state = %job.state,
+        "job {id} cancelled on request; it is now {}",
+        job.state
+    );
     state.announce(announcement_for(&job));
     Ok(HttpResponse::Ok().json(job))
 }
@@ -179,7 +184,9 @@ pub async fn create_download(
         download_id = download.id,
         job_id,
         url = %download.url,
-        "download queued"
+        "download {} queued as job {job_id}: {}",
+        download.id,
+        download.url
     );
     state.announce(Announcement::JobQueued {
         kind: DOWNLOAD_JOB_KIND.to_owned(),
@@ -269,7 +276,7 @@ pub async fn delete_download(
             }
         }
     }
-    tracing::info!(download_id = id, "download deleted");
+    tracing::info!(download_id = id, "download {id} deleted");
     Ok(HttpResponse::Ok().json(json!({ "deleted": id })))
 }
 
@@ -364,6 +371,11 @@ fn remove_partial_file(part_path: &std::path::Path, staging: &std::path::Path) {
         return;
     }
     if let Err(error) = std::fs::remove_file(part_path) {
-        tracing::warn!(path = %part_path.display(), error = %error, "cannot remove a partial download");
+        tracing::warn!(
+            path = %part_path.display(),
+            error = %error,
+            "cannot remove the partial download {}: {error}",
+            part_path.display()
+        );
     }
 }

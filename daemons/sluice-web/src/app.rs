@@ -131,7 +131,9 @@ fn check_token(request: &ServiceRequest) -> Result<(), ApiError> {
                 tracing::warn!(
                     method = %request.method(),
                     path = request.path(),
-                    "refused a request with a wrong API token"
+                    "refused {} {}: wrong API token",
+                    request.method(),
+                    request.path()
                 );
                 return Err(ApiError::Unauthorized("the bearer token is wrong".into()));
             }
@@ -141,7 +143,9 @@ fn check_token(request: &ServiceRequest) -> Result<(), ApiError> {
         tracing::warn!(
             method = %request.method(),
             path = request.path(),
-            "refused a change made with the read token"
+            "refused {} {}: a change made with the read token",
+            request.method(),
+            request.path()
         );
         return Err(ApiError::Forbidden(
             "the read token may only read; changes need the admin token from [web] token_file"

@@ -37,7 +37,7 @@ impl ConnectionBudget {
         let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
             Ok((soft, _hard)) => soft,
             Err(error) => {
-                tracing::warn!(error = %error, "cannot read the open-file limit; assuming 1024");
+                tracing::warn!(error = %error, "cannot read the open-file limit ({error}); assuming 1024");
                 1024
             }
         };

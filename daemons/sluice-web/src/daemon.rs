@@ -131,7 +131,7 @@ impl Daemon for WebDaemon {
     }
 
     fn report_failure(error: WebError) -> DaemonExit {
-        tracing::error!(error = %error, "sluice-web stopped with an error");
+        tracing::error!(error = %error, "sluice-web stopped with an error: {error}");
         error.exit()
     }
 }
@@ -290,7 +290,10 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
                 }
             }
             Event::BusSignal(Err(error)) => {
-                tracing::warn!(error = %error, "a malformed message arrived on the signal stream");
+                tracing::warn!(
+                    error = %error,
+                    "a malformed message arrived on the signal stream: {error}"
+                );
             }
             Event::WatchdogTick => notifier.watchdog_ping(),
             Event::StatusTick => {
@@ -318,7 +321,11 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
                         match AccessRules::from_config(&after.web) {
                             Ok(access) => state.replace_access(access),
                             Err(error) => {
-                                tracing::error!(error = %error, "a token file changed while reloading; keeping the previous tokens")
+                                tracing::error!(
+                                    error = %error,
+                                    "a token file changed while reloading; keeping the previous \
+                                     tokens: {error}"
+                                )
                             }
                         }
                         if after.web.max_event_streams != before.web.max_event_streams {
@@ -376,7 +383,7 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
                 return Ok(());
             }
             Event::ServerStopped(reason) => {
-                tracing::error!(reason = %reason, "the HTTP server ended unexpectedly");
+                tracing::error!(reason = %reason, "the HTTP server ended unexpectedly: {reason}");
                 return Err(WebError::Server(std::io::Error::other(reason)));
             }
         }
@@ -520,7 +527,12 @@ async fn job_change(
         .await;
     match result {
         Ok(Ok(job)) => {
-            tracing::info!(job_id = id, state = %job.state, "job changed over D-Bus");
+            tracing::info!(
+                job_id = id,
+                state = %job.state,
+                "job {id} changed over D-Bus; it is now {}",
+                job.state
+            );
             Ok(job)
         }
         Ok(Err(JobError::NotFound(_))) => Err(bus::BusError::NotFound(format!(
@@ -534,7 +546,11 @@ async fn job_change(
             "the database is busy; try again in a moment".into(),
         )),
         Ok(Err(JobError::Store(error))) => {
-            tracing::error!(job_id = id, error = %error, "database error while changing a job");
+            tracing::error!(
+                job_id = id,
+                error = %error,
+                "database error while changing job {id}: {error}"
+            );
             Err(bus::BusError::Internal(format!("database error: {error}")))
         }
         Err(error) => Err(bus::BusError::Internal(error.to_string())),
@@ -547,13 +563,21 @@ async fn emit(service: &WebService, announcement: Announcement) {
         Announcement::JobFinished { job_id, state } => service.job_finished(*job_id, state).await,
     };
     if let Err(error) = result {
-        tracing::warn!(error = %error, ?announcement, "cannot emit a Web1 signal");
+        tracing::warn!(
+            error = %error,
+            ?announcement,
+            "cannot emit a Web1 signal for job {}: {error}",
+            announcement.job_id()
+        );
     }
 }
 
 async fn publish(service: &WebService, change: impl FnOnce(&mut WebStatus)) {
     if let Err(error) = service.update_status(change).await {
-        tracing::warn!(error = %error, "cannot publish the web daemon's status on the bus");
+        tracing::warn!(
+            error = %error,
+            "cannot publish the web daemon's status on the bus: {error}"
+        );
     }
 }
 
@@ -573,7 +597,7 @@ fn warn_about_restart_only_settings(before: &Config, after: &Config) {
     for (key, _) in changed.iter().filter(|(_, changed)| *changed) {
         tracing::warn!(
             key,
-            "this setting changed but only takes effect when sluice-web restarts"
+            "{key} changed but only takes effect when sluice-web restarts"
         );
     }
 }

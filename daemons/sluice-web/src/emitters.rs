@@ -142,7 +142,10 @@ impl TrustedSignals {
                 match Pin::new(&mut self.owner_changes).poll_next(context) {
                     Poll::Ready(Some(Ok(change))) => self.apply_owner_change(&change),
                     Poll::Ready(Some(Err(error))) => {
-                        tracing::warn!(error = %error, "a malformed message arrived on the name-owner stream");
+                        tracing::warn!(
+                            error = %error,
+                            "a malformed message arrived on the name-owner stream: {error}"
+                        );
                     }
                     Poll::Ready(None) | Poll::Pending => {}
                 }

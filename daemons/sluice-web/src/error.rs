@@ -85,7 +85,7 @@ impl ApiError {
 
     /// Logs an unexpected failure once, here, and returns the error a client sees.
     pub fn internal(context: &str, error: impl std::fmt::Display) -> ApiError {
-        tracing::error!(error = %error, "{context}");
+        tracing::error!(error = %error, "{context}: {error}");
         ApiError::Internal(format!("{context}; see the sluice-web log"))
     }
 }
@@ -131,7 +131,10 @@ impl From<StoreError> for ApiError {
                 ApiError::Unavailable("the database is busy; try again in a moment".into())
             }
             StoreError::Full(error) => {
-                tracing::error!(error = %error, "a request changed nothing: the disk holding the database is full");
+                tracing::error!(
+                    error = %error,
+                    "a request changed nothing: the disk holding the database is full ({error})"
+                );
                 ApiError::Unavailable(
                     "the disk holding the database is full; nothing was changed. Try again once \
                      space is freed"

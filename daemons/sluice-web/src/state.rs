@@ -244,6 +244,17 @@ pub enum Announcement {
     JobFinished { job_id: u64, state: String },
 }
 
+impl Announcement {
+    /// The job the signal is about, for log lines.
+    pub fn job_id(&self) -> u64 {
+        match self {
+            Announcement::JobQueued { job_id, .. } | Announcement::JobFinished { job_id, .. } => {
+                *job_id
+            }
+        }
+    }
+}
+
 /// Store connections for the handlers. A `Store` is one SQLite connection and not `Sync`;
 /// handlers take one on a blocking thread and put it back, so a handful serve every request.
 #[derive(Debug)]
@@ -438,10 +449,15 @@ impl AppState {
     /// Asks the main loop to emit a signal of the web's D-Bus object. Best effort: the job is
     /// already in the database, and workers poll it slowly when a wake-up is lost.
     pub fn announce(&self, announcement: Announcement) {
+        let job_id = announcement.job_id();
         if let Some(bus) = self.bus()
             && let Err(error) = bus.announcements.try_send(announcement)
         {
-            tracing::warn!(error = %error, "cannot pass a signal to the main loop; workers will find the job by polling");
+            tracing::warn!(
+                error = %error,
+                "cannot pass the signal for job {job_id} to the main loop ({error}); workers will \
+                 find the job by polling"
+            );
         }
     }
 
@@ -456,7 +472,7 @@ impl AppState {
         match task.await {
             Ok(value) => Some(value),
             Err(error) => {
-                tracing::error!(error = %error, "a D-Bus task failed");
+                tracing::error!(error = %error, "a D-Bus task failed: {error}");
                 None
             }
         }

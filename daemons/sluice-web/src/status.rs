@@ -130,10 +130,17 @@ async fn all_daemons(connection: &Connection, workers: u32) -> Vec<DaemonStatus>
             match read {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
-                    tracing::warn!(bus_name = %bus_name, error = %error, "cannot read a daemon's properties");
+                    tracing::warn!(
+                        bus_name = %bus_name,
+                        error = %error,
+                        "cannot read the properties of {bus_name}: {error}"
+                    );
                 }
                 Err(_) => {
-                    tracing::warn!(bus_name = %bus_name, "a daemon did not answer its property reads in time");
+                    tracing::warn!(
+                        bus_name = %bus_name,
+                        "{bus_name} did not answer its property reads in time"
+                    );
                 }
             }
         }
@@ -218,7 +225,7 @@ async fn systemd_connection() -> Option<Connection> {
     match tokio::time::timeout(DAEMON_TIMEOUT, Connection::system()).await {
         Ok(Ok(connection)) => Some(connection),
         Ok(Err(error)) => {
-            tracing::warn!(error = %error, "systemd runs but its bus cannot be reached");
+            tracing::warn!(error = %error, "systemd runs but its bus cannot be reached: {error}");
             None
         }
         Err(_) => None,
