@@ -873,6 +873,28 @@ fn sigterm_closes_event_streams_and_exits_cleanly() {
     assert!(ended, "the event stream stayed open after the stop");
 }
 
+/// `journalctl -u sluice-web` shows sluice's own news at info; actix-server's start-up and
+/// shutdown lines ("Tokio runtime found; starting in existing Tokio runtime", "starting 2
+/// workers") are a dependency's chatter and only show at debug.
+#[test]
+fn actix_start_and_stop_chatter_stays_out_of_the_info_log() {
+    let fixture = SuiteFixture::new("", "");
+    let mut daemon = WebDaemon::start(&fixture);
+    kill(daemon.process.pid(), Signal::SIGTERM).unwrap();
+    let status = daemon
+        .process
+        .wait_for_exit(DEADLINE)
+        .unwrap_or_else(|error| panic!("sluice-web did not stop: {error:#}"));
+    let log = daemon.process.log();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("sluice-web is ready on"), "{log}");
+    assert!(log.contains("sluice-web stopped"), "{log}");
+    assert!(
+        !log.contains("actix_server"),
+        "actix-server's chatter reached the info log:\n{log}"
+    );
+}
+
 #[test]
 fn without_its_token_file_sluice_web_refuses_to_start_and_says_why() {
     let fixture = SuiteFixture::new("", "");

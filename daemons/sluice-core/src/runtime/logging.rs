@@ -19,6 +19,7 @@ use std::os::unix::fs::MetadataExt;
 
 use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -45,6 +46,12 @@ pub struct FileIdentity {
 /// The filter used when neither `SLUICE_LOG` nor `RUST_LOG` is set.
 pub const DEFAULT_LOG_FILTER: &str = "info";
 
+/// Targets whose info lines are a dependency's chatter, not news about sluice's work:
+/// actix-server says "Tokio runtime found; starting in existing Tokio runtime" and "shutting
+/// down idle worker" at every start and stop of sluice-web. A filter at info or quieter shows
+/// only their warnings and errors; one that asks for debug, or names the target, shows them all.
+pub const DEPENDENCY_CHATTER_TARGETS: &[&str] = &["actix_server"];
+
 /// The journald field prefix: a field `job_id` is stored as `F_JOB_ID`.
 pub const JOURNAL_FIELD_PREFIX: &str = "F";
 
@@ -57,7 +64,8 @@ pub const JOURNAL_FIELD_PREFIX: &str = "F";
 /// socket cannot be reached. The level filter comes from `SLUICE_LOG`, then `RUST_LOG`, in
 /// `EnvFilter` syntax (`info`, `sluice_core=debug,info`); an invalid filter falls back to
 /// [`DEFAULT_LOG_FILTER`] with a warning, because a typo in an environment variable should not
-/// keep a daemon from starting.
+/// keep a daemon from starting. Below debug, [`DEPENDENCY_CHATTER_TARGETS`] log warnings and
+/// errors only.
 ///
 /// Returns where the logs go; fails only if a global subscriber was already installed.
 pub fn init_logging(identifier: &str) -> Result<LogDestination, RuntimeError> {
@@ -162,16 +170,42 @@ fn filter_from_environment() -> (EnvFilter, Option<String>) {
             .filter(|value| !value.trim().is_empty())
             .map(|value| (name, value))
     });
-    match configured {
-        None => (EnvFilter::new(DEFAULT_LOG_FILTER), None),
+    let (filter, text, problem) = match configured {
+        None => (
+            EnvFilter::new(DEFAULT_LOG_FILTER),
+            DEFAULT_LOG_FILTER.to_owned(),
+            None,
+        ),
         Some((name, value)) => match EnvFilter::try_new(&value) {
-            Ok(filter) => (filter, None),
+            Ok(filter) => (filter, value, None),
             Err(error) => (
                 EnvFilter::new(DEFAULT_LOG_FILTER),
+                DEFAULT_LOG_FILTER.to_owned(),
                 Some(format!("{name}={value:?}: {error}")),
             ),
         },
+    };
+    (quiet_dependency_chatter(filter, &text), problem)
+}
+
+/// Adds `target=warn` for each of [`DEPENDENCY_CHATTER_TARGETS`] that `text` does not name,
+/// unless the filter lets debug lines through somewhere.
+fn quiet_dependency_chatter(filter: EnvFilter, text: &str) -> EnvFilter {
+    if filter
+        .max_level_hint()
+        .is_some_and(|level| level >= LevelFilter::DEBUG)
+    {
+        return filter;
     }
+    DEPENDENCY_CHATTER_TARGETS
+        .iter()
+        .filter(|target| !text.contains(*target))
+        .fold(filter, |filter, target| {
+            match format!("{target}=warn").parse() {
+                Ok(directive) => filter.add_directive(directive),
+                Err(_) => filter,
+            }
+        })
 }
 
 #[cfg(test)]
@@ -231,6 +265,22 @@ mod tests {
                 device: through_proc.dev(),
                 inode: through_proc.ino()
             }
+        );
+    }
+
+    #[test]
+    fn dependency_chatter_is_quiet_below_debug_unless_named() {
+        let quieted = |text: &str| {
+            quiet_dependency_chatter(EnvFilter::try_new(text).unwrap(), text).to_string()
+        };
+        assert!(quieted("info").contains("actix_server=warn"));
+        assert!(quieted("warn").contains("actix_server=warn"));
+        assert!(!quieted("debug").contains("actix_server"));
+        assert!(!quieted("info,sluice_web=debug").contains("actix_server"));
+        let named = quieted("info,actix_server=info");
+        assert!(
+            named.contains("actix_server=info") && !named.contains("actix_server=warn"),
+            "{named}"
         );
     }
 
