@@ -426,6 +426,40 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
         "upgrade changed the read token"
     );
 
+    // Limits: every service runs in sluice.slice, which bounds the suite; and a daemon that
+    // crashes six times in a row (the old start limit gave up after five in a minute, about
+    // 6 s of crashing) is still restarted.
+    for unit in SLUICE_UNITS
+        .iter()
+        .filter(|unit| unit.ends_with(".service"))
+    {
+        let slice = container.unit_property(unit, "Slice")?;
+        ensure!(slice == "sluice.slice", "{unit} runs in {slice}");
+    }
+    let memory_max = container.unit_property("sluice.slice", "MemoryMax")?;
+    ensure!(
+        memory_max.parse::<u64>().is_ok(),
+        "sluice.slice has no MemoryMax: {memory_max}"
+    );
+    let monitor = "sluice-monitor.service";
+    for crash in 1..=6 {
+        let pid = container.unit_property(monitor, "MainPID")?;
+        container.check(&format!("systemctl kill --kill-who=main -s KILL {monitor}"))?;
+        let restarted = wait_until(Duration::from_secs(60), || {
+            container
+                .unit_property(monitor, "MainPID")
+                .is_ok_and(|now| now != pid && now != "0")
+                && unit_runs(container, monitor).unwrap_or(false)
+        });
+        ensure!(
+            restarted,
+            "{monitor} was not restarted after crash {crash}: {}",
+            container
+                .sh(&format!("systemctl status --no-pager {monitor}"))?
+                .stdout_text()
+        );
+    }
+
     // Remove stops everything and keeps state; purge removes it.
     container.check("apt-get remove -y sluice")?;
     for unit in SLUICE_UNITS {
