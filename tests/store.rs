@@ -270,7 +270,7 @@ fn a_worker_stopped_past_its_lease_cannot_heartbeat_or_complete() {
     let mut second = None;
     let reclaimed = wait_until(DEADLINE, || {
         second = store
-            .claim_jobs("second", &["test"], 1, Duration::from_secs(30))
+            .claim_jobs(&"second".into(), &["test"], 1, Duration::from_secs(30))
             .unwrap()
             .pop();
         second.is_some()

@@ -12,6 +12,8 @@ pub enum WorkerError {
     Start(#[from] StartError),
     #[error("cannot subscribe to JobQueued signals: {0}")]
     Subscribe(#[source] zbus::Error),
+    #[error("cannot watch the bus for workers that leave it: {0}")]
+    WatchDepartures(#[source] zbus::Error),
     #[error(transparent)]
     BusSetup(#[from] BusSetupError),
     #[error("internal error: {0}")]
@@ -24,9 +26,10 @@ impl WorkerError {
         match self {
             WorkerError::BusSetup(BusSetupError::InvalidInstance { .. }) => DaemonExit::Usage,
             WorkerError::Start(error) => error.exit(),
-            WorkerError::Store(_) | WorkerError::Subscribe(_) | WorkerError::BusSetup(_) => {
-                DaemonExit::Unavailable
-            }
+            WorkerError::Store(_)
+            | WorkerError::Subscribe(_)
+            | WorkerError::WatchDepartures(_)
+            | WorkerError::BusSetup(_) => DaemonExit::Unavailable,
             WorkerError::Internal(_) => DaemonExit::Software,
         }
     }

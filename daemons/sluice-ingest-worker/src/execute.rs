@@ -15,7 +15,7 @@ use sluice_core::ingest::{
     FileVersion, INGEST_JOB_KIND, IngestMode, IngestPayload, MAX_SLEEP_MS, NOOP_JOB_KIND,
 };
 use sluice_core::store::{
-    ClaimedJob, Completion, DocumentError, IngestRecord, JobError, JobState, LeaseToken,
+    Claimant, ClaimedJob, Completion, DocumentError, IngestRecord, JobError, JobState, LeaseToken,
     NewDocument, Outcome, Store,
 };
 use tokio::sync::mpsc::UnboundedSender;
@@ -167,7 +167,8 @@ pub struct StepReport {
 #[derive(Debug)]
 pub struct Executor {
     pub store: Store,
-    pub worker_name: String,
+    /// The worker's name and its bus connection, recorded with every lease it takes.
+    pub claimant: Claimant,
     pub events: UnboundedSender<JobEvent>,
     pub running: Arc<RunningJobs>,
     /// Set on SIGTERM: claim nothing more, give back claimed jobs that have not started.
@@ -186,7 +187,7 @@ impl Executor {
         let (results, claimed) = if claim {
             self.store.complete_and_claim(
                 &pending,
-                &self.worker_name,
+                &self.claimant,
                 &KINDS,
                 settings.claim_batch,
                 settings.lease,

@@ -38,17 +38,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_core::bus::{
-    self, BusError, BusSetupError, CallerPolicy, DEFAULT_PROGRESS_INTERVAL, DaemonState,
+    self, BusError, BusSetupError, CallerPolicy, DEFAULT_PROGRESS_INTERVAL, DaemonState, Departure,
     IngestCommand, IngestService, IngestStatus,
 };
 use sluice_core::config::{Config, ConfigError};
 use sluice_core::runtime::{
     CommonArguments, ConfigReloader, Daemon, DaemonExit, Dependencies, Notifier, ReloadOutcome,
-    RuntimeFlavour, Signal, SignalReceiver, StartError, StatusLine, WatchdogTicker,
+    RuntimeFlavour, Signal, SignalReceiver, StartError, StatusLine, WatchdogTicker, claimant_on,
     open_another_store,
 };
 use sluice_core::store::{
-    Completion, Durability, Heartbeat, JobError, JobState, Store, StoreError,
+    Claimant, Completion, Durability, Heartbeat, JobError, JobState, LeaseHolder, RescuedJob,
+    Store, StoreError,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio::task::{JoinError, JoinHandle};
@@ -97,6 +98,20 @@ enum Event {
     GiveUp,
     /// Held job changes are due on the bus.
     SendJobChanges,
+    /// Another worker's (or the scraper's) connection left the bus: end its leases.
+    PeerGone(Departure),
+    /// The leases of a departed peer were ended (or could not be).
+    PeerRescued(Box<PeerRescue>),
+    /// The bus connection is lost: no more departures will be seen.
+    BusLost,
+}
+
+/// What ending a departed peer's leases did.
+#[derive(Debug)]
+struct PeerRescue {
+    departure: Departure,
+    reason: String,
+    result: Result<Vec<RescuedJob>, JobError>,
 }
 
 /// What a step hands back: the executor (it owns the store connection), the report, and the
@@ -125,7 +140,7 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
     bus::sanitize_instance(instance)?;
     let worker_name = format!("sluice-ingest-worker@{instance}");
     // Heartbeats and progress go through a second connection, so they never wait for a step.
-    let side_store = open_another_store(&main_store).await?;
+    let side_store = Arc::new(Mutex::new(open_another_store(&main_store).await?));
 
     let (service, commands) = IngestService::start(
         &connection,
@@ -139,13 +154,20 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
     wakeup::subscribe(&connection, Arc::clone(&wake))
         .await
         .map_err(WorkerError::Subscribe)?;
+    // Watching before taking over, so a peer that dies meanwhile is not missed.
+    let departures = bus::watch_departures(&connection)
+        .await
+        .map_err(WorkerError::WatchDepartures)?;
+    let claimant = claimant_on(&connection, &worker_name);
+    take_over_from_predecessors(&side_store, &claimant).await;
 
     let (events_sender, events) = mpsc::unbounded_channel();
     let running = Arc::new(RunningJobs::default());
     let stopping = Arc::new(AtomicBool::new(false));
+    let (rescue_sender, rescues) = mpsc::unbounded_channel();
     let executor = Executor {
         store: main_store,
-        worker_name: worker_name.clone(),
+        claimant,
         events: events_sender,
         running: Arc::clone(&running),
         stopping: Arc::clone(&stopping),
@@ -169,7 +191,10 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
         executor: Some(executor),
         step: None,
         pending: Vec::new(),
-        side_store: Arc::new(Mutex::new(side_store)),
+        side_store,
+        departures: Some(departures),
+        rescues,
+        rescue_sender,
         running,
         stopping,
         stop_deadline: None,
@@ -245,6 +270,10 @@ struct Worker {
     /// Outcomes to commit with the next step.
     pending: Vec<Completion>,
     side_store: Arc<Mutex<Store>>,
+    /// Peers whose connection left the bus; `None` once the bus connection is lost.
+    departures: Option<mpsc::UnboundedReceiver<Departure>>,
+    rescues: mpsc::UnboundedReceiver<PeerRescue>,
+    rescue_sender: mpsc::UnboundedSender<PeerRescue>,
     running: Arc<RunningJobs>,
     stopping: Arc<AtomicBool>,
     stop_deadline: Option<Instant>,
@@ -302,6 +331,11 @@ impl Worker {
             () = sleep_until_optional(stop_deadline) => Event::StopDeadline,
             () = sleep_until_optional(give_up_at) => Event::GiveUp,
             () = sleep_until_optional(send_job_changes_at) => Event::SendJobChanges,
+            departure = recv_optional(&mut self.departures) => match departure {
+                Some(departure) => Event::PeerGone(departure),
+                None => Event::BusLost,
+            },
+            Some(rescue) = self.rescues.recv() => Event::PeerRescued(Box::new(rescue)),
         }
     }
 
@@ -337,8 +371,62 @@ impl Worker {
                 self.release_everything_and_exit().await;
                 return true;
             }
+            Event::PeerGone(departure) => self.rescue_from(departure),
+            Event::PeerRescued(rescue) => self.on_peer_rescued(*rescue),
+            Event::BusLost => {
+                self.departures = None;
+                tracing::warn!(
+                    "lost the bus connection: jobs of workers that die now are taken over \
+                     when their leases expire"
+                );
+            }
         }
         false
+    }
+
+    /// Ends the leases `departure`'s process held, on a blocking thread. Every worker that
+    /// sees the departure tries; the first one ends them, the others find nothing left.
+    fn rescue_from(&mut self, departure: Departure) {
+        let holder = match LeaseHolder::new(departure.identity.clone()) {
+            Ok(holder) => holder,
+            Err(error) => {
+                tracing::warn!(error = %error, "ignoring a departure with a malformed identity");
+                return;
+            }
+        };
+        let reason = format!(
+            "its bus connection {} closed (the process exited or was cut off from the bus)",
+            departure.unique_name
+        );
+        let store = Arc::clone(&self.side_store);
+        let results = self.rescue_sender.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = lock_store(&store).rescue_leases_of(&holder, &reason);
+            let _ = results.send(PeerRescue {
+                departure,
+                reason,
+                result,
+            });
+        });
+    }
+
+    fn on_peer_rescued(&mut self, rescue: PeerRescue) {
+        match rescue.result {
+            Ok(jobs) => {
+                log_rescued(&jobs, &rescue.reason);
+                // Whoever ended them, the jobs are claimable now: look at once.
+                self.wake_pending = true;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    bus_name = %rescue.departure.bus_name,
+                    error = %error,
+                    "cannot take over the jobs of {} after it left the bus: {error}; they are \
+                     taken over when their leases expire",
+                    rescue.departure.bus_name
+                );
+            }
+        }
     }
 
     fn is_stopping(&self) -> bool {
@@ -755,6 +843,49 @@ impl Worker {
             "stopped"
         );
         self.publish_properties(DaemonState::Stopping).await;
+    }
+}
+
+/// Ends the leases an earlier process of this worker's name still holds: this process owns the
+/// name now, so that one is gone (or cut off from the bus, and then fenced).
+async fn take_over_from_predecessors(store: &Arc<Mutex<Store>>, claimant: &Claimant) {
+    let store = Arc::clone(store);
+    let claimant = claimant.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        lock_store(&store).rescue_leases_of_predecessors(&claimant)
+    })
+    .await;
+    match result {
+        Ok(Ok(jobs)) => log_rescued(&jobs, "held by an earlier process of this worker"),
+        Ok(Err(error)) => tracing::warn!(
+            error = %error,
+            "cannot take over the jobs an earlier process of this worker held: {error}; they \
+             are taken over when their leases expire"
+        ),
+        Err(error) => tracing::error!(error = %error, "the take-over task failed"),
+    }
+}
+
+/// One line per rescued job, naming the job, whom it was taken from, why, and where it went.
+fn log_rescued(jobs: &[RescuedJob], reason: &str) {
+    for job in jobs {
+        tracing::info!(
+            job_id = job.id,
+            worker = %job.worker,
+            attempt = job.attempt,
+            state = %job.state,
+            "rescued job {} from {} ({reason}): {}",
+            job.id,
+            job.worker,
+            job.outcome()
+        );
+    }
+}
+
+async fn recv_optional<T>(receiver: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match receiver {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

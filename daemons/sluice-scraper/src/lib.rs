@@ -40,11 +40,12 @@ use sluice_core::policy::{SubmitRules, validate_submission};
 use sluice_core::runtime::{
     CommonArguments, ConfigReloader, Daemon, DaemonExit, Dependencies, Notifier, ReloadOutcome,
     RuntimeError, RuntimeFlavour, Signal, SignalReceiver, StartError, StatusLine, StopDeadline,
-    WatchdogTicker,
+    WatchdogTicker, claimant_on,
 };
 use sluice_core::store::downloads::DOWNLOAD_JOB_KIND;
 use sluice_core::store::{
-    ClaimedJob, DownloadError, DownloadOutcome, DownloadState, JobError, NewDownload, StoreError,
+    Claimant, ClaimedJob, DownloadError, DownloadOutcome, DownloadState, JobError, NewDownload,
+    StoreError,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -214,6 +215,8 @@ type Reread = Box<dyn FnMut() -> Result<Config, String> + Send>;
 
 struct Scraper {
     notifier: Notifier,
+    /// The scraper's name and bus connection, recorded with every lease it takes.
+    claimant: Claimant,
     reloader: ConfigReloader<Config, Reread>,
     service: Arc<ScraperService>,
     store: StoreHandle,
@@ -264,17 +267,33 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
     subscribe_to_job_queued(&connection, wake_sender).await?;
 
     // Only one scraper runs (the bus name is exclusive), so download jobs still leased to
-    // our name belong to a predecessor that died: make them claimable now rather than when
-    // their lease runs out.
+    // our name by another process belong to a predecessor that is gone (or cut off from the
+    // bus, and then fenced): make them claimable now rather than when their lease runs out.
+    // The ingest workers do the same when they see this name's connection leave the bus; this
+    // covers a scraper that died while no worker was watching.
+    let claimant = claimant_on(&connection, WORKER_NAME);
+    let take_over = claimant.clone();
     let orphans = store
-        .call(|store| store.expire_download_leases_of(WORKER_NAME))
+        .call(move |store| store.rescue_leases_of_predecessors(&take_over))
         .await;
     match orphans {
-        Ok(ids) if !ids.is_empty() => {
-            tracing::info!(jobs = ?ids, "taking over downloads left by a previous run");
+        Ok(jobs) => {
+            for job in jobs {
+                tracing::info!(
+                    job_id = job.id,
+                    attempt = job.attempt,
+                    state = %job.state,
+                    "rescued download job {} from an earlier scraper process: {}",
+                    job.id,
+                    job.outcome()
+                );
+            }
         }
-        Ok(_) => {}
-        Err(error) => tracing::warn!(error = %error, "cannot take over orphaned downloads"),
+        Err(error) => tracing::warn!(
+            error = %error,
+            "cannot take over the downloads an earlier scraper process held: {error}; they \
+             are taken over when their leases expire"
+        ),
     }
 
     let (reports, report_receiver) = mpsc::unbounded_channel();
@@ -298,6 +317,7 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
     let status_interval = config.service.status_interval;
     let mut scraper = Scraper {
         notifier,
+        claimant,
         reloader: ConfigReloader::new(config, reread),
         service,
         store,
@@ -418,9 +438,10 @@ impl Scraper {
             return;
         }
         let lease = self.context.settings.lease;
+        let claimant = self.claimant.clone();
         let claimed = self
             .store
-            .call(move |store| store.claim_jobs(WORKER_NAME, &[DOWNLOAD_JOB_KIND], free, lease))
+            .call(move |store| store.claim_jobs(&claimant, &[DOWNLOAD_JOB_KIND], free, lease))
             .await;
         let claimed = match claimed {
             Ok(claimed) => claimed,

@@ -107,7 +107,7 @@ fn run_worker(
     say("ready");
     loop {
         let (results, claimed) =
-            store.complete_and_claim(&completions, name, &kinds, batch, lease)?;
+            store.complete_and_claim(&completions, &name.into(), &kinds, batch, lease)?;
         done += results.iter().filter(|result| result.is_ok()).count() as u64;
         completions.clear();
         if claimed.is_empty() {
@@ -161,7 +161,10 @@ fn run_holder(
 ) -> anyhow::Result<()> {
     let lease = Duration::from_millis(lease_ms);
     let job = loop {
-        if let Some(job) = store.claim_jobs("holder", &["test"], 1, lease)?.pop() {
+        if let Some(job) = store
+            .claim_jobs(&"holder".into(), &["test"], 1, lease)?
+            .pop()
+        {
             break job;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -208,7 +211,7 @@ fn run_storm(store: &mut Store, batch: usize) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(" ")
         ));
-        let claimed = store.claim_jobs("storm", &["storm"], batch / 2, lease)?;
+        let claimed = store.claim_jobs(&"storm".into(), &["storm"], batch / 2, lease)?;
         let completions: Vec<Completion> = claimed
             .iter()
             .map(|job| Completion {

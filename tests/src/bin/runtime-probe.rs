@@ -203,7 +203,7 @@ fn do_work(
         return false;
     }
 
-    let claimed = match store.claim_jobs(WORKER, JOB_KINDS, 1, lease) {
+    let claimed = match store.claim_jobs(&WORKER.into(), JOB_KINDS, 1, lease) {
         Ok(claimed) => claimed,
         Err(error) => {
             tracing::error!(error = %error, "cannot claim jobs");

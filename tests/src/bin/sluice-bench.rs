@@ -1178,8 +1178,12 @@ mod w2 {
             );
         }
         loop {
-            let claimed =
-                store.claim_jobs("bench-populate", &["noop"], 1000, Duration::from_secs(600))?;
+            let claimed = store.claim_jobs(
+                &"bench-populate".into(),
+                &["noop"],
+                1000,
+                Duration::from_secs(600),
+            )?;
             if claimed.is_empty() {
                 break;
             }

@@ -26,6 +26,7 @@
 //! process can neither queue for nor take over a name that is owned.
 
 mod caller;
+mod departures;
 mod error;
 mod ingest;
 mod monitor;
@@ -44,6 +45,7 @@ use zbus::fdo::RequestNameFlags;
 use zbus::object_server::{Interface, InterfaceRef};
 
 pub use caller::{CallerPolicy, SLUICE_GROUP, lookup_group_id};
+pub use departures::{Departure, connection_identity, holds_leases, watch_departures};
 pub use error::BusError;
 pub use ingest::{
     INGEST_INTERFACE, IngestCommand, IngestInterface, IngestProxy, IngestService, IngestStatus,

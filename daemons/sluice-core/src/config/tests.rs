@@ -1059,7 +1059,7 @@ fn every_key_at_its_maximum_gives_a_configuration_the_daemons_can_use() {
         ))
         .unwrap();
     let claimed = store
-        .claim_jobs("worker", &["noop"], 1, config.jobs.lease)
+        .claim_jobs(&"worker".into(), &["noop"], 1, config.jobs.lease)
         .expect("the store accepts the maximum lease");
     assert_eq!(claimed.len(), 1);
     let delay = config.store_options().retry.delay_after(u32::MAX);

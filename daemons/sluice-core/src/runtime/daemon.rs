@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::bus::{self, BusAddress};
 use crate::config::{Config, ConfigError};
-use crate::store::{Store, StoreError};
+use crate::store::{Claimant, LeaseHolder, Store, StoreError};
 
 use super::{DaemonExit, Notifier, RuntimeError, SignalReceiver, init_logging};
 
@@ -129,6 +129,18 @@ pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
 /// Opens another connection to the database `store` is connected to, on a blocking thread.
 pub async fn open_another_store(store: &Store) -> Result<Store, StoreError> {
     open_store_at(store.path().to_path_buf(), *store.options()).await
+}
+
+/// How a daemon that claims jobs names itself to the store: `worker_name` (what people read)
+/// and its bus connection as the holder of the leases it takes, so the leases end at once when
+/// that connection leaves the bus, and never because a successor of the same name did.
+pub fn claimant_on(connection: &zbus::Connection, worker_name: &str) -> Claimant {
+    let claimant = Claimant::named(worker_name);
+    match bus::connection_identity(connection).map(LeaseHolder::new) {
+        Some(Ok(holder)) => claimant.with_holder(holder),
+        // A peer-to-peer connection has no identity; the leases then end when they expire.
+        _ => claimant,
+    }
 }
 
 async fn open_store_at(

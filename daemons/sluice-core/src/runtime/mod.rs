@@ -73,7 +73,7 @@ mod stop;
 mod watchdog;
 
 pub use daemon::{
-    CommonArguments, Daemon, Dependencies, RuntimeFlavour, StartError, daemon_main,
+    CommonArguments, Daemon, Dependencies, RuntimeFlavour, StartError, claimant_on, daemon_main,
     open_another_store, open_store,
 };
 pub use logging::{

@@ -537,7 +537,12 @@ mod tests {
             ))
             .unwrap();
         store
-            .claim_jobs("test-worker", &["ingest"], 1, Duration::from_secs(30))
+            .claim_jobs(
+                &"test-worker".into(),
+                &["ingest"],
+                1,
+                Duration::from_secs(30),
+            )
             .unwrap()
             .pop()
             .unwrap()
@@ -765,7 +770,7 @@ mod tests {
             .unwrap();
         store.release_job(job.id, &job.lease_token).unwrap();
         let again = store
-            .claim_jobs("other", &["ingest"], 1, Duration::from_secs(30))
+            .claim_jobs(&"other".into(), &["ingest"], 1, Duration::from_secs(30))
             .unwrap()
             .pop()
             .unwrap();

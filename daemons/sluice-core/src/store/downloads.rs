@@ -573,27 +573,6 @@ impl Store {
             Ok((state, job_state))
         })
     }
-
-    /// Makes the download jobs that `worker` held when it died claimable at once instead of
-    /// after their lease expires. Only for a worker that is known to be the only one of its
-    /// name (the scraper owns its bus name exclusively), so nobody else holds those leases.
-    /// The attempt stays counted, as with any expired lease. Returns the job ids.
-    pub fn expire_download_leases_of(&mut self, worker: &str) -> Result<Vec<i64>, DownloadError> {
-        self.write(|transaction| {
-            let now = now_ms();
-            let mut statement = transaction.prepare_cached(
-                "UPDATE jobs SET lease_expires_at = ?3, updated_at = ?3
-                 WHERE state = 'running' AND kind = ?1 AND lease_owner = ?2
-                 RETURNING id",
-            )?;
-            let ids = statement
-                .query_map(params![DOWNLOAD_JOB_KIND, worker, now - 1], |row| {
-                    row.get(0)
-                })?
-                .collect::<Result<Vec<i64>, _>>()?;
-            Ok(ids)
-        })
-    }
 }
 
 fn check_validator(what: &str, value: Option<&str>) -> Result<(), DownloadError> {
@@ -682,13 +661,14 @@ mod tests {
     use super::super::Durability;
     use super::super::tests::open_temp;
     use super::*;
+    use crate::store::{Claimant, LeaseHolder};
 
     const WORKER: &str = "test-scraper";
     const LEASE: Duration = Duration::from_secs(30);
 
     fn claim_one(store: &mut Store) -> jobs::ClaimedJob {
         let mut claimed = store
-            .claim_jobs(WORKER, &[DOWNLOAD_JOB_KIND], 1, LEASE)
+            .claim_jobs(&WORKER.into(), &[DOWNLOAD_JOB_KIND], 1, LEASE)
             .unwrap();
         assert_eq!(claimed.len(), 1, "one download job claimable");
         claimed.remove(0)
@@ -879,7 +859,7 @@ mod tests {
         let mut claimed = Vec::new();
         for _ in 0..200 {
             claimed = store
-                .claim_jobs(WORKER, &[DOWNLOAD_JOB_KIND], 1, LEASE)
+                .claim_jobs(&WORKER.into(), &[DOWNLOAD_JOB_KIND], 1, LEASE)
                 .unwrap();
             if !claimed.is_empty() {
                 break;
@@ -1048,17 +1028,28 @@ mod tests {
 
         let claimed = claim_one(&mut store);
         assert_eq!(claimed.attempt, 1, "a release gives the attempt back");
+        // A scraper that starts takes over what an earlier process of its name held.
+        let successor = Claimant::named(WORKER).with_holder(LeaseHolder::new(":1.9@bus").unwrap());
         assert!(
             store
-                .expire_download_leases_of("someone-else")
+                .rescue_leases_of_predecessors(&Claimant::named("someone-else"))
                 .unwrap()
                 .is_empty()
         );
+        let rescued = store.rescue_leases_of_predecessors(&successor).unwrap();
         assert_eq!(
-            store.expire_download_leases_of(WORKER).unwrap(),
+            rescued.iter().map(|job| job.id).collect::<Vec<_>>(),
             vec![claimed.id]
         );
-        let again = claim_one(&mut store);
+        let orphan = store.get_download(id).unwrap();
+        assert_eq!(
+            (orphan.state, orphan.bytes_done),
+            (DownloadState::Queued, 77)
+        );
+        let again = store
+            .claim_jobs(&successor, &[DOWNLOAD_JOB_KIND], 1, LEASE)
+            .unwrap()
+            .remove(0);
         assert_eq!(again.id, claimed.id);
         assert_eq!(again.attempt, 2);
     }

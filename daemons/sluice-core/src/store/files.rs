@@ -613,7 +613,7 @@ mod tests {
         // A worker claims the first file's job (only that one: the claim takes the oldest).
         let claimed = store
             .claim_jobs(
-                "worker",
+                &"worker".into(),
                 &[INGEST_JOB_KIND],
                 1,
                 std::time::Duration::from_secs(30),

@@ -204,4 +204,17 @@ END;
 ALTER TABLE jobs ADD COLUMN postponements INTEGER NOT NULL DEFAULT 0 CHECK (postponements >= 0);
 "#,
     },
+    Migration {
+        name: "a lease records the process that holds it",
+        sql: r#"
+-- `lease_owner` names the worker (`sluice-ingest-worker@1`, `sluice-scraper`), a name the
+-- process systemd restarts takes again. `lease_holder` names the one process that claimed:
+-- its bus connection, as the unique name and the bus's GUID (`:1.42@5e3f…`), which no other
+-- connection ever gets. Ending the leases of a process that left the bus matches on it, so
+-- the leases of a successor of the same name are never touched. NULL for a claimant that is
+-- not on a bus (tests, benchmarks). No index: the queries that match on it also say
+-- `state = 'running'`, and use the partial index `jobs_leases`, which lists only those rows.
+ALTER TABLE jobs ADD COLUMN lease_holder TEXT;
+"#,
+    },
 ];

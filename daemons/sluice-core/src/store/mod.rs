@@ -29,8 +29,9 @@ pub use files::{
     DetectedFile, Detection, FileError, FileFilter, FileRecord, FileState, INGEST_JOB_KIND,
 };
 pub use jobs::{
-    ClaimedJob, Completion, Enqueued, Heartbeat, Job, JobError, JobFilter, JobState, JobTransition,
-    LeaseToken, NewJob, Outcome, Page, PageRequest, RetryPolicy,
+    Claimant, ClaimedJob, Completion, Enqueued, Heartbeat, Job, JobError, JobFilter, JobState,
+    JobTransition, LeaseHolder, LeaseToken, NewJob, Outcome, Page, PageRequest, RescuedJob,
+    RetryPolicy,
 };
 pub use migrations::MIGRATIONS;
 

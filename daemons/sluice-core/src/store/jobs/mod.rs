@@ -64,7 +64,7 @@ impl Store {
     /// the same transaction, so a crashed worker's job is available to the very next claim.
     pub fn claim_jobs(
         &mut self,
-        worker: &str,
+        worker: &Claimant,
         kinds: &[&str],
         limit: usize,
         lease: Duration,
@@ -80,12 +80,12 @@ impl Store {
     pub fn complete_and_claim(
         &mut self,
         completions: &[Completion],
-        worker: &str,
+        worker: &Claimant,
         kinds: &[&str],
         limit: usize,
         lease: Duration,
     ) -> Result<(Vec<Result<JobState, JobError>>, Vec<ClaimedJob>), JobError> {
-        validate_worker(worker)?;
+        validate_worker(&worker.worker)?;
         for kind in kinds {
             validate_kind(kind)?;
         }
@@ -290,6 +290,48 @@ impl Store {
         self.write(|transaction| Ok(rescue_expired(transaction, now_ms())?))
     }
 
+    /// Ends at once every lease `holder` holds, as an expired lease would end (the attempt
+    /// stays counted): for a caller that knows the holder's process is gone, because the bus
+    /// said its connection closed. `reason` says how it is known and goes into each job's
+    /// error. A successor of the same worker name is another holder, so its leases are never
+    /// touched; a holder that is in fact still running loses its leases and every later write
+    /// of it fails the lease-token check.
+    pub fn rescue_leases_of(
+        &mut self,
+        holder: &LeaseHolder,
+        reason: &str,
+    ) -> Result<Vec<RescuedJob>, JobError> {
+        validate_message("rescue reason", reason)?;
+        self.write(|transaction| {
+            Ok(end_leases(
+                transaction,
+                "lease_holder = ?3",
+                params![now_ms(), reason, holder.as_str()],
+            )?)
+        })
+    }
+
+    /// Ends at once every lease held under `claimant`'s worker name by another process than
+    /// `claimant`'s own (by any process, when it has no holder): for a worker that has just
+    /// started and owns its exclusive bus name, so every earlier process of that name is gone
+    /// or cut off from the bus. The attempts stay counted, as with an expired lease.
+    pub fn rescue_leases_of_predecessors(
+        &mut self,
+        claimant: &Claimant,
+    ) -> Result<Vec<RescuedJob>, JobError> {
+        validate_worker(&claimant.worker)?;
+        let reason = "a new process of the same name started, so the one that held the lease \
+                      is gone";
+        let holder = claimant.holder.as_ref().map(LeaseHolder::as_str);
+        self.write(|transaction| {
+            Ok(end_leases(
+                transaction,
+                "lease_owner = ?3 AND (?4 IS NULL OR lease_holder IS NOT ?4)",
+                params![now_ms(), reason, claimant.worker, holder],
+            )?)
+        })
+    }
+
     pub fn get_job(&self, id: i64) -> Result<Job, JobError> {
         read_job(self.connection(), id)
     }
@@ -483,7 +525,7 @@ pub(super) fn insert_job(
 
 fn claim(
     transaction: &Transaction<'_>,
-    worker: &str,
+    worker: &Claimant,
     kinds_json: &str,
     limit: usize,
     now: i64,
@@ -493,7 +535,8 @@ fn claim(
     let expires = now + lease_ms;
     let mut statement = transaction.prepare_cached(
         "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?1,
-             lease_token = ?2, lease_expires_at = ?3, cancel_requested = 0, progress = NULL,
+             lease_holder = ?7, lease_token = ?2, lease_expires_at = ?3, cancel_requested = 0,
+             progress = NULL,
              progress_message = NULL, started_at = coalesce(started_at, ?4), updated_at = ?4
          WHERE id IN (
              SELECT id FROM jobs
@@ -506,12 +549,13 @@ fn claim(
     let mut claimed = statement
         .query_map(
             params![
-                worker,
+                worker.worker,
                 token.as_str(),
                 expires,
                 now,
                 kinds_json,
-                limit as i64
+                limit as i64,
+                worker.holder.as_ref().map(LeaseHolder::as_str),
             ],
             |row| {
                 let payload: String = row.get(2)?;
@@ -536,19 +580,54 @@ fn claim(
     Ok(claimed.into_iter().map(|(_, job)| job).collect())
 }
 
-fn rescue_expired(transaction: &Transaction<'_>, now: i64) -> Result<Vec<i64>, StoreError> {
-    let mut statement = transaction.prepare_cached(
-        "UPDATE jobs SET
-             state = CASE WHEN cancel_requested THEN 'cancelled'
+/// How a lease ends without its worker (`?1` is now): the job is claimable again at once as
+/// `retrying`, or `dead` when that was its last attempt, or `cancelled` when a cancel was
+/// requested; the attempt stays counted, since the worker may have died because of the job.
+const END_LEASE: &str = "state = CASE WHEN cancel_requested THEN 'cancelled'
                           WHEN attempts >= max_attempts THEN 'dead'
                           ELSE 'retrying' END,
-             error = 'lease expired: worker ' || coalesce(lease_owner, '?')
-                     || ' stopped heartbeating during attempt ' || attempts,
              lease_token = NULL, lease_expires_at = NULL, run_at = ?1, updated_at = ?1,
-             finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN ?1 END
+             finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN ?1 END";
+
+/// Ends the leases of the running jobs that match `condition` (`?1` is now, `?2` the reason,
+/// further parameters are the condition's), each with the error "worker W stopped during
+/// attempt N: reason". Running jobs are few and `jobs_leases` indexes exactly them, so the
+/// condition needs no index of its own.
+fn end_leases(
+    transaction: &Transaction<'_>,
+    condition: &str,
+    parameters: impl rusqlite::Params,
+) -> Result<Vec<RescuedJob>, StoreError> {
+    let mut statement = transaction.prepare_cached(&format!(
+        "UPDATE jobs INDEXED BY jobs_leases SET {END_LEASE},
+             error = 'worker ' || coalesce(lease_owner, '?') || ' stopped during attempt '
+                     || attempts || ': ' || ?2
+         WHERE state = 'running' AND {condition}
+         RETURNING id, kind, coalesce(lease_owner, '?'), attempts, state"
+    ))?;
+    let mut rescued = statement
+        .query_map(parameters, |row| {
+            Ok(RescuedJob {
+                id: row.get(0)?,
+                kind: row.get(1)?,
+                worker: row.get(2)?,
+                attempt: row.get(3)?,
+                state: parse_state_column(&row.get::<_, String>(4)?)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rescued.sort_by_key(|job| job.id);
+    Ok(rescued)
+}
+
+fn rescue_expired(transaction: &Transaction<'_>, now: i64) -> Result<Vec<i64>, StoreError> {
+    let mut statement = transaction.prepare_cached(&format!(
+        "UPDATE jobs SET {END_LEASE},
+             error = 'lease expired: worker ' || coalesce(lease_owner, '?')
+                     || ' stopped heartbeating during attempt ' || attempts
          WHERE state = 'running' AND lease_expires_at < ?1
-         RETURNING id",
-    )?;
+         RETURNING id"
+    ))?;
     let rescued = statement
         .query_map([now], |row| row.get(0))?
         .collect::<Result<Vec<i64>, _>>()?;
@@ -798,7 +877,9 @@ mod tests {
     const LEASE: Duration = Duration::from_secs(30);
 
     fn claim_one(store: &mut Store, worker: &str) -> ClaimedJob {
-        let mut claimed = store.claim_jobs(worker, &["test"], 1, LEASE).unwrap();
+        let mut claimed = store
+            .claim_jobs(&worker.into(), &["test"], 1, LEASE)
+            .unwrap();
         assert_eq!(claimed.len(), 1, "expected a job to claim");
         claimed.remove(0)
     }
@@ -839,14 +920,14 @@ mod tests {
             })
             .unwrap();
         let other_kind = store.enqueue(&NewJob::new("other", json!({}))).unwrap();
-        let claimed = store.claim_jobs("w", &["test"], 10, LEASE).unwrap();
+        let claimed = store.claim_jobs(&"w".into(), &["test"], 10, LEASE).unwrap();
         let ids: Vec<i64> = claimed.iter().map(|job| job.id).collect();
         assert_eq!(ids, vec![high.id, earlier.id, later.id, low.id]);
         assert!(claimed.iter().all(|job| job.attempt == 1));
         assert!(!ids.contains(&future.id) && !ids.contains(&other_kind.id));
         assert!(
             store
-                .claim_jobs("w", &["test"], 10, LEASE)
+                .claim_jobs(&"w".into(), &["test"], 10, LEASE)
                 .unwrap()
                 .is_empty()
         );
@@ -1061,7 +1142,11 @@ mod tests {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             let job = loop {
                 // The retry policy of the test store is 10ms..100ms: wait for the backoff.
-                if let Some(job) = store.claim_jobs("w", &["test"], 1, LEASE).unwrap().pop() {
+                if let Some(job) = store
+                    .claim_jobs(&"w".into(), &["test"], 1, LEASE)
+                    .unwrap()
+                    .pop()
+                {
                     break job;
                 }
                 assert!(
@@ -1141,7 +1226,7 @@ mod tests {
             .unwrap()
             .id;
         let first = store
-            .claim_jobs("slow", &["test"], 1, Duration::from_millis(20))
+            .claim_jobs(&"slow".into(), &["test"], 1, Duration::from_millis(20))
             .unwrap()
             .remove(0);
         std::thread::sleep(Duration::from_millis(40));
@@ -1181,13 +1266,130 @@ mod tests {
             .unwrap()
             .id;
         store
-            .claim_jobs("w", &["test"], 1, Duration::from_millis(10))
+            .claim_jobs(&"w".into(), &["test"], 1, Duration::from_millis(10))
             .unwrap();
         std::thread::sleep(Duration::from_millis(30));
         assert_eq!(store.rescue_expired_leases().unwrap(), vec![id]);
         let job = store.get_job(id).unwrap();
         assert_eq!(job.state, JobState::Dead);
         assert!(job.error.unwrap().contains("lease expired"));
+    }
+
+    fn holding(worker: &str, holder: &str) -> Claimant {
+        Claimant::named(worker).with_holder(LeaseHolder::new(holder).unwrap())
+    }
+
+    #[test]
+    fn the_leases_of_a_gone_process_end_at_once_and_its_successors_are_kept() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let ids: Vec<i64> = (0..3)
+            .map(|i| {
+                store
+                    .enqueue(&NewJob::new("test", json!({"i": i})))
+                    .unwrap()
+                    .id
+            })
+            .collect();
+        let dead = holding("worker@1", ":1.7@bus-a");
+        let successor = holding("worker@1", ":1.9@bus-a");
+        let peer = holding("worker@2", ":1.8@bus-a");
+        let lost = store
+            .claim_jobs(&dead, &["test"], 1, LEASE)
+            .unwrap()
+            .remove(0);
+        let kept = store
+            .claim_jobs(&successor, &["test"], 1, LEASE)
+            .unwrap()
+            .remove(0);
+        store.claim_jobs(&peer, &["test"], 1, LEASE).unwrap();
+
+        let rescued = store
+            .rescue_leases_of(dead.holder.as_ref().unwrap(), "its bus connection closed")
+            .unwrap();
+        assert_eq!(
+            rescued,
+            vec![RescuedJob {
+                id: ids[0],
+                kind: "test".into(),
+                worker: "worker@1".into(),
+                attempt: 1,
+                state: JobState::Retrying,
+            }]
+        );
+        let job = store.get_job(ids[0]).unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Retrying, 1));
+        assert!(job.run_at_ms <= now_ms(), "claimable at once");
+        assert_eq!(
+            job.error.as_deref(),
+            Some("worker worker@1 stopped during attempt 1: its bus connection closed")
+        );
+        // The old holder is fenced; the successor of the same name and the peer keep theirs.
+        assert!(matches!(
+            store.succeed_job(lost.id, &lost.lease_token, &json!({})),
+            Err(JobError::LeaseLost { .. })
+        ));
+        assert_eq!(store.get_job(ids[1]).unwrap().state, JobState::Running);
+        assert_eq!(store.get_job(ids[2]).unwrap().state, JobState::Running);
+        store
+            .succeed_job(kept.id, &kept.lease_token, &json!({}))
+            .unwrap();
+        // Nothing is left to end a second time (every worker that saw the departure tries).
+        assert!(
+            store
+                .rescue_leases_of(dead.holder.as_ref().unwrap(), "again")
+                .unwrap()
+                .is_empty()
+        );
+        let again = store
+            .claim_jobs(&peer, &["test"], 1, LEASE)
+            .unwrap()
+            .remove(0);
+        assert_eq!((again.id, again.attempt), (ids[0], 2));
+    }
+
+    #[test]
+    fn a_new_process_ends_the_leases_its_predecessors_held_under_its_name_only() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let ids: Vec<i64> = (0..4)
+            .map(|i| {
+                store
+                    .enqueue(&NewJob::new("test", json!({"i": i})).with_max_attempts(1))
+                    .unwrap()
+                    .id
+            })
+            .collect();
+        let successor = holding("worker@1", ":1.9@bus-b");
+        // An earlier process on another bus, one that was on no bus, another worker, and the
+        // new process itself.
+        store
+            .claim_jobs(&holding("worker@1", ":1.9@bus-a"), &["test"], 1, LEASE)
+            .unwrap();
+        store
+            .claim_jobs(&"worker@1".into(), &["test"], 1, LEASE)
+            .unwrap();
+        store
+            .claim_jobs(&holding("worker@2", ":1.3@bus-b"), &["test"], 1, LEASE)
+            .unwrap();
+        store.claim_jobs(&successor, &["test"], 1, LEASE).unwrap();
+        store.cancel_job(ids[1]).unwrap();
+
+        let rescued = store.rescue_leases_of_predecessors(&successor).unwrap();
+        let outcome: Vec<(i64, JobState)> = rescued.iter().map(|job| (job.id, job.state)).collect();
+        // One attempt each: the first is dead, the second was asked to cancel.
+        assert_eq!(
+            outcome,
+            vec![(ids[0], JobState::Dead), (ids[1], JobState::Cancelled)]
+        );
+        let dead = store.get_job(ids[0]).unwrap();
+        assert!(dead.finished_at_ms.is_some());
+        assert!(
+            dead.error
+                .unwrap()
+                .contains("a new process of the same name started"),
+            "the reason is kept"
+        );
+        assert_eq!(store.get_job(ids[2]).unwrap().state, JobState::Running);
+        assert_eq!(store.get_job(ids[3]).unwrap().state, JobState::Running);
     }
 
     #[test]
@@ -1213,7 +1415,11 @@ mod tests {
         let claim_when_runnable = |store: &mut Store| {
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             loop {
-                if let Some(job) = store.claim_jobs("w", &["test"], 1, LEASE).unwrap().pop() {
+                if let Some(job) = store
+                    .claim_jobs(&"w".into(), &["test"], 1, LEASE)
+                    .unwrap()
+                    .pop()
+                {
                     return job;
                 }
                 assert!(std::time::Instant::now() < deadline, "never runnable");
@@ -1290,7 +1496,7 @@ mod tests {
             .map(|i| NewJob::new("test", json!({"i": i})))
             .collect();
         store.enqueue_many(&jobs).unwrap();
-        let first = store.claim_jobs("w", &["test"], 4, LEASE).unwrap();
+        let first = store.claim_jobs(&"w".into(), &["test"], 4, LEASE).unwrap();
         let mut completions: Vec<Completion> = first
             .iter()
             .map(|job| Completion {
@@ -1303,7 +1509,7 @@ mod tests {
             .collect();
         completions[1].lease_token = LeaseToken::generate();
         let (results, next) = store
-            .complete_and_claim(&completions, "w", &["test"], 4, LEASE)
+            .complete_and_claim(&completions, &"w".into(), &["test"], 4, LEASE)
             .unwrap();
         assert!(matches!(results[1], Err(JobError::LeaseLost { .. })));
         assert_eq!(results.iter().filter(|result| result.is_ok()).count(), 3);

@@ -237,6 +237,90 @@ impl fmt::Debug for LeaseToken {
     }
 }
 
+/// Who claims a job: the worker's name, which people read and the job's history keeps
+/// (`sluice-ingest-worker@1`), and the one process behind that name when it is on a bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimant {
+    pub worker: String,
+    pub holder: Option<LeaseHolder>,
+}
+
+impl Claimant {
+    /// A claimant known only by its name (tests, benchmarks, a process not on a bus): its
+    /// leases end only when they expire or when a successor of the same name starts.
+    pub fn named(worker: impl Into<String>) -> Claimant {
+        Claimant {
+            worker: worker.into(),
+            holder: None,
+        }
+    }
+
+    pub fn with_holder(mut self, holder: LeaseHolder) -> Claimant {
+        self.holder = Some(holder);
+        self
+    }
+}
+
+impl From<&str> for Claimant {
+    fn from(worker: &str) -> Claimant {
+        Claimant::named(worker)
+    }
+}
+
+/// The process that holds a lease, as its bus connection (`:1.42@<bus GUID>`): a worker's name
+/// is taken again by the process systemd restarts, a connection never is. The store only
+/// compares it; the bus module makes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaseHolder(String);
+
+impl LeaseHolder {
+    pub fn new(identity: impl Into<String>) -> Result<LeaseHolder, JobError> {
+        let identity = identity.into();
+        if identity.is_empty() || identity.len() > 256 {
+            return Err(JobError::InvalidArgument(format!(
+                "lease holder must be 1..=256 bytes, got {}",
+                identity.len()
+            )));
+        }
+        Ok(LeaseHolder(identity))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LeaseHolder {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// A running job whose lease was ended because its holder is gone, and where it went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RescuedJob {
+    pub id: i64,
+    pub kind: String,
+    /// The worker that held it.
+    pub worker: String,
+    /// The attempt that was cut short (it stays counted).
+    pub attempt: u32,
+    /// `retrying` (claimable at once), `dead` after the last attempt, or `cancelled` when a
+    /// cancel was requested.
+    pub state: JobState,
+}
+
+impl RescuedJob {
+    /// Where the job went, for a log line: "queued again", "dead", "cancelled".
+    pub fn outcome(&self) -> &'static str {
+        match self.state {
+            JobState::Dead => "dead: that was its last attempt",
+            JobState::Cancelled => "cancelled, as was requested",
+            _ => "queued again",
+        }
+    }
+}
+
 /// A job handed to a worker by `claim_jobs`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedJob {
