@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use sluice_core::bus::{self, BusAddress, BusError, ingest_proxy};
 use sluice_core::config::WatchMode;
 use sluice_core::store::{
-    DetectedFile, DocumentFilter, Durability, FileState, Job, JobError, JobState, NewJob,
-    PageRequest, Store,
+    DetectedFile, DocumentFilter, Durability, FileState, Job, JobError, JobState, JobTransition,
+    NewJob, PageRequest, Store, StoreOptions,
 };
 
 use crate::support::{
@@ -46,6 +46,11 @@ impl Suite {
 
     /// `stop_timeout` is how long a worker may finish its job after SIGTERM.
     fn new(stop_timeout: &str) -> Suite {
+        Suite::with_lease(stop_timeout, "2s", "400ms")
+    }
+
+    /// With a lease and heartbeat interval of the test's choosing.
+    fn with_lease(stop_timeout: &str, lease: &str, heartbeat_interval: &str) -> Suite {
         let (directory, root) = temp_dir();
         let bus = PrivateBus::start(BusPolicy::AllowEverything).expect("private bus");
         let inbox = root.join("inbox");
@@ -69,8 +74,8 @@ busy_timeout = "20s"
 address = "{bus}"
 
 [jobs]
-lease = "2s"
-heartbeat_interval = "400ms"
+lease = "{lease}"
+heartbeat_interval = "{heartbeat_interval}"
 max_attempts = 3
 retry_backoff_base = "100ms"
 retry_backoff_max = "1s"
@@ -115,6 +120,26 @@ staging = "{staging}"
             store,
             _directory: directory,
         }
+    }
+
+    /// Replaces the bus daemon by a new one (the old one is killed: every connection to it
+    /// closes, and a new bus has a new GUID); workers started from now on use the new one.
+    fn restart_bus(&mut self) {
+        let old_address = self.bus.address().to_owned();
+        self.bus = PrivateBus::start(BusPolicy::AllowEverything).expect("private bus");
+        let config = std::fs::read_to_string(&self.config_path).unwrap();
+        let config = config.replace(&old_address, self.bus.address());
+        std::fs::write(&self.config_path, config).unwrap();
+    }
+
+    /// Writes `content` into the inbox as `name` and queues its ingest job (consume mode);
+    /// returns the job id, the inbox path and the path it is filed under in the library.
+    fn enqueue_file(&mut self, name: &str, content: &[u8]) -> (i64, PathBuf, PathBuf) {
+        let source = self.inbox.join(name);
+        std::fs::write(&source, content).unwrap();
+        let filed = library_path(&self.library, &blake3::hash(content).to_hex());
+        let payload = self.ingest_payload(&source, &self.inbox, "consume");
+        (self.enqueue("ingest", payload), source, filed)
     }
 
     /// Starts worker `instance` and waits until it says it is ready (READY=1 is sent then).
@@ -561,6 +586,289 @@ fn a_worker_killed_mid_ingest_is_replaced_and_the_effects_happen_once() {
         "the retry is not a duplicate"
     );
     assert_eq!(std::fs::read(&filed).unwrap(), content);
+}
+
+/// The crash tests' hold between filing a file and committing its document.
+const PAUSE_BEFORE_COMMIT: &str = "SLUICE_TEST_PAUSE_BEFORE_COMMIT_MS";
+
+/// Milliseconds since the Unix epoch, the clock of the store's timestamps.
+fn now_ms() -> i64 {
+    (now_micros() / 1000) as i64
+}
+
+/// Whether every thread of process `pid` has stopped: after SIGSTOP, a thread running on
+/// another CPU may go on for a moment.
+fn all_threads_stopped(pid: nix::unistd::Pid) -> bool {
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads.flatten().all(|thread| {
+        std::fs::read_to_string(thread.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['T', 't']))
+        })
+    })
+}
+
+/// The first transition of a job into `to` at `attempt`.
+fn transition(history: &[JobTransition], to: JobState, attempt: u32) -> &JobTransition {
+    history
+        .iter()
+        .find(|step| step.to_state == to && step.attempt == attempt)
+        .unwrap_or_else(|| panic!("no transition to {to} at attempt {attempt}: {history:?}"))
+}
+
+/// What every crash test of an ingest job checks at the end: the job succeeded once, and
+/// the catalogue holds its one document, filed once, not counted as a duplicate.
+fn assert_ingested_once(suite: &Suite, id: i64, content: &[u8], filed: &Path) {
+    let history = suite.store.job_history(id).unwrap();
+    let successes = history
+        .iter()
+        .filter(|step| step.to_state == JobState::Succeeded)
+        .count();
+    assert_eq!(successes, 1, "{history:?}");
+    let blake3 = blake3::hash(content).to_hex().to_string();
+    let documents: Vec<_> = suite
+        .documents()
+        .into_iter()
+        .filter(|document| document.blake3 == blake3)
+        .collect();
+    assert_eq!(documents.len(), 1, "{documents:?}");
+    assert_eq!(documents[0].duplicates, 0, "a retry is not a duplicate");
+    assert_eq!(std::fs::read(filed).unwrap(), content);
+}
+
+/// Issue 16: a worker killed with kill -9 kept its job until the 30 s lease expired. The bus
+/// announces at once that the worker's connection closed, and its peer takes the job.
+#[test]
+fn a_killed_workers_job_is_taken_over_by_its_peer_long_before_its_lease_could_expire() {
+    // A lease of a minute: a takeover within it cannot have come from the expiry.
+    let mut suite = Suite::with_lease("5s", "60s", "400ms");
+    // The first worker files the file, then holds the job until it is killed.
+    let mut first = suite.start_worker_with("1", &[(PAUSE_BEFORE_COMMIT, "600000")]);
+    let content = b"taken over by the peer, not by the clock\n".repeat(100);
+    let (id, source, filed) = suite.enqueue_file("taken-over.txt", &content);
+    suite.wait_for("the first worker never filed the file", &first, || {
+        filed.exists() && !source.exists()
+    });
+    // The peer starts once the job is the first worker's, so only a takeover gives it the job.
+    let second = suite.start_worker("2");
+    let held = suite.job(id);
+    assert_eq!(held.state, JobState::Running);
+    assert_eq!(held.lease_owner.as_deref(), Some("sluice-ingest-worker@1"));
+    let lease_expires_at_ms = held.lease_expires_at_ms.expect("a running job has a lease");
+
+    let killed_at_ms = now_ms();
+    first.kill_hard();
+    let job = suite.wait_for_end(id, &second);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", second.log());
+    assert_eq!(job.attempts, 2, "the killed attempt counts");
+    let history = suite.store.job_history(id).unwrap();
+    let rescued = transition(&history, JobState::Retrying, 1);
+    assert_eq!(rescued.worker.as_deref(), Some("sluice-ingest-worker@1"));
+    assert!(
+        rescued
+            .error
+            .as_deref()
+            .is_some_and(|error| error.contains("bus connection")),
+        "taken over because the bus said so, not because the lease expired: {history:?}"
+    );
+    let claimed_again = transition(&history, JobState::Running, 2);
+    assert_eq!(
+        claimed_again.worker.as_deref(),
+        Some("sluice-ingest-worker@2")
+    );
+    eprintln!(
+        "kill -9 → job {id} rescued after {} ms, claimed again by worker 2 after {} ms (its \
+         lease would have expired after {} ms)",
+        rescued.at_ms - killed_at_ms,
+        claimed_again.at_ms - killed_at_ms,
+        lease_expires_at_ms - killed_at_ms
+    );
+    assert!(
+        claimed_again.at_ms < lease_expires_at_ms,
+        "claimed again before the lease could have expired: {history:?}"
+    );
+    assert!(
+        second.log().contains(&format!(
+            "rescued job {id} from sluice-ingest-worker@1 (its bus connection"
+        )),
+        "the peer says what it did:\n{}",
+        second.log()
+    );
+    assert!(second.log().contains("already filed by an earlier attempt"));
+    assert_ingested_once(&suite, id, &content, &filed);
+}
+
+/// Issue 16: with no peer watching, the process systemd restarts under the same instance name
+/// takes back what its predecessor held, instead of waiting for the lease.
+#[test]
+fn a_worker_restarted_under_its_name_takes_its_own_job_back_before_the_lease_expires() {
+    let mut suite = Suite::with_lease("5s", "60s", "400ms");
+    let mut first = suite.start_worker_with("1", &[(PAUSE_BEFORE_COMMIT, "600000")]);
+    let content = b"taken back by the next process of the same worker\n".repeat(100);
+    let (id, source, filed) = suite.enqueue_file("taken-back.txt", &content);
+    suite.wait_for("the first worker never filed the file", &first, || {
+        filed.exists() && !source.exists()
+    });
+    let lease_expires_at_ms = suite.job(id).lease_expires_at_ms.expect("leased");
+
+    let killed_at_ms = now_ms();
+    first.kill_hard();
+    let restarted = suite.start_worker("1");
+    let job = suite.wait_for_end(id, &restarted);
+    assert_eq!(
+        job.state,
+        JobState::Succeeded,
+        "{job:?}\n{}",
+        restarted.log()
+    );
+    assert_eq!(job.attempts, 2);
+    let history = suite.store.job_history(id).unwrap();
+    let rescued = transition(&history, JobState::Retrying, 1);
+    assert!(
+        rescued
+            .error
+            .as_deref()
+            .is_some_and(|error| error.contains("a new process of the same name started")),
+        "{history:?}"
+    );
+    let claimed_again = transition(&history, JobState::Running, 2);
+    assert_eq!(
+        claimed_again.worker.as_deref(),
+        Some("sluice-ingest-worker@1")
+    );
+    eprintln!(
+        "kill -9 → job {id} taken back by the restarted worker 1 after {} ms (process start \
+         included; the lease would have expired after {} ms)",
+        claimed_again.at_ms - killed_at_ms,
+        lease_expires_at_ms - killed_at_ms
+    );
+    assert!(
+        claimed_again.at_ms < lease_expires_at_ms,
+        "taken back before the lease could have expired: {history:?}"
+    );
+    assert!(
+        restarted.log().contains(&format!(
+            "rescued job {id} from sluice-ingest-worker@1 (held by an earlier process of this \
+             worker): queued again"
+        )),
+        "{}",
+        restarted.log()
+    );
+    assert_ingested_once(&suite, id, &content, &filed);
+}
+
+/// Issue 16: the bus daemon restarts while two workers are mid-job. The workers live on, cut
+/// off from the bus with their leases; their successors on the new bus (under the same names,
+/// as systemd would start them) take those jobs over. Every job then runs twice in part, and
+/// takes effect once: the old processes' writes fail the lease-token check.
+#[test]
+fn a_bus_restart_under_load_does_nothing_twice_in_effect() {
+    // A heartbeat slower than the test, so an old worker learns of its lost lease by trying
+    // to commit, not from a heartbeat.
+    let mut suite = Suite::with_lease("5s", "60s", "20s");
+    let pause = [(PAUSE_BEFORE_COMMIT, "3000")];
+    let mut old_workers = vec![
+        suite.start_worker_with("1", &pause),
+        suite.start_worker_with("2", &pause),
+    ];
+    let files: Vec<(i64, PathBuf, PathBuf, Vec<u8>)> = (0..24)
+        .map(|i| {
+            let content = format!("file {i} of a bus restart under load\n").repeat(50 + i);
+            let (id, source, filed) =
+                suite.enqueue_file(&format!("load-{i}.txt"), content.as_bytes());
+            (id, source, filed, content.into_bytes())
+        })
+        .collect();
+
+    // Freeze both old workers while each holds a filed, uncommitted job (the pause between
+    // filing and the commit), and while neither holds the database's write lock (a write
+    // from here goes through): frozen, they can neither finish those jobs nor claim the ones
+    // their successors free.
+    let filed_and_held_by = |instance: &str| {
+        let owner = format!("sluice-ingest-worker@{instance}");
+        files.iter().any(|(id, source, filed, _)| {
+            let job = suite.job(*id);
+            job.state == JobState::Running
+                && job.lease_owner.as_deref() == Some(owner.as_str())
+                && filed.exists()
+                && !source.exists()
+        })
+    };
+    let mut probe = Store::open(
+        &suite.root.join("sluice.db"),
+        &StoreOptions {
+            busy_timeout: std::time::Duration::from_millis(200),
+            ..crate::support::store_options(Durability::Normal)
+        },
+    )
+    .unwrap();
+    let frozen = wait_until(DEADLINE, || {
+        if !(filed_and_held_by("1") && filed_and_held_by("2")) {
+            return false;
+        }
+        for worker in &old_workers {
+            worker.signal(Signal::SIGSTOP).unwrap();
+        }
+        let stopped = wait_until(STARTUP_DEADLINE, || {
+            old_workers
+                .iter()
+                .all(|worker| all_threads_stopped(worker.pid()))
+        });
+        assert!(stopped, "SIGSTOP did not stop the old workers");
+        let free = probe.rescue_expired_leases().is_ok();
+        if !free {
+            for worker in &old_workers {
+                worker.signal(Signal::SIGCONT).unwrap();
+            }
+        }
+        free
+    });
+    assert!(
+        frozen,
+        "the old workers never both held a filed job:\n{}\n{}",
+        old_workers[0].log(),
+        old_workers[1].log()
+    );
+    let held: Vec<i64> = files
+        .iter()
+        .map(|(id, ..)| suite.job(*id))
+        .filter(|job| job.state == JobState::Running)
+        .map(|job| job.id)
+        .collect();
+
+    suite.restart_bus();
+    let successors = [suite.start_worker("1"), suite.start_worker("2")];
+    for (id, ..) in &files {
+        suite.wait_for_end(*id, &successors[0]);
+    }
+    for id in &held {
+        let history = suite.store.job_history(*id).unwrap();
+        assert!(
+            retried_because(&history, "a new process of the same name started"),
+            "job {id} was held by a frozen worker and taken over by its successor: {history:?}"
+        );
+    }
+
+    // Woken, the old workers try to finish what they held: every write is refused.
+    for worker in &old_workers {
+        worker.signal(Signal::SIGCONT).unwrap();
+    }
+    for worker in &mut old_workers {
+        worker.wait_for_log_lines(&["lease lost"], 1, DEADLINE);
+    }
+    for (id, _, filed, content) in &files {
+        assert_eq!(suite.job(*id).state, JobState::Succeeded);
+        assert_ingested_once(&suite, *id, content, filed);
+    }
+    assert_eq!(suite.documents().len(), files.len());
+    eprintln!(
+        "bus restart: {} of {} jobs were held by the frozen workers and taken over",
+        held.len(),
+        files.len()
+    );
 }
 
 #[test]

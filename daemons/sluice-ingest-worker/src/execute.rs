@@ -424,7 +424,7 @@ impl Executor {
                 self.store
                     .record_ingest_intent(job.id, &job.lease_token, &analysis.blake3)
                     .map_err(|error| {
-                        store_failure("note the file's hash before filing it", error)
+                        store_failure(job.id, "note the file's hash before filing it", error)
                     })?;
                 let (path, filed) =
                     file_into_library(&settings.library, &analysis.blake3, &mut opened)?;
@@ -463,7 +463,7 @@ impl Executor {
                     text: analysis.text,
                 },
             })
-            .map_err(|error| store_failure("commit the document", error))?;
+            .map_err(|error| store_failure(job.id, "commit the document", error))?;
         tracing::info!(
             doc_id = finished.document_id,
             duplicate = finished.duplicate,
@@ -504,10 +504,9 @@ impl Executor {
         if payload.mode != IngestMode::Consume {
             return Err(missing());
         }
-        let Some(blake3) = self
-            .store
-            .ingest_intent(job.id)
-            .map_err(|error| store_failure("read the hash noted by an earlier attempt", error))?
+        let Some(blake3) = self.store.ingest_intent(job.id).map_err(|error| {
+            store_failure(job.id, "read the hash noted by an earlier attempt", error)
+        })?
         else {
             return Err(missing());
         };
@@ -622,9 +621,15 @@ fn completion(job: &ClaimedJob, outcome: Outcome) -> Completion {
 
 /// A lost lease stops the body (another worker owns the job); a full database disk is waited
 /// out; other store errors are worth another attempt. `what` is what the body was doing.
-fn store_failure(what: &str, error: DocumentError) -> IngestFailure {
+fn store_failure(job_id: i64, what: &str, error: DocumentError) -> IngestFailure {
     match error {
-        DocumentError::Job(JobError::LeaseLost { .. }) => IngestFailure::Stopped,
+        DocumentError::Job(JobError::LeaseLost { .. }) => {
+            tracing::warn!(
+                "job {job_id}: lease lost, so this worker could not {what}; the job belongs to \
+                 another worker now and this attempt changes nothing"
+            );
+            IngestFailure::Stopped
+        }
         DocumentError::FileNotFound(_) | DocumentError::InvalidArgument(_) => {
             IngestFailure::Permanent(error.to_string())
         }
