@@ -784,9 +784,8 @@ fn a_bus_restart_under_load_does_nothing_twice_in_effect() {
         .collect();
 
     // Freeze both old workers while each holds a filed, uncommitted job (the pause between
-    // filing and the commit), and while neither holds the database's write lock (a write
-    // from here goes through): frozen, they can neither finish those jobs nor claim the ones
-    // their successors free.
+    // filing and the commit) and neither holds the database's write lock: frozen, they can
+    // neither finish those jobs nor claim the ones their successors free.
     let filed_and_held_by = |instance: &str| {
         let owner = format!("sluice-ingest-worker@{instance}");
         files.iter().any(|(id, source, filed, _)| {
@@ -818,13 +817,17 @@ fn a_bus_restart_under_load_does_nothing_twice_in_effect() {
                 .all(|worker| all_threads_stopped(worker.pid()))
         });
         assert!(stopped, "SIGSTOP did not stop the old workers");
-        let free = probe.rescue_expired_leases().is_ok();
-        if !free {
+        // Frozen at the right moment: no write lock held, and still inside the pause (not
+        // committing in the instant between the look and the freeze).
+        let frozen_as_wanted = probe.rescue_expired_leases().is_ok()
+            && filed_and_held_by("1")
+            && filed_and_held_by("2");
+        if !frozen_as_wanted {
             for worker in &old_workers {
                 worker.signal(Signal::SIGCONT).unwrap();
             }
         }
-        free
+        frozen_as_wanted
     });
     assert!(
         frozen,

@@ -16,14 +16,14 @@ use sluice_core::bus::{BusError, DownloadOptions, ScraperProxy};
 use sluice_core::policy::{PolicyError, check_download_target, parse_download_url};
 use sluice_core::store::downloads::DOWNLOAD_JOB_KIND;
 use sluice_core::store::{
-    Download, DownloadError, DownloadState, Durability, JobState, NewDownload, Store,
+    Download, DownloadError, DownloadState, Durability, JobState, JobTransition, NewDownload, Store,
 };
 use zbus::Connection;
 use zbus::proxy::CacheProperties;
 
 use crate::support::{
-    BusPolicy, DEADLINE, DaemonProcess, FixtureRoute, HttpFixture, PrivateBus, SpawnOptions,
-    TmpfsMount, binary_path, open_store, retried_because, skip,
+    BusPolicy, DEADLINE, DaemonProcess, FixtureRoute, HttpFixture, PrivateBus, STARTUP_DEADLINE,
+    SpawnOptions, TmpfsMount, binary_path, open_store, retried_because, skip,
 };
 
 /// A scraper's world: temp folders, a private bus and a config file pointing at both.
@@ -32,6 +32,8 @@ struct Setup {
     root: PathBuf,
     bus: PrivateBus,
     config_path: PathBuf,
+    /// `[jobs] lease`.
+    lease: &'static str,
 }
 
 impl Setup {
@@ -41,6 +43,14 @@ impl Setup {
     }
 
     fn with_scraper_settings(allow_private: bool, extra_scraper_settings: &str) -> Result<Setup> {
+        Setup::with_lease(allow_private, extra_scraper_settings, "10s")
+    }
+
+    fn with_lease(
+        allow_private: bool,
+        extra_scraper_settings: &str,
+        lease: &'static str,
+    ) -> Result<Setup> {
         let directory = tempfile::tempdir()?;
         let root = directory.path().to_path_buf();
         let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
@@ -50,6 +60,7 @@ impl Setup {
             root,
             bus,
             config_path,
+            lease,
         };
         setup.write_config(allow_private, extra_scraper_settings)?;
         Ok(setup)
@@ -67,7 +78,7 @@ durability = "normal"
 address = "{address}"
 
 [jobs]
-lease = "10s"
+lease = "{lease}"
 heartbeat_interval = "1s"
 max_attempts = 3
 retry_backoff_base = "100ms"
@@ -95,6 +106,7 @@ max_redirects = 3
 {extra_scraper_settings}
 "#,
             address = self.bus.address(),
+            lease = self.lease,
         );
         std::fs::write(&self.config_path, text).context("write the config")
     }
@@ -491,6 +503,177 @@ async fn a_killed_scraper_resumes_with_a_range_request_and_the_right_sha256() ->
     assert_eq!(job.state, JobState::Succeeded);
     assert_eq!(job.attempts, 2, "the killed attempt counts");
     Ok(())
+}
+
+/// Milliseconds since the Unix epoch, the clock of the store's timestamps.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64
+}
+
+/// Starts a slow 1 MiB download and waits until part of it is on disk; returns the download
+/// and job ids, the body, and when the job's lease would expire.
+async fn hold_a_download(
+    setup: &Setup,
+    fixture: &HttpFixture,
+    path: &str,
+    seed: u8,
+) -> Result<(u64, i64, Vec<u8>, i64)> {
+    let body = content(1024 * 1024, seed);
+    fixture.route(
+        path,
+        FixtureRoute::slow_file(body.clone(), 32 * 1024, Duration::from_millis(50)),
+    );
+    let proxy = scraper_proxy(&setup.connect().await?).await?;
+    let (id, job_id) = proxy
+        .add_download(
+            &fixture.url(path),
+            options(|options| options.sha256 = Some(sha256_hex(&body))),
+        )
+        .await?;
+    let part = setup.staging().join(format!("{id}.part"));
+    wait_for("part of the file on disk", || {
+        std::fs::metadata(&part).is_ok_and(|metadata| metadata.len() >= 128 * 1024)
+    })
+    .await?;
+    let job = setup.store().get_job(job_id as i64)?;
+    ensure!(job.state == JobState::Running, "{job:?}");
+    ensure!(
+        job.lease_owner.as_deref() == Some("sluice-scraper"),
+        "{job:?}"
+    );
+    let lease_expires_at_ms = job
+        .lease_expires_at_ms
+        .context("a running job has a lease")?;
+    Ok((id, job_id as i64, body, lease_expires_at_ms))
+}
+
+/// The download's one file in the inbox, its job's one success, and the two requests (the
+/// second a resume).
+async fn assert_downloaded_once(
+    setup: &Setup,
+    fixture: &HttpFixture,
+    path: &str,
+    id: u64,
+    job_id: i64,
+    body: &[u8],
+) -> Result<()> {
+    let download = wait_for_state(setup, id, DownloadState::Succeeded).await?;
+    let final_path = PathBuf::from(download.final_path.context("a final path")?);
+    assert_eq!(std::fs::read(&final_path)?, body);
+    assert_eq!(files_in(&setup.inbox()).len(), 1, "one file in the inbox");
+    let history = setup.store().job_history(job_id)?;
+    let successes = history
+        .iter()
+        .filter(|step| step.to_state == JobState::Succeeded)
+        .count();
+    assert_eq!(successes, 1, "{history:?}");
+    let requests = fixture.requests_for(path);
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(requests[1].range.is_some(), "the second attempt resumes");
+    Ok(())
+}
+
+/// The first transition of a job into `to` at `attempt`.
+fn transition(history: &[JobTransition], to: JobState, attempt: u32) -> Result<&JobTransition> {
+    history
+        .iter()
+        .find(|step| step.to_state == to && step.attempt == attempt)
+        .with_context(|| format!("no transition to {to} at attempt {attempt}: {history:?}"))
+}
+
+/// Issue 16: a scraper killed mid-download left the download leased until the lease expired.
+/// The next scraper owns the exclusive bus name, so what an earlier process left leased is
+/// orphaned: it takes it over at start, and the download completes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_scrapers_download_is_taken_over_by_the_next_one_before_its_lease_could_expire()
+-> Result<()> {
+    // A lease of a minute: a takeover within it cannot have come from the expiry.
+    let setup = Setup::with_lease(true, "", "60s")?;
+    let fixture = HttpFixture::start();
+    let mut scraper = setup.start().await?;
+    let (id, job_id, body, lease_expires_at_ms) =
+        hold_a_download(&setup, &fixture, "/held.bin", 31).await?;
+
+    let killed_at_ms = now_ms();
+    scraper.kill_hard();
+    fixture.route("/held.bin", FixtureRoute::file(body.clone()));
+    let next = setup.start().await?;
+    assert_downloaded_once(&setup, &fixture, "/held.bin", id, job_id, &body).await?;
+    let history = setup.store().job_history(job_id)?;
+    let rescued = transition(&history, JobState::Retrying, 1)?;
+    assert!(
+        rescued
+            .error
+            .as_deref()
+            .is_some_and(|error| error.contains("a new process of the same name started")),
+        "{history:?}"
+    );
+    let claimed_again = transition(&history, JobState::Running, 2)?;
+    eprintln!(
+        "kill -9 → download job {job_id} taken over by the next scraper after {} ms (process \
+         start included; the lease would have expired after {} ms)",
+        claimed_again.at_ms - killed_at_ms,
+        lease_expires_at_ms - killed_at_ms
+    );
+    assert!(
+        claimed_again.at_ms < lease_expires_at_ms,
+        "taken over before the lease could have expired: {history:?}"
+    );
+    assert!(
+        next.log().contains(&format!(
+            "rescued download job {job_id} from an earlier scraper process: queued again"
+        )),
+        "{}",
+        next.log()
+    );
+    Ok(())
+}
+
+/// Issue 16: while no scraper runs, a running ingest worker sees the scraper's connection
+/// leave the bus and ends its leases: the download shows as queued at once (with the reason)
+/// instead of running until its lease expires, and the next scraper simply claims it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_frees_the_downloads_of_a_scraper_that_left_the_bus() -> Result<()> {
+    let setup = Setup::with_lease(true, "", "60s")?;
+    let fixture = HttpFixture::start();
+    let mut worker = Command::new(binary_path("sluice-ingest-worker"));
+    worker
+        .args(["--instance", "1", "--config"])
+        .arg(&setup.config_path);
+    let mut worker = DaemonProcess::start(worker, &setup.root.join("worker-1.log"), "info");
+    worker.wait_for_log_lines(&["ready"], 1, STARTUP_DEADLINE);
+    let mut scraper = setup.start().await?;
+    let (id, job_id, body, lease_expires_at_ms) =
+        hold_a_download(&setup, &fixture, "/freed.bin", 32).await?;
+
+    scraper.kill_hard();
+    let freed = wait_for_state(&setup, id, DownloadState::Queued).await?;
+    assert!(
+        freed
+            .error
+            .as_deref()
+            .is_some_and(|error| error.contains("bus connection")),
+        "{freed:?}"
+    );
+    let job = setup.store().get_job(job_id)?;
+    assert!(
+        job.updated_at_ms < lease_expires_at_ms,
+        "freed before the lease could have expired: {job:?}"
+    );
+    // The worker logs once the store has answered, a moment after the change is visible.
+    worker.wait_for_log_lines(
+        &[&format!(
+            "rescued job {job_id} from sluice-scraper (its bus connection"
+        )],
+        1,
+        DEADLINE,
+    );
+    fixture.route("/freed.bin", FixtureRoute::file(body.clone()));
+    let _next = setup.start().await?;
+    assert_downloaded_once(&setup, &fixture, "/freed.bin", id, job_id, &body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
