@@ -19,3 +19,6 @@ target/release/sluice-bench w2 --runs "${RUNS:-3}" | tee bench-results/w2.json
 target/release/sluice-bench w3 --runs "${RUNS:-3}" | tee bench-results/w3.json
 # W4: the whole suite's PSS, idle and after a W1 drain through the 2 ingest workers.
 target/release/sluice-bench w4 --runs "${RUNS:-3}" | tee bench-results/w4.json
+# Issue 16: kill -9 a worker holding a job, time until the job is claimed again (20 kills, by a
+# peer and by the restarted instance).
+target/release/sluice-bench rescue --kills "${KILLS:-20}" | tee bench-results/rescue.json

@@ -28,6 +28,13 @@
 //! `w4`: W4 memory — the whole suite (web, monitor, scraper, 2 ingest workers) as processes on
 //! a private bus; the sum of their PSS when idle after every one said READY=1, and 1 s after
 //! 20,000 no-op jobs enqueued here one call at a time were drained by the workers.
+//!
+//! `rescue`: issue 16's rescue time — a long no-op job held by a real `sluice-ingest-worker`
+//! on a private bus, the worker killed with SIGKILL, and the time until the job is claimed
+//! again (from the job's history), for each of `--kills` kills: `peer`, two workers, the other
+//! one takes the job over when the bus says the killed one left; `restart`, one worker, a new
+//! process of the same instance started at once takes its predecessor's job back (the unit's
+//! `RestartSec=1s` comes on top of that on a real system). The lease is the shipped 30 s.
 // A benchmark's output is its product.
 #![allow(clippy::print_stdout)]
 
@@ -126,6 +133,14 @@ enum Workload {
         connections: u32,
         #[arg(long, default_value_t = 2)]
         threads: u32,
+        /// Where the database goes (a disk-backed directory).
+        #[arg(long, default_value = "/var/tmp")]
+        directory: PathBuf,
+    },
+    /// Issue 16: kill -9 → the killed worker's job claimed again, by a peer and by a restart.
+    Rescue {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
         /// Where the database goes (a disk-backed directory).
         #[arg(long, default_value = "/var/tmp")]
         directory: PathBuf,
@@ -254,6 +269,15 @@ fn main() -> anyhow::Result<()> {
             };
             let samples = w2::run(jobs, runs, &load, &directory)?;
             let report = vec![summarize("w2", Durability::Full, &samples)];
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Workload::Rescue { kills, directory } => {
+            let mut report = Vec::new();
+            for way in [rescue::Way::Peer, rescue::Way::Restart] {
+                let samples = rescue::run(way, kills, &directory)?;
+                report.push(summarize(way.name(), Durability::Full, &samples));
+            }
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -1396,6 +1420,164 @@ mod w4 {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+mod rescue {
+    //! The rescue driver: kill -9 the worker that holds a job, time until it is claimed again.
+
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use anyhow::{Context, bail};
+    use serde_json::{Value, json};
+    use sluice_core::bus::{BusAddress, connect, ingest_proxy};
+    use sluice_core::store::{Durability, JobState, NewJob, Store};
+    use sluice_tests::bus::{BusPolicy, PrivateBus};
+    use sluice_tests::process::{DaemonProcess, SpawnOptions, binary_path};
+
+    use super::{now_micros, store_options};
+
+    /// Who takes the killed worker's job.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Way {
+        /// The other of two workers, told by the bus.
+        Peer,
+        /// The next process of the same instance, at its start.
+        Restart,
+    }
+
+    impl Way {
+        pub fn name(self) -> &'static str {
+            match self {
+                Way::Peer => "rescue-peer",
+                Way::Restart => "rescue-restart",
+            }
+        }
+    }
+
+    /// One sample per kill: `{"rescue_ms": …}`, kill → claimed again.
+    pub fn run(way: Way, kills: usize, directory: &Path) -> anyhow::Result<Vec<Value>> {
+        let scratch = tempfile::tempdir_in(directory).context("scratch directory")?;
+        let root = scratch.path().to_path_buf();
+        let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
+        let database = root.join("sluice.db");
+        for folder in ["inbox", "library", "staging"] {
+            std::fs::create_dir_all(root.join(folder))?;
+        }
+        let config_path = root.join("sluice.toml");
+        // The shipped lease (30 s) and durability (full).
+        std::fs::write(
+            &config_path,
+            format!(
+                "[store]\npath = \"{database}\"\n[bus]\naddress = \"{address}\"\n\
+                 [ingest]\nlibrary = \"{root}/library\"\n\
+                 [[watch]]\npath = \"{root}/inbox\"\nmode = \"consume\"\n\
+                 [scraper]\ninbox = \"{root}/inbox\"\nstaging = \"{root}/staging\"\n",
+                database = database.display(),
+                address = bus.address(),
+                root = root.display(),
+            ),
+        )?;
+        let mut store = Store::open(&database, &store_options(Durability::Full))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let connection =
+            runtime.block_on(connect(&BusAddress::Address(bus.address().to_owned())))?;
+        let instances: &[&str] = match way {
+            Way::Peer => &["1", "2"],
+            Way::Restart => &["1"],
+        };
+        let mut workers = Vec::new();
+        for instance in instances {
+            workers.push(start_worker(&config_path, &root, instance)?);
+        }
+        let mut samples = Vec::new();
+        for kill in 1..=kills {
+            let id = store
+                .enqueue(&NewJob::new(
+                    "noop",
+                    json!({ "i": kill, "sleep_ms": 600_000 }),
+                ))?
+                .id;
+            let holder = wait_for(&store, id, 1, JobState::Running)?
+                .worker
+                .context("a running job names its worker")?;
+            let index = instances
+                .iter()
+                .position(|instance| holder == format!("sluice-ingest-worker@{instance}"))
+                .with_context(|| format!("job {id} is held by {holder}"))?;
+            let killed_at_ms = (now_micros() / 1000) as i64;
+            workers[index].kill_hard();
+            if let Way::Restart = way {
+                workers[index] = start_worker(&config_path, &root, instances[index])?;
+            }
+            let claimed_again = wait_for(&store, id, 2, JobState::Running)?;
+            let rescue_ms = claimed_again.at_ms - killed_at_ms;
+            eprintln!(
+                "{} kill {kill}: claimed again after {rescue_ms} ms",
+                way.name()
+            );
+            samples.push(json!({ "rescue_ms": rescue_ms }));
+            // Stop the job where it runs now, so the next kill finds every worker idle.
+            let runner = claimed_again
+                .worker
+                .context("a running job names its worker")?;
+            let instance = runner
+                .trim_start_matches("sluice-ingest-worker@")
+                .to_owned();
+            runtime.block_on(async {
+                ingest_proxy(&connection, &instance)
+                    .await?
+                    .cancel_job(id as u64)
+                    .await
+            })?;
+            wait_for(&store, id, 2, JobState::Cancelled)?;
+            if let Way::Peer = way {
+                workers[index] = start_worker(&config_path, &root, instances[index])?;
+            }
+        }
+        Ok(samples)
+    }
+
+    fn start_worker(config: &Path, root: &Path, instance: &str) -> anyhow::Result<DaemonProcess> {
+        let mut command = Command::new(binary_path("sluice-ingest-worker"));
+        command
+            .args(["--instance", instance])
+            .env("SLUICE_CONFIG", config)
+            .env("SLUICE_LOG", "info");
+        let log: PathBuf = root.join(format!("worker-{instance}.log"));
+        let options = SpawnOptions::named(&format!("sluice-ingest-worker@{instance}"))
+            .log_to(&log)
+            .notify();
+        let mut worker = DaemonProcess::spawn(&mut command, options)?;
+        worker.wait_for_ready(Duration::from_secs(30))?;
+        Ok(worker)
+    }
+
+    /// Waits for job `id`'s transition to `state` at `attempt`; returns it.
+    fn wait_for(
+        store: &Store,
+        id: i64,
+        attempt: u32,
+        state: JobState,
+    ) -> anyhow::Result<sluice_core::store::JobTransition> {
+        let started = Instant::now();
+        loop {
+            let found = store
+                .job_history(id)?
+                .into_iter()
+                .find(|step| step.to_state == state && step.attempt == attempt);
+            if let Some(step) = found {
+                return Ok(step);
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("job {id} never reached {state} at attempt {attempt}");
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
