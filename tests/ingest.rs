@@ -1,7 +1,8 @@
 //! The ingest worker as a real process (`sluice-ingest-worker --instance N`) on a private
 //! `dbus-daemon` with a temporary database, inbox, index folder and library: noop and ingest
 //! jobs, deduplication, symlink refusal, bad payloads, kill -9 and SIGTERM in the middle of a
-//! job, cancellation, and the signals a subscriber sees.
+//! job (and a killed worker's job taken over at once, by a peer or by its restarted self; a
+//! bus restart under load), cancellation, and the signals a subscriber sees.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;

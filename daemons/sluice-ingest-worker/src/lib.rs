@@ -19,6 +19,15 @@
 //! that starts at 1 ms after the last claimed job and doubles up to 1 s while the queue stays
 //! empty. An idle worker's poll is a read-only query that takes no write lock. The outcomes
 //! of a batch are committed together with the next claim.
+//!
+//! # When another worker dies
+//!
+//! Every worker watches the other workers' and the scraper's bus names ([`bus::watch_departures`]).
+//! When one's connection closes, the worker ends the leases that connection holds (the first
+//! worker to try does it, the others find nothing) and looks at the queue at once, so a
+//! killed worker's job runs again within milliseconds instead of when its lease expires. At
+//! start, before READY, a worker ends the leases an earlier process of its own name still holds.
+//! ARCHITECTURE.md ("A process that dies holding leases") says what is trusted and why.
 
 pub mod analyze;
 mod daemon;
@@ -395,7 +404,7 @@ impl Worker {
             }
         };
         let reason = format!(
-            "its bus connection {} closed (the process exited or was cut off from the bus)",
+            "its bus connection {} closed: the process exited or was cut off from the bus",
             departure.unique_name
         );
         let store = Arc::clone(&self.side_store);

@@ -1,5 +1,6 @@
 //! The durable job queue: enqueue, claim with a lease, heartbeat, progress, complete, fail with
-//! backoff, cancel, rescue of expired leases, and reading jobs and their history.
+//! backoff, cancel, rescue of expired leases and of the leases of a gone process, and reading
+//! jobs and their history.
 //!
 //! The rules this module keeps:
 //! - **A claim is one statement** (`UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING …`), so
@@ -11,6 +12,10 @@
 //!   attempt back, an expired lease keeps it (the worker may have crashed because of the job),
 //!   and so does postponing it because a disk is full (the job is not at fault, and a disk may
 //!   stay full for longer than all its attempts would last).
+//! - **A lease ends before it expires only when its holder is known to be gone**: its bus
+//!   connection closed (`rescue_leases_of`), or a new process of its worker name owns the
+//!   exclusive bus name (`rescue_leases_of_predecessors`). Both match on the holder (the
+//!   claiming process's connection), never on the name alone, so a successor's leases stay.
 //! - Transitions are written to `job_history` by a trigger (see `migrations.rs`).
 
 use std::collections::BTreeMap;
