@@ -34,7 +34,7 @@
 //! again (from the job's history), for each of `--kills` kills: `peer`, two workers, the other
 //! one takes the job over when the bus says the killed one left; `restart`, one worker, a new
 //! process of the same instance started at once takes its predecessor's job back (the unit's
-//! `RestartSec=1s` comes on top of that on a real system). The lease is the shipped 30 s.
+//! `RestartSec=2s` comes on top of that on a real system). The lease is the shipped 30 s.
 // A benchmark's output is its product.
 #![allow(clippy::print_stdout)]
 
