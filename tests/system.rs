@@ -462,7 +462,7 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
 
     // Remove stops everything and keeps state; purge removes it.
     container.check("apt-get remove -y sluice")?;
-    for unit in SLUICE_UNITS {
+    for unit in SLUICE_UNITS.iter().chain(&["sluice.slice"]) {
         let state = container.unit_property(unit, "ActiveState")?;
         ensure!(
             state != "active",
@@ -609,36 +609,19 @@ fn a_worker_killed_mid_job_leaves_the_job_finished_exactly_once() -> Result<()> 
     suite.wait_until_unit_runs(worker)?;
     suite.wait_until_unit_runs("sluice-monitor.service")?;
 
-    let mut killed = None;
-    for (round, size) in ["512M", "2G", "6G"].into_iter().enumerate() {
-        let name = format!("big-{round}.bin");
-        container.check(&format!(
-            "runuser -u _sluice -- sh -c 'head -c {size} /dev/urandom > /var/lib/sluice/inbox/.{name} \
-             && mv /var/lib/sluice/inbox/.{name} /var/lib/sluice/inbox/{name}'"
-        ))?;
-        let mut job_id = None;
-        let running = wait_until(Duration::from_secs(120), || {
-            let job = suite.find_job(&name).ok().flatten();
-            job_id = job.as_ref().and_then(|job| job["id"].as_i64());
-            job.is_some_and(|job| job["state"] != "queued")
-        });
-        ensure!(
-            running,
-            "the ingest job for {name} never ran: {:?}",
-            suite.find_job(&name)
-        );
-        let job_id = job_id.context("job id")?;
-        container.check(&format!("systemctl kill --kill-who=main -s STOP {worker}"))?;
-        if suite.job(job_id)?["job"]["state"] == "running" {
-            container.check(&format!("systemctl kill --kill-who=main -s KILL {worker}"))?;
-            eprintln!("killed {worker} in the middle of job {job_id} ({name}, {size})");
-            killed = Some((job_id, name));
-            break;
-        }
-        // Finished before the freeze: thaw and try a larger file.
-        container.check(&format!("systemctl kill --kill-who=main -s CONT {worker}"))?;
-    }
-    let (job_id, name) = killed.context("every job finished before the worker could be frozen")?;
+    let caught = suite.freeze_a_worker_mid_job("big")?;
+    ensure!(
+        caught.unit == worker,
+        "job {} ran on {}",
+        caught.job_id,
+        caught.unit
+    );
+    container.check(&format!("systemctl kill --kill-who=main -s KILL {worker}"))?;
+    eprintln!(
+        "killed {worker} in the middle of job {} ({})",
+        caught.job_id, caught.name
+    );
+    let (job_id, name) = (caught.job_id, caught.name);
     let finished = wait_until(Duration::from_secs(300), || {
         suite
             .job(job_id)
@@ -957,6 +940,75 @@ fn chaos_kills_freezes_and_restarts_lose_nothing_and_do_nothing_twice() -> Resul
     Ok(())
 }
 
+/// Issue 16 in the installed suite: `kill -9` of the worker running a job, with the shipped
+/// 30 s lease. The bus announces the worker's departure, a worker ends the dead process's
+/// lease and the job is claimed again (by `@2`, or by the restarted `@1`) long before the
+/// lease could have expired; the journal says who rescued it. The time from the kill to the
+/// new claim is printed.
+#[test]
+fn a_killed_workers_job_is_claimed_again_long_before_its_lease_expires() -> Result<()> {
+    let Some(suite) = Suite::running()? else {
+        return Ok(());
+    };
+    let container = &suite.container;
+    let caught = suite.freeze_a_worker_mid_job("rescue")?;
+    let (job_id, name, holder) = (caught.job_id, caught.name, caught.unit);
+    let lease_expires_at = suite.job(job_id)?["job"]["lease_expires_at_ms"]
+        .as_i64()
+        .context("a running job has a lease expiry")?;
+    let killed_at: i64 = container
+        .check(&format!(
+            "date +%s%3N; systemctl kill --kill-who=main -s KILL {holder} >/dev/null"
+        ))?
+        .trim()
+        .parse()?;
+    // The next claim after the kill, from the job's own history.
+    let mut claimed_again = None;
+    let claimed = wait_until(Duration::from_secs(120), || {
+        let Ok(shown) = suite.job(job_id) else {
+            return false;
+        };
+        claimed_again = shown["history"].as_array().and_then(|history| {
+            history
+                .iter()
+                .filter(|entry| entry["to_state"] == "running")
+                .filter_map(|entry| Some((entry["at_ms"].as_i64()?, entry["worker"].clone())))
+                .find(|(at, _)| *at >= killed_at)
+        });
+        claimed_again.is_some()
+    });
+    ensure!(
+        claimed,
+        "job {job_id} was not claimed again after the kill: {:?}",
+        suite.job(job_id)
+    );
+    let (claimed_at, by) = claimed_again.context("claim")?;
+    eprintln!(
+        "kill -9 of {holder} → job {job_id} claimed again by {by} after {} ms \
+         (its lease would have expired after {} ms)",
+        claimed_at - killed_at,
+        lease_expires_at - killed_at
+    );
+    ensure!(
+        claimed_at < lease_expires_at,
+        "job {job_id} was claimed again at {claimed_at}, not before its lease expired at \
+         {lease_expires_at}: the lease ran out instead of the rescue"
+    );
+    let journal = container.check(&format!(
+        "journalctl --no-pager -o cat -u 'sluice-ingest-worker@*' F_JOB_ID={job_id} | grep -i rescued || true"
+    ))?;
+    ensure!(
+        journal.contains(&format!("job {job_id}")),
+        "the journal does not say job {job_id} was rescued:\n{journal}"
+    );
+    let document = suite.wait_for_document(&name, Duration::from_secs(300))?;
+    ensure!(
+        suite.documents_named(&name)?.len() == 1,
+        "{name} is not exactly one document: {document}"
+    );
+    Ok(())
+}
+
 /// `systemctl reload sluice-monitor` with an invalid configuration keeps the monitor (and
 /// its old configuration) running, and `systemctl status` says what is wrong.
 #[test]
@@ -1173,6 +1225,15 @@ fn unit_runs(container: &Container, unit: &str) -> Result<bool> {
         && container.unit_property(unit, "SubState")? == "running")
 }
 
+/// An ingest job running on a worker frozen by [`Suite::freeze_a_worker_mid_job`].
+struct CaughtJob {
+    job_id: i64,
+    /// The inbox file the job ingests.
+    name: String,
+    /// The frozen worker's unit, e.g. `sluice-ingest-worker@1.service`.
+    unit: String,
+}
+
 /// The .deb installed and running in a booted container.
 struct Suite {
     container: Container,
@@ -1293,6 +1354,49 @@ impl Suite {
              '{contents}' '{partial}' '/var/lib/sluice/inbox/{name}'"
         );
         self.container.check(&script)?;
+        Ok(())
+    }
+
+    /// Drops ever larger random files (`<prefix>-<n>.bin`) into the inbox until one's ingest
+    /// job is caught running: its worker is then frozen (SIGSTOP, so it neither finishes nor
+    /// heartbeats) with the job still running. A job that finished before the freeze thaws
+    /// the worker and the next, larger file is tried.
+    fn freeze_a_worker_mid_job(&self, prefix: &str) -> Result<CaughtJob> {
+        for (round, size) in ["512M", "2G", "6G"].into_iter().enumerate() {
+            let name = format!("{prefix}-{round}.bin");
+            self.drop_random_file(&name, size)?;
+            let mut job = None;
+            let running = wait_until(Duration::from_secs(120), || {
+                job = self.find_job(&name).ok().flatten();
+                job.as_ref().is_some_and(|job| job["state"] == "running")
+            });
+            ensure!(running, "the ingest job for {name} never ran: {job:?}");
+            let job_id = job.context("job")?["id"].as_i64().context("job id")?;
+            let Some(holder) = self.job(job_id)?["job"]["lease_owner"]
+                .as_str()
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            let unit = format!("{holder}.service");
+            self.container
+                .check(&format!("systemctl kill --kill-who=main -s STOP {unit}"))?;
+            if self.job(job_id)?["job"]["state"] == "running" {
+                return Ok(CaughtJob { job_id, name, unit });
+            }
+            self.container
+                .check(&format!("systemctl kill --kill-who=main -s CONT {unit}"))?;
+        }
+        bail!("every job finished before its worker could be frozen")
+    }
+
+    /// Writes `size` (as `head -c` takes it, e.g. "2G") random bytes into the inbox as user
+    /// _sluice under a dot-name and renames them into place as `name`.
+    fn drop_random_file(&self, name: &str, size: &str) -> Result<()> {
+        self.container.check(&format!(
+            "runuser -u _sluice -- sh -c 'head -c {size} /dev/urandom > /var/lib/sluice/inbox/.{name} \
+             && mv /var/lib/sluice/inbox/.{name} /var/lib/sluice/inbox/{name}'"
+        ))?;
         Ok(())
     }
 
