@@ -15,13 +15,14 @@ use serde_json::{Value, json};
 use sluice_core::bus::{self, BusAddress, BusError, ingest_proxy};
 use sluice_core::config::WatchMode;
 use sluice_core::store::{
-    DetectedFile, DocumentFilter, Durability, FileState, Job, JobError, JobState, JobTransition,
-    NewJob, PageRequest, Store, StoreOptions,
+    DetectedFile, DocumentFilter, Durability, FileState, Job, JobError, JobState, NewJob,
+    PageRequest, Store, StoreOptions,
 };
 
 use crate::support::{
-    BusPolicy, DEADLINE, DaemonProcess, PrivateBus, STARTUP_DEADLINE, binary_path, open_store,
-    retried_because, temp_dir, wait_until,
+    BusPolicy, DEADLINE, DaemonProcess, PrivateBus, STARTUP_DEADLINE,
+    assert_taken_over_before_the_lease_expired, binary_path, open_store, retried_because, temp_dir,
+    transition, wait_until,
 };
 
 /// A private bus, a configuration and the folders one or more workers share.
@@ -612,14 +613,6 @@ fn all_threads_stopped(pid: nix::unistd::Pid) -> bool {
     })
 }
 
-/// The first transition of a job into `to` at `attempt`.
-fn transition(history: &[JobTransition], to: JobState, attempt: u32) -> &JobTransition {
-    history
-        .iter()
-        .find(|step| step.to_state == to && step.attempt == attempt)
-        .unwrap_or_else(|| panic!("no transition to {to} at attempt {attempt}: {history:?}"))
-}
-
 /// What every crash test of an ingest job checks at the end: the job succeeded once, and
 /// the catalogue holds its one document, filed once, not counted as a duplicate.
 fn assert_ingested_once(suite: &Suite, id: i64, content: &[u8], filed: &Path) {
@@ -666,31 +659,20 @@ fn a_killed_workers_job_is_taken_over_by_its_peer_long_before_its_lease_could_ex
     assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", second.log());
     assert_eq!(job.attempts, 2, "the killed attempt counts");
     let history = suite.store.job_history(id).unwrap();
-    let rescued = transition(&history, JobState::Retrying, 1);
-    assert_eq!(rescued.worker.as_deref(), Some("sluice-ingest-worker@1"));
-    assert!(
-        rescued
-            .error
-            .as_deref()
-            .is_some_and(|error| error.contains("bus connection")),
-        "taken over because the bus said so, not because the lease expired: {history:?}"
-    );
-    let claimed_again = transition(&history, JobState::Running, 2);
+    let claimed_again = assert_taken_over_before_the_lease_expired(
+        &history,
+        "bus connection",
+        killed_at_ms,
+        lease_expires_at_ms,
+        &format!("job {id} claimed again by worker 2"),
+    )
+    .unwrap();
     assert_eq!(
         claimed_again.worker.as_deref(),
         Some("sluice-ingest-worker@2")
     );
-    eprintln!(
-        "kill -9 → job {id} rescued after {} ms, claimed again by worker 2 after {} ms (its \
-         lease would have expired after {} ms)",
-        rescued.at_ms - killed_at_ms,
-        claimed_again.at_ms - killed_at_ms,
-        lease_expires_at_ms - killed_at_ms
-    );
-    assert!(
-        claimed_again.at_ms < lease_expires_at_ms,
-        "claimed again before the lease could have expired: {history:?}"
-    );
+    let rescued = transition(&history, JobState::Retrying, 1).unwrap();
+    assert_eq!(rescued.worker.as_deref(), Some("sluice-ingest-worker@1"));
     assert!(
         second.log().contains(&format!(
             "rescued job {id} from sluice-ingest-worker@1 (its bus connection"
@@ -727,28 +709,17 @@ fn a_worker_restarted_under_its_name_takes_its_own_job_back_before_the_lease_exp
     );
     assert_eq!(job.attempts, 2);
     let history = suite.store.job_history(id).unwrap();
-    let rescued = transition(&history, JobState::Retrying, 1);
-    assert!(
-        rescued
-            .error
-            .as_deref()
-            .is_some_and(|error| error.contains("a new process of the same name started")),
-        "{history:?}"
-    );
-    let claimed_again = transition(&history, JobState::Running, 2);
+    let claimed_again = assert_taken_over_before_the_lease_expired(
+        &history,
+        "a new process of the same name started",
+        killed_at_ms,
+        lease_expires_at_ms,
+        &format!("job {id} taken back by the restarted worker 1 (process start included)"),
+    )
+    .unwrap();
     assert_eq!(
         claimed_again.worker.as_deref(),
         Some("sluice-ingest-worker@1")
-    );
-    eprintln!(
-        "kill -9 → job {id} taken back by the restarted worker 1 after {} ms (process start \
-         included; the lease would have expired after {} ms)",
-        claimed_again.at_ms - killed_at_ms,
-        lease_expires_at_ms - killed_at_ms
-    );
-    assert!(
-        claimed_again.at_ms < lease_expires_at_ms,
-        "taken back before the lease could have expired: {history:?}"
     );
     assert!(
         restarted.log().contains(&format!(

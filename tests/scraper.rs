@@ -16,14 +16,15 @@ use sluice_core::bus::{BusError, DownloadOptions, ScraperProxy};
 use sluice_core::policy::{PolicyError, check_download_target, parse_download_url};
 use sluice_core::store::downloads::DOWNLOAD_JOB_KIND;
 use sluice_core::store::{
-    Download, DownloadError, DownloadState, Durability, JobState, JobTransition, NewDownload, Store,
+    Download, DownloadError, DownloadState, Durability, JobState, NewDownload, Store,
 };
 use zbus::Connection;
 use zbus::proxy::CacheProperties;
 
 use crate::support::{
     BusPolicy, DEADLINE, DaemonProcess, FixtureRoute, HttpFixture, PrivateBus, STARTUP_DEADLINE,
-    SpawnOptions, TmpfsMount, binary_path, open_store, retried_because, skip,
+    SpawnOptions, TmpfsMount, assert_taken_over_before_the_lease_expired, binary_path, open_store,
+    retried_because, skip,
 };
 
 /// A scraper's world: temp folders, a private bus and a config file pointing at both.
@@ -576,14 +577,6 @@ async fn assert_downloaded_once(
     Ok(())
 }
 
-/// The first transition of a job into `to` at `attempt`.
-fn transition(history: &[JobTransition], to: JobState, attempt: u32) -> Result<&JobTransition> {
-    history
-        .iter()
-        .find(|step| step.to_state == to && step.attempt == attempt)
-        .with_context(|| format!("no transition to {to} at attempt {attempt}: {history:?}"))
-}
-
 /// Issue 16: a scraper killed mid-download left the download leased until the lease expired.
 /// The next scraper owns the exclusive bus name, so what an earlier process left leased is
 /// orphaned: it takes it over at start, and the download completes once.
@@ -603,25 +596,13 @@ async fn a_killed_scrapers_download_is_taken_over_by_the_next_one_before_its_lea
     let next = setup.start().await?;
     assert_downloaded_once(&setup, &fixture, "/held.bin", id, job_id, &body).await?;
     let history = setup.store().job_history(job_id)?;
-    let rescued = transition(&history, JobState::Retrying, 1)?;
-    assert!(
-        rescued
-            .error
-            .as_deref()
-            .is_some_and(|error| error.contains("a new process of the same name started")),
-        "{history:?}"
-    );
-    let claimed_again = transition(&history, JobState::Running, 2)?;
-    eprintln!(
-        "kill -9 → download job {job_id} taken over by the next scraper after {} ms (process \
-         start included; the lease would have expired after {} ms)",
-        claimed_again.at_ms - killed_at_ms,
-        lease_expires_at_ms - killed_at_ms
-    );
-    assert!(
-        claimed_again.at_ms < lease_expires_at_ms,
-        "taken over before the lease could have expired: {history:?}"
-    );
+    assert_taken_over_before_the_lease_expired(
+        &history,
+        "a new process of the same name started",
+        killed_at_ms,
+        lease_expires_at_ms,
+        &format!("download job {job_id} taken over by the next scraper (process start included)"),
+    )?;
     assert!(
         next.log().contains(&format!(
             "rescued download job {job_id} from an earlier scraper process: queued again"

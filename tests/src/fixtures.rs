@@ -42,6 +42,52 @@ pub fn retried_because(history: &[JobTransition], reason: &str) -> bool {
     })
 }
 
+/// The first transition of a job's history to `to` in attempt `attempt`.
+pub fn transition(
+    history: &[JobTransition],
+    to: JobState,
+    attempt: u32,
+) -> anyhow::Result<&JobTransition> {
+    history
+        .iter()
+        .find(|step| step.to_state == to && step.attempt == attempt)
+        .with_context(|| format!("no transition to {to} at attempt {attempt}: {history:?}"))
+}
+
+/// Checks a job whose holder was killed at `killed_at_ms` (issue 16): its first attempt ended
+/// in `retrying` with `reason` in the error, the second claim came before the dead holder's
+/// lease could have expired (so the rescue did it, not the expiry), and prints how long the
+/// take-over took (`what` names it). Returns the transition of the second claim.
+pub fn assert_taken_over_before_the_lease_expired<'h>(
+    history: &'h [JobTransition],
+    reason: &str,
+    killed_at_ms: i64,
+    lease_expires_at_ms: i64,
+    what: &str,
+) -> anyhow::Result<&'h JobTransition> {
+    let rescued = transition(history, JobState::Retrying, 1)?;
+    anyhow::ensure!(
+        rescued
+            .error
+            .as_deref()
+            .is_some_and(|error| error.contains(reason)),
+        "the first attempt did not end because {reason:?}: {history:?}"
+    );
+    let claimed_again = transition(history, JobState::Running, 2)?;
+    eprintln!(
+        "kill -9 → {what} after {} ms (the lease would have expired after {} ms)",
+        claimed_again.at_ms - killed_at_ms,
+        lease_expires_at_ms - killed_at_ms
+    );
+    anyhow::ensure!(
+        claimed_again.at_ms < lease_expires_at_ms,
+        "claimed again at {}, not before the lease could have expired at \
+         {lease_expires_at_ms}: {history:?}",
+        claimed_again.at_ms
+    );
+    Ok(claimed_again)
+}
+
 pub fn open_store(path: &Path, durability: Durability) -> Store {
     Store::open(path, &store_options(durability)).expect("open store")
 }
