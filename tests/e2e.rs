@@ -5,18 +5,17 @@
 //! and sluicectl, while an event stream opened beforehand records the signals; a second copy
 //! of the same bytes dropped into the inbox is recognised as a duplicate.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use sluice_core::store::{DownloadState, FileState, JobState};
 
 use crate::support::{
     DEADLINE, FixtureRoute, HttpFixture, STARTUP_DEADLINE, SUITE_WORKERS, Suite,
-    event_stream_lines, wait_every,
+    event_stream_lines, files_under, sha256_hex, wait_every,
 };
 
 /// How long the whole path (download, detection, ingest) may take on a slow, busy machine.
@@ -106,31 +105,6 @@ fn png_content(length: usize) -> Vec<u8> {
         .map(|index| (index as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1]);
     content.extend(filler);
     content
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
-/// Every regular file under `directory`, recursively.
-fn files_under(directory: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![directory.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        for entry in std::fs::read_dir(&folder).expect("read a folder") {
-            let path = entry.expect("folder entry").path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found.sort();
-    found
 }
 
 fn json_stdout(output: &Output) -> Value {

@@ -7,11 +7,10 @@
 //! (a skip otherwise, a failure under `SLUICE_REQUIRE_ROOT_TESTS=1`).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use sluice_core::store::{
     Document, DocumentFilter, DownloadState, Durability, FileFilter, FileRecord, JobState,
     JobTransition, NewDownload, PageRequest, Store,
@@ -20,7 +19,7 @@ use sluice_core::store::{
 use crate::support::{
     BusPolicy, DEADLINE, DaemonProcess, FixtureRoute, HttpFixture, PrivateBus, STARTUP_DEADLINE,
     SpawnOptions, SuiteFixture, TmpfsMount, WEB_READ_TOKEN, WEB_TEST_TOKEN, WebDaemon, binary_path,
-    have_root, http_agent, http_result, open_store, wait_every,
+    files_under, have_root, http_agent, http_result, open_store, sha256_hex, wait_every,
 };
 
 /// The attempts a job gets in these tests: fewer than the times a full disk makes it wait, so
@@ -313,31 +312,6 @@ fn content(length: usize, seed: u32) -> Vec<u8> {
     (0..length as u32)
         .map(|index| (index ^ seed).wrapping_mul(2_654_435_761).to_le_bytes()[2])
         .collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
-/// Every regular file under `directory`, recursively, dot-files included.
-fn files_under(directory: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![directory.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        for entry in std::fs::read_dir(&folder).expect("read a folder") {
-            let path = entry.expect("folder entry").path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                found.push(path);
-            }
-        }
-    }
-    found.sort();
-    found
 }
 
 fn integrity(store: &Store) -> Vec<String> {

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
-use sha2::{Digest, Sha256};
 use sluice_core::bus::{BusError, DownloadOptions, ScraperProxy};
 use sluice_core::policy::{PolicyError, check_download_target, parse_download_url};
 use sluice_core::store::downloads::DOWNLOAD_JOB_KIND;
@@ -24,7 +23,7 @@ use zbus::proxy::CacheProperties;
 use crate::support::{
     BusPolicy, DEADLINE, DaemonProcess, FixtureRoute, HttpFixture, PrivateBus, STARTUP_DEADLINE,
     SpawnOptions, TmpfsMount, assert_taken_over_before_the_lease_expired, binary_path, open_store,
-    retried_because, skip,
+    retried_because, sha256_hex, skip,
 };
 
 /// A scraper's world: temp folders, a private bus and a config file pointing at both.
@@ -231,13 +230,6 @@ async fn wait_for_state(setup: &Setup, id: u64, state: DownloadState) -> Result<
     .await;
     reached.with_context(|| format!("last seen: {last:?}"))?;
     Ok(last.expect("read at least once"))
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
 }
 
 /// Deterministic, non-repeating-looking content of `length` bytes.

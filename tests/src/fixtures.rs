@@ -88,6 +88,33 @@ pub fn assert_taken_over_before_the_lease_expired<'h>(
     Ok(claimed_again)
 }
 
+/// The SHA-256 of `bytes` as 64 lower-case hex digits.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// Every regular file under `directory`, recursively, dot-files included, sorted.
+pub fn files_under(directory: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![directory.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).expect("read a folder") {
+            let path = entry.expect("folder entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 pub fn open_store(path: &Path, durability: Durability) -> Store {
     Store::open(path, &store_options(durability)).expect("open store")
 }
