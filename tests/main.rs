@@ -16,4 +16,5 @@ mod scraper;
 mod store;
 mod support;
 mod system;
+mod uploads;
 mod web;

@@ -124,6 +124,8 @@ pub struct WebConfig {
     pub allowed_hosts: Vec<String>,
     /// At most this many `GET /api/events` streams at once; 1 to 100000.
     pub max_event_streams: u32,
+    /// The longest `?wait=` a request may ask for.
+    pub max_wait: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]

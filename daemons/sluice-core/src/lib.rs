@@ -18,6 +18,7 @@
 pub mod beneath;
 pub mod bus;
 pub mod config;
+pub mod inbox;
 pub mod ingest;
 pub mod policy;
 pub mod runtime;

@@ -1,7 +1,6 @@
 //! The scraper's file-system side: the staging folder with its `.part` files, and the
 //! atomic, never-overwriting move of a finished download into the inbox.
 
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -12,24 +11,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use sha2::{Digest, Sha256};
 use sluice_core::beneath;
-
-/// How many `name-N.ext` variants are tried when the inbox already has the name.
-const MAX_NAME_SUFFIX: u32 = 10_000;
-
-/// Why a staging or inbox file could not be written.
-#[derive(Debug, thiserror::Error)]
-pub enum FileError {
-    /// The target is not one the scraper may write: a symbolic link, a hard-linked file, not
-    /// a regular file or folder. Trying again cannot help, so the download fails for good.
-    #[error("{0}")]
-    Refused(String),
-    /// An ordinary IO error, worth another attempt.
-    #[error("{0}")]
-    Io(String),
-    /// The staging or inbox file system is full: the download waits for space.
-    #[error("{0}")]
-    NoSpace(String),
-}
+pub use sluice_core::inbox::{InboxError as FileError, place_in_inbox, refusal};
 
 /// Creates the staging folder and the inbox if missing and checks they are on the same file
 /// system, since the final move must be a `rename`. The error is a sentence for the log and
@@ -179,142 +161,9 @@ pub fn hash_prefix(file: &File, path: &Path, length: u64) -> io::Result<Sha256> 
     Ok(hasher)
 }
 
-/// Moves the finished, synced `part` into `inbox` (or `inbox/<bundle>`) under `file_name`,
-/// adding `-1`, `-2` … before the extension when the name is taken, and syncs the folder so
-/// the new name survives a crash. Never replaces an existing file. Returns the final path.
-///
-/// Everything happens on folder handles: the bundle folder is created with `mkdirat` and
-/// opened beneath the inbox without following links, and the move is a `renameat2` between
-/// the staging and bundle handles. A bundle that is a symbolic link (which could point
-/// anywhere) is refused, never written through.
-pub fn place_in_inbox(
-    part: &Path,
-    inbox: &Path,
-    bundle: Option<&str>,
-    file_name: &str,
-) -> Result<PathBuf, FileError> {
-    let io_error = |what: &Path, error: io::Error| {
-        FileError::Io(format!(
-            "cannot open the folder {}: {error}",
-            what.display()
-        ))
-    };
-    let (Some(staging), Some(part_name)) = (part.parent(), part.file_name()) else {
-        return Err(FileError::Io(format!("{} names no file", part.display())));
-    };
-    let staging_directory =
-        beneath::open_root(staging).map_err(|error| io_error(staging, error))?;
-    let inbox_directory = beneath::open_root(inbox).map_err(|error| io_error(inbox, error))?;
-    let (folder_path, folder) = match bundle {
-        Some(bundle) => {
-            let folder_path = inbox.join(bundle);
-            let (folder, created) = beneath::open_or_create_directory(
-                &inbox_directory,
-                OsStr::new(bundle),
-                Mode::from_bits_truncate(0o755),
-            )
-            .map_err(|errno| refusal("bundle folder", &folder_path, errno))?;
-            if created {
-                beneath::sync_directory(&inbox_directory).map_err(|error| {
-                    FileError::Io(format!("cannot sync {}: {error}", inbox.display()))
-                })?;
-            }
-            (folder_path, folder)
-        }
-        None => (inbox.to_path_buf(), inbox_directory),
-    };
-    for suffix in 0..=MAX_NAME_SUFFIX {
-        let name = name_with_suffix(file_name, suffix);
-        let target = folder_path.join(&name);
-        match beneath::rename_no_replace(&staging_directory, part_name, &folder, OsStr::new(&name))
-        {
-            Ok(()) => {
-                beneath::sync_directory(&folder).map_err(|error| {
-                    FileError::Io(format!("cannot sync {}: {error}", folder_path.display()))
-                })?;
-                return Ok(target);
-            }
-            Err(Errno::EEXIST) => continue,
-            Err(errno) => return Err(refusal("target", &target, errno)),
-        }
-    }
-    Err(FileError::Io(format!(
-        "{} and {MAX_NAME_SUFFIX} numbered variants already exist in {}",
-        file_name,
-        folder_path.display()
-    )))
-}
-
-/// `name.tar.gz` → `name-3.tar.gz` (the suffix goes before the first dot, so every extension
-/// stays); suffix 0 is the name itself. Kept within 255 bytes.
-pub fn name_with_suffix(file_name: &str, suffix: u32) -> String {
-    if suffix == 0 {
-        return file_name.to_owned();
-    }
-    let (stem, extension) = match file_name.find('.') {
-        Some(dot) if dot > 0 => file_name.split_at(dot),
-        _ => (file_name, ""),
-    };
-    let tail = format!("-{suffix}{extension}");
-    let mut stem_length = stem.len().min(255usize.saturating_sub(tail.len()));
-    while !stem.is_char_boundary(stem_length) {
-        stem_length -= 1;
-    }
-    format!("{}{tail}", &stem[..stem_length])
-}
-
-/// Words an `errno` from opening or creating `path` beneath its root: a link or an escape
-/// is a refusal, anything else an ordinary IO error.
-fn refusal(what: &str, path: &Path, errno: Errno) -> FileError {
-    let path = path.display();
-    match errno {
-        Errno::ELOOP => FileError::Refused(format!(
-            "{what} {path} is a symbolic link; refusing to write through it"
-        )),
-        Errno::EXDEV => FileError::Refused(format!(
-            "{what} {path} leads outside its folder; refusing to write there"
-        )),
-        Errno::ENOTDIR => FileError::Refused(format!("{what} {path} is not a folder")),
-        Errno::ENOSPC | Errno::EDQUOT => {
-            FileError::NoSpace(format!("cannot write {what} {path}: {}", errno.desc()))
-        }
-        errno => FileError::Io(format!("cannot write {what} {path}: {errno}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn suffixes_go_before_the_extensions() {
-        assert_eq!(name_with_suffix("a.tar.gz", 0), "a.tar.gz");
-        assert_eq!(name_with_suffix("a.tar.gz", 2), "a-2.tar.gz");
-        assert_eq!(name_with_suffix("README", 1), "README-1");
-        let long = name_with_suffix(&format!("{}.bin", "x".repeat(251)), 12);
-        assert!(long.len() <= 255 && long.ends_with("-12.bin"), "{long}");
-    }
-
-    #[test]
-    fn a_taken_name_gets_a_suffix_and_nothing_is_replaced() {
-        let directory = tempfile::tempdir().unwrap();
-        let staging = directory.path().join("staging");
-        let inbox = directory.path().join("inbox");
-        prepare_folders(&staging, &inbox).unwrap();
-        std::fs::write(inbox.join("f.bin"), b"old").unwrap();
-        let part = part_path(&staging, 7);
-        std::fs::write(&part, b"new").unwrap();
-        let placed = place_in_inbox(&part, &inbox, None, "f.bin").unwrap();
-        assert_eq!(placed, inbox.join("f-1.bin"));
-        assert_eq!(std::fs::read(inbox.join("f.bin")).unwrap(), b"old");
-        assert_eq!(std::fs::read(&placed).unwrap(), b"new");
-        assert!(!part.exists());
-
-        std::fs::write(&part, b"bundled").unwrap();
-        let placed = place_in_inbox(&part, &inbox, Some("model"), "f.bin").unwrap();
-        assert_eq!(placed, inbox.join("model/f.bin"));
-        assert_eq!(part_files(&staging).unwrap(), Vec::new());
-    }
 
     #[test]
     fn a_resumed_prefix_hashes_like_the_start_of_the_file() {

@@ -84,12 +84,6 @@ pub async fn list_jobs(
     Ok(HttpResponse::Ok().json(page))
 }
 
-pub async fn get_job(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
-    let id = id.into_inner();
-    let job = state.read_now(|store| store.get_job(id))?;
-    Ok(HttpResponse::Ok().json(job))
-}
-
 pub async fn job_history(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let transitions = state.with_store(move |store| store.job_history(id)).await?;

@@ -19,7 +19,7 @@ use actix_web::{App, Error, HttpRequest, HttpResponse};
 
 use crate::error::{ApiError, json_error, path_error, query_error};
 use crate::state::{AppState, Grant};
-use crate::{api, dashboard, events, status};
+use crate::{api, dashboard, events, job_stream, status, upload};
 
 /// The whole HTTP application for `state`; `HttpServer` calls this once per worker, tests call
 /// it directly with `actix_web::test`.
@@ -58,7 +58,8 @@ pub fn app(
                         .route("/status", web::get().to(status::api_status))
                         .route("/events", web::get().to(events::event_stream))
                         .route("/jobs", web::get().to(api::list_jobs))
-                        .route("/jobs/{id}", web::get().to(api::get_job))
+                        .route("/jobs/{id}", web::get().to(job_stream::get_job))
+                        .route("/jobs/{id}/events", web::get().to(job_stream::job_events))
                         .route("/jobs/{id}/history", web::get().to(api::job_history))
                         .route("/jobs/{id}/retry", web::post().to(api::retry_job))
                         .route("/jobs/{id}/cancel", web::post().to(api::cancel_job))
@@ -67,6 +68,7 @@ pub fn app(
                         .route("/downloads/{id}", web::get().to(api::get_download))
                         .route("/downloads/{id}", web::delete().to(api::delete_download))
                         .route("/documents", web::get().to(api::list_documents))
+                        .route("/documents", web::post().to(upload::upload))
                         .route("/documents/{id}", web::get().to(api::get_document))
                         .default_service(web::to(not_found)),
                 ),

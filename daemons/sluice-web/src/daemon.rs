@@ -19,6 +19,8 @@ use sluice_core::runtime::{
 use sluice_core::store::StoreError;
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::waiters::CATCH_UP_INTERVAL;
+
 use crate::api;
 use crate::app::app;
 use crate::connections::{BLOCKING_THREADS_PER_WORKER, ConnectionBudget};
@@ -201,6 +203,8 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
         shutdown,
     );
     apply_stream_limit(&state, &budget, config.web.max_event_streams);
+    crate::upload::sweep_staging(&config.scraper.staging);
+    tokio::spawn(catch_up_with_jobs(state.clone()));
     let server_state = state.clone();
     let server = HttpServer::new(move || app(server_state.clone()))
         .workers(HTTP_WORKERS)
@@ -280,9 +284,17 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
         };
         match event {
             Event::Command(command) => handle_command(&state, command, &announcement_sender),
-            Event::Announcement(announcement) => emit(&service, announcement).await,
+            Event::Announcement(announcement) => {
+                state
+                    .waiters()
+                    .wake(i64::try_from(announcement.job_id()).unwrap_or_default());
+                emit(&service, announcement).await
+            }
             Event::BusSignal(Ok(message)) => {
                 for event in BusEvent::all_from_message(&message) {
+                    if let Some(job_id) = event.data.get("job_id").and_then(|id| id.as_i64()) {
+                        state.waiters().wake(job_id);
+                    }
                     if FORWARDED_SIGNALS.contains(&event.name.as_str()) {
                         // No subscriber is fine: nobody is watching the stream right now.
                         let _ = event_sender.send(event.to_frame());
@@ -386,6 +398,49 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
                 tracing::error!(reason = %reason, "the HTTP server ended unexpectedly: {reason}");
                 return Err(WebError::Server(std::io::Error::other(reason)));
             }
+        }
+    }
+}
+
+/// Wakes the waiters of every job whose log grew, once every [`CATCH_UP_INTERVAL`], until the
+/// daemon stops: what makes waiting correct when a signal is lost (see `waiters.rs`).
+async fn catch_up_with_jobs(state: AppState) {
+    let mut shutdown = state.shutdown();
+    let mut ticker = tokio::time::interval(CATCH_UP_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Start at the newest entry: a waiter reads its job itself before it waits, so only what
+    // is logged after it registered can be news to it.
+    let mut seen = state
+        .with_store(|store| store.newest_job_log_id())
+        .await
+        .unwrap_or(0);
+    let mut reported = false;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let waiters = std::sync::Arc::clone(state.waiters());
+        let result = state
+            .with_store(move |store| {
+                let mut position = seen;
+                waiters.catch_up(store, &mut position).map(|_| position)
+            })
+            .await;
+        match result {
+            Ok(position) => {
+                seen = position;
+                reported = false;
+            }
+            Err(error) if !reported => {
+                reported = true;
+                tracing::warn!(
+                    error = %error,
+                    "cannot read the job log for waiting clients ({error}); they are still woken \
+                     by D-Bus signals, and this is tried again every second"
+                );
+            }
+            Err(_) => {}
         }
     }
 }

@@ -9,6 +9,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use sluice_core::bus::BusError;
 use sluice_core::policy::PolicyError;
+use sluice_core::store::FileError;
 use sluice_core::store::StoreError;
 use sluice_core::store::documents::DocumentError;
 use sluice_core::store::downloads::DownloadError;
@@ -42,6 +43,9 @@ pub enum ApiError {
     /// 413 `payload_too_large`.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 415 `unsupported_media_type`: a body in a format the endpoint does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 421 `misdirected_request`: the Host header names a host this server does not serve
     /// (DNS-rebinding protection).
     #[error("{0}")]
@@ -77,6 +81,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::MisdirectedRequest(_) => "misdirected_request",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -99,6 +104,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -185,6 +191,17 @@ impl From<DocumentError> for ApiError {
             DocumentError::InvalidArgument(message) => ApiError::InvalidArgument(message),
             DocumentError::Job(error) => error.into(),
             DocumentError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<FileError> for ApiError {
+    fn from(error: FileError) -> ApiError {
+        match error {
+            FileError::NotFound(id) => ApiError::NotFound(format!("file {id} does not exist")),
+            FileError::InvalidArgument(message) => ApiError::InvalidArgument(message),
+            FileError::Job(error) => error.into(),
+            FileError::Store(error) => error.into(),
         }
     }
 }

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::http::header::HeaderValue;
-use actix_web::web::{BufMut, Bytes, BytesMut, Data};
+use actix_web::web::{BufMut, Bytes, BytesMut, Data, Query};
 use actix_web::{HttpResponse, ResponseError, http::header};
 use futures_util::stream;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use zbus::message::Message;
@@ -151,10 +152,14 @@ impl BusEvent {
     /// The event as every stream sends it, rendered once for all of them.
     pub fn to_frame(&self) -> SseFrame {
         // serde_json never writes a raw newline, so the JSON is always one `data:` line.
-        SseFrame(Bytes::from(format!(
-            "event: {}\ndata: {}\n\n",
-            self.name, self.data
-        )))
+        SseFrame {
+            name: FORWARDED_SIGNALS
+                .into_iter()
+                .find(|name| *name == self.name)
+                .unwrap_or("other"),
+            job_id: self.data.get("job_id").and_then(Value::as_u64),
+            bytes: Bytes::from(format!("event: {}\ndata: {}\n\n", self.name, self.data)),
+        }
     }
 }
 
@@ -162,15 +167,21 @@ impl BusEvent {
 /// The broadcast carries these, so a thousand streams share one rendering and one buffer
 /// instead of each cloning the JSON value and serialising it again.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SseFrame(Bytes);
+pub struct SseFrame {
+    /// The event name, for the `?kind=` filter.
+    name: &'static str,
+    /// The job the event is about, for the `?job=` filter.
+    job_id: Option<u64>,
+    bytes: Bytes,
+}
 
 impl SseFrame {
     /// The frame with this stream's own `id:` line in front.
     fn with_id(&self, sequence: u64) -> Bytes {
         let id = format!("id: {sequence}\n");
-        let mut frame = BytesMut::with_capacity(id.len() + self.0.len());
+        let mut frame = BytesMut::with_capacity(id.len() + self.bytes.len());
         frame.put_slice(id.as_bytes());
-        frame.put_slice(&self.0);
+        frame.put_slice(&self.bytes);
         frame.freeze()
     }
 }
@@ -234,12 +245,12 @@ impl EventStreamSlots {
 }
 
 /// A taken slot of [`EventStreamSlots`], given back when dropped with the stream.
-struct StreamSlot {
+pub(crate) struct StreamSlot {
     state: AppState,
 }
 
 impl StreamSlot {
-    fn take(state: &AppState) -> Option<StreamSlot> {
+    pub(crate) fn take(state: &AppState) -> Option<StreamSlot> {
         state.event_streams().try_take().then(|| StreamSlot {
             state: state.clone(),
         })
@@ -252,8 +263,69 @@ impl Drop for StreamSlot {
     }
 }
 
+/// `GET /api/events?kind=JobFinished,JobProgress&job=42`: only these events.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Event names, separated by commas (any of [`FORWARDED_SIGNALS`]).
+    kind: Option<String>,
+    /// Only events about this job.
+    job: Option<u64>,
+}
+
+/// Which events a stream forwards.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct EventFilter {
+    names: Option<Vec<&'static str>>,
+    job_id: Option<u64>,
+}
+
+impl EventFilter {
+    fn from_query(query: EventsQuery) -> Result<EventFilter, ApiError> {
+        let names = match query.kind {
+            None => None,
+            Some(text) => Some(
+                text.split(',')
+                    .filter(|name| !name.is_empty())
+                    .map(|name| {
+                        FORWARDED_SIGNALS
+                            .into_iter()
+                            .find(|known| *known == name)
+                            .ok_or_else(|| {
+                                ApiError::InvalidArgument(format!(
+                                    "kind {:?} is not an event name; the events are {}",
+                                    name.chars().take(100).collect::<String>(),
+                                    FORWARDED_SIGNALS.join(", ")
+                                ))
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        if query.job == Some(0) {
+            return Err(ApiError::InvalidArgument(
+                "job must be a job id, a whole number from 1".into(),
+            ));
+        }
+        Ok(EventFilter {
+            names,
+            job_id: query.job,
+        })
+    }
+
+    fn passes(&self, frame: &SseFrame) -> bool {
+        self.names
+            .as_ref()
+            .is_none_or(|names| names.contains(&frame.name))
+            && self
+                .job_id
+                .is_none_or(|job_id| frame.job_id == Some(job_id))
+    }
+}
+
 struct StreamState {
     events: broadcast::Receiver<SseFrame>,
+    filter: EventFilter,
     keep_alive: tokio::time::Interval,
     shutdown: tokio::sync::watch::Receiver<bool>,
     sequence: u64,
@@ -264,10 +336,14 @@ struct StreamState {
 /// `GET /api/events`: the stream opens with a `: connected` comment (the subscription exists
 /// from then on), then carries every forwarded signal until the client leaves or the daemon
 /// stops. With every slot taken it is refused with 503 and `Retry-After`.
-pub async fn event_stream(state: Data<AppState>) -> HttpResponse {
+pub async fn event_stream(
+    state: Data<AppState>,
+    query: Query<EventsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let filter = EventFilter::from_query(query.into_inner())?;
     let state = state.get_ref().clone();
     let Some(slot) = StreamSlot::take(&state) else {
-        return no_free_slot(state.event_streams().limit());
+        return Ok(no_free_slot(state.event_streams().limit()));
     };
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE_INTERVAL);
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,6 +351,7 @@ pub async fn event_stream(state: Data<AppState>) -> HttpResponse {
     keep_alive.reset();
     let initial = StreamState {
         events: state.subscribe_events(),
+        filter,
         keep_alive,
         shutdown: state.shutdown(),
         sequence: 0,
@@ -289,8 +366,10 @@ pub async fn event_stream(state: Data<AppState>) -> HttpResponse {
         if *stream_state.shutdown.borrow() {
             return None;
         }
-        let bytes = tokio::select! {
+        let bytes = loop {
+            break tokio::select! {
             received = stream_state.events.recv() => match received {
+                Ok(frame) if !stream_state.filter.passes(&frame) => continue,
                 Ok(frame) => {
                     stream_state.sequence += 1;
                     frame.with_id(stream_state.sequence)
@@ -303,20 +382,21 @@ pub async fn event_stream(state: Data<AppState>) -> HttpResponse {
             },
             _ = stream_state.keep_alive.tick() => Bytes::from_static(b": keep-alive\n\n"),
             _ = stream_state.shutdown.changed() => return None,
+            };
         };
         Some((Ok::<_, actix_web::Error>(bytes), stream_state))
     });
-    HttpResponse::Ok()
+    Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body)
+        .streaming(body))
 }
 
 /// The API's JSON error (503 `unavailable`), with the `Retry-After` a client should honour.
 /// Not logged here: a client retrying in a loop would flood the log; the main loop reports
 /// refusals with the status.
-fn no_free_slot(limit: u32) -> HttpResponse {
+pub(crate) fn no_free_slot(limit: u32) -> HttpResponse {
     let mut response = ApiError::Unavailable(format!(
         "all {limit} event streams are in use ([web] max_event_streams); try again later"
     ))

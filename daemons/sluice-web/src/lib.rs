@@ -12,10 +12,13 @@ mod dashboard;
 mod emitters;
 mod error;
 mod events;
+mod job_stream;
 mod state;
 mod status;
 #[cfg(test)]
 mod tests;
+mod upload;
+mod waiters;
 
 pub use app::app;
 pub use daemon::{Arguments, WebDaemon, WebError, run};

@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::error::ApiError;
 use crate::events::{EventStreamSlots, SseFrame};
+use crate::waiters::JobWaiters;
 
 /// The shared state of the HTTP side; cheap to clone (one `Arc`).
 #[derive(Clone, Debug)]
@@ -31,6 +32,7 @@ struct Shared {
     shutdown: watch::Receiver<bool>,
     requests_served: AtomicU64,
     event_streams: EventStreamSlots,
+    waiters: Arc<JobWaiters>,
 }
 
 /// Settings read once at start; changing them needs a restart (the listener and the routes
@@ -52,6 +54,15 @@ pub struct Settings {
     /// The limit event streams start with; a reload changes it live, through
     /// [`AppState::event_streams`].
     pub max_event_streams: u32,
+    /// The longest `?wait=` allowed.
+    pub max_wait: std::time::Duration,
+    /// Largest uploaded file, in bytes.
+    pub max_upload_size: u64,
+    /// Where uploads are placed (`[scraper] inbox`), and the watched folder that holds it,
+    /// with its configuration; `None` when no `[[watch]]` covers the inbox (uploads are then
+    /// refused, since nothing would pick them up).
+    pub inbox: PathBuf,
+    pub inbox_watch: Option<sluice_core::config::WatchConfig>,
 }
 
 impl Settings {
@@ -77,6 +88,17 @@ impl Settings {
             store_path: config.store.path.clone(),
             durability: config.store.durability.as_str(),
             max_event_streams: config.web.max_event_streams,
+            max_wait: config.web.max_wait,
+            max_upload_size: config.web.max_upload_size,
+            inbox: config.scraper.inbox.clone(),
+            inbox_watch: config
+                .watches
+                .iter()
+                .find(|watch| {
+                    watch.path == config.scraper.inbox
+                        || (watch.recursive && config.scraper.inbox.starts_with(&watch.path))
+                })
+                .cloned(),
         }
     }
 }
@@ -360,6 +382,7 @@ impl AppState {
                 shutdown,
                 requests_served: AtomicU64::new(0),
                 event_streams,
+                waiters: Arc::new(JobWaiters::default()),
             }),
         }
     }
@@ -406,6 +429,11 @@ impl AppState {
 
     pub fn event_streams(&self) -> &EventStreamSlots {
         &self.inner.event_streams
+    }
+
+    /// The requests and streams waiting for jobs.
+    pub fn waiters(&self) -> &Arc<JobWaiters> {
+        &self.inner.waiters
     }
 
     /// Runs `work` with a store connection on a blocking thread; store and join failures

@@ -42,6 +42,8 @@ pub(super) const PROCESSOR_TIMEOUT: DurationRange = range(MILLISECOND, DAY);
 pub(super) const POLITENESS_DELAY: DurationRange = range(Duration::ZERO, HOUR);
 pub(super) const REQUEST_TIMEOUT: DurationRange = range(MILLISECOND, HOUR);
 pub(super) const PROGRESS_INTERVAL: DurationRange = range(MILLISECOND, HOUR);
+/// A request waits at most this long for a job; a day is far beyond any client's patience.
+pub(super) const MAX_WAIT: DurationRange = range(Duration::from_secs(1), DAY);
 pub(super) const SOURCE_EVERY: DurationRange =
     range(Duration::from_secs(1), Duration::from_secs(30 * 24 * 3600));
 
@@ -59,6 +61,7 @@ pub const DURATION_KEYS: &[(&str, DurationRange)] = &[
     ("watch_defaults.poll_interval", POLL_INTERVAL),
     ("watch_defaults.quiet_period", QUIET_PERIOD),
     ("processor_defaults.timeout", PROCESSOR_TIMEOUT),
+    ("web.max_wait", MAX_WAIT),
     ("scraper.politeness_delay", POLITENESS_DELAY),
     ("scraper.request_timeout", REQUEST_TIMEOUT),
     ("scraper.progress_interval", PROGRESS_INTERVAL),

@@ -84,6 +84,7 @@ pub(super) struct RawWeb {
     pub max_upload_size: Size,
     pub allowed_hosts: TextList,
     pub max_event_streams: Number,
+    pub max_wait: Text,
 }
 
 #[derive(Debug, Deserialize)]

@@ -244,6 +244,7 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
         max_upload_size: locator.size(&raw.web.max_upload_size)?,
         allowed_hosts: allowed_hosts(locator, &raw.web.allowed_hosts)?,
         max_event_streams: locator.number(&raw.web.max_event_streams, MAX_EVENT_STREAMS)?,
+        max_wait: locator.duration(&raw.web.max_wait, MAX_WAIT)?,
     };
     let monitor = MonitorConfig {
         reconcile_interval: locator

@@ -11,6 +11,7 @@ mod download;
 mod names;
 mod rescan;
 mod url_shape;
+mod waiting;
 
 pub use address::{
     HOST_RESOLVE_TIMEOUT, check_download_target, forbidden_address_reason, is_local_name,
@@ -23,6 +24,7 @@ pub use names::{
 };
 pub use rescan::resolve_rescan_path;
 pub use url_shape::parse_download_url;
+pub use waiting::{check_last_event_id, check_wait};
 
 /// Longest URL accepted, in bytes.
 pub const MAX_URL_BYTES: usize = 4096;
@@ -59,6 +61,12 @@ pub enum PolicyError {
     /// A rescan path that is relative, climbs with `..` or lies outside every watched folder.
     #[error("invalid_path: {0}")]
     InvalidPath(String),
+    /// A wait that is not a duration.
+    #[error("invalid_duration: {0}")]
+    InvalidDuration(String),
+    /// A `Last-Event-ID` that is not an id the stream sent.
+    #[error("invalid_event_id: {0}")]
+    InvalidEventId(String),
 }
 
 impl PolicyError {
@@ -72,6 +80,8 @@ impl PolicyError {
             PolicyError::InvalidSha256(_) => "invalid_sha256",
             PolicyError::OutOfRange(_) => "out_of_range",
             PolicyError::InvalidPath(_) => "invalid_path",
+            PolicyError::InvalidDuration(_) => "invalid_duration",
+            PolicyError::InvalidEventId(_) => "invalid_event_id",
         }
     }
 
@@ -84,13 +94,15 @@ impl PolicyError {
             | PolicyError::InvalidName(message)
             | PolicyError::InvalidSha256(message)
             | PolicyError::OutOfRange(message)
-            | PolicyError::InvalidPath(message) => message,
+            | PolicyError::InvalidPath(message)
+            | PolicyError::InvalidDuration(message)
+            | PolicyError::InvalidEventId(message) => message,
         }
     }
 }
 
 /// Every code [`PolicyError::code`] returns.
-pub const CODES: [&str; 7] = [
+pub const CODES: [&str; 9] = [
     "invalid_url",
     "forbidden_address",
     "invalid_file_name",
@@ -98,6 +110,8 @@ pub const CODES: [&str; 7] = [
     "invalid_sha256",
     "out_of_range",
     "invalid_path",
+    "invalid_duration",
+    "invalid_event_id",
 ];
 
 /// The policy code a refusal message starts with (`"invalid_url: …"`), as a D-Bus client

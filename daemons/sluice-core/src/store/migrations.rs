@@ -217,4 +217,16 @@ ALTER TABLE jobs ADD COLUMN postponements INTEGER NOT NULL DEFAULT 0 CHECK (post
 ALTER TABLE jobs ADD COLUMN lease_holder TEXT;
 "#,
     },
+    Migration {
+        name: "job history also records progress and result steps",
+        sql: r#"
+-- Besides its transitions, a job's history holds what happened while it ran: progress (the
+-- worker saves it at most once a second) and the result steps a body records (a page read, a
+-- processor's answer). One table gives one id sequence for everything that happened to a job,
+-- so a per-job event stream replays `WHERE job_id = ? AND id > ?` in id order and a client
+-- resumes from the last id it saw (SSE `Last-Event-ID`). A transition has `event` NULL; an
+-- event row has `event` set (a JSON object) and from_state = to_state = the job's state.
+ALTER TABLE job_history ADD COLUMN event TEXT CHECK (event IS NULL OR json_valid(event));
+"#,
+    },
 ];

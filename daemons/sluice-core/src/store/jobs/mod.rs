@@ -28,8 +28,10 @@ use super::{Store, StoreError, duration_ms, now_ms};
 
 // The plain types (limits, errors, states, inputs and rows) live in `types`; this module keeps
 // the queries. Re-exported so every path stays `store::jobs::Name`.
+mod log;
 mod types;
 
+pub use log::{JobLogEntry, JobLogEvent, MAX_LOG_PAGE, MAX_STEP_BYTES};
 pub use types::*;
 
 const JOB_COLUMNS: &str = "id, kind, payload, state, priority, run_at, attempts, max_attempts, \
@@ -172,7 +174,8 @@ impl Store {
         })
     }
 
-    /// Records progress (a fraction in 0..=1 and a short message) of a running job.
+    /// Records progress (a fraction in 0..=1 and a short message) of a running job, on the job
+    /// and as an entry of its log.
     pub fn report_progress(
         &mut self,
         id: i64,
@@ -200,6 +203,15 @@ impl Store {
                     now_ms()
                 ])?;
             if changed == 1 {
+                transaction
+                    .prepare_cached(log::INSERT_PROGRESS_EVENT)?
+                    .execute(params![
+                        id,
+                        lease_token.as_str(),
+                        now_ms(),
+                        fraction,
+                        message
+                    ])?;
                 Ok(())
             } else {
                 Err(lease_lost_or_not_found(transaction, id))
@@ -395,7 +407,7 @@ impl Store {
         }];
         let mut statement = self.connection().prepare_cached(
             "SELECT at, from_state, to_state, attempt, worker, error FROM job_history
-             WHERE job_id = ?1 ORDER BY id",
+             WHERE job_id = ?1 AND event IS NULL ORDER BY id",
         )?;
         let recorded = statement.query_map([id], |row| {
             Ok(JobTransition {
@@ -818,7 +830,7 @@ fn parse_json_column(index: usize, text: &str) -> rusqlite::Result<Value> {
     })
 }
 
-fn parse_state_column(text: &str) -> rusqlite::Result<JobState> {
+pub(super) fn parse_state_column(text: &str) -> rusqlite::Result<JobState> {
     text.parse().map_err(|error: JobError| {
         rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, error.into())
     })
