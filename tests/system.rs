@@ -513,8 +513,10 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
 
 /// A file dropped into the inbox becomes a document (as `sluicectl` inside sees it), and
 /// `journalctl -u sluice-ingest-worker@1 F_JOB_ID=<id>` finds the lines of its ingest job.
+/// A file uploaded with `curl` and `?wait=` is answered with its document, through the same
+/// path, by the hardened units as installed.
 #[test]
-fn an_inbox_file_becomes_a_document_with_its_job_in_the_journal() -> Result<()> {
+fn inbox_files_and_uploads_become_documents_with_their_jobs_in_the_journal() -> Result<()> {
     let Some(suite) = Suite::running()? else {
         return Ok(());
     };
@@ -537,6 +539,39 @@ fn an_inbox_file_becomes_a_document_with_its_job_in_the_journal() -> Result<()> 
         !lines.trim().is_empty() && !lines.contains("-- No entries --"),
         "no journal lines for job {job_id}"
     );
+
+    let token = suite.container.check("cat /etc/sluice/api-token")?;
+    let answer = suite.container.check(&format!(
+        "printf 'uploaded by curl\\n' > /root/upload-proof.txt && \
+         curl -s -w '\\n%{{http_code}}' -H 'Authorization: Bearer {}' \
+         -F 'file=@/root/upload-proof.txt' 'http://127.0.0.1:8080/api/documents?wait=60s'",
+        token.trim()
+    ))?;
+    let (body, status) = answer
+        .trim()
+        .rsplit_once('\n')
+        .context("curl printed no status line")?;
+    ensure!(status == "200", "upload answered {status}: {body}");
+    let body: serde_json::Value = serde_json::from_str(body).context("upload answer")?;
+    let job = &body["uploads"][0]["job"];
+    ensure!(job["state"] == "succeeded", "upload answer {body}");
+    ensure!(
+        job["document"]["original_name"] == "upload-proof.txt" && job["document"]["size"] == 17,
+        "upload answer {body}"
+    );
+    suite.wait_for_document("upload-proof.txt", Duration::from_secs(60))?;
+    let upload_job = job["id"].as_i64().context("upload job id")?;
+    let lines = suite.container.check(&format!(
+        "journalctl --no-pager -o cat -u sluice-web F_JOB_ID={upload_job}"
+    ))?;
+    ensure!(
+        lines.contains("upload-proof.txt"),
+        "sluice-web's journal does not name the upload of job {upload_job}: {lines}"
+    );
+    let staging = suite
+        .container
+        .check("find /var/lib/sluice/staging /var/lib/sluice/inbox -type f")?;
+    ensure!(staging.trim().is_empty(), "files left behind: {staging}");
     Ok(())
 }
 

@@ -694,3 +694,105 @@ fn the_event_stream_filters_by_event_and_job() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn sluicectl_submits_files_waits_for_them_and_watches_jobs() {
+    let suite = Suite::start();
+    let inputs = suite.root().join("to-submit");
+    std::fs::create_dir_all(&inputs).unwrap();
+    std::fs::write(inputs.join("first.txt"), "first submitted file\n").unwrap();
+    std::fs::write(inputs.join("second.txt"), "second submitted file\n").unwrap();
+    let first = inputs.join("first.txt");
+    let second = inputs.join("second.txt");
+
+    let output = suite.sluicectl(&[
+        "--json",
+        "submit",
+        first.to_str().unwrap(),
+        second.to_str().unwrap(),
+        "--wait",
+        "60s",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answers: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let answers = answers.as_array().unwrap();
+    assert_eq!(answers.len(), 2);
+    for (answer, name) in answers.iter().zip(["first.txt", "second.txt"]) {
+        assert_eq!(answer["job"]["state"], "succeeded", "{answer}");
+        assert_eq!(answer["job"]["document"]["original_name"], name);
+    }
+    // The sources are the user's: uploading copies them.
+    assert!(first.exists() && second.exists());
+
+    // A name the policy refuses stops the command before anything is sent.
+    let hidden = inputs.join(".hidden");
+    std::fs::write(&hidden, "x").unwrap();
+    let before = job_count(&suite.fixture);
+    let output = suite.sluicectl(&["submit", first.to_str().unwrap(), hidden.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(4), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains(".hidden"));
+    assert_eq!(job_count(&suite.fixture), before);
+    let output = suite.sluicectl(&["submit", first.to_str().unwrap(), "--wait", "1day"]);
+    assert_eq!(output.status.code(), Some(4), "{output:?}");
+
+    // jobs watch follows a job to its end, in plain lines when piped.
+    let mut store = suite.fixture.store();
+    let slow = store
+        .enqueue(&NewJob::new("noop", json!({ "sleep_ms": 1500 })))
+        .unwrap()
+        .id;
+    let output = suite.sluicectl(&["jobs", "watch", &slow.to_string()]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].ends_with(" queued"), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains(" running (attempt 1")),
+        "{text}"
+    );
+    assert!(lines.last().unwrap().ends_with(" succeeded"), "{text}");
+    // A job that fails: exit status 7, with the error.
+    let broken = store
+        .enqueue(&NewJob::new("noop", json!({ "sleep_ms": "soon" })))
+        .unwrap()
+        .id;
+    let output = suite.sluicectl(&["--json", "jobs", "watch", &broken.to_string()]);
+    assert_eq!(output.status.code(), Some(7), "{output:?}");
+    // One JSON object per event, then the error object every --json failure prints.
+    let values: Vec<Value> = serde_json::Deserializer::from_slice(&output.stdout)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let (error, events) = values.split_last().unwrap();
+    assert_eq!(events.last().unwrap()["to"], "failed", "{events:?}");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("sleep_ms"),
+        "{error}"
+    );
+    let output = suite.sluicectl(&["jobs", "watch", "999999"]);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+}
+
+#[test]
+fn sluicectl_submit_without_sluice_web_says_it_is_unavailable() {
+    // No sluice-web runs: the bus has no answer and [web] listen (port 0) none either.
+    let fixture = SuiteFixture::new("", "");
+    let file = fixture.directory.path().join("a.txt");
+    std::fs::write(&file, "a").unwrap();
+    let output = std::process::Command::new(crate::support::binary_path("sluicectl"))
+        .args(["submit", file.to_str().unwrap()])
+        .env("SLUICE_CONFIG", &fixture.config_path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("sluice-web does not answer"));
+    assert_eq!(job_count(&fixture), 0);
+}

@@ -14,11 +14,17 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 3;
     pub const INVALID_ARGUMENT: u8 = 4;
     pub const DAEMON_UNAVAILABLE: u8 = 5;
+    /// `submit --wait`, `jobs watch`: a job ended failed, dead or cancelled.
+    pub const JOB_FAILED: u8 = 7;
+    /// `submit --wait`: a job was still running when the wait ended.
+    pub const STILL_RUNNING: u8 = 8;
 }
 
 const AFTER_HELP: &str = "\
 Where changes go:
   jobs retry/cancel  org.sluice.Web1 (sluice-web); without it, the store directly
+  submit             sluice-web's API ([web] listen, admin token from [web] token_file);
+                     without it: exit status 5
   download           org.sluice.Scraper1 (sluice-scraper); without it, the store directly
                      (the download waits in the queue until the scraper runs)
   rescan             org.sluice.Monitor1 (sluice-monitor); without it: exit status 5
@@ -32,7 +38,9 @@ Exit status:
   2  usage error (unknown command or option)
   3  not found (unknown job, download or document id)
   4  invalid argument (malformed value, or a job in a state that does not allow it)
-  5  daemon unavailable (the daemon that must do it is not running, or the bus is down)";
+  5  daemon unavailable (the daemon that must do it is not running, or the bus is down)
+  7  submit --wait, jobs watch: a job ended failed, dead or cancelled
+  8  submit --wait: a job was still running when the wait ended";
 
 /// Command-line client for the sluice daemon suite.
 #[derive(Debug, Parser)]
@@ -57,6 +65,17 @@ pub enum Command {
     Jobs(JobsCommand),
     /// Download a URL (http or https) into the inbox.
     Download(DownloadArguments),
+    /// Upload files for ingest through sluice-web (POST /api/documents), one job each;
+    /// with --wait, wait for every job's outcome.
+    Submit {
+        /// The files to upload; each keeps its own name.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Wait for every job to end, at most this long (e.g. 30s, 5m; default and maximum:
+        /// [web] max_wait). Exit status 7 when a job fails, 8 when one is still running.
+        #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "")]
+        wait: Option<String>,
+    },
     /// Ask the monitor to reconcile a watched folder (or all of them) with the database.
     Rescan {
         /// A folder inside a watched folder; all watched folders when left out.
@@ -143,6 +162,10 @@ pub enum JobsCommand {
     Retry { id: i64 },
     /// Cancel a job (a running one stops at its next heartbeat).
     Cancel { id: i64 },
+    /// Follow a job until it ends: its transitions, progress (a bar on a terminal, plain
+    /// lines when piped; NDJSON with --json) and steps. Exit status 0 when it succeeds, 7
+    /// when it fails, is cancelled or dies.
+    Watch { id: i64 },
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ mod failure;
 mod jobs;
 mod rescan;
 mod status;
+mod submit;
 mod workers;
 
 use std::path::PathBuf;
@@ -50,7 +51,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Jobs(JobsCommand::Show { id }) => context.jobs_show(id),
         Command::Jobs(JobsCommand::Retry { id }) => context.job_change(id, JobChange::Retry),
         Command::Jobs(JobsCommand::Cancel { id }) => context.job_change(id, JobChange::Cancel),
+        Command::Jobs(JobsCommand::Watch { id }) => context.jobs_watch(id),
         Command::Download(arguments) => context.download(arguments),
+        Command::Submit { files, wait } => context.submit(files, wait),
         Command::Rescan { path } => context.rescan(path),
         Command::Docs(DocsCommand::List {
             query,
