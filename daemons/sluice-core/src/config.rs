@@ -202,6 +202,9 @@ pub struct IngestConfig {
     pub text_max_bytes: u64,
     /// Pixels, 1 to 4096.
     pub thumbnail_size: u32,
+    /// The wall-clock limit of one attempt of an `ingest` (or `noop`) job, processors
+    /// included; a job still running after it is stopped and fails "timed out after N s".
+    pub job_timeout: Duration,
 }
 
 /// One external processor, with `[processor_defaults]` already applied.
@@ -279,6 +282,9 @@ pub struct ScraperConfig {
     /// 0 to 100.
     pub max_redirects: u32,
     pub progress_interval: Duration,
+    /// The wall-clock limit of one download attempt, from the moment it has its host's slot
+    /// until the body is on disk; the partial file is kept for the next attempt's resume.
+    pub download_timeout: Duration,
 }
 
 /// One polled source, with `[source_defaults]` already applied.

@@ -9,6 +9,7 @@
 //! the `noop` kind is the one exception, bounded by [`MAX_SLEEP_MS`]).
 
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -27,6 +28,23 @@ pub const NOOP_JOB_KIND: &str = "noop";
 
 /// The longest deliberate pause a payload may ask for (`sleep_ms`), ten minutes.
 pub const MAX_SLEEP_MS: u64 = 10 * 60 * 1000;
+
+/// The error of an attempt stopped by its wall-clock limit, worded the same by every daemon
+/// ("timed out after 600 s (the [ingest] job_timeout)"), so people and tests can look for it.
+/// `setting` names the configuration key that set the limit.
+pub fn timed_out_after(limit: Duration, setting: &str) -> String {
+    format!("timed out after {} s (the {setting})", seconds(limit))
+}
+
+/// `duration` in seconds for messages: whole ("600") or with up to three decimals ("2.5").
+pub fn seconds(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        duration.as_secs().to_string()
+    } else {
+        let text = format!("{:.3}", duration.as_secs_f64());
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    }
+}
 
 /// How the file of an ingest job is filed: the watch mode of the folder it was found in.
 pub use WatchMode as IngestMode;
@@ -183,6 +201,16 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn timeouts_are_worded_in_whole_or_fractional_seconds() {
+        assert_eq!(
+            timed_out_after(Duration::from_secs(600), "[ingest] job_timeout"),
+            "timed out after 600 s (the [ingest] job_timeout)"
+        );
+        assert_eq!(seconds(Duration::from_millis(2500)), "2.5");
+        assert_eq!(seconds(Duration::from_millis(1)), "0.001");
+    }
 
     #[test]
     fn a_monitor_payload_round_trips() {

@@ -44,6 +44,12 @@ pub(super) const REQUEST_TIMEOUT: DurationRange = range(MILLISECOND, HOUR);
 pub(super) const PROGRESS_INTERVAL: DurationRange = range(MILLISECOND, HOUR);
 /// A request waits at most this long for a job; a day is far beyond any client's patience.
 pub(super) const MAX_WAIT: DurationRange = range(Duration::from_secs(1), DAY);
+/// A job attempt or a download may legitimately run for hours (a 10 GiB file on a slow link);
+/// a week is far beyond any of them and still fits every clock the daemons add it to.
+pub(super) const JOB_TIMEOUT: DurationRange =
+    range(MILLISECOND, Duration::from_secs(7 * 24 * 3600));
+pub(super) const DOWNLOAD_TIMEOUT: DurationRange =
+    range(MILLISECOND, Duration::from_secs(7 * 24 * 3600));
 pub(super) const SOURCE_EVERY: DurationRange =
     range(Duration::from_secs(1), Duration::from_secs(30 * 24 * 3600));
 
@@ -60,11 +66,13 @@ pub const DURATION_KEYS: &[(&str, DurationRange)] = &[
     ("monitor.reconcile_interval", RECONCILE_INTERVAL),
     ("watch_defaults.poll_interval", POLL_INTERVAL),
     ("watch_defaults.quiet_period", QUIET_PERIOD),
+    ("ingest.job_timeout", JOB_TIMEOUT),
     ("processor_defaults.timeout", PROCESSOR_TIMEOUT),
     ("web.max_wait", MAX_WAIT),
     ("scraper.politeness_delay", POLITENESS_DELAY),
     ("scraper.request_timeout", REQUEST_TIMEOUT),
     ("scraper.progress_interval", PROGRESS_INTERVAL),
+    ("scraper.download_timeout", DOWNLOAD_TIMEOUT),
     ("source_defaults.every", SOURCE_EVERY),
 ];
 

@@ -123,6 +123,7 @@ pub(super) struct RawIngest {
     pub max_file_size: Size,
     pub text_max_bytes: Size,
     pub thumbnail_size: Number,
+    pub job_timeout: Text,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +156,7 @@ pub(super) struct RawScraper {
     pub request_timeout: Text,
     pub max_redirects: Number,
     pub progress_interval: Text,
+    pub download_timeout: Text,
 }
 
 #[derive(Debug, Deserialize)]

@@ -98,7 +98,12 @@ fn shipped_defaults_load_and_validate() {
     assert_eq!(config.ingest.workers, 2);
     assert_eq!(config.ingest.library, Path::new("/var/lib/sluice/library"));
     assert_eq!(config.ingest.text_max_bytes, 16 << 20);
+    assert_eq!(config.ingest.job_timeout, Duration::from_secs(10 * 60));
     assert!(config.processors.is_empty());
+    assert_eq!(
+        config.scraper.download_timeout,
+        Duration::from_secs(6 * 3600)
+    );
     assert_eq!(config.scraper.inbox, Path::new("/var/lib/sluice/inbox"));
     assert_eq!(config.scraper.staging, Path::new("/var/lib/sluice/staging"));
     assert_eq!(config.scraper.per_host_concurrency, 2);
@@ -333,6 +338,44 @@ every = "1h"
     assert_eq!(news.mode, SourceMode::Feed);
     assert_eq!(news.every, Duration::from_secs(3600));
     assert_eq!(news.url.as_str(), "http://example.org/feed.xml");
+}
+
+#[test]
+fn job_and_download_timeouts_load_and_are_bounded() {
+    let config = load_ok("[ingest]\njob_timeout = \"2s\"\n[scraper]\ndownload_timeout = \"90m\"\n");
+    assert_eq!(config.ingest.job_timeout, Duration::from_secs(2));
+    assert_eq!(
+        config.scraper.download_timeout,
+        Duration::from_secs(90 * 60)
+    );
+    assert_rejected(
+        "[ingest]\njob_timeout = \"0s\"\n",
+        "invalid",
+        (2, 15),
+        "ingest.job_timeout",
+        "duration must be more than zero",
+    );
+    assert_rejected(
+        "[ingest]\njob_timeout = \"8days\"\n",
+        "invalid",
+        (2, 15),
+        "ingest.job_timeout",
+        "must be at most \"7days\"",
+    );
+    assert_rejected(
+        "[scraper]\ndownload_timeout = \"soon\"\n",
+        "invalid",
+        (2, 20),
+        "scraper.download_timeout",
+        "invalid duration \"soon\"",
+    );
+    assert_rejected(
+        "[scraper]\ndownload_timeout = 60\n",
+        "schema",
+        (2, 20),
+        "scraper.download_timeout",
+        "invalid type",
+    );
 }
 
 #[test]
@@ -1016,6 +1059,8 @@ fn every_key_at_its_maximum_gives_a_configuration_the_daemons_can_use() {
         config.scraper.politeness_delay,
         config.scraper.request_timeout,
         config.scraper.progress_interval,
+        config.scraper.download_timeout,
+        config.ingest.job_timeout,
     ]
     .into_iter()
     .chain(

@@ -256,6 +256,7 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
         max_file_size: locator.size(&raw.ingest.max_file_size)?,
         text_max_bytes: locator.size(&raw.ingest.text_max_bytes)?,
         thumbnail_size: locator.number(&raw.ingest.thumbnail_size, THUMBNAIL_SIZE)?,
+        job_timeout: locator.duration(&raw.ingest.job_timeout, JOB_TIMEOUT)?,
     };
     // The defaults tables are checked even when no entry takes a value from them, so a bad
     // default is refused when it is written, not later when the first entry starts using it.
@@ -674,6 +675,7 @@ fn validate_scraper(locator: &Locator<'_>, raw: &RawConfig) -> Result<ScraperCon
         request_timeout: locator.duration(&scraper.request_timeout, REQUEST_TIMEOUT)?,
         max_redirects: locator.number(&scraper.max_redirects, MAX_REDIRECTS)?,
         progress_interval: locator.duration(&scraper.progress_interval, PROGRESS_INTERVAL)?,
+        download_timeout: locator.duration(&scraper.download_timeout, DOWNLOAD_TIMEOUT)?,
     })
 }
 
