@@ -18,6 +18,10 @@ pub enum WorkerError {
     BusSetup(#[from] BusSetupError),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(
+        "job {job_id} did not stop after its timeout; exiting so that a fresh worker takes over"
+    )]
+    JobStuck { job_id: i64 },
 }
 
 impl WorkerError {
@@ -30,7 +34,7 @@ impl WorkerError {
             | WorkerError::Subscribe(_)
             | WorkerError::WatchDepartures(_)
             | WorkerError::BusSetup(_) => DaemonExit::Unavailable,
-            WorkerError::Internal(_) => DaemonExit::Software,
+            WorkerError::Internal(_) | WorkerError::JobStuck { .. } => DaemonExit::Software,
         }
     }
 }

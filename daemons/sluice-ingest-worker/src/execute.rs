@@ -4,13 +4,13 @@
 //! a blocking thread; the main loop learns what happens through [`JobEvent`]s.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use sluice_core::config::Config;
+use sluice_core::config::{Config, ProcessorConfig};
 use sluice_core::ingest::{
     FileVersion, INGEST_JOB_KIND, IngestMode, IngestPayload, MAX_SLEEP_MS, NOOP_JOB_KIND,
 };
@@ -23,12 +23,16 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::analyze::{Analysis, OpenedFile, analyze, open_beneath};
 use crate::failure::IngestFailure;
 use crate::library::{Filed, file_into_library, open_library_file};
+use crate::processors::{ProcessGroups, run_processor};
 
 /// The job kinds this worker claims.
 pub const KINDS: [&str; 2] = [INGEST_JOB_KIND, NOOP_JOB_KIND];
 
 /// How often a slow body reports progress and looks at its cancel and stop flags.
 const BODY_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// How often a running processor reports progress (its job's flags are checked far more
+/// often, see `processors`).
+const PROCESSOR_PROGRESS_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The parts of the configuration a step needs; rebuilt on reload.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,11 +51,24 @@ pub struct Settings {
     /// starts the process ([`PAUSE_BEFORE_COMMIT_VARIABLE`]), never by a job's payload, so a
     /// producer of jobs cannot make a worker wait.
     pub pause_before_commit: Option<Duration>,
+    /// `[ingest] job_timeout`: the wall-clock limit of one attempt of every kind this worker
+    /// runs.
+    pub job_timeout: Duration,
+    /// The configured `[[processor]]` entries, in the order written.
+    pub processors: Vec<ProcessorConfig>,
+    /// For the wedged-body test only: a `noop` job's sleep ignores its flags, as a body stuck
+    /// in a blocking call would ([`NOOP_IGNORES_FLAGS_VARIABLE`]). Set by whoever starts the
+    /// process, never by a payload.
+    pub noop_ignores_flags: bool,
 }
 
 /// The environment variable a crash test sets (in milliseconds) to hold an ingest job open
 /// between filing and committing; see [`Settings::pause_before_commit`].
 pub const PAUSE_BEFORE_COMMIT_VARIABLE: &str = "SLUICE_TEST_PAUSE_BEFORE_COMMIT_MS";
+
+/// The environment variable (`1`) a test sets to make `noop` sleeps deaf to cancel, stop and
+/// timeout; see [`Settings::noop_ignores_flags`].
+pub const NOOP_IGNORES_FLAGS_VARIABLE: &str = "SLUICE_TEST_NOOP_IGNORES_FLAGS";
 
 impl Settings {
     pub fn from_config(config: &Config, claim_linger: Duration) -> Settings {
@@ -71,6 +88,9 @@ impl Settings {
                 .ok()
                 .and_then(|milliseconds| milliseconds.parse().ok())
                 .map(|milliseconds: u64| Duration::from_millis(milliseconds.min(MAX_SLEEP_MS))),
+            job_timeout: config.ingest.job_timeout,
+            processors: config.processors.clone(),
+            noop_ignores_flags: std::env::var(NOOP_IGNORES_FLAGS_VARIABLE).as_deref() == Ok("1"),
         }
     }
 }
@@ -95,14 +115,72 @@ pub enum JobEvent {
     },
 }
 
-/// Flags the main loop sets on a claimed job.
+/// A claimed job as the step and the main loop share it: the flags the loop sets, when the
+/// body started, the process groups its processors lead, and its outcome once the body
+/// returned (until that is committed).
 #[derive(Debug)]
 pub struct RunningJob {
     pub lease_token: LeaseToken,
+    /// The ingest job's `files` row, so that a failure recorded by the main loop (a body that
+    /// did not stop after its timeout) marks the file too.
+    pub file_id: Option<i64>,
     /// Cancellation was requested (heartbeat or D-Bus): stop and record `cancelled`.
     pub cancel: AtomicBool,
     /// Stop now and give the job back (shutdown deadline, or the lease was lost).
     pub abort: AtomicBool,
+    /// The main loop saw the job pass its deadline and killed its processes.
+    pub timed_out: AtomicBool,
+    /// When the body started, and its wall-clock limit; unset until then.
+    started: OnceLock<(Instant, Duration)>,
+    /// The body returned (its outcome, if it did not commit one itself, is in `outcome`).
+    body_returned: AtomicBool,
+    outcome: Mutex<Option<Outcome>>,
+    /// The process groups of the processors running for this job.
+    pub process_groups: ProcessGroups,
+}
+
+impl RunningJob {
+    /// When the body's wall-clock limit passes; `None` before it started.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.started.get().map(|(started, limit)| *started + *limit)
+    }
+
+    /// The body's wall-clock limit, once it started.
+    pub fn limit(&self) -> Option<Duration> {
+        self.started.get().map(|(_, limit)| *limit)
+    }
+
+    pub fn body_returned(&self) -> bool {
+        self.body_returned.load(Ordering::Acquire)
+    }
+
+    /// The outcome the body returned that is not committed yet.
+    pub fn uncommitted_outcome(&self) -> Option<Outcome> {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Whether the body is past its wall-clock limit.
+    fn is_past_deadline(&self) -> bool {
+        self.timed_out.load(Ordering::Relaxed)
+            || self
+                .deadline()
+                .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    fn start_body(&self, limit: Duration) {
+        let _ = self.started.set((Instant::now(), limit));
+    }
+
+    fn end_body(&self, outcome: Option<&Outcome>) {
+        *self
+            .outcome
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = outcome.cloned();
+        self.body_returned.store(true, Ordering::Release);
+    }
 }
 
 /// The jobs this worker holds leases on, shared between the step and the main loop.
@@ -133,11 +211,25 @@ impl RunningJobs {
         }
     }
 
-    fn insert(&self, id: i64, lease_token: LeaseToken) -> Arc<RunningJob> {
+    /// Kills the process groups of every job's processors; returns how many there were.
+    pub fn kill_all_processes(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|job| job.process_groups.kill_all())
+            .sum()
+    }
+
+    fn insert(&self, id: i64, lease_token: LeaseToken, file_id: Option<i64>) -> Arc<RunningJob> {
         let job = Arc::new(RunningJob {
             lease_token,
+            file_id,
             cancel: AtomicBool::new(false),
             abort: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+            started: OnceLock::new(),
+            body_returned: AtomicBool::new(false),
+            outcome: Mutex::new(None),
+            process_groups: ProcessGroups::default(),
         });
         self.lock().insert(id, Arc::clone(&job));
         job
@@ -207,7 +299,17 @@ impl Executor {
         };
         let handles: Vec<_> = claimed
             .iter()
-            .map(|job| self.running.insert(job.id, job.lease_token.clone()))
+            .map(|job| {
+                let file_id = match job.kind.as_str() {
+                    INGEST_JOB_KIND => job.payload.get("file_id").and_then(Value::as_i64),
+                    _ => None,
+                };
+                self.running.insert(
+                    job.id,
+                    job.lease_token.clone(),
+                    file_id.filter(|id| *id > 0),
+                )
+            })
             .collect();
         for (job, handle) in claimed.into_iter().zip(handles) {
             if self.stopping.load(Ordering::Relaxed) {
@@ -220,26 +322,22 @@ impl Executor {
             });
             let span = tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempt);
             let _entered = span.enter();
-            match job.kind.as_str() {
-                NOOP_JOB_KIND => {
-                    let outcome = self.run_noop(&job, &handle);
-                    report.pending.push(completion(&job, outcome));
-                }
-                INGEST_JOB_KIND => {
-                    if let Some(outcome) = self.run_ingest(&job, &handle, settings) {
-                        report.pending.push(completion(&job, outcome));
-                    }
-                }
-                other => {
-                    // Only the kinds in KINDS are claimed; this is a bug, not bad input.
-                    report.pending.push(completion(
-                        &job,
-                        Outcome::Failed {
-                            error: format!("this worker has no body for job kind {other:?}"),
-                            retryable: false,
-                        },
-                    ));
-                }
+            handle.start_body(settings.job_timeout);
+            let outcome = match job.kind.as_str() {
+                NOOP_JOB_KIND => Some(self.run_noop(&job, &handle, settings)),
+                INGEST_JOB_KIND => self.run_ingest(&job, &handle, settings),
+                // Only the kinds in KINDS are claimed; this is a bug, not bad input.
+                other => Some(Outcome::Failed {
+                    error: format!("this worker has no body for job kind {other:?}"),
+                    retryable: false,
+                }),
+            };
+            // Every processor run kills and forgets its own group; one still registered here
+            // would be a bug, and its processes must not outlive the job either way.
+            handle.process_groups.kill_all();
+            handle.end_body(outcome.as_ref());
+            if let Some(outcome) = outcome {
+                report.pending.push(completion(&job, outcome));
             }
         }
         Ok(report)
@@ -268,7 +366,7 @@ impl Executor {
     }
 
     /// `noop`: echo `i`, stamp the time the body ran, optionally take `sleep_ms`.
-    fn run_noop(&self, job: &ClaimedJob, handle: &RunningJob) -> Outcome {
+    fn run_noop(&self, job: &ClaimedJob, handle: &RunningJob, settings: &Settings) -> Outcome {
         let ran_at = now_micros();
         let sleep_ms = match job.payload.get("sleep_ms") {
             None => 0,
@@ -284,7 +382,10 @@ impl Executor {
                 }
             },
         };
-        if sleep_ms > 0
+        if sleep_ms > 0 && settings.noop_ignores_flags {
+            // The wedged-body test: a sleep nothing can interrupt, like a blocking call.
+            std::thread::sleep(Duration::from_millis(sleep_ms));
+        } else if sleep_ms > 0
             && let Err(failure) =
                 self.pause(job.id, handle, Duration::from_millis(sleep_ms), "sleeping")
         {
@@ -326,7 +427,7 @@ impl Executor {
                 Some(Outcome::Postponed { error })
             }
             Err(failure) => {
-                let retryable = matches!(failure, IngestFailure::Retryable(_));
+                let retryable = failure.is_retryable();
                 let message = failure.to_string();
                 tracing::warn!(error = %message, retryable, "ingest job {} failed: {message}", job.id);
                 let committed = self.store.fail_ingest(
@@ -443,6 +544,28 @@ impl Executor {
                 Some(path)
             }
         };
+        let processed_path = library_path.as_deref().unwrap_or(&payload.path);
+        let mut metadata = analysis.metadata;
+        if let Some(outputs) = self.run_processors(
+            job,
+            handle,
+            settings,
+            &analysis.blake3,
+            &analysis.mime,
+            processed_path,
+        )? {
+            if payload.mode == IngestMode::Index && !recovering {
+                // An indexed file stays where its owner can change it: the outputs are only
+                // this version's if the path still names the file that was hashed.
+                check_unchanged(payload, relative, &opened)?;
+            }
+            match metadata.as_object_mut() {
+                Some(object) => {
+                    object.insert("processors".into(), outputs);
+                }
+                None => metadata = json!({ "processors": outputs }),
+            }
+        }
         if let Some(pause) = settings.pause_before_commit {
             self.pause(job.id, handle, pause, "filed; pausing before the commit")?;
         }
@@ -459,7 +582,7 @@ impl Executor {
                     mime: analysis.mime,
                     original_name,
                     library_path,
-                    metadata: analysis.metadata,
+                    metadata,
                     text: analysis.text,
                 },
             })
@@ -521,6 +644,77 @@ impl Executor {
         Ok(opened)
     }
 
+    /// Runs every processor whose `mime` glob matches on the file at `path`, in the order
+    /// configured, and returns their outputs by name; `None` when none matches or the
+    /// content is catalogued already (its outputs are stored with the existing document).
+    fn run_processors(
+        &self,
+        job: &ClaimedJob,
+        handle: &RunningJob,
+        settings: &Settings,
+        blake3: &str,
+        mime: &str,
+        path: &Path,
+    ) -> Result<Option<Value>, IngestFailure> {
+        let matching: Vec<&ProcessorConfig> = settings
+            .processors
+            .iter()
+            .filter(|processor| processor.mime.matches(mime))
+            .collect();
+        if matching.is_empty() {
+            return Ok(None);
+        }
+        let known = self
+            .store
+            .find_document_by_blake3(blake3)
+            .map_err(|error| {
+                store_failure(job.id, "look for the content in the catalogue", error)
+            })?;
+        if let Some(document) = known {
+            tracing::info!(
+                doc_id = document.id,
+                "job {}: content already catalogued as document {}; processors not run again",
+                job.id,
+                document.id
+            );
+            return Ok(None);
+        }
+        let mut outputs = serde_json::Map::new();
+        for (index, processor) in matching.iter().enumerate() {
+            let message = format!("processor {}", processor.name);
+            let fraction = index as f64 / matching.len() as f64;
+            let mut last_report = Instant::now();
+            let _ = self.events.send(JobEvent::Progress {
+                id: job.id,
+                fraction,
+                message: message.clone(),
+            });
+            tracing::info!(
+                processor = %processor.name,
+                "job {}: running processor {} on {}",
+                job.id,
+                processor.name,
+                path.display()
+            );
+            let mut check = || {
+                check_flags(handle)?;
+                // The main loop's watchdog wants signs of life from a long run.
+                if last_report.elapsed() >= PROCESSOR_PROGRESS_INTERVAL {
+                    last_report = Instant::now();
+                    let _ = self.events.send(JobEvent::Progress {
+                        id: job.id,
+                        fraction,
+                        message: message.clone(),
+                    });
+                }
+                Ok(())
+            };
+            let output = run_processor(processor, path, mime, &handle.process_groups, &mut check)?;
+            outputs.insert(processor.name.clone(), output);
+        }
+        Ok(Some(Value::Object(outputs)))
+    }
+
     fn analyze_with_progress(
         &self,
         job: &ClaimedJob,
@@ -579,13 +773,42 @@ fn check_flags(handle: &RunningJob) -> Result<(), IngestFailure> {
         Err(IngestFailure::Cancelled)
     } else if handle.abort.load(Ordering::Relaxed) {
         Err(IngestFailure::Stopped)
+    } else if handle.is_past_deadline() {
+        Err(IngestFailure::TimedOut(handle.limit().unwrap_or_default()))
     } else {
         Ok(())
     }
 }
 
+/// After the processors of an indexed file: the path must still name the file that was
+/// hashed (same inode, size and modification time), or this job's results describe a
+/// version that is gone and the job queued for the new version does the work.
+fn check_unchanged(
+    payload: &IngestPayload,
+    relative: &Path,
+    hashed: &OpenedFile,
+) -> Result<(), IngestFailure> {
+    let now = open_beneath(&payload.watch_root, relative)?;
+    let same = now.as_ref().is_some_and(|now| {
+        (now.device, now.inode, now.size, now.mtime_ns)
+            == (hashed.device, hashed.inode, hashed.size, hashed.mtime_ns)
+    });
+    if same {
+        Ok(())
+    } else {
+        Err(IngestFailure::Superseded(format!(
+            "{} changed or went away while its processors ran",
+            payload.path.display()
+        )))
+    }
+}
+
 fn outcome_of(failure: IngestFailure) -> Outcome {
     match failure {
+        failure @ IngestFailure::TimedOut(_) => Outcome::Failed {
+            error: failure.to_string(),
+            retryable: true,
+        },
         IngestFailure::Cancelled => Outcome::Cancelled,
         IngestFailure::Stopped => Outcome::Released,
         IngestFailure::Superseded(reason) => Outcome::Succeeded {

@@ -17,6 +17,10 @@ pub enum IngestFailure {
     /// that takes.
     #[error("{0}")]
     NoSpace(String),
+    /// The attempt ran past `[ingest] job_timeout`; its processes were killed. Retried like
+    /// [`IngestFailure::Retryable`].
+    #[error("{}", sluice_core::ingest::timed_out_after(*.0, "[ingest] job_timeout"))]
+    TimedOut(std::time::Duration),
     /// Cancellation was requested (heartbeat or D-Bus): the job becomes `cancelled`.
     #[error("cancelled on request")]
     Cancelled,
@@ -30,6 +34,14 @@ pub enum IngestFailure {
 }
 
 impl IngestFailure {
+    /// Whether the queue tries the job again (up to its attempts).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            IngestFailure::Retryable(_) | IngestFailure::TimedOut(_)
+        )
+    }
+
     /// An IO error on a file the worker writes: the disk being full is waited out, anything
     /// else is worth another attempt.
     pub fn writing(message: String, error: &io::Error) -> IngestFailure {

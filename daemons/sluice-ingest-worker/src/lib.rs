@@ -28,6 +28,18 @@
 //! killed worker's job runs again within milliseconds instead of when its lease expires. At
 //! start, before READY, a worker ends the leases an earlier process of its own name still holds.
 //! ARCHITECTURE.md ("A process that dies holding leases") says what is trusted and why.
+//!
+//! # Timeouts
+//!
+//! Every attempt has a wall-clock limit (`[ingest] job_timeout`) from the moment its body
+//! starts. The body sees it itself, where it checks its flags, and stops with "timed out after
+//! N s". The main loop also wakes at the deadline: it kills the job's processor process groups
+//! (so a body waiting on a processor returns at once) and gives the body [`TIMEOUT_GRACE`] to
+//! return. A body still running then is stuck where no flag reaches it; the loop records the
+//! attempt as timed out under the job's lease token, settles the other jobs it holds, and the
+//! worker exits with status 70 so that systemd starts a fresh one: the stuck thread cannot be
+//! stopped, and a worker that stays alive with it would never claim again. ARCHITECTURE.md
+//! ("Timeouts and child processes") says why this over the alternatives.
 
 pub mod analyze;
 mod daemon;
@@ -35,6 +47,7 @@ pub mod execute;
 pub mod failure;
 mod job_signals;
 pub mod library;
+pub mod processors;
 pub mod wakeup;
 
 pub use daemon::{Arguments, IngestWorkerDaemon, WorkerError};
@@ -57,8 +70,8 @@ use sluice_core::runtime::{
     open_another_store,
 };
 use sluice_core::store::{
-    Claimant, Completion, Durability, Heartbeat, JobError, JobState, LeaseHolder, RescuedJob,
-    Store, StoreError,
+    Claimant, Completion, Durability, Heartbeat, JobError, JobState, LeaseHolder, LeaseToken,
+    RescuedJob, Store, StoreError,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio::task::{JoinError, JoinHandle};
@@ -87,6 +100,12 @@ const PROGRESS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 /// After the stop deadline, how long bodies get to notice the abort before the worker releases
 /// their jobs itself and exits.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
+/// After a job's deadline, how long its body gets to notice and return before the worker
+/// records the timeout itself and exits (see "Timeouts" above). A body checks its flags every
+/// 50 ms and a processor's group is killed at the deadline, so only a body stuck in a call
+/// that cannot be interrupted (or a commit waiting for a busy database, which the lease
+/// fencing makes harmless to race) is still running after this.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything the main loop reacts to.
 #[derive(Debug)]
@@ -105,6 +124,8 @@ enum Event {
     Signal(Signal),
     StopDeadline,
     GiveUp,
+    /// A running job's deadline passed, or the grace after one.
+    TimeoutDue,
     /// Held job changes are due on the bus.
     SendJobChanges,
     /// Another worker's (or the scraper's) connection left the bus: end its leases.
@@ -223,6 +244,8 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
         job_signals: JobSignals::new(),
         last_step_activity: Instant::now(),
         last_status_line: String::new(),
+        timeout_checks: HashMap::new(),
+        exit_error: None,
     };
     worker.watchdog = worker.notifier.watchdog_ticker();
     let ready_line = worker.status_line();
@@ -242,7 +265,10 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
         }
     }
     worker.service_stopped().await;
-    Ok(())
+    match worker.exit_error.take() {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
 }
 
 fn settings_from(config: &Config) -> Settings {
@@ -304,6 +330,11 @@ struct Worker {
     job_signals: JobSignals,
     last_step_activity: Instant,
     last_status_line: String,
+    /// Jobs past their deadline whose body has until this instant to return, with the lease
+    /// token of the attempt (the same job may be claimed again later).
+    timeout_checks: HashMap<i64, (Instant, LeaseToken)>,
+    /// Why the loop ended, when that is a failure systemd should see.
+    exit_error: Option<WorkerError>,
 }
 
 #[derive(Debug, Default)]
@@ -324,6 +355,7 @@ impl Worker {
         let stop_deadline = self.stop_deadline;
         let give_up_at = self.give_up_at;
         let send_job_changes_at = self.job_signals.flush_at();
+        let timeout_due_at = self.next_timeout_check();
         tokio::select! {
             signal = signals.recv() => Event::Signal(signal),
             Some(command) = self.commands.recv() => Event::Command(command),
@@ -340,6 +372,7 @@ impl Worker {
             () = sleep_until_optional(stop_deadline) => Event::StopDeadline,
             () = sleep_until_optional(give_up_at) => Event::GiveUp,
             () = sleep_until_optional(send_job_changes_at) => Event::SendJobChanges,
+            () = sleep_until_optional(timeout_due_at) => Event::TimeoutDue,
             departure = recv_optional(&mut self.departures) => match departure {
                 Some(departure) => Event::PeerGone(departure),
                 None => Event::BusLost,
@@ -369,6 +402,7 @@ impl Worker {
                 tracing::warn!("stop deadline reached; asking the running jobs to stop");
                 self.stop_deadline = None;
                 self.running.abort_all();
+                self.running.kill_all_processes();
                 self.give_up_at = Some(Instant::now() + ABORT_GRACE);
             }
             Event::SendJobChanges => {
@@ -377,9 +411,10 @@ impl Worker {
             }
             Event::GiveUp => {
                 self.give_up_at = None;
-                self.release_everything_and_exit().await;
+                self.settle_everything(None).await;
                 return true;
             }
+            Event::TimeoutDue => return self.on_timeouts().await,
             Event::PeerGone(departure) => self.rescue_from(departure),
             Event::PeerRescued(rescue) => self.on_peer_rescued(*rescue),
             Event::BusLost => {
@@ -648,6 +683,7 @@ impl Worker {
                     Some(job) => {
                         tracing::info!(job_id, "cancelling job {job_id} on request");
                         job.cancel.store(true, Ordering::Relaxed);
+                        job.process_groups.kill_all();
                         Ok(())
                     }
                     None => Err(BusError::NotFound(format!(
@@ -695,11 +731,13 @@ impl Worker {
                         "cancellation of job {id} requested; stopping it"
                     );
                     job.cancel.store(true, Ordering::Relaxed);
+                    job.process_groups.kill_all();
                 }
                 Ok(_) => {}
                 Err(JobError::LeaseLost { .. } | JobError::NotFound(_)) => {
                     tracing::warn!(job_id = id, "lease lost; abandoning the job");
                     job.abort.store(true, Ordering::Relaxed);
+                    job.process_groups.kill_all();
                 }
                 Err(error) => {
                     tracing::warn!(
@@ -748,29 +786,144 @@ impl Worker {
         self.publish_properties(DaemonState::Stopping).await;
     }
 
-    /// The bodies did not stop in time: give their jobs back from the side connection and
-    /// exit. A body still running cannot commit afterwards, its lease token is void.
-    async fn release_everything_and_exit(&mut self) {
+    /// The bodies did not stop in time (or one is stuck past its timeout, `timed_out`): settle
+    /// every job this worker holds from the side connection before it exits. The stuck job
+    /// fails as timed out (retried like any failed attempt); a job whose body returned gets
+    /// the outcome it returned; the others are given back. Every change is a compare-and-set
+    /// on the job's lease token, so a body still running cannot commit afterwards, and one
+    /// that commits first makes this change nothing.
+    async fn settle_everything(&mut self, timed_out: Option<(i64, String)>) {
+        let killed = self.running.kill_all_processes();
+        if killed > 0 {
+            tracing::warn!(
+                groups = killed,
+                "killed {killed} processor process groups of jobs that did not stop"
+            );
+        }
         let jobs = self.running.snapshot();
         let ids: Vec<String> = jobs.iter().map(|(id, _)| id.to_string()).collect();
         tracing::warn!(
             jobs = jobs.len(),
-            "jobs did not stop in time; releasing them: {}",
+            "jobs did not stop in time; settling them: {}",
             ids.join(", ")
         );
         let store = Arc::clone(&self.side_store);
-        let released = tokio::task::spawn_blocking(move || {
+        let settled = tokio::task::spawn_blocking(move || {
             let mut store = lock_store(&store);
             for (id, job) in jobs {
-                if let Err(error) = store.release_job(id, &job.lease_token) {
-                    tracing::warn!(job_id = id, error = %error, "cannot release job {id}: {error}");
+                let result = match (&timed_out, job.uncommitted_outcome()) {
+                    (Some((stuck, error)), _) if *stuck == id => store
+                        .fail_ingest(id, &job.lease_token, job.file_id, error, true)
+                        .map(|state| format!("recorded as timed out: {state}"))
+                        .map_err(|error| error.to_string()),
+                    (_, Some(outcome)) if job.body_returned() => store
+                        .complete_jobs(&[Completion {
+                            id,
+                            lease_token: job.lease_token.clone(),
+                            outcome,
+                        }])
+                        .map_err(|error| error.to_string())
+                        .and_then(|mut results| {
+                            results
+                                .pop()
+                                .unwrap_or(Err(JobError::NotFound(id)))
+                                .map_err(|error| error.to_string())
+                        })
+                        .map(|state| format!("its outcome recorded: {state}")),
+                    _ => store
+                        .release_job(id, &job.lease_token)
+                        .map(|()| "released".to_owned())
+                        .map_err(|error| error.to_string()),
+                };
+                match result {
+                    Ok(what) => tracing::info!(job_id = id, "job {id} {what}"),
+                    Err(error) => {
+                        tracing::warn!(job_id = id, error = %error, "cannot settle job {id}: {error}");
+                    }
                 }
             }
         })
         .await;
-        if let Err(error) = released {
-            tracing::error!(error = %error, "releasing the jobs failed: {error}");
+        if let Err(error) = settled {
+            tracing::error!(error = %error, "settling the jobs failed: {error}");
         }
+    }
+
+    /// The earliest instant the loop must look at timeouts: a started job's deadline not yet
+    /// handled, or the end of a grace.
+    fn next_timeout_check(&self) -> Option<Instant> {
+        let deadlines = self
+            .running
+            .snapshot()
+            .into_iter()
+            .filter(|(_, job)| !job.body_returned() && !job.timed_out.load(Ordering::Relaxed))
+            .filter_map(|(_, job)| job.deadline())
+            .map(Instant::from_std);
+        deadlines
+            .chain(self.timeout_checks.values().map(|(at, _)| *at))
+            .min()
+    }
+
+    /// Stops jobs past their deadline (kills their processes; their bodies see the timeout
+    /// at their next check) and ends the worker when a body did not return within the grace.
+    /// Returns whether the loop must end.
+    async fn on_timeouts(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        for (id, job) in self.running.snapshot() {
+            let past_deadline = job.deadline().is_some_and(|deadline| deadline <= now);
+            if !past_deadline || job.body_returned() || job.timed_out.swap(true, Ordering::Relaxed)
+            {
+                continue;
+            }
+            let killed = job.process_groups.kill_all();
+            let limit = sluice_core::ingest::seconds(job.limit().unwrap_or_default());
+            tracing::warn!(
+                job_id = id,
+                process_groups = killed,
+                "job {id} ran past its limit of {limit} s ([ingest] job_timeout); stopping it \
+                 and killing its {killed} processor process groups"
+            );
+            self.timeout_checks.insert(
+                id,
+                (Instant::now() + TIMEOUT_GRACE, job.lease_token.clone()),
+            );
+        }
+        let now = Instant::now();
+        let due: Vec<(i64, LeaseToken)> = self
+            .timeout_checks
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(id, (_, token))| (*id, token.clone()))
+            .collect();
+        for (id, token) in due {
+            self.timeout_checks.remove(&id);
+            let Some(job) = self.running.get(id) else {
+                continue;
+            };
+            if job.lease_token != token || job.body_returned() {
+                continue;
+            }
+            let limit = sluice_core::ingest::seconds(job.limit().unwrap_or_default());
+            let grace = sluice_core::ingest::seconds(TIMEOUT_GRACE);
+            tracing::error!(
+                job_id = id,
+                "job {id} timed out after {limit} s and its body did not stop within {grace} s \
+                 more; recording the timeout and exiting so that systemd starts a fresh worker"
+            );
+            self.stopping.store(true, Ordering::Relaxed);
+            self.running.abort_all();
+            let error = format!(
+                "{}; it did not stop within {grace} s more, so its worker exited to be restarted",
+                sluice_core::ingest::timed_out_after(
+                    job.limit().unwrap_or_default(),
+                    "[ingest] job_timeout"
+                )
+            );
+            self.settle_everything(Some((id, error))).await;
+            self.exit_error = Some(WorkerError::JobStuck { job_id: id });
+            return true;
+        }
+        false
     }
 
     async fn reload(&mut self) {
