@@ -440,6 +440,62 @@ async fn downloads_over_the_size_limit_fail_with_or_without_a_content_length() -
     .await
 }
 
+/// Issue 9 (timeouts): an attempt that trickles past `[scraper] download_timeout` fails with
+/// "timed out after N s", keeps its partial file, and the retry resumes from it with a range
+/// request. The first request trickles for far longer than the limit (1 MiB at 16 KiB every
+/// 200 ms is 12.8 s against 1 s), so it times out however fast the machine; the retry is
+/// served at full speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_past_its_timeout_fails_keeps_its_partial_file_and_the_retry_resumes()
+-> Result<()> {
+    let setup = Setup::with_scraper_settings(true, "download_timeout = \"1s\"")?;
+    let fixture = HttpFixture::start();
+    let body = content(1024 * 1024, 9);
+    fixture.route(
+        "/trickle.bin",
+        FixtureRoute::slow_then_fast(body.clone(), 1, 16 * 1024, Duration::from_millis(200)),
+    );
+    let _scraper = setup.start().await?;
+    let proxy = scraper_proxy(&setup.connect().await?).await?;
+    let (id, job_id) = proxy
+        .add_download(
+            &fixture.url("/trickle.bin"),
+            options(|options| options.sha256 = Some(sha256_hex(&body))),
+        )
+        .await?;
+    let download = wait_for_state(&setup, id, DownloadState::Succeeded).await?;
+    let received = std::fs::read(download.final_path.context("a final path")?)?;
+    assert_eq!(received, body);
+
+    let history = setup.store().job_history(job_id as i64)?;
+    assert!(
+        retried_because(
+            &history,
+            "timed out after 1 s (the [scraper] download_timeout)"
+        ),
+        "{history:#?}"
+    );
+    let job = setup.store().get_job(job_id as i64)?;
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.attempts, 2, "the timed-out attempt counts: {job:?}");
+    let requests = fixture.requests_for("/trickle.bin");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let range = requests[1]
+        .range
+        .clone()
+        .context("the retry resumes the partial file with a Range")?;
+    let offset: u64 = range
+        .strip_prefix("bytes=")
+        .and_then(|rest| rest.strip_suffix('-'))
+        .context("Range: bytes=N-")?
+        .parse()?;
+    assert!(
+        offset > 0 && offset < body.len() as u64,
+        "the partial file was kept: resumed at {offset}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_scraper_resumes_with_a_range_request_and_the_right_sha256() -> Result<()> {
     let setup = Setup::new(true)?;

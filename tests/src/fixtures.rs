@@ -489,6 +489,14 @@ pub enum FixtureRoute {
     },
     /// `302 Found` to this location.
     Redirect(String),
+    /// The file, sent `chunk` bytes at a time with `pause` between them for the first
+    /// `slow_requests` requests (a transfer that trickles), at full speed after that.
+    SlowThenFast {
+        slow_requests: Arc<std::sync::atomic::AtomicUsize>,
+        body: Arc<Vec<u8>>,
+        chunk: usize,
+        pause: Duration,
+    },
 }
 
 impl FixtureRoute {
@@ -500,6 +508,21 @@ impl FixtureRoute {
             chunk: 64 * 1024,
             pause: Duration::ZERO,
             content_length: true,
+        }
+    }
+
+    /// The file trickling for the first `slow_requests` requests, then at full speed.
+    pub fn slow_then_fast(
+        body: Vec<u8>,
+        slow_requests: usize,
+        chunk: usize,
+        pause: Duration,
+    ) -> FixtureRoute {
+        FixtureRoute::SlowThenFast {
+            slow_requests: Arc::new(std::sync::atomic::AtomicUsize::new(slow_requests)),
+            body: Arc::new(body),
+            chunk,
+            pause,
         }
     }
 
@@ -674,6 +697,34 @@ fn serve_fixture_connection(
                     true,
                 )
             }
+        }
+        Some(FixtureRoute::SlowThenFast {
+            slow_requests,
+            body,
+            chunk,
+            pause,
+        }) => {
+            let slow = slow_requests
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |left| left.checked_sub(1),
+                )
+                .is_ok();
+            let (chunk, pause) = if slow {
+                (chunk, pause)
+            } else {
+                (64 * 1024, Duration::ZERO)
+            };
+            send_fixture_file(
+                &mut stream,
+                &request,
+                &body,
+                "\"fixture-v1\"",
+                chunk,
+                pause,
+                true,
+            )
         }
         Some(FixtureRoute::File {
             body,

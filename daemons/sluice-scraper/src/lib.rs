@@ -395,6 +395,7 @@ fn transfer_settings(config: &Config) -> TransferSettings {
         progress_interval: config.scraper.progress_interval,
         heartbeat_interval: config.jobs.heartbeat_interval,
         lease: config.jobs.lease,
+        download_timeout: config.scraper.download_timeout,
     }
 }
 

@@ -17,6 +17,7 @@ use reqwest::header::{
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sluice_core::bus::ScraperService;
+use sluice_core::ingest::timed_out_after;
 use sluice_core::store::{
     ClaimedJob, Download, DownloadError, DownloadOutcome, DownloadProgress, DownloadState,
     JobError, JobState,
@@ -61,6 +62,8 @@ pub struct TransferSettings {
     pub progress_interval: Duration,
     pub heartbeat_interval: Duration,
     pub lease: Duration,
+    /// `[scraper] download_timeout`: the limit of one attempt's request and body.
+    pub download_timeout: Duration,
 }
 
 /// Totals since start, for the properties and `STATUS=`.
@@ -506,7 +509,7 @@ async fn transfer(
             .await
             .map_err(|error| Failure::retryable(format!("opening task failed: {error}")))?
             .map_err(file_failure)?;
-    let mut offset = match &existing {
+    let offset = match &existing {
         Some(file) => file
             .metadata()
             .map(|metadata| metadata.len())
@@ -520,7 +523,7 @@ async fn transfer(
             "the partial file already has {offset} bytes, over the size limit of {limit} bytes"
         )));
     }
-    let mut hasher = match existing {
+    let hasher = match existing {
         Some(file) if offset > 0 => {
             let prefix_path = part.to_path_buf();
             tokio::task::spawn_blocking(move || inbox::hash_prefix(&file, &prefix_path, offset))
@@ -533,6 +536,96 @@ async fn transfer(
         _ => Sha256::new(),
     };
 
+    // The attempt's wall-clock limit runs from here, once it may connect: waiting for the
+    // host's slot is the queue's time, not the transfer's. It covers the request and the body
+    // only; the checks and the move into the inbox below are short and must not be cut off
+    // halfway (a move interrupted by a timeout would leave the outcome unclear).
+    let received = tokio::time::timeout(
+        settings.download_timeout,
+        receive(
+            context,
+            download,
+            part,
+            &url,
+            limit,
+            (offset, hasher),
+            &shared,
+        ),
+    )
+    .await;
+    let (bytes_done, hasher) = match received {
+        Ok(received) => received?,
+        Err(_elapsed) => {
+            let bytes_done = shared_snapshot(&shared).bytes_done;
+            // Retried like a broken connection: the partial file stays, and the next attempt
+            // resumes from it.
+            return Err(Failure::retryable(format!(
+                "{} with {bytes_done} bytes received; the next attempt resumes from them",
+                timed_out_after(settings.download_timeout, "[scraper] download_timeout")
+            )));
+        }
+    };
+
+    let sha256 = hex(&hasher.finalize());
+    if let Some(expected) = &download.expected_sha256
+        && *expected != sha256
+    {
+        return Err(Failure::permanent(format!(
+            "SHA-256 mismatch: expected {expected}, the file has {sha256}"
+        )));
+    }
+    let part_owned = part.to_path_buf();
+    let inbox_path = settings.inbox.clone();
+    let bundle = download.bundle.clone();
+    let file_name = download.file_name.clone();
+    let final_path = tokio::task::spawn_blocking(move || {
+        inbox::place_in_inbox(&part_owned, &inbox_path, bundle.as_deref(), &file_name)
+    })
+    .await
+    .map_err(|error| Failure::retryable(format!("moving task failed: {error}")))?
+    .map_err(|error| match error {
+        inbox::FileError::Refused(reason) => Failure {
+            error: format!("cannot move the file into the inbox: {reason}"),
+            retryable: false,
+            discard_part: true,
+            out_of_space: false,
+        },
+        inbox::FileError::Io(reason) => {
+            Failure::retryable(format!("cannot move the file into the inbox: {reason}"))
+        }
+        inbox::FileError::NoSpace(reason) => {
+            Failure::out_of_space(format!("cannot move the file into the inbox: {reason}"))
+        }
+    })?;
+    tracing::info!(
+        path = %final_path.display(),
+        bytes = bytes_done,
+        sha256 = %sha256,
+        "download {} complete: {url} saved as {} ({bytes_done} bytes)",
+        download.id,
+        final_path.display()
+    );
+    Ok(Completed {
+        final_path: final_path.to_string_lossy().into_owned(),
+        bytes: bytes_done,
+        sha256,
+    })
+}
+
+/// The request and the body of one attempt, appended to (or replacing) the partial file.
+/// `resume_from` is what the partial file holds: its length and the hash of those bytes.
+/// Returns the bytes now in the file and their hash.
+async fn receive(
+    context: &TransferContext,
+    download: &Download,
+    part: &std::path::Path,
+    url: &Url,
+    limit: u64,
+    resume_from: (u64, Sha256),
+    shared: &Arc<Mutex<SharedProgress>>,
+) -> Result<(u64, Sha256), Failure> {
+    let settings = &context.settings;
+    let (mut offset, mut hasher) = resume_from;
     let mut request = context.client.get(url.clone());
     if offset > 0 {
         request = request.header(RANGE, format!("bytes={offset}-"));
@@ -654,7 +747,7 @@ async fn transfer(
             "the file is {total} bytes, over the size limit of {limit} bytes"
         )));
     }
-    update_shared(&shared, |progress| {
+    update_shared(shared, |progress| {
         progress.bytes_done = offset;
         progress.bytes_total = total;
         progress.etag = etag;
@@ -701,7 +794,7 @@ async fn transfer(
                 .counters
                 .bytes_received
                 .fetch_add(length, Ordering::Relaxed);
-            update_shared(&shared, |progress| progress.bytes_done = bytes_done);
+            update_shared(shared, |progress| progress.bytes_done = bytes_done);
         }
         file.flush().await.map_err(io_failure)?;
         if let Some(total) = total
@@ -714,50 +807,7 @@ async fn transfer(
         file.sync_all().await.map_err(io_failure)?;
     }
 
-    let sha256 = hex(&hasher.finalize());
-    if let Some(expected) = &download.expected_sha256
-        && *expected != sha256
-    {
-        return Err(Failure::permanent(format!(
-            "SHA-256 mismatch: expected {expected}, the file has {sha256}"
-        )));
-    }
-    let part_owned = part.to_path_buf();
-    let inbox_path = settings.inbox.clone();
-    let bundle = download.bundle.clone();
-    let file_name = download.file_name.clone();
-    let final_path = tokio::task::spawn_blocking(move || {
-        inbox::place_in_inbox(&part_owned, &inbox_path, bundle.as_deref(), &file_name)
-    })
-    .await
-    .map_err(|error| Failure::retryable(format!("moving task failed: {error}")))?
-    .map_err(|error| match error {
-        inbox::FileError::Refused(reason) => Failure {
-            error: format!("cannot move the file into the inbox: {reason}"),
-            retryable: false,
-            discard_part: true,
-            out_of_space: false,
-        },
-        inbox::FileError::Io(reason) => {
-            Failure::retryable(format!("cannot move the file into the inbox: {reason}"))
-        }
-        inbox::FileError::NoSpace(reason) => {
-            Failure::out_of_space(format!("cannot move the file into the inbox: {reason}"))
-        }
-    })?;
-    tracing::info!(
-        path = %final_path.display(),
-        bytes = bytes_done,
-        sha256 = %sha256,
-        "download {} complete: {url} saved as {} ({bytes_done} bytes)",
-        download.id,
-        final_path.display()
-    );
-    Ok(Completed {
-        final_path: final_path.to_string_lossy().into_owned(),
-        bytes: bytes_done,
-        sha256,
-    })
+    Ok((bytes_done, hasher))
 }
 
 /// A way for the scraper's own tests to make a download task panic, as a bug would. Compiled
