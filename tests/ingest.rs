@@ -26,20 +26,20 @@ use crate::support::{
 };
 
 /// A private bus, a configuration and the folders one or more workers share.
-struct Suite {
+pub(crate) struct Suite {
     bus: PrivateBus,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     config_path: PathBuf,
-    inbox: PathBuf,
-    catalogue: PathBuf,
+    pub(crate) inbox: PathBuf,
+    pub(crate) catalogue: PathBuf,
     library: PathBuf,
-    store: Store,
+    pub(crate) store: Store,
     _directory: tempfile::TempDir,
 }
 
 impl Suite {
     /// The first page of documents in the catalogue.
-    fn documents(&self) -> Vec<sluice_core::store::Document> {
+    pub(crate) fn documents(&self) -> Vec<sluice_core::store::Document> {
         self.store
             .list_documents(&DocumentFilter::default(), page())
             .unwrap()
@@ -53,6 +53,18 @@ impl Suite {
 
     /// With a lease and heartbeat interval of the test's choosing.
     fn with_lease(stop_timeout: &str, lease: &str, heartbeat_interval: &str) -> Suite {
+        Suite::with_settings(stop_timeout, lease, heartbeat_interval, "", "")
+    }
+
+    /// With `ingest_settings` added to `[ingest]` (e.g. `job_timeout = "2s"`) and `tables`
+    /// (e.g. `[[processor]]` entries) added at the end of the file.
+    pub(crate) fn with_settings(
+        stop_timeout: &str,
+        lease: &str,
+        heartbeat_interval: &str,
+        ingest_settings: &str,
+        tables: &str,
+    ) -> Suite {
         let (directory, root) = temp_dir();
         let bus = PrivateBus::start(BusPolicy::AllowEverything).expect("private bus");
         let inbox = root.join("inbox");
@@ -89,6 +101,7 @@ stop_timeout = "{stop_timeout}"
 [ingest]
 library = "{library}"
 text_max_bytes = "1 KiB"
+{ingest_settings}
 
 [[watch]]
 path = "{inbox}"
@@ -101,6 +114,8 @@ mode = "index"
 [scraper]
 inbox = "{inbox}"
 staging = "{staging}"
+
+{tables}
 "#,
                 database = database.display(),
                 bus = bus.address(),
@@ -136,7 +151,7 @@ staging = "{staging}"
 
     /// Writes `content` into the inbox as `name` and queues its ingest job (consume mode);
     /// returns the job id, the inbox path and the path it is filed under in the library.
-    fn enqueue_file(&mut self, name: &str, content: &[u8]) -> (i64, PathBuf, PathBuf) {
+    pub(crate) fn enqueue_file(&mut self, name: &str, content: &[u8]) -> (i64, PathBuf, PathBuf) {
         let source = self.inbox.join(name);
         std::fs::write(&source, content).unwrap();
         let filed = library_path(&self.library, &blake3::hash(content).to_hex());
@@ -145,12 +160,16 @@ staging = "{staging}"
     }
 
     /// Starts worker `instance` and waits until it says it is ready (READY=1 is sent then).
-    fn start_worker(&self, instance: &str) -> DaemonProcess {
+    pub(crate) fn start_worker(&self, instance: &str) -> DaemonProcess {
         self.start_worker_with(instance, &[])
     }
 
     /// Starts a worker with extra environment variables (the crash tests' pause).
-    fn start_worker_with(&self, instance: &str, environment: &[(&str, &str)]) -> DaemonProcess {
+    pub(crate) fn start_worker_with(
+        &self,
+        instance: &str,
+        environment: &[(&str, &str)],
+    ) -> DaemonProcess {
         let mut command = Command::new(binary_path("sluice-ingest-worker"));
         command
             .args(["--instance", instance])
@@ -162,23 +181,23 @@ staging = "{staging}"
         worker
     }
 
-    fn enqueue(&mut self, kind: &str, payload: Value) -> i64 {
+    pub(crate) fn enqueue(&mut self, kind: &str, payload: Value) -> i64 {
         self.store
             .enqueue(&NewJob::new(kind, payload).with_max_attempts(3))
             .expect("enqueue")
             .id
     }
 
-    fn ingest_payload(&self, path: &Path, watch_root: &Path, mode: &str) -> Value {
+    pub(crate) fn ingest_payload(&self, path: &Path, watch_root: &Path, mode: &str) -> Value {
         json!({"path": path, "watch_root": watch_root, "mode": mode})
     }
 
-    fn job(&self, id: i64) -> Job {
+    pub(crate) fn job(&self, id: i64) -> Job {
         self.store.get_job(id).expect("job")
     }
 
     /// Waits until job `id` reaches a terminal state and returns it.
-    fn wait_for_end(&self, id: i64, worker: &DaemonProcess) -> Job {
+    pub(crate) fn wait_for_end(&self, id: i64, worker: &DaemonProcess) -> Job {
         let ended = wait_until(DEADLINE, || self.job(id).state.is_terminal());
         assert!(
             ended,
@@ -189,7 +208,12 @@ staging = "{staging}"
         self.job(id)
     }
 
-    fn wait_for(&self, what: &str, worker: &DaemonProcess, condition: impl FnMut() -> bool) {
+    pub(crate) fn wait_for(
+        &self,
+        what: &str,
+        worker: &DaemonProcess,
+        condition: impl FnMut() -> bool,
+    ) {
         assert!(
             wait_until(DEADLINE, condition),
             "{what}; log:\n{}",
@@ -220,7 +244,7 @@ fn library_path(library: &Path, blake3: &str) -> PathBuf {
 }
 
 /// A PNG signature and IHDR chunk of a 7×5 image, padded: enough for magic-byte detection.
-fn png_bytes() -> Vec<u8> {
+pub(crate) fn png_bytes() -> Vec<u8> {
     let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
     png.extend_from_slice(&7u32.to_be_bytes());
     png.extend_from_slice(&5u32.to_be_bytes());

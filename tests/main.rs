@@ -16,5 +16,6 @@ mod scraper;
 mod store;
 mod support;
 mod system;
+mod timeouts;
 mod uploads;
 mod web;
