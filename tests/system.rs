@@ -133,9 +133,14 @@ fn every_service_is_hardened_to_the_promised_exposure() -> Result<()> {
         );
     }
     // RestrictSUIDSGID= makes systemd's seccomp filter fail every openat2() with ENOSYS, and
-    // these two daemons open, create and rename every file beneath its root with openat2
-    // (sluice_core::beneath): with it, every download failed in the packaged suite.
-    for unit in ["sluice-scraper.service", "sluice-ingest-worker@.service"] {
+    // these daemons open, create and rename every file beneath its root with openat2
+    // (sluice_core::beneath): with it, every download failed in the packaged suite, and so did
+    // every upload.
+    for unit in [
+        "sluice-scraper.service",
+        "sluice-ingest-worker@.service",
+        "sluice-web.service",
+    ] {
         let text = std::fs::read_to_string(workspace_root().join("units").join(unit))?;
         ensure!(
             !text
@@ -551,7 +556,13 @@ fn inbox_files_and_uploads_become_documents_with_their_jobs_in_the_journal() -> 
         .trim()
         .rsplit_once('\n')
         .context("curl printed no status line")?;
-    ensure!(status == "200", "upload answered {status}: {body}");
+    if status != "200" {
+        let journal = suite
+            .container
+            .check("journalctl --no-pager -o cat -u sluice-web -n 30")
+            .unwrap_or_default();
+        bail!("upload answered {status}: {body}\nsluice-web's journal:\n{journal}");
+    }
     let body: serde_json::Value = serde_json::from_str(body).context("upload answer")?;
     let job = &body["uploads"][0]["job"];
     ensure!(job["state"] == "succeeded", "upload answer {body}");

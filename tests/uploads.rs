@@ -774,7 +774,10 @@ fn sluicectl_submits_files_waits_for_them_and_watches_jobs() {
     let (error, events) = values.split_last().unwrap();
     assert_eq!(events.last().unwrap()["to"], "failed", "{events:?}");
     assert!(
-        error["error"]["message"].as_str().unwrap().contains("sleep_ms"),
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sleep_ms"),
         "{error}"
     );
     let output = suite.sluicectl(&["jobs", "watch", "999999"]);

@@ -29,6 +29,8 @@
 //! a private bus; the sum of their PSS when idle after every one said READY=1, and 1 s after
 //! 20,000 no-op jobs enqueued here one call at a time were drained by the workers.
 //!
+//! `waiters` and `w5` (issue 9): see `sluice-bench/uploads.rs`.
+//!
 //! `rescue`: issue 16's rescue time — a long no-op job held by a real `sluice-ingest-worker`
 //! on a private bus, the worker killed with SIGKILL, and the time until the job is claimed
 //! again (from the job's history), for each of `--kills` kills: `peer`, two workers, the other
@@ -50,6 +52,9 @@ use sluice_core::store::{
 };
 use sluice_tests::bus::{BusPolicy, PrivateBus};
 use sluice_tests::process::{DaemonProcess, SpawnOptions, binary_path};
+
+#[path = "sluice-bench/uploads.rs"]
+mod uploads;
 
 #[derive(Parser)]
 struct Arguments {
@@ -145,6 +150,24 @@ enum Workload {
         #[arg(long, default_value = "/var/tmp")]
         directory: PathBuf,
     },
+    /// Issue 9: N clients waiting on one job at once; the web's memory and the fan-out time.
+    Waiters {
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where the database goes (a disk-backed directory).
+        #[arg(long, default_value = "/var/tmp")]
+        directory: PathBuf,
+    },
+    /// W5 document processing through the upload path (8 uploads in flight, each waiting).
+    W5 {
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where the state goes (a disk-backed directory).
+        #[arg(long, default_value = "/var/tmp")]
+        directory: PathBuf,
+    },
     /// W4 memory of the whole suite, idle and after a W1 drain.
     W4 {
         #[arg(long, default_value_t = 20_000)]
@@ -165,6 +188,32 @@ enum Workload {
 
 fn main() -> anyhow::Result<()> {
     match Arguments::parse().command {
+        Workload::Waiters {
+            clients,
+            runs,
+            directory,
+        } => {
+            let mut samples = Vec::new();
+            for run in 1..=runs {
+                let sample = uploads::waiters(clients, &directory)?;
+                eprintln!("waiters run {run}: {sample}");
+                samples.push(sample);
+            }
+            let report = vec![summarize("waiters", Durability::Normal, &samples)];
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Workload::W5 { runs, directory } => {
+            let mut samples = Vec::new();
+            for run in 1..=runs {
+                let sample = uploads::w5(&directory)?;
+                eprintln!("w5 run {run}: {sample}");
+                samples.push(sample);
+            }
+            let report = vec![summarize("w5", Durability::Full, &samples)];
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Workload::W1 {
             jobs,
             runs,
@@ -896,8 +945,8 @@ mod suite {
     use sluice_tests::bus::{BusPolicy, PrivateBus};
     use sluice_tests::process::{DaemonProcess, SpawnOptions, binary_path};
 
-    /// The token file's content; only mutating API calls need it, and the benchmarks make none.
-    const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
+    /// The admin token file's content: for the uploads of W5 and the cancel of `waiters`.
+    pub const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
     /// The read token W2's requests carry (tests/bench/ids.lua sends the same one).
     pub const BENCH_READ_TOKEN: &str = "bench-read-token-0123456789abcdef";
 
