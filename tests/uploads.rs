@@ -456,12 +456,25 @@ fn a_jobs_stream_replays_what_was_missed_and_ends_with_the_outcome() {
     let job_id = suite
         .fixture
         .store()
-        .enqueue(&NewJob::new("noop", json!({ "sleep_ms": 2500 })))
+        .enqueue(&NewJob::new(
+            "noop",
+            json!({ "sleep_ms": 2500, "steps": 3 }),
+        ))
         .unwrap()
         .id;
     let (status, events) = read_sse(origin, job_id, None);
     assert_eq!(status, 200);
     let names: Vec<&str> = events.iter().map(|(_, name, _)| name.as_str()).collect();
+    // Each result step as the body recorded it, in order.
+    let steps: Vec<&Value> = events
+        .iter()
+        .filter(|(_, name, _)| name == "step")
+        .map(|(_, _, data)| &data["step"])
+        .collect();
+    assert_eq!(steps.len(), 3, "{events:?}");
+    for (index, step) in steps.iter().enumerate() {
+        assert_eq!(step["n"], index + 1, "{step}");
+    }
     assert_eq!(names.first(), Some(&"state"), "{events:?}");
     assert_eq!(events[0].0, "0", "the creation is entry 0");
     assert_eq!(events[0].2["to"], "queued");
@@ -537,6 +550,28 @@ fn a_jobs_stream_replays_what_was_missed_and_ends_with_the_outcome() {
         .collect();
     assert_eq!(ndjson_names, names);
     assert_eq!(lines.last().unwrap()["job"]["state"], "succeeded");
+
+    // An ingest job's stream names its steps: analysed, then filed, then the outcome.
+    let answer = upload_raw(
+        origin,
+        "?name=stepwise.txt&wait=60s",
+        b"one step at a time\n",
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let upload_job = answer.body["uploads"][0]["job_id"].as_i64().unwrap();
+    let (status, events) = read_sse(origin, upload_job, None);
+    assert_eq!(status, 200);
+    let steps: Vec<&str> = events
+        .iter()
+        .filter(|(_, name, _)| name == "step")
+        .map(|(_, _, data)| data["step"]["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["analysed", "filed"], "{events:?}");
+    let analysed = &events.iter().find(|(_, name, _)| name == "step").unwrap().2;
+    assert_eq!(analysed["step"]["mime"], "text/plain");
+    assert_eq!(analysed["step"]["size"], 19);
+    let end = &events.last().unwrap().2;
+    assert_eq!(end["document"]["original_name"], "stepwise.txt", "{end}");
 
     // Unknown job: 404 before any stream starts.
     let (status, body) = get(origin, "/api/jobs/999999/events");

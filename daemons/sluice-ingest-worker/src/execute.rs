@@ -28,6 +28,9 @@ use crate::processors::{ProcessGroups, run_processor};
 /// The job kinds this worker claims.
 pub const KINDS: [&str; 2] = [INGEST_JOB_KIND, NOOP_JOB_KIND];
 
+/// Most result steps a `noop` job may ask for (`"steps": n`).
+pub const MAX_NOOP_STEPS: u64 = 100;
+
 /// How often a slow body reports progress and looks at its cancel and stop flags.
 const BODY_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// How often a running processor reports progress (its job's flags are checked far more
@@ -366,7 +369,7 @@ impl Executor {
     }
 
     /// `noop`: echo `i`, stamp the time the body ran, optionally take `sleep_ms`.
-    fn run_noop(&self, job: &ClaimedJob, handle: &RunningJob, settings: &Settings) -> Outcome {
+    fn run_noop(&mut self, job: &ClaimedJob, handle: &RunningJob, settings: &Settings) -> Outcome {
         let ran_at = now_micros();
         let sleep_ms = match job.payload.get("sleep_ms") {
             None => 0,
@@ -382,14 +385,54 @@ impl Executor {
                 }
             },
         };
+        let steps = match job.payload.get("steps") {
+            None => 0,
+            Some(value) => match value.as_u64() {
+                Some(steps) if steps <= MAX_NOOP_STEPS => steps,
+                _ => {
+                    return Outcome::Failed {
+                        error: format!(
+                            "noop payload: steps must be a whole number up to {MAX_NOOP_STEPS}, got {value}"
+                        ),
+                        retryable: false,
+                    };
+                }
+            },
+        };
         if sleep_ms > 0 && settings.noop_ignores_flags {
             // The wedged-body test: a sleep nothing can interrupt, like a blocking call.
             std::thread::sleep(Duration::from_millis(sleep_ms));
-        } else if sleep_ms > 0
-            && let Err(failure) =
-                self.pause(job.id, handle, Duration::from_millis(sleep_ms), "sleeping")
-        {
-            return outcome_of(failure);
+        } else {
+            // The sleep in `steps` slices, each followed by a result step recorded at once
+            // (what a PDF's pages will do), so a stream sees them as they come.
+            let slices = steps.max(1);
+            for slice in 1..=slices {
+                if sleep_ms > 0
+                    && let Err(failure) = self.pause(
+                        job.id,
+                        handle,
+                        Duration::from_millis(sleep_ms / slices),
+                        "sleeping",
+                    )
+                {
+                    return outcome_of(failure);
+                }
+                if steps > 0 {
+                    let step = json!({ "step": "noop", "n": slice, "of": steps });
+                    if let Err(error) =
+                        self.store
+                            .record_job_steps(job.id, &job.lease_token, &[step])
+                    {
+                        return match error {
+                            JobError::LeaseLost { .. } => Outcome::Released,
+                            error => Outcome::Failed {
+                                error: format!("cannot record step {slice}: {error}"),
+                                retryable: true,
+                            },
+                        };
+                    }
+                }
+            }
         }
         Outcome::Succeeded {
             result: json!({ "i": job.payload.get("i").cloned().unwrap_or(Value::Null), "t": ran_at }),
@@ -512,6 +555,16 @@ impl Executor {
             )));
         }
         let analysis = self.analyze_with_progress(job, handle, &mut opened, settings)?;
+        // The result steps of this attempt, committed with its outcome (one transaction: they
+        // cost no commit of their own) and replayed by the job's event stream.
+        let mut steps = vec![json!({
+            "step": "analysed",
+            "size": analysis.size,
+            "mime": analysis.mime,
+            "blake3": analysis.blake3,
+            "sha256": analysis.sha256,
+            "text_bytes": analysis.text.as_ref().map_or(0, String::len),
+        })];
         let library_path = match payload.mode {
             IngestMode::Index => None,
             IngestMode::Consume if recovering => Some(
@@ -541,6 +594,11 @@ impl Executor {
                     payload.path.display(),
                     path.display()
                 );
+                steps.push(json!({
+                    "step": "filed",
+                    "library_path": path.display().to_string(),
+                    "already_there": filed == Filed::AlreadyThere,
+                }));
                 Some(path)
             }
         };
@@ -559,6 +617,15 @@ impl Executor {
                 // this version's if the path still names the file that was hashed.
                 check_unchanged(payload, relative, &opened)?;
             }
+            if let Some(outputs) = outputs.as_object() {
+                for (name, output) in outputs {
+                    steps.push(json!({
+                        "step": "processed",
+                        "processor": name,
+                        "output_bytes": output.to_string().len(),
+                    }));
+                }
+            }
             match metadata.as_object_mut() {
                 Some(object) => {
                     object.insert("processors".into(), outputs);
@@ -571,21 +638,24 @@ impl Executor {
         }
         let finished = self
             .store
-            .finish_ingest(&IngestRecord {
-                job_id: job.id,
-                lease_token: job.lease_token.clone(),
-                file_id: payload.file_id,
-                document: NewDocument {
-                    blake3: analysis.blake3.clone(),
-                    sha256: analysis.sha256,
-                    size: analysis.size,
-                    mime: analysis.mime,
-                    original_name,
-                    library_path,
-                    metadata,
-                    text: analysis.text,
+            .finish_ingest_with_steps(
+                &IngestRecord {
+                    job_id: job.id,
+                    lease_token: job.lease_token.clone(),
+                    file_id: payload.file_id,
+                    document: NewDocument {
+                        blake3: analysis.blake3.clone(),
+                        sha256: analysis.sha256,
+                        size: analysis.size,
+                        mime: analysis.mime,
+                        original_name,
+                        library_path,
+                        metadata,
+                        text: analysis.text,
+                    },
                 },
-            })
+                &steps,
+            )
             .map_err(|error| store_failure(job.id, "commit the document", error))?;
         tracing::info!(
             doc_id = finished.document_id,

@@ -132,7 +132,18 @@ impl Store {
         &mut self,
         record: &IngestRecord,
     ) -> Result<IngestFinished, DocumentError> {
+        self.finish_ingest_with_steps(record, &[])
+    }
+
+    /// [`Store::finish_ingest`], with result steps recorded in the job's log in the same
+    /// transaction, before the job's success (see `jobs::log`).
+    pub fn finish_ingest_with_steps(
+        &mut self,
+        record: &IngestRecord,
+        steps: &[Value],
+    ) -> Result<IngestFinished, DocumentError> {
         validate_document(&record.document)?;
+        let step_texts = super::jobs::log::step_texts(steps)?;
         let retry_policy = self.options().retry;
         self.write(|transaction| {
             let now = now_ms();
@@ -225,6 +236,12 @@ impl Store {
                     }),
                 },
             };
+            super::jobs::log::insert_steps(
+                transaction,
+                record.job_id,
+                &record.lease_token,
+                &step_texts,
+            )?;
             // Any verdict but success (a lost lease) aborts the transaction: nothing above
             // is committed.
             complete(transaction, &completion, &retry_policy, now)??;

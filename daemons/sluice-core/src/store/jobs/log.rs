@@ -174,8 +174,16 @@ impl Store {
         lease_token: &LeaseToken,
         steps: &[Value],
     ) -> Result<(), JobError> {
-        let mut texts = Vec::with_capacity(steps.len());
-        for step in steps {
+        let texts = step_texts(steps)?;
+        self.write(|transaction| insert_steps(transaction, id, lease_token, &texts))
+    }
+}
+
+/// Checks steps and renders their log rows: each a JSON object, at most [`MAX_STEP_BYTES`].
+pub(crate) fn step_texts(steps: &[Value]) -> Result<Vec<String>, JobError> {
+    steps
+        .iter()
+        .map(|step| {
             if !step.is_object() {
                 return Err(JobError::InvalidArgument(format!(
                     "a job step must be a JSON object, got {step}"
@@ -188,23 +196,31 @@ impl Store {
                     text.len()
                 )));
             }
-            texts.push(text);
-        }
-        self.write(|transaction| {
-            let now = now_ms();
-            let mut insert = transaction.prepare_cached(
-                "INSERT INTO job_history (job_id, at, from_state, to_state, attempt, worker, event)
-                 SELECT id, ?3, state, state, attempts, lease_owner, ?4 FROM jobs
-                 WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
-            )?;
-            for text in &texts {
-                if insert.execute(params![id, lease_token.as_str(), now, text])? != 1 {
-                    return Err(lease_lost_or_not_found(transaction, id));
-                }
-            }
-            Ok(())
+            Ok(text)
         })
+        .collect()
+}
+
+/// Inserts rendered steps (see [`step_texts`]) into the job's log, inside `transaction`, only
+/// while `lease_token` holds the running job.
+pub(crate) fn insert_steps(
+    transaction: &rusqlite::Transaction<'_>,
+    id: i64,
+    lease_token: &LeaseToken,
+    texts: &[String],
+) -> Result<(), JobError> {
+    let now = now_ms();
+    let mut insert = transaction.prepare_cached(
+        "INSERT INTO job_history (job_id, at, from_state, to_state, attempt, worker, event)
+         SELECT id, ?3, state, state, attempts, lease_owner, ?4 FROM jobs
+         WHERE id = ?1 AND state = 'running' AND lease_token = ?2",
+    )?;
+    for text in texts {
+        if insert.execute(params![id, lease_token.as_str(), now, text])? != 1 {
+            return Err(lease_lost_or_not_found(transaction, id));
+        }
     }
+    Ok(())
 }
 
 /// The event row's JSON as an entry; a row this version cannot read (written by a newer one)
@@ -236,3 +252,113 @@ pub(super) const INSERT_PROGRESS_EVENT: &str =
      SELECT id, ?3, state, state, attempts, lease_owner,
             json_object('progress', ?4, 'message', ?5) FROM jobs
      WHERE id = ?1 AND state = 'running' AND lease_token = ?2";
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::jobs::NewJob;
+    use crate::store::tests::open_temp;
+
+    #[test]
+    fn a_jobs_log_holds_transitions_progress_and_steps_in_one_order() {
+        let (_directory, mut store) = open_temp(crate::store::Durability::Normal);
+        let id = store.enqueue(&NewJob::new("test", json!({}))).unwrap().id;
+        let job = store
+            .claim_jobs(&"w".into(), &["test"], 1, Duration::from_secs(30))
+            .unwrap()
+            .remove(0);
+        store
+            .report_progress(id, &job.lease_token, 0.5, "half way")
+            .unwrap();
+        store
+            .record_job_steps(
+                id,
+                &job.lease_token,
+                &[json!({ "page": 1 }), json!({ "page": 2 })],
+            )
+            .unwrap();
+        store.succeed_job(id, &job.lease_token, &json!({})).unwrap();
+
+        let log = store.job_log(id, None, MAX_LOG_PAGE).unwrap();
+        let names: Vec<&str> = log.iter().map(JobLogEntry::name).collect();
+        assert_eq!(
+            names,
+            ["state", "state", "progress", "step", "step", "state"]
+        );
+        assert_eq!(log[0].id, 0, "the creation is entry 0");
+        assert!(
+            log.windows(2).all(|pair| pair[0].id < pair[1].id),
+            "{log:?}"
+        );
+        assert_eq!(
+            log[2].what,
+            JobLogEvent::Progress {
+                fraction: 0.5,
+                message: "half way".into()
+            }
+        );
+        assert_eq!(
+            log[4].what,
+            JobLogEvent::Step {
+                step: json!({ "page": 2 })
+            }
+        );
+        // The history of transitions is unchanged by the events between them.
+        assert_eq!(store.job_history(id).unwrap().len(), 3);
+
+        // Resuming after an entry gives what came after it; after the last, nothing.
+        let rest = store.job_log(id, Some(log[2].id), MAX_LOG_PAGE).unwrap();
+        assert_eq!(rest, log[3..].to_vec());
+        assert!(store.job_log(id, Some(log[5].id), 10).unwrap().is_empty());
+        // A page limit holds, and resuming from 0 skips only the creation.
+        assert_eq!(store.job_log(id, None, 2).unwrap(), log[..2].to_vec());
+        assert_eq!(
+            store.job_log(id, Some(0), MAX_LOG_PAGE).unwrap(),
+            log[1..].to_vec()
+        );
+        assert!(matches!(
+            store.job_log(id, None, 0),
+            Err(JobError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            store.job_log(id + 1, None, 10),
+            Err(JobError::NotFound(_))
+        ));
+
+        // The catch-up query of waiters names the job once, with the newest id.
+        let (jobs, newest, more) = store.jobs_logged_after(0, 100).unwrap();
+        assert_eq!((jobs, newest, more), (vec![id], log[5].id, false));
+        assert_eq!(store.newest_job_log_id().unwrap(), log[5].id);
+    }
+
+    #[test]
+    fn steps_need_the_lease_and_must_be_small_objects() {
+        let (_directory, mut store) = open_temp(crate::store::Durability::Normal);
+        let id = store.enqueue(&NewJob::new("test", json!({}))).unwrap().id;
+        let job = store
+            .claim_jobs(&"w".into(), &["test"], 1, Duration::from_secs(30))
+            .unwrap()
+            .remove(0);
+        assert!(matches!(
+            store.record_job_steps(id, &job.lease_token, &[json!("text")]),
+            Err(JobError::InvalidArgument(_))
+        ));
+        let big = json!({ "text": "x".repeat(MAX_STEP_BYTES) });
+        assert!(matches!(
+            store.record_job_steps(id, &job.lease_token, &[big]),
+            Err(JobError::InvalidArgument(_))
+        ));
+        store.cancel_job(id).unwrap();
+        store.finish_cancelled(id, &job.lease_token).unwrap();
+        assert!(matches!(
+            store.record_job_steps(id, &job.lease_token, &[json!({ "late": true })]),
+            Err(JobError::LeaseLost { .. })
+        ));
+        let log = store.job_log(id, None, MAX_LOG_PAGE).unwrap();
+        assert!(log.iter().all(|entry| entry.name() == "state"), "{log:?}");
+    }
+}

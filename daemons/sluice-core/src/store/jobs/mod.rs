@@ -28,7 +28,7 @@ use super::{Store, StoreError, duration_ms, now_ms};
 
 // The plain types (limits, errors, states, inputs and rows) live in `types`; this module keeps
 // the queries. Re-exported so every path stays `store::jobs::Name`.
-mod log;
+pub(crate) mod log;
 mod types;
 
 pub use log::{JobLogEntry, JobLogEvent, MAX_LOG_PAGE, MAX_STEP_BYTES};
