@@ -205,6 +205,9 @@ pub struct IngestConfig {
     /// The wall-clock limit of one attempt of an `ingest` (or `noop`) job, processors
     /// included; a job still running after it is stopped and fails "timed out after N s".
     pub job_timeout: Duration,
+    /// Most ingest jobs queued, retrying or running at once; files detected beyond it are
+    /// recorded without a job and queued as room appears. 1 to 10,000,000.
+    pub max_pending: u32,
 }
 
 /// One external processor, with `[processor_defaults]` already applied.
@@ -285,6 +288,9 @@ pub struct ScraperConfig {
     /// The wall-clock limit of one download attempt, from the moment it has its host's slot
     /// until the body is on disk; the partial file is kept for the next attempt's resume.
     pub download_timeout: Duration,
+    /// Most download jobs queued, retrying or running at once; one more is refused.
+    /// 1 to 10,000,000.
+    pub max_pending: u32,
 }
 
 /// One polled source, with `[source_defaults]` already applied.

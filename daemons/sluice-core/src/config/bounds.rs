@@ -85,8 +85,10 @@ pub const NUMBER_KEYS: &[(&str, RangeInclusive<u32>)] = &[
     ("web.max_event_streams", MAX_EVENT_STREAMS),
     ("ingest.workers", super::INGEST_WORKERS_RANGE),
     ("ingest.thumbnail_size", THUMBNAIL_SIZE),
+    ("ingest.max_pending", MAX_PENDING),
     ("scraper.per_host_concurrency", PER_HOST_CONCURRENCY),
     ("scraper.max_redirects", MAX_REDIRECTS),
+    ("scraper.max_pending", MAX_PENDING),
     ("limits.max_string_length", MAX_STRING_LENGTH),
     ("limits.max_page_size", MAX_PAGE_SIZE),
 ];
@@ -99,6 +101,9 @@ pub(super) const CLAIM_BATCH: RangeInclusive<u32> = 1..=10_000;
 pub(super) const THUMBNAIL_SIZE: RangeInclusive<u32> = 1..=4096;
 pub(super) const PER_HOST_CONCURRENCY: RangeInclusive<u32> = 1..=1024;
 pub(super) const MAX_REDIRECTS: RangeInclusive<u32> = 0..=100;
+/// A queue limit: the store counts pending jobs up to the limit (never more rows than that),
+/// so even the largest one is a bounded read; ten million is far beyond any real backlog.
+pub(super) const MAX_PENDING: RangeInclusive<u32> = 1..=10_000_000;
 pub(super) const MAX_STRING_LENGTH: RangeInclusive<u32> = 1..=u32::MAX;
 /// The store answers at most this many rows per page; a larger setting was silently cut.
 pub(super) const MAX_PAGE_SIZE: RangeInclusive<u32> = 1..=crate::store::jobs::MAX_PAGE_SIZE;

@@ -124,6 +124,7 @@ pub(super) struct RawIngest {
     pub text_max_bytes: Size,
     pub thumbnail_size: Number,
     pub job_timeout: Text,
+    pub max_pending: Number,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +158,7 @@ pub(super) struct RawScraper {
     pub max_redirects: Number,
     pub progress_interval: Text,
     pub download_timeout: Text,
+    pub max_pending: Number,
 }
 
 #[derive(Debug, Deserialize)]

@@ -99,6 +99,7 @@ fn shipped_defaults_load_and_validate() {
     assert_eq!(config.ingest.library, Path::new("/var/lib/sluice/library"));
     assert_eq!(config.ingest.text_max_bytes, 16 << 20);
     assert_eq!(config.ingest.job_timeout, Duration::from_secs(10 * 60));
+    assert_eq!(config.ingest.max_pending, 10_000);
     assert!(config.processors.is_empty());
     assert_eq!(
         config.scraper.download_timeout,
@@ -110,6 +111,7 @@ fn shipped_defaults_load_and_validate() {
     assert_eq!(config.scraper.politeness_delay, Duration::from_secs(1));
     assert!(!config.scraper.allow_private_addresses);
     assert_eq!(config.scraper.progress_interval, Duration::from_secs(1));
+    assert_eq!(config.scraper.max_pending, 1000);
     assert!(config.sources.is_empty());
     assert_eq!(config.limits.max_payload_bytes, 64 << 10);
     assert_eq!(config.limits.max_string_length, 4096);
@@ -1036,6 +1038,28 @@ fn every_number_key_refuses_a_value_above_its_maximum() {
         (2, 17),
         "limits.max_page_size",
         "must be from 1 to 1000",
+    );
+}
+
+#[test]
+fn queue_limits_are_read_and_refused_outside_their_range() {
+    let config = load_ok("[ingest]\nmax_pending = 3\n[scraper]\nmax_pending = 10000000\n");
+    assert_eq!(config.ingest.max_pending, 3);
+    assert_eq!(config.scraper.max_pending, 10_000_000);
+    // A queue that never has room would hold every detected file forever.
+    assert_rejected(
+        "[ingest]\nmax_pending = 0\n",
+        "invalid",
+        (2, 15),
+        "ingest.max_pending",
+        "must be more than zero",
+    );
+    assert_rejected(
+        "[scraper]\nmax_pending = 10000001\n",
+        "invalid",
+        (2, 15),
+        "scraper.max_pending",
+        "10000001 is out of range: must be from 1 to 10000000",
     );
 }
 

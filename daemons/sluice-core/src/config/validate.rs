@@ -257,6 +257,7 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
         text_max_bytes: locator.size(&raw.ingest.text_max_bytes)?,
         thumbnail_size: locator.number(&raw.ingest.thumbnail_size, THUMBNAIL_SIZE)?,
         job_timeout: locator.duration(&raw.ingest.job_timeout, JOB_TIMEOUT)?,
+        max_pending: locator.number(&raw.ingest.max_pending, MAX_PENDING)?,
     };
     // The defaults tables are checked even when no entry takes a value from them, so a bad
     // default is refused when it is written, not later when the first entry starts using it.
@@ -676,6 +677,7 @@ fn validate_scraper(locator: &Locator<'_>, raw: &RawConfig) -> Result<ScraperCon
         max_redirects: locator.number(&scraper.max_redirects, MAX_REDIRECTS)?,
         progress_interval: locator.duration(&scraper.progress_interval, PROGRESS_INTERVAL)?,
         download_timeout: locator.duration(&scraper.download_timeout, DOWNLOAD_TIMEOUT)?,
+        max_pending: locator.number(&scraper.max_pending, MAX_PENDING)?,
     })
 }
 
