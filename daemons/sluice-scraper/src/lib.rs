@@ -584,11 +584,17 @@ impl Scraper {
         };
         let download = validate_submission(&submitted, &rules)?;
         let url = download.url().clone();
+        let max_pending = config.scraper.max_pending;
         let created = self
             .store
-            .call(move |store| store.create_download(&download))
+            .call(move |store| store.create_download_within_limit(&download, max_pending))
             .await
-            .map_err(bus_error)?;
+            .map_err(|error| {
+                if let Some(full) = error.queue_full() {
+                    tracing::warn!(url = %url, "download of {url} refused: {full}");
+                }
+                bus_error(error)
+            })?;
         tracing::info!(
             download_id = created.download_id,
             job_id = created.job_id,
@@ -935,6 +941,7 @@ fn bus_error(error: DownloadError) -> BusError {
         DownloadError::Job(JobError::NotFound(id)) => {
             BusError::NotFound(format!("job {id} does not exist"))
         }
+        DownloadError::Job(JobError::QueueFull(full)) => BusError::QueueFull(full.to_string()),
         error => BusError::Internal(error.to_string()),
     }
 }
@@ -982,6 +989,17 @@ mod tests {
             }),
             BusError::WrongState(_)
         ));
+        let full = bus_error(DownloadError::Job(JobError::QueueFull(
+            sluice_core::store::QueueFull {
+                kind: DOWNLOAD_JOB_KIND.into(),
+                pending: 2,
+                limit: 2,
+            },
+        )));
+        assert!(
+            matches!(&full, BusError::QueueFull(message) if message.contains("limit is 2")),
+            "{full:?}"
+        );
         assert!(matches!(bus_id(u64::MAX), Err(BusError::NotFound(_))));
     }
 }

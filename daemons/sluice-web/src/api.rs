@@ -167,9 +167,10 @@ pub async fn create_download(
     // in sluicectl; the configured text limit applies on top.
     let download = check_download_submission(&submitted, &rules).await?;
     check_length(&state, "url", &submitted.url)?;
+    let max_pending = settings.max_pending_downloads;
     let (download, job_id) = state
         .with_store(move |store| {
-            let created = store.create_download(&download)?;
+            let created = store.create_download_within_limit(&download, max_pending)?;
             let row = store.get_download(created.download_id)?;
             Ok::<_, DownloadError>((row, created.job_id))
         })

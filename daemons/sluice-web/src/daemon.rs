@@ -597,6 +597,7 @@ async fn job_change(
         Ok(Err(error @ (JobError::InvalidState { .. } | JobError::LeaseLost { .. }))) => {
             Err(bus::BusError::WrongState(error.to_string()))
         }
+        Ok(Err(JobError::QueueFull(full))) => Err(bus::BusError::QueueFull(full.to_string())),
         Ok(Err(JobError::Store(StoreError::Busy(_)))) => Err(bus::BusError::Busy(
             "the database is busy; try again in a moment".into(),
         )),

@@ -15,6 +15,11 @@ use sluice_core::store::documents::DocumentError;
 use sluice_core::store::downloads::DownloadError;
 use sluice_core::store::jobs::JobError;
 
+/// What a submission refused for a full queue is told to wait (`Retry-After`): a queue at
+/// its limit drains at the pace of its jobs, seconds to minutes each, so asking again sooner
+/// would mostly be refused again.
+pub const QUEUE_FULL_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A failed API request. The variant decides the status and the `code`; the message is for
 /// people and never carries secrets.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,10 @@ pub enum ApiError {
     /// (DNS-rebinding protection).
     #[error("{0}")]
     MisdirectedRequest(String),
+    /// 429 `queue_full` with `Retry-After`: the queue the request would add to is at its
+    /// limit (`[scraper] max_pending` for downloads); nothing was created.
+    #[error("{0}")]
+    QueueFull(String),
     /// 503 `unavailable`: the store is busy or unreachable, or a daemon is not running.
     #[error("{0}")]
     Unavailable(String),
@@ -83,6 +92,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::MisdirectedRequest(_) => "misdirected_request",
+            ApiError::QueueFull(_) => "queue_full",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -106,6 +116,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -114,8 +125,14 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let message = self.to_string();
         let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::Unauthorized(_) = self {
-            response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"sluice\""));
+        match self {
+            ApiError::Unauthorized(_) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"sluice\""));
+            }
+            ApiError::QueueFull(_) => {
+                response.insert_header((header::RETRY_AFTER, QUEUE_FULL_RETRY_AFTER.as_secs()));
+            }
+            _ => {}
         }
         response.json(ErrorBody {
             error: ErrorDetail {
@@ -160,6 +177,7 @@ impl From<JobError> for ApiError {
             error @ (JobError::InvalidState { .. } | JobError::LeaseLost { .. }) => {
                 ApiError::Conflict(error.to_string())
             }
+            JobError::QueueFull(full) => ApiError::QueueFull(full.to_string()),
             JobError::Store(error) => error.into(),
         }
     }
@@ -212,6 +230,7 @@ impl From<BusError> for ApiError {
             BusError::NotFound(message) => ApiError::NotFound(message),
             BusError::InvalidArgument(message) => ApiError::InvalidArgument(message),
             BusError::WrongState(message) => ApiError::Conflict(message),
+            BusError::QueueFull(message) => ApiError::QueueFull(message),
             BusError::Busy(message) => ApiError::Unavailable(message),
             BusError::AccessDenied(message) => {
                 ApiError::internal("the daemon refused sluice-web's D-Bus call", message)

@@ -46,6 +46,8 @@ pub struct Settings {
     pub max_string_length: usize,
     pub allow_private_addresses: bool,
     pub max_download_size: u64,
+    /// `[scraper] max_pending`: downloads beyond it are refused with 429.
+    pub max_pending_downloads: u32,
     pub max_attempts: u32,
     pub staging: PathBuf,
     pub workers: u32,
@@ -82,6 +84,7 @@ impl Settings {
             max_string_length: config.limits.max_string_length as usize,
             allow_private_addresses: config.scraper.allow_private_addresses,
             max_download_size: config.scraper.max_download_size,
+            max_pending_downloads: config.scraper.max_pending,
             max_attempts: config.jobs.max_attempts,
             staging: config.scraper.staging.clone(),
             workers: config.ingest.workers,

@@ -18,6 +18,9 @@ pub mod exit {
     pub const JOB_FAILED: u8 = 7;
     /// `submit --wait`: a job was still running when the wait ended.
     pub const STILL_RUNNING: u8 = 8;
+    /// sysexits' EX_TEMPFAIL, "try again later": the queue is at its limit and nothing was
+    /// added. Far from the small statuses on purpose, so new ones can follow those.
+    pub const QUEUE_FULL: u8 = 75;
 }
 
 const AFTER_HELP: &str = "\
@@ -40,7 +43,9 @@ Exit status:
   4  invalid argument (malformed value, or a job in a state that does not allow it)
   5  daemon unavailable (the daemon that must do it is not running, or the bus is down)
   7  submit --wait, jobs watch: a job ended failed, dead or cancelled
-  8  submit --wait: a job was still running when the wait ended";
+  8  submit --wait: a job was still running when the wait ended
+  75 queue full: the download queue is at [scraper] max_pending, nothing was added; try
+     again once some downloads have finished (sysexits' EX_TEMPFAIL)";
 
 /// Command-line client for the sluice daemon suite.
 #[derive(Debug, Parser)]

@@ -25,6 +25,9 @@ pub enum BusError {
     /// The object exists but is in a state where the request makes no sense, such as retrying
     /// a job that already succeeded.
     WrongState(String),
+    /// The queue the request would add to is at its limit (`[scraper] max_pending` for
+    /// downloads); nothing was added. Try again once some of its jobs have finished.
+    QueueFull(String),
     /// The daemon failed while handling the request; the message says what failed.
     Internal(String),
 }
@@ -39,6 +42,7 @@ impl BusError {
             BusError::AccessDenied(_) => "AccessDenied",
             BusError::Busy(_) => "Busy",
             BusError::WrongState(_) => "WrongState",
+            BusError::QueueFull(_) => "QueueFull",
             BusError::Internal(_) => "Internal",
         }
     }
@@ -64,5 +68,8 @@ mod tests {
         let error = BusError::InvalidArgument("url must not be empty".into());
         assert_eq!(error.name().as_str(), "org.sluice.Error.InvalidArgument");
         assert_eq!(error.short_name(), "InvalidArgument");
+        let error = BusError::QueueFull("the download queue is full".into());
+        assert_eq!(error.name().as_str(), "org.sluice.Error.QueueFull");
+        assert_eq!(error.short_name(), "QueueFull");
     }
 }

@@ -55,6 +55,14 @@ pub enum DownloadError {
 }
 
 impl DownloadError {
+    /// The refusal when the download queue is at `[scraper] max_pending`.
+    pub fn queue_full(&self) -> Option<&jobs::QueueFull> {
+        match self {
+            DownloadError::Job(JobError::QueueFull(full)) => Some(full),
+            _ => None,
+        }
+    }
+
     /// Whether the store refused the change only because the database's disk is full.
     pub fn is_out_of_space(&self) -> bool {
         match self {
@@ -211,14 +219,41 @@ const DOWNLOAD_COLUMNS: &str = "id, url, file_name, bundle, source_id, state, by
 impl Store {
     /// Inserts the row of a download that passed the policy and its `download` job in one
     /// transaction. The named source must be configured (that is the store's to know).
+    ///
+    /// No queue limit applies: this is for the scraper's own work and for tests. A download
+    /// someone submits goes through [`Store::create_download_within_limit`].
     pub fn create_download(
         &mut self,
         download: &ValidDownload,
+    ) -> Result<CreatedDownload, DownloadError> {
+        self.insert_download(download, None)
+    }
+
+    /// [`Store::create_download`] when fewer than `max_pending` download jobs are queued,
+    /// retrying or running (`[scraper] max_pending`); otherwise
+    /// `DownloadError::Job(JobError::QueueFull)` and nothing is recorded. The count and the
+    /// inserts are one `BEGIN IMMEDIATE` transaction, so concurrent submitters, in any
+    /// process, cannot take the queue past the limit.
+    pub fn create_download_within_limit(
+        &mut self,
+        download: &ValidDownload,
+        max_pending: u32,
+    ) -> Result<CreatedDownload, DownloadError> {
+        self.insert_download(download, Some(max_pending))
+    }
+
+    fn insert_download(
+        &mut self,
+        download: &ValidDownload,
+        max_pending: Option<u32>,
     ) -> Result<CreatedDownload, DownloadError> {
         let max_attempts = download
             .max_attempts()
             .unwrap_or(self.options().max_attempts);
         self.write(|transaction| {
+            if let Some(max_pending) = max_pending {
+                jobs::require_room(transaction, DOWNLOAD_JOB_KIND, max_pending)?;
+            }
             let now = now_ms();
             let source_id = match download.source() {
                 Some(name) => Some(

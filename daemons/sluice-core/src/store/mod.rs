@@ -30,8 +30,8 @@ pub use files::{
 };
 pub use jobs::{
     Claimant, ClaimedJob, Completion, Enqueued, Heartbeat, Job, JobError, JobFilter, JobState,
-    JobTransition, LeaseHolder, LeaseToken, NewJob, Outcome, Page, PageRequest, RescuedJob,
-    RetryPolicy,
+    JobTransition, LeaseHolder, LeaseToken, NewJob, Outcome, Page, PageRequest, QueueFull,
+    RescuedJob, RetryPolicy,
 };
 pub use migrations::MIGRATIONS;
 

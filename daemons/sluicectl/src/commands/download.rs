@@ -66,7 +66,8 @@ impl Context {
             }
             None => {
                 let mut store = self.open_store()?;
-                let created = store.create_download(&download)?;
+                let created = store
+                    .create_download_within_limit(&download, self.config.scraper.max_pending)?;
                 (created.download_id, created.job_id, "store")
             }
         };

@@ -53,6 +53,7 @@ impl Failure {
             exit::INVALID_ARGUMENT => "invalid_argument",
             exit::DAEMON_UNAVAILABLE => "unavailable",
             exit::USAGE => "usage",
+            exit::QUEUE_FULL => "queue_full",
             _ => "error",
         }
     }
@@ -87,6 +88,7 @@ impl From<JobError> for Failure {
                 Failure::invalid(error.to_string())
             }
             JobError::LeaseLost { .. } => Failure::new(exit::ERROR, error.to_string()),
+            JobError::QueueFull(full) => Failure::new(exit::QUEUE_FULL, full.to_string()),
             JobError::Store(error) => error.into(),
         }
     }
@@ -134,6 +136,7 @@ impl From<BusError> for Failure {
                 ),
             ),
             BusError::Busy(message) => Failure::new(exit::DAEMON_UNAVAILABLE, message),
+            BusError::QueueFull(message) => Failure::new(exit::QUEUE_FULL, message),
             BusError::Internal(message) => {
                 Failure::new(exit::ERROR, format!("the daemon failed: {message}"))
             }

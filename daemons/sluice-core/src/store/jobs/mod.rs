@@ -28,9 +28,11 @@ use super::{Store, StoreError, duration_ms, now_ms};
 
 // The plain types (limits, errors, states, inputs and rows) live in `types`; this module keeps
 // the queries. Re-exported so every path stays `store::jobs::Name`.
+mod limits;
 pub(crate) mod log;
 mod types;
 
+pub(super) use limits::require_room;
 pub use log::{JobLogEntry, JobLogEvent, MAX_LOG_PAGE, MAX_STEP_BYTES};
 pub use types::*;
 

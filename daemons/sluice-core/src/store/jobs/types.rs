@@ -35,8 +35,26 @@ pub enum JobError {
         state: JobState,
         action: &'static str,
     },
+    /// The job's kind already has as many pending jobs as its limit allows; nothing was added.
+    #[error(transparent)]
+    QueueFull(#[from] QueueFull),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A submission refused because its queue is at its limit: `pending` jobs of `kind` are
+/// queued, retrying or running, and `limit` is the most allowed (`[scraper] max_pending` for
+/// downloads, `[ingest] max_pending` for ingest). Counting stops at the limit, so `pending`
+/// is never more than it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the {kind} queue is full: {pending} {kind} jobs are queued, retrying or running, and the \
+     limit is {limit}; nothing was added, try again once some have finished"
+)]
+pub struct QueueFull {
+    pub kind: String,
+    pub pending: u64,
+    pub limit: u32,
 }
 
 impl JobError {
