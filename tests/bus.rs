@@ -246,6 +246,7 @@ fn introspection_lists_methods_signals_and_properties_with_their_types() -> anyh
                 (".Durability", "property", "s", "\"full\""),
                 (".FilesDetected", "property", "t", "0"),
                 (".JobsQueued", "property", "t", "0"),
+                (".FilesHeld", "property", "t", "0"),
             ],
         ),
         (
@@ -1050,6 +1051,8 @@ const PROPERTIES_ON_MAIN: &[(&str, &[(&str, &str)])] = &[
             ("Durability", "s"),
             ("FilesDetected", "t"),
             ("JobsQueued", "t"),
+            // Added with the queue limits (issue 9).
+            ("FilesHeld", "t"),
         ],
     ),
     (

@@ -1255,7 +1255,7 @@ fn a_file_recorded_by_the_monitors_store_code_ends_ingested_or_duplicate() {
         };
         suite
             .store
-            .record_detected_files(&[detected], 3)
+            .record_detected_files(&[detected], 3, 1000)
             .unwrap()
             .remove(0)
     };
@@ -1266,7 +1266,8 @@ fn a_file_recorded_by_the_monitors_store_code_ends_ingested_or_duplicate() {
     let first_detection = detect(&first);
     let copy_detection = detect(&copy);
     for detection in [&first_detection, &copy_detection] {
-        let job = suite.wait_for_end(detection.job_id, &worker);
+        let job_id = detection.job_id.expect("queued: the queue has room");
+        let job = suite.wait_for_end(job_id, &worker);
         assert_eq!(job.state, JobState::Succeeded, "{job:?}");
     }
     let first_row = suite.store.get_file(first_detection.file_id).unwrap();

@@ -3,11 +3,17 @@
 //! with the database (at start, after lost events, periodically and on `Rescan`), and announces
 //! what it queued with `FileDetected` and `JobQueued`.
 //!
+//! It never drops a detected file: while the ingest queue is at `[ingest] max_pending`, new
+//! versions are recorded *held* (no job yet), and the monitor queues them, oldest first, as
+//! the workers make room. It notices the room through the workers' job signals
+//! ([`drain`]), and looks on its status tick as well while files are held, and at start.
+//!
 //! One main loop over [`Event`] owns all decisions; the watchers (notify's threads), the walks
 //! (blocking tasks) and the recorder (a thread with the database connection) only feed it.
 
 mod daemon;
 mod detect;
+mod drain;
 pub mod recorder;
 pub mod walk;
 pub mod watcher;
@@ -54,6 +60,8 @@ enum Event {
     StatusTick,
     ReconcileTick,
     PendingTick,
+    /// An ingest worker said a job ended: the queue may have room for held files.
+    IngestJobEnded,
     Internal(Internal),
 }
 
@@ -110,10 +118,24 @@ pub async fn run(dependencies: Dependencies) -> Result<(), MonitorError> {
 
     let (internal_sender, mut internal) = unbounded_channel();
     let recorder_sender = internal_sender.clone();
-    let recorder = Recorder::start(store, config.jobs.max_attempts, move |report| {
-        let _ = recorder_sender.send(Internal::Recorder(report));
-    })
+    let recorder = Recorder::start(
+        store,
+        config.jobs.max_attempts,
+        config.ingest.max_pending,
+        move |report| {
+            let _ = recorder_sender.send(Internal::Recorder(report));
+        },
+    )
     .map_err(MonitorError::Thread)?;
+    let (job_end_sender, mut job_ends) = tokio::sync::mpsc::channel(1);
+    if let Err(error) = drain::subscribe_to_job_ends(&connection, job_end_sender).await {
+        // The status tick still looks while files are held; only the prompt wake-up is lost.
+        tracing::warn!(
+            error = %error,
+            "cannot subscribe to the ingest workers' job signals ({error}); held files are \
+             queued on the status tick only"
+        );
+    }
 
     let reload_path = config_path.clone();
     let mut monitor = Monitor {
@@ -129,6 +151,11 @@ pub async fn run(dependencies: Dependencies) -> Result<(), MonitorError> {
         files_detected: 0,
         jobs_queued: 0,
         files_known: None,
+        files_held: 0,
+        held_check_running: false,
+        held_check_wanted: false,
+        held_check_failed: false,
+        stopping: false,
         last_detection: None,
         last_error: None,
         record_retry_delay: RECORD_RETRY_FIRST,
@@ -141,6 +168,8 @@ pub async fn run(dependencies: Dependencies) -> Result<(), MonitorError> {
     monitor.publish_status(DaemonState::Running).await;
     tracing::info!(folders = monitor.watches.len(), "monitor running");
     monitor.reconcile_all("start");
+    // A previous run may have left held files; they are queued as soon as there is room.
+    monitor.check_held_files();
 
     let mut watchdog = monitor.notifier.watchdog_ticker();
     let mut status_interval = interval_after(monitor.config().service.status_interval);
@@ -155,6 +184,7 @@ pub async fn run(dependencies: Dependencies) -> Result<(), MonitorError> {
             _ = status_interval.tick() => Event::StatusTick,
             _ = reconcile_interval.tick() => Event::ReconcileTick,
             _ = pending_interval.tick() => Event::PendingTick,
+            Some(()) = job_ends.recv() => Event::IngestJobEnded,
         };
         match event {
             Event::WatchdogTick => monitor.notifier.watchdog_ping(),
@@ -169,9 +199,20 @@ pub async fn run(dependencies: Dependencies) -> Result<(), MonitorError> {
             }
             Event::Command(command) => monitor.handle_command(command),
             Event::Internal(message) => monitor.handle_internal(message).await,
-            Event::StatusTick => monitor.refresh_status().await,
+            Event::StatusTick => {
+                if monitor.files_held > 0 || monitor.held_check_failed {
+                    // The fallback for lost or absent signals (lost signals are harmless).
+                    monitor.check_held_files();
+                }
+                monitor.refresh_status().await;
+            }
             Event::ReconcileTick => monitor.reconcile_all("periodic"),
             Event::PendingTick => monitor.check_pending(),
+            Event::IngestJobEnded => {
+                if monitor.files_held > 0 {
+                    monitor.check_held_files();
+                }
+            }
         }
     }
     monitor.stop(internal).await;
@@ -224,6 +265,16 @@ struct Monitor {
     files_detected: u64,
     jobs_queued: u64,
     files_known: Option<u64>,
+    /// Files recorded without an ingest job because the queue was full, at the last look.
+    files_held: u64,
+    /// A `QueueHeld` is with the recorder; another request waits for its answer
+    /// (`held_check_wanted`), so a flood of job signals makes one look at a time.
+    held_check_running: bool,
+    held_check_wanted: bool,
+    /// The last look failed, so `files_held` may be wrong; the status tick looks again.
+    held_check_failed: bool,
+    /// SIGTERM arrived; the recorder's last reports must not publish `running` again.
+    stopping: bool,
     last_detection: Option<Instant>,
     last_error: Option<String>,
     /// The wait before the next walk after files could not be recorded.
@@ -439,31 +490,70 @@ impl Monitor {
                     "recorded"
                 );
                 for detection in detections.iter().filter(|detection| detection.new) {
-                    let path = detection.path.to_string_lossy();
-                    tracing::info!(
-                        path = %path,
-                        file_id = detection.file_id,
-                        job_id = detection.job_id,
-                        "detected {path}: ingest job {} queued",
-                        detection.job_id
-                    );
-                    let emitted = async {
-                        self.service
-                            .file_detected(&path, detection.file_id as u64, detection.job_id as u64)
-                            .await?;
-                        self.service
-                            .job_queued(INGEST_JOB_KIND, detection.job_id as u64)
-                            .await
-                    };
-                    if let Err(error) = emitted.await {
-                        tracing::warn!(
-                            error = %error,
-                            "cannot emit the signals for {path} (job {}): {error}; consumers \
-                             poll the database",
-                            detection.job_id
-                        );
-                    }
+                    self.announce_queued(detection, "detected").await;
                 }
+                let held: Vec<PathBuf> = detections
+                    .iter()
+                    .filter(|detection| detection.is_held())
+                    .map(|detection| detection.path.clone())
+                    .collect();
+                if !held.is_empty() {
+                    tracing::info!(
+                        files = held.len(),
+                        "held {}: the ingest queue is full ([ingest] max_pending = {}); queued \
+                         as it drains",
+                        recorder::describe_paths(&held),
+                        self.config().ingest.max_pending
+                    );
+                    self.check_held_files();
+                }
+            }
+            RecorderReport::HeldChecked { queued, gone, held } => {
+                self.held_check_running = false;
+                self.held_check_failed = false;
+                let held_changed = self.files_held != held.count;
+                self.files_held = held.count;
+                if !queued.is_empty() {
+                    self.last_detection = Some(Instant::now());
+                    self.files_detected += queued.len() as u64;
+                    self.jobs_queued += queued.len() as u64;
+                }
+                for detection in &queued {
+                    self.announce_queued(detection, "held file").await;
+                }
+                if gone > 0 {
+                    tracing::info!(
+                        gone,
+                        "{gone} held files left their folder before they were queued: marked gone"
+                    );
+                    self.files_known = None;
+                }
+                if !queued.is_empty() || gone > 0 {
+                    tracing::info!(
+                        queued = queued.len(),
+                        held = held.count,
+                        "queued {} held files as the ingest queue drained; {} still held",
+                        queued.len(),
+                        held.count
+                    );
+                }
+                if held_changed && !self.stopping {
+                    // FilesHeld at once, not at the next status tick: it is what a person
+                    // watching a backlog looks at.
+                    self.publish_status(DaemonState::Running).await;
+                }
+                if std::mem::take(&mut self.held_check_wanted) {
+                    self.check_held_files();
+                }
+            }
+            RecorderReport::HeldCheckFailed(error) => {
+                self.held_check_running = false;
+                self.held_check_failed = true;
+                tracing::error!(
+                    error = %error,
+                    "cannot queue held files: {error}; trying again at the next status tick"
+                );
+                self.last_error = Some(format!("cannot queue held files: {error}"));
             }
             RecorderReport::Swept { prefix, gone } => {
                 if gone > 0 {
@@ -492,6 +582,52 @@ impl Monitor {
                 self.last_error = Some(error);
             }
         }
+    }
+
+    /// Logs a file whose ingest job was just queued ("detected …" or "held file …") and
+    /// announces it with `FileDetected` and `JobQueued`.
+    async fn announce_queued(&self, detection: &sluice_core::store::Detection, what: &str) {
+        let Some(job_id) = detection.job_id else {
+            return;
+        };
+        let path = detection.path.to_string_lossy();
+        tracing::info!(
+            path = %path,
+            file_id = detection.file_id,
+            job_id,
+            "{what} {path}: ingest job {job_id} queued"
+        );
+        let emitted = async {
+            self.service
+                .file_detected(&path, detection.file_id as u64, job_id as u64)
+                .await?;
+            self.service
+                .job_queued(INGEST_JOB_KIND, job_id as u64)
+                .await
+        };
+        if let Err(error) = emitted.await {
+            tracing::warn!(
+                error = %error,
+                "cannot emit the signals for {path} (job {job_id}): {error}; consumers poll \
+                 the database"
+            );
+        }
+    }
+
+    /// Asks the recorder to queue held files while the ingest queue has room (and to count
+    /// them); one request at a time, a second one waits for the first answer.
+    fn check_held_files(&mut self) {
+        if self.held_check_running {
+            self.held_check_wanted = true;
+            return;
+        }
+        let watches = self
+            .watches
+            .iter()
+            .map(|watch| (watch.config.path.clone(), watch.config.mode))
+            .collect();
+        self.held_check_running = true;
+        self.send_to_recorder(RecorderCommand::QueueHeld { watches });
     }
 
     /// Walks every folder again after the current retry delay, unless a walk is already
@@ -525,6 +661,9 @@ impl Monitor {
         let mut line = StatusLine::new(folders);
         if let Some(known) = self.files_known {
             line = line.detail(format!("{known} files"));
+        }
+        if self.files_held > 0 {
+            line = line.detail(format!("{} held (ingest queue full)", self.files_held));
         }
         line = line.detail(match self.last_detection {
             Some(at) => format!("last detection {}s ago", at.elapsed().as_secs()),
@@ -564,7 +703,8 @@ impl Monitor {
             .iter()
             .map(|watch| watch.config.path.clone())
             .collect();
-        let (files_detected, jobs_queued) = (self.files_detected, self.jobs_queued);
+        let (files_detected, jobs_queued, files_held) =
+            (self.files_detected, self.jobs_queued, self.files_held);
         let last_error = self.last_error.clone().unwrap_or_default();
         let durability = self.config().store.durability.as_str().to_owned();
         let result = self
@@ -578,6 +718,7 @@ impl Monitor {
                 status.durability = durability;
                 status.files_detected = files_detected;
                 status.jobs_queued = jobs_queued;
+                status.files_held = files_held;
             })
             .await;
         if let Err(error) = result {
@@ -600,6 +741,9 @@ impl Monitor {
                 if after.store != before.store || after.bus != before.bus {
                     tracing::warn!("[store] and [bus] changes take effect at the next restart");
                 }
+                if after.ingest.max_pending != before.ingest.max_pending {
+                    self.send_to_recorder(RecorderCommand::SetMaxPending(after.ingest.max_pending));
+                }
                 if after.watches != before.watches {
                     self.generation += 1;
                     self.pending.clear();
@@ -617,6 +761,8 @@ impl Monitor {
                     drop(previous);
                     self.reconcile_all("configuration reloaded");
                 }
+                // A larger limit, or a folder watched again, may let held files go now.
+                self.check_held_files();
                 self.notifier.ready(&self.status_line());
                 self.publish_status(DaemonState::Running).await;
                 true
@@ -626,6 +772,7 @@ impl Monitor {
 
     /// SIGTERM: stop watching, commit what is queued (within the stop timeout), exit.
     async fn stop(mut self, mut internal: UnboundedReceiver<Internal>) {
+        self.stopping = true;
         self.notifier
             .stopping("stopping: committing detected files");
         self.publish_status(DaemonState::Stopping).await;

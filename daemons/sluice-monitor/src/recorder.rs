@@ -4,12 +4,20 @@
 //! Batching is group commit: the thread takes the first waiting file, then every file that
 //! queued up behind it (at most [`MAX_BATCH`]), and commits them in one transaction. A lone
 //! file is committed at once; a burst of thousands goes out in a few large commits.
+//!
+//! The recorder also queues *held* files: files recorded without an ingest job because the
+//! queue was at `[ingest] max_pending` (see `sluice_core::store::files`). Because every
+//! recording and every queueing of held files goes through this one thread, it alone keeps
+//! the smallest held id ([`HeldCursor`]), so each look at the held files reads only the rows
+//! from there on instead of the whole `files` table.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sluice_core::config::WatchMode;
-use sluice_core::store::{DetectedFile, Detection, FileError, Store};
+use sluice_core::store::{
+    DetectedFile, Detection, FileError, FileRecord, HeldFiles, INGEST_JOB_KIND, Store,
+};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 /// Most files committed in one transaction.
@@ -27,6 +35,12 @@ pub enum RecorderCommand {
     Sweep { prefix: PathBuf, mode: WatchMode },
     /// Count the files that are not gone.
     Count,
+    /// Queue as many held files as the ingest queue has room for, oldest first, one
+    /// transaction per batch, in the folders `watches` (path and mode of each); held files
+    /// that left their folder are marked gone instead. Answered with `HeldChecked`.
+    QueueHeld { watches: Vec<(PathBuf, WatchMode)> },
+    /// A reload changed `[ingest] max_pending`.
+    SetMaxPending(u32),
 }
 
 /// What the recorder reports back to the main loop.
@@ -41,6 +55,15 @@ pub enum RecorderReport {
         gone: usize,
     },
     Counted(u64),
+    /// What `QueueHeld` did: the held files it queued (each `new`, with its job), how many
+    /// it found gone, and the held files left.
+    HeldChecked {
+        queued: Vec<Detection>,
+        gone: usize,
+        held: HeldFiles,
+    },
+    /// `QueueHeld` failed (the store is busy or its disk full); the loop tries again later.
+    HeldCheckFailed(String),
     /// A batch of files could not be committed (the database's disk is full, or another
     /// process held the lock too long); the main loop walks their folders again later.
     NotRecorded {
@@ -58,16 +81,26 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts the thread with its own store connection; reports go to `reports`.
+    /// Starts the thread with its own store connection; reports go to `reports`. New
+    /// versions get an ingest job while fewer than `max_pending` are pending, and are held
+    /// beyond.
     pub fn start(
         store: Store,
         max_attempts: u32,
+        max_pending: u32,
         reports: impl Fn(RecorderReport) + Send + 'static,
     ) -> std::io::Result<Recorder> {
         let (commands, receiver) = unbounded_channel();
+        let state = RecorderState {
+            store,
+            max_attempts,
+            max_pending,
+            held_cursor: HeldCursor::Unknown,
+            held_roots: Vec::new(),
+        };
         let thread = std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || record_loop(store, max_attempts, receiver, reports))?;
+            .spawn(move || record_loop(state, receiver, reports))?;
         Ok(Recorder { commands, thread })
     }
 
@@ -83,6 +116,10 @@ impl Recorder {
                     format!("files gone from {} were not marked gone", prefix.display())
                 }
                 RecorderCommand::Count => "the files were not counted".to_owned(),
+                RecorderCommand::QueueHeld { .. } => "held files were not queued".to_owned(),
+                RecorderCommand::SetMaxPending(_) => {
+                    "the new [ingest] max_pending was not applied".to_owned()
+                }
             };
             tracing::error!("the recorder thread is gone; {lost}");
         }
@@ -96,9 +133,52 @@ impl Recorder {
     }
 }
 
-fn record_loop(
-    mut store: Store,
+/// What the recorder thread owns.
+struct RecorderState {
+    store: Store,
     max_attempts: u32,
+    max_pending: u32,
+    held_cursor: HeldCursor,
+    /// The watched folders of the last `QueueHeld`; held files elsewhere are left alone.
+    held_roots: Vec<PathBuf>,
+}
+
+/// Where the held files start, as far as this thread knows: every held file has an id at or
+/// above it. Files become held only through this thread, which moves the cursor down when
+/// one does; a look at the held files moves it up to the oldest one still held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeldCursor {
+    /// At start: a previous run may have left held files anywhere.
+    Unknown,
+    /// None are held.
+    None,
+    From(i64),
+}
+
+impl HeldCursor {
+    fn start_id(self) -> Option<i64> {
+        match self {
+            HeldCursor::Unknown => Some(0),
+            HeldCursor::None => None,
+            HeldCursor::From(id) => Some(id),
+        }
+    }
+
+    fn include(&mut self, id: i64) {
+        *self = match *self {
+            HeldCursor::Unknown => HeldCursor::Unknown,
+            HeldCursor::None => HeldCursor::From(id),
+            HeldCursor::From(from) => HeldCursor::From(from.min(id)),
+        };
+    }
+
+    fn after_count(held: HeldFiles) -> HeldCursor {
+        held.first_id.map_or(HeldCursor::None, HeldCursor::From)
+    }
+}
+
+fn record_loop(
+    mut state: RecorderState,
     mut receiver: UnboundedReceiver<RecorderCommand>,
     reports: impl Fn(RecorderReport),
 ) {
@@ -120,10 +200,21 @@ fn record_loop(
                         Err(_) => break,
                     }
                 }
-                reports(record_batch(&mut store, &batch, max_attempts));
+                let report = record_batch(
+                    &mut state.store,
+                    &batch,
+                    state.max_attempts,
+                    state.max_pending,
+                );
+                if let RecorderReport::Recorded { detections, .. } = &report {
+                    for detection in detections.iter().filter(|detection| detection.is_held()) {
+                        state.held_cursor.include(detection.file_id);
+                    }
+                }
+                reports(report);
             }
             RecorderCommand::Sweep { prefix, mode } => {
-                reports(match sweep(&mut store, &prefix, mode) {
+                reports(match sweep(&mut state.store, &prefix, mode) {
                     Ok(gone) => RecorderReport::Swept { prefix, gone },
                     Err(error) => RecorderReport::Failed(format!(
                         "cannot mark vanished files under {} as gone: {error}",
@@ -132,7 +223,7 @@ fn record_loop(
                 });
             }
             RecorderCommand::Count => {
-                reports(match store.file_counts() {
+                reports(match state.store.file_counts() {
                     Ok(counts) => RecorderReport::Counted(
                         counts
                             .iter()
@@ -143,18 +234,146 @@ fn record_loop(
                     Err(error) => RecorderReport::Failed(format!("cannot count files: {error}")),
                 });
             }
+            RecorderCommand::QueueHeld { watches } => {
+                reports(match queue_held(&mut state, &watches) {
+                    Ok(report) => report,
+                    Err(error) => RecorderReport::HeldCheckFailed(error.to_string()),
+                });
+            }
+            RecorderCommand::SetMaxPending(max_pending) => state.max_pending = max_pending,
         }
+    }
+}
+
+/// `QueueHeld`: while the ingest queue has room, takes that many held files (oldest first),
+/// marks those that left their folder gone, and records the rest again, which queues them
+/// (one transaction per batch). A held file whose content changed since it was recorded is
+/// left held: it may be being written, and the watcher records its new version once ready.
+fn queue_held(
+    state: &mut RecorderState,
+    watches: &[(PathBuf, WatchMode)],
+) -> Result<RecorderReport, FileError> {
+    let roots: Vec<PathBuf> = watches.iter().map(|(root, _)| root.clone()).collect();
+    if roots != state.held_roots {
+        // Held files of a folder watched again after a reload may sit below the cursor.
+        state.held_cursor = HeldCursor::Unknown;
+        state.held_roots = roots.clone();
+    }
+    let mut queued = Vec::new();
+    let mut gone = 0;
+    let Some(mut from_id) = state.held_cursor.start_id() else {
+        return Ok(RecorderReport::HeldChecked {
+            queued,
+            gone,
+            held: HeldFiles::default(),
+        });
+    };
+    loop {
+        let pending = state
+            .store
+            .pending_jobs(INGEST_JOB_KIND, state.max_pending)?;
+        let room = u64::from(state.max_pending).saturating_sub(pending);
+        if room == 0 {
+            break;
+        }
+        let batch_size = usize::try_from(room).unwrap_or(MAX_BATCH).min(MAX_BATCH);
+        let candidates = state.store.held_files(&roots, from_id, batch_size)?;
+        let Some(last) = candidates.last() else {
+            break;
+        };
+        from_id = last.id + 1;
+        let mut present = Vec::new();
+        let mut vanished: Vec<(PathBuf, WatchMode)> = Vec::new();
+        for file in &candidates {
+            let Some((_, mode)) = watches.iter().find(|(root, _)| *root == file.watch_root) else {
+                continue;
+            };
+            match still_there(file, *mode) {
+                Presence::Unchanged(detected) => present.push(detected),
+                Presence::Changed => {}
+                Presence::Gone => vanished.push((file.path.clone(), *mode)),
+            }
+        }
+        for mode in [WatchMode::Consume, WatchMode::Index] {
+            let paths: Vec<PathBuf> = vanished
+                .iter()
+                .filter(|(_, file_mode)| *file_mode == mode)
+                .map(|(path, _)| path.clone())
+                .collect();
+            if !paths.is_empty() {
+                gone += state.store.mark_gone(&paths, mode)?.len();
+            }
+        }
+        if !present.is_empty() {
+            let detections = state.store.record_detected_files(
+                &present,
+                state.max_attempts,
+                state.max_pending,
+            )?;
+            // A file still held here lost its place to someone else meanwhile (a job
+            // retried by hand, say); the count below includes it.
+            queued.extend(detections.into_iter().filter(|detection| detection.new));
+        }
+        if candidates.len() < batch_size {
+            break;
+        }
+    }
+    // Counted from where this look started: whatever it skipped or could not queue is
+    // still held and counted.
+    let start = state.held_cursor.start_id().unwrap_or(0);
+    let held = state.store.count_held_files(&roots, start)?;
+    state.held_cursor = HeldCursor::after_count(held);
+    Ok(RecorderReport::HeldChecked { queued, gone, held })
+}
+
+/// What a held file's path holds now.
+enum Presence {
+    /// The version recorded, ready to be queued.
+    Unchanged(DetectedFile),
+    /// Another version of a regular file.
+    Changed,
+    /// No regular file any more.
+    Gone,
+}
+
+fn still_there(file: &FileRecord, mode: WatchMode) -> Presence {
+    match std::fs::symlink_metadata(&file.path) {
+        Ok(metadata) if metadata.is_file() => {
+            let version = crate::walk::FileVersion::from_metadata(file.path.clone(), &metadata);
+            if (version.size, version.mtime_ns, version.inode)
+                != (file.size, file.mtime_ns, file.inode)
+            {
+                return Presence::Changed;
+            }
+            Presence::Unchanged(DetectedFile {
+                watch_root: file.watch_root.clone(),
+                path: file.path.clone(),
+                mode,
+                size: file.size,
+                mtime_ns: file.mtime_ns,
+                inode: file.inode,
+            })
+        }
+        Ok(_) => Presence::Gone,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Presence::Gone,
+        // Unreadable for now (permissions, I/O): neither queued nor gone; looked at again.
+        Err(_) => Presence::Changed,
     }
 }
 
 /// Commits one batch, retrying a failed commit with a growing pause (a long write by another
 /// process can outlast the busy timeout).
-fn record_batch(store: &mut Store, batch: &[DetectedFile], max_attempts: u32) -> RecorderReport {
+fn record_batch(
+    store: &mut Store,
+    batch: &[DetectedFile],
+    max_attempts: u32,
+    max_pending: u32,
+) -> RecorderReport {
     let started = Instant::now();
     let mut pause = Duration::from_millis(100);
     let mut attempt = 1;
     loop {
-        match store.record_detected_files(batch, max_attempts) {
+        match store.record_detected_files(batch, max_attempts, max_pending) {
             Ok(detections) => {
                 return RecorderReport::Recorded {
                     detections,

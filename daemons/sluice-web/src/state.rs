@@ -48,6 +48,8 @@ pub struct Settings {
     pub max_download_size: u64,
     /// `[scraper] max_pending`: downloads beyond it are refused with 429.
     pub max_pending_downloads: u32,
+    /// `[ingest] max_pending`: uploads beyond it are refused with 429.
+    pub max_pending_ingest: u32,
     pub max_attempts: u32,
     pub staging: PathBuf,
     pub workers: u32,
@@ -85,6 +87,7 @@ impl Settings {
             allow_private_addresses: config.scraper.allow_private_addresses,
             max_download_size: config.scraper.max_download_size,
             max_pending_downloads: config.scraper.max_pending,
+            max_pending_ingest: config.ingest.max_pending,
             max_attempts: config.jobs.max_attempts,
             staging: config.scraper.staging.clone(),
             workers: config.ingest.workers,

@@ -456,6 +456,7 @@ async fn place_all(
 ) -> Result<Vec<Placed>, ApiError> {
     let inbox = state.settings().inbox.clone();
     let max_attempts = state.settings().max_attempts;
+    let max_pending = state.settings().max_pending_ingest;
     let mut placed = Vec::with_capacity(staged.len());
     for mut file in staged {
         let inbox = inbox.clone();
@@ -474,7 +475,9 @@ async fn place_all(
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default();
         let detections = state
-            .with_store(move |store| store.record_detected_files(&[detected], max_attempts))
+            .with_store(move |store| {
+                store.record_detected_files(&[detected], max_attempts, max_pending)
+            })
             .await
             .map_err(|error| {
                 tracing::error!(
@@ -493,22 +496,40 @@ async fn place_all(
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::Internal("recording the upload returned nothing".into()))?;
+        let Some(job_id) = detection.job_id else {
+            // The ingest queue filled up between the check before placing and this commit:
+            // the file is in the inbox, recorded held, and the monitor queues it once there
+            // is room. Sending it again would only make a duplicate.
+            tracing::info!(
+                file_id = detection.file_id,
+                path = %detection.path.display(),
+                "upload {:?} stored as {} and held: the ingest queue is full",
+                file.name,
+                detection.path.display()
+            );
+            return Err(ApiError::QueueFull(format!(
+                "the ingest queue filled up while {:?} was being stored: it is in the inbox \
+                 as {stored_as} and will be ingested once the queue has room, without a job \
+                 id yet; do not send it again",
+                file.name
+            )));
+        };
         tracing::info!(
             file_id = detection.file_id,
-            job_id = detection.job_id,
+            job_id,
             path = %detection.path.display(),
             size = file.size,
             "upload {:?} stored as {} and queued as job {}",
             file.name,
             detection.path.display(),
-            detection.job_id
+            job_id
         );
         placed.push(Placed {
             name: file.name.clone(),
             stored_as,
             size: file.size,
             file_id: detection.file_id,
-            job_id: detection.job_id,
+            job_id,
         });
     }
     Ok(placed)

@@ -51,8 +51,11 @@ published_object! {
         durability: String => String = Clone::clone;
         /// Files detected since the monitor started.
         files_detected: u64 => u64 = Clone::clone;
-        /// Ingest jobs queued since the monitor started.
+        /// Ingest jobs queued since the monitor started (a held file counts when queued).
         jobs_queued: u64 => u64 = Clone::clone;
+        /// Files recorded but not yet queued, because the ingest queue is at `[ingest]
+        /// max_pending`; they are queued, oldest first, as it drains.
+        files_held: u64 => u64 = Clone::clone;
     }
     members {
         /// Reconcile a watched folder (or a folder inside one) with the database now; an empty
@@ -75,7 +78,8 @@ published_object! {
         }
     }
     signals {
-        /// A file became ready in a watched folder and was recorded; `job_id` is its ingest job.
+        /// A file became ready in a watched folder and was recorded with its ingest job
+        /// `job_id`. A held file is announced when it is queued, not before.
         pub fn file_detected(path: &str, file_id: u64, job_id: u64);
         /// A job was added to the queue.
         pub fn job_queued(kind: &str, job_id: u64);
@@ -94,6 +98,7 @@ impl MonitorStatus {
             durability: durability.to_owned(),
             files_detected: 0,
             jobs_queued: 0,
+            files_held: 0,
         }
     }
 }

@@ -17,6 +17,21 @@ use super::jobs::{
     Completion, JobError, JobState, LeaseToken, MAX_PAGE_SIZE, Outcome, Page, PageRequest, complete,
 };
 use super::{Store, StoreError, now_ms};
+use crate::ingest::INGEST_JOB_KIND;
+
+/// The condition under which a worker's outcome may change a file row: unless the row is
+/// held (detected, no job: the ingest queue was full, see `files.rs`) for another version
+/// than the one its job ingested, going by the job's unique key. Such a row keeps describing
+/// the held version, so that version is queued once there is room instead of passing for
+/// ingested. `job` is the SQL parameter that holds the job's id.
+fn not_held_for_another_version(job: &str) -> String {
+    format!(
+        "NOT (state = 'detected' AND job_id IS NULL AND EXISTS (
+             SELECT 1 FROM jobs WHERE jobs.id = {job}
+               AND jobs.unique_key GLOB '{INGEST_JOB_KIND}:*'
+               AND jobs.unique_key != '{INGEST_JOB_KIND}:' || files.id || ':' || files.version_key))"
+    )
+}
 
 /// Longest full-text query accepted, in bytes.
 pub const MAX_SEARCH_QUERY_BYTES: usize = 1024;
@@ -213,10 +228,11 @@ impl Store {
             };
             if let Some(file_id) = record.file_id {
                 transaction
-                    .prepare_cached(
+                    .prepare_cached(&format!(
                         "UPDATE files SET state = ?2, document_id = ?3, job_id = ?4, updated_at = ?5
-                         WHERE id = ?1",
-                    )?
+                         WHERE id = ?1 AND {}",
+                        not_held_for_another_version("?4")
+                    ))?
                     .execute(params![
                         file_id,
                         if duplicate { "duplicate" } else { "ingested" },
@@ -280,10 +296,11 @@ impl Store {
             {
                 // A missing row is no reason to keep the job's failure from being recorded.
                 transaction
-                    .prepare_cached(
+                    .prepare_cached(&format!(
                         "UPDATE files SET state = 'failed', job_id = ?2, updated_at = ?3
-                         WHERE id = ?1",
-                    )?
+                         WHERE id = ?1 AND {}",
+                        not_held_for_another_version("?2")
+                    ))?
                     .execute(params![file_id, job_id, now])?;
             }
             Ok(state)

@@ -4,6 +4,12 @@
 //! The rules this module keeps:
 //! - **Recording a file and enqueuing its ingest job is one transaction.** A crash between the
 //!   two cannot leave a recorded file without its job, or a job without its file.
+//! - **A detected file is never dropped.** When the ingest queue is at its limit (`[ingest]
+//!   max_pending`), a new version is still recorded (`detected`) but without a job
+//!   (`job_id` NULL): it is *held*. The monitor queues held files, oldest first, through the
+//!   same [`Store::record_detected_files`] once workers make room. A held file that leaves
+//!   its folder is marked `gone` like any other, and a worker finishing an older version's
+//!   job leaves a held row alone.
 //! - **One version of one file is queued once.** A version is (size, mtime in ns, inode); the
 //!   job's unique key is `ingest:<file id>:<size>:<mtime_ns>:<inode>`, and the file row is one
 //!   per path, so a restart, a rescan or an event seen twice finds the existing job instead of
@@ -21,7 +27,7 @@ use std::str::FromStr;
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 use serde::{Deserialize, Serialize};
 
-use super::jobs::{JobError, NewJob, Page, PageRequest, insert_job};
+use super::jobs::{JobError, NewJob, Page, PageRequest, insert_job, room_for};
 use super::{Store, StoreError, now_ms};
 pub use crate::ingest::INGEST_JOB_KIND;
 use crate::ingest::{IngestPayload, WatchMode};
@@ -54,17 +60,34 @@ impl DetectedFile {
 pub struct Detection {
     pub path: PathBuf,
     pub file_id: i64,
-    /// The ingest job of this version (new or existing).
-    pub job_id: i64,
-    /// Whether this call queued the job; `false` means this version was already known.
+    /// The ingest job of this version (new or existing); `None` when the file is held: the
+    /// ingest queue was full, so it is recorded without a job and queued later.
+    pub job_id: Option<i64>,
+    /// Whether this call queued the job; `false` means this version was already known, or
+    /// is held.
     pub new: bool,
+}
+
+impl Detection {
+    /// Recorded without a job because the ingest queue was full.
+    pub fn is_held(&self) -> bool {
+        self.job_id.is_none()
+    }
+}
+
+/// The files held back for want of room in the ingest queue, as far as one look saw them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeldFiles {
+    pub count: u64,
+    /// The oldest (smallest) id among them; `None` when there are none.
+    pub first_id: Option<i64>,
 }
 
 /// Where a file stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FileState {
-    /// Found and queued for ingest.
+    /// Found and queued for ingest, or held until the ingest queue has room (no job yet).
     Detected,
     Ingested,
     /// Its content was already in the catalogue.
@@ -162,11 +185,15 @@ impl Store {
     /// in one transaction. Returns one [`Detection`] per file, in order.
     ///
     /// A file whose current version is already recorded changes nothing (`new = false`), so a
-    /// rescan costs reads only. A new version updates the row and queues a new job.
+    /// rescan costs reads only. A new version updates the row and queues a new job, as long
+    /// as fewer than `max_pending` ingest jobs are queued, retrying or running (counted once,
+    /// in this transaction, so no concurrent writer can overshoot); the files beyond it are
+    /// recorded held (`job_id = None`), in the order given.
     pub fn record_detected_files(
         &mut self,
         files: &[DetectedFile],
         max_attempts: u32,
+        max_pending: u32,
     ) -> Result<Vec<Detection>, FileError> {
         if files.len() > MAX_FILES_PER_BATCH {
             return Err(FileError::InvalidArgument(format!(
@@ -180,13 +207,65 @@ impl Store {
             .collect::<Result<Vec<_>, _>>()?;
         let now = now_ms();
         self.write(|transaction| {
+            let mut room = room_for(transaction, INGEST_JOB_KIND, max_pending)?;
             files
                 .iter()
                 .zip(&texts)
                 .map(|(file, (path, root))| {
-                    record_one(transaction, file, path, root, max_attempts, now)
+                    record_one(transaction, file, path, root, max_attempts, &mut room, now)
                 })
                 .collect()
+        })
+    }
+
+    /// The files held for want of room in the ingest queue (detected, without a job) in the
+    /// folders `watch_roots`, oldest first, from id `from_id` on, at most `limit`.
+    ///
+    /// `from_id` lets the monitor, which knows the smallest held id, skip the older rows:
+    /// `files` keeps a row for every file ever seen and has no index on its state.
+    pub fn held_files(
+        &self,
+        watch_roots: &[PathBuf],
+        from_id: i64,
+        limit: usize,
+    ) -> Result<Vec<FileRecord>, FileError> {
+        let roots = roots_json(watch_roots)?;
+        let mut statement = self.connection().prepare_cached(&format!(
+            "SELECT {FILE_COLUMNS} FROM files
+             WHERE id >= ?1 AND state = 'detected' AND job_id IS NULL
+               AND watch_root IN (SELECT value FROM json_each(?2))
+             ORDER BY id LIMIT ?3"
+        ))?;
+        let files = statement
+            .query_map(
+                params![from_id, roots, i64::try_from(limit).unwrap_or(i64::MAX)],
+                file_from_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(files)
+    }
+
+    /// How many files are held in the folders `watch_roots` (from id `from_id` on), and the
+    /// oldest one's id.
+    pub fn count_held_files(
+        &self,
+        watch_roots: &[PathBuf],
+        from_id: i64,
+    ) -> Result<HeldFiles, FileError> {
+        let roots = roots_json(watch_roots)?;
+        let (count, first_id) = self
+            .connection()
+            .prepare_cached(
+                "SELECT count(*), min(id) FROM files
+                 WHERE id >= ?1 AND state = 'detected' AND job_id IS NULL
+                   AND watch_root IN (SELECT value FROM json_each(?2))",
+            )?
+            .query_row(params![from_id, roots], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
+            })?;
+        Ok(HeldFiles {
+            count: count as u64,
+            first_id,
         })
     }
 
@@ -333,12 +412,15 @@ impl Store {
     }
 }
 
+/// Records one file; `room` is how many more ingest jobs fit in the queue, and goes down by
+/// one for each job this call creates.
 fn record_one(
     transaction: &Transaction<'_>,
     file: &DetectedFile,
     path: &str,
     root: &str,
     max_attempts: u32,
+    room: &mut u64,
     now: i64,
 ) -> Result<Detection, FileError> {
     let version_key = file.version_key();
@@ -366,15 +448,18 @@ fn record_one(
             return Ok(Detection {
                 path: file.path.clone(),
                 file_id: id,
-                job_id,
+                job_id: Some(job_id),
                 new: false,
             });
         }
         Some((id, ..)) => {
+            // A new version, or a held one seen again (its job_id is NULL). The job_id of an
+            // older version is cleared here and set again below when this version gets a job,
+            // so a row without a job always means held.
             transaction
                 .prepare_cached(
                     "UPDATE files SET watch_root = ?2, size = ?3, mtime_ns = ?4, inode = ?5,
-                         version_key = ?6, state = 'detected', updated_at = ?7
+                         version_key = ?6, state = 'detected', job_id = NULL, updated_at = ?7
                      WHERE id = ?1",
                 )?
                 .execute(params![
@@ -400,34 +485,66 @@ fn record_one(
                 |row| row.get(0),
             )?,
     };
-    // The version the job is queued for: a worker that finds another version on disk knows a
-    // newer job exists (or will) for that one.
-    let payload = IngestPayload {
-        path: file.path.clone(),
-        file_id: Some(file_id),
-        watch_root: file.watch_root.clone(),
-        mode: file.mode,
-        size: Some(file.size),
-        mtime_ns: Some(file.mtime_ns),
-        inode: Some(file.inode),
+    let unique_key = format!("{INGEST_JOB_KIND}:{file_id}:{version_key}");
+    let known_job: Option<i64> = transaction
+        .prepare_cached("SELECT id FROM jobs WHERE unique_key = ?1")?
+        .query_row([&unique_key], |row| row.get(0))
+        .optional()?;
+    let (job_id, new) = match known_job {
+        // This version already has its job (the key guards against queueing it twice).
+        Some(job_id) => (job_id, false),
+        None if *room == 0 => {
+            return Ok(Detection {
+                path: file.path.clone(),
+                file_id,
+                job_id: None,
+                new: false,
+            });
+        }
+        None => {
+            // The version the job is queued for: a worker that finds another version on disk
+            // knows a newer job exists (or will) for that one.
+            let payload = IngestPayload {
+                path: file.path.clone(),
+                file_id: Some(file_id),
+                watch_root: file.watch_root.clone(),
+                mode: file.mode,
+                size: Some(file.size),
+                mtime_ns: Some(file.mtime_ns),
+                inode: Some(file.inode),
+            };
+            let job = NewJob::new(
+                INGEST_JOB_KIND,
+                serde_json::to_value(&payload).expect("the payload serializes"),
+            )
+            .with_max_attempts(max_attempts)
+            .with_unique_key(unique_key);
+            let payload_text = job.validate()?;
+            let enqueued = insert_job(transaction, &job, &payload_text, max_attempts, now)?;
+            if enqueued.created {
+                *room -= 1;
+            }
+            (enqueued.id, enqueued.created)
+        }
     };
-    let job = NewJob::new(
-        INGEST_JOB_KIND,
-        serde_json::to_value(&payload).expect("the payload serializes"),
-    )
-    .with_max_attempts(max_attempts)
-    .with_unique_key(format!("{INGEST_JOB_KIND}:{file_id}:{version_key}"));
-    let payload_text = job.validate()?;
-    let enqueued = insert_job(transaction, &job, &payload_text, max_attempts, now)?;
     transaction
         .prepare_cached("UPDATE files SET job_id = ?2 WHERE id = ?1")?
-        .execute(params![file_id, enqueued.id])?;
+        .execute(params![file_id, job_id])?;
     Ok(Detection {
         path: file.path.clone(),
         file_id,
-        job_id: enqueued.id,
-        new: enqueued.created,
+        job_id: Some(job_id),
+        new,
     })
+}
+
+/// The watched folders as a JSON list for `json_each`.
+fn roots_json(watch_roots: &[PathBuf]) -> Result<String, FileError> {
+    let roots = watch_roots
+        .iter()
+        .map(|root| path_text("watch_root", root))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(serde_json::to_string(&roots).expect("a list of strings serializes"))
 }
 
 /// The path and root as text, after checking the shape the table relies on.
@@ -495,6 +612,8 @@ fn file_from_row(row: &Row<'_>) -> rusqlite::Result<FileRecord> {
 mod tests {
     use super::*;
     use crate::store::tests::open_temp;
+    use std::time::Duration;
+
     use crate::store::{Durability, JobState};
 
     fn detected(name: &str, size: u64, mtime_ns: i64) -> DetectedFile {
@@ -512,10 +631,14 @@ mod tests {
     fn a_file_and_its_ingest_job_are_recorded_together_once_per_version() {
         let (_directory, mut store) = open_temp(Durability::Normal);
         let first = store
-            .record_detected_files(&[detected("a.pdf", 10, 1), detected("b.pdf", 20, 2)], 5)
+            .record_detected_files(
+                &[detected("a.pdf", 10, 1), detected("b.pdf", 20, 2)],
+                5,
+                1000,
+            )
             .unwrap();
         assert!(first.iter().all(|detection| detection.new));
-        let job = store.get_job(first[0].job_id).unwrap();
+        let job = store.get_job(first[0].job_id.unwrap()).unwrap();
         assert_eq!(job.kind, INGEST_JOB_KIND);
         assert_eq!(job.state, JobState::Queued);
         let payload: IngestPayload = serde_json::from_value(job.payload).unwrap();
@@ -532,12 +655,16 @@ mod tests {
             }
         );
         let file = store.get_file(first[0].file_id).unwrap();
-        assert_eq!(file.job_id, Some(first[0].job_id));
+        assert_eq!(file.job_id, first[0].job_id);
         assert_eq!(file.state, FileState::Detected);
 
         // The same versions again: nothing new.
         let again = store
-            .record_detected_files(&[detected("a.pdf", 10, 1), detected("b.pdf", 20, 2)], 5)
+            .record_detected_files(
+                &[detected("a.pdf", 10, 1), detected("b.pdf", 20, 2)],
+                5,
+                1000,
+            )
             .unwrap();
         assert_eq!(
             again
@@ -552,7 +679,7 @@ mod tests {
 
         // A new version of a: same file row, new job.
         let changed = store
-            .record_detected_files(&[detected("a.pdf", 11, 3)], 5)
+            .record_detected_files(&[detected("a.pdf", 11, 3)], 5, 1000)
             .unwrap();
         assert!(changed[0].new);
         assert_eq!(changed[0].file_id, first[0].file_id);
@@ -564,7 +691,7 @@ mod tests {
     fn gone_files_are_marked_and_consumed_ones_keep_their_state() {
         let (_directory, mut store) = open_temp(Durability::Normal);
         let detections = store
-            .record_detected_files(&[detected("a", 1, 1), detected("b", 1, 1)], 5)
+            .record_detected_files(&[detected("a", 1, 1), detected("b", 1, 1)], 5, 1000)
             .unwrap();
         store
             .connection()
@@ -594,7 +721,7 @@ mod tests {
 
         // The same version coming back is present again without a second job.
         let back = store
-            .record_detected_files(&[detected("a", 1, 1)], 5)
+            .record_detected_files(&[detected("a", 1, 1)], 5, 1000)
             .unwrap();
         assert!(!back[0].new);
         assert_eq!(back[0].job_id, detections[0].job_id);
@@ -608,7 +735,11 @@ mod tests {
     fn a_consumed_file_leaving_while_its_ingest_job_runs_is_not_gone() {
         let (_directory, mut store) = open_temp(Durability::Normal);
         let detections = store
-            .record_detected_files(&[detected("running", 1, 1), detected("waiting", 1, 1)], 5)
+            .record_detected_files(
+                &[detected("running", 1, 1), detected("waiting", 1, 1)],
+                5,
+                1000,
+            )
             .unwrap();
         // A worker claims the first file's job (only that one: the claim takes the oldest).
         let claimed = store
@@ -616,11 +747,11 @@ mod tests {
                 &"worker".into(),
                 &[INGEST_JOB_KIND],
                 1,
-                std::time::Duration::from_secs(30),
+                Duration::from_secs(30),
             )
             .unwrap();
         assert_eq!(claimed.len(), 1);
-        assert_eq!(claimed[0].id, detections[0].job_id);
+        assert_eq!(Some(claimed[0].id), detections[0].job_id);
         let paths = vec![
             PathBuf::from("/srv/inbox/running"),
             PathBuf::from("/srv/inbox/waiting"),
@@ -638,6 +769,209 @@ mod tests {
         assert_eq!(changed, vec![detections[0].file_id]);
     }
 
+    fn inbox() -> Vec<PathBuf> {
+        vec![PathBuf::from("/srv/inbox")]
+    }
+
+    /// A held file as the monitor queues it again: the version recorded.
+    fn as_detected(file: &FileRecord) -> DetectedFile {
+        DetectedFile {
+            watch_root: file.watch_root.clone(),
+            path: file.path.clone(),
+            mode: WatchMode::Consume,
+            size: file.size,
+            mtime_ns: file.mtime_ns,
+            inode: file.inode,
+        }
+    }
+
+    #[test]
+    fn files_beyond_the_ingest_limit_are_held_and_queued_oldest_first_as_room_appears() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let files: Vec<DetectedFile> = (0..5)
+            .map(|index| detected(&format!("{index}.pdf"), 10, index))
+            .collect();
+        let detections = store.record_detected_files(&files, 5, 2).unwrap();
+        assert_eq!(
+            detections
+                .iter()
+                .map(|detection| (detection.is_held(), detection.new))
+                .collect::<Vec<_>>(),
+            [
+                (false, true),
+                (false, true),
+                (true, false),
+                (true, false),
+                (true, false)
+            ]
+        );
+        assert_eq!(store.pending_jobs(INGEST_JOB_KIND, 100).unwrap(), 2);
+        // Held files are recorded: detected, without a job.
+        for detection in &detections[2..] {
+            let row = store.get_file(detection.file_id).unwrap();
+            assert_eq!((row.state, row.job_id), (FileState::Detected, None));
+        }
+        let held = store.held_files(&inbox(), 0, 100).unwrap();
+        assert_eq!(
+            held.iter().map(|file| file.id).collect::<Vec<_>>(),
+            detections[2..]
+                .iter()
+                .map(|detection| detection.file_id)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            store.count_held_files(&inbox(), 0).unwrap(),
+            HeldFiles {
+                count: 3,
+                first_id: Some(detections[2].file_id)
+            }
+        );
+        // Only the folders asked about, and only from the id given.
+        assert!(
+            store
+                .held_files(&[PathBuf::from("/srv/other")], 0, 100)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .count_held_files(&inbox(), detections[3].file_id)
+                .unwrap()
+                .count,
+            2
+        );
+
+        // Seen again while the queue is still full: still held, nothing added.
+        let again = store.record_detected_files(&files, 5, 2).unwrap();
+        assert_eq!(
+            again.iter().filter(|detection| detection.is_held()).count(),
+            3
+        );
+        assert_eq!(store.job_counts().unwrap()[&JobState::Queued], 2);
+
+        // One job ends: the oldest held file, and only it, gets the free place.
+        let claimed = store
+            .claim_jobs(
+                &"worker".into(),
+                &[INGEST_JOB_KIND],
+                1,
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        store
+            .succeed_job(
+                claimed[0].id,
+                &claimed[0].lease_token,
+                &serde_json::json!({}),
+            )
+            .unwrap();
+        let held_again: Vec<DetectedFile> = store
+            .held_files(&inbox(), 0, 100)
+            .unwrap()
+            .iter()
+            .map(as_detected)
+            .collect();
+        let queued = store.record_detected_files(&held_again, 5, 2).unwrap();
+        assert_eq!(
+            queued
+                .iter()
+                .map(|detection| detection.new)
+                .collect::<Vec<_>>(),
+            [true, false, false]
+        );
+        assert_eq!(queued[0].file_id, detections[2].file_id);
+        assert_eq!(store.count_held_files(&inbox(), 0).unwrap().count, 2);
+
+        // A generous limit queues the rest; once queued, a version is never queued twice.
+        let rest: Vec<DetectedFile> = store
+            .held_files(&inbox(), 0, 100)
+            .unwrap()
+            .iter()
+            .map(as_detected)
+            .collect();
+        store.record_detected_files(&rest, 5, 100).unwrap();
+        let last = store.record_detected_files(&files, 5, 100).unwrap();
+        assert!(
+            last.iter()
+                .all(|detection| !detection.new && !detection.is_held())
+        );
+        assert_eq!(
+            store.count_held_files(&inbox(), 0).unwrap(),
+            HeldFiles::default()
+        );
+        let jobs = store.job_counts().unwrap();
+        assert_eq!(
+            (jobs[&JobState::Queued], jobs[&JobState::Succeeded]),
+            (4, 1)
+        );
+    }
+
+    #[test]
+    fn a_held_file_that_leaves_is_gone_and_not_queued_and_a_held_new_version_stays_held() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let first = store
+            .record_detected_files(&[detected("a", 1, 1)], 5, 1)
+            .unwrap();
+        let job_id = first[0].job_id.unwrap();
+        // The queue is full: b is held, and so is a's new version.
+        let held = store
+            .record_detected_files(&[detected("b", 1, 1), detected("a", 2, 2)], 5, 1)
+            .unwrap();
+        assert!(held.iter().all(Detection::is_held));
+        assert_eq!(held[1].file_id, first[0].file_id);
+
+        // b leaves before it was queued: gone, and not queued when room appears.
+        let changed = store
+            .mark_gone(&[PathBuf::from("/srv/inbox/b")], WatchMode::Consume)
+            .unwrap();
+        assert_eq!(changed, vec![held[0].file_id]);
+        assert_eq!(
+            store.get_file(held[0].file_id).unwrap().state,
+            FileState::Gone
+        );
+
+        // a's first version fails for good: the row keeps describing the held version.
+        let claimed = store
+            .claim_jobs(
+                &"worker".into(),
+                &[INGEST_JOB_KIND],
+                1,
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        assert_eq!(claimed[0].id, job_id);
+        store
+            .fail_ingest(
+                job_id,
+                &claimed[0].lease_token,
+                Some(first[0].file_id),
+                "not a PDF",
+                false,
+            )
+            .unwrap();
+        let row = store.get_file(first[0].file_id).unwrap();
+        assert_eq!((row.state, row.job_id), (FileState::Detected, None));
+        assert_eq!(row.version_key, detected("a", 2, 2).version_key());
+        let still_held = store.held_files(&inbox(), 0, 10).unwrap();
+        assert_eq!(
+            still_held.iter().map(|file| file.id).collect::<Vec<_>>(),
+            vec![first[0].file_id]
+        );
+        let queued = store
+            .record_detected_files(&[as_detected(&still_held[0])], 5, 1)
+            .unwrap();
+        assert!(queued[0].new);
+        assert_ne!(queued[0].job_id, Some(job_id));
+
+        // b comes back (the same version): present again, and now it is queued once room
+        // appears, like a file seen for the first time.
+        let back = store
+            .record_detected_files(&[detected("b", 1, 1)], 5, 2)
+            .unwrap();
+        assert!(back[0].new);
+        assert_eq!(back[0].file_id, held[0].file_id);
+    }
+
     #[test]
     fn prefixes_match_whole_path_components() {
         let (_directory, mut store) = open_temp(Durability::Normal);
@@ -650,6 +984,7 @@ mod tests {
                     detected("sub/deeper/z", 1, 1),
                 ],
                 5,
+                1000,
             )
             .unwrap();
         assert_eq!(
@@ -688,7 +1023,7 @@ mod tests {
         relative.watch_root = PathBuf::from("inbox");
         for bad in [outside, relative] {
             let error = store
-                .record_detected_files(&[detected("fine", 1, 1), bad], 5)
+                .record_detected_files(&[detected("fine", 1, 1), bad], 5, 1000)
                 .unwrap_err();
             assert!(matches!(error, FileError::InvalidArgument(_)), "{error}");
         }

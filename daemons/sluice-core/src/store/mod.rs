@@ -26,7 +26,8 @@ pub use downloads::{
     DownloadState, NewDownload,
 };
 pub use files::{
-    DetectedFile, Detection, FileError, FileFilter, FileRecord, FileState, INGEST_JOB_KIND,
+    DetectedFile, Detection, FileError, FileFilter, FileRecord, FileState, HeldFiles,
+    INGEST_JOB_KIND,
 };
 pub use jobs::{
     Claimant, ClaimedJob, Completion, Enqueued, Heartbeat, Job, JobError, JobFilter, JobState,

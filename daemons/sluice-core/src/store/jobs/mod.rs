@@ -32,7 +32,7 @@ mod limits;
 pub(crate) mod log;
 mod types;
 
-pub(super) use limits::require_room;
+pub(super) use limits::{require_room, room_for};
 pub use log::{JobLogEntry, JobLogEvent, MAX_LOG_PAGE, MAX_STEP_BYTES};
 pub use types::*;
 
