@@ -11,6 +11,7 @@ mod ingest;
 mod limits;
 mod monitor;
 mod policy;
+mod queue_limits;
 mod runtime;
 mod scraper;
 mod store;
