@@ -554,3 +554,66 @@ fn held_files_are_queued_on_the_status_tick_and_at_start_without_any_signal() {
         "{files:#?}"
     );
 }
+
+#[test]
+fn an_upload_beyond_the_ingest_limit_gets_429_and_stores_nothing() {
+    let fixture = SuiteFixture::new("", "");
+    set_keys(&fixture, "ingest", "max_pending = 1");
+    let web = WebDaemon::start(&fixture);
+    let upload = |name: &str| {
+        let mut response = http_agent()
+            .post(format!("{}/api/documents?name={name}", web.origin))
+            .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
+            .header("Content-Type", "application/octet-stream")
+            .send(format!("the content of {name}\n").into_bytes())
+            .expect("POST /api/documents");
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|value| value.to_str().unwrap().to_owned());
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, retry_after, text)
+    };
+    // No worker runs: the first upload's job fills the queue.
+    let (status, _, body) = upload("first.txt");
+    assert_eq!(status, 202, "{body}");
+    let (status, retry_after, body) = upload("second.txt");
+    assert_eq!(
+        (status, retry_after.as_deref()),
+        (429, Some("10")),
+        "{body}"
+    );
+    let body: Value = serde_json::from_str(&body).expect("a JSON error");
+    assert_eq!(body["error"]["code"], "queue_full", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[ingest] max_pending"),
+        "{body}"
+    );
+    let root = fixture.directory.path();
+    let names = |folder: &str| -> Vec<String> {
+        std::fs::read_dir(root.join(folder))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(
+        names("inbox"),
+        ["first.txt"],
+        "the refused upload stored nothing"
+    );
+    assert!(names("staging").is_empty(), "{:?}", names("staging"));
+    let store = fixture.store();
+    assert_eq!(count_jobs(&store), 1);
+    assert_eq!(
+        store
+            .list_files(&Default::default(), page())
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}

@@ -95,6 +95,8 @@ pub async fn upload(
             settings.inbox.display()
         ))
     })?;
+    // A full ingest queue refuses the upload before its body is read.
+    require_ingest_room(&state, 1).await?;
     let media_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -132,6 +134,9 @@ pub async fn upload(
             vec![receive_file(&state, name, payload).await?]
         }
     };
+    // Checked again once the files are received, before any is placed: a full queue refuses
+    // the upload and the staged files are removed, so nothing is stored.
+    require_ingest_room(&state, staged.len()).await?;
     let placed = place_all(&state, staged, watch).await?;
     for file in &placed {
         state.announce(Announcement::JobQueued {
@@ -444,6 +449,27 @@ fn write_error(path: &Path, error: std::io::Error) -> ApiError {
         &format!("cannot write the upload {}", path.display()),
         error,
     )
+}
+
+/// `[ingest] max_pending`: refuses an upload of `files` files with 429 `queue_full` when
+/// fewer places are left in the ingest queue. Uploads are submissions, so they are refused
+/// where a file found in the inbox would be held. The count is not the insert's transaction
+/// (a file is placed in the inbox between them): uploads racing for the last places may all
+/// pass it, and then a file the queue cannot take is held, which `place_all` reports.
+async fn require_ingest_room(state: &AppState, files: usize) -> Result<(), ApiError> {
+    let limit = state.settings().max_pending_ingest;
+    let pending = state
+        .with_store(move |store| store.pending_jobs(INGEST_JOB_KIND, limit))
+        .await?;
+    let wanted = u64::try_from(files).unwrap_or(u64::MAX);
+    if pending.saturating_add(wanted) <= u64::from(limit) {
+        return Ok(());
+    }
+    Err(ApiError::QueueFull(format!(
+        "the ingest queue is full: {pending} ingest jobs are queued, retrying or running, the \
+         limit is {limit} ([ingest] max_pending) and this upload needs {files}; nothing was \
+         stored, try again once some have finished"
+    )))
 }
 
 /// Moves every staged file into the inbox and records it with its ingest job, in the order
