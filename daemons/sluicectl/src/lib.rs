@@ -44,8 +44,9 @@ Exit status:
   5  daemon unavailable (the daemon that must do it is not running, or the bus is down)
   7  submit --wait, jobs watch: a job ended failed, dead or cancelled
   8  submit --wait: a job was still running when the wait ended
-  75 queue full: the download queue is at [scraper] max_pending, nothing was added; try
-     again once some downloads have finished (sysexits' EX_TEMPFAIL)";
+  75 queue full: the download queue is at [scraper] max_pending (download) or the ingest
+     queue at [ingest] max_pending (submit); nothing was added, try again once some jobs
+     have finished (sysexits' EX_TEMPFAIL)";
 
 /// Command-line client for the sluice daemon suite.
 #[derive(Debug, Parser)]

@@ -111,6 +111,8 @@ impl WebClient {
         let exit_status = match status {
             400 | 413 | 415 => exit::INVALID_ARGUMENT,
             404 => exit::NOT_FOUND,
+            // The ingest queue is at [ingest] max_pending; nothing was stored.
+            429 => exit::QUEUE_FULL,
             503 => exit::DAEMON_UNAVAILABLE,
             _ => exit::ERROR,
         };
