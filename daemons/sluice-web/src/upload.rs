@@ -77,7 +77,8 @@ struct Placed {
     stored_as: String,
     size: u64,
     file_id: i64,
-    job_id: i64,
+    /// `None`: the file is held (see [`place_all`]).
+    job_id: Option<i64>,
 }
 
 pub async fn upload(
@@ -138,22 +139,24 @@ pub async fn upload(
     // the upload and the staged files are removed, so nothing is stored.
     require_ingest_room(&state, staged.len()).await?;
     let placed = place_all(&state, staged, watch).await?;
-    for file in &placed {
+    let job_ids: Vec<i64> = placed.iter().filter_map(|file| file.job_id).collect();
+    for job_id in &job_ids {
         state.announce(Announcement::JobQueued {
             kind: INGEST_JOB_KIND.to_owned(),
-            job_id: u64::try_from(file.job_id).unwrap_or_default(),
+            job_id: u64::try_from(*job_id).unwrap_or_default(),
         });
     }
-    let job_ids: Vec<i64> = placed.iter().map(|file| file.job_id).collect();
     let jobs = match wait {
         Some(wait) => Some(wait_for_jobs(&state, &job_ids, wait).await?),
         None => None,
     };
-    let finished = jobs
-        .as_ref()
-        .is_some_and(|jobs| jobs.iter().all(|job| job.state.is_terminal()));
+    let finished = job_ids.len() == placed.len()
+        && jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.iter().all(|job| job.state.is_terminal()));
+    let mut waited = jobs.into_iter().flatten();
     let mut uploads = Vec::with_capacity(placed.len());
-    for (index, file) in placed.iter().enumerate() {
+    for file in &placed {
         let mut entry = json!({
             "name": file.name,
             "stored_as": file.stored_as,
@@ -161,19 +164,30 @@ pub async fn upload(
             "file_id": file.file_id,
             "job_id": file.job_id,
         });
-        if let Some(jobs) = &jobs {
-            entry["job"] = with_document(&state, &jobs[index]).await?;
+        match file.job_id {
+            // Held: stored and recorded, queued by the monitor once the queue has room.
+            None => entry["held"] = true.into(),
+            Some(_) if wait.is_some() => {
+                if let Some(job) = waited.next() {
+                    entry["job"] = with_document(&state, &job).await?;
+                }
+            }
+            Some(_) => {}
         }
         uploads.push(entry);
     }
-    let location = format!("{}/api/jobs/{}", settings.base_path, job_ids[0]);
-    Ok(HttpResponse::build(if finished {
+    let mut response = HttpResponse::build(if finished {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED
-    })
-    .insert_header((header::LOCATION, location))
-    .json(json!({ "uploads": uploads })))
+    });
+    if let Some(first) = job_ids.first() {
+        response.insert_header((
+            header::LOCATION,
+            format!("{}/api/jobs/{first}", settings.base_path),
+        ));
+    }
+    Ok(response.json(json!({ "uploads": uploads })))
 }
 
 /// The file name of a raw-body upload, from `?name=`: decoded from the query string as bytes,
@@ -523,9 +537,10 @@ async fn place_all(
             .next()
             .ok_or_else(|| ApiError::Internal("recording the upload returned nothing".into()))?;
         let Some(job_id) = detection.job_id else {
-            // The ingest queue filled up between the check before placing and this commit:
-            // the file is in the inbox, recorded held, and the monitor queues it once there
-            // is room. Sending it again would only make a duplicate.
+            // The ingest queue filled up between the check before placing and this commit
+            // (another upload took the last place): the file is in the inbox, recorded held,
+            // and the monitor queues it once there is room. The answer lists it as held;
+            // sending it again would only make a duplicate.
             tracing::info!(
                 file_id = detection.file_id,
                 path = %detection.path.display(),
@@ -533,12 +548,14 @@ async fn place_all(
                 file.name,
                 detection.path.display()
             );
-            return Err(ApiError::QueueFull(format!(
-                "the ingest queue filled up while {:?} was being stored: it is in the inbox \
-                 as {stored_as} and will be ingested once the queue has room, without a job \
-                 id yet; do not send it again",
-                file.name
-            )));
+            placed.push(Placed {
+                name: file.name.clone(),
+                stored_as,
+                size: file.size,
+                file_id: detection.file_id,
+                job_id: None,
+            });
+            continue;
         };
         tracing::info!(
             file_id = detection.file_id,
@@ -555,7 +572,7 @@ async fn place_all(
             stored_as,
             size: file.size,
             file_id: detection.file_id,
-            job_id,
+            job_id: Some(job_id),
         });
     }
     Ok(placed)
