@@ -346,3 +346,117 @@ fn open_files(pid: i32) -> u64 {
         .expect("list the open files")
         .count() as u64
 }
+
+/// Issue 9's "10,000 concurrent waiters": clients that each wait on the same job with
+/// `?wait=` hold a connection and a registration, no thread; `/healthz` and the API keep
+/// answering while they wait, the memory they cost stays within the per-connection bound, and
+/// every one of them is answered with the job's outcome as soon as it ends.
+#[test]
+fn ten_thousand_clients_waiting_on_one_job_are_all_answered_when_it_ends() {
+    const WAITERS: u64 = 10_000;
+    let unit_limit = unit_open_file_limit();
+    let limit = set_open_file_limit(unit_limit);
+    let waiters =
+        WAITERS.min(limit.saturating_sub(OTHER_FILES_OF_THIS_PROCESS.max(FILES_SLUICE_WEB_KEEPS)));
+    if waiters < WAITERS / 10 {
+        skip(&format!(
+            "needs an open-file limit of {unit_limit} for {WAITERS} waiting clients; only \
+             {limit} is allowed here"
+        ));
+        return;
+    }
+    let fixture = SuiteFixture::new("", "");
+    let daemon = WebDaemon::start(&fixture);
+    let pid = daemon.process.pid().as_raw();
+    // No worker runs: the job waits until it is cancelled.
+    let job_id = fixture.enqueue("noop");
+    for _ in 0..20 {
+        assert_eq!(get(&daemon, "/api/jobs").0, 200);
+    }
+    let baseline = memory_kib(pid, "VmRSS");
+    let files_at_start = open_files(pid);
+    let request = format!(
+        "GET /api/jobs/{job_id}?wait=10m HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: Bearer {WEB_TEST_TOKEN}\r\n\r\n"
+    );
+    let mut clients: Vec<TcpStream> = (0..waiters)
+        .map(|index| {
+            let mut stream = TcpStream::connect(daemon.address)
+                .unwrap_or_else(|error| panic!("waiting client {index} of {waiters}: {error}"));
+            stream
+                .write_all(request.as_bytes())
+                .expect("send the request");
+            stream
+        })
+        .collect();
+    // Every request has been read: sluice-web holds a file per client and has answered none.
+    assert!(
+        wait_until(DEADLINE, || open_files(pid) >= files_at_start + waiters),
+        "sluice-web holds {} files for {waiters} clients",
+        open_files(pid)
+    );
+    let (status, body) = get(&daemon, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    let (status, job) = get(&daemon, &format!("/api/jobs/{job_id}"));
+    assert_eq!(
+        (status, &job["state"]),
+        (200, &Value::from("queued")),
+        "{job}"
+    );
+    let with_waiters = memory_kib(pid, "VmRSS");
+    eprintln!(
+        "{waiters} waiting clients: RSS {baseline} -> {with_waiters} KiB, about {} bytes each",
+        with_waiters.saturating_sub(baseline) * 1024 / waiters
+    );
+    assert!(
+        with_waiters.saturating_sub(baseline) * 1024 <= waiters * MEMORY_BOUND_PER_CONNECTION,
+        "{waiters} waiting clients took sluice-web from {baseline} to {with_waiters} KiB"
+    );
+    for client in &clients {
+        client
+            .set_read_timeout(Some(std::time::Duration::from_millis(1)))
+            .expect("read timeout");
+    }
+    let mut byte = [0u8; 1];
+    assert!(
+        clients[..100]
+            .iter_mut()
+            .all(|client| matches!(client.read(&mut byte), Err(error) if error.kind() == ErrorKind::WouldBlock || error.kind() == ErrorKind::TimedOut)),
+        "a waiting client was answered before its job ended"
+    );
+
+    let (status, body) = http_result(
+        http_agent()
+            .post(format!("{}/api/jobs/{job_id}/cancel", daemon.origin))
+            .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
+            .send_empty(),
+    );
+    assert_eq!(status, 200, "{body}");
+    for (index, client) in clients.iter_mut().enumerate() {
+        client
+            .set_read_timeout(Some(DEADLINE))
+            .expect("read timeout");
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !answer.windows(4).any(|window| window == b"\r\n\r\n")
+            || !String::from_utf8_lossy(&answer).contains("cancelled")
+        {
+            let read = client
+                .read(&mut chunk)
+                .unwrap_or_else(|error| panic!("client {index}: {error}"));
+            assert!(read > 0, "client {index}: closed without an answer");
+            answer.extend_from_slice(&chunk[..read]);
+        }
+        assert!(
+            answer.starts_with(b"HTTP/1.1 200"),
+            "client {index}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    drop(clients);
+    assert!(
+        wait_until(DEADLINE, || open_files(pid) <= files_at_start + 16),
+        "sluice-web still holds {} files after the clients left",
+        open_files(pid)
+    );
+}
