@@ -22,3 +22,7 @@ target/release/sluice-bench w4 --runs "${RUNS:-3}" | tee bench-results/w4.json
 # Issue 16: kill -9 a worker holding a job, time until the job is claimed again (20 kills, by a
 # peer and by the restarted instance).
 target/release/sluice-bench rescue --kills "${KILLS:-20}" | tee bench-results/rescue.json
+# Issue 9: 10,000 clients waiting on one job (web memory, fan-out time when it ends).
+target/release/sluice-bench waiters --runs "${RUNS:-3}" | tee bench-results/waiters.json
+# W5: the PDF corpus uploaded with 8 requests in flight, each waiting for its result.
+target/release/sluice-bench w5 --runs "${RUNS:-3}" | tee bench-results/w5.json
