@@ -9,6 +9,7 @@ mod full_disk;
 mod in_process;
 mod ingest;
 mod limits;
+mod maintenance;
 mod monitor;
 mod policy;
 mod queue_limits;

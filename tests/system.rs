@@ -124,6 +124,7 @@ fn every_service_is_hardened_to_the_promised_exposure() -> Result<()> {
         ("sluice-ingest-worker@.service", 1.5),
         ("sluice-web.service", 1.5),
         ("sluice-scraper.service", 2.5),
+        ("sluice-maintenance.service", 1.5),
     ] {
         let exposure = offline_exposure(&workspace_root().join("units").join(unit))?;
         eprintln!("{unit}: exposure {exposure}");
@@ -260,6 +261,22 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
     );
     container.check("systemctl start sluice.target")?;
     suite.wait_until_every_unit_runs()?;
+
+    // The maintenance timer runs with the suite; its service, started now, succeeds and
+    // says in the journal what it did.
+    let timer = container.unit_property("sluice-maintenance.timer", "ActiveState")?;
+    ensure!(timer == "active", "sluice-maintenance.timer is {timer}");
+    container.check("systemctl start sluice-maintenance.service")?;
+    let result = container.unit_property("sluice-maintenance.service", "Result")?;
+    ensure!(
+        result == "success",
+        "sluice-maintenance.service ended with {result}"
+    );
+    let journal = container.check("journalctl --no-pager -o cat -u sluice-maintenance.service")?;
+    ensure!(
+        journal.contains("deleted:") && journal.contains("checkpoint:"),
+        "the maintenance run said nothing of what it did: {journal}"
+    );
     eprintln!(
         "systemctl start sluice.target to every unit READY: {:.3}s",
         suite.start_to_ready()?.as_secs_f64()
@@ -467,7 +484,10 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
 
     // Remove stops everything and keeps state; purge removes it.
     container.check("apt-get remove -y sluice")?;
-    for unit in SLUICE_UNITS.iter().chain(&["sluice.slice"]) {
+    for unit in SLUICE_UNITS
+        .iter()
+        .chain(&["sluice.slice", "sluice-maintenance.timer"])
+    {
         let state = container.unit_property(unit, "ActiveState")?;
         ensure!(
             state != "active",

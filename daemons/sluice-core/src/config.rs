@@ -65,6 +65,7 @@ pub struct Config {
     pub scraper: ScraperConfig,
     pub sources: Vec<SourceConfig>,
     pub limits: LimitsConfig,
+    pub retention: RetentionConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -328,6 +329,19 @@ impl PartialEq for LinkPattern {
     fn eq(&self, other: &Self) -> bool {
         self.0.as_str() == other.0.as_str()
     }
+}
+
+/// How long finished work is kept before `sluicectl db maintain` deletes it. Documents and
+/// their files are never deleted by retention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionConfig {
+    pub succeeded_jobs: Duration,
+    /// Failed, dead and cancelled jobs.
+    pub failed_jobs: Duration,
+    /// Entries of a finished job's history (its transitions, progress and steps).
+    pub history: Duration,
+    /// Download rows that succeeded, failed or were cancelled.
+    pub finished_downloads: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]

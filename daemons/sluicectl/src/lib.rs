@@ -90,6 +90,9 @@ pub enum Command {
     /// List or search documents.
     #[command(subcommand)]
     Docs(DocsCommand),
+    /// Check, back up, vacuum or maintain the database (safe while the daemons run).
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Check the configuration file, or print one of its values.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -129,6 +132,26 @@ sluice.target.
 
 /etc/sluice/sluice.toml is a conffile: after this command, an upgrade that ships a changed
 default file asks which one to keep, as for any edit.";
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// SQLite's integrity check and foreign-key check; exit status 1 when either finds a
+    /// problem.
+    Check,
+    /// Write a consistent copy of the database to FILE with SQLite's online backup, while
+    /// the daemons keep writing. FILE must not exist; nothing is left behind on failure. To
+    /// restore: stop sluice.target, put the copy in place of [store] path (removing its
+    /// -wal and -shm files), owned by _sluice:sluice, and start sluice.target.
+    Backup {
+        /// The new file (a plain SQLite database).
+        file: PathBuf,
+    },
+    /// Rebuild the database file without its free pages (waits for the write lock).
+    Vacuum,
+    /// Delete finished work older than [retention] says, then PRAGMA optimize and a WAL
+    /// checkpoint; sluice-maintenance.timer runs this daily. Documents are never deleted.
+    Maintain,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {

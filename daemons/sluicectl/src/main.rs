@@ -12,7 +12,9 @@ use std::process::ExitCode;
 use clap::Parser;
 // The command line lives in the library part (see lib.rs); the modules here name its types
 // through the crate root.
-use sluicectl::{Cli, Command, ConfigCommand, DocsCommand, DownloadArguments, JobsCommand, exit};
+use sluicectl::{
+    Cli, Command, ConfigCommand, DbCommand, DocsCommand, DownloadArguments, JobsCommand, exit,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -50,6 +50,11 @@ pub(super) const JOB_TIMEOUT: DurationRange =
     range(MILLISECOND, Duration::from_secs(7 * 24 * 3600));
 pub(super) const DOWNLOAD_TIMEOUT: DurationRange =
     range(MILLISECOND, Duration::from_secs(7 * 24 * 3600));
+/// How long finished work is kept: at least a second (tests), at most ten years.
+pub(super) const RETENTION_AGE: DurationRange = range(
+    Duration::from_secs(1),
+    Duration::from_secs(3650 * 24 * 3600),
+);
 pub(super) const SOURCE_EVERY: DurationRange =
     range(Duration::from_secs(1), Duration::from_secs(30 * 24 * 3600));
 
@@ -74,6 +79,10 @@ pub const DURATION_KEYS: &[(&str, DurationRange)] = &[
     ("scraper.progress_interval", PROGRESS_INTERVAL),
     ("scraper.download_timeout", DOWNLOAD_TIMEOUT),
     ("source_defaults.every", SOURCE_EVERY),
+    ("retention.succeeded_jobs", RETENTION_AGE),
+    ("retention.failed_jobs", RETENTION_AGE),
+    ("retention.history", RETENTION_AGE),
+    ("retention.finished_downloads", RETENTION_AGE),
 ];
 
 /// Every whole-number key with its accepted range. The bounds come from what reads the value:

@@ -33,6 +33,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub source: Vec<Spanned<RawSource>>,
     pub limits: RawLimits,
+    pub retention: RawRetention,
 }
 
 pub(super) type Text = Spanned<String>;
@@ -186,6 +187,15 @@ pub(super) struct RawLimits {
     pub max_request_body: Size,
     pub max_string_length: Number,
     pub max_page_size: Number,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "the [retention] table")]
+pub(super) struct RawRetention {
+    pub succeeded_jobs: Text,
+    pub failed_jobs: Text,
+    pub history: Text,
+    pub finished_downloads: Text,
 }
 
 /// A size as written: a whole number of bytes, or text with a unit ("64 KiB"), which stage

@@ -20,9 +20,9 @@ use super::raw::{
 };
 use super::{
     BusAddress, BusConfig, Config, ConfigError, Durability, IgnoreRules, IngestConfig, JobsConfig,
-    LimitsConfig, LinkPattern, MimePattern, MonitorConfig, ProcessorConfig, ScraperConfig,
-    ServiceConfig, SourceConfig, SourceMode, StoreConfig, WatchConfig, WatchMode, Watcher,
-    WebConfig,
+    LimitsConfig, LinkPattern, MimePattern, MonitorConfig, ProcessorConfig, RetentionConfig,
+    ScraperConfig, ServiceConfig, SourceConfig, SourceMode, StoreConfig, WatchConfig, WatchMode,
+    Watcher, WebConfig,
 };
 
 /// Turns spans into error locations for validation.
@@ -297,6 +297,12 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
         max_string_length: locator.number(&raw.limits.max_string_length, MAX_STRING_LENGTH)?,
         max_page_size: locator.number(&raw.limits.max_page_size, MAX_PAGE_SIZE)?,
     };
+    let retention = RetentionConfig {
+        succeeded_jobs: locator.duration(&raw.retention.succeeded_jobs, RETENTION_AGE)?,
+        failed_jobs: locator.duration(&raw.retention.failed_jobs, RETENTION_AGE)?,
+        history: locator.duration(&raw.retention.history, RETENTION_AGE)?,
+        finished_downloads: locator.duration(&raw.retention.finished_downloads, RETENTION_AGE)?,
+    };
     Ok(Config {
         store,
         bus,
@@ -310,6 +316,7 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
         scraper,
         sources,
         limits,
+        retention,
     })
 }
 

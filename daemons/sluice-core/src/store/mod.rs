@@ -11,6 +11,7 @@ pub mod documents;
 pub mod downloads;
 pub mod files;
 pub mod jobs;
+pub mod maintenance;
 mod migrations;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 //! module per command; this one dispatches and holds what they share ([`Context`]).
 
 mod config;
+mod db;
 mod docs;
 mod download;
 mod failure;
@@ -19,7 +20,7 @@ use sluice_core::config::Config;
 use sluice_core::store::Store;
 use sluice_core::store::jobs::PageRequest;
 
-use crate::{Cli, Command, DocsCommand, JobsCommand, exit};
+use crate::{Cli, Command, DbCommand, DocsCommand, JobsCommand, exit};
 
 pub use failure::Failure;
 use jobs::JobChange;
@@ -60,6 +61,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             limit,
             cursor,
         }) => context.docs_list(query, limit, cursor),
+        Command::Db(DbCommand::Check) => context.db_check(),
+        Command::Db(DbCommand::Backup { file }) => context.db_backup(file),
+        Command::Db(DbCommand::Vacuum) => context.db_vacuum(),
+        Command::Db(DbCommand::Maintain) => context.db_maintain(),
         Command::Config(_) | Command::Workers { .. } => unreachable!("handled above"),
     }
 }
