@@ -344,6 +344,18 @@ pub struct RetentionConfig {
     pub finished_downloads: Duration,
 }
 
+impl RetentionConfig {
+    /// The ages as the store's retention policy.
+    pub fn policy(&self) -> crate::store::maintenance::RetentionPolicy {
+        crate::store::maintenance::RetentionPolicy {
+            succeeded_jobs: self.succeeded_jobs,
+            failed_jobs: self.failed_jobs,
+            history: self.history,
+            finished_downloads: self.finished_downloads,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct LimitsConfig {
     /// Bytes.

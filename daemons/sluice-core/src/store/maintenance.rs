@@ -296,18 +296,6 @@ impl BackupError {
     }
 }
 
-/// The configured ages as a policy.
-impl From<crate::config::RetentionConfig> for RetentionPolicy {
-    fn from(config: crate::config::RetentionConfig) -> RetentionPolicy {
-        RetentionPolicy {
-            succeeded_jobs: config.succeeded_jobs,
-            failed_jobs: config.failed_jobs,
-            history: config.history,
-            finished_downloads: config.finished_downloads,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;

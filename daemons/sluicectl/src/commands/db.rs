@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde_json::json;
-use sluice_core::store::maintenance::RetentionPolicy;
 use sluice_core::store::now_ms;
 
 use super::{Context, Failure};
@@ -108,7 +107,7 @@ impl Context {
     /// sluice-maintenance.timer runs daily.
     pub(super) fn db_maintain(&self) -> Result<(), Failure> {
         let mut store = self.open_store()?;
-        let policy = RetentionPolicy::from(self.config.retention);
+        let policy = self.config.retention.policy();
         let started = Instant::now();
         let deleted = store.apply_retention(&policy, now_ms())?;
         store.optimize()?;
