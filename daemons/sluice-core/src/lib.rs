@@ -11,13 +11,15 @@
 //!    files beneath a root folder without following links, with only the OS below it.
 //! 2. `store` (SQLite) and `bus` (D-Bus), side by side: each takes plain parameters, never
 //!    the configuration, so either could get a second backend without touching the config.
-//! 3. `config` (the file translated into those parameters), `runtime` on top.
+//! 3. `config` (the file translated into those parameters), `runtime` on top. Beside them
+//!    `content`: opening a catalogued document's bytes (store rows, opened with `beneath`).
 //!
 //! A test below reads the sources and fails when a module reaches upwards.
 
 pub mod beneath;
 pub mod bus;
 pub mod config;
+pub mod content;
 pub mod inbox;
 pub mod ingest;
 pub mod policy;
@@ -37,6 +39,7 @@ mod layering {
         ("ingest.rs", &["store", "bus", "config", "runtime"]),
         ("store", &["bus", "config", "runtime"]),
         ("bus", &["store", "config", "runtime"]),
+        ("content.rs", &["bus", "config", "runtime"]),
     ];
 
     #[test]

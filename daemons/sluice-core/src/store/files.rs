@@ -345,6 +345,23 @@ impl Store {
             .optional()?)
     }
 
+    /// The files whose current version was catalogued as document `document_id` (state
+    /// `ingested` or `duplicate`), newest first: where an indexed document's bytes may still
+    /// be read. There is no index on `document_id`, so this reads the whole table; it runs
+    /// once per content request for a document outside the library, which is cheap next to
+    /// sending the file (a later migration may add the index).
+    pub fn catalogued_copies(&self, document_id: i64) -> Result<Vec<FileRecord>, FileError> {
+        Ok(self
+            .connection()
+            .prepare_cached(&format!(
+                "SELECT {FILE_COLUMNS} FROM files
+                 WHERE document_id = ?1 AND state IN ('ingested', 'duplicate')
+                 ORDER BY id DESC"
+            ))?
+            .query_map([document_id], file_from_row)?
+            .collect::<Result<Vec<_>, _>>()?)
+    }
+
     /// Files, newest id first, one page at a time (`next_cursor` is the `before_id` of the
     /// next page).
     pub fn list_files(
