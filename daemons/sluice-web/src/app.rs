@@ -15,11 +15,11 @@ use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, header};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::web::{self, Data};
-use actix_web::{App, Error, HttpRequest, HttpResponse};
+use actix_web::{App, Error, HttpRequest, HttpResponse, guard};
 
 use crate::error::{ApiError, json_error, path_error, query_error};
 use crate::state::{AppState, Grant};
-use crate::{api, dashboard, events, job_stream, status, upload};
+use crate::{api, content, dashboard, events, job_stream, status, upload};
 
 /// The whole HTTP application for `state`; `HttpServer` calls this once per worker, tests call
 /// it directly with `actix_web::test`.
@@ -70,6 +70,18 @@ pub fn app(
                         .route("/documents", web::get().to(api::list_documents))
                         .route("/documents", web::post().to(upload::upload))
                         .route("/documents/{id}", web::get().to(api::get_document))
+                        .route(
+                            "/documents/{id}/content",
+                            web::route()
+                                .guard(guard::Any(guard::Get()).or(guard::Head()))
+                                .to(content::document_content),
+                        )
+                        .route(
+                            "/documents/{id}/thumbnail",
+                            web::route()
+                                .guard(guard::Any(guard::Get()).or(guard::Head()))
+                                .to(content::document_thumbnail),
+                        )
                         .default_service(web::to(not_found)),
                 ),
         )

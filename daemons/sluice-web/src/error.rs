@@ -55,6 +55,10 @@ pub enum ApiError {
     /// (DNS-rebinding protection).
     #[error("{0}")]
     MisdirectedRequest(String),
+    /// 416 `range_not_satisfiable` with `Content-Range: bytes */size`: a `Range` request
+    /// for bytes the content does not have.
+    #[error("{message}")]
+    RangeNotSatisfiable { message: String, size: u64 },
     /// 429 `queue_full` with `Retry-After`: the queue the request would add to is at its
     /// limit (`[scraper] max_pending` for downloads); nothing was created.
     #[error("{0}")]
@@ -92,6 +96,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::MisdirectedRequest(_) => "misdirected_request",
+            ApiError::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             ApiError::QueueFull(_) => "queue_full",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -116,6 +121,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MisdirectedRequest(_) => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -131,6 +137,9 @@ impl ResponseError for ApiError {
             }
             ApiError::QueueFull(_) => {
                 response.insert_header((header::RETRY_AFTER, QUEUE_FULL_RETRY_AFTER.as_secs()));
+            }
+            ApiError::RangeNotSatisfiable { size, .. } => {
+                response.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
             }
             _ => {}
         }

@@ -7,6 +7,7 @@ mod address;
 mod api;
 mod app;
 mod connections;
+mod content;
 mod daemon;
 mod dashboard;
 mod emitters;

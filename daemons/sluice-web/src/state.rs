@@ -67,6 +67,12 @@ pub struct Settings {
     /// refused, since nothing would pick them up).
     pub inbox: PathBuf,
     pub inbox_watch: Option<sluice_core::config::WatchConfig>,
+    /// `[ingest] library`: where consumed documents and every thumbnail are read from.
+    pub library: PathBuf,
+    /// The `[[watch]]` folders in index mode: where indexed documents are read from.
+    pub index_roots: Vec<PathBuf>,
+    /// `[ingest] thumbnail_size`, shown in `GET /api/status`.
+    pub thumbnail_size: u32,
 }
 
 impl Settings {
@@ -105,6 +111,14 @@ impl Settings {
                         || (watch.recursive && config.scraper.inbox.starts_with(&watch.path))
                 })
                 .cloned(),
+            library: config.ingest.library.clone(),
+            index_roots: config
+                .watches
+                .iter()
+                .filter(|watch| watch.mode == sluice_core::ingest::IngestMode::Index)
+                .map(|watch| watch.path.clone())
+                .collect(),
+            thumbnail_size: config.ingest.thumbnail_size,
         }
     }
 }

@@ -71,14 +71,30 @@ pub async fn api_status(state: Data<AppState>) -> Result<HttpResponse, ApiError>
         .into_iter()
         .map(|(job_state, count)| (job_state.as_str().to_owned(), Value::from(count)))
         .collect();
+    let thumbnails = json!({
+        "size": settings.thumbnail_size,
+        "pdf": pdf_thumbnailer(&daemons),
+    });
     Ok(HttpResponse::Ok().json(json!({
         "daemons": daemons,
         "jobs": jobs,
+        "thumbnails": thumbnails,
         "store": {
             "path": settings.store_path,
             "durability": settings.durability,
         },
     })))
+}
+
+/// What renders PDF thumbnails (`"pdftoppm 22.12.0"`), as the running workers found it at
+/// their start (their `PdfThumbnailer` property); `null` when no running worker has one.
+fn pdf_thumbnailer(daemons: &[DaemonStatus]) -> Value {
+    daemons
+        .iter()
+        .filter(|daemon| daemon.running)
+        .filter_map(|daemon| daemon.counters.get("pdf_thumbnailer")?.as_str())
+        .find(|renderer| !renderer.is_empty())
+        .map_or(Value::Null, Value::from)
 }
 
 fn daemons_without_bus(workers: u32) -> Vec<DaemonStatus> {
