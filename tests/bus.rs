@@ -1080,6 +1080,8 @@ const PROPERTIES_ON_MAIN: &[(&str, &[(&str, &str)])] = &[
             ("JobsDone", "t"),
             ("JobsFailed", "t"),
             ("Processors", "as"),
+            // Added with thumbnails (issue 10): what renders PDF pages, "" for nothing.
+            ("PdfThumbnailer", "s"),
         ],
     ),
     (

@@ -24,6 +24,7 @@ use crate::analyze::{Analysis, OpenedFile, analyze, open_beneath};
 use crate::failure::IngestFailure;
 use crate::library::{Filed, file_into_library, open_library_file};
 use crate::processors::{ProcessGroups, run_processor};
+use crate::thumbnails::{self, Made, PdfRenderer, Thumbnailer};
 
 /// The job kinds this worker claims.
 pub const KINDS: [&str; 2] = [INGEST_JOB_KIND, NOOP_JOB_KIND];
@@ -59,6 +60,8 @@ pub struct Settings {
     pub job_timeout: Duration,
     /// The configured `[[processor]]` entries, in the order written.
     pub processors: Vec<ProcessorConfig>,
+    /// `[ingest] thumbnail_size` and the PDF renderer found at start-up.
+    pub thumbnails: Thumbnailer,
     /// For the wedged-body test only: a `noop` job's sleep ignores its flags, as a body stuck
     /// in a blocking call would ([`NOOP_IGNORES_FLAGS_VARIABLE`]). Set by whoever starts the
     /// process, never by a payload.
@@ -74,7 +77,13 @@ pub const PAUSE_BEFORE_COMMIT_VARIABLE: &str = "SLUICE_TEST_PAUSE_BEFORE_COMMIT_
 pub const NOOP_IGNORES_FLAGS_VARIABLE: &str = "SLUICE_TEST_NOOP_IGNORES_FLAGS";
 
 impl Settings {
-    pub fn from_config(config: &Config, claim_linger: Duration) -> Settings {
+    /// `pdf_renderer` is what the worker found at start (see `thumbnails::find_pdftoppm`); a
+    /// reload keeps it.
+    pub fn from_config(
+        config: &Config,
+        claim_linger: Duration,
+        pdf_renderer: Option<PdfRenderer>,
+    ) -> Settings {
         Settings {
             claim_batch: config.jobs.claim_batch as usize,
             lease: config.jobs.lease,
@@ -93,6 +102,10 @@ impl Settings {
                 .map(|milliseconds: u64| Duration::from_millis(milliseconds.min(MAX_SLEEP_MS))),
             job_timeout: config.ingest.job_timeout,
             processors: config.processors.clone(),
+            thumbnails: Thumbnailer {
+                max_edge: config.ingest.thumbnail_size,
+                pdf: pdf_renderer,
+            },
             noop_ignores_flags: std::env::var(NOOP_IGNORES_FLAGS_VARIABLE).as_deref() == Ok("1"),
         }
     }
@@ -633,6 +646,27 @@ impl Executor {
                 None => metadata = json!({ "processors": outputs }),
             }
         }
+        match self.make_thumbnail(
+            job,
+            handle,
+            settings,
+            &analysis.blake3,
+            &analysis.mime,
+            &opened.file,
+        )? {
+            Made::NotApplicable => {}
+            made => {
+                steps.push(match &made {
+                    Made::Filed(thumbnail) => json!({
+                        "step": "thumbnail",
+                        "width": thumbnail["width"],
+                        "height": thumbnail["height"],
+                    }),
+                    _ => json!({ "step": "thumbnail", "made": false }),
+                });
+                made.record_in(&mut metadata);
+            }
+        }
         if let Some(pause) = settings.pause_before_commit {
             self.pause(job.id, handle, pause, "filed; pausing before the commit")?;
         }
@@ -783,6 +817,60 @@ impl Executor {
             outputs.insert(processor.name.clone(), output);
         }
         Ok(Some(Value::Object(outputs)))
+    }
+
+    /// The thumbnail of new content of a type that has one (content already catalogued keeps
+    /// the thumbnail, or the reason, it got then). Fails only when the job itself ends.
+    fn make_thumbnail(
+        &self,
+        job: &ClaimedJob,
+        handle: &RunningJob,
+        settings: &Settings,
+        blake3: &str,
+        mime: &str,
+        file: &std::fs::File,
+    ) -> Result<Made, IngestFailure> {
+        if !thumbnails::applies_to(mime) {
+            return Ok(Made::NotApplicable);
+        }
+        let known = self
+            .store
+            .find_document_by_blake3(blake3)
+            .map_err(|error| {
+                store_failure(job.id, "look for the content in the catalogue", error)
+            })?;
+        if known.is_some() {
+            return Ok(Made::NotApplicable);
+        }
+        let message = "thumbnail".to_owned();
+        let _ = self.events.send(JobEvent::Progress {
+            id: job.id,
+            fraction: 1.0,
+            message: message.clone(),
+        });
+        let mut last_report = Instant::now();
+        let mut check = || {
+            check_flags(handle)?;
+            // The main loop's watchdog wants signs of life from a long render.
+            if last_report.elapsed() >= PROCESSOR_PROGRESS_INTERVAL {
+                last_report = Instant::now();
+                let _ = self.events.send(JobEvent::Progress {
+                    id: job.id,
+                    fraction: 1.0,
+                    message: message.clone(),
+                });
+            }
+            Ok(())
+        };
+        thumbnails::make_thumbnail(
+            &settings.thumbnails,
+            &settings.library,
+            blake3,
+            mime,
+            file,
+            &handle.process_groups,
+            &mut check,
+        )
     }
 
     fn analyze_with_progress(

@@ -48,6 +48,7 @@ pub mod failure;
 mod job_signals;
 pub mod library;
 pub mod processors;
+pub mod thumbnails;
 pub mod wakeup;
 
 pub use daemon::{Arguments, IngestWorkerDaemon, WorkerError};
@@ -172,11 +173,34 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
     // Heartbeats and progress go through a second connection, so they never wait for a step.
     let side_store = Arc::new(Mutex::new(open_another_store(&main_store).await?));
 
+    // Found once, at start: a package installed later is used after the next restart.
+    let pdf_renderer = tokio::task::spawn_blocking(|| {
+        thumbnails::find_pdftoppm(std::env::var_os("PATH").as_deref())
+    })
+    .await
+    .ok()
+    .flatten();
+    match &pdf_renderer {
+        Some(renderer) => tracing::info!(
+            program = %renderer.program.display(),
+            "PDF thumbnails by {} ({})",
+            renderer.version,
+            renderer.program.display()
+        ),
+        None => tracing::warn!(
+            "pdftoppm not found on PATH (Debian package poppler-utils): PDFs get no thumbnail"
+        ),
+    }
+    let mut initial_status = IngestStatus::starting(Vec::new());
+    initial_status.pdf_thumbnailer = pdf_renderer
+        .as_ref()
+        .map(|renderer| renderer.version.clone())
+        .unwrap_or_default();
     let (service, commands) = IngestService::start(
         &connection,
         instance,
         CallerPolicy::for_this_process(),
-        IngestStatus::starting(Vec::new()),
+        initial_status,
         DEFAULT_PROGRESS_INTERVAL,
     )
     .await?;
@@ -202,7 +226,7 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
         running: Arc::clone(&running),
         stopping: Arc::clone(&stopping),
     };
-    let settings = Arc::new(settings_from(&config));
+    let settings = Arc::new(settings_from(&config, pdf_renderer.clone()));
     let heartbeat_interval = config.jobs.heartbeat_interval;
     let status_interval = config.service.status_interval;
 
@@ -271,12 +295,12 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
     }
 }
 
-fn settings_from(config: &Config) -> Settings {
+fn settings_from(config: &Config, pdf_renderer: Option<thumbnails::PdfRenderer>) -> Settings {
     let claim_linger = match config.store.durability {
         Durability::Full => CLAIM_LINGER_FULL,
         Durability::Normal => CLAIM_LINGER_NORMAL,
     };
-    Settings::from_config(config, claim_linger)
+    Settings::from_config(config, claim_linger, pdf_renderer)
 }
 
 fn ticker(period: Duration) -> Interval {
@@ -938,7 +962,8 @@ impl Worker {
                         "[store] path and [bus] address take effect at the next restart"
                     );
                 }
-                self.settings = Arc::new(settings_from(config));
+                self.settings =
+                    Arc::new(settings_from(config, self.settings.thumbnails.pdf.clone()));
                 if config.jobs.heartbeat_interval != before.jobs.heartbeat_interval {
                     self.heartbeat_ticker = ticker(config.jobs.heartbeat_interval);
                 }

@@ -20,6 +20,7 @@
 //! `KillMode=control-group` still ends it when the worker stops, and the worker stops reading
 //! pipes such a process keeps open ([`DRAIN_GRACE`]).
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -99,12 +100,51 @@ pub fn run_processor(
     groups: &ProcessGroups,
     check: &mut dyn FnMut() -> Result<(), IngestFailure>,
 ) -> Result<Value, IngestFailure> {
-    let argv = processor.command_line(path, mime);
-    let name = &processor.name;
+    let program = Program {
+        name: &processor.name,
+        argv: processor.command_line(path, mime),
+        stdin: Stdio::null(),
+        timeout: processor.timeout,
+        max_output: processor.max_output,
+    };
+    run_program(program, groups, check).map(output_value)
+}
+
+/// A program the worker runs under the rules of a processor (see the module documentation):
+/// a processor, or a helper of the worker's own such as `pdftoppm` for thumbnails.
+#[derive(Debug)]
+pub struct Program<'a> {
+    /// The name errors give it ("processor NAME ...").
+    pub name: &'a str,
+    /// The program (an absolute path) and its arguments.
+    pub argv: Vec<OsString>,
+    pub stdin: Stdio,
+    /// It is killed with its group after this long.
+    pub timeout: Duration,
+    /// It is killed with its group once it wrote more than this many bytes to stdout.
+    pub max_output: u64,
+}
+
+/// Runs `program` in its own process group, registered in `groups`, and returns what it
+/// wrote to stdout once it exited with status 0. `check` is asked about the job's flags
+/// (cancel, stop, the job's own timeout) every [`CHECK_INTERVAL`] at most; an error from it
+/// ends the run.
+pub fn run_program(
+    program: Program<'_>,
+    groups: &ProcessGroups,
+    check: &mut dyn FnMut() -> Result<(), IngestFailure>,
+) -> Result<Vec<u8>, IngestFailure> {
+    let Program {
+        name,
+        argv,
+        stdin,
+        timeout,
+        max_output,
+    } = program;
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .current_dir("/")
@@ -129,7 +169,7 @@ pub fn run_processor(
         stdout: Vec::new(),
         stderr_tail: Vec::new(),
     };
-    let ended = run.supervise(processor, check);
+    let ended = run.supervise(timeout, max_output, check);
     let (stdout, stderr_tail) = (std::mem::take(&mut run.stdout), run.stderr_text());
     let status = run.finish();
     tracing::debug!(processor = %name, ?status, "processor {name} ended: {status:?}");
@@ -155,7 +195,7 @@ pub fn run_processor(
             "processor {name} {how}; {stderr}"
         )));
     }
-    Ok(output_value(stdout))
+    Ok(stdout)
 }
 
 /// The stored form of a processor's stdout: JSON when it parses as JSON, else text (bytes
@@ -192,10 +232,11 @@ impl Run<'_> {
     /// the group is killed (whatever happened) and the pipes are drained.
     fn supervise(
         &mut self,
-        processor: &ProcessorConfig,
+        timeout: Duration,
+        max_output: u64,
         check: &mut dyn FnMut() -> Result<(), IngestFailure>,
     ) -> Result<(), IngestFailure> {
-        let deadline = Instant::now() + processor.timeout;
+        let deadline = Instant::now() + timeout;
         let mut stdout = self.child.stdout.take();
         let mut stderr = self.child.stderr.take();
         let result = loop {
@@ -203,11 +244,11 @@ impl Run<'_> {
             if let Err(failure) = self.read_ready(&mut stdout, &mut stderr, wait) {
                 break Err(failure);
             }
-            if self.stdout.len() as u64 > processor.max_output {
+            if self.stdout.len() as u64 > max_output {
                 break Err(IngestFailure::Permanent(format!(
                     "processor {} wrote more than its max_output of {} bytes to stdout; it was \
                      killed",
-                    self.name, processor.max_output
+                    self.name, max_output
                 )));
             }
             match self.has_exited() {
@@ -227,7 +268,7 @@ impl Run<'_> {
                 break Err(IngestFailure::Retryable(format!(
                     "processor {} timed out after {} s; it was killed with its process group",
                     self.name,
-                    seconds(processor.timeout)
+                    seconds(timeout)
                 )));
             }
         };
@@ -240,11 +281,11 @@ impl Run<'_> {
             if self.read_ready(&mut stdout, &mut stderr, wait).is_err() {
                 break;
             }
-            if self.stdout.len() as u64 > processor.max_output {
+            if self.stdout.len() as u64 > max_output {
                 if result.is_ok() {
                     return Err(IngestFailure::Permanent(format!(
                         "processor {} wrote more than its max_output of {} bytes to stdout",
-                        self.name, processor.max_output
+                        self.name, max_output
                     )));
                 }
                 break;

@@ -101,6 +101,9 @@ published_object! {
         jobs_failed: u64 => u64 = Clone::clone;
         /// The external processors this worker loaded.
         processors: Vec<String> => Vec<String> = Clone::clone;
+        /// The program that renders PDF thumbnails, with its version, as found when the
+        /// worker started (`pdftoppm 22.12.0`); empty when there is none.
+        pdf_thumbnailer: String => String = Clone::clone;
     }
     members {
         /// Stop the job this worker is running now (the job becomes cancelled). Use
@@ -149,6 +152,7 @@ impl IngestStatus {
             jobs_done: 0,
             jobs_failed: 0,
             processors,
+            pdf_thumbnailer: String::new(),
         }
     }
 }
