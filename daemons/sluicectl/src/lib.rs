@@ -33,7 +33,8 @@ Where changes go:
   rescan             org.sluice.Monitor1 (sluice-monitor); without it: exit status 5
   workers N          the configuration file, then systemd (org.freedesktop.systemd1) on the
                      system bus; without systemd: exit status 5 and nothing changed
-Reads (status, jobs list/show, docs list) use the database named by [store] path.
+Reads (status, jobs list/show, docs list) use the database named by [store] path; docs get
+also reads the document's file itself (the library needs root or group sluice).
 
 Exit status:
   0  success
@@ -225,7 +226,40 @@ pub enum DocsCommand {
         #[arg(long)]
         cursor: Option<i64>,
     },
+    /// Write a document's content to FILE (`-o -`: standard output).
+    #[command(long_about = DOCS_GET_LONG_ABOUT)]
+    Get {
+        /// The document's id.
+        id: i64,
+        /// Where to write the content; `-` writes it to standard output.
+        #[arg(
+            short = 'o',
+            long = "output",
+            value_name = "FILE",
+            allow_hyphen_values = true
+        )]
+        output: PathBuf,
+        /// Replace FILE when it exists (without it, an existing FILE is left alone).
+        #[arg(long)]
+        force: bool,
+    },
 }
+
+const DOCS_GET_LONG_ABOUT: &str = "\
+Write a document's content to FILE (`-o -`: standard output).
+
+The content is read from where sluice keeps it, the way sluice-web serves it: the library
+file of a consumed document, or the file in its index folder, opened beneath its folder
+without following symlinks and only while it is still the catalogued version (same inode,
+size and modification time). It is hashed while it is copied, and a copy whose BLAKE3 is not
+the document's is an error. Reading the library needs root or membership of group sluice.
+
+FILE is written under a temporary name beside it and renamed into place once complete and
+flushed, so it never holds part of a document. An existing FILE is an error unless --force
+is given.
+
+Exit status: 0 written; 3 no such document, or its file is gone; 1 the file changed since it
+was catalogued, FILE exists, or another failure.";
 
 /// The command line, for the man pages and shell completions.
 pub fn command() -> clap::Command {

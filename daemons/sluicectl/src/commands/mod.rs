@@ -61,6 +61,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             limit,
             cursor,
         }) => context.docs_list(query, limit, cursor),
+        Command::Docs(DocsCommand::Get { id, output, force }) => {
+            context.docs_get(id, &output, force)
+        }
         Command::Db(DbCommand::Check) => context.db_check(),
         Command::Db(DbCommand::Backup { file }) => context.db_backup(file),
         Command::Db(DbCommand::Vacuum) => context.db_vacuum(),
