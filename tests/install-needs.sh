@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian 12 machine, each thing only when it is
 # missing: dbus-daemon, busctl, setpriv, gdbus (the integration tests), systemd-nspawn,
-# nsenter, flock, lintian, sqlite3, curl, python3 (the system tests), cargo-nextest (the test runner), cargo-deny
+# nsenter, flock, lintian, sqlite3, curl, python3 (the system tests), pdftoppm (PDF thumbnails,
+# tests/content.rs), cargo-nextest (the test runner), cargo-deny
 # (the licence and source check) and cargo-deb (the package the system tests install).
 # Needs root for apt-get; tests/run.sh runs it when it is root, and .ci/run through
 # tests/run.sh.
@@ -20,6 +21,7 @@ command -v lintian > /dev/null || needed+=(lintian)
 command -v sqlite3 > /dev/null || needed+=(sqlite3)
 command -v curl > /dev/null || needed+=(curl)
 command -v python3 > /dev/null || needed+=(python3)
+command -v pdftoppm > /dev/null || needed+=(poppler-utils)
 if [ "${#needed[@]}" -gt 0 ]; then
     echo "== installing ${needed[*]}" >&2
     apt-get update -qq

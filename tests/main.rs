@@ -4,6 +4,7 @@
 mod bus;
 mod cli;
 mod config_bounds;
+mod content;
 mod e2e;
 mod full_disk;
 mod in_process;

@@ -844,7 +844,17 @@ impl Suite {
     /// ready: the monitor has finished its start reconcile, the workers and the scraper have
     /// logged `ready`, and sluice-web answers on the bus with its listen address.
     pub fn start() -> Suite {
-        let fixture = SuiteFixture::for_whole_suite();
+        Suite::start_with("", &[])
+    }
+
+    /// [`Suite::start`] with `extra` appended to the configuration (whole tables, such as a
+    /// second `[[watch]]`; `{root}` in it becomes the state directory) and `folders` created
+    /// in the state directory before anything starts.
+    pub fn start_with(extra: &str, folders: &[&str]) -> Suite {
+        let fixture = SuiteFixture::for_whole_suite_with(extra);
+        for folder in folders {
+            std::fs::create_dir_all(fixture.directory.path().join(folder)).expect("a folder");
+        }
         // Everything is spawned before anything is waited on: the start-ups overlap.
         let mut monitor = fixture.start_daemon("sluice-monitor", &[], "monitor.log");
         let mut workers: Vec<DaemonProcess> = (1..=SUITE_WORKERS)
@@ -957,7 +967,14 @@ impl Suite {
 impl SuiteFixture {
     /// A fixture whose configuration serves every daemon (see [`Suite`]).
     pub fn for_whole_suite() -> SuiteFixture {
+        SuiteFixture::for_whole_suite_with("")
+    }
+
+    /// [`SuiteFixture::for_whole_suite`] with `extra` appended to the configuration (`{root}`
+    /// in it becomes the state directory).
+    pub fn for_whole_suite_with(extra: &str) -> SuiteFixture {
         SuiteFixture::with_config(|root, address| {
+            let extra = extra.replace("{root}", &root.display().to_string());
             format!(
                 r#"[store]
 path = "{root}/sluice.db"
@@ -991,6 +1008,8 @@ staging = "{root}/staging"
 allow_private_addresses = true
 politeness_delay = "0s"
 progress_interval = "200ms"
+
+{extra}
 "#,
                 root = root.display(),
             )

@@ -5,4 +5,5 @@
 pub mod bus;
 pub mod container;
 pub mod fixtures;
+pub mod pdf;
 pub mod process;
