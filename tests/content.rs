@@ -11,7 +11,10 @@ use std::time::Duration;
 use serde_json::Value;
 use sluice_core::store::FileState;
 
-use crate::support::{DEADLINE, Suite, WEB_READ_TOKEN, WEB_TEST_TOKEN, http_agent, wait_until};
+use crate::support::{
+    DEADLINE, DaemonProcess, Suite, WEB_READ_TOKEN, WEB_TEST_TOKEN, binary_path, http_agent,
+    wait_until,
+};
 
 /// The default `[ingest] thumbnail_size`, which the suite's configuration keeps.
 const THUMBNAIL_SIZE: u64 = 256;
@@ -402,6 +405,48 @@ fn a_decompression_bomb_png_gets_no_thumbnail_and_the_worker_keeps_serving() {
         suite.logs().contains("no thumbnail for content"),
         "the log says why: {}",
         suite.logs()
+    );
+}
+
+#[test]
+fn without_pdftoppm_pdfs_get_no_thumbnail_and_the_worker_says_so_once() {
+    let mut suite = Suite::start();
+    // The suite's workers make way for one whose PATH has no pdftoppm.
+    for worker in &mut suite.workers {
+        worker
+            .terminate(Duration::from_secs(30))
+            .expect("stop a worker");
+    }
+    let mut command = std::process::Command::new(binary_path("sluice-ingest-worker"));
+    command
+        .args(["--instance", "1"])
+        .env("SLUICE_CONFIG", &suite.fixture.config_path)
+        .env("PATH", "/nonexistent");
+    let mut worker = DaemonProcess::start(command, &suite.root().join("worker-bare.log"), "info");
+    worker.wait_for_log_lines(&["ready: claiming"], 1, DEADLINE);
+    suite.workers = vec![worker];
+
+    let status = request(&suite, "GET", "/api/status", &[]).json();
+    assert_eq!(status["thumbnails"]["pdf"], Value::Null, "{status}");
+    for file in [1, 2] {
+        let document = upload(
+            &suite,
+            &format!("plain-{file}.pdf"),
+            &sluice_tests::pdf::pdf_of(file, 1, 20),
+        );
+        let reason = document["metadata"]["thumbnail_error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(reason.contains("pdftoppm"), "{document}");
+    }
+    // Images still get theirs.
+    let image = upload(&suite, "still.png", &png_of(300, 30));
+    assert_thumbnail(&suite, &image, (256, 26));
+    let log = suite.workers[0].log();
+    assert_eq!(
+        log.matches("pdftoppm").count(),
+        1,
+        "said once, at start, not for every PDF:\n{log}"
     );
 }
 
