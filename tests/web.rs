@@ -104,12 +104,7 @@ fn enqueue(fixture: &SuiteFixture, kind: &str) -> i64 {
 }
 
 fn count_jobs(fixture: &SuiteFixture) -> usize {
-    fixture
-        .store()
-        .job_counts()
-        .expect("job counts")
-        .values()
-        .sum::<u64>() as usize
+    fixture.job_total()
 }
 
 fn count_downloads(fixture: &SuiteFixture) -> usize {

@@ -321,6 +321,15 @@ max_request_body = "4 KiB"
         open_store(&self.database, Durability::Normal)
     }
 
+    /// How many jobs the database holds, in any state.
+    pub fn job_total(&self) -> usize {
+        self.store()
+            .job_counts()
+            .expect("job counts")
+            .values()
+            .sum::<u64>() as usize
+    }
+
     /// Queues a job of `kind` with a small payload; returns its id.
     pub fn enqueue(&self, kind: &str) -> i64 {
         self.store()

@@ -391,43 +391,38 @@ impl Store {
         Ok(Page { items, next_cursor })
     }
 
-    /// Every transition of a job, oldest first, starting with its creation as `queued`.
+    /// Every transition of a job, oldest first, starting with its creation as `queued`: its
+    /// log (see `log.rs`) without the progress and steps between the transitions.
     pub fn job_history(&self, id: i64) -> Result<Vec<JobTransition>, JobError> {
-        let created_at_ms: Option<i64> = self
-            .connection()
-            .prepare_cached("SELECT created_at FROM jobs WHERE id = ?1")?
-            .query_row([id], |row| row.get(0))
-            .optional()?;
-        let created_at_ms = created_at_ms.ok_or(JobError::NotFound(id))?;
-        let mut transitions = vec![JobTransition {
-            at_ms: created_at_ms,
-            from_state: None,
-            to_state: JobState::Queued,
-            attempt: 0,
-            worker: None,
-            error: None,
-        }];
-        let mut statement = self.connection().prepare_cached(
-            "SELECT at, from_state, to_state, attempt, worker, error FROM job_history
-             WHERE job_id = ?1 AND event IS NULL ORDER BY id",
-        )?;
-        let recorded = statement.query_map([id], |row| {
-            Ok(JobTransition {
-                at_ms: row.get(0)?,
-                from_state: row
-                    .get::<_, Option<String>>(1)?
-                    .map(|text| parse_state_column(&text))
-                    .transpose()?,
-                to_state: parse_state_column(&row.get::<_, String>(2)?)?,
-                attempt: row.get(3)?,
-                worker: row.get(4)?,
-                error: row.get(5)?,
-            })
-        })?;
-        for transition in recorded {
-            transitions.push(transition?);
+        let mut transitions = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.job_log(id, after, MAX_LOG_PAGE)?;
+            let more = page.len() == MAX_LOG_PAGE as usize;
+            for entry in page {
+                after = Some(entry.id);
+                if let JobLogEvent::State {
+                    from,
+                    to,
+                    attempt,
+                    worker,
+                    error,
+                } = entry.what
+                {
+                    transitions.push(JobTransition {
+                        at_ms: entry.at_ms,
+                        from_state: from,
+                        to_state: to,
+                        attempt,
+                        worker,
+                        error,
+                    });
+                }
+            }
+            if !more {
+                return Ok(transitions);
+            }
         }
-        Ok(transitions)
     }
 
     /// How many jobs are in each state (states with none are listed with 0).
