@@ -302,8 +302,7 @@ pub struct SourceConfig {
     pub url: Url,
     pub mode: SourceMode,
     pub every: Duration,
-    /// Set exactly when `mode` is `Links`. The CSS syntax is checked by the scraper, which
-    /// owns the HTML parser.
+    /// Set exactly when `mode` is `Links`; a valid CSS selector (checked at load).
     pub selector: Option<String>,
     /// Only for `Links` and `Feed`.
     pub pattern: Option<LinkPattern>,

@@ -708,7 +708,16 @@ fn validate_source(
     let every_value = raw.every.as_ref().unwrap_or(&defaults.every);
     let every = locator.duration(every_value, SOURCE_EVERY)?;
     let selector = match (mode, &raw.selector) {
-        (SourceMode::Links, Some(selector)) => Some(locator.non_empty_text(selector)?),
+        (SourceMode::Links, Some(selector)) => {
+            let text = locator.non_empty_text(selector)?;
+            if let Err(error) = scraper::Selector::parse(&text) {
+                return Err(locator.invalid(
+                    selector.span(),
+                    format!("invalid CSS selector {text:?}: {error}"),
+                ));
+            }
+            Some(text)
+        }
         (SourceMode::Links, None) => {
             return Err(locator.invalid(
                 entry.span(),
