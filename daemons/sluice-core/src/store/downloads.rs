@@ -254,53 +254,7 @@ impl Store {
             if let Some(max_pending) = max_pending {
                 jobs::require_room(transaction, DOWNLOAD_JOB_KIND, max_pending)?;
             }
-            let now = now_ms();
-            let source_id = match download.source() {
-                Some(name) => Some(
-                    transaction
-                        .prepare_cached("SELECT id FROM sources WHERE name = ?1")?
-                        .query_row([name], |row| row.get::<_, i64>(0))
-                        .optional()?
-                        .ok_or_else(|| {
-                            DownloadError::InvalidArgument(format!(
-                                "source {name:?} is not configured"
-                            ))
-                        })?,
-                ),
-                None => None,
-            };
-            let download_id: i64 = transaction
-                .prepare_cached(
-                    "INSERT INTO downloads (url, file_name, bundle, source_id, state,
-                         expected_sha256, size_limit, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?7)
-                     RETURNING id",
-                )?
-                .query_row(
-                    params![
-                        download.url().as_str(),
-                        download.file_name(),
-                        download.bundle(),
-                        source_id,
-                        download.expected_sha256(),
-                        download.max_bytes().map(|bytes| bytes as i64),
-                        now
-                    ],
-                    |row| row.get(0),
-                )?;
-            let job = NewJob::new(
-                DOWNLOAD_JOB_KIND,
-                serde_json::json!({ "download_id": download_id }),
-            );
-            let payload = job.payload.to_string();
-            let enqueued = jobs::insert_job(transaction, &job, &payload, max_attempts, now)?;
-            transaction
-                .prepare_cached("UPDATE downloads SET job_id = ?2 WHERE id = ?1")?
-                .execute(params![download_id, enqueued.id])?;
-            Ok(CreatedDownload {
-                download_id,
-                job_id: enqueued.id,
-            })
+            insert_download_in(transaction, download, max_attempts, now_ms())
         })
     }
 
@@ -646,6 +600,60 @@ fn missing_download(transaction: &Transaction<'_>, download_id: i64, job_id: i64
         )),
         Err(error) => error,
     }
+}
+
+/// Inserts a download row and its job inside the caller's transaction (no queue limit: the
+/// caller checks it), resolving the named source to its id.
+pub(super) fn insert_download_in(
+    transaction: &Transaction<'_>,
+    download: &ValidDownload,
+    max_attempts: u32,
+    now: i64,
+) -> Result<CreatedDownload, DownloadError> {
+    let source_id = match download.source() {
+        Some(name) => Some(
+            transaction
+                .prepare_cached("SELECT id FROM sources WHERE name = ?1")?
+                .query_row([name], |row| row.get::<_, i64>(0))
+                .optional()?
+                .ok_or_else(|| {
+                    DownloadError::InvalidArgument(format!("source {name:?} is not configured"))
+                })?,
+        ),
+        None => None,
+    };
+    let download_id: i64 = transaction
+        .prepare_cached(
+            "INSERT INTO downloads (url, file_name, bundle, source_id, state,
+                 expected_sha256, size_limit, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?7)
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                download.url().as_str(),
+                download.file_name(),
+                download.bundle(),
+                source_id,
+                download.expected_sha256(),
+                download.max_bytes().map(|bytes| bytes as i64),
+                now
+            ],
+            |row| row.get(0),
+        )?;
+    let job = NewJob::new(
+        DOWNLOAD_JOB_KIND,
+        serde_json::json!({ "download_id": download_id }),
+    );
+    let payload = job.payload.to_string();
+    let enqueued = jobs::insert_job(transaction, &job, &payload, max_attempts, now)?;
+    transaction
+        .prepare_cached("UPDATE downloads SET job_id = ?2 WHERE id = ?1")?
+        .execute(params![download_id, enqueued.id])?;
+    Ok(CreatedDownload {
+        download_id,
+        job_id: enqueued.id,
+    })
 }
 
 fn read_download(connection: &rusqlite::Connection, id: i64) -> Result<Download, DownloadError> {

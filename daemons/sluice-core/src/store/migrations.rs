@@ -229,4 +229,29 @@ ALTER TABLE jobs ADD COLUMN lease_holder TEXT;
 ALTER TABLE job_history ADD COLUMN event TEXT CHECK (event IS NULL OR json_valid(event));
 "#,
     },
+    Migration {
+        name: "sources remember what they saw and how their checks went",
+        sql: r#"
+-- A source's status, kept with its schedule: how many checks ran, what the last one found
+-- (`unchanged`, `changed`, `failed`, ...), how many links or entries it has seen and how many
+-- downloads it made. Counters rather than count(*) so a status read costs one row.
+ALTER TABLE sources ADD COLUMN checks INTEGER NOT NULL DEFAULT 0 CHECK (checks >= 0);
+ALTER TABLE sources ADD COLUMN last_outcome TEXT;
+ALTER TABLE sources ADD COLUMN items_seen INTEGER NOT NULL DEFAULT 0 CHECK (items_seen >= 0);
+ALTER TABLE sources ADD COLUMN downloads_made INTEGER NOT NULL DEFAULT 0
+    CHECK (downloads_made >= 0);
+
+-- Every link (links mode, by absolute URL) or feed entry (feed mode, by id or guid) a source
+-- has seen. An item and the download it becomes are inserted in one transaction, so each one
+-- becomes a download exactly once, across restarts, kills and changes of the page. A removed
+-- source keeps its rows (it is only disabled), so adding it back does not fetch its past again.
+CREATE TABLE source_items (
+    source_id   INTEGER NOT NULL REFERENCES sources (id) ON DELETE CASCADE,
+    item_key    TEXT NOT NULL,
+    download_id INTEGER,
+    seen_at     INTEGER NOT NULL,
+    PRIMARY KEY (source_id, item_key)
+) WITHOUT ROWID;
+"#,
+    },
 ];

@@ -13,6 +13,7 @@ pub mod files;
 pub mod jobs;
 pub mod maintenance;
 mod migrations;
+pub mod sources;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,6 +37,10 @@ pub use jobs::{
     RescuedJob, RetryPolicy,
 };
 pub use migrations::MIGRATIONS;
+pub use sources::{
+    RecordedItems, SourceCheck, SourceDefinition, SourceError, SourceItem, SourceStatus,
+    SourceSync, Validators,
+};
 
 /// How much of the recent past survives a crash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
