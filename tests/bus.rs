@@ -264,6 +264,7 @@ fn introspection_lists_methods_signals_and_properties_with_their_types() -> anyh
                 (".JobFinished", "signal", "ts", "-"),
                 (".DownloadProgress", "signal", "ttt", "-"),
                 (".DownloadFinished", "signal", "tss", "-"),
+                (".SourceChecked", "signal", "sst", "-"),
                 (".State", "property", "s", "\"running\""),
                 (".Sources", "property", "as", "1"),
                 (".StagingPath", "property", "s", "\"/srv/sluice/staging\""),
@@ -271,6 +272,7 @@ fn introspection_lists_methods_signals_and_properties_with_their_types() -> anyh
                 (".DownloadsDone", "property", "t", "0"),
                 (".DownloadsFailed", "property", "t", "0"),
                 (".BytesDownloaded", "property", "t", "0"),
+                (".SourceStates", "property", "a{s(ssxxttt)}", "0"),
             ],
         ),
         (
@@ -1067,6 +1069,8 @@ const PROPERTIES_ON_MAIN: &[(&str, &[(&str, &str)])] = &[
             ("DownloadsDone", "t"),
             ("DownloadsFailed", "t"),
             ("BytesDownloaded", "t"),
+            // Added with sources (issue 14).
+            ("SourceStates", "a{s(ssxxttt)}"),
         ],
     ),
     (
@@ -1322,7 +1326,7 @@ fn a_value_of(signature: &str) -> Vec<&'static str> {
         "s" | "o" => vec!["x"],
         "b" => vec!["true"],
         "as" => vec!["0"],
-        "a{sv}" => vec!["0"],
+        "a{sv}" | "a{s(ssxxttt)}" => vec!["0"],
         "d" | "y" | "n" | "q" | "i" | "u" | "x" | "t" => vec!["1"],
         other => panic!("no sample value for a property of type {other}: add one"),
     }

@@ -69,8 +69,17 @@ pub fn build_client(config: &ScraperConfig) -> reqwest::Result<reqwest::Client> 
     client_builder(config).build()
 }
 
+/// The client of source checks: the same guard, but redirects are not followed by the
+/// client; the check follows them itself, checking every hop, so that a source's
+/// credentials go to its own origin only (see `sources::fetch`).
+pub fn build_source_client(config: &ScraperConfig) -> reqwest::Result<reqwest::Client> {
+    client_builder(config)
+        .redirect(redirect::Policy::none())
+        .build()
+}
+
 /// The builder behind [`build_client`], for tests that add to it.
-fn client_builder(config: &ScraperConfig) -> reqwest::ClientBuilder {
+pub fn client_builder(config: &ScraperConfig) -> reqwest::ClientBuilder {
     let allow_private_addresses = config.allow_private_addresses;
     let max_redirects = config.max_redirects;
     let policy = redirect::Policy::custom(move |attempt| {

@@ -1,5 +1,7 @@
 //! Per-host politeness: at most `per_host_concurrency` requests run against one host at once,
-//! and two requests to the same host start at least `politeness_delay` apart.
+//! and two requests to the same host start at least `politeness_delay` apart. A host that
+//! answered 429 or 503 with `Retry-After` is held until then ([`HostLimiter::hold`]): source
+//! checks skip it, and downloads to it wait, since they share these gates.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -63,6 +65,21 @@ impl HostLimiter {
         };
         tokio::time::sleep_until(start_at).await;
         HostSlot { _permit: permit }
+    }
+
+    /// Holds `host` until `until` (a `Retry-After`): the next request to it starts no earlier.
+    pub async fn hold(&self, host: &str, until: Instant) {
+        let gate = self.gate(host);
+        let mut next_start = gate.next_start.lock().await;
+        *next_start = (*next_start).max(until);
+    }
+
+    /// When the next request to `host` may start, if a hold puts that further away than the
+    /// politeness delay alone would.
+    pub async fn held_until(&self, host: &str) -> Option<Instant> {
+        let gate = self.gate(host);
+        let next_start = *gate.next_start.lock().await;
+        (next_start > Instant::now() + self.politeness_delay).then_some(next_start)
     }
 
     fn gate(&self, host: &str) -> Arc<HostGate> {

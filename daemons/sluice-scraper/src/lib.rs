@@ -10,15 +10,17 @@
 //!
 //! The main loop owns everything that changes state: it claims jobs, starts and stops tasks,
 //! answers D-Bus commands, reloads the configuration, publishes status and pings the
-//! watchdog. Scheduled *sources* (page, links, feed) are a later addition: they will be one
-//! more timer event in [`Event`] that enqueues `download` jobs through the same store call,
-//! so the download machinery needs no change for them.
+//! watchdog. Scheduled *sources* (page, links, feed; [`sources`]) are one more timer event
+//! in [`Event`]: due sources are checked by tasks of their own, and what a check finds is
+//! queued as `download` jobs through the same store call, policy and queue limit, so the
+//! download machinery needs no change for them.
 
 mod guard;
 mod hosts;
 mod inbox;
 #[cfg(test)]
 mod loop_tests;
+mod sources;
 mod store_thread;
 mod transfer;
 
@@ -32,7 +34,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, StreamExt};
 use sluice_core::bus::{
     BusError, BusSetupError, CallerPolicy, DaemonState, DownloadOptions, ScraperCommand,
-    ScraperService, ScraperStatus,
+    ScraperService, ScraperStatus, SourceStates,
 };
 use sluice_core::config::Config;
 use sluice_core::config::ConfigError;
@@ -45,13 +47,13 @@ use sluice_core::runtime::{
 use sluice_core::store::downloads::DOWNLOAD_JOB_KIND;
 use sluice_core::store::{
     Claimant, ClaimedJob, DownloadError, DownloadOutcome, DownloadState, JobError, NewDownload,
-    StoreError,
+    SourceError, SourceStatus, StoreError,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use guard::build_client;
+use guard::{build_client, build_source_client};
 use hosts::HostLimiter;
 use inbox::prepare_folders;
 use store_thread::StoreHandle;
@@ -69,6 +71,9 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Every this many polls, partial files of downloads that ended elsewhere (cancelled through
 /// the web API, deleted) are removed from staging.
 const SWEEP_EVERY_POLLS: u32 = 12;
+
+/// How often the schedule of the sources is looked at (a cheap read of a small table).
+pub const SOURCE_TICK: Duration = Duration::from_secs(1);
 
 /// How long `DeleteDownload` waits for a running download to stop.
 const STOP_WAIT: Duration = Duration::from_secs(10);
@@ -175,6 +180,8 @@ enum Event {
     PollTick,
     StatusTick,
     TaskEnded(TaskReport),
+    SourceTick,
+    SourceChecked(sources::CheckReport),
 }
 
 /// The receivers the loop selects on, apart from the state it changes.
@@ -186,6 +193,8 @@ struct EventSources {
     poll: Interval,
     status: Interval,
     reports: mpsc::UnboundedReceiver<TaskReport>,
+    source_tick: Interval,
+    checks: mpsc::UnboundedReceiver<sources::CheckReport>,
 }
 
 impl EventSources {
@@ -198,6 +207,8 @@ impl EventSources {
             Some(report) = self.reports.recv() => Event::TaskEnded(report),
             _ = self.poll.tick() => Event::PollTick,
             _ = self.status.tick() => Event::StatusTick,
+            _ = self.source_tick.tick() => Event::SourceTick,
+            Some(report) = self.checks.recv() => Event::SourceChecked(report),
         }
     }
 }
@@ -230,6 +241,12 @@ struct Scraper {
     polls: u32,
     rate_sample: (Instant, u64),
     bytes_per_second: f64,
+    /// Source checks running, by source id.
+    checking: HashMap<i64, JoinHandle<()>>,
+    check_reports: mpsc::UnboundedSender<sources::CheckReport>,
+    robots: sources::RobotsCache,
+    /// The guarded client without automatic redirects, for source checks.
+    source_client: reqwest::Client,
 }
 
 /// Runs the scraper until SIGTERM, with the store, bus connection, signals and notifier it is
@@ -249,6 +266,7 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
     let scraper_config = &config.scraper;
     let store = StoreHandle::start(store);
     let client = build_client(scraper_config).map_err(ScraperError::HttpClient)?;
+    let source_client = build_source_client(scraper_config).map_err(ScraperError::HttpClient)?;
 
     let sources: Vec<String> = config
         .sources
@@ -297,6 +315,7 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
     }
 
     let (reports, report_receiver) = mpsc::unbounded_channel();
+    let (check_reports, check_receiver) = mpsc::unbounded_channel();
     let reread_path = config_path.clone();
     let reread: Reread = Box::new(move || {
         let config = Config::load(&reread_path).map_err(|error| error.to_string())?;
@@ -331,7 +350,12 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
         polls: 0,
         rate_sample: (Instant::now(), 0),
         bytes_per_second: 0.0,
+        checking: HashMap::new(),
+        check_reports,
+        robots: sources::RobotsCache::default(),
+        source_client,
     };
+    scraper.sync_sources(true).await;
     scraper.sweep_staging().await;
     let mut sources = EventSources {
         watchdog: scraper.notifier.watchdog_ticker(),
@@ -341,6 +365,8 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
         poll: interval(POLL_INTERVAL),
         status: interval(status_interval),
         reports: report_receiver,
+        source_tick: interval(SOURCE_TICK),
+        checks: check_receiver,
     };
     let status = scraper.refresh_status().await;
     scraper.notifier.ready(&status);
@@ -376,6 +402,8 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
                 scraper.claim().await;
                 scraper.refresh_status().await;
             }
+            Event::SourceTick => scraper.check_due_sources().await,
+            Event::SourceChecked(report) => scraper.source_checked(report).await,
         }
     }
 }
@@ -544,22 +572,215 @@ impl Scraper {
                 let _ = reply.send(result);
             }
             ScraperCommand::ScrapeNow { source, reply } => {
-                let known = self
-                    .reloader
-                    .current()
-                    .sources
-                    .iter()
-                    .any(|configured| configured.name == source);
-                let error = if known {
-                    BusError::WrongState(format!(
-                        "source {source:?} is configured, but this sluice-scraper runs \
-                         downloads only; scheduled sources are not implemented yet"
-                    ))
-                } else {
-                    BusError::NotFound(format!("source {source:?} is not configured"))
-                };
-                let _ = reply.send(Err(error));
+                let result = self.scrape_now(source).await;
+                let _ = reply.send(result);
             }
+        }
+    }
+
+    /// Makes the `sources` table match the configuration (at start and after a reload), and
+    /// at start spreads out the checks that came due while the scraper was down.
+    async fn sync_sources(&mut self, at_start: bool) {
+        let definitions = sources::definitions(self.reloader.current());
+        let synced = self
+            .store
+            .call(move |store| {
+                let sync = store.sync_sources(&definitions, &mut sources::first_check_in)?;
+                let spread = if at_start {
+                    store.spread_overdue_sources(
+                        Duration::from_secs(5),
+                        &mut sources::first_check_in,
+                    )?
+                } else {
+                    0
+                };
+                Ok::<_, SourceError>((sync, spread))
+            })
+            .await;
+        match synced {
+            Ok((sync, spread)) => {
+                for name in &sync.added {
+                    tracing::info!(source = %name, "source {name} added");
+                }
+                for name in &sync.changed {
+                    tracing::info!(source = %name, "source {name} changed");
+                }
+                for name in &sync.disabled {
+                    tracing::info!(source = %name, "source {name} removed from the configuration; disabled");
+                }
+                if spread > 0 {
+                    tracing::info!("{spread} overdue sources spread over the next minute");
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "cannot record the configured sources: {error}");
+                self.last_error = Some(format!("cannot record the configured sources: {error}"));
+            }
+        }
+        let names: Vec<String> = self
+            .reloader
+            .current()
+            .sources
+            .iter()
+            .map(|source| source.name.clone())
+            .collect();
+        let _ = self
+            .service
+            .update_status(|status| status.sources = names)
+            .await;
+        self.publish_source_states().await;
+    }
+
+    /// Starts a check of every due source that is not being checked already.
+    async fn check_due_sources(&mut self) {
+        if self.stopping || self.checking.len() >= sources::MAX_ACTIVE_CHECKS {
+            return;
+        }
+        let due = self
+            .store
+            .call(|store| store.due_sources(sluice_core::store::now_ms()))
+            .await;
+        let due = match due {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(error = %error, "cannot read the schedule of the sources: {error}");
+                return;
+            }
+        };
+        for source in due {
+            if self.checking.len() >= sources::MAX_ACTIVE_CHECKS {
+                break;
+            }
+            if !self.checking.contains_key(&source.id) {
+                self.start_check(source);
+            }
+        }
+    }
+
+    fn start_check(&mut self, source: SourceStatus) {
+        let config = self.reloader.current();
+        let Some(source_config) = config
+            .sources
+            .iter()
+            .find(|configured| configured.name == source.name)
+            .cloned()
+        else {
+            return;
+        };
+        let context = sources::CheckContext {
+            store: self.store.clone(),
+            client: self.source_client.clone(),
+            hosts: self.context.hosts.clone(),
+            robots: self.robots.clone(),
+            user_agent: config.scraper.user_agent.clone(),
+            allow_private_addresses: config.scraper.allow_private_addresses,
+            max_redirects: config.scraper.max_redirects,
+            max_pending: config.scraper.max_pending,
+            max_download_size: config.scraper.max_download_size,
+            max_attempts: config.jobs.max_attempts,
+        };
+        let reports = self.check_reports.clone();
+        let source_id = source.id;
+        let name = source.name.clone();
+        let handle = tokio::spawn(async move {
+            let check = sources::run_check(context, source, source_config);
+            let report = match AssertUnwindSafe(check).catch_unwind().await {
+                Ok(report) => report,
+                Err(panic) => {
+                    let error = format!("the check panicked: {}", panic_message(&*panic));
+                    tracing::error!(source = %name, "source {name}: {error}");
+                    sources::CheckReport {
+                        source_id,
+                        name,
+                        created: Vec::new(),
+                        outcome: "failed",
+                    }
+                }
+            };
+            let _ = reports.send(report);
+        });
+        self.checking.insert(source_id, handle);
+    }
+
+    /// A check ended: announce its downloads, claim them, publish the source's state.
+    async fn source_checked(&mut self, report: sources::CheckReport) {
+        self.checking.remove(&report.source_id);
+        for created in &report.created {
+            if let Err(error) = self
+                .service
+                .job_queued(DOWNLOAD_JOB_KIND, created.job_id as u64)
+                .await
+            {
+                tracing::warn!(error = %error, "cannot emit JobQueued for job {}: {error}", created.job_id);
+            }
+        }
+        if let Err(error) = self
+            .service
+            .source_checked(&report.name, report.outcome, report.created.len() as u64)
+            .await
+        {
+            tracing::warn!(error = %error, "cannot emit SourceChecked: {error}");
+        }
+        self.publish_source_states().await;
+        if !report.created.is_empty() {
+            self.claim().await;
+        }
+    }
+
+    /// `ScrapeNow`: the source becomes due now and its check starts (unless one runs).
+    async fn scrape_now(&mut self, name: String) -> Result<u64, BusError> {
+        let lookup = name.clone();
+        let (source, check) = self
+            .store
+            .call(move |store| store.check_source_now(&lookup))
+            .await
+            .map_err(|error| match error {
+                SourceError::NotFound(_) | SourceError::Disabled(_) => {
+                    BusError::NotFound(format!("source {name:?} is not configured"))
+                }
+                error => BusError::Internal(error.to_string()),
+            })?;
+        tracing::info!(source = %source.name, "source {} checked on request", source.name);
+        if !self.checking.contains_key(&source.id) && !self.stopping {
+            self.start_check(source);
+        }
+        Ok(check)
+    }
+
+    /// Publishes `SourceStates` from the store.
+    async fn publish_source_states(&mut self) {
+        let rows = self.store.call(|store| store.list_sources()).await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot read the sources: {error}");
+                return;
+            }
+        };
+        let states: SourceStates = rows
+            .into_iter()
+            .filter(|row| row.enabled)
+            .map(|row| {
+                (
+                    row.name,
+                    (
+                        row.last_outcome.unwrap_or_default(),
+                        row.last_error.unwrap_or_default(),
+                        row.last_checked_at_ms.unwrap_or(0),
+                        row.next_check_at_ms,
+                        row.checks,
+                        row.items_seen,
+                        row.downloads_made,
+                    ),
+                )
+            })
+            .collect();
+        if let Err(error) = self
+            .service
+            .update_status(|status| status.source_states = states)
+            .await
+        {
+            tracing::warn!(error = %error, "cannot publish status: {error}");
         }
     }
 
@@ -760,6 +981,7 @@ impl Scraper {
             ReloadOutcome::Applied => {
                 self.apply_config(&before);
                 self.last_error = None;
+                self.sync_sources(false).await;
             }
             ReloadOutcome::KeptPrevious { status, .. } => self.last_error = Some(status),
         }
@@ -772,6 +994,9 @@ impl Scraper {
         let config = self.reloader.current().clone();
         if config.store.path != before.store.path || config.bus.address != before.bus.address {
             tracing::warn!("store.path and bus.address take effect at the next restart");
+        }
+        if let Ok(client) = build_source_client(&config.scraper) {
+            self.source_client = client;
         }
         match build_client(&config.scraper) {
             Ok(client) => self.context.client = client,
@@ -866,6 +1091,11 @@ impl Scraper {
         tracing::info!(downloads = self.active.len(), "stopping");
         for active in self.active.values() {
             let _ = active.stop.send(StopRequest::Release);
+        }
+        // A source check holds nothing that needs releasing: an item is recorded with its
+        // downloads or not at all, so a check cut short is simply done again.
+        for (_, check) in self.checking.drain() {
+            check.abort();
         }
         let deadline = StopDeadline::after(stop_timeout);
         while !self.active.is_empty() && !deadline.has_passed() {

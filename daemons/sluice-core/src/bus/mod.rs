@@ -60,7 +60,7 @@ pub use peers::{SuiteDaemon, daemon_object, daemon_properties, name_has_owner, s
 pub use rate_limit::{DEFAULT_PROGRESS_INTERVAL, ProgressRateLimiter};
 pub use scraper::{
     DownloadOptions, SCRAPER_BUS_NAME, SCRAPER_OBJECT_PATH, ScraperCommand, ScraperInterface,
-    ScraperProxy, ScraperService, ScraperStatus,
+    ScraperProxy, ScraperService, ScraperStatus, SourceState, SourceStates,
 };
 pub use web::{
     WEB_BUS_NAME, WEB_OBJECT_PATH, WebCommand, WebInterface, WebProxy, WebService, WebStatus,

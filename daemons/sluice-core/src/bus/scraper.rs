@@ -112,6 +112,12 @@ impl DownloadOptions {
     }
 }
 
+/// One source's entry in the `SourceStates` property: (last outcome, last error, last check,
+/// next check, checks, items seen, downloads made).
+pub type SourceState = (String, String, i64, i64, u64, u64, u64);
+/// The `SourceStates` property: every enabled source by name.
+pub type SourceStates = HashMap<String, SourceState>;
+
 /// What the scraper's main loop is asked to do.
 #[derive(Debug)]
 pub enum ScraperCommand {
@@ -130,7 +136,8 @@ pub enum ScraperCommand {
         download_id: u64,
         reply: Reply<()>,
     },
-    /// Queue a scrape of the named source now; the reply is the job id.
+    /// Check the named source now; the reply is the number its check will have in the
+    /// source's count of checks.
     ScrapeNow {
         source: String,
         reply: Reply<u64>,
@@ -165,6 +172,11 @@ published_object! {
         downloads_failed: u64 => u64 = Clone::clone;
         /// Bytes received since start.
         bytes_downloaded: u64 => u64 = Clone::clone;
+        /// Each enabled source by name: (last outcome, last error, last check, next check,
+        /// checks, links or entries seen, downloads made); times in ms since the epoch, 0 for
+        /// never. Outcomes: unchanged, changed, partial, failed, disallowed, deferred, or ""
+        /// before the first check.
+        source_states: SourceStates => SourceStates = Clone::clone;
     }
     members {
         /// Download `url` (http or https) into the inbox. `options` keys: sha256 (s), bundle (s),
@@ -227,8 +239,10 @@ published_object! {
             .await
         }
 
-        /// Scrape the named source now instead of at its next scheduled time. Returns the job id.
-        #[zbus(out_args("job_id"))]
+        /// Check the named source now instead of at its next scheduled time. Returns the
+        /// number this check will have in the source's count of checks (SourceStates), so a
+        /// caller can wait for it.
+        #[zbus(out_args("check"))]
         async fn scrape_now(
             &self,
             source: &str,
@@ -260,6 +274,8 @@ published_object! {
         fn download_progress(download_id: u64, bytes: u64, total: u64);
         /// A download ended in `state`; `path` is the file in the inbox, empty unless succeeded.
         pub fn download_finished(download_id: u64, state: &str, path: &str);
+        /// A check of `source` ended with `outcome` and queued `downloads` new downloads.
+        pub fn source_checked(source: &str, outcome: &str, downloads: u64);
     }
 }
 
@@ -275,6 +291,7 @@ impl ScraperStatus {
             downloads_done: 0,
             downloads_failed: 0,
             bytes_downloaded: 0,
+            source_states: SourceStates::new(),
         }
     }
 }
