@@ -1,4 +1,4 @@
-//! The JSON API over the store: jobs, downloads and documents. Handlers validate, run one store
+//! The JSON API over the store: jobs, downloads, sources and documents. Handlers validate, run one store
 //! call on a blocking thread, and answer; changes that workers must hear about are announced
 //! on the bus through the main loop.
 
@@ -207,6 +207,25 @@ pub async fn list_downloads(
         .with_store(move |store| store.list_downloads(&filter, page))
         .await?;
     Ok(HttpResponse::Ok().json(page))
+}
+
+/// `GET /api/sources`: every source the scraper has recorded, by name — the configured ones
+/// and, with `enabled: false`, those removed from the configuration — with the schedule, the
+/// validators and the outcome of the last check.
+pub async fn list_sources(state: Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let sources = state.with_store(|store| store.list_sources()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": sources })))
+}
+
+/// `GET /api/sources/{name}`.
+pub async fn get_source(
+    state: Data<AppState>,
+    name: Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    sluice_core::policy::check_source_name(&name)?;
+    let source = state.read_now(|store| store.get_source(&name))?;
+    Ok(HttpResponse::Ok().json(source))
 }
 
 pub async fn get_download(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {

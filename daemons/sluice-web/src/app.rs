@@ -67,6 +67,8 @@ pub fn app(
                         .route("/downloads", web::get().to(api::list_downloads))
                         .route("/downloads/{id}", web::get().to(api::get_download))
                         .route("/downloads/{id}", web::delete().to(api::delete_download))
+                        .route("/sources", web::get().to(api::list_sources))
+                        .route("/sources/{name}", web::get().to(api::get_source))
                         .route("/documents", web::get().to(api::list_documents))
                         .route("/documents", web::post().to(upload::upload))
                         .route("/documents/{id}", web::get().to(api::get_document))

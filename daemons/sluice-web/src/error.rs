@@ -10,6 +10,7 @@ use serde::Serialize;
 use sluice_core::bus::BusError;
 use sluice_core::policy::PolicyError;
 use sluice_core::store::FileError;
+use sluice_core::store::SourceError;
 use sluice_core::store::StoreError;
 use sluice_core::store::documents::DocumentError;
 use sluice_core::store::downloads::DownloadError;
@@ -202,6 +203,19 @@ impl From<DownloadError> for ApiError {
             error @ DownloadError::InvalidState { .. } => ApiError::Conflict(error.to_string()),
             DownloadError::Job(error) => error.into(),
             DownloadError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<SourceError> for ApiError {
+    fn from(error: SourceError) -> ApiError {
+        match error {
+            SourceError::NotFound(name) => {
+                ApiError::NotFound(format!("source {name:?} is not configured"))
+            }
+            error @ SourceError::Disabled(_) => ApiError::NotFound(error.to_string()),
+            SourceError::Download(error) => error.into(),
+            SourceError::Store(error) => error.into(),
         }
     }
 }

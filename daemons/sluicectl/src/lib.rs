@@ -88,6 +88,9 @@ pub enum Command {
         /// A folder inside a watched folder; all watched folders when left out.
         path: Option<PathBuf>,
     },
+    /// List or show the scheduled sources, or check one now.
+    #[command(subcommand)]
+    Sources(SourcesCommand),
     /// List or search documents.
     #[command(subcommand)]
     Docs(DocsCommand),
@@ -213,6 +216,22 @@ pub struct DownloadArguments {
     /// Put the file in this bundle's sub-folder.
     #[arg(long)]
     pub bundle: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SourcesCommand {
+    /// Every source: mode, last outcome, last and next check, items seen, downloads made.
+    List,
+    /// One source in full, with its last error.
+    Show { name: String },
+    /// Check a source now (org.sluice.Scraper1.ScrapeNow) and wait for the outcome, at most
+    /// --wait (default 60s). Exit status 5 without a running scraper, 3 for an unknown
+    /// source, 7 when the check failed, 8 when it had not ended in time.
+    Check {
+        name: String,
+        #[arg(long, default_value = "60s", value_name = "DURATION")]
+        wait: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,10 +5,10 @@ use serde_json::{Value, json};
 use sluice_core::bus::BusError;
 use sluice_core::config::ConfigError;
 use sluice_core::policy::{self, PolicyError};
-use sluice_core::store::StoreError;
 use sluice_core::store::documents::DocumentError;
 use sluice_core::store::downloads::DownloadError;
 use sluice_core::store::jobs::JobError;
+use sluice_core::store::{SourceError, StoreError};
 
 use crate::config_file::EditError;
 use crate::exit;
@@ -103,6 +103,18 @@ impl From<DownloadError> for Failure {
             }
             DownloadError::Job(error) => error.into(),
             DownloadError::Store(error) => error.into(),
+        }
+    }
+}
+
+impl From<SourceError> for Failure {
+    fn from(error: SourceError) -> Failure {
+        match error {
+            SourceError::NotFound(_) | SourceError::Disabled(_) => {
+                Failure::new(exit::NOT_FOUND, error.to_string())
+            }
+            SourceError::Download(error) => error.into(),
+            SourceError::Store(error) => error.into(),
         }
     }
 }

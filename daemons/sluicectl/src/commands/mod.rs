@@ -9,6 +9,7 @@ mod download;
 mod failure;
 mod jobs;
 mod rescan;
+mod sources;
 mod status;
 mod submit;
 mod workers;
@@ -20,7 +21,7 @@ use sluice_core::config::Config;
 use sluice_core::store::Store;
 use sluice_core::store::jobs::PageRequest;
 
-use crate::{Cli, Command, DbCommand, DocsCommand, JobsCommand, exit};
+use crate::{Cli, Command, DbCommand, DocsCommand, JobsCommand, SourcesCommand, exit};
 
 pub use failure::Failure;
 use jobs::JobChange;
@@ -56,6 +57,11 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Download(arguments) => context.download(arguments),
         Command::Submit { files, wait } => context.submit(files, wait),
         Command::Rescan { path } => context.rescan(path),
+        Command::Sources(SourcesCommand::List) => context.sources_list(),
+        Command::Sources(SourcesCommand::Show { name }) => context.sources_show(&name),
+        Command::Sources(SourcesCommand::Check { name, wait }) => {
+            context.sources_check(&name, &wait)
+        }
         Command::Docs(DocsCommand::List {
             query,
             limit,
