@@ -16,6 +16,7 @@ mod policy;
 mod queue_limits;
 mod runtime;
 mod scraper;
+mod sources;
 mod store;
 mod support;
 mod system;

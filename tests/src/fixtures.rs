@@ -506,6 +506,21 @@ pub enum FixtureRoute {
         chunk: usize,
         pause: Duration,
     },
+    /// A page or feed with a content type and, when `etag` is set, that ETag: a request with
+    /// a matching `If-None-Match` gets `304 Not Modified`.
+    Page {
+        body: Arc<Vec<u8>>,
+        content_type: String,
+        etag: Option<String>,
+    },
+    /// `status` with extra header lines (e.g. `Retry-After: 60`) and a short body.
+    StatusWithHeaders { status: u16, headers: String },
+    /// Promises `length` bytes, sends `sent` of them, then stalls for `stall`.
+    Stall {
+        length: usize,
+        sent: usize,
+        stall: Duration,
+    },
 }
 
 impl FixtureRoute {
@@ -535,6 +550,15 @@ impl FixtureRoute {
         }
     }
 
+    /// A page or feed with an ETag (answered 304 when the client has it).
+    pub fn page(body: impl Into<Vec<u8>>, content_type: &str, etag: &str) -> FixtureRoute {
+        FixtureRoute::Page {
+            body: Arc::new(body.into()),
+            content_type: content_type.to_owned(),
+            etag: Some(etag.to_owned()),
+        }
+    }
+
     /// The same file sent `chunk` bytes at a time with `pause` between chunks.
     pub fn slow_file(body: Vec<u8>, chunk: usize, pause: Duration) -> FixtureRoute {
         FixtureRoute::File {
@@ -554,6 +578,8 @@ pub struct FixtureRequest {
     pub range: Option<String>,
     pub if_range: Option<String>,
     pub user_agent: Option<String>,
+    pub authorization: Option<String>,
+    pub if_none_match: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -662,6 +688,8 @@ fn serve_fixture_connection(
         range: headers.get("range").cloned(),
         if_range: headers.get("if-range").cloned(),
         user_agent: headers.get("user-agent").cloned(),
+        authorization: headers.get("authorization").cloned(),
+        if_none_match: headers.get("if-none-match").cloned(),
     };
     state.requests.lock().unwrap().push(request.clone());
     let route = state.routes.lock().unwrap().get(&path).cloned();
@@ -734,6 +762,47 @@ fn serve_fixture_connection(
                 pause,
                 true,
             )
+        }
+        Some(FixtureRoute::Page {
+            body,
+            content_type,
+            etag,
+        }) => {
+            if etag.is_some() && request.if_none_match == etag {
+                return write!(
+                    stream,
+                    "HTTP/1.1 304 Not Modified\r\nETag: {}\r\nConnection: close\r\n\r\n",
+                    etag.unwrap_or_default()
+                );
+            }
+            let etag_line = etag
+                .map(|etag| format!("ETag: {etag}\r\n"))
+                .unwrap_or_default();
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+                 {etag_line}Connection: close\r\n\r\n",
+                body.len()
+            )?;
+            stream.write_all(&body)
+        }
+        Some(FixtureRoute::StatusWithHeaders { status, headers }) => {
+            simple(&mut stream, status, &headers)
+        }
+        Some(FixtureRoute::Stall {
+            length,
+            sent,
+            stall,
+        }) => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {length}\r\n\
+                 Connection: close\r\n\r\n"
+            )?;
+            stream.write_all(&vec![b' '; sent])?;
+            stream.flush()?;
+            std::thread::sleep(stall);
+            Ok(())
         }
         Some(FixtureRoute::File {
             body,
@@ -820,6 +889,8 @@ fn reason_phrase(status: u16) -> &'static str {
     match status {
         200 => "OK",
         302 => "Found",
+        304 => "Not Modified",
+        429 => "Too Many Requests",
         404 => "Not Found",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
