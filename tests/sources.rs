@@ -696,3 +696,53 @@ fn an_invalid_selector_or_pattern_is_a_config_error_naming_file_line_and_key() {
         );
     }
 }
+
+/// The whole suite: a configured links source on a loopback server becomes a document, and
+/// the API and sluicectl report the source.
+#[test]
+fn a_configured_links_source_produces_a_document_through_the_whole_suite() {
+    let fixture = HttpFixture::start();
+    let content = b"a report the source linked to, unique to this test\n".repeat(20);
+    let sha256 = crate::support::sha256_hex(&content);
+    fixture.route("/builds/report.txt", FixtureRoute::file(content));
+    fixture.route(
+        "/builds/",
+        FixtureRoute::page(links_page(&["report.txt"]), "text/html", "\"v1\""),
+    );
+    let source = links_source(&fixture, "1s").replace(r"'\.bin$'", r"'\.txt$'");
+    let suite = crate::support::Suite::start_with(&source, &[]);
+    let mut documents = Vec::new();
+    let arrived = crate::support::wait_every(Duration::from_millis(100), DEADLINE * 2, || {
+        let (status, body) = suite.get("/api/documents");
+        assert_eq!(status, 200, "{body}");
+        documents = body["items"].as_array().cloned().unwrap_or_default();
+        documents
+            .iter()
+            .any(|item| item["sha256"] == sha256.as_str())
+    });
+    assert!(
+        arrived,
+        "no document; fixture saw {:?}; logs:\n{}",
+        fixture.requests(),
+        suite.logs()
+    );
+    let (status, listed) = suite.get("/api/sources");
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["items"][0]["name"], "builds");
+    let (status, source) = suite.get("/api/sources/builds");
+    assert_eq!(status, 200, "{source}");
+    assert_eq!(source["downloads_made"], 1);
+    assert_eq!(suite.get("/api/sources/nothing").0, 404);
+    let output = suite.sluicectl(&["sources", "show", "builds"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && text.contains("downloads made"),
+        "{text}"
+    );
+    let output = suite.sluicectl(&["sources", "check", "builds"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
