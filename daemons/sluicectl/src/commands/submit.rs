@@ -223,6 +223,9 @@ impl Context {
         let mut after = None;
         let mut bar_shown = false;
         loop {
+            // The job first, then its log: a job that ended before its log was read has its
+            // final transition in what is read, so the last line is always the outcome.
+            let job = store.get_job(id)?;
             let entries = store.job_log(id, after, sluice_core::store::jobs::MAX_LOG_PAGE)?;
             for entry in &entries {
                 after = Some(entry.id);
@@ -248,7 +251,6 @@ impl Context {
                     }
                 }
             }
-            let job = store.get_job(id)?;
             let caught_up = entries.len() < sluice_core::store::jobs::MAX_LOG_PAGE as usize;
             if job.state.is_terminal() && caught_up {
                 if bar_shown {
