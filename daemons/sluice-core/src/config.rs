@@ -203,6 +203,10 @@ pub struct IngestConfig {
     pub text_max_bytes: u64,
     /// Pixels, 1 to 4096.
     pub thumbnail_size: u32,
+    /// Bytes of address space the extraction child of one file may use (RLIMIT_AS).
+    pub extract_max_memory: u64,
+    /// A PDF with more pages fails its job. 1 to 1,000,000.
+    pub max_pages: u32,
     /// The wall-clock limit of one attempt of an `ingest` (or `noop`) job, processors
     /// included; a job still running after it is stopped and fails "timed out after N s".
     pub job_timeout: Duration,

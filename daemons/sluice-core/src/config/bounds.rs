@@ -95,6 +95,7 @@ pub const NUMBER_KEYS: &[(&str, RangeInclusive<u32>)] = &[
     ("ingest.workers", super::INGEST_WORKERS_RANGE),
     ("ingest.thumbnail_size", THUMBNAIL_SIZE),
     ("ingest.max_pending", MAX_PENDING),
+    ("ingest.max_pages", MAX_PAGES),
     ("scraper.per_host_concurrency", PER_HOST_CONCURRENCY),
     ("scraper.max_redirects", MAX_REDIRECTS),
     ("scraper.max_pending", MAX_PENDING),
@@ -108,6 +109,9 @@ pub(super) const MAX_ATTEMPTS: RangeInclusive<u32> = crate::policy::MAX_ATTEMPTS
 pub(super) const MAX_EVENT_STREAMS: RangeInclusive<u32> = 1..=100_000;
 pub(super) const CLAIM_BATCH: RangeInclusive<u32> = 1..=10_000;
 pub(super) const THUMBNAIL_SIZE: RangeInclusive<u32> = 1..=4096;
+/// Pages of one PDF; every page is a row of the text index and a step in its job's log, and a
+/// million is far beyond any real document.
+pub(super) const MAX_PAGES: RangeInclusive<u32> = 1..=1_000_000;
 pub(super) const PER_HOST_CONCURRENCY: RangeInclusive<u32> = 1..=1024;
 pub(super) const MAX_REDIRECTS: RangeInclusive<u32> = 0..=100;
 /// A queue limit: the store counts pending jobs up to the limit (never more rows than that),

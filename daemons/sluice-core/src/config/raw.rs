@@ -124,6 +124,8 @@ pub(super) struct RawIngest {
     pub max_file_size: Size,
     pub text_max_bytes: Size,
     pub thumbnail_size: Number,
+    pub extract_max_memory: Size,
+    pub max_pages: Number,
     pub job_timeout: Text,
     pub max_pending: Number,
 }

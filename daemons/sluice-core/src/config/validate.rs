@@ -256,6 +256,8 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
         max_file_size: locator.size(&raw.ingest.max_file_size)?,
         text_max_bytes: locator.size(&raw.ingest.text_max_bytes)?,
         thumbnail_size: locator.number(&raw.ingest.thumbnail_size, THUMBNAIL_SIZE)?,
+        extract_max_memory: locator.size(&raw.ingest.extract_max_memory)?,
+        max_pages: locator.number(&raw.ingest.max_pages, MAX_PAGES)?,
         job_timeout: locator.duration(&raw.ingest.job_timeout, JOB_TIMEOUT)?,
         max_pending: locator.number(&raw.ingest.max_pending, MAX_PENDING)?,
     };
