@@ -684,7 +684,10 @@ fn a_commit_too_large_for_the_database_disk_waits_for_space_and_commits_once() {
     let library_path = documents[0].library_path.clone().expect("a library path");
     assert!(std::fs::read(&library_path).unwrap() == text);
     let hits = store
-        .search_documents("needleword", page())
+        .search_documents(
+            &sluice_core::policy::parse_search_query("needleword").unwrap(),
+            page(),
+        )
         .expect("search")
         .items;
     assert_eq!(hits.len(), 1, "its text is searchable");

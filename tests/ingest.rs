@@ -360,7 +360,10 @@ fn an_indexed_text_file_stays_in_place_and_is_searchable() {
     );
     let hits = suite
         .store
-        .search_documents("rhododendron", page())
+        .search_documents(
+            &sluice_core::policy::parse_search_query("rhododendron").unwrap(),
+            page(),
+        )
         .unwrap();
     assert_eq!(hits.items.len(), 1);
     assert_eq!(hits.items[0].document.id, document.id);

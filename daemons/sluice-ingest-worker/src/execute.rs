@@ -686,6 +686,7 @@ impl Executor {
                         library_path,
                         metadata,
                         text: analysis.text,
+                        pages: Vec::new(),
                     },
                 },
                 &steps,

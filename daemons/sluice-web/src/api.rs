@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, http::StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 use sluice_core::bus::{SCRAPER_BUS_NAME, ScraperProxy, name_has_owner};
-use sluice_core::policy::SubmitRules;
+use sluice_core::policy::{SubmitRules, parse_search_query};
 use sluice_core::store::Store;
 use sluice_core::store::documents::DocumentFilter;
 use sluice_core::store::downloads::{
@@ -43,7 +43,8 @@ pub struct DownloadsQuery {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DocumentsQuery {
-    /// Full-text query (FTS5 syntax: words, "phrases", AND/OR/NOT, prefix*).
+    /// A search as a person types it: words, "phrases", a trailing prefix* (see
+    /// `sluice_core::policy::parse_search_query`); hits are pages, best first.
     q: Option<String>,
     /// Only documents whose MIME type starts with this, e.g. `image/`.
     mime: Option<String>,
@@ -300,32 +301,35 @@ pub async fn list_documents(
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
     let page = page_request(&state, query.cursor, query.limit)?;
-    if let Some(text) = &query.q {
-        check_length(&state, "q", text)?;
-    }
+    // A blank `q` lists documents as if it were absent; anything else must be a query.
+    let search = query
+        .q
+        .filter(|text| !text.trim().is_empty())
+        .map(|text| parse_search_query(&text))
+        .transpose()?;
     let filter = DocumentFilter {
         mime_prefix: query.mime.filter(|prefix| !prefix.is_empty()),
     };
     let page = state
-        .with_store(
-            move |store| match query.q.filter(|text| !text.trim().is_empty()) {
-                // Search hits have the document's fields plus the matching snippet, so a client
-                // reads both lists the same way.
-                Some(text) => store.search_documents(&text, page).map(|hits| {
-                    json!({
-                        "items": hits.items.into_iter().map(|hit| {
-                            let mut item = serde_json::to_value(&hit.document).unwrap_or_default();
-                            item["snippet"] = hit.snippet.into();
-                            item
-                        }).collect::<Vec<_>>(),
-                        "next_cursor": hits.next_cursor,
-                    })
-                }),
-                None => store
-                    .list_documents(&filter, page)
-                    .map(|documents| serde_json::to_value(documents).unwrap_or_default()),
-            },
-        )
+        .with_store(move |store| match search {
+            // Search hits have the document's fields plus the page and the matching snippet,
+            // so a client reads both lists the same way.
+            Some(search) => store.search_documents(&search, page).map(|hits| {
+                json!({
+                    "items": hits.items.into_iter().map(|hit| {
+                        let mut item = serde_json::to_value(&hit.document).unwrap_or_default();
+                        item["page"] = hit.page.into();
+                        item["snippet"] = hit.snippet.into();
+                        item["rank"] = hit.rank.into();
+                        item
+                    }).collect::<Vec<_>>(),
+                    "next_cursor": hits.next_cursor,
+                })
+            }),
+            None => store
+                .list_documents(&filter, page)
+                .map(|documents| serde_json::to_value(documents).unwrap_or_default()),
+        })
         .await?;
     Ok(HttpResponse::Ok().json(page))
 }

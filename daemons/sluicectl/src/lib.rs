@@ -236,7 +236,7 @@ pub enum SourcesCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DocsCommand {
-    /// Documents, newest first; with --query only those whose text has every word.
+    /// Documents, newest first; with --query the same as `docs search`.
     List {
         #[arg(long)]
         query: Option<String>,
@@ -262,6 +262,19 @@ pub enum DocsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Search the extracted text: the pages that have every word, best first, with the
+    /// matches in [brackets].
+    #[command(long_about = SEARCH_LONG_ABOUT)]
+    Search {
+        /// Words, "quoted phrases", and a * at the end of a word for words that start with it.
+        #[arg(allow_hyphen_values = true)]
+        query: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Where to go on: the `more: --cursor N` of the previous page.
+        #[arg(long)]
+        cursor: Option<i64>,
+    },
 }
 
 const DOCS_GET_LONG_ABOUT: &str = "\
@@ -279,6 +292,17 @@ is given.
 
 Exit status: 0 written; 3 no such document, or its file is gone; 1 the file changed since it
 was catalogued, FILE exists, or another failure.";
+
+const SEARCH_LONG_ABOUT: &str = "\
+Search the extracted text: the pages that have every word, best first (bm25), with the
+matches in [brackets]. A PDF is searched page by page; a text file, HTML or a processor's
+output as one text without pages.
+
+The query is what a person types: words, \"quoted phrases\", and a * at the end of a word for
+every word that starts with it (report*). Nothing else has a meaning: OR, NOT, NEAR, colons,
+brackets and other punctuation are searched as text, and a hyphenated word
+(topsecret-f2-marker) finds its parts next to each other. A query with no word in it, longer
+than 1024 bytes or with more than 32 words is refused (invalid_query, exit status 4).";
 
 /// The command line, for the man pages and shell completions.
 pub fn command() -> clap::Command {

@@ -1,5 +1,5 @@
-//! The input policy: what a download submission, a file or bundle name, a digest or a rescan
-//! path must look like, and which addresses a download may reach. Every entry point (the
+//! The input policy: what a download submission, a file or bundle name, a digest, a rescan
+//! path or a search query must look like, and which addresses a download may reach. Every entry point (the
 //! D-Bus objects, the HTTP API, sluicectl, the scraper's connect-time guard) asks this module,
 //! so a value gets the same verdict and the same machine code whichever way it arrives.
 //!
@@ -10,6 +10,7 @@ mod address;
 mod download;
 mod names;
 mod rescan;
+mod search;
 mod url_shape;
 mod waiting;
 
@@ -23,6 +24,7 @@ pub use names::{
     check_sha256, check_source_name, file_name_from_url,
 };
 pub use rescan::resolve_rescan_path;
+pub use search::{MAX_SEARCH_QUERY_BYTES, MAX_SEARCH_TERMS, SearchQuery, parse_search_query};
 pub use url_shape::parse_download_url;
 pub use waiting::{check_last_event_id, check_wait};
 
@@ -67,6 +69,9 @@ pub enum PolicyError {
     /// A `Last-Event-ID` that is not an id the stream sent.
     #[error("invalid_event_id: {0}")]
     InvalidEventId(String),
+    /// A search query with no word to look for, or too long (see [`parse_search_query`]).
+    #[error("invalid_query: {0}")]
+    InvalidQuery(String),
 }
 
 impl PolicyError {
@@ -82,6 +87,7 @@ impl PolicyError {
             PolicyError::InvalidPath(_) => "invalid_path",
             PolicyError::InvalidDuration(_) => "invalid_duration",
             PolicyError::InvalidEventId(_) => "invalid_event_id",
+            PolicyError::InvalidQuery(_) => "invalid_query",
         }
     }
 
@@ -96,13 +102,14 @@ impl PolicyError {
             | PolicyError::OutOfRange(message)
             | PolicyError::InvalidPath(message)
             | PolicyError::InvalidDuration(message)
-            | PolicyError::InvalidEventId(message) => message,
+            | PolicyError::InvalidEventId(message)
+            | PolicyError::InvalidQuery(message) => message,
         }
     }
 }
 
 /// Every code [`PolicyError::code`] returns.
-pub const CODES: [&str; 9] = [
+pub const CODES: [&str; 10] = [
     "invalid_url",
     "forbidden_address",
     "invalid_file_name",
@@ -112,6 +119,7 @@ pub const CODES: [&str; 9] = [
     "invalid_path",
     "invalid_duration",
     "invalid_event_id",
+    "invalid_query",
 ];
 
 /// The policy code a refusal message starts with (`"invalid_url: …"`), as a D-Bus client

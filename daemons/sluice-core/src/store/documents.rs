@@ -18,6 +18,7 @@ use super::jobs::{
 };
 use super::{Store, StoreError, now_ms};
 use crate::ingest::INGEST_JOB_KIND;
+use crate::policy::SearchQuery;
 
 /// The condition under which a worker's outcome may change a file row: unless the row is
 /// held (detected, no job: the ingest queue was full, see `files.rs`) for another version
@@ -32,9 +33,6 @@ fn not_held_for_another_version(job: &str) -> String {
                AND jobs.unique_key != '{INGEST_JOB_KIND}:' || files.id || ':' || files.version_key))"
     )
 }
-
-/// Longest full-text query accepted, in bytes.
-pub const MAX_SEARCH_QUERY_BYTES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DocumentError {
@@ -88,11 +86,17 @@ pub struct Document {
     pub updated_at_ms: i64,
 }
 
-/// A search result: the document and a short excerpt with the matches in `[` `]`.
+/// A search result: a page of a document (or its text without pages), with a short excerpt
+/// that has the matches in `[` `]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DocumentHit {
     pub document: Document,
+    /// The page the text is from, from 1; `None` for text without pages (a text file, HTML,
+    /// a processor's output).
+    pub page: Option<u32>,
     pub snippet: String,
+    /// FTS5's bm25 rank: lower is better; hits come best first.
+    pub rank: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -112,8 +116,11 @@ pub struct NewDocument {
     /// Set when this ingest filed the content into the library (or found it there).
     pub library_path: Option<PathBuf>,
     pub metadata: Value,
-    /// Extracted text for the full-text index (already cut to the configured limit).
+    /// Extracted text without pages for the full-text index (already cut to the configured
+    /// limit, together with `pages`).
     pub text: Option<String>,
+    /// The text of each page of a paged document (a PDF), page 1 first; indexed page by page.
+    pub pages: Vec<String>,
 }
 
 /// Everything [`Store::finish_ingest`] commits at once.
@@ -216,13 +223,7 @@ impl Store {
                             ],
                             |row| row.get(0),
                         )?;
-                    if let Some(text) = &document.text {
-                        transaction
-                            .prepare_cached(
-                                "INSERT INTO document_text (rowid, title, body) VALUES (?1, ?2, ?3)",
-                            )?
-                            .execute(params![document_id, document.original_name, text])?;
-                    }
+                    insert_text(transaction, document_id, document)?;
                     (document_id, false)
                 }
             };
@@ -400,52 +401,66 @@ impl Store {
         Ok(paginate(items, page.limit, |document| document.id))
     }
 
-    /// Full-text search (SQLite FTS5 query syntax: words, "phrases", AND/OR/NOT, prefix*),
-    /// newest matching document first, a page at a time. A query FTS5 cannot parse is
-    /// `InvalidArgument`, not a database error.
+    /// Full-text search, page by page: the pages (and texts without pages) that have every
+    /// word and phrase of `query`, best first (FTS5's bm25; ties newest first), a page of
+    /// hits at a time. The cursor counts the hits already returned (`next_cursor` is where
+    /// the next page starts): ranks move as documents arrive, so a hit may move between pages
+    /// read at different times.
     pub fn search_documents(
         &self,
-        query: &str,
+        query: &SearchQuery,
         page: PageRequest,
     ) -> Result<Page<DocumentHit>, DocumentError> {
         validate_page(page)?;
-        if query.trim().is_empty() || query.len() > MAX_SEARCH_QUERY_BYTES {
-            return Err(DocumentError::InvalidArgument(format!(
-                "search query must be 1..={MAX_SEARCH_QUERY_BYTES} bytes of text"
-            )));
-        }
-        let run = || -> rusqlite::Result<Vec<DocumentHit>> {
-            let mut statement = self.connection().prepare_cached(&format!(
-                "SELECT {DOCUMENT_COLUMNS},
-                        snippet(document_text, 1, '[', ']', '…', 12)
-                 FROM document_text JOIN documents ON documents.id = document_text.rowid
-                 WHERE document_text MATCH ?1 AND (?2 IS NULL OR document_text.rowid < ?2)
-                 ORDER BY document_text.rowid DESC LIMIT ?3"
-            ))?;
-            statement
-                .query_map(params![query, page.before_id, page.limit + 1], |row| {
-                    Ok(DocumentHit {
-                        document: document_from_row(row)?,
-                        snippet: row.get(11)?,
-                    })
-                })?
-                .collect()
+        let offset = page.before_id.unwrap_or(0).max(0);
+        let mut statement = self.connection().prepare_cached(&format!(
+            "SELECT {DOCUMENT_COLUMNS}, page_text.page,
+                    snippet(page_text, -1, '[', ']', '…', 12), page_text.rank
+             FROM page_text JOIN documents ON documents.id = page_text.document_id
+             WHERE page_text MATCH ?1
+             ORDER BY page_text.rank, page_text.rowid DESC LIMIT ?2 OFFSET ?3"
+        ))?;
+        let mut items = statement
+            .query_map(params![query.fts5(), page.limit + 1, offset], |row| {
+                Ok(DocumentHit {
+                    document: document_from_row(row)?,
+                    page: row.get(11)?,
+                    snippet: row.get(12)?,
+                    rank: row.get(13)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > page.limit as usize {
+            items.truncate(page.limit as usize);
+            Some(offset + i64::from(page.limit))
+        } else {
+            None
         };
-        match run() {
-            Ok(items) => Ok(paginate(items, page.limit, |hit| hit.document.id)),
-            // The statement itself is fixed, so a plain SQLITE_ERROR here is FTS5 refusing
-            // the query text ("fts5: syntax error near …", "no such column: x").
-            Err(rusqlite::Error::SqliteFailure(error, message))
-                if error.code == rusqlite::ErrorCode::Unknown =>
-            {
-                Err(DocumentError::InvalidArgument(format!(
-                    "cannot parse search query {query:?}: {}",
-                    message.unwrap_or_else(|| "syntax error".into())
-                )))
-            }
-            Err(error) => Err(error.into()),
-        }
+        Ok(Page { items, next_cursor })
     }
+}
+
+/// Indexes a new document's text: its text without pages, then each page that has text. The
+/// document's name is the title of the first row.
+fn insert_text(
+    transaction: &Transaction<'_>,
+    document_id: i64,
+    document: &NewDocument,
+) -> Result<(), DocumentError> {
+    let mut statement = transaction.prepare_cached(
+        "INSERT INTO page_text (document_id, page, title, body) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut title = Some(document.original_name.as_str());
+    if let Some(text) = &document.text {
+        statement.execute(params![document_id, None::<u32>, title.take(), text])?;
+    }
+    for (index, text) in document.pages.iter().enumerate() {
+        if text.trim().is_empty() {
+            continue;
+        }
+        statement.execute(params![document_id, index as i64 + 1, title.take(), text])?;
+    }
+    Ok(())
 }
 
 /// The document id a file row points at now (`None` when it has none yet).
@@ -592,7 +607,12 @@ mod tests {
             library_path: None,
             metadata: json!({"lines": 1}),
             text: text.map(str::to_owned),
+            pages: Vec::new(),
         }
+    }
+
+    fn query(text: &str) -> SearchQuery {
+        crate::policy::parse_search_query(text).unwrap()
     }
 
     #[test]
@@ -617,7 +637,7 @@ mod tests {
 
         let hits = store
             .search_documents(
-                "searchable",
+                &query("searchable"),
                 PageRequest {
                     before_id: None,
                     limit: 10,
@@ -656,7 +676,7 @@ mod tests {
         );
         let page = store
             .search_documents(
-                "never",
+                &query("never"),
                 PageRequest {
                     before_id: None,
                     limit: 10,
@@ -837,18 +857,35 @@ mod tests {
     }
 
     #[test]
-    fn bad_search_queries_and_pages_are_invalid_arguments() {
-        let (_directory, store) = open_temp(Durability::Normal);
+    fn hostile_queries_are_plain_words_and_bad_pages_are_invalid_arguments() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let job = claim_one(&mut store);
+        store
+            .finish_ingest(&IngestRecord {
+                job_id: job.id,
+                lease_token: job.lease_token,
+                file_id: None,
+                document: document('d', Some("the topsecret-f2-marker and body: near words")),
+            })
+            .unwrap();
         let page = PageRequest {
             before_id: None,
             limit: 10,
         };
-        for query in ["\"unbalanced", "nosuchcolumn:word", "AND", "", "   "] {
-            let result = store.search_documents(query, page);
-            assert!(
-                matches!(result, Err(DocumentError::InvalidArgument(_))),
-                "{query:?}: {result:?}"
-            );
+        // FTS5 syntax in a query is only text: each of these runs and finds what its words say.
+        for (text, hits) in [
+            ("topsecret-f2-marker", 1),
+            ("\"unbalanced", 0),
+            ("nosuchcolumn:word", 0),
+            ("body:", 1),
+            ("NEAR(words", 1),
+            // The word "and", which the text has, not FTS5's operator.
+            ("AND", 1),
+            ("OR", 0),
+            ("top*", 1),
+        ] {
+            let found = store.search_documents(&query(text), page).unwrap();
+            assert_eq!(found.items.len(), hits, "{text:?}: {found:?}");
         }
         assert!(matches!(
             store.list_documents(
@@ -922,7 +959,7 @@ mod tests {
         assert_eq!(images.items.len(), 1);
         let hits = store
             .search_documents(
-                "common",
+                &query("common"),
                 PageRequest {
                     before_id: None,
                     limit: 2,
@@ -931,5 +968,73 @@ mod tests {
             .unwrap();
         assert_eq!(hits.items.len(), 2);
         assert!(hits.next_cursor.is_some());
+    }
+
+    #[test]
+    fn each_page_is_a_hit_of_its_own_best_first_with_a_snippet() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let job = claim_one(&mut store);
+        let pages = vec![
+            "first page about rivers".to_owned(),
+            String::new(),
+            "third page: river river river ledger".to_owned(),
+        ];
+        let finished = store
+            .finish_ingest(&IngestRecord {
+                job_id: job.id,
+                lease_token: job.lease_token,
+                file_id: None,
+                document: NewDocument {
+                    mime: "application/pdf".into(),
+                    original_name: "report.pdf".into(),
+                    pages,
+                    ..document('e', None)
+                },
+            })
+            .unwrap();
+        let all = PageRequest {
+            before_id: None,
+            limit: 10,
+        };
+        let hits = store.search_documents(&query("river"), all).unwrap();
+        let found: Vec<Option<u32>> = hits.items.iter().map(|hit| hit.page).collect();
+        // Page 3 says it three times; page 1 has "rivers", another word.
+        assert_eq!(found, vec![Some(3)], "{hits:?}");
+        assert_eq!(hits.items[0].document.id, finished.document_id);
+        assert!(
+            hits.items[0].snippet.contains("[river] [river]"),
+            "{:?}",
+            hits.items[0].snippet
+        );
+        let hits = store.search_documents(&query("river*"), all).unwrap();
+        let found: Vec<Option<u32>> = hits.items.iter().map(|hit| hit.page).collect();
+        assert_eq!(found, vec![Some(3), Some(1)], "{hits:?}");
+        assert!(hits.items[0].rank <= hits.items[1].rank);
+        // The name is indexed once, with the first page that has text.
+        let by_name = store.search_documents(&query("report"), all).unwrap();
+        assert_eq!(by_name.items.len(), 1);
+        assert_eq!(by_name.items[0].page, Some(1));
+        // The cursor counts the hits seen.
+        let first = store
+            .search_documents(
+                &query("river*"),
+                PageRequest {
+                    before_id: None,
+                    limit: 1,
+                },
+            )
+            .unwrap();
+        assert_eq!(first.next_cursor, Some(1));
+        let second = store
+            .search_documents(
+                &query("river*"),
+                PageRequest {
+                    before_id: first.next_cursor,
+                    limit: 1,
+                },
+            )
+            .unwrap();
+        assert_eq!(second.items[0].page, Some(1));
+        assert_eq!(second.next_cursor, None);
     }
 }

@@ -254,4 +254,21 @@ CREATE TABLE source_items (
 ) WITHOUT ROWID;
 "#,
     },
+    Migration {
+        name: "extracted text is indexed per page",
+        sql: r#"
+-- One row per page of a paged document (a PDF: page 1, 2, ...), and one row with page NULL
+-- for text that has no pages (a text file, HTML, a processor's output), so a search hit names
+-- the document and the page. The document's name is indexed once, as the title of its first
+-- row. document_id and page are stored but not indexed (UNINDEXED): a hit reads them from its
+-- row; nothing looks rows up by them (documents are never deleted).
+CREATE VIRTUAL TABLE page_text USING fts5 (
+    document_id UNINDEXED, page UNINDEXED, title, body,
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+INSERT INTO page_text (document_id, page, title, body)
+    SELECT rowid, NULL, title, body FROM document_text ORDER BY rowid;
+DROP TABLE document_text;
+"#,
+    },
 ];

@@ -475,14 +475,14 @@ mod tests {
         store
             .connection()
             .execute(
-                "INSERT INTO document_text (rowid, title, body) VALUES (1, 'a', 'hello world')",
+                "INSERT INTO page_text (document_id, page, title, body) VALUES (1, 2, 'a', 'hello world')",
                 [],
             )
             .unwrap();
         let hits: i64 = store
             .connection()
             .query_row(
-                "SELECT count(*) FROM document_text WHERE document_text MATCH 'hello'",
+                "SELECT count(*) FROM page_text WHERE page_text MATCH 'hello'",
                 [],
                 |row| row.get(0),
             )

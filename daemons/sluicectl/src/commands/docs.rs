@@ -1,5 +1,6 @@
-//! `sluicectl docs list [--query TEXT]`: documents from the store, or full-text search hits;
-//! `sluicectl docs get ID -o FILE`: a document's content.
+//! `sluicectl docs list` (documents, newest first), `sluicectl docs search QUERY` (pages whose
+//! extracted text matches, best first) and `sluicectl docs get ID -o FILE` (a document's
+//! content).
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use sluice_core::content::{ContentError, ContentPlaces, OpenedContent, open_document_content};
 use sluice_core::ingest::IngestMode;
+use sluice_core::policy::parse_search_query;
 use sluice_core::store::documents::DocumentFilter;
 
 use super::{Context, Failure};
@@ -15,59 +17,18 @@ use crate::exit;
 use crate::output::{print_json, print_line, print_table};
 
 impl Context {
-    pub(super) fn docs_list(
-        &self,
-        query: Option<String>,
-        limit: u32,
-        cursor: Option<i64>,
-    ) -> Result<(), Failure> {
+    pub(super) fn docs_list(&self, limit: u32, cursor: Option<i64>) -> Result<(), Failure> {
         let page = self.page(limit, cursor)?;
         let store = self.open_store()?;
-        // Search hits and plain listings print the same: the document, plus the matching
-        // snippet when searching.
-        let (documents, next_cursor): (Vec<(sluice_core::store::Document, Option<String>)>, _) =
-            match query.filter(|text| !text.trim().is_empty()) {
-                Some(text) => {
-                    let hits = store.search_documents(&text, page)?;
-                    let next = hits.next_cursor;
-                    (
-                        hits.items
-                            .into_iter()
-                            .map(|hit| (hit.document, Some(hit.snippet)))
-                            .collect(),
-                        next,
-                    )
-                }
-                None => {
-                    let listed = store.list_documents(&DocumentFilter::default(), page)?;
-                    let next = listed.next_cursor;
-                    (
-                        listed
-                            .items
-                            .into_iter()
-                            .map(|document| (document, None))
-                            .collect(),
-                        next,
-                    )
-                }
-            };
+        let listed = store.list_documents(&DocumentFilter::default(), page)?;
         if self.json {
-            let items: Vec<Value> = documents
-                .iter()
-                .map(|(document, snippet)| {
-                    let mut item = serde_json::to_value(document).unwrap_or_default();
-                    if let Some(snippet) = snippet {
-                        item["snippet"] = Value::from(snippet.as_str());
-                    }
-                    item
-                })
-                .collect();
-            print_json(&json!({ "items": items, "next_cursor": next_cursor }));
+            print_json(&json!({ "items": listed.items, "next_cursor": listed.next_cursor }));
             return Ok(());
         }
-        let rows: Vec<Vec<String>> = documents
+        let rows: Vec<Vec<String>> = listed
+            .items
             .iter()
-            .map(|(document, _)| {
+            .map(|document| {
                 vec![
                     document.id.to_string(),
                     document.original_name.clone(),
@@ -83,21 +44,57 @@ impl Context {
             })
             .collect();
         print_table(&["ID", "NAME", "TYPE", "SIZE", "SHA256", "PATH"], &rows);
-        if let Some(next) = next_cursor {
+        if let Some(next) = listed.next_cursor {
             print_line(&format!("more: --cursor {next}"));
         }
         Ok(())
     }
-}
 
-impl Context {
-    /// `docs get ID -o FILE`: the document's bytes, found and checked by
-    /// `sluice_core::content` exactly as sluice-web's `/content` does, copied while hashed.
-    ///
-    /// This reads the file directly rather than through sluice-web: sluicectl already reads
-    /// the database directly for every read, the file is where the database says (no daemon
-    /// needs to be up, no token to be read, no HTTP in between), and the checks are the same
-    /// function the web uses, so both refuse the same things.
+    pub(super) fn docs_search(
+        &self,
+        query: &str,
+        limit: u32,
+        cursor: Option<i64>,
+    ) -> Result<(), Failure> {
+        let query = parse_search_query(query)?;
+        let page = self.page(limit, cursor)?;
+        let store = self.open_store()?;
+        let hits = store.search_documents(&query, page)?;
+        if self.json {
+            // The same items as GET /api/documents?q=: the document's fields, page, snippet.
+            let items: Vec<Value> = hits
+                .items
+                .iter()
+                .map(|hit| {
+                    let mut item = serde_json::to_value(&hit.document).unwrap_or_default();
+                    item["page"] = hit.page.into();
+                    item["snippet"] = hit.snippet.as_str().into();
+                    item["rank"] = hit.rank.into();
+                    item
+                })
+                .collect();
+            print_json(&json!({ "items": items, "next_cursor": hits.next_cursor }));
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = hits
+            .items
+            .iter()
+            .map(|hit| {
+                vec![
+                    hit.document.id.to_string(),
+                    hit.document.original_name.clone(),
+                    hit.page.map(|page| page.to_string()).unwrap_or_default(),
+                    hit.snippet.clone(),
+                ]
+            })
+            .collect();
+        print_table(&["ID", "NAME", "PAGE", "SNIPPET"], &rows);
+        if let Some(next) = hits.next_cursor {
+            print_line(&format!("more: --cursor {next}"));
+        }
+        Ok(())
+    }
+
     pub(super) fn docs_get(&self, id: i64, output: &Path, force: bool) -> Result<(), Failure> {
         let store = self.open_store()?;
         let document = store.get_document(id)?;

@@ -66,7 +66,15 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             query,
             limit,
             cursor,
-        }) => context.docs_list(query, limit, cursor),
+        }) => match query.filter(|text| !text.trim().is_empty()) {
+            Some(query) => context.docs_search(&query, limit, cursor),
+            None => context.docs_list(limit, cursor),
+        },
+        Command::Docs(DocsCommand::Search {
+            query,
+            limit,
+            cursor,
+        }) => context.docs_search(&query, limit, cursor),
         Command::Docs(DocsCommand::Get { id, output, force }) => {
             context.docs_get(id, &output, force)
         }

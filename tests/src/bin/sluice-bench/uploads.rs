@@ -226,7 +226,7 @@ pub fn w5(directory: &Path) -> anyhow::Result<Value> {
     for file in 0..FILES {
         for page in 0..PAGES {
             let hits = store.search_documents(
-                &format!("tok{file}x{page}"),
+                &sluice_core::policy::parse_search_query(&format!("tok{file}x{page}"))?,
                 PageRequest {
                     before_id: None,
                     limit: 1,
