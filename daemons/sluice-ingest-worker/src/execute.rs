@@ -21,9 +21,11 @@ use sluice_core::store::{
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::analyze::{Analysis, OpenedFile, analyze, open_beneath};
+use crate::extract::Kind;
 use crate::failure::IngestFailure;
 use crate::library::{Filed, file_into_library, open_library_file};
 use crate::processors::{ProcessGroups, run_processor};
+use crate::sandbox::{self, Extraction, Limits};
 use crate::thumbnails::{self, Made, PdfRenderer, Thumbnailer};
 
 /// The job kinds this worker claims.
@@ -32,6 +34,8 @@ pub const KINDS: [&str; 2] = [INGEST_JOB_KIND, NOOP_JOB_KIND];
 /// Most result steps a `noop` job may ask for (`"steps": n`).
 pub const MAX_NOOP_STEPS: u64 = 100;
 
+/// How often the result steps of a running extraction (one per page) are committed.
+const STEP_FLUSH_INTERVAL: Duration = Duration::from_millis(250);
 /// How often a slow body reports progress and looks at its cancel and stop flags.
 const BODY_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// How often a running processor reports progress (its job's flags are checked far more
@@ -46,6 +50,9 @@ pub struct Settings {
     pub library: PathBuf,
     pub max_file_size: u64,
     pub text_max_bytes: u64,
+    /// `[ingest] max_pages` and `extract_max_memory`: limits of the extraction child.
+    pub max_pages: u32,
+    pub extract_max_memory: u64,
     /// The configured watched folders and their modes.
     pub watches: Vec<(PathBuf, IngestMode)>,
     /// The wait before the next claim after a batch that did not fill up.
@@ -90,6 +97,8 @@ impl Settings {
             library: config.ingest.library.clone(),
             max_file_size: config.ingest.max_file_size,
             text_max_bytes: config.ingest.text_max_bytes,
+            max_pages: config.ingest.max_pages,
+            extract_max_memory: config.ingest.extract_max_memory,
             watches: config
                 .watches
                 .iter()
@@ -567,9 +576,13 @@ impl Executor {
                 settings.max_file_size
             )));
         }
-        let analysis = self.analyze_with_progress(job, handle, &mut opened, settings)?;
-        // The result steps of this attempt, committed with its outcome (one transaction: they
-        // cost no commit of their own) and replayed by the job's event stream.
+        let mut analysis = self.analyze_with_progress(job, handle, &mut opened, settings)?;
+        if analysis.mime == "text/plain" && is_markdown_name(&original_name) {
+            analysis.mime = "text/markdown".into();
+        }
+        // The result steps of this attempt, replayed by the job's event stream: those of a
+        // long extraction are committed as it goes (at most every STEP_FLUSH_INTERVAL), the
+        // rest with the outcome (one transaction: they cost no commit of their own).
         let mut steps = vec![json!({
             "step": "analysed",
             "size": analysis.size,
@@ -578,6 +591,8 @@ impl Executor {
             "sha256": analysis.sha256,
             "text_bytes": analysis.text.as_ref().map_or(0, String::len),
         })];
+        let extraction =
+            self.extract_with_steps(job, handle, settings, &analysis, &opened, &mut steps)?;
         let library_path = match payload.mode {
             IngestMode::Index => None,
             IngestMode::Consume if recovering => Some(
@@ -617,6 +632,16 @@ impl Executor {
         };
         let processed_path = library_path.as_deref().unwrap_or(&payload.path);
         let mut metadata = analysis.metadata;
+        let (mut text, mut pages) = (analysis.text, Vec::new());
+        if let Some(extraction) = extraction {
+            if let (Some(object), Value::Object(found)) =
+                (metadata.as_object_mut(), extraction.metadata)
+            {
+                object.extend(found);
+            }
+            text = text.or(extraction.text);
+            pages = extraction.pages;
+        }
         if let Some(outputs) = self.run_processors(
             job,
             handle,
@@ -685,8 +710,8 @@ impl Executor {
                         original_name,
                         library_path,
                         metadata,
-                        text: analysis.text,
-                        pages: Vec::new(),
+                        text,
+                        pages,
                     },
                 },
                 &steps,
@@ -713,6 +738,88 @@ impl Executor {
             error: None,
         });
         Ok(())
+    }
+
+    /// Built-in extraction for types that have a parser, in its sandboxed child (see
+    /// `sandbox`); `None` for other types and for content already catalogued (its document
+    /// has it). Each page is a step in the job's log; the steps gathered so far are committed
+    /// under the lease at most every [`STEP_FLUSH_INTERVAL`], so a long PDF shows its pages
+    /// as they are read without a commit per page, and the rest stay in `steps` for the
+    /// outcome's transaction.
+    fn extract_with_steps(
+        &mut self,
+        job: &ClaimedJob,
+        handle: &RunningJob,
+        settings: &Settings,
+        analysis: &Analysis,
+        opened: &OpenedFile,
+        steps: &mut Vec<Value>,
+    ) -> Result<Option<Extraction>, IngestFailure> {
+        let Some(kind) = Kind::for_mime(&analysis.mime) else {
+            return Ok(None);
+        };
+        let known = self
+            .store
+            .find_document_by_blake3(&analysis.blake3)
+            .map_err(|error| {
+                store_failure(job.id, "look for the content in the catalogue", error)
+            })?;
+        if known.is_some() {
+            return Ok(None);
+        }
+        let remaining = handle.deadline().map_or(settings.job_timeout, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
+        let limits = Limits {
+            text_max_bytes: settings.text_max_bytes,
+            max_pages: settings.max_pages,
+            max_memory: settings.extract_max_memory,
+            cpu: remaining,
+        };
+        let _ = self.events.send(JobEvent::Progress {
+            id: job.id,
+            fraction: 0.0,
+            message: "extracting".into(),
+        });
+        let (store, events) = (&mut self.store, &self.events);
+        let mut last_flush = Instant::now();
+        let mut last_report = Instant::now();
+        let mut on_page = |number: u32, text: &str| -> Result<(), IngestFailure> {
+            steps.push(json!({ "step": "page", "page": number, "text_bytes": text.len() }));
+            if last_report.elapsed() >= BODY_CHECK_INTERVAL {
+                last_report = Instant::now();
+                let _ = events.send(JobEvent::Progress {
+                    id: job.id,
+                    fraction: 0.0,
+                    message: format!("extracted page {number}"),
+                });
+            }
+            if last_flush.elapsed() >= STEP_FLUSH_INTERVAL {
+                store
+                    .record_job_steps(job.id, &job.lease_token, steps)
+                    .map_err(|error| {
+                        store_failure(job.id, "record extracted pages", error.into())
+                    })?;
+                steps.clear();
+                last_flush = Instant::now();
+            }
+            Ok(())
+        };
+        let extraction = sandbox::extract(
+            kind,
+            &opened.file,
+            &limits,
+            &handle.process_groups,
+            &mut || check_flags(handle),
+            &mut on_page,
+        )?;
+        tracing::debug!(
+            pages = extraction.pages.len(),
+            "job {}: extracted {} pages",
+            job.id,
+            extraction.pages.len()
+        );
+        Ok(Some(extraction))
     }
 
     /// The source is gone: if an earlier attempt of this job moved it into the library (its
@@ -925,6 +1032,12 @@ impl Executor {
             std::thread::sleep(BODY_CHECK_INTERVAL.min(duration - elapsed));
         }
     }
+}
+
+/// Whether a file's name says Markdown (its bytes say only text).
+fn is_markdown_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.ends_with(".md") || lower.ends_with(".markdown")
 }
 
 fn check_flags(handle: &RunningJob) -> Result<(), IngestFailure> {

@@ -44,10 +44,12 @@
 pub mod analyze;
 mod daemon;
 pub mod execute;
+pub mod extract;
 pub mod failure;
 mod job_signals;
 pub mod library;
 pub mod processors;
+pub mod sandbox;
 pub mod thumbnails;
 pub mod wakeup;
 

@@ -1,9 +1,17 @@
 //! `sluice-ingest-worker --instance N`: the process systemd starts as
 //! `sluice-ingest-worker@N.service`; the shared daemon start-up runs
-//! [`sluice_ingest_worker::IngestWorkerDaemon`].
+//! [`sluice_ingest_worker::IngestWorkerDaemon`]. Started by a worker with the hidden
+//! `--extract` argument, it is instead that worker's extraction child for one file
+//! (`sluice_ingest_worker::sandbox`), decided before anything else starts.
 
-use sluice_core::runtime::{DaemonExit, daemon_main};
+use std::process::{ExitCode, Termination};
 
-fn main() -> DaemonExit {
-    daemon_main::<sluice_ingest_worker::IngestWorkerDaemon>()
+use sluice_core::runtime::daemon_main;
+use sluice_ingest_worker::extract::{CHILD_ARGUMENT, child_main};
+
+fn main() -> ExitCode {
+    if std::env::args_os().nth(1).as_deref() == Some(CHILD_ARGUMENT.as_ref()) {
+        return child_main();
+    }
+    daemon_main::<sluice_ingest_worker::IngestWorkerDaemon>().report()
 }

@@ -74,11 +74,11 @@ impl ProcessGroups {
         groups.len()
     }
 
-    fn register(&self, group: Pid) {
+    pub(crate) fn register(&self, group: Pid) {
         self.lock().push(group);
     }
 
-    fn unregister(&self, group: Pid) {
+    pub(crate) fn unregister(&self, group: Pid) {
         self.lock().retain(|registered| *registered != group);
     }
 
@@ -398,7 +398,7 @@ impl Run<'_> {
 }
 
 /// SIGKILL to every process of `group`. A group that is already empty is no error.
-fn kill_group(group: Pid) {
+pub(crate) fn kill_group(group: Pid) {
     if let Err(error) = killpg(group, Signal::SIGKILL)
         && error != Errno::ESRCH
     {
