@@ -6,6 +6,7 @@ mod cli;
 mod config_bounds;
 mod content;
 mod e2e;
+mod extraction;
 mod full_disk;
 mod in_process;
 mod ingest;

@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod container;
+pub mod documents;
 pub mod fixtures;
 pub mod pdf;
 pub mod process;
