@@ -253,7 +253,8 @@ pub fn w5(directory: &Path) -> anyhow::Result<Value> {
     }))
 }
 
-/// User + system CPU time of every daemon of the suite, in milliseconds.
+/// User + system CPU time of every daemon of the suite and of the children each has waited
+/// for (an ingest worker's extraction children and `pdftoppm`), in milliseconds.
 fn suite_cpu_ms(suite: &Suite) -> f64 {
     let ticks_per_s = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
@@ -266,10 +267,12 @@ fn suite_cpu_ms(suite: &Suite) -> f64 {
         .filter_map(|stat| {
             let after_name = stat[stat.rfind(')')? + 1..].to_owned();
             let fields: Vec<&str> = after_name.split_whitespace().collect();
-            // utime and stime are fields 14 and 15 of stat; 12 and 13 after the name.
-            let user: f64 = fields.get(11)?.parse().ok()?;
-            let system: f64 = fields.get(12)?.parse().ok()?;
-            Some((user + system) * 1000.0 / ticks_per_s)
+            // utime, stime, cutime and cstime are fields 14 to 17 of stat; 12 to 15 after
+            // the name.
+            let ticks: f64 = (11..=14)
+                .map(|index| fields.get(index)?.parse::<f64>().ok())
+                .sum::<Option<f64>>()?;
+            Some(ticks * 1000.0 / ticks_per_s)
         })
         .sum()
 }
