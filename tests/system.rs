@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 
 use sluice_tests::container::{Container, ContainerOptions, can_boot_containers, sluice_deb};
+use sluice_tests::documents::{jpeg_with_exif, page_words, text_pdf};
 use sluice_tests::process::{wait_until, workspace_root};
 
 const PRIVATE_NETWORK: ContainerOptions = ContainerOptions {
@@ -603,6 +604,112 @@ fn inbox_files_and_uploads_become_documents_with_their_jobs_in_the_journal() -> 
         .container
         .check("find /var/lib/sluice/staging /var/lib/sluice/inbox -type f")?;
     ensure!(staging.trim().is_empty(), "files left behind: {staging}");
+    Ok(())
+}
+
+/// The extraction child, the PDF thumbnailer and content serving work under the shipped
+/// hardening (seccomp filter, rlimits, read-only system, no network for the worker): a
+/// three-page PDF and a JPEG with EXIF uploaded with `curl` become documents with their
+/// metadata, per-page search hits and thumbnails, and the PDF's bytes come back by Range.
+#[test]
+fn a_pdf_and_a_photo_are_read_searched_and_thumbnailed_by_the_installed_suite() -> Result<()> {
+    let Some(suite) = Suite::running()? else {
+        return Ok(());
+    };
+    let pages: Vec<String> = (1..=3)
+        .map(|page| page_words(page, 200, &format!("sysmark{page}")))
+        .collect();
+    let pdf = text_pdf(&pages, &[("Title", "Installed suite report")]);
+    let photo = jpeg_with_exif(320, 200, "2024:05:06 07:08:09", "Sluice", "Camera 1", 6);
+    let root = suite.container.root().join("root");
+    std::fs::write(root.join("system-report.pdf"), &pdf).context("write the PDF")?;
+    std::fs::write(root.join("system-photo.jpg"), &photo).context("write the JPEG")?;
+    let token = suite.container.check("cat /etc/sluice/api-token")?;
+    let token = token.trim();
+    let api = |script: &str| -> Result<(String, String)> {
+        let answer = suite.container.check(&format!(
+            "curl -s -w '\\n%{{http_code}}' -H 'Authorization: Bearer {token}' {script}"
+        ))?;
+        let (body, status) = answer
+            .trim_end()
+            .rsplit_once('\n')
+            .context("curl printed no status line")?;
+        Ok((body.to_owned(), status.to_owned()))
+    };
+
+    let (body, status) = api(
+        "-F 'file=@/root/system-report.pdf' -F 'file=@/root/system-photo.jpg' \
+         'http://127.0.0.1:8080/api/documents?wait=120s'",
+    )?;
+    if status != "200" {
+        let journal = suite.container.check(
+            "journalctl --no-pager -o cat -u 'sluice-ingest-worker@*' -u sluice-web -n 40",
+        )?;
+        bail!("upload answered {status}: {body}\njournal:\n{journal}");
+    }
+    let body: serde_json::Value = serde_json::from_str(&body).context("upload answer")?;
+    let uploads = body["uploads"].as_array().context("uploads")?;
+    ensure!(uploads.len() == 2, "upload answer {body}");
+    let mut documents = Vec::new();
+    for upload in uploads {
+        let job = &upload["job"];
+        ensure!(job["state"] == "succeeded", "upload answer {body}");
+        documents.push(job["document"].clone());
+    }
+    let pdf_document = &documents[0];
+    let photo_document = &documents[1];
+    ensure!(
+        pdf_document["mime"] == "application/pdf"
+            && pdf_document["metadata"]["pages"] == 3
+            && pdf_document["metadata"]["title"] == "Installed suite report",
+        "the PDF's document {pdf_document}"
+    );
+    ensure!(
+        photo_document["metadata"]["width"] == 320
+            && photo_document["metadata"]["exif"]["camera_model"] == "Camera 1",
+        "the photo's document {photo_document}"
+    );
+
+    // Each page's marker finds that page of that document.
+    for page in 1..=3 {
+        let (hits, status) = api(&format!(
+            "'http://127.0.0.1:8080/api/documents?q=sysmark{page}'"
+        ))?;
+        ensure!(status == "200", "search answered {status}: {hits}");
+        let hits: serde_json::Value = serde_json::from_str(&hits).context("search answer")?;
+        let items = hits["items"].as_array().context("search items")?;
+        ensure!(
+            items.len() == 1 && items[0]["id"] == pdf_document["id"] && items[0]["page"] == page,
+            "search for sysmark{page}: {hits}"
+        );
+    }
+
+    // Both have thumbnails (the PDF's drawn by pdftoppm inside the worker's sandbox), and the
+    // PDF's bytes come back as stored, a range at a time.
+    for document in [pdf_document, photo_document] {
+        let id = &document["id"];
+        let (_, status) = api(&format!(
+            "-o /root/thumb.png 'http://127.0.0.1:8080/api/documents/{id}/thumbnail'"
+        ))?;
+        ensure!(status == "200", "thumbnail of {document} answered {status}");
+        let magic = suite
+            .container
+            .check("head -c 4 /root/thumb.png | od -An -tx1")?;
+        ensure!(
+            magic.split_whitespace().collect::<Vec<_>>() == ["89", "50", "4e", "47"],
+            "thumbnail of {document} is not a PNG: {magic}"
+        );
+    }
+    let id = &pdf_document["id"];
+    let (_, status) = api(&format!(
+        "-r 0-99 -o /root/range.bin 'http://127.0.0.1:8080/api/documents/{id}/content'"
+    ))?;
+    ensure!(status == "206", "range of the PDF answered {status}");
+    let range = std::fs::read(root.join("range.bin")).context("read the range")?;
+    ensure!(
+        range == pdf[..100],
+        "the range is not the PDF's first 100 bytes"
+    );
     Ok(())
 }
 
