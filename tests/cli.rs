@@ -344,6 +344,82 @@ fn config_check_and_get_load_the_file_as_the_daemons_do() {
     }
 }
 
+/// Drop-ins (`sluice.toml.d/*.toml` beside the file) are merged in name order by every
+/// reader: `config check` lists them, `config get` and the generator see their values, and
+/// an error in one names that drop-in, its line and key.
+#[test]
+fn config_dropins_are_merged_by_check_get_and_the_generator() {
+    let fixture = SuiteFixture::new("", "");
+    let dropins = fixture.directory.path().join(format!(
+        "{}.d",
+        fixture.config_path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::create_dir(&dropins).unwrap();
+    std::fs::write(dropins.join("20-later.toml"), "[ingest]\nworkers = 5\n").unwrap();
+    std::fs::write(dropins.join("10-earlier.toml"), "[ingest]\nworkers = 4\n").unwrap();
+    std::fs::write(dropins.join("README"), "not a drop-in").unwrap();
+    let output = sluicectl(&fixture, &["config", "get", "ingest.workers"]);
+    assert_eq!(stdout(&output), "5\n", "{}", stderr(&output));
+    let output = sluicectl(&fixture, &["--json", "config", "check"]);
+    let check = json_stdout(&output);
+    assert_eq!(check["ingest"]["workers"], 5, "{check}");
+    let listed: Vec<&str> = check["dropins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|path| path.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            dropins.join("10-earlier.toml").to_str().unwrap(),
+            dropins.join("20-later.toml").to_str().unwrap()
+        ]
+    );
+    let output = sluicectl(&fixture, &["config", "check"]);
+    assert!(
+        stdout(&output).contains("with drop-in") && stdout(&output).contains("20-later.toml"),
+        "{}",
+        stdout(&output)
+    );
+
+    let generator =
+        crate::support::workspace_root().join("packaging/systemd/sluice-worker-generator");
+    let generated = fixture.directory.path().join("generated");
+    let output = std::process::Command::new(&generator)
+        .arg(&generated)
+        .env("SLUICECTL", binary_path("sluicectl"))
+        .env("SLUICE_CONFIG", &fixture.config_path)
+        .env(
+            "SLUICE_GENERATOR_LOG",
+            fixture.directory.path().join("generator.log"),
+        )
+        .output()
+        .expect("run the generator");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        std::fs::read_dir(generated.join("sluice.target.wants"))
+            .unwrap()
+            .count(),
+        5
+    );
+
+    std::fs::write(
+        dropins.join("30-bad.toml"),
+        "# mine\n[ingest]\nworkers = 0\n",
+    )
+    .unwrap();
+    let output = sluicectl(&fixture, &["config", "check"]);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.contains("30-bad.toml")
+            && message.contains("line 3")
+            && message.contains("ingest.workers"),
+        "{message}"
+    );
+}
+
 /// The shipped generator, run as systemd runs it (one output directory argument): one
 /// `sluice.target.wants/` link per configured instance, to the template; with an invalid
 /// configuration no link at all, the reason logged, and exit status 0 (a generator must not

@@ -1225,8 +1225,8 @@ fn reloading_an_invalid_config_keeps_the_monitor_running_and_says_why() -> Resul
 }
 
 /// `[ingest] workers` is the truth for the worker instances: the generator makes sluice.target
-/// want exactly the configured ones, and `sluicectl workers N` changes the file (keeping its
-/// comments, mode and owner) and scales the running suite, waiting until each new instance
+/// want exactly the configured ones, and `sluicectl workers N` writes its drop-in (never the
+/// packaged conffile) and scales the running suite, waiting until each new instance
 /// is READY and each surplus one stopped; a bad count changes nothing; a hand edit takes
 /// effect with `daemon-reload` and a restart of the target.
 #[test]
@@ -1274,21 +1274,30 @@ fn sluicectl_workers_scales_the_running_suite_and_the_generator_is_the_truth() -
             .any(|line| line.starts_with("org.sluice.Ingest1")),
         "worker 3 is not on the bus:\n{introspection}"
     );
-    let edited = std::fs::read_to_string(&config_path)?;
-    let changed: Vec<(&str, &str)> = shipped
-        .lines()
-        .zip(edited.lines())
-        .filter(|(before, after)| before != after)
-        .collect();
+    // The packaged conffile is untouched (an upgrade never asks about it); the count is in
+    // sluicectl's drop-in.
     ensure!(
-        changed == [("workers = 2", "workers = 3")]
-            && shipped.lines().count() == edited.lines().count(),
-        "the file changed more than its workers line: {changed:?}"
+        std::fs::read_to_string(&config_path)? == shipped,
+        "sluicectl workers 3 changed the conffile"
     );
-    let owner = container.check("stat -c '%U:%G %a' /etc/sluice/sluice.toml")?;
+    let dropin = "/etc/sluice/sluice.toml.d/90-sluicectl-workers.toml";
     ensure!(
-        owner.trim() == "root:root 644",
-        "sluice.toml is now {owner:?}"
+        scaled["dropin"] == dropin,
+        "sluicectl workers 3 printed {scaled}"
+    );
+    let written = container.check(&format!("cat {dropin}"))?;
+    ensure!(
+        written.contains("[ingest]\nworkers = 3\n"),
+        "the drop-in says {written:?}"
+    );
+    let owner = container.check(&format!("stat -c '%U:%G %a' {dropin}"))?;
+    ensure!(owner.trim() == "root:root 644", "{dropin} is {owner:?}");
+    ensure!(
+        container
+            .check("sluicectl config get ingest.workers")?
+            .trim()
+            == "3",
+        "the loader does not read the drop-in"
     );
 
     // A restart of the target keeps the three.
@@ -1337,7 +1346,9 @@ fn sluicectl_workers_scales_the_running_suite_and_the_generator_is_the_truth() -
 
     // By hand: the file and a reload decide, also when the count goes down (a restart of
     // the target would restart every instance that is PartOf it, were it not for the
-    // unit's condition on the generator's link).
+    // unit's condition on the generator's link). sluicectl's drop-in overrides the file, so
+    // it goes first.
+    container.check(&format!("rm {dropin}"))?;
     let set_by_hand = |workers: u32| -> Result<()> {
         let text = std::fs::read_to_string(&config_path)?;
         let replaced: Vec<String> = text

@@ -384,20 +384,28 @@ impl Config {
         }
     }
 
-    /// Loads a configuration file merged over the built-in defaults. A file that does not
-    /// exist is an error naming it.
+    /// Loads a configuration file and its drop-ins ([`dropin_directory`]) merged over the
+    /// built-in defaults. A file that does not exist is an error naming it; a drop-in
+    /// directory that does not exist is no drop-ins.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::from_toml_str(&text, path)
+        Config::from_files(&read_config_files(path, false)?)
     }
 
     /// Parses and validates configuration text merged over the built-in defaults; `origin`
     /// is only used to name the file in errors. No IO.
     pub fn from_toml_str(text: &str, origin: &Path) -> Result<Config, ConfigError> {
-        let sources = document::Sources::new(text, origin);
+        Config::from_files(&[ConfigFile {
+            path: origin.to_path_buf(),
+            text: text.to_owned(),
+        }])
+    }
+
+    /// Parses and validates configuration texts, each merged over the ones before it and all
+    /// over the built-in defaults: tables key by key, the lists of tables (`[[watch]]`,
+    /// `[[processor]]`, `[[source]]`) each replaced as a whole by a later file that has one.
+    /// Errors name the file, line and key. No IO.
+    pub fn from_files(files: &[ConfigFile]) -> Result<Config, ConfigError> {
+        let sources = document::Sources::new(files);
         let merged_tree = sources.merged_tree()?;
         // The deserializer consumes the tree; a copy stays to name the key of an error.
         let key_index = merged_tree.clone();
@@ -441,12 +449,92 @@ fn load_from_variable(
             let config = Config::load(&path)?;
             Ok((path, config))
         }
-        None => match Config::load(default_path) {
-            Ok(config) => Ok((default_path.to_path_buf(), config)),
-            Err(ConfigError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                Ok((default_path.to_path_buf(), defaults()))
-            }
-            Err(error) => Err(error),
-        },
+        // No file at the default path is the built-in defaults (the shipped file's content),
+        // still with any drop-ins beside it.
+        None => {
+            let files = read_config_files(default_path, true)?;
+            Ok((default_path.to_path_buf(), Config::from_files(&files)?))
+        }
     }
+}
+
+/// One configuration text and the file it came from (named in errors).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// The file name suffix of a drop-in: `NAME.toml` in [`dropin_directory`].
+pub const DROPIN_SUFFIX: &str = ".toml";
+
+/// The drop-in directory of a configuration file: `/etc/sluice/sluice.toml.d` for
+/// `/etc/sluice/sluice.toml`. Its files named `*.toml` (not hidden) are merged over the
+/// configuration file in the byte order of their names, as systemd orders its drop-ins, so
+/// local changes and `sluicectl workers` never edit the packaged conffile.
+pub fn dropin_directory(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".d");
+    path.with_file_name(name)
+}
+
+/// The configuration file at `path` and its drop-ins, in merge order. A missing file is an
+/// error naming it, unless `missing_is_empty` (the default path, whose absence means the
+/// built-in defaults); a missing drop-in directory is no drop-ins; an unreadable one, or an
+/// unreadable drop-in, is an error naming it.
+pub fn read_config_files(
+    path: &Path,
+    missing_is_empty: bool,
+) -> Result<Vec<ConfigFile>, ConfigError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let mut files = Vec::new();
+    match read(path) {
+        Ok(text) => files.push(ConfigFile {
+            path: path.to_path_buf(),
+            text,
+        }),
+        Err(ConfigError::Read { source, .. })
+            if missing_is_empty && source.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    for dropin in dropin_paths(path)? {
+        let text = read(&dropin)?;
+        files.push(ConfigFile { path: dropin, text });
+    }
+    Ok(files)
+}
+
+/// The drop-ins of the configuration file at `path`, sorted by name.
+pub fn dropin_paths(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let directory = dropin_directory(path);
+    let entries = match std::fs::read_dir(&directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: directory,
+                source,
+            });
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| ConfigError::Read {
+            path: directory.clone(),
+            source,
+        })?;
+        let name = entry.file_name();
+        let bytes = name.as_encoded_bytes();
+        if bytes.starts_with(b".") || !bytes.ends_with(DROPIN_SUFFIX.as_bytes()) {
+            continue;
+        }
+        names.push(name);
+    }
+    names.sort();
+    Ok(names.into_iter().map(|name| directory.join(name)).collect())
 }

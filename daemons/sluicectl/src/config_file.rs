@@ -1,15 +1,22 @@
-//! Changes sluicectl makes to the configuration file: `[ingest] workers` rewritten in place
-//! (every comment and the layout kept), checked with the daemons' own loader before anything
-//! is written, then written atomically with the file's mode and owner.
+//! Changes sluicectl makes to the configuration: `[ingest] workers` is written to a drop-in of
+//! its own, `sluice.toml.d/90-sluicectl-workers.toml`, never to the packaged conffile (so an
+//! upgrade that ships a new `/etc/sluice/sluice.toml` never asks about a line sluicectl
+//! changed). The change is loaded with the daemons' own loader, with every other drop-in,
+//! before anything is written, then written atomically.
 
 use std::fs::{self, File, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use sluice_core::config::{Config, ConfigError, INGEST_WORKERS_RANGE};
+use sluice_core::config::{
+    Config, ConfigError, ConfigFile, INGEST_WORKERS_RANGE, dropin_directory, read_config_files,
+};
 
-/// Why the configuration file was left as it was.
+/// The drop-in `sluicectl workers` owns, beside the configuration file's other drop-ins.
+pub const WORKERS_DROPIN: &str = "90-sluicectl-workers.toml";
+
+/// Why the configuration was left as it was.
 #[derive(Debug, thiserror::Error)]
 pub enum EditError {
     #[error(
@@ -18,15 +25,26 @@ pub enum EditError {
         INGEST_WORKERS_RANGE.end()
     )]
     InvalidCount { given: String },
-    /// The file is not TOML at all, so there is nothing to edit safely.
-    #[error("{path}: invalid TOML, not changed: {message}")]
-    NotToml { path: PathBuf, message: String },
-    /// `ingest` is a value, not a table (the daemons refuse such a file too).
-    #[error("{path}: `ingest` is not a table, not changed")]
-    IngestNotATable { path: PathBuf },
-    /// The edited text does not load (usually because the file was invalid already).
+    /// The configuration as it is cannot be read (a file or drop-in unreadable).
+    #[error("{0}; nothing changed")]
+    Unreadable(#[source] ConfigError),
+    /// The configuration would not load with the change (usually because it was invalid
+    /// already).
     #[error("the configuration would not load after the change, not changed: {0}")]
     Invalid(#[source] ConfigError),
+    /// A drop-in sorted after sluicectl's sets `[ingest] workers` too, so the change would
+    /// not take effect.
+    #[error(
+        "{} would say workers = {workers}, but a later drop-in overrides it ({}); nothing \
+         changed: remove the key there or set it there",
+        dropin.display(),
+        later.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    Overridden {
+        dropin: PathBuf,
+        workers: u32,
+        later: Vec<PathBuf>,
+    },
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -48,55 +66,111 @@ pub fn parse_worker_count(given: &str) -> Result<u32, EditError> {
         })
 }
 
-/// `text` with `[ingest] workers` set to `workers`: the key keeps its place and the comments
-/// around it, or is added to `[ingest]` (a new table at the end when there is none). The
-/// result is loaded with [`Config::from_toml_str`], exactly as the daemons load the file,
-/// and returned only if it loads and says `workers`. `origin` names the file in errors.
-pub fn with_ingest_workers(text: &str, workers: u32, origin: &Path) -> Result<String, EditError> {
+/// What `sluicectl workers N` will write, checked: the drop-in's path and text, the count
+/// the configuration says now, and whether the drop-in changes.
+#[derive(Debug)]
+pub struct WorkersChange {
+    pub dropin: PathBuf,
+    pub text: String,
+    pub previous: Option<u32>,
+    pub changed: bool,
+}
+
+/// The text of sluicectl's workers drop-in.
+pub fn workers_dropin_text(workers: u32) -> String {
+    format!(
+        "# Written by `sluicectl workers {workers}`; it rewrites this file. It overrides\n\
+         # [ingest] workers of sluice.toml and of the drop-ins sorted before it.\n\
+         [ingest]\nworkers = {workers}\n"
+    )
+}
+
+/// Plans `[ingest] workers = workers` for the configuration file at `path` (which may be
+/// missing when `missing_is_empty`, as the daemons allow at the default path): the
+/// configuration is loaded as it is and with the drop-in changed, exactly as the daemons load
+/// it, and the plan is returned only if the result loads and says `workers`.
+pub fn plan_workers(
+    path: &Path,
+    missing_is_empty: bool,
+    workers: u32,
+) -> Result<WorkersChange, EditError> {
     if !INGEST_WORKERS_RANGE.contains(&workers) {
         return Err(EditError::InvalidCount {
             given: workers.to_string(),
         });
     }
-    let mut document: toml_edit::DocumentMut =
-        text.parse()
-            .map_err(|error: toml_edit::TomlError| EditError::NotToml {
-                path: origin.to_path_buf(),
-                message: error.message().to_owned(),
-            })?;
-    let ingest = document
-        .entry("ingest")
-        .or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()))
-        .as_table_like_mut()
-        .ok_or_else(|| EditError::IngestNotATable {
-            path: origin.to_path_buf(),
-        })?;
-    let mut new_value = toml_edit::Value::from(i64::from(workers));
-    match ingest.get_mut("workers") {
-        Some(item) => {
-            // The old value's decor holds the spaces around it and a comment on its line.
-            if let Some(old_value) = item.as_value() {
-                *new_value.decor_mut() = old_value.decor().clone();
-            }
-            *item = toml_edit::Item::Value(new_value);
-        }
-        None => {
-            ingest.insert("workers", toml_edit::Item::Value(new_value));
-        }
-    }
-    let edited = document.to_string();
-    let config = Config::from_toml_str(&edited, origin).map_err(EditError::Invalid)?;
+    let files = read_config_files(path, missing_is_empty).map_err(EditError::Unreadable)?;
+    let previous = Config::from_files(&files)
+        .ok()
+        .map(|config| config.ingest.workers);
+    let dropin = dropin_directory(path).join(WORKERS_DROPIN);
+    let text = workers_dropin_text(workers);
+    let mut changed_files: Vec<ConfigFile> = files
+        .iter()
+        .filter(|file| file.path != dropin)
+        .cloned()
+        .collect();
+    let changed = !files
+        .iter()
+        .any(|file| file.path == dropin && file.text == text);
+    // Drop-ins merge in name order, the configuration file first.
+    let position = changed_files
+        .iter()
+        .position(|file| {
+            file.path.parent() == dropin.parent() && file.path.file_name() > dropin.file_name()
+        })
+        .unwrap_or(changed_files.len());
+    changed_files.insert(
+        position,
+        ConfigFile {
+            path: dropin.clone(),
+            text: text.clone(),
+        },
+    );
+    let config = Config::from_files(&changed_files).map_err(EditError::Invalid)?;
     if config.ingest.workers != workers {
-        // Cannot happen with the edit above; checked so a surprise is never written.
-        return Err(EditError::NotToml {
-            path: origin.to_path_buf(),
-            message: format!(
-                "the edited file says workers = {}, not {workers}",
-                config.ingest.workers
-            ),
+        return Err(EditError::Overridden {
+            dropin,
+            workers,
+            later: changed_files[position + 1..]
+                .iter()
+                .map(|file| file.path.clone())
+                .collect(),
         });
     }
-    Ok(edited)
+    Ok(WorkersChange {
+        dropin,
+        text,
+        previous,
+        changed,
+    })
+}
+
+/// Writes a planned drop-in: its directory is made (mode 0755) when missing, and the file
+/// replaced atomically.
+pub fn write_workers_dropin(change: &WorkersChange) -> Result<(), EditError> {
+    if let Some(directory) = change.dropin.parent() {
+        match fs::create_dir(directory) {
+            Ok(()) => {
+                fs::set_permissions(directory, Permissions::from_mode(0o755)).map_err(|source| {
+                    EditError::Io {
+                        action: "cannot set the mode of",
+                        path: directory.to_path_buf(),
+                        source,
+                    }
+                })?
+            }
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(EditError::Io {
+                    action: "cannot create",
+                    path: directory.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+    replace_atomically(&change.dropin, &change.text)
 }
 
 /// Replaces the file at `path` with `contents` so that a reader (a daemon reloading, a crash
@@ -169,65 +243,6 @@ pub fn replace_atomically(path: &Path, contents: &str) -> Result<(), EditError> 
 mod tests {
     use super::*;
 
-    const ORIGIN: &str = "/etc/sluice/sluice.toml";
-
-    #[test]
-    fn the_shipped_file_keeps_every_comment_and_only_the_workers_line_changes() {
-        let shipped = sluice_core::config::BUILT_IN_DEFAULTS;
-        let edited = with_ingest_workers(shipped, 3, Path::new(ORIGIN)).unwrap();
-        let changed: Vec<(&str, &str)> = shipped
-            .lines()
-            .zip(edited.lines())
-            .filter(|(before, after)| before != after)
-            .collect();
-        assert_eq!(changed, vec![("workers = 2", "workers = 3")]);
-        assert_eq!(shipped.lines().count(), edited.lines().count());
-        let config = Config::from_toml_str(&edited, Path::new(ORIGIN)).unwrap();
-        assert_eq!(config.ingest.workers, 3);
-    }
-
-    #[test]
-    fn a_comment_on_the_workers_line_and_the_other_keys_stay() {
-        let text = "# mine\n[ingest]\n# how many\nworkers   = 2 # two for now\nlibrary = \"/srv/library\"\n";
-        let edited = with_ingest_workers(text, 17, Path::new(ORIGIN)).unwrap();
-        assert_eq!(
-            edited,
-            "# mine\n[ingest]\n# how many\nworkers   = 17 # two for now\nlibrary = \"/srv/library\"\n"
-        );
-    }
-
-    #[test]
-    fn a_missing_key_is_added_to_the_ingest_table() {
-        let text =
-            "[ingest]\n# the library\nlibrary = \"/srv/library\"\n\n[jobs]\nlease = \"60s\"\n";
-        let edited = with_ingest_workers(text, 4, Path::new(ORIGIN)).unwrap();
-        assert_eq!(
-            edited,
-            "[ingest]\n# the library\nlibrary = \"/srv/library\"\nworkers = 4\n\n[jobs]\nlease = \"60s\"\n"
-        );
-    }
-
-    #[test]
-    fn a_missing_table_is_added_at_the_end() {
-        let text = "# only jobs here\n[jobs]\nlease = \"60s\"\n";
-        let edited = with_ingest_workers(text, 1, Path::new(ORIGIN)).unwrap();
-        assert_eq!(
-            edited,
-            "# only jobs here\n[jobs]\nlease = \"60s\"\n\n[ingest]\nworkers = 1\n"
-        );
-        let edited = with_ingest_workers("", 5, Path::new(ORIGIN)).unwrap();
-        assert_eq!(edited, "[ingest]\nworkers = 5\n");
-    }
-
-    #[test]
-    fn dotted_and_inline_forms_are_edited_where_they_are() {
-        let edited = with_ingest_workers("ingest.workers = 2\n", 6, Path::new(ORIGIN)).unwrap();
-        assert_eq!(edited, "ingest.workers = 6\n");
-        let edited =
-            with_ingest_workers("ingest = { workers = 2 }\n", 7, Path::new(ORIGIN)).unwrap();
-        assert_eq!(edited, "ingest = { workers = 7 }\n");
-    }
-
     #[test]
     fn counts_outside_one_to_256_and_words_are_refused() {
         for given in ["0", "257", "-1", "abc", "", "2.5", "1e3", "99999999999"] {
@@ -239,87 +254,76 @@ mod tests {
         }
         assert_eq!(parse_worker_count("1").unwrap(), 1);
         assert_eq!(parse_worker_count(" 256 ").unwrap(), 256);
-        assert!(matches!(
-            with_ingest_workers("", 0, Path::new(ORIGIN)),
-            Err(EditError::InvalidCount { .. })
-        ));
-        assert!(matches!(
-            with_ingest_workers("", 257, Path::new(ORIGIN)),
-            Err(EditError::InvalidCount { .. })
-        ));
-    }
-
-    #[test]
-    fn a_file_that_does_not_load_is_not_edited() {
-        // Invalid TOML, `ingest` not a table, and an unknown key elsewhere: each is refused
-        // with the reason, the last one by the daemons' loader naming the key.
-        assert!(matches!(
-            with_ingest_workers("[ingest\nworkers = 2\n", 3, Path::new(ORIGIN)),
-            Err(EditError::NotToml { .. })
-        ));
-        assert!(matches!(
-            with_ingest_workers("ingest = 3\n", 3, Path::new(ORIGIN)),
-            Err(EditError::IngestNotATable { .. })
-        ));
-        let error = with_ingest_workers(
-            "[monitor]\nno_such_key = true\n[ingest]\nworkers = 2\n",
-            3,
-            Path::new(ORIGIN),
-        )
-        .expect_err("unknown key");
-        assert!(matches!(error, EditError::Invalid(_)), "{error}");
-        assert!(error.to_string().contains("no_such_key"), "{error}");
-    }
-
-    #[test]
-    fn refusing_leaves_the_file_byte_identical_and_replacing_keeps_mode_and_owner() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("sluice.toml");
-        let original = "[monitor]\nno_such_key = true # broken\n";
-        fs::write(&path, original).unwrap();
-        fs::set_permissions(&path, Permissions::from_mode(0o640)).unwrap();
-        // The command's order: edit and check first, write only what checked out.
-        let text = fs::read_to_string(&path).unwrap();
-        assert!(with_ingest_workers(&text, 3, &path).is_err());
-        assert_eq!(fs::read_to_string(&path).unwrap(), original);
-
-        let good = "# kept\n[ingest]\nworkers = 2\n";
-        fs::write(&path, good).unwrap();
-        let before = fs::metadata(&path).unwrap();
-        let edited = with_ingest_workers(good, 9, &path).unwrap();
-        replace_atomically(&path, &edited).unwrap();
-        let after = fs::metadata(&path).unwrap();
-        assert_eq!(
-            fs::read_to_string(&path).unwrap(),
-            "# kept\n[ingest]\nworkers = 9\n"
-        );
-        assert_eq!(after.mode() & 0o7777, 0o640);
-        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
-        assert_ne!(after.ino(), before.ino(), "replaced by a rename");
-        let leftovers: Vec<_> = fs::read_dir(directory.path())
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name())
-            .collect();
-        assert_eq!(leftovers, vec![std::ffi::OsString::from("sluice.toml")]);
+        for count in [0, 257] {
+            assert!(matches!(
+                plan_workers(&path, true, count),
+                Err(EditError::InvalidCount { .. })
+            ));
+        }
     }
 
     #[test]
-    fn a_symlinked_config_is_replaced_behind_the_link() {
+    fn the_conffile_is_never_written_and_the_dropin_says_the_count() {
         let directory = tempfile::tempdir().unwrap();
-        let real = directory.path().join("real.toml");
-        let link = directory.path().join("sluice.toml");
-        fs::write(&real, "[ingest]\nworkers = 2\n").unwrap();
-        std::os::unix::fs::symlink(&real, &link).unwrap();
-        replace_atomically(&link, "[ingest]\nworkers = 3\n").unwrap();
-        assert!(
-            fs::symlink_metadata(&link)
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
+        let path = directory.path().join("sluice.toml");
+        let shipped = sluice_core::config::BUILT_IN_DEFAULTS;
+        fs::write(&path, shipped).unwrap();
+        let change = plan_workers(&path, false, 3).unwrap();
+        assert_eq!(change.previous, Some(2));
+        assert!(change.changed);
         assert_eq!(
-            fs::read_to_string(&real).unwrap(),
-            "[ingest]\nworkers = 3\n"
+            change.dropin,
+            directory
+                .path()
+                .join("sluice.toml.d/90-sluicectl-workers.toml")
         );
+        write_workers_dropin(&change).unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), shipped);
+        assert_eq!(Config::load(&path).unwrap().ingest.workers, 3);
+        let mode = fs::metadata(change.dropin.parent().unwrap())
+            .unwrap()
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, 0o755);
+        // The same count again changes nothing; another replaces the drop-in.
+        let again = plan_workers(&path, false, 3).unwrap();
+        assert_eq!((again.previous, again.changed), (Some(3), false));
+        let down = plan_workers(&path, false, 1).unwrap();
+        write_workers_dropin(&down).unwrap();
+        assert_eq!(Config::load(&path).unwrap().ingest.workers, 1);
+        // No file at the default path: the drop-in alone.
+        let bare = directory.path().join("bare.toml");
+        let change = plan_workers(&bare, true, 5).unwrap();
+        assert_eq!(change.previous, Some(2), "the built-in default");
+        assert!(matches!(
+            plan_workers(&bare, false, 5),
+            Err(EditError::Unreadable(_))
+        ));
+    }
+
+    #[test]
+    fn a_later_dropin_or_an_invalid_configuration_stops_the_change() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("sluice.toml");
+        fs::write(&path, "[ingest]\nworkers = 2\n").unwrap();
+        let dropins = dropin_directory(&path);
+        fs::create_dir(&dropins).unwrap();
+        // A drop-in sorted before sluicectl's is overridden by it, as intended.
+        fs::write(dropins.join("50-local.toml"), "[ingest]\nworkers = 4\n").unwrap();
+        assert_eq!(plan_workers(&path, false, 3).unwrap().previous, Some(4));
+        // One sorted after it would win: refused, naming it.
+        fs::write(dropins.join("95-late.toml"), "[ingest]\nworkers = 6\n").unwrap();
+        let error = plan_workers(&path, false, 3).unwrap_err();
+        assert!(matches!(error, EditError::Overridden { .. }), "{error}");
+        assert!(error.to_string().contains("95-late.toml"), "{error}");
+        fs::remove_file(dropins.join("95-late.toml")).unwrap();
+        // An invalid configuration is not made worse.
+        fs::write(dropins.join("60-bad.toml"), "[jobs]\nlease = \"forever\"\n").unwrap();
+        let error = plan_workers(&path, false, 3).unwrap_err();
+        assert!(matches!(error, EditError::Invalid(_)), "{error}");
+        assert!(error.to_string().contains("60-bad.toml"), "{error}");
+        assert!(!dropins.join(WORKERS_DROPIN).exists());
     }
 }

@@ -31,8 +31,9 @@ Where changes go:
   download           org.sluice.Scraper1 (sluice-scraper); without it, the store directly
                      (the download waits in the queue until the scraper runs)
   rescan             org.sluice.Monitor1 (sluice-monitor); without it: exit status 5
-  workers N          the configuration file, then systemd (org.freedesktop.systemd1) on the
-                     system bus; without systemd: exit status 5 and nothing changed
+  workers N          its drop-in sluice.toml.d/90-sluicectl-workers.toml, then systemd
+                     (org.freedesktop.systemd1) on the system bus; without systemd: exit
+                     status 5 and nothing changed
 Reads (status, jobs list/show, docs list) use the database named by [store] path; docs get
 also reads the document's file itself (the library needs root or group sluice).
 
@@ -114,28 +115,30 @@ Set how many ingest workers run (1 to 256), in the configuration and live.
 
 In order, stopping at the first failure with nothing changed:
   1. N is checked (a whole number from 1 to 256; otherwise exit status 4).
-  2. It needs root: it rewrites the configuration file and asks systemd to start and stop
+  2. It needs root: it writes a configuration drop-in and asks systemd to start and stop
      units (otherwise exit status 1).
-  3. [ingest] workers = N is set in a copy of the configuration file's text (the file the
-     other commands read: --config, $SLUICE_CONFIG, else /etc/sluice/sluice.toml), keeping
-     every comment and every other line, and the copy is checked with the daemons' own
-     loader (an invalid result: exit status 1).
-  4. systemd must answer on the system bus (otherwise exit status 5): changing the file
-     without it would leave the running suite and the configuration disagreeing.
-Then the file is replaced atomically (a temporary file in the same directory with the old
-file's mode and owner, fsynced, renamed), systemd is reloaded (so sluice-worker-generator
-makes sluice.target want sluice-ingest-worker@1..N), and, when sluice.target is active,
-instances 1..N are started and waited for until each is ready (READY=1). Running instances
-above N are stopped. When sluice.target is not active, nothing is started: the N instances
-start with it. A start or stop that fails after the file was written is reported with exit
-status 1; the file keeps N (see systemctl status for the unit). An instance above N cannot
-be started by hand: its ConditionPathExists= on the generator's link skips it.
+  3. [ingest] workers = N is written as sluicectl's own drop-in,
+     sluice.toml.d/90-sluicectl-workers.toml beside the configuration file (the file the
+     other commands read: --config, $SLUICE_CONFIG, else /etc/sluice/sluice.toml), and the
+     configuration with it (the file, then every *.toml drop-in in name order) is checked
+     with the daemons' own loader: an invalid result, or a drop-in sorted after it that sets
+     workers too, is exit status 1.
+  4. systemd must answer on the system bus (otherwise exit status 5): changing the
+     configuration without it would leave the running suite and the configuration
+     disagreeing.
+Then the drop-in is replaced atomically (a temporary file in the same directory, fsynced,
+renamed), systemd is reloaded (so sluice-worker-generator makes sluice.target want
+sluice-ingest-worker@1..N), and, when sluice.target is active, instances 1..N are started
+and waited for until each is ready (READY=1). Running instances above N are stopped. When
+sluice.target is not active, nothing is started: the N instances start with it. A start or
+stop that fails after the drop-in was written is reported with exit status 1; the drop-in
+keeps N (see systemctl status for the unit). An instance above N cannot be started by
+hand: its ConditionPathExists= on the generator's link skips it.
 
-After editing [ingest] workers by hand, run systemctl daemon-reload and systemctl restart
-sluice.target.
-
-/etc/sluice/sluice.toml is a conffile: after this command, an upgrade that ships a changed
-default file asks which one to keep, as for any edit.";
+The packaged /etc/sluice/sluice.toml (a conffile) is never written, so an upgrade that ships
+a new one does not ask about it. The drop-in overrides [ingest] workers of that file: to set
+the count by hand, edit or remove the drop-in, then run systemctl daemon-reload and
+systemctl restart sluice.target.";
 
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {

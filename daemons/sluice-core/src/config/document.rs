@@ -1,97 +1,128 @@
-//! The TOML side of loading: parse the user's file and the compiled-in defaults, merge them
-//! into one tree, and turn a byte span of that tree back into file, line, column and key.
+//! The TOML side of loading: parse the user's files (the configuration file and its
+//! drop-ins) and the compiled-in defaults, merge them into one tree, and turn a byte span of
+//! that tree back into file, line, column and key.
 //!
-//! Both documents are parsed with spans. To tell afterwards which file a span points into,
-//! the defaults are parsed from a copy shifted right by the length of the user's text plus
-//! one (leading spaces are insignificant in TOML): a span that starts before that offset is
-//! in the user's file, any other is in the defaults. That keeps every value of the merged
-//! tree traceable to the line a person wrote (or to the shipped default) without copying
-//! spans by hand.
+//! Every document is parsed with spans. To tell afterwards which file a span points into,
+//! the files are laid end to end: each is parsed from a copy shifted right by the total
+//! length of the files before it plus one for each (leading spaces are insignificant in
+//! TOML), and the defaults come last. A span's start therefore falls in exactly one file's
+//! range. That keeps every value of the merged tree traceable to the line a person wrote
+//! (or to the shipped default) without copying spans by hand.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::error::{ConfigError, Location};
-use super::{BUILT_IN_DEFAULTS, BUILT_IN_DEFAULTS_ORIGIN};
+use super::{BUILT_IN_DEFAULTS, BUILT_IN_DEFAULTS_ORIGIN, ConfigFile};
 
-/// The top-level keys whose value is a list of tables: a user's list replaces the default
-/// list as a whole instead of being merged entry by entry.
+/// The top-level keys whose value is a list of tables: a later file's list replaces the
+/// earlier list as a whole instead of being merged entry by entry.
 const LIST_KEYS: [&str; 3] = ["watch", "processor", "source"];
 
-/// The two texts a merged tree was built from, to map spans back to them.
+/// One text of a merged tree: where its spans start, and what it is.
+#[derive(Debug)]
+struct Segment<'a> {
+    path: &'a Path,
+    text: &'a str,
+    /// The text preceded by `offset` spaces; spans of its tree index into this.
+    shifted: String,
+    offset: usize,
+}
+
+/// The texts a merged tree was built from, to map spans back to them: the user's files in
+/// merge order (the configuration file, then its drop-ins), then the defaults.
 #[derive(Debug)]
 pub(super) struct Sources<'a> {
-    user_text: &'a str,
-    user_path: &'a Path,
-    /// The defaults text preceded by `user_text.len() + 1` spaces; spans of the defaults
-    /// tree index into this.
-    shifted_defaults: String,
+    /// The user's files, then the built-in defaults last.
+    segments: Vec<Segment<'a>>,
 }
 
 impl<'a> Sources<'a> {
-    pub(super) fn new(user_text: &'a str, user_path: &'a Path) -> Self {
-        let mut shifted_defaults = " ".repeat(user_text.len() + 1);
-        shifted_defaults.push_str(BUILT_IN_DEFAULTS);
-        Sources {
-            user_text,
-            user_path,
-            shifted_defaults,
+    pub(super) fn new(files: &'a [ConfigFile]) -> Self {
+        let mut segments = Vec::with_capacity(files.len() + 1);
+        let mut offset = 0;
+        let texts = files
+            .iter()
+            .map(|file| (file.path.as_path(), file.text.as_str()))
+            .chain([(Path::new(BUILT_IN_DEFAULTS_ORIGIN), BUILT_IN_DEFAULTS)]);
+        for (path, text) in texts {
+            let mut shifted = " ".repeat(offset);
+            shifted.push_str(text);
+            segments.push(Segment {
+                path,
+                text,
+                shifted,
+                offset,
+            });
+            offset += text.len() + 1;
         }
+        Sources { segments }
     }
 
-    /// Whether a span of the merged tree points into the user's text (not the defaults).
+    fn defaults(&self) -> &Segment<'a> {
+        self.segments
+            .last()
+            .expect("the defaults are always a segment")
+    }
+
+    /// Whether a span of the merged tree points into one of the user's files (not the
+    /// defaults).
     pub(super) fn is_in_user_text(&self, span: &Range<usize>) -> bool {
-        span.start < self.defaults_offset()
+        span.start < self.defaults().offset
     }
 
-    fn defaults_offset(&self) -> usize {
-        self.user_text.len() + 1
+    /// The segment a span starts in.
+    fn segment_of(&self, span: &Range<usize>) -> &Segment<'a> {
+        self.segments
+            .iter()
+            .rev()
+            .find(|segment| segment.offset <= span.start)
+            .unwrap_or(&self.segments[0])
     }
 
-    /// Parses both texts and merges the user's tree over the defaults tree.
+    /// Parses every text and merges each over the ones before it: the user's files over the
+    /// defaults, a drop-in over the configuration file and the drop-ins sorted before it.
     pub(super) fn merged_tree(&self) -> Result<Spanned<DeTable<'_>>, ConfigError> {
-        let user_tree = DeTable::parse(self.user_text).map_err(|error| {
-            let span = error.span().unwrap_or(0..0);
-            // A tree parsed past the error still names the key the error sits in.
-            let (partial_tree, _) = DeTable::parse_recoverable(self.user_text);
-            let mut location = self.locate_in(&partial_tree, span.clone());
-            if location.key.is_none() {
-                location.key =
-                    key_on_line_before(partial_tree.get_ref(), self.user_text, span.start);
-            }
-            ConfigError::Syntax {
-                location,
-                message: error.message().trim_end().to_owned(),
-            }
-        })?;
-        let mut defaults_tree = DeTable::parse(&self.shifted_defaults).map_err(|error| {
+        let (defaults, user_files) = self
+            .segments
+            .split_last()
+            .expect("the defaults are always a segment");
+        let mut merged = DeTable::parse(&defaults.shifted).map_err(|error| {
             let span = error.span().unwrap_or(0..0);
             ConfigError::Syntax {
                 location: self.locate(span),
                 message: error.message().trim_end().to_owned(),
             }
         })?;
-        merge_table(defaults_tree.get_mut(), user_tree.into_inner(), true);
-        Ok(defaults_tree)
+        for segment in user_files {
+            let tree = DeTable::parse(&segment.shifted).map_err(|error| {
+                let span = error.span().unwrap_or(0..0);
+                // A tree parsed past the error still names the key the error sits in.
+                let (partial_tree, _) = DeTable::parse_recoverable(&segment.shifted);
+                let mut location = self.locate_in(&partial_tree, span.clone());
+                if location.key.is_none() {
+                    location.key =
+                        key_on_line_before(partial_tree.get_ref(), &segment.shifted, span.start);
+                }
+                ConfigError::Syntax {
+                    location,
+                    message: error.message().trim_end().to_owned(),
+                }
+            })?;
+            merge_table(merged.get_mut(), tree.into_inner(), true);
+        }
+        Ok(merged)
     }
 
     /// File, line, column (and, without a tree, no key) of a span.
     pub(super) fn locate(&self, span: Range<usize>) -> Location {
-        let (path, text, offset) = if self.is_in_user_text(&span) {
-            (self.user_path.to_path_buf(), self.user_text, span.start)
-        } else {
-            (
-                PathBuf::from(BUILT_IN_DEFAULTS_ORIGIN),
-                BUILT_IN_DEFAULTS,
-                span.start - self.defaults_offset(),
-            )
-        };
-        let (line, column) = line_and_column(text, offset);
+        let segment = self.segment_of(&span);
+        let (line, column) = line_and_column(segment.text, span.start - segment.offset);
         Location {
-            path,
+            path: segment.path.to_path_buf(),
             line,
             column,
             key: None,

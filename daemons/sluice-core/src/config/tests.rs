@@ -1134,3 +1134,108 @@ fn every_key_at_its_maximum_gives_a_configuration_the_daemons_can_use() {
     let delay = config.store_options().retry.delay_after(u32::MAX);
     assert!(delay <= config.jobs.retry_backoff_max);
 }
+
+#[test]
+fn dropins_merge_over_the_file_in_name_order_and_errors_name_the_dropin() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("sluice.toml");
+    std::fs::write(&path, "[ingest]\nworkers = 2\nthumbnail_size = 300\n").unwrap();
+    assert_eq!(
+        dropin_directory(&path),
+        directory.path().join("sluice.toml.d")
+    );
+    // No drop-in directory: the file alone.
+    assert_eq!(Config::load(&path).unwrap().ingest.workers, 2);
+
+    let dropins = dropin_directory(&path);
+    std::fs::create_dir(&dropins).unwrap();
+    std::fs::write(dropins.join("20-more.toml"), "[ingest]\nworkers = 5\n").unwrap();
+    std::fs::write(dropins.join("10-less.toml"), "[ingest]\nworkers = 3\n").unwrap();
+    // Neither hidden files nor other suffixes are drop-ins (an editor's backup, say).
+    std::fs::write(dropins.join(".30-hidden.toml"), "[ingest]\nworkers = 7\n").unwrap();
+    std::fs::write(dropins.join("40-backup.toml~"), "[ingest]\nworkers = 8\n").unwrap();
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.ingest.workers, 5, "the last drop-in by name wins");
+    assert_eq!(
+        config.ingest.thumbnail_size, 300,
+        "keys not in a drop-in stay"
+    );
+
+    // A list of tables in a drop-in replaces the file's list as a whole.
+    std::fs::write(
+        &path,
+        "[[watch]]\npath = \"/srv/a\"\nmode = \"consume\"\n[[watch]]\npath = \"/srv/b\"\nmode = \"consume\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dropins.join("50-watch.toml"),
+        "[[watch]]\npath = \"/srv/c\"\nmode = \"consume\"\n",
+    )
+    .unwrap();
+    let config = Config::load(&path).unwrap();
+    let watched: Vec<&Path> = config
+        .watches
+        .iter()
+        .map(|watch| watch.path.as_path())
+        .collect();
+    assert_eq!(watched, [Path::new("/srv/c")]);
+
+    // An error in a drop-in names the drop-in, its line and the key.
+    std::fs::write(
+        dropins.join("60-bad.toml"),
+        "# local\n[ingest]\nworkers = 0\n",
+    )
+    .unwrap();
+    let error = Config::load(&path).unwrap_err();
+    let location = error.location().expect("a located error");
+    assert_eq!(location.path, dropins.join("60-bad.toml"), "{error}");
+    assert_eq!(location.line, 3, "{error}");
+    assert_eq!(location.key.as_deref(), Some("ingest.workers"), "{error}");
+    std::fs::write(dropins.join("60-bad.toml"), "[ingest\n").unwrap();
+    let error = Config::load(&path).unwrap_err();
+    assert!(matches!(error, ConfigError::Syntax { .. }), "{error}");
+    assert_eq!(error.location().unwrap().path, dropins.join("60-bad.toml"));
+    std::fs::remove_file(dropins.join("60-bad.toml")).unwrap();
+
+    // A name used twice in a drop-in is refused with the line of the first.
+    std::fs::write(
+        dropins.join("70-sources.toml"),
+        "[[source]]\nname = \"x\"\nurl = \"https://example.org/a\"\nmode = \"page\"\n\
+         [[source]]\nname = \"x\"\nurl = \"https://example.org/b\"\nmode = \"page\"\n",
+    )
+    .unwrap();
+    let error = Config::load(&path).unwrap_err();
+    assert_eq!(
+        error.location().unwrap().path,
+        dropins.join("70-sources.toml")
+    );
+    assert!(
+        error.to_string().contains("already used at line 2"),
+        "{error}"
+    );
+    std::fs::remove_file(dropins.join("70-sources.toml")).unwrap();
+
+    // A drop-in that cannot be read is an error naming it, not a silent skip.
+    std::fs::create_dir(dropins.join("80-directory.toml")).unwrap();
+    let error = Config::load(&path).unwrap_err();
+    assert!(matches!(error, ConfigError::Read { .. }), "{error}");
+    assert!(error.to_string().contains("80-directory.toml"), "{error}");
+}
+
+#[test]
+fn dropins_apply_without_a_file_at_the_default_path() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("sluice.toml");
+    std::fs::create_dir(dropin_directory(&path)).unwrap();
+    std::fs::write(
+        dropin_directory(&path).join("90-sluicectl-workers.toml"),
+        "[ingest]\nworkers = 4\n",
+    )
+    .unwrap();
+    let (used, config) = load_from_variable(None, &path).unwrap();
+    assert_eq!(used, path);
+    assert_eq!(config.ingest.workers, 4);
+    // A file named explicitly must exist, drop-ins or not.
+    let error = load_from_variable(Some(path.clone().into_os_string()), &path).unwrap_err();
+    assert!(matches!(error, ConfigError::Read { .. }), "{error}");
+}

@@ -20,20 +20,28 @@ pub(super) fn config_command(cli: &Cli, command: &ConfigCommand) -> Result<(), F
     match command {
         ConfigCommand::Check => {
             let exists = path.exists();
+            // The loader just read them; a drop-in gone since is not worth failing for.
+            let dropins = sluice_core::config::dropin_paths(&path).unwrap_or_default();
             if cli.json {
                 print_json(&json!({
                     "path": path,
                     "valid": true,
                     "file_exists": exists,
+                    "dropins": dropins,
                     "ingest": { "workers": config.ingest.workers },
                 }));
-            } else if exists {
-                print_line(&format!("{}: valid", path.display()));
             } else {
-                print_line(&format!(
-                    "{}: does not exist; the built-in defaults apply (valid)",
-                    path.display()
-                ));
+                if exists {
+                    print_line(&format!("{}: valid", path.display()));
+                } else {
+                    print_line(&format!(
+                        "{}: does not exist; the built-in defaults apply (valid)",
+                        path.display()
+                    ));
+                }
+                for dropin in &dropins {
+                    print_line(&format!("  with drop-in {}", dropin.display()));
+                }
             }
             Ok(())
         }

@@ -1,10 +1,9 @@
-//! `sluicectl workers N`: rewrite `[ingest] workers` and start or stop the worker units.
+//! `sluicectl workers N`: write `[ingest] workers` to sluicectl's drop-in and start or stop the
+//! worker units.
 
 use std::path::Path;
 
 use serde_json::{Value, json};
-
-use sluice_core::config::Config;
 
 use super::{BUS_TIMEOUT, Failure, config_path};
 use crate::config_file;
@@ -18,33 +17,16 @@ pub(super) fn workers(cli: &Cli, count: &str) -> Result<(), Failure> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Failure::new(
             exit::ERROR,
-            "workers needs root: it rewrites the configuration file and asks systemd to \
+            "workers needs root: it writes a configuration drop-in and asks systemd to \
              start and stop units; nothing changed",
         ));
     }
     let path = config_path(cli);
-    let current_text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        // Like the daemons: no file at the default path means the built-in defaults, and the
-        // edit creates the file with just this key.
-        Err(error)
-            if error.kind() == std::io::ErrorKind::NotFound
-                && cli.config.is_none()
-                && path == Path::new(sluice_core::config::DEFAULT_CONFIG_PATH) =>
-        {
-            String::new()
-        }
-        Err(error) => {
-            return Err(Failure::new(
-                exit::ERROR,
-                format!("cannot read {}: {error}; nothing changed", path.display()),
-            ));
-        }
-    };
-    let previous = Config::from_toml_str(&current_text, &path)
-        .ok()
-        .map(|config| config.ingest.workers);
-    let edited = config_file::with_ingest_workers(&current_text, workers, &path)?;
+    // Like the daemons: no file at the default path means the built-in defaults, and the
+    // drop-in is written beside where it would be.
+    let missing_is_empty =
+        cli.config.is_none() && path == Path::new(sluice_core::config::DEFAULT_CONFIG_PATH);
+    let change = config_file::plan_workers(&path, missing_is_empty, workers)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -60,20 +42,20 @@ pub(super) fn workers(cli: &Cli, count: &str) -> Result<(), Failure> {
                     format!(
                         "systemd cannot be reached on the system bus ({error}); nothing changed \
                          (without systemd, set [ingest] workers in {} by hand)",
-                        path.display()
+                        change.dropin.display()
                     ),
                 )
             })?;
-        let config_changed = edited != current_text;
+        let config_changed = change.changed;
         if config_changed {
-            config_file::replace_atomically(&path, &edited)?;
+            config_file::write_workers_dropin(&change)?;
         }
         let after_write = |what: &str, error: zbus::Error| {
             Failure::new(
                 exit::ERROR,
                 format!(
                     "{} says workers = {workers}, but {what} failed: {error}",
-                    path.display()
+                    change.dropin.display()
                 ),
             )
         };
@@ -116,8 +98,9 @@ pub(super) fn workers(cli: &Cli, count: &str) -> Result<(), Failure> {
             .map_err(|error| after_write("starting and stopping the instances", error))?;
         report_workers(&WorkersReport {
             path: &path,
+            dropin: &change.dropin,
             workers,
-            previous,
+            previous: change.previous,
             config_changed,
             target_active,
             already_running: &already_running,
@@ -130,6 +113,7 @@ pub(super) fn workers(cli: &Cli, count: &str) -> Result<(), Failure> {
 
 struct WorkersReport<'a> {
     path: &'a Path,
+    dropin: &'a Path,
     workers: u32,
     previous: Option<u32>,
     config_changed: bool,
@@ -164,6 +148,7 @@ fn report_workers(report: &WorkersReport<'_>) -> Result<(), Failure> {
     if report.json {
         print_json(&json!({
             "config_path": report.path,
+            "dropin": report.dropin,
             "workers": report.workers,
             "previous_workers": report.previous,
             "config_changed": report.config_changed,
@@ -180,7 +165,7 @@ fn report_workers(report: &WorkersReport<'_>) -> Result<(), Failure> {
         };
         print_line(&format!(
             "{}: [ingest] workers = {}{was}",
-            report.path.display(),
+            report.dropin.display(),
             report.workers
         ));
         print_line(&format!(
