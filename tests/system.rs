@@ -525,7 +525,7 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
     let leftovers = container.sh(
         "dpkg -l sluice 2>/dev/null | grep '^[a-z][a-z] *sluice '; \
          ls -d /lib/systemd/system/sluice* /etc/systemd/system/*/sluice* /var/lib/sluice \
-               /etc/sluice /usr/bin/sluice* /usr/share/dbus-1/system.d/org.sluice.conf 2>/dev/null; \
+               /etc/sluice /usr/bin/sluice* /usr/sbin/sluice* /lib/systemd/system-generators/sluice* /usr/share/dbus-1/system.d/org.sluice.conf 2>/dev/null; \
          pgrep -a -u _sluice; \
          systemctl list-units --all --plain --no-legend 'sluice*'",
     )?;
