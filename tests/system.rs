@@ -715,7 +715,8 @@ fn a_pdf_and_a_photo_are_read_searched_and_thumbnailed_by_the_installed_suite() 
 
 /// A monitor that hangs (SIGSTOP) stops pinging the watchdog: systemd kills and restarts
 /// it after `WatchdogSec=` with result `watchdog`, and the new monitor's start-up reconcile
-/// finds the file that arrived while it hung.
+/// finds the file that arrived while it hung; `sluicectl status` shows the new PID and the
+/// restart as systemd counts them.
 #[test]
 fn a_hung_monitor_is_restarted_by_the_watchdog_and_reconciles() -> Result<()> {
     let Some(suite) = Suite::running()? else {
@@ -753,6 +754,48 @@ fn a_hung_monitor_is_restarted_by_the_watchdog_and_reconciles() -> Result<()> {
         "the journal does not show a watchdog kill:\n{journal}"
     );
     suite.wait_for_document("arrived-while-hung.txt", Duration::from_secs(60))?;
+
+    // `sluicectl status` shows what systemd knows beside what the daemon says on the bus:
+    // the new PID, the restart, and the daemon's STATUS= line.
+    let status = suite.sluicectl_json("status")?;
+    ensure!(
+        status["systemd_reachable"] == true,
+        "sluicectl status: {status}"
+    );
+    let row = status["daemons"]
+        .as_array()
+        .and_then(|daemons| {
+            daemons
+                .iter()
+                .find(|daemon| daemon["name"] == "sluice-monitor")
+        })
+        .context("no sluice-monitor row")?;
+    let unit = &row["unit"];
+    let pid = container.unit_property(monitor, "MainPID")?;
+    let restarts = container.unit_property(monitor, "NRestarts")?;
+    let status_text = container.unit_property(monitor, "StatusText")?;
+    ensure!(
+        unit["name"] == monitor
+            && unit["active_state"] == "active"
+            && unit["sub_state"] == "running"
+            && unit["main_pid"].as_u64() == pid.parse().ok()
+            && unit["restarts"].as_u64() == restarts.parse().ok()
+            && unit["active_since_us"]
+                .as_u64()
+                .is_some_and(|since| since > 0)
+            && unit["status_text"] == status_text.as_str()
+            && row["running"] == true,
+        "sluicectl status says {row}; systemd says MainPID={pid} NRestarts={restarts}"
+    );
+    let table = container.check("sluicectl status")?;
+    let line = table
+        .lines()
+        .find(|line| line.starts_with("sluice-monitor"))
+        .unwrap_or_default();
+    ensure!(
+        line.contains("active (running)") && line.contains(pid.as_str()),
+        "sluicectl status: {table}"
+    );
     Ok(())
 }
 
