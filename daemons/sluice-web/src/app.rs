@@ -50,6 +50,7 @@ pub fn app(
             web::scope(&settings.base_path)
                 .route("/", web::get().to(dashboard::dashboard))
                 .route("/dashboard.js", web::get().to(dashboard::script))
+                .route("/dashboard.css", web::get().to(dashboard::stylesheet))
                 .route("/healthz", web::get().to(status::healthz))
                 .route("/readyz", web::get().to(status::readyz))
                 .service(

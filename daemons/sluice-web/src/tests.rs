@@ -200,6 +200,7 @@ async fn reads_need_the_read_or_admin_token_and_changes_the_admin_token() {
             ("POST", cancel.as_str(), Some(READ_TOKEN), read_token_change),
             ("GET", "/", NONE, (StatusCode::OK, None)),
             ("GET", "/dashboard.js", NONE, (StatusCode::OK, None)),
+            ("GET", "/dashboard.css", NONE, (StatusCode::OK, None)),
             ("GET", "/healthz", NONE, (StatusCode::OK, None)),
             ("GET", "/readyz", NONE, (StatusCode::OK, None)),
         ];
