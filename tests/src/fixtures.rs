@@ -931,7 +931,12 @@ impl Suite {
     /// second `[[watch]]`; `{root}` in it becomes the state directory) and `folders` created
     /// in the state directory before anything starts.
     pub fn start_with(extra: &str, folders: &[&str]) -> Suite {
-        let fixture = SuiteFixture::for_whole_suite_with(extra);
+        Suite::start_configured("", extra, folders)
+    }
+
+    /// [`Suite::start_with`] with `web_keys` added to the `[web]` table (e.g. a `base_path`).
+    pub fn start_configured(web_keys: &str, extra: &str, folders: &[&str]) -> Suite {
+        let fixture = SuiteFixture::for_whole_suite_configured(web_keys, extra);
         for folder in folders {
             std::fs::create_dir_all(fixture.directory.path().join(folder)).expect("a folder");
         }
@@ -1053,6 +1058,11 @@ impl SuiteFixture {
     /// [`SuiteFixture::for_whole_suite`] with `extra` appended to the configuration (`{root}`
     /// in it becomes the state directory).
     pub fn for_whole_suite_with(extra: &str) -> SuiteFixture {
+        SuiteFixture::for_whole_suite_configured("", extra)
+    }
+
+    /// [`SuiteFixture::for_whole_suite_with`] with `web_keys` added to the `[web]` table.
+    pub fn for_whole_suite_configured(web_keys: &str, extra: &str) -> SuiteFixture {
         SuiteFixture::with_config(|root, address| {
             let extra = extra.replace("{root}", &root.display().to_string());
             format!(
@@ -1072,6 +1082,7 @@ stop_timeout = "5s"
 listen = "127.0.0.1:0"
 token_file = "{root}/api-token"
 read_token_file = "{root}/read-token"
+{web_keys}
 
 [[watch]]
 path = "{root}/inbox"

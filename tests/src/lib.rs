@@ -2,6 +2,7 @@
 //! (`sluice-bench`): real processes, a real private `dbus-daemon`, fixtures, and the systemd
 //! container of the system tests. No mock of SQLite, D-Bus or systemd anywhere.
 
+pub mod browser;
 pub mod bus;
 pub mod container;
 pub mod documents;
