@@ -5,6 +5,7 @@ mod bus;
 mod cli;
 mod config_bounds;
 mod content;
+mod dashboard;
 mod e2e;
 mod extraction;
 mod full_disk;

@@ -453,7 +453,13 @@ fn reads_need_the_read_token_unless_the_api_is_public() {
         get(&daemon, &format!("/api/jobs/{job}")).1["state"],
         "queued"
     );
-    for public in ["/", "/dashboard.js", "/healthz", "/readyz"] {
+    for public in [
+        "/",
+        "/dashboard.js",
+        "/dashboard.css",
+        "/healthz",
+        "/readyz",
+    ] {
         assert_eq!(get_as(&daemon, public, None).0, 200, "{public}");
     }
 
