@@ -96,7 +96,7 @@ function table(id, headings, rows, emptyText) {
   out.replaceChildren();
   const head = element("tr");
   for (const heading of headings) {
-    const cell = element("th", heading.label || heading);
+    const cell = element("th", typeof heading === "string" ? heading : heading.label);
     if (heading.className) cell.className = heading.className;
     head.append(cell);
   }
@@ -430,7 +430,7 @@ function actionButton(label, className, action) {
 function renderJobs() {
   table(
     "jobs",
-    [{ label: "id", className: "number" }, "kind", "state", { label: "tries", className: "number hide-narrow" }, { label: "", className: "hide-narrow" }, "actions"],
+    [{ label: "id", className: "number" }, "kind", "state", { label: "tries", className: "number hide-narrow" }, { label: "detail", className: "hide-narrow" }, "actions"],
     view.recentJobs.map((job) => {
       const actions = element("span", null, "actions");
       if (["failed", "dead", "cancelled"].includes(job.state)) {
