@@ -236,7 +236,7 @@ fn the_dashboard_signs_in_uploads_searches_and_shows_progress_live() -> anyhow::
     // A marker that a reload would lose: everything below happens in this one page.
     page.evaluate("window.sameDocument = true")?;
 
-    // Upload two files through the file input, as choosing them in the dialog does.
+    // Upload two files, as a person does.
     let files = tempfile::tempdir()?;
     let pdf_path = files.path().join("quarterly-report.pdf");
     std::fs::write(
@@ -248,10 +248,18 @@ fn the_dashboard_signs_in_uploads_searches_and_shows_progress_live() -> anyhow::
     )?;
     let png_path = files.path().join("gradient.png");
     std::fs::write(&png_path, png(320, 200))?;
-    page.set_input_files("#file-input", &[&pdf_path, &png_path])?;
+    // One file dropped on the drop zone, one chosen with the file input.
+    page.drop_files("#dropzone", &[&png_path])?;
     page.wait_for(
-        "the upload's answer",
-        "document.getElementById('upload-status').textContent.startsWith('Uploaded')",
+        "the dropped file's upload",
+        "document.getElementById('upload-status').textContent.startsWith('Uploaded gradient.png')",
+        DEADLINE,
+    )?;
+    page.set_input_files("#file-input", &[&pdf_path])?;
+    page.wait_for(
+        "the chosen file's upload",
+        "document.getElementById('upload-status').textContent\
+           .startsWith('Uploaded quarterly-report.pdf')",
         DEADLINE,
     )?;
     page.wait_for(

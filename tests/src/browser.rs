@@ -263,6 +263,30 @@ impl Page {
         Ok(())
     }
 
+    /// Drags `files` from outside the browser onto the element `selector` and drops them
+    /// there, as a person dropping files from their file manager does.
+    pub fn drop_files(&mut self, selector: &str, files: &[&Path]) -> anyhow::Result<()> {
+        let selector = serde_json::to_string(selector)?;
+        let centre = self.evaluate(&format!(
+            "(() => {{ const target = document.querySelector({selector}); \
+               target.scrollIntoView({{ block: 'center' }}); \
+               const box = target.getBoundingClientRect(); \
+               return {{ x: box.x + box.width / 2, y: box.y + box.height / 2 }}; }})()"
+        ))?;
+        let files: Vec<String> = files
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect();
+        let data = json!({ "items": [], "files": files, "dragOperationsMask": 1 });
+        for kind in ["dragEnter", "dragOver", "drop"] {
+            self.call(
+                "Input.dispatchDragEvent",
+                json!({ "type": kind, "x": centre["x"], "y": centre["y"], "data": data }),
+            )?;
+        }
+        Ok(())
+    }
+
     /// A PNG of the page at `width` CSS pixels, as tall as its content.
     pub fn screenshot(&mut self, width: u32, mobile: bool) -> anyhow::Result<Vec<u8>> {
         self.call(
