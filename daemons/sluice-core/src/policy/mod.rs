@@ -1,4 +1,5 @@
-//! The input policy: what a download submission, a file or bundle name, a digest, a rescan
+//! The input policy: what a download or bundle submission, a file or bundle name, a bundle's
+//! relative paths, a Hugging Face reference, a digest, a rescan
 //! path or a search query must look like, and which addresses a download may reach. Every entry point (the
 //! D-Bus objects, the HTTP API, sluicectl, the scraper's connect-time guard) asks this module,
 //! so a value gets the same verdict and the same machine code whichever way it arrives.
@@ -7,6 +8,7 @@
 //! the configuration. Callers pass the configured limits in ([`SubmitRules`]).
 
 mod address;
+mod bundle;
 mod download;
 mod names;
 mod rescan;
@@ -17,6 +19,11 @@ mod waiting;
 pub use address::{
     HOST_RESOLVE_TIMEOUT, check_download_target, forbidden_address_reason, is_local_name,
     resolve_download_host,
+};
+pub use bundle::{
+    HF_PREFIX, HfReference, MAX_BUNDLE_FILES, MAX_RELATIVE_PATH_BYTES, MAX_RELATIVE_PATH_DEPTH,
+    NewBundle, NewBundleFile, ValidBundle, ValidBundleFile, check_relative_path, is_hf_reference,
+    parse_hf_reference,
 };
 pub use download::{NewDownload, SubmitRules, ValidDownload, check_max_bytes, validate_submission};
 pub use names::{

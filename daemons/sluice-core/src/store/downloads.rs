@@ -41,6 +41,8 @@ pub enum DownloadError {
     InvalidArgument(String),
     #[error("download {0} not found")]
     NotFound(i64),
+    #[error("bundle {0} not found")]
+    BundleNotFound(i64),
     #[error("download {id} is {state}; cannot {action} it")]
     InvalidState {
         id: i64,
@@ -173,6 +175,10 @@ pub struct Download {
     pub job_id: Option<i64>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The bundle this download is a file of ([`super::bundles`]).
+    pub bundle_id: Option<i64>,
+    /// Where the file goes inside its bundle's folder.
+    pub relative_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -214,7 +220,7 @@ pub enum DownloadOutcome {
 
 const DOWNLOAD_COLUMNS: &str = "id, url, file_name, bundle, source_id, state, bytes_done, \
      bytes_total, rate_bytes_per_s, expected_sha256, size_limit, part_path, final_path, etag, \
-     last_modified, error, job_id, created_at, updated_at";
+     last_modified, error, job_id, created_at, updated_at, bundle_id, relative_path";
 
 impl Store {
     /// Inserts the row of a download that passed the policy and its `download` job in one
@@ -254,7 +260,7 @@ impl Store {
             if let Some(max_pending) = max_pending {
                 jobs::require_room(transaction, DOWNLOAD_JOB_KIND, max_pending)?;
             }
-            insert_download_in(transaction, download, max_attempts, now_ms())
+            insert_download_in(transaction, download, max_attempts, None, now_ms())
         })
     }
 
@@ -608,6 +614,7 @@ pub(super) fn insert_download_in(
     transaction: &Transaction<'_>,
     download: &ValidDownload,
     max_attempts: u32,
+    bundle_file: Option<(i64, &str)>,
     now: i64,
 ) -> Result<CreatedDownload, DownloadError> {
     let source_id = match download.source() {
@@ -625,8 +632,8 @@ pub(super) fn insert_download_in(
     let download_id: i64 = transaction
         .prepare_cached(
             "INSERT INTO downloads (url, file_name, bundle, source_id, state,
-                 expected_sha256, size_limit, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?7)
+                 expected_sha256, size_limit, created_at, updated_at, bundle_id, relative_path)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?7, ?8, ?9)
              RETURNING id",
         )?
         .query_row(
@@ -637,7 +644,9 @@ pub(super) fn insert_download_in(
                 source_id,
                 download.expected_sha256(),
                 download.max_bytes().map(|bytes| bytes as i64),
-                now
+                now,
+                bundle_file.map(|(bundle_id, _)| bundle_id),
+                bundle_file.map(|(_, path)| path),
             ],
             |row| row.get(0),
         )?;
@@ -656,7 +665,10 @@ pub(super) fn insert_download_in(
     })
 }
 
-fn read_download(connection: &rusqlite::Connection, id: i64) -> Result<Download, DownloadError> {
+pub(super) fn read_download(
+    connection: &rusqlite::Connection,
+    id: i64,
+) -> Result<Download, DownloadError> {
     connection
         .prepare_cached(&format!(
             "SELECT {DOWNLOAD_COLUMNS} FROM downloads WHERE id = ?1"
@@ -690,6 +702,8 @@ fn download_from_row(row: &Row<'_>) -> rusqlite::Result<Download> {
         job_id: row.get(16)?,
         created_at_ms: row.get(17)?,
         updated_at_ms: row.get(18)?,
+        bundle_id: row.get(19)?,
+        relative_path: row.get(20)?,
     })
 }
 

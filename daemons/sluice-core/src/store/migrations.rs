@@ -271,4 +271,37 @@ INSERT INTO page_text (document_id, page, title, body)
 DROP TABLE document_text;
 "#,
     },
+    // Issue 14's bundles. Positional: when rebasing, this entry stays the last one, after
+    // whatever main added; nothing in it depends on its number.
+    Migration {
+        name: "bundles group downloads into one folder",
+        sql: r#"
+-- A bundle is several downloads that reach the inbox as one folder, only when all of them are
+-- complete. Its files are ordinary downloads (rows of `downloads` with their `download` jobs)
+-- that name the bundle and their path inside its folder; each is moved into the bundle's
+-- folder in staging when done, and the folder is renamed into the inbox once all are.
+-- `state`: running until every file succeeded (then succeeded, with `final_path` the folder in
+-- the inbox), or one failed (failed, with `error`), or it was cancelled. `final_path` is set
+-- before the folder is renamed and the state after, so a scraper killed in between finds the
+-- folder at `final_path` and records the bundle succeeded, placing it exactly once.
+CREATE TABLE bundles (
+    id          INTEGER PRIMARY KEY,
+    name        TEXT NOT NULL,
+    origin      TEXT,
+    revision    TEXT,
+    state       TEXT NOT NULL CHECK (state IN ('running', 'succeeded', 'failed', 'cancelled')),
+    files_total INTEGER NOT NULL CHECK (files_total >= 1),
+    final_path  TEXT,
+    error       TEXT,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE INDEX bundles_running ON bundles (id) WHERE state = 'running';
+
+ALTER TABLE downloads ADD COLUMN bundle_id INTEGER REFERENCES bundles (id) ON DELETE CASCADE;
+ALTER TABLE downloads ADD COLUMN relative_path TEXT;
+CREATE INDEX downloads_by_bundle ON downloads (bundle_id) WHERE bundle_id IS NOT NULL;
+"#,
+    },
 ];

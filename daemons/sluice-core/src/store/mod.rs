@@ -7,6 +7,7 @@
 //! instead of failing. Durability is a configuration choice (`Durability`), documented with its
 //! loss window.
 
+pub mod bundles;
 pub mod documents;
 pub mod downloads;
 pub mod files;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
+pub use bundles::{Bundle, BundleState, BundleVerdict, CreatedBundle};
 pub use documents::{
     Document, DocumentError, DocumentFilter, DocumentHit, IngestFinished, IngestRecord, NewDocument,
 };

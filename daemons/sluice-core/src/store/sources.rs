@@ -366,7 +366,7 @@ impl Store {
                 let mut first_download = None;
                 for download in &item.downloads {
                     let attempts = download.max_attempts().unwrap_or(max_attempts);
-                    let created = insert_download_in(transaction, download, attempts, now)?;
+                    let created = insert_download_in(transaction, download, attempts, None, now)?;
                     first_download.get_or_insert(created.download_id);
                     recorded.created.push(created);
                     room -= 1;
