@@ -296,6 +296,10 @@ pub struct ScraperConfig {
     /// Most download jobs queued, retrying or running at once; one more is refused.
     /// 1 to 10,000,000.
     pub max_pending: u32,
+    /// The Hugging Face Hub that `hf://` bundles are resolved against (http or https).
+    pub hf_endpoint: Url,
+    /// A credentials file (the sources' format) whose header is sent to `hf_endpoint` only.
+    pub hf_credentials_file: Option<PathBuf>,
 }
 
 /// One polled source, with `[source_defaults]` already applied.

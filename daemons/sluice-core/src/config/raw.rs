@@ -162,6 +162,8 @@ pub(super) struct RawScraper {
     pub progress_interval: Text,
     pub download_timeout: Text,
     pub max_pending: Number,
+    pub hf_endpoint: Text,
+    pub hf_credentials_file: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -687,7 +687,26 @@ fn validate_scraper(locator: &Locator<'_>, raw: &RawConfig) -> Result<ScraperCon
         progress_interval: locator.duration(&scraper.progress_interval, PROGRESS_INTERVAL)?,
         download_timeout: locator.duration(&scraper.download_timeout, DOWNLOAD_TIMEOUT)?,
         max_pending: locator.number(&scraper.max_pending, MAX_PENDING)?,
+        hf_endpoint: hf_endpoint(locator, &scraper.hf_endpoint)?,
+        hf_credentials_file: scraper
+            .hf_credentials_file
+            .as_ref()
+            .map(|path| locator.absolute_path(path))
+            .transpose()?,
     })
+}
+
+/// The Hugging Face Hub's base URL: http(s), a host, no credentials, query or fragment;
+/// stored without a trailing `/` so API paths append to it.
+fn hf_endpoint(locator: &Locator<'_>, value: &Text) -> Result<Url, ConfigError> {
+    let url = source_url(locator, value)?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(locator.invalid(
+            value.span(),
+            "the Hub's base URL must not have a query or fragment",
+        ));
+    }
+    Ok(url)
 }
 
 fn validate_source(
