@@ -161,6 +161,143 @@ pub fn hash_prefix(file: &File, path: &Path, length: u64) -> io::Result<Sha256> 
     Ok(hasher)
 }
 
+/// The folder in staging where bundle `bundle_id`'s finished files wait for the others.
+pub fn bundle_folder_name(bundle_id: i64) -> String {
+    format!("bundle-{bundle_id}")
+}
+
+/// Moves a finished, synced bundle file from `part` to `relative_path` inside its bundle's
+/// folder in staging, creating the folders on the way beneath staging without following
+/// links. A file already there (an attempt that was moved but not recorded before a kill) is
+/// replaced: the folder is the scraper's own. Returns the new path.
+pub fn place_in_bundle_folder(
+    part: &Path,
+    staging: &Path,
+    bundle_id: i64,
+    relative_path: &str,
+) -> Result<PathBuf, FileError> {
+    let staging_directory = beneath::open_root(staging).map_err(|error| {
+        FileError::Io(format!(
+            "cannot open the staging folder {}: {error}",
+            staging.display()
+        ))
+    })?;
+    let Some(part_name) = part.file_name() else {
+        return Err(FileError::Io(format!("{} names no file", part.display())));
+    };
+    let mut folder_path = staging.join(bundle_folder_name(bundle_id));
+    let (mut folder, _) = beneath::open_or_create_directory(
+        &staging_directory,
+        std::ffi::OsStr::new(&bundle_folder_name(bundle_id)),
+        Mode::from_bits_truncate(0o755),
+    )
+    .map_err(|errno| refusal("bundle folder", &folder_path, errno))?;
+    let mut elements: Vec<&str> = relative_path.split('/').collect();
+    let Some(file_name) = elements.pop() else {
+        return Err(FileError::Refused(format!(
+            "{relative_path:?} names no file"
+        )));
+    };
+    for element in elements {
+        folder_path = folder_path.join(element);
+        let (inner, created) = beneath::open_or_create_directory(
+            &folder,
+            std::ffi::OsStr::new(element),
+            Mode::from_bits_truncate(0o755),
+        )
+        .map_err(|errno| refusal("bundle folder", &folder_path, errno))?;
+        if created {
+            beneath::sync_directory(&folder).map_err(|error| {
+                FileError::Io(format!("cannot sync {}: {error}", folder_path.display()))
+            })?;
+        }
+        folder = inner;
+    }
+    let target = folder_path.join(file_name);
+    nix::fcntl::renameat(&staging_directory, part_name, &folder, file_name)
+        .map_err(|errno| refusal("bundle file", &target, errno))?;
+    beneath::sync_directory(&folder).map_err(|error| {
+        FileError::Io(format!("cannot sync {}: {error}", folder_path.display()))
+    })?;
+    Ok(target)
+}
+
+/// Renames the complete folder of bundle `bundle_id` from staging into the inbox as `name`
+/// (or `name-N` when taken), never replacing anything, and syncs the inbox. `Ok(None)` when
+/// the folder is not in staging (already moved). Returns the folder in the inbox.
+pub fn place_bundle_in_inbox(
+    staging: &Path,
+    inbox: &Path,
+    bundle_id: i64,
+    name: &str,
+    mut record_target: impl FnMut(&Path) -> Result<(), String>,
+) -> Result<Option<PathBuf>, FileError> {
+    let open = |path: &Path| {
+        beneath::open_root(path).map_err(|error| {
+            FileError::Io(format!(
+                "cannot open the folder {}: {error}",
+                path.display()
+            ))
+        })
+    };
+    let staging_directory = open(staging)?;
+    let inbox_directory = open(inbox)?;
+    let from = bundle_folder_name(bundle_id);
+    match nix::sys::stat::fstatat(
+        &staging_directory,
+        from.as_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(_) => {}
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(errno) => return Err(refusal("bundle folder", &staging.join(&from), errno)),
+    }
+    for suffix in 0..=10_000 {
+        let candidate = sluice_core::inbox::name_with_suffix(name, suffix);
+        let target = inbox.join(&candidate);
+        if std::fs::symlink_metadata(&target).is_ok() {
+            continue;
+        }
+        // The target is recorded before the rename, so a scraper killed between the two
+        // finds the folder there and does not place it twice.
+        record_target(&target).map_err(FileError::Io)?;
+        match beneath::rename_no_replace(
+            &staging_directory,
+            std::ffi::OsStr::new(&from),
+            &inbox_directory,
+            std::ffi::OsStr::new(&candidate),
+        ) {
+            Ok(()) => {
+                beneath::sync_directory(&inbox_directory).map_err(|error| {
+                    FileError::Io(format!("cannot sync {}: {error}", inbox.display()))
+                })?;
+                return Ok(Some(target));
+            }
+            Err(Errno::EEXIST) => continue,
+            Err(errno) => return Err(refusal("bundle folder", &target, errno)),
+        }
+    }
+    Err(FileError::Io(format!(
+        "{name} and 10000 numbered variants already exist in {}",
+        inbox.display()
+    )))
+}
+
+/// Removes a folder and everything in it; one that is already gone is fine. The folder
+/// itself must not be a symbolic link (checked without following it), and `remove_dir_all`
+/// does not follow links inside it.
+pub fn remove_folder(path: &Path) -> io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => Err(io::Error::other(format!(
+            "{} is not a folder; left alone",
+            path.display()
+        ))),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,9 @@
 //! queued as `download` jobs through the same store call, policy and queue limit, so the
 //! download machinery needs no change for them.
 
+mod bundles;
 mod guard;
+mod hf;
 mod hosts;
 mod inbox;
 #[cfg(test)]
@@ -357,6 +359,7 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
     };
     scraper.sync_sources(true).await;
     scraper.sweep_staging().await;
+    scraper.settle_bundles().await;
     let mut sources = EventSources {
         watchdog: scraper.notifier.watchdog_ticker(),
         signals,
@@ -392,6 +395,7 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
                 if scraper.polls.is_multiple_of(SWEEP_EVERY_POLLS) {
                     scraper.sweep_staging().await;
                 }
+                scraper.settle_bundles().await;
                 scraper.claim().await;
             }
             Event::StatusTick => {
@@ -399,6 +403,7 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
             }
             Event::TaskEnded(report) => {
                 scraper.task_ended(report);
+                scraper.settle_bundles().await;
                 scraper.claim().await;
                 scraper.refresh_status().await;
             }
@@ -567,6 +572,24 @@ impl Scraper {
             ScraperCommand::DeleteDownload { download_id, reply } => {
                 let result = match bus_id(download_id) {
                     Ok(id) => self.delete_download(id).await,
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(result);
+            }
+            ScraperCommand::AddBundle { bundle, reply } => {
+                let result = self.add_bundle(bundle).await;
+                let _ = reply.send(result);
+            }
+            ScraperCommand::CancelBundle { bundle_id, reply } => {
+                let result = match bundle_bus_id(bundle_id) {
+                    Ok(id) => self.cancel_bundle(id).await,
+                    Err(error) => Err(error),
+                };
+                let _ = reply.send(result);
+            }
+            ScraperCommand::DeleteBundle { bundle_id, reply } => {
+                let result = match bundle_bus_id(bundle_id) {
+                    Ok(id) => self.delete_bundle(id).await,
                     Err(error) => Err(error),
                 };
                 let _ = reply.send(result);
@@ -1162,11 +1185,18 @@ fn bus_id(id: u64) -> Result<i64, BusError> {
     i64::try_from(id).map_err(|_| BusError::NotFound(format!("download {id} does not exist")))
 }
 
+fn bundle_bus_id(id: u64) -> Result<i64, BusError> {
+    i64::try_from(id).map_err(|_| BusError::NotFound(format!("bundle {id} does not exist")))
+}
+
 /// Turns a store refusal into the named D-Bus error a caller sees.
 fn bus_error(error: DownloadError) -> BusError {
     match error {
         DownloadError::InvalidArgument(message) => BusError::InvalidArgument(message),
         DownloadError::NotFound(id) => BusError::NotFound(format!("download {id} does not exist")),
+        DownloadError::BundleNotFound(id) => {
+            BusError::NotFound(format!("bundle {id} does not exist"))
+        }
         error @ DownloadError::InvalidState { .. } => BusError::WrongState(error.to_string()),
         DownloadError::Job(JobError::NotFound(id)) => {
             BusError::NotFound(format!("job {id} does not exist"))

@@ -48,4 +48,18 @@ impl StoreHandle {
             .expect("the store thread has stopped");
         answer.await.expect("the store thread dropped a request")
     }
+
+    /// [`StoreHandle::call`] from a blocking thread (never from an async task).
+    pub fn call_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Store) -> T + Send + 'static,
+    ) -> T {
+        let (reply, answer) = mpsc::channel();
+        self.sender
+            .send(Box::new(move |store| {
+                let _ = reply.send(work(store));
+            }))
+            .expect("the store thread has stopped");
+        answer.recv().expect("the store thread dropped a request")
+    }
 }

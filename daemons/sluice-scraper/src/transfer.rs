@@ -578,8 +578,15 @@ async fn transfer(
     let inbox_path = settings.inbox.clone();
     let bundle = download.bundle.clone();
     let file_name = download.file_name.clone();
-    let final_path = tokio::task::spawn_blocking(move || {
-        inbox::place_in_inbox(&part_owned, &inbox_path, bundle.as_deref(), &file_name)
+    let staging = settings.staging.clone();
+    let bundle_file = download.bundle_id.zip(download.relative_path.clone());
+    let final_path = tokio::task::spawn_blocking(move || match bundle_file {
+        // A bundle's file waits in the bundle's folder in staging until every file is done;
+        // the scraper's loop then moves the whole folder into the inbox.
+        Some((bundle_id, relative_path)) => {
+            inbox::place_in_bundle_folder(&part_owned, &staging, bundle_id, &relative_path)
+        }
+        None => inbox::place_in_inbox(&part_owned, &inbox_path, bundle.as_deref(), &file_name),
     })
     .await
     .map_err(|error| Failure::retryable(format!("moving task failed: {error}")))?

@@ -342,7 +342,7 @@ pub async fn get_document(state: Data<AppState>, id: Path<i64>) -> Result<HttpRe
     Ok(HttpResponse::Ok().json(document))
 }
 
-fn page_request(
+pub(crate) fn page_request(
     state: &AppState,
     cursor: Option<i64>,
     limit: Option<u32>,

@@ -19,7 +19,7 @@ use actix_web::{App, Error, HttpRequest, HttpResponse, guard};
 
 use crate::error::{ApiError, json_error, path_error, query_error};
 use crate::state::{AppState, Grant};
-use crate::{api, content, dashboard, events, job_stream, status, upload};
+use crate::{api, bundles, content, dashboard, events, job_stream, status, upload};
 
 /// The whole HTTP application for `state`; `HttpServer` calls this once per worker, tests call
 /// it directly with `actix_web::test`.
@@ -68,6 +68,14 @@ pub fn app(
                         .route("/downloads", web::get().to(api::list_downloads))
                         .route("/downloads/{id}", web::get().to(api::get_download))
                         .route("/downloads/{id}", web::delete().to(api::delete_download))
+                        .route("/bundles", web::post().to(bundles::create_bundle))
+                        .route("/bundles", web::get().to(bundles::list_bundles))
+                        .route("/bundles/{id}", web::get().to(bundles::get_bundle))
+                        .route("/bundles/{id}", web::delete().to(bundles::delete_bundle))
+                        .route(
+                            "/bundles/{id}/cancel",
+                            web::post().to(bundles::cancel_bundle),
+                        )
                         .route("/sources", web::get().to(api::list_sources))
                         .route("/sources/{name}", web::get().to(api::get_source))
                         .route("/documents", web::get().to(api::list_documents))

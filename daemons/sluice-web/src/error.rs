@@ -196,6 +196,9 @@ impl From<JobError> for ApiError {
 impl From<DownloadError> for ApiError {
     fn from(error: DownloadError) -> ApiError {
         match error {
+            DownloadError::BundleNotFound(id) => {
+                ApiError::NotFound(format!("bundle {id} does not exist"))
+            }
             DownloadError::NotFound(id) => {
                 ApiError::NotFound(format!("download {id} does not exist"))
             }

@@ -6,6 +6,7 @@
 mod address;
 mod api;
 mod app;
+mod bundles;
 mod connections;
 mod content;
 mod daemon;

@@ -305,6 +305,16 @@ async fn handle_scraper(
             };
             let _ = reply.send(result);
         }
+        ScraperCommand::AddBundle { reply, .. } => {
+            state.next_job_id += 1;
+            let _ = reply.send(Ok(state.next_job_id));
+        }
+        ScraperCommand::CancelBundle { bundle_id, reply }
+        | ScraperCommand::DeleteBundle { bundle_id, reply } => {
+            let _ = reply.send(Err(BusError::NotFound(format!(
+                "bundle {bundle_id} does not exist"
+            ))));
+        }
         ScraperCommand::ScrapeNow { source, reply } => {
             let result = if source == KNOWN_SOURCE {
                 state.next_job_id += 1;

@@ -60,7 +60,7 @@ pub use peers::{SuiteDaemon, daemon_object, daemon_properties, name_has_owner, s
 pub use rate_limit::{DEFAULT_PROGRESS_INTERVAL, ProgressRateLimiter};
 pub use scraper::{
     DownloadOptions, SCRAPER_BUS_NAME, SCRAPER_OBJECT_PATH, ScraperCommand, ScraperInterface,
-    ScraperProxy, ScraperService, ScraperStatus, SourceState, SourceStates,
+    ScraperProxy, ScraperService, ScraperStatus, SourceState, SourceStates, bundle_request,
 };
 pub use web::{
     WEB_BUS_NAME, WEB_OBJECT_PATH, WebCommand, WebInterface, WebProxy, WebService, WebStatus,

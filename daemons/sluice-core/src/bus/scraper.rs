@@ -136,6 +136,22 @@ pub enum ScraperCommand {
         download_id: u64,
         reply: Reply<()>,
     },
+    /// Record a bundle (or resolve an `hf://` one first) and queue its files; the reply is
+    /// the bundle's id.
+    AddBundle {
+        bundle: policy::NewBundle,
+        reply: Reply<u64>,
+    },
+    /// Cancel a running bundle and its files.
+    CancelBundle {
+        bundle_id: u64,
+        reply: Reply<()>,
+    },
+    /// Cancel if needed, then forget the bundle and remove its folder (see `DeleteBundle`).
+    DeleteBundle {
+        bundle_id: u64,
+        reply: Reply<()>,
+    },
     /// Check the named source now; the reply is the number its check will have in the
     /// source's count of checks.
     ScrapeNow {
@@ -234,6 +250,65 @@ published_object! {
             require_id("download_id", download_id)?;
             forward(&self.commands, |reply| ScraperCommand::DeleteDownload {
                 download_id,
+                reply,
+            })
+            .await
+        }
+
+        /// Download several files into one folder of the inbox, which appears only when every
+        /// file is complete. `name` is the folder's name, with `files` as (url, relative path,
+        /// sha256) where an empty path means the URL's file name and an empty sha256 none; or
+        /// `name` is `hf://[datasets/]ORG/NAME[@REVISION]` with no files, and the repository's
+        /// files at the commit the revision points at are the bundle (folder `ORG--NAME`).
+        #[zbus(out_args("bundle_id"))]
+        async fn add_bundle(
+            &self,
+            name: &str,
+            files: Vec<(String, String, String)>,
+            #[zbus(header)] header: Header<'_>,
+            #[zbus(connection)] connection: &Connection,
+        ) -> Result<u64, BusError> {
+            self.policy
+                .authorize(connection, &header, "AddBundle")
+                .await?;
+            let bundle = bundle_request(name, files)?;
+            forward(&self.commands, |reply| ScraperCommand::AddBundle { bundle, reply }).await
+        }
+
+        /// Stop a bundle: its files that have not ended are cancelled; nothing reaches the
+        /// inbox. The bundle stays, in state cancelled.
+        async fn cancel_bundle(
+            &self,
+            bundle_id: u64,
+            #[zbus(header)] header: Header<'_>,
+            #[zbus(connection)] connection: &Connection,
+        ) -> Result<(), BusError> {
+            self.policy
+                .authorize(connection, &header, "CancelBundle")
+                .await?;
+            require_id("bundle_id", bundle_id)?;
+            forward(&self.commands, |reply| ScraperCommand::CancelBundle {
+                bundle_id,
+                reply,
+            })
+            .await
+        }
+
+        /// Stop a bundle if it runs, then forget it and its downloads, and remove its folder
+        /// in staging and, when it succeeded, its folder in the inbox (with whatever is still
+        /// in it).
+        async fn delete_bundle(
+            &self,
+            bundle_id: u64,
+            #[zbus(header)] header: Header<'_>,
+            #[zbus(connection)] connection: &Connection,
+        ) -> Result<(), BusError> {
+            self.policy
+                .authorize(connection, &header, "DeleteBundle")
+                .await?;
+            require_id("bundle_id", bundle_id)?;
+            forward(&self.commands, |reply| ScraperCommand::DeleteBundle {
+                bundle_id,
                 reply,
             })
             .await
@@ -375,6 +450,48 @@ impl ScraperService {
         }
         Ok(allowed)
     }
+}
+
+/// The `AddBundle` arguments as a [`policy::NewBundle`]: the shape of an `hf://` name, or the
+/// count of files, is checked here; each file is checked with the rest of the policy when the
+/// scraper validates the bundle (it knows the configured limits).
+pub fn bundle_request(
+    name: &str,
+    files: Vec<(String, String, String)>,
+) -> Result<policy::NewBundle, BusError> {
+    if policy::is_hf_reference(name) {
+        policy::parse_hf_reference(name)?;
+        if !files.is_empty() {
+            return Err(BusError::InvalidArgument(
+                "an hf:// bundle takes no list of files; its files come from the Hub".to_owned(),
+            ));
+        }
+    } else {
+        policy::check_bundle_name(name)?;
+        if files.is_empty() || files.len() > policy::MAX_BUNDLE_FILES {
+            return Err(policy::PolicyError::OutOfRange(format!(
+                "a bundle holds 1..={} files, got {}",
+                policy::MAX_BUNDLE_FILES,
+                files.len()
+            ))
+            .into());
+        }
+    }
+    let optional = |text: String| (!text.is_empty()).then_some(text);
+    Ok(policy::NewBundle {
+        name: name.to_owned(),
+        files: files
+            .into_iter()
+            .map(|(url, path, sha256)| policy::NewBundleFile {
+                url,
+                path: optional(path),
+                sha256: optional(sha256),
+            })
+            .collect(),
+        origin: None,
+        revision: None,
+        max_attempts: None,
+    })
 }
 
 fn option_text<'value>(key: &str, value: &'value OwnedVariant) -> Result<&'value str, BusError> {

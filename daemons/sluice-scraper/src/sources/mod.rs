@@ -15,7 +15,7 @@
 //! that check reads the page again in full). Nothing is lost: an item is remembered only
 //! together with its downloads.
 
-mod credentials;
+pub(crate) mod credentials;
 mod extract;
 mod fetch;
 mod robots;

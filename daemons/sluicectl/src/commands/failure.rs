@@ -97,7 +97,9 @@ impl From<JobError> for Failure {
 impl From<DownloadError> for Failure {
     fn from(error: DownloadError) -> Failure {
         match error {
-            DownloadError::NotFound(_) => Failure::new(exit::NOT_FOUND, error.to_string()),
+            DownloadError::NotFound(_) | DownloadError::BundleNotFound(_) => {
+                Failure::new(exit::NOT_FOUND, error.to_string())
+            }
             DownloadError::InvalidArgument(_) | DownloadError::InvalidState { .. } => {
                 Failure::invalid(error.to_string())
             }

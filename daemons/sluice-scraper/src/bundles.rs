@@ -1,0 +1,319 @@
+//! The scraper's side of bundles: recording one (after resolving an `hf://` name through the
+//! Hub), settling a running one when its files have ended (placing its folder into the inbox,
+//! or failing it and stopping its other files), cancelling and deleting one. The files
+//! themselves are ordinary download jobs ([`crate::transfer`]); a finished file waits in the
+//! bundle's folder in staging ([`inbox::place_in_bundle_folder`]).
+//!
+//! Settling runs after every download task ends, at start and at every poll, so a bundle whose
+//! last file ended in another process's change (a cancel through the web API) or before a
+//! kill is settled too; placing is recorded before and after the rename, so it happens once.
+
+use sluice_core::bus::BusError;
+use sluice_core::policy::{NewBundle, SubmitRules, is_hf_reference, parse_hf_reference};
+use sluice_core::store::downloads::DOWNLOAD_JOB_KIND;
+use sluice_core::store::{BundleState, BundleVerdict, Download};
+
+use crate::transfer::StopRequest;
+use crate::{Scraper, bus_error, hf, inbox};
+
+impl Scraper {
+    /// `AddBundle`: resolves an `hf://` name into files, checks the bundle with the policy
+    /// and records it whole under `[scraper] max_pending`.
+    pub(crate) async fn add_bundle(&mut self, mut bundle: NewBundle) -> Result<u64, BusError> {
+        let config = self.reloader.current().clone();
+        if is_hf_reference(&bundle.name) {
+            let reference = parse_hf_reference(&bundle.name)?;
+            let hub = hf::Hub {
+                client: &self.context.client,
+                endpoint: &config.scraper.hf_endpoint,
+                credentials_file: config.scraper.hf_credentials_file.as_deref(),
+                allow_private_addresses: config.scraper.allow_private_addresses,
+            };
+            let resolved = hf::resolve(&hub, &reference).await.map_err(|error| {
+                tracing::warn!(error = %error, "bundle {} refused: {error}", bundle.name);
+                BusError::InvalidArgument(error)
+            })?;
+            tracing::info!(
+                commit = %resolved.commit,
+                files = resolved.files.len(),
+                "{} resolved to commit {} with {} files",
+                bundle.name,
+                resolved.commit,
+                resolved.files.len()
+            );
+            bundle = NewBundle {
+                name: reference.folder_name(),
+                files: resolved.files,
+                origin: Some(reference.to_uri(&resolved.commit)),
+                revision: Some(resolved.commit),
+                max_attempts: None,
+            };
+        }
+        bundle.max_attempts = Some(config.jobs.max_attempts);
+        let rules = SubmitRules {
+            allow_private_addresses: config.scraper.allow_private_addresses,
+            max_download_size: config.scraper.max_download_size,
+        };
+        let valid = bundle.validate(&rules)?;
+        let max_pending = config.scraper.max_pending;
+        let name = valid.name().to_owned();
+        let created = self
+            .store
+            .call(move |store| store.create_bundle_within_limit(&valid, max_pending))
+            .await
+            .map_err(|error| {
+                if let Some(full) = error.queue_full() {
+                    tracing::warn!("bundle {name} refused: {full}");
+                }
+                bus_error(error)
+            })?;
+        tracing::info!(
+            bundle_id = created.bundle_id,
+            "bundle {} ({}) queued with {} files",
+            created.bundle_id,
+            bundle.name,
+            created.job_ids.len()
+        );
+        for job_id in &created.job_ids {
+            let _ = self
+                .service
+                .job_queued(DOWNLOAD_JOB_KIND, *job_id as u64)
+                .await;
+        }
+        self.claim().await;
+        Ok(created.bundle_id as u64)
+    }
+
+    /// `CancelBundle`: the bundle and its waiting files are cancelled in the store, running
+    /// files are stopped here at once, and the bundle's folder in staging is removed.
+    pub(crate) async fn cancel_bundle(&mut self, bundle_id: i64) -> Result<(), BusError> {
+        let (bundle, running) = self
+            .store
+            .call(move |store| store.cancel_bundle(bundle_id))
+            .await
+            .map_err(bus_error)?;
+        self.stop_files(&running);
+        self.remove_bundle_staging(bundle_id);
+        tracing::info!(
+            bundle_id,
+            "bundle {bundle_id} ({}) cancelled on request",
+            bundle.name
+        );
+        Ok(())
+    }
+
+    /// `DeleteBundle`: cancels a running bundle and waits for its files to stop, then forgets
+    /// it and its downloads, and removes its folder in staging and, if it succeeded, its
+    /// folder in the inbox (`final_path`) with whatever is still in it (files the monitor
+    /// already moved to the library in consume mode are not touched).
+    pub(crate) async fn delete_bundle(&mut self, bundle_id: i64) -> Result<(), BusError> {
+        let bundle = self
+            .store
+            .call(move |store| store.get_bundle(bundle_id))
+            .await
+            .map_err(bus_error)?;
+        if bundle.state == BundleState::Running {
+            self.cancel_bundle(bundle_id).await?;
+        }
+        let files = self
+            .store
+            .call(move |store| store.bundle_files(bundle_id))
+            .await
+            .map_err(bus_error)?;
+        for file in files {
+            self.wait_for_file(file.id).await?;
+        }
+        let (bundle, files) = self
+            .store
+            .call(move |store| store.delete_bundle(bundle_id))
+            .await
+            .map_err(bus_error)?;
+        for file in &files {
+            self.remove_part(file.id);
+        }
+        self.remove_bundle_staging(bundle_id);
+        let mut removed = String::new();
+        if bundle.state == BundleState::Succeeded
+            && let Some(folder) = &bundle.final_path
+        {
+            let folder = std::path::Path::new(folder);
+            // Only a folder directly in the inbox is the bundle's own.
+            if folder.parent() == Some(self.context.settings.inbox.as_path()) {
+                match inbox::remove_folder(folder) {
+                    Ok(()) => removed = format!("; folder {} removed", folder.display()),
+                    Err(error) => tracing::warn!(
+                        error = %error,
+                        "bundle {bundle_id}: cannot remove {}: {error}",
+                        folder.display()
+                    ),
+                }
+            }
+        }
+        tracing::info!(
+            bundle_id,
+            "bundle {bundle_id} ({}) deleted (it was {}){removed}",
+            bundle.name,
+            bundle.state
+        );
+        Ok(())
+    }
+
+    /// Places every running bundle whose files all succeeded, and fails every one with a file
+    /// that failed or was cancelled.
+    pub(crate) async fn settle_bundles(&mut self) {
+        let settle = self.store.call(|store| store.bundles_to_settle()).await;
+        let settle = match settle {
+            Ok(settle) => settle,
+            Err(error) => {
+                tracing::error!(error = %error, "cannot read the running bundles: {error}");
+                return;
+            }
+        };
+        for (bundle, verdict) in settle {
+            let bundle_id = bundle.id;
+            match verdict {
+                BundleVerdict::Failed { error } => {
+                    let message = error.clone();
+                    let running = self
+                        .store
+                        .call(move |store| {
+                            store.finish_bundle(bundle_id, BundleState::Failed, Some(&message))
+                        })
+                        .await;
+                    match running {
+                        Ok(running) => {
+                            self.stop_files(&running);
+                            self.remove_bundle_staging(bundle_id);
+                            tracing::error!(
+                                bundle_id,
+                                "bundle {bundle_id} ({}) failed: {error}; nothing of it was \
+                                 placed in the inbox",
+                                bundle.name
+                            );
+                            self.last_error = Some(format!(
+                                "bundle {bundle_id} ({}) failed: {error}",
+                                bundle.name
+                            ));
+                        }
+                        Err(error) => tracing::error!(
+                            error = %error,
+                            "cannot record bundle {bundle_id} as failed: {error}"
+                        ),
+                    }
+                }
+                BundleVerdict::Complete { target } => {
+                    self.place_bundle(bundle_id, &bundle.name, target).await;
+                }
+            }
+        }
+    }
+
+    async fn place_bundle(&mut self, bundle_id: i64, name: &str, target: Option<String>) {
+        let staging = self.context.settings.staging.clone();
+        let inbox_path = self.context.settings.inbox.clone();
+        let store = self.store.clone();
+        let folder_name = name.to_owned();
+        let placed = tokio::task::spawn_blocking(move || {
+            inbox::place_bundle_in_inbox(&staging, &inbox_path, bundle_id, &folder_name, |path| {
+                let text = path.to_string_lossy().into_owned();
+                store
+                    .call_blocking(move |store| store.set_bundle_target(bundle_id, &text))
+                    .map_err(|error| error.to_string())
+            })
+        })
+        .await;
+        let final_path = match placed {
+            Ok(Ok(Some(path))) => path.to_string_lossy().into_owned(),
+            // Not in staging: an earlier process renamed it and was killed before recording
+            // that; the recorded target holds it.
+            Ok(Ok(None)) => match target {
+                Some(target) if std::path::Path::new(&target).is_dir() => target,
+                _ => {
+                    let error = format!(
+                        "the folder of bundle {bundle_id} is neither in staging nor in the inbox"
+                    );
+                    let message = error.clone();
+                    let _ = self
+                        .store
+                        .call(move |store| {
+                            store.finish_bundle(bundle_id, BundleState::Failed, Some(&message))
+                        })
+                        .await;
+                    tracing::error!(bundle_id, "bundle {bundle_id} ({name}) failed: {error}");
+                    return;
+                }
+            },
+            Ok(Err(error)) => {
+                tracing::error!(
+                    bundle_id,
+                    error = %error,
+                    "cannot move bundle {bundle_id} ({name}) into the inbox: {error}; trying again later"
+                );
+                self.last_error = Some(format!(
+                    "cannot move bundle {bundle_id} into the inbox: {error}"
+                ));
+                return;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "bundle {bundle_id}: the moving task failed: {error}");
+                return;
+            }
+        };
+        let finished = self
+            .store
+            .call(move |store| store.finish_bundle(bundle_id, BundleState::Succeeded, None))
+            .await;
+        match finished {
+            Ok(_) => tracing::info!(
+                bundle_id,
+                path = %final_path,
+                "bundle {bundle_id} ({name}) complete: placed as {final_path}"
+            ),
+            Err(error) => tracing::error!(
+                error = %error,
+                "bundle {bundle_id} was placed as {final_path} but cannot be recorded: {error}"
+            ),
+        }
+    }
+
+    fn stop_files(&self, running: &[Download]) {
+        for file in running {
+            if let Some(job_id) = self.active_for_download(file.id)
+                && let Some(active) = self.active.get(&job_id)
+            {
+                let _ = active.stop.send(StopRequest::Cancel);
+            }
+        }
+    }
+
+    /// Waits (up to the stop deadline) for the task of a download that was told to stop.
+    async fn wait_for_file(&mut self, download_id: i64) -> Result<(), BusError> {
+        if let Some(job_id) = self.active_for_download(download_id)
+            && let Some(active) = self.active.get_mut(&job_id)
+            && tokio::time::timeout(crate::STOP_WAIT, &mut active.handle)
+                .await
+                .is_err()
+        {
+            return Err(BusError::Busy(format!(
+                "download {download_id} did not stop within {:?}; try again",
+                crate::STOP_WAIT
+            )));
+        }
+        Ok(())
+    }
+
+    fn remove_bundle_staging(&self, bundle_id: i64) {
+        let folder = self
+            .context
+            .settings
+            .staging
+            .join(inbox::bundle_folder_name(bundle_id));
+        if let Err(error) = inbox::remove_folder(&folder) {
+            tracing::warn!(
+                error = %error,
+                "cannot remove the staging folder {} of bundle {bundle_id}: {error}",
+                folder.display()
+            );
+        }
+    }
+}
