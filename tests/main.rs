@@ -1,6 +1,7 @@
 //! The integration test binary: one module per area; the harness is the library of this crate
 //! (`tests/src/`), re-exported to the modules by `support`.
 
+mod bundles;
 mod bus;
 mod cli;
 mod config_bounds;
