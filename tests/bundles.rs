@@ -754,3 +754,69 @@ async fn hf_repositories_resolve_to_a_pinned_commit_models_and_datasets() -> Res
     assert!(!setup.inbox().join("org--broken").exists());
     Ok(())
 }
+
+/// `sluicectl bundle` with its status, exit codes and `--json`.
+fn sluicectl(setup: &Setup, arguments: &[&str]) -> (i32, String) {
+    let output = Command::new(binary_path("sluicectl"))
+        .arg("--config")
+        .arg(&setup.fixture.config_path)
+        .args(arguments)
+        .output()
+        .expect("run sluicectl");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluicectl_adds_lists_shows_and_deletes_bundles() -> Result<()> {
+    let http = HttpFixture::start();
+    let content = body("x", 1234);
+    http.route("/x.bin", FixtureRoute::file(content.clone()));
+    let setup = Setup::new("")?;
+    let (status, text) = sluicectl(&setup, &["bundle", "add", "m", &http.url("/x.bin")]);
+    assert_eq!(status, 5, "no scraper: {text}");
+    let _scraper = setup.start_scraper().await?;
+    let entry = format!(
+        "deep/x.bin={}#sha256={}",
+        http.url("/x.bin"),
+        sha256_hex(&content)
+    );
+    let (status, text) = sluicectl(&setup, &["--json", "bundle", "add", "cli", &entry]);
+    assert_eq!(status, 0, "{text}");
+    let added: Value = serde_json::from_str(&text)?;
+    let id = added["bundle"]["id"].as_u64().context("id")?;
+    setup
+        .wait_for_bundle(id, "the bundle placed", |bundle| {
+            bundle.state == BundleState::Succeeded
+        })
+        .await?;
+    assert_eq!(
+        std::fs::read(setup.inbox().join("cli/deep/x.bin"))?,
+        content
+    );
+    let (status, text) = sluicectl(&setup, &["bundle", "list"]);
+    assert_eq!(status, 0, "{text}");
+    assert!(text.contains("cli") && text.contains("succeeded"), "{text}");
+    let (status, text) = sluicectl(&setup, &["bundle", "show", &id.to_string()]);
+    assert_eq!(status, 0, "{text}");
+    assert!(
+        text.contains("deep/x.bin") && text.contains("1 done"),
+        "{text}"
+    );
+    let bad = format!("../x={}", http.url("/x.bin"));
+    let (status, text) = sluicectl(&setup, &["bundle", "add", "m", &bad]);
+    assert_eq!(status, 4, "{text}");
+    assert!(text.contains("invalid_path"), "{text}");
+    let (status, text) = sluicectl(&setup, &["bundle", "cancel", &id.to_string()]);
+    assert_eq!(status, 4, "a finished bundle cannot be cancelled: {text}");
+    let (status, text) = sluicectl(&setup, &["bundle", "delete", &id.to_string()]);
+    assert_eq!(status, 0, "{text}");
+    assert!(!setup.inbox().join("cli").exists());
+    let (status, text) = sluicectl(&setup, &["bundle", "show", &id.to_string()]);
+    assert_eq!(status, 3, "{text}");
+    Ok(())
+}

@@ -89,6 +89,10 @@ pub enum Command {
         /// A folder inside a watched folder; all watched folders when left out.
         path: Option<PathBuf>,
     },
+    /// Download several files into one folder of the inbox, or a Hugging Face repository;
+    /// list, show, cancel or delete bundles.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// List or show the scheduled sources, or check one now.
     #[command(subcommand)]
     Sources(SourcesCommand),
@@ -220,6 +224,41 @@ pub struct DownloadArguments {
     #[arg(long)]
     pub bundle: Option<String>,
 }
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Queue a bundle through org.sluice.Scraper1.AddBundle: NAME is the folder's name in the
+    /// inbox and each FILE is `[PATH=]URL[#sha256=HEX]` (PATH inside the folder, default the
+    /// URL's file name; the digest is checked); or NAME is hf://ORG/NAME[@REVISION] (or
+    /// hf://datasets/ORG/NAME[@REVISION]) without FILEs. Exit status 5 without a running
+    /// scraper, 4 for a refused name, path or file, 75 when the queue has no room for all.
+    #[command(after_help = BUNDLE_ADD_EXAMPLES)]
+    Add {
+        name: String,
+        #[arg(value_name = "FILE")]
+        files: Vec<String>,
+    },
+    /// Bundles, newest first, with files done/total, bytes and state.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<i64>,
+    },
+    /// One bundle with its files.
+    Show { id: i64 },
+    /// Cancel a running bundle; nothing of it reaches the inbox.
+    Cancel { id: i64 },
+    /// Cancel if needed, then forget the bundle and remove its folder from staging and, when
+    /// it had succeeded, from the inbox.
+    Delete { id: i64 },
+}
+
+const BUNDLE_ADD_EXAMPLES: &str = "\
+Examples:
+  sluicectl bundle add model weights/a.bin=https://example.org/a.bin#sha256=9f86d0...
+  sluicectl bundle add hf://openai-community/gpt2@main
+  sluicectl bundle add hf://datasets/org/data@v1.0";
 
 #[derive(Debug, Subcommand)]
 pub enum SourcesCommand {

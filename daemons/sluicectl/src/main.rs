@@ -13,8 +13,8 @@ use clap::Parser;
 // The command line lives in the library part (see lib.rs); the modules here name its types
 // through the crate root.
 use sluicectl::{
-    Cli, Command, ConfigCommand, DbCommand, DocsCommand, DownloadArguments, JobsCommand,
-    SourcesCommand, exit,
+    BundleCommand, Cli, Command, ConfigCommand, DbCommand, DocsCommand, DownloadArguments,
+    JobsCommand, SourcesCommand, exit,
 };
 
 fn main() -> ExitCode {

@@ -2,6 +2,7 @@
 //! to the store where that is safe), and map every failure to a documented exit status. One
 //! module per command; this one dispatches and holds what they share ([`Context`]).
 
+mod bundle;
 mod config;
 mod db;
 mod docs;
@@ -21,7 +22,9 @@ use sluice_core::config::Config;
 use sluice_core::store::Store;
 use sluice_core::store::jobs::PageRequest;
 
-use crate::{Cli, Command, DbCommand, DocsCommand, JobsCommand, SourcesCommand, exit};
+use crate::{
+    BundleCommand, Cli, Command, DbCommand, DocsCommand, JobsCommand, SourcesCommand, exit,
+};
 
 pub use failure::Failure;
 use jobs::JobChange;
@@ -57,6 +60,13 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Download(arguments) => context.download(arguments),
         Command::Submit { files, wait } => context.submit(files, wait),
         Command::Rescan { path } => context.rescan(path),
+        Command::Bundle(BundleCommand::Add { name, files }) => context.bundle_add(&name, &files),
+        Command::Bundle(BundleCommand::List { limit, cursor }) => {
+            context.bundle_list(limit, cursor)
+        }
+        Command::Bundle(BundleCommand::Show { id }) => context.bundle_show(id),
+        Command::Bundle(BundleCommand::Cancel { id }) => context.bundle_change(id, false),
+        Command::Bundle(BundleCommand::Delete { id }) => context.bundle_change(id, true),
         Command::Sources(SourcesCommand::List) => context.sources_list(),
         Command::Sources(SourcesCommand::Show { name }) => context.sources_show(&name),
         Command::Sources(SourcesCommand::Check { name, wait }) => {
