@@ -197,6 +197,51 @@ fn every_key_at_both_ends_of_its_range_is_accepted_and_every_daemon_lives_with_i
     }
 }
 
+/// `[scraper] hf_endpoint` and `hf_credentials_file` (issue 14) are not numbers or durations;
+/// their ends are the shapes a URL or a path may take. Each accepted file must suit every
+/// daemon, each refused one be refused by every daemon.
+#[test]
+fn the_hub_endpoint_and_its_credentials_file_are_checked_like_every_key() {
+    let bench = Bench::new();
+    let accepted: &[(&str, &str)] = &[
+        ("scraper.hf_endpoint", "\"http://127.0.0.1:9\""),
+        ("scraper.hf_endpoint", "\"https://hub.example.org/mirror/\""),
+        (
+            "scraper.hf_credentials_file",
+            "\"/etc/sluice/credentials/hf\"",
+        ),
+    ];
+    for (key, value) in accepted {
+        let values = BTreeMap::from([((*key).to_owned(), (*value).to_owned())]);
+        assert!(
+            bench.check_the_rule(&values, &format!("{key} = {value}")),
+            "{key} = {value} must be accepted"
+        );
+    }
+    let refused: &[(&str, &str)] = &[
+        ("scraper.hf_endpoint", "\"ftp://hub.example.org\""),
+        (
+            "scraper.hf_endpoint",
+            "\"https://user:secret@hub.example.org\"",
+        ),
+        (
+            "scraper.hf_endpoint",
+            "\"https://hub.example.org/?token=1\"",
+        ),
+        ("scraper.hf_endpoint", "\"not a url\""),
+        ("scraper.hf_endpoint", "\"\""),
+        ("scraper.hf_endpoint", "42"),
+        ("scraper.hf_credentials_file", "\"relative/token\""),
+    ];
+    for (key, value) in refused {
+        let values = BTreeMap::from([((*key).to_owned(), (*value).to_owned())]);
+        assert!(
+            !bench.check_the_rule(&values, &format!("{key} = {value}")),
+            "{key} = {value} must be refused"
+        );
+    }
+}
+
 #[test]
 fn config_check_accepts_a_random_file_exactly_when_every_daemon_does() {
     let seed: u64 = std::env::var("SLUICE_CONFIG_FUZZ_SEED")
