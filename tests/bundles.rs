@@ -584,15 +584,7 @@ fn serve_hub_repository(
         .collect();
     http.route(
         &format!("{prefix}/{repository}/revision/{revision}"),
-        FixtureRoute::Page {
-            body: std::sync::Arc::new(
-                json!({ "id": repository, "sha": COMMIT, "siblings": siblings })
-                    .to_string()
-                    .into_bytes(),
-            ),
-            content_type: "application/json".into(),
-            etag: None,
-        },
+        FixtureRoute::json(&json!({ "id": repository, "sha": COMMIT, "siblings": siblings })),
     );
     let mut tree = vec![json!({ "type": "directory", "path": "weights", "oid": "1", "size": 0 })];
     for (path, content, lfs) in files {
@@ -609,14 +601,18 @@ fn serve_hub_repository(
             FixtureRoute::file(content.to_vec()),
         );
     }
+    // Two pages, the first naming the second in a Link header, as the Hub pages long lists.
+    let second = tree.split_off(2.min(tree.len()));
+    let first_page = format!("{prefix}/{repository}/tree/{COMMIT}?recursive=true");
+    let second_page = format!("{first_page}&cursor=page2");
     http.route(
-        &format!("{prefix}/{repository}/tree/{COMMIT}?recursive=true"),
-        FixtureRoute::Page {
+        &first_page,
+        FixtureRoute::Json {
             body: std::sync::Arc::new(Value::Array(tree).to_string().into_bytes()),
-            content_type: "application/json".into(),
-            etag: None,
+            headers: format!("Link: <{}>; rel=\"next\"\r\n", http.url(&second_page)),
         },
     );
+    http.route(&second_page, FixtureRoute::json(&Value::Array(second)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -641,6 +637,13 @@ async fn hf_repositories_resolve_to_a_pinned_commit_models_and_datasets() -> Res
         "org/data",
         "v1",
         &[("train.csv", b"a,b\n1,2\n", false)],
+    );
+    // Like the Hub, the large file is sent on to a CDN (another origin: another port).
+    let cdn = HttpFixture::start();
+    cdn.route("/blob/weights", FixtureRoute::file(weights.clone()));
+    http.route(
+        &format!("/org/tiny/resolve/{COMMIT}/weights/model.safetensors"),
+        FixtureRoute::Redirect(cdn.url("/blob/weights")),
     );
     // A model whose LFS file does not match the SHA-256 the Hub gives.
     serve_hub_repository(
@@ -703,11 +706,19 @@ async fn hf_repositories_resolve_to_a_pinned_commit_models_and_datasets() -> Res
         "pinned to the commit: {}",
         lfs.url
     );
-    // The token went to the Hub's API, which is its own origin.
+    // The token went to the Hub's API and downloads, its own origin, and not on to the CDN.
+    let token = Some("Bearer hf_test_token");
     let api = http.requests_for("/api/models/org/tiny/revision/main");
+    assert_eq!(api[0].authorization.as_deref(), token);
+    let hub_file = http.requests_for(&format!(
+        "/org/tiny/resolve/{COMMIT}/weights/model.safetensors"
+    ));
+    assert_eq!(hub_file[0].authorization.as_deref(), token);
+    let cdn_file = cdn.requests_for("/blob/weights");
+    assert_eq!(cdn_file.len(), 1);
     assert_eq!(
-        api[0].authorization.as_deref(),
-        Some("Bearer hf_test_token")
+        cdn_file[0].authorization, None,
+        "no token across the redirect"
     );
 
     let id = proxy

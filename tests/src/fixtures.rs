@@ -515,6 +515,8 @@ pub enum FixtureRoute {
     },
     /// `status` with extra header lines (e.g. `Retry-After: 60`) and a short body.
     StatusWithHeaders { status: u16, headers: String },
+    /// A JSON document with extra header lines (e.g. a `Link` to the next page).
+    Json { body: Arc<Vec<u8>>, headers: String },
     /// Promises `length` bytes, sends `sent` of them, then stalls for `stall`.
     Stall {
         length: usize,
@@ -556,6 +558,14 @@ impl FixtureRoute {
             body: Arc::new(body.into()),
             content_type: content_type.to_owned(),
             etag: Some(etag.to_owned()),
+        }
+    }
+
+    /// A JSON document.
+    pub fn json(body: &serde_json::Value) -> FixtureRoute {
+        FixtureRoute::Json {
+            body: Arc::new(body.to_string().into_bytes()),
+            headers: String::new(),
         }
     }
 
@@ -788,6 +798,15 @@ fn serve_fixture_connection(
         }
         Some(FixtureRoute::StatusWithHeaders { status, headers }) => {
             simple(&mut stream, status, &headers)
+        }
+        Some(FixtureRoute::Json { body, headers }) => {
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 {headers}Connection: close\r\n\r\n",
+                body.len()
+            )?;
+            stream.write_all(&body)
         }
         Some(FixtureRoute::Stall {
             length,

@@ -9,7 +9,7 @@
 //! `[scraper] hf_credentials_file` header on the Hub's own origin only.
 
 use serde::Deserialize;
-use sluice_core::policy::{HfReference, NewBundleFile};
+use sluice_core::policy::{HfReference, MAX_BUNDLE_FILES, NewBundleFile};
 use url::Url;
 
 use crate::guard;
@@ -17,6 +17,9 @@ use crate::sources::credentials::{self, Credential};
 
 /// The Hub's answers are small JSON documents; a larger one is refused, not buffered.
 const MAX_API_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// Pages of a file list followed at most (the Hub sends up to 1,000 entries a page, folders
+/// included, and a bundle holds at most `MAX_BUNDLE_FILES` files).
+const MAX_TREE_PAGES: usize = 50;
 
 /// A repository at one commit, as bundle files.
 #[derive(Debug)]
@@ -55,7 +58,8 @@ pub struct Hub<'a> {
 /// sentence for the caller (it names the repository, the revision and the Hub).
 pub async fn resolve(hub: &Hub<'_>, reference: &HfReference) -> Result<Resolved, String> {
     let credentials = match hub.credentials_file {
-        Some(path) => credentials::read_credentials(path)?,
+        Some(path) => credentials::read_credentials(path)
+            .map_err(|error| format!("[scraper] hf_credentials_file: {error}"))?,
         None => Vec::new(),
     };
     let kind = if reference.dataset {
@@ -94,7 +98,32 @@ pub async fn resolve(hub: &Hub<'_>, reference: &HfReference) -> Result<Resolved,
         &["tree", &commit],
     );
     tree_url.set_query(Some("recursive=true"));
-    let tree: Vec<TreeEntry> = get_json(hub, &tree_url, &credentials, &what).await?;
+    // The Hub lists a large tree a page at a time, each page naming the next in a `Link`
+    // header; a next page elsewhere than the Hub is not followed.
+    let mut tree: Vec<TreeEntry> = Vec::new();
+    let mut next = Some(tree_url);
+    let mut pages = 0;
+    while let Some(page_url) = next.take() {
+        pages += 1;
+        if pages > MAX_TREE_PAGES {
+            return Err(format!(
+                "the Hub's file list of {what} has more than {MAX_TREE_PAGES} pages"
+            ));
+        }
+        let (page, link): (Vec<TreeEntry>, _) =
+            get_json_page(hub, &page_url, &credentials, &what).await?;
+        tree.extend(page);
+        if tree.iter().filter(|entry| entry.kind == "file").count() > MAX_BUNDLE_FILES {
+            return Err(format!(
+                "{what} has more than {MAX_BUNDLE_FILES} files, the most a bundle holds"
+            ));
+        }
+        next = link
+            .as_deref()
+            .and_then(next_link)
+            .and_then(|target| page_url.join(&target).ok())
+            .filter(|target| target.origin() == hub.endpoint.origin());
+    }
     let mut files = Vec::new();
     for entry in tree.into_iter().filter(|entry| entry.kind == "file") {
         let mut prefix = Vec::new();
@@ -141,6 +170,28 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     credentials: &[Credential],
     what: &str,
 ) -> Result<T, String> {
+    Ok(get_json_page(hub, url, credentials, what).await?.0)
+}
+
+/// The URL of `rel="next"` in a `Link` header, if there is one.
+fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|link| {
+        let (target, parameters) = link.split_once(';')?;
+        let is_next = parameters
+            .split(';')
+            .any(|parameter| parameter.trim().replace(' ', "") == "rel=\"next\"");
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        is_next.then(|| target.to_owned())
+    })
+}
+
+/// [`get_json`] that also returns the response's `Link` header.
+async fn get_json_page<T: serde::de::DeserializeOwned>(
+    hub: &Hub<'_>,
+    url: &Url,
+    credentials: &[Credential],
+    what: &str,
+) -> Result<(T, Option<String>), String> {
     guard::check_target(url, hub.allow_private_addresses)
         .map_err(|refused| format!("cannot ask the Hub about {what}: {refused}"))?;
     let request = credentials::apply(hub.client.get(url.clone()), credentials);
@@ -166,6 +217,11 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     if !status.is_success() {
         return Err(format!("the Hub answered HTTP {status} for {what} ({url})"));
     }
+    let link = response
+        .headers()
+        .get(reqwest::header::LINK)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
@@ -179,14 +235,29 @@ async fn get_json<T: serde::de::DeserializeOwned>(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|error| {
+    let value = serde_json::from_slice(&body).map_err(|error| {
         format!("the Hub's answer about {what} ({url}) is not what its API returns: {error}")
-    })
+    })?;
+    Ok((value, link))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_page_is_the_link_marked_next() {
+        assert_eq!(
+            next_link("<https://hub/api/x?cursor=abc>; rel=\"next\"").as_deref(),
+            Some("https://hub/api/x?cursor=abc")
+        );
+        assert_eq!(
+            next_link("<https://hub/a>; rel=\"prev\", <https://hub/b>; rel=\"next\"").as_deref(),
+            Some("https://hub/b")
+        );
+        assert_eq!(next_link("<https://hub/a>; rel=\"prev\""), None);
+        assert_eq!(next_link("garbage"), None);
+    }
 
     #[test]
     fn api_urls_encode_each_piece_as_one_segment() {

@@ -429,6 +429,11 @@ fn transfer_settings(config: &Config) -> TransferSettings {
         heartbeat_interval: config.jobs.heartbeat_interval,
         lease: config.jobs.lease,
         download_timeout: config.scraper.download_timeout,
+        hub_credentials: config
+            .scraper
+            .hf_credentials_file
+            .clone()
+            .map(|file| (config.scraper.hf_endpoint.clone(), file)),
     }
 }
 

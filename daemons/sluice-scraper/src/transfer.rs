@@ -64,6 +64,9 @@ pub struct TransferSettings {
     pub lease: Duration,
     /// `[scraper] download_timeout`: the limit of one attempt's request and body.
     pub download_timeout: Duration,
+    /// `[scraper] hf_endpoint` and `hf_credentials_file`, when a file is configured: its
+    /// header goes with downloads from the Hub's origin.
+    pub hub_credentials: Option<(Url, std::path::PathBuf)>,
 }
 
 /// Totals since start, for the properties and `STATUS=`.
@@ -634,6 +637,18 @@ async fn receive(
     let settings = &context.settings;
     let (mut offset, mut hasher) = resume_from;
     let mut request = context.client.get(url.clone());
+    // The Hub's token goes with a request to the Hub's own origin only; reqwest drops the
+    // Authorization header when a redirect leads to another host or port (the Hub sends
+    // large files on to its CDN that way).
+    if let Some((hub, credentials_file)) = &settings.hub_credentials
+        && url.origin() == hub.origin()
+    {
+        let credentials =
+            crate::sources::credentials::read_credentials(credentials_file).map_err(|error| {
+                Failure::retryable(format!("[scraper] hf_credentials_file: {error}"))
+            })?;
+        request = crate::sources::credentials::apply(request, &credentials);
+    }
     if offset > 0 {
         request = request.header(RANGE, format!("bytes={offset}-"));
         let strong_etag = download
