@@ -831,3 +831,89 @@ async fn sluicectl_adds_lists_shows_and_deletes_bundles() -> Result<()> {
     assert_eq!(status, 3, "{text}");
     Ok(())
 }
+
+/// Records bundle `name` with one file as the scraper leaves it once that file is done: the
+/// file in `staging/bundle-ID/f.bin`, the download succeeded, the bundle still running.
+/// Returns the bundle's id.
+fn bundle_with_its_file_done(setup: &Setup, store: &mut Store, name: &str) -> Result<i64> {
+    let bundle = sluice_core::policy::NewBundle {
+        name: name.to_owned(),
+        files: vec![sluice_core::policy::NewBundleFile {
+            url: "http://127.0.0.1:9/f.bin".into(),
+            path: Some("f.bin".into()),
+            sha256: None,
+        }],
+        origin: None,
+        revision: None,
+        max_attempts: None,
+    }
+    .validate(&sluice_core::policy::SubmitRules {
+        allow_private_addresses: true,
+        max_download_size: 1 << 30,
+    })?;
+    let created = store.create_bundle_within_limit(&bundle, 100)?;
+    let claimant = sluice_core::store::Claimant::named("test");
+    let job = store
+        .claim_jobs(&claimant, &["download"], 1, Duration::from_secs(60))?
+        .remove(0);
+    let download_id = job.payload["download_id"].as_i64().context("download id")?;
+    let folder = setup
+        .root
+        .join(format!("staging/bundle-{}", created.bundle_id));
+    std::fs::create_dir_all(&folder)?;
+    std::fs::write(folder.join("f.bin"), name)?;
+    store.finish_download(
+        download_id,
+        job.id,
+        &job.lease_token,
+        &sluice_core::store::DownloadOutcome::Succeeded {
+            final_path: folder.join("f.bin").display().to_string(),
+            bytes: name.len() as u64,
+            sha256: sha256_hex(name.as_bytes()),
+        },
+    )?;
+    Ok(created.bundle_id)
+}
+
+/// The two moments a kill can interrupt the placing of a bundle: after its target was
+/// recorded but before the rename (the folder is still in staging), and after the rename but
+/// before the success was recorded (the folder is at the target). Either way the restarted
+/// scraper places it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_cut_short_by_a_kill_is_finished_exactly_once() -> Result<()> {
+    let setup = Setup::new("")?;
+    let mut store = setup.store();
+    let before_rename = bundle_with_its_file_done(&setup, &mut store, "before")?;
+    store.set_bundle_target(
+        before_rename,
+        &setup.inbox().join("before").display().to_string(),
+    )?;
+    let after_rename = bundle_with_its_file_done(&setup, &mut store, "after")?;
+    let target = setup.inbox().join("after");
+    store.set_bundle_target(after_rename, &target.display().to_string())?;
+    std::fs::rename(
+        setup.root.join(format!("staging/bundle-{after_rename}")),
+        &target,
+    )?;
+
+    let _scraper = setup.start_scraper().await?;
+    for id in [before_rename, after_rename] {
+        let bundle = setup
+            .wait_for_bundle(id as u64, "the placement finished", |bundle| {
+                bundle.state != BundleState::Running
+            })
+            .await?;
+        assert_eq!(bundle.state, BundleState::Succeeded, "{bundle:?}");
+    }
+    assert_eq!(
+        relative_files(&setup.inbox()),
+        vec!["after/f.bin", "before/f.bin"],
+        "each folder placed once"
+    );
+    assert_eq!(
+        setup.bundle(after_rename as u64).final_path.as_deref(),
+        Some(target.to_str().unwrap())
+    );
+    assert!(relative_files(&setup.root.join("staging")).is_empty());
+    Ok(())
+}

@@ -11,7 +11,7 @@
 use sluice_core::bus::BusError;
 use sluice_core::policy::{NewBundle, SubmitRules, is_hf_reference, parse_hf_reference};
 use sluice_core::store::downloads::DOWNLOAD_JOB_KIND;
-use sluice_core::store::{BundleState, BundleVerdict, Download};
+use sluice_core::store::{BundleState, BundleVerdict, Download, DownloadError};
 
 use crate::transfer::StopRequest;
 use crate::{Scraper, bus_error, hf, inbox};
@@ -273,6 +273,42 @@ impl Scraper {
                 error = %error,
                 "bundle {bundle_id} was placed as {final_path} but cannot be recorded: {error}"
             ),
+        }
+    }
+
+    /// Removes `staging/bundle-ID` folders whose bundle is not running.
+    pub(crate) async fn sweep_bundle_folders(&mut self) {
+        let staging = self.context.settings.staging.clone();
+        let Ok(entries) = std::fs::read_dir(&staging) else {
+            return;
+        };
+        let ids: Vec<i64> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|name| name.strip_prefix("bundle-"))
+                    .and_then(|id| id.parse().ok())
+            })
+            .collect();
+        for bundle_id in ids {
+            let state = self
+                .store
+                .call(move |store| store.get_bundle(bundle_id).map(|bundle| bundle.state))
+                .await;
+            let stale = match state {
+                Ok(state) => state != BundleState::Running,
+                Err(DownloadError::BundleNotFound(_)) => true,
+                Err(_) => false,
+            };
+            if stale {
+                tracing::info!(
+                    bundle_id,
+                    "removing the staging folder of bundle {bundle_id}, which is no longer running"
+                );
+                self.remove_bundle_staging(bundle_id);
+            }
         }
     }
 

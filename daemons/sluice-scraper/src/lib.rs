@@ -948,8 +948,10 @@ impl Scraper {
     }
 
     /// Removes `.part` files whose download is finished or gone (cancelled or deleted by
-    /// another process while not running here).
+    /// another process while not running here), and the staging folders of bundles that are
+    /// no longer running (a file that finished as its bundle failed may have recreated one).
     async fn sweep_staging(&mut self) {
+        self.sweep_bundle_folders().await;
         let staging = self.context.settings.staging.clone();
         let parts = match inbox::part_files(&staging) {
             Ok(parts) => parts,
