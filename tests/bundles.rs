@@ -489,6 +489,16 @@ fn hostile_bundles_are_refused_with_a_clear_error_and_change_nothing() -> Result
     assert_eq!(shown["bundle"]["files_done"], 1);
     assert_eq!(shown["files"][0]["relative_path"], "x/f.bin");
     assert_eq!(read("/api/bundles/999").0, 404);
+    let (status, answer) = http_result(
+        agent
+            .post(format!("{}/api/bundles/{id}/cancel", web.origin))
+            .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
+            .send_empty(),
+    );
+    assert_eq!(
+        status, 409,
+        "a finished bundle cannot be cancelled: {answer}"
+    );
     let (status, _) = http_result(
         agent
             .delete(format!("{}/api/bundles/{id}", web.origin))
@@ -842,6 +852,7 @@ fn bundle_with_its_file_done(setup: &Setup, store: &mut Store, name: &str) -> Re
             url: "http://127.0.0.1:9/f.bin".into(),
             path: Some("f.bin".into()),
             sha256: None,
+            size: None,
         }],
         origin: None,
         revision: None,

@@ -38,6 +38,7 @@ struct TreeEntry {
     #[serde(rename = "type")]
     kind: String,
     path: String,
+    size: Option<u64>,
     lfs: Option<LfsInfo>,
 }
 
@@ -142,6 +143,7 @@ pub async fn resolve(hub: &Hub<'_>, reference: &HfReference) -> Result<Resolved,
         files.push(NewBundleFile {
             url: url.to_string(),
             path: Some(entry.path),
+            size: entry.size,
             sha256: entry.lfs.map(|lfs| lfs.oid),
         });
     }

@@ -203,7 +203,8 @@ impl From<DownloadError> for ApiError {
                 ApiError::NotFound(format!("download {id} does not exist"))
             }
             DownloadError::InvalidArgument(message) => ApiError::InvalidArgument(message),
-            error @ DownloadError::InvalidState { .. } => ApiError::Conflict(error.to_string()),
+            error @ (DownloadError::InvalidState { .. }
+            | DownloadError::BundleInvalidState { .. }) => ApiError::Conflict(error.to_string()),
             DownloadError::Job(error) => error.into(),
             DownloadError::Store(error) => error.into(),
         }

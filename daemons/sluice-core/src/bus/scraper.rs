@@ -486,6 +486,7 @@ pub fn bundle_request(
                 url,
                 path: optional(path),
                 sha256: optional(sha256),
+                size: None,
             })
             .collect(),
         origin: None,

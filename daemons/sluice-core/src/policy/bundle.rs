@@ -32,6 +32,9 @@ pub struct NewBundleFile {
     pub path: Option<String>,
     /// 64 hex digits; a mismatch fails the file and with it the bundle.
     pub sha256: Option<String>,
+    /// The size the file is expected to have, when known beforehand (the Hub lists it), so
+    /// the bundle's total is known from the start. Not checked: the server's answer counts.
+    pub size: Option<u64>,
 }
 
 /// A bundle to submit: the folder's name in the inbox and its files.
@@ -52,6 +55,7 @@ pub struct NewBundle {
 pub struct ValidBundleFile {
     pub download: ValidDownload,
     pub relative_path: String,
+    pub size: Option<u64>,
 }
 
 /// A bundle that passed [`NewBundle::validate`].
@@ -116,6 +120,7 @@ impl NewBundle {
             files.push(ValidBundleFile {
                 download,
                 relative_path,
+                size: file.size.filter(|size| *size <= i64::MAX as u64),
             });
         }
         // `a` and `a/b` cannot both be: one would be a file and a folder. In sorted order a
@@ -359,6 +364,7 @@ mod tests {
                     url: "https://example.org/f".into(),
                     path: Some((*path).to_owned()),
                     sha256: None,
+                    size: None,
                 })
                 .collect(),
             origin: None,

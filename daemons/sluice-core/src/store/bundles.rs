@@ -157,7 +157,7 @@ impl Store {
                     transaction,
                     &file.download,
                     attempts,
-                    Some((bundle_id, file.relative_path.as_str())),
+                    Some((bundle_id, file.relative_path.as_str(), file.size)),
                     now,
                 )?;
                 job_ids.push(created.job_id);
@@ -305,11 +305,11 @@ impl Store {
             if bundle.state == BundleState::Running
                 || files.iter().any(|file| !file.state.is_finished())
             {
-                return Err(DownloadError::InvalidArgument(format!(
-                    "bundle {id} is {}; cancel it and wait for its files to stop before \
-                     deleting it",
-                    bundle.state
-                )));
+                return Err(DownloadError::BundleInvalidState {
+                    id,
+                    state: bundle.state,
+                    action: "delete (cancel it first)",
+                });
             }
             transaction.execute("DELETE FROM bundles WHERE id = ?1", [id])?;
             Ok((bundle, files))
@@ -321,16 +321,17 @@ fn require_running(
     transaction: &Transaction<'_>,
     id: i64,
     changed: usize,
-    action: &str,
+    action: &'static str,
 ) -> Result<(), DownloadError> {
     if changed == 1 {
         return Ok(());
     }
     let bundle = read_bundle(transaction, id)?;
-    Err(DownloadError::InvalidArgument(format!(
-        "bundle {id} is {}; cannot {action} it",
-        bundle.state
-    )))
+    Err(DownloadError::BundleInvalidState {
+        id,
+        state: bundle.state,
+        action,
+    })
 }
 
 /// Cancels the bundle's files that have not ended; returns those that were running.
@@ -429,6 +430,7 @@ mod tests {
                     url: format!("https://example.org/{index}"),
                     path: Some(format!("dir/{index}.bin")),
                     sha256: None,
+                    size: Some(10),
                 })
                 .collect(),
             origin: None,

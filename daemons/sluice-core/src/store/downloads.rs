@@ -43,6 +43,12 @@ pub enum DownloadError {
     NotFound(i64),
     #[error("bundle {0} not found")]
     BundleNotFound(i64),
+    #[error("bundle {id} is {state}; cannot {action} it")]
+    BundleInvalidState {
+        id: i64,
+        state: super::bundles::BundleState,
+        action: &'static str,
+    },
     #[error("download {id} is {state}; cannot {action} it")]
     InvalidState {
         id: i64,
@@ -614,7 +620,7 @@ pub(super) fn insert_download_in(
     transaction: &Transaction<'_>,
     download: &ValidDownload,
     max_attempts: u32,
-    bundle_file: Option<(i64, &str)>,
+    bundle_file: Option<(i64, &str, Option<u64>)>,
     now: i64,
 ) -> Result<CreatedDownload, DownloadError> {
     let source_id = match download.source() {
@@ -632,8 +638,9 @@ pub(super) fn insert_download_in(
     let download_id: i64 = transaction
         .prepare_cached(
             "INSERT INTO downloads (url, file_name, bundle, source_id, state,
-                 expected_sha256, size_limit, created_at, updated_at, bundle_id, relative_path)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?7, ?8, ?9)
+                 expected_sha256, size_limit, created_at, updated_at, bundle_id, relative_path,
+                 bytes_total)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?7, ?8, ?9, ?10)
              RETURNING id",
         )?
         .query_row(
@@ -645,8 +652,11 @@ pub(super) fn insert_download_in(
                 download.expected_sha256(),
                 download.max_bytes().map(|bytes| bytes as i64),
                 now,
-                bundle_file.map(|(bundle_id, _)| bundle_id),
-                bundle_file.map(|(_, path)| path),
+                bundle_file.map(|(bundle_id, _, _)| bundle_id),
+                bundle_file.map(|(_, path, _)| path),
+                bundle_file
+                    .and_then(|(_, _, size)| size)
+                    .map(|size| size as i64),
             ],
             |row| row.get(0),
         )?;

@@ -100,9 +100,9 @@ impl From<DownloadError> for Failure {
             DownloadError::NotFound(_) | DownloadError::BundleNotFound(_) => {
                 Failure::new(exit::NOT_FOUND, error.to_string())
             }
-            DownloadError::InvalidArgument(_) | DownloadError::InvalidState { .. } => {
-                Failure::invalid(error.to_string())
-            }
+            DownloadError::InvalidArgument(_)
+            | DownloadError::InvalidState { .. }
+            | DownloadError::BundleInvalidState { .. } => Failure::invalid(error.to_string()),
             DownloadError::Job(error) => error.into(),
             DownloadError::Store(error) => error.into(),
         }
