@@ -207,6 +207,7 @@ async fn a_bundle_appears_as_one_folder_only_when_every_file_is_complete() -> Re
     let setup = Setup::new("")?;
     let _scraper = setup.start_scraper().await?;
     let proxy = setup.proxy().await?;
+    let mut finished = proxy.receive_bundle_finished().await?;
     let id = proxy
         .add_bundle(
             "model",
@@ -242,6 +243,14 @@ async fn a_bundle_appears_as_one_folder_only_when_every_file_is_complete() -> Re
         vec!["model/a.bin", "model/c.bin", "model/sub/dir/b.bin"]
     );
     assert_eq!(std::fs::read(folder.join("sub/dir/b.bin"))?, b);
+    let signal = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut finished))
+        .await?
+        .context("BundleFinished")?;
+    let args = signal.args()?;
+    assert_eq!(
+        (*args.bundle_id(), *args.state(), *args.path()),
+        (id, "succeeded", folder.to_str().unwrap())
+    );
     assert_eq!(std::fs::read(folder.join("c.bin"))?, slow);
     assert!(
         relative_files(&setup.root.join("staging")).is_empty(),

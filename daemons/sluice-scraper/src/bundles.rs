@@ -94,6 +94,8 @@ impl Scraper {
             .map_err(bus_error)?;
         self.stop_files(&running);
         self.remove_bundle_staging(bundle_id);
+        self.announce_bundle(bundle_id, BundleState::Cancelled, "")
+            .await;
         tracing::info!(
             bundle_id,
             "bundle {bundle_id} ({}) cancelled on request",
@@ -184,6 +186,8 @@ impl Scraper {
                         Ok(running) => {
                             self.stop_files(&running);
                             self.remove_bundle_staging(bundle_id);
+                            self.announce_bundle(bundle_id, BundleState::Failed, "")
+                                .await;
                             tracing::error!(
                                 bundle_id,
                                 "bundle {bundle_id} ({}) failed: {error}; nothing of it was \
@@ -264,11 +268,15 @@ impl Scraper {
             .call(move |store| store.finish_bundle(bundle_id, BundleState::Succeeded, None))
             .await;
         match finished {
-            Ok(_) => tracing::info!(
-                bundle_id,
-                path = %final_path,
-                "bundle {bundle_id} ({name}) complete: placed as {final_path}"
-            ),
+            Ok(_) => {
+                self.announce_bundle(bundle_id, BundleState::Succeeded, &final_path)
+                    .await;
+                tracing::info!(
+                    bundle_id,
+                    path = %final_path,
+                    "bundle {bundle_id} ({name}) complete: placed as {final_path}"
+                );
+            }
             Err(error) => tracing::error!(
                 error = %error,
                 "bundle {bundle_id} was placed as {final_path} but cannot be recorded: {error}"
@@ -309,6 +317,17 @@ impl Scraper {
                 );
                 self.remove_bundle_staging(bundle_id);
             }
+        }
+    }
+
+    /// Emits `BundleFinished`.
+    async fn announce_bundle(&mut self, bundle_id: i64, state: BundleState, path: &str) {
+        if let Err(error) = self
+            .service
+            .bundle_finished(bundle_id as u64, state.as_str(), path)
+            .await
+        {
+            tracing::warn!(error = %error, "cannot emit BundleFinished for bundle {bundle_id}: {error}");
         }
     }
 

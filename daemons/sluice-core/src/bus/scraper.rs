@@ -349,6 +349,9 @@ published_object! {
         fn download_progress(download_id: u64, bytes: u64, total: u64);
         /// A download ended in `state`; `path` is the file in the inbox, empty unless succeeded.
         pub fn download_finished(download_id: u64, state: &str, path: &str);
+        /// A bundle ended in `state` (succeeded, failed, cancelled); `path` is its folder in
+        /// the inbox, empty unless succeeded.
+        pub fn bundle_finished(bundle_id: u64, state: &str, path: &str);
         /// A check of `source` ended with `outcome` and queued `downloads` new downloads.
         pub fn source_checked(source: &str, outcome: &str, downloads: u64);
     }
