@@ -220,18 +220,34 @@ pub struct IngestConfig {
 pub struct ProcessorConfig {
     pub name: String,
     pub mime: MimePattern,
-    /// The program (an absolute path) and its arguments, with `{path}` and `{mime}`
-    /// placeholders still in; [`ProcessorConfig::command_line`] fills them in.
+    /// One run per file, or one long-lived server per worker.
+    pub mode: ProcessorMode,
+    /// The program (an absolute path) and its arguments, with the `{path}`, `{mime}` and
+    /// `{output}` placeholders still in (a server's have none);
+    /// [`ProcessorConfig::command_line`] fills them in.
     pub argv: Vec<String>,
+    /// A run's limit (`once`), or the limit of one request's answer (`server`).
     pub timeout: Duration,
-    /// Bytes.
+    /// Bytes: most stdout of one run (`once`) or one answer line (`server`), and the largest
+    /// derived file either may leave.
     pub max_output: u64,
 }
 
+/// How a processor is run (`mode` in the file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessorMode {
+    /// `"once"`: the program is run once per file, with the file's path in its `argv`.
+    Once,
+    /// `"server"`: the program is started once per worker and kept; it answers one
+    /// line-delimited JSON request per file on its stdin and stdout.
+    Server,
+}
+
 impl ProcessorConfig {
-    /// The argv to run for one file: placeholders replaced, `{{`/`}}` unescaped. The
-    /// template was checked at load time, so this cannot fail.
-    pub fn command_line(&self, path: &Path, mime: &str) -> Vec<OsString> {
+    /// The argv to run for one file: placeholders replaced (`{output}` by `output`, the
+    /// run's empty folder for derived files), `{{`/`}}` unescaped. The template was checked
+    /// at load time, so this cannot fail.
+    pub fn command_line(&self, path: &Path, mime: &str, output: &Path) -> Vec<OsString> {
         self.argv
             .iter()
             .map(|template| {
@@ -243,6 +259,7 @@ impl ProcessorConfig {
                         validate::ArgumentPiece::Literal(text) => argument.push(text),
                         validate::ArgumentPiece::Path => argument.push(path),
                         validate::ArgumentPiece::Mime => argument.push(mime),
+                        validate::ArgumentPiece::Output => argument.push(output),
                     }
                 }
                 argument

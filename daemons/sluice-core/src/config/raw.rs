@@ -142,6 +142,7 @@ pub(super) struct RawProcessorDefaults {
 pub(super) struct RawProcessor {
     pub name: Text,
     pub mime: Text,
+    pub mode: Option<Text>,
     pub argv: TextList,
     pub timeout: Option<Text>,
     pub max_output: Option<Size>,

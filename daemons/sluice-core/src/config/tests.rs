@@ -318,7 +318,11 @@ every = "1h"
     assert!(processor.mime.matches("image/png"));
     assert!(!processor.mime.matches("application/pdf"));
     assert_eq!(
-        processor.command_line(Path::new("/srv/in/a b.png"), "image/png"),
+        processor.command_line(
+            Path::new("/srv/in/a b.png"),
+            "image/png",
+            Path::new("/tmp/o")
+        ),
         [
             "/usr/bin/tesseract",
             "/srv/in/a b.png",
@@ -722,6 +726,34 @@ fn bad_processor_command_is_rejected() {
         (4, 8),
         "processor[0].argv",
         "must name at least the program",
+    );
+}
+
+#[test]
+fn processor_modes_load_and_a_server_takes_no_placeholders() {
+    let config = load_ok(
+        "[[processor]]\nname = \"ocr\"\nmime = \"image/*\"\nargv = [\"/usr/bin/tesseract\", \"{path}\", \"{output}/ocr\"]\n\n\
+         [[processor]]\nname = \"model\"\nmime = \"*\"\nmode = \"server\"\nargv = [\"/usr/bin/model-server\", \"--json\"]\n",
+    );
+    assert_eq!(config.processors[0].mode, ProcessorMode::Once);
+    assert_eq!(
+        config.processors[0].command_line(Path::new("/l/a.png"), "image/png", Path::new("/t/out")),
+        ["/usr/bin/tesseract", "/l/a.png", "/t/out/ocr"].map(OsString::from)
+    );
+    assert_eq!(config.processors[1].mode, ProcessorMode::Server);
+    assert_rejected(
+        "[[processor]]\nname = \"p\"\nmime = \"*\"\nmode = \"daemon\"\nargv = [\"/bin/cat\"]\n",
+        "invalid",
+        (4, 8),
+        "processor[0].mode",
+        "unknown value \"daemon\": expected one of \"once\", \"server\"",
+    );
+    assert_rejected(
+        "[[processor]]\nname = \"p\"\nmime = \"*\"\nmode = \"server\"\nargv = [\"/bin/cat\", \"{path}\"]\n",
+        "invalid",
+        (5, 21),
+        "processor[0].argv[1]",
+        "a server processor is started once for many files, so its argv takes no {path}",
     );
 }
 

@@ -20,9 +20,9 @@ use super::raw::{
 };
 use super::{
     BusAddress, BusConfig, Config, ConfigError, Durability, IgnoreRules, IngestConfig, JobsConfig,
-    LimitsConfig, LinkPattern, MimePattern, MonitorConfig, ProcessorConfig, RetentionConfig,
-    ScraperConfig, ServiceConfig, SourceConfig, SourceMode, StoreConfig, WatchConfig, WatchMode,
-    Watcher, WebConfig,
+    LimitsConfig, LinkPattern, MimePattern, MonitorConfig, ProcessorConfig, ProcessorMode,
+    RetentionConfig, ScraperConfig, ServiceConfig, SourceConfig, SourceMode, StoreConfig,
+    WatchConfig, WatchMode, Watcher, WebConfig,
 };
 
 /// Turns spans into error locations for validation.
@@ -582,13 +582,38 @@ fn validate_processor(
             ),
         ));
     }
+    let mode = match &raw.mode {
+        None => ProcessorMode::Once,
+        Some(mode) => locator.choice(
+            mode,
+            &[
+                ("once", ProcessorMode::Once),
+                ("server", ProcessorMode::Server),
+            ],
+        )?,
+    };
     for argument in raw.argv.get_ref() {
-        argument_pieces(argument.get_ref())
+        let pieces = argument_pieces(argument.get_ref())
             .map_err(|reason| locator.invalid(argument.span(), reason))?;
+        let placeholder = pieces
+            .iter()
+            .any(|piece| !matches!(piece, ArgumentPiece::Literal(_)));
+        if mode == ProcessorMode::Server && placeholder {
+            return Err(locator.invalid(
+                argument.span(),
+                format!(
+                    "{:?}: a server processor is started once for many files, so its argv takes \
+                     no {{path}}, {{mime}} or {{output}}; each request names the file, its type \
+                     and the output folder",
+                    argument.get_ref()
+                ),
+            ));
+        }
     }
     Ok(ProcessorConfig {
         name,
         mime,
+        mode,
         argv: raw
             .argv
             .get_ref()
@@ -609,9 +634,11 @@ pub(super) enum ArgumentPiece {
     Literal(String),
     Path,
     Mime,
+    Output,
 }
 
-/// Splits an argument template into literal text and placeholders: `{path}`, `{mime}`, with
+/// Splits an argument template into literal text and placeholders: `{path}`, `{mime}`,
+/// `{output}`, with
 /// `{{` and `}}` for literal braces. Any other use of a brace is an error, so a typo such as
 /// `{paht}` is found at load time instead of being passed to the program.
 pub(super) fn argument_pieces(template: &str) -> Result<Vec<ArgumentPiece>, String> {
@@ -646,9 +673,10 @@ pub(super) fn argument_pieces(template: &str) -> Result<Vec<ArgumentPiece>, Stri
                 let piece = match name.as_str() {
                     "path" => ArgumentPiece::Path,
                     "mime" => ArgumentPiece::Mime,
+                    "output" => ArgumentPiece::Output,
                     _ => {
                         return Err(format!(
-                            "unknown placeholder {{{name}}} in {template:?}: use {{path}} or {{mime}}, and {{{{ or }}}} for a literal brace"
+                            "unknown placeholder {{{name}}} in {template:?}: use {{path}}, {{mime}} or {{output}}, and {{{{ or }}}} for a literal brace"
                         ));
                     }
                 };
