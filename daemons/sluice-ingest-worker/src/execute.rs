@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use sluice_core::config::{Config, ProcessorConfig};
+use sluice_core::config::{Config, ProcessorConfig, ProcessorMode};
 use sluice_core::ingest::{
     FileVersion, INGEST_JOB_KIND, IngestMode, IngestPayload, MAX_SLEEP_MS, NOOP_JOB_KIND,
 };
@@ -24,8 +24,9 @@ use crate::analyze::{Analysis, OpenedFile, analyze, open_beneath};
 use crate::extract::Kind;
 use crate::failure::IngestFailure;
 use crate::library::{Filed, file_into_library, open_library_file};
-use crate::processors::{ProcessGroups, run_processor};
+use crate::processors::{DerivedTarget, ProcessGroups, ProcessorOutput, run_processor};
 use crate::sandbox::{self, Extraction, Limits};
+use crate::servers::ProcessorServers;
 use crate::thumbnails::{self, Made, PdfRenderer, Thumbnailer};
 
 /// The job kinds this worker claims.
@@ -290,6 +291,8 @@ pub struct Executor {
     pub running: Arc<RunningJobs>,
     /// Set on SIGTERM: claim nothing more, give back claimed jobs that have not started.
     pub stopping: Arc<AtomicBool>,
+    /// The server processors this worker started, kept across jobs.
+    pub servers: ProcessorServers,
 }
 
 impl Executor {
@@ -655,20 +658,41 @@ impl Executor {
                 // this version's if the path still names the file that was hashed.
                 check_unchanged(payload, relative, &opened)?;
             }
-            if let Some(outputs) = outputs.as_object() {
-                for (name, output) in outputs {
-                    steps.push(json!({
-                        "step": "processed",
-                        "processor": name,
-                        "output_bytes": output.to_string().len(),
-                    }));
+            let mut stored = serde_json::Map::new();
+            let mut derived_files = Vec::new();
+            let mut text_budget = (settings.text_max_bytes as usize).saturating_sub(
+                text.as_ref().map_or(0, String::len) + pages.iter().map(String::len).sum::<usize>(),
+            );
+            for (name, output) in outputs {
+                steps.push(json!({
+                    "step": "processed",
+                    "processor": name,
+                    "output_bytes": output.metadata.to_string().len(),
+                    "text_bytes": output.text.as_ref().map_or(0, String::len),
+                    "files": output.files.len(),
+                }));
+                if let Some(found) = output.text {
+                    // Indexed with the document's own text, within the same text_max_bytes.
+                    let found = cut_to_bytes(&found, text_budget);
+                    text_budget -= found.len();
+                    if !found.is_empty() {
+                        text = Some(match text.take() {
+                            Some(existing) => format!("{existing}\n\n{found}"),
+                            None => found.to_owned(),
+                        });
+                    }
                 }
+                stored.insert(name, output.metadata);
+                derived_files.extend(output.files);
             }
-            match metadata.as_object_mut() {
-                Some(object) => {
-                    object.insert("processors".into(), outputs);
+            if !metadata.is_object() {
+                metadata = json!({});
+            }
+            if let Some(object) = metadata.as_object_mut() {
+                object.insert("processors".into(), Value::Object(stored));
+                if !derived_files.is_empty() {
+                    object.insert("derived_files".into(), Value::Array(derived_files));
                 }
-                None => metadata = json!({ "processors": outputs }),
             }
         }
         match self.make_thumbnail(
@@ -857,17 +881,19 @@ impl Executor {
     }
 
     /// Runs every processor whose `mime` glob matches on the file at `path`, in the order
-    /// configured, and returns their outputs by name; `None` when none matches or the
-    /// content is catalogued already (its outputs are stored with the existing document).
+    /// configured (a one-shot run, or a request to its server), and returns their outputs by
+    /// name; `None` when none matches or the content is catalogued already (its outputs are
+    /// stored with the existing document).
     fn run_processors(
-        &self,
+        &mut self,
         job: &ClaimedJob,
         handle: &RunningJob,
         settings: &Settings,
         blake3: &str,
         mime: &str,
         path: &Path,
-    ) -> Result<Option<Value>, IngestFailure> {
+    ) -> Result<Option<Vec<(String, ProcessorOutput)>>, IngestFailure> {
+        self.servers.retain_configured(&settings.processors);
         let matching: Vec<&ProcessorConfig> = settings
             .processors
             .iter()
@@ -891,12 +917,17 @@ impl Executor {
             );
             return Ok(None);
         }
-        let mut outputs = serde_json::Map::new();
+        let mut outputs = Vec::with_capacity(matching.len());
+        let target = DerivedTarget {
+            library: &settings.library,
+            blake3,
+        };
         for (index, processor) in matching.iter().enumerate() {
             let message = format!("processor {}", processor.name);
             let fraction = index as f64 / matching.len() as f64;
             let mut last_report = Instant::now();
-            let _ = self.events.send(JobEvent::Progress {
+            let (events, servers) = (&self.events, &mut self.servers);
+            let _ = events.send(JobEvent::Progress {
                 id: job.id,
                 fraction,
                 message: message.clone(),
@@ -913,7 +944,7 @@ impl Executor {
                 // The main loop's watchdog wants signs of life from a long run.
                 if last_report.elapsed() >= PROCESSOR_PROGRESS_INTERVAL {
                     last_report = Instant::now();
-                    let _ = self.events.send(JobEvent::Progress {
+                    let _ = events.send(JobEvent::Progress {
                         id: job.id,
                         fraction,
                         message: message.clone(),
@@ -921,10 +952,18 @@ impl Executor {
                 }
                 Ok(())
             };
-            let output = run_processor(processor, path, mime, &handle.process_groups, &mut check)?;
-            outputs.insert(processor.name.clone(), output);
+            let groups = &handle.process_groups;
+            let output = match processor.mode {
+                ProcessorMode::Once => {
+                    run_processor(processor, path, mime, target, groups, &mut check)?
+                }
+                ProcessorMode::Server => {
+                    servers.call(processor, path, mime, target, groups, &mut check)?
+                }
+            };
+            outputs.push((processor.name.clone(), output));
         }
-        Ok(Some(Value::Object(outputs)))
+        Ok(Some(outputs))
     }
 
     /// The thumbnail of new content of a type that has one (content already catalogued keeps
@@ -1032,6 +1071,19 @@ impl Executor {
             std::thread::sleep(BODY_CHECK_INTERVAL.min(duration - elapsed));
         }
     }
+}
+
+/// The longest start of `text` of at most `max_bytes` bytes that ends on a character
+/// boundary.
+fn cut_to_bytes(text: &str, max_bytes: usize) -> &str {
+    if text.len() <= max_bytes {
+        return text;
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Whether a file's name says Markdown (its bytes say only text).

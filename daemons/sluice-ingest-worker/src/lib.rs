@@ -43,13 +43,16 @@
 
 pub mod analyze;
 mod daemon;
+pub mod derived;
 pub mod execute;
 pub mod extract;
 pub mod failure;
+pub mod isolation;
 mod job_signals;
 pub mod library;
 pub mod processors;
 pub mod sandbox;
+pub mod servers;
 pub mod thumbnails;
 pub mod wakeup;
 
@@ -227,6 +230,7 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
         events: events_sender,
         running: Arc::clone(&running),
         stopping: Arc::clone(&stopping),
+        servers: Default::default(),
     };
     let settings = Arc::new(settings_from(&config, pdf_renderer.clone()));
     let heartbeat_interval = config.jobs.heartbeat_interval;

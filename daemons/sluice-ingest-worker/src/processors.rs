@@ -1,5 +1,8 @@
-//! One-shot external processors (`[[processor]]`): a program run once per matching file, in
-//! its own process group, whose stdout is stored with the document.
+//! One-shot external processors (`[[processor]]` with `mode = "once"`): a program run once
+//! per matching file, in its own process group, without network and with a private temporary
+//! folder (`isolation`), whose stdout is stored with the document (and indexed when it is
+//! text) and whose files left in `{output}` are filed as derived files (`derived`). The
+//! server form is in `servers`; both end in a [`ProcessorOutput`].
 //!
 //! # Nothing a processor starts outlives its job
 //!
@@ -38,7 +41,9 @@ use serde_json::Value;
 use sluice_core::config::ProcessorConfig;
 use sluice_core::ingest::seconds;
 
+use crate::derived::file_derived;
 use crate::failure::IngestFailure;
+use crate::isolation::{self, PrivateTemp};
 
 /// How often a run looks at its deadline and its job's flags while the program is quiet.
 const CHECK_INTERVAL: Duration = Duration::from_millis(50);
@@ -90,24 +95,76 @@ impl ProcessGroups {
     }
 }
 
-/// Runs `processor` on the file at `path` and returns its output: the JSON value when stdout
-/// parses as JSON, else the text. `check` is asked about the job's flags (cancel, stop, the
-/// job's own timeout) every [`CHECK_INTERVAL`] at most; an error from it ends the run.
+/// What one processor made of one file, in either form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessorOutput {
+    /// Stored in the document's metadata under `processors.<name>`.
+    pub metadata: Value,
+    /// Indexed for search with the document's own text.
+    pub text: Option<String>,
+    /// The derived files, already filed into the library: the entries of the document's
+    /// `derived_files`.
+    pub files: Vec<Value>,
+}
+
+/// Where a processor's derived files go: the library and the content's hash.
+#[derive(Debug, Clone, Copy)]
+pub struct DerivedTarget<'a> {
+    pub library: &'a Path,
+    pub blake3: &'a str,
+}
+
+/// Runs one-shot `processor` on the file at `path` and returns its output: stdout as the
+/// metadata (the JSON value when it parses as JSON, else the text, which is also indexed),
+/// and the files it left in `{output}`, filed into the library. `check` is asked about the
+/// job's flags (cancel, stop, the job's own timeout) every [`CHECK_INTERVAL`] at most; an
+/// error from it ends the run.
 pub fn run_processor(
     processor: &ProcessorConfig,
     path: &Path,
     mime: &str,
+    target: DerivedTarget<'_>,
     groups: &ProcessGroups,
     check: &mut dyn FnMut() -> Result<(), IngestFailure>,
-) -> Result<Value, IngestFailure> {
+) -> Result<ProcessorOutput, IngestFailure> {
+    let name = &processor.name;
+    let temp = PrivateTemp::new(name).map_err(|error| {
+        IngestFailure::Retryable(format!(
+            "processor {name}: cannot create its private temporary folder: {error}"
+        ))
+    })?;
+    let output = temp.output_folder("output").map_err(|error| {
+        IngestFailure::Retryable(format!(
+            "processor {name}: cannot create its output folder: {error}"
+        ))
+    })?;
     let program = Program {
-        name: &processor.name,
-        argv: processor.command_line(path, mime),
+        name,
+        argv: processor.command_line(path, mime, &output),
         stdin: Stdio::null(),
         timeout: processor.timeout,
         max_output: processor.max_output,
+        private_temp: Some(temp.path()),
     };
-    run_program(program, groups, check).map(output_value)
+    let stdout = run_program(program, groups, check)?;
+    let files = file_derived(
+        target.library,
+        target.blake3,
+        name,
+        &output,
+        None,
+        processor.max_output,
+    )?;
+    let metadata = output_value(stdout);
+    let text = metadata
+        .as_str()
+        .filter(|text| !text.trim().is_empty())
+        .map(str::to_owned);
+    Ok(ProcessorOutput {
+        metadata,
+        text,
+        files,
+    })
 }
 
 /// A program the worker runs under the rules of a processor (see the module documentation):
@@ -123,6 +180,9 @@ pub struct Program<'a> {
     pub timeout: Duration,
     /// It is killed with its group once it wrote more than this many bytes to stdout.
     pub max_output: u64,
+    /// For a processor: its private temporary folder, and it runs without network (see
+    /// `isolation`). `None` for the worker's own helpers.
+    pub private_temp: Option<&'a Path>,
 }
 
 /// Runs `program` in its own process group, registered in `groups`, and returns what it
@@ -140,24 +200,12 @@ pub fn run_program(
         stdin,
         timeout,
         max_output,
+        private_temp,
     } = program;
-    let mut command = Command::new(&argv[0]);
-    command
-        .args(&argv[1..])
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .current_dir("/")
-        .process_group(0);
-    for variable in WITHHELD_VARIABLES {
-        command.env_remove(variable);
-    }
-    let mut child = command.spawn().map_err(|error| {
-        IngestFailure::Retryable(format!(
-            "processor {name}: cannot start {}: {error}",
-            argv[0].to_string_lossy()
-        ))
-    })?;
+    let mut command = processor_command(&argv, stdin, private_temp);
+    let mut child = command
+        .spawn()
+        .map_err(|error| cannot_start(name, &argv[0], &error))?;
     // The child called setpgid(0, 0) before exec, so its pid is its group's id.
     let group = Pid::from_raw(child.id() as i32);
     groups.register(group);
@@ -196,6 +244,47 @@ pub fn run_program(
         )));
     }
     Ok(stdout)
+}
+
+/// The command for a processor's (or helper's) program: its own process group, in `/`,
+/// without the worker's systemd variables, pipes for stdout and stderr, and for a processor
+/// (`private_temp` given) no network and that folder as `TMPDIR`.
+pub(crate) fn processor_command(
+    argv: &[OsString],
+    stdin: Stdio,
+    private_temp: Option<&Path>,
+) -> Command {
+    let argv = match private_temp {
+        Some(_) => isolation::isolated_argv(argv),
+        None => argv.to_vec(),
+    };
+    let mut command = Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .current_dir("/")
+        .process_group(0);
+    for variable in WITHHELD_VARIABLES {
+        command.env_remove(variable);
+    }
+    if let Some(folder) = private_temp {
+        command.env("TMPDIR", folder);
+    }
+    command
+}
+
+/// The failure of a program that did not start.
+pub(crate) fn cannot_start(
+    name: &str,
+    program: &OsString,
+    error: &std::io::Error,
+) -> IngestFailure {
+    IngestFailure::Retryable(format!(
+        "processor {name}: cannot start {}: {error}",
+        program.to_string_lossy()
+    ))
 }
 
 /// The stored form of a processor's stdout: JSON when it parses as JSON, else text (bytes
@@ -425,14 +514,23 @@ mod tests {
 
     fn run(processor: &ProcessorConfig) -> (Result<Value, IngestFailure>, ProcessGroups) {
         let groups = ProcessGroups::default();
+        let library = tempfile::tempdir().unwrap();
         let result = run_processor(
             processor,
             Path::new("/etc/hostname"),
             "text/plain",
+            target(library.path()),
             &groups,
             &mut || Ok(()),
         );
-        (result, groups)
+        (result.map(|output| output.metadata), groups)
+    }
+
+    fn target(library: &Path) -> DerivedTarget<'_> {
+        DerivedTarget {
+            library,
+            blake3: "ab12000000000000000000000000000000000000000000000000000000000000",
+        }
     }
 
     fn is_alive(pid: &str) -> bool {
@@ -539,10 +637,12 @@ mod tests {
         );
         let groups = ProcessGroups::default();
         let started = Instant::now();
+        let library = tempfile::tempdir().unwrap();
         let result = run_processor(
             &processor,
             Path::new("/etc/hostname"),
             "text/plain",
+            target(library.path()),
             &groups,
             &mut || {
                 if started.elapsed() > Duration::from_millis(200) {

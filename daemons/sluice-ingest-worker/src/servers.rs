@@ -1,0 +1,591 @@
+//! Server processors (`[[processor]]` with `mode = "server"`): a long-lived program started
+//! once per worker, at the first file it matches, and kept for the worker's life, so a model
+//! it loads is loaded once, not once per file. It answers one request per file.
+//!
+//! # The protocol
+//!
+//! Line-delimited JSON: the worker writes one request line to the program's stdin and reads
+//! one answer line from its stdout, one file at a time (the next request is written only after
+//! the answer to the previous one). A request:
+//!
+//! ```json
+//! {"id": 7, "path": "/var/lib/sluice/library/ab/cd/abcd…", "type": "image/png",
+//!  "output_dir": "/tmp/sluice-ocr-Xy12/output-7"}
+//! ```
+//!
+//! `path` is the file to read (its library path when consumed, its watched path when
+//! indexed), `type` the detected MIME type, `output_dir` an empty folder for derived files.
+//! The answer names the same `id` and any of:
+//!
+//! ```json
+//! {"id": 7, "text": "words found", "metadata": {"lang": "eng"}, "files": ["page.hocr"]}
+//! {"id": 7, "error": "cannot read the image", "retryable": false}
+//! ```
+//!
+//! `text` is indexed with the document, `metadata` (any JSON value) is stored under
+//! `processors.<name>`, `files` are names in `output_dir` filed into the library as derived
+//! files. `error` fails the job (for good, or through the retry policy with
+//! `"retryable": true`). stderr is the program's own: the worker keeps its end for errors.
+//!
+//! # Faults
+//!
+//! An answer must arrive within the processor's `timeout` (the first one after a start also
+//! covers the program's start-up) and be at most `max_output` bytes. While a request is in
+//! flight the server's process group is registered with the running job (`ProcessGroups`), so
+//! a cancel, the job's timeout, a lost lease or the stop deadline kill it like any processor.
+//! A server that times out, writes too much, exits, closes its stdout or answers anything but
+//! a response line for the request is killed with its whole process group, and the next file
+//! it matches starts it again. A crash or a timeout is retried like any failed attempt (so
+//! the job in flight runs again on a fresh server); too much output and garbage fail the job
+//! for good, since the same file would get the same answer. A server that writes when nobody
+//! asked is restarted before the next request, so one stray line does not fail the next
+//! job. A server whose `[[processor]]` entry changed on a reload is restarted with the new
+//! one; one no longer configured is stopped. Every server is killed when the worker stops.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sluice_core::config::ProcessorConfig;
+use sluice_core::ingest::seconds;
+
+use crate::derived::file_derived;
+use crate::failure::IngestFailure;
+use crate::isolation::PrivateTemp;
+use crate::processors::{
+    DerivedTarget, ProcessGroups, ProcessorOutput, cannot_start, kill_group, processor_command,
+};
+
+/// How often a call looks at its deadline and its job's flags while the server is quiet.
+const CHECK_INTERVAL: Duration = Duration::from_millis(50);
+/// How much of the end of stderr is kept for error messages.
+const STDERR_TAIL_BYTES: usize = 2048;
+/// How much of a garbage answer an error message quotes.
+const QUOTED_ANSWER_CHARS: usize = 200;
+
+/// One request line.
+#[derive(Debug, Serialize)]
+struct Request<'a> {
+    id: u64,
+    path: &'a Path,
+    #[serde(rename = "type")]
+    mime: &'a str,
+    output_dir: &'a Path,
+}
+
+/// One answer line.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Answer {
+    id: u64,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    files: Vec<String>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    retryable: bool,
+}
+
+/// The running servers of one worker, by processor name.
+#[derive(Debug, Default)]
+pub struct ProcessorServers {
+    servers: HashMap<String, Server>,
+    /// How many servers this worker has started, for its logs.
+    starts: u64,
+}
+
+impl ProcessorServers {
+    /// Stops the servers whose processor is no longer configured as it was.
+    pub fn retain_configured(&mut self, processors: &[ProcessorConfig]) {
+        self.servers.retain(|name, server| {
+            let kept = processors.contains(&server.config);
+            if !kept {
+                tracing::info!(
+                    processor = %name,
+                    "processor {name}: stopping its server (pid {}): its [[processor]] entry \
+                     changed or was removed",
+                    server.group
+                );
+            }
+            kept
+        });
+    }
+
+    /// Asks `processor`'s server (started first if it is not running) about the file at
+    /// `path`. `check` is asked about the job's flags every [`CHECK_INTERVAL`] at most; an
+    /// error from it ends the call and the server.
+    pub fn call(
+        &mut self,
+        processor: &ProcessorConfig,
+        path: &Path,
+        mime: &str,
+        target: DerivedTarget<'_>,
+        groups: &ProcessGroups,
+        check: &mut dyn FnMut() -> Result<(), IngestFailure>,
+    ) -> Result<ProcessorOutput, IngestFailure> {
+        let name = processor.name.as_str();
+        if let Some(server) = self.servers.get_mut(name)
+            && let Some(reason) = server.why_unusable()
+        {
+            tracing::warn!(
+                processor = %name,
+                "processor {name}: its server {reason}; starting it again"
+            );
+            self.servers.remove(name);
+        }
+        if !self.servers.contains_key(name) {
+            self.starts += 1;
+            let server = Server::start(processor)?;
+            tracing::info!(
+                processor = %name,
+                pid = server.group.as_raw(),
+                "processor {name}: server started as pid {} (server start {} of this worker)",
+                server.group,
+                self.starts
+            );
+            self.servers.insert(name.to_owned(), server);
+        }
+        let server = self
+            .servers
+            .get_mut(name)
+            .expect("the server was started above");
+        match server.ask(path, mime, target, groups, check) {
+            Ok(output) => Ok(output),
+            Err(Ask::Failed(failure)) => Err(failure),
+            Err(Ask::Broken(failure)) => {
+                // The server's state is unknown (or it is gone): it is killed now, and the
+                // next file starts a fresh one.
+                self.servers.remove(name);
+                Err(failure)
+            }
+        }
+    }
+}
+
+/// How a call ended without an answer to use.
+enum Ask {
+    /// The server answered with an error, or the answer's files could not be filed; it stays.
+    Failed(IngestFailure),
+    /// The server must go.
+    Broken(IngestFailure),
+}
+
+/// One running server.
+#[derive(Debug)]
+struct Server {
+    config: ProcessorConfig,
+    child: Child,
+    /// The server's pid, the id of the process group it leads.
+    group: Pid,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+    /// Until stderr reaches its end (a server may close it and go on).
+    stderr_open: bool,
+    /// Bytes of stdout read but not yet part of an answer.
+    unread: Vec<u8>,
+    stderr_tail: Vec<u8>,
+    /// The server's `TMPDIR`, holding each request's output folder; removed when it stops.
+    temp: PrivateTemp,
+    next_id: u64,
+}
+
+impl Server {
+    fn start(config: &ProcessorConfig) -> Result<Server, IngestFailure> {
+        let name = &config.name;
+        let temp = PrivateTemp::new(name).map_err(|error| {
+            IngestFailure::Retryable(format!(
+                "processor {name}: cannot create its private temporary folder: {error}"
+            ))
+        })?;
+        let argv: Vec<std::ffi::OsString> = config.argv.iter().map(Into::into).collect();
+        let mut command = processor_command(&argv, Stdio::piped(), Some(temp.path()));
+        let mut child = command
+            .spawn()
+            .map_err(|error| cannot_start(name, &argv[0], &error))?;
+        let group = Pid::from_raw(child.id() as i32);
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            kill_group(group);
+            let _ = child.wait();
+            return Err(IngestFailure::Retryable(format!(
+                "processor {name}: its pipes are missing"
+            )));
+        };
+        // Writes must never block the job: a server that stops reading its requests is
+        // found out by the request's deadline.
+        for descriptor in [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()] {
+            let _ = fcntl(descriptor, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        }
+        Ok(Server {
+            config: config.clone(),
+            child,
+            group,
+            stdin,
+            stdout,
+            stderr,
+            stderr_open: true,
+            unread: Vec::new(),
+            stderr_tail: Vec::new(),
+            temp,
+            next_id: 1,
+        })
+    }
+
+    /// Why this server cannot take a request now (it exited, or wrote to stdout while nobody
+    /// asked), or `None`.
+    fn why_unusable(&mut self) -> Option<String> {
+        let _ = self.read_available();
+        if let Some(status) = self.exit_status() {
+            return Some(format!("{status}{}", self.stderr_note()));
+        }
+        if !self.unread.is_empty() {
+            return Some(format!(
+                "wrote to stdout while no request was open ({})",
+                quote(&self.unread)
+            ));
+        }
+        None
+    }
+
+    fn ask(
+        &mut self,
+        path: &Path,
+        mime: &str,
+        target: DerivedTarget<'_>,
+        groups: &ProcessGroups,
+        check: &mut dyn FnMut() -> Result<(), IngestFailure>,
+    ) -> Result<ProcessorOutput, Ask> {
+        let name = self.config.name.clone();
+        let id = self.next_id;
+        self.next_id += 1;
+        let output_dir = self
+            .temp
+            .output_folder(&format!("output-{id}"))
+            .map_err(|error| {
+                Ask::Broken(IngestFailure::Retryable(format!(
+                    "processor {name}: cannot create the output folder of request {id}: {error}"
+                )))
+            })?;
+        let mut line = serde_json::to_vec(&Request {
+            id,
+            path,
+            mime,
+            output_dir: &output_dir,
+        })
+        .expect("a request serializes");
+        line.push(b'\n');
+        groups.register(self.group);
+        let answer = self.exchange(&line, check);
+        // Unregistered before anything can reap the server: its group id stays its own until
+        // then (see `processors`).
+        groups.unregister(self.group);
+        let answer = answer.map_err(Ask::Broken)?;
+        let answer: Answer = serde_json::from_slice(&answer).map_err(|error| {
+            Ask::Broken(IngestFailure::Permanent(format!(
+                "processor {name} answered something that is not a response line ({error}): \
+                 {}; its server was killed and starts again for the next file",
+                quote(&answer)
+            )))
+        })?;
+        if answer.id != id {
+            return Err(Ask::Broken(IngestFailure::Permanent(format!(
+                "processor {name} answered request {} while request {id} was asked; its server \
+                 was killed and starts again for the next file",
+                answer.id
+            ))));
+        }
+        let result = match answer.error {
+            Some(error) => {
+                let message = format!("processor {name} could not process the file: {error}");
+                Err(Ask::Failed(if answer.retryable {
+                    IngestFailure::Retryable(message)
+                } else {
+                    IngestFailure::Permanent(message)
+                }))
+            }
+            None => file_derived(
+                target.library,
+                target.blake3,
+                &name,
+                &output_dir,
+                Some(&answer.files),
+                self.config.max_output,
+            )
+            .map(|files| ProcessorOutput {
+                metadata: answer.metadata.unwrap_or(Value::Null),
+                text: answer.text.filter(|text| !text.trim().is_empty()),
+                files,
+            })
+            .map_err(Ask::Failed),
+        };
+        if let Err(error) = std::fs::remove_dir_all(&output_dir) {
+            tracing::warn!(
+                processor = %name,
+                "processor {name}: cannot remove the output folder {}: {error}",
+                output_dir.display()
+            );
+        }
+        result
+    }
+
+    /// Writes `request` and reads the answer line (without its newline).
+    fn exchange(
+        &mut self,
+        request: &[u8],
+        check: &mut dyn FnMut() -> Result<(), IngestFailure>,
+    ) -> Result<Vec<u8>, IngestFailure> {
+        let name = self.config.name.clone();
+        let deadline = Instant::now() + self.config.timeout;
+        let max_output = self.config.max_output;
+        let mut written = 0;
+        loop {
+            if let Some(end) = self.unread.iter().position(|byte| *byte == b'\n') {
+                if written < request.len() {
+                    return Err(IngestFailure::Permanent(format!(
+                        "processor {name} answered before it read its request: {}; its server \
+                         was killed and starts again for the next file",
+                        quote(&self.unread[..end])
+                    )));
+                }
+                let mut answer: Vec<u8> = self.unread.drain(..=end).collect();
+                answer.pop();
+                if answer.len() as u64 > max_output {
+                    return Err(too_long(&name, max_output));
+                }
+                return Ok(answer);
+            }
+            if self.unread.len() as u64 > max_output {
+                return Err(too_long(&name, max_output));
+            }
+            check()?;
+            if let Some(status) = self.exit_status() {
+                let _ = self.read_available();
+                if self.unread.contains(&b'\n') {
+                    // It answered, then exited: the answer counts, and the next file finds
+                    // the server gone and starts it again.
+                    continue;
+                }
+                return Err(IngestFailure::Retryable(format!(
+                    "processor {name}: its server {status} while it worked on this file{}; it \
+                     starts again for the next attempt",
+                    self.stderr_note()
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(IngestFailure::Retryable(format!(
+                    "processor {name} did not answer within its timeout of {} s; its server was \
+                     killed with its process group and starts again for the next attempt",
+                    seconds(self.config.timeout)
+                )));
+            }
+            let wait = CHECK_INTERVAL.min(deadline.saturating_duration_since(Instant::now()));
+            let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+            let wants_to_write = written < request.len();
+            let (stdout_ready, stderr_ready, stdin_ready) = {
+                // Index 0 stdout, 1 stdin (or a second stdout entry that asks for nothing), 2
+                // stderr while it is open.
+                let mut descriptors = vec![
+                    PollFd::new(self.stdout.as_fd(), PollFlags::POLLIN),
+                    if wants_to_write {
+                        PollFd::new(self.stdin.as_fd(), PollFlags::POLLOUT)
+                    } else {
+                        PollFd::new(self.stdout.as_fd(), PollFlags::empty())
+                    },
+                ];
+                if self.stderr_open {
+                    descriptors.push(PollFd::new(self.stderr.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut descriptors, timeout) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(error) => {
+                        return Err(IngestFailure::Retryable(format!(
+                            "processor {name}: cannot poll its pipes: {error}"
+                        )));
+                    }
+                }
+                let events = |index: usize| {
+                    descriptors
+                        .get(index)
+                        .and_then(|descriptor| descriptor.revents())
+                        .unwrap_or(PollFlags::empty())
+                };
+                (
+                    !events(0).is_empty(),
+                    !events(2).is_empty(),
+                    wants_to_write && !events(1).is_empty(),
+                )
+            };
+            if stdin_ready {
+                match self.stdin.write(&request[written..]) {
+                    Ok(count) => written += count,
+                    Err(error)
+                        if matches!(
+                            error.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(error) => {
+                        // A closed stdin (EPIPE): the server is exiting; its exit says more.
+                        self.wait_briefly_for_exit();
+                        let status = self
+                            .exit_status()
+                            .unwrap_or_else(|| format!("closed its stdin ({error})"));
+                        return Err(IngestFailure::Retryable(format!(
+                            "processor {name}: its server {status} before it took the request{}; \
+                             it starts again for the next attempt",
+                            self.stderr_note()
+                        )));
+                    }
+                }
+            }
+            if stdout_ready || stderr_ready {
+                let at_end = self.read_available();
+                if at_end && !self.unread.contains(&b'\n') {
+                    self.wait_briefly_for_exit();
+                    let status = self
+                        .exit_status()
+                        .unwrap_or_else(|| "closed its stdout".to_owned());
+                    return Err(IngestFailure::Retryable(format!(
+                        "processor {name}: its server {status} while it worked on this file{}; \
+                         it starts again for the next attempt",
+                        self.stderr_note()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Reads whatever stdout and stderr hold now without blocking; stdout is kept up to one
+    /// byte past `max_output` (enough to know it is too much). Returns whether stdout is at
+    /// its end.
+    fn read_available(&mut self) -> bool {
+        let mut buffer = [0u8; 64 * 1024];
+        let mut at_end = false;
+        loop {
+            if self.unread.len() as u64 > self.config.max_output {
+                break;
+            }
+            match self.stdout.read(&mut buffer) {
+                Ok(0) => {
+                    at_end = true;
+                    break;
+                }
+                Ok(count) => self.unread.extend_from_slice(&buffer[..count]),
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        while self.stderr_open {
+            match self.stderr.read(&mut buffer) {
+                Ok(0) => self.stderr_open = false,
+                Ok(count) => {
+                    self.stderr_tail.extend_from_slice(&buffer[..count]);
+                    let excess = self.stderr_tail.len().saturating_sub(STDERR_TAIL_BYTES);
+                    self.stderr_tail.drain(..excess);
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        at_end
+    }
+
+    /// How the server ended ("exited with status 1"), without reaping it, or `None` while
+    /// it runs.
+    fn exit_status(&self) -> Option<String> {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+        match waitid(Id::Pid(self.group), flags) {
+            Ok(WaitStatus::Exited(_, code)) => Some(format!("exited with status {code}")),
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                Some(format!("was killed by signal {}", signal as i32))
+            }
+            Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => None,
+            Ok(other) => Some(format!("ended ({other:?})")),
+            Err(error) => Some(format!("cannot be waited for ({error})")),
+        }
+    }
+
+    /// A server that closed a pipe is usually exiting: give it a moment, so the error can
+    /// say how it ended.
+    fn wait_briefly_for_exit(&self) {
+        let until = Instant::now() + Duration::from_millis(500);
+        while self.exit_status().is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stderr_note(&self) -> String {
+        let text: String = String::from_utf8_lossy(&self.stderr_tail)
+            .trim()
+            .chars()
+            .map(|character| {
+                if character.is_control() && character != '\n' {
+                    ' '
+                } else {
+                    character
+                }
+            })
+            .collect();
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!("; the end of its stderr: {text}")
+        }
+    }
+}
+
+impl Drop for Server {
+    /// Kills the server's process group, then reaps it (it is registered with no job at
+    /// this point, so its group id cannot be reused before the kill).
+    fn drop(&mut self) {
+        kill_group(self.group);
+        match self.child.wait() {
+            Ok(status) => tracing::debug!(
+                processor = %self.config.name,
+                "processor {}: server pid {} stopped ({:?})",
+                self.config.name,
+                self.group,
+                status.code().or(status.signal())
+            ),
+            Err(error) => tracing::warn!(
+                processor = %self.config.name,
+                "processor {}: cannot reap server pid {}: {error}",
+                self.config.name,
+                self.group
+            ),
+        }
+    }
+}
+
+fn too_long(name: &str, max_output: u64) -> IngestFailure {
+    IngestFailure::Permanent(format!(
+        "processor {name} wrote an answer longer than its max_output of {max_output} bytes; its \
+         server was killed with its process group and starts again for the next file"
+    ))
+}
+
+/// The start of `bytes` as text fit for an error message.
+fn quote(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut quoted: String = text.chars().take(QUOTED_ANSWER_CHARS).collect();
+    if text.chars().count() > QUOTED_ANSWER_CHARS {
+        quoted.push('…');
+    }
+    format!("{quoted:?}")
+}
