@@ -16,6 +16,7 @@ mod limits;
 mod maintenance;
 mod monitor;
 mod policy;
+mod processors;
 mod queue_limits;
 mod runtime;
 mod scraper;

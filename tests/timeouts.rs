@@ -32,7 +32,7 @@ fn hanging_script(root: &Path, pids: &Path) -> PathBuf {
 }
 
 /// Writes an executable `/bin/sh` script named `name` into `root`.
-fn script(root: &Path, name: &str, body: &str) -> PathBuf {
+pub(crate) fn script(root: &Path, name: &str, body: &str) -> PathBuf {
     let path = root.join(name);
     std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -96,7 +96,7 @@ fn live_members_of_group(group: i32) -> Vec<i32> {
 
 /// Every process of every recorded run is gone, and so is every member of its group; waits
 /// a little, as the kernel delivers SIGKILL asynchronously.
-fn assert_no_process_left(pids: &Path) {
+pub(crate) fn assert_no_process_left(pids: &Path) {
     let runs = recorded_runs(pids);
     assert!(!runs.is_empty(), "the processor never ran");
     let gone = wait_until(DEADLINE, || {

@@ -294,3 +294,149 @@ pub fn small_zip(entries: &[(&str, &[u8])]) -> Vec<u8> {
     }
     archive.finish().expect("zip end").into_inner()
 }
+
+/// A PNG of `text` (capital letters and spaces from [`GLYPHS`]) in black on white, drawn with
+/// a 5×7 bitmap font, each font pixel a `scale`×`scale` square: a picture of words for the
+/// OCR test, made without any font file of the machine's.
+pub fn text_png(text: &str, scale: u32) -> Vec<u8> {
+    let margin = 6 * scale;
+    let advance = 6 * scale;
+    let width = 2 * margin + advance * text.chars().count() as u32;
+    let height = 2 * margin + 7 * scale;
+    let mut image = image::GrayImage::from_pixel(width, height, image::Luma([255]));
+    for (index, character) in text.chars().enumerate() {
+        if character == ' ' {
+            continue;
+        }
+        let rows = GLYPHS
+            .iter()
+            .find(|(glyph, _)| *glyph == character)
+            .unwrap_or_else(|| panic!("no glyph for {character:?}"))
+            .1;
+        for (row, bits) in rows.iter().enumerate() {
+            for column in 0..5u32 {
+                if bits & (0b10000 >> column) == 0 {
+                    continue;
+                }
+                let left = margin + advance * index as u32 + column * scale;
+                let top = margin + row as u32 * scale;
+                for y in top..top + scale {
+                    for x in left..left + scale {
+                        image.put_pixel(x, y, image::Luma([0]));
+                    }
+                }
+            }
+        }
+    }
+    let mut bytes = Cursor::new(Vec::new());
+    image
+        .write_to(&mut bytes, image::ImageFormat::Png)
+        .expect("encode PNG");
+    bytes.into_inner()
+}
+
+/// The letters [`text_png`] can draw: 7 rows of 5 bits each, the top row first.
+pub const GLYPHS: &[(char, [u8; 7])] = &[
+    (
+        'A',
+        [
+            0b01110, 0b10001, 0b10001, 0b11111, 0b10001, 0b10001, 0b10001,
+        ],
+    ),
+    (
+        'C',
+        [
+            0b01110, 0b10001, 0b10000, 0b10000, 0b10000, 0b10001, 0b01110,
+        ],
+    ),
+    (
+        'D',
+        [
+            0b11110, 0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b11110,
+        ],
+    ),
+    (
+        'E',
+        [
+            0b11111, 0b10000, 0b10000, 0b11110, 0b10000, 0b10000, 0b11111,
+        ],
+    ),
+    (
+        'H',
+        [
+            0b10001, 0b10001, 0b10001, 0b11111, 0b10001, 0b10001, 0b10001,
+        ],
+    ),
+    (
+        'I',
+        [
+            0b01110, 0b00100, 0b00100, 0b00100, 0b00100, 0b00100, 0b01110,
+        ],
+    ),
+    (
+        'K',
+        [
+            0b10001, 0b10010, 0b10100, 0b11000, 0b10100, 0b10010, 0b10001,
+        ],
+    ),
+    (
+        'L',
+        [
+            0b10000, 0b10000, 0b10000, 0b10000, 0b10000, 0b10000, 0b11111,
+        ],
+    ),
+    (
+        'M',
+        [
+            0b10001, 0b11011, 0b10101, 0b10101, 0b10001, 0b10001, 0b10001,
+        ],
+    ),
+    (
+        'N',
+        [
+            0b10001, 0b11001, 0b10101, 0b10011, 0b10001, 0b10001, 0b10001,
+        ],
+    ),
+    (
+        'O',
+        [
+            0b01110, 0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b01110,
+        ],
+    ),
+    (
+        'P',
+        [
+            0b11110, 0b10001, 0b10001, 0b11110, 0b10000, 0b10000, 0b10000,
+        ],
+    ),
+    (
+        'R',
+        [
+            0b11110, 0b10001, 0b10001, 0b11110, 0b10100, 0b10010, 0b10001,
+        ],
+    ),
+    (
+        'S',
+        [
+            0b01111, 0b10000, 0b10000, 0b01110, 0b00001, 0b00001, 0b11110,
+        ],
+    ),
+    (
+        'T',
+        [
+            0b11111, 0b00100, 0b00100, 0b00100, 0b00100, 0b00100, 0b00100,
+        ],
+    ),
+    (
+        'U',
+        [
+            0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b10001, 0b01110,
+        ],
+    ),
+    (
+        'W',
+        [
+            0b10001, 0b10001, 0b10001, 0b10101, 0b10101, 0b10101, 0b01010,
+        ],
+    ),
+];

@@ -1,0 +1,509 @@
+//! External processors (issue 10) with the real ingest worker: the server form started once
+//! per worker and kept across files; what either form gives back (text indexed for search,
+//! metadata stored with the document, derived files filed in the library and listed);
+//! processors without network and with a private temporary folder; the hostile servers
+//! (one that hangs, writes 100 MB, exits 1, dies mid-job, answers garbage); and OCR with the
+//! real `tesseract` from the shipped config's example, on a PNG of rendered words.
+//!
+//! The test programs are shell scripts speaking the protocol of `sluice-ingest-worker`'s
+//! `servers` module. Nothing here depends on the machine's speed: a hanging server sleeps
+//! 1000 s against a timeout of half a second, and every wait is for a condition.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use sluice_core::store::JobState;
+use sluice_tests::documents::text_png;
+
+use crate::ingest::{Suite, png_bytes};
+use crate::support::{WEB_TEST_TOKEN, http_agent, retried_because};
+use crate::timeouts::{assert_no_process_left, script};
+
+/// The line of shell that sets `$id` to the request's id (requests start `{"id":N,`).
+const READ_ID: &str = r#"id=$(printf '%s' "$line" | sed 's/^{"id":\([0-9]*\),.*/\1/')"#;
+
+/// A `[[processor]]` table in server mode running `program`, with `extra` keys.
+fn server(name: &str, mime: &str, program: &Path, extra: &str) -> String {
+    format!(
+        "[[processor]]\nname = \"{name}\"\nmime = \"{mime}\"\nmode = \"server\"\nargv = [\"{}\"]\n{extra}\n",
+        program.display()
+    )
+}
+
+/// The lines of a file a script appends to (none when it does not exist).
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The worker is not wedged: a file no processor matches is still ingested.
+fn assert_still_serving(suite: &mut Suite, worker: &crate::support::DaemonProcess) {
+    let (next, _, filed) = suite.enqueue_file("next.png", &png_bytes());
+    let job = suite.wait_for_end(next, worker);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", worker.log());
+    assert!(filed.exists());
+}
+
+/// THE test of "models loaded once per worker": one worker, fifty files, one server start;
+/// every file gets its own answer.
+#[test]
+fn a_server_processor_is_started_once_per_worker_across_fifty_files() {
+    let (directory, root) = crate::support::temp_dir();
+    let starts = root.join("starts");
+    let counter = script(
+        &root,
+        "counter.sh",
+        &format!(
+            "echo \"start $$\" >> '{starts}'\n\
+             while IFS= read -r line; do\n\
+               {READ_ID}\n\
+               printf '{{\"id\":%s,\"text\":\"wordfromserver\",\"metadata\":{{\"request\":%s,\"pid\":%s}}}}\\n' \"$id\" \"$id\" \"$$\"\n\
+             done\n",
+            starts = starts.display()
+        ),
+    );
+    let mut suite = Suite::with_settings(
+        "5s",
+        "2s",
+        "400ms",
+        "",
+        &server("counter", "text/plain", &counter, "timeout = \"30s\""),
+    );
+    let worker = suite.start_worker("1");
+    let jobs: Vec<i64> = (0..50)
+        .map(|index| {
+            let content = format!("file number {index}\n");
+            suite
+                .enqueue_file(&format!("file-{index}.txt"), content.as_bytes())
+                .0
+        })
+        .collect();
+    let mut requests = Vec::new();
+    for id in jobs {
+        let job = suite.wait_for_end(id, &worker);
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", worker.log());
+        let document = suite
+            .store
+            .get_document(job.result.unwrap()["document_id"].as_i64().unwrap())
+            .unwrap();
+        requests.push(document.metadata["processors"]["counter"]["request"].clone());
+    }
+    let started = lines_of(&starts);
+    assert_eq!(started.len(), 1, "one start for fifty files: {started:?}");
+    requests.sort_by_key(|request| request.as_u64());
+    requests.dedup();
+    assert_eq!(requests.len(), 50, "each file had its own request");
+    assert!(
+        worker
+            .log()
+            .contains("processor counter: server started as pid"),
+        "{}",
+        worker.log()
+    );
+    drop(directory);
+}
+
+/// Both forms' output with the whole suite: text found by `GET /api/documents?q=`, metadata
+/// in the document's answer, derived files in the library beneath the content hash and
+/// listed; and both ran without network and with a private `TMPDIR`.
+#[test]
+fn processor_text_metadata_and_derived_files_are_searchable_stored_and_listed() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let root = tempfile::tempdir().unwrap();
+    // Can it reach a port this test listens on? (bash's /dev/tcp: a real connect.)
+    let network_probe = format!(
+        "if (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; then net=yes; else net=no; fi"
+    );
+    let summarizer = script(
+        root.path(),
+        "summarizer.sh",
+        &format!(
+            "while IFS= read -r line; do\n\
+               {READ_ID}\n\
+               dir=$(printf '%s' \"$line\" | sed 's/.*\"output_dir\":\"\\([^\"]*\\)\".*/\\1/')\n\
+               echo 'a summary' > \"$dir/summary.txt\"\n\
+               {network_probe}\n\
+               printf '{{\"id\":%s,\"text\":\"quokkamarker from the server\",\"metadata\":{{\"network\":\"%s\",\"tmpdir\":\"%s\"}},\"files\":[\"summary.txt\"]}}\\n' \"$id\" \"$net\" \"$TMPDIR\"\n\
+             done\n"
+        ),
+    );
+    let counter = script(
+        root.path(),
+        "count.sh",
+        &format!(
+            "{network_probe}\necho \"$net $TMPDIR\" > \"$2/probe.txt\"\necho wombatmarker counted $(wc -w < \"$1\") words\n"
+        ),
+    );
+    // bash, for /dev/tcp.
+    for program in [&summarizer, &counter] {
+        let text = std::fs::read_to_string(program).unwrap();
+        std::fs::write(program, text.replacen("#!/bin/sh", "#!/bin/bash", 1)).unwrap();
+    }
+    let tables = format!(
+        "{}[[processor]]\nname = \"count\"\nmime = \"text/plain\"\nargv = [\"{}\", \"{{path}}\", \"{{output}}\"]\n",
+        server("summary", "text/plain", &summarizer, ""),
+        counter.display()
+    );
+    let suite = crate::support::Suite::start_with(&tables, &[]);
+    let mut response = http_agent()
+        .post(format!(
+            "{}/api/documents?name=notes.txt&wait=120s",
+            suite.web.origin
+        ))
+        .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
+        .header("Content-Type", "application/octet-stream")
+        .send(&b"some plain words to process\n"[..])
+        .expect("upload");
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    let job = &body["uploads"][0]["job"];
+    assert_eq!(job["state"], "succeeded", "{body}\n{}", suite.logs());
+    let document_id = job["document"]["id"].as_i64().expect("document id");
+
+    for (word, what) in [("quokkamarker", "server"), ("wombatmarker", "one-shot")] {
+        let (status, found) = suite.get(&format!("/api/documents?q={word}"));
+        assert_eq!(status, 200, "{found}");
+        let ids: Vec<i64> = found["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|item| item["id"].as_i64())
+            .collect();
+        assert_eq!(
+            ids,
+            [document_id],
+            "the {what}'s text is searchable: {found}"
+        );
+    }
+
+    let (status, document) = suite.get(&format!("/api/documents/{document_id}"));
+    assert_eq!(status, 200, "{document}");
+    let metadata = &document["metadata"];
+    assert_eq!(
+        metadata["processors"]["summary"]["network"], "no",
+        "{metadata}"
+    );
+    assert_eq!(
+        metadata["processors"]["count"],
+        "wombatmarker counted 5 words\n"
+    );
+    let blake3 = document["blake3"].as_str().unwrap();
+    let derived = metadata["derived_files"].as_array().expect("derived_files");
+    let paths: Vec<(&str, &str)> = derived
+        .iter()
+        .map(|file| {
+            (
+                file["name"].as_str().unwrap(),
+                file["path"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            (
+                "summary.txt",
+                format!("derived/{}/{blake3}/summary/summary.txt", &blake3[..2]).as_str()
+            ),
+            (
+                "probe.txt",
+                format!("derived/{}/{blake3}/count/probe.txt", &blake3[..2]).as_str()
+            ),
+        ]
+    );
+    let library = suite.library();
+    assert_eq!(
+        std::fs::read_to_string(library.join(paths[0].1)).unwrap(),
+        "a summary\n"
+    );
+    // The one-shot run had no network either, and a TMPDIR of its own, gone after the run.
+    let probe = std::fs::read_to_string(library.join(paths[1].1)).unwrap();
+    let (network, tmpdir) = probe.trim().split_once(' ').expect("two words");
+    assert_eq!(network, "no", "{probe}");
+    let temp_base = std::env::temp_dir();
+    assert!(
+        Path::new(tmpdir).starts_with(&temp_base)
+            && Path::new(tmpdir)
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("sluice-count-")),
+        "{tmpdir}"
+    );
+    assert!(!Path::new(tmpdir).exists(), "{tmpdir} outlived its run");
+    // The server's TMPDIR lives as long as the server, private to its user.
+    let server_tmpdir = metadata["processors"]["summary"]["tmpdir"]
+        .as_str()
+        .unwrap();
+    let mode = std::fs::metadata(server_tmpdir).map(|metadata| {
+        use std::os::unix::fs::PermissionsExt;
+        metadata.permissions().mode() & 0o777
+    });
+    assert_eq!(mode.ok(), Some(0o700), "{server_tmpdir}");
+    drop(listener);
+}
+
+#[test]
+fn a_hanging_server_is_killed_at_its_timeout_with_its_group_and_the_worker_goes_on() {
+    let (directory, root) = crate::support::temp_dir();
+    let pids = root.join("pids");
+    let hang = script(
+        &root,
+        "hang.sh",
+        &format!(
+            "sleep 1000 &\necho \"$$ $!\" >> '{}'\nwhile IFS= read -r line; do sleep 1000; done\n",
+            pids.display()
+        ),
+    );
+    let mut suite = Suite::with_settings(
+        "5s",
+        "2s",
+        "400ms",
+        "job_timeout = \"10m\"",
+        &server("stuck", "text/plain", &hang, "timeout = \"500ms\""),
+    );
+    let worker = suite.start_worker("1");
+    let (id, _, _) = suite.enqueue_file("stuck.txt", b"hello\n");
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Dead, "{job:?}");
+    let history = suite.store.job_history(id).unwrap();
+    assert!(
+        retried_because(
+            &history,
+            "processor stuck did not answer within its timeout of 0.5 s; its server was killed \
+             with its process group and starts again for the next attempt"
+        ),
+        "{history:#?}"
+    );
+    assert_eq!(lines_of(&pids).len(), 3, "a fresh server for each attempt");
+    assert_no_process_left(&pids);
+    assert_still_serving(&mut suite, &worker);
+    drop(directory);
+}
+
+#[test]
+fn a_server_writing_100_mb_is_cut_at_max_output_and_fails_the_job_for_good() {
+    let (directory, root) = crate::support::temp_dir();
+    let pids = root.join("pids");
+    let flood = script(
+        &root,
+        "flood.sh",
+        &format!(
+            "echo \"$$\" >> '{}'\n\
+             while IFS= read -r line; do\n\
+               {READ_ID}\n\
+               printf '{{\"id\":%s,\"text\":\"' \"$id\"\n\
+               head -c 104857600 /dev/zero | tr '\\0' x\n\
+               printf '\"}}\\n'\n\
+             done\n",
+            pids.display()
+        ),
+    );
+    let mut suite = Suite::with_settings(
+        "5s",
+        "2s",
+        "400ms",
+        "",
+        &server("flood", "text/plain", &flood, "max_output = \"1 MiB\""),
+    );
+    let worker = suite.start_worker("1");
+    let (id, _, _) = suite.enqueue_file("flood.txt", b"hello\n");
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Failed, "not retried: {job:?}");
+    assert_eq!(job.attempts, 1);
+    let error = job.error.unwrap_or_default();
+    assert!(
+        error.contains(
+            "processor flood wrote an answer longer than its max_output of 1048576 bytes; its \
+             server was killed with its process group"
+        ),
+        "{error}"
+    );
+    assert_no_process_left(&pids);
+    assert_eq!(suite.documents().len(), 0);
+    assert_still_serving(&mut suite, &worker);
+    drop(directory);
+}
+
+#[test]
+fn a_server_exiting_1_fails_each_attempt_with_its_status_and_stderr() {
+    let (directory, root) = crate::support::temp_dir();
+    let starts = root.join("starts");
+    let failing = script(
+        &root,
+        "failing.sh",
+        &format!(
+            "echo \"start $$\" >> '{}'\nIFS= read -r line\necho 'model file missing' >&2\nexit 1\n",
+            starts.display()
+        ),
+    );
+    let mut suite = Suite::with_settings(
+        "5s",
+        "2s",
+        "400ms",
+        "",
+        &server("model", "text/plain", &failing, ""),
+    );
+    let worker = suite.start_worker("1");
+    let (id, _, _) = suite.enqueue_file("input.txt", b"hello\n");
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Dead, "retried, then dead: {job:?}");
+    assert_eq!(job.attempts, 3);
+    let error = job.error.unwrap_or_default();
+    assert!(
+        error.contains(
+            "processor model: its server exited with status 1 while it worked on this file; the \
+             end of its stderr: model file missing; it starts again for the next attempt"
+        ),
+        "{error}"
+    );
+    assert_eq!(lines_of(&starts).len(), 3, "restarted for each attempt");
+    assert_still_serving(&mut suite, &worker);
+    drop(directory);
+}
+
+/// A server that dies in the middle of a job is started again and the job is retried on
+/// the fresh server, which succeeds.
+#[test]
+fn a_server_dying_mid_job_is_restarted_and_the_job_retried_succeeds() {
+    let (directory, root) = crate::support::temp_dir();
+    let (starts, died) = (root.join("starts"), root.join("died-once"));
+    let fragile = script(
+        &root,
+        "fragile.sh",
+        &format!(
+            "echo \"start $$\" >> '{starts}'\n\
+             while IFS= read -r line; do\n\
+               if [ ! -e '{died}' ]; then : > '{died}'; kill -9 $$; fi\n\
+               {READ_ID}\n\
+               printf '{{\"id\":%s,\"metadata\":{{\"survived\":true}}}}\\n' \"$id\"\n\
+             done\n",
+            starts = starts.display(),
+            died = died.display()
+        ),
+    );
+    let mut suite = Suite::with_settings(
+        "5s",
+        "2s",
+        "400ms",
+        "",
+        &server("fragile", "text/plain", &fragile, ""),
+    );
+    let worker = suite.start_worker("1");
+    let (id, _, _) = suite.enqueue_file("input.txt", b"hello\n");
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", worker.log());
+    assert_eq!(job.attempts, 2, "{job:?}");
+    let history = suite.store.job_history(id).unwrap();
+    assert!(
+        retried_because(
+            &history,
+            "processor fragile: its server was killed by signal 9 while it worked on this file"
+        ),
+        "{history:#?}"
+    );
+    assert_eq!(lines_of(&starts).len(), 2);
+    let document = suite
+        .store
+        .get_document(job.result.unwrap()["document_id"].as_i64().unwrap())
+        .unwrap();
+    assert_eq!(
+        document.metadata["processors"]["fragile"],
+        json!({"survived": true})
+    );
+    drop(directory);
+}
+
+#[test]
+fn a_server_answering_garbage_fails_the_job_clearly_and_is_restarted() {
+    let (directory, root) = crate::support::temp_dir();
+    let starts = root.join("starts");
+    let chatty = script(
+        &root,
+        "chatty.sh",
+        &format!(
+            "echo \"start $$\" >> '{}'\nwhile IFS= read -r line; do echo 'Loading model... done'; done\n",
+            starts.display()
+        ),
+    );
+    let mut suite = Suite::with_settings(
+        "5s",
+        "2s",
+        "400ms",
+        "",
+        &server("chatty", "text/plain", &chatty, ""),
+    );
+    let worker = suite.start_worker("1");
+    for (index, name) in ["first.txt", "second.txt"].iter().enumerate() {
+        let (id, _, _) = suite.enqueue_file(name, format!("file {index}\n").as_bytes());
+        let job = suite.wait_for_end(id, &worker);
+        assert_eq!(job.state, JobState::Failed, "not retried: {job:?}");
+        let error = job.error.unwrap_or_default();
+        assert!(
+            error.starts_with("processor chatty answered something that is not a response line (")
+                && error.contains("\"Loading model... done\"; its server was killed"),
+            "{error}"
+        );
+    }
+    assert_eq!(
+        lines_of(&starts).len(),
+        2,
+        "a fresh server after each garbage answer"
+    );
+    assert_still_serving(&mut suite, &worker);
+    drop(directory);
+}
+
+/// The shipped config's commented OCR example, uncommented, with the real `tesseract`: a PNG
+/// of rendered words becomes a document whose words a search finds.
+#[test]
+fn ocr_with_tesseract_makes_a_png_of_words_searchable() {
+    if !Path::new("/usr/bin/tesseract").exists() {
+        if nix::unistd::geteuid().is_root() {
+            panic!("/usr/bin/tesseract is missing; tests/install-needs.sh installs it");
+        }
+        crate::support::skip("needs tesseract");
+        return;
+    }
+    let shipped = include_str!("../config/sluice.toml");
+    let example: String = shipped
+        .lines()
+        .skip_while(|line| *line != "# [[processor]]")
+        .take_while(|line| line.starts_with('#'))
+        .map(|line| format!("{}\n", line.trim_start_matches('#').trim_start()))
+        .collect();
+    assert!(example.contains("/usr/bin/tesseract"), "{example}");
+    let suite = crate::support::Suite::start_with(&example, &[]);
+    let png = text_png("SLUICE READS WORDS", 12);
+    let mut response = http_agent()
+        .post(format!(
+            "{}/api/documents?name=scan.png&wait=120s",
+            suite.web.origin
+        ))
+        .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
+        .header("Content-Type", "application/octet-stream")
+        .send(&png[..])
+        .expect("upload");
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    let job = &body["uploads"][0]["job"];
+    assert_eq!(job["state"], "succeeded", "{body}\n{}", suite.logs());
+    let document_id = job["document"]["id"].as_i64().expect("document id");
+    let (_, document) = suite.get(&format!("/api/documents/{document_id}"));
+    let (status, found) = suite.get("/api/documents?q=sluice");
+    assert_eq!(status, 200, "{found}");
+    let ids: Vec<i64> = found["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|item| item["id"].as_i64())
+        .collect();
+    assert_eq!(
+        ids,
+        [document_id],
+        "tesseract read: {:?}\n{found}",
+        document["metadata"]["processors"]["ocr"]
+    );
+}
