@@ -2,8 +2,8 @@
 # Installs what the tests need on a fresh Debian 12 machine, each thing only when it is
 # missing: dbus-daemon, busctl, setpriv, gdbus (the integration tests), systemd-nspawn,
 # nsenter, flock, lintian, sqlite3, curl, python3 (the system tests), pdftoppm (PDF thumbnails,
-# tests/content.rs), chromium (the dashboard in a real browser, tests/dashboard.rs),
-# cargo-nextest (the test runner), cargo-deny
+# tests/content.rs), chromium (the dashboard in a real browser, tests/dashboard.rs), tesseract
+# (the OCR processor, tests/processors.rs), cargo-nextest (the test runner), cargo-deny
 # (the licence and source check) and cargo-deb (the package the system tests install).
 # Needs root for apt-get; tests/run.sh runs it when it is root, and .ci/run through
 # tests/run.sh.
@@ -24,6 +24,7 @@ command -v curl > /dev/null || needed+=(curl)
 command -v python3 > /dev/null || needed+=(python3)
 command -v pdftoppm > /dev/null || needed+=(poppler-utils)
 command -v chromium > /dev/null || needed+=(chromium)
+command -v tesseract > /dev/null || needed+=(tesseract-ocr)
 if [ "${#needed[@]}" -gt 0 ]; then
     echo "== installing ${needed[*]}" >&2
     apt-get update -qq
