@@ -29,7 +29,7 @@ use crate::support::{
 pub(crate) struct Suite {
     bus: PrivateBus,
     pub(crate) root: PathBuf,
-    config_path: PathBuf,
+    pub(crate) config_path: PathBuf,
     pub(crate) inbox: PathBuf,
     pub(crate) catalogue: PathBuf,
     library: PathBuf,

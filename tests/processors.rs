@@ -507,3 +507,125 @@ fn ocr_with_tesseract_makes_a_png_of_words_searchable() {
         document["metadata"]["processors"]["ocr"]
     );
 }
+
+/// A server that answers, except for a file whose text says "hang"; each start records its
+/// pid and a background sleeper's, to prove the whole group dies.
+fn selective_server(root: &Path, pids: &Path) -> std::path::PathBuf {
+    script(
+        root,
+        "selective.sh",
+        &format!(
+            "sleep 1000 &\necho \"$$ $!\" >> '{pids}'\n\
+             while IFS= read -r line; do\n\
+               {READ_ID}\n\
+               path=$(printf '%s' \"$line\" | sed 's/.*\"path\":\"\\([^\"]*\\)\".*/\\1/')\n\
+               if grep -q hang \"$path\"; then sleep 1000; fi\n\
+               printf '{{\"id\":%s,\"metadata\":{{\"pid\":%s}}}}\\n' \"$id\" \"$$\"\n\
+             done\n",
+            pids = pids.display()
+        ),
+    )
+}
+
+/// A cancel while a server works on the job kills the server's whole group (it cannot be
+/// told to drop one request); the next file starts a fresh server.
+#[test]
+fn cancelling_a_job_kills_its_busy_server_and_the_next_file_gets_a_fresh_one() {
+    let (directory, root) = crate::support::temp_dir();
+    let pids = root.join("pids");
+    let selective = selective_server(&root, &pids);
+    let mut suite = Suite::with_settings(
+        "5s",
+        "2s",
+        "400ms",
+        "",
+        &server("selective", "text/plain", &selective, ""),
+    );
+    let worker = suite.start_worker("1");
+    let (id, _, _) = suite.enqueue_file("slow.txt", b"please hang\n");
+    suite.wait_for("the server never started", &worker, || {
+        !lines_of(&pids).is_empty()
+    });
+    suite.wait_for("the job never reached its server", &worker, || {
+        suite
+            .job(id)
+            .progress_message
+            .is_some_and(|message| message == "processor selective")
+    });
+    suite.store.cancel_job(id).unwrap();
+    assert_eq!(suite.wait_for_end(id, &worker).state, JobState::Cancelled);
+    assert_no_process_left(&pids);
+
+    let (next, _, _) = suite.enqueue_file("quick.txt", b"quick\n");
+    let job = suite.wait_for_end(next, &worker);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", worker.log());
+    assert_eq!(lines_of(&pids).len(), 2, "a fresh server");
+    drop(directory);
+}
+
+/// A server lives as long as its worker: SIGTERM stops the worker cleanly and its servers
+/// with it; a reload that changes the server's entry replaces the server.
+#[test]
+fn a_reload_that_changes_a_server_replaces_it_and_stopping_the_worker_stops_it() {
+    let (directory, root) = crate::support::temp_dir();
+    let pids = root.join("pids");
+    let selective = selective_server(&root, &pids);
+    let mut suite = Suite::with_settings(
+        "5s",
+        "2s",
+        "400ms",
+        "",
+        &server("selective", "text/plain", &selective, "timeout = \"30s\""),
+    );
+    let mut worker = suite.start_worker("1");
+    let (first, _, _) = suite.enqueue_file("one.txt", b"one\n");
+    assert_eq!(
+        suite.wait_for_end(first, &worker).state,
+        JobState::Succeeded
+    );
+    let (again, _, _) = suite.enqueue_file("two.txt", b"two\n");
+    assert_eq!(
+        suite.wait_for_end(again, &worker).state,
+        JobState::Succeeded
+    );
+    assert_eq!(lines_of(&pids).len(), 1, "kept across files");
+
+    let config = std::fs::read_to_string(&suite.config_path).unwrap();
+    std::fs::write(
+        &suite.config_path,
+        config.replace("timeout = \"30s\"", "timeout = \"31s\""),
+    )
+    .unwrap();
+    worker
+        .signal(nix::sys::signal::Signal::SIGHUP)
+        .expect("signal the worker");
+    worker.wait_for_log_lines(&["configuration reloaded"], 1, crate::support::DEADLINE);
+    let (third, _, _) = suite.enqueue_file("three.txt", b"three\n");
+    assert_eq!(
+        suite.wait_for_end(third, &worker).state,
+        JobState::Succeeded
+    );
+    let runs = lines_of(&pids);
+    assert_eq!(
+        runs.len(),
+        2,
+        "the changed entry got a new server: {runs:?}"
+    );
+    assert!(
+        worker
+            .log()
+            .contains("processor selective: stopping its server (pid "),
+        "{}",
+        worker.log()
+    );
+
+    worker
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("signal the worker");
+    let status = worker
+        .wait_for_exit(crate::support::DEADLINE)
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    assert_eq!(status.code(), Some(0), "log:\n{}", worker.log());
+    assert_no_process_left(&pids);
+    drop(directory);
+}
