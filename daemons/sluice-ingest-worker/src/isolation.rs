@@ -6,8 +6,10 @@
 //! Installed, the worker runs under its unit's `PrivateNetwork=yes`: its network namespace
 //! has only a loopback device of its own, and the processors it starts inherit it, so they
 //! reach nothing beyond the worker's own loopback, where nothing listens. The worker sees
-//! this at its first processor start: `/proc/self/net/dev` lists no device but `lo`. Then
-//! nothing more is done (the unit's `RestrictNamespaces=yes` would refuse it anyway).
+//! this at its first processor start: `/proc/self/net/dev` lists no device but `lo` (or, should
+//! that file be hidden, it may not create an IPv4 or IPv6 socket at all: the unit's
+//! `RestrictAddressFamilies=AF_UNIX`, a seccomp filter its children inherit). Then nothing more
+//! is done (the unit's `RestrictNamespaces=yes` would refuse it anyway).
 //!
 //! Run any other way (by hand, in the tests), the worker itself may be on the network. Then
 //! each processor is started through a launcher, the worker's own program run again with
@@ -68,10 +70,14 @@ pub fn enable_launcher() {
 pub fn network_isolation() -> NetworkIsolation {
     static ISOLATION: OnceLock<NetworkIsolation> = OnceLock::new();
     *ISOLATION.get_or_init(|| {
-        let isolation = match std::fs::read_to_string("/proc/self/net/dev") {
-            Ok(devices) if only_loopback(&devices) => NetworkIsolation::Inherited,
-            _ if LAUNCHER_AVAILABLE.load(Ordering::Relaxed) => NetworkIsolation::OwnNamespace,
-            _ => NetworkIsolation::Unavailable,
+        let only_loopback = std::fs::read_to_string("/proc/self/net/dev")
+            .is_ok_and(|devices| only_loopback(&devices));
+        let isolation = if only_loopback || ip_sockets_refused() {
+            NetworkIsolation::Inherited
+        } else if LAUNCHER_AVAILABLE.load(Ordering::Relaxed) {
+            NetworkIsolation::OwnNamespace
+        } else {
+            NetworkIsolation::Unavailable
         };
         match isolation {
             NetworkIsolation::Inherited => tracing::info!(
@@ -177,6 +183,17 @@ impl PrivateTemp {
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
         Ok(path)
     }
+}
+
+/// Whether this process may not create IPv4 and IPv6 sockets at all: the unit's
+/// `RestrictAddressFamilies=AF_UNIX`, a seccomp filter every child inherits. A second sign of
+/// the unit's sandbox, for when `/proc/self/net/dev` cannot be read.
+fn ip_sockets_refused() -> bool {
+    // Binding to a loopback port first creates the socket, which is what the filter refuses;
+    // on any machine with IP networking at least one of the two succeeds.
+    ["127.0.0.1:0", "[::1]:0"]
+        .into_iter()
+        .all(|address| std::net::UdpSocket::bind(address).is_err())
 }
 
 fn only_loopback(devices: &str) -> bool {

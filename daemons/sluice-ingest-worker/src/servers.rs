@@ -382,6 +382,9 @@ impl Server {
                     // the server gone and starts it again.
                     continue;
                 }
+                // Killed because its job was cancelled, timed out or stopped (by the main
+                // loop, after the check above): that is the job's failure, not the server's.
+                check()?;
                 return Err(IngestFailure::Retryable(format!(
                     "processor {name}: its server {status} while it worked on this file{}; it \
                      starts again for the next attempt",
@@ -443,6 +446,7 @@ impl Server {
                     Err(error) => {
                         // A closed stdin (EPIPE): the server is exiting; its exit says more.
                         self.wait_briefly_for_exit();
+                        check()?;
                         let status = self
                             .exit_status()
                             .unwrap_or_else(|| format!("closed its stdin ({error})"));
@@ -458,6 +462,7 @@ impl Server {
                 let at_end = self.read_available();
                 if at_end && !self.unread.contains(&b'\n') {
                     self.wait_briefly_for_exit();
+                    check()?;
                     let status = self
                         .exit_status()
                         .unwrap_or_else(|| "closed its stdout".to_owned());
