@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use sluice_core::bus::{UnitStatus, read_unit_status};
 use zbus::Connection;
 use zbus::OwnedObjectPath;
 
@@ -68,9 +69,6 @@ trait Manager {
         patterns: &[&str],
     ) -> zbus::Result<Vec<UnitEntry>>;
 
-    /// The object path of a loaded unit; `NoSuchUnit` when it is not loaded.
-    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
 
@@ -99,49 +97,6 @@ impl UnitState {
             "active" | "activating" | "reloading"
         )
     }
-}
-
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Unit",
-    default_service = "org.freedesktop.systemd1"
-)]
-trait Unit {
-    #[zbus(property)]
-    fn active_state(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn sub_state(&self) -> zbus::Result<String>;
-    /// When the unit last entered `active` (µs since the epoch; 0 when never).
-    #[zbus(property)]
-    fn active_enter_timestamp(&self) -> zbus::Result<u64>;
-}
-
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Service",
-    default_service = "org.freedesktop.systemd1"
-)]
-trait Service {
-    #[zbus(property, name = "MainPID")]
-    fn main_pid(&self) -> zbus::Result<u32>;
-    #[zbus(property, name = "NRestarts")]
-    fn n_restarts(&self) -> zbus::Result<u32>;
-    /// The daemon's last `STATUS=` line.
-    #[zbus(property)]
-    fn status_text(&self) -> zbus::Result<String>;
-}
-
-/// What systemd knows of one service unit, as `systemctl status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceDetails {
-    pub unit: String,
-    /// `active`, `inactive`, `failed`, ...; `not-loaded` when systemd has not loaded it.
-    pub active_state: String,
-    pub sub_state: String,
-    /// 0 when none.
-    pub main_pid: u32,
-    pub restarts: u32,
-    /// When it last became active, µs since the epoch; `None` when never.
-    pub active_since_us: Option<u64>,
-    pub status_text: String,
 }
 
 /// How one start or stop job ended.
@@ -174,52 +129,14 @@ impl Systemd {
         Ok((Systemd { manager }, version))
     }
 
-    /// Each service unit's state, PID, restarts, since when and `STATUS=` line; a unit systemd
-    /// has not loaded is `not-loaded`.
-    pub async fn service_details(&self, units: &[String]) -> zbus::Result<Vec<ServiceDetails>> {
+    /// What systemd says about each unit, in the order given.
+    pub async fn unit_statuses(&self, units: &[String]) -> zbus::Result<Vec<UnitStatus>> {
         let connection = self.manager.inner().connection();
-        let mut details = Vec::with_capacity(units.len());
+        let mut statuses = Vec::with_capacity(units.len());
         for unit in units {
-            let path = match self.manager.get_unit(unit).await {
-                Ok(path) => path,
-                Err(zbus::Error::MethodError(name, _, _))
-                    if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
-                {
-                    details.push(ServiceDetails {
-                        unit: unit.clone(),
-                        active_state: "not-loaded".to_owned(),
-                        sub_state: "-".to_owned(),
-                        main_pid: 0,
-                        restarts: 0,
-                        active_since_us: None,
-                        status_text: String::new(),
-                    });
-                    continue;
-                }
-                Err(error) => return Err(error),
-            };
-            let unit_proxy = UnitProxy::builder(connection)
-                .path(path.clone())
-                .cache_properties(zbus::proxy::CacheProperties::No)
-                .build()
-                .await?;
-            let service = ServiceProxy::builder(connection)
-                .path(path)
-                .cache_properties(zbus::proxy::CacheProperties::No)
-                .build()
-                .await?;
-            let since = unit_proxy.active_enter_timestamp().await?;
-            details.push(ServiceDetails {
-                unit: unit.clone(),
-                active_state: unit_proxy.active_state().await?,
-                sub_state: unit_proxy.sub_state().await?,
-                main_pid: service.main_pid().await?,
-                restarts: service.n_restarts().await?,
-                active_since_us: (since > 0).then_some(since),
-                status_text: service.status_text().await?,
-            });
+            statuses.push(read_unit_status(connection, unit).await?);
         }
-        Ok(details)
+        Ok(statuses)
     }
 
     /// `systemctl daemon-reload`: returns once systemd has reloaded.

@@ -34,6 +34,7 @@ mod object;
 mod peers;
 mod rate_limit;
 mod scraper;
+mod units;
 pub mod validate;
 mod web;
 
@@ -62,6 +63,7 @@ pub use scraper::{
     DownloadOptions, SCRAPER_BUS_NAME, SCRAPER_OBJECT_PATH, ScraperCommand, ScraperInterface,
     ScraperProxy, ScraperService, ScraperStatus, SourceState, SourceStates, bundle_request,
 };
+pub use units::{UnitStatus, read_unit_status};
 pub use web::{
     WEB_BUS_NAME, WEB_OBJECT_PATH, WebCommand, WebInterface, WebProxy, WebService, WebStatus,
 };

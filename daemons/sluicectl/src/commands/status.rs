@@ -12,7 +12,7 @@ use zbus::Connection;
 
 use super::{Context, Failure};
 use crate::output::{print_json, print_line, print_table};
-use crate::systemd::{ServiceDetails, Systemd};
+use crate::systemd::Systemd;
 
 impl Context {
     pub(super) fn status(&self) -> Result<(), Failure> {
@@ -34,7 +34,7 @@ impl Context {
             // test bus, a container without systemd) the unit columns are unknown.
             let units = tokio::time::timeout(SYSTEMD_TIMEOUT, async {
                 let (systemd, _) = Systemd::connect().await.ok()?;
-                systemd.service_details(&units).await.ok()
+                systemd.unit_statuses(&units).await.ok()
             })
             .await
             .ok()
@@ -68,7 +68,7 @@ impl Context {
                     "running": daemon.running,
                     "state": daemon.state,
                     "status": daemon.status,
-                    "unit": unit_of(index).map(unit_json),
+                    "unit": unit_of(index),
                 })).collect::<Vec<_>>(),
                 "jobs": counts.iter().map(|(state, count)| (state.as_str().to_owned(), Value::from(*count))).collect::<serde_json::Map<_, _>>(),
                 "sources": sources.iter().map(|source| json!({
@@ -101,22 +101,24 @@ impl Context {
                 let status = daemon
                     .status
                     .clone()
-                    .or_else(|| {
-                        unit.map(|unit| unit.status_text.clone())
-                            .filter(|text| !text.is_empty())
-                    })
+                    .or_else(|| unit.and_then(|unit| unit.status_text.clone()))
                     .unwrap_or_else(|| "-".into());
                 vec![
                     daemon.name.clone(),
-                    unit.map_or_else(
-                        || "-".into(),
-                        |unit| format!("{} ({})", unit.active_state, unit.sub_state),
-                    ),
-                    unit.filter(|unit| unit.main_pid != 0)
-                        .map_or_else(|| "-".into(), |unit| unit.main_pid.to_string()),
-                    unit.map_or_else(|| "-".into(), |unit| unit.restarts.to_string()),
-                    unit.and_then(|unit| unit.active_since_us)
-                        .filter(|_| unit.is_some_and(|unit| unit.active_state == "active"))
+                    unit.and_then(|unit| {
+                        let active = unit.active_state.as_deref()?;
+                        Some(format!(
+                            "{active} ({})",
+                            unit.sub_state.as_deref().unwrap_or("-")
+                        ))
+                    })
+                    .unwrap_or_else(|| "-".into()),
+                    unit.and_then(|unit| unit.main_pid)
+                        .map_or_else(|| "-".into(), |pid| pid.to_string()),
+                    unit.and_then(|unit| unit.restarts)
+                        .map_or_else(|| "-".into(), |restarts| restarts.to_string()),
+                    unit.filter(|unit| unit.active_state.as_deref() == Some("active"))
+                        .and_then(|unit| unit.active_since_us)
                         .map_or_else(|| "-".into(), |since| ago((since / 1000) as i64, now)),
                     if daemon.running { "yes" } else { "no" }.to_owned(),
                     daemon.state.clone().unwrap_or_else(|| "-".into()),
@@ -171,18 +173,6 @@ fn ago(at_ms: i64, now_ms: i64) -> String {
         "{} ago",
         humantime::format_duration(Duration::from_secs(seconds))
     )
-}
-
-fn unit_json(unit: &ServiceDetails) -> Value {
-    json!({
-        "name": unit.unit,
-        "active_state": unit.active_state,
-        "sub_state": unit.sub_state,
-        "main_pid": unit.main_pid,
-        "restarts": unit.restarts,
-        "active_since_us": unit.active_since_us,
-        "status_text": unit.status_text,
-    })
 }
 
 struct DaemonRow {
