@@ -713,6 +713,120 @@ fn a_pdf_and_a_photo_are_read_searched_and_thumbnailed_by_the_installed_suite() 
     Ok(())
 }
 
+/// A feed that only answers with a bearer token, for the source system test: `/feed.xml`
+/// (401 without `Authorization: Bearer s3cret-feed`) names one enclosure, served openly.
+const SOURCE_SERVER: &str = r#"
+import http.server
+
+FEED = b"""<?xml version="1.0"?>
+<rss version="2.0"><channel><title>reports</title>
+<item><guid>report-1</guid><title>First</title>
+<enclosure url="http://127.0.0.1:8097/quarterly-source.txt" type="text/plain" length="22"/>
+</item></channel></rss>"""
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/feed.xml":
+            if self.headers.get("Authorization") != "Bearer s3cret-feed":
+                self.send_error(401)
+                return
+            body, kind = FEED, "application/rss+xml"
+        elif self.path == "/quarterly-source.txt":
+            body, kind = b"a file a source found\n", "text/plain"
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *arguments):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", 8097), Handler).serve_forever()
+"#;
+
+/// A `[[source]]` configured the way the README says, in the installed suite: the source in a
+/// configuration drop-in, its bearer token in a root-only file handed to sluice-scraper with
+/// `LoadCredential=` in a unit drop-in (so group sluice cannot read it). A check on request
+/// (`sluicectl sources check`) reads the feed with the token, and its enclosure becomes a
+/// document.
+#[test]
+fn a_configured_source_with_a_loaded_credential_produces_a_document() -> Result<()> {
+    let Some(suite) = Suite::running()? else {
+        return Ok(());
+    };
+    let container = &suite.container;
+    std::fs::write(container.root().join("srv/source-server.py"), SOURCE_SERVER)?;
+    container.check("systemd-run --unit source-http python3 /srv/source-server.py")?;
+    let served = wait_until(Duration::from_secs(30), || {
+        container
+            .sh("curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8097/feed.xml")
+            .is_ok_and(|output| output.stdout_text() == "401")
+    });
+    ensure!(served, "the loopback feed server did not start");
+    container.check(
+        "install -d -m 0700 /etc/sluice/credentials && \
+         (umask 077 && printf '# the feed\\nbearer s3cret-feed\\n' > /etc/sluice/credentials/feed) && \
+         mkdir -p /etc/systemd/system/sluice-scraper.service.d /etc/sluice/sluice.toml.d && \
+         printf '[Service]\\nLoadCredential=feed:/etc/sluice/credentials/feed\\n' \
+           > /etc/systemd/system/sluice-scraper.service.d/50-feed-credential.conf",
+    )?;
+    std::fs::write(
+        container
+            .root()
+            .join("etc/sluice/sluice.toml.d/50-system-source.toml"),
+        "[scraper]\nallow_private_addresses = true\n\n[[source]]\nname = \"reports\"\n\
+         url = \"http://127.0.0.1:8097/feed.xml\"\nmode = \"feed\"\nevery = \"1h\"\n\
+         credentials_file = \"/run/credentials/sluice-scraper.service/feed\"\n",
+    )?;
+    let cleanup = || {
+        let _ = container.sh("rm -f /etc/sluice/sluice.toml.d/50-system-source.toml \
+               /etc/systemd/system/sluice-scraper.service.d/50-feed-credential.conf; \
+             systemctl stop source-http; systemctl daemon-reload; \
+             systemctl restart sluice-scraper");
+    };
+    let outcome = (|| -> Result<()> {
+        container.check("systemctl daemon-reload && systemctl restart sluice-scraper")?;
+        suite.wait_until_unit_runs("sluice-scraper.service")?;
+        let mode = container.check("stat -c '%U:%G %a' /etc/sluice/credentials/feed")?;
+        ensure!(
+            mode.trim() == "root:root 600",
+            "the credential file is {mode:?}"
+        );
+        let checked = container.sh("sluicectl --json sources check reports")?;
+        ensure!(
+            checked.status.success(),
+            "sluicectl sources check: {}{}",
+            checked.stdout_text(),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+        let source: serde_json::Value =
+            serde_json::from_str(&checked.stdout_text()).context("sources check --json")?;
+        ensure!(
+            source["last_error"].is_null() && source["items_seen"] == 1,
+            "the check of the feed: {source}"
+        );
+        let document = suite.wait_for_document("quarterly-source.txt", Duration::from_secs(120))?;
+        ensure!(document["size"] == 22, "document {document}");
+        let listed = suite.sluicectl_json("sources show reports")?;
+        ensure!(
+            listed["downloads_made"] == 1,
+            "sluicectl sources show: {listed}"
+        );
+        Ok(())
+    })();
+    if outcome.is_err()
+        && let Ok(journal) = container.check("journalctl --no-pager -o cat -u sluice-scraper -n 30")
+    {
+        eprintln!("sluice-scraper's journal:\n{journal}");
+    }
+    cleanup();
+    outcome
+}
+
 /// A monitor that hangs (SIGSTOP) stops pinging the watchdog: systemd kills and restarts
 /// it after `WatchdogSec=` with result `watchdog`, and the new monitor's start-up reconcile
 /// finds the file that arrived while it hung; `sluicectl status` shows the new PID and the
