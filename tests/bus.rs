@@ -1055,6 +1055,10 @@ const PROPERTIES_ON_MAIN: &[(&str, &[(&str, &str)])] = &[
             ("JobsQueued", "t"),
             // Added with the queue limits (issue 9).
             ("FilesHeld", "t"),
+            // Added for /metrics (issue 11).
+            ("WatchEvents", "t"),
+            ("WatchOverflows", "t"),
+            ("Reconciles", "t"),
         ],
     ),
     (

@@ -152,6 +152,9 @@ pub async fn run(dependencies: Dependencies) -> Result<(), MonitorError> {
         jobs_queued: 0,
         files_known: None,
         files_held: 0,
+        watch_events: 0,
+        watch_overflows: 0,
+        reconciles: 0,
         held_check_running: false,
         held_check_wanted: false,
         held_check_failed: false,
@@ -267,6 +270,11 @@ struct Monitor {
     files_known: Option<u64>,
     /// Files recorded without an ingest job because the queue was full, at the last look.
     files_held: u64,
+    /// Watcher messages handled, overflows among them, and walks finished, since the start;
+    /// published for `/metrics`.
+    watch_events: u64,
+    watch_overflows: u64,
+    reconciles: u64,
     /// A `QueueHeld` is with the recorder; another request waits for its answer
     /// (`held_check_wanted`), so a flood of job signals makes one look at a time.
     held_check_running: bool,
@@ -400,6 +408,7 @@ impl Monitor {
                 elapsed,
             } => {
                 if generation == self.generation {
+                    self.reconciles += 1;
                     self.finish_walk(watch, scope, reason, summary, elapsed);
                 }
             }
@@ -421,6 +430,7 @@ impl Monitor {
     }
 
     fn handle_watch_message(&mut self, index: usize, message: WatchMessage) {
+        self.watch_events += 1;
         match message {
             WatchMessage::Closed(path) => self.file_ready(index, &path),
             WatchMessage::MovedIn(path) => match std::fs::symlink_metadata(&path) {
@@ -451,6 +461,7 @@ impl Monitor {
                 self.send_to_recorder(RecorderCommand::Sweep { prefix: path, mode });
             }
             WatchMessage::Rescan => {
+                self.watch_overflows += 1;
                 let root = self.watches[index].config.path.clone();
                 tracing::warn!(
                     path = %root.display(),
@@ -705,6 +716,8 @@ impl Monitor {
             .collect();
         let (files_detected, jobs_queued, files_held) =
             (self.files_detected, self.jobs_queued, self.files_held);
+        let (watch_events, watch_overflows, reconciles) =
+            (self.watch_events, self.watch_overflows, self.reconciles);
         let last_error = self.last_error.clone().unwrap_or_default();
         let durability = self.config().store.durability.as_str().to_owned();
         let result = self
@@ -719,6 +732,9 @@ impl Monitor {
                 status.files_detected = files_detected;
                 status.jobs_queued = jobs_queued;
                 status.files_held = files_held;
+                status.watch_events = watch_events;
+                status.watch_overflows = watch_overflows;
+                status.reconciles = reconciles;
             })
             .await;
         if let Err(error) = result {

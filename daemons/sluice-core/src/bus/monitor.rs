@@ -56,6 +56,15 @@ published_object! {
         /// Files recorded but not yet queued, because the ingest queue is at `[ingest]
         /// max_pending`; they are queued, oldest first, as it drains.
         files_held: u64 => u64 = Clone::clone;
+        /// Watcher events handled since the monitor started (inotify or polling), each a
+        /// file or folder that changed.
+        watch_events: u64 => u64 = Clone::clone;
+        /// Times events were lost since the monitor started (an inotify queue overflow, or an
+        /// event without a path), each answered by reconciling the folder.
+        watch_overflows: u64 => u64 = Clone::clone;
+        /// Reconcile walks finished since the monitor started (at start, after an overflow,
+        /// periodic, for folders created or moved in).
+        reconciles: u64 => u64 = Clone::clone;
     }
     members {
         /// Reconcile a watched folder (or a folder inside one) with the database now; an empty
@@ -99,6 +108,9 @@ impl MonitorStatus {
             files_detected: 0,
             jobs_queued: 0,
             files_held: 0,
+            watch_events: 0,
+            watch_overflows: 0,
+            reconciles: 0,
         }
     }
 }
