@@ -28,10 +28,12 @@ use super::{Store, StoreError, duration_ms, now_ms};
 
 // The plain types (limits, errors, states, inputs and rows) live in `types`; this module keeps
 // the queries. Re-exported so every path stays `store::jobs::Name`.
+mod activity;
 mod limits;
 pub(crate) mod log;
 mod types;
 
+pub use activity::{ActivityCursor, ActivityTransition, JobActivity};
 pub(super) use limits::{require_room, room_for};
 pub use log::{JobLogEntry, JobLogEvent, MAX_LOG_PAGE, MAX_STEP_BYTES};
 pub use types::*;
