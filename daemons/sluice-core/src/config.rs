@@ -127,6 +127,28 @@ pub struct WebConfig {
     pub max_event_streams: u32,
     /// The longest `?wait=` a request may ask for.
     pub max_wait: Duration,
+    /// Who may read `{base}/metrics`.
+    pub metrics_access: MetricsAccess,
+}
+
+/// Who may read `{base}/metrics` (`[web] metrics_access`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAccess {
+    /// `"token"`: whoever may read the API (the read or the admin token, or anyone when
+    /// `public_reads = true`).
+    Token,
+    /// `"loopback"`: any connection from 127.0.0.0/8 or ::1, without a token (a Prometheus on
+    /// the same host); everyone else is refused whatever token they send.
+    Loopback,
+}
+
+impl MetricsAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricsAccess::Token => "token",
+            MetricsAccess::Loopback => "loopback",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -8,7 +8,9 @@
 //!   given);
 //! - `GET`/`HEAD` under `/api`: the read token or the admin token, or anyone when
 //!   `[web] public_reads = true`;
-//! - every other method under `/api`: the admin token only.
+//! - every other method under `/api`: the admin token only;
+//! - `GET /metrics`: `[web] metrics_access`: `token` is the rule of `GET` under `/api`,
+//!   `loopback` is any client connecting from a loopback address, without a token.
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
@@ -19,7 +21,7 @@ use actix_web::{App, Error, HttpRequest, HttpResponse, guard};
 
 use crate::error::{ApiError, json_error, path_error, query_error};
 use crate::state::{AppState, Grant};
-use crate::{api, bundles, content, dashboard, events, job_stream, status, upload};
+use crate::{api, bundles, content, dashboard, events, job_stream, metrics, status, upload};
 
 /// The whole HTTP application for `state`; `HttpServer` calls this once per worker, tests call
 /// it directly with `actix_web::test`.
@@ -46,6 +48,7 @@ pub fn app(
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .app_data(web::PathConfig::default().error_handler(path_error))
         .wrap(from_fn(check_host))
+        .wrap(from_fn(metrics::count_requests))
         .service(
             web::scope(&settings.base_path)
                 .route("/", web::get().to(dashboard::dashboard))
@@ -53,6 +56,11 @@ pub fn app(
                 .route("/dashboard.css", web::get().to(dashboard::stylesheet))
                 .route("/healthz", web::get().to(status::healthz))
                 .route("/readyz", web::get().to(status::readyz))
+                .service(
+                    web::resource("/metrics")
+                        .wrap(from_fn(metrics::require_metrics_access))
+                        .route(web::get().to(metrics::metrics)),
+                )
                 .service(
                     web::scope("/api")
                         .wrap(from_fn(require_token))
@@ -124,7 +132,7 @@ async fn require_token<B: MessageBody>(
     Ok(next.call(request).await?.map_into_left_body())
 }
 
-fn check_token(request: &ServiceRequest) -> Result<(), ApiError> {
+pub(crate) fn check_token(request: &ServiceRequest) -> Result<(), ApiError> {
     let state = app_state(request)?;
     let access = state.access();
     let reading = only_reads(request.method());

@@ -202,6 +202,7 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
         event_sender.clone(),
         shutdown,
     );
+    state.start_metrics();
     apply_stream_limit(&state, &budget, config.web.max_event_streams);
     crate::upload::sweep_staging(&config.scraper.staging);
     tokio::spawn(catch_up_with_jobs(state.clone()));

@@ -15,6 +15,7 @@ mod emitters;
 mod error;
 mod events;
 mod job_stream;
+mod metrics;
 mod state;
 mod status;
 #[cfg(test)]

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use sluice_core::config::{Config, WebConfig};
+use sluice_core::config::{Config, MetricsAccess, WebConfig};
 use sluice_core::store::{Store, StoreError, StoreOptions};
 use subtle::ConstantTimeEq;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::error::ApiError;
 use crate::events::{EventStreamSlots, SseFrame};
+use crate::metrics::Metrics;
 use crate::waiters::JobWaiters;
 
 /// The shared state of the HTTP side; cheap to clone (one `Arc`).
@@ -33,6 +34,7 @@ struct Shared {
     requests_served: AtomicU64,
     event_streams: EventStreamSlots,
     waiters: Arc<JobWaiters>,
+    metrics: Metrics,
 }
 
 /// Settings read once at start; changing them needs a restart (the listener and the routes
@@ -133,6 +135,8 @@ pub struct AccessRules {
     pub reads: ReadAccess,
     /// Lower-case host names without port.
     pub allowed_hosts: Vec<String>,
+    /// Who may read `{base}/metrics`.
+    pub metrics: MetricsAccess,
 }
 
 /// Who may read the API (`GET`, `HEAD`) besides the holder of the admin token.
@@ -177,6 +181,7 @@ impl AccessRules {
             admin_token,
             reads,
             allowed_hosts: config.allowed_hosts.clone(),
+            metrics: config.metrics_access,
         })
     }
 
@@ -403,6 +408,7 @@ impl AppState {
                 requests_served: AtomicU64::new(0),
                 event_streams,
                 waiters: Arc::new(JobWaiters::default()),
+                metrics: Metrics::new(),
             }),
         }
     }
@@ -449,6 +455,30 @@ impl AppState {
 
     pub fn event_streams(&self) -> &EventStreamSlots {
         &self.inner.event_streams
+    }
+
+    /// The counters of `/metrics` and its cached answer.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Starts the job counters of `/metrics` at what the database holds now, so jobs that
+    /// end after the start and before the first scrape count too.
+    pub fn start_metrics(&self) {
+        let started = self
+            .inner
+            .stores
+            .with(|store| self.inner.metrics.start_counting(store));
+        let error = match started {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(error) => error.to_string(),
+        };
+        tracing::warn!(
+            error = %error,
+            "cannot read where the job counters of /metrics start ({error}); the first scrape \
+             starts them"
+        );
     }
 
     /// The requests and streams waiting for jobs.

@@ -35,6 +35,7 @@ fn state_with_reads(directory: &std::path::Path, reads: ReadAccess) -> AppState 
             admin_token: ApiToken::new(TOKEN).expect("token"),
             reads,
             allowed_hosts: vec!["localhost".into()],
+            metrics: sluice_core::config::MetricsAccess::Token,
         },
         stores,
         None,
@@ -338,4 +339,83 @@ async fn event_streams_beyond_the_limit_get_503_until_one_closes() {
     assert_eq!(state.event_streams().open(), 2);
     drop((second, again));
     assert_eq!(state.event_streams().open(), 0);
+}
+
+/// `/metrics` follows `[web] metrics_access`: with `token`, the API's read rule; with
+/// `loopback`, the client's address and nothing else. Requests count by route pattern, not by
+/// raw path.
+#[actix_web::test]
+async fn metrics_answer_whom_metrics_access_allows_and_count_routes_by_pattern() {
+    use sluice_core::config::MetricsAccess;
+    let directory = tempfile::tempdir().unwrap();
+    let loopback: std::net::SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let mapped_loopback: std::net::SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
+    let remote: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    for access in [MetricsAccess::Token, MetricsAccess::Loopback] {
+        let state = state(directory.path());
+        let mut rules = state.access();
+        rules.metrics = access;
+        state.replace_access(rules);
+        let service = init_service(app(state)).await;
+        // Two raw paths of one route, and a path of no route.
+        for uri in ["/api/jobs/1", "/api/jobs/2", "/no/such/page"] {
+            let request = TestRequest::get()
+                .uri(uri)
+                .insert_header(("Host", "localhost"))
+                .insert_header(("Authorization", format!("Bearer {TOKEN}")));
+            call_service(&service, request.to_request()).await;
+        }
+        let cases = match access {
+            MetricsAccess::Token => vec![
+                (None, loopback, StatusCode::UNAUTHORIZED),
+                (
+                    Some("wrong-token-but-long-enough-0123"),
+                    loopback,
+                    StatusCode::UNAUTHORIZED,
+                ),
+                (Some(READ_TOKEN), remote, StatusCode::OK),
+                (Some(TOKEN), remote, StatusCode::OK),
+            ],
+            MetricsAccess::Loopback => vec![
+                (None, loopback, StatusCode::OK),
+                (None, mapped_loopback, StatusCode::OK),
+                (None, remote, StatusCode::FORBIDDEN),
+                (Some(TOKEN), remote, StatusCode::FORBIDDEN),
+            ],
+        };
+        for (token, peer, status) in cases {
+            let mut request = TestRequest::get()
+                .uri("/metrics")
+                .peer_addr(peer)
+                .insert_header(("Host", "localhost"));
+            if let Some(token) = token {
+                request = request.insert_header(("Authorization", format!("Bearer {token}")));
+            }
+            let response = call_service(&service, request.to_request()).await;
+            let what = format!("{access:?}: token {token:?} from {peer}");
+            assert_eq!(response.status(), status, "{what}");
+            if status != StatusCode::OK {
+                let body: Value = read_body_json(response).await;
+                assert!(body["error"]["message"].is_string(), "{what}: {body}");
+                continue;
+            }
+            let body = actix_web::test::read_body(response).await;
+            let text = std::str::from_utf8(&body).unwrap();
+            assert!(
+                text.contains(
+                    "sluice_http_requests_total{method=\"GET\",route=\"/api/jobs/{id}\",status=\"404\"} 2"
+                ),
+                "{what}: {text}"
+            );
+            assert!(
+                text.contains("route=\"unmatched\",status=\"404\"} 1"),
+                "{what}: {text}"
+            );
+            assert!(!text.contains("/api/jobs/1"), "{what}: {text}");
+            assert!(
+                text.contains("sluice_daemon_up{daemon=\"sluice-web\"} 1"),
+                "{what}: {text}"
+            );
+        }
+    }
 }

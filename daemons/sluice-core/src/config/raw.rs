@@ -86,6 +86,7 @@ pub(super) struct RawWeb {
     pub allowed_hosts: TextList,
     pub max_event_streams: Number,
     pub max_wait: Text,
+    pub metrics_access: Text,
 }
 
 #[derive(Debug, Deserialize)]

@@ -20,9 +20,9 @@ use super::raw::{
 };
 use super::{
     BusAddress, BusConfig, Config, ConfigError, Durability, IgnoreRules, IngestConfig, JobsConfig,
-    LimitsConfig, LinkPattern, MimePattern, MonitorConfig, ProcessorConfig, ProcessorMode,
-    RetentionConfig, ScraperConfig, ServiceConfig, SourceConfig, SourceMode, StoreConfig,
-    WatchConfig, WatchMode, Watcher, WebConfig,
+    LimitsConfig, LinkPattern, MetricsAccess, MimePattern, MonitorConfig, ProcessorConfig,
+    ProcessorMode, RetentionConfig, ScraperConfig, ServiceConfig, SourceConfig, SourceMode,
+    StoreConfig, WatchConfig, WatchMode, Watcher, WebConfig,
 };
 
 /// Turns spans into error locations for validation.
@@ -245,6 +245,13 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
         allowed_hosts: allowed_hosts(locator, &raw.web.allowed_hosts)?,
         max_event_streams: locator.number(&raw.web.max_event_streams, MAX_EVENT_STREAMS)?,
         max_wait: locator.duration(&raw.web.max_wait, MAX_WAIT)?,
+        metrics_access: locator.choice(
+            &raw.web.metrics_access,
+            &[
+                ("token", MetricsAccess::Token),
+                ("loopback", MetricsAccess::Loopback),
+            ],
+        )?,
     };
     let monitor = MonitorConfig {
         reconcile_interval: locator
