@@ -336,3 +336,37 @@ fn config_check_accepts_a_random_file_exactly_when_every_daemon_does() {
     }
     eprintln!("{accepted} of {RANDOM_FILES} random files were accepted");
 }
+
+/// `[web] metrics_access` takes "token" or "loopback", and every daemon lives with each;
+/// anything else is refused by `config check` and every daemon alike, naming the key's line
+/// and the words it takes.
+#[test]
+fn metrics_access_is_token_or_loopback_and_nothing_else() {
+    let bench = Bench::new();
+    for word in ["token", "loopback"] {
+        let values = BTreeMap::from([("web.metrics_access".to_owned(), format!("\"{word}\""))]);
+        assert!(
+            bench.check_the_rule(&values, &format!("metrics_access = {word:?}")),
+            "config check must accept metrics_access = {word:?}"
+        );
+    }
+    for bad in ["\"public\"", "\"\"", "\"Token\"", "true", "1"] {
+        let values = BTreeMap::from([("web.metrics_access".to_owned(), bad.to_owned())]);
+        assert!(
+            !bench.check_the_rule(&values, &format!("metrics_access = {bad}")),
+            "config check must refuse metrics_access = {bad}"
+        );
+        let message = bench
+            .config_check(&bench.write_config(&values))
+            .unwrap_err();
+        assert!(message.contains("metrics_access"), "{message}");
+    }
+    let values = BTreeMap::from([("web.metrics_access".to_owned(), "\"public\"".to_owned())]);
+    let message = bench
+        .config_check(&bench.write_config(&values))
+        .unwrap_err();
+    assert!(
+        message.contains("expected one of \"token\", \"loopback\""),
+        "{message}"
+    );
+}

@@ -3,7 +3,11 @@
 # missing: dbus-daemon, busctl, setpriv, gdbus (the integration tests), systemd-nspawn,
 # nsenter, flock, lintian, sqlite3, curl, python3 (the system tests), pdftoppm (PDF thumbnails,
 # tests/content.rs), chromium (the dashboard in a real browser, tests/dashboard.rs), tesseract
-# (the OCR processor, tests/processors.rs), cargo-nextest (the test runner), cargo-deny
+# (the OCR processor, tests/processors.rs), promtool (`promtool check metrics` on /metrics,
+# tests/metrics.rs; Debian ships it in the prometheus package), schemathesis (the OpenAPI
+# contract test, tests/openapi.rs; from PyPI into the venv /opt/sluice-test-venv, since Debian
+# 12's pip refuses to install into the system's Python), cargo-nextest (the test runner),
+# cargo-deny
 # (the licence and source check) and cargo-deb (the package the system tests install).
 # Needs root for apt-get; tests/run.sh runs it when it is root, and .ci/run through
 # tests/run.sh.
@@ -25,10 +29,26 @@ command -v python3 > /dev/null || needed+=(python3)
 command -v pdftoppm > /dev/null || needed+=(poppler-utils)
 command -v chromium > /dev/null || needed+=(chromium)
 command -v tesseract > /dev/null || needed+=(tesseract-ocr)
+installing_prometheus=false
+if ! command -v promtool > /dev/null; then
+    needed+=(prometheus)
+    installing_prometheus=true
+fi
+[ -x /opt/sluice-test-venv/bin/python3 ] || needed+=(python3-venv)
 if [ "${#needed[@]}" -gt 0 ]; then
     echo "== installing ${needed[*]}" >&2
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${needed[@]}"
+fi
+# Only promtool is wanted: where systemd runs, the Prometheus server the package enables is
+# stopped and disabled again (on CI, where systemd is not PID 1, it never starts).
+if $installing_prometheus && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus.service > /dev/null 2>&1 || true
+fi
+if [ ! -x /opt/sluice-test-venv/bin/schemathesis ]; then
+    echo "== installing schemathesis into /opt/sluice-test-venv" >&2
+    python3 -m venv /opt/sluice-test-venv
+    /opt/sluice-test-venv/bin/pip install --quiet 'schemathesis>=4.32,<5'
 fi
 if ! cargo nextest --version > /dev/null 2>&1; then
     echo "== installing cargo-nextest" >&2

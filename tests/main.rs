@@ -14,6 +14,7 @@ mod in_process;
 mod ingest;
 mod limits;
 mod maintenance;
+mod metrics;
 mod monitor;
 mod policy;
 mod processors;
