@@ -26,3 +26,5 @@ target/release/sluice-bench rescue --kills "${KILLS:-20}" | tee bench-results/re
 target/release/sluice-bench waiters --runs "${RUNS:-3}" | tee bench-results/waiters.json
 # W5: the PDF corpus uploaded with 8 requests in flight, each waiting for its result.
 target/release/sluice-bench w5 --runs "${RUNS:-3}" | tee bench-results/w5.json
+# Issue 11: GET /metrics at 1,000 requests/s against the whole suite and 20,000 jobs (web CPU).
+target/release/sluice-bench metrics --runs "${RUNS:-3}" | tee bench-results/metrics.json

@@ -31,6 +31,8 @@
 //!
 //! `waiters` and `w5` (issue 9): see `sluice-bench/uploads.rs`.
 //!
+//! `metrics` (issue 11): `GET /metrics` at a fixed rate; see `sluice-bench/metrics_load.rs`.
+//!
 //! `rescue`: issue 16's rescue time — a long no-op job held by a real `sluice-ingest-worker`
 //! on a private bus, the worker killed with SIGKILL, and the time until the job is claimed
 //! again (from the job's history), for each of `--kills` kills: `peer`, two workers, the other
@@ -53,6 +55,8 @@ use sluice_core::store::{
 use sluice_tests::bus::{BusPolicy, PrivateBus};
 use sluice_tests::process::{DaemonProcess, SpawnOptions, binary_path};
 
+#[path = "sluice-bench/metrics_load.rs"]
+mod metrics_load;
 #[path = "sluice-bench/uploads.rs"]
 mod uploads;
 
@@ -122,6 +126,26 @@ enum Workload {
         #[arg(long, default_value = "/dev/shm")]
         watch_directory: PathBuf,
         /// Where the databases go (a disk-backed directory).
+        #[arg(long, default_value = "/var/tmp")]
+        directory: PathBuf,
+    },
+    /// Issue 11: GET /metrics at a fixed rate against the whole suite; sluice-web's CPU.
+    Metrics {
+        /// Requests per second, spread evenly.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Seconds of each run (and of the idle measurement before it).
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Client threads, each with its own keep-alive connection.
+        #[arg(long, default_value_t = 8)]
+        clients: u32,
+        /// Succeeded jobs in the database, which every refresh counts.
+        #[arg(long, default_value_t = 20_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where the database goes (a disk-backed directory).
         #[arg(long, default_value = "/var/tmp")]
         directory: PathBuf,
     },
@@ -318,6 +342,25 @@ fn main() -> anyhow::Result<()> {
             };
             let samples = w2::run(jobs, runs, &load, &directory)?;
             let report = vec![summarize("w2", Durability::Full, &samples)];
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Workload::Metrics {
+            rate,
+            seconds,
+            clients,
+            jobs,
+            runs,
+            directory,
+        } => {
+            let load = metrics_load::Load {
+                rate,
+                seconds,
+                clients,
+                jobs,
+            };
+            let samples = metrics_load::run(&load, runs, &directory)?;
+            let report = vec![summarize("metrics", Durability::Full, &samples)];
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -1234,7 +1277,7 @@ mod w2 {
 
     /// Enqueues `total` no-op jobs and completes them the way a worker does, so each answer
     /// carries a realistic succeeded job (payload, result, times).
-    fn populate(database: &Path, total: usize) -> anyhow::Result<Vec<i64>> {
+    pub(super) fn populate(database: &Path, total: usize) -> anyhow::Result<Vec<i64>> {
         let mut store = Store::open(database, &store_options(Durability::Normal))?;
         let mut ids = Vec::with_capacity(total);
         let indexes: Vec<usize> = (0..total).collect();
