@@ -2,10 +2,13 @@
 //! call on a blocking thread, and answer; changes that workers must hear about are announced
 //! on the bus through the main loop.
 
+// utoipa's `params(Query)` expands to paths it qualifies fully, with the span of the
+// name written here.
+#![allow(unused_qualifications)]
+
 use actix_web::web::{Data, Json, Path, Query};
 use actix_web::{HttpResponse, http::StatusCode};
 use serde::Deserialize;
-use serde_json::json;
 use sluice_core::bus::{SCRAPER_BUS_NAME, ScraperProxy, name_has_owner};
 use sluice_core::policy::{SubmitRules, parse_search_query};
 use sluice_core::store::Store;
@@ -13,56 +16,85 @@ use sluice_core::store::documents::DocumentFilter;
 use sluice_core::store::downloads::{
     DOWNLOAD_JOB_KIND, DownloadError, DownloadFilter, DownloadState, NewDownload,
 };
-use sluice_core::store::jobs::{Job, JobError, JobFilter, JobState, PageRequest};
+use sluice_core::store::jobs::{Job, JobError, JobFilter, JobState, Page, PageRequest};
+use sluice_core::store::{Document, Download, SourceStatus};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::address::check_download_submission;
-use crate::error::ApiError;
+use crate::answers::{
+    DocumentItem, DocumentList, DownloadCreated, DownloadDeleted, JobHistory, SourceList,
+};
+use crate::error::{ApiError, ErrorBody};
 use crate::state::{Announcement, AppState};
 
 /// Page size when the request names none.
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct JobsQuery {
-    /// One state or several separated by commas.
+    /// One state or several separated by commas (queued, running, retrying, succeeded,
+    /// failed, cancelled, dead).
     state: Option<String>,
+    /// Only jobs of this kind (`ingest`, `download`, ...).
     kind: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<i64>,
+    /// Page size, 1 to `[limits] max_page_size`; default 50.
     limit: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DownloadsQuery {
+    /// One state or several separated by commas (queued, running, succeeded, failed,
+    /// cancelled).
     state: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<i64>,
+    /// Page size, 1 to `[limits] max_page_size`; default 50.
     limit: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DocumentsQuery {
     /// A search as a person types it: words, "phrases", a trailing prefix* (see
     /// `sluice_core::policy::parse_search_query`); hits are pages, best first.
     q: Option<String>,
     /// Only documents whose MIME type starts with this, e.g. `image/`.
     mime: Option<String>,
+    /// `next_cursor` of the previous page (for a search: the offset it gave).
     cursor: Option<i64>,
+    /// Page size, 1 to `[limits] max_page_size`; default 50.
     limit: Option<u32>,
 }
 
 /// The body of `POST /api/downloads`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DownloadRequest {
+    /// An http or https URL.
     url: String,
+    /// The expected SHA-256 of the file, 64 hex digits; a mismatch fails the download.
     sha256: Option<String>,
+    /// The name in the inbox; by default the last segment of the URL's path.
     file_name: Option<String>,
+    /// A limit below `[scraper] max_download_size`.
     max_bytes: Option<u64>,
+    /// The sub-folder of the inbox that groups several downloads.
     bundle: Option<String>,
 }
 
+/// Jobs, newest first, a page at a time.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(JobsQuery),
+    responses(
+        (status = 200, description = "A page of jobs", body = Page<Job>),
+        (status = 400, description = "A parameter is invalid", body = ErrorBody),
+    ))]
 pub async fn list_jobs(
     state: Data<AppState>,
     query: Query<JobsQuery>,
@@ -85,12 +117,32 @@ pub async fn list_jobs(
     Ok(HttpResponse::Ok().json(page))
 }
 
+/// Every state change of a job, oldest first.
+#[utoipa::path(get, path = "/api/jobs/{id}/history", tag = "jobs",
+    params(("id" = i64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job's transitions", body = JobHistory),
+        (status = 400, description = "The id is not a whole number", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+    ))]
 pub async fn job_history(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let transitions = state.with_store(move |store| store.job_history(id)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "job_id": id, "transitions": transitions })))
+    Ok(HttpResponse::Ok().json(JobHistory {
+        job_id: id,
+        transitions,
+    }))
 }
 
+/// Queues a failed, dead or cancelled job again.
+#[utoipa::path(post, path = "/api/jobs/{id}/retry", tag = "jobs",
+    params(("id" = i64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job, queued again", body = Job),
+        (status = 400, description = "The id is not a whole number", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job is not in a state that can be retried", body = ErrorBody),
+    ))]
 pub async fn retry_job(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let job = state.with_store(move |store| retry(store, id)).await?;
@@ -99,6 +151,15 @@ pub async fn retry_job(state: Data<AppState>, id: Path<i64>) -> Result<HttpRespo
     Ok(HttpResponse::Ok().json(job))
 }
 
+/// Cancels a job: at once when it waits, at its worker's next heartbeat when it runs.
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = i64, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job, cancelled or (running) asked to stop", body = Job),
+        (status = 400, description = "The id is not a whole number", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job has already ended", body = ErrorBody),
+    ))]
 pub async fn cancel_job(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let job = state.with_store(move |store| cancel(store, id)).await?;
@@ -145,6 +206,14 @@ pub fn announcement_for(job: &Job) -> Announcement {
     }
 }
 
+/// Queues a download of one URL into the inbox.
+#[utoipa::path(post, path = "/api/downloads", tag = "downloads", request_body = DownloadRequest,
+    responses(
+        (status = 201, description = "The download and its job", body = DownloadCreated),
+        (status = 400, description = "The body or the URL is refused (the `reason` says why)", body = ErrorBody),
+        (status = 413, description = "The body is larger than `[limits] max_request_body`", body = ErrorBody),
+        (status = 429, description = "`[scraper] max_pending` downloads wait already", body = ErrorBody),
+    ))]
 pub async fn create_download(
     state: Data<AppState>,
     body: Json<DownloadRequest>,
@@ -188,10 +257,15 @@ pub async fn create_download(
         kind: DOWNLOAD_JOB_KIND.to_owned(),
         job_id: u64::try_from(job_id).unwrap_or_default(),
     });
-    let created = json!({ "download": download, "job_id": job_id });
-    Ok(HttpResponse::build(StatusCode::CREATED).json(created))
+    Ok(HttpResponse::build(StatusCode::CREATED).json(DownloadCreated { download, job_id }))
 }
 
+/// Downloads, newest first, a page at a time.
+#[utoipa::path(get, path = "/api/downloads", tag = "downloads", params(DownloadsQuery),
+    responses(
+        (status = 200, description = "A page of downloads", body = Page<Download>),
+        (status = 400, description = "A parameter is invalid", body = ErrorBody),
+    ))]
 pub async fn list_downloads(
     state: Data<AppState>,
     query: Query<DownloadsQuery>,
@@ -210,15 +284,24 @@ pub async fn list_downloads(
     Ok(HttpResponse::Ok().json(page))
 }
 
+#[utoipa::path(get, path = "/api/sources", tag = "sources",
+    responses((status = 200, description = "Every source the scraper has recorded", body = SourceList)))]
 /// `GET /api/sources`: every source the scraper has recorded, by name — the configured ones
 /// and, with `enabled: false`, those removed from the configuration — with the schedule, the
 /// validators and the outcome of the last check.
 pub async fn list_sources(state: Data<AppState>) -> Result<HttpResponse, ApiError> {
     let sources = state.with_store(|store| store.list_sources()).await?;
-    Ok(HttpResponse::Ok().json(json!({ "items": sources })))
+    Ok(HttpResponse::Ok().json(SourceList { items: sources }))
 }
 
 /// `GET /api/sources/{name}`.
+#[utoipa::path(get, path = "/api/sources/{name}", tag = "sources",
+    params(("name" = String, Path, description = "The source's name from the configuration")),
+    responses(
+        (status = 200, description = "The source", body = SourceStatus),
+        (status = 400, description = "Not a valid source name", body = ErrorBody),
+        (status = 404, description = "No such source", body = ErrorBody),
+    ))]
 pub async fn get_source(
     state: Data<AppState>,
     name: Path<String>,
@@ -229,6 +312,14 @@ pub async fn get_source(
     Ok(HttpResponse::Ok().json(source))
 }
 
+/// One download.
+#[utoipa::path(get, path = "/api/downloads/{id}", tag = "downloads",
+    params(("id" = i64, Path, description = "The download's id")),
+    responses(
+        (status = 200, description = "The download", body = Download),
+        (status = 400, description = "The id is not a whole number", body = ErrorBody),
+        (status = 404, description = "No such download", body = ErrorBody),
+    ))]
 pub async fn get_download(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let download = state.read_now(|store| store.get_download(id))?;
@@ -238,6 +329,14 @@ pub async fn get_download(state: Data<AppState>, id: Path<i64>) -> Result<HttpRe
 /// Deletes a download. A running scraper does it (it stops the transfer and removes the
 /// partial file); without one, the store cancels the job and removes the row here, and the
 /// partial file, if any, is removed when it lies in the staging folder.
+#[utoipa::path(delete, path = "/api/downloads/{id}", tag = "downloads",
+    params(("id" = i64, Path, description = "The download's id")),
+    responses(
+        (status = 200, description = "Deleted", body = DownloadDeleted),
+        (status = 400, description = "The id is not a whole number", body = ErrorBody),
+        (status = 404, description = "No such download", body = ErrorBody),
+        (status = 409, description = "It still runs and no scraper is there to stop it", body = ErrorBody),
+    ))]
 pub async fn delete_download(
     state: Data<AppState>,
     id: Path<i64>,
@@ -292,9 +391,15 @@ pub async fn delete_download(
         }
     }
     tracing::info!(download_id = id, "download {id} deleted");
-    Ok(HttpResponse::Ok().json(json!({ "deleted": id })))
+    Ok(HttpResponse::Ok().json(DownloadDeleted { deleted: id }))
 }
 
+/// Documents, newest first; with `q`, the pages that match, best first.
+#[utoipa::path(get, path = "/api/documents", tag = "documents", params(DocumentsQuery),
+    responses(
+        (status = 200, description = "A page of documents or of search hits", body = DocumentList),
+        (status = 400, description = "A parameter or the query is invalid", body = ErrorBody),
+    ))]
 pub async fn list_documents(
     state: Data<AppState>,
     query: Query<DocumentsQuery>,
@@ -314,26 +419,49 @@ pub async fn list_documents(
         .with_store(move |store| match search {
             // Search hits have the document's fields plus the page and the matching snippet,
             // so a client reads both lists the same way.
-            Some(search) => store.search_documents(&search, page).map(|hits| {
-                json!({
-                    "items": hits.items.into_iter().map(|hit| {
-                        let mut item = serde_json::to_value(&hit.document).unwrap_or_default();
-                        item["page"] = hit.page.into();
-                        item["snippet"] = hit.snippet.into();
-                        item["rank"] = hit.rank.into();
-                        item
-                    }).collect::<Vec<_>>(),
-                    "next_cursor": hits.next_cursor,
-                })
-            }),
+            Some(search) => store
+                .search_documents(&search, page)
+                .map(|hits| DocumentList {
+                    items: hits
+                        .items
+                        .into_iter()
+                        .map(|hit| DocumentItem {
+                            document: hit.document,
+                            page: Some(hit.page),
+                            snippet: Some(hit.snippet),
+                            rank: Some(hit.rank),
+                        })
+                        .collect(),
+                    next_cursor: hits.next_cursor,
+                }),
             None => store
                 .list_documents(&filter, page)
-                .map(|documents| serde_json::to_value(documents).unwrap_or_default()),
+                .map(|documents| DocumentList {
+                    items: documents
+                        .items
+                        .into_iter()
+                        .map(|document| DocumentItem {
+                            document,
+                            page: None,
+                            snippet: None,
+                            rank: None,
+                        })
+                        .collect(),
+                    next_cursor: documents.next_cursor,
+                }),
         })
         .await?;
     Ok(HttpResponse::Ok().json(page))
 }
 
+/// One document.
+#[utoipa::path(get, path = "/api/documents/{id}", tag = "documents",
+    params(("id" = i64, Path, description = "The document's id")),
+    responses(
+        (status = 200, description = "The document", body = Document),
+        (status = 400, description = "The id is not a whole number", body = ErrorBody),
+        (status = 404, description = "No such document", body = ErrorBody),
+    ))]
 pub async fn get_document(state: Data<AppState>, id: Path<i64>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     let document = state

@@ -9,6 +9,7 @@
 //! - `GET`/`HEAD` under `/api`: the read token or the admin token, or anyone when
 //!   `[web] public_reads = true`;
 //! - every other method under `/api`: the admin token only;
+//! - `GET /api/openapi.json` (the API's OpenAPI document) is a read like the others;
 //! - `GET /metrics`: `[web] metrics_access`: `token` is the rule of `GET` under `/api`,
 //!   `loopback` is any client connecting from a loopback address, without a token.
 
@@ -21,7 +22,9 @@ use actix_web::{App, Error, HttpRequest, HttpResponse, guard};
 
 use crate::error::{ApiError, json_error, path_error, query_error};
 use crate::state::{AppState, Grant};
-use crate::{api, bundles, content, dashboard, events, job_stream, metrics, status, upload};
+use crate::{
+    api, bundles, content, dashboard, events, job_stream, metrics, openapi, status, upload,
+};
 
 /// The whole HTTP application for `state`; `HttpServer` calls this once per worker, tests call
 /// it directly with `actix_web::test`.
@@ -65,6 +68,7 @@ pub fn app(
                     web::scope("/api")
                         .wrap(from_fn(require_token))
                         .route("/status", web::get().to(status::api_status))
+                        .route("/openapi.json", web::get().to(openapi::openapi_json))
                         .route("/events", web::get().to(events::event_stream))
                         .route("/jobs", web::get().to(api::list_jobs))
                         .route("/jobs/{id}", web::get().to(job_stream::get_job))

@@ -28,7 +28,7 @@ use sluice_core::content::{
 use sluice_core::store::Document;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// Bytes read from the file per body chunk.
@@ -62,6 +62,18 @@ const ACTIVE_EXTENSIONS: &[&str] = &[
     "css", "swf", "hta", "mht", "mhtml", "wasm",
 ];
 
+/// The document's bytes (also `HEAD`), with `Range`, `ETag` and `If-None-Match`.
+#[utoipa::path(get, path = "/api/documents/{id}/content", tag = "documents",
+    params(("id" = i64, Path, description = "The document's id"),
+        ("Range" = Option<String>, Header, description = "One byte range, `bytes=START-END`")),
+    responses(
+        (status = 200, description = "The content", content((Vec<u8> = "*/*"))),
+        (status = 206, description = "The range asked for", content((Vec<u8> = "*/*"))),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 400, description = "The id is not a whole number", body = ErrorBody),
+        (status = 404, description = "No such document, or its file is gone", body = ErrorBody),
+        (status = 416, description = "The range is outside the content", body = ErrorBody),
+    ))]
 pub async fn document_content(
     state: Data<AppState>,
     id: Path<i64>,
@@ -112,6 +124,18 @@ pub async fn document_content(
     Ok(response)
 }
 
+/// The document's thumbnail, a PNG (also `HEAD`).
+#[utoipa::path(get, path = "/api/documents/{id}/thumbnail", tag = "documents",
+    params(("id" = i64, Path, description = "The document's id"),
+        ("Range" = Option<String>, Header, description = "One byte range, `bytes=START-END`")),
+    responses(
+        (status = 200, description = "The thumbnail", content((Vec<u8> = "image/png"))),
+        (status = 206, description = "The range asked for", content((Vec<u8> = "image/png"))),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 400, description = "The id is not a whole number", body = ErrorBody),
+        (status = 404, description = "No such document, or it has no thumbnail", body = ErrorBody),
+        (status = 416, description = "The range is outside the thumbnail", body = ErrorBody),
+    ))]
 pub async fn document_thumbnail(
     state: Data<AppState>,
     id: Path<i64>,

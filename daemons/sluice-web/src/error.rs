@@ -72,17 +72,22 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// Every error the API answers: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
     error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// not_found, invalid_argument, unauthorized, forbidden, conflict, payload_too_large,
+    /// unsupported_media_type, misdirected_request, range_not_satisfiable, queue_full,
+    /// unavailable or internal.
     code: &'static str,
     /// The policy's specific code for a refused input; absent for other errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
+    /// For people; never carries secrets.
     message: &'a str,
 }
 

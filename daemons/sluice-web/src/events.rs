@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use zbus::message::Message;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// The signals forwarded to event streams; everything else on the bus is ignored.
@@ -264,8 +264,9 @@ impl Drop for StreamSlot {
 }
 
 /// `GET /api/events?kind=JobFinished,JobProgress&job=42`: only these events.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Event names, separated by commas (any of [`FORWARDED_SIGNALS`]).
     kind: Option<String>,
@@ -336,6 +337,13 @@ struct StreamState {
 /// `GET /api/events`: the stream opens with a `: connected` comment (the subscription exists
 /// from then on), then carries every forwarded signal until the client leaves or the daemon
 /// stops. With every slot taken it is refused with 503 and `Retry-After`.
+#[utoipa::path(get, path = "/api/events", tag = "events", params(EventsQuery),
+    responses(
+        (status = 200, description = "Server-Sent Events: `event: <SignalName>` with the \
+            signal's arguments as JSON, until the client leaves", content((String = "text/event-stream"))),
+        (status = 400, description = "An unknown event name or job id", body = ErrorBody),
+        (status = 503, description = "Every stream slot is taken (`Retry-After`)", body = ErrorBody),
+    ))]
 pub async fn event_stream(
     state: Data<AppState>,
     query: Query<EventsQuery>,

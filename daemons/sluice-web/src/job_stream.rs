@@ -27,22 +27,27 @@ use serde_json::{Value, json};
 use sluice_core::policy::{check_last_event_id, check_wait};
 use sluice_core::store::jobs::{Job, JobLogEntry, JobLogEvent, MAX_LOG_PAGE};
 
-use crate::error::ApiError;
+use crate::answers::JobWithDocument;
+use crate::error::{ApiError, ErrorBody};
 use crate::events::{KEEP_ALIVE_INTERVAL, StreamSlot, no_free_slot};
 use crate::state::AppState;
 
 /// `?wait=` on a job or an upload.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
+    /// Wait up to this long for the job to end (`30s`, `2m`), at most `[web] max_wait`.
     wait: Option<String>,
 }
 
 /// `?after=` on a job's event stream: the same as `Last-Event-ID`, for clients (curl, NDJSON
 /// readers) that do not send that header.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
+    /// Resume after this event id (as `Last-Event-ID`).
     after: Option<String>,
 }
 
@@ -55,6 +60,14 @@ pub fn requested_wait(state: &AppState, wait: Option<&str>) -> Result<Option<Dur
 
 /// `GET /api/jobs/{id}`: the job; with `?wait=`, answered when the job ends (200) or when the
 /// wait is over (202, the job as it is then), with its document once it has one.
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",
+    params(("id" = i64, Path, description = "The job's id"), WaitQuery),
+    responses(
+        (status = 200, description = "The job (with `?wait=`: it ended, with its document)", body = JobWithDocument),
+        (status = 202, description = "With `?wait=`: the wait is over and the job has not ended", body = JobWithDocument),
+        (status = 400, description = "The id or the wait is invalid", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+    ))]
 pub async fn get_job(
     state: Data<AppState>,
     id: Path<i64>,
@@ -112,26 +125,31 @@ pub async fn wait_for_jobs(
     }
 }
 
-/// The job as JSON, with `document` (the document it produced, when it succeeded with one).
-pub async fn with_document(state: &AppState, job: &Job) -> Result<Value, ApiError> {
-    let mut body = serde_json::to_value(job)
-        .map_err(|error| ApiError::internal("cannot serialise a job", error))?;
+/// The job with `document` (the document it produced, when it succeeded with one).
+pub async fn job_with_document(state: &AppState, job: &Job) -> Result<JobWithDocument, ApiError> {
     let document_id = job
         .result
         .as_ref()
         .and_then(|result| result.get("document_id"))
         .and_then(Value::as_i64);
-    body["document"] = match document_id {
-        Some(document_id) => {
-            let document = state
+    let document = match document_id {
+        Some(document_id) => Some(
+            state
                 .with_store(move |store| store.get_document(document_id))
-                .await?;
-            serde_json::to_value(document)
-                .map_err(|error| ApiError::internal("cannot serialise a document", error))?
-        }
-        None => Value::Null,
+                .await?,
+        ),
+        None => None,
     };
-    Ok(body)
+    Ok(JobWithDocument {
+        job: job.clone(),
+        document,
+    })
+}
+
+/// [`job_with_document`] as JSON.
+pub async fn with_document(state: &AppState, job: &Job) -> Result<Value, ApiError> {
+    serde_json::to_value(job_with_document(state, job).await?)
+        .map_err(|error| ApiError::internal("cannot serialise a job", error))
 }
 
 /// How a job's events are written.
@@ -210,6 +228,18 @@ struct Follow {
 }
 
 /// `GET /api/jobs/{id}/events`.
+#[utoipa::path(get, path = "/api/jobs/{id}/events", tag = "jobs",
+    params(("id" = i64, Path, description = "The job's id"), StreamQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
+    responses(
+        (status = 200, description = "The job's log replayed, then followed until it ends: \
+            Server-Sent Events (`state`, `progress`, `step`, `end`), or NDJSON when `Accept` \
+            names application/x-ndjson",
+            content((String = "text/event-stream"), (String = "application/x-ndjson"))),
+        (status = 204, description = "Resumed after the job's last event: nothing more to send"),
+        (status = 400, description = "The id or the event id is invalid", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+    ))]
 pub async fn job_events(
     state: Data<AppState>,
     id: Path<i64>,

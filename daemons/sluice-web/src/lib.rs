@@ -4,6 +4,7 @@
 //! can drive it without a socket; [`run`] is the daemon.
 
 mod address;
+mod answers;
 mod api;
 mod app;
 mod bundles;
@@ -16,6 +17,7 @@ mod error;
 mod events;
 mod job_stream;
 mod metrics;
+mod openapi;
 mod state;
 mod status;
 #[cfg(test)]

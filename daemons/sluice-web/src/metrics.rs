@@ -39,7 +39,7 @@ use sluice_core::bus::{daemon_properties, name_has_owner, suite_daemons};
 use sluice_core::store::Store;
 use sluice_core::store::jobs::{ActivityCursor, JobActivity, JobError, JobState};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// How long one reading of the suite is served before the next scrape reads it again.
@@ -252,6 +252,12 @@ struct DaemonReading {
     counters: Vec<(String, u64)>,
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "metrics",
+    responses(
+        (status = 200, description = "The Prometheus text format 0.0.4", content((String = "text/plain"))),
+        (status = 401, description = "`metrics_access = \"token\"` and no or a wrong token", body = ErrorBody),
+        (status = 403, description = "`metrics_access = \"loopback\"` and a client from elsewhere", body = ErrorBody),
+    ))]
 /// `GET {base}/metrics`. Who may call it is `[web] metrics_access` (see
 /// [`require_metrics_access`]).
 pub async fn metrics(state: Data<AppState>) -> Result<HttpResponse, ApiError> {

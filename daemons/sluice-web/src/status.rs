@@ -13,7 +13,8 @@ use zbus::fdo::PropertiesProxy;
 use zbus::names::InterfaceName;
 use zbus::proxy::CacheProperties;
 
-use crate::error::ApiError;
+use crate::answers::{Health, Readiness, StoreSummary, SuiteStatus, Thumbnails};
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// How long one daemon may take to answer its property reads before it is shown as not
@@ -21,7 +22,7 @@ use crate::state::AppState;
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One daemon in `GET /api/status`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DaemonStatus {
     pub name: String,
     pub bus_name: String,
@@ -31,13 +32,14 @@ pub struct DaemonStatus {
     pub status: Option<String>,
     pub last_error: Option<String>,
     /// The daemon's own counters (files detected, downloads done, ...), by property name.
+    #[schema(value_type = Object)]
     pub counters: Value,
     pub unit: UnitStatus,
 }
 
 /// What systemd says about the daemon's unit; every field `null` where systemd is not the
 /// service manager (or cannot be reached).
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Default, utoipa::ToSchema)]
 pub struct UnitStatus {
     pub name: String,
     pub load_state: Option<String>,
@@ -47,18 +49,33 @@ pub struct UnitStatus {
     pub restarts: Option<u32>,
 }
 
+/// Whether the process answers; for anyone, no token.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()),
+    responses((status = 200, description = "The process answers", body = Health)))]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "alive" }))
+    HttpResponse::Ok().json(Health { status: "alive" })
 }
 
+/// Whether the store answers; for anyone, no token.
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()),
+    responses(
+        (status = 200, description = "The store answers", body = Readiness),
+        (status = 503, description = "The store does not answer", body = ErrorBody),
+    ))]
 pub async fn readyz(state: Data<AppState>) -> Result<HttpResponse, ApiError> {
     let version = state
         .with_store(|store| store.schema_version())
         .await
         .map_err(|error| ApiError::Unavailable(format!("the store does not answer: {error}")))?;
-    Ok(HttpResponse::Ok().json(json!({ "status": "ready", "schema_version": version })))
+    Ok(HttpResponse::Ok().json(Readiness {
+        status: "ready",
+        schema_version: version,
+    }))
 }
 
+/// Each daemon (from D-Bus and systemd), the job counts and the store.
+#[utoipa::path(get, path = "/api/status", tag = "status",
+    responses((status = 200, description = "The suite's status", body = SuiteStatus)))]
 pub async fn api_status(state: Data<AppState>) -> Result<HttpResponse, ApiError> {
     let counts = state.with_store(|store| store.job_counts()).await?;
     let settings = state.settings();
@@ -67,34 +84,34 @@ pub async fn api_status(state: Data<AppState>) -> Result<HttpResponse, ApiError>
         .on_bus(move |connection| async move { all_daemons(&connection, workers).await })
         .await
         .unwrap_or_else(|| daemons_without_bus(workers));
-    let jobs: serde_json::Map<String, Value> = counts
+    let jobs = counts
         .into_iter()
-        .map(|(job_state, count)| (job_state.as_str().to_owned(), Value::from(count)))
+        .map(|(job_state, count)| (job_state.as_str().to_owned(), count))
         .collect();
-    let thumbnails = json!({
-        "size": settings.thumbnail_size,
-        "pdf": pdf_thumbnailer(&daemons),
-    });
-    Ok(HttpResponse::Ok().json(json!({
-        "daemons": daemons,
-        "jobs": jobs,
-        "thumbnails": thumbnails,
-        "store": {
-            "path": settings.store_path,
-            "durability": settings.durability,
+    let thumbnails = Thumbnails {
+        size: settings.thumbnail_size,
+        pdf: pdf_thumbnailer(&daemons),
+    };
+    Ok(HttpResponse::Ok().json(SuiteStatus {
+        daemons,
+        jobs,
+        thumbnails,
+        store: StoreSummary {
+            path: settings.store_path.display().to_string(),
+            durability: settings.durability,
         },
-    })))
+    }))
 }
 
 /// What renders PDF thumbnails (`"pdftoppm 22.12.0"`), as the running workers found it at
 /// their start (their `PdfThumbnailer` property); `null` when no running worker has one.
-fn pdf_thumbnailer(daemons: &[DaemonStatus]) -> Value {
+fn pdf_thumbnailer(daemons: &[DaemonStatus]) -> Option<String> {
     daemons
         .iter()
         .filter(|daemon| daemon.running)
         .filter_map(|daemon| daemon.counters.get("pdf_thumbnailer")?.as_str())
         .find(|renderer| !renderer.is_empty())
-        .map_or(Value::Null, Value::from)
+        .map(str::to_owned)
 }
 
 fn daemons_without_bus(workers: u32) -> Vec<DaemonStatus> {

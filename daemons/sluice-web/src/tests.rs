@@ -419,3 +419,79 @@ async fn metrics_answer_whom_metrics_access_allows_and_count_routes_by_pattern()
         }
     }
 }
+
+/// The OpenAPI document is 3.1, is a read like the others, and documents every route the app
+/// serves with each method.
+#[actix_web::test]
+async fn the_openapi_document_is_3_1_and_lists_every_route() {
+    let directory = tempfile::tempdir().unwrap();
+    let service = init_service(app(state(directory.path()))).await;
+    let anonymous = TestRequest::get()
+        .uri("/api/openapi.json")
+        .insert_header(("Host", "localhost"))
+        .to_request();
+    assert_eq!(
+        call_service(&service, anonymous).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let request = TestRequest::get()
+        .uri("/api/openapi.json")
+        .insert_header(("Host", "localhost"))
+        .insert_header(("Authorization", format!("Bearer {READ_TOKEN}")))
+        .to_request();
+    let response = call_service(&service, request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let document: Value = read_body_json(response).await;
+    assert_eq!(document["openapi"], "3.1.0");
+    assert_eq!(document["servers"][0]["url"], "/");
+    let routes = [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/api/openapi.json", "get"),
+        ("/api/status", "get"),
+        ("/api/events", "get"),
+        ("/api/jobs", "get"),
+        ("/api/jobs/{id}", "get"),
+        ("/api/jobs/{id}/events", "get"),
+        ("/api/jobs/{id}/history", "get"),
+        ("/api/jobs/{id}/retry", "post"),
+        ("/api/jobs/{id}/cancel", "post"),
+        ("/api/downloads", "get"),
+        ("/api/downloads", "post"),
+        ("/api/downloads/{id}", "get"),
+        ("/api/downloads/{id}", "delete"),
+        ("/api/sources", "get"),
+        ("/api/sources/{name}", "get"),
+        ("/api/documents", "get"),
+        ("/api/documents", "post"),
+        ("/api/documents/{id}", "get"),
+        ("/api/documents/{id}/content", "get"),
+        ("/api/documents/{id}/thumbnail", "get"),
+    ];
+    for (path, method) in routes {
+        let operation = &document["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} is not documented");
+        let responses = operation["responses"].as_object().unwrap();
+        assert!(
+            responses.contains_key("503"),
+            "{method} {path}: {responses:?}"
+        );
+        if path.starts_with("/api") {
+            assert!(responses.contains_key("401"), "{method} {path}");
+        }
+    }
+    let documented: usize = document["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|item| item.as_object().unwrap().len())
+        .sum();
+    assert_eq!(
+        documented,
+        routes.len(),
+        "an operation the list above lacks"
+    );
+    let error = &document["components"]["schemas"]["ErrorBody"];
+    assert!(error.is_object(), "{document}");
+}

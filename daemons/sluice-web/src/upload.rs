@@ -23,15 +23,15 @@ use actix_web::web::{Data, Payload};
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode};
 use futures_util::{Stream, StreamExt};
 use percent_encoding::percent_decode_str;
-use serde_json::json;
 use sluice_core::config::WatchConfig;
 use sluice_core::inbox::{InboxError, create_staged_file, place_in_inbox};
 use sluice_core::policy::{PolicyError, check_file_name, check_file_name_bytes};
 use sluice_core::store::{DetectedFile, INGEST_JOB_KIND};
 use tokio::io::AsyncWriteExt;
 
-use crate::error::ApiError;
-use crate::job_stream::{requested_wait, wait_for_jobs, with_document};
+use crate::answers::{UploadAnswer, UploadedFile};
+use crate::error::{ApiError, ErrorBody};
+use crate::job_stream::{job_with_document, requested_wait, wait_for_jobs};
 use crate::state::{Announcement, AppState};
 
 /// Most files one request may carry.
@@ -81,6 +81,25 @@ struct Placed {
     job_id: Option<i64>,
 }
 
+/// Uploads files into the inbox: `multipart/form-data` (each part a file) or a raw body
+/// named by `?name=`; with `?wait=`, answered when their jobs end.
+#[utoipa::path(post, path = "/api/documents", tag = "documents",
+    params(
+        ("name" = Option<String>, Query, description = "The file name of a raw-body upload"),
+        ("wait" = Option<String>, Query, description = "Wait up to this long for the jobs to end (`30s`), at most `[web] max_wait`"),
+    ),
+    request_body(content(
+        (Vec<u8> = "application/octet-stream"),
+        (Object = "multipart/form-data"),
+    ), description = "The file, or files as multipart parts"),
+    responses(
+        (status = 200, description = "Stored; with `?wait=` every job ended", body = UploadAnswer),
+        (status = 202, description = "Stored and queued (or held)", body = UploadAnswer),
+        (status = 400, description = "No or a bad name, a bad wait, a malformed multipart body", body = ErrorBody),
+        (status = 413, description = "Larger than `[web] max_upload_size`", body = ErrorBody),
+        (status = 415, description = "A body format that carries no file", body = ErrorBody),
+        (status = 429, description = "The ingest queue is full", body = ErrorBody),
+    ))]
 pub async fn upload(
     state: Data<AppState>,
     request: HttpRequest,
@@ -157,19 +176,21 @@ pub async fn upload(
     let mut waited = jobs.into_iter().flatten();
     let mut uploads = Vec::with_capacity(placed.len());
     for file in &placed {
-        let mut entry = json!({
-            "name": file.name,
-            "stored_as": file.stored_as,
-            "size": file.size,
-            "file_id": file.file_id,
-            "job_id": file.job_id,
-        });
+        let mut entry = UploadedFile {
+            name: file.name.clone(),
+            stored_as: file.stored_as.clone(),
+            size: file.size,
+            file_id: file.file_id,
+            job_id: file.job_id,
+            held: false,
+            job: None,
+        };
         match file.job_id {
             // Held: stored and recorded, queued by the monitor once the queue has room.
-            None => entry["held"] = true.into(),
+            None => entry.held = true,
             Some(_) if wait.is_some() => {
                 if let Some(job) = waited.next() {
-                    entry["job"] = with_document(&state, &job).await?;
+                    entry.job = Some(job_with_document(&state, &job).await?);
                 }
             }
             Some(_) => {}
@@ -187,7 +208,7 @@ pub async fn upload(
             format!("{}/api/jobs/{first}", settings.base_path),
         ));
     }
-    Ok(response.json(json!({ "uploads": uploads })))
+    Ok(response.json(UploadAnswer { uploads }))
 }
 
 /// The file name of a raw-body upload, from `?name=`: decoded from the query string as bytes,

@@ -66,6 +66,7 @@ impl From<rusqlite::Error> for DocumentError {
 }
 
 /// One catalogued piece of content.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Document {
     pub id: i64,
@@ -78,6 +79,7 @@ pub struct Document {
     /// The file name it first arrived under.
     pub original_name: String,
     /// Where the content sits in the library; `None` for content only seen in index folders.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub library_path: Option<PathBuf>,
     pub metadata: Value,
     /// How many more times the same content arrived after the first.

@@ -87,6 +87,7 @@ impl From<rusqlite::Error> for DownloadError {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DownloadState {
@@ -155,6 +156,7 @@ pub struct CreatedDownload {
 }
 
 /// One row of `downloads`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Download {
     pub id: i64,

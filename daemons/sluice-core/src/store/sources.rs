@@ -49,6 +49,7 @@ pub struct SourceDefinition {
 }
 
 /// One row of `sources`: its definition, schedule, validators and status.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SourceStatus {
     pub id: i64,

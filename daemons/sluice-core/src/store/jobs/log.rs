@@ -21,6 +21,7 @@ pub const MAX_LOG_PAGE: u32 = 1000;
 pub const MAX_STEP_BYTES: usize = 16 * 1024;
 
 /// One entry of a job's log.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobLogEntry {
     /// The `job_history` row id (0 for the creation): the position a reader resumes after.
@@ -31,6 +32,7 @@ pub struct JobLogEntry {
 }
 
 /// What an entry records.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum JobLogEvent {

@@ -70,6 +70,7 @@ impl From<rusqlite::Error> for JobError {
     }
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
@@ -411,6 +412,7 @@ pub struct Completion {
     pub outcome: Outcome,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Job {
     pub id: i64,
@@ -435,6 +437,7 @@ pub struct Job {
     pub finished_at_ms: Option<i64>,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct JobTransition {
     pub at_ms: i64,
@@ -458,6 +461,7 @@ pub struct PageRequest {
     pub limit: u32,
 }
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Page<T> {
     pub items: Vec<T>,
