@@ -16,6 +16,7 @@ mod limits;
 mod maintenance;
 mod metrics;
 mod monitor;
+mod openapi;
 mod policy;
 mod processors;
 mod queue_limits;

@@ -40,8 +40,10 @@ pub struct JobsQuery {
     /// Only jobs of this kind (`ingest`, `download`, ...).
     kind: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(minimum = 1)]
     cursor: Option<i64>,
-    /// Page size, 1 to `[limits] max_page_size`; default 50.
+    /// Page size, 1 to `[limits] max_page_size` (at most 500); default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 
@@ -53,8 +55,10 @@ pub struct DownloadsQuery {
     /// cancelled).
     state: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(minimum = 1)]
     cursor: Option<i64>,
-    /// Page size, 1 to `[limits] max_page_size`; default 50.
+    /// Page size, 1 to `[limits] max_page_size` (at most 500); default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 
@@ -68,8 +72,10 @@ pub struct DocumentsQuery {
     /// Only documents whose MIME type starts with this, e.g. `image/`.
     mime: Option<String>,
     /// `next_cursor` of the previous page (for a search: the offset it gave).
+    #[param(minimum = 1)]
     cursor: Option<i64>,
-    /// Page size, 1 to `[limits] max_page_size`; default 50.
+    /// Page size, 1 to `[limits] max_page_size` (at most 500); default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 
@@ -78,6 +84,7 @@ pub struct DocumentsQuery {
 #[serde(deny_unknown_fields)]
 pub struct DownloadRequest {
     /// An http or https URL.
+    #[schema(min_length = 1)]
     url: String,
     /// The expected SHA-256 of the file, 64 hex digits; a mismatch fails the download.
     sha256: Option<String>,

@@ -57,58 +57,118 @@ pub fn app(
                 .route("/", web::get().to(dashboard::dashboard))
                 .route("/dashboard.js", web::get().to(dashboard::script))
                 .route("/dashboard.css", web::get().to(dashboard::stylesheet))
-                .route("/healthz", web::get().to(status::healthz))
-                .route("/readyz", web::get().to(status::readyz))
+                .service(resource("/healthz", "GET").route(web::get().to(status::healthz)))
+                .service(resource("/readyz", "GET").route(web::get().to(status::readyz)))
                 .service(
-                    web::resource("/metrics")
+                    resource("/metrics", "GET")
                         .wrap(from_fn(metrics::require_metrics_access))
                         .route(web::get().to(metrics::metrics)),
                 )
                 .service(
                     web::scope("/api")
                         .wrap(from_fn(require_token))
-                        .route("/status", web::get().to(status::api_status))
-                        .route("/openapi.json", web::get().to(openapi::openapi_json))
-                        .route("/events", web::get().to(events::event_stream))
-                        .route("/jobs", web::get().to(api::list_jobs))
-                        .route("/jobs/{id}", web::get().to(job_stream::get_job))
-                        .route("/jobs/{id}/events", web::get().to(job_stream::job_events))
-                        .route("/jobs/{id}/history", web::get().to(api::job_history))
-                        .route("/jobs/{id}/retry", web::post().to(api::retry_job))
-                        .route("/jobs/{id}/cancel", web::post().to(api::cancel_job))
-                        .route("/downloads", web::post().to(api::create_download))
-                        .route("/downloads", web::get().to(api::list_downloads))
-                        .route("/downloads/{id}", web::get().to(api::get_download))
-                        .route("/downloads/{id}", web::delete().to(api::delete_download))
-                        .route("/bundles", web::post().to(bundles::create_bundle))
-                        .route("/bundles", web::get().to(bundles::list_bundles))
-                        .route("/bundles/{id}", web::get().to(bundles::get_bundle))
-                        .route("/bundles/{id}", web::delete().to(bundles::delete_bundle))
-                        .route(
-                            "/bundles/{id}/cancel",
-                            web::post().to(bundles::cancel_bundle),
+                        .service(
+                            resource("/status", "GET").route(web::get().to(status::api_status)),
                         )
-                        .route("/sources", web::get().to(api::list_sources))
-                        .route("/sources/{name}", web::get().to(api::get_source))
-                        .route("/documents", web::get().to(api::list_documents))
-                        .route("/documents", web::post().to(upload::upload))
-                        .route("/documents/{id}", web::get().to(api::get_document))
-                        .route(
-                            "/documents/{id}/content",
-                            web::route()
-                                .guard(guard::Any(guard::Get()).or(guard::Head()))
-                                .to(content::document_content),
+                        .service(
+                            resource("/openapi.json", "GET")
+                                .route(web::get().to(openapi::openapi_json)),
                         )
-                        .route(
-                            "/documents/{id}/thumbnail",
-                            web::route()
-                                .guard(guard::Any(guard::Get()).or(guard::Head()))
-                                .to(content::document_thumbnail),
+                        .service(
+                            resource("/events", "GET").route(web::get().to(events::event_stream)),
+                        )
+                        .service(resource("/jobs", "GET").route(web::get().to(api::list_jobs)))
+                        .service(
+                            resource("/jobs/{id}", "GET").route(web::get().to(job_stream::get_job)),
+                        )
+                        .service(
+                            resource("/jobs/{id}/events", "GET")
+                                .route(web::get().to(job_stream::job_events)),
+                        )
+                        .service(
+                            resource("/jobs/{id}/history", "GET")
+                                .route(web::get().to(api::job_history)),
+                        )
+                        .service(
+                            resource("/jobs/{id}/retry", "POST")
+                                .route(web::post().to(api::retry_job)),
+                        )
+                        .service(
+                            resource("/jobs/{id}/cancel", "POST")
+                                .route(web::post().to(api::cancel_job)),
+                        )
+                        .service(
+                            resource("/downloads", "GET, POST")
+                                .route(web::post().to(api::create_download))
+                                .route(web::get().to(api::list_downloads)),
+                        )
+                        .service(
+                            resource("/downloads/{id}", "GET, DELETE")
+                                .route(web::get().to(api::get_download))
+                                .route(web::delete().to(api::delete_download)),
+                        )
+                        .service(
+                            resource("/bundles", "GET, POST")
+                                .route(web::post().to(bundles::create_bundle))
+                                .route(web::get().to(bundles::list_bundles)),
+                        )
+                        .service(
+                            resource("/bundles/{id}", "GET, DELETE")
+                                .route(web::get().to(bundles::get_bundle))
+                                .route(web::delete().to(bundles::delete_bundle)),
+                        )
+                        .service(
+                            resource("/bundles/{id}/cancel", "POST")
+                                .route(web::post().to(bundles::cancel_bundle)),
+                        )
+                        .service(
+                            resource("/sources", "GET").route(web::get().to(api::list_sources)),
+                        )
+                        .service(
+                            resource("/sources/{name}", "GET")
+                                .route(web::get().to(api::get_source)),
+                        )
+                        .service(
+                            resource("/documents", "GET, POST")
+                                .route(web::get().to(api::list_documents))
+                                .route(web::post().to(upload::upload)),
+                        )
+                        .service(
+                            resource("/documents/{id}", "GET")
+                                .route(web::get().to(api::get_document)),
+                        )
+                        .service(
+                            resource("/documents/{id}/content", "GET, HEAD").route(
+                                web::route()
+                                    .guard(guard::Any(guard::Get()).or(guard::Head()))
+                                    .to(content::document_content),
+                            ),
+                        )
+                        .service(
+                            resource("/documents/{id}/thumbnail", "GET, HEAD").route(
+                                web::route()
+                                    .guard(guard::Any(guard::Get()).or(guard::Head()))
+                                    .to(content::document_thumbnail),
+                            ),
                         )
                         .default_service(web::to(not_found)),
                 ),
         )
         .default_service(web::to(not_found))
+}
+
+/// A resource at `path` that answers a method it does not have with 405 and `Allow: allow`.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |request: HttpRequest| async move {
+        Err::<HttpResponse, ApiError>(ApiError::MethodNotAllowed {
+            message: format!(
+                "{} is not a method of {}; it takes {allow}",
+                request.method(),
+                request.path()
+            ),
+            allow,
+        })
+    }))
 }
 
 async fn not_found(request: HttpRequest) -> Result<HttpResponse, ApiError> {

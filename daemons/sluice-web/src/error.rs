@@ -43,6 +43,12 @@ pub enum ApiError {
     /// a change).
     #[error("{0}")]
     Forbidden(String),
+    /// 405 `method_not_allowed` with `Allow`: the path exists, the method does not.
+    #[error("{message}")]
+    MethodNotAllowed {
+        message: String,
+        allow: &'static str,
+    },
     /// 409 `conflict`: the object is in a state where the request makes no sense.
     #[error("{0}")]
     Conflict(String),
@@ -80,7 +86,8 @@ pub struct ErrorBody<'a> {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail<'a> {
-    /// not_found, invalid_argument, unauthorized, forbidden, conflict, payload_too_large,
+    /// not_found, invalid_argument, unauthorized, forbidden, method_not_allowed, conflict,
+    /// payload_too_large,
     /// unsupported_media_type, misdirected_request, range_not_satisfiable, queue_full,
     /// unavailable or internal.
     code: &'static str,
@@ -98,6 +105,7 @@ impl ApiError {
             ApiError::InvalidArgument(_) | ApiError::Refused(_) => "invalid_argument",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -123,6 +131,7 @@ impl ResponseError for ApiError {
             ApiError::InvalidArgument(_) | ApiError::Refused(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -140,6 +149,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"sluice\""));
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                response.insert_header((header::ALLOW, *allow));
             }
             ApiError::QueueFull(_) => {
                 response.insert_header((header::RETRY_AFTER, QUEUE_FULL_RETRY_AFTER.as_secs()));

@@ -495,3 +495,46 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
     let error = &document["components"]["schemas"]["ErrorBody"];
     assert!(error.is_object(), "{document}");
 }
+
+/// Regression (found by schemathesis): a known path asked with a method it does not have was
+/// a 404 "no route"; it is a 405 with `Allow`, and an unknown path stays a 404.
+#[actix_web::test]
+async fn a_method_a_path_does_not_have_is_405_with_allow() {
+    let directory = tempfile::tempdir().unwrap();
+    let service = init_service(app(state(directory.path()))).await;
+    for (method, uri, allow) in [
+        ("TRACE", "/api/status", "GET"),
+        ("PUT", "/api/downloads", "GET, POST"),
+        ("PATCH", "/api/downloads/1", "GET, DELETE"),
+        ("DELETE", "/healthz", "GET"),
+    ] {
+        let request = TestRequest::default()
+            .method(actix_web::http::Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(uri)
+            .insert_header(("Host", "localhost"))
+            .insert_header(("Authorization", format!("Bearer {TOKEN}")))
+            .to_request();
+        let response = call_service(&service, request).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}"
+        );
+        assert_eq!(
+            response.headers().get("allow").unwrap(),
+            allow,
+            "{method} {uri}"
+        );
+        let body: Value = read_body_json(response).await;
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
+    }
+    let request = TestRequest::get()
+        .uri("/api/no-such-thing")
+        .insert_header(("Host", "localhost"))
+        .insert_header(("Authorization", format!("Bearer {TOKEN}")))
+        .to_request();
+    assert_eq!(
+        call_service(&service, request).await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
