@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use sluice_core::store::bundles::Bundle;
 use sluice_core::store::jobs::{Job, JobTransition};
 use sluice_core::store::{Document, Download, SourceStatus};
 use utoipa::ToSchema;
@@ -136,4 +137,24 @@ pub struct StoreSummary {
     pub path: String,
     /// `full` or `normal`.
     pub durability: &'static str,
+}
+
+/// `POST /api/bundles` (201) and `POST /api/bundles/{id}/cancel`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BundleAnswer {
+    pub bundle: Bundle,
+}
+
+/// `GET /api/bundles/{id}`: the bundle and its files, each a download.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BundleWithFiles {
+    pub bundle: Bundle,
+    pub files: Vec<Download>,
+}
+
+/// `DELETE /api/bundles/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BundleDeleted {
+    /// The id of the deleted bundle.
+    pub deleted: i64,
 }

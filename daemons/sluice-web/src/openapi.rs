@@ -21,7 +21,7 @@ use crate::state::AppState;
 #[openapi(
     info(
         title = "sluice",
-        description = "sluice's HTTP API: jobs, downloads, sources, documents, events, status \
+        description = "sluice's HTTP API: jobs, downloads, bundles, sources, documents, events, status \
                        and metrics. Reads need the read or the admin token as a bearer token \
                        (unless `[web] public_reads = true`); changes need the admin token.",
     ),
@@ -41,6 +41,11 @@ use crate::state::AppState;
         crate::api::list_downloads,
         crate::api::get_download,
         crate::api::delete_download,
+        crate::bundles::create_bundle,
+        crate::bundles::list_bundles,
+        crate::bundles::get_bundle,
+        crate::bundles::cancel_bundle,
+        crate::bundles::delete_bundle,
         crate::api::list_sources,
         crate::api::get_source,
         crate::api::list_documents,

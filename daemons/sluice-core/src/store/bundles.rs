@@ -21,6 +21,7 @@ use super::jobs::{self, JobError, Page, PageRequest};
 use super::{Store, now_ms};
 pub use crate::policy::ValidBundle;
 
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BundleState {
@@ -66,6 +67,7 @@ pub struct CreatedBundle {
 }
 
 /// A bundle with its progress summed over its files.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Bundle {
     pub id: i64,
