@@ -7,11 +7,10 @@ use actix_web::HttpResponse;
 use actix_web::web::Data;
 use serde::Serialize;
 use serde_json::{Value, json};
-use sluice_core::bus::{SuiteDaemon, daemon_properties, name_has_owner, suite_daemons};
+use sluice_core::bus::{
+    SuiteDaemon, UnitStatus, daemon_properties, name_has_owner, read_unit_status, suite_daemons,
+};
 use zbus::Connection;
-use zbus::fdo::PropertiesProxy;
-use zbus::names::InterfaceName;
-use zbus::proxy::CacheProperties;
 
 use crate::answers::{Health, Readiness, StoreSummary, SuiteStatus, Thumbnails};
 use crate::error::{ApiError, ErrorBody};
@@ -35,18 +34,6 @@ pub struct DaemonStatus {
     #[schema(value_type = Object)]
     pub counters: Value,
     pub unit: UnitStatus,
-}
-
-/// What systemd says about the daemon's unit; every field `null` where systemd is not the
-/// service manager (or cannot be reached).
-#[derive(Debug, Serialize, Default, utoipa::ToSchema)]
-pub struct UnitStatus {
-    pub name: String,
-    pub load_state: Option<String>,
-    pub active_state: Option<String>,
-    pub sub_state: Option<String>,
-    pub main_pid: Option<u32>,
-    pub restarts: Option<u32>,
 }
 
 /// Whether the process answers; for anyone, no token.
@@ -125,10 +112,7 @@ fn daemons_without_bus(workers: u32) -> Vec<DaemonStatus> {
             status: None,
             last_error: None,
             counters: json!({}),
-            unit: UnitStatus {
-                name: daemon.unit_name,
-                ..UnitStatus::default()
-            },
+            unit: UnitStatus::unknown(&daemon.unit_name),
         })
         .collect()
 }
@@ -265,56 +249,18 @@ async fn systemd_connection() -> Option<Connection> {
     }
 }
 
+/// What systemd says about `unit_name`; only the name where systemd is not the service
+/// manager or does not answer in time.
 async fn unit_status(systemd: Option<&Connection>, unit_name: &str) -> UnitStatus {
-    let mut unit = UnitStatus {
-        name: unit_name.to_owned(),
-        ..UnitStatus::default()
-    };
     let Some(systemd) = systemd else {
-        return unit;
+        return UnitStatus::unknown(unit_name);
     };
-    let read = tokio::time::timeout(DAEMON_TIMEOUT, read_unit(systemd, &mut unit)).await;
-    if let Ok(Err(error)) | Err(error) = read.map_err(|_| zbus::Error::Failure("timeout".into())) {
-        tracing::debug!(unit = unit_name, error = %error, "cannot read a unit's state from systemd");
+    match tokio::time::timeout(DAEMON_TIMEOUT, read_unit_status(systemd, unit_name)).await {
+        Ok(Ok(unit)) => unit,
+        Ok(Err(error)) => {
+            tracing::debug!(unit = unit_name, error = %error, "cannot read a unit's state from systemd");
+            UnitStatus::unknown(unit_name)
+        }
+        Err(_) => UnitStatus::unknown(unit_name),
     }
-    unit
-}
-
-async fn read_unit(systemd: &Connection, unit: &mut UnitStatus) -> zbus::Result<()> {
-    // LoadUnit (unlike GetUnit) answers for a unit that is not loaded, with load state
-    // `not-found` for one that does not exist.
-    let reply = systemd
-        .call_method(
-            Some("org.freedesktop.systemd1"),
-            "/org/freedesktop/systemd1",
-            Some("org.freedesktop.systemd1.Manager"),
-            "LoadUnit",
-            &(unit.name.as_str(),),
-        )
-        .await?;
-    let path: zbus::OwnedObjectPath = reply.body().deserialize()?;
-    let properties = PropertiesProxy::builder(systemd)
-        .destination("org.freedesktop.systemd1")
-        .path(path)
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
-    let unit_interface = InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Unit");
-    let service_interface =
-        InterfaceName::from_static_str_unchecked("org.freedesktop.systemd1.Service");
-    let text = |value: zbus::OwnedVariant| String::try_from(value).ok();
-    unit.load_state = text(properties.get(unit_interface.clone(), "LoadState").await?);
-    unit.active_state = text(
-        properties
-            .get(unit_interface.clone(), "ActiveState")
-            .await?,
-    );
-    unit.sub_state = text(properties.get(unit_interface, "SubState").await?);
-    if unit.load_state.as_deref() == Some("loaded") {
-        unit.main_pid = u32::try_from(properties.get(service_interface.clone(), "MainPID").await?)
-            .ok()
-            .filter(|pid| *pid != 0);
-        unit.restarts = u32::try_from(properties.get(service_interface, "NRestarts").await?).ok();
-    }
-    Ok(())
 }

@@ -11,6 +11,7 @@ use zbus::proxy::CacheProperties;
 /// One unit as systemd sees it; every field but the name `None` where systemd did not say
 /// (not the service manager, not loaded, or not a service).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UnitStatus {
     pub name: String,
     /// `loaded`, `not-found`, ...
