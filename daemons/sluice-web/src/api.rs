@@ -9,7 +9,6 @@
 use actix_web::web::{Data, Json, Path, Query};
 use actix_web::{HttpResponse, http::StatusCode};
 use serde::Deserialize;
-use sluice_core::bus::{SCRAPER_BUS_NAME, ScraperProxy, name_has_owner};
 use sluice_core::policy::{SubmitRules, parse_search_query};
 use sluice_core::store::Store;
 use sluice_core::store::documents::DocumentFilter;
@@ -355,21 +354,8 @@ pub async fn delete_download(
         .await?;
     let download_id = u64::try_from(id).unwrap_or_default();
     let through_scraper = state
-        .on_bus(move |connection| async move {
-            if !name_has_owner(&connection, SCRAPER_BUS_NAME).await {
-                return None;
-            }
-            let proxy = ScraperProxy::builder(&connection)
-                .cache_properties(zbus::proxy::CacheProperties::No)
-                .build()
-                .await;
-            Some(match proxy {
-                Ok(proxy) => proxy.delete_download(download_id).await,
-                Err(error) => Err(sluice_core::bus::BusError::ZBus(error)),
-            })
-        })
-        .await
-        .flatten();
+        .on_scraper(move |proxy| async move { proxy.delete_download(download_id).await })
+        .await;
     match through_scraper {
         Some(result) => result?,
         None => {

@@ -16,7 +16,7 @@ use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use actix_web::web::{Data, Json, Path, Query};
 use serde::Deserialize;
-use sluice_core::bus::{BusError, SCRAPER_BUS_NAME, ScraperProxy, bundle_request, name_has_owner};
+use sluice_core::bus::{BusError, ScraperProxy, bundle_request};
 use sluice_core::policy::{SubmitRules, is_hf_reference};
 
 use crate::answers::{BundleAnswer, BundleDeleted, BundleWithFiles};
@@ -110,21 +110,8 @@ pub async fn create_bundle(
     }
     let name = request.name.clone();
     let added = state
-        .on_bus(move |connection| async move {
-            if !name_has_owner(&connection, SCRAPER_BUS_NAME).await {
-                return None;
-            }
-            let proxy = ScraperProxy::builder(&connection)
-                .cache_properties(zbus::proxy::CacheProperties::No)
-                .build()
-                .await;
-            Some(match proxy {
-                Ok(proxy) => proxy.add_bundle(&name, files).await,
-                Err(error) => Err(BusError::ZBus(error)),
-            })
-        })
+        .on_scraper(move |proxy| async move { proxy.add_bundle(&name, files).await })
         .await
-        .flatten()
         .ok_or_else(scraper_not_running)??;
     let id = i64::try_from(added).unwrap_or_default();
     let bundle = state.with_store(move |store| store.get_bundle(id)).await?;
@@ -225,21 +212,8 @@ where
     F: Future<Output = Result<(), BusError>> + Send + 'static,
 {
     state
-        .on_bus(move |connection| async move {
-            if !name_has_owner(&connection, SCRAPER_BUS_NAME).await {
-                return None;
-            }
-            let proxy = ScraperProxy::builder(&connection)
-                .cache_properties(zbus::proxy::CacheProperties::No)
-                .build()
-                .await;
-            Some(match proxy {
-                Ok(proxy) => call(proxy).await,
-                Err(error) => Err(BusError::ZBus(error)),
-            })
-        })
+        .on_scraper(call)
         .await
-        .flatten()
         .ok_or_else(scraper_not_running)??;
     Ok(())
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use sluice_core::bus::{BusError, SCRAPER_BUS_NAME, ScraperProxy, name_has_owner};
 use sluice_core::config::{Config, MetricsAccess, WebConfig};
 use sluice_core::store::{Store, StoreError, StoreOptions};
 use subtle::ConstantTimeEq;
@@ -537,6 +538,34 @@ impl AppState {
                  find the job by polling"
             );
         }
+    }
+
+    /// Calls sluice-scraper (`org.sluice.Scraper1`) on the main runtime and waits for the
+    /// answer; `None` when there is no bus or no scraper holds its name, so the caller can
+    /// fall back to the store or answer 503.
+    pub async fn on_scraper<T, F>(
+        &self,
+        call: impl FnOnce(ScraperProxy<'static>) -> F + Send + 'static,
+    ) -> Option<Result<T, BusError>>
+    where
+        F: Future<Output = Result<T, BusError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.on_bus(move |connection| async move {
+            if !name_has_owner(&connection, SCRAPER_BUS_NAME).await {
+                return None;
+            }
+            let proxy = ScraperProxy::builder(&connection)
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()
+                .await;
+            Some(match proxy {
+                Ok(proxy) => call(proxy).await,
+                Err(error) => Err(BusError::ZBus(error)),
+            })
+        })
+        .await
+        .flatten()
     }
 
     /// Runs a bus call on the main runtime and waits for it.
