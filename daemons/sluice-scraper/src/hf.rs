@@ -58,9 +58,13 @@ pub struct Hub<'a> {
 /// Resolves `reference` into its files at the commit its revision points at. The error is a
 /// sentence for the caller (it names the repository, the revision and the Hub).
 pub async fn resolve(hub: &Hub<'_>, reference: &HfReference) -> Result<Resolved, String> {
+    // The API's answers may redirect like downloads do, so the same rule: bearer or basic.
     let credentials = match hub.credentials_file {
-        Some(path) => credentials::read_credentials(path)
-            .map_err(|error| format!("[scraper] hf_credentials_file: {error}"))?,
+        Some(path) => credentials::for_downloads(
+            credentials::read_credentials(path)
+                .map_err(|error| format!("[scraper] hf_credentials_file: {error}"))?,
+            &format!("[scraper] hf_credentials_file {}", path.display()),
+        )?,
         None => Vec::new(),
     };
     let kind = if reference.dataset {

@@ -647,6 +647,14 @@ async fn receive(
             crate::sources::credentials::read_credentials(credentials_file).map_err(|error| {
                 Failure::retryable(format!("[scraper] hf_credentials_file: {error}"))
             })?;
+        let credentials = crate::sources::credentials::for_downloads(
+            credentials,
+            &format!(
+                "[scraper] hf_credentials_file {}",
+                credentials_file.display()
+            ),
+        )
+        .map_err(Failure::permanent)?;
         request = crate::sources::credentials::apply(request, &credentials);
     }
     if offset > 0 {

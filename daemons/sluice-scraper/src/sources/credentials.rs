@@ -92,9 +92,41 @@ pub fn apply(mut request: RequestBuilder, credentials: &[Credential]) -> Request
     request
 }
 
+/// The credentials that may go with a download: `bearer` and `basic` only. A download follows
+/// redirects inside the HTTP client, which drops `Authorization` when a redirect leads to
+/// another host or port but would carry any other header there, so a header line is refused
+/// with the reason instead of being sent. `file` names the file in the error.
+pub fn for_downloads(credentials: Vec<Credential>, file: &str) -> Result<Vec<Credential>, String> {
+    if let Some(Credential::Header(name, _)) = credentials
+        .iter()
+        .find(|credential| matches!(credential, Credential::Header(..)))
+    {
+        return Err(format!(
+            "{file} has a header line ({name}: …), which downloads do not send: a download \
+             follows redirects to other hosts, where only Authorization is dropped; use \
+             `bearer TOKEN` or `basic USER:PASSWORD`"
+        ));
+    }
+    Ok(credentials)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn downloads_take_bearer_and_basic_but_never_a_header_line() {
+        let allowed = parse_credentials("bearer abc\nbasic me:pw\n").unwrap();
+        assert_eq!(for_downloads(allowed, "hub").unwrap().len(), 2);
+        let with_header = parse_credentials("bearer abc\nX-Api-Key: 12\n").unwrap();
+        let error = for_downloads(with_header, "/etc/sluice/credentials/hub").unwrap_err();
+        assert!(
+            error.contains("/etc/sluice/credentials/hub")
+                && error.contains("x-api-key")
+                && !error.contains("12"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn the_three_kinds_of_line_parse_and_errors_name_the_line() {
