@@ -117,8 +117,9 @@ pub async fn resolve(hub: &Hub<'_>, reference: &HfReference) -> Result<Resolved,
         }
         let (page, link): (Vec<TreeEntry>, _) =
             get_json_page(hub, &page_url, &credentials, &what).await?;
-        tree.extend(page);
-        if tree.iter().filter(|entry| entry.kind == "file").count() > MAX_BUNDLE_FILES {
+        // Only files are kept: a listing padded with folder entries costs nothing here.
+        tree.extend(page.into_iter().filter(|entry| entry.kind == "file"));
+        if tree.len() > MAX_BUNDLE_FILES {
             return Err(format!(
                 "{what} has more than {MAX_BUNDLE_FILES} files, the most a bundle holds"
             ));

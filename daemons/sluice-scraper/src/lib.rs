@@ -1204,9 +1204,9 @@ fn bus_error(error: DownloadError) -> BusError {
         DownloadError::BundleNotFound(id) => {
             BusError::NotFound(format!("bundle {id} does not exist"))
         }
-        error @ (DownloadError::InvalidState { .. } | DownloadError::BundleInvalidState { .. }) => {
-            BusError::WrongState(error.to_string())
-        }
+        error @ (DownloadError::InvalidState { .. }
+        | DownloadError::BundleInvalidState { .. }
+        | DownloadError::PartOfBundle { .. }) => BusError::WrongState(error.to_string()),
         DownloadError::Job(JobError::NotFound(id)) => {
             BusError::NotFound(format!("job {id} does not exist"))
         }

@@ -221,7 +221,8 @@ impl From<DownloadError> for ApiError {
             }
             DownloadError::InvalidArgument(message) => ApiError::InvalidArgument(message),
             error @ (DownloadError::InvalidState { .. }
-            | DownloadError::BundleInvalidState { .. }) => ApiError::Conflict(error.to_string()),
+            | DownloadError::BundleInvalidState { .. }
+            | DownloadError::PartOfBundle { .. }) => ApiError::Conflict(error.to_string()),
             DownloadError::Job(error) => error.into(),
             DownloadError::Store(error) => error.into(),
         }

@@ -58,9 +58,14 @@ pub fn print_fields(fields: &[(&str, String)]) {
     write_out(&text);
 }
 
-/// Prints one plain line.
+/// Prints one line. Control characters (a terminal's escape sequences among them, which text
+/// from a feed or a server could carry) are shown as spaces, as in tables.
 pub fn print_line(line: &str) {
-    write_out(&format!("{line}\n"));
+    let flat: String = line
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    write_out(&format!("{flat}\n"));
 }
 
 const MAX_CELL_CHARS: usize = 60;

@@ -117,6 +117,15 @@ impl NewBundle {
                     truncate_to_bytes(&relative_path, 100)
                 )));
             }
+            if let Some(size) = file.size
+                && size > rules.max_download_size
+            {
+                return Err(PolicyError::OutOfRange(format!(
+                    "file {index}: its size, {size} bytes, is more than [scraper] \
+                     max_download_size ({} bytes)",
+                    rules.max_download_size
+                )));
+            }
             files.push(ValidBundleFile {
                 download,
                 relative_path,
@@ -433,6 +442,20 @@ mod tests {
         assert_eq!(
             bad_name.validate(&RULES).unwrap_err().code(),
             "invalid_name"
+        );
+    }
+
+    #[test]
+    fn a_listed_size_above_the_download_limit_is_refused() {
+        let mut listed = bundle(&["a.bin", "b.bin"]);
+        listed.files[0].size = Some(1 << 30);
+        listed.validate(&RULES).expect("a size at the limit");
+        // A hostile listing's sizes would otherwise add up past what SQLite's sum() holds.
+        listed.files[1].size = Some(i64::MAX as u64);
+        let error = listed.validate(&RULES).unwrap_err();
+        assert_eq!(error.code(), "out_of_range");
+        assert!(
+            error.message().contains("file 1") && error.message().contains("max_download_size")
         );
     }
 

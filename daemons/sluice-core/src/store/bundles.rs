@@ -108,8 +108,8 @@ const BUNDLE_SUMMARY: &str = "SELECT b.id, b.name, b.origin, b.revision, b.state
         (SELECT count(*) FROM downloads d WHERE d.bundle_id = b.id AND d.state = 'succeeded'),
         (SELECT count(*) FROM downloads d WHERE d.bundle_id = b.id
              AND d.state IN ('failed', 'cancelled')),
-        (SELECT coalesce(sum(bytes_done), 0) FROM downloads d WHERE d.bundle_id = b.id),
-        (SELECT coalesce(sum(bytes_total), 0) FROM downloads d WHERE d.bundle_id = b.id),
+        (SELECT CAST(total(bytes_done) AS INTEGER) FROM downloads d WHERE d.bundle_id = b.id),
+        (SELECT CAST(total(bytes_total) AS INTEGER) FROM downloads d WHERE d.bundle_id = b.id),
         (SELECT coalesce(sum(rate_bytes_per_s), 0.0) FROM downloads d WHERE d.bundle_id = b.id
              AND d.state = 'running'),
         b.final_path, b.error, b.created_at, b.updated_at, b.finished_at
@@ -504,6 +504,11 @@ mod tests {
             files.iter().all(|file| file.state.is_finished()),
             "{files:?}"
         );
+        // A file goes with its bundle, never on its own (the bundle would wait for it).
+        assert!(matches!(
+            store.delete_download(files[0].id),
+            Err(DownloadError::PartOfBundle { bundle_id, .. }) if bundle_id == created.bundle_id
+        ));
         let (deleted, files) = store.delete_bundle(created.bundle_id).unwrap();
         assert_eq!((deleted.state, files.len()), (BundleState::Failed, 2));
         assert!(matches!(

@@ -49,6 +49,10 @@ pub enum DownloadError {
         state: super::bundles::BundleState,
         action: &'static str,
     },
+    /// A bundle's file is deleted with its bundle, not on its own (the bundle would wait for
+    /// it forever).
+    #[error("download {id} is a file of bundle {bundle_id}; delete or cancel the bundle instead")]
+    PartOfBundle { id: i64, bundle_id: i64 },
     #[error("download {id} is {state}; cannot {action} it")]
     InvalidState {
         id: i64,
@@ -368,6 +372,9 @@ impl Store {
     pub fn delete_download(&mut self, id: i64) -> Result<Download, DownloadError> {
         self.write(|transaction| {
             let download = read_download(transaction, id)?;
+            if let Some(bundle_id) = download.bundle_id {
+                return Err(DownloadError::PartOfBundle { id, bundle_id });
+            }
             if !download.state.is_finished() {
                 return Err(DownloadError::InvalidState {
                     id,

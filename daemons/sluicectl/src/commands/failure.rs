@@ -102,7 +102,8 @@ impl From<DownloadError> for Failure {
             }
             DownloadError::InvalidArgument(_)
             | DownloadError::InvalidState { .. }
-            | DownloadError::BundleInvalidState { .. } => Failure::invalid(error.to_string()),
+            | DownloadError::BundleInvalidState { .. }
+            | DownloadError::PartOfBundle { .. } => Failure::invalid(error.to_string()),
             DownloadError::Job(error) => error.into(),
             DownloadError::Store(error) => error.into(),
         }
