@@ -7,17 +7,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use sluice_core::bus::ScraperProxy;
 use sluice_core::store::{Bundle, BundleState, Durability, Store};
-use zbus::Connection;
-use zbus::proxy::CacheProperties;
 
 use crate::support::{
-    BusPolicy, DEADLINE, DaemonProcess, FixtureRoute, HttpFixture, PrivateBus, SpawnOptions,
-    SuiteFixture, WEB_READ_TOKEN, WEB_TEST_TOKEN, WebDaemon, binary_path, files_under, http_agent,
-    http_result, open_store, sha256_hex,
+    BusPolicy, DEADLINE, DaemonProcess, FixtureRoute, HttpFixture, PrivateBus, SuiteFixture,
+    WEB_READ_TOKEN, WEB_TEST_TOKEN, WebDaemon, binary_path, files_under, http_agent, http_result,
+    open_store, sha256_hex,
 };
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -111,39 +109,11 @@ per_host_concurrency = 8
     }
 
     async fn start_scraper(&self) -> Result<DaemonProcess> {
-        let mut command = Command::new(binary_path("sluice-scraper"));
-        command
-            .arg("--config")
-            .arg(&self.fixture.config_path)
-            .env("SLUICE_LOG", "debug");
-        let mut process =
-            DaemonProcess::spawn(&mut command, SpawnOptions::named("sluice-scraper"))?;
-        let proxy = self.proxy().await?;
-        let started = Instant::now();
-        loop {
-            if proxy.state().await.is_ok_and(|state| state == "running") {
-                return Ok(process);
-            }
-            if !process.is_running() {
-                bail!("sluice-scraper exited: {}", process.log());
-            }
-            ensure!(
-                started.elapsed() < DEADLINE,
-                "never running: {}",
-                process.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::support::start_scraper(&self.fixture.config_path, self.fixture.bus.address()).await
     }
 
     async fn proxy(&self) -> Result<ScraperProxy<'static>> {
-        let connection: Connection = zbus::connection::Builder::address(self.fixture.bus.address())
-            .build()
-            .await?;
-        Ok(ScraperProxy::builder(&connection)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await?)
+        crate::support::scraper_proxy(self.fixture.bus.address()).await
     }
 
     async fn wait_for_bundle(

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
 use sluice_core::bus::{BusError, DownloadOptions, ScraperProxy};
@@ -22,7 +22,7 @@ use zbus::proxy::CacheProperties;
 
 use crate::support::{
     BusPolicy, DEADLINE, DaemonProcess, FixtureRoute, HttpFixture, PrivateBus, STARTUP_DEADLINE,
-    SpawnOptions, TmpfsMount, assert_taken_over_before_the_lease_expired, binary_path, open_store,
+    TmpfsMount, assert_taken_over_before_the_lease_expired, binary_path, open_store,
     retried_because, sha256_hex, skip,
 };
 
@@ -129,32 +129,7 @@ max_redirects = 3
 
     /// Starts the scraper and waits until it says `running` on the bus.
     async fn start(&self) -> Result<DaemonProcess> {
-        let mut command = Command::new(binary_path("sluice-scraper"));
-        command
-            .arg("--config")
-            .arg(&self.config_path)
-            .env("SLUICE_LOG", "debug");
-        let mut process =
-            DaemonProcess::spawn(&mut command, SpawnOptions::named("sluice-scraper"))?;
-        let connection = self.connect().await?;
-        let proxy = scraper_proxy(&connection).await?;
-        let started = Instant::now();
-        loop {
-            if proxy.state().await.is_ok_and(|state| state == "running") {
-                return Ok(process);
-            }
-            if !process.is_running() {
-                bail!(
-                    "sluice-scraper exited with {:?}: {}",
-                    process.wait_for_exit(Duration::ZERO),
-                    process.log()
-                );
-            }
-            if started.elapsed() > DEADLINE {
-                bail!("sluice-scraper never reached running: {}", process.log());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::support::start_scraper(&self.config_path, self.bus.address()).await
     }
 
     async fn connect(&self) -> Result<Connection> {

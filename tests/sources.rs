@@ -4,18 +4,14 @@
 //! for a condition with a deadline.
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use sluice_core::bus::ScraperProxy;
 use sluice_core::store::{Durability, SourceStatus, Store};
-use zbus::Connection;
-use zbus::proxy::CacheProperties;
 
 use crate::support::{
-    BusPolicy, DEADLINE, DaemonProcess, FixtureRoute, HttpFixture, PrivateBus, SpawnOptions,
-    binary_path, open_store,
+    BusPolicy, DEADLINE, DaemonProcess, FixtureRoute, HttpFixture, PrivateBus, open_store,
 };
 
 struct Setup {
@@ -97,39 +93,11 @@ user_agent = "sluice-test/1"
     }
 
     async fn start(&self) -> Result<DaemonProcess> {
-        let mut command = Command::new(binary_path("sluice-scraper"));
-        command
-            .arg("--config")
-            .arg(&self.config_path)
-            .env("SLUICE_LOG", "debug");
-        let mut process =
-            DaemonProcess::spawn(&mut command, SpawnOptions::named("sluice-scraper"))?;
-        let proxy = self.proxy().await?;
-        let started = Instant::now();
-        loop {
-            if proxy.state().await.is_ok_and(|state| state == "running") {
-                return Ok(process);
-            }
-            if !process.is_running() {
-                bail!("sluice-scraper exited: {}", process.log());
-            }
-            ensure!(
-                started.elapsed() < DEADLINE,
-                "never running: {}",
-                process.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::support::start_scraper(&self.config_path, self.bus.address()).await
     }
 
     async fn proxy(&self) -> Result<ScraperProxy<'static>> {
-        let connection: Connection = zbus::connection::Builder::address(self.bus.address())
-            .build()
-            .await?;
-        Ok(ScraperProxy::builder(&connection)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await?)
+        crate::support::scraper_proxy(self.bus.address()).await
     }
 
     /// Asks for a check now and waits until it is recorded; returns the source after it.

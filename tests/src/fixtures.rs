@@ -1136,3 +1136,42 @@ progress_interval = "200ms"
         DaemonProcess::start(command, &self.directory.path().join(log_name), "info")
     }
 }
+
+/// A proxy for sluice-scraper's `org.sluice.Scraper1` on the bus at `address`, reading every
+/// property afresh.
+pub async fn scraper_proxy(
+    address: &str,
+) -> anyhow::Result<sluice_core::bus::ScraperProxy<'static>> {
+    let connection = zbus::connection::Builder::address(address).build().await?;
+    Ok(sluice_core::bus::ScraperProxy::builder(&connection)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await?)
+}
+
+/// Starts sluice-scraper with the configuration at `config` (whose bus is `bus_address`) and
+/// waits until its `State` says `running`.
+pub async fn start_scraper(config: &Path, bus_address: &str) -> anyhow::Result<DaemonProcess> {
+    let mut command = Command::new(binary_path("sluice-scraper"));
+    command
+        .arg("--config")
+        .arg(config)
+        .env("SLUICE_LOG", "debug");
+    let mut process = DaemonProcess::spawn(&mut command, SpawnOptions::named("sluice-scraper"))?;
+    let proxy = scraper_proxy(bus_address).await?;
+    let started = std::time::Instant::now();
+    loop {
+        if proxy.state().await.is_ok_and(|state| state == "running") {
+            return Ok(process);
+        }
+        if !process.is_running() {
+            anyhow::bail!("sluice-scraper exited: {}", process.log());
+        }
+        anyhow::ensure!(
+            started.elapsed() < DEADLINE,
+            "never running: {}",
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
