@@ -3,7 +3,8 @@
 # missing: dbus-daemon, busctl, setpriv, gdbus (the integration tests), systemd-nspawn,
 # nsenter, flock, lintian, sqlite3, curl, python3 (the system tests), pdftoppm (PDF thumbnails,
 # tests/content.rs), chromium (the dashboard in a real browser, tests/dashboard.rs), tesseract
-# (the OCR processor, tests/processors.rs), promtool (`promtool check metrics` on /metrics,
+# (the OCR processor, tests/processors.rs), polkitd (polkit decides the privileged D-Bus
+# calls in the system tests' container, made from this host's root), promtool (`promtool check metrics` on /metrics,
 # tests/metrics.rs; Debian ships it in the prometheus package), schemathesis (the OpenAPI
 # contract test, tests/openapi.rs; from PyPI into the venv /opt/sluice-test-venv, since Debian
 # 12's pip refuses to install into the system's Python), cargo-nextest (the test runner),
@@ -29,6 +30,7 @@ command -v python3 > /dev/null || needed+=(python3)
 command -v pdftoppm > /dev/null || needed+=(poppler-utils)
 command -v chromium > /dev/null || needed+=(chromium)
 command -v tesseract > /dev/null || needed+=(tesseract-ocr)
+command -v pkaction > /dev/null || needed+=(polkitd)
 installing_prometheus=false
 if ! command -v promtool > /dev/null; then
     needed+=(prometheus)

@@ -827,6 +827,163 @@ fn a_configured_source_with_a_loaded_credential_produces_a_document() -> Result<
     outcome
 }
 
+/// Issue 17, "authorization as system services do it": a privileged method asks polkit. The
+/// package's rule grants a member of group `sluice`; anyone else would need an administrator's
+/// password (`auth_admin`), so a call that does not allow interaction is refused with
+/// InteractiveAuthorizationRequired, until an administrator's own rule grants them; the
+/// daemons' own user is allowed from sluice-web's unit (which forwards HTTP requests) and
+/// refused from an ingest worker's, where processors run, so a processor cannot make the
+/// scraper fetch. Each refusal is in the daemon's journal.
+#[test]
+fn polkit_decides_who_may_call_and_a_workers_processes_are_refused() -> Result<()> {
+    let Some(suite) = Suite::running()? else {
+        return Ok(());
+    };
+    let container = &suite.container;
+    for action in [
+        "org.sluice.manage-jobs",
+        "org.sluice.add-download",
+        "org.sluice.manage-downloads",
+    ] {
+        let shown = container.check(&format!("pkaction --verbose --action-id {action}"))?;
+        ensure!(
+            shown.contains("implicit any:      auth_admin"),
+            "pkaction {action}: {shown}"
+        );
+    }
+    container.check(
+        "useradd --no-create-home --groups sluice polkit-member && \
+         useradd --no-create-home polkit-outsider",
+    )?;
+    // RetryJob of a job that does not exist: once authorized, the daemon answers NotFound,
+    // so nothing changes whoever is let through.
+    let retry_as = |user: &str| {
+        container.sh(&format!(
+            "setpriv --reuid {user} --regid {user} --init-groups \
+             busctl --allow-interactive-authorization=no call org.sluice.Web1 /org/sluice/Web1 \
+             org.sluice.Web1 RetryJob t 987654 2>&1"
+        ))
+    };
+    let allowed = |output: &std::process::Output| output.stdout_text().contains("987654 does not");
+    let member = retry_as("polkit-member")?;
+    ensure!(
+        allowed(&member),
+        "a member of group sluice: {}",
+        member.stdout_text()
+    );
+    let outsider = retry_as("polkit-outsider")?;
+    ensure!(
+        !outsider.status.success()
+            && outsider
+                .stdout_text()
+                .contains("needs authentication for polkit action org.sluice.manage-jobs"),
+        "an outsider: {}",
+        outsider.stdout_text()
+    );
+    // An administrator's rule is polkit's decision, not a group check of the daemon's own.
+    container.check(
+        "printf '%s\\n' 'polkit.addRule(function (action, subject) {' \
+           '  if (action.id == \"org.sluice.manage-jobs\" && subject.user == \"polkit-outsider\")' \
+           '    return polkit.Result.YES;' '});' > /etc/polkit-1/rules.d/40-sluice-test.rules",
+    )?;
+    let granted = wait_until(Duration::from_secs(60), || {
+        retry_as("polkit-outsider").is_ok_and(|output| allowed(&output))
+    });
+    container.check("rm -f /etc/polkit-1/rules.d/40-sluice-test.rules")?;
+    ensure!(
+        granted,
+        "the administrator's rule never let the outsider through"
+    );
+    // The daemons' own user, from inside a unit's cgroups (found by name, in every hierarchy:
+    // on a legacy or hybrid host, systemd in the container tracks units in name=systemd). gdbus prints the whole error; busctl
+    // shows every AccessDenied as just "Access denied".
+    std::fs::write(
+        container.root().join("srv/call-in-unit.sh"),
+        "unit=$1; shift\n\
+         for cgroup in $(find /sys/fs/cgroup -type d -name \"$unit\"); do\n\
+         echo $$ > \"$cgroup/cgroup.procs\" || exit 99\n\
+         done\n\
+         exec setpriv --reuid _sluice --regid sluice --init-groups gdbus call --system \"$@\"\n",
+    )?;
+    let as_sluice_in = |unit: &str, call: &str| {
+        container.sh(&format!("sh /srv/call-in-unit.sh {unit} {call} 2>&1"))
+    };
+    let add_download = "--dest org.sluice.Scraper1 --object-path /org/sluice/Scraper1 \
+                        --method org.sluice.Scraper1.AddDownload \
+                        http://127.0.0.1:9/fetched-for-a-processor '{}'";
+    let from_worker = as_sluice_in(&worker(1), add_download)?;
+    ensure!(
+        !from_worker.status.success()
+            && from_worker.stdout_text().contains(
+                "org.freedesktop.DBus.Error.AccessDenied: AddDownload: the daemons' own user \
+                 may call it only from sluice-web.service"
+            ),
+        "AddDownload as _sluice from a worker: {}",
+        from_worker.stdout_text()
+    );
+    let retry = "--dest org.sluice.Web1 --object-path /org/sluice/Web1 \
+                 --method org.sluice.Web1.RetryJob 987654";
+    let from_worker = as_sluice_in(&worker(1), retry)?;
+    ensure!(
+        from_worker.stdout_text().contains("may call it only from"),
+        "RetryJob as _sluice from a worker: {}",
+        from_worker.stdout_text()
+    );
+    // The same user from sluice-web's unit is let through: deleting a download over HTTP
+    // makes sluice-web call the scraper's DeleteDownload as _sluice.
+    let token = container.check("cat /etc/sluice/api-token")?;
+    let api = |method: &str, path: &str, body: &str| {
+        container.check(&format!(
+            "curl -s -w '\\n%{{http_code}}' -X {method} -H 'Authorization: Bearer {}' \
+             -H 'Content-Type: application/json' -d '{body}' 'http://127.0.0.1:8080{path}'",
+            token.trim()
+        ))
+    };
+    let created = api(
+        "POST",
+        "/api/downloads",
+        r#"{"url": "https://93.184.216.34/forwarded-by-the-web.bin"}"#,
+    )?;
+    ensure!(
+        created.trim_end().ends_with("201"),
+        "POST /api/downloads: {created}"
+    );
+    let download: serde_json::Value = serde_json::from_str(
+        created
+            .trim_end()
+            .rsplit_once('\n')
+            .map_or("", |(body, _)| body),
+    )
+    .context("the created download")?;
+    let download_id = download["download"]["id"].as_i64().context("download id")?;
+    let deleted = api("DELETE", &format!("/api/downloads/{download_id}"), "")?;
+    ensure!(
+        deleted.trim_end().ends_with("200"),
+        "DELETE through sluice-web (DeleteDownload as _sluice from its unit): {deleted}"
+    );
+    let downloads = container.check(
+        "sqlite3 -readonly /var/lib/sluice/sluice.db \
+         \"SELECT count(*) FROM downloads WHERE url LIKE '%fetched-for-a-processor%'\"",
+    )?;
+    ensure!(
+        downloads.trim() == "0",
+        "a refused AddDownload left {downloads} download(s)"
+    );
+    let journal =
+        container.check("journalctl --no-pager -o cat -u sluice-web -u sluice-scraper")?;
+    for expected in [
+        "refused the D-Bus call RetryJob",
+        "needs authentication for polkit action org.sluice.manage-jobs",
+        "refused the D-Bus call AddDownload",
+    ] {
+        ensure!(
+            journal.contains(expected),
+            "no {expected:?} in the journal:\n{journal}"
+        );
+    }
+    Ok(())
+}
+
 /// A monitor that hangs (SIGSTOP) stops pinging the watchdog: systemd kills and restarts
 /// it after `WatchdogSec=` with result `watchdog`, and the new monitor's start-up reconcile
 /// finds the file that arrived while it hung; `sluicectl status` shows the new PID and the

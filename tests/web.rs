@@ -208,6 +208,122 @@ fn web1_cancel_and_retry_change_real_rows_and_name_their_errors() {
     );
 }
 
+/// Issue 17, "clients cannot ask": a bus client that connects while a job runs lists it with
+/// its progress from the ObjectManager at /org/sluice/job, sees its properties change in one
+/// PropertiesChanged, and sees it end in JobRemoved with the result (its object gone).
+#[test]
+fn a_late_bus_client_lists_running_jobs_with_progress_and_sees_them_end() {
+    use futures_util::StreamExt;
+    use sluice_core::bus::{JOBS_OBJECT_PATH, JobProxy, WEB_BUS_NAME, job_object_path};
+    use zbus::fdo::ObjectManagerProxy;
+
+    let fixture = SuiteFixture::new("", "");
+    let job = enqueue(&fixture, "noop");
+    let claimed = {
+        let mut store = fixture.store();
+        let mut claimed = store
+            .claim_jobs(
+                &"sluice-ingest-worker@7".into(),
+                &["noop"],
+                1,
+                Duration::from_secs(300),
+            )
+            .unwrap();
+        let claimed = claimed.pop().expect("the job is claimed");
+        store
+            .report_progress(job, &claimed.lease_token, 0.25, "hashing")
+            .unwrap();
+        claimed
+    };
+    let _daemon = WebDaemon::start(&fixture);
+    let runtime = runtime();
+    // The client connects after the job started: it must learn of it by asking.
+    let connection = fixture.connect(&runtime);
+    let path = job_object_path(job as u64);
+    runtime.block_on(async {
+        let manager = ObjectManagerProxy::builder(&connection)
+            .destination(WEB_BUS_NAME)
+            .path(JOBS_OBJECT_PATH)
+            .build()
+            .await
+            .unwrap();
+        let listed = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let objects = manager.get_managed_objects().await.unwrap();
+                if let Some((_, interfaces)) = objects
+                    .into_iter()
+                    .find(|(object, _)| object.as_str() == path)
+                {
+                    return interfaces;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the running job appears as an object");
+        let properties = listed
+            .iter()
+            .find(|(interface, _)| interface.as_str() == "org.sluice.Job1")
+            .map(|(_, properties)| properties)
+            .expect("the object has org.sluice.Job1");
+        let read = |name: &str| format!("{:?}", properties.get(name).expect(name));
+        assert!(read("Progress").contains("0.25"), "{properties:?}");
+        assert!(read("Kind").contains("noop"), "{properties:?}");
+        assert!(read("Message").contains("hashing"), "{properties:?}");
+        assert!(
+            read("Worker").contains("/org/sluice/Ingest1/7"),
+            "{properties:?}"
+        );
+
+        let job_proxy = JobProxy::builder(&connection)
+            .path(path.as_str())
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(job_proxy.state().await.unwrap(), "running");
+        let mut progress_changes = job_proxy.receive_progress_changed().await;
+        let web = WebProxy::new(&connection).await.unwrap();
+        let mut removed = web.receive_job_removed().await.unwrap();
+        {
+            let mut store = fixture.store();
+            store
+                .report_progress(job, &claimed.lease_token, 0.75, "extracting")
+                .unwrap();
+        }
+        let progress = tokio::time::timeout(DEADLINE, async {
+            loop {
+                let change = progress_changes.next().await.expect("progress changes");
+                let value = change.get().await.unwrap();
+                if value > 0.5 {
+                    return value;
+                }
+            }
+        })
+        .await
+        .expect("the progress change is signalled");
+        assert_eq!(progress, 0.75);
+        assert_eq!(job_proxy.message().await.unwrap(), "extracting");
+
+        fixture
+            .store()
+            .succeed_job(job, &claimed.lease_token, &json!({}))
+            .unwrap();
+        let signal = tokio::time::timeout(DEADLINE, removed.next())
+            .await
+            .expect("JobRemoved arrives")
+            .expect("the signal stream is open");
+        let arguments = signal.args().unwrap();
+        assert_eq!(arguments.job_id, job as u64);
+        assert_eq!(arguments.job.as_str(), path);
+        assert_eq!((arguments.kind, arguments.result), ("noop", "succeeded"));
+        let objects = manager.get_managed_objects().await.unwrap();
+        assert!(
+            !objects.keys().any(|object| object.as_str() == path),
+            "the finished job's object is gone: {objects:?}"
+        );
+    });
+}
+
 #[test]
 fn downloads_are_created_listed_read_and_deleted() {
     let fixture = SuiteFixture::new("", "");

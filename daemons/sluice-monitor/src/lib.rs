@@ -283,7 +283,9 @@ struct Monitor {
     held_check_failed: bool,
     /// SIGTERM arrived; the recorder's last reports must not publish `running` again.
     stopping: bool,
-    last_detection: Option<Instant>,
+    /// When the last file was detected, by the wall clock: the status line shows it as a
+    /// time, not an age, so it stays the same (and emits nothing) while nothing happens.
+    last_detection: Option<SystemTime>,
     last_error: Option<String>,
     /// The wait before the next walk after files could not be recorded.
     record_retry_delay: Duration,
@@ -487,7 +489,7 @@ impl Monitor {
                 self.record_retry_delay = RECORD_RETRY_FIRST;
                 let new = detections.iter().filter(|detection| detection.new).count();
                 if new > 0 {
-                    self.last_detection = Some(Instant::now());
+                    self.last_detection = Some(SystemTime::now());
                     self.files_detected += new as u64;
                     self.jobs_queued += new as u64;
                     if let Some(known) = &mut self.files_known {
@@ -525,7 +527,7 @@ impl Monitor {
                 let held_changed = self.files_held != held.count;
                 self.files_held = held.count;
                 if !queued.is_empty() {
-                    self.last_detection = Some(Instant::now());
+                    self.last_detection = Some(SystemTime::now());
                     self.files_detected += queued.len() as u64;
                     self.jobs_queued += queued.len() as u64;
                 }
@@ -677,7 +679,7 @@ impl Monitor {
             line = line.detail(format!("{} held (ingest queue full)", self.files_held));
         }
         line = line.detail(match self.last_detection {
-            Some(at) => format!("last detection {}s ago", at.elapsed().as_secs()),
+            Some(at) => format!("last detection {}", humantime::format_rfc3339_seconds(at)),
             None => "no detection yet".to_owned(),
         });
         let walking = self

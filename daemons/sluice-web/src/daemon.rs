@@ -5,6 +5,7 @@
 
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::HttpServer;
@@ -17,8 +18,9 @@ use sluice_core::runtime::{
     RuntimeFlavour, Signal, StartError, StatusLine, StopDeadline,
 };
 use sluice_core::store::StoreError;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 
+use crate::job_objects::follow_running_jobs;
 use crate::waiters::CATCH_UP_INTERVAL;
 
 use crate::api;
@@ -55,6 +57,8 @@ pub enum WebError {
     Start(#[from] StartError),
     #[error("cannot subscribe to sluice's signals: {0}")]
     BusSubscribe(#[source] zbus::Error),
+    #[error("cannot serve the running jobs' objects at /org/sluice/job: {0}")]
+    JobObjects(#[source] zbus::Error),
     #[error(transparent)]
     BusSetup(#[from] BusSetupError),
     #[error("cannot listen on {address} ([web] listen): {source}")]
@@ -75,6 +79,7 @@ impl WebError {
             WebError::Start(error) => error.exit(),
             WebError::Store(_)
             | WebError::BusSubscribe(_)
+            | WebError::JobObjects(_)
             | WebError::BusSetup(_)
             | WebError::Listen { .. } => DaemonExit::Unavailable,
             WebError::Server(_) => DaemonExit::Failure,
@@ -186,6 +191,11 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
     )
     .await?;
 
+    let job_objects = bus::JobObjects::serve(&connection)
+        .await
+        .map_err(WebError::JobObjects)?;
+    let job_objects_wake = Arc::new(Notify::new());
+
     let budget = ConnectionBudget::of_this_process();
     let (announcement_sender, mut announcements) = mpsc::channel(bus::COMMAND_QUEUE_DEPTH);
     let (event_sender, _) = broadcast::channel::<SseFrame>(EVENT_BUFFER);
@@ -206,6 +216,11 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
     apply_stream_limit(&state, &budget, config.web.max_event_streams);
     crate::upload::sweep_staging(&config.scraper.staging);
     tokio::spawn(catch_up_with_jobs(state.clone()));
+    tokio::spawn(follow_running_jobs(
+        state.clone(),
+        job_objects,
+        Arc::clone(&job_objects_wake),
+    ));
     let server_state = state.clone();
     let server = HttpServer::new(move || app(server_state.clone()))
         .workers(HTTP_WORKERS)
@@ -286,6 +301,7 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
         match event {
             Event::Command(command) => handle_command(&state, command, &announcement_sender),
             Event::Announcement(announcement) => {
+                job_objects_wake.notify_one();
                 state
                     .waiters()
                     .wake(i64::try_from(announcement.job_id()).unwrap_or_default());
@@ -295,6 +311,7 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
                 for event in BusEvent::all_from_message(&message) {
                     if let Some(job_id) = event.data.get("job_id").and_then(|id| id.as_i64()) {
                         state.waiters().wake(job_id);
+                        job_objects_wake.notify_one();
                     }
                     if FORWARDED_SIGNALS.contains(&event.name.as_str()) {
                         // No subscriber is fine: nobody is watching the stream right now.
@@ -421,7 +438,7 @@ async fn catch_up_with_jobs(state: AppState) {
             _ = ticker.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let waiters = std::sync::Arc::clone(state.waiters());
+        let waiters = Arc::clone(state.waiters());
         let result = state
             .with_store(move |store| {
                 let mut position = seen;

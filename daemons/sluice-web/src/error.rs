@@ -277,7 +277,8 @@ impl From<BusError> for ApiError {
             BusError::WrongState(message) => ApiError::Conflict(message),
             BusError::QueueFull(message) => ApiError::QueueFull(message),
             BusError::Busy(message) => ApiError::Unavailable(message),
-            BusError::AccessDenied(message) => {
+            BusError::AccessDenied(message)
+            | BusError::InteractiveAuthorizationRequired(message) => {
                 ApiError::internal("the daemon refused sluice-web's D-Bus call", message)
             }
             BusError::Internal(message) => ApiError::internal("a daemon failed", message),

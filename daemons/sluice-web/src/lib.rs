@@ -15,6 +15,7 @@ mod dashboard;
 mod emitters;
 mod error;
 mod events;
+mod job_objects;
 mod job_stream;
 mod metrics;
 mod openapi;

@@ -1,44 +1,116 @@
-//! The caller check every mutating method runs, so a mistake in the bus policy file is not a
-//! hole: the daemon itself asks the bus who is calling and refuses anyone not allowed.
+//! The caller check every privileged method runs, so a mistake in the bus policy file is not a
+//! hole: the daemon itself asks who is calling and refuses anyone not allowed.
+//!
+//! The decision is polkit's, as for systemd's own services (hostnamed, timedated): each
+//! privileged method belongs to one [`Action`] (`org.sluice.manage-jobs`,
+//! `org.sluice.add-download`, `org.sluice.manage-downloads`, declared in
+//! `/usr/share/polkit-1/actions/org.sluice.policy`), and the package's rules file grants them to
+//! members of group `sluice`. An administrator can grant or refuse more in
+//! `/etc/polkit-1/rules.d/`. Two callers never reach polkit:
+//!
+//! - root, which polkit itself always allows;
+//! - the daemons' own user (`_sluice`). It is allowed only from `sluice-web.service`, which
+//!   forwards requests made over HTTP with the admin token; from any other unit (an ingest
+//!   worker, and so any processor it runs) it is refused, so a processor, which has no network,
+//!   cannot make the scraper fetch for it. systemd names the caller's unit from its PID (a PID
+//!   reused between the call and the lookup could only be taken by a process that is not the
+//!   caller, which cannot choose to be sluice-web). Outside systemd (a development run) it is
+//!   allowed.
+//!
+//! Where polkit is not installed (no `org.freedesktop.PolicyKit1` on the bus), the check falls
+//! back to what the rules file grants: root and members of group `sluice`.
+
+use std::collections::HashMap;
 
 use zbus::Connection;
+use zbus::Variant;
 use zbus::fdo::ConnectionCredentials;
-use zbus::message::Header;
+use zbus::message::{Flags, Header};
 
 use super::BusError;
 
-/// The group whose members may call sluice's mutating methods.
+/// The group whose members may call sluice's privileged methods.
 pub const SLUICE_GROUP: &str = "sluice";
 
-/// Who may call mutating methods: uid 0, the daemon's own uid, and members of group `sluice`.
+/// The unit whose processes may call privileged methods as the daemons' own user.
+pub const FORWARDING_UNIT: &str = "sluice-web.service";
+
+/// What a privileged method does, as the polkit action that authorizes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Cancel or retry jobs, rescan a folder, check a source now.
+    ManageJobs,
+    /// Make the scraper fetch a URL: `AddDownload`, `AddBundle`.
+    AddDownload,
+    /// Cancel or delete downloads and bundles.
+    ManageDownloads,
+}
+
+impl Action {
+    /// Every action, in the order of the policy file.
+    pub const ALL: [Action; 3] = [
+        Action::ManageJobs,
+        Action::AddDownload,
+        Action::ManageDownloads,
+    ];
+
+    /// The polkit action id.
+    pub fn id(self) -> &'static str {
+        match self {
+            Action::ManageJobs => "org.sluice.manage-jobs",
+            Action::AddDownload => "org.sluice.add-download",
+            Action::ManageDownloads => "org.sluice.manage-downloads",
+        }
+    }
+}
+
+/// Who may call privileged methods: see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallerPolicy {
     daemon_uid: u32,
     /// `None` when the group does not exist on this host; then only root and the daemon's own
-    /// user are allowed.
+    /// user are allowed where polkit is not installed.
     sluice_gid: Option<u32>,
+    /// Whether this daemon runs as one of sluice's systemd units; outside them (a development
+    /// run) the daemons' own user is allowed from anywhere.
+    under_sluice_unit: bool,
+}
+
+/// What polkit answered, or that it is not there.
+enum Verdict {
+    Authorized,
+    Challenge,
+    Refused,
+    NoPolkit,
 }
 
 impl CallerPolicy {
-    /// The policy for this process: its effective uid, and the gid of group `sluice` looked up
-    /// through NSS once at start (a group created later takes effect at the next restart).
+    /// The policy for this process: its effective uid, the gid of group `sluice` looked up
+    /// through NSS once at start (a group created later takes effect at the next restart), and
+    /// the unit it runs as.
     pub fn for_this_process() -> CallerPolicy {
         CallerPolicy {
             daemon_uid: nix::unistd::geteuid().as_raw(),
             sluice_gid: lookup_group_id(SLUICE_GROUP),
+            under_sluice_unit: std::fs::read_to_string("/proc/self/cgroup")
+                .ok()
+                .and_then(|cgroup| sluice_unit_of(&cgroup))
+                .is_some(),
         }
     }
 
-    /// A policy with explicit ids, for tests and for daemons that resolve the group themselves.
+    /// A policy with explicit ids and no unit, for tests.
     pub fn new(daemon_uid: u32, sluice_gid: Option<u32>) -> CallerPolicy {
         CallerPolicy {
             daemon_uid,
             sluice_gid,
+            under_sluice_unit: false,
         }
     }
 
-    /// Whether a caller with these credentials may call mutating methods.
-    pub fn allows(&self, uid: u32, group_ids: &[u32]) -> bool {
+    /// Whether a caller with these credentials may call privileged methods where polkit is
+    /// not installed: root, the daemon's own user, members of group `sluice`.
+    pub fn allows_without_polkit(&self, uid: u32, group_ids: &[u32]) -> bool {
         uid == 0
             || uid == self.daemon_uid
             || self
@@ -46,13 +118,14 @@ impl CallerPolicy {
                 .is_some_and(|sluice_gid| group_ids.contains(&sluice_gid))
     }
 
-    /// Asks the bus for the credentials of the message's sender and refuses the call unless
-    /// [`CallerPolicy::allows`] them. `method` only names the call in the error message.
+    /// Refuses the call unless the message's sender may perform `action` (see the module
+    /// documentation). `method` only names the call in messages.
     pub async fn authorize(
         &self,
         connection: &Connection,
         header: &Header<'_>,
         method: &str,
+        action: Action,
     ) -> Result<(), BusError> {
         let sender = header.sender().ok_or_else(|| {
             BusError::AccessDenied(format!("{method}: the call has no sender to check"))
@@ -77,23 +150,197 @@ impl CallerPolicy {
         let uid = credentials.unix_user_id().ok_or_else(|| {
             BusError::AccessDenied(format!("{method}: the bus did not report the caller's uid"))
         })?;
-        // dbus-daemon reports the groups on Linux (SO_PEERGROUPS); without them only the uid
-        // can grant access, which fails closed.
-        let group_ids = credentials.unix_group_ids().cloned().unwrap_or_default();
-        if self.allows(uid, &group_ids) {
-            Ok(())
-        } else {
-            tracing::warn!(
-                method,
-                caller = %sender,
-                caller_uid = uid,
-                "refused the D-Bus call {method} from {sender} (uid {uid}): neither root nor in group {SLUICE_GROUP}"
-            );
-            Err(BusError::AccessDenied(format!(
-                "{method} needs root or membership in group {SLUICE_GROUP} (caller uid {uid})"
-            )))
+        if uid == 0 {
+            return Ok(());
         }
+        if uid == self.daemon_uid {
+            return self
+                .authorize_own_user(connection, method, sender.as_str(), &credentials)
+                .await;
+        }
+        let interactive = header
+            .primary()
+            .flags()
+            .contains(Flags::ALLOW_INTERACTIVE_AUTH);
+        let verdict = ask_polkit(connection, sender.as_str(), action, interactive)
+            .await
+            .map_err(|error| {
+                BusError::Internal(format!(
+                    "{method}: cannot ask polkit about {sender} (uid {uid}): {error}"
+                ))
+            })?;
+        let refusal = match verdict {
+            Verdict::Authorized => return Ok(()),
+            Verdict::NoPolkit => {
+                // dbus-daemon reports the groups on Linux (SO_PEERGROUPS); without them only
+                // the uid can grant access, which fails closed.
+                let group_ids = credentials.unix_group_ids().cloned().unwrap_or_default();
+                if self.allows_without_polkit(uid, &group_ids) {
+                    return Ok(());
+                }
+                BusError::AccessDenied(format!(
+                    "{method} needs root or membership in group {SLUICE_GROUP} (caller uid {uid})"
+                ))
+            }
+            Verdict::Challenge => BusError::InteractiveAuthorizationRequired(format!(
+                "{method} needs authentication for polkit action {} (caller uid {uid}); call \
+                 it allowing interactive authorization",
+                action.id()
+            )),
+            Verdict::Refused => BusError::AccessDenied(format!(
+                "{method}: polkit refused action {} to uid {uid}",
+                action.id()
+            )),
+        };
+        tracing::warn!(
+            method,
+            caller = %sender,
+            caller_uid = uid,
+            action = action.id(),
+            "refused the D-Bus call {method} from {sender} (uid {uid}): {}",
+            zbus::DBusError::description(&refusal).unwrap_or_default()
+        );
+        Err(refusal)
     }
+
+    /// The daemons' own user: allowed from sluice-web's unit, or anywhere outside systemd.
+    /// systemd says which unit the caller's process is in (`GetUnitByPID`): the daemons run
+    /// with `PrivateUsers=` and `ProtectProc=invisible`, so they cannot read another daemon's
+    /// `/proc/PID/cgroup` themselves.
+    async fn authorize_own_user(
+        &self,
+        connection: &Connection,
+        method: &str,
+        sender: &str,
+        credentials: &ConnectionCredentials,
+    ) -> Result<(), BusError> {
+        if !self.under_sluice_unit {
+            return Ok(());
+        }
+        let caller_unit = match credentials.process_id() {
+            Some(pid) => unit_of_process(connection, pid).await,
+            None => Err("the bus did not report the caller's process".to_owned()),
+        };
+        let from = match caller_unit {
+            Ok(unit) if unit == FORWARDING_UNIT => return Ok(()),
+            Ok(unit) => unit,
+            Err(reason) => format!("an unknown unit ({reason})"),
+        };
+        tracing::warn!(
+            method,
+            caller = %sender,
+            caller_unit = %from,
+            "refused the D-Bus call {method} from {sender} in {from}: the daemons' own user may \
+             call it only from {FORWARDING_UNIT}"
+        );
+        Err(BusError::AccessDenied(format!(
+            "{method}: the daemons' own user may call it only from {FORWARDING_UNIT}, not from \
+             {from}"
+        )))
+    }
+}
+
+/// The unit process `pid` runs in, as systemd says (`GetUnitByPID`, then the unit's `Id`).
+async fn unit_of_process(connection: &Connection, pid: u32) -> Result<String, String> {
+    let reply = connection
+        .call_method(
+            Some("org.freedesktop.systemd1"),
+            "/org/freedesktop/systemd1",
+            Some("org.freedesktop.systemd1.Manager"),
+            "GetUnitByPID",
+            &(pid,),
+        )
+        .await
+        .map_err(|error| format!("systemd does not know process {pid}: {error}"))?;
+    let unit: zbus::OwnedObjectPath = reply
+        .body()
+        .deserialize()
+        .map_err(|error| format!("GetUnitByPID answered oddly: {error}"))?;
+    let reply = connection
+        .call_method(
+            Some("org.freedesktop.systemd1"),
+            unit.as_str(),
+            Some("org.freedesktop.DBus.Properties"),
+            "Get",
+            &("org.freedesktop.systemd1.Unit", "Id"),
+        )
+        .await
+        .map_err(|error| format!("cannot read the Id of {}: {error}", unit.as_str()))?;
+    let body = reply.body();
+    let id: Variant<'_> = body
+        .deserialize()
+        .map_err(|error| format!("the Id of {} is not readable: {error}", unit.as_str()))?;
+    match id {
+        Variant::Str(id) => Ok(id.to_string()),
+        other => Err(format!("the Id of {} is {other:?}", unit.as_str())),
+    }
+}
+
+/// Asks polkit whether `sender` may perform `action`: `CheckAuthorization` with a
+/// `system-bus-name` subject, as systemd's services do.
+async fn ask_polkit(
+    connection: &Connection,
+    sender: &str,
+    action: Action,
+    interactive: bool,
+) -> zbus::Result<Verdict> {
+    let subject_details = HashMap::from([("name", Variant::from(sender))]);
+    let subject = ("system-bus-name", subject_details);
+    let details: HashMap<&str, &str> = HashMap::new();
+    let flags: u32 = u32::from(interactive);
+    let reply = connection
+        .call_method(
+            Some("org.freedesktop.PolicyKit1"),
+            "/org/freedesktop/PolicyKit1/Authority",
+            Some("org.freedesktop.PolicyKit1.Authority"),
+            "CheckAuthorization",
+            &(subject, action.id(), details, flags, ""),
+        )
+        .await;
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(error) if polkit_is_absent(&error) => return Ok(Verdict::NoPolkit),
+        Err(error) => return Err(error),
+    };
+    let ((authorized, challenge, _details),): ((bool, bool, HashMap<String, String>),) =
+        reply.body().deserialize()?;
+    Ok(if authorized {
+        Verdict::Authorized
+    } else if challenge {
+        Verdict::Challenge
+    } else {
+        Verdict::Refused
+    })
+}
+
+/// Whether a failed call means nobody serves polkit's name (not installed, or not activatable
+/// on this bus), as opposed to polkit failing.
+fn polkit_is_absent(error: &zbus::Error) -> bool {
+    let name = match error {
+        zbus::Error::FDO(error) => zbus::DBusError::name(error.as_ref()).to_string(),
+        zbus::Error::MethodError(name, _, _) => name.to_string(),
+        _ => return false,
+    };
+    matches!(
+        name.as_str(),
+        "org.freedesktop.DBus.Error.ServiceUnknown" | "org.freedesktop.DBus.Error.NameHasNoOwner"
+    )
+}
+
+/// The unit a process runs in, from its `/proc/PID/cgroup`: the cgroup v2 line `0::/…/UNIT`,
+/// or on a legacy or hybrid hierarchy systemd's own `N:name=systemd:/…/UNIT`.
+fn unit_of(cgroup: &str) -> Option<String> {
+    let path = cgroup
+        .lines()
+        .find_map(|line| line.split_once(":name=systemd:").map(|(_, path)| path))
+        .or_else(|| cgroup.lines().find_map(|line| line.strip_prefix("0::")))?;
+    let unit = path.rsplit('/').next()?;
+    (unit.ends_with(".service") || unit.ends_with(".scope")).then(|| unit.to_owned())
+}
+
+/// [`unit_of`] when that unit is one of sluice's services.
+fn sluice_unit_of(cgroup: &str) -> Option<String> {
+    unit_of(cgroup).filter(|unit| unit.starts_with("sluice-") && unit.ends_with(".service"))
 }
 
 /// Looks a group up by name through NSS (getgrnam_r), so groups from LDAP or systemd-userdb
@@ -117,19 +364,53 @@ mod tests {
     #[test]
     fn root_own_user_and_group_members_are_allowed() {
         let policy = CallerPolicy::new(990, Some(985));
-        assert!(policy.allows(0, &[]));
-        assert!(policy.allows(990, &[]));
-        assert!(policy.allows(1000, &[100, 985]));
-        assert!(!policy.allows(1000, &[100]));
-        assert!(!policy.allows(65534, &[65534]));
+        assert!(policy.allows_without_polkit(0, &[]));
+        assert!(policy.allows_without_polkit(990, &[]));
+        assert!(policy.allows_without_polkit(1000, &[100, 985]));
+        assert!(!policy.allows_without_polkit(1000, &[100]));
+        assert!(!policy.allows_without_polkit(65534, &[65534]));
     }
 
     #[test]
     fn without_the_group_only_root_and_own_user_are_allowed() {
         let policy = CallerPolicy::new(990, None);
-        assert!(policy.allows(0, &[]));
-        assert!(policy.allows(990, &[]));
-        assert!(!policy.allows(1000, &[0, 985]));
+        assert!(policy.allows_without_polkit(0, &[]));
+        assert!(policy.allows_without_polkit(990, &[]));
+        assert!(!policy.allows_without_polkit(1000, &[0, 985]));
+    }
+
+    #[test]
+    fn units_are_read_from_the_cgroup_v2_line() {
+        let web = "0::/system.slice/sluice-web.service\n";
+        assert_eq!(unit_of(web).as_deref(), Some(FORWARDING_UNIT));
+        assert_eq!(sluice_unit_of(web).as_deref(), Some(FORWARDING_UNIT));
+        let worker = "0::/sluice.slice/sluice-ingest-worker@2.service\n";
+        assert_eq!(
+            sluice_unit_of(worker).as_deref(),
+            Some("sluice-ingest-worker@2.service")
+        );
+        let shell = "0::/user.slice/user-1000.slice/session-3.scope\n";
+        assert_eq!(unit_of(shell).as_deref(), Some("session-3.scope"));
+        assert_eq!(sluice_unit_of(shell), None);
+        assert_eq!(unit_of("0::/\n"), None);
+        let hybrid = "1:name=systemd:/sluice.slice/sluice-scraper.service\n0::/other.scope\n";
+        assert_eq!(
+            sluice_unit_of(hybrid).as_deref(),
+            Some("sluice-scraper.service")
+        );
+    }
+
+    #[test]
+    fn action_ids_are_the_policy_files() {
+        let ids: Vec<_> = Action::ALL.iter().map(|action| action.id()).collect();
+        assert_eq!(
+            ids,
+            [
+                "org.sluice.manage-jobs",
+                "org.sluice.add-download",
+                "org.sluice.manage-downloads"
+            ]
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use zbus::Connection;
 use zbus::message::Header;
 
+use super::caller::Action;
 use super::object::{Published, published_object};
 use super::rate_limit::{ProgressRateLimiter, clamp_fraction, lock_limiter};
 use super::validate::require_id;
@@ -115,7 +116,7 @@ published_object! {
             #[zbus(connection)] connection: &Connection,
         ) -> Result<(), BusError> {
             self.policy
-                .authorize(connection, &header, "CancelJob")
+                .authorize(connection, &header, "CancelJob", Action::ManageJobs)
                 .await?;
             require_id("job_id", job_id)?;
             forward(&self.commands, |reply| IngestCommand::CancelJob {

@@ -7,6 +7,7 @@
 //! | `org.sluice.Scraper1` | `/org/sluice/Scraper1` | `org.sluice.Scraper1` |
 //! | `org.sluice.Web1` | `/org/sluice/Web1` | `org.sluice.Web1` |
 //! | `org.sluice.Ingest1.Worker<instance>` | `/org/sluice/Ingest1/<instance>` | `org.sluice.Ingest1` |
+//! | `org.sluice.Web1` | `/org/sluice/job/<id>`, one per running job | `org.sluice.Job1` |
 //!
 //! Every object is thin: a method checks the caller ([`CallerPolicy`]), validates its
 //! arguments, then sends a command with a oneshot reply to the daemon's main loop, which owns
@@ -29,6 +30,7 @@ mod caller;
 mod departures;
 mod error;
 mod ingest;
+mod jobs;
 mod monitor;
 mod object;
 mod peers;
@@ -45,12 +47,16 @@ use zbus::Connection;
 use zbus::fdo::RequestNameFlags;
 use zbus::object_server::{Interface, InterfaceRef};
 
-pub use caller::{CallerPolicy, SLUICE_GROUP, lookup_group_id};
+pub use caller::{Action, CallerPolicy, FORWARDING_UNIT, SLUICE_GROUP, lookup_group_id};
 pub use departures::{Departure, connection_identity, holds_leases, watch_departures};
 pub use error::BusError;
 pub use ingest::{
     INGEST_INTERFACE, IngestCommand, IngestInterface, IngestProxy, IngestService, IngestStatus,
     ingest_bus_name, ingest_object_path, ingest_proxy, sanitize_instance,
+};
+pub use jobs::{
+    JOB_INTERFACE, JOBS_OBJECT_PATH, JobChanges, JobObject, JobObjects, JobProxy, MAX_JOB_OBJECTS,
+    RunningJob, job_object_path, worker_object_path,
 };
 pub use monitor::{
     MONITOR_BUS_NAME, MONITOR_OBJECT_PATH, MonitorCommand, MonitorInterface, MonitorProxy,

@@ -9,6 +9,7 @@ use zbus::message::Header;
 
 use crate::policy::resolve_rescan_path;
 
+use super::caller::Action;
 use super::object::{Published, published_object};
 use super::{BusError, BusSetupError, CallerPolicy, DaemonState, Reply, forward};
 
@@ -56,15 +57,17 @@ published_object! {
         /// Files recorded but not yet queued, because the ingest queue is at `[ingest]
         /// max_pending`; they are queued, oldest first, as it drains.
         files_held: u64 => u64 = Clone::clone;
-        /// Watcher events handled since the monitor started (inotify or polling), each a
-        /// file or folder that changed.
-        watch_events: u64 => u64 = Clone::clone;
         /// Times events were lost since the monitor started (an inotify queue overflow, or an
         /// event without a path), each answered by reconciling the folder.
         watch_overflows: u64 => u64 = Clone::clone;
         /// Reconcile walks finished since the monitor started (at start, after an overflow,
         /// periodic, for folders created or moved in).
         reconciles: u64 => u64 = Clone::clone;
+    }
+    counters {
+        /// Watcher events handled since the monitor started (inotify or polling), each a
+        /// file or folder that changed.
+        watch_events: u64 => u64 = Clone::clone;
     }
     members {
         /// Reconcile a watched folder (or a folder inside one) with the database now; an empty
@@ -76,7 +79,7 @@ published_object! {
             #[zbus(header)] header: Header<'_>,
             #[zbus(connection)] connection: &Connection,
         ) -> Result<u64, BusError> {
-            self.policy.authorize(connection, &header, "Rescan").await?;
+            self.policy.authorize(connection, &header, "Rescan", Action::ManageJobs).await?;
             let watched_paths = self.status.borrow().watched_paths.clone();
             let path = resolve_rescan_path(path, &watched_paths)?;
             forward(&self.commands, |reply| MonitorCommand::Rescan {

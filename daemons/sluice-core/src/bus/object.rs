@@ -136,7 +136,10 @@ pub fn dbus_member_name(rust_name: &str) -> String {
 ///
 /// A property is `name: StoredType => DBusType = conversion;` where `conversion` turns a
 /// `&StoredType` into the `DBusType` value (`Clone::clone` when they are the same); its doc
-/// comment is the one introspection shows.
+/// comment is the one introspection shows. Properties in the optional `counters { ... }` list
+/// have the same form but change too often to announce (a byte or request count): they are
+/// annotated `EmitsChangedSignal=false`, as systemd marks its own counters, and never appear
+/// in a `PropertiesChanged`; a client reads them when it wants them.
 macro_rules! published_object {
     (
         $(#[doc = $status_doc:tt])*
@@ -152,6 +155,12 @@ macro_rules! published_object {
                 $property:ident : $stored:ty => $dbus:ty = $convert:expr;
             )*
         }
+        $(counters {
+            $(
+                $(#[doc = $counter_doc:tt])*
+                $counter:ident : $counter_stored:ty => $counter_dbus:ty = $counter_convert:expr;
+            )*
+        })?
         members { $($members:tt)* }
         signals {
             $(
@@ -174,6 +183,10 @@ macro_rules! published_object {
                 $(#[doc = $property_doc])*
                 pub $property: $stored,
             )*
+            $($(
+                $(#[doc = $counter_doc])*
+                pub $counter: $counter_stored,
+            )*)?
         }
 
         impl $crate::bus::object::PublishedStatus for $status {
@@ -257,6 +270,15 @@ macro_rules! published_object {
                     convert(&self.status.borrow().$property)
                 }
             )*
+
+            $($(
+                $(#[doc = $counter_doc])*
+                #[zbus(property(emits_changed_signal = "false"))]
+                fn $counter(&self) -> $counter_dbus {
+                    let convert = $counter_convert;
+                    convert(&self.status.borrow().$counter)
+                }
+            )*)?
         }
 
         impl $crate::bus::object::Published<$interface> {

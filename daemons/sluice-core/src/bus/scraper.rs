@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use zbus::message::Header;
 use zbus::{Connection, OwnedVariant, Variant};
 
+use super::caller::Action;
 use super::object::{Published, published_object};
 use super::rate_limit::{ProgressRateLimiter, clamp_fraction, lock_limiter};
 use super::validate::require_id;
@@ -186,13 +187,15 @@ published_object! {
         downloads_done: u64 => u64 = Clone::clone;
         /// Downloads that failed for good since start.
         downloads_failed: u64 => u64 = Clone::clone;
-        /// Bytes received since start.
-        bytes_downloaded: u64 => u64 = Clone::clone;
         /// Each enabled source by name: (last outcome, last error, last check, next check,
         /// checks, links or entries seen, downloads made); times in ms since the epoch, 0 for
         /// never. Outcomes: unchanged, changed, partial, failed, disallowed, deferred, or ""
         /// before the first check.
         source_states: SourceStates => SourceStates = Clone::clone;
+    }
+    counters {
+        /// Bytes received since start.
+        bytes_downloaded: u64 => u64 = Clone::clone;
     }
     members {
         /// Download `url` (http or https) into the inbox. `options` keys: sha256 (s), bundle (s),
@@ -206,7 +209,7 @@ published_object! {
             #[zbus(connection)] connection: &Connection,
         ) -> Result<(u64, u64), BusError> {
             self.policy
-                .authorize(connection, &header, "AddDownload")
+                .authorize(connection, &header, "AddDownload", Action::AddDownload)
                 .await?;
             policy::parse_download_url(url)?;
             let options = DownloadOptions::from_variants(&options)?;
@@ -227,7 +230,7 @@ published_object! {
             #[zbus(connection)] connection: &Connection,
         ) -> Result<(), BusError> {
             self.policy
-                .authorize(connection, &header, "CancelDownload")
+                .authorize(connection, &header, "CancelDownload", Action::ManageDownloads)
                 .await?;
             require_id("download_id", download_id)?;
             forward(&self.commands, |reply| ScraperCommand::CancelDownload {
@@ -245,7 +248,7 @@ published_object! {
             #[zbus(connection)] connection: &Connection,
         ) -> Result<(), BusError> {
             self.policy
-                .authorize(connection, &header, "DeleteDownload")
+                .authorize(connection, &header, "DeleteDownload", Action::ManageDownloads)
                 .await?;
             require_id("download_id", download_id)?;
             forward(&self.commands, |reply| ScraperCommand::DeleteDownload {
@@ -269,7 +272,7 @@ published_object! {
             #[zbus(connection)] connection: &Connection,
         ) -> Result<u64, BusError> {
             self.policy
-                .authorize(connection, &header, "AddBundle")
+                .authorize(connection, &header, "AddBundle", Action::AddDownload)
                 .await?;
             let bundle = bundle_request(name, files)?;
             forward(&self.commands, |reply| ScraperCommand::AddBundle { bundle, reply }).await
@@ -284,7 +287,7 @@ published_object! {
             #[zbus(connection)] connection: &Connection,
         ) -> Result<(), BusError> {
             self.policy
-                .authorize(connection, &header, "CancelBundle")
+                .authorize(connection, &header, "CancelBundle", Action::ManageDownloads)
                 .await?;
             require_id("bundle_id", bundle_id)?;
             forward(&self.commands, |reply| ScraperCommand::CancelBundle {
@@ -304,7 +307,7 @@ published_object! {
             #[zbus(connection)] connection: &Connection,
         ) -> Result<(), BusError> {
             self.policy
-                .authorize(connection, &header, "DeleteBundle")
+                .authorize(connection, &header, "DeleteBundle", Action::ManageDownloads)
                 .await?;
             require_id("bundle_id", bundle_id)?;
             forward(&self.commands, |reply| ScraperCommand::DeleteBundle {
@@ -325,7 +328,7 @@ published_object! {
             #[zbus(connection)] connection: &Connection,
         ) -> Result<u64, BusError> {
             self.policy
-                .authorize(connection, &header, "ScrapeNow")
+                .authorize(connection, &header, "ScrapeNow", Action::ManageJobs)
                 .await?;
             policy::check_source_name(source)?;
             let source = source.to_owned();

@@ -4,7 +4,9 @@
 use tokio::sync::mpsc;
 use zbus::Connection;
 use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
 
+use super::caller::Action;
 use super::object::{Published, published_object};
 use super::validate::require_id;
 use super::{BusError, BusSetupError, CallerPolicy, DaemonState, Reply, forward};
@@ -46,10 +48,12 @@ published_object! {
         workers: u32 => u32 = Clone::clone;
         /// The store's durability setting, `full` or `normal`.
         durability: String => String = Clone::clone;
-        /// HTTP requests answered since start.
-        requests_served: u64 => u64 = Clone::clone;
         /// Open Server-Sent Events streams.
         event_clients: u32 => u32 = Clone::clone;
+    }
+    counters {
+        /// HTTP requests answered since start.
+        requests_served: u64 => u64 = Clone::clone;
     }
     members {
         /// Cancel any job, whichever daemon owns it. Returns `cancelled` or `cancelling`.
@@ -61,7 +65,7 @@ published_object! {
             #[zbus(connection)] connection: &Connection,
         ) -> Result<String, BusError> {
             self.policy
-                .authorize(connection, &header, "CancelJob")
+                .authorize(connection, &header, "CancelJob", Action::ManageJobs)
                 .await?;
             require_id("job_id", job_id)?;
             forward(&self.commands, |reply| WebCommand::CancelJob {
@@ -79,7 +83,7 @@ published_object! {
             #[zbus(connection)] connection: &Connection,
         ) -> Result<(), BusError> {
             self.policy
-                .authorize(connection, &header, "RetryJob")
+                .authorize(connection, &header, "RetryJob", Action::ManageJobs)
                 .await?;
             require_id("job_id", job_id)?;
             forward(&self.commands, |reply| WebCommand::RetryJob {
@@ -94,7 +98,41 @@ published_object! {
         pub fn job_queued(kind: &str, job_id: u64);
         /// A job was finished through the web (a waiting job cancelled).
         pub fn job_finished(job_id: u64, state: &str);
+        /// A job started running: its object `job` (`/org/sluice/job/<id>`) appeared.
+        pub fn job_new(job_id: u64, job: zbus::ObjectPath<'_>, kind: &str);
+        /// A job stopped running and its object went away; `result` is the state it is in now:
+        /// `succeeded`, `failed`, `dead`, `cancelled`, or `retrying`/`queued` when it runs again.
+        pub fn job_removed(
+            job_id: u64,
+            job: zbus::ObjectPath<'_>,
+            kind: &str,
+            result: &str,
+        );
     }
+}
+
+/// Emits `JobNew` for job `job_id` from any task on the web's connection (the job objects'
+/// own task, see `jobs.rs`).
+pub(super) async fn emit_job_new(
+    connection: &Connection,
+    job_id: u64,
+    kind: &str,
+) -> zbus::Result<()> {
+    let emitter = SignalEmitter::new(connection, WEB_OBJECT_PATH)?;
+    let path = zbus::ObjectPath::try_from(super::job_object_path(job_id))?;
+    WebInterface::job_new(&emitter, job_id, path, kind).await
+}
+
+/// Emits `JobRemoved` for job `job_id`, with the state it ended in.
+pub(super) async fn emit_job_removed(
+    connection: &Connection,
+    job_id: u64,
+    kind: &str,
+    result: &str,
+) -> zbus::Result<()> {
+    let emitter = SignalEmitter::new(connection, WEB_OBJECT_PATH)?;
+    let path = zbus::ObjectPath::try_from(super::job_object_path(job_id))?;
+    WebInterface::job_removed(&emitter, job_id, path, kind, result).await
 }
 
 impl WebStatus {

@@ -130,7 +130,7 @@ pub const CODES: [&str; 10] = [
 ];
 
 /// The policy code a refusal message starts with (`"invalid_url: …"`), as a D-Bus client
-/// receives it in an `org.sluice.Error.InvalidArgument` reply; `None` for other messages.
+/// receives it in an `org.freedesktop.DBus.Error.InvalidArgs` reply; `None` for other messages.
 pub fn code_in_message(message: &str) -> Option<&'static str> {
     let (prefix, _) = message.split_once(": ")?;
     CODES.into_iter().find(|code| *code == prefix)

@@ -147,8 +147,13 @@ impl From<BusError> for Failure {
             BusError::AccessDenied(message) => Failure::new(
                 exit::ERROR,
                 format!(
-                    "permission denied: {message} (run as root or as a member of group sluice)"
+                    "permission denied: {message} (run as root or as a member of group sluice, \
+                     or ask the administrator for a polkit rule)"
                 ),
+            ),
+            BusError::InteractiveAuthorizationRequired(message) => Failure::new(
+                exit::ERROR,
+                format!("authentication required: {message} (run as root, e.g. with sudo)"),
             ),
             BusError::Busy(message) => Failure::new(exit::DAEMON_UNAVAILABLE, message),
             BusError::QueueFull(message) => Failure::new(exit::QUEUE_FULL, message),
