@@ -907,3 +907,58 @@ async fn a_placement_cut_short_by_a_kill_is_finished_exactly_once() -> Result<()
     assert!(relative_files(&setup.root.join("staging")).is_empty());
     Ok(())
 }
+
+/// `GET /api/events` forwards `BundleFinished` with the bundle's id, state and folder.
+#[test]
+fn the_event_stream_forwards_bundle_finished() -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let http = HttpFixture::start();
+    http.route("/f.bin", FixtureRoute::file(body("f", 100)));
+    let setup = Setup::new("")?;
+    let _scraper = runtime.block_on(setup.start_scraper())?;
+    let web = WebDaemon::start(&setup.fixture);
+    let agent = http_agent();
+    let lines = crate::support::event_stream_lines(&agent, &web.origin);
+    loop {
+        let line = lines.recv_timeout(DEADLINE)?;
+        if line.starts_with(": connected") {
+            break;
+        }
+    }
+    let (status, created) = http_result(
+        agent
+            .post(format!("{}/api/bundles", web.origin))
+            .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
+            .header("Content-Type", "application/json")
+            .send(
+                json!({ "name": "evented", "files": [{ "url": http.url("/f.bin") }] }).to_string(),
+            ),
+    );
+    assert_eq!(status, 201, "{created}");
+    let id = created["bundle"]["id"].as_u64().context("bundle id")?;
+    let started = Instant::now();
+    let mut event = false;
+    loop {
+        let remaining = DEADLINE
+            .checked_sub(started.elapsed())
+            .context("no BundleFinished event")?;
+        let line = lines.recv_timeout(remaining)?;
+        if line == "event: BundleFinished" {
+            event = true;
+            continue;
+        }
+        if event && let Some(data) = line.strip_prefix("data: ") {
+            let data: Value = serde_json::from_str(data)?;
+            assert_eq!(data["bundle_id"], json!(id), "{data}");
+            assert_eq!(data["state"], json!("succeeded"), "{data}");
+            assert_eq!(
+                data["path"],
+                json!(setup.inbox().join("evented").to_str().unwrap()),
+                "{data}"
+            );
+            assert_eq!(data["interface"], json!("org.sluice.Scraper1"), "{data}");
+            return Ok(());
+        }
+        event = false;
+    }
+}

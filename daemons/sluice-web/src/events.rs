@@ -20,7 +20,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// The signals forwarded to event streams; everything else on the bus is ignored.
-pub const FORWARDED_SIGNALS: [&str; 7] = [
+pub const FORWARDED_SIGNALS: [&str; 8] = [
     "JobQueued",
     "JobStarted",
     "JobProgress",
@@ -28,6 +28,7 @@ pub const FORWARDED_SIGNALS: [&str; 7] = [
     "FileDetected",
     "DownloadProgress",
     "DownloadFinished",
+    "BundleFinished",
 ];
 
 /// How often an idle stream sends a comment, so proxies and clients see it is alive.
@@ -95,6 +96,10 @@ impl BusEvent {
             "DownloadFinished" => {
                 let (download_id, state, path): (u64, String, String) = body.deserialize().ok()?;
                 json!({ "download_id": download_id, "state": state, "path": path })
+            }
+            "BundleFinished" => {
+                let (bundle_id, state, path): (u64, String, String) = body.deserialize().ok()?;
+                json!({ "bundle_id": bundle_id, "state": state, "path": path })
             }
             _ => return None,
         };
