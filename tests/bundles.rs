@@ -821,6 +821,53 @@ async fn sluicectl_adds_lists_shows_and_deletes_bundles() -> Result<()> {
     Ok(())
 }
 
+/// `sluicectl bundle add --wait`: returns once the bundle has ended, its exit status saying
+/// how (0 succeeded, 7 failed, 8 still running at the end of `--wait DURATION`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluicectl_bundle_add_waits_for_the_outcome() -> Result<()> {
+    let http = HttpFixture::start();
+    let content = body("w", 2000);
+    http.route("/w.bin", FixtureRoute::file(content.clone()));
+    // 1 KiB every 200 ms: 20 s, far longer than the 1 ms wait below.
+    http.route(
+        "/slow.bin",
+        FixtureRoute::slow_file(body("s", 100 * 1024), 1024, Duration::from_millis(200)),
+    );
+    let setup = Setup::new("")?;
+    let _scraper = setup.start_scraper().await?;
+    let good = format!("{}#sha256={}", http.url("/w.bin"), sha256_hex(&content));
+    let (status, text) = sluicectl(&setup, &["bundle", "add", "--wait", "waited", &good]);
+    assert_eq!(status, 0, "{text}");
+    assert!(text.contains("succeeded"), "{text}");
+    assert_eq!(
+        std::fs::read(setup.inbox().join("waited/w.bin"))?,
+        content,
+        "in the inbox when sluicectl returns"
+    );
+    let wrong = format!("{}#sha256={}", http.url("/w.bin"), "0".repeat(64));
+    let (status, text) = sluicectl(&setup, &["bundle", "add", "--wait", "wrong", &wrong]);
+    assert_eq!(status, 7, "{text}");
+    assert!(text.contains("SHA-256 mismatch"), "{text}");
+    let (status, text) = sluicectl(
+        &setup,
+        &[
+            "bundle",
+            "add",
+            "--wait=1ms",
+            "slow",
+            &http.url("/slow.bin"),
+        ],
+    );
+    assert_eq!(status, 8, "{text}");
+    assert!(text.contains("still running"), "{text}");
+    let (status, text) = sluicectl(
+        &setup,
+        &["bundle", "add", "--wait=soon", "x", &http.url("/w.bin")],
+    );
+    assert_eq!(status, 4, "{text}");
+    Ok(())
+}
+
 /// Records bundle `name` with one file as the scraper leaves it once that file is done: the
 /// file in `staging/bundle-ID/f.bin`, the download succeeded, the bundle still running.
 /// Returns the bundle's id.

@@ -14,9 +14,11 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 3;
     pub const INVALID_ARGUMENT: u8 = 4;
     pub const DAEMON_UNAVAILABLE: u8 = 5;
-    /// `submit --wait`, `jobs watch`: a job ended failed, dead or cancelled.
+    /// `submit --wait`, `jobs watch`: a job ended failed, dead or cancelled (and
+    /// `bundle add --wait`: the bundle did; `sources check`: the check did).
     pub const JOB_FAILED: u8 = 7;
-    /// `submit --wait`: a job was still running when the wait ended.
+    /// `submit --wait`, `bundle add --wait`, `sources check`: still running when the wait
+    /// ended.
     pub const STILL_RUNNING: u8 = 8;
     /// sysexits' EX_TEMPFAIL, "try again later": the queue is at its limit and nothing was
     /// added. Far from the small statuses on purpose, so new ones can follow those.
@@ -44,8 +46,9 @@ Exit status:
   3  not found (unknown job, download or document id)
   4  invalid argument (malformed value, or a job in a state that does not allow it)
   5  daemon unavailable (the daemon that must do it is not running, or the bus is down)
-  7  submit --wait, jobs watch: a job ended failed, dead or cancelled
-  8  submit --wait: a job was still running when the wait ended
+  7  submit --wait, jobs watch: a job ended failed, dead or cancelled; bundle add --wait:
+     the bundle failed or was cancelled; sources check: the check failed
+  8  submit --wait, bundle add --wait, sources check: still running when the wait ended
   75 queue full: the download queue is at [scraper] max_pending (download) or the ingest
      queue at [ingest] max_pending (submit); nothing was added, try again once some jobs
      have finished (sysexits' EX_TEMPFAIL)";
@@ -232,11 +235,23 @@ pub enum BundleCommand {
     /// URL's file name; the digest is checked); or NAME is hf://ORG/NAME[@REVISION] (or
     /// hf://datasets/ORG/NAME[@REVISION]) without FILEs. Exit status 5 without a running
     /// scraper, 4 for a refused name, path or file, 75 when the queue has no room for all.
+    /// With --wait, wait until the bundle ends: exit status 7 when it failed or was
+    /// cancelled, 8 when it still ran after --wait DURATION.
     #[command(after_help = BUNDLE_ADD_EXAMPLES)]
     Add {
         name: String,
         #[arg(value_name = "FILE")]
         files: Vec<String>,
+        /// Wait until the bundle ends: `--wait` without a limit, `--wait=DURATION` at most
+        /// that long (e.g. --wait=30m; the `=` is needed, since NAME follows).
+        #[arg(
+            long,
+            value_name = "DURATION",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = ""
+        )]
+        wait: Option<String>,
     },
     /// Bundles, newest first, with files done/total, bytes and state.
     List {
@@ -258,7 +273,8 @@ const BUNDLE_ADD_EXAMPLES: &str = "\
 Examples:
   sluicectl bundle add model weights/a.bin=https://example.org/a.bin#sha256=9f86d0...
   sluicectl bundle add hf://openai-community/gpt2@main
-  sluicectl bundle add hf://datasets/org/data@v1.0";
+  sluicectl bundle add hf://datasets/org/data@v1.0
+  sluicectl bundle add --wait=2h hf://openai-community/gpt2";
 
 #[derive(Debug, Subcommand)]
 pub enum SourcesCommand {

@@ -2,10 +2,12 @@
 //! (`AddBundle`, `CancelBundle`, `DeleteBundle`; the scraper alone resolves `hf://` names and
 //! runs the files), reads from the store.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 use sluice_core::bus::{self, BusError, SCRAPER_BUS_NAME, ScraperProxy, bundle_request};
 use sluice_core::policy::{SubmitRules, is_hf_reference};
-use sluice_core::store::{Bundle, Download};
+use sluice_core::store::{Bundle, BundleState, Download};
 use zbus::proxy::CacheProperties;
 
 use super::{Context, Failure};
@@ -13,7 +15,22 @@ use crate::exit;
 use crate::output::{print_fields, print_json, print_line, print_table};
 
 impl Context {
-    pub(super) fn bundle_add(&self, name: &str, entries: &[String]) -> Result<(), Failure> {
+    pub(super) fn bundle_add(
+        &self,
+        name: &str,
+        entries: &[String],
+        wait: Option<&str>,
+    ) -> Result<(), Failure> {
+        // `--wait` alone waits without a limit; `--wait DURATION` at most that long.
+        let wait = match wait {
+            None => None,
+            Some("") => Some(None),
+            Some(text) => {
+                Some(Some(humantime::parse_duration(text).map_err(|error| {
+                    Failure::invalid(format!("--wait {text:?}: {error}"))
+                })?))
+            }
+        };
         let files = entries
             .iter()
             .map(|entry| parse_entry(entry))
@@ -29,16 +46,61 @@ impl Context {
         let name = name.to_owned();
         let id =
             self.on_scraper(move |proxy| async move { proxy.add_bundle(&name, files).await })?;
-        let bundle = self.open_store()?.get_bundle(id as i64)?;
-        if self.json {
-            print_json(&json!({ "bundle": bundle }));
-        } else {
+        let store = self.open_store()?;
+        let bundle = store.get_bundle(id as i64)?;
+        let Some(limit) = wait else {
+            if self.json {
+                print_json(&json!({ "bundle": bundle }));
+            } else {
+                print_line(&format!(
+                    "bundle {} ({}) queued with {} files",
+                    bundle.id, bundle.name, bundle.files_total
+                ));
+            }
+            return Ok(());
+        };
+        if !self.json {
             print_line(&format!(
-                "bundle {} ({}) queued with {} files",
+                "bundle {} ({}) queued with {} files; waiting for it",
                 bundle.id, bundle.name, bundle.files_total
             ));
         }
-        Ok(())
+        let started = Instant::now();
+        loop {
+            let bundle = store.get_bundle(id as i64)?;
+            if bundle.state != BundleState::Running {
+                let files = store.bundle_files(bundle.id)?;
+                if self.json {
+                    print_json(&json!({ "bundle": bundle, "files": files }));
+                } else {
+                    print_bundle(&bundle, &files);
+                }
+                return match bundle.state {
+                    BundleState::Succeeded => Ok(()),
+                    state => Err(Failure::new(
+                        exit::JOB_FAILED,
+                        format!(
+                            "bundle {} ({}) {state}: {}",
+                            bundle.id,
+                            bundle.name,
+                            bundle.error.as_deref().unwrap_or("no error recorded")
+                        ),
+                    )),
+                };
+            }
+            if let Some(limit) = limit
+                && started.elapsed() > limit
+            {
+                return Err(Failure::new(
+                    exit::STILL_RUNNING,
+                    format!(
+                        "bundle {} ({}) still running after {limit:?}: {}/{} files done",
+                        bundle.id, bundle.name, bundle.files_done, bundle.files_total
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     pub(super) fn bundle_list(&self, limit: u32, cursor: Option<i64>) -> Result<(), Failure> {

@@ -60,7 +60,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Download(arguments) => context.download(arguments),
         Command::Submit { files, wait } => context.submit(files, wait),
         Command::Rescan { path } => context.rescan(path),
-        Command::Bundle(BundleCommand::Add { name, files }) => context.bundle_add(&name, &files),
+        Command::Bundle(BundleCommand::Add { name, files, wait }) => {
+            context.bundle_add(&name, &files, wait.as_deref())
+        }
         Command::Bundle(BundleCommand::List { limit, cursor }) => {
             context.bundle_list(limit, cursor)
         }
