@@ -955,6 +955,78 @@ async fn a_placement_cut_short_by_a_kill_is_finished_exactly_once() -> Result<()
     Ok(())
 }
 
+/// Security finding M1: resolving an `hf://` name must not hold the scraper's main loop. A Hub
+/// that never answers its API leaves the scraper answering D-Bus calls (a property and a
+/// method the loop answers) and pinging the watchdog; the bundle then fails with the timeout
+/// named, and nothing is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_hub_does_not_hold_the_loop_and_fails_at_its_timeout() -> Result<()> {
+    let http = HttpFixture::start();
+    http.route(
+        "/api/models/org/slow/revision/main",
+        FixtureRoute::Hang(Duration::from_secs(120)),
+    );
+    let setup = Setup::new(&format!("hf_endpoint = \"{}\"", http.url("")))?;
+    let scraper = crate::support::start_watched_scraper(
+        &setup.fixture.config_path,
+        setup.fixture.bus.address(),
+        Duration::from_millis(1_000),
+    )
+    .await?;
+    let notifications = scraper.notifications().context("a notify socket")?;
+    let proxy = setup.proxy().await?;
+
+    let adding = {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = proxy.add_bundle("hf://org/slow", Vec::new()).await;
+            (result, started.elapsed(), Instant::now())
+        })
+    };
+    let asked = Instant::now();
+    while http
+        .requests_for("/api/models/org/slow/revision/main")
+        .is_empty()
+    {
+        ensure!(asked.elapsed() < DEADLINE, "the Hub was never asked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pending_from = notifications.count();
+    // The loop answers while the Hub has not: a property and methods it handles itself.
+    assert_eq!(proxy.state().await?, "running");
+    let error = proxy
+        .cancel_download(999_999)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("does not exist"), "{error}");
+    let error = proxy.scrape_now("no-such-source").await.unwrap_err();
+    assert!(error.to_string().contains("not configured"), "{error}");
+    let answered = Instant::now();
+    // Two watchdog pings after the Hub was asked (one every half watchdog timeout).
+    let (first, _) = notifications.wait_for_line(pending_from, "WATCHDOG=1", DEADLINE)?;
+    let (_, second) = notifications.wait_for_line(first + 1, "WATCHDOG=1", DEADLINE)?;
+
+    let (result, took, finished) = adding.await?;
+    assert!(
+        answered < finished && second.received < finished,
+        "the calls were answered and the watchdog pinged while the resolution was pending"
+    );
+    let error = result.unwrap_err().to_string();
+    assert!(
+        error.contains("did not answer")
+            && error.contains("org/slow")
+            && error.contains("request_timeout"),
+        "{error}"
+    );
+    // request_timeout is 5 s in this configuration; the failure comes no earlier.
+    assert!(took >= Duration::from_secs(5), "failed after {took:?}");
+    assert!(setup.store().get_bundle(1).is_err(), "nothing recorded");
+    assert_eq!(proxy.state().await?, "running");
+    Ok(())
+}
+
 /// `GET /api/events` forwards `BundleFinished` with the bundle's id, state and folder.
 #[test]
 fn the_event_stream_forwards_bundle_finished() -> Result<()> {

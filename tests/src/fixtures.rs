@@ -517,6 +517,8 @@ pub enum FixtureRoute {
     StatusWithHeaders { status: u16, headers: String },
     /// A JSON document with extra header lines (e.g. a `Link` to the next page).
     Json { body: Arc<Vec<u8>>, headers: String },
+    /// Reads the request and answers nothing for `stall`, then closes the connection.
+    Hang(Duration),
     /// Promises `length` bytes, sends `sent` of them, then stalls for `stall`.
     Stall {
         length: usize,
@@ -807,6 +809,10 @@ fn serve_fixture_connection(
                 body.len()
             )?;
             stream.write_all(&body)
+        }
+        Some(FixtureRoute::Hang(stall)) => {
+            std::thread::sleep(stall);
+            Ok(())
         }
         Some(FixtureRoute::Stall {
             length,
@@ -1152,12 +1158,35 @@ pub async fn scraper_proxy(
 /// Starts sluice-scraper with the configuration at `config` (whose bus is `bus_address`) and
 /// waits until its `State` says `running`.
 pub async fn start_scraper(config: &Path, bus_address: &str) -> anyhow::Result<DaemonProcess> {
+    start_scraper_with(config, bus_address, None).await
+}
+
+/// [`start_scraper`] with a notify socket and `WATCHDOG_USEC` (the watchdog timeout systemd
+/// would give it), so a test can watch its pings in [`DaemonProcess::notifications`].
+pub async fn start_watched_scraper(
+    config: &Path,
+    bus_address: &str,
+    watchdog: Duration,
+) -> anyhow::Result<DaemonProcess> {
+    start_scraper_with(config, bus_address, Some(watchdog)).await
+}
+
+async fn start_scraper_with(
+    config: &Path,
+    bus_address: &str,
+    watchdog: Option<Duration>,
+) -> anyhow::Result<DaemonProcess> {
     let mut command = Command::new(binary_path("sluice-scraper"));
     command
         .arg("--config")
         .arg(config)
         .env("SLUICE_LOG", "debug");
-    let mut process = DaemonProcess::spawn(&mut command, SpawnOptions::named("sluice-scraper"))?;
+    let mut options = SpawnOptions::named("sluice-scraper");
+    if let Some(watchdog) = watchdog {
+        command.env("WATCHDOG_USEC", watchdog.as_micros().to_string());
+        options = options.notify();
+    }
+    let mut process = DaemonProcess::spawn(&mut command, options)?;
     let proxy = scraper_proxy(bus_address).await?;
     let started = std::time::Instant::now();
     loop {

@@ -365,6 +365,11 @@ impl DaemonProcess {
         }
     }
 
+    /// What the process sent to its notify socket (with [`SpawnOptions::notify`]).
+    pub fn notifications(&self) -> Option<&NotifyListener> {
+        self.notifications.as_ref()
+    }
+
     /// Spawn → READY=1, once it came (with [`SpawnOptions::notify`]).
     pub fn ready_after(&self) -> Option<Duration> {
         let listener = self.notifications.as_ref()?;

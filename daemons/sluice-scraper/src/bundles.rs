@@ -8,54 +8,86 @@
 //! last file ended in another process's change (a cancel through the web API) or before a
 //! kill is settled too; placing is recorded before and after the rename, so it happens once.
 
-use sluice_core::bus::BusError;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use sluice_core::bus::{BusError, Reply, ScraperService};
+use sluice_core::config::Config;
 use sluice_core::policy::{NewBundle, SubmitRules, is_hf_reference, parse_hf_reference};
 use sluice_core::store::downloads::DOWNLOAD_JOB_KIND;
 use sluice_core::store::{BundleState, BundleVerdict, Download, DownloadError};
 
-use crate::transfer::StopRequest;
+use tokio::sync::mpsc;
+
+use crate::store_thread::StoreHandle;
+use crate::transfer::{StopRequest, TransferSettings};
 use crate::{Scraper, bus_error, hf, inbox};
 
-impl Scraper {
-    /// `AddBundle`: resolves an `hf://` name into files, checks the bundle with the policy
-    /// and records it whole under `[scraper] max_pending`.
-    pub(crate) async fn add_bundle(&mut self, mut bundle: NewBundle) -> Result<u64, BusError> {
-        let config = self.reloader.current().clone();
-        if is_hf_reference(&bundle.name) {
-            let reference = parse_hf_reference(&bundle.name)?;
-            let hub = hf::Hub {
-                client: &self.context.client,
-                endpoint: &config.scraper.hf_endpoint,
-                credentials_file: config.scraper.hf_credentials_file.as_deref(),
-                allow_private_addresses: config.scraper.allow_private_addresses,
-            };
-            let resolved = hf::resolve(&hub, &reference).await.map_err(|error| {
-                tracing::warn!(error = %error, "bundle {} refused: {error}", bundle.name);
-                BusError::InvalidArgument(error)
-            })?;
-            tracing::info!(
-                commit = %resolved.commit,
-                files = resolved.files.len(),
-                "{} resolved to commit {} with {} files",
-                bundle.name,
-                resolved.commit,
-                resolved.files.len()
-            );
-            bundle = NewBundle {
-                name: reference.folder_name(),
-                files: resolved.files,
-                origin: Some(reference.to_uri(&resolved.commit)),
-                revision: Some(resolved.commit),
-                max_attempts: None,
-            };
-        }
-        bundle.max_attempts = Some(config.jobs.max_attempts);
+/// At most this many `hf://` names are resolved at once; another `AddBundle` of one is
+/// answered "busy" until one ends (each holds a task and a connection to the Hub).
+pub const MAX_RESOLVING: usize = 4;
+
+/// What recording a bundle needs, apart from the loop: a resolution runs in a task of its
+/// own with this, so a Hub that answers slowly never holds the main loop.
+#[derive(Clone)]
+pub(crate) struct BundleRecorder {
+    pub store: StoreHandle,
+    pub service: Arc<ScraperService>,
+    pub client: reqwest::Client,
+    pub config: Config,
+    /// Wakes the loop to claim the new bundle's files.
+    pub wake: mpsc::Sender<()>,
+}
+
+impl BundleRecorder {
+    /// Resolves an `hf://` name through the Hub into the files of one commit, then records
+    /// the bundle like any other.
+    async fn resolve_and_record(self, bundle: NewBundle) -> Result<u64, BusError> {
+        let reference = parse_hf_reference(&bundle.name)?;
+        let scraper = &self.config.scraper;
+        let hub = hf::Hub {
+            client: &self.client,
+            endpoint: &scraper.hf_endpoint,
+            credentials_file: scraper.hf_credentials_file.as_deref(),
+            allow_private_addresses: scraper.allow_private_addresses,
+            request_timeout: scraper.request_timeout,
+        };
+        let resolved = hf::resolve(&hub, &reference).await.map_err(|error| {
+            tracing::warn!(error = %error, "bundle {} refused: {error}", bundle.name);
+            BusError::InvalidArgument(error)
+        })?;
+        tracing::info!(
+            commit = %resolved.commit,
+            files = resolved.files.len(),
+            "{} resolved to commit {} with {} files",
+            bundle.name,
+            resolved.commit,
+            resolved.files.len()
+        );
+        let bundle = NewBundle {
+            name: reference.folder_name(),
+            files: resolved.files,
+            origin: Some(reference.to_uri(&resolved.commit)),
+            revision: Some(resolved.commit),
+            max_attempts: None,
+        };
+        let id = self.record(bundle).await?;
+        // A full channel already holds a wake-up.
+        let _ = self.wake.try_send(());
+        Ok(id)
+    }
+
+    /// Checks the bundle with the policy and records it whole under `[scraper] max_pending`,
+    /// announcing its jobs.
+    async fn record(&self, mut bundle: NewBundle) -> Result<u64, BusError> {
+        bundle.max_attempts = Some(self.config.jobs.max_attempts);
         let rules = SubmitRules {
-            allow_private_addresses: config.scraper.allow_private_addresses,
-            max_download_size: config.scraper.max_download_size,
+            allow_private_addresses: self.config.scraper.allow_private_addresses,
+            max_download_size: self.config.scraper.max_download_size,
         };
         let valid = bundle.validate(&rules)?;
-        let max_pending = config.scraper.max_pending;
+        let max_pending = self.config.scraper.max_pending;
         let name = valid.name().to_owned();
         let created = self
             .store
@@ -80,8 +112,59 @@ impl Scraper {
                 .job_queued(DOWNLOAD_JOB_KIND, *job_id as u64)
                 .await;
         }
-        self.claim().await;
         Ok(created.bundle_id as u64)
+    }
+}
+
+impl Scraper {
+    fn bundle_recorder(&self) -> BundleRecorder {
+        BundleRecorder {
+            store: self.store.clone(),
+            service: Arc::clone(&self.service),
+            client: self.context.client.clone(),
+            config: self.reloader.current().clone(),
+            wake: self.wake.clone(),
+        }
+    }
+
+    /// `AddBundle`. A list of files is checked and recorded at once; an `hf://` name is
+    /// resolved through the Hub in a task of its own (at most [`MAX_RESOLVING`] at once),
+    /// which answers the caller when the Hub has answered or `request_timeout` has passed.
+    pub(crate) async fn add_bundle(&mut self, bundle: NewBundle, reply: Reply<u64>) {
+        if !is_hf_reference(&bundle.name) {
+            let result = self.bundle_recorder().record(bundle).await;
+            if result.is_ok() {
+                self.claim().await;
+            }
+            let _ = reply.send(result);
+            return;
+        }
+        if let Err(error) = parse_hf_reference(&bundle.name) {
+            let _ = reply.send(Err(error.into()));
+            return;
+        }
+        self.resolving.retain(|task| !task.is_finished());
+        if self.resolving.len() >= MAX_RESOLVING {
+            let _ = reply.send(Err(BusError::Busy(format!(
+                "{MAX_RESOLVING} hf:// bundles are being resolved already; try again shortly"
+            ))));
+            return;
+        }
+        let recorder = self.bundle_recorder();
+        let name = bundle.name.clone();
+        tracing::info!("resolving {name} through the Hub");
+        self.resolving.push(tokio::spawn(async move {
+            let resolved = AssertUnwindSafe(recorder.resolve_and_record(bundle))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    let error =
+                        format!("resolving {name} failed: {}", crate::panic_message(&*panic));
+                    tracing::error!("{error}");
+                    Err(BusError::Internal(error))
+                });
+            let _ = reply.send(resolved);
+        }));
     }
 
     /// `CancelBundle`: the bundle and its waiting files are cancelled in the store, running
@@ -104,11 +187,35 @@ impl Scraper {
         Ok(())
     }
 
-    /// `DeleteBundle`: cancels a running bundle and waits for its files to stop, then forgets
+    /// `DeleteBundle`: cancels a running bundle, then, in a task of its own so the loop goes
+    /// on, waits (up to [`crate::STOP_WAIT`] in all) for its running files to stop, forgets
     /// it and its downloads, and removes its folder in staging and, if it succeeded, its
     /// folder in the inbox (`final_path`) with whatever is still in it (files the monitor
     /// already moved to the library in consume mode are not touched).
-    pub(crate) async fn delete_bundle(&mut self, bundle_id: i64) -> Result<(), BusError> {
+    pub(crate) async fn delete_bundle(&mut self, bundle_id: i64, reply: Reply<()>) {
+        let stopping = match self.stop_bundle_for_delete(bundle_id).await {
+            Ok(stopping) => stopping,
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return;
+            }
+        };
+        let store = self.store.clone();
+        let settings = Arc::clone(&self.context.settings);
+        self.spawn_background(async move {
+            let result = match crate::wait_until_stopped(stopping).await {
+                Ok(()) => forget_bundle(&store, &settings, bundle_id).await,
+                Err(error) => Err(error),
+            };
+            let _ = reply.send(result);
+        });
+    }
+
+    /// Cancels the bundle if it runs; returns how to wait for its files that still run.
+    async fn stop_bundle_for_delete(
+        &mut self,
+        bundle_id: i64,
+    ) -> Result<Vec<crate::Stopping>, BusError> {
         let bundle = self
             .store
             .call(move |store| store.get_bundle(bundle_id))
@@ -122,42 +229,10 @@ impl Scraper {
             .call(move |store| store.bundle_files(bundle_id))
             .await
             .map_err(bus_error)?;
-        for file in files {
-            self.wait_for_file(file.id).await?;
-        }
-        let (bundle, files) = self
-            .store
-            .call(move |store| store.delete_bundle(bundle_id))
-            .await
-            .map_err(bus_error)?;
-        for file in &files {
-            self.remove_part(file.id);
-        }
-        self.remove_bundle_staging(bundle_id);
-        let mut removed = String::new();
-        if bundle.state == BundleState::Succeeded
-            && let Some(folder) = &bundle.final_path
-        {
-            let folder = std::path::Path::new(folder);
-            // Only a folder directly in the inbox is the bundle's own.
-            if folder.parent() == Some(self.context.settings.inbox.as_path()) {
-                match inbox::remove_folder(folder) {
-                    Ok(()) => removed = format!("; folder {} removed", folder.display()),
-                    Err(error) => tracing::warn!(
-                        error = %error,
-                        "bundle {bundle_id}: cannot remove {}: {error}",
-                        folder.display()
-                    ),
-                }
-            }
-        }
-        tracing::info!(
-            bundle_id,
-            "bundle {bundle_id} ({}) deleted (it was {}){removed}",
-            bundle.name,
-            bundle.state
-        );
-        Ok(())
+        Ok(files
+            .iter()
+            .filter_map(|file| self.stopping(file.id))
+            .collect())
     }
 
     /// Places every running bundle whose files all succeeded, and fails every one with a file
@@ -341,34 +416,59 @@ impl Scraper {
         }
     }
 
-    /// Waits (up to the stop deadline) for the task of a download that was told to stop.
-    async fn wait_for_file(&mut self, download_id: i64) -> Result<(), BusError> {
-        if let Some(job_id) = self.active_for_download(download_id)
-            && let Some(active) = self.active.get_mut(&job_id)
-            && tokio::time::timeout(crate::STOP_WAIT, &mut active.handle)
-                .await
-                .is_err()
-        {
-            return Err(BusError::Busy(format!(
-                "download {download_id} did not stop within {:?}; try again",
-                crate::STOP_WAIT
-            )));
-        }
-        Ok(())
-    }
-
     fn remove_bundle_staging(&self, bundle_id: i64) {
-        let folder = self
-            .context
-            .settings
-            .staging
-            .join(inbox::bundle_folder_name(bundle_id));
-        if let Err(error) = inbox::remove_folder(&folder) {
-            tracing::warn!(
-                error = %error,
-                "cannot remove the staging folder {} of bundle {bundle_id}: {error}",
-                folder.display()
-            );
+        remove_bundle_staging(&self.context.settings, bundle_id);
+    }
+}
+
+fn remove_bundle_staging(settings: &TransferSettings, bundle_id: i64) {
+    let folder = settings.staging.join(inbox::bundle_folder_name(bundle_id));
+    if let Err(error) = inbox::remove_folder(&folder) {
+        tracing::warn!(
+            error = %error,
+            "cannot remove the staging folder {} of bundle {bundle_id}: {error}",
+            folder.display()
+        );
+    }
+}
+
+/// The end of `DeleteBundle`, once no file of the bundle runs: forgets the bundle and its
+/// downloads and removes what it left in staging and the inbox.
+async fn forget_bundle(
+    store: &StoreHandle,
+    settings: &TransferSettings,
+    bundle_id: i64,
+) -> Result<(), BusError> {
+    let (bundle, files) = store
+        .call(move |store| store.delete_bundle(bundle_id))
+        .await
+        .map_err(bus_error)?;
+    for file in &files {
+        crate::remove_part(settings, file.id);
+    }
+    remove_bundle_staging(settings, bundle_id);
+    let mut removed = String::new();
+    if bundle.state == BundleState::Succeeded
+        && let Some(folder) = &bundle.final_path
+    {
+        let folder = std::path::Path::new(folder);
+        // Only a folder directly in the inbox is the bundle's own.
+        if folder.parent() == Some(settings.inbox.as_path()) {
+            match inbox::remove_folder(folder) {
+                Ok(()) => removed = format!("; folder {} removed", folder.display()),
+                Err(error) => tracing::warn!(
+                    error = %error,
+                    "bundle {bundle_id}: cannot remove {}: {error}",
+                    folder.display()
+                ),
+            }
         }
     }
+    tracing::info!(
+        bundle_id,
+        "bundle {bundle_id} ({}) deleted (it was {}){removed}",
+        bundle.name,
+        bundle.state
+    );
+    Ok(())
 }

@@ -53,6 +53,9 @@ pub struct Hub<'a> {
     pub endpoint: &'a Url,
     pub credentials_file: Option<&'a std::path::Path>,
     pub allow_private_addresses: bool,
+    /// Each API request, its answer read whole, must be done within this
+    /// (`[scraper] request_timeout`); a Hub that stalls fails the resolution with that reason.
+    pub request_timeout: std::time::Duration,
 }
 
 /// Resolves `reference` into its files at the commit its revision points at. The error is a
@@ -201,8 +204,18 @@ async fn get_json_page<T: serde::de::DeserializeOwned>(
 ) -> Result<(T, Option<String>), String> {
     guard::check_target(url, hub.allow_private_addresses)
         .map_err(|refused| format!("cannot ask the Hub about {what}: {refused}"))?;
-    let request = credentials::apply(hub.client.get(url.clone()), credentials);
+    let request =
+        credentials::apply(hub.client.get(url.clone()), credentials).timeout(hub.request_timeout);
+    let timed_out = || {
+        format!(
+            "the Hub ({url}) did not answer about {what} within {:?} ([scraper] request_timeout)",
+            hub.request_timeout
+        )
+    };
     let mut response = request.send().await.map_err(|error| {
+        if error.is_timeout() {
+            return timed_out();
+        }
         format!(
             "cannot ask the Hub ({url}) about {what}: {}",
             guard::describe_error(&error)
@@ -230,11 +243,13 @@ async fn get_json_page<T: serde::de::DeserializeOwned>(
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|error| format!("cannot read the Hub's answer about {what}: {error}"))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|error| {
+        if error.is_timeout() {
+            timed_out()
+        } else {
+            format!("cannot read the Hub's answer about {what}: {error}")
+        }
+    })? {
         if body.len() + chunk.len() > MAX_API_RESPONSE_BYTES {
             return Err(format!(
                 "the Hub's answer about {what} is larger than {MAX_API_RESPONSE_BYTES} bytes"

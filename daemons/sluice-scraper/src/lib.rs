@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use sluice_core::bus::{
-    BusError, BusSetupError, CallerPolicy, DaemonState, DownloadOptions, ScraperCommand,
+    BusError, BusSetupError, CallerPolicy, DaemonState, DownloadOptions, Reply, ScraperCommand,
     ScraperService, ScraperStatus, SourceStates,
 };
 use sluice_core::config::Config;
@@ -222,6 +222,43 @@ struct ActiveDownload {
     download_id: Option<i64>,
     stop: watch::Sender<StopRequest>,
     handle: JoinHandle<()>,
+    /// Becomes `true` when the task has recorded its end and sent its report.
+    ended: watch::Receiver<bool>,
+}
+
+/// A running download told to stop, and how to see that it has.
+pub(crate) struct Stopping {
+    download_id: i64,
+    ended: watch::Receiver<bool>,
+}
+
+/// Waits, up to [`STOP_WAIT`] for all of them together, until every download in `stopping`
+/// has ended (its task recorded the end; a task that is gone counts as ended).
+pub(crate) async fn wait_until_stopped(stopping: Vec<Stopping>) -> Result<(), BusError> {
+    let deadline = Instant::now() + STOP_WAIT;
+    for mut download in stopping {
+        let ended = tokio::time::timeout_at(deadline, download.ended.wait_for(|ended| *ended));
+        if ended.await.is_err() {
+            return Err(BusError::Busy(format!(
+                "download {} did not stop within {STOP_WAIT:?}; try again",
+                download.download_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Removes the partial file of a download from staging.
+pub(crate) fn remove_part(settings: &TransferSettings, download_id: i64) {
+    let part = inbox::part_path(&settings.staging, download_id);
+    if let Err(error) = inbox::remove_part(&part) {
+        tracing::warn!(
+            error = %error,
+            path = %part.display(),
+            "cannot remove the partial file {} of download {download_id}: {error}",
+            part.display()
+        );
+    }
 }
 
 type Reread = Box<dyn FnMut() -> Result<Config, String> + Send>;
@@ -249,6 +286,13 @@ struct Scraper {
     robots: sources::RobotsCache,
     /// The guarded client without automatic redirects, for source checks.
     source_client: reqwest::Client,
+    /// Wakes the loop to claim jobs (a task that queued some sends it).
+    wake: mpsc::Sender<()>,
+    /// `hf://` names being resolved through the Hub, each in a task of its own.
+    resolving: Vec<JoinHandle<()>>,
+    /// Other work started by a command that may take a while (a delete waiting for its
+    /// downloads to stop), so the loop goes on meanwhile; aborted at shutdown.
+    background: Vec<JoinHandle<()>>,
 }
 
 /// Runs the scraper until SIGTERM, with the store, bus connection, signals and notifier it is
@@ -284,7 +328,7 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
     .await?;
     let service = Arc::new(service);
     let (wake_sender, wakeups) = mpsc::channel(1);
-    subscribe_to_job_queued(&connection, wake_sender).await?;
+    subscribe_to_job_queued(&connection, wake_sender.clone()).await?;
 
     // Only one scraper runs (the bus name is exclusive), so download jobs still leased to
     // our name by another process belong to a predecessor that is gone (or cut off from the
@@ -356,6 +400,9 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
         check_reports,
         robots: sources::RobotsCache::default(),
         source_client,
+        wake: wake_sender,
+        resolving: Vec::new(),
+        background: Vec::new(),
     };
     scraper.sync_sources(true).await;
     scraper.sweep_staging().await;
@@ -497,6 +544,7 @@ impl Scraper {
 
     fn start_task(&mut self, job: ClaimedJob) {
         let (stop, stop_receiver) = watch::channel(StopRequest::Continue);
+        let (ended_sender, ended) = watch::channel(false);
         let context = self.context.clone();
         let reports = self.reports.clone();
         let download_id = job
@@ -521,6 +569,7 @@ impl Scraper {
                 }
             };
             let _ = reports.send(report);
+            let _ = ended_sender.send(true);
         });
         self.active.insert(
             job.id,
@@ -529,6 +578,7 @@ impl Scraper {
                 download_id,
                 stop,
                 handle,
+                ended,
             },
         );
     }
@@ -574,17 +624,13 @@ impl Scraper {
                 };
                 let _ = reply.send(result);
             }
-            ScraperCommand::DeleteDownload { download_id, reply } => {
-                let result = match bus_id(download_id) {
-                    Ok(id) => self.delete_download(id).await,
-                    Err(error) => Err(error),
-                };
-                let _ = reply.send(result);
-            }
-            ScraperCommand::AddBundle { bundle, reply } => {
-                let result = self.add_bundle(bundle).await;
-                let _ = reply.send(result);
-            }
+            ScraperCommand::DeleteDownload { download_id, reply } => match bus_id(download_id) {
+                Ok(id) => self.delete_download(id, reply).await,
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            ScraperCommand::AddBundle { bundle, reply } => self.add_bundle(bundle, reply).await,
             ScraperCommand::CancelBundle { bundle_id, reply } => {
                 let result = match bundle_bus_id(bundle_id) {
                     Ok(id) => self.cancel_bundle(id).await,
@@ -592,13 +638,12 @@ impl Scraper {
                 };
                 let _ = reply.send(result);
             }
-            ScraperCommand::DeleteBundle { bundle_id, reply } => {
-                let result = match bundle_bus_id(bundle_id) {
-                    Ok(id) => self.delete_bundle(id).await,
-                    Err(error) => Err(error),
-                };
-                let _ = reply.send(result);
-            }
+            ScraperCommand::DeleteBundle { bundle_id, reply } => match bundle_bus_id(bundle_id) {
+                Ok(id) => self.delete_bundle(id, reply).await,
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
             ScraperCommand::ScrapeNow { source, reply } => {
                 let result = self.scrape_now(source).await;
                 let _ = reply.send(result);
@@ -898,53 +943,71 @@ impl Scraper {
         Ok(download.state)
     }
 
-    async fn delete_download(&mut self, download_id: i64) -> Result<(), BusError> {
+    /// `DeleteDownload`: cancels the download if it has not ended; then, in a task of its own
+    /// so the loop goes on, waits for a running one to stop, forgets it and removes its
+    /// partial file.
+    async fn delete_download(&mut self, download_id: i64, reply: Reply<()>) {
         let download = self
             .store
             .call(move |store| store.get_download(download_id))
             .await
-            .map_err(bus_error)?;
-        if !download.state.is_finished() {
-            self.cancel_download(download_id).await?;
-            if let Some(job_id) = self.active_for_download(download_id)
-                && let Some(active) = self.active.get_mut(&job_id)
-            {
-                // The task records the cancellation itself; wait for that before deleting.
-                if tokio::time::timeout(STOP_WAIT, &mut active.handle)
-                    .await
-                    .is_err()
-                {
-                    return Err(BusError::Busy(format!(
-                        "download {download_id} did not stop within {STOP_WAIT:?}; try again"
-                    )));
+            .map_err(bus_error);
+        let mut stopping = Vec::new();
+        match download {
+            Ok(download) if !download.state.is_finished() => {
+                if let Err(error) = self.cancel_download(download_id).await {
+                    let _ = reply.send(Err(error));
+                    return;
                 }
+                stopping.extend(self.stopping(download_id));
+            }
+            Ok(_) => {}
+            Err(error) => {
+                let _ = reply.send(Err(error));
+                return;
             }
         }
-        let deleted = self
-            .store
-            .call(move |store| store.delete_download(download_id))
-            .await
-            .map_err(bus_error)?;
-        self.remove_part(download_id);
-        tracing::info!(
+        let store = self.store.clone();
+        let settings = Arc::clone(&self.context.settings);
+        self.spawn_background(async move {
+            let result = async {
+                wait_until_stopped(stopping).await?;
+                let deleted = store
+                    .call(move |store| store.delete_download(download_id))
+                    .await
+                    .map_err(bus_error)?;
+                remove_part(&settings, download_id);
+                tracing::info!(
+                    download_id,
+                    state = %deleted.state,
+                    "download {download_id} deleted (it was {})",
+                    deleted.state
+                );
+                Ok(())
+            }
+            .await;
+            let _ = reply.send(result);
+        });
+    }
+
+    /// How to wait for the task of `download_id` to end, if one runs.
+    fn stopping(&self, download_id: i64) -> Option<Stopping> {
+        let job_id = self.active_for_download(download_id)?;
+        let active = self.active.get(&job_id)?;
+        Some(Stopping {
             download_id,
-            state = %deleted.state,
-            "download {download_id} deleted (it was {})",
-            deleted.state
-        );
-        Ok(())
+            ended: active.ended.clone(),
+        })
+    }
+
+    /// Runs `work` beside the loop (aborted at shutdown).
+    fn spawn_background(&mut self, work: impl Future<Output = ()> + Send + 'static) {
+        self.background.retain(|task| !task.is_finished());
+        self.background.push(tokio::spawn(work));
     }
 
     fn remove_part(&self, download_id: i64) {
-        let part = inbox::part_path(&self.context.settings.staging, download_id);
-        if let Err(error) = inbox::remove_part(&part) {
-            tracing::warn!(
-                error = %error,
-                path = %part.display(),
-                "cannot remove the partial file {} of download {download_id}: {error}",
-                part.display()
-            );
-        }
+        remove_part(&self.context.settings, download_id);
     }
 
     /// Removes `.part` files whose download is finished or gone (cancelled or deleted by
@@ -1126,6 +1189,10 @@ impl Scraper {
         // downloads or not at all, so a check cut short is simply done again.
         for (_, check) in self.checking.drain() {
             check.abort();
+        }
+        // A resolution cut short records nothing; its caller is told the request was dropped.
+        for task in self.resolving.drain(..).chain(self.background.drain(..)) {
+            task.abort();
         }
         let deadline = StopDeadline::after(stop_timeout);
         while !self.active.is_empty() && !deadline.has_passed() {
