@@ -709,6 +709,26 @@ async fn hf_repositories_resolve_to_a_pinned_commit_models_and_datasets() -> Res
         cdn_file[0].authorization, None,
         "no token across the redirect"
     );
+    // A download someone adds by hand is not a file of an hf:// bundle: no token, even on
+    // the Hub's origin.
+    http.route("/by-hand/notes.txt", FixtureRoute::file(b"notes".to_vec()));
+    proxy
+        .add_download(&http.url("/by-hand/notes.txt"), Default::default())
+        .await?;
+    let started = Instant::now();
+    while !setup.inbox().join("notes.txt").exists() {
+        ensure!(
+            started.elapsed() < DEADLINE,
+            "the download by hand never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let by_hand = http.requests_for("/by-hand/notes.txt");
+    assert_eq!(by_hand.len(), 1);
+    assert_eq!(
+        by_hand[0].authorization, None,
+        "no token for a download by hand"
+    );
 
     let id = proxy
         .add_bundle("hf://datasets/org/data@v1", Vec::new())

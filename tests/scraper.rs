@@ -1051,6 +1051,62 @@ async fn a_404_fails_for_good_and_a_503_is_retried() -> Result<()> {
     Ok(())
 }
 
+/// A 429 with `Retry-After: 2`: the download is retried no earlier than 2 s after that
+/// answer, and another download to the same host waits as long (the host is held). Both are
+/// lower bounds, which hold on any machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_holds_the_retry_and_the_host() -> Result<()> {
+    let setup = Setup::new(true)?;
+    let fixture = HttpFixture::start();
+    let body = content(10_000, 12);
+    fixture.route(
+        "/throttled.bin",
+        FixtureRoute::ThrottleThenServe {
+            failures: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
+            status: 429,
+            headers: "Retry-After: 2\r\n".into(),
+            body: Arc::new(body.clone()),
+        },
+    );
+    let other = content(3_000, 13);
+    fixture.route("/other.bin", FixtureRoute::file(other.clone()));
+    let _scraper = setup.start().await?;
+    let proxy = scraper_proxy(&setup.connect().await?).await?;
+
+    let (throttled, job_id) = proxy
+        .add_download(&fixture.url("/throttled.bin"), options(|_| {}))
+        .await?;
+    wait_for("the 429", || {
+        !fixture.requests_for("/throttled.bin").is_empty()
+    })
+    .await?;
+    let refused_at = fixture.requests_for("/throttled.bin")[0].received;
+    let (other_id, _) = proxy
+        .add_download(&fixture.url("/other.bin"), options(|_| {}))
+        .await?;
+
+    let download = wait_for_state(&setup, throttled, DownloadState::Succeeded).await?;
+    assert_eq!(std::fs::read(download.final_path.unwrap())?, body);
+    let requests = fixture.requests_for("/throttled.bin");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let waited = requests[1].received.duration_since(refused_at);
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    let history = setup.store().job_history(job_id as i64)?;
+    assert!(
+        retried_because(&history, "asked to retry after 2 s"),
+        "{history:?}"
+    );
+
+    wait_for_state(&setup, other_id, DownloadState::Succeeded).await?;
+    let other_request = fixture.requests_for("/other.bin")[0].received;
+    let held = other_request.duration_since(refused_at);
+    assert!(
+        held >= Duration::from_secs(2),
+        "another download to the host waited {held:?}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_written_by_another_process_is_picked_up_without_a_signal() -> Result<()> {
     let setup = Setup::new(true)?;

@@ -499,8 +499,8 @@ every = "1h"
         Some("changed"),
         "{private:?}"
     );
-    // The check's request carries them (the download of the page that follows does not:
-    // credentials are sent by source checks only).
+    // The check's request carries them. (The download of the page that follows is refused:
+    // a header line is not sent with downloads, which follow redirects in the client.)
     let request = fixture.requests_for("/private/").remove(0);
     assert_eq!(request.authorization.as_deref(), Some("Bearer s3cret"));
     let missing = setup.check_now("missing").await?;
@@ -517,6 +517,82 @@ every = "1h"
             .requests_for("/open/")
             .iter()
             .all(|request| request.authorization.is_none())
+    );
+    Ok(())
+}
+
+/// A source's credentials go with the downloads it creates, to its own origin only: a link
+/// on the source's host and port gets them, a link to another host does not, and neither does
+/// the hop of a redirect from the source's host to another one; a download someone adds by
+/// hand to the same host gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sources_credentials_go_with_its_downloads_to_its_origin_only() -> Result<()> {
+    let fixture = HttpFixture::start();
+    let other = HttpFixture::start();
+    fixture.route("/builds/a.bin", FixtureRoute::file(b"aaaa".to_vec()));
+    fixture.route("/by-hand.bin", FixtureRoute::file(b"hand".to_vec()));
+    fixture.route(
+        "/builds/moved.bin",
+        FixtureRoute::Redirect(other.url("/mirror/moved.bin")),
+    );
+    other.route("/mirror/moved.bin", FixtureRoute::file(b"moved".to_vec()));
+    other.route("/elsewhere.bin", FixtureRoute::file(b"else".to_vec()));
+    let elsewhere = other.url("/elsewhere.bin");
+    fixture.route(
+        "/builds/",
+        FixtureRoute::page(
+            links_page(&["a.bin", "moved.bin", elsewhere.as_str()]),
+            "text/html",
+            "\"v1\"",
+        ),
+    );
+    let setup = Setup::new("", "")?;
+    let credentials = setup.root.join("credentials");
+    std::fs::write(&credentials, "bearer s3cret\n")?;
+    let sources = format!(
+        "{}credentials_file = \"{}\"\n",
+        links_source(&fixture, "1h"),
+        credentials.display()
+    );
+    setup.write_config("", &sources)?;
+    let _scraper = setup.start().await?;
+    let source = setup.check_now("builds").await?;
+    assert_eq!(source.downloads_made, 3, "{source:?}");
+    let proxy = setup.proxy().await?;
+    proxy
+        .add_download(&fixture.url("/by-hand.bin"), Default::default())
+        .await?;
+    wait_for("four files in the inbox", || {
+        std::fs::read_dir(setup.root.join("inbox")).map_or(0, |entries| entries.count()) == 4
+    })
+    .await?;
+
+    let token = Some("Bearer s3cret");
+    let authorization = |fixture: &HttpFixture, path: &str| {
+        let requests = fixture.requests_for(path);
+        assert_eq!(requests.len(), 1, "{path}: {requests:?}");
+        requests[0].authorization.clone()
+    };
+    assert_eq!(authorization(&fixture, "/builds/").as_deref(), token);
+    assert_eq!(authorization(&fixture, "/builds/a.bin").as_deref(), token);
+    assert_eq!(
+        authorization(&fixture, "/builds/moved.bin").as_deref(),
+        token
+    );
+    assert_eq!(
+        authorization(&other, "/mirror/moved.bin"),
+        None,
+        "not across the redirect to another port"
+    );
+    assert_eq!(
+        authorization(&other, "/elsewhere.bin"),
+        None,
+        "another origin"
+    );
+    assert_eq!(
+        authorization(&fixture, "/by-hand.bin"),
+        None,
+        "not the source's download"
     );
     Ok(())
 }

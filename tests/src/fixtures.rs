@@ -498,6 +498,14 @@ pub enum FixtureRoute {
     },
     /// `302 Found` to this location.
     Redirect(String),
+    /// `status` with extra header lines (e.g. `Retry-After: 2`) for the first `failures`
+    /// requests, then the file.
+    ThrottleThenServe {
+        failures: Arc<std::sync::atomic::AtomicUsize>,
+        status: u16,
+        headers: String,
+        body: Arc<Vec<u8>>,
+    },
     /// The file, sent `chunk` bytes at a time with `pause` between them for the first
     /// `slow_requests` requests (a transfer that trickles), at full speed after that.
     SlowThenFast {
@@ -592,6 +600,8 @@ pub struct FixtureRequest {
     pub user_agent: Option<String>,
     pub authorization: Option<String>,
     pub if_none_match: Option<String>,
+    /// When the request's head had been read.
+    pub received: std::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -702,6 +712,7 @@ fn serve_fixture_connection(
         user_agent: headers.get("user-agent").cloned(),
         authorization: headers.get("authorization").cloned(),
         if_none_match: headers.get("if-none-match").cloned(),
+        received: std::time::Instant::now(),
     };
     state.requests.lock().unwrap().push(request.clone());
     let route = state.routes.lock().unwrap().get(&path).cloned();
@@ -735,6 +746,33 @@ fn serve_fixture_connection(
                 .is_ok();
             if failed {
                 simple(&mut stream, status, "")
+            } else {
+                send_fixture_file(
+                    &mut stream,
+                    &request,
+                    &body,
+                    "\"fixture-v1\"",
+                    64 * 1024,
+                    Duration::ZERO,
+                    true,
+                )
+            }
+        }
+        Some(FixtureRoute::ThrottleThenServe {
+            failures,
+            status,
+            headers,
+            body,
+        }) => {
+            let failed = failures
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |left| left.checked_sub(1),
+                )
+                .is_ok();
+            if failed {
+                simple(&mut stream, status, &headers)
             } else {
                 send_fixture_file(
                     &mut stream,

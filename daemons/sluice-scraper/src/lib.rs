@@ -481,6 +481,14 @@ fn transfer_settings(config: &Config) -> TransferSettings {
             .hf_credentials_file
             .clone()
             .map(|file| (config.scraper.hf_endpoint.clone(), file)),
+        source_credentials: config
+            .sources
+            .iter()
+            .filter_map(|source| {
+                let file = source.credentials_file.clone()?;
+                Some((source.name.clone(), (source.url.clone(), file)))
+            })
+            .collect(),
     }
 }
 

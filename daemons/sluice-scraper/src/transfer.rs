@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{
-    CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, LOCATION, RANGE,
+    CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, LOCATION, RANGE, RETRY_AFTER,
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -31,6 +31,8 @@ use url::Url;
 use crate::guard;
 use crate::hosts::HostLimiter;
 use crate::inbox;
+use crate::sources::credentials;
+use crate::sources::fetch::MAX_RETRY_AFTER;
 use crate::store_thread::StoreHandle;
 
 mod outcome;
@@ -65,8 +67,11 @@ pub struct TransferSettings {
     /// `[scraper] download_timeout`: the limit of one attempt's request and body.
     pub download_timeout: Duration,
     /// `[scraper] hf_endpoint` and `hf_credentials_file`, when a file is configured: its
-    /// header goes with downloads from the Hub's origin.
+    /// credentials go with the files of `hf://` bundles, on the Hub's origin only.
     pub hub_credentials: Option<(Url, std::path::PathBuf)>,
+    /// Each source with a `credentials_file`, by name: its URL and the file. The credentials
+    /// go with the downloads that source created, on the source's own origin only.
+    pub source_credentials: std::collections::BTreeMap<String, (Url, std::path::PathBuf)>,
 }
 
 /// Totals since start, for the properties and `STATUS=`.
@@ -194,6 +199,8 @@ struct Failure {
     discard_part: bool,
     /// The disk is full: wait for space without using an attempt, keeping the partial file.
     out_of_space: bool,
+    /// The server's `Retry-After` (429, 503), capped: the retry comes no earlier.
+    retry_after: Option<Duration>,
 }
 
 impl Failure {
@@ -203,6 +210,7 @@ impl Failure {
             retryable: true,
             discard_part: false,
             out_of_space: false,
+            retry_after: None,
         }
     }
 
@@ -212,6 +220,7 @@ impl Failure {
             retryable: false,
             discard_part: true,
             out_of_space: false,
+            retry_after: None,
         }
     }
 
@@ -322,6 +331,10 @@ async fn run_attempt(
     };
     // Dropping the transfer closes the connection and the file before anything else happens.
     drop(transfer);
+    let retry_after = match &finish {
+        Finish::Transfer(Err(failure)) => failure.retry_after,
+        _ => None,
+    };
 
     let outcome = match finish {
         Finish::Transfer(Ok(completed)) => {
@@ -389,6 +402,17 @@ async fn run_attempt(
     };
     let attempt = job.attempt;
     let report = record_outcome(&context, &job, download_id, outcome).await;
+    if let (Ended::Retrying { .. }, Some(wait)) = (&report.ended, retry_after) {
+        let run_at_ms = sluice_core::store::now_ms() + wait.as_millis() as i64;
+        let postponed = context
+            .store
+            .call(move |store| store.postpone_retry(job_id, run_at_ms))
+            .await;
+        if let Err(error) = postponed {
+            // The host's hold still keeps the request back; only the slot is taken meanwhile.
+            tracing::warn!(error = %error, "download {download_id}: cannot postpone its retry: {error}");
+        }
+    }
     match &report.ended {
         Ended::Postponed { error } => tracing::warn!(
             error = %error,
@@ -599,6 +623,7 @@ async fn transfer(
             retryable: false,
             discard_part: true,
             out_of_space: false,
+            retry_after: None,
         },
         inbox::FileError::Io(reason) => {
             Failure::retryable(format!("cannot move the file into the inbox: {reason}"))
@@ -622,6 +647,73 @@ async fn transfer(
     })
 }
 
+/// The credentials that go with `download`'s request to `url`: the Hub's
+/// (`[scraper] hf_credentials_file`) for a file of an `hf://` bundle on the Hub's origin; a
+/// source's (`credentials_file`) for a download that source created, on the source's origin.
+/// Nothing else gets any: not a user's download that happens to be on the Hub or on a
+/// source's host. The file is read at every attempt, so a rotated secret applies at once.
+async fn download_credentials(
+    context: &TransferContext,
+    download: &Download,
+    url: &Url,
+) -> Result<Vec<credentials::Credential>, Failure> {
+    let settings = &context.settings;
+    let chosen = if let Some(bundle_id) = download.bundle_id {
+        match &settings.hub_credentials {
+            Some((hub, file)) if url.origin() == hub.origin() => {
+                let origin = context
+                    .store
+                    .call(move |store| store.get_bundle(bundle_id).map(|bundle| bundle.origin))
+                    .await
+                    .map_err(|error| {
+                        Failure::retryable(format!("cannot read bundle {bundle_id}: {error}"))
+                    })?;
+                origin
+                    .is_some_and(|origin| origin.starts_with("hf://"))
+                    .then(|| {
+                        (
+                            file.clone(),
+                            format!("[scraper] hf_credentials_file {}", file.display()),
+                        )
+                    })
+            }
+            _ => None,
+        }
+    } else if let Some(source_id) = download.source_id
+        && !settings.source_credentials.is_empty()
+    {
+        let sources = context
+            .store
+            .call(|store| store.list_sources())
+            .await
+            .map_err(|error| Failure::retryable(format!("cannot read the sources: {error}")))?;
+        sources
+            .into_iter()
+            .find(|source| source.id == source_id)
+            .and_then(|source| {
+                let (source_url, file) = settings.source_credentials.get(&source.name)?;
+                (url.origin() == source_url.origin()).then(|| {
+                    (
+                        file.clone(),
+                        format!(
+                            "credentials_file {} of source {}",
+                            file.display(),
+                            source.name
+                        ),
+                    )
+                })
+            })
+    } else {
+        None
+    };
+    let Some((file, what)) = chosen else {
+        return Ok(Vec::new());
+    };
+    let read = credentials::read_credentials(&file)
+        .map_err(|error| Failure::retryable(format!("{what}: {error}")))?;
+    credentials::for_downloads(read, &what).map_err(Failure::permanent)
+}
+
 /// The request and the body of one attempt, appended to (or replacing) the partial file.
 /// `resume_from` is what the partial file holds: its length and the hash of those bytes.
 /// Returns the bytes now in the file and their hash.
@@ -637,26 +729,11 @@ async fn receive(
     let settings = &context.settings;
     let (mut offset, mut hasher) = resume_from;
     let mut request = context.client.get(url.clone());
-    // The Hub's token goes with a request to the Hub's own origin only; reqwest drops the
-    // Authorization header when a redirect leads to another host or port (the Hub sends
-    // large files on to its CDN that way).
-    if let Some((hub, credentials_file)) = &settings.hub_credentials
-        && url.origin() == hub.origin()
-    {
-        let credentials =
-            crate::sources::credentials::read_credentials(credentials_file).map_err(|error| {
-                Failure::retryable(format!("[scraper] hf_credentials_file: {error}"))
-            })?;
-        let credentials = crate::sources::credentials::for_downloads(
-            credentials,
-            &format!(
-                "[scraper] hf_credentials_file {}",
-                credentials_file.display()
-            ),
-        )
-        .map_err(Failure::permanent)?;
-        request = crate::sources::credentials::apply(request, &credentials);
-    }
+    // Credentials go with the first request only to the origin they belong to; reqwest drops
+    // Authorization when a redirect leads to another host or port (the Hub sends large files
+    // on to its CDN that way), and only bearer and basic are sent (`for_downloads`).
+    let credentials = download_credentials(context, download, url).await?;
+    request = credentials::apply(request, &credentials);
     if offset > 0 {
         request = request.header(RANGE, format!("bytes={offset}-"));
         let strong_etag = download
@@ -713,6 +790,7 @@ async fn receive(
                         retryable: true,
                         discard_part: true,
                         out_of_space: false,
+                        retry_after: None,
                     });
                 }
             }
@@ -753,6 +831,7 @@ async fn receive(
                     retryable: true,
                     discard_part: true,
                     out_of_space: false,
+                    retry_after: None,
                 });
             }
         }
@@ -767,6 +846,29 @@ async fn receive(
                 response.url(),
                 header_text(LOCATION),
             ));
+        }
+        status @ (StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE) => {
+            // The host asked everyone to wait: its gate is held (source checks and other
+            // downloads to it wait too), and this download's retry comes no earlier.
+            let wait = header_text(RETRY_AFTER)
+                .as_deref()
+                .and_then(crate::sources::fetch::parse_retry_after)
+                .map(|wait| wait.min(MAX_RETRY_AFTER));
+            let failure = status_failure(status, response.url());
+            let Some(wait) = wait else {
+                return Err(failure);
+            };
+            let host = crate::sources::fetch::host_key(response.url());
+            context.hosts.hold(&host, Instant::now() + wait).await;
+            return Err(Failure {
+                error: format!(
+                    "{}; asked to retry after {} s, not tried again before then",
+                    failure.error,
+                    wait.as_secs()
+                ),
+                retry_after: Some(wait),
+                ..failure
+            });
         }
         status => return Err(status_failure(status, response.url())),
     };

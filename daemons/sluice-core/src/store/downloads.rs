@@ -585,6 +585,22 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A download job waiting to be retried becomes due no earlier than `run_at_ms` (the
+    /// server's `Retry-After`); an earlier retry time is moved, a later one kept. Returns
+    /// whether the job was waiting for a retry (it may have been cancelled meanwhile).
+    pub fn postpone_retry(&mut self, job_id: i64, run_at_ms: i64) -> Result<bool, DownloadError> {
+        self.write(|transaction| {
+            let changed = transaction.execute(
+                "UPDATE jobs SET run_at = MAX(run_at, ?2), updated_at = ?3
+                 WHERE id = ?1 AND state = 'retrying'",
+                params![job_id, run_at_ms, now_ms()],
+            )?;
+            Ok(changed == 1)
+        })
+    }
+}
+
 fn check_validator(what: &str, value: Option<&str>) -> Result<(), DownloadError> {
     match value {
         Some(value) if value.len() > 1024 => Err(DownloadError::InvalidArgument(format!(

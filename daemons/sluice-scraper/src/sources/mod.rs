@@ -17,7 +17,7 @@
 
 pub(crate) mod credentials;
 mod extract;
-mod fetch;
+pub(crate) mod fetch;
 mod robots;
 
 use std::sync::Arc;
