@@ -450,6 +450,68 @@ async fn robots_txt_is_honoured_revalidated_and_cut_at_its_cap() -> Result<()> {
     Ok(())
 }
 
+/// robots.txt decides the links a source finds too: a link it disallows for our User-Agent
+/// (on the source's host or another) is not downloaded, the check's error says why, and the
+/// link is not tried again; the others are downloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_robots_txt_disallows_are_not_downloaded_and_say_why() -> Result<()> {
+    let fixture = HttpFixture::start();
+    let other = HttpFixture::start();
+    fixture.route("/builds/a.bin", FixtureRoute::file(b"a".to_vec()));
+    fixture.route("/builds/private/x.bin", FixtureRoute::file(b"x".to_vec()));
+    fixture.route(
+        "/robots.txt",
+        FixtureRoute::page(
+            "User-agent: sluice-test\nDisallow: /builds/private/\n",
+            "text/plain",
+            "\"r1\"",
+        ),
+    );
+    other.route("/y.bin", FixtureRoute::file(b"y".to_vec()));
+    other.route(
+        "/robots.txt",
+        FixtureRoute::page("User-agent: *\nDisallow: /\n", "text/plain", "\"o1\""),
+    );
+    let elsewhere = other.url("/y.bin");
+    fixture.route(
+        "/builds/",
+        FixtureRoute::page(
+            links_page(&["a.bin", "private/x.bin", elsewhere.as_str()]),
+            "text/html",
+            "\"v1\"",
+        ),
+    );
+    let setup = Setup::new("", &links_source(&fixture, "1h"))?;
+    let _scraper = setup.start().await?;
+    let source = setup.check_now("builds").await?;
+    assert_eq!(
+        source.last_outcome.as_deref(),
+        Some("changed"),
+        "{source:?}"
+    );
+    assert_eq!(
+        (source.items_seen, source.downloads_made),
+        (3, 1),
+        "{source:?}"
+    );
+    let error = source.last_error.unwrap_or_default();
+    assert!(
+        error.contains("2 links not downloaded")
+            && error.contains("robots.txt")
+            && error.contains("sluice-test"),
+        "{error}"
+    );
+    assert_eq!(setup.download_urls(), vec![fixture.url("/builds/a.bin")]);
+    wait_for("a.bin in the inbox", || {
+        setup.root.join("inbox/a.bin").exists()
+    })
+    .await?;
+    assert!(fixture.requests_for("/builds/private/x.bin").is_empty());
+    assert!(other.requests_for("/y.bin").is_empty());
+    assert_eq!(other.requests_for("/robots.txt").len(), 1);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_go_to_the_source_only_and_a_missing_file_fails_that_source_alone() -> Result<()>
 {

@@ -368,6 +368,12 @@ async fn record_found(
     let mut new_items = 0usize;
     let mut refused = 0usize;
     let mut waiting: Option<String> = None;
+    // Links robots.txt disallows are recorded as seen without a download; the first reason
+    // is the check's error. A link whose host's robots.txt cannot be read now is left for
+    // the next check (which reads the page again in full).
+    let mut disallowed = 0usize;
+    let mut first_disallowed: Option<String> = None;
+    let mut robots_unavailable: Option<String> = None;
     for chunk in found.chunks(ITEMS_PER_TRANSACTION) {
         let keys: Vec<String> = chunk.iter().map(|item| item.key.clone()).collect();
         let unseen = context
@@ -385,7 +391,35 @@ async fn record_found(
                 break;
             }
             let mut downloads = Vec::new();
+            let mut skip_item = false;
             for url in &item.urls {
+                // The page of a page-mode source is the source's own URL, checked already.
+                if config.mode != SourceMode::Page {
+                    match robots_rules(context, url, config.every).await {
+                        Ok(rules) if rules.allows(&path_and_query(url)) => {}
+                        Ok(_) => {
+                            disallowed += 1;
+                            let reason = format!(
+                                "robots.txt of {} disallows {} for user agent {:?}",
+                                origin_text(url),
+                                url.path(),
+                                context.user_agent
+                            );
+                            tracing::info!(source = %config.name, url = %url, "source {}: link {url} not downloaded: {reason}", config.name);
+                            first_disallowed.get_or_insert(reason);
+                            continue;
+                        }
+                        Err(failure) => {
+                            tracing::info!(source = %config.name, url = %url, "source {}: link {url} left for the next check: {}", config.name, failure.error);
+                            robots_unavailable.get_or_insert(format!(
+                                "link {url} left for the next check: {}",
+                                failure.error
+                            ));
+                            skip_item = true;
+                            break;
+                        }
+                    }
+                }
                 let submitted = NewDownload {
                     url: url.to_string(),
                     file_name: page_file_name.clone(),
@@ -402,6 +436,9 @@ async fn record_found(
                         tracing::info!(source = %config.name, url = %url, "source {}: link {url} refused: {error}", config.name);
                     }
                 }
+            }
+            if skip_item {
+                continue;
             }
             items.push(SourceItem {
                 key: item.key.clone(),
@@ -428,20 +465,32 @@ async fn record_found(
     if refused > 0 {
         tracing::info!(source = %config.name, "source {}: {refused} links refused by the download policy", config.name);
     }
+    let disallowed_note = first_disallowed.map(|reason| {
+        format!(
+            "{disallowed} link{} not downloaded: {reason}{}",
+            if disallowed == 1 { "" } else { "s" },
+            if disallowed > 1 { " (and others)" } else { "" }
+        )
+    });
+    let waiting = waiting.or(robots_unavailable);
+    let join = |first: Option<String>, second: Option<String>| match (first, second) {
+        (Some(first), Some(second)) => Some(format!("{first}; {second}")),
+        (first, second) => first.or(second),
+    };
     Ok(match waiting {
         Some(reason) => Checked {
             outcome: "partial",
             validators: Validators::Clear,
             changed: true,
             created,
-            error: Some(reason),
+            error: join(Some(reason), disallowed_note),
         },
         None => Checked {
             outcome: "changed",
             validators,
             changed: true,
             created,
-            error: None,
+            error: disallowed_note,
         },
     })
 }
