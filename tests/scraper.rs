@@ -1195,12 +1195,21 @@ async fn a_partial_file_is_finished_or_restarted_on_http_416() -> Result<()> {
     let body = content(40_000, 12);
     fixture.route("/whole.bin", FixtureRoute::file(body.clone()));
     fixture.route("/shrunk.bin", FixtureRoute::file(body.clone()));
-    // Both downloads exist before the scraper starts, each with a partial file from an
-    // earlier run: one already complete, one longer than the file now is.
+    fixture.route("/known.bin", FixtureRoute::file(body.clone()));
+    // The downloads exist before the scraper starts, each with a partial file from an
+    // earlier run: one already complete, one longer than the file now is, and one complete
+    // whose SHA-256 is expected.
     let mut store = setup.store();
-    let mut complete = NewDownload::new(fixture.url("/whole.bin"));
-    complete.expected_sha256 = Some(sha256_hex(&body));
-    let complete = store.create_download(&complete.validate()?)?;
+    let complete =
+        store.create_download(&NewDownload::new(fixture.url("/whole.bin")).validate()?)?;
+    let mut known = NewDownload::new(fixture.url("/known.bin"));
+    known.expected_sha256 = Some(sha256_hex(&body));
+    let known = store.create_download(&known.validate()?)?;
+    std::fs::create_dir_all(setup.staging())?;
+    std::fs::write(
+        setup.staging().join(format!("{}.part", known.download_id)),
+        &body,
+    )?;
     let too_long =
         store.create_download(&NewDownload::new(fixture.url("/shrunk.bin")).validate()?)?;
     std::fs::create_dir_all(setup.staging())?;
@@ -1230,6 +1239,11 @@ async fn a_partial_file_is_finished_or_restarted_on_http_416() -> Result<()> {
     let requests = fixture.requests_for("/whole.bin");
     assert_eq!(requests.len(), 1, "no body was fetched again: {requests:?}");
     assert_eq!(requests[0].range, Some(format!("bytes={}-", body.len())));
+    // A partial file that hashes to the expected SHA-256 is the file: no request at all.
+    let finished =
+        wait_for_state(&setup, known.download_id as u64, DownloadState::Succeeded).await?;
+    assert_eq!(std::fs::read(finished.final_path.unwrap())?, body);
+    assert!(fixture.requests_for("/known.bin").is_empty());
 
     let restarted = wait_for_state(
         &setup,

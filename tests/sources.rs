@@ -450,6 +450,84 @@ async fn robots_txt_is_honoured_revalidated_and_cut_at_its_cap() -> Result<()> {
     Ok(())
 }
 
+/// A page-mode source fetches its page once per version: the check's response becomes the
+/// download's file (its SHA-256 expected), with no second request for the download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_source_fetches_each_version_of_its_page_once() -> Result<()> {
+    let fixture = HttpFixture::start();
+    fixture.route(
+        "/report/",
+        FixtureRoute::page("<html>version 1</html>", "text/html", "\"v1\""),
+    );
+    let sources = format!(
+        "[[source]]\nname = \"report\"\nurl = \"{}\"\nmode = \"page\"\nevery = \"1h\"\n",
+        fixture.url("/report/")
+    );
+    let setup = Setup::new("", &sources)?;
+    let _scraper = setup.start().await?;
+    let inbox_files = || -> Vec<String> {
+        let mut contents: Vec<String> = std::fs::read_dir(setup.root.join("inbox"))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        contents.sort();
+        contents
+    };
+    let source = setup.check_now("report").await?;
+    assert_eq!(
+        source.last_outcome.as_deref(),
+        Some("changed"),
+        "{source:?}"
+    );
+    wait_for("the page in the inbox", || inbox_files().len() == 1).await?;
+    assert_eq!(inbox_files(), vec!["<html>version 1</html>"]);
+    assert_eq!(
+        fixture.requests_for("/report/").len(),
+        1,
+        "one request: the check's"
+    );
+
+    fixture.route(
+        "/report/",
+        FixtureRoute::page("<html>version 2</html>", "text/html", "\"v2\""),
+    );
+    let source = setup.check_now("report").await?;
+    assert_eq!(
+        source.last_outcome.as_deref(),
+        Some("changed"),
+        "{source:?}"
+    );
+    wait_for("the second version in the inbox", || {
+        inbox_files().len() == 2
+    })
+    .await?;
+    assert_eq!(
+        inbox_files(),
+        vec!["<html>version 1</html>", "<html>version 2</html>"]
+    );
+    assert_eq!(fixture.requests_for("/report/").len(), 2);
+    let store = setup.store();
+    let page = store.list_downloads(
+        &Default::default(),
+        sluice_core::store::PageRequest {
+            before_id: None,
+            limit: 10,
+        },
+    )?;
+    assert!(
+        page.items
+            .iter()
+            .all(|download| download.state == sluice_core::store::DownloadState::Succeeded),
+        "{:?}",
+        page.items
+    );
+    Ok(())
+}
+
 /// robots.txt decides the links a source finds too: a link it disallows for our User-Agent
 /// (on the source's host or another) is not downloaded, the check's error says why, and the
 /// link is not tried again; the others are downloaded.

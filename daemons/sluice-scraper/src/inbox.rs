@@ -134,6 +134,55 @@ pub fn open_part(
     Ok(Some(file))
 }
 
+/// Makes `bytes` the partial file of download `download_id` (a page a source check has
+/// already fetched, so the download needs no request): written to `ID.prefill` beneath
+/// `staging`, then renamed to `ID.part` without replacing anything. `Ok(false)` when the
+/// download has a partial file already (its task started first and fetches it itself).
+pub fn prefill_part(staging: &Path, download_id: i64, bytes: &[u8]) -> Result<bool, FileError> {
+    use std::io::Write;
+    let root = beneath::open_root(staging).map_err(|error| {
+        FileError::Io(format!(
+            "cannot open the staging folder {}: {error}",
+            staging.display()
+        ))
+    })?;
+    let temporary = format!("{download_id}.prefill");
+    let temporary_path = staging.join(&temporary);
+    let descriptor = beneath::open_beneath(
+        &root,
+        Path::new(&temporary),
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|errno| refusal("prefilled file", &temporary_path, errno))?;
+    let written = File::from(descriptor).write_all(bytes).map_err(|error| {
+        FileError::Io(format!(
+            "cannot write {}: {error}",
+            temporary_path.display()
+        ))
+    });
+    let renamed = written.and_then(|()| {
+        match beneath::rename_no_replace(
+            &root,
+            temporary.as_ref(),
+            &root,
+            format!("{download_id}.part").as_ref(),
+        ) {
+            Ok(()) => Ok(true),
+            Err(Errno::EEXIST) => Ok(false),
+            Err(errno) => Err(refusal(
+                "partial file",
+                &part_path(staging, download_id),
+                errno,
+            )),
+        }
+    });
+    if !matches!(renamed, Ok(true)) {
+        let _ = remove_part(&temporary_path);
+    }
+    renamed
+}
+
 /// Hashes the first `length` bytes of `file` (read from its start): the part of a resumed
 /// download received by an earlier attempt, so the final digest covers the whole file.
 pub fn hash_prefix(file: &File, path: &Path, length: u64) -> io::Result<Sha256> {

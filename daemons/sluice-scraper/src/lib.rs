@@ -753,6 +753,7 @@ impl Scraper {
             client: self.source_client.clone(),
             hosts: self.context.hosts.clone(),
             robots: self.robots.clone(),
+            staging: config.scraper.staging.clone(),
             user_agent: config.scraper.user_agent.clone(),
             allow_private_addresses: config.scraper.allow_private_addresses,
             max_redirects: config.scraper.max_redirects,

@@ -567,19 +567,43 @@ async fn transfer(
     // host's slot is the queue's time, not the transfer's. It covers the request and the body
     // only; the checks and the move into the inbox below are short and must not be cut off
     // halfway (a move interrupted by a timeout would leave the outcome unclear).
-    let received = tokio::time::timeout(
-        settings.download_timeout,
-        receive(
-            context,
-            download,
-            part,
-            &url,
-            limit,
-            (offset, hasher),
-            &shared,
-        ),
-    )
-    .await;
+    // A partial file that already hashes to the expected SHA-256 is the file: a page its
+    // source check fetched and left here, or a download stopped after its last byte. No
+    // request is made for it.
+    let complete_already = offset > 0
+        && download
+            .expected_sha256
+            .as_deref()
+            .is_some_and(|expected| hex(&hasher.clone().finalize()) == expected);
+    if complete_already {
+        tracing::info!(
+            bytes = offset,
+            "download {}: the partial file already is the expected file ({offset} bytes, \
+             SHA-256 matches); not fetched again",
+            download.id
+        );
+        update_shared(&shared, |progress| {
+            progress.bytes_done = offset;
+            progress.bytes_total = Some(offset);
+        });
+    }
+    let received = if complete_already {
+        Ok(Ok((offset, hasher)))
+    } else {
+        tokio::time::timeout(
+            settings.download_timeout,
+            receive(
+                context,
+                download,
+                part,
+                &url,
+                limit,
+                (offset, hasher),
+                &shared,
+            ),
+        )
+        .await
+    };
     let (bytes_done, hasher) = match received {
         Ok(received) => received?,
         Err(_elapsed) => {

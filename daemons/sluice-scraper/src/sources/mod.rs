@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::hosts::HostLimiter;
+use crate::inbox;
 use crate::store_thread::StoreHandle;
 use fetch::{Answer, FetchError, Request};
 pub use robots::RobotsCache;
@@ -95,6 +96,9 @@ pub struct CheckContext {
     pub client: reqwest::Client,
     pub hosts: HostLimiter,
     pub robots: RobotsCache,
+    /// `[scraper] staging`: a page-mode check leaves the page it fetched there as its
+    /// download's partial file, so the download needs no request of its own.
+    pub staging: std::path::PathBuf,
     pub user_agent: String,
     pub allow_private_addresses: bool,
     pub max_redirects: u32,
@@ -320,6 +324,13 @@ async fn check(
         });
     }
 
+    // A page-mode source's download is the page just fetched: its SHA-256 is expected, and
+    // the bytes become the download's partial file below (fetched once, not twice).
+    let page = (config.mode == SourceMode::Page).then(|| PageVersion {
+        file_name: page_file_name(&config.name, content_type.as_deref()),
+        sha256: content_hash.clone(),
+        bytes: bytes.clone(),
+    });
     let found = {
         let mode = config.mode;
         let selector = config.selector.clone();
@@ -345,9 +356,43 @@ async fn check(
         .map_err(|error| CheckFailure::failed(format!("parsing failed: {error}")))?
         .map_err(CheckFailure::failed)?
     };
-    let page_file_name = (config.mode == SourceMode::Page)
-        .then(|| page_file_name(&config.name, content_type.as_deref()));
-    record_found(context, source, config, found, page_file_name, validators).await
+    let checked = record_found(context, source, config, found, page.as_ref(), validators).await?;
+    if let Some(page) = page {
+        for created in &checked.created {
+            let staging = context.staging.clone();
+            let bytes = page.bytes.clone();
+            let download_id = created.download_id;
+            let prefilled = tokio::task::spawn_blocking(move || {
+                inbox::prefill_part(&staging, download_id, &bytes)
+            })
+            .await;
+            match prefilled {
+                Ok(Ok(true)) => tracing::debug!(
+                    source = %config.name,
+                    "source {}: the page is download {download_id}'s file already",
+                    config.name
+                ),
+                // The download's task started first: it fetches the page itself.
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => tracing::warn!(
+                    source = %config.name,
+                    error = %error,
+                    "source {}: cannot leave the page for download {download_id} ({error}); \
+                     it fetches the page itself",
+                    config.name
+                ),
+                Err(error) => tracing::warn!(error = %error, "the prefilling task failed: {error}"),
+            }
+        }
+    }
+    Ok(checked)
+}
+
+/// The page a page-mode check fetched, for its download.
+struct PageVersion {
+    file_name: String,
+    sha256: String,
+    bytes: Vec<u8>,
 }
 
 /// Records the new items among `found`, in order, capped per check and by the queue.
@@ -356,7 +401,7 @@ async fn record_found(
     source: &SourceStatus,
     config: &SourceConfig,
     found: Vec<extract::Found>,
-    page_file_name: Option<String>,
+    page: Option<&PageVersion>,
     validators: Validators,
 ) -> Result<Checked, CheckFailure> {
     let rules = SubmitRules {
@@ -422,9 +467,9 @@ async fn record_found(
                 }
                 let submitted = NewDownload {
                     url: url.to_string(),
-                    file_name: page_file_name.clone(),
+                    file_name: page.map(|page| page.file_name.clone()),
                     bundle: None,
-                    expected_sha256: None,
+                    expected_sha256: page.map(|page| page.sha256.clone()),
                     max_bytes: None,
                     source: Some(config.name.clone()),
                     max_attempts: Some(context.max_attempts),
