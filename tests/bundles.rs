@@ -557,6 +557,19 @@ async fn a_killed_scraper_completes_the_bundle_exactly_once_after_a_restart() ->
     Ok(())
 }
 
+/// `sha1("blob LEN\0" + content)` in hex, as git (and the Hub) names a file.
+fn git_blob_sha1(content: &[u8]) -> String {
+    use sha1::Digest as _;
+    let mut hasher = sha1::Sha1::new();
+    hasher.update(format!("blob {}\0", content.len()).as_bytes());
+    hasher.update(content);
+    hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// The Hub's answers for `repository` at [`COMMIT`]: `prefix` is `/api/models` or
 /// `/api/datasets`, `resolve` the download prefix (`` or `/datasets`).
 fn serve_hub_repository(
@@ -577,8 +590,14 @@ fn serve_hub_repository(
     );
     let mut tree = vec![json!({ "type": "directory", "path": "weights", "oid": "1", "size": 0 })];
     for (path, content, lfs) in files {
+        // Like the Hub: `oid` is the git blob SHA-1 (of the LFS pointer for an LFS file).
+        let oid = if *lfs {
+            git_blob_sha1(b"version https://git-lfs.github.com/spec/v1\n")
+        } else {
+            git_blob_sha1(content)
+        };
         let mut entry = json!({
-            "type": "file", "path": path, "size": content.len(), "oid": "abc",
+            "type": "file", "path": path, "size": content.len(), "oid": oid,
         });
         if *lfs {
             entry["lfs"] = json!({ "oid": sha256_hex(content), "size": content.len(),
@@ -646,6 +665,19 @@ async fn hf_repositories_resolve_to_a_pinned_commit_models_and_datasets() -> Res
     http.route(
         &format!("/org/broken/resolve/{COMMIT}/weights/model.safetensors"),
         FixtureRoute::file(b"tampered".to_vec()),
+    );
+    // A model whose small file (in git, not LFS) does not match its git blob SHA-1.
+    serve_hub_repository(
+        &http,
+        "/api/models",
+        "",
+        "org/small",
+        "main",
+        &[("config.json", b"{\"layers\": 2}", false)],
+    );
+    http.route(
+        &format!("/org/small/resolve/{COMMIT}/config.json"),
+        FixtureRoute::file(b"{\"layers\": 3}".to_vec()),
     );
     let setup = Setup::new(&format!("hf_endpoint = \"{}\"", http.url("")))?;
     let credentials = setup.root.join("hf-token");
@@ -772,6 +804,36 @@ async fn hf_repositories_resolve_to_a_pinned_commit_models_and_datasets() -> Res
         "{broken:?}"
     );
     assert!(!setup.inbox().join("org--broken").exists());
+
+    // The small files of the good model were checked by their git blob SHA-1.
+    let config_file = files
+        .iter()
+        .find(|file| file.relative_path.as_deref() == Some("config.json"))
+        .context("config.json")?;
+    assert_eq!(config_file.expected_sha256, None, "no LFS SHA-256 for it");
+    let job = setup
+        .store()
+        .get_job(config_file.job_id.context("its job")?)?;
+    assert_eq!(
+        job.payload["git_blob_sha1"],
+        json!(git_blob_sha1(b"{\"layers\": 2}"))
+    );
+    let id = proxy.add_bundle("hf://org/small", Vec::new()).await?;
+    let small = setup
+        .wait_for_bundle(id, "the model with a wrong small file to fail", |bundle| {
+            bundle.state != BundleState::Running
+        })
+        .await?;
+    assert_eq!(small.state, BundleState::Failed);
+    assert!(
+        small
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("git blob SHA-1 mismatch"),
+        "{small:?}"
+    );
+    assert!(!setup.inbox().join("org--small").exists());
     Ok(())
 }
 
@@ -899,6 +961,7 @@ fn bundle_with_its_file_done(setup: &Setup, store: &mut Store, name: &str) -> Re
             path: Some("f.bin".into()),
             sha256: None,
             size: None,
+            git_sha1: None,
         }],
         origin: None,
         revision: None,

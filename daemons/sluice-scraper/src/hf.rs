@@ -1,8 +1,9 @@
 //! `hf://` bundles: a Hugging Face repository resolved through the Hub's HTTP API into the
 //! files of one commit. `GET {hub}/api/{models|datasets}/{repo}/revision/{revision}` gives the
 //! commit (`sha`) the revision points at now; `GET …/tree/{commit}?recursive=true` lists the
-//! files with their sizes and, for files stored with LFS, their SHA-256 (`lfs.oid`). Each file
-//! is then downloaded from `{hub}/[datasets/]{repo}/resolve/{commit}/{path}`, so the bundle is
+//! files with their sizes and, for files stored with LFS, their SHA-256 (`lfs.oid`), for the
+//! others their git blob SHA-1 (`oid`); either is checked once the file is downloaded. Each
+//! file is downloaded from `{hub}/[datasets/]{repo}/resolve/{commit}/{path}`, so the bundle is
 //! pinned to that commit whatever the branch does later.
 //!
 //! The requests go through the guarded client (every address and redirect checked), with the
@@ -39,6 +40,8 @@ struct TreeEntry {
     kind: String,
     path: String,
     size: Option<u64>,
+    /// The git blob SHA-1 of the file as stored in git (for an LFS file, of its pointer).
+    oid: Option<String>,
     lfs: Option<LfsInfo>,
 }
 
@@ -148,11 +151,18 @@ pub async fn resolve(hub: &Hub<'_>, reference: &HfReference) -> Result<Resolved,
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.extend(entry.path.split('/'));
         }
+        // An LFS file is checked by its SHA-256; a small file kept in git by its blob SHA-1
+        // (the `oid` of an LFS file is its pointer's, so it is not used for one).
+        let (sha256, git_sha1) = match entry.lfs {
+            Some(lfs) => (Some(lfs.oid), None),
+            None => (None, entry.oid),
+        };
         files.push(NewBundleFile {
             url: url.to_string(),
             path: Some(entry.path),
             size: entry.size,
-            sha256: entry.lfs.map(|lfs| lfs.oid),
+            sha256,
+            git_sha1,
         });
     }
     if files.is_empty() {

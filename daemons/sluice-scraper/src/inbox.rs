@@ -210,6 +210,42 @@ pub fn hash_prefix(file: &File, path: &Path, length: u64) -> io::Result<Sha256> 
     Ok(hasher)
 }
 
+/// The git blob SHA-1 of the first `length` bytes of download `download_id`'s partial file
+/// (its whole content once received): `sha1("blob LENGTH\0" + content)`, in hex, as git and
+/// the Hub name a file. Read beneath `staging` like every partial file.
+pub fn git_blob_sha1(staging: &Path, download_id: i64, length: u64) -> Result<String, FileError> {
+    use sha1::Digest as _;
+    let path = part_path(staging, download_id);
+    let file = open_part(staging, download_id, false)?
+        .ok_or_else(|| FileError::Io(format!("{} vanished", path.display())))?;
+    let mut hasher = sha1::Sha1::new();
+    hasher.update(format!("blob {length}\0").as_bytes());
+    let mut content = file.take(length);
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut hashed = 0u64;
+    loop {
+        let read = content
+            .read(&mut buffer)
+            .map_err(|error| FileError::Io(format!("cannot read {}: {error}", path.display())))?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        hashed += read as u64;
+    }
+    if hashed != length {
+        return Err(FileError::Io(format!(
+            "{} has {hashed} bytes, expected {length}",
+            path.display()
+        )));
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect())
+}
+
 /// The folder in staging where bundle `bundle_id`'s finished files wait for the others.
 pub fn bundle_folder_name(bundle_id: i64) -> String {
     format!("bundle-{bundle_id}")

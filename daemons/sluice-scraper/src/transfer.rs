@@ -299,7 +299,18 @@ async fn run_attempt(
         etag: download.etag.clone(),
         last_modified: download.last_modified.clone(),
     }));
-    let mut transfer = Box::pin(transfer(&context, &download, &part, Arc::clone(&shared)));
+    let git_sha1 = job
+        .payload
+        .get("git_blob_sha1")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let mut transfer = Box::pin(transfer(
+        &context,
+        &download,
+        &part,
+        git_sha1.as_deref(),
+        Arc::clone(&shared),
+    ));
     let settings = &context.settings;
     let mut tick =
         tokio::time::interval(settings.progress_interval.min(settings.heartbeat_interval));
@@ -502,11 +513,13 @@ fn update_shared(shared: &Arc<Mutex<SharedProgress>>, change: impl FnOnce(&mut S
     );
 }
 
-/// The transfer itself. Returns once the file is in the inbox, or why not.
+/// The transfer itself. Returns once the file is in the inbox, or why not. `git_sha1` is the
+/// git blob SHA-1 the file must have (the job's `git_blob_sha1`, from the Hub).
 async fn transfer(
     context: &TransferContext,
     download: &Download,
     part: &std::path::Path,
+    git_sha1: Option<&str>,
     shared: Arc<Mutex<SharedProgress>>,
 ) -> Result<Completed, Failure> {
     let settings = &context.settings;
@@ -624,6 +637,22 @@ async fn transfer(
         return Err(Failure::permanent(format!(
             "SHA-256 mismatch: expected {expected}, the file has {sha256}"
         )));
+    }
+    // A small file of an hf:// bundle, kept in git rather than LFS: its git blob SHA-1.
+    if let Some(expected) = git_sha1 {
+        let staging = settings.staging.clone();
+        let download_id = download.id;
+        let actual = tokio::task::spawn_blocking(move || {
+            inbox::git_blob_sha1(&staging, download_id, bytes_done)
+        })
+        .await
+        .map_err(|error| Failure::retryable(format!("hashing task failed: {error}")))?
+        .map_err(file_failure)?;
+        if actual != expected {
+            return Err(Failure::permanent(format!(
+                "git blob SHA-1 mismatch: expected {expected}, the file has {actual}"
+            )));
+        }
     }
     let part_owned = part.to_path_buf();
     let inbox_path = settings.inbox.clone();

@@ -493,6 +493,7 @@ pub fn bundle_request(
                 path: optional(path),
                 sha256: optional(sha256),
                 size: None,
+                git_sha1: None,
             })
             .collect(),
         origin: None,

@@ -35,6 +35,10 @@ pub struct NewBundleFile {
     /// The size the file is expected to have, when known beforehand (the Hub lists it), so
     /// the bundle's total is known from the start. Not checked: the server's answer counts.
     pub size: Option<u64>,
+    /// The git blob SHA-1 (40 hex digits) the file must have: `sha1("blob LEN\0" + content)`,
+    /// what the Hub lists for a small file kept in git rather than LFS. A mismatch fails the
+    /// file like a wrong SHA-256. Set by the `hf://` resolution only.
+    pub git_sha1: Option<String>,
 }
 
 /// A bundle to submit: the folder's name in the inbox and its files.
@@ -56,6 +60,8 @@ pub struct ValidBundleFile {
     pub download: ValidDownload,
     pub relative_path: String,
     pub size: Option<u64>,
+    /// 40 lowercase hex digits.
+    pub git_sha1: Option<String>,
 }
 
 /// A bundle that passed [`NewBundle::validate`].
@@ -126,10 +132,25 @@ impl NewBundle {
                     rules.max_download_size
                 )));
             }
+            let git_sha1 = match &file.git_sha1 {
+                Some(digest)
+                    if digest.len() == 40
+                        && digest.bytes().all(|byte| byte.is_ascii_hexdigit()) =>
+                {
+                    Some(digest.to_ascii_lowercase())
+                }
+                Some(_) => {
+                    return Err(PolicyError::InvalidSha256(format!(
+                        "file {index}: a git blob SHA-1 is 40 hex digits"
+                    )));
+                }
+                None => None,
+            };
             files.push(ValidBundleFile {
                 download,
                 relative_path,
                 size: file.size.filter(|size| *size <= i64::MAX as u64),
+                git_sha1,
             });
         }
         // `a` and `a/b` cannot both be: one would be a file and a folder. In sorted order a
@@ -374,11 +395,30 @@ mod tests {
                     path: Some((*path).to_owned()),
                     sha256: None,
                     size: None,
+                    git_sha1: None,
                 })
                 .collect(),
             origin: None,
             revision: None,
             max_attempts: None,
+        }
+    }
+
+    #[test]
+    fn a_git_blob_sha1_is_forty_hex_digits_kept_in_lowercase() {
+        let mut good = bundle(&["config.json"]);
+        good.files[0].git_sha1 = Some("ABCDEF0123456789abcdef0123456789ABCDEF01".into());
+        let valid = good.validate(&RULES).unwrap();
+        assert_eq!(
+            valid.files()[0].git_sha1.as_deref(),
+            Some("abcdef0123456789abcdef0123456789abcdef01")
+        );
+        for bad in ["abc", "", &"g".repeat(40), &"a".repeat(41)] {
+            let mut hostile = bundle(&["config.json"]);
+            hostile.files[0].git_sha1 = Some(bad.to_owned());
+            let error = hostile.validate(&RULES).unwrap_err();
+            assert_eq!(error.code(), "invalid_sha256", "{bad:?}");
+            assert!(error.to_string().contains("git blob SHA-1"), "{error}");
         }
     }
 

@@ -15,7 +15,8 @@ use rusqlite::{OptionalExtension, Row, Transaction, params};
 use serde::Serialize;
 
 use super::downloads::{
-    DOWNLOAD_JOB_KIND, Download, DownloadError, DownloadState, insert_download_in, read_download,
+    BundleFileOf, DOWNLOAD_JOB_KIND, Download, DownloadError, DownloadState, insert_download_in,
+    read_download,
 };
 use super::jobs::{self, JobError, Page, PageRequest};
 use super::{Store, now_ms};
@@ -159,7 +160,12 @@ impl Store {
                     transaction,
                     &file.download,
                     attempts,
-                    Some((bundle_id, file.relative_path.as_str(), file.size)),
+                    Some(BundleFileOf {
+                        bundle_id,
+                        relative_path: file.relative_path.as_str(),
+                        size: file.size,
+                        git_sha1: file.git_sha1.as_deref(),
+                    }),
                     now,
                 )?;
                 job_ids.push(created.job_id);
@@ -433,6 +439,7 @@ mod tests {
                     path: Some(format!("dir/{index}.bin")),
                     sha256: None,
                     size: Some(10),
+                    git_sha1: None,
                 })
                 .collect(),
             origin: None,

@@ -641,11 +641,21 @@ fn missing_download(transaction: &Transaction<'_>, download_id: i64, job_id: i64
 
 /// Inserts a download row and its job inside the caller's transaction (no queue limit: the
 /// caller checks it), resolving the named source to its id.
+/// What makes a download a bundle's file.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BundleFileOf<'a> {
+    pub bundle_id: i64,
+    pub relative_path: &'a str,
+    pub size: Option<u64>,
+    /// Goes into the job's payload (`git_blob_sha1`), which the scraper checks.
+    pub git_sha1: Option<&'a str>,
+}
+
 pub(super) fn insert_download_in(
     transaction: &Transaction<'_>,
     download: &ValidDownload,
     max_attempts: u32,
-    bundle_file: Option<(i64, &str, Option<u64>)>,
+    bundle_file: Option<BundleFileOf<'_>>,
     now: i64,
 ) -> Result<CreatedDownload, DownloadError> {
     let source_id = match download.source() {
@@ -677,18 +687,19 @@ pub(super) fn insert_download_in(
                 download.expected_sha256(),
                 download.max_bytes().map(|bytes| bytes as i64),
                 now,
-                bundle_file.map(|(bundle_id, _, _)| bundle_id),
-                bundle_file.map(|(_, path, _)| path),
+                bundle_file.map(|file| file.bundle_id),
+                bundle_file.map(|file| file.relative_path),
                 bundle_file
-                    .and_then(|(_, _, size)| size)
+                    .and_then(|file| file.size)
                     .map(|size| size as i64),
             ],
             |row| row.get(0),
         )?;
-    let job = NewJob::new(
-        DOWNLOAD_JOB_KIND,
-        serde_json::json!({ "download_id": download_id }),
-    );
+    let mut payload = serde_json::json!({ "download_id": download_id });
+    if let Some(git_sha1) = bundle_file.and_then(|file| file.git_sha1) {
+        payload["git_blob_sha1"] = serde_json::Value::from(git_sha1);
+    }
+    let job = NewJob::new(DOWNLOAD_JOB_KIND, payload);
     let payload = job.payload.to_string();
     let enqueued = jobs::insert_job(transaction, &job, &payload, max_attempts, now)?;
     transaction
