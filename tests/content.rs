@@ -157,9 +157,51 @@ fn bomb_png(width: u32, height: u32) -> Vec<u8> {
     png
 }
 
-/// Checks the thumbnail a document's metadata records and the one `/thumbnail` serves: a PNG
-/// of `expected` pixels, at most the configured size on each edge.
+/// Waits until the thumbnail job queued with `document` (an upload's answer, which comes when
+/// the ingest is done, before the thumbnail) has recorded its outcome, and returns the
+/// document as it is then. While it is pending, `/thumbnail` says so.
+fn with_thumbnail(suite: &Suite, document: &Value) -> Value {
+    let id = document["id"].as_i64().unwrap();
+    assert!(
+        document["metadata"]["thumbnail_job"].is_i64(),
+        "a thumbnail job is queued with the document: {document}"
+    );
+    let mut latest = document.clone();
+    let recorded = |document: &Value| {
+        let metadata = &document["metadata"];
+        metadata.get("thumbnail").is_some() || metadata.get("thumbnail_error").is_some()
+    };
+    let done = wait_until(DEADLINE, || {
+        if recorded(&latest) {
+            return true;
+        }
+        let answer = request(suite, "GET", &format!("/api/documents/{id}/thumbnail"), &[]);
+        let read = request(suite, "GET", &format!("/api/documents/{id}"), &[]).json();
+        if answer.status == 404 && !recorded(&read) {
+            // Still pending after the answer was given: the answer must have said so.
+            assert_eq!(
+                answer.json()["error"]["reason"],
+                "thumbnail_pending",
+                "{}",
+                answer.json()
+            );
+            assert_eq!(answer.header("retry-after"), Some("1"));
+        }
+        latest = read;
+        false
+    });
+    assert!(
+        done,
+        "the thumbnail of document {id} was never recorded: {latest}\n{}",
+        suite.logs()
+    );
+    latest
+}
+
+/// Checks the thumbnail a document's metadata records (once its job has run) and the one
+/// `/thumbnail` serves: a PNG of `expected` pixels, at most the configured size on each edge.
 fn assert_thumbnail(suite: &Suite, document: &Value, expected: (u64, u64)) {
+    let document = &with_thumbnail(suite, document);
     let id = document["id"].as_i64().unwrap();
     let thumbnail = &document["metadata"]["thumbnail"];
     assert_eq!(
@@ -342,6 +384,10 @@ fn uploads_get_thumbnails_and_their_content_is_served_with_ranges_and_safe_heade
             document["metadata"].get("thumbnail_error").is_none(),
             "{document}"
         );
+        assert!(
+            document["metadata"].get("thumbnail_job").is_none(),
+            "no thumbnail job for a type without thumbnails: {document}"
+        );
     }
     let html_type = request(
         &suite,
@@ -367,7 +413,7 @@ fn a_decompression_bomb_png_gets_no_thumbnail_and_the_worker_keeps_serving() {
     for (name, width, height) in [("bomb.png", 100_000, 100_000), ("wide.png", 20_000, 20_000)] {
         let bomb = bomb_png(width, height);
         assert!(bomb.len() < 200);
-        let document = upload(&suite, name, &bomb);
+        let document = with_thumbnail(&suite, &upload(&suite, name, &bomb));
         let reason = document["metadata"]["thumbnail_error"]
             .as_str()
             .unwrap_or_default();
@@ -429,11 +475,12 @@ fn without_pdftoppm_pdfs_get_no_thumbnail_and_the_worker_says_so_once() {
     let status = request(&suite, "GET", "/api/status", &[]).json();
     assert_eq!(status["thumbnails"]["pdf"], Value::Null, "{status}");
     for file in [1, 2] {
-        let document = upload(
+        let uploaded = upload(
             &suite,
             &format!("plain-{file}.pdf"),
             &sluice_tests::pdf::pdf_of(file, 1, 20),
         );
+        let document = with_thumbnail(&suite, &uploaded);
         let reason = document["metadata"]["thumbnail_error"]
             .as_str()
             .unwrap_or_default();

@@ -107,7 +107,8 @@ fn a_multi_page_pdf_becomes_a_document_with_pages_metadata_steps_and_search_hits
         .iter()
         .map(|step| step["step"].as_str().unwrap())
         .collect();
-    // Analysed first, then the pages, then what filing (and a thumbnail) recorded.
+    // Analysed first, then the pages, then what filing recorded (the thumbnail is a job of
+    // its own, after the ingest).
     assert_eq!(
         names[..6],
         ["analysed", "page", "page", "page", "page", "filed"],

@@ -15,14 +15,14 @@ use serde_json::{Value, json};
 use sluice_core::bus::{self, BusAddress, BusError, ingest_proxy};
 use sluice_core::config::WatchMode;
 use sluice_core::store::{
-    DetectedFile, DocumentFilter, Durability, FileState, Job, JobError, JobState, NewJob,
-    PageRequest, Store, StoreOptions,
+    DetectedFile, DocumentFilter, Durability, FileState, Job, JobError, JobFilter, JobState,
+    NewJob, PageRequest, Store, StoreOptions,
 };
 
 use crate::support::{
     BusPolicy, DEADLINE, DaemonProcess, PrivateBus, STARTUP_DEADLINE,
-    assert_taken_over_before_the_lease_expired, binary_path, open_store, retried_because, temp_dir,
-    transition, wait_until,
+    assert_taken_over_before_the_lease_expired, binary_path, files_under, open_store,
+    retried_because, temp_dir, transition, wait_until,
 };
 
 /// A private bus, a configuration and the folders one or more workers share.
@@ -619,6 +619,7 @@ fn a_worker_killed_mid_ingest_is_replaced_and_the_effects_happen_once() {
 
 /// The crash tests' hold between filing a file and committing its document.
 const PAUSE_BEFORE_COMMIT: &str = "SLUICE_TEST_PAUSE_BEFORE_COMMIT_MS";
+const PAUSE_BEFORE_THUMBNAIL_COMMIT: &str = "SLUICE_TEST_PAUSE_BEFORE_THUMBNAIL_COMMIT_MS";
 
 /// Milliseconds since the Unix epoch, the clock of the store's timestamps.
 fn now_ms() -> i64 {
@@ -709,6 +710,101 @@ fn a_killed_workers_job_is_taken_over_by_its_peer_long_before_its_lease_could_ex
     );
     assert!(second.log().contains("already filed by an earlier attempt"));
     assert_ingested_once(&suite, id, &content, &filed);
+}
+
+/// Issue 10: a thumbnail is a low-priority job of its own, queued with the document. A worker
+/// killed after filing the thumbnail and before recording it leaves the job to its peer, which
+/// files the same file again and records it once; the same content arriving again reuses it.
+#[test]
+fn a_worker_killed_while_making_a_thumbnail_leaves_it_to_a_peer_that_records_it_once() {
+    let mut suite = Suite::with_lease("5s", "60s", "400ms");
+    let mut first = suite.start_worker_with("1", &[(PAUSE_BEFORE_THUMBNAIL_COMMIT, "600000")]);
+    let content = sluice_tests::documents::png(300, 200);
+    let (id, _source, filed) = suite.enqueue_file("picture.png", &content);
+    let ingest = suite.wait_for_end(id, &first);
+    assert_eq!(
+        ingest.state,
+        JobState::Succeeded,
+        "{ingest:?}\n{}",
+        first.log()
+    );
+    let document_id = ingest.result.as_ref().unwrap()["document_id"]
+        .as_i64()
+        .unwrap();
+    let document = suite.store.get_document(document_id).unwrap();
+    assert!(
+        document.metadata.get("thumbnail").is_none(),
+        "the ingest ends before the thumbnail is made: {document:?}"
+    );
+    let thumbnail_job = document.metadata["thumbnail_job"]
+        .as_i64()
+        .expect("a thumbnail job queued with the document");
+    let blake3 = blake3::hash(&content).to_hex().to_string();
+    let thumbnail_file = suite
+        .root
+        .join(format!("library/thumbnails/{}/{blake3}.png", &blake3[..2]));
+    suite.wait_for("the first worker never filed the thumbnail", &first, || {
+        thumbnail_file.exists() && suite.job(thumbnail_job).state == JobState::Running
+    });
+    let filed_first = std::fs::read(&thumbnail_file).unwrap();
+
+    let second = suite.start_worker("2");
+    first.kill_hard();
+    let job = suite.wait_for_end(thumbnail_job, &second);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", second.log());
+    assert_eq!(job.attempts, 2, "the killed attempt counts");
+    let history = suite.store.job_history(thumbnail_job).unwrap();
+    let successes = history
+        .iter()
+        .filter(|step| step.to_state == JobState::Succeeded)
+        .count();
+    assert_eq!(successes, 1, "{history:?}");
+    let metadata = suite.store.get_document(document_id).unwrap().metadata;
+    let thumbnail = &metadata["thumbnail"];
+    assert_eq!(
+        (thumbnail["width"].as_u64(), thumbnail["height"].as_u64()),
+        (Some(256), Some(171)),
+        "{metadata}"
+    );
+    let again = std::fs::read(&thumbnail_file).unwrap();
+    assert_eq!(
+        again, filed_first,
+        "the same thumbnail, filed again in place"
+    );
+    assert_eq!(
+        thumbnail["blake3"].as_str(),
+        Some(blake3::hash(&again).to_hex().as_str())
+    );
+    let folder = files_under(&suite.root.join("library/thumbnails"));
+    assert_eq!(
+        folder,
+        std::slice::from_ref(&thumbnail_file),
+        "no temporary file left"
+    );
+    assert!(
+        second
+            .log()
+            .contains(&format!("thumbnail of document {document_id} filed")),
+        "{}",
+        second.log()
+    );
+
+    // The same content again is a duplicate of the document: no second thumbnail job.
+    let (copy, _, _) = suite.enqueue_file("copy.png", &content);
+    assert_eq!(suite.wait_for_end(copy, &second).state, JobState::Succeeded);
+    let thumbnail_jobs = suite
+        .store
+        .list_jobs(
+            &JobFilter {
+                kind: Some("thumbnail".into()),
+                ..JobFilter::default()
+            },
+            page(),
+        )
+        .unwrap()
+        .items;
+    assert_eq!(thumbnail_jobs.len(), 1, "{thumbnail_jobs:?}");
+    assert_eq!(std::fs::read(&filed).unwrap(), content);
 }
 
 /// Issue 16: with no peer watching, the process systemd restarts under the same instance name

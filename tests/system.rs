@@ -685,13 +685,36 @@ fn a_pdf_and_a_photo_are_read_searched_and_thumbnailed_by_the_installed_suite() 
     }
 
     // Both have thumbnails (the PDF's drawn by pdftoppm inside the worker's sandbox), and the
-    // PDF's bytes come back as stored, a range at a time.
+    // PDF's bytes come back as stored, a range at a time. A thumbnail is made by a job of its
+    // own after the ingest, so the upload's answer can come before it: while it is pending the
+    // answer is a 404 whose reason is thumbnail_pending, asked again until it is not.
     for document in [pdf_document, photo_document] {
         let id = &document["id"];
-        let (_, status) = api(&format!(
-            "-o /root/thumb.png 'http://127.0.0.1:8080/api/documents/{id}/thumbnail'"
-        ))?;
-        ensure!(status == "200", "thumbnail of {document} answered {status}");
+        let mut status = String::new();
+        let mut failure = None;
+        wait_until(Duration::from_secs(120), || {
+            match api(&format!(
+                "-o /root/thumb.png 'http://127.0.0.1:8080/api/documents/{id}/thumbnail'"
+            )) {
+                Ok((_, answered)) => status = answered,
+                Err(error) => {
+                    failure = Some(error);
+                    return true;
+                }
+            }
+            let pending = status == "404"
+                && std::fs::read_to_string(root.join("thumb.png"))
+                    .is_ok_and(|body| body.contains("thumbnail_pending"));
+            !pending
+        });
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        let answer = std::fs::read_to_string(root.join("thumb.png")).unwrap_or_default();
+        ensure!(
+            status == "200",
+            "thumbnail of {document} answered {status}: {answer}"
+        );
         let magic = suite
             .container
             .check("head -c 4 /root/thumb.png | od -An -tx1")?;

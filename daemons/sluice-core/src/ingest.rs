@@ -26,6 +26,28 @@ pub const INGEST_JOB_KIND: &str = "ingest";
 /// or stop a worker.
 pub const NOOP_JOB_KIND: &str = "noop";
 
+/// The job kind of "make the thumbnail of this document's content": queued by the store in the
+/// transaction that records a new document of a type that has thumbnails (see
+/// `Store::finish_ingest`), once per content (its unique key is [`thumbnail_unique_key`]), at
+/// [`THUMBNAIL_JOB_PRIORITY`], and run by the ingest workers when no ingest or noop job waits.
+///
+/// Payload: `{"document_id": N}`. The worker reads the document's content where
+/// `sluice_core::content` finds it, files `thumbnails/<b3[0..2]>/<b3>.png` in the library
+/// (under a temporary name, then renamed: a retry after a kill rewrites the same file) and
+/// records `thumbnail` or `thumbnail_error` in the document's metadata together with the job's
+/// success, under the lease, so a rerun takes effect once.
+pub const THUMBNAIL_JOB_KIND: &str = "thumbnail";
+
+/// Thumbnails wait for every ingest (priority 0): they are for people browsing, and a PDF's
+/// first page costs more to render than the rest of its ingest.
+pub const THUMBNAIL_JOB_PRIORITY: i32 = -10;
+
+/// The unique key of the thumbnail job of content `blake3`: one job per content, so a
+/// duplicate of it reuses the thumbnail (or the job that will make it).
+pub fn thumbnail_unique_key(blake3: &str) -> String {
+    format!("{THUMBNAIL_JOB_KIND}:{blake3}")
+}
+
 /// The longest deliberate pause a payload may ask for (`sleep_ms`), ten minutes.
 pub const MAX_SLEEP_MS: u64 = 10 * 60 * 1000;
 

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use sluice_core::config::{Config, ProcessorConfig, ProcessorMode};
+use sluice_core::content::{ContentError, ContentPlaces, open_document_content};
 use sluice_core::ingest::{
     FileVersion, INGEST_JOB_KIND, IngestMode, IngestPayload, MAX_SLEEP_MS, NOOP_JOB_KIND,
+    THUMBNAIL_JOB_KIND,
 };
 use sluice_core::store::{
     Claimant, ClaimedJob, Completion, DocumentError, IngestRecord, JobError, JobState, LeaseToken,
@@ -29,8 +31,13 @@ use crate::sandbox::{self, Extraction, Limits};
 use crate::servers::ProcessorServers;
 use crate::thumbnails::{self, Made, PdfRenderer, Thumbnailer};
 
-/// The job kinds this worker claims.
+/// The job kinds this worker claims in batches, first.
 pub const KINDS: [&str; 2] = [INGEST_JOB_KIND, NOOP_JOB_KIND];
+
+/// The kinds this worker claims one at a time, and only when a claim of [`KINDS`] found
+/// nothing: thumbnails wait for every ingest, and a claimed batch of them could not hold up
+/// an ingest that arrives while they run for longer than one.
+pub const BACKGROUND_KINDS: [&str; 1] = [THUMBNAIL_JOB_KIND];
 
 /// Most result steps a `noop` job may ask for (`"steps": n`).
 pub const MAX_NOOP_STEPS: u64 = 100;
@@ -63,6 +70,9 @@ pub struct Settings {
     /// starts the process ([`PAUSE_BEFORE_COMMIT_VARIABLE`]), never by a job's payload, so a
     /// producer of jobs cannot make a worker wait.
     pub pause_before_commit: Option<Duration>,
+    /// For crash tests only: the same pause in a `thumbnail` job, after the thumbnail file is
+    /// filed and before it is recorded ([`PAUSE_BEFORE_THUMBNAIL_COMMIT_VARIABLE`]).
+    pub pause_before_thumbnail_commit: Option<Duration>,
     /// `[ingest] job_timeout`: the wall-clock limit of one attempt of every kind this worker
     /// runs.
     pub job_timeout: Duration,
@@ -79,6 +89,11 @@ pub struct Settings {
 /// The environment variable a crash test sets (in milliseconds) to hold an ingest job open
 /// between filing and committing; see [`Settings::pause_before_commit`].
 pub const PAUSE_BEFORE_COMMIT_VARIABLE: &str = "SLUICE_TEST_PAUSE_BEFORE_COMMIT_MS";
+
+/// The environment variable a crash test sets (in milliseconds) to hold a `thumbnail` job open
+/// between filing the thumbnail and recording it.
+pub const PAUSE_BEFORE_THUMBNAIL_COMMIT_VARIABLE: &str =
+    "SLUICE_TEST_PAUSE_BEFORE_THUMBNAIL_COMMIT_MS";
 
 /// The environment variable (`1`) a test sets to make `noop` sleeps deaf to cancel, stop and
 /// timeout; see [`Settings::noop_ignores_flags`].
@@ -106,10 +121,8 @@ impl Settings {
                 .map(|watch| (watch.path.clone(), watch.mode))
                 .collect(),
             claim_linger,
-            pause_before_commit: std::env::var(PAUSE_BEFORE_COMMIT_VARIABLE)
-                .ok()
-                .and_then(|milliseconds| milliseconds.parse().ok())
-                .map(|milliseconds: u64| Duration::from_millis(milliseconds.min(MAX_SLEEP_MS))),
+            pause_before_commit: test_pause(PAUSE_BEFORE_COMMIT_VARIABLE),
+            pause_before_thumbnail_commit: test_pause(PAUSE_BEFORE_THUMBNAIL_COMMIT_VARIABLE),
             job_timeout: config.ingest.job_timeout,
             processors: config.processors.clone(),
             thumbnails: Thumbnailer {
@@ -119,6 +132,15 @@ impl Settings {
             noop_ignores_flags: std::env::var(NOOP_IGNORES_FLAGS_VARIABLE).as_deref() == Ok("1"),
         }
     }
+}
+
+/// A crash test's pause, from the environment variable `name` (milliseconds, at most
+/// [`MAX_SLEEP_MS`]).
+fn test_pause(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|milliseconds| milliseconds.parse().ok())
+        .map(|milliseconds: u64| Duration::from_millis(milliseconds.min(MAX_SLEEP_MS)))
 }
 
 /// What the running step tells the main loop, as it happens.
@@ -304,7 +326,7 @@ impl Executor {
         claim: bool,
     ) -> Result<StepReport, JobError> {
         let claim = claim && !self.stopping.load(Ordering::Relaxed);
-        let (results, claimed) = if claim {
+        let (results, mut claimed) = if claim {
             self.store.complete_and_claim(
                 &pending,
                 &self.claimant,
@@ -320,6 +342,20 @@ impl Executor {
         for (completion, result) in pending.iter().zip(results) {
             self.running.remove(completion.id);
             self.report_committed(completion.id, result, outcome_error(&completion.outcome));
+        }
+        if claim && claimed.is_empty() {
+            // No ingest or noop job waits: one background job. The outcomes above are
+            // committed, so a failure here only postpones it to the next claim.
+            match self
+                .store
+                .claim_jobs(&self.claimant, &BACKGROUND_KINDS, 1, settings.lease)
+            {
+                Ok(background) => claimed = background,
+                Err(error) => tracing::warn!(
+                    error = %error,
+                    "cannot claim a thumbnail job: {error}; trying again at the next claim"
+                ),
+            }
         }
         let mut report = StepReport {
             claimed: claimed.len(),
@@ -354,6 +390,7 @@ impl Executor {
             let outcome = match job.kind.as_str() {
                 NOOP_JOB_KIND => Some(self.run_noop(&job, &handle, settings)),
                 INGEST_JOB_KIND => self.run_ingest(&job, &handle, settings),
+                THUMBNAIL_JOB_KIND => self.run_thumbnail(&job, &handle, settings),
                 // Only the kinds in KINDS are claimed; this is a bug, not bad input.
                 other => Some(Outcome::Failed {
                     error: format!("this worker has no body for job kind {other:?}"),
@@ -695,27 +732,8 @@ impl Executor {
                 }
             }
         }
-        match self.make_thumbnail(
-            job,
-            handle,
-            settings,
-            &analysis.blake3,
-            &analysis.mime,
-            &opened.file,
-        )? {
-            Made::NotApplicable => {}
-            made => {
-                steps.push(match &made {
-                    Made::Filed(thumbnail) => json!({
-                        "step": "thumbnail",
-                        "width": thumbnail["width"],
-                        "height": thumbnail["height"],
-                    }),
-                    _ => json!({ "step": "thumbnail", "made": false }),
-                });
-                made.record_in(&mut metadata);
-            }
-        }
+        // The thumbnail is a job of its own, queued with the document (see run_thumbnail).
+        let wants_thumbnail = thumbnails::applies_to(&analysis.mime);
         if let Some(pause) = settings.pause_before_commit {
             self.pause(job.id, handle, pause, "filed; pausing before the commit")?;
         }
@@ -736,6 +754,7 @@ impl Executor {
                         metadata,
                         text,
                         pages,
+                        wants_thumbnail,
                     },
                 },
                 &steps,
@@ -966,33 +985,170 @@ impl Executor {
         Ok(Some(outputs))
     }
 
-    /// The thumbnail of new content of a type that has one (content already catalogued keeps
-    /// the thumbnail, or the reason, it got then). Fails only when the job itself ends.
+    /// `thumbnail`: makes the thumbnail of a document's content, files it in the library and
+    /// records it (or why there is none) with the job's success. Returns an outcome still to
+    /// commit, or `None` when the body committed it itself.
+    fn run_thumbnail(
+        &mut self,
+        job: &ClaimedJob,
+        handle: &RunningJob,
+        settings: &Settings,
+    ) -> Option<Outcome> {
+        let Some(document_id) = job
+            .payload
+            .get("document_id")
+            .and_then(Value::as_i64)
+            .filter(|id| *id > 0)
+        else {
+            return Some(Outcome::Failed {
+                error: format!(
+                    "thumbnail payload: document_id must be a positive document id, got {}",
+                    job.payload
+                ),
+                retryable: false,
+            });
+        };
+        match self.thumbnail(job, handle, settings, document_id) {
+            Ok(()) => None,
+            Err(failure) => {
+                if !matches!(
+                    failure,
+                    IngestFailure::Stopped
+                        | IngestFailure::Cancelled
+                        | IngestFailure::Superseded(_)
+                ) {
+                    tracing::warn!(
+                        doc_id = document_id,
+                        error = %failure,
+                        "thumbnail job {} of document {document_id} failed: {failure}",
+                        job.id
+                    );
+                }
+                Some(outcome_of(failure))
+            }
+        }
+    }
+
+    fn thumbnail(
+        &mut self,
+        job: &ClaimedJob,
+        handle: &RunningJob,
+        settings: &Settings,
+        document_id: i64,
+    ) -> Result<(), IngestFailure> {
+        let document = match self.store.get_document(document_id) {
+            Ok(document) => document,
+            Err(DocumentError::NotFound(_)) => {
+                return Err(IngestFailure::Permanent(format!(
+                    "document {document_id} does not exist"
+                )));
+            }
+            Err(error) => return Err(store_failure(job.id, "read the document", error)),
+        };
+        if ["thumbnail", "thumbnail_error"]
+            .iter()
+            .any(|key| document.metadata.get(key).is_some())
+        {
+            return Err(IngestFailure::Superseded(format!(
+                "document {document_id} has its thumbnail (or the reason it has none) already"
+            )));
+        }
+        let index_roots: Vec<PathBuf> = settings
+            .watches
+            .iter()
+            .filter(|(_, mode)| *mode == IngestMode::Index)
+            .map(|(root, _)| root.clone())
+            .collect();
+        let places = ContentPlaces {
+            library: &settings.library,
+            index_roots: &index_roots,
+        };
+        // Where sluice-web's /content reads it, with the same checks: a library file of the
+        // catalogued size, or an indexed file that is still the catalogued version.
+        let opened = match open_document_content(&document, &[], places) {
+            Err(_) if !index_roots.is_empty() => {
+                let copies = self.store.catalogued_copies(document_id).map_err(|error| {
+                    IngestFailure::Retryable(format!(
+                        "cannot read the files of document {document_id}: {error}"
+                    ))
+                })?;
+                open_document_content(&document, &copies, places)
+            }
+            opened => opened,
+        };
+        let made = match opened {
+            Ok(opened) => self.make_thumbnail(job, handle, settings, &document, &opened.file)?,
+            Err(ContentError::Unreadable(reason)) => {
+                return Err(IngestFailure::Retryable(reason));
+            }
+            Err(error) => Made::Failed(format!(
+                "the content could not be read for a thumbnail: {error}"
+            )),
+        };
+        if let Some(pause) = settings.pause_before_thumbnail_commit {
+            self.pause(
+                job.id,
+                handle,
+                pause,
+                "thumbnail filed; pausing before the commit",
+            )?;
+        }
+        let recorded = match &made {
+            Made::Filed(thumbnail) => Ok(thumbnail),
+            Made::Failed(reason) => Err(reason.clone()),
+            Made::NotApplicable => Err(format!("{} content gets no thumbnail", document.mime)),
+        };
+        let state = self
+            .store
+            .finish_thumbnail(
+                job.id,
+                &job.lease_token,
+                document_id,
+                recorded.as_ref().map_err(String::as_str).copied(),
+            )
+            .map_err(|error| store_failure(job.id, "record the thumbnail", error))?;
+        match &recorded {
+            Ok(thumbnail) => tracing::info!(
+                doc_id = document_id,
+                blake3 = %document.blake3,
+                "job {}: thumbnail of document {document_id} filed ({}×{} pixels)",
+                job.id,
+                thumbnail["width"],
+                thumbnail["height"]
+            ),
+            // The reason was logged where it arose (a missing pdftoppm only once, at start),
+            // and is in the metadata.
+            Err(_) => tracing::info!(
+                doc_id = document_id,
+                blake3 = %document.blake3,
+                "job {}: recorded that document {document_id} has no thumbnail \
+                 (thumbnail_error in its metadata says why)",
+                job.id
+            ),
+        }
+        self.running.remove(job.id);
+        let _ = self.events.send(JobEvent::Finished {
+            id: job.id,
+            state,
+            error: None,
+        });
+        Ok(())
+    }
+
+    /// The thumbnail of `document`'s content, read from `file`. Fails only when the job
+    /// itself ends (cancelled, stopped, timed out).
     fn make_thumbnail(
         &self,
         job: &ClaimedJob,
         handle: &RunningJob,
         settings: &Settings,
-        blake3: &str,
-        mime: &str,
+        document: &sluice_core::store::Document,
         file: &std::fs::File,
     ) -> Result<Made, IngestFailure> {
-        if !thumbnails::applies_to(mime) {
-            return Ok(Made::NotApplicable);
-        }
-        let known = self
-            .store
-            .find_document_by_blake3(blake3)
-            .map_err(|error| {
-                store_failure(job.id, "look for the content in the catalogue", error)
-            })?;
-        if known.is_some() {
-            return Ok(Made::NotApplicable);
-        }
         let message = "thumbnail".to_owned();
         let _ = self.events.send(JobEvent::Progress {
             id: job.id,
-            fraction: 1.0,
+            fraction: 0.0,
             message: message.clone(),
         });
         let mut last_report = Instant::now();
@@ -1003,7 +1159,7 @@ impl Executor {
                 last_report = Instant::now();
                 let _ = self.events.send(JobEvent::Progress {
                     id: job.id,
-                    fraction: 1.0,
+                    fraction: 0.0,
                     message: message.clone(),
                 });
             }
@@ -1012,8 +1168,8 @@ impl Executor {
         thumbnails::make_thumbnail(
             &settings.thumbnails,
             &settings.library,
-            blake3,
-            mime,
+            &document.blake3,
+            &document.mime,
             file,
             &handle.process_groups,
             &mut check,

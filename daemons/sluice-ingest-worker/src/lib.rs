@@ -1,5 +1,6 @@
 //! sluice-ingest-worker: one process per systemd instance (`sluice-ingest-worker@N`) that
-//! claims `ingest` and `noop` jobs from the shared queue and runs them.
+//! claims `ingest` and `noop` jobs from the shared queue and runs them, and, when none waits,
+//! `thumbnail` jobs one at a time (see `execute::BACKGROUND_KINDS`).
 //!
 //! # Shape
 //!
@@ -282,7 +283,7 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
     worker.notifier.ready(&ready_line);
     worker.last_status_line = ready_line;
     worker.publish_properties(DaemonState::Running).await;
-    tracing::info!(worker = %worker.worker_name, "ready: claiming ingest and noop jobs");
+    tracing::info!(worker = %worker.worker_name, "ready: claiming ingest and noop jobs, and thumbnail jobs when those wait");
 
     loop {
         worker.maybe_start_step();

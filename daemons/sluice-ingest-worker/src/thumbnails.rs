@@ -1,8 +1,9 @@
 //! Thumbnails (`[ingest] thumbnail_size`, the longest edge in pixels) of images and of the
-//! first page of PDFs, made once per new content after analysis and filed in the library as
-//! `thumbnails/<b3[0..2]>/<b3>.png`. The document's metadata records the thumbnail
+//! first page of PDFs, made once per new content by a `thumbnail` job of its own (queued with
+//! the document, run after the waiting ingests; see `execute::run_thumbnail`) and filed in the
+//! library as `thumbnails/<b3[0..2]>/<b3>.png`. The document's metadata records the thumbnail
 //! (`thumbnail`: path, width, height, bytes, blake3) or why there is none (`thumbnail_error`):
-//! a thumbnail that cannot be made never fails the ingest.
+//! a thumbnail never holds up or fails the ingest.
 //!
 //! Untrusted bytes are decoded under bounds:
 //! - Images are decoded by the `image` crate in this process, with limits checked from the
@@ -110,23 +111,6 @@ pub enum Made {
     Failed(String),
 }
 
-impl Made {
-    /// Adds this outcome to a document's metadata object.
-    pub fn record_in(self, metadata: &mut Value) {
-        let (key, value) = match self {
-            Made::NotApplicable => return,
-            Made::Filed(thumbnail) => ("thumbnail", thumbnail),
-            Made::Failed(reason) => ("thumbnail_error", Value::String(reason)),
-        };
-        match metadata.as_object_mut() {
-            Some(object) => {
-                object.insert(key.into(), value);
-            }
-            None => *metadata = json!({ key: value }),
-        }
-    }
-}
-
 /// Whether content of type `mime` gets a thumbnail (or a reason why not).
 pub fn applies_to(mime: &str) -> bool {
     IMAGE_TYPES.contains(&mime) || mime == PDF_TYPE
@@ -189,7 +173,7 @@ pub fn find_pdftoppm(path_variable: Option<&OsStr>) -> Option<PdfRenderer> {
     Some(PdfRenderer { program, version })
 }
 
-/// Makes, files and describes the thumbnail of a new document of type `mime`, whose bytes are
+/// Makes, files and describes the thumbnail of a document of type `mime`, whose bytes are
 /// `file` (the descriptor the worker hashed). Only the job's own end (cancelled, stopped,
 /// timed out) is an error; every other failure is [`Made::Failed`] with the reason, logged
 /// (except a missing `pdftoppm`, which the worker said once, at start).

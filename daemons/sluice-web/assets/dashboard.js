@@ -524,7 +524,11 @@ function renderDocuments() {
 }
 
 async function showThumbnail(document_, holder) {
-  if (!document_.metadata || !document_.metadata.thumbnail) return;
+  const metadata = document_.metadata || {};
+  // A thumbnail is made by a job of its own after the ingest: until it has run, the card
+  // shows the type, and the job's JobFinished event reads the documents again.
+  if (metadata.thumbnail_job && !metadata.thumbnail && !metadata.thumbnail_error) holder.title = "thumbnail on its way";
+  if (!metadata.thumbnail) return;
   let url = thumbnailUrls.get(document_.id);
   if (url === undefined) {
     // An <img src> cannot send the bearer header: the thumbnail is fetched and shown as a blob.

@@ -25,7 +25,8 @@ use serde_json::Value;
 use sluice_core::content::{
     ContentError, ContentPlaces, OpenedContent, open_document_content, open_thumbnail,
 };
-use sluice_core::store::Document;
+use sluice_core::store::jobs::JobError;
+use sluice_core::store::{Document, Store};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::error::{ApiError, ErrorBody};
@@ -133,7 +134,9 @@ pub async fn document_content(
         (status = 206, description = "The range asked for", content((Vec<u8> = "image/png"))),
         (status = 304, description = "Not modified (If-None-Match)"),
         (status = 400, description = "The id is not a whole number", body = ErrorBody),
-        (status = 404, description = "No such document, or it has no thumbnail", body = ErrorBody),
+        (status = 404, description = "No such document, or it has no thumbnail (the message \
+            says why), or it is still being made: then the reason is `thumbnail_pending` and \
+            `Retry-After` says when to ask again", body = ErrorBody),
         (status = 416, description = "The range is outside the thumbnail", body = ErrorBody),
     ))]
 pub async fn document_thumbnail(
@@ -147,15 +150,7 @@ pub async fn document_thumbnail(
         .with_store(move |store| {
             let document = store.get_document(id)?;
             let Some(thumbnail) = recorded_thumbnail(&document) else {
-                let why = match document
-                    .metadata
-                    .get("thumbnail_error")
-                    .and_then(Value::as_str)
-                {
-                    Some(reason) => format!("document {id} has no thumbnail: {reason}"),
-                    None => format!("document {id} has no thumbnail"),
-                };
-                return Err(ApiError::NotFound(why));
+                return Err(missing_thumbnail(store, &document));
             };
             match open_thumbnail(&library, &thumbnail.path) {
                 Ok(Some(opened)) if opened.size == thumbnail.bytes => Ok((thumbnail, opened)),
@@ -178,6 +173,45 @@ pub async fn document_thumbnail(
         HeaderValue::from_static("inline; filename=\"thumbnail.png\""),
     );
     Ok(response)
+}
+
+/// Why `document` has no thumbnail to serve: one could not be made (the reason recorded), its
+/// job has not run yet (404 `thumbnail_pending` with `Retry-After`), its job ended without
+/// recording one, or the type has none.
+fn missing_thumbnail(store: &Store, document: &Document) -> ApiError {
+    let id = document.id;
+    if let Some(reason) = document
+        .metadata
+        .get("thumbnail_error")
+        .and_then(Value::as_str)
+    {
+        return ApiError::NotFound(format!("document {id} has no thumbnail: {reason}"));
+    }
+    let Some(job_id) = document
+        .metadata
+        .get("thumbnail_job")
+        .and_then(Value::as_i64)
+    else {
+        return ApiError::NotFound(format!("document {id} has no thumbnail"));
+    };
+    match store.get_job(job_id) {
+        Ok(job) if !job.state.is_terminal() => ApiError::ThumbnailPending(format!(
+            "document {id}'s thumbnail is not made yet (thumbnail job {job_id} is {}); ask \
+             again shortly",
+            job.state
+        )),
+        Ok(job) => ApiError::NotFound(format!(
+            "document {id} has no thumbnail: thumbnail job {job_id} ended {}{}",
+            job.state,
+            job.error
+                .map(|error| format!(": {error}"))
+                .unwrap_or_default()
+        )),
+        Err(JobError::NotFound(_)) => ApiError::NotFound(format!(
+            "document {id} has no thumbnail (thumbnail job {job_id} is no longer recorded)"
+        )),
+        Err(error) => error.into(),
+    }
 }
 
 /// A thumbnail as the worker records it in a document's metadata.

@@ -21,6 +21,10 @@ use sluice_core::store::jobs::JobError;
 /// would mostly be refused again.
 pub const QUEUE_FULL_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What a request for a thumbnail still being made is told to wait (`Retry-After`): its job
+/// runs once the ingests ahead of it are done, a second or so on a quiet queue.
+pub const THUMBNAIL_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A failed API request. The variant decides the status and the `code`; the message is for
 /// people and never carries secrets.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,10 @@ pub enum ApiError {
         message: String,
         allow: &'static str,
     },
+    /// 404 `not_found` with reason `thumbnail_pending` and `Retry-After`: the thumbnail is
+    /// being made (its job is queued or running); asking again shortly finds it.
+    #[error("{0}")]
+    ThumbnailPending(String),
     /// 409 `conflict`: the object is in a state where the request makes no sense.
     #[error("{0}")]
     Conflict(String),
@@ -91,7 +99,8 @@ pub struct ErrorDetail<'a> {
     /// unsupported_media_type, misdirected_request, range_not_satisfiable, queue_full,
     /// unavailable or internal.
     code: &'static str,
-    /// The policy's specific code for a refused input; absent for other errors.
+    /// The policy's specific code for a refused input, or `thumbnail_pending` (a 404 for a
+    /// thumbnail that is being made: ask again after `Retry-After`); absent for other errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
     /// For people; never carries secrets.
@@ -101,7 +110,7 @@ pub struct ErrorDetail<'a> {
 impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::NotFound(_) => "not_found",
+            ApiError::NotFound(_) | ApiError::ThumbnailPending(_) => "not_found",
             ApiError::InvalidArgument(_) | ApiError::Refused(_) => "invalid_argument",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
@@ -127,7 +136,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound(_) | ApiError::ThumbnailPending(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidArgument(_) | ApiError::Refused(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -156,6 +165,9 @@ impl ResponseError for ApiError {
             ApiError::QueueFull(_) => {
                 response.insert_header((header::RETRY_AFTER, QUEUE_FULL_RETRY_AFTER.as_secs()));
             }
+            ApiError::ThumbnailPending(_) => {
+                response.insert_header((header::RETRY_AFTER, THUMBNAIL_RETRY_AFTER.as_secs()));
+            }
             ApiError::RangeNotSatisfiable { size, .. } => {
                 response.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
             }
@@ -166,6 +178,7 @@ impl ResponseError for ApiError {
                 code: self.code(),
                 reason: match self {
                     ApiError::Refused(error) => Some(error.code()),
+                    ApiError::ThumbnailPending(_) => Some("thumbnail_pending"),
                     _ => None,
                 },
                 message: &message,

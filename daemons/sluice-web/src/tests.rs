@@ -543,3 +543,100 @@ async fn a_method_a_path_does_not_have_is_405_with_allow() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// Thumbnails are made by a job of their own after the ingest: until it has run, `/thumbnail`
+/// says so (404 with reason `thumbnail_pending` and `Retry-After`), and once it recorded why
+/// there is none, the 404 says that instead.
+#[actix_web::test]
+async fn a_thumbnail_still_being_made_is_a_404_that_says_so_and_when_to_ask_again() {
+    use sluice_core::ingest::THUMBNAIL_JOB_KIND;
+    use sluice_core::store::{IngestRecord, NewDocument, Store};
+
+    let directory = tempfile::tempdir().unwrap();
+    let state = state(directory.path());
+    let mut store = Store::open(
+        &directory.path().join("sluice.db"),
+        &sluice_core::config::defaults().store_options(),
+    )
+    .unwrap();
+    store
+        .enqueue(&NewJob::new(
+            "ingest",
+            serde_json::json!({"path": "/in/a.png", "watch_root": "/in", "mode": "index"}),
+        ))
+        .unwrap();
+    let lease = std::time::Duration::from_secs(30);
+    let ingest = store
+        .claim_jobs(&"test".into(), &["ingest"], 1, lease)
+        .unwrap()
+        .pop()
+        .unwrap();
+    let document_id = store
+        .finish_ingest(&IngestRecord {
+            job_id: ingest.id,
+            lease_token: ingest.lease_token,
+            file_id: None,
+            document: NewDocument {
+                blake3: "a".repeat(64),
+                sha256: "b".repeat(64),
+                size: 3,
+                mime: "image/png".into(),
+                original_name: "a.png".into(),
+                library_path: None,
+                metadata: serde_json::json!({}),
+                text: None,
+                pages: Vec::new(),
+                wants_thumbnail: true,
+            },
+        })
+        .unwrap()
+        .document_id;
+    let service = init_service(app(state)).await;
+    let ask = || {
+        TestRequest::get()
+            .uri(&format!("/api/documents/{document_id}/thumbnail"))
+            .insert_header(("Host", "localhost"))
+            .insert_header(("Authorization", format!("Bearer {READ_TOKEN}")))
+            .to_request()
+    };
+
+    let response = call_service(&service, ask()).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+    let body: Value = read_body_json(response).await;
+    assert_eq!(body["error"]["code"], "not_found", "{body}");
+    assert_eq!(body["error"]["reason"], "thumbnail_pending", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not made yet"),
+        "{body}"
+    );
+
+    let thumbnail_job = store
+        .claim_jobs(&"test".into(), &[THUMBNAIL_JOB_KIND], 1, lease)
+        .unwrap()
+        .pop()
+        .unwrap();
+    store
+        .finish_thumbnail(
+            thumbnail_job.id,
+            &thumbnail_job.lease_token,
+            document_id,
+            Err("the image is beyond the decoding limits"),
+        )
+        .unwrap();
+    let response = call_service(&service, ask()).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(response.headers().get("retry-after").is_none());
+    let body: Value = read_body_json(response).await;
+    assert!(body["error"].get("reason").is_none(), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("beyond the decoding limits"),
+        "{body}"
+    );
+}

@@ -14,10 +14,13 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::jobs::{
-    Completion, JobError, JobState, LeaseToken, MAX_PAGE_SIZE, Outcome, Page, PageRequest, complete,
+    Completion, JobError, JobState, LeaseToken, MAX_PAGE_SIZE, NewJob, Outcome, Page, PageRequest,
+    complete, insert_job,
 };
 use super::{Store, StoreError, now_ms};
-use crate::ingest::INGEST_JOB_KIND;
+use crate::ingest::{
+    INGEST_JOB_KIND, THUMBNAIL_JOB_KIND, THUMBNAIL_JOB_PRIORITY, thumbnail_unique_key,
+};
 use crate::policy::SearchQuery;
 
 /// The condition under which a worker's outcome may change a file row: unless the row is
@@ -123,6 +126,9 @@ pub struct NewDocument {
     pub text: Option<String>,
     /// The text of each page of a paged document (a PDF), page 1 first; indexed page by page.
     pub pages: Vec<String>,
+    /// The content is of a type that has thumbnails: a new document gets a `thumbnail` job
+    /// (queued in the same transaction, its id recorded as `thumbnail_job` in the metadata).
+    pub wants_thumbnail: bool,
 }
 
 /// Everything [`Store::finish_ingest`] commits at once.
@@ -169,6 +175,7 @@ impl Store {
         validate_document(&record.document)?;
         let step_texts = super::jobs::log::step_texts(steps)?;
         let retry_policy = self.options().retry;
+        let max_attempts = self.options().max_attempts;
         self.write(|transaction| {
             let now = now_ms();
             let document = &record.document;
@@ -226,6 +233,15 @@ impl Store {
                             |row| row.get(0),
                         )?;
                     insert_text(transaction, document_id, document)?;
+                    if document.wants_thumbnail {
+                        queue_thumbnail(
+                            transaction,
+                            document_id,
+                            &document.blake3,
+                            max_attempts,
+                            now,
+                        )?;
+                    }
                     (document_id, false)
                 }
             };
@@ -307,6 +323,57 @@ impl Store {
                     .execute(params![file_id, job_id, now])?;
             }
             Ok(state)
+        })
+    }
+
+    /// Records what a `thumbnail` job made of document `document_id`'s content, together with
+    /// the job's success, in one transaction under the lease: `Ok(thumbnail)` goes under
+    /// `thumbnail` in the metadata (path, size, hash, as the worker describes the file it
+    /// filed), `Err(reason)` under `thumbnail_error`. A lost lease changes nothing, so a job
+    /// run twice (a worker killed after filing the file, rescued) records its thumbnail once.
+    pub fn finish_thumbnail(
+        &mut self,
+        job_id: i64,
+        lease_token: &LeaseToken,
+        document_id: i64,
+        made: Result<&Value, &str>,
+    ) -> Result<JobState, DocumentError> {
+        let (key, value) = match made {
+            Ok(thumbnail) if thumbnail.is_object() => ("$.thumbnail", thumbnail.to_string()),
+            Ok(other) => {
+                return Err(DocumentError::InvalidArgument(format!(
+                    "a thumbnail is described by a JSON object, not {other}"
+                )));
+            }
+            Err(reason) => (
+                "$.thumbnail_error",
+                Value::String(truncate_message(reason)).to_string(),
+            ),
+        };
+        let completion = Completion {
+            id: job_id,
+            lease_token: lease_token.clone(),
+            outcome: Outcome::Succeeded {
+                result: serde_json::json!({
+                    "document_id": document_id,
+                    "thumbnail": made.is_ok(),
+                }),
+            },
+        };
+        let retry_policy = self.options().retry;
+        self.write(|transaction| {
+            let now = now_ms();
+            let changed = transaction
+                .prepare_cached(
+                    "UPDATE documents SET metadata = json_set(metadata, ?2, json(?3)),
+                         updated_at = ?4
+                     WHERE id = ?1",
+                )?
+                .execute(params![document_id, key, value, now])?;
+            if changed == 0 {
+                return Err(DocumentError::NotFound(document_id));
+            }
+            Ok(complete(transaction, &completion, &retry_policy, now)??)
         })
     }
 
@@ -440,6 +507,33 @@ impl Store {
         };
         Ok(Page { items, next_cursor })
     }
+}
+
+/// Queues the thumbnail job of a new document (once per content: a unique key) and records
+/// its id in the document's metadata as `thumbnail_job`, so a reader can tell a thumbnail that
+/// is coming from one that never will.
+fn queue_thumbnail(
+    transaction: &Transaction<'_>,
+    document_id: i64,
+    blake3: &str,
+    max_attempts: u32,
+    now: i64,
+) -> Result<(), DocumentError> {
+    let job = NewJob::new(
+        THUMBNAIL_JOB_KIND,
+        serde_json::json!({ "document_id": document_id }),
+    )
+    .with_priority(THUMBNAIL_JOB_PRIORITY)
+    .with_unique_key(thumbnail_unique_key(blake3));
+    let payload = job.validate()?;
+    let queued = insert_job(transaction, &job, &payload, max_attempts, now)?;
+    transaction
+        .prepare_cached(
+            "UPDATE documents SET metadata = json_set(metadata, '$.thumbnail_job', ?2)
+             WHERE id = ?1",
+        )?
+        .execute(params![document_id, queued.id])?;
+    Ok(())
 }
 
 /// Indexes a new document's text: its text without pages, then each page that has text. The
@@ -610,6 +704,7 @@ mod tests {
             metadata: json!({"lines": 1}),
             text: text.map(str::to_owned),
             pages: Vec::new(),
+            wants_thumbnail: false,
         }
     }
 
@@ -1038,5 +1133,88 @@ mod tests {
             .unwrap();
         assert_eq!(second.items[0].page, Some(1));
         assert_eq!(second.next_cursor, None);
+    }
+
+    #[test]
+    fn a_new_document_queues_one_thumbnail_job_whose_result_needs_the_lease() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let record = |job: ClaimedJob| IngestRecord {
+            job_id: job.id,
+            lease_token: job.lease_token,
+            file_id: None,
+            document: NewDocument {
+                mime: "image/png".into(),
+                wants_thumbnail: true,
+                ..document('a', None)
+            },
+        };
+        let job = claim_one(&mut store);
+        let first = store.finish_ingest(&record(job)).unwrap();
+        let thumbnail_job =
+            store.get_document(first.document_id).unwrap().metadata["thumbnail_job"]
+                .as_i64()
+                .expect("the thumbnail job is recorded with the document");
+        // The same content again (a duplicate) queues nothing more.
+        let job = claim_one(&mut store);
+        store.finish_ingest(&record(job)).unwrap();
+        let kind = |store: &mut Store| {
+            store
+                .claim_jobs(
+                    &"thumbnailer".into(),
+                    &[THUMBNAIL_JOB_KIND],
+                    10,
+                    Duration::from_secs(30),
+                )
+                .unwrap()
+        };
+        let claimed = kind(&mut store);
+        assert_eq!(claimed.len(), 1, "{claimed:?}");
+        assert_eq!(claimed[0].id, thumbnail_job);
+        assert_eq!(claimed[0].priority, THUMBNAIL_JOB_PRIORITY);
+        assert_eq!(
+            claimed[0].payload,
+            json!({"document_id": first.document_id})
+        );
+
+        // A lost lease records nothing; the holder's result is recorded with the success.
+        let thumbnail = json!({"path": "thumbnails/aa/x.png", "width": 2, "height": 1});
+        let error = store
+            .finish_thumbnail(
+                thumbnail_job,
+                &LeaseToken::from("f".repeat(32)),
+                first.document_id,
+                Ok(&thumbnail),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(error, DocumentError::Job(JobError::LeaseLost { .. })),
+            "{error}"
+        );
+        assert!(store.get_document(first.document_id).unwrap().metadata["thumbnail"].is_null());
+        let state = store
+            .finish_thumbnail(
+                thumbnail_job,
+                &claimed[0].lease_token,
+                first.document_id,
+                Ok(&thumbnail),
+            )
+            .unwrap();
+        assert_eq!(state, JobState::Succeeded);
+        let metadata = store.get_document(first.document_id).unwrap().metadata;
+        assert_eq!(metadata["thumbnail"], thumbnail);
+        assert_eq!(metadata["lines"], 1, "the rest of the metadata is kept");
+
+        // Text gets no thumbnail job.
+        let job = claim_one(&mut store);
+        let text = store
+            .finish_ingest(&IngestRecord {
+                job_id: job.id,
+                lease_token: job.lease_token,
+                file_id: None,
+                document: document('b', Some("words")),
+            })
+            .unwrap();
+        assert!(store.get_document(text.document_id).unwrap().metadata["thumbnail_job"].is_null());
+        assert!(kind(&mut store).is_empty());
     }
 }
