@@ -26,5 +26,20 @@ target/release/sluice-bench rescue --kills "${KILLS:-20}" | tee bench-results/re
 target/release/sluice-bench waiters --runs "${RUNS:-3}" | tee bench-results/waiters.json
 # W5: the PDF corpus uploaded with 8 requests in flight, each waiting for its result.
 target/release/sluice-bench w5 --runs "${RUNS:-3}" | tee bench-results/w5.json
+# W5's peers on the same corpus, right after, in the same window of a shared machine: the
+# seed-style Python service (FastAPI + 2 multiprocessing workers, pypdf; its own venv) and
+# pdftotext. One JSON object per run.
+target/release/sluice-bench w5-corpus bench-results/w5-corpus
+if [ ! -x /var/tmp/sluice-w5-peers/bin/python ]; then
+    python3 -m venv /var/tmp/sluice-w5-peers
+    /var/tmp/sluice-w5-peers/bin/pip install -q fastapi uvicorn pypdf
+fi
+: > bench-results/w5-peers.json
+for _ in $(seq "${RUNS:-3}"); do
+    /var/tmp/sluice-w5-peers/bin/python tests/bench/w5_peers.py seed bench-results/w5-corpus \
+        | tee -a bench-results/w5-peers.json
+    python3 tests/bench/w5_peers.py pdftotext bench-results/w5-corpus \
+        | tee -a bench-results/w5-peers.json
+done
 # Issue 11: GET /metrics at 1,000 requests/s against the whole suite and 20,000 jobs (web CPU).
 target/release/sluice-bench metrics --runs "${RUNS:-3}" | tee bench-results/metrics.json

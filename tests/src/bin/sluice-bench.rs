@@ -192,6 +192,12 @@ enum Workload {
         #[arg(long, default_value = "/var/tmp")]
         directory: PathBuf,
     },
+    /// Writes the W5 corpus (`w5-000.pdf` …) into a folder, for the peers
+    /// (`tests/bench/w5_peers.py`) to be measured on the same files.
+    W5Corpus {
+        /// The folder to write into (created if missing).
+        directory: PathBuf,
+    },
     /// W4 memory of the whole suite, idle and after a W1 drain.
     W4 {
         #[arg(long, default_value_t = 20_000)]
@@ -236,6 +242,11 @@ fn main() -> anyhow::Result<()> {
             }
             let report = vec![summarize("w5", Durability::Full, &samples)];
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Workload::W5Corpus { directory } => {
+            uploads::write_w5_corpus(&directory)?;
+            eprintln!("w5 corpus written to {}", directory.display());
             Ok(())
         }
         Workload::W1 {

@@ -11,7 +11,9 @@
 //! whole suite (web, monitor, 2 ingest workers) with 8 uploads in flight, each waiting for its
 //! result (`?wait=`), as clients of the seed's `POST /process-pdf` did. Reports documents/s,
 //! pages/s, submit → result p50/p99, CPU time per page of every daemon, the suite's PSS idle
-//! and after, and how many of the 2,000 markers a search finds.
+//! and after, and how many of the 2,000 markers a search finds. Thumbnails are jobs of their
+//! own that run after the ingests: the run then waits until every thumbnail job has ended and
+//! reports when that was and the CPU per page with them counted too.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -22,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
-use sluice_core::store::{Durability, NewJob, PageRequest, Store};
+use sluice_core::ingest::THUMBNAIL_JOB_KIND;
+use sluice_core::store::{Durability, JobState, NewJob, PageRequest, Store};
 
 use crate::suite::{BENCH_READ_TOKEN, BENCH_TOKEN, Suite};
 
@@ -213,6 +216,28 @@ pub fn w5(directory: &Path) -> anyhow::Result<Value> {
     }
     let wall = started.elapsed().as_secs_f64();
     let cpu_ms = suite_cpu_ms(&suite) - cpu_before;
+    let store = Store::open(&suite.database, &crate::store_options(Durability::Full))?;
+    let thumbnail_jobs = |state: Option<JobState>| -> anyhow::Result<u64> {
+        Ok(store
+            .job_counts_by_kind()?
+            .into_iter()
+            .filter(|(kind, job_state, _)| {
+                kind == THUMBNAIL_JOB_KIND
+                    && state.map_or(!job_state.is_terminal(), |state| *job_state == state)
+            })
+            .map(|(_, _, count)| count)
+            .sum())
+    };
+    let drain_deadline = Instant::now() + Duration::from_secs(600);
+    while thumbnail_jobs(None)? > 0 {
+        if Instant::now() > drain_deadline {
+            bail!("thumbnail jobs still pending 10 minutes after the last upload");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let thumbnails_done_s = started.elapsed().as_secs_f64();
+    let cpu_with_thumbnails_ms = suite_cpu_ms(&suite) - cpu_before;
+    let thumbnails_made = thumbnail_jobs(Some(JobState::Succeeded))?;
     std::thread::sleep(Duration::from_secs(1));
     let after: u64 = suite.pss()?.iter().map(|(_, pss)| pss.total).sum();
     let failures = failures.lock().unwrap().clone();
@@ -221,7 +246,6 @@ pub fn w5(directory: &Path) -> anyhow::Result<Value> {
     }
     let mut latencies = latencies.lock().unwrap().clone();
     latencies.sort_by(f64::total_cmp);
-    let store = Store::open(&suite.database, &crate::store_options(Durability::Full))?;
     let mut markers_found = 0;
     for file in 0..FILES {
         for page in 0..PAGES {
@@ -246,6 +270,11 @@ pub fn w5(directory: &Path) -> anyhow::Result<Value> {
         "latency_p50_ms": crate::percentile(&latencies, 0.5),
         "latency_p99_ms": crate::percentile(&latencies, 0.99),
         "cpu_ms_per_page": cpu_ms / (documents * PAGES).max(1) as f64,
+        "thumbnails_made": thumbnails_made,
+        "thumbnails_done_s": thumbnails_done_s,
+        "ingest_done_s": wall,
+        "cpu_ms_per_page_with_thumbnails":
+            cpu_with_thumbnails_ms / (documents * PAGES).max(1) as f64,
         "pss_idle_mib": idle as f64 / 1024.0,
         "pss_after_mib": after as f64 / 1024.0,
         "markers_found": markers_found,
@@ -275,6 +304,18 @@ fn suite_cpu_ms(suite: &Suite) -> f64 {
             Some(ticks * 1000.0 / ticks_per_s)
         })
         .sum()
+}
+
+/// Writes the corpus as `w5-000.pdf` … `w5-199.pdf` (the names the uploads carry) into
+/// `directory`, for the peers.
+pub fn write_w5_corpus(directory: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(directory)
+        .with_context(|| format!("create {}", directory.display()))?;
+    for file in 0..FILES {
+        let path = directory.join(format!("w5-{file:03}.pdf"));
+        std::fs::write(&path, pdf_of(file)).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// PDF number `file` of the corpus (see `sluice_tests::pdf::pdf_of`).
