@@ -125,6 +125,6 @@ fn schemathesis_finds_no_server_error_and_every_answer_matches_the_openapi_docum
         suite.logs()
     );
     // Not a run that tested nothing: every documented operation but the two streams.
-    assert!(said.contains("Tested: 26"), "{said}");
+    assert!(said.contains("Tested: 27"), "{said}");
     assert!(!said.contains("panicked") && !suite.logs().contains("panicked"));
 }

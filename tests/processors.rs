@@ -16,7 +16,7 @@ use sluice_core::store::JobState;
 use sluice_tests::documents::text_png;
 
 use crate::ingest::{Suite, png_bytes};
-use crate::support::{WEB_TEST_TOKEN, http_agent, retried_because};
+use crate::support::{WEB_READ_TOKEN, WEB_TEST_TOKEN, http_agent, retried_because};
 use crate::timeouts::{assert_no_process_left, script};
 
 /// The line of shell that sets `$id` to the request's id (requests start `{"id":N,`).
@@ -135,7 +135,9 @@ fn processor_text_metadata_and_derived_files_are_searchable_stored_and_listed() 
         root.path(),
         "count.sh",
         &format!(
-            "{network_probe}\necho \"$net $TMPDIR\" > \"$2/probe.txt\"\necho wombatmarker counted $(wc -w < \"$1\") words\n"
+            "{network_probe}\necho \"$net $TMPDIR\" > \"$2/probe.txt\"\n\
+             echo '<script>alert(1)</script>' > \"$2/view.html\"\n\
+             echo wombatmarker counted $(wc -w < \"$1\") words\n"
         ),
     );
     // bash, for /dev/tcp.
@@ -213,6 +215,10 @@ fn processor_text_metadata_and_derived_files_are_searchable_stored_and_listed() 
                 "probe.txt",
                 format!("derived/{}/{blake3}/count/probe.txt", &blake3[..2]).as_str()
             ),
+            (
+                "view.html",
+                format!("derived/{}/{blake3}/count/view.html", &blake3[..2]).as_str()
+            ),
         ]
     );
     let library = suite.library();
@@ -242,7 +248,88 @@ fn processor_text_metadata_and_derived_files_are_searchable_stored_and_listed() 
         metadata.permissions().mode() & 0o777
     });
     assert_eq!(mode.ok(), Some(0o700), "{server_tmpdir}");
+
+    // Served with the read token, like the content: ranges, a validator, nosniff, and active
+    // content as an attachment.
+    let base = format!("/api/documents/{document_id}/derived");
+    let summary = fetch(&suite, &format!("{base}/summary/summary.txt"), &[]);
+    assert_eq!(summary.0, 200, "{}", String::from_utf8_lossy(&summary.2));
+    assert_eq!(summary.2, b"a summary\n");
+    assert_eq!(summary.1["content-type"], "text/plain");
+    assert_eq!(summary.1["x-content-type-options"], "nosniff");
+    assert_eq!(summary.1["content-security-policy"], "sandbox");
+    assert_eq!(
+        summary.1["content-disposition"],
+        "inline; filename=\"summary.txt\""
+    );
+    let tag = summary.1["etag"].clone();
+    let part = fetch(
+        &suite,
+        &format!("{base}/summary/summary.txt"),
+        &[("Range", "bytes=2-8")],
+    );
+    assert_eq!((part.0, part.2.as_slice()), (206, &b"summary"[..]));
+    assert_eq!(part.1["content-range"], "bytes 2-8/10");
+    let cached = fetch(
+        &suite,
+        &format!("{base}/summary/summary.txt"),
+        &[("If-None-Match", &tag)],
+    );
+    assert_eq!(cached.0, 304);
+    let html = fetch(&suite, &format!("{base}/count/view.html"), &[]);
+    assert_eq!(html.0, 200);
+    assert_eq!(html.1["content-type"], "application/octet-stream");
+    assert_eq!(
+        html.1["content-disposition"],
+        "attachment; filename=\"view.html\""
+    );
+    // Only what the document lists, by plain names.
+    for (path, status) in [
+        (format!("{base}/count/summary.txt"), 404),
+        (format!("{base}/summary/nothing.txt"), 404),
+        (format!("{base}/count/..%2F..%2F..%2Fsluice.db"), 400),
+        (format!("{base}/..%2Fcount/probe.txt"), 400),
+        (
+            "/api/documents/999999/derived/count/probe.txt".to_owned(),
+            404,
+        ),
+    ] {
+        let answer = fetch(&suite, &path, &[]);
+        assert_eq!(
+            answer.0,
+            status,
+            "{path}: {}",
+            String::from_utf8_lossy(&answer.2)
+        );
+    }
     drop(listener);
+}
+
+/// A `GET` with the read token: status, headers (lower-case names) and body.
+fn fetch(
+    suite: &crate::support::Suite,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, std::collections::HashMap<String, String>, Vec<u8>) {
+    let mut request = http_agent()
+        .get(format!("{}{path}", suite.web.origin))
+        .header("Authorization", format!("Bearer {WEB_READ_TOKEN}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request.call().expect("HTTP request");
+    let found = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                value.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let body = response.body_mut().read_to_vec().unwrap_or_default();
+    (response.status().as_u16(), found, body)
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Finding and opening the bytes of a catalogued document, and its thumbnail, for whoever
-//! hands them out (sluice-web's `/content` and `/thumbnail`, `sluicectl docs get`).
+//! Finding and opening the bytes of a catalogued document, its thumbnail and its processors'
+//! derived files, for whoever hands them out (sluice-web's `/content`, `/thumbnail` and
+//! `/derived`, `sluicectl docs get`, the worker's thumbnail job).
 //!
 //! A document's bytes are in one of two places: the library, for consumed files
 //! (`Document::library_path`), or a watched folder in index mode, where the file stays and its
@@ -127,6 +128,42 @@ pub fn open_thumbnail(
         Err(ContentError::Gone(_)) => Ok(None),
         Err(error) => Err(error),
     }
+}
+
+/// Opens processor `processor`'s derived file `name` of content `blake3` beneath the library
+/// (where the worker files it, [`derived_path`]; the path is made here from the names, never
+/// read from the database). Each name must be one plain path element (the file-name policy);
+/// `Ok(None)` when the file is not there.
+pub fn open_derived(
+    library: &Path,
+    blake3: &str,
+    processor: &str,
+    name: &str,
+) -> Result<Option<OpenedContent>, ContentError> {
+    let plain_hash = blake3.len() == 64
+        && blake3
+            .bytes()
+            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
+    if !plain_hash {
+        return Err(ContentError::Refused(format!(
+            "{blake3:?} is not a content hash"
+        )));
+    }
+    for (what, value) in [("processor", processor), ("derived file", name)] {
+        crate::policy::check_file_name(what, value)
+            .map_err(|error| ContentError::Refused(error.to_string()))?;
+    }
+    match open_regular(library, Path::new(&derived_path(blake3, processor, name))) {
+        Ok(opened) => Ok(Some(opened)),
+        Err(ContentError::Gone(_)) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// `derived/<b3[0..2]>/<b3>/<processor>/<name>`: where the worker files processor
+/// `processor`'s derived file `name` of content `blake3`, relative to the library.
+pub fn derived_path(blake3: &str, processor: &str, name: &str) -> String {
+    format!("derived/{}/{blake3}/{processor}/{name}", &blake3[..2])
 }
 
 /// `thumbnails/ab/ab…(64 hex).png`, the one place the worker files a thumbnail.
@@ -437,5 +474,47 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn derived_files_are_opened_only_by_plain_names_beneath_the_library() {
+        let library = tempfile::tempdir().unwrap();
+        let hash = "cd".repeat(32);
+        let relative = derived_path(&hash, "ocr", "page.txt");
+        assert_eq!(relative, format!("derived/cd/{hash}/ocr/page.txt"));
+        assert!(
+            open_derived(library.path(), &hash, "ocr", "page.txt")
+                .unwrap()
+                .is_none()
+        );
+        std::fs::create_dir_all(library.path().join(format!("derived/cd/{hash}/ocr"))).unwrap();
+        std::fs::write(library.path().join(&relative), b"words").unwrap();
+        let opened = open_derived(library.path(), &hash, "ocr", "page.txt").unwrap();
+        assert_eq!(read_all(opened.unwrap()), b"words");
+        for (blake3, processor, name) in [
+            (hash.as_str(), "ocr", "../../../../etc/passwd"),
+            (hash.as_str(), "ocr", "sub/page.txt"),
+            (hash.as_str(), "..", "page.txt"),
+            (hash.as_str(), "ocr", ""),
+            ("../cd", "ocr", "page.txt"),
+        ] {
+            assert!(
+                matches!(
+                    open_derived(library.path(), blake3, processor, name),
+                    Err(ContentError::Refused(_))
+                ),
+                "{blake3} {processor} {name}"
+            );
+        }
+        // A symlink in the library is not followed.
+        std::os::unix::fs::symlink(
+            "/etc/passwd",
+            library.path().join(derived_path(&hash, "ocr", "link")),
+        )
+        .unwrap();
+        assert!(matches!(
+            open_derived(library.path(), &hash, "ocr", "link"),
+            Err(ContentError::Refused(_))
+        ));
     }
 }

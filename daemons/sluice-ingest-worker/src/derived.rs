@@ -130,16 +130,10 @@ pub fn file_derived(
             "processor": processor,
             "name": name,
             "size": size,
-            "path": relative_derived_path(blake3, processor, name),
+            "path": sluice_core::content::derived_path(blake3, processor, name),
         }));
     }
     Ok(listed)
-}
-
-/// Where processor `processor`'s derived file `name` of content `blake3` lives, relative to
-/// the library.
-pub fn relative_derived_path(blake3: &str, processor: &str, name: &str) -> String {
-    format!("derived/{}/{blake3}/{processor}/{name}", &blake3[..2])
 }
 
 enum CopyFailure {

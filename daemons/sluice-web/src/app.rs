@@ -151,6 +151,14 @@ pub fn app(
                                     .to(content::document_thumbnail),
                             ),
                         )
+                        .service(
+                            resource("/documents/{id}/derived/{processor}/{name}", "GET, HEAD")
+                                .route(
+                                    web::route()
+                                        .guard(guard::Any(guard::Get()).or(guard::Head()))
+                                        .to(content::document_derived),
+                                ),
+                        )
                         .default_service(web::to(not_found)),
                 ),
         )

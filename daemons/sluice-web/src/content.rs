@@ -1,5 +1,5 @@
-//! A document's bytes and its thumbnail: `GET|HEAD /api/documents/{id}/content` and
-//! `GET|HEAD /api/documents/{id}/thumbnail`.
+//! A document's bytes, its thumbnail and its processors' derived files:
+//! `GET|HEAD /api/documents/{id}/content`, `…/thumbnail` and `…/derived/{processor}/{name}`.
 //!
 //! The file is found and checked by `sluice_core::content` (beneath its folder, no links,
 //! still the catalogued version) and streamed from the opened descriptor, never read whole.
@@ -23,7 +23,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::Stream;
 use serde_json::Value;
 use sluice_core::content::{
-    ContentError, ContentPlaces, OpenedContent, open_document_content, open_thumbnail,
+    ContentError, ContentPlaces, OpenedContent, open_derived, open_document_content, open_thumbnail,
 };
 use sluice_core::store::jobs::JobError;
 use sluice_core::store::{Document, Store};
@@ -211,6 +211,102 @@ fn missing_thumbnail(store: &Store, document: &Document) -> ApiError {
             "document {id} has no thumbnail (thumbnail job {job_id} is no longer recorded)"
         )),
         Err(error) => error.into(),
+    }
+}
+
+/// A file a processor derived from the document's content (also `HEAD`), one of those its
+/// metadata lists under `derived_files`, read from where the worker files it beneath the
+/// library. Served like the content: `Range`, an `ETag`, `nosniff`, `sandbox`, and
+/// `attachment` unless the name says plain text.
+#[utoipa::path(get, path = "/api/documents/{id}/derived/{processor}/{name}", tag = "documents",
+    params(("id" = i64, Path, description = "The document's id"),
+        ("processor" = String, Path, description = "The `[[processor]]` that made the file"),
+        ("name" = String, Path, description = "The file's name, as `derived_files` lists it"),
+        ("Range" = Option<String>, Header, description = "One byte range, `bytes=START-END`")),
+    responses(
+        (status = 200, description = "The derived file", content((Vec<u8> = "*/*"))),
+        (status = 206, description = "The range asked for", content((Vec<u8> = "*/*"))),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 400, description = "The id is not a whole number, or a name is not one plain \
+            file name", body = ErrorBody),
+        (status = 404, description = "No such document, or it lists no such derived file, or \
+            the file is gone", body = ErrorBody),
+        (status = 409, description = "The file in the library is not the one listed", body = ErrorBody),
+        (status = 416, description = "The range is outside the file", body = ErrorBody),
+    ))]
+pub async fn document_derived(
+    state: Data<AppState>,
+    path: Path<(i64, String, String)>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (id, processor, name) = path.into_inner();
+    sluice_core::policy::check_file_name("processor", &processor)?;
+    sluice_core::policy::check_file_name("derived file", &name)?;
+    let library = state.settings().library.clone();
+    let (answer_name, document, opened) = state
+        .with_store(move |store| {
+            let document = store.get_document(id)?;
+            let listed = document
+                .metadata
+                .get("derived_files")
+                .and_then(Value::as_array)
+                .and_then(|files| {
+                    files.iter().find(|file| {
+                        file.get("processor").and_then(Value::as_str) == Some(processor.as_str())
+                            && file.get("name").and_then(Value::as_str) == Some(name.as_str())
+                    })
+                })
+                .and_then(|file| file.get("size").and_then(Value::as_u64));
+            let Some(size) = listed else {
+                return Err(ApiError::NotFound(format!(
+                    "document {id} lists no derived file {name:?} of processor {processor:?}"
+                )));
+            };
+            match open_derived(&library, &document.blake3, &processor, &name) {
+                Ok(Some(opened)) if opened.size == size => Ok((name, document, opened)),
+                Ok(Some(_)) => Err(ApiError::Conflict(format!(
+                    "derived file {name:?} of document {id} is not the one recorded; it is not \
+                     served"
+                ))),
+                Ok(None) => Err(ApiError::NotFound(format!(
+                    "derived file {name:?} of document {id} is gone from the library"
+                ))),
+                Err(error) => Err(ApiError::from(error)),
+            }
+            .map(|(name, document, opened)| (format!("{processor}/{name}"), document, opened))
+        })
+        .await?;
+    // A derived file is written before its document is committed and never after, so the
+    // content's hash and the file's place name its bytes.
+    let entity_tag = format!(
+        "\"{}\"",
+        blake3::hash(format!("{}/{answer_name}", document.blake3).as_bytes()).to_hex()
+    );
+    let file_name = answer_name
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mime = derived_type(&file_name);
+    let mut response = respond(&request, &entity_tag, opened)?;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
+    if let Ok(value) = HeaderValue::from_str(&disposition(mime, &file_name)) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+/// The type a derived file is served as: nothing detected it, so only its name speaks, and
+/// only plain text and JSON are named; everything else is bytes.
+fn derived_type(name: &str) -> &'static str {
+    match name
+        .rsplit_once('.')
+        .map(|(_, ending)| ending.to_ascii_lowercase())
+    {
+        Some(ending) if ending == "txt" => "text/plain",
+        Some(ending) if ending == "json" => "application/json",
+        _ => "application/octet-stream",
     }
 }
 
@@ -449,8 +545,12 @@ fn content_type(document: &Document) -> String {
 /// name as an ASCII fallback and, when it is not plain ASCII, RFC 5987 encoded
 /// (RFC 6266, section 4.3).
 fn content_disposition(document: &Document) -> String {
-    let name = &document.original_name;
-    let disposition = if shown_inline(&document.mime, name) {
+    disposition(&document.mime, &document.original_name)
+}
+
+/// [`content_disposition`] for a file of type `mime` named `name`.
+fn disposition(mime: &str, name: &str) -> String {
+    let disposition = if shown_inline(mime, name) {
         "inline"
     } else {
         "attachment"

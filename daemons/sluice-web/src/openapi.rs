@@ -53,6 +53,7 @@ use crate::state::AppState;
         crate::api::get_document,
         crate::content::document_content,
         crate::content::document_thumbnail,
+        crate::content::document_derived,
         openapi_json,
     ),
     modifiers(&CommonResponses),

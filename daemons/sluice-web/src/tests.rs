@@ -473,6 +473,7 @@ async fn the_openapi_document_is_3_1_and_lists_every_route() {
         ("/api/documents/{id}", "get"),
         ("/api/documents/{id}/content", "get"),
         ("/api/documents/{id}/thumbnail", "get"),
+        ("/api/documents/{id}/derived/{processor}/{name}", "get"),
     ];
     for (path, method) in routes {
         let operation = &document["paths"][path][method];
