@@ -332,6 +332,73 @@ fn fetch(
     (response.status().as_u16(), found, body)
 }
 
+/// Security finding L6: a server's stderr was only kept as a tail. It is forwarded to the
+/// worker's journal a line at a time, naming the processor, the worker and the pid, read on
+/// its own thread from the start; a server that floods it gets a bounded number of lines
+/// logged and a count of the rest, and its requests are answered as if it were quiet.
+#[test]
+fn a_servers_stderr_is_logged_line_by_line_and_a_flood_of_it_is_bounded() {
+    let (directory, root) = crate::support::temp_dir();
+    let chatty = script(
+        &root,
+        "chatty.sh",
+        &format!(
+            "echo 'loading the model' >&2\n\
+             yes 'flood of stderr' >&2 &\n\
+             while IFS= read -r line; do\n\
+               {READ_ID}\n\
+               printf '{{\"id\":%s,\"text\":\"chattyword\"}}\\n' \"$id\"\n\
+             done\n"
+        ),
+    );
+    let mut suite = Suite::with_settings(
+        "5s",
+        "2s",
+        "400ms",
+        "",
+        &server("chatty", "text/plain", &chatty, "timeout = \"30s\""),
+    );
+    let worker = suite.start_worker("1");
+    for index in 0..3 {
+        let (id, _, _) = suite.enqueue_file(&format!("chat-{index}.txt"), b"some words\n");
+        let job = suite.wait_for_end(id, &worker);
+        assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", worker.log());
+    }
+    let pid_prefix = "processor chatty (sluice-ingest-worker@1, pid ";
+    suite.wait_for("the flood was never summed up", &worker, || {
+        worker.log().contains("more lines of stderr not logged")
+    });
+    let log = worker.log();
+    assert!(
+        log.contains(pid_prefix) && log.contains("): loading the model"),
+        "the first line is logged with the processor, worker and pid:\n{}",
+        &log[..log.len().min(4000)]
+    );
+    let logged = log.matches("): flood of stderr").count();
+    assert!(
+        (1..=1000).contains(&logged),
+        "{logged} flood lines logged: a bucket of 100 and 10 a second"
+    );
+    let refused: u64 = log
+        .lines()
+        .filter_map(|line| {
+            let (before, _) = line.split_once(" more lines of stderr not logged")?;
+            before.rsplit(' ').next()?.parse::<u64>().ok()
+        })
+        .sum();
+    assert!(
+        refused > 10 * logged as u64,
+        "the flood was counted, not logged: {refused} refused, {logged} logged"
+    );
+    assert!(
+        log.len() < 1024 * 1024,
+        "the log stays small: {} bytes",
+        log.len()
+    );
+    assert_still_serving(&mut suite, &worker);
+    drop(directory);
+}
+
 #[test]
 fn a_hanging_server_is_killed_at_its_timeout_with_its_group_and_the_worker_goes_on() {
     let (directory, root) = crate::support::temp_dir();

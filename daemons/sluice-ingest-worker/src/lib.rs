@@ -85,6 +85,7 @@ use tokio::task::{JoinError, JoinHandle};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use execute::{Executor, JobEvent, RunningJobs, Settings, StepReport};
+use servers::ProcessorServers;
 
 /// The shortest and longest wait between two polls of an idle queue.
 const POLL_MIN: Duration = Duration::from_millis(1);
@@ -231,7 +232,7 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
         events: events_sender,
         running: Arc::clone(&running),
         stopping: Arc::clone(&stopping),
-        servers: Default::default(),
+        servers: ProcessorServers::new(&worker_name),
     };
     let settings = Arc::new(settings_from(&config, pdf_renderer.clone()));
     let heartbeat_interval = config.jobs.heartbeat_interval;

@@ -25,7 +25,19 @@
 //! `text` is indexed with the document, `metadata` (any JSON value) is stored under
 //! `processors.<name>`, `files` are names in `output_dir` filed into the library as derived
 //! files. `error` fails the job (for good, or through the retry policy with
-//! `"retryable": true`). stderr is the program's own: the worker keeps its end for errors.
+//! `"retryable": true`).
+//!
+//! # stderr
+//!
+//! A server's stderr is its log. From the moment it is spawned, a thread of its own
+//! ([`drain_stderr`]) reads it to the end and forwards it to the worker's journal a line at a
+//! time ("processor ocr (sluice-ingest-worker@1, pid 4242): loading model"), with the
+//! processor, worker and pid as fields, and keeps its last [`STDERR_TAIL_BYTES`] for error
+//! messages. A server that floods stderr can neither block on a full pipe (it is always read)
+//! nor keep a job thread busy (the job thread never reads it) nor fill the journal: a line
+//! is cut at [`STDERR_LINE_CHARS`], and lines are logged from a bucket of
+//! [`STDERR_LINE_BURST`] refilled at [`STDERR_LINES_PER_SECOND`]; what the bucket refuses is
+//! counted, not split into lines, and said once per [`STDERR_SUMMARY_INTERVAL`] at most.
 //!
 //! # Faults
 //!
@@ -48,6 +60,7 @@ use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -71,6 +84,17 @@ use crate::processors::{
 const CHECK_INTERVAL: Duration = Duration::from_millis(50);
 /// How much of the end of stderr is kept for error messages.
 const STDERR_TAIL_BYTES: usize = 2048;
+/// The longest stderr line logged; the rest of a longer line is dropped.
+const STDERR_LINE_CHARS: usize = 1000;
+/// How many stderr lines of one server may be logged at once, and how fast the allowance
+/// comes back: a server's start-up chatter gets through, a flood gets ten lines a second.
+const STDERR_LINE_BURST: f64 = 100.0;
+const STDERR_LINES_PER_SECOND: f64 = 10.0;
+/// How often, at most, a server's unlogged stderr is summed up in the journal.
+const STDERR_SUMMARY_INTERVAL: Duration = Duration::from_secs(2);
+/// How long an error message waits for the stderr of a server that exited to be read to its
+/// end (a process it left behind may hold it open).
+const STDERR_EOF_WAIT: Duration = Duration::from_millis(500);
 /// How much of a garbage answer an error message quotes.
 const QUOTED_ANSWER_CHARS: usize = 200;
 
@@ -107,9 +131,19 @@ pub struct ProcessorServers {
     servers: HashMap<String, Server>,
     /// How many servers this worker has started, for its logs.
     starts: u64,
+    /// `sluice-ingest-worker@1`: named in the lines forwarded from its servers' stderr.
+    worker_name: String,
 }
 
 impl ProcessorServers {
+    /// No server runs yet; `worker_name` is the worker's, for the logs.
+    pub fn new(worker_name: &str) -> ProcessorServers {
+        ProcessorServers {
+            worker_name: worker_name.to_owned(),
+            ..ProcessorServers::default()
+        }
+    }
+
     /// Stops the servers whose processor is no longer configured as it was.
     pub fn retain_configured(&mut self, processors: &[ProcessorConfig]) {
         self.servers.retain(|name, server| {
@@ -150,7 +184,7 @@ impl ProcessorServers {
         }
         if !self.servers.contains_key(name) {
             self.starts += 1;
-            let server = Server::start(processor)?;
+            let server = Server::start(processor, &self.worker_name)?;
             tracing::info!(
                 processor = %name,
                 pid = server.group.as_raw(),
@@ -194,19 +228,17 @@ struct Server {
     group: Pid,
     stdin: ChildStdin,
     stdout: ChildStdout,
-    stderr: ChildStderr,
-    /// Until stderr reaches its end (a server may close it and go on).
-    stderr_open: bool,
     /// Bytes of stdout read but not yet part of an answer.
     unread: Vec<u8>,
-    stderr_tail: Vec<u8>,
+    /// The end of stderr, kept by its drain thread.
+    stderr: Arc<StderrTail>,
     /// The server's `TMPDIR`, holding each request's output folder; removed when it stops.
     temp: PrivateTemp,
     next_id: u64,
 }
 
 impl Server {
-    fn start(config: &ProcessorConfig) -> Result<Server, IngestFailure> {
+    fn start(config: &ProcessorConfig, worker_name: &str) -> Result<Server, IngestFailure> {
         let name = &config.name;
         let temp = PrivateTemp::new(name).map_err(|error| {
             IngestFailure::Retryable(format!(
@@ -229,9 +261,27 @@ impl Server {
             )));
         };
         // Writes must never block the job: a server that stops reading its requests is
-        // found out by the request's deadline.
-        for descriptor in [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()] {
+        // found out by the request's deadline. stderr is read by a thread of its own, which
+        // blocks on it.
+        for descriptor in [stdin.as_fd(), stdout.as_fd()] {
             let _ = fcntl(descriptor, FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        }
+        let tail = Arc::new(StderrTail::default());
+        let source = StderrSource {
+            processor: name.clone(),
+            worker: worker_name.to_owned(),
+            pid: group.as_raw(),
+        };
+        let drained = Arc::clone(&tail);
+        let spawned = std::thread::Builder::new()
+            .name(format!("stderr-{name}"))
+            .spawn(move || drain_stderr(stderr, &source, &drained));
+        if let Err(error) = spawned {
+            kill_group(group);
+            let _ = child.wait();
+            return Err(IngestFailure::Retryable(format!(
+                "processor {name}: cannot start the thread that reads its stderr: {error}"
+            )));
         }
         Ok(Server {
             config: config.clone(),
@@ -239,10 +289,8 @@ impl Server {
             group,
             stdin,
             stdout,
-            stderr,
-            stderr_open: true,
             unread: Vec::new(),
-            stderr_tail: Vec::new(),
+            stderr: tail,
             temp,
             next_id: 1,
         })
@@ -401,10 +449,9 @@ impl Server {
             let wait = CHECK_INTERVAL.min(deadline.saturating_duration_since(Instant::now()));
             let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
             let wants_to_write = written < request.len();
-            let (stdout_ready, stderr_ready, stdin_ready) = {
-                // Index 0 stdout, 1 stdin (or a second stdout entry that asks for nothing), 2
-                // stderr while it is open.
-                let mut descriptors = vec![
+            let (stdout_ready, stdin_ready) = {
+                // Index 0 stdout, 1 stdin (or a second stdout entry that asks for nothing).
+                let mut descriptors = [
                     PollFd::new(self.stdout.as_fd(), PollFlags::POLLIN),
                     if wants_to_write {
                         PollFd::new(self.stdin.as_fd(), PollFlags::POLLOUT)
@@ -412,9 +459,6 @@ impl Server {
                         PollFd::new(self.stdout.as_fd(), PollFlags::empty())
                     },
                 ];
-                if self.stderr_open {
-                    descriptors.push(PollFd::new(self.stderr.as_fd(), PollFlags::POLLIN));
-                }
                 match poll(&mut descriptors, timeout) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(error) => {
@@ -431,7 +475,6 @@ impl Server {
                 };
                 (
                     !events(0).is_empty(),
-                    !events(2).is_empty(),
                     wants_to_write && !events(1).is_empty(),
                 )
             };
@@ -458,7 +501,7 @@ impl Server {
                     }
                 }
             }
-            if stdout_ready || stderr_ready {
+            if stdout_ready {
                 let at_end = self.read_available();
                 if at_end && !self.unread.contains(&b'\n') {
                     self.wait_briefly_for_exit();
@@ -476,9 +519,8 @@ impl Server {
         }
     }
 
-    /// Reads whatever stdout and stderr hold now without blocking; stdout is kept up to one
-    /// byte past `max_output` (enough to know it is too much). Returns whether stdout is at
-    /// its end.
+    /// Reads whatever stdout holds now without blocking, kept up to one byte past
+    /// `max_output` (enough to know it is too much). Returns whether stdout is at its end.
     fn read_available(&mut self) -> bool {
         let mut buffer = [0u8; 64 * 1024];
         let mut at_end = false;
@@ -492,18 +534,6 @@ impl Server {
                     break;
                 }
                 Ok(count) => self.unread.extend_from_slice(&buffer[..count]),
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        while self.stderr_open {
-            match self.stderr.read(&mut buffer) {
-                Ok(0) => self.stderr_open = false,
-                Ok(count) => {
-                    self.stderr_tail.extend_from_slice(&buffer[..count]);
-                    let excess = self.stderr_tail.len().saturating_sub(STDERR_TAIL_BYTES);
-                    self.stderr_tail.drain(..excess);
-                }
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }
@@ -535,8 +565,15 @@ impl Server {
         }
     }
 
+    /// The end of the server's stderr for an error message. A server that exited has its
+    /// stderr read to the end first (for at most [`STDERR_EOF_WAIT`]), so the message has its
+    /// last words.
     fn stderr_note(&self) -> String {
-        let text: String = String::from_utf8_lossy(&self.stderr_tail)
+        if self.exit_status().is_some() {
+            self.stderr.wait_for_end(STDERR_EOF_WAIT);
+        }
+        let tail = self.stderr.tail();
+        let text: String = String::from_utf8_lossy(&tail)
             .trim()
             .chars()
             .map(|character| {
@@ -575,6 +612,189 @@ impl Drop for Server {
                 self.group
             ),
         }
+    }
+}
+
+/// Whose stderr a drain thread reads, for its log lines.
+#[derive(Debug, Clone)]
+struct StderrSource {
+    processor: String,
+    worker: String,
+    pid: i32,
+}
+
+/// The end of a server's stderr, shared by its drain thread and the error messages.
+#[derive(Debug, Default)]
+struct StderrTail {
+    state: Mutex<TailState>,
+    ended: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct TailState {
+    bytes: Vec<u8>,
+    at_end: bool,
+}
+
+impl StderrTail {
+    fn push(&self, bytes: &[u8]) {
+        let mut state = self.lock();
+        state.bytes.extend_from_slice(bytes);
+        let excess = state.bytes.len().saturating_sub(STDERR_TAIL_BYTES);
+        state.bytes.drain(..excess);
+    }
+
+    fn end(&self) {
+        self.lock().at_end = true;
+        self.ended.notify_all();
+    }
+
+    fn tail(&self) -> Vec<u8> {
+        self.lock().bytes.clone()
+    }
+
+    /// Waits until stderr is read to its end, at most `limit`.
+    fn wait_for_end(&self, limit: Duration) {
+        let state = self.lock();
+        let _ = self
+            .ended
+            .wait_timeout_while(state, limit, |state| !state.at_end);
+    }
+
+    /// The state holds no invariant a panic could break halfway.
+    fn lock(&self) -> std::sync::MutexGuard<'_, TailState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The drain thread of one server's stderr: reads it to its end, keeps its tail and forwards
+/// it to the journal a line at a time within the rate limit (see the module's "stderr").
+fn drain_stderr(mut stderr: ChildStderr, source: &StderrSource, tail: &StderrTail) {
+    let mut limiter = StderrLimiter::new(Instant::now());
+    let mut line = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let count = match stderr.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(count) => count,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                tracing::warn!(
+                    processor = %source.processor,
+                    "processor {}: cannot read its server's stderr: {error}",
+                    source.processor
+                );
+                break;
+            }
+        };
+        let bytes = &buffer[..count];
+        tail.push(bytes);
+        let now = Instant::now();
+        for piece in bytes.split_inclusive(|byte| *byte == b'\n') {
+            let complete = piece.ends_with(b"\n");
+            if line.len() < STDERR_LINE_CHARS * 4 {
+                line.extend_from_slice(&piece[..piece.len().min(STDERR_LINE_CHARS * 4)]);
+            }
+            if complete {
+                limiter.line(now, &line, source);
+                line.clear();
+            }
+        }
+        limiter.summarize_if_due(now, source);
+    }
+    if !line.is_empty() {
+        limiter.line(Instant::now(), &line, source);
+    }
+    limiter.summarize(source);
+    tail.end();
+}
+
+/// The token bucket of one server's stderr lines, and what it refused since it last said so.
+struct StderrLimiter {
+    allowance: f64,
+    refilled: Instant,
+    refused: u64,
+    last_summary: Instant,
+}
+
+impl StderrLimiter {
+    fn new(now: Instant) -> StderrLimiter {
+        StderrLimiter {
+            allowance: STDERR_LINE_BURST,
+            refilled: now,
+            refused: 0,
+            last_summary: now,
+        }
+    }
+
+    fn allows(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.allowance =
+            (self.allowance + elapsed * STDERR_LINES_PER_SECOND).min(STDERR_LINE_BURST);
+        self.refilled = now;
+        if self.allowance >= 1.0 {
+            self.allowance -= 1.0;
+            true
+        } else {
+            self.refused += 1;
+            false
+        }
+    }
+
+    /// Logs `line` (a line of stderr, maybe with its newline) if the bucket allows.
+    fn line(&mut self, now: Instant, line: &[u8], source: &StderrSource) {
+        if !self.allows(now) {
+            return;
+        }
+        let text: String = String::from_utf8_lossy(line)
+            .trim_end()
+            .chars()
+            .take(STDERR_LINE_CHARS)
+            .map(|character| {
+                if character.is_control() {
+                    ' '
+                } else {
+                    character
+                }
+            })
+            .collect();
+        tracing::info!(
+            processor = %source.processor,
+            worker = %source.worker,
+            pid = source.pid,
+            "processor {} ({}, pid {}): {text}",
+            source.processor,
+            source.worker,
+            source.pid
+        );
+    }
+
+    fn summarize_if_due(&mut self, now: Instant, source: &StderrSource) {
+        if self.refused > 0 && now.duration_since(self.last_summary) >= STDERR_SUMMARY_INTERVAL {
+            self.summarize(source);
+            self.last_summary = now;
+        }
+    }
+
+    fn summarize(&mut self, source: &StderrSource) {
+        if self.refused == 0 {
+            return;
+        }
+        tracing::warn!(
+            processor = %source.processor,
+            worker = %source.worker,
+            pid = source.pid,
+            "processor {} ({}, pid {}): {} more lines of stderr not logged (at most {} a \
+             second are)",
+            source.processor,
+            source.worker,
+            source.pid,
+            self.refused,
+            STDERR_LINES_PER_SECOND
+        );
+        self.refused = 0;
     }
 }
 
