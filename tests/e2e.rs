@@ -493,11 +493,13 @@ fn a_url_submitted_through_the_web_ends_in_the_library_and_a_second_copy_is_a_du
             && counter(&body, "sluice-monitor", "files_detected") == 2
             && counter(&body, "sluice-monitor", "jobs_queued") == 2
             && counter(&body, "sluice-scraper", "downloads_done") == 1
-            && jobs_done == 2
+            // Two ingests and the thumbnail job of the one new image (the copy reuses it).
+            && jobs_done == 3
     });
     assert!(
         counted,
-        "the status counters never showed 2 files, 1 download and 2 ingest jobs: {body:#}"
+        "the status counters never showed 2 files, 1 download and 2 ingest jobs and 1 \
+         thumbnail job: {body:#}"
     );
     let daemons = body["daemons"].as_array().expect("daemons");
     let mut names: Vec<&str> = daemons
