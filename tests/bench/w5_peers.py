@@ -122,7 +122,7 @@ def serve(port, ready):
             if future is not None and not future.done():
                 future.set_result(result)
 
-    @app.on_event("startup")
+    @app.on_event("startup")  # what the seed's FastAPI version offered
     async def start_delivery():
         asyncio.get_running_loop().create_task(deliver())
 
@@ -227,7 +227,19 @@ def seed(directory):
             "markers_found": markers[0],
         }
     finally:
+        # uvicorn waits on SIGTERM for the thread blocked on the result queue: the workers
+        # and then the server are killed outright after a moment.
+        pids = family(server.pid)
         server.terminate()
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid in pids:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
         server.wait()
 
 
