@@ -520,7 +520,8 @@ fn a_url_submitted_through_the_web_ends_in_the_library_and_a_second_copy_is_a_du
         counter(&body, "sluice-scraper", "bytes_downloaded"),
         content.len() as u64
     );
-    assert_eq!(body["jobs"]["succeeded"], 3, "{body}");
+    // The download, the two ingests and the new image's thumbnail.
+    assert_eq!(body["jobs"]["succeeded"], 4, "{body}");
 
     eprintln!(
         "timings: suite start {startup:?}, download to document {pipeline:?}, \
