@@ -155,7 +155,8 @@ fn every_service_is_hardened_to_the_promised_exposure() -> Result<()> {
 }
 
 /// Installing starts the whole suite, every unit reaches READY, the files land where they
-/// belong (token readable by root and group sluice only, units that verify clean with their
+/// belong (tokens readable by root only and handed to sluice-web as credentials, units that
+/// verify clean with their
 /// binaries and man pages present), each daemon is on the system bus, the bus policy turns
 /// away an unprivileged caller, stopping the target stops everything within its timeouts, an
 /// upgrade restarts the suite and keeps the token, and purging leaves nothing behind.
@@ -169,8 +170,20 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
     // Installed files.
     let mut tokens = Vec::new();
     for file in ["/etc/sluice/api-token", "/etc/sluice/read-token"] {
+        // Root's alone: sluice-web gets it as a credential (LoadCredential=), so neither the
+        // other daemons' user _sluice nor group sluice can read it.
         let owner = container.check(&format!("stat -c '%U:%G %a' {file}"))?;
-        ensure!(owner.trim() == "root:sluice 640", "{file} is {owner:?}");
+        ensure!(owner.trim() == "root:root 600", "{file} is {owner:?}");
+        ensure!(
+            container
+                .check(&format!(
+                    "runuser -u _sluice -g sluice -- cat {file} > /dev/null 2>&1 \
+                     && echo readable || echo refused"
+                ))?
+                .trim()
+                == "refused",
+            "user _sluice (the scraper's, the workers') can read {file}"
+        );
         let text = container.check(&format!("cat {file}"))?;
         ensure!(
             text.trim().len() == 64 && text.trim().chars().all(|c| c.is_ascii_hexdigit()),
@@ -424,9 +437,15 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
 
     // Upgrade (the same package again): the services restart, the listening socket does not
     // (a restarted socket refuses connections for a moment), the tokens stay.
+    // The tokens are given the modes of versions before LoadCredential= (root:sluice 0640), which
+    // the upgrade must tighten.
     let socket = "sluice-web.socket";
     let socket_since = container.unit_property(socket, "ActiveEnterTimestampMonotonic")?;
     let pids_before = suite.main_pids()?;
+    container.check(
+        "chown root:sluice /etc/sluice/api-token /etc/sluice/read-token \
+         && chmod 0640 /etc/sluice/api-token /etc/sluice/read-token",
+    )?;
     container.check(&format!("dpkg -i {}", suite.deb_in_container))?;
     suite.wait_until_every_unit_runs()?;
     let pids_after = suite.main_pids()?;
@@ -447,6 +466,17 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
     ensure!(
         container.check("cat /etc/sluice/read-token")? == read_token_text,
         "upgrade changed the read token"
+    );
+    for file in ["/etc/sluice/api-token", "/etc/sluice/read-token"] {
+        let owner = container.check(&format!("stat -c '%U:%G %a' {file}"))?;
+        ensure!(
+            owner.trim() == "root:root 600",
+            "the upgrade left {file} as {owner:?}"
+        );
+    }
+    ensure!(
+        answer(&read_header, "GET", "/api/jobs")? == "200",
+        "a read with the read token after the upgrade"
     );
 
     // Limits: every service runs in sluice.slice, which bounds the suite; and a daemon that

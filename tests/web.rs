@@ -606,6 +606,62 @@ fn reads_need_the_read_token_unless_the_api_is_public() {
     assert_eq!((status, error_code(&body)), (401, "unauthorized"), "{body}");
 }
 
+/// Issue 17, finding 10: in the package the token files are root's alone and systemd hands
+/// them to sluice-web as credentials ($CREDENTIALS_DIRECTORY/api-token and read-token). The
+/// real daemon takes the credentials over the configured files (which it could not read), says
+/// so in its log, and refuses the configured files' tokens.
+#[test]
+fn the_tokens_come_from_systemd_credentials_when_passed() {
+    let fixture = SuiteFixture::new("", "");
+    let credentials = fixture.directory.path().join("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let admin = "credential-admin-token-0123456789";
+    let read = "credential-read-token-0123456789";
+    std::fs::write(credentials.join("api-token"), format!("{admin}\n")).unwrap();
+    std::fs::write(credentials.join("read-token"), format!("{read}\n")).unwrap();
+    let daemon = WebDaemon::start_with_environment(
+        &fixture,
+        &[("CREDENTIALS_DIRECTORY", credentials.as_os_str())],
+    );
+    assert!(
+        daemon
+            .process
+            .log()
+            .contains("API tokens from systemd credentials"),
+        "{}",
+        daemon.process.log()
+    );
+    let job = enqueue(&fixture, "noop");
+    assert_eq!(
+        get_as(&daemon, "/api/jobs", Some(&format!("Bearer {read}"))).0,
+        200
+    );
+    let (status, body) = get(&daemon, "/api/jobs");
+    assert_eq!(
+        (status, error_code(&body)),
+        (401, "unauthorized"),
+        "the configured read token must not be taken when a credential is passed"
+    );
+    let (status, body) = post_empty(&daemon, &format!("/api/jobs/{job}/cancel"), Some(BEARER));
+    assert_eq!((status, error_code(&body)), (401, "unauthorized"), "{body}");
+    assert_eq!(
+        get_as(
+            &daemon,
+            &format!("/api/jobs/{job}"),
+            Some(&format!("Bearer {admin}"))
+        )
+        .1["state"],
+        "queued",
+        "a refused token changed the job"
+    );
+    let (status, body) = post_empty(
+        &daemon,
+        &format!("/api/jobs/{job}/cancel"),
+        Some(&format!("Bearer {admin}")),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
 #[test]
 fn the_host_header_must_name_an_allowed_host() {
     let fixture = SuiteFixture::new("", "");

@@ -382,11 +382,23 @@ impl WebDaemon {
     /// Starts sluice-web with the fixture's configuration and waits until it owns
     /// `org.sluice.Web1`, says it is running and names the address it listens on.
     pub fn start(fixture: &SuiteFixture) -> WebDaemon {
+        WebDaemon::start_with_environment(fixture, &[])
+    }
+
+    /// Like [`WebDaemon::start`], with these environment variables set as well (e.g.
+    /// `CREDENTIALS_DIRECTORY`, as systemd sets it for a unit with `LoadCredential=`).
+    pub fn start_with_environment(
+        fixture: &SuiteFixture,
+        environment: &[(&str, &std::ffi::OsStr)],
+    ) -> WebDaemon {
         let mut command = Command::new(binary_path("sluice-web"));
         command
             .arg("--config")
             .arg(&fixture.config_path)
             .env("SLUICE_LOG", "info");
+        for (name, value) in environment {
+            command.env(name, value);
+        }
         let mut process = DaemonProcess::spawn(&mut command, SpawnOptions::named("sluice-web"))
             .unwrap_or_else(|error| panic!("{error:#}"));
         let runtime = tokio::runtime::Builder::new_current_thread()

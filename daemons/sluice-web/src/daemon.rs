@@ -28,7 +28,9 @@ use crate::app::app;
 use crate::connections::{BLOCKING_THREADS_PER_WORKER, ConnectionBudget};
 use crate::emitters::TrustedSignals;
 use crate::events::{BusEvent, EVENT_BUFFER, FORWARDED_SIGNALS, SseFrame};
-use crate::state::{AccessRules, Announcement, AppState, BusLink, Settings, StorePool, TokenError};
+use crate::state::{
+    AccessRules, Announcement, AppState, BusLink, Settings, StorePool, TokenCredentials, TokenError,
+};
 
 /// How long a stopping web lets its HTTP workers take the connections the acceptor already
 /// handed over before the graceful stop, which would drop them. Taking one is a channel read;
@@ -92,8 +94,11 @@ impl WebError {
 /// Listens on the socket systemd passes (LISTEN_FDS) or else on [web] listen. Mutating API
 /// calls need the bearer token from [web] token_file; without that file the daemon does not
 /// start. At most [web] max_event_streams event streams are open at once, and the
-/// connections held stay within the open-file limit (LimitNOFILE=). SIGHUP reloads the
-/// tokens, allowed hosts and stream limit; SIGTERM stops gracefully.
+/// connections held stay within the open-file limit (LimitNOFILE=). A token passed by systemd
+/// as a credential ($CREDENTIALS_DIRECTORY/api-token, read-token: LoadCredential= in the
+/// package's unit) is read instead of the configured file. SIGHUP reloads the tokens (a
+/// credential is copied by systemd at start, so a changed token file under systemd takes a
+/// restart), allowed hosts and stream limit; SIGTERM stops gracefully.
 #[derive(Debug, clap::Parser)]
 #[command(name = "sluice-web", version)]
 pub struct Arguments {
@@ -105,6 +110,7 @@ pub struct Arguments {
 #[derive(Debug)]
 pub struct WebDaemon {
     access: AccessRules,
+    credentials: TokenCredentials,
 }
 
 impl Daemon for WebDaemon {
@@ -128,13 +134,15 @@ impl Daemon for WebDaemon {
         _config_path: &Path,
         _notifier: &Notifier,
     ) -> Result<WebDaemon, WebError> {
+        let credentials = TokenCredentials::from_environment();
         Ok(WebDaemon {
-            access: AccessRules::from_config(&config.web)?,
+            access: AccessRules::from_config(&config.web, &credentials)?,
+            credentials,
         })
     }
 
     async fn run(self, dependencies: Dependencies) -> Result<(), WebError> {
-        run(self.access, dependencies).await
+        run(self.access, self.credentials, dependencies).await
     }
 
     fn report_failure(error: WebError) -> DaemonExit {
@@ -162,7 +170,11 @@ enum Event {
 /// Runs the daemon until SIGTERM (Ok) or a fatal error, with the access rules, store, bus
 /// connection, signals and notifier it is given. `dependencies.config_path` is re-read on
 /// SIGHUP.
-pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), WebError> {
+pub async fn run(
+    access: AccessRules,
+    credentials: TokenCredentials,
+    dependencies: Dependencies,
+) -> Result<(), WebError> {
     let Dependencies {
         config,
         config_path,
@@ -172,6 +184,8 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
         notifier,
     } = dependencies;
     let stores = StorePool::starting_with(store);
+    let token_origin = credentials.describe(&config.web);
+    tracing::info!("{token_origin}");
 
     // Subscribe before owning the name, so no signal sent after READY is missed.
     let mut bus_signals = TrustedSignals::subscribe(&connection, EVENT_BUFFER)
@@ -274,9 +288,11 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
     notifier.ready(&initial_status);
 
     let reload_path = config_path.clone();
+    let reload_credentials = credentials.clone();
     let mut reloader = ConfigReloader::new(config.clone(), move || {
         let config = Config::load(&reload_path).map_err(|error| error.to_string())?;
-        AccessRules::from_config(&config.web).map_err(|error| error.to_string())?;
+        AccessRules::from_config(&config.web, &reload_credentials)
+            .map_err(|error| error.to_string())?;
         Ok::<_, String>(config)
     });
     let mut watchdog = notifier.watchdog_ticker();
@@ -348,7 +364,7 @@ pub async fn run(access: AccessRules, dependencies: Dependencies) -> Result<(), 
                 match &outcome {
                     ReloadOutcome::Applied => {
                         let after = reloader.current();
-                        match AccessRules::from_config(&after.web) {
+                        match AccessRules::from_config(&after.web, &credentials) {
                             Ok(access) => state.replace_access(access),
                             Err(error) => {
                                 tracing::error!(

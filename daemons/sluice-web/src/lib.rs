@@ -33,5 +33,5 @@ pub use error::ApiError;
 pub use events::{BusEvent, EventStreamSlots, FORWARDED_SIGNALS, KEEP_ALIVE_INTERVAL, SseFrame};
 pub use state::{
     AccessRules, Announcement, ApiToken, AppState, BusLink, MINIMUM_TOKEN_LENGTH, Settings,
-    StorePool, TokenError,
+    StorePool, TokenCredentials, TokenError,
 };

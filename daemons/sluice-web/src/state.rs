@@ -160,20 +160,91 @@ pub enum Grant {
     Admin,
 }
 
+/// Where the token files are read from. Under systemd the package hands the tokens to
+/// sluice-web alone as credentials (`LoadCredential=api-token:/etc/sluice/api-token` and
+/// `read-token:…` in sluice-web.service): systemd copies each root-only file at start into
+/// `$CREDENTIALS_DIRECTORY`, readable by this service only, so no other daemon (the networked
+/// scraper, the workers parsing untrusted files) and no member of group sluice can read them.
+/// A credential of that name wins over the configured path; without one (a run outside
+/// systemd, the tests, a drop-in that removed the credential) the configured path is read.
+#[derive(Debug, Clone, Default)]
+pub struct TokenCredentials {
+    directory: Option<PathBuf>,
+}
+
+impl TokenCredentials {
+    /// The credential name of the admin token (`[web] token_file`).
+    pub const ADMIN: &'static str = "api-token";
+    /// The credential name of the read token (`[web] read_token_file`).
+    pub const READ: &'static str = "read-token";
+
+    /// The credentials systemd passed this process (`$CREDENTIALS_DIRECTORY`), if any.
+    pub fn from_environment() -> TokenCredentials {
+        TokenCredentials {
+            directory: std::env::var_os("CREDENTIALS_DIRECTORY")
+                .filter(|directory| !directory.is_empty())
+                .map(PathBuf::from),
+        }
+    }
+
+    /// The credentials in `directory`, as systemd would pass them.
+    pub fn in_directory(directory: impl Into<PathBuf>) -> TokenCredentials {
+        TokenCredentials {
+            directory: Some(directory.into()),
+        }
+    }
+
+    /// Where the tokens come from, for the log.
+    pub fn describe(&self, config: &WebConfig) -> String {
+        let admin = self.path_for(TokenCredentials::ADMIN, &config.token_file);
+        let read = self.path_for(TokenCredentials::READ, &config.read_token_file);
+        let origin = if admin != config.token_file {
+            "systemd credentials"
+        } else {
+            "the configured files"
+        };
+        format!(
+            "API tokens from {origin}: admin {}, read {}",
+            admin.display(),
+            read.display()
+        )
+    }
+
+    /// No credentials: the configured paths are read.
+    pub fn none() -> TokenCredentials {
+        TokenCredentials::default()
+    }
+
+    /// The file to read for the credential `name`: the credential when systemd passed one of
+    /// that name, else `configured`.
+    pub fn path_for(&self, name: &str, configured: &Path) -> PathBuf {
+        match &self.directory {
+            Some(directory) if directory.join(name).is_file() => directory.join(name),
+            _ => configured.to_path_buf(),
+        }
+    }
+}
+
 impl AccessRules {
-    /// The rules `config` describes: reads the token files (the read token only when reads are
-    /// not public) and refuses a read token equal to the admin token, which would let every
-    /// reader change things.
-    pub fn from_config(config: &WebConfig) -> Result<AccessRules, TokenError> {
-        let admin_token = ApiToken::read(&config.token_file, "token_file")?;
+    /// The rules `config` describes: reads the tokens (each from its credential when systemd
+    /// passed one, else from the configured file; the read token only when reads are not
+    /// public) and refuses a read token equal to the admin token, which would let every reader
+    /// change things.
+    pub fn from_config(
+        config: &WebConfig,
+        credentials: &TokenCredentials,
+    ) -> Result<AccessRules, TokenError> {
+        let admin_file = credentials.path_for(TokenCredentials::ADMIN, &config.token_file);
+        let admin_token = ApiToken::read(&admin_file, "token_file")?;
         let reads = if config.public_reads {
             ReadAccess::Public
         } else {
-            let read_token = ApiToken::read(&config.read_token_file, "read_token_file")?;
+            let read_file = credentials.path_for(TokenCredentials::READ, &config.read_token_file);
+            let read_token = ApiToken::read(&read_file, "read_token_file")?;
             if read_token.same_as(&admin_token) {
                 return Err(TokenError::SameToken {
-                    admin: config.token_file.clone(),
-                    read: config.read_token_file.clone(),
+                    admin: admin_file,
+                    read: read_file,
                 });
             }
             ReadAccess::Token(read_token)
@@ -218,7 +289,8 @@ impl std::fmt::Debug for ApiToken {
 pub enum TokenError {
     #[error(
         "cannot read the API token file {path} ([web] {key}): {source}; sluice-web does not \
-         start without it (the package generates it at install)"
+         start without it (the package generates it at install and hands it to sluice-web with \
+         LoadCredential= in sluice-web.service; the file itself is readable by root only)"
     )]
     Read {
         key: &'static str,

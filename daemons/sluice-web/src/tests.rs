@@ -8,7 +8,9 @@ use sluice_core::store::jobs::NewJob;
 use tokio::sync::{broadcast, watch};
 
 use crate::app::app;
-use crate::state::{AccessRules, ApiToken, AppState, ReadAccess, Settings, StorePool, TokenError};
+use crate::state::{
+    AccessRules, ApiToken, AppState, ReadAccess, Settings, StorePool, TokenCredentials, TokenError,
+};
 
 const TOKEN: &str = "in-process-token-0123456789";
 const READ_TOKEN: &str = "in-process-read-token-9876543210";
@@ -259,19 +261,19 @@ fn access_rules_come_from_the_two_token_files() {
     web.token_file = admin.clone();
     web.read_token_file = read.clone();
 
-    match AccessRules::from_config(&web) {
+    match AccessRules::from_config(&web, &TokenCredentials::none()) {
         Err(TokenError::Read { key, path, .. }) => {
             assert_eq!((key, path.as_path()), ("read_token_file", read.as_path()));
         }
         other => panic!("a missing read token file must be refused, got {other:?}"),
     }
     std::fs::write(&read, format!("{TOKEN}\n")).unwrap();
-    let error = AccessRules::from_config(&web).unwrap_err();
+    let error = AccessRules::from_config(&web, &TokenCredentials::none()).unwrap_err();
     assert!(matches!(error, TokenError::SameToken { .. }), "{error}");
     assert!(error.to_string().contains("read_token_file"), "{error}");
     std::fs::write(&read, "short\n").unwrap();
     assert!(matches!(
-        AccessRules::from_config(&web),
+        AccessRules::from_config(&web, &TokenCredentials::none()),
         Err(TokenError::Malformed {
             key: "read_token_file",
             ..
@@ -279,7 +281,7 @@ fn access_rules_come_from_the_two_token_files() {
     ));
 
     std::fs::write(&read, format!("{READ_TOKEN}\n")).unwrap();
-    let rules = AccessRules::from_config(&web).unwrap();
+    let rules = AccessRules::from_config(&web, &TokenCredentials::none()).unwrap();
     assert_eq!(rules.grant(READ_TOKEN), Some(crate::state::Grant::Read));
     assert_eq!(rules.grant(TOKEN), Some(crate::state::Grant::Admin));
     assert_eq!(rules.grant("something-else-entirely"), None);
@@ -287,9 +289,60 @@ fn access_rules_come_from_the_two_token_files() {
 
     std::fs::remove_file(&read).unwrap();
     web.public_reads = true;
-    let rules = AccessRules::from_config(&web).unwrap();
+    let rules = AccessRules::from_config(&web, &TokenCredentials::none()).unwrap();
     assert!(rules.reads_are_public());
     assert_eq!(rules.grant(READ_TOKEN), None);
+}
+
+/// Under systemd the tokens come from the service's credentials (LoadCredential=), which win
+/// over the configured files: the package makes those files root-only, so sluice-web could
+/// not read them itself. A credential that is missing falls back to the configured file.
+#[test]
+fn tokens_passed_as_systemd_credentials_win_over_the_configured_files() {
+    let directory = tempfile::tempdir().unwrap();
+    let configured = directory.path().join("etc");
+    let credentials = directory.path().join("credentials");
+    std::fs::create_dir_all(&configured).unwrap();
+    std::fs::create_dir_all(&credentials).unwrap();
+    let mut web = sluice_core::config::defaults().web;
+    web.token_file = configured.join("api-token");
+    web.read_token_file = configured.join("read-token");
+    std::fs::write(&web.token_file, "configured-admin-token-0123456789\n").unwrap();
+    std::fs::write(&web.read_token_file, "configured-read-token-0123456789\n").unwrap();
+    std::fs::write(credentials.join("api-token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(credentials.join("read-token"), format!("{READ_TOKEN}\n")).unwrap();
+
+    let passed = TokenCredentials::in_directory(&credentials);
+    let rules = AccessRules::from_config(&web, &passed).unwrap();
+    assert_eq!(rules.grant(TOKEN), Some(crate::state::Grant::Admin));
+    assert_eq!(rules.grant(READ_TOKEN), Some(crate::state::Grant::Read));
+    assert_eq!(rules.grant("configured-admin-token-0123456789"), None);
+    assert!(passed.describe(&web).contains("systemd credentials"));
+
+    // Only the admin token passed: the read token comes from its configured file.
+    std::fs::remove_file(credentials.join("read-token")).unwrap();
+    let rules = AccessRules::from_config(&web, &passed).unwrap();
+    assert_eq!(rules.grant(TOKEN), Some(crate::state::Grant::Admin));
+    assert_eq!(
+        rules.grant("configured-read-token-0123456789"),
+        Some(crate::state::Grant::Read)
+    );
+
+    // A malformed credential is refused with the credential's path, not the configured one.
+    std::fs::write(credentials.join("api-token"), "short\n").unwrap();
+    match AccessRules::from_config(&web, &passed) {
+        Err(TokenError::Malformed { key, path }) => {
+            assert_eq!(key, "token_file");
+            assert_eq!(path, credentials.join("api-token"));
+        }
+        other => panic!("a malformed credential must be refused, got {other:?}"),
+    }
+
+    let rules = AccessRules::from_config(&web, &TokenCredentials::none()).unwrap();
+    assert_eq!(
+        rules.grant("configured-admin-token-0123456789"),
+        Some(crate::state::Grant::Admin)
+    );
 }
 
 #[actix_web::test]

@@ -28,8 +28,9 @@ pub mod exit {
 const AFTER_HELP: &str = "\
 Where changes go:
   jobs retry/cancel  org.sluice.Web1 (sluice-web); without it, the store directly
-  submit             sluice-web's API ([web] listen, admin token from [web] token_file);
-                     without it: exit status 5
+  submit             sluice-web's API ([web] listen, admin token from [web] token_file,
+                     which the package makes readable by root only); without it: exit
+                     status 5
   download           org.sluice.Scraper1 (sluice-scraper); without it, the store directly
                      (the download waits in the queue until the scraper runs)
   rescan             org.sluice.Monitor1 (sluice-monitor); without it: exit status 5

@@ -21,7 +21,8 @@ use crate::output::{print_json, print_line, print_table};
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// An HTTP client for sluice-web: its address from `[web] listen`, the admin token from
-/// `[web] token_file`.
+/// `[web] token_file` (root-only in the package: the token is a secret of sluice-web and of
+/// the administrator who hands it to HTTP clients, not of everyone in group sluice).
 struct WebClient {
     origin: String,
     base_path: String,
@@ -36,8 +37,9 @@ impl WebClient {
             Failure::new(
                 exit::ERROR,
                 format!(
-                    "cannot read the API token {} ([web] token_file): {error}; submitting \
-                     needs root or membership of group sluice",
+                    "cannot read the API token {} ([web] token_file): {error}; the package \
+                     makes it readable by root only (sluice-web gets it as a systemd \
+                     credential), so submitting needs root: sudo sluicectl submit …",
                     web.token_file.display()
                 ),
             )
