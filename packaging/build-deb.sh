@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds sluice's Debian package: the release binaries of the four daemons and sluicectl,
 # their man pages and shell completions (written from each program's clap definition by
-# sluice-manual, a program of the tests crate that never ships), then cargo-deb with the
+# sluice-manual, a program of the tests crate that never ships), the DEP-5 copyright file of
+# every crate they link (packaging/copyright.sh: cargo-about and cargo metadata), then cargo-deb with the
 # metadata in daemons/sluicectl/Cargo.toml, then lintian. Prints the .deb's path as its last
 # line (the system tests read it).
 #
@@ -14,6 +15,10 @@ cd "$(dirname "$0")/.."
 
 if ! cargo deb --version > /dev/null 2>&1; then
     echo "build-deb.sh: cargo-deb is missing; install it with: cargo install cargo-deb --locked" >&2
+    exit 1
+fi
+if ! cargo about --version > /dev/null 2>&1; then
+    echo "build-deb.sh: cargo-about is missing; install it with: cargo install cargo-about --locked --features cli" >&2
     exit 1
 fi
 
@@ -50,6 +55,9 @@ mkdir -p "$generated/man" "$generated/completions"
 "$binaries/sluice-manual" --man "$generated/man" --completions "$generated/completions" >&2
 # Compressed here: cargo-deb leaves files under the target directory as they are.
 gzip -9n "$generated"/man/*
+
+echo "== copyright (DEP-5, every linked crate: packaging/copyright.sh)" >&2
+packaging/copyright.sh "$generated/copyright" "$binaries/sluice-manual" >&2
 
 echo "== cargo deb" >&2
 mkdir -p target/debian

@@ -5,7 +5,8 @@
 # sluice.target and prints where to look. The container shares the host's network, so the
 # dashboard and the API answer on the host's 127.0.0.1:8080. Ctrl-C powers the container
 # off and removes everything; nothing on the host changes (apart from installing
-# systemd-container and cargo-deb when they are missing, and the build in target/).
+# systemd-container, cargo-deb and cargo-about when they are missing, and the build in
+# target/).
 #
 # Environment: SLUICE_DEB=path/to/sluice.deb uses that package instead of building one.
 set -euo pipefail
@@ -30,6 +31,10 @@ fi
 if [ -z "${SLUICE_DEB:-}" ] && ! cargo deb --version > /dev/null 2>&1; then
     say "installing cargo-deb"
     cargo install cargo-deb --locked
+fi
+if [ -z "${SLUICE_DEB:-}" ] && ! cargo about --version > /dev/null 2>&1; then
+    say "installing cargo-about (the package's copyright file)"
+    cargo install cargo-about --locked --features cli
 fi
 
 # The dashboard's port must be free on the host: the container shares its network.

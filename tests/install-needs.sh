@@ -9,7 +9,8 @@
 # contract test, tests/openapi.rs; from PyPI into the venv /opt/sluice-test-venv, since Debian
 # 12's pip refuses to install into the system's Python), cargo-nextest (the test runner),
 # cargo-deny
-# (the licence and source check) and cargo-deb (the package the system tests install).
+# (the licence and source check), cargo-deb (the package the system tests install) and
+# cargo-about (the package's copyright file, packaging/copyright.sh).
 # Needs root for apt-get; tests/run.sh runs it when it is root, and .ci/run through
 # tests/run.sh.
 set -euo pipefail
@@ -63,4 +64,10 @@ fi
 if ! cargo deb --version > /dev/null 2>&1; then
     echo "== installing cargo-deb" >&2
     cargo install cargo-deb --locked
+fi
+# The package's copyright file lists every linked crate's licence as cargo-about finds it
+# (packaging/copyright.sh). Its binary needs the cli feature. About 3 minutes of CPU to build.
+if ! cargo about --version > /dev/null 2>&1; then
+    echo "== installing cargo-about" >&2
+    cargo install cargo-about --locked --features cli
 fi

@@ -17,6 +17,7 @@ mod maintenance;
 mod metrics;
 mod monitor;
 mod openapi;
+mod packaging;
 mod policy;
 mod processors;
 mod queue_limits;

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod bus;
 pub mod container;
+pub mod copyright;
 pub mod documents;
 pub mod fixtures;
 pub mod pdf;

@@ -24,6 +24,16 @@ struct Arguments {
     /// Write sluicectl's bash, zsh and fish completions into DIR.
     #[arg(long, value_name = "DIR")]
     completions: Option<PathBuf>,
+    /// Write the package's DEP-5 copyright file to FILE (needs --about and --metadata), and
+    /// check it names every crate the shipped binaries link.
+    #[arg(long, value_name = "FILE", requires_all = ["about", "metadata"])]
+    copyright: Option<PathBuf>,
+    /// cargo-about's findings: `cargo about generate --format json --workspace`.
+    #[arg(long, value_name = "JSON")]
+    about: Option<PathBuf>,
+    /// `cargo metadata --format-version 1 --filter-platform <the package's target>`.
+    #[arg(long, value_name = "JSON")]
+    metadata: Option<PathBuf>,
 }
 
 /// The manual section a program's page belongs to.
@@ -54,6 +64,33 @@ fn main() -> anyhow::Result<()> {
     if let Some(folder) = &arguments.completions {
         write_completions(sluicectl::command(), folder)?;
     }
+    if let (Some(output), Some(about), Some(metadata)) =
+        (&arguments.copyright, &arguments.about, &arguments.metadata)
+    {
+        write_copyright(output, about, metadata)?;
+    }
+    Ok(())
+}
+
+/// Writes the DEP-5 copyright file and checks it as the test does.
+fn write_copyright(output: &Path, about: &Path, metadata: &Path) -> anyhow::Result<()> {
+    let read_json = |path: &Path| -> anyhow::Result<serde_json::Value> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+    };
+    let about = read_json(about)?;
+    let metadata = read_json(metadata)?;
+    let text = sluice_tests::copyright::write(&about, &metadata)?;
+    let crates = sluice_tests::copyright::shipped_crates(&metadata)?;
+    sluice_tests::copyright::check(&text, &crates)
+        .context("the copyright file just written fails its own check")?;
+    std::fs::write(output, text).with_context(|| format!("cannot write {}", output.display()))?;
+    eprintln!(
+        "{}: {} crates and sluice itself",
+        output.display(),
+        crates.len()
+    );
     Ok(())
 }
 
