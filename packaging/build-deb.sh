@@ -53,6 +53,8 @@ generated=$binaries/sluice-packaging
 rm -rf "$generated"
 mkdir -p "$generated/man" "$generated/completions"
 "$binaries/sluice-manual" --man "$generated/man" --completions "$generated/completions" >&2
+# The one page written by hand: the D-Bus API (section 7).
+cp packaging/man/sluice-dbus.7 "$generated/man/"
 # Compressed here: cargo-deb leaves files under the target directory as they are.
 gzip -9n "$generated"/man/*
 

@@ -106,3 +106,119 @@ fn the_copyright_file_is_dep5_and_names_every_linked_crate_with_its_licence() {
         }
     }
 }
+
+/// Each sluice interface: the bus name and object path of a daemon that implements it.
+const INTERFACES: [(&str, &str, &str); 4] = [
+    (
+        "org.sluice.Monitor1",
+        "org.sluice.Monitor1",
+        "/org/sluice/Monitor1",
+    ),
+    (
+        "org.sluice.Scraper1",
+        "org.sluice.Scraper1",
+        "/org/sluice/Scraper1",
+    ),
+    (
+        "org.sluice.Ingest1",
+        "org.sluice.Ingest1.Worker1",
+        "/org/sluice/Ingest1/1",
+    ),
+    ("org.sluice.Web1", "org.sluice.Web1", "/org/sluice/Web1"),
+];
+
+/// Issue 17, finding 6: the package ships each interface's introspection XML in
+/// /usr/share/dbus-1/interfaces/ (from packaging/dbus/interfaces/), where client authors and
+/// code generators (gdbus-codegen, zbus-xmlgen) look. This test starts the real daemons on a
+/// private bus and keeps the shipped files equal to what they introspect (sluice's interface
+/// elements; org.freedesktop.* are the bus library's). After changing an interface, rewrite
+/// the files with `SLUICE_REGENERATE_INTERFACES=1` and this test.
+#[test]
+fn the_shipped_interface_xml_is_what_the_running_daemons_introspect() {
+    let suite = crate::support::Suite::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let connection = suite.fixture.connect(&runtime);
+    let regenerate = std::env::var("SLUICE_REGENERATE_INTERFACES").as_deref() == Ok("1");
+    let folder = workspace_root().join("packaging/dbus/interfaces");
+    let mut stale = Vec::new();
+    for (interface, destination, path) in INTERFACES {
+        let xml = runtime
+            .block_on(async {
+                zbus::fdo::IntrospectableProxy::builder(&connection)
+                    .destination(destination)
+                    .path(path)
+                    .build()
+                    .await?
+                    .introspect()
+                    .await
+            })
+            .unwrap_or_else(|error| panic!("introspecting {destination} {path}: {error}"));
+        let running = interface_element(&xml, interface)
+            .unwrap_or_else(|| panic!("{destination} {path} has no {interface}:\n{xml}"));
+        let file = folder.join(format!("{interface}.xml"));
+        if regenerate {
+            std::fs::create_dir_all(&folder).unwrap();
+            std::fs::write(&file, interface_file(interface, &running)).unwrap();
+            continue;
+        }
+        let shipped = std::fs::read_to_string(&file).unwrap_or_default();
+        if interface_element(&shipped, interface).map(|element| normalised(&element))
+            != Some(normalised(&running))
+        {
+            stale.push(format!("{}", file.display()));
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "the shipped interface XML differs from what the daemons introspect: {}; rewrite it \
+         with SLUICE_REGENERATE_INTERFACES=1 cargo nextest run -p sluice-tests --test \
+         integration packaging::the_shipped_interface_xml (and update sluice-dbus(7))",
+        stale.join(", ")
+    );
+}
+
+/// The `<interface name="NAME">…</interface>` element of introspection XML.
+fn interface_element(xml: &str, name: &str) -> Option<String> {
+    let start = xml.find(&format!("<interface name=\"{name}\">"))?;
+    let length = xml[start..].find("</interface>")? + "</interface>".len();
+    Some(xml[start..start + length].to_owned())
+}
+
+/// The element's lines without their indentation, so the file may be indented as XML is.
+fn normalised(element: &str) -> Vec<String> {
+    element
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An interface file as /usr/share/dbus-1/interfaces/ holds them.
+fn interface_file(name: &str, element: &str) -> String {
+    let mut text = String::from(
+        "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \
+         \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n",
+    );
+    text.push_str(&format!(
+        "<!-- {name}: written from the running daemon's introspection by \
+         SLUICE_REGENERATE_INTERFACES=1 (tests/packaging.rs); see sluice-dbus(7). -->\n<node>\n"
+    ));
+    // The element starts at its tag; its other lines keep the indentation they have under
+    // the introspected <node>, where the interface itself sits two spaces in.
+    for (number, line) in element.lines().enumerate() {
+        let line = line.trim_end();
+        if number == 0 {
+            text.push_str("  ");
+        }
+        if !line.trim().is_empty() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text.push_str("</node>\n");
+    text
+}

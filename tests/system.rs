@@ -437,6 +437,33 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
 
     // Upgrade (the same package again): the services restart, the listening socket does not
     // (a restarted socket refuses connections for a moment), the tokens stay.
+    // What D-Bus clients look for (issue 17, finding 6): each interface's XML, and activation
+    // by name: a stopped daemon is started by systemd (SystemdService=) when its name is
+    // called, and systemd knows the name (BusName=).
+    for interface in ["Monitor1", "Scraper1", "Ingest1", "Web1"] {
+        container.check(&format!(
+            "test -s /usr/share/dbus-1/interfaces/org.sluice.{interface}.xml"
+        ))?;
+    }
+    ensure!(
+        container.unit_property("sluice-scraper.service", "BusName")? == "org.sluice.Scraper1",
+        "sluice-scraper.service does not name its bus name"
+    );
+    container.check("systemctl stop sluice-scraper.service")?;
+    container.check(
+        "busctl --system call org.sluice.Scraper1 /org/sluice/Scraper1 \
+         org.freedesktop.DBus.Peer Ping",
+    )?;
+    // The reply comes once the name is owned; READY=1 may follow a moment later.
+    suite.wait_until_every_unit_runs()?;
+    ensure!(
+        container
+            .check("systemctl is-active sluice-scraper.service")?
+            .trim()
+            == "active",
+        "calling org.sluice.Scraper1 did not start sluice-scraper.service"
+    );
+
     // The tokens are given the modes of versions before LoadCredential= (root:sluice 0640), which
     // the upgrade must tighten.
     let socket = "sluice-web.socket";
