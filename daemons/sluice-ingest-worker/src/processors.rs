@@ -40,6 +40,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use sluice_core::config::ProcessorConfig;
 use sluice_core::ingest::seconds;
+use sluice_core::policy;
 
 use crate::derived::file_derived;
 use crate::failure::IngestFailure;
@@ -472,17 +473,7 @@ impl Run<'_> {
     }
 
     fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr_tail)
-            .trim()
-            .chars()
-            .map(|character| {
-                if character.is_control() && character != '\n' {
-                    ' '
-                } else {
-                    character
-                }
-            })
-            .collect()
+        policy::controls_as_spaces(String::from_utf8_lossy(&self.stderr_tail).trim(), true)
     }
 }
 

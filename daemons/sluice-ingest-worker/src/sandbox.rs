@@ -34,6 +34,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use serde_json::Value;
 use sluice_core::ingest::seconds;
+use sluice_core::policy;
 
 use crate::extract::{CHILD_ARGUMENT, Kind, Record, Request};
 use crate::failure::IngestFailure;
@@ -353,16 +354,6 @@ impl Run<'_> {
     }
 
     fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr_tail)
-            .trim()
-            .chars()
-            .map(|character| {
-                if character.is_control() {
-                    ' '
-                } else {
-                    character
-                }
-            })
-            .collect()
+        policy::controls_as_spaces(String::from_utf8_lossy(&self.stderr_tail).trim(), false)
     }
 }

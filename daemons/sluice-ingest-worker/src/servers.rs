@@ -72,6 +72,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_core::config::ProcessorConfig;
 use sluice_core::ingest::seconds;
+use sluice_core::policy;
 
 use crate::derived::file_derived;
 use crate::failure::IngestFailure;
@@ -573,17 +574,7 @@ impl Server {
             self.stderr.wait_for_end(STDERR_EOF_WAIT);
         }
         let tail = self.stderr.tail();
-        let text: String = String::from_utf8_lossy(&tail)
-            .trim()
-            .chars()
-            .map(|character| {
-                if character.is_control() && character != '\n' {
-                    ' '
-                } else {
-                    character
-                }
-            })
-            .collect();
+        let text = policy::controls_as_spaces(String::from_utf8_lossy(&tail).trim(), true);
         if text.is_empty() {
             String::new()
         } else {
@@ -748,18 +739,14 @@ impl StderrLimiter {
         if !self.allows(now) {
             return;
         }
-        let text: String = String::from_utf8_lossy(line)
-            .trim_end()
-            .chars()
-            .take(STDERR_LINE_CHARS)
-            .map(|character| {
-                if character.is_control() {
-                    ' '
-                } else {
-                    character
-                }
-            })
-            .collect();
+        let text: String = policy::controls_as_spaces(
+            &String::from_utf8_lossy(line)
+                .trim_end()
+                .chars()
+                .take(STDERR_LINE_CHARS)
+                .collect::<String>(),
+            false,
+        );
         tracing::info!(
             processor = %source.processor,
             worker = %source.worker,

@@ -61,20 +61,14 @@ pub fn print_fields(fields: &[(&str, String)]) {
 /// Prints one line. Control characters (a terminal's escape sequences among them, which text
 /// from a feed or a server could carry) are shown as spaces, as in tables.
 pub fn print_line(line: &str) {
-    let flat: String = line
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let flat = sluice_core::policy::controls_as_spaces(line, false);
     write_out(&format!("{flat}\n"));
 }
 
 const MAX_CELL_CHARS: usize = 60;
 
 fn clean_cell(cell: &str) -> String {
-    let flat: String = cell
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let flat = sluice_core::policy::controls_as_spaces(cell, false);
     if flat.chars().count() > MAX_CELL_CHARS {
         let cut: String = flat.chars().take(MAX_CELL_CHARS - 1).collect();
         format!("{cut}…")

@@ -131,6 +131,21 @@ pub const CODES: [&str; 10] = [
 
 /// The policy code a refusal message starts with (`"invalid_url: …"`), as a D-Bus client
 /// receives it in an `org.freedesktop.DBus.Error.InvalidArgs` reply; `None` for other messages.
+/// Text from outside (a server's stderr, a feed, a query) as a log line, a terminal or FTS5 may
+/// show it: every control character, a terminal's escape sequences among them, becomes a
+/// space; with `keep_newlines`, line breaks stay.
+pub fn controls_as_spaces(text: &str, keep_newlines: bool) -> String {
+    text.chars()
+        .map(|character| {
+            if character.is_control() && !(keep_newlines && character == '\n') {
+                ' '
+            } else {
+                character
+            }
+        })
+        .collect()
+}
+
 pub fn code_in_message(message: &str) -> Option<&'static str> {
     let (prefix, _) = message.split_once(": ")?;
     CODES.into_iter().find(|code| *code == prefix)
@@ -152,6 +167,12 @@ fn truncate_to_bytes(text: &str, max_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_become_spaces() {
+        assert_eq!(controls_as_spaces("a\x1b[31mb\tc\nd", false), "a [31mb c d");
+        assert_eq!(controls_as_spaces("a\x07\nb", true), "a \nb");
+    }
 
     #[test]
     fn every_error_starts_with_its_code() {

@@ -73,16 +73,7 @@ pub fn parse_search_query(text: &str) -> Result<SearchQuery, PolicyError> {
         if !term.chars().any(char::is_alphanumeric) {
             continue;
         }
-        let cleaned: String = term
-            .chars()
-            .map(|character| {
-                if character.is_control() {
-                    ' '
-                } else {
-                    character
-                }
-            })
-            .collect();
+        let cleaned = super::controls_as_spaces(term, false);
         let mut fts5 = format!("\"{}\"", cleaned.replace('"', "\"\""));
         if prefix {
             fts5.push('*');
