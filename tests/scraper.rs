@@ -1020,9 +1020,10 @@ async fn a_404_fails_for_good_and_a_503_is_retried() -> Result<()> {
     let body = content(20_000, 10);
     fixture.route(
         "/flaky.bin",
-        FixtureRoute::FailThenServe {
+        FixtureRoute::ThrottleThenServe {
             failures: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
             status: 503,
+            headers: String::new(),
             body: Arc::new(body.clone()),
         },
     );

@@ -502,16 +502,10 @@ pub enum FixtureRoute {
     },
     /// A bare status with a short text body.
     Status(u16),
-    /// `status` for the first `failures` requests, then the file.
-    FailThenServe {
-        failures: Arc<std::sync::atomic::AtomicUsize>,
-        status: u16,
-        body: Arc<Vec<u8>>,
-    },
     /// `302 Found` to this location.
     Redirect(String),
-    /// `status` with extra header lines (e.g. `Retry-After: 2`) for the first `failures`
-    /// requests, then the file.
+    /// `status` with extra header lines (e.g. `Retry-After: 2`, or none) for the first
+    /// `failures` requests, then the file.
     ThrottleThenServe {
         failures: Arc<std::sync::atomic::AtomicUsize>,
         status: u16,
@@ -743,32 +737,6 @@ fn serve_fixture_connection(
         Some(FixtureRoute::Status(status)) => simple(&mut stream, status, ""),
         Some(FixtureRoute::Redirect(location)) => {
             simple(&mut stream, 302, &format!("Location: {location}\r\n"))
-        }
-        Some(FixtureRoute::FailThenServe {
-            failures,
-            status,
-            body,
-        }) => {
-            let failed = failures
-                .fetch_update(
-                    std::sync::atomic::Ordering::SeqCst,
-                    std::sync::atomic::Ordering::SeqCst,
-                    |left| left.checked_sub(1),
-                )
-                .is_ok();
-            if failed {
-                simple(&mut stream, status, "")
-            } else {
-                send_fixture_file(
-                    &mut stream,
-                    &request,
-                    &body,
-                    "\"fixture-v1\"",
-                    64 * 1024,
-                    Duration::ZERO,
-                    true,
-                )
-            }
         }
         Some(FixtureRoute::ThrottleThenServe {
             failures,
