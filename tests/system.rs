@@ -331,10 +331,21 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
     let rescan = "busctl call org.sluice.Monitor1 /org/sluice/Monitor1 org.sluice.Monitor1 \
                   Rescan s ''";
     let as_nobody = "setpriv --reuid=nobody --regid=nogroup --clear-groups";
-    let denied = container.sh(&format!("{as_nobody} {rescan}"))?;
+    // A privileged method reaches the daemon, which asks polkit: nobody would need an
+    // administrator's password, so a call that allows no interaction is refused.
+    let denied = container.sh(&format!(
+        "{as_nobody} {}",
+        rescan.replace(
+            "busctl call",
+            "busctl --allow-interactive-authorization=no call"
+        )
+    ))?;
     ensure!(
-        !denied.status.success() && denied.stdout_text().contains("Access denied"),
-        "an unprivileged Rescan was not denied by the bus: {}",
+        !denied.status.success()
+            && denied
+                .stdout_text()
+                .contains("needs authentication for polkit action org.sluice.manage-jobs"),
+        "an unprivileged Rescan was not refused through polkit: {}",
         denied.stdout_text()
     );
     // Properties and signals name private files: other users may introspect, not read.
@@ -913,7 +924,8 @@ fn a_configured_source_with_a_loaded_credential_produces_a_document() -> Result<
 /// InteractiveAuthorizationRequired, until an administrator's own rule grants them; the
 /// daemons' own user is allowed from sluice-web's unit (which forwards HTTP requests) and
 /// refused from an ingest worker's, where processors run, so a processor cannot make the
-/// scraper fetch. Each refusal is in the daemon's journal.
+/// scraper fetch; no process of that user can read sluice-web's token through `/proc`. Each
+/// refusal is in the daemon's journal.
 #[test]
 fn polkit_decides_who_may_call_and_a_workers_processes_are_refused() -> Result<()> {
     let Some(suite) = Suite::running()? else {
@@ -1040,6 +1052,26 @@ fn polkit_decides_who_may_call_and_a_workers_processes_are_refused() -> Result<(
     ensure!(
         deleted.trim_end().ends_with("200"),
         "DELETE through sluice-web (DeleteDownload as _sluice from its unit): {deleted}"
+    );
+    // Every daemon and processor is _sluice, yet none can read another daemon's memory or,
+    // through /proc/PID/root, sluice-web's credentials: the daemons are non-dumpable.
+    let stolen = container.sh(
+        "setpriv --reuid _sluice --regid sluice --init-groups cat \
+         /proc/$(systemctl show -P MainPID sluice-web)/root/run/credentials/sluice-web.service/api-token \
+         2>&1",
+    )?;
+    ensure!(
+        !stolen.status.success() && !stolen.stdout_text().contains(token.trim()),
+        "_sluice read sluice-web's token through /proc: {}",
+        stolen.stdout_text()
+    );
+    let dumpable = container.check(
+        "grep -c . /proc/$(systemctl show -P MainPID sluice-scraper)/status > /dev/null && \
+         stat -c %U /proc/$(systemctl show -P MainPID sluice-scraper)/mem",
+    )?;
+    ensure!(
+        dumpable.trim() == "root",
+        "sluice-scraper's /proc/PID/mem belongs to {dumpable:?}, not root (it is dumpable)"
     );
     let downloads = container.check(
         "sqlite3 -readonly /var/lib/sluice/sluice.db \

@@ -38,6 +38,10 @@ pub enum Refused {
     NoAddress { host: String },
     #[error("redirect to {url} refused: only http and https are followed")]
     RedirectScheme { url: String },
+    #[error(
+        "redirect from https to {url} refused: it would send the request, and any credentials, in clear text"
+    )]
+    RedirectDowngrade { url: String },
     #[error("more than {max} redirects (scraper.max_redirects); last one to {url}")]
     TooManyRedirects { max: u32, url: String },
 }
@@ -92,6 +96,17 @@ pub fn client_builder(config: &ScraperConfig) -> reqwest::ClientBuilder {
         }
         if !matches!(url.scheme(), "http" | "https") {
             return attempt.error(Refused::RedirectScheme {
+                url: url.to_string(),
+            });
+        }
+        // reqwest keeps Authorization on a redirect to the same host and port, even from https
+        // to http; no download follows a downgrade.
+        let from_https = attempt
+            .previous()
+            .last()
+            .is_some_and(|previous| previous.scheme() == "https");
+        if from_https && url.scheme() == "http" {
+            return attempt.error(Refused::RedirectDowngrade {
                 url: url.to_string(),
             });
         }

@@ -32,7 +32,10 @@ use crate::guard;
 use crate::hosts::HostLimiter;
 use crate::inbox;
 use crate::sources::credentials;
-use crate::sources::fetch::MAX_RETRY_AFTER;
+/// The longest a download's `Retry-After` holds its host (and the download slots of every
+/// download waiting for that host): shorter than a source check's cap
+/// (`sources::fetch::MAX_RETRY_AFTER`, a day), since a held host keeps downloads claimed.
+pub const MAX_DOWNLOAD_RETRY_AFTER: Duration = Duration::from_secs(3600);
 use crate::store_thread::StoreHandle;
 
 mod outcome;
@@ -906,7 +909,7 @@ async fn receive(
             let wait = header_text(RETRY_AFTER)
                 .as_deref()
                 .and_then(crate::sources::fetch::parse_retry_after)
-                .map(|wait| wait.min(MAX_RETRY_AFTER));
+                .map(|wait| wait.min(MAX_DOWNLOAD_RETRY_AFTER));
             let failure = status_failure(status, response.url());
             let Some(wait) = wait else {
                 return Err(failure);

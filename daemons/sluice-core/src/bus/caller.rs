@@ -21,6 +21,8 @@
 //! back to what the rules file grants: root and members of group `sluice`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use zbus::Connection;
 use zbus::Variant;
@@ -34,6 +36,59 @@ pub const SLUICE_GROUP: &str = "sluice";
 
 /// The unit whose processes may call privileged methods as the daemons' own user.
 pub const FORWARDING_UNIT: &str = "sluice-web.service";
+
+/// How many questions to polkit one daemon has open at once.
+const MAX_POLKIT_QUESTIONS: usize = 16;
+static POLKIT_QUESTIONS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(MAX_POLKIT_QUESTIONS);
+
+/// How long polkit may take to decide a call that does not allow interaction, and one that
+/// does (a person types a password).
+const POLKIT_TIMEOUT: Duration = Duration::from_secs(25);
+const INTERACTIVE_POLKIT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Refusals are logged at most once a second per daemon, with a count of those left out, so a
+/// caller repeating refused calls cannot push the daemon's other lines out of journald's rate
+/// limit.
+static REFUSAL_LOG: LogBudget = LogBudget::new(Duration::from_secs(1));
+
+/// At most one log line per interval; counts the lines it refuses.
+struct LogBudget {
+    interval_ms: u64,
+    /// The last line's time in ms since the process's first line, plus one (0: none yet).
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogBudget {
+    const fn new(interval: Duration) -> LogBudget {
+        LogBudget {
+            interval_ms: interval.as_millis() as u64,
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines left out since the last one)` when a line may be logged now.
+    fn admit(&self) -> Option<u64> {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        let now_ms = START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last != 0 && now_ms.saturating_sub(last) < self.interval_ms {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if self
+            .last_ms
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
 
 /// What a privileged method does, as the polkit action that authorizes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,13 +217,35 @@ impl CallerPolicy {
             .primary()
             .flags()
             .contains(Flags::ALLOW_INTERACTIVE_AUTH);
-        let verdict = ask_polkit(connection, sender.as_str(), action, interactive)
-            .await
-            .map_err(|error| {
-                BusError::Internal(format!(
-                    "{method}: cannot ask polkit about {sender} (uid {uid}): {error}"
-                ))
-            })?;
+        // Everyone may send these methods, so what one caller can make the daemon hold is
+        // bounded: a few questions to polkit at once (Busy beyond), each for a limited time
+        // (an agent that never answers an interactive one cannot keep it forever).
+        let Ok(_slot) = POLKIT_QUESTIONS.try_acquire() else {
+            return Err(BusError::Busy(format!(
+                "{method}: {MAX_POLKIT_QUESTIONS} authorizations are pending; try again shortly"
+            )));
+        };
+        let limit = if interactive {
+            INTERACTIVE_POLKIT_TIMEOUT
+        } else {
+            POLKIT_TIMEOUT
+        };
+        let verdict = tokio::time::timeout(
+            limit,
+            ask_polkit(connection, sender.as_str(), action, interactive),
+        )
+        .await
+        .map_err(|_| {
+            BusError::AccessDenied(format!(
+                "{method}: polkit did not decide within {} s",
+                limit.as_secs()
+            ))
+        })?
+        .map_err(|error| {
+            BusError::Internal(format!(
+                "{method}: cannot ask polkit about {sender} (uid {uid}): {error}"
+            ))
+        })?;
         let refusal = match verdict {
             Verdict::Authorized => return Ok(()),
             Verdict::NoPolkit => {
@@ -192,14 +269,22 @@ impl CallerPolicy {
                 action.id()
             )),
         };
-        tracing::warn!(
-            method,
-            caller = %sender,
-            caller_uid = uid,
-            action = action.id(),
-            "refused the D-Bus call {method} from {sender} (uid {uid}): {}",
-            zbus::DBusError::description(&refusal).unwrap_or_default()
-        );
+        if let Some(suppressed) = REFUSAL_LOG.admit() {
+            tracing::warn!(
+                method,
+                caller = %sender,
+                caller_uid = uid,
+                action = action.id(),
+                suppressed,
+                "refused the D-Bus call {method} from {sender} (uid {uid}): {}{}",
+                zbus::DBusError::description(&refusal).unwrap_or_default(),
+                if suppressed > 0 {
+                    format!(" ({suppressed} more refusals since the last one logged)")
+                } else {
+                    String::new()
+                }
+            );
+        }
         Err(refusal)
     }
 
@@ -226,13 +311,16 @@ impl CallerPolicy {
             Ok(unit) => unit,
             Err(reason) => format!("an unknown unit ({reason})"),
         };
-        tracing::warn!(
-            method,
-            caller = %sender,
-            caller_unit = %from,
-            "refused the D-Bus call {method} from {sender} in {from}: the daemons' own user may \
-             call it only from {FORWARDING_UNIT}"
-        );
+        if let Some(suppressed) = REFUSAL_LOG.admit() {
+            tracing::warn!(
+                method,
+                caller = %sender,
+                caller_unit = %from,
+                suppressed,
+                "refused the D-Bus call {method} from {sender} in {from}: the daemons' own user may \
+                 call it only from {FORWARDING_UNIT}"
+            );
+        }
         Err(BusError::AccessDenied(format!(
             "{method}: the daemons' own user may call it only from {FORWARDING_UNIT}, not from \
              {from}"
@@ -398,6 +486,17 @@ mod tests {
             sluice_unit_of(hybrid).as_deref(),
             Some("sluice-scraper.service")
         );
+    }
+
+    #[test]
+    fn the_refusal_log_admits_one_line_per_interval_and_counts_the_rest() {
+        let budget = LogBudget::new(Duration::from_secs(3600));
+        assert_eq!(budget.admit(), Some(0));
+        assert_eq!(budget.admit(), None);
+        assert_eq!(budget.admit(), None);
+        let budget = LogBudget::new(Duration::ZERO);
+        assert_eq!(budget.admit(), Some(0));
+        assert_eq!(budget.admit(), Some(0));
     }
 
     #[test]

@@ -154,6 +154,25 @@ async fn open_store_at(
         .unwrap_or_else(|join_error| std::panic::resume_unwind(join_error.into_panic()))
 }
 
+/// Under systemd (`INVOCATION_ID` is set), makes this process non-dumpable: every sluice
+/// daemon runs as `_sluice`, and so do the processors an ingest worker runs, so without this
+/// any of them could read another daemon's memory or, through `/proc/PID/root`, its
+/// credentials directory (sluice-web's API tokens, a source's `LoadCredential=` file). systemd
+/// and root still see everything. Development runs outside systemd keep the default, so a
+/// developer's tools can read the daemons' `/proc` entries.
+fn keep_other_processes_of_this_user_out() {
+    if std::env::var_os("INVOCATION_ID").is_none() {
+        return;
+    }
+    if let Err(error) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(
+            error = %error,
+            "cannot make this daemon non-dumpable ({error}): other processes of its user could \
+             read its memory and credentials"
+        );
+    }
+}
+
 /// One sluice daemon, as [`daemon_main`] starts it.
 pub trait Daemon: Sized {
     /// The command line (clap), which flattens [`CommonArguments`].
@@ -219,6 +238,7 @@ pub fn daemon_main<D: Daemon>() -> DaemonExit {
         eprintln!("{identifier}: {error}");
         return DaemonExit::Software;
     }
+    keep_other_processes_of_this_user_out();
     let notifier = Notifier::from_environment();
     let (config_path, config) = match load_config(D::common_arguments(&arguments).config.as_deref())
     {
