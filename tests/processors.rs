@@ -22,11 +22,13 @@ use crate::timeouts::{assert_no_process_left, script};
 /// The line of shell that sets `$id` to the request's id (requests start `{"id":N,`).
 const READ_ID: &str = r#"id=$(printf '%s' "$line" | sed 's/^{"id":\([0-9]*\),.*/\1/')"#;
 
-/// A `[[processor]]` table in server mode running `program`, with `extra` keys.
+/// A `[[processor]]` table in server mode running `program`, with `extra` keys. The folder
+/// of `program` is `writable`: the test scripts record their starts and pids there.
 fn server(name: &str, mime: &str, program: &Path, extra: &str) -> String {
     format!(
-        "[[processor]]\nname = \"{name}\"\nmime = \"{mime}\"\nmode = \"server\"\nargv = [\"{}\"]\n{extra}\n",
-        program.display()
+        "[[processor]]\nname = \"{name}\"\nmime = \"{mime}\"\nmode = \"server\"\nargv = [\"{}\"]\nwritable = [\"{}\"]\n{extra}\n",
+        program.display(),
+        program.parent().expect("a script's folder").display()
     )
 }
 
@@ -782,4 +784,127 @@ fn a_reload_that_changes_a_server_replaces_it_and_stopping_the_worker_stops_it()
     assert_eq!(status.code(), Some(0), "log:\n{}", worker.log());
     assert_no_process_left(&pids);
     drop(directory);
+}
+
+/// The shell lines that try what a confined processor must not do and what it may, and set
+/// `$report` to a JSON object of the outcomes: open the database for writing (without
+/// writing a byte), create a file in the library and in the state directory, create one in
+/// its own `TMPDIR`, and send signal 0 to the worker (its parent).
+fn confinement_probe(database: &str, state: &str, worker_pid: &str) -> String {
+    format!(
+        "try() {{ if (eval \"$1\") 2>/dev/null; then echo allowed; else echo refused; fi; }}\n\
+         db=$(try ': >> \"{database}\"')\n\
+         library=$(try ': > \"{state}/library/planted-$$\"')\n\
+         state=$(try ': > \"{state}/planted-$$\"')\n\
+         tmp=$(try ': > \"$TMPDIR/mine\"')\n\
+         signal=$(try 'kill -0 {worker_pid}')\n\
+         report=\"{{\\\"database\\\":\\\"$db\\\",\\\"library\\\":\\\"$library\\\",\\\"state\\\":\\\"$state\\\",\\\"tmpdir\\\":\\\"$tmp\\\",\\\"signal\\\":\\\"$signal\\\"}}\"\n"
+    )
+}
+
+/// Whether this kernel scopes signals (Landlock ABI 6, Linux 6.12).
+fn kernel_scopes_signals() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|part| part.parse::<u32>().ok());
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (major, minor) >= (6, 12)
+}
+
+/// The security review's finding: processors run as the daemons' user, which may write the
+/// database, so a processor could plant a download row (and have the scraper send a
+/// source's credentials anywhere). Confined by Landlock, a one-shot processor and a server
+/// may each write only their own `TMPDIR`: opening the database for writing, creating a file
+/// in the library or the state directory, and signalling the worker are all refused.
+#[test]
+fn processors_write_only_their_temporary_folder_not_the_database_or_the_library() {
+    let root = tempfile::tempdir().unwrap();
+    let oneshot = script(
+        root.path(),
+        "oneshot-probe.sh",
+        &format!(
+            "{}printf '%s' \"$report\"\n",
+            confinement_probe("$2", "$3", "$PPID")
+        ),
+    );
+    let server_program = script(
+        root.path(),
+        "server-probe.sh",
+        &format!(
+            "worker=$PPID\n\
+             while IFS= read -r line; do\n\
+               {READ_ID}\n\
+               {}\
+               printf '{{\"id\":%s,\"metadata\":%s}}\\n' \"$id\" \"$report\"\n\
+             done\n",
+            confinement_probe("$1", "$2", "$worker")
+        ),
+    );
+    let tables = format!(
+        "[[processor]]\nname = \"server_probe\"\nmime = \"text/plain\"\nmode = \"server\"\n\
+         argv = [\"{}\", \"{{root}}/sluice.db\", \"{{root}}\"]\n\
+         [[processor]]\nname = \"oneshot_probe\"\nmime = \"text/plain\"\n\
+         argv = [\"{}\", \"{{path}}\", \"{{root}}/sluice.db\", \"{{root}}\"]\n",
+        server_program.display(),
+        oneshot.display()
+    );
+    let mut suite = crate::support::Suite::start_with(&tables, &[]);
+    let mut response = http_agent()
+        .post(format!(
+            "{}/api/documents?name=probe.txt&wait=120s",
+            suite.web.origin
+        ))
+        .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
+        .header("Content-Type", "application/octet-stream")
+        .send(&b"words for the probes\n"[..])
+        .expect("upload");
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    let body: Value = serde_json::from_str(&body).expect("JSON");
+    let job = &body["uploads"][0]["job"];
+    if suite.logs().contains("Landlock is not available") {
+        // A kernel without Landlock: the processors are not started at all.
+        assert_ne!(job["state"], "succeeded", "{body}\n{}", suite.logs());
+        assert!(suite.logs().contains("cannot confine it with Landlock"));
+        return;
+    }
+    assert_eq!(job["state"], "succeeded", "{body}\n{}", suite.logs());
+    let document_id = job["document"]["id"].as_i64().expect("document id");
+    let (status, document) = suite.get(&format!("/api/documents/{document_id}"));
+    assert_eq!(status, 200, "{document}");
+    let signal = if kernel_scopes_signals() {
+        "refused"
+    } else {
+        "allowed"
+    };
+    for name in ["server_probe", "oneshot_probe"] {
+        let report = &document["metadata"]["processors"][name];
+        assert_eq!(
+            report,
+            &json!({
+                "database": "refused",
+                "library": "refused",
+                "state": "refused",
+                "tmpdir": "allowed",
+                "signal": signal,
+            }),
+            "{name}: {}",
+            document["metadata"]
+        );
+    }
+    // Nothing was planted anywhere; the workers are alive and the database is whole.
+    for folder in [suite.root().to_path_buf(), suite.library()] {
+        let planted: Vec<_> = std::fs::read_dir(&folder)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with("planted"))
+            .collect();
+        assert!(planted.is_empty(), "{planted:?} in {}", folder.display());
+    }
+    for worker in &mut suite.workers {
+        assert!(worker.is_running(), "{}", worker.log());
+    }
+    let (status, jobs) = suite.get("/api/jobs?state=failed");
+    assert_eq!(status, 200, "{jobs}");
+    assert_eq!(jobs["items"], json!([]), "{jobs}");
 }

@@ -40,10 +40,12 @@ pub(crate) fn script(root: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 /// A `[[processor]]` table running `program` on `{path}` (and `{mime}`), with `extra` keys.
+/// The folder of `program` is `writable`: the test scripts record their pids there.
 fn processor(name: &str, mime: &str, program: &Path, extra: &str) -> String {
     format!(
-        "[[processor]]\nname = \"{name}\"\nmime = \"{mime}\"\nargv = [\"{}\", \"{{path}}\", \"{{mime}}\"]\n{extra}\n",
-        program.display()
+        "[[processor]]\nname = \"{name}\"\nmime = \"{mime}\"\nargv = [\"{}\", \"{{path}}\", \"{{mime}}\"]\nwritable = [\"{}\"]\n{extra}\n",
+        program.display(),
+        program.parent().expect("a script's folder").display()
     )
 }
 

@@ -253,6 +253,11 @@ pub struct ProcessorConfig {
     /// Bytes: most stdout of one run (`once`) or one answer line (`server`), and the largest
     /// derived file either may leave.
     pub max_output: u64,
+    /// Folders the processor may write beneath besides its private temporary folder (a
+    /// cache of its models, say): absolute, apart from the database's folder, the library,
+    /// the inbox, the staging folder and every watched folder. Everything else it may only
+    /// read.
+    pub writable: Vec<PathBuf>,
 }
 
 /// How a processor is run (`mode` in the file).

@@ -180,6 +180,16 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
     // Heartbeats and progress go through a second connection, so they never wait for a step.
     let side_store = Arc::new(Mutex::new(open_another_store(&main_store).await?));
 
+    match isolation::confinement_available() {
+        Ok(()) => tracing::info!(
+            "processors, the PDF renderer and the extraction child run confined by Landlock: \
+             they write nothing but their own temporary folders"
+        ),
+        Err(error) => tracing::warn!(
+            "{error}: processors and the PDF renderer will not be started (they could write \
+             the database), and the extraction child runs under its resource limits alone"
+        ),
+    }
     // Found once, at start: a package installed later is used after the next restart.
     let pdf_renderer = tokio::task::spawn_blocking(|| {
         thumbnails::find_pdftoppm(std::env::var_os("PATH").as_deref())

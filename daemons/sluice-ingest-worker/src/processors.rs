@@ -27,7 +27,7 @@ use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -145,7 +145,10 @@ pub fn run_processor(
         stdin: Stdio::null(),
         timeout: processor.timeout,
         max_output: processor.max_output,
-        private_temp: Some(temp.path()),
+        sandbox: Some(Sandbox {
+            temp: temp.path(),
+            writable: &processor.writable,
+        }),
     };
     let stdout = run_program(program, groups, check)?;
     let files = file_derived(
@@ -181,9 +184,17 @@ pub struct Program<'a> {
     pub timeout: Duration,
     /// It is killed with its group once it wrote more than this many bytes to stdout.
     pub max_output: u64,
-    /// For a processor: its private temporary folder, and it runs without network (see
-    /// `isolation`). `None` for the worker's own helpers.
-    pub private_temp: Option<&'a Path>,
+    /// For a processor: where it may write (see `isolation`). `None` for the worker's own
+    /// helpers, which may write nowhere.
+    pub sandbox: Option<Sandbox<'a>>,
+}
+
+/// Where a processor may write: its private temporary folder (its `TMPDIR`), and the folders
+/// its `writable` key names.
+#[derive(Debug, Clone, Copy)]
+pub struct Sandbox<'a> {
+    pub temp: &'a Path,
+    pub writable: &'a [PathBuf],
 }
 
 /// Runs `program` in its own process group, registered in `groups`, and returns what it
@@ -201,9 +212,9 @@ pub fn run_program(
         stdin,
         timeout,
         max_output,
-        private_temp,
+        sandbox,
     } = program;
-    let mut command = processor_command(&argv, stdin, private_temp);
+    let mut command = processor_command(&argv, stdin, sandbox);
     let mut child = command
         .spawn()
         .map_err(|error| cannot_start(name, &argv[0], &error))?;
@@ -248,17 +259,23 @@ pub fn run_program(
 }
 
 /// The command for a processor's (or helper's) program: its own process group, in `/`,
-/// without the worker's systemd variables, pipes for stdout and stderr, and for a processor
-/// (`private_temp` given) no network and that folder as `TMPDIR`.
+/// without the worker's systemd variables, pipes for stdout and stderr, no network, and
+/// confined so that it writes nothing (see `isolation::confine`) but, for a processor
+/// (`sandbox` given), beneath its private temporary folder (its `TMPDIR`) and the folders of
+/// its `writable` key.
 pub(crate) fn processor_command(
     argv: &[OsString],
     stdin: Stdio,
-    private_temp: Option<&Path>,
+    sandbox: Option<Sandbox<'_>>,
 ) -> Command {
-    let argv = match private_temp {
-        Some(_) => isolation::isolated_argv(argv),
-        None => argv.to_vec(),
-    };
+    let writable: Vec<&Path> = sandbox
+        .map(|sandbox| {
+            std::iter::once(sandbox.temp)
+                .chain(sandbox.writable.iter().map(PathBuf::as_path))
+                .collect()
+        })
+        .unwrap_or_default();
+    let argv = isolation::isolated_argv(argv, &writable);
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
@@ -270,8 +287,8 @@ pub(crate) fn processor_command(
     for variable in WITHHELD_VARIABLES {
         command.env_remove(variable);
     }
-    if let Some(folder) = private_temp {
-        command.env("TMPDIR", folder);
+    if let Some(sandbox) = sandbox {
+        command.env("TMPDIR", sandbox.temp);
     }
     command
 }

@@ -78,7 +78,8 @@ use crate::derived::file_derived;
 use crate::failure::IngestFailure;
 use crate::isolation::PrivateTemp;
 use crate::processors::{
-    DerivedTarget, ProcessGroups, ProcessorOutput, cannot_start, kill_group, processor_command,
+    DerivedTarget, ProcessGroups, ProcessorOutput, Sandbox, cannot_start, kill_group,
+    processor_command,
 };
 
 /// How often a call looks at its deadline and its job's flags while the server is quiet.
@@ -247,7 +248,11 @@ impl Server {
             ))
         })?;
         let argv: Vec<std::ffi::OsString> = config.argv.iter().map(Into::into).collect();
-        let mut command = processor_command(&argv, Stdio::piped(), Some(temp.path()));
+        let sandbox = Sandbox {
+            temp: temp.path(),
+            writable: &config.writable,
+        };
+        let mut command = processor_command(&argv, Stdio::piped(), Some(sandbox));
         let mut child = command
             .spawn()
             .map_err(|error| cannot_start(name, &argv[0], &error))?;

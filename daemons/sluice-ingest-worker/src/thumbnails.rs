@@ -300,9 +300,9 @@ fn thumbnail_of_pdf(
         timeout: PDF_TIMEOUT,
         // An RGB picture of max_edge² pixels, uncompressed, plus room for PNG's framing.
         max_output: 3 * u64::from(max_edge) * u64::from(max_edge) + 64 * 1024,
-        // The worker's own helper, not a configured processor: it runs in the worker's
-        // sandbox as it is.
-        private_temp: None,
+        // The worker's own helper, not a configured processor: no temporary folder (it
+        // writes its picture to stdout), so it may write nowhere, and no network.
+        sandbox: None,
     };
     let png = run_program(program, groups, check).map_err(|failure| match failure {
         failure @ (IngestFailure::Cancelled

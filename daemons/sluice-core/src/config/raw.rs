@@ -147,6 +147,7 @@ pub(super) struct RawProcessor {
     pub argv: TextList,
     pub timeout: Option<Text>,
     pub max_output: Option<Size>,
+    pub writable: Option<TextList>,
 }
 
 #[derive(Debug, Deserialize)]

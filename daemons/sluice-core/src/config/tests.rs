@@ -705,6 +705,53 @@ fn inconsistent_source_settings_are_rejected() {
 }
 
 #[test]
+fn a_processors_writable_folders_must_be_apart_from_sluices_own() {
+    let config = load_ok(
+        "[[processor]]\nname = \"p\"\nmime = \"*\"\nargv = [\"/bin/cat\"]\n\
+         writable = [\"/var/cache/sluice-ocr\", \"/srv/models\"]\n",
+    );
+    assert_eq!(
+        config.processors[0].writable,
+        [Path::new("/var/cache/sluice-ocr"), Path::new("/srv/models")]
+    );
+    let table = "[[processor]]\nname = \"p\"\nmime = \"*\"\nargv = [\"/bin/cat\"]\n";
+    // The shipped defaults: database in /var/lib/sluice, library, inbox and staging beneath
+    // it; /srv/inbox is a watched folder of this file.
+    for (folder, what) in [
+        ("/var/lib", "the library"),
+        ("/var/lib/sluice/library/cache", "the library"),
+        ("/var/lib/sluice/models", "the database's folder"),
+        ("/srv/inbox/cache", "a watched folder"),
+        ("/", "the library"),
+    ] {
+        assert_rejected(
+            &format!(
+                "{table}writable = [\"{folder}\"]\n[[watch]]\npath = \"/srv/inbox\"\n\
+                 mode = \"consume\"\n"
+            ),
+            "invalid",
+            (5, 13),
+            "processor[0].writable[0]",
+            &format!("overlaps {what}"),
+        );
+    }
+    assert_rejected(
+        &format!("{table}writable = [\"cache\"]\n"),
+        "invalid",
+        (5, 13),
+        "processor[0].writable[0]",
+        "must be absolute",
+    );
+    assert_rejected(
+        &format!("{table}writable = [\"/srv/../var/lib/sluice\"]\n"),
+        "invalid",
+        (5, 13),
+        "processor[0].writable[0]",
+        "must not contain `..`",
+    );
+}
+
+#[test]
 fn bad_processor_command_is_rejected() {
     assert_rejected(
         "[[processor]]\nname = \"p\"\nmime = \"*\"\nargv = [\"tesseract\", \"{path}\"]\n",

@@ -280,6 +280,22 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
         &raw.watch_defaults,
         &raw.ingest.library,
     )?;
+    let scraper = validate_scraper(locator, &raw)?;
+    // What a processor's `writable` folders must stay apart from: everything of sluice's own
+    // that its confinement keeps it from writing.
+    let mut protected: Vec<(&str, &Path)> = vec![
+        ("the library", &ingest.library),
+        ("the scraper's inbox", &scraper.inbox),
+        ("the scraper's staging folder", &scraper.staging),
+    ];
+    if let Some(folder) = store.path.parent() {
+        protected.push(("the database's folder", folder));
+    }
+    protected.extend(
+        watches
+            .iter()
+            .map(|watch| ("a watched folder", watch.path.as_path())),
+    );
     let mut processor_names = HashMap::new();
     let processors = raw
         .processor
@@ -290,10 +306,10 @@ pub(super) fn validate(raw: RawConfig, locator: &Locator<'_>) -> Result<Config, 
                 entry.get_ref(),
                 &raw.processor_defaults,
                 &mut processor_names,
+                &protected,
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let scraper = validate_scraper(locator, &raw)?;
     let mut source_names = HashMap::new();
     let sources = raw
         .source
@@ -565,8 +581,28 @@ fn validate_processor(
     raw: &RawProcessor,
     defaults: &RawProcessorDefaults,
     names: &mut HashMap<String, Range<usize>>,
+    protected: &[(&str, &Path)],
 ) -> Result<ProcessorConfig, ConfigError> {
     let name = locator.entry_name(&raw.name, names)?;
+    let mut writable = Vec::new();
+    for folder in raw.writable.iter().flat_map(|list| list.get_ref()) {
+        let path = locator.absolute_path(folder)?;
+        let clash = protected
+            .iter()
+            .find(|(_, protected)| path.starts_with(protected) || protected.starts_with(&path));
+        if let Some((what, protected)) = clash {
+            return Err(locator.invalid(
+                folder.span(),
+                format!(
+                    "{} overlaps {what} ({}): a processor may write only apart from sluice's \
+                     own folders",
+                    path.display(),
+                    protected.display()
+                ),
+            ));
+        }
+        writable.push(path);
+    }
     let glob = Glob::new(raw.mime.get_ref()).map_err(|error| {
         locator.invalid(
             raw.mime.span(),
@@ -632,6 +668,7 @@ fn validate_processor(
             PROCESSOR_TIMEOUT,
         )?,
         max_output: locator.size(raw.max_output.as_ref().unwrap_or(&defaults.max_output))?,
+        writable,
     })
 }
 

@@ -100,7 +100,13 @@ pub fn child_main() -> ExitCode {
             return ExitCode::from(CHILD_USAGE);
         }
     };
-    // Limits first: from here on the file's content is in charge of what this process does.
+    // Confinement and limits first: from here on the file's content is in charge of what
+    // this process does. Confined, it can write no file (not the database, not the library)
+    // and signal no process outside; where the kernel has no Landlock, the limits below are
+    // the wall (the worker said so at its start).
+    if let Err(error) = crate::isolation::confine(&[]) {
+        eprintln!("extracting unconfined: {error}");
+    }
     let limits = [
         (Resource::RLIMIT_AS, request.max_memory, request.max_memory),
         // SIGXCPU at the soft limit, SIGKILL a second later.
