@@ -34,7 +34,7 @@ if [ -z "${SLUICE_DEB:-}" ] && ! cargo deb --version > /dev/null 2>&1; then
 fi
 if [ -z "${SLUICE_DEB:-}" ] && ! cargo about --version > /dev/null 2>&1; then
     say "installing cargo-about (the package's copyright file)"
-    cargo install cargo-about --locked --features cli
+    cargo install cargo-about --locked --features cli --version 0.9.3
 fi
 
 # The dashboard's port must be free on the host: the container shares its network.
@@ -108,7 +108,10 @@ rm -f "$root/usr/sbin/policy-rc.d"
 cp "$deb" "$root/root/"
 
 say "booting systemd in the container"
+# nspawn's own seccomp filter refuses the landlock calls, with which the ingest worker
+# confines its processors; a machine booted for real has no such filter.
 systemd-nspawn --register=no --keep-unit --quiet -b -M "$machine" -D "$root" \
+    --system-call-filter='landlock_create_ruleset landlock_add_rule landlock_restrict_self' \
     < /dev/null > "$base/console.log" 2>&1 &
 nspawn_pid=$!
 for _ in $(seq 1 600); do

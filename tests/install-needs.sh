@@ -67,7 +67,10 @@ if ! cargo deb --version > /dev/null 2>&1; then
 fi
 # The package's copyright file lists every linked crate's licence as cargo-about finds it
 # (packaging/copyright.sh). Its binary needs the cli feature. About 3 minutes of CPU to build.
-if ! cargo about --version > /dev/null 2>&1; then
-    echo "== installing cargo-about" >&2
-    cargo install cargo-about --locked --features cli
+# Pinned: what it writes goes into the package, so a new release changes the package only when
+# this line does.
+CARGO_ABOUT_VERSION=0.9.3
+if [ "$(cargo about --version 2>/dev/null)" != "cargo-about $CARGO_ABOUT_VERSION" ]; then
+    echo "== installing cargo-about $CARGO_ABOUT_VERSION" >&2
+    cargo install cargo-about --locked --features cli --version "$CARGO_ABOUT_VERSION"
 fi

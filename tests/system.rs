@@ -475,15 +475,14 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
         "calling org.sluice.Scraper1 did not start sluice-scraper.service"
     );
 
-    // The tokens are given the modes of versions before LoadCredential= (root:sluice 0640), which
-    // the upgrade must tighten.
+    // The admin token is given the owners of versions before LoadCredential= (root:sluice
+    // 0640, readable by every daemon), so the upgrade must replace it; the read token keeps
+    // today's (root:root 0600), so the upgrade must keep it.
     let socket = "sluice-web.socket";
     let socket_since = container.unit_property(socket, "ActiveEnterTimestampMonotonic")?;
     let pids_before = suite.main_pids()?;
-    container.check(
-        "chown root:sluice /etc/sluice/api-token /etc/sluice/read-token \
-         && chmod 0640 /etc/sluice/api-token /etc/sluice/read-token",
-    )?;
+    container
+        .check("chown root:sluice /etc/sluice/api-token && chmod 0640 /etc/sluice/api-token")?;
     container.check(&format!("dpkg -i {}", suite.deb_in_container))?;
     suite.wait_until_every_unit_runs()?;
     let pids_after = suite.main_pids()?;
@@ -497,9 +496,20 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
         container.unit_property(socket, "ActiveEnterTimestampMonotonic")? == socket_since,
         "the upgrade restarted {socket}"
     );
+    let new_token = container.check("cat /etc/sluice/api-token")?;
     ensure!(
-        container.check("cat /etc/sluice/api-token")? == token_text,
-        "upgrade changed the token"
+        new_token != token_text && new_token.trim().len() == 64,
+        "the upgrade kept the admin token that group sluice could read: {new_token:?}"
+    );
+    let old_admin = format!("-H 'Authorization: Bearer {}'", token_text.trim());
+    let new_admin = format!("-H 'Authorization: Bearer {}'", new_token.trim());
+    ensure!(
+        answer(&old_admin, "GET", "/api/jobs")? == "401",
+        "the replaced admin token still works"
+    );
+    ensure!(
+        answer(&new_admin, "GET", "/api/jobs")? == "200",
+        "the new admin token does not work"
     );
     ensure!(
         container.check("cat /etc/sluice/read-token")? == read_token_text,
@@ -675,15 +685,47 @@ fn inbox_files_and_uploads_become_documents_with_their_jobs_in_the_journal() -> 
     Ok(())
 }
 
-/// The extraction child, the PDF thumbnailer and content serving work under the shipped
-/// hardening (seccomp filter, rlimits, read-only system, no network for the worker): a
-/// three-page PDF and a JPEG with EXIF uploaded with `curl` become documents with their
-/// metadata, per-page search hits and thumbnails, and the PDF's bytes come back by Range.
+/// A one-shot processor for the installed suite's JPEGs (a drop-in): it tries what a
+/// confined processor must not do and prints what happened as JSON.
+const PROBE_PROCESSOR: &str = r#"#!/bin/sh
+try() { if (eval "$1") 2>/dev/null; then echo allowed; else echo refused; fi; }
+db=$(try ': >> /var/lib/sluice/sluice.db')
+library=$(try ': > /var/lib/sluice/library/planted')
+tmp=$(try ': > "$TMPDIR/mine"')
+signal=$(try "kill -0 $PPID")
+printf '{"database":"%s","library":"%s","tmpdir":"%s","signal":"%s","user":"%s"}' \
+    "$db" "$library" "$tmp" "$signal" "$(id -un)"
+"#;
+
+/// The extraction child, the PDF thumbnailer, a configured processor and content serving
+/// work under the shipped hardening (seccomp filter, rlimits, read-only system, no network
+/// for the worker, Landlock for what the worker starts): a three-page PDF and a JPEG with
+/// EXIF uploaded with `curl` become documents with their metadata, per-page search hits and
+/// thumbnails; the processor ran on the JPEG as `_sluice`, could write its `TMPDIR` but not
+/// the database or the library, nor signal its worker; the PDF's bytes come back by Range.
 #[test]
 fn a_pdf_and_a_photo_are_read_searched_and_thumbnailed_by_the_installed_suite() -> Result<()> {
     let Some(suite) = Suite::running()? else {
         return Ok(());
     };
+    let etc = suite.container.root().join("etc/sluice/sluice.toml.d");
+    std::fs::create_dir_all(&etc).context("the drop-in folder")?;
+    std::fs::write(
+        suite.container.root().join("usr/local/bin/sluice-probe"),
+        PROBE_PROCESSOR,
+    )
+    .context("write the probe processor")?;
+    std::fs::write(
+        etc.join("50-probe.toml"),
+        "[[processor]]\nname = \"probe\"\nmime = \"image/jpeg\"\n\
+         argv = [\"/usr/local/bin/sluice-probe\", \"{path}\"]\n",
+    )
+    .context("write the processor's drop-in")?;
+    suite.container.check(
+        "chmod 0755 /usr/local/bin/sluice-probe && chmod 0644 /etc/sluice/sluice.toml.d/50-probe.toml \
+         && systemctl restart sluice-ingest-worker@1.service sluice-ingest-worker@2.service",
+    )?;
+    suite.wait_until_every_unit_runs()?;
     let pages: Vec<String> = (1..=3)
         .map(|page| page_words(page, 200, &format!("sysmark{page}")))
         .collect();
@@ -736,6 +778,30 @@ fn a_pdf_and_a_photo_are_read_searched_and_thumbnailed_by_the_installed_suite() 
         photo_document["metadata"]["width"] == 320
             && photo_document["metadata"]["exif"]["camera_model"] == "Camera 1",
         "the photo's document {photo_document}"
+    );
+    // Landlock scopes signals from ABI 6 (Linux 6.12); the container runs the host's kernel.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let version: Vec<u32> = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|part| part.parse().ok())
+        .take(2)
+        .collect();
+    let signal = if version.as_slice() >= [6, 12].as_slice() {
+        "refused"
+    } else {
+        "allowed"
+    };
+    let probe = &photo_document["metadata"]["processors"]["probe"];
+    ensure!(
+        *probe
+            == serde_json::json!({
+                "database": "refused",
+                "library": "refused",
+                "tmpdir": "allowed",
+                "signal": signal,
+                "user": "_sluice",
+            }),
+        "the probe processor under the installed worker reported {probe}"
     );
 
     // Each page's marker finds that page of that document.

@@ -14,6 +14,11 @@ use nix::unistd::Pid;
 use crate::fixtures::have_root;
 use crate::process::{DaemonProcess, SpawnOptions, output_within, wait_until, workspace_root};
 
+/// The system calls systemd-nspawn must let through for the ingest worker's Landlock
+/// confinement of its processors (nspawn's filter refuses them otherwise).
+pub const NSPAWN_LANDLOCK_CALLS: &str =
+    "landlock_create_ruleset landlock_add_rule landlock_restrict_self";
+
 // A real systemd, booted with systemd-nspawn from a throwaway copy of the host's own root
 // (an overlay whose upper layer is a tmpfs), for the system tests and the README's run
 // command. The recipe and its traps are in the team notes (systemd-container.md): the
@@ -263,7 +268,11 @@ impl Container {
             .args(["--register=no", "--keep-unit", "--quiet", "-b", "-M"])
             .arg(&self.name)
             .arg("-D")
-            .arg(&self.root);
+            .arg(&self.root)
+            // nspawn's own seccomp filter (systemd 252) refuses the landlock calls with EPERM,
+            // and the ingest worker confines its processors with Landlock: allow them, as a
+            // machine booted for real does.
+            .arg(format!("--system-call-filter={NSPAWN_LANDLOCK_CALLS}"));
         if options.private_network {
             command.arg("--private-network");
         }
