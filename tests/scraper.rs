@@ -1229,6 +1229,13 @@ async fn a_partial_file_is_finished_or_restarted_on_http_416() -> Result<()> {
         &stale,
     )?;
 
+    // And what a crash in the middle of a prefill leaves (a source's page being written as
+    // a download's partial file): removed at start.
+    let unfinished_prefill = setup
+        .staging()
+        .join(format!("{}.prefill", too_long.download_id));
+    std::fs::write(&unfinished_prefill, b"half a page")?;
+
     let _scraper = setup.start().await?;
     let finished = wait_for_state(
         &setup,
@@ -1237,6 +1244,10 @@ async fn a_partial_file_is_finished_or_restarted_on_http_416() -> Result<()> {
     )
     .await?;
     assert_eq!(std::fs::read(finished.final_path.unwrap())?, body);
+    assert!(
+        !unfinished_prefill.exists(),
+        "the unfinished prefill is still there"
+    );
     let requests = fixture.requests_for("/whole.bin");
     assert_eq!(requests.len(), 1, "no body was fetched again: {requests:?}");
     assert_eq!(requests[0].range, Some(format!("bytes={}-", body.len())));

@@ -65,6 +65,48 @@ pub fn part_files(staging: &Path) -> io::Result<Vec<(i64, PathBuf)>> {
     Ok(parts)
 }
 
+/// Removes the `ID.prefill` files in `staging`: a prefill writes one and renames it to
+/// `ID.part` at once, so one found when the scraper starts was left by a crash mid-write,
+/// and would keep that download from ever being prefilled (its name is taken exclusively).
+/// Called before anything can prefill. Says what it removed; an error is logged, not fatal.
+pub fn remove_stale_prefills(staging: &Path) {
+    let entries = match std::fs::read_dir(staging) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return,
+        Err(error) => {
+            tracing::warn!(
+                error = %error,
+                "cannot list the staging folder {}: {error}",
+                staging.display()
+            );
+            return;
+        }
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let is_prefill = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(".prefill"))
+            .is_some_and(|id| id.parse::<i64>().is_ok());
+        if !is_prefill {
+            continue;
+        }
+        let path = entry.path();
+        match remove_part(&path) {
+            Ok(()) => tracing::info!(
+                path = %path.display(),
+                "removed {}, left by a prefill that did not finish",
+                path.display()
+            ),
+            Err(error) => tracing::warn!(
+                error = %error,
+                "cannot remove the unfinished prefill {}: {error}",
+                path.display()
+            ),
+        }
+    }
+}
+
 /// Removes a partial file; one that is already gone is fine.
 pub fn remove_part(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {

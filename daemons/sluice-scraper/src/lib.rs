@@ -404,6 +404,11 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
         resolving: Vec::new(),
         background: Vec::new(),
     };
+    {
+        // Before any source check can prefill.
+        let staging = scraper.context.settings.staging.clone();
+        let _ = tokio::task::spawn_blocking(move || inbox::remove_stale_prefills(&staging)).await;
+    }
     scraper.sync_sources(true).await;
     scraper.sweep_staging().await;
     scraper.settle_bundles().await;
