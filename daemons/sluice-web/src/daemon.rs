@@ -186,6 +186,9 @@ pub async fn run(
     let stores = StorePool::starting_with(store);
     let token_origin = credentials.describe(&config.web);
     tracing::info!("{token_origin}");
+    for warning in credentials.overridden(&config.web) {
+        tracing::warn!("{warning}");
+    }
 
     // Subscribe before owning the name, so no signal sent after READY is missed.
     let mut bus_signals = TrustedSignals::subscribe(&connection, EVENT_BUFFER)

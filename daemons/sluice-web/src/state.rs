@@ -210,6 +210,41 @@ impl TokenCredentials {
         )
     }
 
+    /// What an administrator should hear: a `[web]` token key that names another file than
+    /// the package's while systemd passed the credential of that name, which wins (the
+    /// configured file is not read).
+    pub fn overridden(&self, config: &WebConfig) -> Vec<String> {
+        let defaults = sluice_core::config::defaults().web;
+        [
+            (
+                TokenCredentials::ADMIN,
+                "token_file",
+                &config.token_file,
+                &defaults.token_file,
+            ),
+            (
+                TokenCredentials::READ,
+                "read_token_file",
+                &config.read_token_file,
+                &defaults.read_token_file,
+            ),
+        ]
+        .into_iter()
+        .filter(|(name, _, configured, default)| {
+            configured != default && self.path_for(name, configured) != **configured
+        })
+        .map(|(name, key, configured, _)| {
+            format!(
+                "[web] {key} names {}, but systemd passed the credential {name} \
+                 (LoadCredential= in sluice-web.service), which is used instead: point \
+                 LoadCredential={name}:… at {} in a drop-in",
+                configured.display(),
+                configured.display()
+            )
+        })
+        .collect()
+    }
+
     /// No credentials: the configured paths are read.
     pub fn none() -> TokenCredentials {
         TokenCredentials::default()

@@ -318,6 +318,17 @@ fn tokens_passed_as_systemd_credentials_win_over_the_configured_files() {
     assert_eq!(rules.grant(READ_TOKEN), Some(crate::state::Grant::Read));
     assert_eq!(rules.grant("configured-admin-token-0123456789"), None);
     assert!(passed.describe(&web).contains("systemd credentials"));
+    // The configured files are not the package's, and are not read: said, for each token.
+    let overridden = passed.overridden(&web);
+    assert_eq!(overridden.len(), 2, "{overridden:?}");
+    assert!(
+        overridden[0].contains("[web] token_file names")
+            && overridden[0].contains("credential api-token"),
+        "{overridden:?}"
+    );
+    // With the package's paths, nothing to say.
+    let packaged = sluice_core::config::defaults().web;
+    assert!(passed.overridden(&packaged).is_empty());
 
     // Only the admin token passed: the read token comes from its configured file.
     std::fs::remove_file(credentials.join("read-token")).unwrap();
