@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
-use sluice_core::bus::ScraperProxy;
+use sluice_core::bus::{self, ScraperProxy};
 use sluice_core::store::{Bundle, BundleState, Durability, Store};
 
 use crate::support::{
@@ -219,7 +219,7 @@ async fn a_bundle_appears_as_one_folder_only_when_every_file_is_complete() -> Re
     let args = signal.args()?;
     assert_eq!(
         (*args.bundle_id(), *args.state(), *args.path()),
-        (id, "succeeded", folder.to_str().unwrap())
+        (id, "succeeded", &bus::path_to_bytestring(&folder)[..])
     );
     assert_eq!(std::fs::read(folder.join("c.bin"))?, slow);
     assert!(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
-use sluice_core::bus::{BusError, DownloadOptions, ScraperProxy};
+use sluice_core::bus::{self, BusError, DownloadOptions, ScraperProxy};
 use sluice_core::policy::{PolicyError, check_download_target, parse_download_url};
 use sluice_core::store::downloads::DOWNLOAD_JOB_KIND;
 use sluice_core::store::{
@@ -176,7 +176,10 @@ async fn watch_signals(proxy: &ScraperProxy<'static>) -> Result<Arc<Mutex<SeenSi
                 sink.lock().unwrap().finished.push((
                     args.download_id,
                     args.state.to_owned(),
-                    args.path.to_owned(),
+                    // A byte string; the scraper's names are UTF-8.
+                    bus::bytestring_to_path_lossy(args.path)
+                        .to_string_lossy()
+                        .into_owned(),
                 ));
             }
         }

@@ -329,7 +329,7 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
         );
     }
     let rescan = "busctl call org.sluice.Monitor1 /org/sluice/Monitor1 org.sluice.Monitor1 \
-                  Rescan s ''";
+                  Rescan ay 0";
     let as_nobody = "setpriv --reuid=nobody --regid=nogroup --clear-groups";
     // A privileged method reaches the daemon, which asks polkit: nobody would need an
     // administrator's password, so a call that allows no interaction is refused.

@@ -867,13 +867,20 @@ fn the_event_stream_carries_bus_signals_and_the_webs_own_job_queued() {
         ))
         .expect("serve the monitor object");
     runtime
-        .block_on(monitor.file_detected("/srv/inbox/report.pdf", 7, 9))
+        .block_on(monitor.file_detected(b"/srv/inbox/report.pdf\0", 7, 9))
         .expect("emit FileDetected");
     let data = next_event(&lines, "FileDetected");
     assert_eq!(data["path"], "/srv/inbox/report.pdf");
     assert_eq!(data["file_id"], 7);
     assert_eq!(data["job_id"], 9);
     assert_eq!(data["interface"], "org.sluice.Monitor1");
+    // The monitor's one signal also names the ingest job it queued: the stream shows that
+    // job's JobQueued as it did when the monitor sent a second signal for it.
+    let data = next_event(&lines, "JobQueued");
+    assert_eq!(data["interface"], "org.sluice.Monitor1");
+    assert_eq!(data["object_path"], "/org/sluice/Monitor1");
+    assert_eq!(data["kind"], "ingest");
+    assert_eq!(data["job_id"], 9);
 
     // A download submitted through the API is announced on Web1 and reaches the stream.
     let (status, body) = post_json(
@@ -887,6 +894,15 @@ fn the_event_stream_carries_bus_signals_and_the_webs_own_job_queued() {
     assert_eq!(data["interface"], "org.sluice.Web1");
     assert_eq!(data["kind"], "download");
     assert_eq!(data["job_id"], body["job_id"]);
+
+    // A name that is not UTF-8 crosses the bus as bytes; JSON shows it with U+FFFD for the
+    // byte it cannot carry, and the stream goes on.
+    runtime
+        .block_on(monitor.file_detected(b"/srv/inbox/caf\xe9.pdf\0", 8, 10))
+        .expect("emit FileDetected");
+    let data = next_event(&lines, "FileDetected");
+    assert_eq!(data["path"], "/srv/inbox/caf\u{fffd}.pdf");
+    assert_eq!(data["job_id"], 10);
 }
 
 /// Every event as (name, data) up to and including the first one named `name` whose data
@@ -981,7 +997,7 @@ fn forged_signals_from_connections_that_do_not_own_the_name_never_reach_the_even
                         path,
                         interface,
                         member,
-                        &("/FAKE/zbus", 4244u64, 4245u64),
+                        &(b"/FAKE/zbus\0".to_vec(), 4244u64, 4245u64),
                     )
                     .await
             } else {
@@ -1011,7 +1027,7 @@ fn forged_signals_from_connections_that_do_not_own_the_name_never_reach_the_even
             .await
             .expect("GetId");
         monitor
-            .file_detected("/srv/inbox/real.pdf", 7, 9)
+            .file_detected(b"/srv/inbox/real.pdf\0", 7, 9)
             .await
             .expect("emit the real FileDetected");
     });

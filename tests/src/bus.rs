@@ -240,14 +240,20 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 /// The outside review's forged signal: `busctl` arguments that emit a `FileDetected` as if
-/// from the monitor, with a path no daemon would send.
-pub const FORGED_FILE_DETECTED: [&str; 8] = [
+/// from the monitor, with a path no daemon would send (`/FAKE` as a byte string with its NUL).
+pub const FORGED_FILE_DETECTED: [&str; 14] = [
     "emit",
     "/org/sluice/Monitor1",
     "org.sluice.Monitor1",
     "FileDetected",
-    "stt",
-    "/FAKE/<script>",
+    "aytt",
+    "6",
+    "47",
+    "70",
+    "65",
+    "75",
+    "69",
+    "0",
     "4242",
     "4243",
 ];

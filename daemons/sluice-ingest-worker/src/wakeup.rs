@@ -1,51 +1,73 @@
-//! Wake-ups: the `JobQueued` signals of the monitor, the web and the scraper say "look at the
-//! queue now". They only shorten the wait; a missed signal costs at most one poll interval,
-//! because the worker also polls the database.
+//! Wake-ups: the `JobQueued` signals of the web and the scraper, and the monitor's
+//! `FileDetected` (which names the ingest job it queued; the monitor sends no `JobQueued`
+//! beside it), say "look at the queue now". They only shorten the wait; a missed signal costs
+//! at most one poll interval, because the worker also polls the database.
 
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use zbus::message::Type;
+use zbus::message::{Message, Type};
 use zbus::{Connection, MatchRule, MessageStream};
+
+use sluice_core::store::INGEST_JOB_KIND;
 
 use crate::execute::KINDS;
 
 /// The interfaces whose `JobQueued` signal wakes a worker. The rule matches the interface and
 /// member, not the sender, so any client that enqueues through the store may announce its job
 /// (a benchmark producer, sluicectl); a forged signal costs one empty claim, nothing more.
-pub const JOB_QUEUED_INTERFACES: [&str; 3] = [
-    "org.sluice.Monitor1",
-    "org.sluice.Web1",
-    "org.sluice.Scraper1",
-];
+pub const JOB_QUEUED_INTERFACES: [&str; 2] = ["org.sluice.Web1", "org.sluice.Scraper1"];
 
-/// Subscribes to every `JobQueued` and sets `wake` for those of a kind this worker runs.
-/// Several signals before the loop looks collapse into one wake-up (`Notify` keeps a single
-/// permit), which is all a wake-up needs.
+/// The monitor's interface, whose `FileDetected` announces an `ingest` job.
+pub const FILE_DETECTED_INTERFACE: &str = "org.sluice.Monitor1";
+
+/// Subscribes to every `JobQueued` and `FileDetected` and sets `wake` for those of a kind this
+/// worker runs. Several signals before the loop looks collapse into one wake-up (`Notify`
+/// keeps a single permit), which is all a wake-up needs.
 pub async fn subscribe(connection: &Connection, wake: Arc<Notify>) -> zbus::Result<()> {
-    let queue = NonZeroUsize::new(256).expect("non-zero");
-    for interface in JOB_QUEUED_INTERFACES {
+    let subscriptions = JOB_QUEUED_INTERFACES
+        .into_iter()
+        .map(|interface| (interface, "JobQueued"))
+        .chain([(FILE_DETECTED_INTERFACE, "FileDetected")]);
+    for (interface, member) in subscriptions {
         let rule = MatchRule::builder()
             .msg_type(Type::Signal)
             .interface(interface)
-            .member("JobQueued")
+            .member(member)
             .build()?;
+        let queue = NonZeroUsize::new(256).expect("non-zero");
         let mut stream = MessageStream::for_match_rule(rule, connection, Some(queue)).await?;
         let wake = Arc::clone(&wake);
         tokio::spawn(async move {
             while let Some(message) = stream.next().await {
                 let Ok(message) = message else { continue };
-                match message.body().deserialize::<(String, u64)>() {
-                    Ok((kind, _job_id)) if KINDS.contains(&kind.as_str()) => wake.notify_one(),
+                match queued_kind(&message) {
+                    Ok(kind) if KINDS.contains(&kind.as_str()) => wake.notify_one(),
                     Ok(_) => {}
                     Err(error) => {
-                        tracing::debug!(error = %error, "ignoring a JobQueued signal with an unexpected body");
+                        tracing::debug!(error = %error, "ignoring a {member} signal with an unexpected body");
                     }
                 }
             }
         });
     }
     Ok(())
+}
+
+/// The kind of job a wake-up signal announces: `JobQueued(kind, job_id)` says it,
+/// `FileDetected(path, file_id, job_id)` is always an `ingest` job.
+fn queued_kind(message: &Message) -> zbus::Result<String> {
+    let body = message.body();
+    let is_file_detected = message
+        .header()
+        .member()
+        .is_some_and(|member| member.as_str() == "FileDetected");
+    if is_file_detected {
+        body.deserialize::<(Vec<u8>, u64, u64)>()?;
+        return Ok(INGEST_JOB_KIND.to_owned());
+    }
+    let (kind, _job_id) = body.deserialize::<(String, u64)>()?;
+    Ok(kind)
 }

@@ -1,7 +1,8 @@
 //! sluice-monitor: the one process that watches the `[[watch]]` folders. It records every file
 //! that becomes ready and queues its ingest job in the same transaction, reconciles each tree
 //! with the database (at start, after lost events, periodically and on `Rescan`), and announces
-//! what it queued with `FileDetected` and `JobQueued`.
+//! what it queued with one `FileDetected` per file (which names the ingest job, so there is no
+//! `JobQueued` beside it).
 //!
 //! It never drops a detected file: while the ingest queue is at `[ingest] max_pending`, new
 //! versions are recorded *held* (no job yet), and the monitor queues them, oldest first, as
@@ -25,14 +26,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sluice_core::bus::{
     BusError, BusSetupError, CallerPolicy, DaemonState, MonitorCommand, MonitorService,
-    MonitorStatus,
+    MonitorStatus, path_to_bytestring,
 };
 use sluice_core::config::{Config, ConfigError, WatchConfig};
 use sluice_core::runtime::{
     CommonArguments, ConfigReloader, Daemon, DaemonExit, Dependencies, Notifier, ReloadOutcome,
     RuntimeError, RuntimeFlavour, Signal, StartError, StatusLine, StopDeadline,
 };
-use sluice_core::store::{DetectedFile, INGEST_JOB_KIND, StoreError};
+use sluice_core::store::{DetectedFile, StoreError};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use recorder::{Recorder, RecorderCommand, RecorderReport};
@@ -598,7 +599,8 @@ impl Monitor {
     }
 
     /// Logs a file whose ingest job was just queued ("detected …" or "held file …") and
-    /// announces it with `FileDetected` and `JobQueued`.
+    /// announces it with one `FileDetected`, which names the job: the workers wake on it as on
+    /// another daemon's `JobQueued`, and a second signal would say the same again.
     async fn announce_queued(&self, detection: &sluice_core::store::Detection, what: &str) {
         let Some(job_id) = detection.job_id else {
             return;
@@ -610,18 +612,18 @@ impl Monitor {
             job_id,
             "{what} {path}: ingest job {job_id} queued"
         );
-        let emitted = async {
-            self.service
-                .file_detected(&path, detection.file_id as u64, job_id as u64)
-                .await?;
-            self.service
-                .job_queued(INGEST_JOB_KIND, job_id as u64)
-                .await
-        };
-        if let Err(error) = emitted.await {
+        let emitted = self
+            .service
+            .file_detected(
+                &path_to_bytestring(&detection.path),
+                detection.file_id as u64,
+                job_id as u64,
+            )
+            .await;
+        if let Err(error) = emitted {
             tracing::warn!(
                 error = %error,
-                "cannot emit the signals for {path} (job {job_id}): {error}; consumers poll \
+                "cannot emit FileDetected for {path} (job {job_id}): {error}; consumers poll \
                  the database"
             );
         }

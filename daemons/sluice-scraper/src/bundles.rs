@@ -9,10 +9,11 @@
 //! kill is settled too; placing is recorded before and after the rename, so it happens once.
 
 use std::panic::AssertUnwindSafe;
+use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use sluice_core::bus::{BusError, Reply, ScraperService};
+use sluice_core::bus::{BusError, Reply, ScraperService, path_to_bytestring};
 use sluice_core::config::Config;
 use sluice_core::policy::{NewBundle, SubmitRules, is_hf_reference, parse_hf_reference};
 use sluice_core::store::downloads::DOWNLOAD_JOB_KIND;
@@ -306,7 +307,7 @@ impl Scraper {
             // Not in staging: an earlier process renamed it and was killed before recording
             // that; the recorded target holds it.
             Ok(Ok(None)) => match target {
-                Some(target) if std::path::Path::new(&target).is_dir() => target,
+                Some(target) if Path::new(&target).is_dir() => target,
                 _ => {
                     let error = format!(
                         "the folder of bundle {bundle_id} is neither in staging nor in the inbox"
@@ -399,7 +400,11 @@ impl Scraper {
     async fn announce_bundle(&mut self, bundle_id: i64, state: BundleState, path: &str) {
         if let Err(error) = self
             .service
-            .bundle_finished(bundle_id as u64, state.as_str(), path)
+            .bundle_finished(
+                bundle_id as u64,
+                state.as_str(),
+                &path_to_bytestring(Path::new(path)),
+            )
             .await
         {
             tracing::warn!(error = %error, "cannot emit BundleFinished for bundle {bundle_id}: {error}");
@@ -451,7 +456,7 @@ async fn forget_bundle(
     if bundle.state == BundleState::Succeeded
         && let Some(folder) = &bundle.final_path
     {
-        let folder = std::path::Path::new(folder);
+        let folder = Path::new(folder);
         // Only a folder directly in the inbox is the bundle's own.
         if folder.parent() == Some(settings.inbox.as_path()) {
             match inbox::remove_folder(folder) {

@@ -322,7 +322,7 @@ pub async fn run(dependencies: Dependencies) -> Result<(), ScraperError> {
     let (service, commands) = ScraperService::start(
         &connection,
         CallerPolicy::for_this_process(),
-        ScraperStatus::starting(sources, &scraper_config.staging.to_string_lossy()),
+        ScraperStatus::starting(sources, &scraper_config.staging),
         scraper_config.progress_interval,
     )
     .await?;
@@ -942,7 +942,7 @@ impl Scraper {
                 }
                 let _ = self
                     .service
-                    .download_finished(download_id as u64, "cancelled", "")
+                    .download_finished(download_id as u64, "cancelled", b"\0")
                     .await;
                 tracing::info!(download_id, "queued download {download_id} cancelled");
             }

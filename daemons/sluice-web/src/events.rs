@@ -13,6 +13,7 @@ use actix_web::{HttpResponse, ResponseError, http::header};
 use futures_util::stream;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sluice_core::store::INGEST_JOB_KIND;
 use tokio::sync::broadcast;
 use zbus::message::Message;
 
@@ -86,20 +87,20 @@ impl BusEvent {
                 json!({ "job_id": job_id, "state": state })
             }
             "FileDetected" => {
-                let (path, file_id, job_id): (String, u64, u64) = body.deserialize().ok()?;
-                json!({ "path": path, "file_id": file_id, "job_id": job_id })
+                let (path, file_id, job_id): (Vec<u8>, u64, u64) = body.deserialize().ok()?;
+                json!({ "path": display_path(&path), "file_id": file_id, "job_id": job_id })
             }
             "DownloadProgress" => {
                 let (download_id, bytes, total): (u64, u64, u64) = body.deserialize().ok()?;
                 json!({ "download_id": download_id, "bytes": bytes, "total": total })
             }
             "DownloadFinished" => {
-                let (download_id, state, path): (u64, String, String) = body.deserialize().ok()?;
-                json!({ "download_id": download_id, "state": state, "path": path })
+                let (download_id, state, path): (u64, String, Vec<u8>) = body.deserialize().ok()?;
+                json!({ "download_id": download_id, "state": state, "path": display_path(&path) })
             }
             "BundleFinished" => {
-                let (bundle_id, state, path): (u64, String, String) = body.deserialize().ok()?;
-                json!({ "bundle_id": bundle_id, "state": state, "path": path })
+                let (bundle_id, state, path): (u64, String, Vec<u8>) = body.deserialize().ok()?;
+                json!({ "bundle_id": bundle_id, "state": state, "path": display_path(&path) })
             }
             _ => return None,
         };
@@ -110,10 +111,33 @@ impl BusEvent {
 
     /// Every event a signal stands for: one for most signals, one per change for a worker's
     /// `JobsChanged` batch (each as the `JobStarted` or `JobFinished` it replaces, so stream
-    /// clients see every state change whichever way the worker sent it), none for a message
-    /// that is not one of sluice's signals.
+    /// clients see every state change whichever way the worker sent it), the monitor's
+    /// `FileDetected` followed by the `JobQueued` of its ingest job (the monitor announces the
+    /// two in one signal; streams keep both events, as they had when it sent two), none for a
+    /// message that is not one of sluice's signals.
     pub fn all_from_message(message: &Message) -> Vec<BusEvent> {
         let header = message.header();
+        let is_file_detected = header
+            .interface()
+            .is_some_and(|interface| interface.as_str() == "org.sluice.Monitor1")
+            && header
+                .member()
+                .is_some_and(|member| member.as_str() == "FileDetected");
+        if is_file_detected {
+            let Some(detected) = BusEvent::from_message(message) else {
+                return Vec::new();
+            };
+            let queued = BusEvent {
+                name: "JobQueued".to_owned(),
+                data: json!({
+                    "kind": INGEST_JOB_KIND,
+                    "job_id": detected.data["job_id"],
+                    "interface": detected.data["interface"],
+                    "object_path": detected.data["object_path"],
+                }),
+            };
+            return vec![detected, queued];
+        }
         let is_batch = header
             .interface()
             .is_some_and(|interface| interface.as_str() == "org.sluice.Ingest1")
@@ -166,6 +190,14 @@ impl BusEvent {
             bytes: Bytes::from(format!("event: {}\ndata: {}\n\n", self.name, self.data)),
         }
     }
+}
+
+/// A path from a signal (bytes with a trailing NUL) as JSON can carry it: as text, with
+/// U+FFFD for each byte that is not UTF-8 (the file's own name is read through the API).
+fn display_path(bytestring: &[u8]) -> String {
+    sluice_core::bus::bytestring_to_path_lossy(bytestring)
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// An event in SSE wire format without its `id:` line: `event:`, one `data:` line, blank line.

@@ -131,7 +131,10 @@ async fn run(arguments: Arguments) -> anyhow::Result<()> {
         services.monitor = Some(service);
     }
     if serve.contains("scraper") {
-        let status = ScraperStatus::starting(vec![KNOWN_SOURCE.into()], "/srv/sluice/staging");
+        let status = ScraperStatus::starting(
+            vec![KNOWN_SOURCE.into()],
+            std::path::Path::new("/srv/sluice/staging"),
+        );
         let (service, commands) =
             ScraperService::start(&connection, policy, status, progress_interval).await?;
         forward_events(&event_sender, commands, Event::Scraper);
@@ -337,10 +340,9 @@ async fn emit_all_signals(services: &Services) -> anyhow::Result<u32> {
     let mut emitted = 0;
     if let Some(monitor) = &services.monitor {
         monitor
-            .file_detected("/srv/sluice/inbox/report.pdf", 11, 12)
+            .file_detected(b"/srv/sluice/inbox/report.pdf\0", 11, 12)
             .await?;
-        monitor.job_queued("ingest", 12).await?;
-        emitted += 2;
+        emitted += 1;
     }
     if let Some(scraper) = &services.scraper {
         scraper.job_queued("download", 101).await?;
@@ -355,7 +357,7 @@ async fn emit_all_signals(services: &Services) -> anyhow::Result<u32> {
             emitted += u32::from(scraper.download_progress(1, bytes, 1000).await?);
         }
         scraper
-            .download_finished(1, "succeeded", "/srv/sluice/inbox/model.bin")
+            .download_finished(1, "succeeded", b"/srv/sluice/inbox/model.bin\0")
             .await?;
         emitted += 1;
     }

@@ -973,9 +973,14 @@ mod w3 {
                 let _ = ready_sender.send(Ok(()));
                 while let Some(Ok(message)) = stream.next().await {
                     let received = Instant::now();
+                    // The path is a byte string (`ay` with a trailing NUL); the files this
+                    // benchmark writes have UTF-8 names.
                     if let Ok((path, _file_id, _job_id)) =
-                        message.body().deserialize::<(String, u64, u64)>()
+                        message.body().deserialize::<(Vec<u8>, u64, u64)>()
                     {
+                        let path = bus::bytestring_to_path_lossy(&path)
+                            .to_string_lossy()
+                            .into_owned();
                         detections.lock().unwrap().insert(path, received);
                     }
                 }

@@ -26,6 +26,7 @@
 //! Names are requested with `DO_NOT_QUEUE` and without `ALLOW_REPLACEMENT`, so a second
 //! process can neither queue for nor take over a name that is owned.
 
+mod bytestring;
 mod caller;
 mod departures;
 mod error;
@@ -47,6 +48,9 @@ use zbus::Connection;
 use zbus::fdo::RequestNameFlags;
 use zbus::object_server::{Interface, InterfaceRef};
 
+pub use bytestring::{
+    bytestring_to_path, bytestring_to_path_lossy, path_to_bytestring, paths_to_bytestrings,
+};
 pub use caller::{Action, CallerPolicy, FORWARDING_UNIT, SLUICE_GROUP, lookup_group_id};
 pub use departures::{Departure, connection_identity, holds_leases, watch_departures};
 pub use error::BusError;

@@ -1,5 +1,5 @@
 //! `org.sluice.Monitor1`: the folder monitor's object — rescans on request, reports detected
-//! files and the ingest jobs queued for them.
+//! files with the ingest jobs queued for them. Paths are byte strings (`bytestring.rs`).
 
 use std::path::PathBuf;
 
@@ -8,6 +8,8 @@ use zbus::Connection;
 use zbus::message::Header;
 
 use crate::policy::resolve_rescan_path;
+
+use super::bytestring::{bytestring_to_path, paths_to_bytestrings};
 
 use super::caller::Action;
 use super::object::{Published, published_object};
@@ -44,10 +46,11 @@ published_object! {
     /// What the monitor is doing, in one line.
     status_property;
     properties {
-        /// The watched folders.
-        watched_paths: Vec<PathBuf> => Vec<String> = paths_to_strings;
-        /// Watched folders that are polled because their file system has no inotify.
-        polling_paths: Vec<PathBuf> => Vec<String> = paths_to_strings;
+        /// The watched folders, each a path as bytes with a trailing NUL.
+        watched_paths: Vec<PathBuf> => Vec<Vec<u8>> = paths_to_bytestrings;
+        /// Watched folders that are polled because their file system has no inotify, as
+        /// `WatchedPaths` gives them.
+        polling_paths: Vec<PathBuf> => Vec<Vec<u8>> = paths_to_bytestrings;
         /// The store's durability setting, `full` or `normal`.
         durability: String => String = Clone::clone;
         /// Files detected since the monitor started.
@@ -70,18 +73,20 @@ published_object! {
         watch_events: u64 => u64 = Clone::clone;
     }
     members {
-        /// Reconcile a watched folder (or a folder inside one) with the database now; an empty
-        /// path means every watched folder. Returns how many watched folders were queued.
+        /// Reconcile a watched folder (or a folder inside one) with the database now; `path` is
+        /// its bytes, with or without a trailing NUL, and an empty path means every watched
+        /// folder. Returns how many watched folders were queued.
         #[zbus(out_args("folders_queued"))]
         async fn rescan(
             &self,
-            path: &str,
+            path: Vec<u8>,
             #[zbus(header)] header: Header<'_>,
             #[zbus(connection)] connection: &Connection,
         ) -> Result<u64, BusError> {
             self.policy.authorize(connection, &header, "Rescan", Action::ManageJobs).await?;
             let watched_paths = self.status.borrow().watched_paths.clone();
-            let path = resolve_rescan_path(path, &watched_paths)?;
+            let path = bytestring_to_path("path", &path)?;
+            let path = resolve_rescan_path(&path, &watched_paths)?;
             forward(&self.commands, |reply| MonitorCommand::Rescan {
                 path,
                 reply,
@@ -90,11 +95,11 @@ published_object! {
         }
     }
     signals {
-        /// A file became ready in a watched folder and was recorded with its ingest job
-        /// `job_id`. A held file is announced when it is queued, not before.
-        pub fn file_detected(path: &str, file_id: u64, job_id: u64);
-        /// A job was added to the queue.
-        pub fn job_queued(kind: &str, job_id: u64);
+        /// A file became ready in a watched folder and was recorded, and its `ingest` job
+        /// `job_id` was queued (this is the monitor's only announcement of that job: it sends
+        /// no `JobQueued`). `path` is the file's bytes with a trailing NUL. A held file is
+        /// announced when it is queued, not before.
+        pub fn file_detected(path: &[u8], file_id: u64, job_id: u64);
     }
 }
 
@@ -138,11 +143,4 @@ impl MonitorService {
         )
         .await
     }
-}
-
-fn paths_to_strings(paths: &[PathBuf]) -> Vec<String> {
-    paths
-        .iter()
-        .map(|path| path.to_string_lossy().into_owned())
-        .collect()
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,7 @@ use tokio::sync::mpsc;
 use zbus::message::Header;
 use zbus::{Connection, OwnedVariant, Variant};
 
+use super::bytestring::path_to_bytestring;
 use super::caller::Action;
 use super::object::{Published, published_object};
 use super::rate_limit::{ProgressRateLimiter, clamp_fraction, lock_limiter};
@@ -179,8 +181,8 @@ published_object! {
     properties {
         /// Names of the configured sources.
         sources: Vec<String> => Vec<String> = Clone::clone;
-        /// The staging folder for partial downloads.
-        staging_path: String => String = Clone::clone;
+        /// The staging folder for partial downloads: its bytes with a trailing NUL.
+        staging_path: PathBuf => Vec<u8> = |path: &PathBuf| path_to_bytestring(path);
         /// Downloads transferring now.
         downloads_active: u32 => u32 = Clone::clone;
         /// Downloads completed since start.
@@ -350,24 +352,25 @@ published_object! {
         pub fn job_finished(job_id: u64, state: &str);
         /// Bytes received so far of `total` (0 when unknown); rate-limited like `JobProgress`.
         fn download_progress(download_id: u64, bytes: u64, total: u64);
-        /// A download ended in `state`; `path` is the file in the inbox, empty unless succeeded.
-        pub fn download_finished(download_id: u64, state: &str, path: &str);
+        /// A download ended in `state`; `path` is the file in the inbox (bytes with a trailing
+        /// NUL), empty (one NUL) unless succeeded.
+        pub fn download_finished(download_id: u64, state: &str, path: &[u8]);
         /// A bundle ended in `state` (succeeded, failed, cancelled); `path` is its folder in
-        /// the inbox, empty unless succeeded.
-        pub fn bundle_finished(bundle_id: u64, state: &str, path: &str);
+        /// the inbox as `DownloadFinished` gives paths, empty unless succeeded.
+        pub fn bundle_finished(bundle_id: u64, state: &str, path: &[u8]);
         /// A check of `source` ended with `outcome` and queued `downloads` new downloads.
         pub fn source_checked(source: &str, outcome: &str, downloads: u64);
     }
 }
 
 impl ScraperStatus {
-    pub fn starting(sources: Vec<String>, staging_path: &str) -> ScraperStatus {
+    pub fn starting(sources: Vec<String>, staging_path: &Path) -> ScraperStatus {
         ScraperStatus {
             state: DaemonState::Starting,
             status: "starting".into(),
             last_error: String::new(),
             sources,
-            staging_path: staging_path.to_owned(),
+            staging_path: staging_path.to_path_buf(),
             downloads_active: 0,
             downloads_done: 0,
             downloads_failed: 0,

@@ -1,5 +1,6 @@
 //! The rescan path rule: which folder a caller may ask the monitor to walk again.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use super::{MAX_PATH_BYTES, PolicyError};
@@ -10,23 +11,30 @@ use super::{MAX_PATH_BYTES, PolicyError};
 /// The check is lexical on purpose: the bus object must not touch the file system, and the
 /// monitor never follows symlinks out of a watched tree when it walks the path.
 pub fn resolve_rescan_path(
-    path: &str,
+    path: &Path,
     watched_paths: &[PathBuf],
 ) -> Result<Option<PathBuf>, PolicyError> {
-    if path.is_empty() {
+    if path.as_os_str().is_empty() {
         return Ok(None);
     }
     let refuse = |reason: &str| Err(PolicyError::InvalidPath(format!("path {path:?} {reason}")));
-    if path.len() > MAX_PATH_BYTES {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() > MAX_PATH_BYTES {
         return Err(PolicyError::InvalidPath(format!(
             "path is {} bytes long, the limit is {MAX_PATH_BYTES}",
-            path.len()
+            bytes.len()
         )));
     }
-    if path.chars().any(char::is_control) {
+    // A name need not be UTF-8 (the bus carries it as bytes); where it is, C1 controls count
+    // too, and where it is not, the ASCII ones, which every encoding shares.
+    let has_control = match path.to_str() {
+        Some(text) => text.chars().any(char::is_control),
+        None => bytes.iter().any(u8::is_ascii_control),
+    };
+    if has_control {
         return refuse("must not contain control characters");
     }
-    let requested = Path::new(path);
+    let requested = path;
     if !requested.is_absolute() {
         return refuse("must be absolute");
     }
@@ -55,13 +63,13 @@ mod tests {
     #[test]
     fn rescan_paths_must_stay_inside_a_watched_folder() {
         let watched = vec![PathBuf::from("/srv/inbox"), PathBuf::from("/srv/library")];
-        assert_eq!(resolve_rescan_path("", &watched).unwrap(), None);
+        assert_eq!(resolve_rescan_path(Path::new(""), &watched).unwrap(), None);
         assert_eq!(
-            resolve_rescan_path("/srv/inbox/sub//dir/.", &watched).unwrap(),
+            resolve_rescan_path(Path::new("/srv/inbox/sub//dir/."), &watched).unwrap(),
             Some(PathBuf::from("/srv/inbox/sub/dir"))
         );
         assert_eq!(
-            resolve_rescan_path("/srv/library", &watched).unwrap(),
+            resolve_rescan_path(Path::new("/srv/library"), &watched).unwrap(),
             Some(PathBuf::from("/srv/library"))
         );
         for bad in [
@@ -73,12 +81,23 @@ mod tests {
             "/srv/inbox/a\nb",
         ] {
             assert_eq!(
-                resolve_rescan_path(bad, &watched).unwrap_err().code(),
+                resolve_rescan_path(Path::new(bad), &watched)
+                    .unwrap_err()
+                    .code(),
                 "invalid_path",
                 "{bad}"
             );
         }
+        // A name that is not UTF-8 is a name like any other; an ASCII control in one is not.
+        use std::ffi::OsStr;
+        let latin1 = Path::new(OsStr::from_bytes(b"/srv/inbox/caf\xe9"));
+        assert_eq!(
+            resolve_rescan_path(latin1, &watched).unwrap().as_deref(),
+            Some(latin1)
+        );
+        let control = Path::new(OsStr::from_bytes(b"/srv/inbox/\xff\x1b"));
+        assert!(resolve_rescan_path(control, &watched).is_err());
         let huge = format!("/srv/inbox/{}", "a".repeat(MAX_PATH_BYTES));
-        assert!(resolve_rescan_path(&huge, &watched).is_err());
+        assert!(resolve_rescan_path(Path::new(&huge), &watched).is_err());
     }
 }

@@ -3,6 +3,8 @@
 //! main loop gets.
 
 use super::*;
+use sluice_core::bus::path_to_bytestring;
+use std::path::Path;
 
 /// A refused partial file fails the download for good (and the planted entry is removed,
 /// which unlinks a symlink itself, never its target); an IO error is worth another attempt.
@@ -66,7 +68,7 @@ pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-pub(super) fn discard_part(part: &std::path::Path) {
+pub(super) fn discard_part(part: &Path) {
     if let Err(error) = inbox::remove_part(part) {
         tracing::warn!(
             error = %error,
@@ -121,7 +123,11 @@ pub(super) async fn record_outcome(
     if download_state.is_finished()
         && let Err(error) = context
             .service
-            .download_finished(download_id as u64, download_state.as_str(), &path)
+            .download_finished(
+                download_id as u64,
+                download_state.as_str(),
+                &path_to_bytestring(Path::new(&path)),
+            )
             .await
     {
         tracing::warn!(

@@ -13,15 +13,15 @@ use crate::output::{print_json, print_line};
 impl Context {
     /// Only the monitor can walk the folders, so without it this fails with status 5.
     pub(super) fn rescan(&self, path: Option<PathBuf>) -> Result<(), Failure> {
+        // The path goes to the monitor as its bytes, so a folder whose name is not UTF-8 can be
+        // named too.
         let path = match path {
             Some(path) => std::path::absolute(&path)
-                .map_err(|error| Failure::invalid(format!("path {}: {error}", path.display())))?
-                .to_string_lossy()
-                .into_owned(),
-            None => String::new(),
+                .map_err(|error| Failure::invalid(format!("path {}: {error}", path.display())))?,
+            None => PathBuf::new(),
         };
         let address = self.config.bus.address.clone();
-        let requested = path.clone();
+        let requested = bus::path_to_bytestring(&path);
         let result = self.block_on(async move {
             let connection = bus::connect(&address).await.ok()?;
             if !bus::name_has_owner(&connection, MONITOR_BUS_NAME).await {
@@ -35,7 +35,7 @@ impl Context {
                 Ok(proxy) => proxy,
                 Err(error) => return Some(Err(BusError::ZBus(error))),
             };
-            Some(proxy.rescan(&requested).await)
+            Some(proxy.rescan(requested).await)
         })?;
         let folders = result.ok_or_else(|| {
             Failure::new(
@@ -44,7 +44,7 @@ impl Context {
             )
         })??;
         if self.json {
-            print_json(&json!({ "path": path, "folders_queued": folders }));
+            print_json(&json!({ "path": path.to_string_lossy(), "folders_queued": folders }));
         } else {
             print_line(&format!("rescan queued for {folders} watched folder(s)"));
         }
