@@ -107,7 +107,9 @@ fn the_copyright_file_is_dep5_and_names_every_linked_crate_with_its_licence() {
     }
 }
 
-/// Each sluice interface: the bus name and object path of a daemon that implements it.
+/// Each sluice interface of a daemon's own object: the bus name and object path of a daemon
+/// that implements it. (`org.sluice.Job1` is on a running job's object, whose path has the
+/// job's id: the test makes one.)
 const INTERFACES: [(&str, &str, &str); 4] = [
     (
         "org.sluice.Monitor1",
@@ -131,8 +133,9 @@ const INTERFACES: [(&str, &str, &str); 4] = [
 /// /usr/share/dbus-1/interfaces/ (from packaging/dbus/interfaces/), where client authors and
 /// code generators (gdbus-codegen, zbus-xmlgen) look. This test starts the real daemons on a
 /// private bus and keeps the shipped files equal to what they introspect (sluice's interface
-/// elements; org.freedesktop.* are the bus library's). After changing an interface, rewrite
-/// the files with `SLUICE_REGENERATE_INTERFACES=1` and this test.
+/// elements; org.freedesktop.* are the bus library's), org.sluice.Job1 of a running job's
+/// object among them. After changing an interface, rewrite the files with
+/// `SLUICE_REGENERATE_INTERFACES=1` and this test.
 #[test]
 fn the_shipped_interface_xml_is_what_the_running_daemons_introspect() {
     let suite = crate::support::Suite::start();
@@ -141,12 +144,29 @@ fn the_shipped_interface_xml_is_what_the_running_daemons_introspect() {
         .build()
         .unwrap();
     let connection = suite.fixture.connect(&runtime);
+    // A running job, so sluice-web serves its object: a kind no worker of the suite claims,
+    // claimed here under a worker's name.
+    let job = suite.fixture.enqueue("interface-probe");
+    suite
+        .fixture
+        .store()
+        .claim_jobs(
+            &"sluice-ingest-worker@1".into(),
+            &["interface-probe"],
+            1,
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap()
+        .pop()
+        .expect("the probe job is claimed");
+    let job_path = sluice_core::bus::job_object_path(job as u64);
+    let job_interface = ("org.sluice.Job1", "org.sluice.Web1", job_path.as_str());
     let regenerate = std::env::var("SLUICE_REGENERATE_INTERFACES").as_deref() == Ok("1");
     let folder = workspace_root().join("packaging/dbus/interfaces");
     let mut stale = Vec::new();
-    for (interface, destination, path) in INTERFACES {
-        let xml = runtime
-            .block_on(async {
+    for (interface, destination, path) in INTERFACES.into_iter().chain([job_interface]) {
+        let introspect = || {
+            runtime.block_on(async {
                 zbus::fdo::IntrospectableProxy::builder(&connection)
                     .destination(destination)
                     .path(path)
@@ -155,9 +175,15 @@ fn the_shipped_interface_xml_is_what_the_running_daemons_introspect() {
                     .introspect()
                     .await
             })
-            .unwrap_or_else(|error| panic!("introspecting {destination} {path}: {error}"));
-        let running = interface_element(&xml, interface)
-            .unwrap_or_else(|| panic!("{destination} {path} has no {interface}:\n{xml}"));
+        };
+        // The web makes a running job's object at its next sync (within a second).
+        let mut xml = String::new();
+        let served = crate::support::wait_until(crate::support::DEADLINE, || {
+            xml = introspect().unwrap_or_else(|error| format!("error: {error}"));
+            interface_element(&xml, interface).is_some()
+        });
+        assert!(served, "{destination} {path} has no {interface}:\n{xml}");
+        let running = interface_element(&xml, interface).expect("found above");
         let file = folder.join(format!("{interface}.xml"));
         if regenerate {
             std::fs::create_dir_all(&folder).unwrap();

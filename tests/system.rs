@@ -451,7 +451,7 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
     // What D-Bus clients look for (issue 17, finding 6): each interface's XML, and activation
     // by name: a stopped daemon is started by systemd (SystemdService=) when its name is
     // called, and systemd knows the name (BusName=).
-    for interface in ["Monitor1", "Scraper1", "Ingest1", "Web1"] {
+    for interface in ["Monitor1", "Scraper1", "Ingest1", "Web1", "Job1"] {
         container.check(&format!(
             "test -s /usr/share/dbus-1/interfaces/org.sluice.{interface}.xml"
         ))?;
