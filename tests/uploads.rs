@@ -728,6 +728,7 @@ fn the_event_stream_filters_by_event_and_job() {
 #[test]
 fn sluicectl_submits_files_waits_for_them_and_watches_jobs() {
     let suite = Suite::start();
+    suite.fixture.pin_web_listen(suite.web.address);
     let inputs = suite.root().join("to-submit");
     std::fs::create_dir_all(&inputs).unwrap();
     std::fs::write(inputs.join("first.txt"), "first submitted file\n").unwrap();
@@ -828,4 +829,107 @@ fn sluicectl_submit_without_sluice_web_says_it_is_unavailable() {
     assert_eq!(output.status.code(), Some(5), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("sluice-web does not answer"));
     assert_eq!(job_count(&fixture), 0);
+}
+
+/// Security review (medium): `sudo sluicectl submit` read sluice-web's address from whoever
+/// owned `org.sluice.Web1` and sent the admin token there, so a process that took the name
+/// could receive it. Now, outside systemd (where the owner's unit cannot be checked), the
+/// announcement is believed only when it is the loopback address `[web] listen` names. A
+/// stand-in owns the name and announces its own HTTP listener: sluicectl refuses, sends
+/// nothing and stores nothing; once the configuration names that same address, the token goes
+/// there as it would without a bus.
+#[test]
+fn sluicectl_submit_sends_the_token_only_where_a_verified_sluice_web_listens() {
+    use sluice_core::bus::{CallerPolicy, WebService, WebStatus};
+
+    let fixture = SuiteFixture::new("", "");
+    let file = fixture.directory.path().join("a.txt");
+    std::fs::write(&file, "a").unwrap();
+    // The stand-in's HTTP listener: it keeps every request head it is sent and answers 503.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stand_in_address = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let heads = std::sync::Arc::clone(&heads);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut head = String::new();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                while reader.read_line(&mut head).is_ok_and(|read| read > 2) {}
+                heads.lock().unwrap().push(head);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
+                      Connection: close\r\n\r\n",
+                );
+            }
+        });
+    }
+    // A runtime with a thread of its own, so the stand-in answers while the test waits for
+    // sluicectl.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let connection = fixture.connect(&runtime);
+    let (_stand_in, _commands) = runtime
+        .block_on(WebService::start(
+            &connection,
+            CallerPolicy::for_this_process(),
+            WebStatus::starting(&stand_in_address.to_string(), "/", 1, "normal"),
+        ))
+        .expect("the stand-in owns org.sluice.Web1");
+    let submit = || {
+        std::process::Command::new(crate::support::binary_path("sluicectl"))
+            .args(["submit", file.to_str().unwrap()])
+            .env("SLUICE_CONFIG", &fixture.config_path)
+            .output()
+            .unwrap()
+    };
+
+    // [web] listen names another address (where no one listens): refused.
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    fixture.pin_web_listen(elsewhere.local_addr().unwrap());
+    drop(elsewhere);
+    let output = submit();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        stderr.contains("not sending the API token")
+            && stderr.contains("org.sluice.Web1")
+            && stderr.contains(&stand_in_address.to_string()),
+        "{stderr}"
+    );
+    // The stand-in's listener got nothing: sluicectl had ended before this connection, so
+    // one of its own would have been accepted (and recorded) first.
+    TcpStream::connect(stand_in_address)
+        .unwrap()
+        .write_all(b"PROBE / HTTP/1.1\r\n\r\n")
+        .unwrap();
+    assert!(wait_until(DEADLINE, || !heads.lock().unwrap().is_empty()));
+    let seen = heads.lock().unwrap().clone();
+    assert!(seen[0].starts_with("PROBE"), "sluicectl sent {seen:?}");
+    assert_eq!(job_count(&fixture), 0);
+
+    // The configuration names the stand-in's address: where the token would go anyway.
+    let text = std::fs::read_to_string(&fixture.config_path).unwrap();
+    let listen_line = text
+        .lines()
+        .find(|line| line.starts_with("listen = "))
+        .unwrap()
+        .to_owned();
+    std::fs::write(
+        &fixture.config_path,
+        text.replace(&listen_line, &format!("listen = \"{stand_in_address}\"")),
+    )
+    .unwrap();
+    let output = submit();
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    let seen = heads.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|head| head.contains(&format!("Bearer {}", WEB_TEST_TOKEN))),
+        "{seen:?}"
+    );
 }

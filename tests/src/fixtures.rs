@@ -321,6 +321,24 @@ max_request_body = "4 KiB"
         open_store(&self.database, Durability::Normal)
     }
 
+    /// Writes `address` as `[web] listen` in the configuration file, in place of the
+    /// `127.0.0.1:0` sluice-web was started with (it keeps the port it bound). `sluicectl
+    /// submit` outside systemd believes the address announced on the bus only when it is the
+    /// configured one, as it is in a real installation.
+    pub fn pin_web_listen(&self, address: std::net::SocketAddr) {
+        let text = std::fs::read_to_string(&self.config_path).expect("read the configuration");
+        let pinned = text.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{address}\""),
+            1,
+        );
+        assert_ne!(
+            pinned, text,
+            "the configuration has no listen = \"127.0.0.1:0\""
+        );
+        std::fs::write(&self.config_path, pinned).expect("write the configuration");
+    }
+
     /// How many jobs the database holds, in any state.
     pub fn job_total(&self) -> usize {
         self.store()

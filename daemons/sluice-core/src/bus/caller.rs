@@ -328,8 +328,10 @@ impl CallerPolicy {
     }
 }
 
-/// The unit process `pid` runs in, as systemd says (`GetUnitByPID`, then the unit's `Id`).
-async fn unit_of_process(connection: &Connection, pid: u32) -> Result<String, String> {
+/// The unit process `pid` runs in, as systemd says (`GetUnitByPID`, then the unit's `Id`);
+/// `connection` is to the system bus, where systemd is. The error says why there is no answer
+/// (no systemd, a process in no unit).
+pub async fn unit_of_process(connection: &Connection, pid: u32) -> Result<String, String> {
     let reply = connection
         .call_method(
             Some("org.freedesktop.systemd1"),

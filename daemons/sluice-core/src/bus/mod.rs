@@ -51,7 +51,9 @@ use zbus::object_server::{Interface, InterfaceRef};
 pub use bytestring::{
     bytestring_to_path, bytestring_to_path_lossy, path_to_bytestring, paths_to_bytestrings,
 };
-pub use caller::{Action, CallerPolicy, FORWARDING_UNIT, SLUICE_GROUP, lookup_group_id};
+pub use caller::{
+    Action, CallerPolicy, FORWARDING_UNIT, SLUICE_GROUP, lookup_group_id, unit_of_process,
+};
 pub use departures::{Departure, connection_identity, holds_leases, watch_departures};
 pub use error::BusError;
 pub use ingest::{

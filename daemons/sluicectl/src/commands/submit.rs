@@ -4,13 +4,15 @@
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_core::bus::{self, WebProxy};
+use sluice_core::bus::{self, FORWARDING_UNIT, WEB_BUS_NAME, WebProxy};
 use sluice_core::policy::{check_file_name_bytes, check_wait};
 use sluice_core::store::jobs::{JobLogEntry, JobLogEvent, JobState};
+use zbus::names::BusName;
 use zbus::proxy::CacheProperties;
 
 use super::{Context, Failure};
@@ -45,29 +47,18 @@ impl WebClient {
             )
         })?;
         // Where sluice-web really listens (with sluice-web.socket, systemd's socket, whatever
-        // [web] listen says), as it says on the bus; [web] listen when the bus has no answer.
+        // [web] listen says), as it says on the bus, once the announcer is known to be
+        // sluice-web; [web] listen when the bus has no answer.
         let bus_address = context.config.bus.address.clone();
-        let announced = context
-            .block_on(async move {
-                let connection = bus::connect(&bus_address).await.ok()?;
-                let proxy = WebProxy::builder(&connection)
-                    .cache_properties(CacheProperties::No)
-                    .build()
-                    .await
-                    .ok()?;
-                proxy.listen_address().await.ok()
-            })
-            .ok()
-            .flatten()
-            .and_then(|text| text.parse::<std::net::SocketAddr>().ok());
-        let mut address = announced.unwrap_or(web.listen);
-        if address.ip().is_unspecified() {
-            address.set_ip(if address.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
+        let configured = web.listen;
+        let announced = match context.block_on(verified_web_address(&bus_address, configured)) {
+            Ok(verified) => verified.map_err(|reason| {
+                Failure::new(exit::ERROR, format!("not sending the API token: {reason}"))
+            })?,
+            // No answer from the bus in time: as without a bus.
+            Err(_) => None,
+        };
+        let address = loopback_if_unspecified(announced.unwrap_or(web.listen));
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
@@ -126,6 +117,101 @@ impl WebClient {
         });
         Err(failure)
     }
+}
+
+/// The address sluice-web announces on the bus (`org.sluice.Web1.ListenAddress`), if the
+/// announcer may be trusted with the token sent there; `None` when the bus names no address
+/// (no bus, no owner, no valid answer), so `[web] listen` is used as without a bus.
+///
+/// Whoever owns `org.sluice.Web1` announces the address, and `sudo sluicectl submit` sends the
+/// admin token to it: a process that took the name while sluice-web was down (the daemons'
+/// own user, a processor inside a worker) would receive the token. So the announcement is
+/// believed only from the process of `sluice-web.service` (the owner's PID from the bus,
+/// its unit from systemd's `GetUnitByPID` on the system bus), or, where systemd does not
+/// run the suite (a developer's machine, the tests), when it names the loopback address
+/// `[web] listen` configures, where the token would go anyway. Otherwise the reason is
+/// returned and nothing is sent.
+async fn verified_web_address(
+    bus_address: &bus::BusAddress,
+    configured: SocketAddr,
+) -> Result<Option<SocketAddr>, String> {
+    let Ok(connection) = bus::connect(bus_address).await else {
+        return Ok(None);
+    };
+    let Ok(dbus) = zbus::fdo::DBusProxy::new(&connection).await else {
+        return Ok(None);
+    };
+    let name = BusName::from_static_str(WEB_BUS_NAME).map_err(|error| error.to_string())?;
+    let Ok(owner) = dbus.get_name_owner(name).await else {
+        return Ok(None);
+    };
+    // Read from the unique name checked below, so a new owner cannot answer in between.
+    let announced = match WebProxy::builder(&connection)
+        .destination(owner.clone())
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+    {
+        Ok(proxy) => proxy.listen_address().await.ok(),
+        Err(_) => None,
+    };
+    let Some(announced) = announced.and_then(|text| text.parse::<SocketAddr>().ok()) else {
+        return Ok(None);
+    };
+    let unit = match dbus
+        .get_connection_unix_process_id(BusName::from(owner.clone()))
+        .await
+    {
+        Ok(pid) => unit_of_announcer(bus_address, &connection, pid)
+            .await
+            .map_err(|reason| format!("process {pid}: {reason}")),
+        Err(error) => Err(format!("the bus does not name its process: {error}")),
+    };
+    if unit.as_deref() == Ok(FORWARDING_UNIT) {
+        return Ok(Some(announced));
+    }
+    let announced_here = loopback_if_unspecified(announced);
+    if announced_here.ip().is_loopback() && announced_here == loopback_if_unspecified(configured) {
+        return Ok(Some(announced));
+    }
+    let who = match unit {
+        Ok(unit) => format!("a process of {unit}"),
+        Err(reason) => format!("a process systemd does not place in {FORWARDING_UNIT} ({reason})"),
+    };
+    Err(format!(
+        "{WEB_BUS_NAME} is owned by {} ({who}), which announces {announced}; only \
+         {FORWARDING_UNIT} may name another address than [web] listen ({configured})",
+        owner.as_str()
+    ))
+}
+
+/// The unit of process `pid`, as systemd on the system bus says: through `connection` when
+/// that is the system bus, else through a connection of its own.
+async fn unit_of_announcer(
+    bus_address: &bus::BusAddress,
+    connection: &zbus::Connection,
+    pid: u32,
+) -> Result<String, String> {
+    if *bus_address == bus::BusAddress::System {
+        return bus::unit_of_process(connection, pid).await;
+    }
+    let system = bus::connect(&bus::BusAddress::System)
+        .await
+        .map_err(|error| format!("no system bus to ask systemd: {error}"))?;
+    bus::unit_of_process(&system, pid).await
+}
+
+/// `address` with an unspecified IP (`0.0.0.0`, `::`) replaced by loopback of its family:
+/// where a client on this machine reaches a server listening on every address.
+fn loopback_if_unspecified(mut address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        address.set_ip(if address.is_ipv4() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    address
 }
 
 impl Context {
