@@ -188,27 +188,17 @@ impl Scraper {
         Ok(())
     }
 
-    /// `DeleteBundle`: cancels a running bundle, then, in a task of its own so the loop goes
-    /// on, waits (up to [`crate::STOP_WAIT`] in all) for its running files to stop, forgets
-    /// it and its downloads, and removes its folder in staging and, if it succeeded, its
-    /// folder in the inbox (`final_path`) with whatever is still in it (files the monitor
-    /// already moved to the library in consume mode are not touched).
+    /// `DeleteBundle`: cancels a running bundle, then, once its running files stopped
+    /// ([`Scraper::forget_once_stopped`]), forgets it and its downloads, and removes its
+    /// folder in staging and, if it succeeded, its folder in the inbox (`final_path`) with
+    /// whatever is still in it (files the monitor already moved to the library in consume
+    /// mode are not touched).
     pub(crate) async fn delete_bundle(&mut self, bundle_id: i64, reply: Reply<()>) {
-        let stopping = match self.stop_bundle_for_delete(bundle_id).await {
-            Ok(stopping) => stopping,
-            Err(error) => {
-                let _ = reply.send(Err(error));
-                return;
-            }
-        };
+        let stopping = self.stop_bundle_for_delete(bundle_id).await;
         let store = self.store.clone();
         let settings = Arc::clone(&self.context.settings);
-        self.spawn_background(async move {
-            let result = match crate::wait_until_stopped(stopping).await {
-                Ok(()) => forget_bundle(&store, &settings, bundle_id).await,
-                Err(error) => Err(error),
-            };
-            let _ = reply.send(result);
+        self.forget_once_stopped(stopping, reply, async move {
+            forget_bundle(&store, &settings, bundle_id).await
         });
     }
 

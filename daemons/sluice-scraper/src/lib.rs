@@ -234,7 +234,7 @@ pub(crate) struct Stopping {
 
 /// Waits, up to [`STOP_WAIT`] for all of them together, until every download in `stopping`
 /// has ended (its task recorded the end; a task that is gone counts as ended).
-pub(crate) async fn wait_until_stopped(stopping: Vec<Stopping>) -> Result<(), BusError> {
+async fn wait_until_stopped(stopping: Vec<Stopping>) -> Result<(), BusError> {
     let deadline = Instant::now() + STOP_WAIT;
     for mut download in stopping {
         let ended = tokio::time::timeout_at(deadline, download.ended.wait_for(|ended| *ended));
@@ -957,49 +957,69 @@ impl Scraper {
         Ok(download.state)
     }
 
-    /// `DeleteDownload`: cancels the download if it has not ended; then, in a task of its own
-    /// so the loop goes on, waits for a running one to stop, forgets it and removes its
-    /// partial file.
+    /// `DeleteDownload`: cancels the download if it has not ended; then, once a running one
+    /// stopped, forgets it and removes its partial file ([`Scraper::forget_once_stopped`]).
     async fn delete_download(&mut self, download_id: i64, reply: Reply<()>) {
+        let stopping = self.stop_download_for_delete(download_id).await;
+        let store = self.store.clone();
+        let settings = Arc::clone(&self.context.settings);
+        self.forget_once_stopped(stopping, reply, async move {
+            let deleted = store
+                .call(move |store| store.delete_download(download_id))
+                .await
+                .map_err(bus_error)?;
+            remove_part(&settings, download_id);
+            tracing::info!(
+                download_id,
+                state = %deleted.state,
+                "download {download_id} deleted (it was {})",
+                deleted.state
+            );
+            Ok(())
+        });
+    }
+
+    /// Cancels the download if it has not ended; returns how to wait for it if it runs.
+    async fn stop_download_for_delete(
+        &mut self,
+        download_id: i64,
+    ) -> Result<Vec<Stopping>, BusError> {
         let download = self
             .store
             .call(move |store| store.get_download(download_id))
             .await
-            .map_err(bus_error);
-        let mut stopping = Vec::new();
-        match download {
-            Ok(download) if !download.state.is_finished() => {
-                if let Err(error) = self.cancel_download(download_id).await {
-                    let _ = reply.send(Err(error));
-                    return;
-                }
-                stopping.extend(self.stopping(download_id));
-            }
-            Ok(_) => {}
+            .map_err(bus_error)?;
+        if download.state.is_finished() {
+            return Ok(Vec::new());
+        }
+        self.cancel_download(download_id).await?;
+        Ok(self.stopping(download_id).into_iter().collect())
+    }
+
+    /// The end every delete shares (`DeleteDownload`, `DeleteBundle`): `stopping` is what the
+    /// cancel left running, or why it failed, which is then the answer. Otherwise, in a task
+    /// of its own so the loop goes on, waits (up to [`STOP_WAIT`] in all) until those
+    /// downloads stopped, then runs `forget` (the store rows and files to remove) and answers
+    /// with its result; a download that does not stop in time is the answer instead, with
+    /// nothing forgotten.
+    pub(crate) fn forget_once_stopped(
+        &mut self,
+        stopping: Result<Vec<Stopping>, BusError>,
+        reply: Reply<()>,
+        forget: impl Future<Output = Result<(), BusError>> + Send + 'static,
+    ) {
+        let stopping = match stopping {
+            Ok(stopping) => stopping,
             Err(error) => {
                 let _ = reply.send(Err(error));
                 return;
             }
-        }
-        let store = self.store.clone();
-        let settings = Arc::clone(&self.context.settings);
+        };
         self.spawn_background(async move {
-            let result = async {
-                wait_until_stopped(stopping).await?;
-                let deleted = store
-                    .call(move |store| store.delete_download(download_id))
-                    .await
-                    .map_err(bus_error)?;
-                remove_part(&settings, download_id);
-                tracing::info!(
-                    download_id,
-                    state = %deleted.state,
-                    "download {download_id} deleted (it was {})",
-                    deleted.state
-                );
-                Ok(())
-            }
-            .await;
+            let result = match wait_until_stopped(stopping).await {
+                Ok(()) => forget.await,
+                Err(error) => Err(error),
+            };
             let _ = reply.send(result);
         });
     }
