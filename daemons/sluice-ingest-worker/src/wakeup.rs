@@ -71,3 +71,37 @@ fn queued_kind(message: &Message) -> zbus::Result<String> {
     let (kind, _job_id) = body.deserialize::<(String, u64)>()?;
     Ok(kind)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signal<B>(interface: &str, member: &str, body: &B) -> Message
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        Message::signal("/org/sluice/Test1", interface, member)
+            .build(body)
+            .unwrap()
+    }
+
+    /// The monitor announces an ingest job only with `FileDetected` (issue 17, finding 4):
+    /// a worker must wake on it as on another daemon's `JobQueued`.
+    #[test]
+    fn file_detected_announces_an_ingest_job_and_job_queued_names_its_kind() {
+        let detected = signal(
+            FILE_DETECTED_INTERFACE,
+            "FileDetected",
+            &(b"/srv/inbox/\xff.pdf\0".to_vec(), 3u64, 4u64),
+        );
+        assert_eq!(queued_kind(&detected).unwrap(), INGEST_JOB_KIND);
+        assert!(KINDS.contains(&INGEST_JOB_KIND));
+        let queued = signal("org.sluice.Web1", "JobQueued", &("download", 5u64));
+        assert_eq!(queued_kind(&queued).unwrap(), "download");
+        // A body of the wrong shape is no wake-up (and no panic).
+        let forged = signal(FILE_DETECTED_INTERFACE, "FileDetected", &("/a", 3u64));
+        assert!(queued_kind(&forged).is_err());
+        let forged = signal("org.sluice.Web1", "JobQueued", &(5u64,));
+        assert!(queued_kind(&forged).is_err());
+    }
+}
