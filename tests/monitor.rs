@@ -760,6 +760,79 @@ fn rescan_refuses_paths_outside_the_watched_folders_and_changes_nothing() {
     );
 }
 
+/// Issue 17, finding 6: `Rescan` takes the path as bytes, so the real monitor can be asked to
+/// walk a folder whose name is not UTF-8 (byte 0xff, a Latin-1 é), and walks exactly that
+/// folder: its two files are found (and skipped, as the store records UTF-8 names only; see
+/// the test above). The same name with U+FFFD where the bytes were, as a string API would
+/// have had to send it, names no folder and finds nothing. Neither walk is a store error.
+#[test]
+fn rescan_walks_a_folder_whose_name_is_not_utf8_byte_exact() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let setup = Setup::new();
+    let mut monitor = setup.start_monitor();
+    let inbox = setup.inbox();
+    let folder = inbox.join(OsStr::from_bytes(b"caf\xe9-\xff"));
+    let staged = setup.root().join("staged-latin1");
+    std::fs::create_dir_all(&staged).unwrap();
+    write_old_file(&staged.join("one.txt"), b"one");
+    write_old_file(&staged.join("two.txt"), b"two");
+    std::fs::rename(&staged, &folder).unwrap();
+    setup.sentinel(&inbox);
+
+    let walked = |files: &str| {
+        setup.count_log_lines(&[
+            "reconcile walk finished",
+            "reason=\"rescan requested\"",
+            files,
+        ])
+    };
+    let exact_before = walked("skipped_non_utf8=2");
+    assert_eq!(setup.rescan(&folder).unwrap(), 1);
+    monitor.wait_for_log_lines(
+        &["reconcile walk finished", "reason=\"rescan requested\""],
+        1,
+        DEADLINE,
+    );
+    assert_eq!(
+        walked("skipped_non_utf8=2"),
+        exact_before + 1,
+        "{}",
+        monitor.log()
+    );
+
+    let mangled = inbox.join("caf\u{fffd}-\u{fffd}");
+    assert_eq!(setup.rescan(&mangled).unwrap(), 1);
+    monitor.wait_for_log_lines(
+        &["reconcile walk finished", "reason=\"rescan requested\""],
+        2,
+        DEADLINE,
+    );
+    assert_eq!(
+        walked("directories=0 errors=0 skipped_non_utf8=0"),
+        1,
+        "{}",
+        monitor.log()
+    );
+    // Walking a folder whose name the store cannot hold is no store error (it tried to mark
+    // files under it as gone, and the store refused the prefix).
+    assert_eq!(
+        setup.count_log_lines(&["store error"]),
+        0,
+        "{}",
+        monitor.log()
+    );
+    // Nothing was recorded from either walk.
+    assert!(
+        setup
+            .recorded_paths()
+            .iter()
+            .all(|path| !path.starts_with(&folder)),
+        "{:?}",
+        setup.recorded_paths()
+    );
+}
+
 #[test]
 fn kill_9_during_a_burst_then_restart_records_every_file_exactly_once() {
     let setup = Setup::new();

@@ -251,10 +251,15 @@ impl Monitor {
         for path in summary.non_utf8 {
             self.skip_unusable_name(path);
         }
-        self.send_to_recorder(RecorderCommand::Sweep {
-            prefix: scope,
-            mode,
-        });
+        // The store records UTF-8 paths only, so nothing it holds lies under a folder whose
+        // name is not UTF-8 (one a rescan named, or one moved in): there is nothing to mark
+        // gone, and the store would refuse the prefix as an error on every walk.
+        if scope.to_str().is_some() {
+            self.send_to_recorder(RecorderCommand::Sweep {
+                prefix: scope,
+                mode,
+            });
+        }
         if let Some((scope, reason)) = next {
             self.reconcile(index, scope, reason);
         }
