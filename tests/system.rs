@@ -867,6 +867,28 @@ fn a_pdf_and_a_photo_are_read_searched_and_thumbnailed_by_the_installed_suite() 
         range == pdf[..100],
         "the range is not the PDF's first 100 bytes"
     );
+
+    // `sluicectl submit` as root: it believes the address sluice-web announces on the bus
+    // only because systemd says the name's owner is sluice-web.service, and then uploads.
+    // (A drop-in that only sluicectl reads, since no daemon is reloaded, makes [web] listen
+    // name another port, so the address cannot be believed for matching it.)
+    std::fs::write(root.join("ctl-proof.txt"), "submitted by sluicectl\n")?;
+    std::fs::write(
+        etc.join("60-other-listen.toml"),
+        "[web]\nlisten = \"127.0.0.1:9\"\n",
+    )?;
+    let submitted = suite.container.check(
+        "chmod 0644 /etc/sluice/sluice.toml.d/60-other-listen.toml && \
+         sluicectl --json submit /root/ctl-proof.txt --wait 60s; \
+         status=$?; rm -f /etc/sluice/sluice.toml.d/60-other-listen.toml; exit $status",
+    )?;
+    let submitted: serde_json::Value =
+        serde_json::from_str(&submitted).context("sluicectl submit's JSON")?;
+    ensure!(
+        submitted[0]["job"]["state"] == "succeeded"
+            && submitted[0]["job"]["document"]["original_name"] == "ctl-proof.txt",
+        "sluicectl submit answered {submitted}"
+    );
     Ok(())
 }
 
