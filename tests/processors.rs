@@ -17,7 +17,7 @@ use sluice_tests::documents::text_png;
 
 use crate::ingest::{Suite, png_bytes};
 use crate::support::{WEB_READ_TOKEN, WEB_TEST_TOKEN, http_agent, retried_because};
-use crate::timeouts::{assert_no_process_left, script};
+use crate::timeouts::{assert_first_runs_gone, assert_no_process_left, script};
 
 /// The line of shell that sets `$id` to the request's id (requests start `{"id":N,`).
 const READ_ID: &str = r#"id=$(printf '%s' "$line" | sed 's/^{"id":\([0-9]*\),.*/\1/')"#;
@@ -49,10 +49,22 @@ fn assert_still_serving(suite: &mut Suite, worker: &crate::support::DaemonProces
     assert!(filed.exists());
 }
 
-/// THE test of "models loaded once per worker": one worker, fifty files, one server start;
-/// every file gets its own answer.
+/// Stops `worker` with SIGTERM, as systemd does, and waits for its clean exit (which stops
+/// its servers).
+fn stop_worker(worker: &mut crate::support::DaemonProcess) {
+    worker
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .expect("signal the worker");
+    let status = worker
+        .wait_for_exit(crate::support::DEADLINE)
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    assert_eq!(status.code(), Some(0), "log:\n{}", worker.log());
+}
+
+/// THE test of "models loaded once per worker": the server starts with its worker, before
+/// any file arrives, and that one start serves fifty files, each with its own answer.
 #[test]
-fn a_server_processor_is_started_once_per_worker_across_fifty_files() {
+fn a_server_processor_is_started_with_its_worker_and_once_across_fifty_files() {
     let (directory, root) = crate::support::temp_dir();
     let starts = root.join("starts");
     let counter = script(
@@ -75,6 +87,10 @@ fn a_server_processor_is_started_once_per_worker_across_fifty_files() {
         &server("counter", "text/plain", &counter, "timeout = \"30s\""),
     );
     let worker = suite.start_worker("1");
+    // Ready, and no file given: the server starts anyway, once.
+    suite.wait_for("the server did not start with its worker", &worker, || {
+        lines_of(&starts).len() == 1
+    });
     let jobs: Vec<i64> = (0..50)
         .map(|index| {
             let content = format!("file number {index}\n");
@@ -105,6 +121,83 @@ fn a_server_processor_is_started_once_per_worker_across_fifty_files() {
         "{}",
         worker.log()
     );
+    drop(directory);
+}
+
+/// A server that dies with no file in flight is started again without waiting for one, after
+/// a delay that grows while it keeps dying (1 s, then 2 s) and starts over once it answered;
+/// each restart is logged with the processor's name and why.
+#[test]
+fn a_server_that_dies_while_idle_is_restarted_after_a_growing_delay() {
+    let (directory, root) = crate::support::temp_dir();
+    let pids = root.join("pids");
+    let flaky = script(
+        &root,
+        "flaky.sh",
+        &format!(
+            "echo \"$$\" >> '{pids}'\n\
+             start=$(wc -l < '{pids}')\n\
+             if [ \"$start\" -le 2 ]; then\n\
+               echo \"cannot load the model (start $start)\" >&2; exit 1\n\
+             fi\n\
+             while IFS= read -r line; do\n\
+               {READ_ID}\n\
+               printf '{{\"id\":%s,\"metadata\":{{\"pid\":%s}}}}\\n' \"$id\" \"$$\"\n\
+             done\n",
+            pids = pids.display()
+        ),
+    );
+    let mut suite = Suite::with_settings(
+        "5s",
+        "2s",
+        "400ms",
+        "",
+        &server("flaky", "text/plain", &flaky, "timeout = \"30s\""),
+    );
+    let mut worker = suite.start_worker("1");
+    suite.wait_for("not restarted until it stayed up", &worker, || {
+        lines_of(&pids).len() == 3
+    });
+    let log = worker.log();
+    for (start, delay) in [(1, 1), (2, 2)] {
+        assert!(
+            log.contains(&format!(
+                "processor flaky: its server exited with status 1; the end of its stderr: cannot \
+                 load the model (start {start}); starting it again in {delay} s (failure {start} \
+                 in a row)"
+            )),
+            "{log}"
+        );
+    }
+    let serving: i64 = lines_of(&pids)[2].parse().unwrap();
+    let (id, _, _) = suite.enqueue_file("input.txt", b"hello\n");
+    let job = suite.wait_for_end(id, &worker);
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", worker.log());
+    let document = suite
+        .store
+        .get_document(job.result.unwrap()["document_id"].as_i64().unwrap())
+        .unwrap();
+    assert_eq!(document.metadata["processors"]["flaky"]["pid"], serving);
+
+    // It answered, so a death now is a first failure again: restarted after 1 s, idle.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serving as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    suite.wait_for("not restarted after it was killed", &worker, || {
+        lines_of(&pids).len() == 4
+    });
+    assert!(
+        worker.log().contains(
+            "processor flaky: its server was killed by signal 9; starting it again in 1 s \
+             (failure 1 in a row)"
+        ),
+        "{}",
+        worker.log()
+    );
+    stop_worker(&mut worker);
+    assert_no_process_left(&pids);
     drop(directory);
 }
 
@@ -420,7 +513,7 @@ fn a_hanging_server_is_killed_at_its_timeout_with_its_group_and_the_worker_goes_
         "job_timeout = \"10m\"",
         &server("stuck", "text/plain", &hang, "timeout = \"500ms\""),
     );
-    let worker = suite.start_worker("1");
+    let mut worker = suite.start_worker("1");
     let (id, _, _) = suite.enqueue_file("stuck.txt", b"hello\n");
     let job = suite.wait_for_end(id, &worker);
     assert_eq!(job.state, JobState::Dead, "{job:?}");
@@ -433,9 +526,15 @@ fn a_hanging_server_is_killed_at_its_timeout_with_its_group_and_the_worker_goes_
         ),
         "{history:#?}"
     );
-    assert_eq!(lines_of(&pids).len(), 3, "a fresh server for each attempt");
-    assert_no_process_left(&pids);
+    // One server for each attempt, each gone with its group, and a fourth started after the
+    // last death, ready for the next file; it stops with its worker.
+    suite.wait_for("no fresh server after the last attempt", &worker, || {
+        lines_of(&pids).len() == 4
+    });
+    assert_first_runs_gone(&pids, 3);
     assert_still_serving(&mut suite, &worker);
+    stop_worker(&mut worker);
+    assert_no_process_left(&pids);
     drop(directory);
 }
 
@@ -464,7 +563,7 @@ fn a_server_writing_100_mb_is_cut_at_max_output_and_fails_the_job_for_good() {
         "",
         &server("flood", "text/plain", &flood, "max_output = \"1 MiB\""),
     );
-    let worker = suite.start_worker("1");
+    let mut worker = suite.start_worker("1");
     let (id, _, _) = suite.enqueue_file("flood.txt", b"hello\n");
     let job = suite.wait_for_end(id, &worker);
     assert_eq!(job.state, JobState::Failed, "not retried: {job:?}");
@@ -477,9 +576,11 @@ fn a_server_writing_100_mb_is_cut_at_max_output_and_fails_the_job_for_good() {
         ),
         "{error}"
     );
-    assert_no_process_left(&pids);
+    assert_first_runs_gone(&pids, 1);
     assert_eq!(suite.documents().len(), 0);
     assert_still_serving(&mut suite, &worker);
+    stop_worker(&mut worker);
+    assert_no_process_left(&pids);
     drop(directory);
 }
 
@@ -515,7 +616,21 @@ fn a_server_exiting_1_fails_each_attempt_with_its_status_and_stderr() {
         ),
         "{error}"
     );
-    assert_eq!(lines_of(&starts).len(), 3, "restarted for each attempt");
+    // One start with the worker and one after each of the three deaths (the last waits
+    // 4 s: the third failure in a row), ready for the next file.
+    suite.wait_for("not restarted after each death", &worker, || {
+        lines_of(&starts).len() == 4
+    });
+    let log = worker.log();
+    for (delay, in_a_row) in [("1 s", 1), ("2 s", 2), ("4 s", 3)] {
+        assert!(
+            log.contains(&format!(
+                "processor model: its server is stopped; it starts again in {delay} (failure \
+                 {in_a_row} in a row), or at once for a file that needs it"
+            )),
+            "{log}"
+        );
+    }
     assert_still_serving(&mut suite, &worker);
     drop(directory);
 }
@@ -603,11 +718,10 @@ fn a_server_answering_garbage_fails_the_job_clearly_and_is_restarted() {
             "{error}"
         );
     }
-    assert_eq!(
-        lines_of(&starts).len(),
-        2,
-        "a fresh server after each garbage answer"
-    );
+    // The one started with the worker, and a fresh one after each garbage answer.
+    suite.wait_for("no fresh server after each garbage answer", &worker, || {
+        lines_of(&starts).len() == 3
+    });
     assert_still_serving(&mut suite, &worker);
     drop(directory);
 }
@@ -697,7 +811,7 @@ fn cancelling_a_job_kills_its_busy_server_and_the_next_file_gets_a_fresh_one() {
         "",
         &server("selective", "text/plain", &selective, ""),
     );
-    let worker = suite.start_worker("1");
+    let mut worker = suite.start_worker("1");
     let (id, _, _) = suite.enqueue_file("slow.txt", b"please hang\n");
     suite.wait_for("the server never started", &worker, || {
         !lines_of(&pids).is_empty()
@@ -710,12 +824,14 @@ fn cancelling_a_job_kills_its_busy_server_and_the_next_file_gets_a_fresh_one() {
     });
     suite.store.cancel_job(id).unwrap();
     assert_eq!(suite.wait_for_end(id, &worker).state, JobState::Cancelled);
-    assert_no_process_left(&pids);
+    assert_first_runs_gone(&pids, 1);
 
     let (next, _, _) = suite.enqueue_file("quick.txt", b"quick\n");
     let job = suite.wait_for_end(next, &worker);
     assert_eq!(job.state, JobState::Succeeded, "{job:?}\n{}", worker.log());
     assert_eq!(lines_of(&pids).len(), 2, "a fresh server");
+    stop_worker(&mut worker);
+    assert_no_process_left(&pids);
     drop(directory);
 }
 
@@ -775,13 +891,7 @@ fn a_reload_that_changes_a_server_replaces_it_and_stopping_the_worker_stops_it()
         worker.log()
     );
 
-    worker
-        .signal(nix::sys::signal::Signal::SIGTERM)
-        .expect("signal the worker");
-    let status = worker
-        .wait_for_exit(crate::support::DEADLINE)
-        .unwrap_or_else(|error| panic!("{error:#}"));
-    assert_eq!(status.code(), Some(0), "log:\n{}", worker.log());
+    stop_worker(&mut worker);
     assert_no_process_left(&pids);
     drop(directory);
 }

@@ -326,6 +326,11 @@ impl Executor {
         claim: bool,
     ) -> Result<StepReport, JobError> {
         let claim = claim && !self.stopping.load(Ordering::Relaxed);
+        if claim {
+            // Before the claim, so a server is already starting when the file that needs it
+            // arrives (see `servers`); the first step runs right after READY=1.
+            self.servers.supervise(&settings.processors);
+        }
         let (results, mut claimed) = if claim {
             self.store.complete_and_claim(
                 &pending,
@@ -912,7 +917,6 @@ impl Executor {
         mime: &str,
         path: &Path,
     ) -> Result<Option<Vec<(String, ProcessorOutput)>>, IngestFailure> {
-        self.servers.retain_configured(&settings.processors);
         let matching: Vec<&ProcessorConfig> = settings
             .processors
             .iter()

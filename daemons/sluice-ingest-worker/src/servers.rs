@@ -1,6 +1,22 @@
 //! Server processors (`[[processor]]` with `mode = "server"`): a long-lived program started
-//! once per worker, at the first file it matches, and kept for the worker's life, so a model
-//! it loads is loaded once, not once per file. It answers one request per file.
+//! once per worker, when the worker starts, and kept for the worker's life, so a model it
+//! loads is loaded once, not once per file (and is loading while the worker waits for its
+//! first file). It answers one request per file.
+//!
+//! # Start and restart
+//!
+//! [`ProcessorServers::supervise`] runs at the start of every step that may claim jobs (see
+//! `execute::Executor::step`): the first right after READY=1, then at least once a second
+//! while the worker is idle (its poll is a step). It starts every configured server that is
+//! not running, so each is spawned before the first claim and READY=1 never waits for one.
+//! Starting is only a spawn: nothing waits for the program to load its model (the first
+//! request's `timeout` covers that), so the first job waits a fork and exec per server at
+//! most. A server that died, or that broke a request (see Faults), is started again after a
+//! delay that doubles with each failure in a row, from [`RESTART_DELAY_FIRST`] up to
+//! [`RESTART_DELAY_MAX`], each restart logged with the processor's name and the delay; a
+//! server that answered a request, or ran [`RESTART_STABLE_AFTER`], starts the count again.
+//! A file that needs a server that is not running does not wait for that delay: its request
+//! starts the server at once, so a job's own retries bound how often it is started for them.
 //!
 //! # The protocol
 //!
@@ -46,13 +62,14 @@
 //! flight the server's process group is registered with the running job (`ProcessGroups`), so
 //! a cancel, the job's timeout, a lost lease or the stop deadline kill it like any processor.
 //! A server that times out, writes too much, exits, closes its stdout or answers anything but
-//! a response line for the request is killed with its whole process group, and the next file
-//! it matches starts it again. A crash or a timeout is retried like any failed attempt (so
+//! a response line for the request is killed with its whole process group, and is started
+//! again (see Start and restart). A crash or a timeout is retried like any failed attempt (so
 //! the job in flight runs again on a fresh server); too much output and garbage fail the job
 //! for good, since the same file would get the same answer. A server that writes when nobody
 //! asked is restarted before the next request, so one stray line does not fail the next
 //! job. A server whose `[[processor]]` entry changed on a reload is restarted with the new
-//! one; one no longer configured is stopped. Every server is killed when the worker stops.
+//! one; one no longer configured is stopped. Every server is killed when the worker stops,
+//! and none is started while it stops.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -70,7 +87,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_core::config::ProcessorConfig;
+use sluice_core::config::{ProcessorConfig, ProcessorMode};
 use sluice_core::ingest::seconds;
 use sluice_core::policy;
 
@@ -99,6 +116,13 @@ const STDERR_SUMMARY_INTERVAL: Duration = Duration::from_secs(2);
 const STDERR_EOF_WAIT: Duration = Duration::from_millis(500);
 /// How much of a garbage answer an error message quotes.
 const QUOTED_ANSWER_CHARS: usize = 200;
+/// The delay before a server that failed once is started again; it doubles with each
+/// further failure in a row, up to [`RESTART_DELAY_MAX`].
+const RESTART_DELAY_FIRST: Duration = Duration::from_secs(1);
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(60);
+/// A server that ran this long before it died is not part of a crash loop: its restart
+/// waits the first delay again.
+const RESTART_STABLE_AFTER: Duration = Duration::from_secs(60);
 
 /// One request line.
 #[derive(Debug, Serialize)]
@@ -131,6 +155,8 @@ struct Answer {
 #[derive(Debug, Default)]
 pub struct ProcessorServers {
     servers: HashMap<String, Server>,
+    /// The servers that failed lately, by processor name, and when each may start again.
+    failures: HashMap<String, Failures>,
     /// How many servers this worker has started, for its logs.
     starts: u64,
     /// `sluice-ingest-worker@1`: named in the lines forwarded from its servers' stderr.
@@ -146,8 +172,55 @@ impl ProcessorServers {
         }
     }
 
+    /// Keeps every server of `processors` running: stops those no longer configured as they
+    /// were, forgets those that died (or broke a request), and starts each that is not
+    /// running and whose restart delay is over. Called at the start of each step that may
+    /// claim (the first right after READY=1), never while the worker stops.
+    pub fn supervise(&mut self, processors: &[ProcessorConfig]) {
+        self.retain_configured(processors);
+        let now = Instant::now();
+        for processor in processors
+            .iter()
+            .filter(|processor| processor.mode == ProcessorMode::Server)
+        {
+            let name = processor.name.as_str();
+            if let Some(server) = self.servers.get_mut(name)
+                && let Some(reason) = server.why_unusable()
+            {
+                let ran_for = server.started.elapsed();
+                self.servers.remove(name);
+                let delay = self.note_failure(name, ran_for);
+                tracing::warn!(
+                    processor = %name,
+                    "processor {name}: its server {reason}; starting it again in {} (failure {} \
+                     in a row)",
+                    in_words(delay),
+                    self.failures_in_a_row(name)
+                );
+            }
+            if self.servers.contains_key(name)
+                || self
+                    .failures
+                    .get(name)
+                    .is_some_and(|failures| now < failures.not_before)
+            {
+                continue;
+            }
+            if let Err(failure) = self.start(processor) {
+                let delay = self.note_failure(name, Duration::ZERO);
+                tracing::warn!(
+                    processor = %name,
+                    "{failure}; trying again in {}",
+                    in_words(delay)
+                );
+            }
+        }
+    }
+
     /// Stops the servers whose processor is no longer configured as it was.
-    pub fn retain_configured(&mut self, processors: &[ProcessorConfig]) {
+    fn retain_configured(&mut self, processors: &[ProcessorConfig]) {
+        self.failures
+            .retain(|name, _| processors.iter().any(|processor| processor.name == *name));
         self.servers.retain(|name, server| {
             let kept = processors.contains(&server.config);
             if !kept {
@@ -184,33 +257,110 @@ impl ProcessorServers {
             );
             self.servers.remove(name);
         }
-        if !self.servers.contains_key(name) {
-            self.starts += 1;
-            let server = Server::start(processor, &self.worker_name)?;
-            tracing::info!(
-                processor = %name,
-                pid = server.group.as_raw(),
-                "processor {name}: server started as pid {} (server start {} of this worker)",
-                server.group,
-                self.starts
-            );
-            self.servers.insert(name.to_owned(), server);
+        if !self.servers.contains_key(name)
+            && let Err(failure) = self.start(processor)
+        {
+            self.note_failure(name, Duration::ZERO);
+            return Err(failure);
         }
         let server = self
             .servers
             .get_mut(name)
             .expect("the server was started above");
         match server.ask(path, mime, target, groups, check) {
-            Ok(output) => Ok(output),
-            Err(Ask::Failed(failure)) => Err(failure),
+            Ok(output) => {
+                self.failures.remove(name);
+                Ok(output)
+            }
+            Err(Ask::Failed(failure)) => {
+                // It answered: it works, whatever it thought of this file.
+                self.failures.remove(name);
+                Err(failure)
+            }
             Err(Ask::Broken(failure)) => {
-                // The server's state is unknown (or it is gone): it is killed now, and the
-                // next file starts a fresh one.
+                // The server's state is unknown (or it is gone): it is killed now, and started
+                // again by the next supervision or the next file that needs it.
+                let ran_for = server.started.elapsed();
                 self.servers.remove(name);
+                let delay = self.note_failure(name, ran_for);
+                tracing::info!(
+                    processor = %name,
+                    "processor {name}: its server is stopped; it starts again in {} (failure {} \
+                     in a row), or at once for a file that needs it",
+                    in_words(delay),
+                    self.failures_in_a_row(name)
+                );
                 Err(failure)
             }
         }
     }
+
+    /// Starts `processor`'s server and keeps it.
+    fn start(&mut self, processor: &ProcessorConfig) -> Result<(), IngestFailure> {
+        let name = processor.name.as_str();
+        self.starts += 1;
+        let server = Server::start(processor, &self.worker_name)?;
+        tracing::info!(
+            processor = %name,
+            pid = server.group.as_raw(),
+            "processor {name}: server started as pid {} (server start {} of this worker)",
+            server.group,
+            self.starts
+        );
+        self.servers.insert(name.to_owned(), server);
+        Ok(())
+    }
+
+    fn failures_in_a_row(&self, name: &str) -> u32 {
+        self.failures
+            .get(name)
+            .map_or(0, |failures| failures.in_a_row)
+    }
+
+    /// Counts a failure of `name`'s server, which ran for `ran_for`, and returns how long its
+    /// restart waits.
+    fn note_failure(&mut self, name: &str, ran_for: Duration) -> Duration {
+        let failures = self.failures.entry(name.to_owned()).or_default();
+        failures.in_a_row = if ran_for >= RESTART_STABLE_AFTER {
+            1
+        } else {
+            failures.in_a_row.saturating_add(1)
+        };
+        let delay = restart_delay(failures.in_a_row);
+        failures.not_before = Instant::now() + delay;
+        delay
+    }
+}
+
+/// The failures in a row of one processor's server.
+#[derive(Debug)]
+struct Failures {
+    in_a_row: u32,
+    /// No supervised start before this.
+    not_before: Instant,
+}
+
+impl Default for Failures {
+    fn default() -> Failures {
+        Failures {
+            in_a_row: 0,
+            not_before: Instant::now(),
+        }
+    }
+}
+
+/// The delay before the restart after `in_a_row` failures in a row (from 1): the first
+/// delay, doubled for each failure after the first, at most the longest.
+fn restart_delay(in_a_row: u32) -> Duration {
+    let doublings = in_a_row.saturating_sub(1).min(16);
+    RESTART_DELAY_FIRST
+        .saturating_mul(1 << doublings)
+        .min(RESTART_DELAY_MAX)
+}
+
+/// "1 s", "2 s", "60 s".
+fn in_words(delay: Duration) -> String {
+    format!("{} s", delay.as_secs())
 }
 
 /// How a call ended without an answer to use.
@@ -228,6 +378,8 @@ struct Server {
     child: Child,
     /// The server's pid, the id of the process group it leads.
     group: Pid,
+    /// When it was spawned.
+    started: Instant,
     stdin: ChildStdin,
     stdout: ChildStdout,
     /// Bytes of stdout read but not yet part of an answer.
@@ -293,6 +445,7 @@ impl Server {
             config: config.clone(),
             child,
             group,
+            started: Instant::now(),
             stdin,
             stdout,
             unread: Vec::new(),
@@ -805,4 +958,18 @@ fn quote(bytes: &[u8]) -> String {
         quoted.push('…');
     }
     format!("{quoted:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_restart_delay_doubles_with_failures_in_a_row_and_is_bounded() {
+        let delays: Vec<u64> = (1..=9)
+            .map(|in_a_row| restart_delay(in_a_row).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(restart_delay(u32::MAX), RESTART_DELAY_MAX);
+    }
 }
