@@ -2,7 +2,8 @@
 //! and a PDF uploaded get a thumbnail no larger than `[ingest] thumbnail_size`; content is
 //! served with ranges, validators and headers that keep a browser from running it; an indexed
 //! document is served from its folder until its file changes or goes; a decompression bomb
-//! gets no thumbnail and harms nothing; `sluicectl docs get`.
+//! fails its job, an image too big to decode gets no thumbnail, and neither harms anything;
+//! `sluicectl docs get`.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -71,6 +72,13 @@ fn request(suite: &Suite, method: &str, path: &str, headers: &[(&str, &str)]) ->
 
 /// Uploads `bytes` as `name` and waits for its job; returns the document of the finished job.
 fn upload(suite: &Suite, name: &str, bytes: &[u8]) -> Value {
+    let job = upload_job(suite, name, bytes);
+    assert_eq!(job["state"], "succeeded", "{job}\n{}", suite.logs());
+    job["document"].clone()
+}
+
+/// Uploads `bytes` as `name`, waits for its job and returns the job, however it ended.
+fn upload_job(suite: &Suite, name: &str, bytes: &[u8]) -> Value {
     let mut response = http_agent()
         .post(format!(
             "{}/api/documents?name={name}&wait=60s",
@@ -82,9 +90,8 @@ fn upload(suite: &Suite, name: &str, bytes: &[u8]) -> Value {
         .expect("upload");
     let text = response.body_mut().read_to_string().unwrap_or_default();
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    let job = &body["uploads"][0]["job"];
-    assert_eq!(job["state"], "succeeded", "{body}\n{}", suite.logs());
-    job["document"].clone()
+    assert!(body["uploads"][0]["job"].is_object(), "{body}");
+    body["uploads"][0]["job"].clone()
 }
 
 fn png_of(width: u32, height: u32) -> Vec<u8> {
@@ -407,12 +414,32 @@ fn uploads_get_thumbnails_and_their_content_is_served_with_ranges_and_safe_heade
 }
 
 #[test]
-fn a_decompression_bomb_png_gets_no_thumbnail_and_the_worker_keeps_serving() {
+fn a_decompression_bomb_png_fails_its_job_a_big_one_gets_no_thumbnail_and_the_worker_goes_on() {
     let mut suite = Suite::start();
-    // 100,000² pixels would be 40 GB decoded; 20,000² is within the edge limit but 1.6 GB.
-    for (name, width, height) in [("bomb.png", 100_000, 100_000), ("wide.png", 20_000, 20_000)] {
-        let bomb = bomb_png(width, height);
+    // 100,000² pixels would be 40 GB decoded, 20,000² 1.6 GB: more pixels than any camera
+    // makes, refused from the header by extraction, so the job fails for good.
+    for (name, side, megapixels) in [
+        ("bomb.png", 100_000, "10000.0"),
+        ("square.png", 20_000, "400.0"),
+    ] {
+        let bomb = bomb_png(side, side);
         assert!(bomb.len() < 200);
+        let job = upload_job(&suite, name, &bomb);
+        assert_eq!(job["state"], "failed", "{job}\n{}", suite.logs());
+        assert_eq!(
+            job["error"].as_str().unwrap_or_default(),
+            format!(
+                "image bomb: the image declares {side}×{side} pixels ({megapixels} megapixels), \
+                 more than the limit of 179.0 megapixels; it is refused without decoding it"
+            ),
+            "{job}"
+        );
+        assert!(job["document"].is_null(), "no document: {job}");
+    }
+    // Within that bound but beyond what the thumbnailer decodes (100 megapixels of RGBA is
+    // 400 MB; 30,000 pixels is longer than its 20,000 a side): a document without thumbnail.
+    for (name, width, height) in [("big.png", 10_000, 10_000), ("long.png", 30_000, 1_000)] {
+        let bomb = bomb_png(width, height);
         let document = with_thumbnail(&suite, &upload(&suite, name, &bomb));
         let reason = document["metadata"]["thumbnail_error"]
             .as_str()

@@ -1,13 +1,21 @@
 //! Images: dimensions from the header (imagesize: nothing is decoded) and EXIF (kamadak-exif:
 //! date taken, camera, orientation). Nothing here decodes pixels, so a decompression bomb
-//! costs only its header; the thumbnailer, which decodes, bounds that itself and records why a
-//! bomb has no thumbnail (`thumbnails`).
+//! costs only its header, and the header is enough to refuse one: an image that declares
+//! more than [`MAX_IMAGE_PIXELS`] fails its job, so no document, thumbnail job or processor
+//! ever decodes it. Images within that bound but beyond what the thumbnailer decodes in
+//! process (`thumbnails::MAX_DECODED_BYTES`) become documents without a thumbnail.
 
 use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
 
 use exif::{In, Tag, Value as ExifValue};
 use serde_json::{Map, Value, json};
+
+/// The most pixels an image may declare: Pillow's threshold for its `DecompressionBombError`
+/// (twice its warning of 89,478,485 pixels), which is what most image software refuses.
+/// Above every camera sold (the largest make about 150 megapixels); a bomb of a few hundred
+/// kilobytes declares far more (14,000 × 14,000 is 196 megapixels).
+pub const MAX_IMAGE_PIXELS: u64 = 178_956_970;
 
 pub(super) fn extract(file: &File) -> Result<Value, String> {
     let mut reader = BufReader::new(file);
@@ -16,6 +24,7 @@ pub(super) fn extract(file: &File) -> Result<Value, String> {
         .map_err(|error| format!("cannot read the image: {error}"))?;
     let size = imagesize::reader_size(&mut reader)
         .map_err(|error| format!("not a readable image: {error}"))?;
+    refuse_a_bomb(size.width as u64, size.height as u64)?;
     let mut metadata = Map::new();
     metadata.insert("width".into(), json!(size.width));
     metadata.insert("height".into(), json!(size.height));
@@ -55,6 +64,25 @@ pub(super) fn extract(file: &File) -> Result<Value, String> {
     Ok(Value::Object(metadata))
 }
 
+/// An error naming the limit when `width` × `height` is more than [`MAX_IMAGE_PIXELS`].
+fn refuse_a_bomb(width: u64, height: u64) -> Result<(), String> {
+    let pixels = width.saturating_mul(height);
+    if pixels <= MAX_IMAGE_PIXELS {
+        return Ok(());
+    }
+    Err(format!(
+        "image bomb: the image declares {width}×{height} pixels ({} megapixels), more than \
+         the limit of {} megapixels; it is refused without decoding it",
+        megapixels(pixels),
+        megapixels(MAX_IMAGE_PIXELS)
+    ))
+}
+
+/// Pixels as megapixels with one decimal ("196.0").
+fn megapixels(pixels: u64) -> String {
+    format!("{:.1}", pixels as f64 / 1e6)
+}
+
 /// The first string of an ASCII field, trimmed; `None` when empty or not ASCII.
 fn ascii(value: &ExifValue) -> Option<String> {
     match value {
@@ -90,6 +118,21 @@ fn exif_date(text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_declaring_more_pixels_than_the_limit_is_refused_by_its_header() {
+        assert_eq!(refuse_a_bomb(12_000, 12_000), Ok(()));
+        assert_eq!(refuse_a_bomb(MAX_IMAGE_PIXELS, 1), Ok(()));
+        assert_eq!(
+            refuse_a_bomb(14_000, 14_000),
+            Err(
+                "image bomb: the image declares 14000×14000 pixels (196.0 megapixels), more \
+                 than the limit of 179.0 megapixels; it is refused without decoding it"
+                    .to_owned()
+            )
+        );
+        assert!(refuse_a_bomb(u64::MAX, u64::MAX).is_err());
+    }
 
     #[test]
     fn exif_dates_become_iso_local_times() {
