@@ -144,6 +144,7 @@ pub fn w5(directory: &Path) -> anyhow::Result<Value> {
     std::thread::sleep(Duration::from_secs(1));
     let idle: u64 = suite.pss()?.iter().map(|(_, pss)| pss.total).sum();
     let cpu_before = suite_cpu_ms(&suite);
+    let load_before = load_average();
     let next = Arc::new(AtomicUsize::new(0));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(FILES)));
     let failures = Arc::new(Mutex::new(Vec::new()));
@@ -215,6 +216,7 @@ pub fn w5(directory: &Path) -> anyhow::Result<Value> {
             .map_err(|_| anyhow::anyhow!("an upload thread panicked"))?;
     }
     let wall = started.elapsed().as_secs_f64();
+    let load_after = load_average();
     let cpu_ms = suite_cpu_ms(&suite) - cpu_before;
     let store = Store::open(&suite.database, &crate::store_options(Durability::Full))?;
     let thumbnail_jobs = |state: Option<JobState>| -> anyhow::Result<u64> {
@@ -262,6 +264,7 @@ pub fn w5(directory: &Path) -> anyhow::Result<Value> {
         }
     }
     let documents = latencies.len();
+    let breakdown = ingest_breakdown(&store)?;
     Ok(json!({
         "documents": documents,
         "failed": failures.len(),
@@ -279,6 +282,64 @@ pub fn w5(directory: &Path) -> anyhow::Result<Value> {
         "pss_after_mib": after as f64 / 1024.0,
         "markers_found": markers_found,
         "markers": FILES * PAGES,
+        "ingest_breakdown_ms": breakdown,
+        // The machine's 1-minute load average before and after the uploads: other work on
+        // a shared machine is the first suspect of a slow run.
+        "load_1m_before": load_before,
+        "load_1m_after": load_after,
+    }))
+}
+
+/// The 1-minute load average (`/proc/loadavg`), or -1 when it cannot be read.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(-1.0)
+}
+
+/// Where an upload's time goes, from the ingest jobs' own timestamps: p50/p99/max of the wait
+/// in the queue (created → claimed) and of the claim to the recorded outcome (claimed →
+/// finished: the body, the rest of its batch, and the wait for the commit that records it).
+/// What is left of an upload's latency is the web's part (the upload written, the job
+/// queued, the answer after the outcome's signal).
+fn ingest_breakdown(store: &Store) -> anyhow::Result<Value> {
+    let mut queued = Vec::new();
+    let mut running = Vec::new();
+    let mut before_id = None;
+    loop {
+        let page = store.list_jobs(
+            &sluice_core::store::JobFilter {
+                states: vec![JobState::Succeeded],
+                kind: Some(sluice_core::ingest::INGEST_JOB_KIND.to_owned()),
+            },
+            PageRequest {
+                before_id,
+                limit: 500,
+            },
+        )?;
+        for job in &page.items {
+            if let (Some(started), Some(finished)) = (job.started_at_ms, job.finished_at_ms) {
+                queued.push((started - job.created_at_ms) as f64);
+                running.push((finished - started) as f64);
+            }
+        }
+        match page.next_cursor {
+            Some(cursor) => before_id = Some(cursor),
+            None => break,
+        }
+    }
+    let summary = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        json!({
+            "p50": crate::percentile(values, 0.5),
+            "p99": crate::percentile(values, 0.99),
+            "max": values.last().copied().unwrap_or(0.0),
+        })
+    };
+    Ok(json!({
+        "queued": summary(&mut queued),
+        "claimed_to_recorded": summary(&mut running),
     }))
 }
 
