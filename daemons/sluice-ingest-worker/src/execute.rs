@@ -295,12 +295,36 @@ impl RunningJobs {
     }
 }
 
+/// How long the bodies of one claimed batch should take together, about: the claim after a
+/// step takes as many jobs as the last step's bodies suggest fit in it (at least one, at most
+/// `[jobs] claim_batch`). Outcomes are committed with the next claim, so a job's outcome waits
+/// for the bodies after it in its batch; and jobs claimed into a batch wait for it while an
+/// idle peer could run them. Tiny jobs (a noop, a short text file) still come 64 at a time;
+/// a PDF of ten pages, some 10 ms of work, comes one at a time, recorded as soon as it is
+/// done and never held from the other workers.
+const TARGET_BATCH_TIME: Duration = Duration::from_millis(10);
+
 /// What a step returns besides the store.
 #[derive(Debug, Default)]
 pub struct StepReport {
     pub claimed: usize,
+    /// How many the step could have claimed: `claimed` below it means the queue had no more.
+    pub claim_limit: usize,
     /// Outcomes to commit with the next step.
     pub pending: Vec<Completion>,
+}
+
+/// How many jobs the next claim takes: as many bodies of `mean_body_time` as fit in
+/// [`TARGET_BATCH_TIME`], at least 1 and at most `claim_batch` (all of it before the first
+/// body was timed).
+pub fn claim_limit(claim_batch: usize, mean_body_time: Option<Duration>) -> usize {
+    let Some(mean) = mean_body_time.filter(|mean| !mean.is_zero()) else {
+        return claim_batch.max(1);
+    };
+    let fitting = TARGET_BATCH_TIME.as_nanos() / mean.as_nanos();
+    usize::try_from(fitting)
+        .unwrap_or(usize::MAX)
+        .clamp(1, claim_batch.max(1))
 }
 
 /// Owns the worker's main store connection and runs steps on it.
@@ -315,6 +339,9 @@ pub struct Executor {
     pub stopping: Arc<AtomicBool>,
     /// The server processors this worker started, kept across jobs.
     pub servers: ProcessorServers,
+    /// How long the last step's ingest and noop bodies took each, on average (`None` before
+    /// the first): what sizes the next claim (see [`TARGET_BATCH_TIME`]).
+    pub mean_body_time: Option<Duration>,
 }
 
 impl Executor {
@@ -326,6 +353,7 @@ impl Executor {
         claim: bool,
     ) -> Result<StepReport, JobError> {
         let claim = claim && !self.stopping.load(Ordering::Relaxed);
+        let claim_limit = claim_limit(settings.claim_batch, self.mean_body_time);
         if claim {
             // Before the claim, so a server is already starting when the file that needs it
             // arrives (see `servers`); the first step runs right after READY=1.
@@ -336,7 +364,7 @@ impl Executor {
                 &pending,
                 &self.claimant,
                 &KINDS,
-                settings.claim_batch,
+                claim_limit,
                 settings.lease,
             )?
         } else if pending.is_empty() {
@@ -364,8 +392,10 @@ impl Executor {
         }
         let mut report = StepReport {
             claimed: claimed.len(),
+            claim_limit,
             pending: Vec::new(),
         };
+        let (mut timed_bodies, mut body_time) = (0u32, Duration::ZERO);
         let handles: Vec<_> = claimed
             .iter()
             .map(|job| {
@@ -392,6 +422,7 @@ impl Executor {
             let span = tracing::info_span!("job", job_id = job.id, kind = %job.kind, attempt = job.attempt);
             let _entered = span.enter();
             handle.start_body(settings.job_timeout);
+            let body_started = Instant::now();
             let outcome = match job.kind.as_str() {
                 NOOP_JOB_KIND => Some(self.run_noop(&job, &handle, settings)),
                 INGEST_JOB_KIND => self.run_ingest(&job, &handle, settings),
@@ -405,10 +436,17 @@ impl Executor {
             // Every processor run kills and forgets its own group; one still registered here
             // would be a bug, and its processes must not outlive the job either way.
             handle.process_groups.kill_all();
+            if KINDS.contains(&job.kind.as_str()) {
+                timed_bodies += 1;
+                body_time += body_started.elapsed();
+            }
             handle.end_body(outcome.as_ref());
             if let Some(outcome) = outcome {
                 report.pending.push(completion(&job, outcome));
             }
+        }
+        if timed_bodies > 0 {
+            self.mean_body_time = Some(body_time / timed_bodies);
         }
         Ok(report)
     }
@@ -1362,4 +1400,33 @@ pub fn now_micros() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_micros() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_takes_as_many_jobs_as_fit_in_the_target_batch_time() {
+        let micros = Duration::from_micros;
+        assert_eq!(
+            claim_limit(64, None),
+            64,
+            "all of it before any body was timed"
+        );
+        assert_eq!(
+            claim_limit(64, Some(micros(20))),
+            64,
+            "tiny jobs: a full batch"
+        );
+        assert_eq!(claim_limit(64, Some(micros(1000))), 10);
+        assert_eq!(
+            claim_limit(64, Some(micros(12_000))),
+            1,
+            "a PDF: one at a time"
+        );
+        assert_eq!(claim_limit(64, Some(Duration::from_secs(60))), 1);
+        assert_eq!(claim_limit(64, Some(Duration::ZERO)), 64);
+        assert_eq!(claim_limit(1, Some(micros(1))), 1);
+    }
 }

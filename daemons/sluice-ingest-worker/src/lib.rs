@@ -243,6 +243,7 @@ pub async fn run(instance: &str, dependencies: Dependencies) -> Result<(), Worke
         running: Arc::clone(&running),
         stopping: Arc::clone(&stopping),
         servers: ProcessorServers::new(&worker_name),
+        mean_body_time: None,
     };
     let settings = Arc::new(settings_from(&config, pdf_renderer.clone()));
     let heartbeat_interval = config.jobs.heartbeat_interval;
@@ -579,8 +580,9 @@ impl Worker {
         match output.result {
             Ok(report) => {
                 self.pending = report.pending;
-                let batch = self.settings.claim_batch;
-                if report.claimed >= batch {
+                // Full against what the step could claim (`execute::claim_limit`), which is
+                // `[jobs] claim_batch` for small jobs and down to 1 for heavy ones.
+                if report.claimed >= report.claim_limit {
                     self.wake_pending = true;
                     self.poll_delay = POLL_MIN;
                 } else if report.claimed > 0 {
