@@ -14,7 +14,9 @@
 //!
 //! # When the worker looks at the queue
 //!
-//! Right after a step that claimed a full batch (the queue may hold more); 2 ms (10 ms with full durability) after one
+//! Right after a step that claimed a full batch (the queue may hold more; a batch is as many
+//! jobs as the last bodies suggest fit in 10 ms, up to `claim_batch`, see
+//! `execute::claim_limit`); 2 ms (10 ms with full durability) after one
 //! that claimed a partial batch (the linger that turns a trickle of jobs into batches, see
 //! `CLAIM_LINGER_NORMAL`); when a `JobQueued` signal arrives ([`wakeup`]); and otherwise on a poll
 //! that starts at 1 ms after the last claimed job and doubles up to 1 s while the queue stays
