@@ -304,4 +304,18 @@ ALTER TABLE downloads ADD COLUMN relative_path TEXT;
 CREATE INDEX downloads_by_bundle ON downloads (bundle_id) WHERE bundle_id IS NOT NULL;
 "#,
     },
+    // Issue 13's scale curves (migration 9).
+    Migration {
+        name: "jobs are listed by state from an index",
+        sql: r#"
+-- `GET /api/jobs?state=…` and `sluicectl jobs list --state …` read the newest jobs of a
+-- state a page at a time. Without this index each page walked the whole table newest first
+-- until it had found a page of that state: at 1M jobs, a page of a state no job was in read
+-- every row (a full scan per request). With it, each state named is one range of this index,
+-- read newest first from the cursor, and a page costs the same at any size. It also covers
+-- the per-state counts (`count(*) … GROUP BY state`), which then read this index instead of
+-- the table.
+CREATE INDEX jobs_by_state ON jobs (state, id);
+"#,
+    },
 ];

@@ -574,6 +574,103 @@ mod tests {
         blocker.execute_batch("ROLLBACK").unwrap();
     }
 
+    /// Migration 9 (issue 13) applies to a database at version 8 that already holds jobs: the
+    /// jobs stay, listing by state reads the new index, and each page is the newest of its
+    /// states whatever the cursor.
+    #[test]
+    fn the_state_index_applies_to_an_existing_database_with_jobs() {
+        use crate::store::jobs::{JobFilter, JobState, PageRequest};
+
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("sluice.db");
+        {
+            // A version-8 database as the previous release left it, with jobs in it.
+            let connection = Connection::open(&path).unwrap();
+            connection
+                .pragma_update(None, "journal_mode", "wal")
+                .unwrap();
+            for migration in &MIGRATIONS[..8] {
+                connection.execute_batch(migration.sql).unwrap();
+            }
+            connection.pragma_update(None, "user_version", 8).unwrap();
+            for id in 1..=300_i64 {
+                let state = match id % 3 {
+                    0 => "failed",
+                    1 => "succeeded",
+                    _ => "cancelled",
+                };
+                connection
+                    .execute(
+                        "INSERT INTO jobs (id, kind, payload, state, run_at, max_attempts, \
+                         created_at, updated_at) VALUES (?1, 'noop', '{}', ?2, 0, 1, 0, 0)",
+                        rusqlite::params![id, state],
+                    )
+                    .unwrap();
+            }
+        }
+        let store = Store::open(
+            &path,
+            &test_options(Durability::Normal, Duration::from_secs(5)),
+        )
+        .unwrap();
+        assert_eq!(store.schema_version().unwrap(), 9);
+        assert_eq!(MIGRATIONS[8].name, "jobs are listed by state from an index");
+        let plan: Vec<String> = store
+            .connection()
+            .prepare("EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE state = ?1 AND id < ?2 ORDER BY id DESC LIMIT 5")
+            .unwrap()
+            .query_map(rusqlite::params!["failed", 100], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("jobs_by_state")),
+            "{plan:?}"
+        );
+        let filter = JobFilter {
+            states: vec![JobState::Failed, JobState::Cancelled, JobState::Failed],
+            kind: None,
+        };
+        let first = store
+            .list_jobs(
+                &filter,
+                PageRequest {
+                    before_id: None,
+                    limit: 4,
+                },
+            )
+            .unwrap();
+        let ids: Vec<i64> = first.items.iter().map(|job| job.id).collect();
+        assert_eq!(ids, vec![300, 299, 297, 296]);
+        assert_eq!(first.next_cursor, Some(296));
+        let next = store
+            .list_jobs(
+                &filter,
+                PageRequest {
+                    before_id: first.next_cursor,
+                    limit: 3,
+                },
+            )
+            .unwrap();
+        let ids: Vec<i64> = next.items.iter().map(|job| job.id).collect();
+        assert_eq!(ids, vec![294, 293, 291]);
+        let succeeded = store
+            .list_jobs(
+                &JobFilter {
+                    states: vec![JobState::Succeeded],
+                    kind: Some("noop".into()),
+                },
+                PageRequest {
+                    before_id: Some(5),
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        let ids: Vec<i64> = succeeded.items.iter().map(|job| job.id).collect();
+        assert_eq!(ids, vec![4, 1]);
+        assert_eq!(succeeded.next_cursor, None);
+    }
+
     #[test]
     fn a_missing_directory_is_a_clear_open_error() {
         let directory = tempfile::tempdir().unwrap();

@@ -368,22 +368,50 @@ impl Store {
         if let Some(kind) = &filter.kind {
             validate_kind(kind)?;
         }
-        let states: Vec<&str> = filter.states.iter().map(|state| state.as_str()).collect();
-        let states_json = serde_json::to_string(&states).unwrap_or_else(|_| "[]".to_string());
+        // One newest-first range per state named (index `jobs_by_state`, migration 9), each
+        // read from the cursor for at most a page and a row, merged here: a page costs the
+        // same however many jobs there are and however rare the state. Without states, the
+        // table itself newest first from the cursor (every row matches but for the kind).
+        let mut states: Vec<&str> = filter.states.iter().map(|state| state.as_str()).collect();
+        states.sort_unstable();
+        states.dedup();
+        let mut conditions = Vec::new();
+        if !states.is_empty() {
+            conditions.push("state = ?1");
+        }
+        if page.before_id.is_some() {
+            conditions.push("id < ?2");
+        }
+        if filter.kind.is_some() {
+            conditions.push("kind = ?3");
+        }
+        let condition = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        // Unused numbered parameters are fine in SQLite; binding all four keeps one call.
         let mut statement = self.connection().prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs
-             WHERE (?1 IS NULL OR id < ?1)
-               AND (?2 = '[]' OR state IN (SELECT value FROM json_each(?2)))
-               AND (?3 IS NULL OR kind = ?3)
-             ORDER BY id DESC LIMIT ?4"
+            "SELECT {JOB_COLUMNS} FROM jobs {condition} ORDER BY id DESC LIMIT ?4"
         ))?;
-        let items = statement
-            .query_map(
-                params![page.before_id, states_json, filter.kind, page.limit + 1],
+        let wanted = i64::from(page.limit) + 1;
+        let mut items = Vec::new();
+        for state in states.iter().map(|state| Some(*state)).chain(
+            // No state named: one pass without the state condition (?1 unused).
+            states.is_empty().then_some(None),
+        ) {
+            let rows = statement.query_map(
+                params![state, page.before_id, filter.kind, wanted],
                 job_from_row,
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut items = items;
+            )?;
+            for row in rows {
+                items.push(row?);
+            }
+        }
+        if states.len() > 1 {
+            items.sort_unstable_by_key(|job| std::cmp::Reverse(job.id));
+            items.truncate(wanted as usize);
+        }
         let next_cursor = if items.len() > page.limit as usize {
             items.truncate(page.limit as usize);
             items.last().map(|job| job.id)
