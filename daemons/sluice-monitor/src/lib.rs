@@ -579,6 +579,14 @@ impl Monitor {
                     );
                     self.files_known = None;
                 }
+                // The sweep is the recorder's last step of a reconcile (after every file the
+                // walk found): from here the database agrees with the folder.
+                tracing::info!(
+                    path = %prefix.display(),
+                    gone,
+                    "reconcile of {} complete: every file found is recorded, {gone} marked gone",
+                    prefix.display()
+                );
             }
             RecorderReport::Counted(count) => self.files_known = Some(count),
             RecorderReport::NotRecorded { paths, error } => {

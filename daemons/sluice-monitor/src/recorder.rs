@@ -434,15 +434,29 @@ pub fn describe_paths(paths: &[PathBuf]) -> String {
     }
 }
 
-/// Marks recorded files at or under `prefix` that are no longer regular files as gone.
+/// How many recorded paths a sweep reads (and checks) at a time.
+const SWEEP_PAGE: usize = 1000;
+
+/// Marks recorded files at or under `prefix` that are no longer regular files as gone, a page
+/// of paths at a time (in path order), so its memory does not grow with the tree.
 fn sweep(store: &mut Store, prefix: &std::path::Path, mode: WatchMode) -> Result<usize, FileError> {
-    let vanished: Vec<PathBuf> = store
-        .present_files_under(prefix)?
-        .into_iter()
-        .filter(|path| !std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.is_file()))
-        .collect();
-    if vanished.is_empty() {
-        return Ok(0);
+    let mut gone = 0;
+    let mut after: Option<PathBuf> = None;
+    loop {
+        let page = store.present_files_under_page(prefix, after.as_deref(), SWEEP_PAGE)?;
+        let more = page.len() == SWEEP_PAGE;
+        after = page.last().cloned();
+        let vanished: Vec<PathBuf> = page
+            .into_iter()
+            .filter(|path| {
+                !std::fs::symlink_metadata(path).is_ok_and(|metadata| metadata.is_file())
+            })
+            .collect();
+        if !vanished.is_empty() {
+            gone += store.mark_gone(&vanished, mode)?.len();
+        }
+        if !more {
+            return Ok(gone);
+        }
     }
-    Ok(store.mark_gone(&vanished, mode)?.len())
 }

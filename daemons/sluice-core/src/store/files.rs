@@ -310,19 +310,55 @@ impl Store {
     }
 
     /// The paths of files at or under `prefix` that are not `gone`, in path order: what a
-    /// reconcile compares with the folder.
+    /// reconcile compares with the folder. Every one at once; a reconcile reads them a page
+    /// at a time with [`Store::present_files_under_page`].
     pub fn present_files_under(&self, prefix: &Path) -> Result<Vec<PathBuf>, FileError> {
+        let mut paths: Vec<PathBuf> = Vec::new();
+        loop {
+            let page =
+                self.present_files_under_page(prefix, paths.last().map(PathBuf::as_path), 1000)?;
+            let more = page.len() == 1000;
+            paths.extend(page);
+            if !more {
+                return Ok(paths);
+            }
+        }
+    }
+
+    /// At most `limit` of [`Store::present_files_under`]'s paths, those after `after` (the
+    /// last path of the previous page; `None` for the first). One range of the `path` index,
+    /// so a reconcile of a tree of any size holds one page of paths at a time (issue 13).
+    pub fn present_files_under_page(
+        &self,
+        prefix: &Path,
+        after: Option<&Path>,
+        limit: usize,
+    ) -> Result<Vec<PathBuf>, FileError> {
         let (exact, lower, upper) = prefix_bounds(prefix)?;
-        let mut statement = self.connection().prepare_cached(
-            "SELECT path FROM files
-             WHERE (path = ?1 OR (path >= ?2 AND path < ?3)) AND state != 'gone'
-             ORDER BY path",
-        )?;
-        let paths = statement
-            .query_map(params![exact, lower, upper], |row| {
-                row.get::<_, String>(0).map(PathBuf::from)
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let row_path = |row: &Row<'_>| row.get::<_, String>(0).map(PathBuf::from);
+        let paths = match after {
+            None => self
+                .connection()
+                .prepare_cached(
+                    "SELECT path FROM files
+                     WHERE (path = ?1 OR (path >= ?2 AND path < ?3)) AND state != 'gone'
+                     ORDER BY path LIMIT ?4",
+                )?
+                .query_map(params![exact, lower, upper, limit], row_path)?
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(after) => {
+                let after = path_text("after", after)?;
+                self.connection()
+                    .prepare_cached(
+                        "SELECT path FROM files
+                         WHERE path > ?1 AND path >= ?2 AND path < ?3 AND state != 'gone'
+                         ORDER BY path LIMIT ?4",
+                    )?
+                    .query_map(params![after, lower, upper, limit], row_path)?
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
         Ok(paths)
     }
 
@@ -1012,6 +1048,21 @@ mod tests {
                 PathBuf::from("/srv/inbox/sub/deeper/z"),
                 PathBuf::from("/srv/inbox/sub/x")
             ]
+        );
+        // A page at a time (the sweep's way): the same paths, and never a sibling with a
+        // longer name ("sub-y" sorts between "sub" and "sub/").
+        let prefix = Path::new("/srv/inbox/sub");
+        let first = store.present_files_under_page(prefix, None, 1).unwrap();
+        assert_eq!(first, vec![PathBuf::from("/srv/inbox/sub/deeper/z")]);
+        let second = store
+            .present_files_under_page(prefix, Some(&first[0]), 1)
+            .unwrap();
+        assert_eq!(second, vec![PathBuf::from("/srv/inbox/sub/x")]);
+        assert!(
+            store
+                .present_files_under_page(prefix, Some(&second[0]), 1)
+                .unwrap()
+                .is_empty()
         );
         let page = store
             .list_files(
