@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs sluice's benchmarks (../shared/BENCHMARKS.md) on release builds and writes the results
 # as JSON to bench-results/. Prints numbers; never fails because the machine is slow.
+# `tests/bench.sh` runs them all; `tests/bench.sh w2-scale|reconcile|ingest-big|scale` runs
+# only issue 13's scale curves (see bench_scale below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bench-results
@@ -8,6 +10,53 @@ mkdir -p bench-results
 if ! command -v wrk >/dev/null; then
     apt-get install -y wrk >/dev/null
 fi
+
+# Issue 13's scale curves, each also runnable alone: `tests/bench.sh w2-scale`, `reconcile`,
+# `ingest-big`, or `scale` for all three. Sizes: SCALE_JOBS (default "20000 1000000"; add
+# 10000000 for the 10M point, about 5 GB of database), SCALE_FILES (default 100000),
+# INGEST_GIB (default 10; the file is sparse, so it costs no disk). Everything they write goes
+# to a temporary folder under /var/tmp and is deleted at the end of each size.
+scale_build() {
+    cargo build --release --locked -p sluice-tests --bins \
+        -p sluice-web -p sluice-monitor -p sluice-ingest-worker -p sluicectl
+}
+# W2 and GET /api/jobs?state=… with N jobs in the database, its size, sluicectl jobs list.
+bench_w2_scale() {
+    for jobs in ${SCALE_JOBS:-20000 1000000}; do
+        target/release/sluice-bench w2-scale --jobs "$jobs" --runs "${RUNS:-3}" \
+            | tee "bench-results/w2-scale-$jobs.json"
+    done
+}
+# The monitor's reconcile of a tree of N files: first start and restart; time and peak RSS.
+bench_reconcile() {
+    for files in ${SCALE_FILES:-100000}; do
+        target/release/sluice-bench reconcile --files "$files" --runs "${RUNS:-3}" \
+            | tee "bench-results/reconcile-$files.json"
+    done
+}
+# One worker ingesting a big file, beside b3sum and sha256sum on the same file. b3sum is
+# built once into /var/tmp/sluice-b3sum (cargo install), like W5's peers get their own venv.
+bench_ingest_big() {
+    if ! command -v b3sum >/dev/null && [ ! -x /var/tmp/sluice-b3sum/bin/b3sum ]; then
+        cargo install --quiet --locked --root /var/tmp/sluice-b3sum b3sum
+    fi
+    PATH="$PATH:/var/tmp/sluice-b3sum/bin" target/release/sluice-bench ingest-big \
+        --gib "${INGEST_GIB:-10}" --runs "${RUNS:-3}" \
+        | tee "bench-results/ingest-${INGEST_GIB:-10}gib.json"
+}
+bench_scale() {
+    bench_w2_scale
+    bench_reconcile
+    bench_ingest_big
+}
+case "${1:-}" in
+    w2-scale | reconcile | ingest-big | scale)
+        scale_build
+        "bench_${1//-/_}"
+        exit 0
+        ;;
+esac
+
 cargo build --release --locked -p sluice-tests --bins \
     -p sluice-web -p sluice-monitor -p sluice-scraper -p sluice-ingest-worker
 target/release/sluice-bench w1-lib --runs "${RUNS:-3}" | tee bench-results/w1-lib.json
@@ -43,3 +92,6 @@ for _ in $(seq "${RUNS:-3}"); do
 done
 # Issue 11: GET /metrics at 1,000 requests/s against the whole suite and 20,000 jobs (web CPU).
 target/release/sluice-bench metrics --runs "${RUNS:-3}" | tee bench-results/metrics.json
+# Issue 13: how the cost grows with the jobs, the files and the file size.
+scale_build
+bench_scale

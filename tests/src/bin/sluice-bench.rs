@@ -31,6 +31,9 @@
 //!
 //! `waiters` and `w5` (issue 9): see `sluice-bench/uploads.rs`.
 //!
+//! `w2-scale`, `reconcile` and `ingest-big` (issue 13): how the cost grows with the work; see
+//! `sluice-bench/scale.rs`.
+//!
 //! `metrics` (issue 11): `GET /metrics` at a fixed rate; see `sluice-bench/metrics_load.rs`.
 //!
 //! `rescue`: issue 16's rescue time — a long no-op job held by a real `sluice-ingest-worker`
@@ -57,6 +60,8 @@ use sluice_tests::process::{DaemonProcess, SpawnOptions, binary_path};
 
 #[path = "sluice-bench/metrics_load.rs"]
 mod metrics_load;
+#[path = "sluice-bench/scale.rs"]
+mod scale;
 #[path = "sluice-bench/uploads.rs"]
 mod uploads;
 
@@ -198,6 +203,44 @@ enum Workload {
         /// The folder to write into (created if missing).
         directory: PathBuf,
     },
+    /// Issue 13: W2 and `GET /api/jobs?state=…` with N jobs in the database, its size, and
+    /// `sluicectl jobs list`.
+    W2Scale {
+        #[arg(long, default_value_t = 1_000_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds of each W2 wrk run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Seconds of each list run (per state).
+        #[arg(long, default_value_t = 5)]
+        list_seconds: u32,
+        /// Where the database goes (a disk-backed directory).
+        #[arg(long, default_value = "/var/tmp")]
+        directory: PathBuf,
+    },
+    /// Issue 13: the monitor's reconcile of a tree of N files (first start and restart).
+    Reconcile {
+        #[arg(long, default_value_t = 100_000)]
+        files: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where the tree and the database go (a disk-backed directory).
+        #[arg(long, default_value = "/var/tmp")]
+        directory: PathBuf,
+    },
+    /// Issue 13: one ingest worker on one big (sparse) file; peak RSS and throughput beside
+    /// b3sum and sha256sum.
+    IngestBig {
+        #[arg(long, default_value_t = 10)]
+        gib: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where the file, the library and the database go (one disk-backed file system).
+        #[arg(long, default_value = "/var/tmp")]
+        directory: PathBuf,
+    },
     /// W4 memory of the whole suite, idle and after a W1 drain.
     W4 {
         #[arg(long, default_value_t = 20_000)]
@@ -218,6 +261,52 @@ enum Workload {
 
 fn main() -> anyhow::Result<()> {
     match Arguments::parse().command {
+        Workload::W2Scale {
+            jobs,
+            runs,
+            seconds,
+            list_seconds,
+            directory,
+        } => {
+            let settings = scale::W2Scale {
+                jobs,
+                runs,
+                load: w2::Load {
+                    seconds,
+                    connections: 64,
+                    threads: 2,
+                },
+                list_seconds,
+                directory,
+            };
+            let samples = scale::w2_scale(&settings)?;
+            let name = format!("w2-scale-{jobs}");
+            let report = vec![summarize(&name, Durability::Full, &samples)];
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Workload::Reconcile {
+            files,
+            runs,
+            directory,
+        } => {
+            let samples = scale::reconcile(files, runs, &directory)?;
+            let name = format!("reconcile-{files}");
+            let report = vec![summarize(&name, Durability::Full, &samples)];
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Workload::IngestBig {
+            gib,
+            runs,
+            directory,
+        } => {
+            let samples = scale::ingest_big(gib, runs, &directory)?;
+            let name = format!("ingest-{gib}gib");
+            let report = vec![summarize(&name, Durability::Full, &samples)];
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Workload::Waiters {
             clients,
             runs,
@@ -1014,6 +1103,9 @@ mod suite {
         pub scratch: tempfile::TempDir,
         pub web_port: u16,
         config: PathBuf,
+        /// `SLUICE_LOG` of the daemons started from now on (`warn` unless a workload needs
+        /// a line it logs at info).
+        pub log_level: &'static str,
         // The daemons before the bus: fields drop in order, so the daemons are killed first.
         daemons: Vec<Daemon>,
         _bus: PrivateBus,
@@ -1073,6 +1165,7 @@ mod suite {
                 scratch,
                 web_port,
                 config,
+                log_level: "warn",
                 daemons: Vec::new(),
                 _bus: bus,
             })
@@ -1089,7 +1182,7 @@ mod suite {
             command
                 .args(arguments)
                 .env("SLUICE_CONFIG", &self.config)
-                .env("SLUICE_LOG", "warn");
+                .env("SLUICE_LOG", self.log_level);
             let options = SpawnOptions::named(name)
                 .log_to(&self.scratch.path().join(format!("{name}.log")))
                 .notify();
@@ -1108,6 +1201,23 @@ mod suite {
                 let left = deadline.saturating_duration_since(Instant::now());
                 daemon.process.wait_for_ready(left)?;
             }
+            Ok(())
+        }
+
+        /// The configuration file every daemon is started with (for `sluicectl`).
+        pub fn config(&self) -> &Path {
+            &self.config
+        }
+
+        /// Stops the daemon started as `name` (SIGTERM, then waits) and forgets it.
+        pub fn stop(&mut self, name: &str) -> anyhow::Result<()> {
+            let index = self
+                .daemons
+                .iter()
+                .position(|daemon| daemon.name == name)
+                .with_context(|| format!("no daemon {name} was started"))?;
+            let mut daemon = self.daemons.remove(index);
+            daemon.process.terminate(Duration::from_secs(60))?;
             Ok(())
         }
 
@@ -1238,7 +1348,7 @@ mod w2 {
     use super::suite::{BENCH_READ_TOKEN, Suite, cpu_time};
 
     /// wrk's script: GET /api/jobs/<random id from the file after `--`>.
-    const IDS_SCRIPT: &str = include_str!("../../bench/ids.lua");
+    pub(super) const IDS_SCRIPT: &str = include_str!("../../bench/ids.lua");
 
     pub struct Load {
         pub seconds: u32,
@@ -1344,7 +1454,7 @@ mod w2 {
     }
 
     /// One request by hand, so a benchmark of 404s or errors is caught before it is run.
-    fn check_one_response(port: u16, id: i64) -> anyhow::Result<()> {
+    pub(super) fn check_one_response(port: u16, id: i64) -> anyhow::Result<()> {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
@@ -1360,7 +1470,12 @@ mod w2 {
         Ok(())
     }
 
-    fn wrk(origin: &str, script: &Path, ids: &Path, load: &Load) -> anyhow::Result<Value> {
+    pub(super) fn wrk(
+        origin: &str,
+        script: &Path,
+        ids: &Path,
+        load: &Load,
+    ) -> anyhow::Result<Value> {
         let output = Command::new("wrk")
             .arg(format!("-t{}", load.threads))
             .arg(format!("-c{}", load.connections))
