@@ -32,6 +32,21 @@ fn server(name: &str, mime: &str, program: &Path, extra: &str) -> String {
     )
 }
 
+/// Uploads `content` as `name` to the whole suite, waiting for its job: the answer's JSON.
+fn upload_and_wait(suite: &crate::support::Suite, name: &str, content: &[u8]) -> Value {
+    let mut response = http_agent()
+        .post(format!(
+            "{}/api/documents?name={name}&wait=120s",
+            suite.web.origin
+        ))
+        .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
+        .header("Content-Type", "application/octet-stream")
+        .send(content)
+        .expect("upload");
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    serde_json::from_str(&body).expect("JSON")
+}
+
 /// The lines of a file a script appends to (none when it does not exist).
 fn lines_of(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -246,17 +261,7 @@ fn processor_text_metadata_and_derived_files_are_searchable_stored_and_listed() 
         counter.display()
     );
     let suite = crate::support::Suite::start_with(&tables, &[]);
-    let mut response = http_agent()
-        .post(format!(
-            "{}/api/documents?name=notes.txt&wait=120s",
-            suite.web.origin
-        ))
-        .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
-        .header("Content-Type", "application/octet-stream")
-        .send(&b"some plain words to process\n"[..])
-        .expect("upload");
-    let body = response.body_mut().read_to_string().unwrap_or_default();
-    let body: Value = serde_json::from_str(&body).expect("JSON");
+    let body = upload_and_wait(&suite, "notes.txt", b"some plain words to process\n");
     let job = &body["uploads"][0]["job"];
     assert_eq!(job["state"], "succeeded", "{body}\n{}", suite.logs());
     let document_id = job["document"]["id"].as_i64().expect("document id");
@@ -960,17 +965,7 @@ fn processors_write_only_their_temporary_folder_not_the_database_or_the_library(
         oneshot.display()
     );
     let mut suite = crate::support::Suite::start_with(&tables, &[]);
-    let mut response = http_agent()
-        .post(format!(
-            "{}/api/documents?name=probe.txt&wait=120s",
-            suite.web.origin
-        ))
-        .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
-        .header("Content-Type", "application/octet-stream")
-        .send(&b"words for the probes\n"[..])
-        .expect("upload");
-    let body = response.body_mut().read_to_string().unwrap_or_default();
-    let body: Value = serde_json::from_str(&body).expect("JSON");
+    let body = upload_and_wait(&suite, "probe.txt", b"words for the probes\n");
     let job = &body["uploads"][0]["job"];
     if suite.logs().contains("Landlock is not available") {
         // A kernel without Landlock: the processors are not started at all.

@@ -49,20 +49,25 @@ pub fn part_path(staging: &Path, download_id: i64) -> PathBuf {
 
 /// The download ids of the `.part` files in `staging`, with their paths.
 pub fn part_files(staging: &Path) -> io::Result<Vec<(i64, PathBuf)>> {
-    let mut parts = Vec::new();
+    download_files(staging, ".part")
+}
+
+/// The download ids of the files named `ID{suffix}` in `staging`, with their paths.
+fn download_files(staging: &Path, suffix: &str) -> io::Result<Vec<(i64, PathBuf)>> {
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(staging)? {
         let entry = entry?;
         let name = entry.file_name();
         let Some(id) = name
             .to_str()
-            .and_then(|name| name.strip_suffix(".part"))
+            .and_then(|name| name.strip_suffix(suffix))
             .and_then(|id| id.parse::<i64>().ok())
         else {
             continue;
         };
-        parts.push((id, entry.path()));
+        files.push((id, entry.path()));
     }
-    Ok(parts)
+    Ok(files)
 }
 
 /// Removes the `ID.prefill` files in `staging`: a prefill writes one and renames it to
@@ -70,28 +75,19 @@ pub fn part_files(staging: &Path) -> io::Result<Vec<(i64, PathBuf)>> {
 /// and would keep that download from ever being prefilled (its name is taken exclusively).
 /// Called before anything can prefill. Says what it removed; an error is logged, not fatal.
 pub fn remove_stale_prefills(staging: &Path) {
-    let entries = match std::fs::read_dir(staging) {
-        Ok(entries) => entries,
+    let prefills = match download_files(staging, ".prefill") {
+        Ok(prefills) => prefills,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return,
         Err(error) => {
             tracing::warn!(
                 error = %error,
-                "cannot list the staging folder {}: {error}",
+                "cannot look for unfinished prefills in {}: {error}",
                 staging.display()
             );
             return;
         }
     };
-    for entry in entries.filter_map(Result::ok) {
-        let name = entry.file_name();
-        let is_prefill = name
-            .to_str()
-            .and_then(|name| name.strip_suffix(".prefill"))
-            .is_some_and(|id| id.parse::<i64>().is_ok());
-        if !is_prefill {
-            continue;
-        }
-        let path = entry.path();
+    for (_, path) in prefills {
         match remove_part(&path) {
             Ok(()) => tracing::info!(
                 path = %path.display(),

@@ -155,7 +155,12 @@ async fn verified_web_address(
         Ok(proxy) => proxy.listen_address().await.ok(),
         Err(_) => None,
     };
-    let Some(announced) = announced.and_then(|text| text.parse::<SocketAddr>().ok()) else {
+    // "127.0.0.1:8080", or "127.0.0.1:8080 (socket-activated)" when systemd passed the socket.
+    let Some(announced) = announced.and_then(|text| {
+        text.split_whitespace()
+            .next()
+            .and_then(|address| address.parse::<SocketAddr>().ok())
+    }) else {
         return Ok(None);
     };
     let unit = match dbus
