@@ -51,14 +51,17 @@ impl Store {
 }
 
 /// The SQL of [`count_pending`]. Each arm names exactly the `WHERE` of one partial index
-/// (`jobs_claimable`: queued and retrying; `jobs_leases`: running), so SQLite reads those
-/// indexes and never the whole table; the `LIMIT` of the compound stops the count at the
+/// (`jobs_claimable`: queued and retrying; `jobs_leases`: running) and is pinned to it with
+/// `INDEXED BY` (without statistics SQLite would take `jobs_by_state` instead, which reads
+/// the same rows by another way, but the claim and lease queries must not: see `claim_in`),
+/// so SQLite reads those indexes and never the whole table; the `LIMIT` of the compound stops the count at the
 /// limit. The indexes do not hold the kind, so rows of other kinds are read and skipped: at
 /// most the other kinds' pending jobs, which their own limits bound.
 const COUNT_PENDING_SQL: &str = "SELECT count(*) FROM (
-         SELECT 1 FROM jobs WHERE state IN ('queued', 'retrying') AND kind = ?1
+         SELECT 1 FROM jobs INDEXED BY jobs_claimable
+         WHERE state IN ('queued', 'retrying') AND kind = ?1
          UNION ALL
-         SELECT 1 FROM jobs WHERE state = 'running' AND kind = ?1
+         SELECT 1 FROM jobs INDEXED BY jobs_leases WHERE state = 'running' AND kind = ?1
          LIMIT ?2)";
 
 /// `min(pending jobs of kind, limit)`, on a connection or inside a caller's transaction.
@@ -170,6 +173,31 @@ mod tests {
         assert!(
             !plan.lines().any(|line| line.trim() == "SCAN jobs"),
             "the count must never scan the whole table:\n{plan}"
+        );
+    }
+
+    #[test]
+    fn a_claim_reads_the_claimable_index_in_claim_order_without_sorting() {
+        let (_directory, store) = open_temp(Durability::Normal);
+        let mut statement = store
+            .connection()
+            .prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                crate::store::jobs::CLAIM_SQL
+            ))
+            .unwrap();
+        let plan: Vec<String> = statement
+            .query_map(params!["w", "t", 1, 1, "[\"test\"]", 8, "h"], |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("INDEX jobs_claimable"), "{plan}");
+        assert!(
+            !plan.contains("TEMP B-TREE FOR ORDER BY"),
+            "a claim must not sort the queued jobs:\n{plan}"
         );
     }
 

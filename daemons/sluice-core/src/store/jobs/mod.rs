@@ -471,11 +471,12 @@ impl Store {
             .connection()
             .prepare_cached(
                 "SELECT EXISTS (
-                     SELECT 1 FROM jobs
+                     SELECT 1 FROM jobs INDEXED BY jobs_claimable
                      WHERE state IN ('queued', 'retrying') AND run_at <= ?1
                        AND kind IN (SELECT value FROM json_each(?2)))
                  OR EXISTS (
-                     SELECT 1 FROM jobs WHERE state = 'running' AND lease_expires_at < ?1)",
+                     SELECT 1 FROM jobs INDEXED BY jobs_leases
+                     WHERE state = 'running' AND lease_expires_at < ?1)",
             )?
             .query_row(params![now_ms(), kinds_json], |row| row.get(0))?)
     }
@@ -528,6 +529,23 @@ pub(super) fn cancel_in(transaction: &Transaction<'_>, id: i64) -> Result<Job, J
     read_job(transaction, id)
 }
 
+/// The claim: the oldest claimable jobs of the kinds asked for, in claim order, from the
+/// partial index `jobs_claimable` (pinned with `INDEXED BY`: without statistics SQLite
+/// otherwise takes `jobs_by_state` and sorts every queued job in a temporary tree on each
+/// claim).
+pub(crate) const CLAIM_SQL: &str =
+    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?1,
+             lease_holder = ?7, lease_token = ?2, lease_expires_at = ?3, cancel_requested = 0,
+             progress = NULL,
+             progress_message = NULL, started_at = coalesce(started_at, ?4), updated_at = ?4
+         WHERE id IN (
+             SELECT id FROM jobs INDEXED BY jobs_claimable
+             WHERE state IN ('queued', 'retrying') AND run_at <= ?4
+               AND kind IN (SELECT value FROM json_each(?5))
+             ORDER BY priority DESC, run_at, id
+             LIMIT ?6)
+         RETURNING id, kind, payload, priority, attempts, max_attempts, run_at";
+
 /// Inserts a validated job; `max_attempts` is the job's own or the store's default.
 pub(super) fn insert_job(
     transaction: &Transaction<'_>,
@@ -577,19 +595,7 @@ fn claim(
 ) -> Result<Vec<ClaimedJob>, StoreError> {
     let token = LeaseToken::generate();
     let expires = now + lease_ms;
-    let mut statement = transaction.prepare_cached(
-        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = ?1,
-             lease_holder = ?7, lease_token = ?2, lease_expires_at = ?3, cancel_requested = 0,
-             progress = NULL,
-             progress_message = NULL, started_at = coalesce(started_at, ?4), updated_at = ?4
-         WHERE id IN (
-             SELECT id FROM jobs
-             WHERE state IN ('queued', 'retrying') AND run_at <= ?4
-               AND kind IN (SELECT value FROM json_each(?5))
-             ORDER BY priority DESC, run_at, id
-             LIMIT ?6)
-         RETURNING id, kind, payload, priority, attempts, max_attempts, run_at",
-    )?;
+    let mut statement = transaction.prepare_cached(CLAIM_SQL)?;
     let mut claimed = statement
         .query_map(
             params![
@@ -666,7 +672,7 @@ fn end_leases(
 
 fn rescue_expired(transaction: &Transaction<'_>, now: i64) -> Result<Vec<i64>, StoreError> {
     let mut statement = transaction.prepare_cached(&format!(
-        "UPDATE jobs SET {END_LEASE},
+        "UPDATE jobs INDEXED BY jobs_leases SET {END_LEASE},
              error = 'lease expired: worker ' || coalesce(lease_owner, '?')
                      || ' stopped heartbeating during attempt ' || attempts
          WHERE state = 'running' AND lease_expires_at < ?1
