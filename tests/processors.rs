@@ -904,16 +904,18 @@ fn a_reload_that_changes_a_server_replaces_it_and_stopping_the_worker_stops_it()
 /// The shell lines that try what a confined processor must not do and what it may, and set
 /// `$report` to a JSON object of the outcomes: open the database for writing (without
 /// writing a byte), create a file in the library and in the state directory, create one in
-/// its own `TMPDIR`, and send signal 0 to the worker (its parent).
+/// its own `TMPDIR`, change the database's mode (to what it is: `chmod u+r`), and send signal
+/// 0 to the worker (its parent).
 fn confinement_probe(database: &str, state: &str, worker_pid: &str) -> String {
     format!(
         "try() {{ if (eval \"$1\") 2>/dev/null; then echo allowed; else echo refused; fi; }}\n\
          db=$(try ': >> \"{database}\"')\n\
+         mode=$(try 'chmod u+r \"{database}\"')\n\
          library=$(try ': > \"{state}/library/planted-$$\"')\n\
          state=$(try ': > \"{state}/planted-$$\"')\n\
          tmp=$(try ': > \"$TMPDIR/mine\"')\n\
          signal=$(try 'kill -0 {worker_pid}')\n\
-         report=\"{{\\\"database\\\":\\\"$db\\\",\\\"library\\\":\\\"$library\\\",\\\"state\\\":\\\"$state\\\",\\\"tmpdir\\\":\\\"$tmp\\\",\\\"signal\\\":\\\"$signal\\\"}}\"\n"
+         report=\"{{\\\"database\\\":\\\"$db\\\",\\\"mode\\\":\\\"$mode\\\",\\\"library\\\":\\\"$library\\\",\\\"state\\\":\\\"$state\\\",\\\"tmpdir\\\":\\\"$tmp\\\",\\\"signal\\\":\\\"$signal\\\"}}\"\n"
     )
 }
 
@@ -988,6 +990,7 @@ fn processors_write_only_their_temporary_folder_not_the_database_or_the_library(
             report,
             &json!({
                 "database": "refused",
+                "mode": "refused",
                 "library": "refused",
                 "state": "refused",
                 "tmpdir": "allowed",

@@ -690,11 +690,12 @@ fn inbox_files_and_uploads_become_documents_with_their_jobs_in_the_journal() -> 
 const PROBE_PROCESSOR: &str = r#"#!/bin/sh
 try() { if (eval "$1") 2>/dev/null; then echo allowed; else echo refused; fi; }
 db=$(try ': >> /var/lib/sluice/sluice.db')
+mode=$(try 'chmod u+r /var/lib/sluice/sluice.db')
 library=$(try ': > /var/lib/sluice/library/planted')
 tmp=$(try ': > "$TMPDIR/mine"')
 signal=$(try "kill -0 $PPID")
-printf '{"database":"%s","library":"%s","tmpdir":"%s","signal":"%s","user":"%s"}' \
-    "$db" "$library" "$tmp" "$signal" "$(id -un)"
+printf '{"database":"%s","mode":"%s","library":"%s","tmpdir":"%s","signal":"%s","user":"%s"}' \
+    "$db" "$mode" "$library" "$tmp" "$signal" "$(id -un)"
 "#;
 
 /// The extraction child, the PDF thumbnailer, a configured processor and content serving
@@ -796,6 +797,7 @@ fn a_pdf_and_a_photo_are_read_searched_and_thumbnailed_by_the_installed_suite() 
         *probe
             == serde_json::json!({
                 "database": "refused",
+                "mode": "refused",
                 "library": "refused",
                 "tmpdir": "allowed",
                 "signal": signal,

@@ -306,7 +306,55 @@ pub fn confine(writable: &[PathBuf]) -> Result<(), String> {
     if status.ruleset == RulesetStatus::NotEnforced {
         return Err(fail(&"the kernel does not enforce it"));
     }
-    Ok(())
+    deny_owner_calls()
+}
+
+/// The system calls Landlock has no rights for (or, for `truncate`, only from ABI 3, Linux
+/// 6.2), with which a program running as the owner of sluice's files could still open them
+/// to everyone (`chmod 0666 sluice.db`) or destroy them (`truncate`): refused with EPERM by a
+/// seccomp filter installed after Landlock, for this process and all it executes. Changing
+/// modes, owners, times or extended attributes is refused everywhere, the program's own
+/// `TMPDIR` included (seccomp cannot tell files apart); `ftruncate` stays, since it needs a
+/// descriptor open for writing, which Landlock already decides.
+fn deny_owner_calls() -> Result<(), String> {
+    use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+    let mut calls = vec![
+        libc::SYS_fchmod,
+        libc::SYS_fchmodat,
+        libc::SYS_fchmodat2,
+        libc::SYS_fchown,
+        libc::SYS_fchownat,
+        libc::SYS_utimensat,
+        libc::SYS_setxattr,
+        libc::SYS_lsetxattr,
+        libc::SYS_fsetxattr,
+        libc::SYS_removexattr,
+        libc::SYS_lremovexattr,
+        libc::SYS_fremovexattr,
+        libc::SYS_truncate,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    calls.extend([
+        libc::SYS_chmod,
+        libc::SYS_chown,
+        libc::SYS_lchown,
+        libc::SYS_utime,
+        libc::SYS_utimes,
+        libc::SYS_futimesat,
+    ]);
+    let fail = |error: &dyn std::fmt::Display| {
+        format!("cannot install its seccomp filter (chmod, chown, truncate): {error}")
+    };
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|error| fail(&error))?;
+    let filter = SeccompFilter::new(
+        calls.into_iter().map(|call| (call, Vec::new())).collect(),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(|error| fail(&error))?;
+    let program: BpfProgram = filter.try_into().map_err(|error| fail(&error))?;
+    seccompiler::apply_filter(&program).map_err(|error| fail(&error))
 }
 
 /// Whether this kernel can enforce [`confine`]'s file-system rules: asked once at the
