@@ -47,6 +47,12 @@ fn upload_and_wait(suite: &crate::support::Suite, name: &str, content: &[u8]) ->
     serde_json::from_str(&body).expect("JSON")
 }
 
+/// One worker's suite for processor tests: a 5 s stop timeout, a 2 s lease with heartbeats
+/// every 400 ms, and `tables` (the `[[processor]]` entries) at the end of the file.
+fn processor_suite(tables: &str) -> Suite {
+    Suite::with_settings("5s", "2s", "400ms", "", tables)
+}
+
 /// The lines of a file a script appends to (none when it does not exist).
 fn lines_of(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -94,13 +100,12 @@ fn a_server_processor_is_started_with_its_worker_and_once_across_fifty_files() {
             starts = starts.display()
         ),
     );
-    let mut suite = Suite::with_settings(
-        "5s",
-        "2s",
-        "400ms",
-        "",
-        &server("counter", "text/plain", &counter, "timeout = \"30s\""),
-    );
+    let mut suite = processor_suite(&server(
+        "counter",
+        "text/plain",
+        &counter,
+        "timeout = \"30s\"",
+    ));
     let worker = suite.start_worker("1");
     // Ready, and no file given: the server starts anyway, once.
     suite.wait_for("the server did not start with its worker", &worker, || {
@@ -162,13 +167,7 @@ fn a_server_that_dies_while_idle_is_restarted_after_a_growing_delay() {
             pids = pids.display()
         ),
     );
-    let mut suite = Suite::with_settings(
-        "5s",
-        "2s",
-        "400ms",
-        "",
-        &server("flaky", "text/plain", &flaky, "timeout = \"30s\""),
-    );
+    let mut suite = processor_suite(&server("flaky", "text/plain", &flaky, "timeout = \"30s\""));
     let mut worker = suite.start_worker("1");
     suite.wait_for("not restarted until it stayed up", &worker, || {
         lines_of(&pids).len() == 3
@@ -451,13 +450,12 @@ fn a_servers_stderr_is_logged_line_by_line_and_a_flood_of_it_is_bounded() {
              done\n"
         ),
     );
-    let mut suite = Suite::with_settings(
-        "5s",
-        "2s",
-        "400ms",
-        "",
-        &server("chatty", "text/plain", &chatty, "timeout = \"30s\""),
-    );
+    let mut suite = processor_suite(&server(
+        "chatty",
+        "text/plain",
+        &chatty,
+        "timeout = \"30s\"",
+    ));
     let worker = suite.start_worker("1");
     for index in 0..3 {
         let (id, _, _) = suite.enqueue_file(&format!("chat-{index}.txt"), b"some words\n");
@@ -561,13 +559,12 @@ fn a_server_writing_100_mb_is_cut_at_max_output_and_fails_the_job_for_good() {
             pids.display()
         ),
     );
-    let mut suite = Suite::with_settings(
-        "5s",
-        "2s",
-        "400ms",
-        "",
-        &server("flood", "text/plain", &flood, "max_output = \"1 MiB\""),
-    );
+    let mut suite = processor_suite(&server(
+        "flood",
+        "text/plain",
+        &flood,
+        "max_output = \"1 MiB\"",
+    ));
     let mut worker = suite.start_worker("1");
     let (id, _, _) = suite.enqueue_file("flood.txt", b"hello\n");
     let job = suite.wait_for_end(id, &worker);
@@ -601,13 +598,7 @@ fn a_server_exiting_1_fails_each_attempt_with_its_status_and_stderr() {
             starts.display()
         ),
     );
-    let mut suite = Suite::with_settings(
-        "5s",
-        "2s",
-        "400ms",
-        "",
-        &server("model", "text/plain", &failing, ""),
-    );
+    let mut suite = processor_suite(&server("model", "text/plain", &failing, ""));
     let worker = suite.start_worker("1");
     let (id, _, _) = suite.enqueue_file("input.txt", b"hello\n");
     let job = suite.wait_for_end(id, &worker);
@@ -660,13 +651,7 @@ fn a_server_dying_mid_job_is_restarted_and_the_job_retried_succeeds() {
             died = died.display()
         ),
     );
-    let mut suite = Suite::with_settings(
-        "5s",
-        "2s",
-        "400ms",
-        "",
-        &server("fragile", "text/plain", &fragile, ""),
-    );
+    let mut suite = processor_suite(&server("fragile", "text/plain", &fragile, ""));
     let worker = suite.start_worker("1");
     let (id, _, _) = suite.enqueue_file("input.txt", b"hello\n");
     let job = suite.wait_for_end(id, &worker);
@@ -704,13 +689,7 @@ fn a_server_answering_garbage_fails_the_job_clearly_and_is_restarted() {
             starts.display()
         ),
     );
-    let mut suite = Suite::with_settings(
-        "5s",
-        "2s",
-        "400ms",
-        "",
-        &server("chatty", "text/plain", &chatty, ""),
-    );
+    let mut suite = processor_suite(&server("chatty", "text/plain", &chatty, ""));
     let worker = suite.start_worker("1");
     for (index, name) in ["first.txt", "second.txt"].iter().enumerate() {
         let (id, _, _) = suite.enqueue_file(name, format!("file {index}\n").as_bytes());
@@ -809,13 +788,7 @@ fn cancelling_a_job_kills_its_busy_server_and_the_next_file_gets_a_fresh_one() {
     let (directory, root) = crate::support::temp_dir();
     let pids = root.join("pids");
     let selective = selective_server(&root, &pids);
-    let mut suite = Suite::with_settings(
-        "5s",
-        "2s",
-        "400ms",
-        "",
-        &server("selective", "text/plain", &selective, ""),
-    );
+    let mut suite = processor_suite(&server("selective", "text/plain", &selective, ""));
     let mut worker = suite.start_worker("1");
     let (id, _, _) = suite.enqueue_file("slow.txt", b"please hang\n");
     suite.wait_for("the server never started", &worker, || {
@@ -847,13 +820,12 @@ fn a_reload_that_changes_a_server_replaces_it_and_stopping_the_worker_stops_it()
     let (directory, root) = crate::support::temp_dir();
     let pids = root.join("pids");
     let selective = selective_server(&root, &pids);
-    let mut suite = Suite::with_settings(
-        "5s",
-        "2s",
-        "400ms",
-        "",
-        &server("selective", "text/plain", &selective, "timeout = \"30s\""),
-    );
+    let mut suite = processor_suite(&server(
+        "selective",
+        "text/plain",
+        &selective,
+        "timeout = \"30s\"",
+    ));
     let mut worker = suite.start_worker("1");
     let (first, _, _) = suite.enqueue_file("one.txt", b"one\n");
     assert_eq!(
