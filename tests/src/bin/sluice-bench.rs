@@ -1249,7 +1249,7 @@ mod suite {
     }
 
     /// `pid` and every process below it.
-    fn process_tree(pid: u32) -> Vec<u32> {
+    pub(crate) fn process_tree(pid: u32) -> Vec<u32> {
         let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
             .into_iter()
             .flatten()

@@ -54,33 +54,6 @@ fn status_mib(pid: u32, field: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Every process below `pid` (not `pid` itself).
-fn descendants(pid: u32) -> Vec<u32> {
-    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let after_name = &stat[stat.rfind(')')? + 1..];
-            let parent: u32 = after_name.split_whitespace().nth(1)?.parse().ok()?;
-            Some((child, parent))
-        })
-        .collect();
-    let mut found = Vec::new();
-    let mut frontier = vec![pid];
-    while let Some(next) = frontier.pop() {
-        for (child, parent) in &parents {
-            if *parent == next {
-                found.push(*child);
-                frontier.push(*child);
-            }
-        }
-    }
-    found
-}
-
 fn file_bytes(path: &Path) -> u64 {
     std::fs::metadata(path)
         .map(|metadata| metadata.len())
@@ -425,7 +398,8 @@ fn ingest_run(gib: u64, run: usize, directory: &Path) -> anyhow::Result<Value> {
     let store = Store::open(&suite.database, &store_options(Durability::Full))?;
     let mut child_peak_mib: f64 = 0.0;
     let job = loop {
-        for child in descendants(pid) {
+        // Every process below the worker (`process_tree` starts with the worker itself).
+        for child in super::suite::process_tree(pid).into_iter().skip(1) {
             if let Some(peak) = status_mib(child, "VmHWM:") {
                 child_peak_mib = child_peak_mib.max(peak);
             }
