@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds sluice's Debian package: the release binaries of the four daemons and sluicectl,
+# Builds sluice's Debian package: the suite's one release program (daemons/sluice: the four
+# daemons and sluicectl, each run under its own name through a link),
 # their man pages and shell completions (written from each program's clap definition by
 # sluice-manual, a program of the tests crate that never ships), the DEP-5 copyright file of
 # every crate they link (packaging/copyright.sh: cargo-about and cargo metadata), then cargo-deb with the
-# metadata in daemons/sluicectl/Cargo.toml, then lintian. Prints the .deb's path as its last
+# metadata in daemons/sluice/Cargo.toml, then lintian. Prints the .deb's path as its last
 # line (the system tests read it).
 #
 # Environment: SLUICE_DEB_PROFILE=dev packages the debug build instead of the release one
@@ -38,12 +39,8 @@ case "$profile" in
     dev) binaries=target/debug ;;
     *) echo "build-deb.sh: SLUICE_DEB_PROFILE must be release or dev" >&2; exit 1 ;;
 esac
-daemons=(sluice-monitor sluice-scraper sluice-ingest-worker sluice-web)
-
-echo "== cargo build ($profile): ${daemons[*]} sluicectl" >&2
-packages=()
-for program in "${daemons[@]}" sluicectl; do packages+=(-p "$program"); done
-cargo build --locked --profile "$profile" "${packages[@]}" >&2
+echo "== cargo build ($profile): sluice (the daemons and sluicectl)" >&2
+cargo build --locked --profile "$profile" -p sluice >&2
 # Built on its own: building it together with the daemons would unify the tests crate's
 # dependency features into the shipped binaries.
 cargo build --locked --profile "$profile" -p sluice-tests --bin sluice-manual >&2
@@ -51,7 +48,13 @@ cargo build --locked --profile "$profile" -p sluice-tests --bin sluice-manual >&
 echo "== man pages and completions" >&2
 generated=$binaries/sluice-packaging
 rm -rf "$generated"
-mkdir -p "$generated/man" "$generated/completions"
+mkdir -p "$generated/man" "$generated/completions" "$generated/links"
+# The names the program runs under, as links to where the package puts it (/usr/lib/sluice/
+# sluice, from /usr/sbin and /usr/bin alike). They dangle here, so cargo-deb packs them as the
+# links they are.
+for program in sluice-monitor sluice-scraper sluice-ingest-worker sluice-web sluicectl; do
+    ln -s ../lib/sluice/sluice "$generated/links/$program"
+done
 "$binaries/sluice-manual" --man "$generated/man" --completions "$generated/completions" >&2
 # The one page written by hand: the D-Bus API (section 7).
 cp packaging/man/sluice-dbus.7 "$generated/man/"
@@ -63,9 +66,9 @@ packaging/copyright.sh "$generated/copyright" "$binaries/sluice-manual" >&2
 
 echo "== cargo deb" >&2
 mkdir -p target/debian
-cargo deb --no-build --profile "$profile" -p sluicectl -o target/debian/ >&2
+cargo deb --no-build --profile "$profile" -p sluice -o target/debian/ >&2
 version=$(cargo metadata --format-version 1 --no-deps \
-    | grep -o '"name":"sluicectl","version":"[^"]*"' | sed 's/.*"version":"\([^"]*\)"/\1/')
+    | grep -o '"name":"sluice","version":"[^"]*"' | sed 's/.*"version":"\([^"]*\)"/\1/')
 deb=target/debian/sluice_${version}-1_$(dpkg --print-architecture).deb
 test -f "$deb" || { echo "build-deb.sh: cargo deb wrote no $deb" >&2; exit 1; }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Writes the package's machine-readable copyright file (DEP-5) to $1: sluice's own paragraph,
-# one paragraph per crate the shipped binaries link (from `cargo metadata`: normal
-# dependencies of the five binary packages on the package's target) with the copyright lines
+# one paragraph per crate the shipped program links (from `cargo metadata`: normal
+# dependencies of the `sluice` package on the package's target) with the copyright lines
 # of its licence files and its licence (found by cargo-about), SQLite's public-domain notice,
 # and each licence's text or its file in /usr/share/common-licenses. The writer checks its own
 # output (every shipped crate present with its licence) and fails the build otherwise.
@@ -28,8 +28,8 @@ else
     trap 'rm -rf "$work"' EXIT
 fi
 cargo metadata --format-version 1 --locked --filter-platform "$target" > "$work/metadata.json"
-# One run over the workspace (one run per binary would take five times as long); the writer
-# keeps only the crates the shipped binaries link.
+# One run over the workspace; the writer keeps only the crates
+# the shipped program links.
 cargo about generate --format json --frozen --workspace -c packaging/about.toml \
     --target "$target" -o "$work/about.json" 2> "$work/about.log" || {
     cat "$work/about.log" >&2

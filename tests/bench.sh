@@ -18,7 +18,7 @@ fi
 # to a temporary folder under /var/tmp and is deleted at the end of each size.
 scale_build() {
     cargo build --release --locked -p sluice-tests --bins \
-        -p sluice-web -p sluice-monitor -p sluice-ingest-worker -p sluicectl
+        -p sluice
 }
 # W2 and GET /api/jobs?state=… with N jobs in the database, its size, sluicectl jobs list.
 bench_w2_scale() {
@@ -58,7 +58,7 @@ case "${1:-}" in
 esac
 
 cargo build --release --locked -p sluice-tests --bins \
-    -p sluice-web -p sluice-monitor -p sluice-scraper -p sluice-ingest-worker
+    -p sluice
 target/release/sluice-bench w1-lib --runs "${RUNS:-3}" | tee bench-results/w1-lib.json
 # W1 through the real worker processes on a private bus.
 target/release/sluice-bench w1 --runs "${RUNS:-3}" | tee bench-results/w1.json

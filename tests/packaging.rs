@@ -248,3 +248,97 @@ fn interface_file(name: &str, element: &str) -> String {
     text.push_str("</node>\n");
     text
 }
+
+/// Issue 13: the daemons and sluicectl are one program file (daemons/sluice, run under each
+/// name), so that the code they share is in memory once; what keeps them apart is that each
+/// daemon's code can use only its own crate's dependencies. This checks the crates that belong
+/// to one program: only that program's crate depends on them (normal dependencies of the
+/// workspace's crates, the tests crate aside), and the `sluice` crate depends on nothing but
+/// the five programs' crates. (`cargo metadata --no-deps` reads the manifests; nothing is
+/// built.)
+#[test]
+fn each_programs_own_dependencies_are_used_by_its_crate_alone() {
+    let output = Command::new("cargo")
+        .args([
+            "metadata",
+            "--no-deps",
+            "--offline",
+            "--format-version",
+            "1",
+        ])
+        .current_dir(workspace_root())
+        .output()
+        .expect("cargo metadata runs");
+    assert!(
+        output.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let mut users: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut of_sluice = Vec::new();
+    for package in metadata["packages"].as_array().unwrap() {
+        let name = package["name"].as_str().unwrap();
+        if name == "sluice-tests" {
+            continue;
+        }
+        for dependency in package["dependencies"].as_array().unwrap() {
+            if !dependency["kind"].is_null() {
+                continue;
+            }
+            let dependency = dependency["name"].as_str().unwrap().to_owned();
+            if name == "sluice" {
+                of_sluice.push(dependency.clone());
+            }
+            users.entry(dependency).or_default().push(name.to_owned());
+        }
+    }
+    of_sluice.sort();
+    assert_eq!(
+        of_sluice,
+        [
+            "sluice-ingest-worker",
+            "sluice-monitor",
+            "sluice-scraper",
+            "sluice-web",
+            "sluicectl"
+        ],
+        "the sluice program's crate links more than the five programs"
+    );
+    let owned = [
+        (
+            "sluice-web",
+            &[
+                "actix-web",
+                "actix-multipart",
+                "listenfd",
+                "prometheus-client",
+            ][..],
+        ),
+        ("sluice-scraper", &["reqwest", "rustls", "feed-rs"][..]),
+        ("sluice-monitor", &["notify"][..]),
+        (
+            "sluice-ingest-worker",
+            &[
+                "lopdf",
+                "image",
+                "landlock",
+                "seccompiler",
+                "zip",
+                "tar",
+                "kamadak-exif",
+                "html5gum",
+            ][..],
+        ),
+        ("sluicectl", &["ureq"][..]),
+    ];
+    for (owner, dependencies) in owned {
+        for dependency in dependencies {
+            assert_eq!(
+                users.get(*dependency).map(Vec::as_slice),
+                Some(&[owner.to_owned()][..]),
+                "{dependency} belongs to {owner} alone"
+            );
+        }
+    }
+}

@@ -276,6 +276,27 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
     container.check("systemctl start sluice.target")?;
     suite.wait_until_every_unit_runs()?;
 
+    // One program under five names: the links, and each unit's process named as its program
+    // (what ps, top, journald's _COMM and busctl's owner column show).
+    container.check(
+        "test -x /usr/lib/sluice/sluice && for link in sbin/sluice-monitor sbin/sluice-scraper \
+         sbin/sluice-ingest-worker sbin/sluice-web bin/sluicectl; do \
+         test \"$(readlink /usr/$link)\" = ../lib/sluice/sluice || exit 1; done",
+    )?;
+    for (unit, program) in [
+        ("sluice-monitor.service", "sluice-monitor"),
+        ("sluice-scraper.service", "sluice-scraper"),
+        ("sluice-web.service", "sluice-web"),
+        ("sluice-ingest-worker@1.service", "sluice-ingest-worker"),
+    ] {
+        let pid = container.unit_property(unit, "MainPID")?;
+        let comm = container.check(&format!("cat /proc/{pid}/comm"))?;
+        ensure!(
+            comm.trim() == program,
+            "{unit}'s process is named {comm:?}, not {program}"
+        );
+    }
+
     // The maintenance timer runs with the suite; its service, started now, succeeds and
     // says in the journal what it did.
     let timer = container.unit_property("sluice-maintenance.timer", "ActiveState")?;
@@ -603,7 +624,7 @@ fn the_package_installs_runs_upgrades_and_purges_cleanly() -> Result<()> {
     let leftovers = container.sh(
         "dpkg -l sluice 2>/dev/null | grep '^[a-z][a-z] *sluice '; \
          ls -d /lib/systemd/system/sluice* /etc/systemd/system/*/sluice* /var/lib/sluice \
-               /etc/sluice /usr/bin/sluice* /usr/sbin/sluice* /lib/systemd/system-generators/sluice* /usr/share/dbus-1/system.d/org.sluice.conf 2>/dev/null; \
+               /etc/sluice /usr/bin/sluice* /usr/sbin/sluice* /usr/lib/sluice /lib/systemd/system-generators/sluice* /usr/share/dbus-1/system.d/org.sluice.conf 2>/dev/null; \
          pgrep -a -u _sluice; \
          systemctl list-units --all --plain --no-legend 'sluice*'",
     )?;

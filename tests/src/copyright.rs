@@ -14,14 +14,9 @@ use std::fmt::Write as _;
 use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 
-/// The packages whose binaries the .deb ships.
-pub const SHIPPED_PACKAGES: [&str; 5] = [
-    "sluice-monitor",
-    "sluice-scraper",
-    "sluice-ingest-worker",
-    "sluice-web",
-    "sluicectl",
-];
+/// The packages whose binaries the .deb ships: the suite's one program, which links every
+/// daemon's crate and sluicectl's.
+pub const SHIPPED_PACKAGES: [&str; 1] = ["sluice"];
 
 /// DEP-5's Format: URI.
 pub const FORMAT: &str = "https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/";

@@ -68,15 +68,60 @@ pub fn workspace_root() -> PathBuf {
 /// `tests/src/bin/`), found beside the running program. Tests never build anything: the test
 /// command builds every binary before the tests run, and a test that compiled its own would
 /// rebuild with different features and race the other tests for the target directory.
+///
+/// The daemons and `sluicectl` are the suite's one program, `sluice`, run under their names as
+/// the package runs them: for those names this is a link named like the program, in
+/// `target/<profile>/sluice-links/`, to `target/<profile>/sluice`.
 pub fn binary_path(name: &str) -> PathBuf {
     let directory = binary_directory();
-    let path = directory.join(name);
+    let multi_call = MULTI_CALL_NAMES.contains(&name);
+    let path = directory.join(if multi_call { MULTI_CALL_PROGRAM } else { name });
     assert!(
         path.is_file(),
         "{} is missing: run `cargo build --workspace --bins` first (tests/run.sh does)",
         path.display()
     );
+    if multi_call {
+        return multi_call_link(&directory, name);
+    }
     path
+}
+
+/// The suite's one program, and the names it runs under (daemons/sluice/src/main.rs).
+pub const MULTI_CALL_PROGRAM: &str = "sluice";
+pub const MULTI_CALL_NAMES: [&str; 5] = [
+    "sluice-monitor",
+    "sluice-scraper",
+    "sluice-ingest-worker",
+    "sluice-web",
+    "sluicectl",
+];
+
+/// `target/<profile>/sluice-links/<name>` → `../sluice`, made when missing. Test processes run
+/// in parallel: each makes the link under a name of its own and renames it into place, so a
+/// reader sees either no link or a whole one, and every writer writes the same link.
+fn multi_call_link(directory: &Path, name: &str) -> PathBuf {
+    let links = directory.join("sluice-links");
+    let link = links.join(name);
+    let target = Path::new("..").join(MULTI_CALL_PROGRAM);
+    if std::fs::read_link(&link).is_ok_and(|existing| existing == target) {
+        return link;
+    }
+    std::fs::create_dir_all(&links)
+        .unwrap_or_else(|error| panic!("cannot create {}: {error}", links.display()));
+    static LINKS_MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let made = LINKS_MADE.fetch_add(1, Ordering::Relaxed);
+    let temporary = links.join(format!(".{name}.{}.{made}", std::process::id()));
+    let _ = std::fs::remove_file(&temporary);
+    std::os::unix::fs::symlink(&target, &temporary)
+        .and_then(|()| std::fs::rename(&temporary, &link))
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot link {} to the sluice program: {error}",
+                link.display()
+            )
+        });
+    link
 }
 
 /// `target/<profile>/`: the directory of the running program, or its parent when the program

@@ -1125,3 +1125,22 @@ fn log_signal_error(result: zbus::Result<()>) {
         tracing::warn!(error = %error, "cannot emit a D-Bus signal: {error}");
     }
 }
+
+/// `sluice-ingest-worker --instance N`'s entry point (the suite's one program calls it when run
+/// under that name, or as `/proc/self/exe`): the process systemd starts as
+/// `sluice-ingest-worker@N.service`, which the shared daemon start-up runs as
+/// [`IngestWorkerDaemon`]. Started by a worker with the hidden `--extract` argument, it is
+/// instead that worker's extraction child for one file ([`sandbox`]), and with
+/// `--launch-processor` the launcher that starts a processor confined ([`isolation`]), decided
+/// before anything else starts.
+pub fn main() -> std::process::ExitCode {
+    use std::process::Termination;
+    if std::env::args_os().nth(1).as_deref() == Some(extract::CHILD_ARGUMENT.as_ref()) {
+        return extract::child_main();
+    }
+    if std::env::args_os().nth(1).as_deref() == Some(isolation::LAUNCHER_ARGUMENT.as_ref()) {
+        return isolation::launcher_main();
+    }
+    isolation::enable_launcher();
+    sluice_core::runtime::daemon_main::<IngestWorkerDaemon>().report()
+}

@@ -840,3 +840,11 @@ fn age_of(mtime_ns: i64) -> Duration {
         .unwrap_or(0);
     Duration::from_nanos(now_ns.saturating_sub(mtime_ns).max(0) as u64)
 }
+
+/// `sluice-monitor`'s entry point (the suite's one program calls it when run under that name): the shared
+/// daemon start-up runs [`MonitorDaemon`] and turns the outcome into an exit status systemd
+/// understands.
+pub fn main() -> std::process::ExitCode {
+    use std::process::Termination;
+    sluice_core::runtime::daemon_main::<MonitorDaemon>().report()
+}

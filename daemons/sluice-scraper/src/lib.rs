@@ -1330,6 +1330,14 @@ pub fn format_rate(bytes_per_second: f64) -> String {
     format!("{value:.1} {unit}")
 }
 
+/// `sluice-scraper`'s entry point (the suite's one program calls it when run under that name): the shared
+/// daemon start-up runs [`ScraperDaemon`] and turns the outcome into an exit status systemd
+/// understands.
+pub fn main() -> std::process::ExitCode {
+    use std::process::Termination;
+    sluice_core::runtime::daemon_main::<ScraperDaemon>().report()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

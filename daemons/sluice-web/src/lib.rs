@@ -21,6 +21,14 @@ mod metrics;
 mod openapi;
 mod state;
 mod status;
+/// `sluice-web`'s entry point (the suite's one program calls it when run under that name): the shared
+/// daemon start-up runs [`WebDaemon`] and turns the outcome into an exit status systemd
+/// understands.
+pub fn main() -> std::process::ExitCode {
+    use std::process::Termination;
+    sluice_core::runtime::daemon_main::<WebDaemon>().report()
+}
+
 #[cfg(test)]
 mod tests;
 mod upload;

@@ -1,10 +1,37 @@
-//! sluicectl's command line (clap), apart from the binary so that the packaging's man page and
-//! completion generator (`sluice-manual` in the tests crate) can read it without running the
-//! program.
+//! `sluicectl`: the command-line client of the sluice suite. Reads go straight to the store
+//! (the database every daemon shares); changes go through the daemon that owns them over
+//! D-Bus, or into the store directly when that daemon is not running (see `--help`).
+//!
+//! The suite ships one program (the `sluice` crate) that runs as `sluicectl` under that name;
+//! it calls [`main`]. The command line ([`Cli`], [`command`]) is public so that the packaging's
+//! man page and completion generator (`sluice-manual` in the tests crate) can read it without
+//! running the program.
+
+mod commands;
+mod config_file;
+mod output;
+mod systemd;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+/// Runs sluicectl with this process's command line; its exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match commands::run(cli) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(failure) => {
+            if json {
+                output::print_json(&failure.json_error());
+            }
+            eprintln!("sluicectl: {}", failure.message);
+            ExitCode::from(failure.exit_status)
+        }
+    }
+}
 
 /// Exit statuses scripts can rely on.
 pub mod exit {
