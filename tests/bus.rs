@@ -486,6 +486,83 @@ fn the_daemon_refuses_unprivileged_callers_even_when_the_policy_lets_them_throug
     Ok(())
 }
 
+/// Security review (medium, PID reuse): under systemd the daemons' own user may call
+/// privileged methods only from sluice-web.service, which was decided by asking systemd for
+/// the unit of the caller's PID, a PID that a process holding a bus connection could arrange
+/// to be reused by sluice-web. Now it is decided by group `_sluice-web`, which only
+/// sluice-web's unit gets and which dbus-daemon records when a connection is made. A
+/// service with the policy of a daemon under systemd refuses `_sluice` without the group
+/// (as the daemons' primary group `sluice`, as every other unit runs it), however its
+/// process stands, and lets `_sluice` with the group through; outside systemd (no unit to
+/// ask) the PID check let neither through. The refusal says why.
+#[tokio::test]
+async fn the_daemons_own_user_is_let_through_by_sluice_webs_group_not_by_its_process()
+-> anyhow::Result<()> {
+    if !crate::support::have_root() {
+        return Ok(());
+    }
+    let accounts = ensure_sluice_accounts()?;
+    // The policy file would let _sluice call anyway: the daemon's own check is under test.
+    let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
+    let address = bus.address().to_owned();
+    let daemon = bus::connect(&BusAddress::Address(address.clone())).await?;
+    let policy = CallerPolicy::as_in_a_unit(
+        accounts.user_id,
+        Some(accounts.group_id),
+        Some(accounts.forwarding_group_id),
+    );
+    let (_web, mut commands) = WebService::start(
+        &daemon,
+        policy,
+        WebStatus::starting("127.0.0.1:8080", "/", 1, "full"),
+    )
+    .await?;
+    let (reached_sender, mut reached) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(command) = commands.recv().await {
+            if let bus::WebCommand::RetryJob { job_id, reply } = command {
+                let _ = reached_sender.send(job_id);
+                let _ = reply.send(Ok(()));
+            }
+        }
+    });
+    let call_as = |caller: Caller| {
+        let address = address.clone();
+        tokio::task::spawn_blocking(move || {
+            let retry = MutatingCall {
+                destination: "org.sluice.Web1",
+                path: "/org/sluice/Web1",
+                method: "org.sluice.Web1.RetryJob",
+                arguments: &["44"],
+            };
+            gdbus_call(caller, &address, &retry)
+        })
+    };
+
+    for caller in [Caller::Sluice, Caller::SluiceInGroup(accounts.group_id)] {
+        let (succeeded, output) = call_as(caller).await??;
+        assert!(!succeeded, "{caller:?} was let through: {output}");
+        assert!(
+            output.contains("org.freedesktop.DBus.Error.AccessDenied")
+                && output.contains(
+                    "the daemons' own user may call it only from sluice-web.service (group \
+                     _sluice-web)"
+                )
+                && output.contains("its connection lacks group _sluice-web"),
+            "{caller:?}: {output}"
+        );
+    }
+    assert!(
+        reached.try_recv().is_err(),
+        "a refused call reached the loop"
+    );
+    let (succeeded, output) =
+        call_as(Caller::SluiceInGroup(accounts.forwarding_group_id)).await??;
+    assert!(succeeded, "_sluice with group _sluice-web: {output}");
+    assert_eq!(reached.recv().await, Some(44));
+    Ok(())
+}
+
 #[test]
 fn sluice_group_members_and_root_can_call_every_mutating_method() -> anyhow::Result<()> {
     if !crate::support::have_root() {

@@ -1126,6 +1126,18 @@ fn polkit_decides_who_may_call_and_a_workers_processes_are_refused() -> Result<(
         "AddDownload as _sluice from a worker: {}",
         from_worker.stdout_text()
     );
+    // PID reuse (security review, medium): a process of _sluice inside sluice-web.service's
+    // own cgroup, where systemd's GetUnitByPID would name sluice-web, is still refused: it
+    // lacks group _sluice-web, which only the unit's own start gives.
+    let from_web_cgroup = as_sluice_in("sluice-web.service", add_download)?;
+    ensure!(
+        !from_web_cgroup.status.success()
+            && from_web_cgroup
+                .stdout_text()
+                .contains("its connection lacks group _sluice-web"),
+        "AddDownload as _sluice from sluice-web's cgroup without its group: {}",
+        from_web_cgroup.stdout_text()
+    );
     let retry = "--dest org.sluice.Web1 --object-path /org/sluice/Web1 \
                  --method org.sluice.Web1.RetryJob 987654";
     let from_worker = as_sluice_in(&worker(1), retry)?;

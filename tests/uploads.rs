@@ -831,13 +831,40 @@ fn sluicectl_submit_without_sluice_web_says_it_is_unavailable() {
     assert_eq!(job_count(&fixture), 0);
 }
 
+/// A stand-in's HTTP listener on 127.0.0.1: it keeps every request head it is sent and
+/// answers 503.
+fn recording_listener() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let recorded = std::sync::Arc::clone(&heads);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = String::new();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            while reader.read_line(&mut head).is_ok_and(|read| read > 2) {}
+            recorded.lock().unwrap().push(head);
+            let _ = stream.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
+                  Connection: close\r\n\r\n",
+            );
+        }
+    });
+    (address, heads)
+}
+
 /// Security review (medium): `sudo sluicectl submit` read sluice-web's address from whoever
 /// owned `org.sluice.Web1` and sent the admin token there, so a process that took the name
-/// could receive it. Now, outside systemd (where the owner's unit cannot be checked), the
-/// announcement is believed only when it is the loopback address `[web] listen` names. A
-/// stand-in owns the name and announces its own HTTP listener: sluicectl refuses, sends
-/// nothing and stores nothing; once the configuration names that same address, the token goes
-/// there as it would without a bus.
+/// could receive it. Now the announcement is believed only from an owner connected with
+/// group `_sluice-web` (sluice-web's unit alone has it; see the next test) or when it is the
+/// loopback address `[web] listen` names. A stand-in without the group owns the name and
+/// announces its own HTTP listener: sluicectl refuses, sends nothing and stores nothing; once
+/// the configuration names that same address, the token goes there as it would without a
+/// bus.
 #[test]
 fn sluicectl_submit_sends_the_token_only_where_a_verified_sluice_web_listens() {
     use sluice_core::bus::{CallerPolicy, WebService, WebStatus};
@@ -845,26 +872,7 @@ fn sluicectl_submit_sends_the_token_only_where_a_verified_sluice_web_listens() {
     let fixture = SuiteFixture::new("", "");
     let file = fixture.directory.path().join("a.txt");
     std::fs::write(&file, "a").unwrap();
-    // The stand-in's HTTP listener: it keeps every request head it is sent and answers 503.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let stand_in_address = listener.local_addr().unwrap();
-    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    {
-        let heads = std::sync::Arc::clone(&heads);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut head = String::new();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                while reader.read_line(&mut head).is_ok_and(|read| read > 2) {}
-                heads.lock().unwrap().push(head);
-                let _ = stream.write_all(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
-                      Connection: close\r\n\r\n",
-                );
-            }
-        });
-    }
+    let (stand_in_address, heads) = recording_listener();
     // A runtime with a thread of its own, so the stand-in answers while the test waits for
     // sluicectl.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -931,5 +939,48 @@ fn sluicectl_submit_sends_the_token_only_where_a_verified_sluice_web_listens() {
         seen.iter()
             .any(|head| head.contains(&format!("Bearer {}", WEB_TEST_TOKEN))),
         "{seen:?}"
+    );
+}
+
+/// Security review (medium, PID reuse): `sluicectl submit` believed another address than
+/// `[web] listen` only when systemd placed the PID of `org.sluice.Web1`'s owner in
+/// sluice-web.service, and a PID can be reused. Now it believes the owner whose bus
+/// connection was made with group `_sluice-web`, which only sluice-web's unit gets. A
+/// stand-in process with that group (no systemd here, so the PID check could never pass)
+/// announces its own listener while `[web] listen` names another port: the token goes to the
+/// stand-in. Without the group, the first test refuses the same announcement.
+#[test]
+fn sluicectl_submit_believes_an_owner_connected_with_sluice_webs_group() {
+    if !crate::support::have_root() {
+        return;
+    }
+    let accounts = crate::support::ensure_sluice_accounts().unwrap();
+    let fixture = SuiteFixture::new("", "");
+    let file = fixture.directory.path().join("a.txt");
+    std::fs::write(&file, "a").unwrap();
+    let (stand_in_address, heads) = recording_listener();
+    let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    fixture.pin_web_listen(elsewhere.local_addr().unwrap());
+    drop(elsewhere);
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(["--groups", &accounts.forwarding_group_id.to_string()])
+        .arg(env!("CARGO_BIN_EXE_bus-fixture"))
+        .args(["--address", fixture.bus.address(), "--serve", "web"])
+        .args(["--web-listen", &stand_in_address.to_string()]);
+    let _stand_in =
+        crate::support::DaemonProcess::start_until_line(command, "ready").expect("the stand-in");
+    let output = std::process::Command::new(crate::support::binary_path("sluicectl"))
+        .args(["submit", file.to_str().unwrap()])
+        .env("SLUICE_CONFIG", &fixture.config_path)
+        .output()
+        .unwrap();
+    // The stand-in's listener answers 503: sluicectl reports sluice-web unavailable.
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    let seen = heads.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|head| head.contains(&format!("Bearer {}", WEB_TEST_TOKEN))),
+        "{seen:?} {output:?}"
     );
 }

@@ -141,6 +141,9 @@ pub enum Caller {
     NobodyInGroup(u32),
     /// The daemons' user `_sluice` with primary group `sluice` (needs the accounts).
     Sluice,
+    /// `_sluice` with one supplementary group, as `SupplementaryGroups=` gives sluice-web
+    /// group `_sluice-web`.
+    SluiceInGroup(u32),
 }
 
 /// `nobody`'s ids on Debian and most distributions.
@@ -176,6 +179,14 @@ impl Caller {
                     .arg(program);
                 command
             }
+            Caller::SluiceInGroup(group_id) => {
+                let mut command = Command::new("setpriv");
+                command
+                    .args(["--reuid", "_sluice", "--regid", "sluice"])
+                    .args(["--groups", &group_id.to_string()])
+                    .arg(program);
+                command
+            }
         }
     }
 
@@ -194,9 +205,11 @@ impl Caller {
 pub struct SluiceAccounts {
     pub user_id: u32,
     pub group_id: u32,
+    /// Group `_sluice-web`, which sluice-web's unit alone gets.
+    pub forwarding_group_id: u32,
 }
 
-/// Creates user `_sluice` and group `sluice` from the shipped sysusers.d file (idempotent;
+/// Creates user `_sluice`, group `sluice` and group `_sluice-web` from the shipped sysusers.d file (idempotent;
 /// works without systemd as PID 1) and returns their ids. Needs root. Runs once per test
 /// process, so parallel tests do not race on /etc/passwd.
 pub fn ensure_sluice_accounts() -> anyhow::Result<SluiceAccounts> {
@@ -227,9 +240,13 @@ fn create_sluice_accounts() -> anyhow::Result<SluiceAccounts> {
     let group = nix::unistd::Group::from_name("sluice")
         .context("cannot look up group sluice")?
         .context("systemd-sysusers did not create group sluice")?;
+    let forwarding_group = nix::unistd::Group::from_name(sluice_core::bus::FORWARDING_GROUP)
+        .context("cannot look up group _sluice-web")?
+        .context("systemd-sysusers did not create group _sluice-web")?;
     Ok(SluiceAccounts {
         user_id: user.uid.as_raw(),
         group_id: group.gid.as_raw(),
+        forwarding_group_id: forwarding_group.gid.as_raw(),
     })
 }
 

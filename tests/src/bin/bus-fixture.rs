@@ -49,6 +49,9 @@ struct Arguments {
     /// Instance name of the ingest worker object.
     #[arg(long, default_value = "1")]
     ingest_instance: String,
+    /// The address the web object announces as its `ListenAddress`.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    web_listen: String,
     /// Spacing of progress signals; the tests use a long one so drops are deterministic.
     #[arg(long, default_value_t = 250)]
     progress_interval_ms: u64,
@@ -167,7 +170,7 @@ async fn run(arguments: Arguments) -> anyhow::Result<()> {
         services.ingest = Some(service);
     }
     if serve.contains("web") {
-        let status = WebStatus::starting("127.0.0.1:8080", "/", 2, "full");
+        let status = WebStatus::starting(&arguments.web_listen, "/", 2, "full");
         let (service, commands) = WebService::start(&connection, policy, status).await?;
         forward_events(&event_sender, commands, Event::Web);
         service

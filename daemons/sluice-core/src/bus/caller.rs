@@ -12,10 +12,17 @@
 //! - the daemons' own user (`_sluice`). It is allowed only from `sluice-web.service`, which
 //!   forwards requests made over HTTP with the admin token; from any other unit (an ingest
 //!   worker, and so any processor it runs) it is refused, so a processor, which has no network,
-//!   cannot make the scraper fetch for it. systemd names the caller's unit from its PID (a PID
-//!   reused between the call and the lookup could only be taken by a process that is not the
-//!   caller, which cannot choose to be sluice-web). Outside systemd (a development run) it is
-//!   allowed.
+//!   cannot make the scraper fetch for it. sluice-web is recognised by a credential fixed when
+//!   its bus connection was made: its unit gives it the supplementary group
+//!   [`FORWARDING_GROUP`] (`SupplementaryGroups=`), which no account is a member of, and
+//!   dbus-daemon records a connection's groups when it connects (`SO_PEERGROUPS`) and reports
+//!   them as `UnixGroupIDs` in `GetConnectionCredentials`. No process of `_sluice` outside that
+//!   unit can gain the group (every unit has `NoNewPrivileges=yes` and no capabilities), and a
+//!   connection keeps the groups it was made with, so a recycled PID proves nothing either way.
+//!   (An earlier check asked systemd for the unit of the connection's PID, which a process
+//!   holding a connection could have arranged to be reused by sluice-web. The pidfd route,
+//!   the `ProcessFD` credential with `GetUnitByPIDFD`, needs dbus-daemon 1.15.8; Debian 12
+//!   ships 1.14.) Outside systemd (a development run) it is allowed.
 //!
 //! Where polkit is not installed (no `org.freedesktop.PolicyKit1` on the bus), the check falls
 //! back to what the rules file grants: root and members of group `sluice`.
@@ -36,6 +43,11 @@ pub const SLUICE_GROUP: &str = "sluice";
 
 /// The unit whose processes may call privileged methods as the daemons' own user.
 pub const FORWARDING_UNIT: &str = "sluice-web.service";
+
+/// The system group that [`FORWARDING_UNIT`] alone gets (`SupplementaryGroups=` in its unit;
+/// created by the package's sysusers.d file with no members): how a bus connection of the
+/// daemons' own user is known to come from that unit.
+pub const FORWARDING_GROUP: &str = "_sluice-web";
 
 /// How many questions to polkit one daemon has open at once.
 const MAX_POLKIT_QUESTIONS: usize = 16;
@@ -126,6 +138,9 @@ pub struct CallerPolicy {
     /// `None` when the group does not exist on this host; then only root and the daemon's own
     /// user are allowed where polkit is not installed.
     sluice_gid: Option<u32>,
+    /// The gid of [`FORWARDING_GROUP`]; `None` when the group does not exist, and then the
+    /// daemons' own user is refused everywhere under systemd (fails closed).
+    forwarding_gid: Option<u32>,
     /// Whether this daemon runs as one of sluice's systemd units; outside them (a development
     /// run) the daemons' own user is allowed from anywhere.
     under_sluice_unit: bool,
@@ -147,6 +162,7 @@ impl CallerPolicy {
         CallerPolicy {
             daemon_uid: nix::unistd::geteuid().as_raw(),
             sluice_gid: lookup_group_id(SLUICE_GROUP),
+            forwarding_gid: lookup_group_id(FORWARDING_GROUP),
             under_sluice_unit: std::fs::read_to_string("/proc/self/cgroup")
                 .ok()
                 .and_then(|cgroup| sluice_unit_of(&cgroup))
@@ -159,8 +175,33 @@ impl CallerPolicy {
         CallerPolicy {
             daemon_uid,
             sluice_gid,
+            forwarding_gid: None,
             under_sluice_unit: false,
         }
+    }
+
+    /// A policy with explicit ids as a daemon running in one of sluice's units has it, so
+    /// the daemons' own user needs `forwarding_gid`: for tests, which run outside systemd.
+    pub fn as_in_a_unit(
+        daemon_uid: u32,
+        sluice_gid: Option<u32>,
+        forwarding_gid: Option<u32>,
+    ) -> CallerPolicy {
+        CallerPolicy {
+            daemon_uid,
+            sluice_gid,
+            forwarding_gid,
+            under_sluice_unit: true,
+        }
+    }
+
+    /// Whether the daemons' own user, connected with these groups, is let through: anywhere
+    /// outside systemd; under it only with [`FORWARDING_GROUP`] among them.
+    pub fn allows_own_user(&self, group_ids: &[u32]) -> bool {
+        !self.under_sluice_unit
+            || self
+                .forwarding_gid
+                .is_some_and(|forwarding_gid| group_ids.contains(&forwarding_gid))
     }
 
     /// Whether a caller with these credentials may call privileged methods where polkit is
@@ -209,9 +250,7 @@ impl CallerPolicy {
             return Ok(());
         }
         if uid == self.daemon_uid {
-            return self
-                .authorize_own_user(connection, method, sender.as_str(), &credentials)
-                .await;
+            return self.authorize_own_user(method, sender.as_str(), &credentials);
         }
         let interactive = header
             .primary()
@@ -288,81 +327,41 @@ impl CallerPolicy {
         Err(refusal)
     }
 
-    /// The daemons' own user: allowed from sluice-web's unit, or anywhere outside systemd.
-    /// systemd says which unit the caller's process is in (`GetUnitByPID`): the daemons run
-    /// with `PrivateUsers=` and `ProtectProc=invisible`, so they cannot read another daemon's
-    /// `/proc/PID/cgroup` themselves.
-    async fn authorize_own_user(
+    /// The daemons' own user: allowed from sluice-web's unit, recognised by the group its
+    /// connection was made with, or anywhere outside systemd.
+    fn authorize_own_user(
         &self,
-        connection: &Connection,
         method: &str,
         sender: &str,
         credentials: &ConnectionCredentials,
     ) -> Result<(), BusError> {
-        if !self.under_sluice_unit {
+        // dbus-daemon reports the groups on Linux; without them the group cannot be shown,
+        // which fails closed.
+        let group_ids = credentials.unix_group_ids().cloned().unwrap_or_default();
+        if self.allows_own_user(&group_ids) {
             return Ok(());
         }
-        let caller_unit = match credentials.process_id() {
-            Some(pid) => unit_of_process(connection, pid).await,
-            None => Err("the bus did not report the caller's process".to_owned()),
+        let lacking = match self.forwarding_gid {
+            Some(gid) => format!("its connection lacks group {FORWARDING_GROUP} ({gid})"),
+            None => format!("group {FORWARDING_GROUP} does not exist on this host"),
         };
-        let from = match caller_unit {
-            Ok(unit) if unit == FORWARDING_UNIT => return Ok(()),
-            Ok(unit) => unit,
-            Err(reason) => format!("an unknown unit ({reason})"),
-        };
+        let pid = credentials
+            .process_id()
+            .map_or_else(|| "?".to_owned(), |pid| pid.to_string());
         if let Some(suppressed) = REFUSAL_LOG.admit() {
             tracing::warn!(
                 method,
                 caller = %sender,
-                caller_unit = %from,
+                caller_pid = %pid,
                 suppressed,
-                "refused the D-Bus call {method} from {sender} in {from}: the daemons' own user may \
-                 call it only from {FORWARDING_UNIT}"
+                "refused the D-Bus call {method} from {sender} (process {pid}): the daemons' own \
+                 user may call it only from {FORWARDING_UNIT}, and {lacking}"
             );
         }
         Err(BusError::AccessDenied(format!(
-            "{method}: the daemons' own user may call it only from {FORWARDING_UNIT}, not from \
-             {from}"
+            "{method}: the daemons' own user may call it only from {FORWARDING_UNIT} (group \
+             {FORWARDING_GROUP}); {lacking}"
         )))
-    }
-}
-
-/// The unit process `pid` runs in, as systemd says (`GetUnitByPID`, then the unit's `Id`);
-/// `connection` is to the system bus, where systemd is. The error says why there is no answer
-/// (no systemd, a process in no unit).
-pub async fn unit_of_process(connection: &Connection, pid: u32) -> Result<String, String> {
-    let reply = connection
-        .call_method(
-            Some("org.freedesktop.systemd1"),
-            "/org/freedesktop/systemd1",
-            Some("org.freedesktop.systemd1.Manager"),
-            "GetUnitByPID",
-            &(pid,),
-        )
-        .await
-        .map_err(|error| format!("systemd does not know process {pid}: {error}"))?;
-    let unit: zbus::OwnedObjectPath = reply
-        .body()
-        .deserialize()
-        .map_err(|error| format!("GetUnitByPID answered oddly: {error}"))?;
-    let reply = connection
-        .call_method(
-            Some("org.freedesktop.systemd1"),
-            unit.as_str(),
-            Some("org.freedesktop.DBus.Properties"),
-            "Get",
-            &("org.freedesktop.systemd1.Unit", "Id"),
-        )
-        .await
-        .map_err(|error| format!("cannot read the Id of {}: {error}", unit.as_str()))?;
-    let body = reply.body();
-    let id: Variant<'_> = body
-        .deserialize()
-        .map_err(|error| format!("the Id of {} is not readable: {error}", unit.as_str()))?;
-    match id {
-        Variant::Str(id) => Ok(id.to_string()),
-        other => Err(format!("the Id of {} is {other:?}", unit.as_str())),
     }
 }
 
@@ -467,6 +466,20 @@ mod tests {
         assert!(policy.allows_without_polkit(0, &[]));
         assert!(policy.allows_without_polkit(990, &[]));
         assert!(!policy.allows_without_polkit(1000, &[0, 985]));
+    }
+
+    #[test]
+    fn under_a_unit_the_own_user_needs_the_forwarding_group() {
+        // Outside systemd (a development run) the daemons' own user is let through anywhere.
+        assert!(CallerPolicy::new(990, Some(985)).allows_own_user(&[]));
+        let policy = CallerPolicy::as_in_a_unit(990, Some(985), Some(977));
+        assert!(policy.allows_own_user(&[985, 977]));
+        // Group sluice, the daemons' primary group, is not sluice-web's.
+        assert!(!policy.allows_own_user(&[985]));
+        assert!(!policy.allows_own_user(&[]));
+        // Without the group on the host nobody is sluice-web: fails closed.
+        let without_group = CallerPolicy::as_in_a_unit(990, Some(985), None);
+        assert!(!without_group.allows_own_user(&[985, 977]));
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub use bytestring::{
     bytestring_to_path, bytestring_to_path_lossy, path_to_bytestring, paths_to_bytestrings,
 };
 pub use caller::{
-    Action, CallerPolicy, FORWARDING_UNIT, SLUICE_GROUP, lookup_group_id, unit_of_process,
+    Action, CallerPolicy, FORWARDING_GROUP, FORWARDING_UNIT, SLUICE_GROUP, lookup_group_id,
 };
 pub use departures::{Departure, connection_identity, holds_leases, watch_departures};
 pub use error::BusError;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sluice_core::bus::{self, FORWARDING_UNIT, WEB_BUS_NAME, WebProxy};
+use sluice_core::bus::{self, FORWARDING_GROUP, FORWARDING_UNIT, WEB_BUS_NAME, WebProxy};
 use sluice_core::policy::{check_file_name_bytes, check_wait};
 use sluice_core::store::jobs::{JobLogEntry, JobLogEvent, JobState};
 use zbus::names::BusName;
@@ -126,11 +126,12 @@ impl WebClient {
 /// Whoever owns `org.sluice.Web1` announces the address, and `sudo sluicectl submit` sends the
 /// admin token to it: a process that took the name while sluice-web was down (the daemons'
 /// own user, a processor inside a worker) would receive the token. So the announcement is
-/// believed only from the process of `sluice-web.service` (the owner's PID from the bus,
-/// its unit from systemd's `GetUnitByPID` on the system bus), or, where systemd does not
-/// run the suite (a developer's machine, the tests), when it names the loopback address
-/// `[web] listen` configures, where the token would go anyway. Otherwise the reason is
-/// returned and nothing is sent.
+/// believed only from a connection made with group [`FORWARDING_GROUP`], which
+/// `sluice-web.service` alone gets (`SupplementaryGroups=`; dbus-daemon records a
+/// connection's groups when it connects, so unlike the owner's PID, which could be recycled,
+/// no other process can come to hold it), or when it names the loopback address
+/// `[web] listen` configures, where the token would go anyway (a developer's machine, the
+/// tests, a host without the group). Otherwise the reason is returned and nothing is sent.
 async fn verified_web_address(
     bus_address: &bus::BusAddress,
     configured: SocketAddr,
@@ -163,47 +164,33 @@ async fn verified_web_address(
     }) else {
         return Ok(None);
     };
-    let unit = match dbus
-        .get_connection_unix_process_id(BusName::from(owner.clone()))
+    let forwarding_gid = bus::lookup_group_id(FORWARDING_GROUP);
+    let groups = match dbus
+        .get_connection_credentials(BusName::from(owner.clone()))
         .await
     {
-        Ok(pid) => unit_of_announcer(bus_address, &connection, pid)
-            .await
-            .map_err(|reason| format!("process {pid}: {reason}")),
-        Err(error) => Err(format!("the bus does not name its process: {error}")),
+        Ok(credentials) => Ok(credentials.unix_group_ids().cloned().unwrap_or_default()),
+        Err(error) => Err(format!("the bus does not name its credentials: {error}")),
     };
-    if unit.as_deref() == Ok(FORWARDING_UNIT) {
+    if let (Some(gid), Ok(groups)) = (forwarding_gid, &groups)
+        && groups.contains(&gid)
+    {
         return Ok(Some(announced));
     }
     let announced_here = loopback_if_unspecified(announced);
     if announced_here.ip().is_loopback() && announced_here == loopback_if_unspecified(configured) {
         return Ok(Some(announced));
     }
-    let who = match unit {
-        Ok(unit) => format!("a process of {unit}"),
-        Err(reason) => format!("a process systemd does not place in {FORWARDING_UNIT} ({reason})"),
+    let who = match (forwarding_gid, groups) {
+        (None, _) => format!("group {FORWARDING_GROUP} does not exist on this host"),
+        (Some(_), Ok(_)) => format!("its connection is not in group {FORWARDING_GROUP}"),
+        (Some(_), Err(reason)) => reason,
     };
     Err(format!(
         "{WEB_BUS_NAME} is owned by {} ({who}), which announces {announced}; only \
          {FORWARDING_UNIT} may name another address than [web] listen ({configured})",
         owner.as_str()
     ))
-}
-
-/// The unit of process `pid`, as systemd on the system bus says: through `connection` when
-/// that is the system bus, else through a connection of its own.
-async fn unit_of_announcer(
-    bus_address: &bus::BusAddress,
-    connection: &zbus::Connection,
-    pid: u32,
-) -> Result<String, String> {
-    if *bus_address == bus::BusAddress::System {
-        return bus::unit_of_process(connection, pid).await;
-    }
-    let system = bus::connect(&bus::BusAddress::System)
-        .await
-        .map_err(|error| format!("no system bus to ask systemd: {error}"))?;
-    bus::unit_of_process(&system, pid).await
 }
 
 /// `address` with an unspecified IP (`0.0.0.0`, `::`) replaced by loopback of its family:
