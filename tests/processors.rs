@@ -874,20 +874,29 @@ fn a_reload_that_changes_a_server_replaces_it_and_stopping_the_worker_stops_it()
 }
 
 /// The shell lines that try what a confined processor must not do and what it may, and set
-/// `$report` to a JSON object of the outcomes: open the database for writing (without
+/// `$report` to a JSON object of the outcomes: read the database and its `-shm` file, list
+/// the state directory, read the file it was given, open the database for writing (without
 /// writing a byte), create a file in the library and in the state directory, create one in
 /// its own `TMPDIR`, change the database's mode (to what it is: `chmod u+r`), and send signal
-/// 0 to the worker (its parent).
-fn confinement_probe(database: &str, state: &str, worker_pid: &str) -> String {
+/// 0 to the worker (its parent). The script sets `$database`, `$state`, `$worker` and
+/// `$input` first.
+fn confinement_probe() -> String {
+    // The commands name shell variables the scripts set first (`try`'s own $1 would hide a
+    // script's positional parameters).
+    let (database, state, worker_pid, input) = ("$database", "$state", "$worker", "$input");
     format!(
         "try() {{ if (eval \"$1\") 2>/dev/null; then echo allowed; else echo refused; fi; }}\n\
          db=$(try ': >> \"{database}\"')\n\
+         read_db=$(try 'head -c 16 \"{database}\" > /dev/null')\n\
+         read_wal=$(try 'head -c 1 \"{database}-shm\" > /dev/null')\n\
+         list_state=$(try 'ls \"{state}\" > /dev/null')\n\
+         input=$(try 'grep -q words \"{input}\"')\n\
          mode=$(try 'chmod u+r \"{database}\"')\n\
          library=$(try ': > \"{state}/library/planted-$$\"')\n\
          state=$(try ': > \"{state}/planted-$$\"')\n\
          tmp=$(try ': > \"$TMPDIR/mine\"')\n\
          signal=$(try 'kill -0 {worker_pid}')\n\
-         report=\"{{\\\"database\\\":\\\"$db\\\",\\\"mode\\\":\\\"$mode\\\",\\\"library\\\":\\\"$library\\\",\\\"state\\\":\\\"$state\\\",\\\"tmpdir\\\":\\\"$tmp\\\",\\\"signal\\\":\\\"$signal\\\"}}\"\n"
+         report=\"{{\\\"read_database\\\":\\\"$read_db\\\",\\\"read_shm\\\":\\\"$read_wal\\\",\\\"list_state\\\":\\\"$list_state\\\",\\\"input\\\":\\\"$input\\\",\\\"database\\\":\\\"$db\\\",\\\"mode\\\":\\\"$mode\\\",\\\"library\\\":\\\"$library\\\",\\\"state\\\":\\\"$state\\\",\\\"tmpdir\\\":\\\"$tmp\\\",\\\"signal\\\":\\\"$signal\\\"}}\"\n"
     )
 }
 
@@ -905,7 +914,10 @@ fn kernel_scopes_signals() -> bool {
 /// database, so a processor could plant a download row (and have the scraper send a
 /// source's credentials anywhere). Confined by Landlock, a one-shot processor and a server
 /// may each write only their own `TMPDIR`: opening the database for writing, creating a file
-/// in the library or the state directory, and signalling the worker are all refused.
+/// in the library or the state directory, and signalling the worker are all refused. The
+/// next review's finding: they could read everything, the live database included (and hold
+/// a read lock on its `-shm`, stalling writers). Now reading the database or its `-shm` file
+/// and listing the state directory are refused, and reading the file they are given works.
 #[test]
 fn processors_write_only_their_temporary_folder_not_the_database_or_the_library() {
     let root = tempfile::tempdir().unwrap();
@@ -913,21 +925,22 @@ fn processors_write_only_their_temporary_folder_not_the_database_or_the_library(
         root.path(),
         "oneshot-probe.sh",
         &format!(
-            "{}printf '%s' \"$report\"\n",
-            confinement_probe("$2", "$3", "$PPID")
+            "input=$1 database=$2 state=$3 worker=$PPID\n{}printf '%s' \"$report\"\n",
+            confinement_probe()
         ),
     );
     let server_program = script(
         root.path(),
         "server-probe.sh",
         &format!(
-            "worker=$PPID\n\
+            "database=$1 state=$2 worker=$PPID\n\
              while IFS= read -r line; do\n\
                {READ_ID}\n\
+               input=$(printf '%s' \"$line\" | sed 's/.*\"path\":\"\\([^\"]*\\)\".*/\\1/')\n\
                {}\
                printf '{{\"id\":%s,\"metadata\":%s}}\\n' \"$id\" \"$report\"\n\
              done\n",
-            confinement_probe("$1", "$2", "$worker")
+            confinement_probe()
         ),
     );
     let tables = format!(
@@ -961,6 +974,10 @@ fn processors_write_only_their_temporary_folder_not_the_database_or_the_library(
         assert_eq!(
             report,
             &json!({
+                "read_database": "refused",
+                "read_shm": "refused",
+                "list_state": "refused",
+                "input": "allowed",
                 "database": "refused",
                 "mode": "refused",
                 "library": "refused",

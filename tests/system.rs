@@ -712,13 +712,16 @@ fn inbox_files_and_uploads_become_documents_with_their_jobs_in_the_journal() -> 
 /// confined processor must not do and prints what happened as JSON.
 const PROBE_PROCESSOR: &str = r#"#!/bin/sh
 try() { if (eval "$1") 2>/dev/null; then echo allowed; else echo refused; fi; }
+input=$1
 db=$(try ': >> /var/lib/sluice/sluice.db')
+read_db=$(try 'head -c 16 /var/lib/sluice/sluice.db > /dev/null')
+read_input=$(try 'head -c 2 "$input" > /dev/null')
 mode=$(try 'chmod u+r /var/lib/sluice/sluice.db')
 library=$(try ': > /var/lib/sluice/library/planted')
 tmp=$(try ': > "$TMPDIR/mine"')
 signal=$(try "kill -0 $PPID")
-printf '{"database":"%s","mode":"%s","library":"%s","tmpdir":"%s","signal":"%s","user":"%s"}' \
-    "$db" "$mode" "$library" "$tmp" "$signal" "$(id -un)"
+printf '{"database":"%s","read_database":"%s","input":"%s","mode":"%s","library":"%s","tmpdir":"%s","signal":"%s","user":"%s"}' \
+    "$db" "$read_db" "$read_input" "$mode" "$library" "$tmp" "$signal" "$(id -un)"
 "#;
 
 /// The extraction child, the PDF thumbnailer, a configured processor and content serving
@@ -726,7 +729,8 @@ printf '{"database":"%s","mode":"%s","library":"%s","tmpdir":"%s","signal":"%s",
 /// for the worker, Landlock for what the worker starts): a three-page PDF and a JPEG with
 /// EXIF uploaded with `curl` become documents with their metadata, per-page search hits and
 /// thumbnails; the processor ran on the JPEG as `_sluice`, could write its `TMPDIR` but not
-/// the database or the library, nor signal its worker; the PDF's bytes come back by Range.
+/// the database or the library, nor signal its worker, could read the JPEG but not the
+/// database; the PDF's bytes come back by Range.
 #[test]
 fn a_pdf_and_a_photo_are_read_searched_and_thumbnailed_by_the_installed_suite() -> Result<()> {
     let Some(suite) = Suite::running()? else {
@@ -820,6 +824,8 @@ fn a_pdf_and_a_photo_are_read_searched_and_thumbnailed_by_the_installed_suite() 
         *probe
             == serde_json::json!({
                 "database": "refused",
+                "read_database": "refused",
+                "input": "allowed",
                 "mode": "refused",
                 "library": "refused",
                 "tmpdir": "allowed",

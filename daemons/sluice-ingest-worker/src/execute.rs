@@ -78,6 +78,10 @@ pub struct Settings {
     pub job_timeout: Duration,
     /// The configured `[[processor]]` entries, in the order written.
     pub processors: Vec<ProcessorConfig>,
+    /// The folders a server processor may read beneath (see `isolation`): the library and
+    /// the `index` watched folders, where the files its requests name are; none that holds
+    /// the database.
+    pub server_readable: Vec<PathBuf>,
     /// `[ingest] thumbnail_size` and the PDF renderer found at start-up.
     pub thumbnails: Thumbnailer,
     /// For the wedged-body test only: a `noop` job's sleep ignores its flags, as a body stuck
@@ -125,6 +129,7 @@ impl Settings {
             pause_before_thumbnail_commit: test_pause(PAUSE_BEFORE_THUMBNAIL_COMMIT_VARIABLE),
             job_timeout: config.ingest.job_timeout,
             processors: config.processors.clone(),
+            server_readable: server_readable(config),
             thumbnails: Thumbnailer {
                 max_edge: config.ingest.thumbnail_size,
                 pdf: pdf_renderer,
@@ -132,6 +137,35 @@ impl Settings {
             noop_ignores_flags: std::env::var(NOOP_IGNORES_FLAGS_VARIABLE).as_deref() == Ok("1"),
         }
     }
+}
+
+/// [`Settings::server_readable`]: the library and the `index` watched folders, leaving out
+/// (with a warning) any that holds the database's folder, which a processor may never read.
+fn server_readable(config: &Config) -> Vec<PathBuf> {
+    let database_folder = config.store.path.parent().unwrap_or(Path::new("/"));
+    std::iter::once(&config.ingest.library)
+        .chain(
+            config
+                .watches
+                .iter()
+                .filter(|watch| watch.mode == IngestMode::Index)
+                .map(|watch| &watch.path),
+        )
+        .filter(|folder| {
+            let holds_database = database_folder.starts_with(folder);
+            if holds_database {
+                tracing::warn!(
+                    folder = %folder.display(),
+                    "server processors may not read {}: it holds the database's folder {}, \
+                     so the files there cannot be given to them",
+                    folder.display(),
+                    database_folder.display()
+                );
+            }
+            !holds_database
+        })
+        .cloned()
+        .collect()
 }
 
 /// A crash test's pause, from the environment variable `name` (milliseconds, at most
@@ -357,7 +391,8 @@ impl Executor {
         if claim {
             // Before the claim, so a server is already starting when the file that needs it
             // arrives (see `servers`); the first step runs right after READY=1.
-            self.servers.supervise(&settings.processors);
+            self.servers
+                .supervise(&settings.processors, &settings.server_readable);
         }
         let (results, mut claimed) = if claim {
             self.store.complete_and_claim(

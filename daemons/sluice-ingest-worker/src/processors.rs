@@ -44,7 +44,7 @@ use sluice_core::policy;
 
 use crate::derived::file_derived;
 use crate::failure::IngestFailure;
-use crate::isolation::{self, PrivateTemp};
+use crate::isolation::{self, Confinement, Input, PrivateTemp};
 
 /// How often a run looks at its deadline and its job's flags while the program is quiet.
 const CHECK_INTERVAL: Duration = Duration::from_millis(50);
@@ -139,15 +139,25 @@ pub fn run_processor(
             "processor {name}: cannot create its output folder: {error}"
         ))
     })?;
+    // The file goes to the launcher on stdin, opened as the job opened it (the last
+    // component not followed), so the processor may read that file and no other; the
+    // launcher gives the processor an empty stdin in its place.
+    let input = open_input(path).map_err(|error| {
+        IngestFailure::Retryable(format!(
+            "processor {name}: cannot open {} for it: {error}",
+            path.display()
+        ))
+    })?;
     let program = Program {
         name,
         argv: processor.command_line(path, mime, &output),
-        stdin: Stdio::null(),
+        stdin: Stdio::from(input),
         timeout: processor.timeout,
         max_output: processor.max_output,
         sandbox: Some(Sandbox {
             temp: temp.path(),
             writable: &processor.writable,
+            readable: &[],
         }),
     };
     let stdout = run_program(program, groups, check)?;
@@ -190,11 +200,23 @@ pub struct Program<'a> {
 }
 
 /// Where a processor may write: its private temporary folder (its `TMPDIR`), and the folders
-/// its `writable` key names.
+/// its `writable` key names; and what it may read beyond the system's folders and the file
+/// it is given (a server: the folders of the files its requests name).
 #[derive(Debug, Clone, Copy)]
 pub struct Sandbox<'a> {
     pub temp: &'a Path,
     pub writable: &'a [PathBuf],
+    pub readable: &'a [PathBuf],
+}
+
+/// The file a one-shot processor works on, for its launcher's stdin: opened read-only
+/// without following a symbolic link in its last component.
+fn open_input(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
 }
 
 /// Runs `program` in its own process group, registered in `groups`, and returns what it
@@ -214,7 +236,14 @@ pub fn run_program(
         max_output,
         sandbox,
     } = program;
-    let mut command = processor_command(&argv, stdin, sandbox);
+    // A processor run once gets its file on stdin and reads its path; a helper (pdftoppm)
+    // reads the file on its stdin.
+    let input = if sandbox.is_some() {
+        Input::StdinReplaced
+    } else {
+        Input::StdinKept
+    };
+    let mut command = processor_command(&argv, stdin, sandbox, input);
     let mut child = command
         .spawn()
         .map_err(|error| cannot_start(name, &argv[0], &error))?;
@@ -260,13 +289,16 @@ pub fn run_program(
 
 /// The command for a processor's (or helper's) program: its own process group, in `/`,
 /// without the worker's systemd variables, pipes for stdout and stderr, no network, and
-/// confined so that it writes nothing (see `isolation::confine`) but, for a processor
-/// (`sandbox` given), beneath its private temporary folder (its `TMPDIR`) and the folders of
-/// its `writable` key.
+/// confined (see `isolation::confine`) so that it reads the system's folders and the file it
+/// works on, and writes nothing but, for a processor (`sandbox` given), beneath its private
+/// temporary folder (its `TMPDIR`) and the folders of its `writable` key. `stdin` is the file
+/// it works on for the worker's helpers (`sandbox` `None`: `pdftoppm`, which keeps it) and
+/// for a one-shot processor (`Input::StdinReplaced`); a server's is a pipe (`Input::None`).
 pub(crate) fn processor_command(
     argv: &[OsString],
     stdin: Stdio,
     sandbox: Option<Sandbox<'_>>,
+    input: Input,
 ) -> Command {
     let writable: Vec<&Path> = sandbox
         .map(|sandbox| {
@@ -275,7 +307,17 @@ pub(crate) fn processor_command(
                 .collect()
         })
         .unwrap_or_default();
-    let argv = isolation::isolated_argv(argv, &writable);
+    let readable: Vec<&Path> = sandbox
+        .map(|sandbox| sandbox.readable.iter().map(PathBuf::as_path).collect())
+        .unwrap_or_default();
+    let argv = isolation::isolated_argv(
+        argv,
+        Confinement {
+            readable: &readable,
+            writable: &writable,
+            input,
+        },
+    );
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])

@@ -75,7 +75,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -93,7 +93,7 @@ use sluice_core::policy;
 
 use crate::derived::file_derived;
 use crate::failure::IngestFailure;
-use crate::isolation::PrivateTemp;
+use crate::isolation::{Input, PrivateTemp};
 use crate::processors::{
     DerivedTarget, ProcessGroups, ProcessorOutput, Sandbox, cannot_start, kill_group,
     processor_command,
@@ -161,6 +161,9 @@ pub struct ProcessorServers {
     starts: u64,
     /// `sluice-ingest-worker@1`: named in the lines forwarded from its servers' stderr.
     worker_name: String,
+    /// The folders servers may read beneath (see `isolation`), as the last
+    /// [`ProcessorServers::supervise`] was told.
+    readable: Vec<PathBuf>,
 }
 
 impl ProcessorServers {
@@ -176,7 +179,13 @@ impl ProcessorServers {
     /// were, forgets those that died (or broke a request), and starts each that is not
     /// running and whose restart delay is over. Called at the start of each step that may
     /// claim (the first right after READY=1), never while the worker stops.
-    pub fn supervise(&mut self, processors: &[ProcessorConfig]) {
+    pub fn supervise(&mut self, processors: &[ProcessorConfig], readable: &[PathBuf]) {
+        if self.readable != readable {
+            // Servers started with other folders (a reload changed the library or the
+            // watched folders) are started again with the new ones.
+            self.readable = readable.to_vec();
+            self.servers.clear();
+        }
         self.retain_configured(processors);
         let now = Instant::now();
         for processor in processors
@@ -299,7 +308,7 @@ impl ProcessorServers {
     fn start(&mut self, processor: &ProcessorConfig) -> Result<(), IngestFailure> {
         let name = processor.name.as_str();
         self.starts += 1;
-        let server = Server::start(processor, &self.worker_name)?;
+        let server = Server::start(processor, &self.worker_name, &self.readable)?;
         tracing::info!(
             processor = %name,
             pid = server.group.as_raw(),
@@ -392,7 +401,11 @@ struct Server {
 }
 
 impl Server {
-    fn start(config: &ProcessorConfig, worker_name: &str) -> Result<Server, IngestFailure> {
+    fn start(
+        config: &ProcessorConfig,
+        worker_name: &str,
+        readable: &[PathBuf],
+    ) -> Result<Server, IngestFailure> {
         let name = &config.name;
         let temp = PrivateTemp::new(name).map_err(|error| {
             IngestFailure::Retryable(format!(
@@ -403,8 +416,9 @@ impl Server {
         let sandbox = Sandbox {
             temp: temp.path(),
             writable: &config.writable,
+            readable,
         };
-        let mut command = processor_command(&argv, Stdio::piped(), Some(sandbox));
+        let mut command = processor_command(&argv, Stdio::piped(), Some(sandbox), Input::None);
         let mut child = command
             .spawn()
             .map_err(|error| cannot_start(name, &argv[0], &error))?;

@@ -104,7 +104,7 @@ pub fn child_main() -> ExitCode {
     // this process does. Confined, it can write no file (not the database, not the library)
     // and signal no process outside; where the kernel has no Landlock, the limits below are
     // the wall (the worker said so at its start).
-    if let Err(error) = crate::isolation::confine(&[]) {
+    if let Err(error) = crate::isolation::confine(crate::isolation::Grants::default()) {
         eprintln!("extracting unconfined: {error}");
     }
     let limits = [
