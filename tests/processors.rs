@@ -86,7 +86,7 @@ fn stop_worker(worker: &mut crate::support::DaemonProcess) {
 /// any file arrives, and that one start serves fifty files, each with its own answer.
 #[test]
 fn a_server_processor_is_started_with_its_worker_and_once_across_fifty_files() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let starts = root.join("starts");
     let counter = script(
         &root,
@@ -149,7 +149,7 @@ fn a_server_processor_is_started_with_its_worker_and_once_across_fifty_files() {
 /// each restart is logged with the processor's name and why.
 #[test]
 fn a_server_that_dies_while_idle_is_restarted_after_a_growing_delay() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let pids = root.join("pids");
     let flaky = script(
         &root,
@@ -222,7 +222,7 @@ fn a_server_that_dies_while_idle_is_restarted_after_a_growing_delay() {
 fn processor_text_metadata_and_derived_files_are_searchable_stored_and_listed() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let root = tempfile::tempdir().unwrap();
+    let (root, _) = crate::support::scripts_dir();
     // Can it reach a port this test listens on? (bash's /dev/tcp: a real connect.)
     let network_probe = format!(
         "if (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; then net=yes; else net=no; fi"
@@ -437,7 +437,7 @@ fn fetch(
 /// logged and a count of the rest, and its requests are answered as if it were quiet.
 #[test]
 fn a_servers_stderr_is_logged_line_by_line_and_a_flood_of_it_is_bounded() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let chatty = script(
         &root,
         "chatty.sh",
@@ -499,7 +499,7 @@ fn a_servers_stderr_is_logged_line_by_line_and_a_flood_of_it_is_bounded() {
 
 #[test]
 fn a_hanging_server_is_killed_at_its_timeout_with_its_group_and_the_worker_goes_on() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let pids = root.join("pids");
     let hang = script(
         &root,
@@ -543,7 +543,7 @@ fn a_hanging_server_is_killed_at_its_timeout_with_its_group_and_the_worker_goes_
 
 #[test]
 fn a_server_writing_100_mb_is_cut_at_max_output_and_fails_the_job_for_good() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let pids = root.join("pids");
     let flood = script(
         &root,
@@ -588,7 +588,7 @@ fn a_server_writing_100_mb_is_cut_at_max_output_and_fails_the_job_for_good() {
 
 #[test]
 fn a_server_exiting_1_fails_each_attempt_with_its_status_and_stderr() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let starts = root.join("starts");
     let failing = script(
         &root,
@@ -635,7 +635,7 @@ fn a_server_exiting_1_fails_each_attempt_with_its_status_and_stderr() {
 /// the fresh server, which succeeds.
 #[test]
 fn a_server_dying_mid_job_is_restarted_and_the_job_retried_succeeds() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let (starts, died) = (root.join("starts"), root.join("died-once"));
     let fragile = script(
         &root,
@@ -679,7 +679,7 @@ fn a_server_dying_mid_job_is_restarted_and_the_job_retried_succeeds() {
 
 #[test]
 fn a_server_answering_garbage_fails_the_job_clearly_and_is_restarted() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let starts = root.join("starts");
     let chatty = script(
         &root,
@@ -785,7 +785,7 @@ fn selective_server(root: &Path, pids: &Path) -> std::path::PathBuf {
 /// told to drop one request); the next file starts a fresh server.
 #[test]
 fn cancelling_a_job_kills_its_busy_server_and_the_next_file_gets_a_fresh_one() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let pids = root.join("pids");
     let selective = selective_server(&root, &pids);
     let mut suite = processor_suite(&server("selective", "text/plain", &selective, ""));
@@ -817,7 +817,7 @@ fn cancelling_a_job_kills_its_busy_server_and_the_next_file_gets_a_fresh_one() {
 /// with it; a reload that changes the server's entry replaces the server.
 #[test]
 fn a_reload_that_changes_a_server_replaces_it_and_stopping_the_worker_stops_it() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let pids = root.join("pids");
     let selective = selective_server(&root, &pids);
     let mut suite = processor_suite(&server(

@@ -127,7 +127,7 @@ pub(crate) fn assert_first_runs_gone(pids: &Path, count: usize) {
 /// on to ingest the next file.
 #[test]
 fn a_hanging_processor_is_stopped_by_the_job_timeout_with_its_processes_and_the_worker_goes_on() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let pids = root.join("pids");
     let hang = hanging_script(&root, &pids);
     let mut suite = Suite::with_settings(
@@ -178,7 +178,7 @@ fn a_hanging_processor_is_stopped_by_the_job_timeout_with_its_processes_and_the_
 
 #[test]
 fn processor_output_is_stored_with_the_document_as_json_or_text() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let words = script(
         &root,
         "words.sh",
@@ -234,7 +234,7 @@ fn processor_output_is_stored_with_the_document_as_json_or_text() {
 
 #[test]
 fn a_processor_writing_more_than_max_output_fails_the_job_for_good_and_is_killed() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let pids = root.join("pids");
     let flood = script(
         &root,
@@ -265,7 +265,7 @@ fn a_processor_writing_more_than_max_output_fails_the_job_for_good_and_is_killed
 
 #[test]
 fn a_processor_exiting_non_zero_fails_the_job_naming_it_its_status_and_stderr() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let failing = script(
         &root,
         "ocr.sh",
@@ -296,7 +296,7 @@ fn a_processor_exiting_non_zero_fails_the_job_naming_it_its_status_and_stderr() 
 /// A processor's own `timeout`, shorter than the job's, ends it first and names it.
 #[test]
 fn a_processor_timeout_shorter_than_the_job_timeout_names_the_processor() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let pids = root.join("pids");
     let hang = hanging_script(&root, &pids);
     let mut suite = Suite::with_settings(
@@ -389,7 +389,7 @@ fn a_job_stuck_past_its_timeout_is_recorded_and_the_worker_exits_to_be_restarted
 
 #[test]
 fn cancelling_a_job_kills_its_running_processor() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let pids = root.join("pids");
     let hang = hanging_script(&root, &pids);
     let mut suite = Suite::with_settings(
@@ -412,7 +412,7 @@ fn cancelling_a_job_kills_its_running_processor() {
 
 #[test]
 fn sigterm_kills_a_running_processor_and_gives_its_job_back() {
-    let (directory, root) = crate::support::temp_dir();
+    let (directory, root) = crate::support::scripts_dir();
     let pids = root.join("pids");
     let hang = hanging_script(&root, &pids);
     let mut suite = Suite::with_settings(

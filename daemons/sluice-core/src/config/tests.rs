@@ -718,11 +718,9 @@ fn a_processors_writable_folders_must_be_apart_from_sluices_own() {
     // The shipped defaults: database in /var/lib/sluice, library, inbox and staging beneath
     // it; /srv/inbox is a watched folder of this file.
     for (folder, what) in [
-        ("/var/lib", "the library"),
         ("/var/lib/sluice/library/cache", "the library"),
         ("/var/lib/sluice/models", "the database's folder"),
         ("/srv/inbox/cache", "a watched folder"),
-        ("/", "the library"),
     ] {
         assert_rejected(
             &format!(
@@ -733,6 +731,41 @@ fn a_processors_writable_folders_must_be_apart_from_sluices_own() {
             (5, 13),
             "processor[0].writable[0]",
             &format!("overlaps {what}"),
+        );
+    }
+    // Shared temporary folders and the system's folders: never, nor beneath them (the
+    // first ones) or above them (all of them). /var/cache/sluice-ocr above is fine.
+    for (folder, reason) in [
+        ("/", "holds /tmp, a shared or system folder"),
+        ("/tmp", "is /tmp, a shared or system folder"),
+        (
+            "/tmp/ocr-cache",
+            "is beneath /tmp, a shared or system folder",
+        ),
+        ("/var/tmp", "is /var/tmp, a shared or system folder"),
+        (
+            "/var/tmp/models",
+            "is beneath /var/tmp, a shared or system folder",
+        ),
+        (
+            "/usr/share/tesseract-ocr",
+            "is beneath /usr, a shared or system folder",
+        ),
+        ("/etc", "is /etc, a shared or system folder"),
+        ("/dev/shm", "is beneath /dev, a shared or system folder"),
+        ("/run/user", "is beneath /run, a shared or system folder"),
+        ("/var", "holds /var/tmp, a shared or system folder"),
+        ("/var/lib", "holds /var/lib, a shared or system folder"),
+        ("/var/cache", "holds /var/cache, a shared or system folder"),
+        ("/home", "holds /home, a shared or system folder"),
+        ("/opt", "holds /opt, a shared or system folder"),
+    ] {
+        assert_rejected(
+            &format!("{table}writable = [\"{folder}\"]\n"),
+            "invalid",
+            (5, 13),
+            "processor[0].writable[0]",
+            &format!("{folder} {reason}: a processor's writable folder must be one of its own"),
         );
     }
     assert_rejected(

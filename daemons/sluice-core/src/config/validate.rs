@@ -576,6 +576,51 @@ fn ignore_rules(locator: &Locator<'_>, value: &TextList) -> Result<IgnoreRules, 
     })
 }
 
+/// Folders a processor may not write beneath: shared temporary folders (anyone may put a link
+/// or a file there for it to trust; its own `TMPDIR` is given to it anyway) and the system's
+/// folders.
+const NOT_WRITABLE_BENEATH: [&str; 15] = [
+    "/tmp", "/var/tmp", "/dev", "/proc", "/sys", "/run", "/usr", "/bin", "/sbin", "/lib", "/lib32",
+    "/lib64", "/libx32", "/etc", "/boot",
+];
+
+/// Folders a processor may write beneath but not be given whole (nor any folder above them).
+const NOT_WRITABLE_WHOLE: [&str; 10] = [
+    "/var",
+    "/var/lib",
+    "/var/cache",
+    "/var/log",
+    "/opt",
+    "/srv",
+    "/home",
+    "/root",
+    "/mnt",
+    "/media",
+];
+
+/// Why `path` cannot be a processor's writable folder, if it cannot: `/`, a shared temporary
+/// folder, a system folder, or a folder that holds either (lexically; the launcher opens it
+/// without following links).
+fn shared_or_system_folder(path: &Path) -> Option<String> {
+    if let Some(folder) = NOT_WRITABLE_BENEATH
+        .iter()
+        .map(Path::new)
+        .find(|folder| path.starts_with(folder))
+    {
+        let how = if path == folder { "is" } else { "is beneath" };
+        return Some(format!(
+            "{how} {}, a shared or system folder",
+            folder.display()
+        ));
+    }
+    NOT_WRITABLE_BENEATH
+        .iter()
+        .chain(NOT_WRITABLE_WHOLE.iter())
+        .map(Path::new)
+        .find(|folder| folder.starts_with(path))
+        .map(|folder| format!("holds {}, a shared or system folder", folder.display()))
+}
+
 fn validate_processor(
     locator: &Locator<'_>,
     raw: &RawProcessor,
@@ -587,6 +632,16 @@ fn validate_processor(
     let mut writable = Vec::new();
     for folder in raw.writable.iter().flat_map(|list| list.get_ref()) {
         let path = locator.absolute_path(folder)?;
+        if let Some(reason) = shared_or_system_folder(&path) {
+            return Err(locator.invalid(
+                folder.span(),
+                format!(
+                    "{} {reason}: a processor's writable folder must be one of its own (e.g. \
+                     /var/cache/sluice-NAME)",
+                    path.display()
+                ),
+            ));
+        }
         let clash = protected
             .iter()
             .find(|(_, protected)| path.starts_with(protected) || protected.starts_with(&path));
