@@ -62,6 +62,10 @@ cargo build --release --locked -p sluice-tests --bins \
 target/release/sluice-bench w1-lib --runs "${RUNS:-3}" | tee bench-results/w1-lib.json
 # W1 through the real worker processes on a private bus.
 target/release/sluice-bench w1 --runs "${RUNS:-3}" | tee bench-results/w1.json
+# W1's references (issue 13): the enqueue rate alone, one job per transaction (the ceiling W1's
+# producer can reach) and 64; and one job at a time through idle workers (the wake-up path).
+target/release/sluice-bench w1-ceiling --runs "${RUNS:-3}" | tee bench-results/w1-ceiling.json
+target/release/sluice-bench w1-idle --runs "${RUNS:-3}" | tee bench-results/w1-idle.json
 # W2: the web on a database of 20,000 succeeded jobs; wrk, web and database share the cores.
 target/release/sluice-bench w2 --runs "${RUNS:-3}" | tee bench-results/w2.json
 # W3: watched folders on tmpfs (/dev/shm), databases on disk (/var/tmp).

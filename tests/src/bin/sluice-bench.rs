@@ -13,6 +13,9 @@
 //! long without a signal per job; the workers' own poll (1 ms doubling to 1 s after the last
 //! claim) catches whatever a skipped signal would have said.
 //!
+//! `w1-ceiling` and `w1-idle` (issue 13): W1's reference numbers, the enqueue rate alone and
+//! the latency of one job at a time through idle workers; see `sluice-bench/w1_reference.rs`.
+//!
 //! `w3`: W3 folder-monitor latency — a real `sluice-monitor` (the release binary beside this
 //! one) on a private `dbus-daemon` watches a fresh folder on tmpfs (the database on disk); this
 //! process writes files of 64 bytes on a fixed schedule and measures close() → `FileDetected`
@@ -64,6 +67,8 @@ mod metrics_load;
 mod scale;
 #[path = "sluice-bench/uploads.rs"]
 mod uploads;
+#[path = "sluice-bench/w1_reference.rs"]
+mod w1_reference;
 
 #[derive(Parser)]
 struct Arguments {
@@ -115,6 +120,29 @@ enum Workload {
         /// peers' latency figures were taken with).
         #[arg(long)]
         preload: bool,
+    },
+    /// W1's ceiling: the enqueue rate alone (no consumers), one job per transaction and 64.
+    W1Ceiling {
+        #[arg(long, default_value_t = 20_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Where the databases go (a disk-backed directory, not tmpfs).
+        #[arg(long, default_value = "/var/tmp")]
+        directory: PathBuf,
+    },
+    /// W1's idle latency: one job at a time through 2 real workers, enqueue → committed.
+    W1Idle {
+        #[arg(long, default_value_t = 500)]
+        jobs: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Milliseconds between one job's commit and the next enqueue (the workers go idle).
+        #[arg(long, default_value_t = 20)]
+        gap_ms: u64,
+        /// Where the databases go (a disk-backed directory, not tmpfs).
+        #[arg(long, default_value = "/var/tmp")]
+        directory: PathBuf,
     },
     /// W3 folder-monitor latency and burst, through the real sluice-monitor.
     W3 {
@@ -395,6 +423,49 @@ fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        Workload::W1Ceiling {
+            jobs,
+            runs,
+            directory,
+        } => {
+            let mut report = Vec::new();
+            for durability in [Durability::Normal, Durability::Full] {
+                let mut samples = Vec::new();
+                for run in 1..=runs {
+                    let sample = w1_reference::ceiling(jobs, durability, &directory)?;
+                    eprintln!("w1-ceiling {} run {run}: {sample}", durability.as_str());
+                    samples.push(sample);
+                }
+                report.push(summarize("w1-ceiling", durability, &samples));
+            }
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Workload::W1Idle {
+            jobs,
+            runs,
+            gap_ms,
+            directory,
+        } => {
+            let settings = w1_reference::Idle {
+                jobs,
+                gap: Duration::from_millis(gap_ms),
+                workers: 2,
+                batch: 64,
+            };
+            let mut report = Vec::new();
+            for durability in [Durability::Normal, Durability::Full] {
+                let mut samples = Vec::new();
+                for run in 1..=runs {
+                    let sample = w1_reference::idle(&settings, durability, &directory)?;
+                    eprintln!("w1-idle {} run {run}: {sample}", durability.as_str());
+                    samples.push(sample);
+                }
+                report.push(summarize("w1-idle", durability, &samples));
+            }
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Workload::W3 {
             files,
             interval_ms,
@@ -611,60 +682,111 @@ struct W1Settings {
     signal_interval: Duration,
 }
 
+/// W1's suite: a private bus, `workers` real `sluice-ingest-worker` processes (READY) on a
+/// fresh database in a scratch folder, the producer's store, and the producer's own bus
+/// connection, used only to announce new jobs.
+struct W1Suite {
+    store: Store,
+    workers: Vec<DaemonProcess>,
+    runtime: tokio::runtime::Runtime,
+    connection: zbus::Connection,
+    _bus: PrivateBus,
+    _scratch: tempfile::TempDir,
+}
+
+impl W1Suite {
+    fn start(
+        batch: usize,
+        worker_count: usize,
+        durability: Durability,
+        directory: &Path,
+    ) -> anyhow::Result<W1Suite> {
+        let scratch = tempfile::tempdir_in(directory).context("scratch directory")?;
+        let root = scratch.path();
+        let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
+        let database = root.join("sluice.db");
+        for folder in ["inbox", "library", "staging"] {
+            std::fs::create_dir_all(root.join(folder))?;
+        }
+        let config_path = root.join("sluice.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "[store]\npath = \"{database}\"\ndurability = \"{durability}\"\n\
+                 [bus]\naddress = \"{address}\"\n\
+                 [jobs]\nclaim_batch = {batch}\n\
+                 [ingest]\nlibrary = \"{root}/library\"\n\
+                 [[watch]]\npath = \"{root}/inbox\"\nmode = \"consume\"\n\
+                 [scraper]\ninbox = \"{root}/inbox\"\nstaging = \"{root}/staging\"\n",
+                database = database.display(),
+                durability = durability.as_str(),
+                address = bus.address(),
+                root = root.display(),
+            ),
+        )?;
+        let store = Store::open(&database, &store_options(durability))?;
+        let worker_program = binary_path("sluice-ingest-worker");
+        let mut workers = Vec::new();
+        for instance in 1..=worker_count {
+            let mut command = Command::new(&worker_program);
+            command
+                .args(["--instance", &instance.to_string()])
+                .env("SLUICE_CONFIG", &config_path)
+                .env("SLUICE_LOG", "info");
+            let options = SpawnOptions::named(&format!("sluice-ingest-worker@{instance}"))
+                .log_to(&root.join(format!("worker-{instance}.log")))
+                .notify();
+            let mut worker = DaemonProcess::spawn(&mut command, options)?;
+            worker.wait_for_ready(Duration::from_secs(30))?;
+            workers.push(worker);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let connection = runtime.block_on(sluice_core::bus::connect(
+            &sluice_core::bus::BusAddress::Address(bus.address().to_owned()),
+        ))?;
+        Ok(W1Suite {
+            store,
+            workers,
+            runtime,
+            connection,
+            _bus: bus,
+            _scratch: scratch,
+        })
+    }
+
+    /// Announces a queued `noop` job, as `org.sluice.Web1` does after an enqueue.
+    fn announce(&self, id: i64) -> anyhow::Result<()> {
+        self.runtime.block_on(self.connection.emit_signal(
+            None::<&str>,
+            "/org/sluice/Web1",
+            "org.sluice.Web1",
+            "JobQueued",
+            &("noop", id as u64),
+        ))?;
+        Ok(())
+    }
+
+    /// SIGTERM: the workers stop gracefully.
+    fn stop_workers(&mut self) -> anyhow::Result<()> {
+        for worker in &mut self.workers {
+            worker
+                .terminate(Duration::from_secs(60))
+                .context("stopping a worker")?;
+        }
+        self.workers.clear();
+        Ok(())
+    }
+}
+
 fn run_w1(
     settings: &W1Settings,
     durability: Durability,
     directory: &Path,
 ) -> anyhow::Result<Value> {
-    let scratch = tempfile::tempdir_in(directory).context("scratch directory")?;
-    let root = scratch.path();
-    let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
-    let database = root.join("sluice.db");
-    for folder in ["inbox", "library", "staging"] {
-        std::fs::create_dir_all(root.join(folder))?;
-    }
-    let config_path = root.join("sluice.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[store]\npath = \"{database}\"\ndurability = \"{durability}\"\n\
-             [bus]\naddress = \"{address}\"\n\
-             [jobs]\nclaim_batch = {batch}\n\
-             [ingest]\nlibrary = \"{root}/library\"\n\
-             [[watch]]\npath = \"{root}/inbox\"\nmode = \"consume\"\n\
-             [scraper]\ninbox = \"{root}/inbox\"\nstaging = \"{root}/staging\"\n",
-            database = database.display(),
-            durability = durability.as_str(),
-            address = bus.address(),
-            batch = settings.batch,
-            root = root.display(),
-        ),
-    )?;
-    let options = store_options(durability);
-    let mut store = Store::open(&database, &options)?;
-    let worker_program = binary_path("sluice-ingest-worker");
-    let mut workers = Vec::new();
-    for instance in 1..=settings.workers {
-        let mut command = Command::new(&worker_program);
-        command
-            .args(["--instance", &instance.to_string()])
-            .env("SLUICE_CONFIG", &config_path)
-            .env("SLUICE_LOG", "info");
-        let options = SpawnOptions::named(&format!("sluice-ingest-worker@{instance}"))
-            .log_to(&root.join(format!("worker-{instance}.log")))
-            .notify();
-        let mut worker = DaemonProcess::spawn(&mut command, options)?;
-        worker.wait_for_ready(Duration::from_secs(30))?;
-        workers.push(worker);
-    }
-
-    // The producer's own bus connection, used only to announce new jobs.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let connection = runtime.block_on(sluice_core::bus::connect(
-        &sluice_core::bus::BusAddress::Address(bus.address().to_owned()),
-    ))?;
+    let load_before = scale::load_average();
+    let mut suite = W1Suite::start(settings.batch, settings.workers, durability, directory)?;
     let mut last_signal: Option<Instant> = None;
     let mut signals_sent = 0u64;
 
@@ -673,24 +795,21 @@ fn run_w1(
     let started = Instant::now();
     for (i, slot) in enqueued_at_micros.iter_mut().enumerate() {
         *slot = now_micros();
-        let id = store.enqueue(&NewJob::new("noop", json!({ "i": i })))?.id;
+        let id = suite
+            .store
+            .enqueue(&NewJob::new("noop", json!({ "i": i })))?
+            .id;
         let due = !settings.signal_interval.is_zero()
             && last_signal.is_none_or(|last| last.elapsed() >= settings.signal_interval);
         if due {
-            runtime.block_on(connection.emit_signal(
-                None::<&str>,
-                "/org/sluice/Web1",
-                "org.sluice.Web1",
-                "JobQueued",
-                &("noop", id as u64),
-            ))?;
+            suite.announce(id)?;
             last_signal = Some(Instant::now());
             signals_sent += 1;
         }
     }
     let enqueue_seconds = started.elapsed().as_secs_f64();
     loop {
-        let succeeded = store.job_counts()?[&JobState::Succeeded];
+        let succeeded = suite.store.job_counts()?[&JobState::Succeeded];
         if succeeded as usize >= total {
             break;
         }
@@ -700,16 +819,10 @@ fn run_w1(
         std::thread::sleep(Duration::from_millis(2));
     }
     let drain_seconds = started.elapsed().as_secs_f64();
-    // SIGTERM: the workers stop gracefully.
-    for worker in &mut workers {
-        worker
-            .terminate(Duration::from_secs(60))
-            .context("stopping a worker")?;
-    }
-    drop(workers);
+    suite.stop_workers()?;
 
     let mut latencies_ms = Vec::with_capacity(total);
-    collect_latencies(&store, &enqueued_at_micros, &mut latencies_ms)?;
+    collect_latencies(&suite.store, &enqueued_at_micros, &mut latencies_ms)?;
     latencies_ms.sort_by(f64::total_cmp);
     Ok(json!({
         "enqueue_rate": total as f64 / enqueue_seconds,
@@ -718,6 +831,7 @@ fn run_w1(
         "latency_p99_ms": percentile(&latencies_ms, 0.99),
         "latency_max_ms": latencies_ms.last().copied().unwrap_or(0.0),
         "signals_sent": signals_sent,
+        "load_average": load_before,
     }))
 }
 
