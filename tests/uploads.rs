@@ -108,6 +108,15 @@ fn names_in(folder: &Path) -> Vec<String> {
     names
 }
 
+/// `sluicectl submit FILE` with the fixture's configuration, as a user types it.
+fn sluicectl_submit(fixture: &SuiteFixture, file: &Path) -> std::process::Output {
+    std::process::Command::new(crate::support::binary_path("sluicectl"))
+        .args(["submit", file.to_str().unwrap()])
+        .env("SLUICE_CONFIG", &fixture.config_path)
+        .output()
+        .unwrap()
+}
+
 fn job_count(fixture: &SuiteFixture) -> usize {
     fixture.job_total()
 }
@@ -821,11 +830,7 @@ fn sluicectl_submit_without_sluice_web_says_it_is_unavailable() {
     let fixture = SuiteFixture::new("", "");
     let file = fixture.directory.path().join("a.txt");
     std::fs::write(&file, "a").unwrap();
-    let output = std::process::Command::new(crate::support::binary_path("sluicectl"))
-        .args(["submit", file.to_str().unwrap()])
-        .env("SLUICE_CONFIG", &fixture.config_path)
-        .output()
-        .unwrap();
+    let output = sluicectl_submit(&fixture, &file);
     assert_eq!(output.status.code(), Some(5), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("sluice-web does not answer"));
     assert_eq!(job_count(&fixture), 0);
@@ -888,13 +893,7 @@ fn sluicectl_submit_sends_the_token_only_where_a_verified_sluice_web_listens() {
             WebStatus::starting(&stand_in_address.to_string(), "/", 1, "normal"),
         ))
         .expect("the stand-in owns org.sluice.Web1");
-    let submit = || {
-        std::process::Command::new(crate::support::binary_path("sluicectl"))
-            .args(["submit", file.to_str().unwrap()])
-            .env("SLUICE_CONFIG", &fixture.config_path)
-            .output()
-            .unwrap()
-    };
+    let submit = || sluicectl_submit(&fixture, &file);
 
     // [web] listen names another address (where no one listens): refused.
     let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -970,11 +969,7 @@ fn sluicectl_submit_believes_an_owner_connected_with_sluice_webs_group() {
         .args(["--web-listen", &stand_in_address.to_string()]);
     let _stand_in =
         crate::support::DaemonProcess::start_until_line(command, "ready").expect("the stand-in");
-    let output = std::process::Command::new(crate::support::binary_path("sluicectl"))
-        .args(["submit", file.to_str().unwrap()])
-        .env("SLUICE_CONFIG", &fixture.config_path)
-        .output()
-        .unwrap();
+    let output = sluicectl_submit(&fixture, &file);
     // The stand-in's listener answers 503: sluicectl reports sluice-web unavailable.
     assert_eq!(output.status.code(), Some(5), "{output:?}");
     let seen = heads.lock().unwrap().clone();

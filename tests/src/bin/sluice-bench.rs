@@ -387,18 +387,9 @@ fn main() -> anyhow::Result<()> {
                 workers,
                 signal_interval: Duration::from_micros(signal_interval_us),
             };
-            let mut report = Vec::new();
-            for durability in durabilities {
-                let mut samples = Vec::new();
-                for run in 1..=runs {
-                    let sample = run_w1(&settings, durability, &directory)?;
-                    eprintln!("w1 {} run {run}: {sample}", durability.as_str());
-                    samples.push(sample);
-                }
-                report.push(summarize("w1", durability, &samples));
-            }
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
+            report_per_durability("w1", &durabilities, runs, |durability| {
+                run_w1(&settings, durability, &directory)
+            })
         }
         Workload::W1Lib {
             jobs,
@@ -408,39 +399,18 @@ fn main() -> anyhow::Result<()> {
             consumers,
             preload,
         } => {
-            let mut report = Vec::new();
-            for durability in [Durability::Normal, Durability::Full] {
-                let mut samples = Vec::new();
-                for run in 1..=runs {
-                    let sample =
-                        run_w1_lib(jobs, durability, &directory, batch, consumers, preload)?;
-                    eprintln!("w1-lib {} run {run}: {sample}", durability.as_str());
-                    samples.push(sample);
-                }
-                let name = if preload { "w1-lib-backlog" } else { "w1-lib" };
-                report.push(summarize(name, durability, &samples));
-            }
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
+            let name = if preload { "w1-lib-backlog" } else { "w1-lib" };
+            report_per_durability(name, &BOTH_DURABILITIES, runs, |durability| {
+                run_w1_lib(jobs, durability, &directory, batch, consumers, preload)
+            })
         }
         Workload::W1Ceiling {
             jobs,
             runs,
             directory,
-        } => {
-            let mut report = Vec::new();
-            for durability in [Durability::Normal, Durability::Full] {
-                let mut samples = Vec::new();
-                for run in 1..=runs {
-                    let sample = w1_reference::ceiling(jobs, durability, &directory)?;
-                    eprintln!("w1-ceiling {} run {run}: {sample}", durability.as_str());
-                    samples.push(sample);
-                }
-                report.push(summarize("w1-ceiling", durability, &samples));
-            }
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
-        }
+        } => report_per_durability("w1-ceiling", &BOTH_DURABILITIES, runs, |durability| {
+            w1_reference::ceiling(jobs, durability, &directory)
+        }),
         Workload::W1Idle {
             jobs,
             runs,
@@ -453,18 +423,9 @@ fn main() -> anyhow::Result<()> {
                 workers: 2,
                 batch: 64,
             };
-            let mut report = Vec::new();
-            for durability in [Durability::Normal, Durability::Full] {
-                let mut samples = Vec::new();
-                for run in 1..=runs {
-                    let sample = w1_reference::idle(&settings, durability, &directory)?;
-                    eprintln!("w1-idle {} run {run}: {sample}", durability.as_str());
-                    samples.push(sample);
-                }
-                report.push(summarize("w1-idle", durability, &samples));
-            }
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            Ok(())
+            report_per_durability("w1-idle", &BOTH_DURABILITIES, runs, |durability| {
+                w1_reference::idle(&settings, durability, &directory)
+            })
         }
         Workload::W3 {
             files,
@@ -869,6 +830,31 @@ fn collect_latencies(
 }
 
 /// Median with min and max of every metric over the runs.
+/// The durabilities a W1 workload runs at, in the order of its report.
+const BOTH_DURABILITIES: [Durability; 2] = [Durability::Normal, Durability::Full];
+
+/// Runs a workload `runs` times at each durability, says each sample on stderr and prints
+/// the summaries (median, min, max of every metric) as the workload's JSON report.
+fn report_per_durability(
+    name: &str,
+    durabilities: &[Durability],
+    runs: usize,
+    mut run: impl FnMut(Durability) -> anyhow::Result<Value>,
+) -> anyhow::Result<()> {
+    let mut report = Vec::new();
+    for &durability in durabilities {
+        let mut samples = Vec::new();
+        for number in 1..=runs {
+            let sample = run(durability)?;
+            eprintln!("{name} {} run {number}: {sample}", durability.as_str());
+            samples.push(sample);
+        }
+        report.push(summarize(name, durability, &samples));
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
 fn summarize(workload: &str, durability: Durability, samples: &[Value]) -> Value {
     let mut metrics = serde_json::Map::new();
     if let Some(first) = samples.first().and_then(Value::as_object) {
