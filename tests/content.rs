@@ -13,7 +13,7 @@ use serde_json::Value;
 use sluice_core::store::FileState;
 
 use crate::support::{
-    DEADLINE, DaemonProcess, Suite, WEB_READ_TOKEN, WEB_TEST_TOKEN, binary_path, http_agent,
+    DEADLINE, DaemonProcess, Suite, WEB_READ_TOKEN, binary_path, http_agent, upload_waiting,
     wait_until,
 };
 
@@ -79,17 +79,7 @@ fn upload(suite: &Suite, name: &str, bytes: &[u8]) -> Value {
 
 /// Uploads `bytes` as `name`, waits for its job and returns the job, however it ended.
 fn upload_job(suite: &Suite, name: &str, bytes: &[u8]) -> Value {
-    let mut response = http_agent()
-        .post(format!(
-            "{}/api/documents?name={name}&wait=60s",
-            suite.web.origin
-        ))
-        .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
-        .header("Content-Type", "application/octet-stream")
-        .send(bytes)
-        .expect("upload");
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    let (_, body) = upload_waiting(suite, name, bytes, "60s");
     assert!(body["uploads"][0]["job"].is_object(), "{body}");
     body["uploads"][0]["job"].clone()
 }

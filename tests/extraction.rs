@@ -11,22 +11,11 @@ use sluice_tests::documents::{
     encrypted_pdf, jpeg_with_exif, page_words, png, png_bomb, small_zip, text_pdf, zip_bomb,
 };
 
-use crate::support::{Suite, WEB_READ_TOKEN, WEB_TEST_TOKEN, http_agent};
+use crate::support::{Suite, WEB_READ_TOKEN, http_agent, upload_waiting};
 
 /// Uploads `bytes` as `name` and waits for its job; returns (status, the upload's job).
 fn upload(suite: &Suite, name: &str, bytes: &[u8]) -> (u16, Value) {
-    let mut response = http_agent()
-        .post(format!(
-            "{}/api/documents?name={name}&wait=120s",
-            suite.web.origin
-        ))
-        .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
-        .header("Content-Type", "application/octet-stream")
-        .send(bytes)
-        .expect("upload");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    let (status, body) = upload_waiting(suite, name, bytes, "120s");
     (status, body["uploads"][0]["job"].clone())
 }
 

@@ -34,17 +34,7 @@ fn server(name: &str, mime: &str, program: &Path, extra: &str) -> String {
 
 /// Uploads `content` as `name` to the whole suite, waiting for its job: the answer's JSON.
 fn upload_and_wait(suite: &crate::support::Suite, name: &str, content: &[u8]) -> Value {
-    let mut response = http_agent()
-        .post(format!(
-            "{}/api/documents?name={name}&wait=120s",
-            suite.web.origin
-        ))
-        .header("Authorization", format!("Bearer {WEB_TEST_TOKEN}"))
-        .header("Content-Type", "application/octet-stream")
-        .send(content)
-        .expect("upload");
-    let body = response.body_mut().read_to_string().unwrap_or_default();
-    serde_json::from_str(&body).expect("JSON")
+    crate::support::upload_waiting(suite, name, content, "120s").1
 }
 
 /// One worker's suite for processor tests: a 5 s stop timeout, a 2 s lease with heartbeats
