@@ -651,8 +651,54 @@ struct W1Suite {
     workers: Vec<DaemonProcess>,
     runtime: tokio::runtime::Runtime,
     connection: zbus::Connection,
-    _bus: PrivateBus,
-    _scratch: tempfile::TempDir,
+    _scratch: Scratch,
+}
+
+/// A benchmark suite's scratch folder beneath `directory`: a private bus, the database's
+/// path, the inbox, library and staging folders and a configuration naming them all.
+/// `store_keys` are more lines of `[store]`, `sections` more sections.
+struct Scratch {
+    folder: tempfile::TempDir,
+    bus: PrivateBus,
+    database: PathBuf,
+    config_path: PathBuf,
+}
+
+impl Scratch {
+    fn new(directory: &Path, store_keys: &str, sections: &str) -> anyhow::Result<Scratch> {
+        let folder = tempfile::tempdir_in(directory).context("scratch directory")?;
+        let root = folder.path();
+        let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
+        let database = root.join("sluice.db");
+        for name in ["inbox", "library", "staging"] {
+            std::fs::create_dir_all(root.join(name))?;
+        }
+        let config_path = root.join("sluice.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "[store]\npath = \"{database}\"\n{store_keys}\
+                 [bus]\naddress = \"{address}\"\n\
+                 {sections}\
+                 [ingest]\nlibrary = \"{root}/library\"\n\
+                 [[watch]]\npath = \"{root}/inbox\"\nmode = \"consume\"\n\
+                 [scraper]\ninbox = \"{root}/inbox\"\nstaging = \"{root}/staging\"\n",
+                database = database.display(),
+                address = bus.address(),
+                root = root.display(),
+            ),
+        )?;
+        Ok(Scratch {
+            folder,
+            bus,
+            database,
+            config_path,
+        })
+    }
+
+    fn root(&self) -> &Path {
+        self.folder.path()
+    }
 }
 
 impl W1Suite {
@@ -662,37 +708,20 @@ impl W1Suite {
         durability: Durability,
         directory: &Path,
     ) -> anyhow::Result<W1Suite> {
-        let scratch = tempfile::tempdir_in(directory).context("scratch directory")?;
-        let root = scratch.path();
-        let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
-        let database = root.join("sluice.db");
-        for folder in ["inbox", "library", "staging"] {
-            std::fs::create_dir_all(root.join(folder))?;
-        }
-        let config_path = root.join("sluice.toml");
-        std::fs::write(
-            &config_path,
-            format!(
-                "[store]\npath = \"{database}\"\ndurability = \"{durability}\"\n\
-                 [bus]\naddress = \"{address}\"\n\
-                 [jobs]\nclaim_batch = {batch}\n\
-                 [ingest]\nlibrary = \"{root}/library\"\n\
-                 [[watch]]\npath = \"{root}/inbox\"\nmode = \"consume\"\n\
-                 [scraper]\ninbox = \"{root}/inbox\"\nstaging = \"{root}/staging\"\n",
-                database = database.display(),
-                durability = durability.as_str(),
-                address = bus.address(),
-                root = root.display(),
-            ),
+        let scratch = Scratch::new(
+            directory,
+            &format!("durability = \"{}\"\n", durability.as_str()),
+            &format!("[jobs]\nclaim_batch = {batch}\n"),
         )?;
-        let store = Store::open(&database, &store_options(durability))?;
+        let (root, config_path) = (scratch.root(), &scratch.config_path);
+        let store = Store::open(&scratch.database, &store_options(durability))?;
         let worker_program = binary_path("sluice-ingest-worker");
         let mut workers = Vec::new();
         for instance in 1..=worker_count {
             let mut command = Command::new(&worker_program);
             command
                 .args(["--instance", &instance.to_string()])
-                .env("SLUICE_CONFIG", &config_path)
+                .env("SLUICE_CONFIG", config_path)
                 .env("SLUICE_LOG", "info");
             let options = SpawnOptions::named(&format!("sluice-ingest-worker@{instance}"))
                 .log_to(&root.join(format!("worker-{instance}.log")))
@@ -705,14 +734,13 @@ impl W1Suite {
             .enable_all()
             .build()?;
         let connection = runtime.block_on(sluice_core::bus::connect(
-            &sluice_core::bus::BusAddress::Address(bus.address().to_owned()),
+            &sluice_core::bus::BusAddress::Address(scratch.bus.address().to_owned()),
         ))?;
         Ok(W1Suite {
             store,
             workers,
             runtime,
             connection,
-            _bus: bus,
             _scratch: scratch,
         })
     }
@@ -1758,10 +1786,9 @@ mod rescue {
     use serde_json::{Value, json};
     use sluice_core::bus::{BusAddress, connect, ingest_proxy};
     use sluice_core::store::{Durability, JobState, NewJob, Store};
-    use sluice_tests::bus::{BusPolicy, PrivateBus};
     use sluice_tests::process::{DaemonProcess, SpawnOptions, binary_path};
 
-    use super::{now_micros, store_options};
+    use super::{Scratch, now_micros, store_options};
 
     /// Who takes the killed worker's job.
     #[derive(Debug, Clone, Copy)]
@@ -1783,28 +1810,11 @@ mod rescue {
 
     /// One sample per kill: `{"rescue_ms": …}`, kill → claimed again.
     pub fn run(way: Way, kills: usize, directory: &Path) -> anyhow::Result<Vec<Value>> {
-        let scratch = tempfile::tempdir_in(directory).context("scratch directory")?;
-        let root = scratch.path().to_path_buf();
-        let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
-        let database = root.join("sluice.db");
-        for folder in ["inbox", "library", "staging"] {
-            std::fs::create_dir_all(root.join(folder))?;
-        }
-        let config_path = root.join("sluice.toml");
         // The shipped lease (30 s) and durability (full).
-        std::fs::write(
-            &config_path,
-            format!(
-                "[store]\npath = \"{database}\"\n[bus]\naddress = \"{address}\"\n\
-                 [ingest]\nlibrary = \"{root}/library\"\n\
-                 [[watch]]\npath = \"{root}/inbox\"\nmode = \"consume\"\n\
-                 [scraper]\ninbox = \"{root}/inbox\"\nstaging = \"{root}/staging\"\n",
-                database = database.display(),
-                address = bus.address(),
-                root = root.display(),
-            ),
-        )?;
-        let mut store = Store::open(&database, &store_options(Durability::Full))?;
+        let scratch = Scratch::new(directory, "", "")?;
+        let (root, config_path) = (scratch.root().to_path_buf(), scratch.config_path.clone());
+        let bus = &scratch.bus;
+        let mut store = Store::open(&scratch.database, &store_options(Durability::Full))?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
