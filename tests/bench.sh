@@ -70,6 +70,10 @@ target/release/sluice-bench w1-idle --runs "${RUNS:-3}" | tee bench-results/w1-i
 target/release/sluice-bench w2 --runs "${RUNS:-3}" | tee bench-results/w2.json
 # W3: watched folders on tmpfs (/dev/shm), databases on disk (/var/tmp).
 target/release/sluice-bench w3 --runs "${RUNS:-3}" | tee bench-results/w3.json
+# W3 as the work grows (issue 13): the same with 100,000 files already in the watched tree,
+# recorded and queued before the first new file is written.
+target/release/sluice-bench w3 --existing 100000 --runs "${RUNS:-3}" \
+    | tee bench-results/w3-existing.json
 # W4: the whole suite's PSS, idle and after a W1 drain through the 2 ingest workers.
 target/release/sluice-bench w4 --runs "${RUNS:-3}" | tee bench-results/w4.json
 # Issue 16: kill -9 a worker holding a job, time until the job is claimed again (20 kills, by a

@@ -153,6 +153,12 @@ enum Workload {
         interval_ms: u64,
         #[arg(long, default_value_t = 10_000)]
         burst: usize,
+        /// Files already in the watched tree (in folders of 1,000 under `existing/`, an hour
+        /// old) when the monitor starts; each run waits for its reconcile to record them all
+        /// (and raises `[ingest] max_pending` so that they and the new files are queued, not
+        /// held) before the first new file is written.
+        #[arg(long, default_value_t = 0)]
+        existing: usize,
         #[arg(long, default_value_t = 3)]
         runs: usize,
         /// Where the watched folders go (tmpfs, as BENCHMARKS.md asks).
@@ -431,10 +437,16 @@ fn main() -> anyhow::Result<()> {
             files,
             interval_ms,
             burst,
+            existing,
             runs,
             watch_directory,
             directory,
         } => {
+            let tree = w3::Tree {
+                existing,
+                watch_directory,
+                directory,
+            };
             let mut report = Vec::new();
             for durability in [Durability::Full, Durability::Normal] {
                 let mut latency_samples = Vec::new();
@@ -444,17 +456,21 @@ fn main() -> anyhow::Result<()> {
                         files,
                         Duration::from_millis(interval_ms),
                         durability,
-                        &watch_directory,
-                        &directory,
+                        &tree,
                     )?;
                     eprintln!("w3 {} run {run}: {sample}", durability.as_str());
                     latency_samples.push(sample);
-                    let sample = w3::burst_run(burst, durability, &watch_directory, &directory)?;
+                    let sample = w3::burst_run(burst, durability, &tree)?;
                     eprintln!("w3-burst {} run {run}: {sample}", durability.as_str());
                     burst_samples.push(sample);
                 }
-                report.push(summarize("w3", durability, &latency_samples));
-                report.push(summarize("w3-burst", durability, &burst_samples));
+                let (latency, burst) = if existing == 0 {
+                    ("w3", "w3-burst")
+                } else {
+                    ("w3-existing", "w3-existing-burst")
+                };
+                report.push(summarize(latency, durability, &latency_samples));
+                report.push(summarize(burst, durability, &burst_samples));
             }
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
@@ -952,10 +968,9 @@ mod w3 {
         total: usize,
         interval: Duration,
         durability: Durability,
-        watch_directory: &Path,
-        directory: &Path,
+        tree: &Tree,
     ) -> anyhow::Result<Value> {
-        let suite = Suite::start(durability, watch_directory, directory)?;
+        let suite = Suite::start(durability, tree)?;
         let closed_at: Vec<Instant> = {
             let folder = suite.folder.clone();
             let started = Instant::now();
@@ -989,18 +1004,15 @@ mod w3 {
             "p99_ms": percentile(&latencies_ms, 0.99),
             "max_ms": latencies_ms.last().copied().unwrap_or(0.0),
             "missed": missed as f64,
+            "existing": tree.existing as f64,
+            "existing_recorded_s": suite.existing_recorded_s,
         }))
     }
 
     /// `total` files back to back; the time to create them, until the last is committed, and
     /// the files never recorded.
-    pub fn burst_run(
-        total: usize,
-        durability: Durability,
-        watch_directory: &Path,
-        directory: &Path,
-    ) -> anyhow::Result<Value> {
-        let suite = Suite::start(durability, watch_directory, directory)?;
+    pub fn burst_run(total: usize, durability: Durability, tree: &Tree) -> anyhow::Result<Value> {
+        let suite = Suite::start(durability, tree)?;
         let started = Instant::now();
         for index in 0..total {
             write_file(&suite.folder.join(format!("burst-{index:05}")))?;
@@ -1013,7 +1025,7 @@ mod w3 {
             sluice_core::store::Store::open(&suite.database, &super::store_options(durability))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let recorded = loop {
-            let recorded = count_files(&store)?;
+            let recorded = count_files(&store)?.saturating_sub(tree.existing);
             if recorded >= total || Instant::now() >= deadline {
                 break recorded;
             }
@@ -1030,6 +1042,7 @@ mod w3 {
             "last_committed_s": committed_seconds,
             "missed": (total - recorded.min(total)) as f64,
             "signals_missed": (total - suite.detections().len().min(total)) as f64,
+            "existing": tree.existing as f64,
         }))
     }
 
@@ -1045,12 +1058,70 @@ mod w3 {
         Ok(())
     }
 
+    /// Where a run's folders go, and how many files its watched tree holds before it starts.
+    pub struct Tree {
+        pub existing: usize,
+        pub watch_directory: PathBuf,
+        pub directory: PathBuf,
+    }
+
+    /// Writes `count` files of 64 bytes under `folder`, 1,000 to a subfolder, an hour old (so
+    /// the monitor takes each as complete at once).
+    fn write_existing(folder: &Path, count: usize) -> anyhow::Result<()> {
+        let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for index in 0..count {
+            let subfolder = folder.join(format!("d{:04}", index / 1000));
+            if index % 1000 == 0 {
+                std::fs::create_dir_all(&subfolder)?;
+            }
+            let path = subfolder.join(format!("e{index:07}"));
+            write_file(&path)?;
+            std::fs::File::options()
+                .write(true)
+                .open(&path)?
+                .set_modified(an_hour_ago)?;
+        }
+        Ok(())
+    }
+
+    /// Waits (up to a minute) until process `pid` has used no CPU time for `quiet`.
+    fn wait_until_idle(pid: i32, quiet: Duration) -> anyhow::Result<()> {
+        let cpu_ticks = || -> anyhow::Result<u64> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+            // utime and stime are the 12th and 13th fields after the ")" closing the name.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .context("a /proc stat line")?
+                .1
+                .split_whitespace()
+                .collect();
+            Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = cpu_ticks()?;
+        let mut since = Instant::now();
+        while since.elapsed() < quiet {
+            if Instant::now() > deadline {
+                bail!("the monitor was still busy after a minute");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            let now = cpu_ticks()?;
+            if now != last {
+                last = now;
+                since = Instant::now();
+            }
+        }
+        Ok(())
+    }
+
     /// A private bus, a monitor watching a fresh folder, and the FileDetected signals
     /// received (path → time of receipt).
     struct Suite {
         folder: PathBuf,
         database: PathBuf,
         detections: Arc<Mutex<HashMap<String, Instant>>>,
+        /// Spawn → every file of the tree recorded and announced (0 for an empty tree).
+        existing_recorded_s: f64,
         // The monitor before the bus: fields drop in order, so the monitor is killed first.
         _monitor: DaemonProcess,
         _bus: PrivateBus,
@@ -1059,16 +1130,20 @@ mod w3 {
     }
 
     impl Suite {
-        fn start(
-            durability: Durability,
-            watch_directory: &Path,
-            directory: &Path,
-        ) -> anyhow::Result<Suite> {
-            let scratch = tempfile::tempdir_in(directory).context("scratch directory")?;
+        fn start(durability: Durability, tree: &Tree) -> anyhow::Result<Suite> {
+            let scratch = tempfile::tempdir_in(&tree.directory).context("scratch directory")?;
             let watch_scratch =
-                tempfile::tempdir_in(watch_directory).context("watch scratch directory")?;
+                tempfile::tempdir_in(&tree.watch_directory).context("watch scratch directory")?;
             let folder = watch_scratch.path().join("inbox");
             std::fs::create_dir(&folder)?;
+            write_existing(&folder.join("existing"), tree.existing)?;
+            // Room in the queue for the tree and every file a run writes (the shipped 10,000
+            // would hold most of a large tree, and the new files after it).
+            let queue = if tree.existing == 0 {
+                String::new()
+            } else {
+                format!("max_pending = {}\n", tree.existing + 100_000)
+            };
             let bus = PrivateBus::start(BusPolicy::AllowEverything)?;
             let address = bus.address().to_owned();
             let database = scratch.path().join("sluice.db");
@@ -1077,7 +1152,7 @@ mod w3 {
                 &config,
                 format!(
                     "[store]\npath = \"{}\"\ndurability = \"{}\"\n[bus]\naddress = \"{address}\"\n\
-                     [[watch]]\npath = \"{}\"\nmode = \"consume\"\n[ingest]\nlibrary = \"{}\"\n",
+                     [[watch]]\npath = \"{}\"\nmode = \"consume\"\n[ingest]\nlibrary = \"{}\"\n{queue}",
                     database.display(),
                     durability.as_str(),
                     folder.display(),
@@ -1095,16 +1170,36 @@ mod w3 {
                 &mut command,
                 SpawnOptions::named("sluice-monitor").log_to(&scratch.path().join("monitor.log")),
             )?;
+            let spawned = Instant::now();
             subscribed.wait_for_monitor()?;
-            Ok(Suite {
+            let mut suite = Suite {
                 folder,
                 database,
                 detections,
+                existing_recorded_s: 0.0,
                 _monitor: monitor,
                 _bus: bus,
                 _watch_scratch: watch_scratch,
                 _scratch: scratch,
-            })
+            };
+            if tree.existing > 0 {
+                // Each file of the tree is announced once, when its job is queued: then the
+                // reconcile is done, and the run starts with no announcement of it left.
+                suite.wait_for_detections(tree.existing, Duration::from_secs(60));
+                let announced = suite.detections().len();
+                if announced < tree.existing {
+                    bail!(
+                        "the monitor announced {announced} of the {} files of the tree",
+                        tree.existing
+                    );
+                }
+                // After the last announcement the reconcile still sweeps the tree for vanished
+                // files: the run starts once the monitor has used no CPU for half a second.
+                wait_until_idle(suite._monitor.pid().as_raw(), Duration::from_millis(500))?;
+                suite.existing_recorded_s = spawned.elapsed().as_secs_f64();
+                suite.detections.lock().unwrap().clear();
+            }
+            Ok(suite)
         }
 
         fn detections(&self) -> HashMap<String, Instant> {
