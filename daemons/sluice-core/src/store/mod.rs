@@ -574,6 +574,64 @@ mod tests {
         blocker.execute_batch("ROLLBACK").unwrap();
     }
 
+    /// Migration 10 (issue 13) counts the pending jobs a version-9 database already holds, per
+    /// kind, and the queue limits read that count from then on.
+    #[test]
+    fn the_pending_counts_start_from_the_jobs_an_existing_database_holds() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("sluice.db");
+        {
+            let connection = Connection::open(&path).unwrap();
+            connection
+                .pragma_update(None, "journal_mode", "wal")
+                .unwrap();
+            for migration in &MIGRATIONS[..9] {
+                connection.execute_batch(migration.sql).unwrap();
+            }
+            connection.pragma_update(None, "user_version", 9).unwrap();
+            let states = [
+                "queued",
+                "retrying",
+                "succeeded",
+                "failed",
+                "dead",
+                "cancelled",
+            ];
+            for id in 1..=60_i64 {
+                let kind = if id % 2 == 0 { "ingest" } else { "download" };
+                connection
+                    .execute(
+                        "INSERT INTO jobs (id, kind, payload, state, run_at, max_attempts, \
+                         created_at, updated_at) VALUES (?1, ?2, '{}', ?3, 0, 1, 0, 0)",
+                        rusqlite::params![id, kind, states[(id % 6) as usize]],
+                    )
+                    .unwrap();
+            }
+            // Two running jobs (a running job holds a lease).
+            connection
+                .execute(
+                    "INSERT INTO jobs (id, kind, payload, state, run_at, max_attempts, \
+                     lease_token, created_at, updated_at) VALUES \
+                     (61, 'ingest', '{}', 'running', 0, 1, 't1', 0, 0), \
+                     (62, 'ingest', '{}', 'running', 0, 1, 't2', 0, 0)",
+                    [],
+                )
+                .unwrap();
+        }
+        let store = Store::open(
+            &path,
+            &test_options(Durability::Normal, Duration::from_secs(5)),
+        )
+        .unwrap();
+        assert_eq!(store.schema_version().unwrap(), 10);
+        assert_eq!(MIGRATIONS[9].name, "pending jobs are counted per kind");
+        // Ids 1..=60: state by id % 6, kind by parity. Queued (0) and retrying (1): even ids
+        // with id % 6 == 0 are ingest (10), odd ones with id % 6 == 1 are downloads (10).
+        assert_eq!(store.pending_jobs("ingest", 1000).unwrap(), 10 + 2);
+        assert_eq!(store.pending_jobs("download", 1000).unwrap(), 10);
+        assert_eq!(store.pending_jobs("noop", 1000).unwrap(), 0);
+    }
+
     /// Migration 9 (issue 13) applies to a database at version 8 that already holds jobs: the
     /// jobs stay, listing by state reads the new index, and each page is the newest of its
     /// states whatever the cursor.
@@ -613,7 +671,7 @@ mod tests {
             &test_options(Durability::Normal, Duration::from_secs(5)),
         )
         .unwrap();
-        assert_eq!(store.schema_version().unwrap(), 9);
+        assert_eq!(store.schema_version().unwrap() as usize, MIGRATIONS.len());
         assert_eq!(MIGRATIONS[8].name, "jobs are listed by state from an index");
         let plan: Vec<String> = store
             .connection()

@@ -1,5 +1,5 @@
-//! Queue limits: how many jobs of a kind are pending (queued, retrying or running), counted
-//! cheaply, and enqueueing only while that is below a limit. The seed service refused work
+//! Queue limits: how many jobs of a kind are pending (queued, retrying or running), read from
+//! the count the database keeps per kind, and enqueueing only while that is below a limit. The seed service refused work
 //! beyond 100 pending jobs; here `[scraper] max_pending` refuses a download and `[ingest]
 //! max_pending` makes the monitor hold a file (see `files.rs`).
 //!
@@ -40,29 +40,21 @@ impl Store {
         })
     }
 
-    /// How many jobs of `kind` are pending (queued, retrying or running), counted up to
-    /// `limit` and no further: the answer is `min(pending, limit)`, and the query reads at
-    /// most `limit` rows of the partial indexes that list only pending jobs, however many
-    /// finished jobs the table holds.
+    /// How many jobs of `kind` are pending (queued, retrying or running), up to `limit`: the
+    /// answer is `min(pending, limit)`, read from the per-kind count the database keeps
+    /// (migration 10), in constant time however many jobs are pending or finished.
     pub fn pending_jobs(&self, kind: &str, limit: u32) -> Result<u64, JobError> {
         validate_kind(kind)?;
         Ok(count_pending(self.connection(), kind, limit)?)
     }
 }
 
-/// The SQL of [`count_pending`]. Each arm names exactly the `WHERE` of one partial index
-/// (`jobs_claimable`: queued and retrying; `jobs_leases`: running) and is pinned to it with
-/// `INDEXED BY` (without statistics SQLite would take `jobs_by_state` instead, which reads
-/// the same rows by another way, but the claim and lease queries must not: see `claim_in`),
-/// so SQLite reads those indexes and never the whole table; the `LIMIT` of the compound stops the count at the
-/// limit. The indexes do not hold the kind, so rows of other kinds are read and skipped: at
-/// most the other kinds' pending jobs, which their own limits bound.
-const COUNT_PENDING_SQL: &str = "SELECT count(*) FROM (
-         SELECT 1 FROM jobs INDEXED BY jobs_claimable
-         WHERE state IN ('queued', 'retrying') AND kind = ?1
-         UNION ALL
-         SELECT 1 FROM jobs INDEXED BY jobs_leases WHERE state = 'running' AND kind = ?1
-         LIMIT ?2)";
+/// The SQL of [`count_pending`]: one row of `job_pending`, which triggers keep equal to the
+/// number of queued, retrying and running jobs of each kind in the same transaction as every
+/// change (migration 10). Counting the jobs themselves read up to `limit` rows of the pending
+/// indexes in every transaction that recorded a file or took an upload.
+const COUNT_PENDING_SQL: &str =
+    "SELECT coalesce((SELECT min(n, ?2) FROM job_pending WHERE kind = ?1), 0)";
 
 /// `min(pending jobs of kind, limit)`, on a connection or inside a caller's transaction.
 fn count_pending(
@@ -111,7 +103,7 @@ mod tests {
 
     use super::*;
     use crate::store::tests::open_temp;
-    use crate::store::{Durability, JobState};
+    use crate::store::{Claimant, Durability, JobState, LeaseHolder};
 
     const LEASE: Duration = Duration::from_secs(30);
 
@@ -156,7 +148,7 @@ mod tests {
     }
 
     #[test]
-    fn the_count_reads_only_the_partial_indexes_of_pending_jobs() {
+    fn the_count_reads_one_row_of_the_per_kind_counts_and_never_the_jobs() {
         let (_directory, store) = open_temp(Durability::Normal);
         let mut statement = store
             .connection()
@@ -168,12 +160,150 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         let plan = plan.join("\n");
-        assert!(plan.contains("INDEX jobs_claimable"), "{plan}");
-        assert!(plan.contains("INDEX jobs_leases"), "{plan}");
         assert!(
-            !plan.lines().any(|line| line.trim() == "SCAN jobs"),
-            "the count must never scan the whole table:\n{plan}"
+            plan.contains("SEARCH job_pending USING PRIMARY KEY (kind=?)"),
+            "{plan}"
         );
+        assert!(
+            !plan.contains("jobs"),
+            "the count must not read jobs:\n{plan}"
+        );
+    }
+
+    /// Pending jobs per kind, in kind order.
+    type PerKind = Vec<(String, i64)>;
+
+    /// What counting the jobs says, and the per-kind counts kept.
+    fn counted_and_kept(store: &Store) -> (PerKind, PerKind) {
+        let read = |sql: &str| {
+            let mut statement = store.connection().prepare(sql).unwrap();
+            statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .unwrap()
+                .collect::<Result<Vec<(String, i64)>, _>>()
+                .unwrap()
+        };
+        (
+            read(
+                "SELECT kind, count(*) FROM jobs
+                 WHERE state IN ('queued', 'retrying', 'running') GROUP BY kind ORDER BY kind",
+            ),
+            read("SELECT kind, n FROM job_pending WHERE n > 0 ORDER BY kind"),
+        )
+    }
+
+    #[test]
+    fn the_kept_counts_equal_the_pending_jobs_through_every_transition() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let holder = LeaseHolder::new(":1.7@bus").unwrap();
+        let claimant = Claimant::named("worker").with_holder(holder.clone());
+        let check = |store: &Store, step: &str| {
+            let (counted, kept) = counted_and_kept(store);
+            assert_eq!(kept, counted, "after {step}");
+        };
+        let mut last = Vec::new();
+        for step in 0..400u32 {
+            let kind = ["a", "b", "c"][(step % 3) as usize];
+            let done = match step % 11 {
+                0 | 1 => store.enqueue(&job(kind)).is_ok(),
+                2 => store
+                    .enqueue_many(&[job(kind), job("a"), job("b").with_max_attempts(1)])
+                    .is_ok(),
+                3 => {
+                    last = store.claim_jobs(&claimant, &[kind, "b"], 3, LEASE).unwrap();
+                    true
+                }
+                4 => last.pop().is_some_and(|claimed| {
+                    store
+                        .succeed_job(claimed.id, &claimed.lease_token, &json!({}))
+                        .is_ok()
+                }),
+                // Retrying, or dead at the last attempt, or failed for good.
+                5 => last.pop().is_some_and(|claimed| {
+                    store
+                        .fail_job(claimed.id, &claimed.lease_token, "no", step % 2 == 0)
+                        .is_ok()
+                }),
+                6 => {
+                    // A queued job and a running one (marked, finished by its worker).
+                    let queued = store.enqueue(&job(kind)).unwrap().id;
+                    store.cancel_job(queued).unwrap();
+                    if let Some(claimed) = last.pop() {
+                        store.cancel_job(claimed.id).unwrap();
+                        store
+                            .finish_cancelled(claimed.id, &claimed.lease_token)
+                            .unwrap();
+                    }
+                    true
+                }
+                7 => last.pop().is_some_and(|claimed| {
+                    store.release_job(claimed.id, &claimed.lease_token).is_ok()
+                }),
+                8 => {
+                    // Every failed, dead or cancelled job back in the queue.
+                    let ended: Vec<i64> = store
+                        .connection()
+                        .prepare(
+                            "SELECT id FROM jobs WHERE state IN ('failed', 'dead', 'cancelled')",
+                        )
+                        .unwrap()
+                        .query_map([], |row| row.get(0))
+                        .unwrap()
+                        .collect::<Result<_, _>>()
+                        .unwrap();
+                    ended.into_iter().all(|id| store.retry_job(id).is_ok())
+                }
+                9 => {
+                    last.clear();
+                    store.rescue_leases_of(&holder, "the bus said so").is_ok()
+                }
+                _ => {
+                    // Whatever deletes jobs: finished ones by retention, a pending one by hand.
+                    store
+                        .apply_retention(
+                            &crate::store::maintenance::RetentionPolicy {
+                                succeeded_jobs: Duration::ZERO,
+                                failed_jobs: Duration::ZERO,
+                                history: Duration::ZERO,
+                                finished_downloads: Duration::ZERO,
+                            },
+                            now_ms() + 1,
+                        )
+                        .unwrap();
+                    store
+                        .connection()
+                        .execute(
+                            "DELETE FROM jobs WHERE id = (SELECT min(id) FROM jobs
+                             WHERE state = 'queued' AND kind = ?1)",
+                            [kind],
+                        )
+                        .unwrap();
+                    true
+                }
+            };
+            check(&store, &format!("step {step} ({done})"));
+        }
+        let (counted, _) = counted_and_kept(&store);
+        assert!(
+            !counted.is_empty(),
+            "the run ended with pending jobs to count"
+        );
+        for (kind, pending) in counted {
+            assert_eq!(store.pending_jobs(&kind, u32::MAX).unwrap(), pending as u64);
+        }
+    }
+
+    #[test]
+    fn a_jobs_kind_cannot_change() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let id = store.enqueue(&job("a")).unwrap().id;
+        let error = store
+            .connection()
+            .execute("UPDATE jobs SET kind = 'b' WHERE id = ?1", [id])
+            .unwrap_err();
+        assert!(error.to_string().contains("kind cannot change"), "{error}");
+        assert_eq!(store.pending_jobs("a", 10).unwrap(), 1);
+        assert_eq!(store.pending_jobs("b", 10).unwrap(), 0);
     }
 
     #[test]
