@@ -574,8 +574,8 @@ mod tests {
         blocker.execute_batch("ROLLBACK").unwrap();
     }
 
-    /// Migration 10 (issue 13) counts the pending jobs a version-9 database already holds, per
-    /// kind, and the queue limits read that count from then on.
+    /// Migration 10 (issue 13) counts the pending ingest and download jobs a version-9 database
+    /// already holds, and the queue limits read that count from then on.
     #[test]
     fn the_pending_counts_start_from_the_jobs_an_existing_database_holds() {
         let directory = tempfile::tempdir().unwrap();
@@ -624,7 +624,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(store.schema_version().unwrap(), 10);
-        assert_eq!(MIGRATIONS[9].name, "pending jobs are counted per kind");
+        assert_eq!(
+            MIGRATIONS[9].name,
+            "pending jobs of the kinds with a queue limit are counted"
+        );
         // Ids 1..=60: state by id % 6, kind by parity. Queued (0) and retrying (1): even ids
         // with id % 6 == 0 are ingest (10), odd ones with id % 6 == 1 are downloads (10).
         assert_eq!(store.pending_jobs("ingest", 1000).unwrap(), 10 + 2);

@@ -41,20 +41,37 @@ impl Store {
     }
 
     /// How many jobs of `kind` are pending (queued, retrying or running), up to `limit`: the
-    /// answer is `min(pending, limit)`, read from the per-kind count the database keeps
-    /// (migration 10), in constant time however many jobs are pending or finished.
+    /// answer is `min(pending, limit)`. For the kinds with a queue limit ([`COUNTED_KINDS`]) it
+    /// is one row the database keeps (migration 10), read in constant time however many jobs
+    /// are pending or finished; any other kind's jobs are counted, at most `limit` rows.
     pub fn pending_jobs(&self, kind: &str, limit: u32) -> Result<u64, JobError> {
         validate_kind(kind)?;
         Ok(count_pending(self.connection(), kind, limit)?)
     }
 }
 
-/// The SQL of [`count_pending`]: one row of `job_pending`, which triggers keep equal to the
-/// number of queued, retrying and running jobs of each kind in the same transaction as every
-/// change (migration 10). Counting the jobs themselves read up to `limit` rows of the pending
+/// The kinds whose pending jobs the database counts (migration 10): those with a queue limit.
+pub const COUNTED_KINDS: [&str; 2] = [
+    crate::ingest::INGEST_JOB_KIND,
+    crate::store::downloads::DOWNLOAD_JOB_KIND,
+];
+
+/// The SQL of [`count_pending`] for a kind in [`COUNTED_KINDS`]: one row of `job_pending`,
+/// which triggers keep equal to the number of its queued, retrying and running jobs in the
+/// same transaction as every change. Counting the jobs read up to `limit` rows of the pending
 /// indexes in every transaction that recorded a file or took an upload.
-const COUNT_PENDING_SQL: &str =
-    "SELECT coalesce((SELECT min(n, ?2) FROM job_pending WHERE kind = ?1), 0)";
+const COUNT_PENDING_SQL: &str = "SELECT min(n, ?2) FROM job_pending WHERE kind = ?1";
+
+/// The SQL of [`count_pending`] for any other kind (no queue limit uses one): each arm names
+/// exactly the `WHERE` of one partial index (`jobs_claimable`: queued and retrying;
+/// `jobs_leases`: running) and is pinned to it with `INDEXED BY`, and the `LIMIT` of the
+/// compound stops the count at the limit, so it reads at most `limit` rows of those indexes.
+const COUNT_PENDING_BY_ROWS_SQL: &str = "SELECT count(*) FROM (
+         SELECT 1 FROM jobs INDEXED BY jobs_claimable
+         WHERE state IN ('queued', 'retrying') AND kind = ?1
+         UNION ALL
+         SELECT 1 FROM jobs INDEXED BY jobs_leases WHERE state = 'running' AND kind = ?1
+         LIMIT ?2)";
 
 /// `min(pending jobs of kind, limit)`, on a connection or inside a caller's transaction.
 fn count_pending(
@@ -62,8 +79,13 @@ fn count_pending(
     kind: &str,
     limit: u32,
 ) -> rusqlite::Result<u64> {
+    let sql = if COUNTED_KINDS.contains(&kind) {
+        COUNT_PENDING_SQL
+    } else {
+        COUNT_PENDING_BY_ROWS_SQL
+    };
     connection
-        .prepare_cached(COUNT_PENDING_SQL)?
+        .prepare_cached(sql)?
         .query_row(params![kind, limit], |row| row.get::<_, i64>(0))
         .map(|count| count as u64)
 }
@@ -147,19 +169,23 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn the_count_reads_one_row_of_the_per_kind_counts_and_never_the_jobs() {
-        let (_directory, store) = open_temp(Durability::Normal);
+    fn plan(store: &Store, sql: &str, kind: &str) -> String {
         let mut statement = store
             .connection()
-            .prepare(&format!("EXPLAIN QUERY PLAN {COUNT_PENDING_SQL}"))
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap();
         let plan: Vec<String> = statement
-            .query_map(params!["test", 10], |row| row.get::<_, String>(3))
+            .query_map(params![kind, 10], |row| row.get::<_, String>(3))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        let plan = plan.join("\n");
+        plan.join("\n")
+    }
+
+    #[test]
+    fn the_count_of_a_limited_kind_reads_one_row_and_never_the_jobs() {
+        let (_directory, store) = open_temp(Durability::Normal);
+        let plan = plan(&store, COUNT_PENDING_SQL, "ingest");
         assert!(
             plan.contains("SEARCH job_pending USING PRIMARY KEY (kind=?)"),
             "{plan}"
@@ -168,6 +194,36 @@ mod tests {
             !plan.contains("jobs"),
             "the count must not read jobs:\n{plan}"
         );
+    }
+
+    #[test]
+    fn the_count_of_another_kind_reads_only_the_partial_indexes_of_pending_jobs() {
+        let (_directory, store) = open_temp(Durability::Normal);
+        let plan = plan(&store, COUNT_PENDING_BY_ROWS_SQL, "noop");
+        assert!(plan.contains("INDEX jobs_claimable"), "{plan}");
+        assert!(plan.contains("INDEX jobs_leases"), "{plan}");
+        assert!(
+            !plan.lines().any(|line| line.trim() == "SCAN jobs"),
+            "the count must never scan the whole table:\n{plan}"
+        );
+    }
+
+    /// The kinds the migration's SQL counts are the ones the code reads the count for.
+    #[test]
+    fn the_counted_kinds_are_the_kinds_the_schema_counts() {
+        let (_directory, store) = open_temp(Durability::Normal);
+        let mut kinds: Vec<String> = store
+            .connection()
+            .prepare("SELECT kind FROM job_pending ORDER BY kind")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut expected: Vec<String> = COUNTED_KINDS.iter().map(|kind| kind.to_string()).collect();
+        expected.sort();
+        kinds.sort();
+        assert_eq!(kinds, expected);
     }
 
     /// Pending jobs per kind, in kind order.
@@ -185,8 +241,8 @@ mod tests {
         };
         (
             read(
-                "SELECT kind, count(*) FROM jobs
-                 WHERE state IN ('queued', 'retrying', 'running') GROUP BY kind ORDER BY kind",
+                "SELECT kind, count(*) FROM jobs WHERE kind IN ('ingest', 'download')
+                 AND state IN ('queued', 'retrying', 'running') GROUP BY kind ORDER BY kind",
             ),
             read("SELECT kind, n FROM job_pending WHERE n > 0 ORDER BY kind"),
         )
@@ -203,14 +259,21 @@ mod tests {
         };
         let mut last = Vec::new();
         for step in 0..400u32 {
-            let kind = ["a", "b", "c"][(step % 3) as usize];
+            // The two counted kinds, and one that is not.
+            let kind = ["ingest", "download", "noop"][(step % 3) as usize];
             let done = match step % 11 {
                 0 | 1 => store.enqueue(&job(kind)).is_ok(),
                 2 => store
-                    .enqueue_many(&[job(kind), job("a"), job("b").with_max_attempts(1)])
+                    .enqueue_many(&[
+                        job(kind),
+                        job("ingest"),
+                        job("download").with_max_attempts(1),
+                    ])
                     .is_ok(),
                 3 => {
-                    last = store.claim_jobs(&claimant, &[kind, "b"], 3, LEASE).unwrap();
+                    last = store
+                        .claim_jobs(&claimant, &[kind, "download"], 3, LEASE)
+                        .unwrap();
                     true
                 }
                 4 => last.pop().is_some_and(|claimed| {
@@ -296,14 +359,14 @@ mod tests {
     #[test]
     fn a_jobs_kind_cannot_change() {
         let (_directory, mut store) = open_temp(Durability::Normal);
-        let id = store.enqueue(&job("a")).unwrap().id;
+        let id = store.enqueue(&job("ingest")).unwrap().id;
         let error = store
             .connection()
-            .execute("UPDATE jobs SET kind = 'b' WHERE id = ?1", [id])
+            .execute("UPDATE jobs SET kind = 'download' WHERE id = ?1", [id])
             .unwrap_err();
         assert!(error.to_string().contains("kind cannot change"), "{error}");
-        assert_eq!(store.pending_jobs("a", 10).unwrap(), 1);
-        assert_eq!(store.pending_jobs("b", 10).unwrap(), 0);
+        assert_eq!(store.pending_jobs("ingest", 10).unwrap(), 1);
+        assert_eq!(store.pending_jobs("download", 10).unwrap(), 0);
     }
 
     #[test]
