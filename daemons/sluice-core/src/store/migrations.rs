@@ -365,4 +365,60 @@ CREATE TRIGGER jobs_kind_is_fixed BEFORE UPDATE OF kind ON jobs
 END;
 "#,
     },
+    // Issue 13: where a curve bends (migration 11).
+    Migration {
+        name: "finished jobs are counted by kind and state as they finish, documents listed by type from an index",
+        sql: r#"
+-- How many jobs of each kind are in each finished state (succeeded, failed, cancelled,
+-- dead). Only these grow without bound, so only these are kept: the status page, `sluicectl
+-- status` and `/metrics` read these few rows instead of counting every finished job (a
+-- GROUP BY over the jobs: 0.24 s at 1M, seconds at 10M), and count the pending states
+-- (queued, retrying, running: the backlog) from their ranges of `jobs_by_state`.
+--
+-- The triggers fire only when a job enters or leaves a finished state, so an enqueue, a
+-- claim, a retry by the worker and a lease renewal touch nothing here (their WHEN is false);
+-- a completion or failure updates one row of a table of a handful of rows, in cache. A job's
+-- kind never changes (migration 10 refuses it), so only its state moves a count. Being
+-- written in the same transaction as the change it counts, a count is exactly as durable as
+-- the jobs: a crash or a rollback takes both or neither. Rows that reach 0 stay (one per
+-- kind and finished state ever seen).
+CREATE TABLE finished_job_counts (
+    kind  TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('succeeded', 'failed', 'cancelled', 'dead')),
+    jobs  INTEGER NOT NULL CHECK (jobs >= 0),
+    PRIMARY KEY (kind, state)
+) WITHOUT ROWID;
+INSERT INTO finished_job_counts (kind, state, jobs)
+    SELECT kind, state, count(*) FROM jobs
+    WHERE state IN ('succeeded', 'failed', 'cancelled', 'dead')
+    GROUP BY kind, state;
+
+-- No code inserts a job that is already finished; this keeps the counts exact if one does.
+CREATE TRIGGER finished_job_counts_on_insert AFTER INSERT ON jobs
+    WHEN new.state IN ('succeeded', 'failed', 'cancelled', 'dead') BEGIN
+    INSERT INTO finished_job_counts (kind, state, jobs) VALUES (new.kind, new.state, 1)
+        ON CONFLICT (kind, state) DO UPDATE SET jobs = jobs + 1;
+END;
+CREATE TRIGGER finished_job_counts_on_finish AFTER UPDATE OF state ON jobs
+    WHEN new.state IN ('succeeded', 'failed', 'cancelled', 'dead')
+     AND old.state IS NOT new.state BEGIN
+    INSERT INTO finished_job_counts (kind, state, jobs) VALUES (new.kind, new.state, 1)
+        ON CONFLICT (kind, state) DO UPDATE SET jobs = jobs + 1;
+END;
+CREATE TRIGGER finished_job_counts_on_unfinish AFTER UPDATE OF state ON jobs
+    WHEN old.state IN ('succeeded', 'failed', 'cancelled', 'dead')
+     AND old.state IS NOT new.state BEGIN
+    UPDATE finished_job_counts SET jobs = jobs - 1 WHERE kind = old.kind AND state = old.state;
+END;
+CREATE TRIGGER finished_job_counts_on_delete AFTER DELETE ON jobs
+    WHEN old.state IN ('succeeded', 'failed', 'cancelled', 'dead') BEGIN
+    UPDATE finished_job_counts SET jobs = jobs - 1 WHERE kind = old.kind AND state = old.state;
+END;
+
+-- `GET /api/documents?mime=…` reads one newest-first range of this index per MIME type that
+-- starts with the prefix: without it a page of a rare type walked every document. Documents
+-- are written by the ingest workers, one per ingested file, never by an enqueue.
+CREATE INDEX documents_by_mime ON documents (mime, id);
+"#,
+    },
 ];
