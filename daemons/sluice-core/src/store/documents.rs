@@ -490,7 +490,7 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(paginate(items, page.limit, |document| document.id));
         };
-        // One newest-first range of `documents_by_mime` (mime, id; migration 10) per MIME
+        // One newest-first range of `documents_by_mime` (mime, id; migration 11) per MIME
         // type that starts with the prefix, found one at a time by a seek of the same index,
         // merged here: a page of a rare type no longer walks every document newest first.
         // The types are few (one per format), so a page costs a seek per type and a page of

@@ -919,7 +919,7 @@ mod tests {
         check(&store, "after a refused change of kind");
     }
 
-    /// Issue 13: migration 10's counts cost an enqueue nothing. W1's producer (one job per
+    /// Issue 13: migration 11's counts cost an enqueue nothing. W1's producer (one job per
     /// transaction) writes exactly as many pages to the WAL as without the triggers (their
     /// WHEN is false for a new queued job), and claiming and completing 64 jobs a transaction
     /// at most one page more per transaction (the row of `finished_job_counts`). Pages are

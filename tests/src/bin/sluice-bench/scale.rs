@@ -9,7 +9,7 @@
 //! (permanently), none queued; the web then opens the file as shipped (`full`). Before the
 //! web starts, the counts the status page and `/metrics` ask the store for and one page of
 //! `?kind=` of a kind no job has are timed in-process, beside the GROUP BY and the walk that
-//! the store ran for them before migration 10, on the same database.
+//! the store ran for them before migration 11, on the same database.
 //!
 //! `reconcile --files N`: a real release sluice-monitor reconciling a tree of N files of 64
 //! bytes (1,000 to a folder, mtimes an hour old so every file is complete) on its start:
@@ -222,7 +222,7 @@ pub fn w2_scale(settings: &W2Scale) -> anyhow::Result<Vec<Value>> {
 /// Milliseconds (median of 5, after one not counted) of `Store::job_counts` (the status page,
 /// `sluicectl status`), `Store::job_counts_by_kind` (`/metrics`) and one page of 50 of
 /// `Store::list_jobs` with a kind no job has; and, for comparison on the same database, the
-/// queries the store ran for each before migration 10: `count(*) … GROUP BY state` (then a
+/// queries the store ran for each before migration 11: `count(*) … GROUP BY state` (then a
 /// pass over `jobs_by_state`), `GROUP BY kind, state` (a pass over the table) and the walk of
 /// the table newest first for a page of the kind.
 fn count_latencies(database: &Path) -> anyhow::Result<Value> {

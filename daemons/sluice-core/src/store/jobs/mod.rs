@@ -563,7 +563,7 @@ pub const KIND_WINDOW: i64 = 10_000;
 /// the queue limits bound for downloads and ingest) counted from their ranges of the
 /// covering index `jobs_by_state`, and the finished states, which grow without bound, read
 /// from `finished_job_counts`, which triggers keep as jobs enter and leave them (migration
-/// 10). Neither reads a finished job.
+/// 11). Neither reads a finished job.
 pub(crate) const JOB_COUNTS_SQL: &str = "SELECT state, count(*) FROM jobs INDEXED BY jobs_by_state
      WHERE state IN ('queued', 'retrying', 'running') GROUP BY state
      UNION ALL
