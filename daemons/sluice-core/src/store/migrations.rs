@@ -367,52 +367,69 @@ END;
     },
     // Issue 13: where a curve bends (migration 11).
     Migration {
-        name: "finished jobs are counted by kind and state as they finish, documents listed by type from an index",
+        name: "finished jobs are counted per kind beside the pending ones, documents listed by type from an index",
         sql: r#"
 -- How many jobs of each kind are in each finished state (succeeded, failed, cancelled,
--- dead). Only these grow without bound, so only these are kept: the status page, `sluicectl
--- status` and `/metrics` read these few rows instead of counting every finished job (a
--- GROUP BY over the jobs: 0.24 s at 1M, seconds at 10M), and count the pending states
--- (queued, retrying, running: the backlog) from their ranges of `jobs_by_state`.
+-- dead), kept in the row of `job_pending` (migration 10) that already counts the kind's
+-- pending jobs. Only the finished states grow without bound, so only these are kept: the
+-- status page, `sluicectl status` and `/metrics` read these few rows instead of counting
+-- every finished job (a GROUP BY over the jobs: 0.18-0.83 s at 1M), and count the pending
+-- states one by one (queued, retrying, running: the backlog) from their ranges of
+-- `jobs_by_state`.
 --
 -- The triggers fire only when a job enters or leaves a finished state, so an enqueue, a
--- claim, a retry by the worker and a lease renewal touch nothing here (their WHEN is false);
--- a completion or failure updates one row of a table of a handful of rows, in cache. A job's
--- kind never changes (migration 10 refuses it), so only its state moves a count. Being
--- written in the same transaction as the change it counts, a count is exactly as durable as
--- the jobs: a crash or a rollback takes both or neither. Rows that reach 0 stay (one per
--- kind and finished state ever seen).
-CREATE TABLE finished_job_counts (
-    kind  TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('succeeded', 'failed', 'cancelled', 'dead')),
-    jobs  INTEGER NOT NULL CHECK (jobs >= 0),
-    PRIMARY KEY (kind, state)
-) WITHOUT ROWID;
-INSERT INTO finished_job_counts (kind, state, jobs)
-    SELECT kind, state, count(*) FROM jobs
-    WHERE state IN ('succeeded', 'failed', 'cancelled', 'dead')
-    GROUP BY kind, state;
+-- claim, a retry by the worker and a lease renewal run nothing more (their WHEN is false).
+-- A job that finishes leaves the pending count in the same row (migration 10's trigger),
+-- so a completion writes no page more than before: the same row, the same page, already
+-- dirty in that transaction. Being written in the transaction of the change it counts, a
+-- count is exactly as durable as the jobs: a crash or a rollback takes both or neither. A
+-- job's kind never changes (migration 10 refuses it), so only its state moves a count.
+ALTER TABLE job_pending ADD COLUMN succeeded INTEGER NOT NULL DEFAULT 0 CHECK (succeeded >= 0);
+ALTER TABLE job_pending ADD COLUMN failed    INTEGER NOT NULL DEFAULT 0 CHECK (failed >= 0);
+ALTER TABLE job_pending ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0 CHECK (cancelled >= 0);
+ALTER TABLE job_pending ADD COLUMN dead      INTEGER NOT NULL DEFAULT 0 CHECK (dead >= 0);
+INSERT INTO job_pending (kind, n, succeeded, failed, cancelled, dead)
+    SELECT kind, 0, sum(state = 'succeeded'), sum(state = 'failed'),
+           sum(state = 'cancelled'), sum(state = 'dead')
+    FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled', 'dead') GROUP BY kind
+    ON CONFLICT (kind) DO UPDATE SET succeeded = excluded.succeeded, failed = excluded.failed,
+        cancelled = excluded.cancelled, dead = excluded.dead;
 
--- No code inserts a job that is already finished; this keeps the counts exact if one does.
-CREATE TRIGGER finished_job_counts_on_insert AFTER INSERT ON jobs
+-- A job enters a finished state (or, though no code does it, is inserted finished).
+CREATE TRIGGER job_finished_on_insert AFTER INSERT ON jobs
     WHEN new.state IN ('succeeded', 'failed', 'cancelled', 'dead') BEGIN
-    INSERT INTO finished_job_counts (kind, state, jobs) VALUES (new.kind, new.state, 1)
-        ON CONFLICT (kind, state) DO UPDATE SET jobs = jobs + 1;
+    INSERT INTO job_pending (kind, n, succeeded, failed, cancelled, dead)
+        VALUES (new.kind, 0, new.state = 'succeeded', new.state = 'failed',
+                new.state = 'cancelled', new.state = 'dead')
+        ON CONFLICT (kind) DO UPDATE SET succeeded = succeeded + excluded.succeeded,
+            failed = failed + excluded.failed, cancelled = cancelled + excluded.cancelled,
+            dead = dead + excluded.dead;
 END;
-CREATE TRIGGER finished_job_counts_on_finish AFTER UPDATE OF state ON jobs
+CREATE TRIGGER job_finished_on_finish AFTER UPDATE OF state ON jobs
     WHEN new.state IN ('succeeded', 'failed', 'cancelled', 'dead')
      AND old.state IS NOT new.state BEGIN
-    INSERT INTO finished_job_counts (kind, state, jobs) VALUES (new.kind, new.state, 1)
-        ON CONFLICT (kind, state) DO UPDATE SET jobs = jobs + 1;
+    INSERT INTO job_pending (kind, n, succeeded, failed, cancelled, dead)
+        VALUES (new.kind, 0, new.state = 'succeeded', new.state = 'failed',
+                new.state = 'cancelled', new.state = 'dead')
+        ON CONFLICT (kind) DO UPDATE SET succeeded = succeeded + excluded.succeeded,
+            failed = failed + excluded.failed, cancelled = cancelled + excluded.cancelled,
+            dead = dead + excluded.dead;
 END;
-CREATE TRIGGER finished_job_counts_on_unfinish AFTER UPDATE OF state ON jobs
+-- A job leaves a finished state: retried by a person, or deleted by the retention.
+CREATE TRIGGER job_finished_on_unfinish AFTER UPDATE OF state ON jobs
     WHEN old.state IN ('succeeded', 'failed', 'cancelled', 'dead')
      AND old.state IS NOT new.state BEGIN
-    UPDATE finished_job_counts SET jobs = jobs - 1 WHERE kind = old.kind AND state = old.state;
+    UPDATE job_pending SET succeeded = succeeded - (old.state = 'succeeded'),
+        failed = failed - (old.state = 'failed'), cancelled = cancelled - (old.state = 'cancelled'),
+        dead = dead - (old.state = 'dead')
+        WHERE kind = old.kind;
 END;
-CREATE TRIGGER finished_job_counts_on_delete AFTER DELETE ON jobs
+CREATE TRIGGER job_finished_on_delete AFTER DELETE ON jobs
     WHEN old.state IN ('succeeded', 'failed', 'cancelled', 'dead') BEGIN
-    UPDATE finished_job_counts SET jobs = jobs - 1 WHERE kind = old.kind AND state = old.state;
+    UPDATE job_pending SET succeeded = succeeded - (old.state = 'succeeded'),
+        failed = failed - (old.state = 'failed'), cancelled = cancelled - (old.state = 'cancelled'),
+        dead = dead - (old.state = 'dead')
+        WHERE kind = old.kind;
 END;
 
 -- `GET /api/documents?mime=…` reads one newest-first range of this index per MIME type that

@@ -562,12 +562,14 @@ pub const KIND_WINDOW: i64 = 10_000;
 /// The per-state counts: the pending states (queued, retrying, running: the backlog, which
 /// the queue limits bound for downloads and ingest) counted from their ranges of the
 /// covering index `jobs_by_state`, and the finished states, which grow without bound, read
-/// from `finished_job_counts`, which triggers keep as jobs enter and leave them (migration
-/// 11). Neither reads a finished job.
+/// from the columns of `job_pending` that triggers keep as jobs enter and leave them
+/// (migration 11). Neither reads a finished job.
 pub(crate) const JOB_COUNTS_SQL: &str = "SELECT state, count(*) FROM jobs INDEXED BY jobs_by_state
      WHERE state IN ('queued', 'retrying', 'running') GROUP BY state
-     UNION ALL
-     SELECT state, sum(jobs) FROM finished_job_counts GROUP BY state";
+     UNION ALL SELECT 'succeeded', coalesce(sum(succeeded), 0) FROM job_pending
+     UNION ALL SELECT 'failed', coalesce(sum(failed), 0) FROM job_pending
+     UNION ALL SELECT 'cancelled', coalesce(sum(cancelled), 0) FROM job_pending
+     UNION ALL SELECT 'dead', coalesce(sum(dead), 0) FROM job_pending";
 
 /// [`JOB_COUNTS_SQL`] by kind and state, only the pairs that have any, ordered by kind and
 /// state. The pending jobs' kinds are read from their rows (the index holds no kind): as
@@ -575,8 +577,10 @@ pub(crate) const JOB_COUNTS_SQL: &str = "SELECT state, count(*) FROM jobs INDEXE
 pub(crate) const JOB_COUNTS_BY_KIND_SQL: &str =
     "SELECT kind, state, count(*) FROM jobs INDEXED BY jobs_by_state
      WHERE state IN ('queued', 'retrying', 'running') GROUP BY kind, state
-     UNION ALL
-     SELECT kind, state, jobs FROM finished_job_counts WHERE jobs > 0
+     UNION ALL SELECT kind, 'succeeded', succeeded FROM job_pending WHERE succeeded > 0
+     UNION ALL SELECT kind, 'failed', failed FROM job_pending WHERE failed > 0
+     UNION ALL SELECT kind, 'cancelled', cancelled FROM job_pending WHERE cancelled > 0
+     UNION ALL SELECT kind, 'dead', dead FROM job_pending WHERE dead > 0
      ORDER BY 1, 2";
 
 /// The query of one range of [`Store::list_jobs`]: `?1` a state, `?2` the cursor (or the end
@@ -1752,7 +1756,7 @@ mod tests {
 
     /// Issue 13: every way of listing jobs reads a range of an index or of the table from the
     /// cursor, newest first, and the counts read the backlog's ranges of `jobs_by_state` and
-    /// the few rows of `finished_job_counts`; none reads every job or sorts the jobs. (At 1M
+    /// the few rows of `job_pending`; none reads every job or sorts the jobs. (At 1M
     /// jobs the status page's and `/metrics`' GROUP BY over the table took 0.24 s each.)
     #[test]
     fn no_list_or_count_of_jobs_reads_every_job() {
@@ -1797,7 +1801,7 @@ mod tests {
             counts.contains("COVERING INDEX jobs_by_state (state=?)"),
             "{counts}"
         );
-        assert!(counts.contains("finished_job_counts"), "{counts}");
+        assert!(counts.contains("job_pending"), "{counts}");
         assert!(
             !counts
                 .lines()
@@ -1809,7 +1813,7 @@ mod tests {
             by_kind.contains("INDEX jobs_by_state (state=?)"),
             "{by_kind}"
         );
-        assert!(by_kind.contains("finished_job_counts"), "{by_kind}");
+        assert!(by_kind.contains("job_pending"), "{by_kind}");
         assert!(
             !by_kind
                 .lines()
