@@ -36,7 +36,9 @@ pub struct JobsQuery {
     /// One state or several separated by commas (queued, running, retrying, succeeded,
     /// failed, cancelled, dead).
     state: Option<String>,
-    /// Only jobs of this kind (`ingest`, `download`, ...).
+    /// Only jobs of this kind (`ingest`, `download`, ...). A page with a kind looks at the
+    /// 10,000 job ids below the cursor at most, so it can be short or even empty while
+    /// `next_cursor` is still given: follow `next_cursor` until it is absent.
     kind: Option<String>,
     /// `next_cursor` of the previous page.
     #[param(minimum = 1)]

@@ -23,6 +23,27 @@ use crate::ingest::{
 };
 use crate::policy::SearchQuery;
 
+/// The query of one range of [`Store::list_documents`]: `?1` a MIME type, `?2` the cursor,
+/// `?3` the limit; conditions not asked for are left out, so the cursor is a range.
+pub(crate) fn list_documents_sql(by_type: bool, after_cursor: bool) -> String {
+    let (index, mut conditions) = if by_type {
+        ("INDEXED BY documents_by_mime", vec!["mime = ?1"])
+    } else {
+        ("", Vec::new())
+    };
+    if after_cursor {
+        conditions.push("id < ?2");
+    }
+    let condition = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    format!(
+        "SELECT {DOCUMENT_COLUMNS} FROM documents {index} {condition} ORDER BY id DESC LIMIT ?3"
+    )
+}
+
 /// The condition under which a worker's outcome may change a file row: unless the row is
 /// held (detected, no job: the ingest queue was full, see `files.rs`) for another version
 /// than the one its job ingested, going by the job's unique key. Such a row keeps describing
@@ -455,18 +476,59 @@ impl Store {
                 "MIME prefix must be 1..=255 bytes".into(),
             ));
         }
-        let mut statement = self.connection().prepare_cached(&format!(
-            "SELECT {DOCUMENT_COLUMNS} FROM documents
-             WHERE (?1 IS NULL OR id < ?1)
-               AND (?2 IS NULL OR substr(mime, 1, length(?2)) = ?2)
-             ORDER BY id DESC LIMIT ?3"
-        ))?;
-        let items = statement
-            .query_map(
-                params![page.before_id, filter.mime_prefix, page.limit + 1],
-                document_from_row,
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
+        let wanted = page.limit + 1;
+        let Some(prefix) = &filter.mime_prefix else {
+            // The newest rows of the table from the cursor (a range of the primary key).
+            let mut statement = self
+                .connection()
+                .prepare_cached(&list_documents_sql(false, page.before_id.is_some()))?;
+            let items = statement
+                .query_map(
+                    params![Option::<String>::None, page.before_id, wanted],
+                    document_from_row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(paginate(items, page.limit, |document| document.id));
+        };
+        // One newest-first range of `documents_by_mime` (mime, id; migration 11) per MIME
+        // type that starts with the prefix, found one at a time by a seek of the same index,
+        // merged here: a page of a rare type no longer walks every document newest first.
+        // The types are few (one per format), so a page costs a seek per type and a page of
+        // rows, however many documents there are.
+        let mut first_type = self.connection().prepare_cached(
+            "SELECT mime FROM documents INDEXED BY documents_by_mime
+             WHERE mime >= ?1 AND mime < ?2 ORDER BY mime LIMIT 1",
+        )?;
+        let mut next_type = self.connection().prepare_cached(
+            "SELECT mime FROM documents INDEXED BY documents_by_mime
+             WHERE mime > ?1 AND mime < ?2 ORDER BY mime LIMIT 1",
+        )?;
+        let mut of_type = self
+            .connection()
+            .prepare_cached(&list_documents_sql(true, page.before_id.is_some()))?;
+        // Every text that starts with the prefix sorts at or after it and before it followed
+        // by the greatest character.
+        let end = format!("{prefix}\u{10FFFF}");
+        let mut items = Vec::new();
+        let mut mime: Option<String> = first_type
+            .query_row(params![prefix, end], |row| row.get(0))
+            .optional()?;
+        while let Some(this_type) = mime {
+            if this_type.starts_with(prefix.as_str()) {
+                let rows = of_type.query_map(
+                    params![this_type, page.before_id, wanted],
+                    document_from_row,
+                )?;
+                for row in rows {
+                    items.push(row?);
+                }
+            }
+            mime = next_type
+                .query_row(params![this_type, end], |row| row.get(0))
+                .optional()?;
+        }
+        items.sort_unstable_by_key(|document| std::cmp::Reverse(document.id));
+        items.truncate(wanted as usize);
         Ok(paginate(items, page.limit, |document| document.id))
     }
 
@@ -1065,6 +1127,114 @@ mod tests {
             .unwrap();
         assert_eq!(hits.items.len(), 2);
         assert!(hits.next_cursor.is_some());
+    }
+
+    /// Issue 13: a page of documents of a MIME prefix is merged from one range per type
+    /// (newest first across types, the cursor continuing each), and neither that nor the
+    /// plain list walks the documents table.
+    #[test]
+    fn documents_of_a_type_are_paged_newest_first_from_an_index() {
+        let (_directory, mut store) = open_temp(Durability::Normal);
+        let types = [
+            "image/png",
+            "text/plain",
+            "image/jpeg",
+            "image/png",
+            "application/pdf",
+            "image/gif",
+            "imagex/odd",
+            "image/jpeg",
+        ];
+        let mut ids = Vec::new();
+        for (index, mime) in types.iter().enumerate() {
+            let job = claim_one(&mut store);
+            let finished = store
+                .finish_ingest(&IngestRecord {
+                    job_id: job.id,
+                    lease_token: job.lease_token,
+                    file_id: None,
+                    document: NewDocument {
+                        mime: (*mime).into(),
+                        ..document(char::from(b"0123456789abcdef"[index]), None)
+                    },
+                })
+                .unwrap();
+            ids.push((*mime, finished.document_id));
+        }
+        let of = |prefix: &str| -> Vec<i64> {
+            ids.iter()
+                .rev()
+                .filter(|(mime, _)| mime.starts_with(prefix))
+                .map(|(_, id)| *id)
+                .collect()
+        };
+        for prefix in [
+            "image/",
+            "image/png",
+            "text/plain",
+            "i",
+            "nothing/",
+            "image/jpeg",
+        ] {
+            let mut listed = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = store
+                    .list_documents(
+                        &DocumentFilter {
+                            mime_prefix: Some(prefix.into()),
+                        },
+                        PageRequest {
+                            before_id: cursor,
+                            limit: 2,
+                        },
+                    )
+                    .unwrap();
+                assert!(page.items.len() <= 2);
+                listed.extend(page.items.iter().map(|document| document.id));
+                cursor = page.next_cursor;
+                if cursor.is_none() {
+                    break;
+                }
+            }
+            assert_eq!(listed, of(prefix), "{prefix}");
+        }
+
+        let plan = |sql: &str| -> String {
+            let mut statement = store
+                .connection()
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let parameters: [&dyn rusqlite::ToSql; 3] = [&"image/png", &100, &51];
+            let wanted = statement.parameter_count();
+            let steps: Vec<String> = statement
+                .query_map(&parameters[..wanted], |row| row.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            steps.join("\n")
+        };
+        for after_cursor in [false, true] {
+            let by_type = plan(&list_documents_sql(true, after_cursor));
+            assert!(
+                by_type.contains("INDEX documents_by_mime (mime=?"),
+                "{by_type}"
+            );
+            assert!(!by_type.contains("TEMP B-TREE"), "{by_type}");
+        }
+        assert!(
+            plan(&list_documents_sql(false, true)).contains("INTEGER PRIMARY KEY (rowid<?)"),
+            "the cursor must be a range of the primary key"
+        );
+        let next_type = plan(
+            "SELECT mime FROM documents INDEXED BY documents_by_mime
+             WHERE mime > ?1 AND mime < ?2 ORDER BY mime LIMIT 1",
+        );
+        assert!(
+            next_type.contains("documents_by_mime (mime>? AND mime<?)"),
+            "{next_type}"
+        );
+        assert!(!next_type.contains("TEMP B-TREE"), "{next_type}");
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! process: start, open the store, one page, print). The jobs are made through the store's
 //! own calls, the way the queue makes them (`enqueue_many`, `claim_jobs`, `complete_jobs`, a
 //! batch per transaction at `normal` durability): 99 of 100 succeeded, 1 of 100 failed
-//! (permanently), none queued; the web then opens the file as shipped (`full`).
+//! (permanently), none queued; the web then opens the file as shipped (`full`). Before the
+//! web starts, the counts the status page and `/metrics` ask the store for and one page of
+//! `?kind=` of a kind no job has are timed in-process, beside the GROUP BY and the walk that
+//! the store ran for them before migration 11, on the same database.
 //!
 //! `reconcile --files N`: a real release sluice-monitor reconciling a tree of N files of 64
 //! bytes (1,000 to a folder, mtimes an hour old so every file is complete) on its start:
@@ -146,6 +149,11 @@ pub fn w2_scale(settings: &W2Scale) -> anyhow::Result<Vec<Value>> {
         settings.jobs,
         database_bytes as f64 / 1_048_576.0
     );
+    let counts = count_latencies(&suite.database)?;
+    eprintln!(
+        "w2-scale: counts and ?kind= at {} jobs: {counts}",
+        settings.jobs
+    );
     let ids_path = suite.scratch.path().join("ids.txt");
     let mut list = String::with_capacity(ids.len() * 9);
     for id in &ids {
@@ -200,10 +208,76 @@ pub fn w2_scale(settings: &W2Scale) -> anyhow::Result<Vec<Value>> {
                 json!(sluicectl_list(suite.config(), state)?);
         }
         sample["web_vmhwm_mib"] = json!(status_mib(web_pid, "VmHWM:"));
+        if let Value::Object(counts) = &counts {
+            for (key, value) in counts {
+                sample[key.as_str()] = value.clone();
+            }
+        }
         eprintln!("w2-scale {} run {run}: {sample}", settings.jobs);
         samples.push(sample);
     }
     Ok(samples)
+}
+
+/// Milliseconds (median of 5, after one not counted) of `Store::job_counts` (the status page,
+/// `sluicectl status`), `Store::job_counts_by_kind` (`/metrics`) and one page of 50 of
+/// `Store::list_jobs` with a kind no job has; and, for comparison on the same database, the
+/// queries the store ran for each before migration 11: `count(*) … GROUP BY state` (then a
+/// pass over `jobs_by_state`), `GROUP BY kind, state` (a pass over the table) and the walk of
+/// the table newest first for a page of the kind.
+fn count_latencies(database: &Path) -> anyhow::Result<Value> {
+    fn median_ms(mut run: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+        run()?;
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let started = Instant::now();
+            run()?;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    }
+    let store = Store::open(database, &store_options(Durability::Full))?;
+    let connection = rusqlite::Connection::open_with_flags(
+        database,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    let connection = &connection;
+    let old_query = |sql: &'static str| {
+        move || -> anyhow::Result<()> {
+            let mut statement = connection.prepare_cached(sql)?;
+            let rows = statement.query_map([], |_| Ok(()))?;
+            for row in rows {
+                row?;
+            }
+            Ok(())
+        }
+    };
+    let kind_page = || -> anyhow::Result<()> {
+        store.list_jobs(
+            &sluice_core::store::JobFilter {
+                states: Vec::new(),
+                kind: Some("absent".into()),
+            },
+            sluice_core::store::PageRequest {
+                before_id: None,
+                limit: 50,
+            },
+        )?;
+        Ok(())
+    };
+    Ok(json!({
+        "job_counts_ms": median_ms(|| store.job_counts().map(|_| ()).map_err(Into::into))?,
+        "job_counts_by_kind_ms": median_ms(|| store.job_counts_by_kind().map(|_| ()).map_err(Into::into))?,
+        "list_absent_kind_ms": median_ms(kind_page)?,
+        "before_group_by_state_ms":
+            median_ms(old_query("SELECT state, count(*) FROM jobs GROUP BY state"))?,
+        "before_group_by_kind_and_state_ms":
+            median_ms(old_query("SELECT kind, state, count(*) FROM jobs GROUP BY kind, state"))?,
+        "before_list_absent_kind_ms": median_ms(old_query(
+            "SELECT id FROM jobs WHERE kind = 'absent' ORDER BY id DESC LIMIT 51"
+        ))?,
+    }))
 }
 
 /// wrk on one URL with the read token: 2 threads, 8 connections.

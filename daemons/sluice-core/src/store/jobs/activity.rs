@@ -124,13 +124,14 @@ impl Store {
         })
     }
 
-    /// How many jobs there are of each kind in each state (only the pairs that have any).
-    /// One pass over the jobs table: the caller bounds how often it asks (sluice-web caches
-    /// the answer for a second).
+    /// How many jobs there are of each kind in each state (only the pairs that have any),
+    /// ordered by kind and state: the backlog counted from its rows, the finished jobs from
+    /// the counts the triggers keep (see `JOB_COUNTS_BY_KIND_SQL`), so the cost follows the
+    /// backlog, not the history (sluice-web also caches the answer for a second).
     pub fn job_counts_by_kind(&self) -> Result<Vec<(String, JobState, u64)>, JobError> {
         let mut statement = self
             .connection()
-            .prepare_cached("SELECT kind, state, count(*) FROM jobs GROUP BY kind, state")?;
+            .prepare_cached(super::JOB_COUNTS_BY_KIND_SQL)?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
