@@ -33,6 +33,19 @@ pub struct RetentionPolicy {
     pub finished_downloads: Duration,
 }
 
+#[cfg(test)]
+impl RetentionPolicy {
+    /// The same age for everything the retention deletes.
+    pub(crate) fn everything_older_than(age: Duration) -> RetentionPolicy {
+        RetentionPolicy {
+            succeeded_jobs: age,
+            failed_jobs: age,
+            history: age,
+            finished_downloads: age,
+        }
+    }
+}
+
 /// What one retention run deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RetentionReport {
@@ -310,12 +323,7 @@ mod tests {
     const LEASE: Duration = Duration::from_secs(30);
 
     fn policy(age: Duration) -> RetentionPolicy {
-        RetentionPolicy {
-            succeeded_jobs: age,
-            failed_jobs: age,
-            history: age,
-            finished_downloads: age,
-        }
+        RetentionPolicy::everything_older_than(age)
     }
 
     #[test]

@@ -574,6 +574,22 @@ mod tests {
         blocker.execute_batch("ROLLBACK").unwrap();
     }
 
+    /// A database as a release at schema `version` left it (WAL, the first `version`
+    /// migrations), for a test to fill before a newer `Store::open` migrates it.
+    fn database_at_version(path: &Path, version: usize) -> Connection {
+        let connection = Connection::open(path).unwrap();
+        connection
+            .pragma_update(None, "journal_mode", "wal")
+            .unwrap();
+        for migration in &MIGRATIONS[..version] {
+            connection.execute_batch(migration.sql).unwrap();
+        }
+        connection
+            .pragma_update(None, "user_version", version as i64)
+            .unwrap();
+        connection
+    }
+
     /// Migration 10 (issue 13) counts the pending ingest and download jobs a version-9 database
     /// already holds, and the queue limits read that count from then on.
     #[test]
@@ -581,14 +597,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("sluice.db");
         {
-            let connection = Connection::open(&path).unwrap();
-            connection
-                .pragma_update(None, "journal_mode", "wal")
-                .unwrap();
-            for migration in &MIGRATIONS[..9] {
-                connection.execute_batch(migration.sql).unwrap();
-            }
-            connection.pragma_update(None, "user_version", 9).unwrap();
+            let connection = database_at_version(&path, 9);
             let states = [
                 "queued",
                 "retrying",
@@ -646,14 +655,7 @@ mod tests {
         let path = directory.path().join("sluice.db");
         {
             // A version-8 database as the previous release left it, with jobs in it.
-            let connection = Connection::open(&path).unwrap();
-            connection
-                .pragma_update(None, "journal_mode", "wal")
-                .unwrap();
-            for migration in &MIGRATIONS[..8] {
-                connection.execute_batch(migration.sql).unwrap();
-            }
-            connection.pragma_update(None, "user_version", 8).unwrap();
+            let connection = database_at_version(&path, 8);
             for id in 1..=300_i64 {
                 let state = match id % 3 {
                     0 => "failed",
@@ -746,14 +748,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("sluice.db");
         {
-            let connection = Connection::open(&path).unwrap();
-            connection
-                .pragma_update(None, "journal_mode", "wal")
-                .unwrap();
-            for migration in &MIGRATIONS[..9] {
-                connection.execute_batch(migration.sql).unwrap();
-            }
-            connection.pragma_update(None, "user_version", 9).unwrap();
+            let connection = database_at_version(&path, 9);
             for id in 1..=300_i64 {
                 let (kind, state) = match id % 5 {
                     0 => ("noop", "failed"),
@@ -880,12 +875,7 @@ mod tests {
         // The retention deletes every finished job (all are older than a moment from now).
         let report = store
             .apply_retention(
-                &RetentionPolicy {
-                    succeeded_jobs: Duration::ZERO,
-                    failed_jobs: Duration::ZERO,
-                    history: Duration::ZERO,
-                    finished_downloads: Duration::ZERO,
-                },
+                &RetentionPolicy::everything_older_than(Duration::ZERO),
                 now_ms() + 1,
             )
             .unwrap();

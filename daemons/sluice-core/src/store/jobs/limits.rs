@@ -324,12 +324,9 @@ mod tests {
                     // Whatever deletes jobs: finished ones by retention, a pending one by hand.
                     store
                         .apply_retention(
-                            &crate::store::maintenance::RetentionPolicy {
-                                succeeded_jobs: Duration::ZERO,
-                                failed_jobs: Duration::ZERO,
-                                history: Duration::ZERO,
-                                finished_downloads: Duration::ZERO,
-                            },
+                            &crate::store::maintenance::RetentionPolicy::everything_older_than(
+                                Duration::ZERO,
+                            ),
                             now_ms() + 1,
                         )
                         .unwrap();
