@@ -5,7 +5,7 @@
 use std::process::Output;
 
 use serde_json::{Value, json};
-use sluice_core::store::jobs::JobState;
+use sluice_core::store::jobs::{JobState, NewJob};
 
 use crate::support::{SuiteFixture, WebDaemon, binary_path};
 
@@ -34,6 +34,51 @@ fn json_stdout(output: &Output) -> Value {
 
 fn enqueue(fixture: &SuiteFixture, kind: &str) -> i64 {
     fixture.enqueue(kind)
+}
+
+/// A page with a kind looks at a window of job ids at most; `sluicectl jobs list --kind`
+/// reads on through the windows, so a rare kind's jobs are listed whatever came after them.
+#[test]
+fn jobs_list_of_a_rare_kind_reads_on_past_the_window() {
+    let fixture = SuiteFixture::new("", "");
+    let rare = enqueue(&fixture, "rare");
+    let window = sluice_core::store::jobs::KIND_WINDOW as usize;
+    let many: Vec<NewJob> = (0..2 * window + window / 2)
+        .map(|index| NewJob::new("noop", serde_json::json!({ "i": index })))
+        .collect();
+    fixture.store().enqueue_many(&many).unwrap();
+    let newest = enqueue(&fixture, "rare");
+
+    let output = sluicectl(&fixture, &["--json", "jobs", "list", "--kind", "rare"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let page = json_stdout(&output);
+    let ids: Vec<i64> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [newest, rare], "{page}");
+    // A full page stops at its limit and says where to go on.
+    let output = sluicectl(
+        &fixture,
+        &["--json", "jobs", "list", "--kind", "rare", "--limit", "1"],
+    );
+    let page = json_stdout(&output);
+    assert_eq!(page["items"][0]["id"], newest, "{page}");
+    let cursor = page["next_cursor"]
+        .as_i64()
+        .expect("a cursor to go on")
+        .to_string();
+    let output = sluicectl(
+        &fixture,
+        &[
+            "--json", "jobs", "list", "--kind", "rare", "--cursor", &cursor,
+        ],
+    );
+    let page = json_stdout(&output);
+    assert_eq!(page["items"][0]["id"], rare, "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
 }
 
 #[test]

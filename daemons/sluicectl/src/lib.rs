@@ -217,8 +217,7 @@ pub enum JobsCommand {
         /// failed, cancelled, dead).
         #[arg(long)]
         state: Option<String>,
-        /// Only jobs of this kind (a page looks at 10,000 job ids at most, so it can be
-        /// short; "more: --cursor N" goes on).
+        /// Only jobs of this kind.
         #[arg(long)]
         kind: Option<String>,
         /// At most this many.

@@ -31,7 +31,23 @@ impl Context {
         }
         filter.kind = kind.filter(|kind| !kind.is_empty());
         let store = self.open_store()?;
-        let jobs = store.list_jobs(&filter, page)?;
+        let mut jobs = store.list_jobs(&filter, page)?;
+        // A page with a kind looks at a window of job ids at most, so it can come back short
+        // with a cursor to go on: read on until the page is full or the jobs end.
+        while let Some(next) = jobs.next_cursor
+            && filter.kind.is_some()
+            && jobs.items.len() < limit as usize
+        {
+            let more = store.list_jobs(
+                &filter,
+                sluice_core::store::PageRequest {
+                    before_id: Some(next),
+                    limit: limit - jobs.items.len() as u32,
+                },
+            )?;
+            jobs.items.extend(more.items);
+            jobs.next_cursor = more.next_cursor;
+        }
         if self.json {
             print_json(&serde_json::to_value(&jobs).unwrap_or_default());
             return Ok(());
