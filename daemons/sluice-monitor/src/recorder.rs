@@ -20,6 +20,8 @@ use sluice_core::store::{
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use crate::walk::WalkTicket;
+
 /// Most files committed in one transaction.
 pub const MAX_BATCH: usize = 512;
 
@@ -41,6 +43,9 @@ pub enum RecorderCommand {
     QueueHeld { watches: Vec<(PathBuf, WatchMode)> },
     /// A reload changed `[ingest] max_pending`.
     SetMaxPending(u32),
+    /// Follows the files of one walked chunk: dropped once they are committed (and their
+    /// report sent), which lets the walk hand over another chunk.
+    ReturnTicket(WalkTicket),
 }
 
 /// What the recorder reports back to the main loop.
@@ -120,6 +125,8 @@ impl Recorder {
                 RecorderCommand::SetMaxPending(_) => {
                     "the new [ingest] max_pending was not applied".to_owned()
                 }
+                // Dropped with the error: the walk goes on and finds nobody to take its files.
+                RecorderCommand::ReturnTicket(_) => return,
             };
             tracing::error!("the recorder thread is gone; {lost}");
         }
@@ -190,9 +197,12 @@ fn record_loop(
         match command {
             RecorderCommand::Record(file) => {
                 let mut batch = vec![file];
+                // The tickets of the chunks whose files are in this batch go back after it.
+                let mut tickets = Vec::new();
                 while batch.len() < MAX_BATCH {
                     match receiver.try_recv() {
                         Ok(RecorderCommand::Record(file)) => batch.push(file),
+                        Ok(RecorderCommand::ReturnTicket(ticket)) => tickets.push(ticket),
                         Ok(other) => {
                             carried = Some(other);
                             break;
@@ -212,7 +222,10 @@ fn record_loop(
                     }
                 }
                 reports(report);
+                drop(tickets);
             }
+            // The chunk's files went out with an earlier batch.
+            RecorderCommand::ReturnTicket(ticket) => drop(ticket),
             RecorderCommand::Sweep { prefix, mode } => {
                 reports(match sweep(&mut state.store, &prefix, mode) {
                     Ok(gone) => RecorderReport::Swept { prefix, gone },
