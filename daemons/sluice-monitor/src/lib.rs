@@ -535,8 +535,8 @@ impl Monitor {
             RecorderReport::HeldChecked { queued, gone, held } => {
                 self.held_check_running = false;
                 self.held_check_failed = false;
-                let held_changed = self.files_held != held.count;
-                self.files_held = held.count;
+                let held_changed = self.files_held != held;
+                self.files_held = held;
                 if !queued.is_empty() {
                     self.last_detection = Some(SystemTime::now());
                     self.files_detected += queued.len() as u64;
@@ -555,10 +555,9 @@ impl Monitor {
                 if !queued.is_empty() || gone > 0 {
                     tracing::info!(
                         queued = queued.len(),
-                        held = held.count,
-                        "queued {} held files as the ingest queue drained; {} still held",
+                        held,
+                        "queued {} held files as the ingest queue drained; {held} still held",
                         queued.len(),
-                        held.count
                     );
                 }
                 if held_changed && !self.stopping {
