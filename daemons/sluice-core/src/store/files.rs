@@ -476,18 +476,31 @@ impl Store {
     }
 
     /// How many files are in each state (states without files are absent).
+    ///
+    /// One pass with a sum per state, not `GROUP BY state`: without an index on the state,
+    /// SQLite groups through a temporary b-tree of every row, which `temp_store = MEMORY`
+    /// keeps in memory (about 50 MiB at 1M files, in the monitor at every status tick; issue
+    /// 13). The sums need no memory beyond the row being read.
     pub fn file_counts(&self) -> Result<BTreeMap<FileState, u64>, FileError> {
-        let mut statement = self
+        let sums = FileState::ALL
+            .iter()
+            .map(|state| format!("coalesce(sum(state = '{}'), 0)", state.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let counts: Vec<i64> = self
             .connection()
-            .prepare_cached("SELECT state, count(*) FROM files GROUP BY state")?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter()
-            .map(|(state, count)| Ok((state.parse()?, count as u64)))
-            .collect()
+            .prepare_cached(&format!("SELECT {sums} FROM files"))?
+            .query_row([], |row| {
+                (0..FileState::ALL.len())
+                    .map(|index| row.get::<_, i64>(index))
+                    .collect()
+            })?;
+        Ok(FileState::ALL
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, count)| *count > 0)
+            .map(|(state, count)| (state, count as u64))
+            .collect())
     }
 }
 
