@@ -617,3 +617,156 @@ fn an_upload_beyond_the_ingest_limit_gets_429_and_stores_nothing() {
         1
     );
 }
+
+/// A backlog larger than the walks' hand-off (4 chunks of 512 files between the walk and the
+/// database): the monitor follows the number of held files through its own commits instead of
+/// counting every held row at each look (issue 13), so the number it publishes must stay the
+/// database's through a reconcile, a crash and restart, files leaving, and the drain, and the
+/// held files must still be queued oldest first.
+#[test]
+fn a_backlog_larger_than_the_walks_hand_off_stays_counted_and_drains_oldest_first_across_a_crash() {
+    const LIMIT: u64 = 500;
+    const FILES: usize = 3000;
+    const LEAVING: usize = 10;
+    let setup = HeldSetup::new(LIMIT as u32, "200ms");
+    drop_files(&setup.inbox(), "backlog", FILES);
+    let runtime = runtime();
+    let roots = [setup.inbox()];
+    let held_in_database = || {
+        setup
+            .fixture
+            .store()
+            .count_held_files(&roots, 0)
+            .expect("count held files")
+            .count
+    };
+    // FilesHeld agrees with the database (read after it, so a look in between cannot pass for
+    // agreement: the property is only compared once the database has settled on `expected`).
+    let published_matches = |expected: u64| {
+        wait_until(DEADLINE, || {
+            held_in_database() == expected && setup.files_held_property(&runtime) == Some(expected)
+        })
+    };
+
+    // The start's reconcile records every file; the queue takes LIMIT of them.
+    let mut monitor = setup.start_monitor();
+    let backlog = FILES as u64 - LIMIT;
+    assert!(
+        published_matches(backlog),
+        "held {} in the database, FilesHeld {:?}\n{}",
+        held_in_database(),
+        setup.files_held_property(&runtime),
+        monitor.log()
+    );
+    assert_eq!(setup.pending(), LIMIT);
+
+    // A crash, and the whole queue finished meanwhile without any signal: the next start
+    // counts again from the database and queues LIMIT more.
+    monitor.signal(Signal::SIGKILL).unwrap();
+    monitor.wait_for_exit(DEADLINE).unwrap();
+    let mut store = setup.fixture.store();
+    let finish_pending = |store: &mut Store| {
+        let claimed = store
+            .claim_jobs(
+                &"test".into(),
+                &[INGEST_JOB_KIND],
+                LIMIT as usize,
+                std::time::Duration::from_secs(30),
+            )
+            .expect("claim");
+        for job in claimed {
+            store
+                .succeed_job(job.id, &job.lease_token, &json!({}))
+                .expect("succeed");
+        }
+    };
+    finish_pending(&mut store);
+    let mut monitor = setup.start_monitor();
+    assert!(
+        published_matches(backlog - LIMIT) && setup.pending() == LIMIT,
+        "held {} in the database, FilesHeld {:?}, {} pending\n{}",
+        held_in_database(),
+        setup.files_held_property(&runtime),
+        setup.pending(),
+        monitor.log()
+    );
+
+    // The newest held files leave their folder: marked gone, and no longer held.
+    let newest_held = store
+        .held_files(&roots, 0, FILES)
+        .expect("held files")
+        .split_off(backlog as usize - LIMIT as usize - LEAVING);
+    for file in &newest_held {
+        std::fs::remove_file(&file.path).unwrap();
+    }
+    let remaining = backlog - LIMIT - LEAVING as u64;
+    assert!(
+        published_matches(remaining),
+        "held {} in the database, FilesHeld {:?}\n{}",
+        held_in_database(),
+        setup.files_held_property(&runtime),
+        monitor.log()
+    );
+
+    // The queue drains a limit's worth at a time (the status tick notices): every held file
+    // is queued, once, in the order it was recorded.
+    let drained = wait_until(DEADLINE * 4, || {
+        finish_pending(&mut store);
+        held_in_database() == 0
+    });
+    assert!(
+        drained && published_matches(0),
+        "held {} in the database, FilesHeld {:?}\n{}",
+        held_in_database(),
+        setup.files_held_property(&runtime),
+        monitor.log()
+    );
+    let mut jobs = Vec::new();
+    let mut before_id = None;
+    loop {
+        let page = store
+            .list_jobs(
+                &JobFilter {
+                    kind: Some(INGEST_JOB_KIND.to_owned()),
+                    ..Default::default()
+                },
+                PageRequest {
+                    before_id,
+                    limit: 1000,
+                },
+            )
+            .expect("jobs");
+        jobs.extend(page.items);
+        match page.next_cursor {
+            Some(cursor) => before_id = Some(cursor),
+            None => break,
+        }
+    }
+    jobs.sort_by_key(|job| job.id);
+    let file_ids: Vec<i64> = jobs
+        .iter()
+        .map(|job| job.payload["file_id"].as_i64().unwrap())
+        .collect();
+    let distinct: BTreeSet<i64> = file_ids.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        FILES - LEAVING,
+        "one job per file that stayed"
+    );
+    assert_eq!(
+        file_ids.len(),
+        FILES - LEAVING,
+        "one job per file that stayed"
+    );
+    let gone: BTreeSet<i64> = newest_held.iter().map(|file| file.id).collect();
+    assert!(distinct.is_disjoint(&gone), "a file that left was queued");
+    // The drain (after the two starts' LIMIT each, which the walks recorded in the order
+    // they found the files) queued the held files oldest first.
+    let drain = &file_ids[2 * LIMIT as usize..];
+    assert!(
+        drain.windows(2).all(|pair| pair[0] < pair[1]),
+        "the held files were not queued oldest first: {drain:?}"
+    );
+    monitor.signal(Signal::SIGTERM).unwrap();
+    assert_eq!(monitor.wait_for_exit(DEADLINE).unwrap().code(), Some(0));
+}

@@ -40,15 +40,25 @@ impl Monitor {
         let recursive = watch.config.recursive;
         let sender = self.internal_sender.clone();
         let generation = self.generation;
+        let budget = self.walk_budget.clone();
         tracing::debug!(path = %scope.display(), reason, "reconcile started");
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let summary = walk(&root, &scope, &rules, recursive, |files| {
-                let _ = sender.send(Internal::WalkChunk {
+                // Wait for the recorder to catch up (see `WalkBudget`); a stopping monitor
+                // takes no more files.
+                let Some(ticket) = budget.take(|| sender.is_closed()) else {
+                    return ControlFlow::Break(());
+                };
+                match sender.send(Internal::WalkChunk {
                     generation,
                     watch: index,
                     files,
-                });
+                    ticket,
+                }) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
+                }
             });
             let _ = sender.send(Internal::WalkDone {
                 generation,

@@ -20,6 +20,7 @@ pub mod walk;
 pub mod watcher;
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,7 +38,7 @@ use sluice_core::store::{DetectedFile, StoreError};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use recorder::{Recorder, RecorderCommand, RecorderReport};
-use walk::{FileVersion, WalkSummary, is_wanted, walk};
+use walk::{CHUNKS_IN_FLIGHT, FileVersion, WalkBudget, WalkSummary, WalkTicket, is_wanted, walk};
 use watcher::{FolderWatcher, WatchError, WatchEvent, WatchMessage, WatchSink, start_watcher};
 
 pub use daemon::{Arguments, MonitorDaemon, MonitorError};
@@ -70,10 +71,13 @@ enum Event {
 #[derive(Debug)]
 enum Internal {
     Watch(WatchEvent),
+    /// Files a walk found, with their place in the walks' budget: the ticket goes to the
+    /// recorder behind the files and comes back once they are committed.
     WalkChunk {
         generation: u64,
         watch: usize,
         files: Vec<FileVersion>,
+        ticket: WalkTicket,
     },
     WalkDone {
         generation: u64,
@@ -145,6 +149,7 @@ pub async fn run(dependencies: Dependencies) -> Result<(), MonitorError> {
         notifier,
         recorder: Some(recorder),
         internal_sender,
+        walk_budget: WalkBudget::new(CHUNKS_IN_FLIGHT),
         generation: 0,
         watches: Vec::new(),
         pending: HashMap::new(),
@@ -259,6 +264,9 @@ struct Monitor {
     notifier: Notifier,
     recorder: Option<Recorder>,
     internal_sender: UnboundedSender<Internal>,
+    /// Bounds the walked files not yet committed, so a reconcile's memory does not grow with
+    /// the tree.
+    walk_budget: WalkBudget,
     /// Bumped when a reload replaces the watchers, so their late messages are dropped.
     generation: u64,
     watches: Vec<WatchState>,
@@ -395,11 +403,13 @@ impl Monitor {
                 generation,
                 watch,
                 files,
+                ticket,
             } => {
                 if generation == self.generation {
                     for file in files {
                         self.consider_walked(watch, file);
                     }
+                    self.send_to_recorder(RecorderCommand::ReturnTicket(ticket));
                 }
             }
             Internal::WalkDone {
@@ -525,8 +535,8 @@ impl Monitor {
             RecorderReport::HeldChecked { queued, gone, held } => {
                 self.held_check_running = false;
                 self.held_check_failed = false;
-                let held_changed = self.files_held != held.count;
-                self.files_held = held.count;
+                let held_changed = self.files_held != held;
+                self.files_held = held;
                 if !queued.is_empty() {
                     self.last_detection = Some(SystemTime::now());
                     self.files_detected += queued.len() as u64;
@@ -545,10 +555,9 @@ impl Monitor {
                 if !queued.is_empty() || gone > 0 {
                     tracing::info!(
                         queued = queued.len(),
-                        held = held.count,
-                        "queued {} held files as the ingest queue drained; {} still held",
+                        held,
+                        "queued {} held files as the ingest queue drained; {held} still held",
                         queued.len(),
-                        held.count
                     );
                 }
                 if held_changed && !self.stopping {

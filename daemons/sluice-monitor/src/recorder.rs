@@ -8,17 +8,20 @@
 //! The recorder also queues *held* files: files recorded without an ingest job because the
 //! queue was at `[ingest] max_pending` (see `sluice_core::store::files`). Because every
 //! recording and every queueing of held files goes through this one thread, it alone keeps
-//! the smallest held id ([`HeldCursor`]), so each look at the held files reads only the rows
-//! from there on instead of the whole `files` table.
+//! their number and the smallest held id ([`HeldTally`]): it counts them once, then follows
+//! each change its own commits report, so a look at the held files reads only the rows from
+//! the smallest held id on, and only as many as the queue has room for.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sluice_core::config::WatchMode;
 use sluice_core::store::{
-    DetectedFile, Detection, FileError, FileRecord, HeldFiles, INGEST_JOB_KIND, Store,
+    DetectedFile, Detection, FileError, FileRecord, GoneFile, HeldFiles, INGEST_JOB_KIND, Store,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::walk::WalkTicket;
 
 /// Most files committed in one transaction.
 pub const MAX_BATCH: usize = 512;
@@ -41,6 +44,9 @@ pub enum RecorderCommand {
     QueueHeld { watches: Vec<(PathBuf, WatchMode)> },
     /// A reload changed `[ingest] max_pending`.
     SetMaxPending(u32),
+    /// Follows the files of one walked chunk: dropped once they are committed (and their
+    /// report sent), which lets the walk hand over another chunk.
+    ReturnTicket(WalkTicket),
 }
 
 /// What the recorder reports back to the main loop.
@@ -56,11 +62,11 @@ pub enum RecorderReport {
     },
     Counted(u64),
     /// What `QueueHeld` did: the held files it queued (each `new`, with its job), how many
-    /// it found gone, and the held files left.
+    /// it found gone, and how many files are still held.
     HeldChecked {
         queued: Vec<Detection>,
         gone: usize,
-        held: HeldFiles,
+        held: u64,
     },
     /// `QueueHeld` failed (the store is busy or its disk full); the loop tries again later.
     HeldCheckFailed(String),
@@ -95,7 +101,7 @@ impl Recorder {
             store,
             max_attempts,
             max_pending,
-            held_cursor: HeldCursor::Unknown,
+            held: HeldTally::Unknown,
             held_roots: Vec::new(),
         };
         let thread = std::thread::Builder::new()
@@ -120,6 +126,8 @@ impl Recorder {
                 RecorderCommand::SetMaxPending(_) => {
                     "the new [ingest] max_pending was not applied".to_owned()
                 }
+                // Dropped with the error: the walk goes on and finds nobody to take its files.
+                RecorderCommand::ReturnTicket(_) => return,
             };
             tracing::error!("the recorder thread is gone; {lost}");
         }
@@ -138,42 +146,80 @@ struct RecorderState {
     store: Store,
     max_attempts: u32,
     max_pending: u32,
-    held_cursor: HeldCursor,
-    /// The watched folders of the last `QueueHeld`; held files elsewhere are left alone.
+    held: HeldTally,
+    /// The watched folders of the last `QueueHeld`; held files elsewhere are left alone, and
+    /// not counted.
     held_roots: Vec<PathBuf>,
 }
 
-/// Where the held files start, as far as this thread knows: every held file has an id at or
-/// above it. Files become held only through this thread, which moves the cursor down when
-/// one does; a look at the held files moves it up to the oldest one still held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HeldCursor {
-    /// At start: a previous run may have left held files anywhere.
-    Unknown,
-    /// None are held.
-    None,
-    From(i64),
-}
-
-impl HeldCursor {
-    fn start_id(self) -> Option<i64> {
-        match self {
-            HeldCursor::Unknown => Some(0),
-            HeldCursor::None => None,
-            HeldCursor::From(id) => Some(id),
+impl RecorderState {
+    /// Follows what recording `file` did to the held files.
+    fn note_recorded(&mut self, file: &DetectedFile, detection: &Detection) {
+        if !self.held_roots.contains(&file.watch_root) {
+            return;
+        }
+        match (detection.held_before, detection.is_held()) {
+            (false, true) => self.held.add(detection.file_id),
+            (true, false) => self.held.remove(),
+            _ => {}
         }
     }
 
-    fn include(&mut self, id: i64) {
-        *self = match *self {
-            HeldCursor::Unknown => HeldCursor::Unknown,
-            HeldCursor::None => HeldCursor::From(id),
-            HeldCursor::From(from) => HeldCursor::From(from.min(id)),
-        };
+    /// Follows what marking `file` gone did to the held files.
+    fn note_gone(&mut self, file: &GoneFile) {
+        if file.was_held && self.held_roots.contains(&file.watch_root) {
+            self.held.remove();
+        }
+    }
+}
+
+/// The held files in the watched folders as this thread knows them: how many, and an id at
+/// or below every one of them.
+///
+/// Files become held, and stop being held, only through this thread's commits (a worker's
+/// outcome leaves a held row alone, see `sluice_core::store::documents`), and each commit
+/// says which of its files were held before and are now. So the held files are counted once
+/// (at start, after a reload changed the folders, or after a failed look: the database is
+/// the truth) and then followed. Counting them at every look read every held row, and a
+/// tree larger than `[ingest] max_pending` is almost all held, so a reconcile that looks every
+/// few batches took time in the square of the tree (issue 13: 1M files, 48 s → 194 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeldTally {
+    /// Not counted yet; the next look counts.
+    Unknown,
+    Known {
+        count: u64,
+        /// No held file has a smaller id: a look reads the rows from here on.
+        from_id: i64,
+    },
+}
+
+impl HeldTally {
+    fn counted(held: HeldFiles) -> HeldTally {
+        HeldTally::Known {
+            count: held.count,
+            from_id: held.first_id.unwrap_or(i64::MAX),
+        }
     }
 
-    fn after_count(held: HeldFiles) -> HeldCursor {
-        held.first_id.map_or(HeldCursor::None, HeldCursor::From)
+    /// File `id` became held.
+    fn add(&mut self, id: i64) {
+        if let HeldTally::Known { count, from_id } = self {
+            *count += 1;
+            *from_id = (*from_id).min(id);
+        }
+    }
+
+    /// A held file was queued or marked gone.
+    fn remove(&mut self) {
+        if let HeldTally::Known { count, .. } = self {
+            match count.checked_sub(1) {
+                Some(fewer) => *count = fewer,
+                // Cannot happen while only this thread changes held files; if it does, the
+                // next look counts again rather than go on with a wrong number.
+                None => *self = HeldTally::Unknown,
+            }
+        }
     }
 }
 
@@ -190,9 +236,12 @@ fn record_loop(
         match command {
             RecorderCommand::Record(file) => {
                 let mut batch = vec![file];
+                // The tickets of the chunks whose files are in this batch go back after it.
+                let mut tickets = Vec::new();
                 while batch.len() < MAX_BATCH {
                     match receiver.try_recv() {
                         Ok(RecorderCommand::Record(file)) => batch.push(file),
+                        Ok(RecorderCommand::ReturnTicket(ticket)) => tickets.push(ticket),
                         Ok(other) => {
                             carried = Some(other);
                             break;
@@ -207,14 +256,17 @@ fn record_loop(
                     state.max_pending,
                 );
                 if let RecorderReport::Recorded { detections, .. } = &report {
-                    for detection in detections.iter().filter(|detection| detection.is_held()) {
-                        state.held_cursor.include(detection.file_id);
+                    for (file, detection) in batch.iter().zip(detections) {
+                        state.note_recorded(file, detection);
                     }
                 }
                 reports(report);
+                drop(tickets);
             }
+            // The chunk's files went out with an earlier batch.
+            RecorderCommand::ReturnTicket(ticket) => drop(ticket),
             RecorderCommand::Sweep { prefix, mode } => {
-                reports(match sweep(&mut state.store, &prefix, mode) {
+                reports(match sweep(&mut state, &prefix, mode) {
                     Ok(gone) => RecorderReport::Swept { prefix, gone },
                     Err(error) => RecorderReport::Failed(format!(
                         "cannot mark vanished files under {} as gone: {error}",
@@ -237,7 +289,11 @@ fn record_loop(
             RecorderCommand::QueueHeld { watches } => {
                 reports(match queue_held(&mut state, &watches) {
                     Ok(report) => report,
-                    Err(error) => RecorderReport::HeldCheckFailed(error.to_string()),
+                    Err(error) => {
+                        // Some of its commits may have gone through: count again next time.
+                        state.held = HeldTally::Unknown;
+                        RecorderReport::HeldCheckFailed(error.to_string())
+                    }
                 });
             }
             RecorderCommand::SetMaxPending(max_pending) => state.max_pending = max_pending,
@@ -255,19 +311,34 @@ fn queue_held(
 ) -> Result<RecorderReport, FileError> {
     let roots: Vec<PathBuf> = watches.iter().map(|(root, _)| root.clone()).collect();
     if roots != state.held_roots {
-        // Held files of a folder watched again after a reload may sit below the cursor.
-        state.held_cursor = HeldCursor::Unknown;
+        // Other folders, other held files: count them.
+        state.held = HeldTally::Unknown;
         state.held_roots = roots.clone();
+    }
+    if state.held == HeldTally::Unknown {
+        state.held = HeldTally::counted(state.store.count_held_files(&roots, 0)?);
     }
     let mut queued = Vec::new();
     let mut gone = 0;
-    let Some(mut from_id) = state.held_cursor.start_id() else {
+    let HeldTally::Known {
+        count,
+        from_id: start,
+    } = state.held
+    else {
+        unreachable!("counted above");
+    };
+    if count == 0 {
         return Ok(RecorderReport::HeldChecked {
             queued,
             gone,
-            held: HeldFiles::default(),
+            held: 0,
         });
-    };
+    }
+    // The look reads the held rows from `start` on in id order, so the rows below `from_id`
+    // that are still held afterwards are among those it read: the ones it left held.
+    let mut from_id = start;
+    let mut left_held: Vec<i64> = Vec::new();
+    let mut read_all = false;
     loop {
         let pending = state
             .store
@@ -279,6 +350,7 @@ fn queue_held(
         let batch_size = usize::try_from(room).unwrap_or(MAX_BATCH).min(MAX_BATCH);
         let candidates = state.store.held_files(&roots, from_id, batch_size)?;
         let Some(last) = candidates.last() else {
+            read_all = true;
             break;
         };
         from_id = last.id + 1;
@@ -286,11 +358,12 @@ fn queue_held(
         let mut vanished: Vec<(PathBuf, WatchMode)> = Vec::new();
         for file in &candidates {
             let Some((_, mode)) = watches.iter().find(|(root, _)| *root == file.watch_root) else {
+                left_held.push(file.id);
                 continue;
             };
             match still_there(file, *mode) {
                 Presence::Unchanged(detected) => present.push(detected),
-                Presence::Changed => {}
+                Presence::Changed => left_held.push(file.id),
                 Presence::Gone => vanished.push((file.path.clone(), *mode)),
             }
         }
@@ -301,7 +374,11 @@ fn queue_held(
                 .map(|(path, _)| path.clone())
                 .collect();
             if !paths.is_empty() {
-                gone += state.store.mark_gone(&paths, mode)?.len();
+                let marked = state.store.mark_gone(&paths, mode)?;
+                for file in &marked {
+                    state.note_gone(file);
+                }
+                gone += marked.len();
             }
         }
         if !present.is_empty() {
@@ -310,19 +387,50 @@ fn queue_held(
                 state.max_attempts,
                 state.max_pending,
             )?;
-            // A file still held here lost its place to someone else meanwhile (a job
-            // retried by hand, say); the count below includes it.
+            for (file, detection) in present.iter().zip(&detections) {
+                state.note_recorded(file, detection);
+                if detection.is_held() {
+                    // It lost its place to someone else meanwhile (a job retried by hand,
+                    // say): still held.
+                    left_held.push(detection.file_id);
+                }
+            }
             queued.extend(detections.into_iter().filter(|detection| detection.new));
         }
         if candidates.len() < batch_size {
+            read_all = true;
             break;
         }
     }
-    // Counted from where this look started: whatever it skipped or could not queue is
-    // still held and counted.
-    let start = state.held_cursor.start_id().unwrap_or(0);
-    let held = state.store.count_held_files(&roots, start)?;
-    state.held_cursor = HeldCursor::after_count(held);
+    if let HeldTally::Known { count, .. } = state.held {
+        let first_left = left_held.iter().copied().min();
+        state.held = if read_all {
+            // This look read every held file, so it knows their number from the database.
+            let counted = left_held.len() as u64;
+            if count != counted {
+                tracing::warn!(
+                    counted,
+                    followed = count,
+                    "{counted} files are held, not {count} as followed: the count is corrected"
+                );
+            }
+            HeldTally::Known {
+                count: counted,
+                from_id: first_left.unwrap_or(i64::MAX),
+            }
+        } else {
+            HeldTally::Known {
+                count,
+                from_id: first_left.map_or(from_id, |first| first.min(from_id)),
+            }
+        };
+    }
+    if state.held == HeldTally::Unknown {
+        state.held = HeldTally::counted(state.store.count_held_files(&roots, 0)?);
+    }
+    let HeldTally::Known { count: held, .. } = state.held else {
+        unreachable!("counted above");
+    };
     Ok(RecorderReport::HeldChecked { queued, gone, held })
 }
 
@@ -439,11 +547,17 @@ const SWEEP_PAGE: usize = 1000;
 
 /// Marks recorded files at or under `prefix` that are no longer regular files as gone, a page
 /// of paths at a time (in path order), so its memory does not grow with the tree.
-fn sweep(store: &mut Store, prefix: &std::path::Path, mode: WatchMode) -> Result<usize, FileError> {
+fn sweep(
+    state: &mut RecorderState,
+    prefix: &std::path::Path,
+    mode: WatchMode,
+) -> Result<usize, FileError> {
     let mut gone = 0;
     let mut after: Option<PathBuf> = None;
     loop {
-        let page = store.present_files_under_page(prefix, after.as_deref(), SWEEP_PAGE)?;
+        let page = state
+            .store
+            .present_files_under_page(prefix, after.as_deref(), SWEEP_PAGE)?;
         let more = page.len() == SWEEP_PAGE;
         after = page.last().cloned();
         let vanished: Vec<PathBuf> = page
@@ -453,7 +567,11 @@ fn sweep(store: &mut Store, prefix: &std::path::Path, mode: WatchMode) -> Result
             })
             .collect();
         if !vanished.is_empty() {
-            gone += store.mark_gone(&vanished, mode)?.len();
+            let marked = state.store.mark_gone(&vanished, mode)?;
+            for file in &marked {
+                state.note_gone(file);
+            }
+            gone += marked.len();
         }
         if !more {
             return Ok(gone);

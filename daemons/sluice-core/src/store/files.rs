@@ -66,6 +66,11 @@ pub struct Detection {
     /// Whether this call queued the job; `false` means this version was already known, or
     /// is held.
     pub new: bool,
+    /// The row was held before this call, in the same watched folder. With
+    /// [`Detection::is_held`] it says how the held files changed: held now and not before
+    /// is one more, held before and not now (queued) one less. The monitor keeps its count
+    /// of held files that way instead of counting them again (issue 13).
+    pub held_before: bool,
 }
 
 impl Detection {
@@ -73,6 +78,15 @@ impl Detection {
     pub fn is_held(&self) -> bool {
         self.job_id.is_none()
     }
+}
+
+/// A file [`Store::mark_gone`] marked gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoneFile {
+    pub id: i64,
+    pub watch_root: PathBuf,
+    /// It was held (detected, no job) until now.
+    pub was_held: bool,
 }
 
 /// The files held back for want of room in the ingest queue, as far as one look saw them.
@@ -269,14 +283,18 @@ impl Store {
         })
     }
 
-    /// Marks the files at `paths` as `gone` (one transaction) and returns the ids that changed.
+    /// Marks the files at `paths` as `gone` (one transaction) and returns those that changed.
     /// Paths without a row, and rows already gone, are left alone. In a consume folder
     /// (`mode`), files already ingested or found duplicate keep their state: they left because
     /// the worker consumed them. So do detected files whose ingest job is running: the worker
     /// moves the file into the library and then commits its outcome, so a file leaving during
     /// the run is being consumed, and the outcome (ingested, duplicate or failed) decides the
     /// row's state rather than a moment of `gone` in between.
-    pub fn mark_gone(&mut self, paths: &[PathBuf], mode: WatchMode) -> Result<Vec<i64>, FileError> {
+    pub fn mark_gone(
+        &mut self,
+        paths: &[PathBuf],
+        mode: WatchMode,
+    ) -> Result<Vec<GoneFile>, FileError> {
         let texts = paths
             .iter()
             .map(|path| path_text("path", path).map(str::to_owned))
@@ -290,19 +308,27 @@ impl Store {
             }
             WatchMode::Index => "state = 'gone'",
         };
+        // RETURNING sees the row as updated, but the job_id is left as it was, and of the
+        // rows not gone before only a held one has none (see `record_one`).
         let sql = format!(
             "UPDATE files SET state = 'gone', updated_at = ?2
-             WHERE path = ?1 AND NOT ({kept}) RETURNING id"
+             WHERE path = ?1 AND NOT ({kept}) RETURNING id, watch_root, job_id IS NULL"
         );
         self.write(|transaction| {
             let mut changed = Vec::new();
             let mut statement = transaction.prepare_cached(&sql)?;
             for path in &texts {
-                if let Some(id) = statement
-                    .query_row(params![path, now], |row| row.get(0))
+                if let Some(gone) = statement
+                    .query_row(params![path, now], |row| {
+                        Ok(GoneFile {
+                            id: row.get(0)?,
+                            watch_root: PathBuf::from(row.get::<_, String>(1)?),
+                            was_held: row.get(2)?,
+                        })
+                    })
                     .optional()?
                 {
-                    changed.push(id);
+                    changed.push(gone);
                 }
             }
             Ok::<_, FileError>(changed)
@@ -450,18 +476,31 @@ impl Store {
     }
 
     /// How many files are in each state (states without files are absent).
+    ///
+    /// One pass with a sum per state, not `GROUP BY state`: without an index on the state,
+    /// SQLite groups through a temporary b-tree of every row, which `temp_store = MEMORY`
+    /// keeps in memory (about 50 MiB at 1M files, in the monitor at every status tick; issue
+    /// 13). The sums need no memory beyond the row being read.
     pub fn file_counts(&self) -> Result<BTreeMap<FileState, u64>, FileError> {
-        let mut statement = self
+        let sums = FileState::ALL
+            .iter()
+            .map(|state| format!("coalesce(sum(state = '{}'), 0)", state.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let counts: Vec<i64> = self
             .connection()
-            .prepare_cached("SELECT state, count(*) FROM files GROUP BY state")?;
-        let rows = statement
-            .query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter()
-            .map(|(state, count)| Ok((state.parse()?, count as u64)))
-            .collect()
+            .prepare_cached(&format!("SELECT {sums} FROM files"))?
+            .query_row([], |row| {
+                (0..FileState::ALL.len())
+                    .map(|index| row.get::<_, i64>(index))
+                    .collect()
+            })?;
+        Ok(FileState::ALL
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, count)| *count > 0)
+            .map(|(state, count)| (state, count as u64))
+            .collect())
     }
 }
 
@@ -477,17 +516,26 @@ fn record_one(
     now: i64,
 ) -> Result<Detection, FileError> {
     let version_key = file.version_key();
-    let existing: Option<(i64, String, String, Option<i64>)> = transaction
-        .prepare_cached("SELECT id, version_key, state, job_id FROM files WHERE path = ?1")?
+    let existing: Option<(i64, String, String, Option<i64>, String)> = transaction
+        .prepare_cached(
+            "SELECT id, version_key, state, job_id, watch_root FROM files WHERE path = ?1",
+        )?
         .query_row([path], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
         })
         .optional()?;
     let size = i64::try_from(file.size)
         .map_err(|_| FileError::InvalidArgument(format!("{path}: size out of range")))?;
     let inode = file.inode as i64;
+    let mut held_before = false;
     let file_id = match existing {
-        Some((id, known_key, state, Some(job_id))) if known_key == version_key => {
+        Some((id, ref known_key, ref state, Some(job_id), _)) if *known_key == version_key => {
             if state == FileState::Gone.as_str() {
                 // The same version came back (moved out and in again): present once more,
                 // and its job is the one it already had.
@@ -503,9 +551,12 @@ fn record_one(
                 file_id: id,
                 job_id: Some(job_id),
                 new: false,
+                held_before: false,
             });
         }
-        Some((id, ..)) => {
+        Some((id, _, ref state, job_id, ref known_root)) => {
+            held_before =
+                state == FileState::Detected.as_str() && job_id.is_none() && known_root == root;
             // A new version, or a held one seen again (its job_id is NULL). The job_id of an
             // older version is cleared here and set again below when this version gets a job,
             // so a row without a job always means held.
@@ -552,6 +603,7 @@ fn record_one(
                 file_id,
                 job_id: None,
                 new: false,
+                held_before,
             });
         }
         None => {
@@ -588,6 +640,7 @@ fn record_one(
         file_id,
         job_id: Some(job_id),
         new,
+        held_before,
     })
 }
 
@@ -759,7 +812,7 @@ mod tests {
             PathBuf::from("/srv/inbox/never-seen"),
         ];
         let changed = store.mark_gone(&paths, WatchMode::Consume).unwrap();
-        assert_eq!(changed, vec![detections[0].file_id]);
+        assert_eq!(gone_ids(&changed), vec![detections[0].file_id]);
         assert_eq!(
             store.get_file(detections[1].file_id).unwrap().state,
             FileState::Ingested
@@ -770,7 +823,7 @@ mod tests {
         );
         // In an index folder an ingested file that leaves is gone.
         let changed = store.mark_gone(&paths, WatchMode::Index).unwrap();
-        assert_eq!(changed, vec![detections[1].file_id]);
+        assert_eq!(gone_ids(&changed), vec![detections[1].file_id]);
 
         // The same version coming back is present again without a second job.
         let back = store
@@ -812,14 +865,19 @@ mod tests {
         // The running job's file left because the worker moved it into the library; the
         // file whose job did not start yet really went away.
         let changed = store.mark_gone(&paths, WatchMode::Consume).unwrap();
-        assert_eq!(changed, vec![detections[1].file_id]);
+        assert_eq!(gone_ids(&changed), vec![detections[1].file_id]);
+        assert!(!changed[0].was_held);
         assert_eq!(
             store.get_file(detections[0].file_id).unwrap().state,
             FileState::Detected
         );
         // In an index folder the worker never moves files: leaving means gone.
         let changed = store.mark_gone(&paths, WatchMode::Index).unwrap();
-        assert_eq!(changed, vec![detections[0].file_id]);
+        assert_eq!(gone_ids(&changed), vec![detections[0].file_id]);
+    }
+
+    fn gone_ids(gone: &[GoneFile]) -> Vec<i64> {
+        gone.iter().map(|file| file.id).collect()
     }
 
     fn inbox() -> Vec<PathBuf> {
@@ -848,14 +906,14 @@ mod tests {
         assert_eq!(
             detections
                 .iter()
-                .map(|detection| (detection.is_held(), detection.new))
+                .map(|detection| (detection.is_held(), detection.new, detection.held_before))
                 .collect::<Vec<_>>(),
             [
-                (false, true),
-                (false, true),
-                (true, false),
-                (true, false),
-                (true, false)
+                (false, true, false),
+                (false, true, false),
+                (true, false, false),
+                (true, false, false),
+                (true, false, false)
             ]
         );
         assert_eq!(store.pending_jobs(INGEST_JOB_KIND, 100).unwrap(), 2);
@@ -897,8 +955,17 @@ mod tests {
         // Seen again while the queue is still full: still held, nothing added.
         let again = store.record_detected_files(&files, 5, 2).unwrap();
         assert_eq!(
-            again.iter().filter(|detection| detection.is_held()).count(),
-            3
+            again
+                .iter()
+                .map(|detection| (detection.is_held(), detection.held_before))
+                .collect::<Vec<_>>(),
+            [
+                (false, false),
+                (false, false),
+                (true, true),
+                (true, true),
+                (true, true)
+            ]
         );
         assert_eq!(store.job_counts().unwrap()[&JobState::Queued], 2);
 
@@ -925,12 +992,13 @@ mod tests {
             .map(as_detected)
             .collect();
         let queued = store.record_detected_files(&held_again, 5, 2).unwrap();
+        // Each was held before; the first is queued now (one fewer held), the others not.
         assert_eq!(
             queued
                 .iter()
-                .map(|detection| detection.new)
+                .map(|detection| (detection.new, detection.held_before))
                 .collect::<Vec<_>>(),
-            [true, false, false]
+            [(true, true), (false, true), (false, true)]
         );
         assert_eq!(queued[0].file_id, detections[2].file_id);
         assert_eq!(store.count_held_files(&inbox(), 0).unwrap().count, 2);
@@ -971,13 +1039,22 @@ mod tests {
             .record_detected_files(&[detected("b", 1, 1), detected("a", 2, 2)], 5, 1)
             .unwrap();
         assert!(held.iter().all(Detection::is_held));
+        // Neither was held before: b is new, and a had a job for its first version.
+        assert!(held.iter().all(|detection| !detection.held_before));
         assert_eq!(held[1].file_id, first[0].file_id);
 
         // b leaves before it was queued: gone, and not queued when room appears.
         let changed = store
             .mark_gone(&[PathBuf::from("/srv/inbox/b")], WatchMode::Consume)
             .unwrap();
-        assert_eq!(changed, vec![held[0].file_id]);
+        assert_eq!(
+            changed,
+            vec![GoneFile {
+                id: held[0].file_id,
+                watch_root: PathBuf::from("/srv/inbox"),
+                was_held: true
+            }]
+        );
         assert_eq!(
             store.get_file(held[0].file_id).unwrap().state,
             FileState::Gone

@@ -30,7 +30,7 @@ pub use downloads::{
     DownloadState, NewDownload,
 };
 pub use files::{
-    DetectedFile, Detection, FileError, FileFilter, FileRecord, FileState, HeldFiles,
+    DetectedFile, Detection, FileError, FileFilter, FileRecord, FileState, GoneFile, HeldFiles,
     INGEST_JOB_KIND,
 };
 pub use jobs::{
