@@ -12,8 +12,9 @@ if ! command -v wrk >/dev/null; then
 fi
 
 # Issue 13's scale curves, each also runnable alone: `tests/bench.sh w2-scale`, `reconcile`,
-# `ingest-big`, or `scale` for all three. Sizes: SCALE_JOBS (default "20000 1000000"; add
-# 10000000 for the 10M point, about 5 GB of database), SCALE_FILES (default 100000),
+# `ingest-big`, or `scale` for all three. Sizes: SCALE_JOBS (default "20000 1000000
+# 10000000"; the 10M point takes about 3 GB of database and several minutes to fill),
+# SCALE_FILES (default "100000 1000000"; a tree of 1M files takes about 4 GB of ext4),
 # INGEST_GIB (default 10; the file is sparse, so it costs no disk). Everything they write goes
 # to a temporary folder under /var/tmp and is deleted at the end of each size.
 scale_build() {
@@ -22,14 +23,14 @@ scale_build() {
 }
 # W2 and GET /api/jobs?state=… with N jobs in the database, its size, sluicectl jobs list.
 bench_w2_scale() {
-    for jobs in ${SCALE_JOBS:-20000 1000000}; do
+    for jobs in ${SCALE_JOBS:-20000 1000000 10000000}; do
         target/release/sluice-bench w2-scale --jobs "$jobs" --runs "${RUNS:-3}" \
             | tee "bench-results/w2-scale-$jobs.json"
     done
 }
 # The monitor's reconcile of a tree of N files: first start and restart; time and peak RSS.
 bench_reconcile() {
-    for files in ${SCALE_FILES:-100000}; do
+    for files in ${SCALE_FILES:-100000 1000000}; do
         target/release/sluice-bench reconcile --files "$files" --runs "${RUNS:-3}" \
             | tee "bench-results/reconcile-$files.json"
     done
