@@ -945,9 +945,17 @@ mod tests {
                     .connection()
                     .execute_batch(
                         "DROP TRIGGER job_finished_on_insert;
-                         DROP TRIGGER job_finished_on_finish;
-                         DROP TRIGGER job_finished_on_unfinish;
-                         DROP TRIGGER job_finished_on_delete;",
+                         DROP TRIGGER job_finished_on_delete;
+                         DROP TRIGGER jobs_history_on_transition;
+                         CREATE TRIGGER jobs_history_on_transition AFTER UPDATE OF state ON jobs
+                             WHEN old.state IS NOT new.state BEGIN
+                             INSERT INTO job_history (job_id, at, from_state, to_state, attempt,
+                                                      worker, error)
+                             VALUES (new.id, new.updated_at, old.state, new.state, new.attempts,
+                                     coalesce(new.lease_owner, old.lease_owner),
+                                     CASE WHEN new.state IN ('retrying', 'failed', 'dead',
+                                                             'cancelled') THEN new.error END);
+                         END;",
                     )
                     .unwrap();
             }
