@@ -944,8 +944,7 @@ mod tests {
                 store
                     .connection()
                     .execute_batch(
-                        "DROP TRIGGER job_finished_on_insert;
-                         DROP TRIGGER job_finished_on_delete;
+                        "DROP TRIGGER job_finished_on_delete;
                          DROP TRIGGER jobs_history_on_transition;
                          CREATE TRIGGER jobs_history_on_transition AFTER UPDATE OF state ON jobs
                              WHEN old.state IS NOT new.state BEGIN
