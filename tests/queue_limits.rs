@@ -489,22 +489,7 @@ fn held_files_are_queued_on_the_status_tick_and_at_start_without_any_signal() {
 
     // Jobs end without a worker, so without any bus signal: the status tick notices.
     let mut store = setup.fixture.store();
-    let finish_one = |store: &mut Store| {
-        let claimed = store
-            .claim_jobs(
-                &"test".into(),
-                &[INGEST_JOB_KIND],
-                1,
-                std::time::Duration::from_secs(30),
-            )
-            .expect("claim");
-        for job in claimed {
-            store
-                .succeed_job(job.id, &job.lease_token, &json!({}))
-                .expect("succeed");
-        }
-    };
-    finish_one(&mut store);
+    succeed_ingest_jobs(&mut store, 1);
     assert!(
         wait_until(DEADLINE, || setup.held().len()
             == FILES - LIMIT as usize - 1
@@ -518,8 +503,8 @@ fn held_files_are_queued_on_the_status_tick_and_at_start_without_any_signal() {
     // hour away; the start queues them.
     monitor.signal(Signal::SIGTERM).unwrap();
     monitor.wait_for_exit(DEADLINE).unwrap();
-    finish_one(&mut store);
-    finish_one(&mut store);
+    succeed_ingest_jobs(&mut store, 1);
+    succeed_ingest_jobs(&mut store, 1);
     let text = std::fs::read_to_string(&setup.fixture.config_path).unwrap();
     std::fs::write(
         &setup.fixture.config_path,
@@ -665,22 +650,7 @@ fn a_backlog_larger_than_the_walks_hand_off_stays_counted_and_drains_oldest_firs
     monitor.signal(Signal::SIGKILL).unwrap();
     monitor.wait_for_exit(DEADLINE).unwrap();
     let mut store = setup.fixture.store();
-    let finish_pending = |store: &mut Store| {
-        let claimed = store
-            .claim_jobs(
-                &"test".into(),
-                &[INGEST_JOB_KIND],
-                LIMIT as usize,
-                std::time::Duration::from_secs(30),
-            )
-            .expect("claim");
-        for job in claimed {
-            store
-                .succeed_job(job.id, &job.lease_token, &json!({}))
-                .expect("succeed");
-        }
-    };
-    finish_pending(&mut store);
+    succeed_ingest_jobs(&mut store, LIMIT as usize);
     let mut monitor = setup.start_monitor();
     assert!(
         published_matches(backlog - LIMIT) && setup.pending() == LIMIT,
@@ -711,7 +681,7 @@ fn a_backlog_larger_than_the_walks_hand_off_stays_counted_and_drains_oldest_firs
     // The queue drains a limit's worth at a time (the status tick notices): every held file
     // is queued, once, in the order it was recorded.
     let drained = wait_until(DEADLINE * 4, || {
-        finish_pending(&mut store);
+        succeed_ingest_jobs(&mut store, LIMIT as usize);
         held_in_database() == 0
     });
     assert!(
@@ -769,4 +739,22 @@ fn a_backlog_larger_than_the_walks_hand_off_stays_counted_and_drains_oldest_firs
     );
     monitor.signal(Signal::SIGTERM).unwrap();
     assert_eq!(monitor.wait_for_exit(DEADLINE).unwrap().code(), Some(0));
+}
+
+/// Claims up to `count` queued ingest jobs and succeeds them, as a worker would, without a
+/// worker (so without any bus signal).
+fn succeed_ingest_jobs(store: &mut Store, count: usize) {
+    let claimed = store
+        .claim_jobs(
+            &"test".into(),
+            &[INGEST_JOB_KIND],
+            count,
+            std::time::Duration::from_secs(30),
+        )
+        .expect("claim");
+    for job in claimed {
+        store
+            .succeed_job(job.id, &job.lease_token, &json!({}))
+            .expect("succeed");
+    }
 }

@@ -57,8 +57,8 @@ pub const COUNTED_KINDS: [&str; 2] = [
 ];
 
 /// The SQL of [`count_pending`] for a kind in [`COUNTED_KINDS`]: one row of `job_pending`,
-/// which triggers keep equal to the number of its queued, retrying and running jobs in the
-/// same transaction as every change. Counting the jobs read up to `limit` rows of the pending
+/// kept equal to the number of its queued, retrying and running jobs in the same transaction
+/// as every change (by `insert_job` and the history trigger). Counting the jobs read up to `limit` rows of the pending
 /// indexes in every transaction that recorded a file or took an upload.
 const COUNT_PENDING_SQL: &str = "SELECT min(n, ?2) FROM job_pending WHERE kind = ?1";
 
