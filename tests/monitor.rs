@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use sluice_core::bus::{self, BusAddress, BusError, MonitorProxy};
 use sluice_core::ingest::IngestPayload;
 use sluice_core::store::{
-    Durability, FileFilter, FileRecord, FileState, INGEST_JOB_KIND, JobFilter, PageRequest, Store,
+    Durability, FileFilter, FileRecord, FileState, INGEST_JOB_KIND, PageRequest, Store,
 };
 
 use crate::support::{
@@ -155,33 +155,13 @@ library = "{root}/library"
 
     /// Every ingest job: (job id, payload).
     fn ingest_jobs(&self) -> Vec<(i64, IngestPayload, Option<String>)> {
-        let store = self.store();
-        let mut jobs = Vec::new();
-        let mut before_id = None;
-        loop {
-            let page = store
-                .list_jobs(
-                    &JobFilter {
-                        states: Vec::new(),
-                        kind: Some(INGEST_JOB_KIND.into()),
-                    },
-                    PageRequest {
-                        before_id,
-                        limit: 1000,
-                    },
-                )
-                .unwrap();
-            for job in page.items {
+        crate::support::all_jobs_of_kind(&self.store(), INGEST_JOB_KIND)
+            .into_iter()
+            .map(|job| {
                 let payload = serde_json::from_value(job.payload).unwrap();
-                jobs.push((job.id, payload, job.unique_key));
-            }
-            match page.next_cursor {
-                Some(cursor) => before_id = Some(cursor),
-                None => break,
-            }
-        }
-        jobs.sort_by_key(|(id, ..)| *id);
-        jobs
+                (job.id, payload, job.unique_key)
+            })
+            .collect()
     }
 
     fn wait_for_recorded(&self, path: &Path) -> FileRecord {

@@ -691,28 +691,7 @@ fn a_backlog_larger_than_the_walks_hand_off_stays_counted_and_drains_oldest_firs
         setup.files_held_property(&runtime),
         monitor.log()
     );
-    let mut jobs = Vec::new();
-    let mut before_id = None;
-    loop {
-        let page = store
-            .list_jobs(
-                &JobFilter {
-                    kind: Some(INGEST_JOB_KIND.to_owned()),
-                    ..Default::default()
-                },
-                PageRequest {
-                    before_id,
-                    limit: 1000,
-                },
-            )
-            .expect("jobs");
-        jobs.extend(page.items);
-        match page.next_cursor {
-            Some(cursor) => before_id = Some(cursor),
-            None => break,
-        }
-    }
-    jobs.sort_by_key(|job| job.id);
+    let jobs = crate::support::all_jobs_of_kind(&store, INGEST_JOB_KIND);
     let file_ids: Vec<i64> = jobs
         .iter()
         .map(|job| job.payload["file_id"].as_i64().unwrap())

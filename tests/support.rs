@@ -38,3 +38,33 @@ pub fn upload_waiting(
     let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (status, body)
 }
+
+/// Every job of `kind` in the store, oldest first, read page by page.
+pub fn all_jobs_of_kind(
+    store: &sluice_core::store::Store,
+    kind: &str,
+) -> Vec<sluice_core::store::Job> {
+    let mut jobs = Vec::new();
+    let mut before_id = None;
+    loop {
+        let page = store
+            .list_jobs(
+                &sluice_core::store::JobFilter {
+                    states: Vec::new(),
+                    kind: Some(kind.to_owned()),
+                },
+                sluice_core::store::PageRequest {
+                    before_id,
+                    limit: 1000,
+                },
+            )
+            .expect("a page of jobs");
+        jobs.extend(page.items);
+        match page.next_cursor {
+            Some(cursor) => before_id = Some(cursor),
+            None => break,
+        }
+    }
+    jobs.sort_by_key(|job| job.id);
+    jobs
+}
